@@ -1,0 +1,87 @@
+"""The ``segpipe`` command line: one sub-command per module in this package.
+
+Each command module defines ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``.
+Errors a user can cause are ``SegpipeError``s: printed as one line, non-zero exit, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import re
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+
+from engines.errors import SegpipeError
+
+# Explicit registry: (command name, module). Imported lazily so `segpipe --help` stays fast.
+COMMANDS: tuple[tuple[str, str], ...] = (
+    ("info", "pipeline.cli.info"),
+)
+
+_KEY_VALUE = re.compile(r"^([A-Za-z_][A-Za-z0-9_-]*)=(.*)$", re.S)
+
+
+def translate_key_value(argv: Sequence[str]) -> list[str]:
+    """Accept Ultralytics' ``key=value`` spelling: ``model=x.pt`` becomes ``--model x.pt``.
+
+    ``key=True``/``key=False`` turn into a bare ``--key`` / nothing for boolean flags.
+    """
+    out: list[str] = []
+    for tok in argv:
+        m = _KEY_VALUE.match(tok)
+        if not m or tok.startswith("-"):
+            out.append(tok)
+            continue
+        key, value = m.group(1).replace("_", "-"), m.group(2)
+        if value.lower() == "true":
+            out.append(f"--{key}")
+        elif value.lower() == "false":
+            continue
+        else:
+            out += [f"--{key}", value]
+    return out
+
+
+def _load(module: str) -> ModuleType:
+    return importlib.import_module(module)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="segpipe",
+        description="Streaming instance segmentation: run cameras, train, validate, export.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module in COMMANDS:
+        mod = _load(module)
+        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv:
+        argv = argv[:1] + translate_key_value(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except SegpipeError as e:
+        lines = str(e).splitlines() or [type(e).__name__]
+        for line in lines:
+            print(f"segpipe {args.command}: error: {line}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"segpipe {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

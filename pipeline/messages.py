@@ -1,0 +1,126 @@
+"""Typed messages passed between runtime stages. Leaf module: imports nothing from pipeline/ or engines/.
+
+Frozen, slotted dataclasses that check shapes and types on construction, so a stage that builds a
+bad message fails where the bug is, not three processes downstream.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+def _expect(cond: bool, what: str, expected: str, actual: Any) -> None:
+    if not cond:
+        raise ValueError(f"{what}: expected {expected}, got {actual!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One decoded frame.
+
+    image: (H, W, 3) uint8, BGR, in frame pixels. May be a view into a shared-memory slot: copy it
+      before the slot is released. pts: presentation time in seconds (None when the stream has none).
+    capture_ts: wall-clock seconds (time.time()) when the decoder produced the frame.
+    """
+
+    camera_id: str
+    seq: int
+    pts: float | None
+    capture_ts: float
+    image: np.ndarray
+
+    def __post_init__(self) -> None:
+        img = self.image
+        _expect(isinstance(img, np.ndarray) and img.ndim == 3 and img.shape[2] == 3,
+                "Frame.image shape", "(H, W, 3)", getattr(img, "shape", type(img)))
+        _expect(img.dtype == np.uint8, "Frame.image dtype", "uint8", img.dtype)
+        _expect(self.seq >= 0, "Frame.seq", ">= 0", self.seq)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) in pixels."""
+        return int(self.image.shape[1]), int(self.image.shape[0])
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Frames gathered across cameras for one engine call (at most one frame per camera)."""
+
+    frames: tuple[Frame, ...]
+    created_ts: float
+
+    def __post_init__(self) -> None:
+        _expect(len(self.frames) > 0, "Batch.frames", "at least one frame", len(self.frames))
+        ids = [f.camera_id for f in self.frames]
+        _expect(len(set(ids)) == len(ids), "Batch.frames camera ids", "unique", ids)
+
+
+@dataclass(frozen=True, slots=True)
+class Detection:
+    """One object in frame pixels.
+
+    box: (x1, y1, x2, y2) floats, frame pixels. mask: COCO compressed RLE
+    ``{"size": [H, W], "counts": str}`` over the whole frame, or a polygon list
+    ``[[x1, y1, x2, y2, ...], ...]`` in frame pixels, or None when masks are off.
+    """
+
+    class_id: int
+    label: str
+    score: float
+    box: tuple[float, float, float, float]
+    mask: dict[str, Any] | list[list[float]] | None = None
+
+    def __post_init__(self) -> None:
+        _expect(len(self.box) == 4, "Detection.box", "4 numbers", self.box)
+        _expect(0.0 <= self.score <= 1.0, "Detection.score", "in [0, 1]", self.score)
+
+
+@dataclass(frozen=True, slots=True)
+class FrameResult:
+    """Everything the model found in one frame, ready for the sinks.
+
+    Times are wall-clock seconds. frame_size is (width, height).
+    """
+
+    camera_id: str
+    seq: int
+    pts: float | None
+    capture_ts: float
+    infer_ts: float
+    frame_size: tuple[int, int]
+    model: str
+    detections: tuple[Detection, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        _expect(len(self.frame_size) == 2 and min(self.frame_size) > 0, "FrameResult.frame_size",
+                "(width, height) > 0", self.frame_size)
+
+
+class CameraState(str, enum.Enum):
+    """States of a camera's decoder (see pipeline.camera for the transition table)."""
+
+    CONNECTING = "connecting"
+    LIVE = "live"
+    STALLED = "stalled"
+    RECONNECTING = "reconnecting"
+    ENDED = "ended"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class CameraStatus:
+    """Emitted on every camera state change."""
+
+    camera_id: str
+    state: CameraState
+    ts: float
+    detail: str = ""
+
+
+STOP = object()
+"""Sentinel that flows downstream through every stage queue to end the pipeline."""

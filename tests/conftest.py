@@ -1,0 +1,122 @@
+"""Shared fixtures: real data, real servers, RNG hygiene, GPU skipping."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+COCO128 = REPO.parent / "shared" / "datasets" / "coco128-seg"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(autouse=True)
+def _restore_rng() -> Iterator[None]:
+    """Tests may seed freely; the global RNG state is put back afterwards."""
+    import torch
+
+    py, npy, th = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    yield
+    random.setstate(py)
+    np.random.set_state(npy)
+    torch.set_rng_state(th)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def coco128() -> Path:
+    """The shared coco128-seg dataset folder (read-only in CI); skips when absent."""
+    if not (COCO128 / "coco128-seg.yaml").is_file():
+        pytest.skip(f"shared dataset not found at {COCO128}")
+    return COCO128
+
+
+@pytest.fixture(scope="session")
+def coco128_images(coco128: Path) -> list[Path]:
+    return sorted((coco128 / "images" / "train2017").glob("*.jpg"))
+
+
+class RedisServer:
+    """A real redis-server on a loopback port, stoppable and restartable on the same port."""
+
+    def __init__(self, workdir: Path, password: str | None = None) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            pytest.skip("redis-server is not installed (deploy/bootstrap.sh --dev installs it)")
+        self.exe, self.workdir, self.password = exe, workdir, password
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        args = [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--dir", str(self.workdir)]
+        if self.password:
+            args += ["--requirepass", self.password]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ffmpeg() -> str:
+    exe = shutil.which("ffmpeg")
+    if exe is None:
+        pytest.skip("ffmpeg is not installed (deploy/bootstrap.sh --dev installs it)")
+    return exe
+
+
+@pytest.fixture
+def no_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+
+
+os.environ.setdefault("SEGPIPE_CACHE", str(REPO / ".cache" / "test"))
