@@ -1,0 +1,98 @@
+"""Deploy artefacts validate against their schemas and linters (no Docker engine needed)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+BIN = Path(sys.executable).parent
+
+
+def _tool(name: str) -> str:
+    exe = BIN / name
+    if exe.exists():
+        return str(exe)
+    found = shutil.which(name)
+    if not found:
+        pytest.skip(f"{name} is not installed (pip install -e .[dev])")
+    return found
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile.cpu", "Dockerfile.gpu"])
+def test_dockerfiles_pass_hadolint(dockerfile: str) -> None:
+    r = _run(_tool("hadolint"), str(DEPLOY / "docker" / dockerfile))
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile.cpu", "Dockerfile.gpu"])
+def test_dockerfiles_run_as_non_root_with_healthcheck(dockerfile: str) -> None:
+    text = (DEPLOY / "docker" / dockerfile).read_text()
+    users = [ln.split()[1] for ln in text.splitlines() if ln.startswith("USER ")]
+    assert users and not users[-1].startswith(("root", "0")), users
+    assert "HEALTHCHECK" in text and "/healthz" in text
+    assert 'VOLUME ["/var/cache/segpipe"]' in text
+
+
+def test_compose_validates_against_compose_spec() -> None:
+    r = _run(_tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec",
+             str(DEPLOY / "compose.yaml"))
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_compose_wiring() -> None:
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    assert {"redis", "segpipe", "prometheus", "grafana"} <= set(compose["services"])
+    prom = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    targets = prom["scrape_configs"][0]["static_configs"][0]["targets"]
+    assert targets == ["segpipe:9108"]
+    assert compose["services"]["segpipe"]["environment"]["SEGPIPE_METRICS_PORT"] == "9108"
+
+
+CORE_MANIFESTS = ["configmap.yaml", "secret.yaml", "statefulset.yaml", "service.yaml"]
+
+
+@pytest.mark.parametrize("manifest", CORE_MANIFESTS)
+def test_kubernetes_manifests_validate_strictly(manifest: str) -> None:
+    r = _run(_tool("kubernetes-validate"), "--strict", str(DEPLOY / "k8s" / manifest))
+    assert r.returncode == 0 and "passed" in r.stdout, r.stdout + r.stderr
+
+
+def test_servicemonitor_validates_against_crd_subset() -> None:
+    r = _run(_tool("check-jsonschema"), "--schemafile",
+             str(DEPLOY / "k8s" / "schemas" / "servicemonitor.schema.json"),
+             str(DEPLOY / "k8s" / "servicemonitor.yaml"))
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    kust = yaml.safe_load((DEPLOY / "k8s" / "kustomization.yaml").read_text())
+    on_disk = {p.name for p in (DEPLOY / "k8s").glob("*.yaml")} - {"kustomization.yaml"}
+    assert set(kust["resources"]) == on_disk
+
+
+def test_statefulset_shards_and_probes() -> None:
+    sts = yaml.safe_load((DEPLOY / "k8s" / "statefulset.yaml").read_text())
+    pod = sts["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in pod["env"]}
+    assert env["SEGPIPE_REPLICAS"]["value"] == str(sts["spec"]["replicas"])
+    assert env["SEGPIPE_POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert pod["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert pod["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert pod["resources"]["limits"]["nvidia.com/gpu"] == 1
+
+
+def test_grafana_dashboard_is_valid_json() -> None:
+    for f in (DEPLOY / "grafana" / "dashboards").glob("*.json"):
+        dash = json.loads(f.read_text())
+        assert dash["panels"], f
