@@ -1,0 +1,1 @@
+"""Training: task-aligned assignment, the YOLOv8-seg loss, and a short train step with hooks."""

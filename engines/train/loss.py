@@ -1,0 +1,211 @@
+"""YOLOv8-seg training loss: CIoU + DFL box loss, BCE class loss, prototype mask loss.
+
+Imports ``engines.nn.head`` (anchors, box decoding) and ``engines.train``'s assigner; nothing from
+``pipeline``. Everything is computed in float32, also under autocast, so AMP only speeds up the
+network, never the loss arithmetic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from engines.nn.head import bbox2dist, dist2bbox, make_anchors
+from engines.train.assigner import Assignment, TaskAlignedAssigner
+from engines.train.boxes import bbox_ciou, crop_mask, xywh2xyxy
+
+LOSS_NAMES = ("box_loss", "seg_loss", "cls_loss", "dfl_loss")
+
+
+class SegOutput(Protocol):
+    """What the model returns in train mode (``engines.nn.model.SegTrainOutput``)."""
+
+    feats: Sequence[Tensor]  # 3 x (B, 4*reg_max + nc, h_i, w_i)
+    coeffs: Tensor  # (B, nm, A)
+    proto: Tensor  # (B, nm, H/4, W/4)
+
+
+class SegTargets(Protocol):
+    """The labels of a batch (``engines.data.TrainBatch``)."""
+
+    cls: Tensor  # (M,) class ids
+    bboxes: Tensor  # (M, 4) normalised xywh
+    batch_idx: Tensor  # (M,) image index in the batch
+    masks: Tensor  # (M, H/4, W/4) uint8, one per instance
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LossGains:
+    """Weights of the loss terms; the mask loss uses ``box`` as Ultralytics does."""
+
+    box: float = 7.5
+    cls: float = 0.5
+    dfl: float = 1.5
+
+
+@dataclass(frozen=True, slots=True)
+class PaddedTargets:
+    """Per-image padded gts: ``labels (B, n, 1)``, ``boxes (B, n, 4)`` xyxy input pixels,
+    ``valid (B, n, 1) bool``, ``inst (B, n) int64`` row of the gt in the batch tensors (-1 = pad)."""
+
+    labels: Tensor
+    boxes: Tensor
+    valid: Tensor
+    inst: Tensor
+
+
+def pad_targets(cls: Tensor, bboxes: Tensor, batch_idx: Tensor, *, batch_size: int, imgsz: Tensor) -> PaddedTargets:
+    """Group flat per-instance labels by image, keeping their order within each image.
+
+    Args:
+        cls: ``(M,)`` class ids; bboxes: ``(M, 4)`` normalised xywh; batch_idx: ``(M,)``.
+        batch_size: ``B``; imgsz: ``(2,)`` float tensor ``(H, W)`` of the network input in pixels.
+    """
+    device = bboxes.device
+    bi = batch_idx.long().view(-1)
+    m = bi.numel()
+    n = int(torch.bincount(bi, minlength=batch_size).max()) if m else 0
+    labels = torch.zeros(batch_size, n, 1, device=device)
+    boxes = torch.zeros(batch_size, n, 4, device=device)
+    inst = torch.full((batch_size, n), -1, dtype=torch.long, device=device)
+    if m:
+        onehot = F.one_hot(bi, batch_size)  # (M, B)
+        rank = (onehot.cumsum(0) - 1).gather(1, bi[:, None]).squeeze(1)  # order within the image
+        labels[bi, rank, 0] = cls.view(-1).float()
+        boxes[bi, rank] = xywh2xyxy(bboxes.float() * imgsz[[1, 0, 1, 0]])
+        inst[bi, rank] = torch.arange(m, device=device)
+    return PaddedTargets(labels=labels, boxes=boxes, valid=(inst >= 0)[..., None], inst=inst)
+
+
+def dfl_loss(pred_dist: Tensor, target: Tensor, reg_max: int = 16) -> Tensor:
+    """Distribution focal loss (Li et al. 2020): cross-entropy against the two bins around the target.
+
+    Args:
+        pred_dist: ``(N, reg_max)`` logits over distance bins 0..reg_max-1.
+        target: ``(N,)`` float distances, clamped to ``[0, reg_max - 1.01]``.
+
+    Returns:
+        ``(N,)``: ``-(wl * log p[tl] + wr * log p[tl + 1])`` with ``tl = floor(target)``,
+        ``wl = tl + 1 - target``, ``wr = 1 - wl``.
+    """
+    target = target.clamp(0, reg_max - 1 - 0.01)
+    tl = target.long()
+    wl = tl + 1 - target
+    logp = F.log_softmax(pred_dist, dim=-1)
+    return -(logp.gather(1, tl[:, None]).squeeze(1) * wl + logp.gather(1, (tl + 1)[:, None]).squeeze(1) * (1 - wl))
+
+
+def mask_loss(
+    gt_masks: Tensor, coeffs: Tensor, proto: Tensor, boxes: Tensor, area: Tensor
+) -> Tensor:
+    """Summed mask loss of the positives of one image.
+
+    Args:
+        gt_masks: ``(F, h, w)`` float 0/1 gt mask of each positive's gt, proto resolution.
+        coeffs: ``(F, nm)`` predicted mask coefficients; proto: ``(nm, h, w)`` prototypes.
+        boxes: ``(F, 4)`` gt xyxy in proto pixels (the crop); area: ``(F,)`` gt box area as a
+            fraction of the image.
+
+    Returns:
+        Scalar: sum over positives of mean-over-pixels(BCE cropped to the box) / area, i.e. the
+        BCE averaged inside each box.
+    """
+    logits = torch.einsum("fn,nhw->fhw", coeffs, proto)
+    bce = F.binary_cross_entropy_with_logits(logits, gt_masks, reduction="none")
+    return (crop_mask(bce, boxes).mean(dim=(1, 2)) / area).sum()
+
+
+class SegLoss:
+    """Callable ``loss(out, batch) -> (total, items)`` for YOLOv8-seg.
+
+    ``total`` is the scalar to back-propagate: the sum of the gained terms times the batch size.
+    ``items`` is ``(4,)`` detached ``(box, seg, cls, dfl)`` (gained, not scaled by batch size).
+    """
+
+    def __init__(
+        self, *, nc: int, strides: Sequence[float] | Tensor, reg_max: int = 16,
+        gains: LossGains = LossGains(), topk: int = 10,
+    ) -> None:
+        self.nc, self.reg_max, self.gains = nc, reg_max, gains
+        self.strides = torch.as_tensor(strides, dtype=torch.float32).flatten()
+        self.assigner = TaskAlignedAssigner(nc=nc, topk=topk, alpha=0.5, beta=6.0)
+
+    @classmethod
+    def for_model(cls, model: torch.nn.Module, *, gains: LossGains = LossGains()) -> SegLoss:
+        """Read nc, strides and reg_max from a ``SegmentationModel``."""
+        head = model.model[-1]
+        return cls(nc=int(model.nc), strides=model.stride, reg_max=int(head.reg_max), gains=gains)
+
+    def decode(self, anchor_points: Tensor, pred_dist: Tensor) -> Tensor:
+        """``(B, A, 4*reg_max)`` logits -> ``(B, A, 4)`` xyxy in grid units (expected bin per side)."""
+        b, a, _ = pred_dist.shape
+        proj = torch.arange(self.reg_max, dtype=pred_dist.dtype, device=pred_dist.device)
+        dist = pred_dist.view(b, a, 4, self.reg_max).softmax(3) @ proj
+        return dist2bbox(dist, anchor_points, xywh=False)
+
+    def __call__(self, out: SegOutput, batch: SegTargets) -> tuple[Tensor, Tensor]:
+        feats = [f.float() for f in out.feats]
+        bs, no = feats[0].shape[:2]
+        pred = torch.cat([f.view(bs, no, -1) for f in feats], 2).permute(0, 2, 1)  # (B, A, no)
+        pred_dist, pred_scores = pred.split((4 * self.reg_max, self.nc), 2)
+        coeffs = out.coeffs.float().permute(0, 2, 1)  # (B, A, nm)
+        proto = out.proto.float()
+        strides = self.strides.to(pred.device)
+        anchors, stride_t = make_anchors(feats, strides, 0.5)
+        imgsz = torch.tensor(feats[0].shape[2:], device=pred.device, dtype=torch.float32) * strides[0]
+        gt = pad_targets(batch.cls.to(pred.device), batch.bboxes.to(pred.device),
+                         batch.batch_idx.to(pred.device), batch_size=bs, imgsz=imgsz)
+
+        pred_boxes = self.decode(anchors, pred_dist)  # grid units
+        asg = self.assigner(pred_scores.detach().sigmoid(), pred_boxes.detach() * stride_t,
+                            anchors * stride_t, gt.labels, gt.boxes, gt.valid)
+        score_sum = asg.scores.sum().clamp(min=1)
+
+        cls = F.binary_cross_entropy_with_logits(pred_scores, asg.scores, reduction="none").sum() / score_sum
+        box, dfl = self._box_losses(pred_dist, pred_boxes, anchors, stride_t, asg, score_sum)
+        seg = self._seg_loss(asg, gt, batch.masks.to(pred.device), proto, coeffs, imgsz)
+        g = self.gains
+        items = torch.stack((box * g.box, seg * g.box, cls * g.cls, dfl * g.dfl))
+        return items.sum() * bs, items.detach()
+
+    def _box_losses(
+        self, pred_dist: Tensor, pred_boxes: Tensor, anchors: Tensor, stride_t: Tensor,
+        asg: Assignment, score_sum: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """CIoU and DFL over positives, weighted by their soft target score; zero without positives
+        while keeping ``pred_dist`` in the graph (DDP needs every parameter to get a gradient)."""
+        fg = asg.fg_mask
+        weight = asg.scores.sum(-1)[fg]  # (F,)
+        target = asg.bboxes / stride_t  # grid units
+        iou = bbox_ciou(pred_boxes[fg], target[fg])
+        box = ((1.0 - iou) * weight).sum() / score_sum
+        ltrb = bbox2dist(anchors, target, self.reg_max - 1)[fg]  # (F, 4)
+        per_side = dfl_loss(pred_dist[fg].reshape(-1, self.reg_max), ltrb.reshape(-1), self.reg_max)
+        dfl = (per_side.view(-1, 4).mean(-1) * weight).sum() / score_sum
+        return box, dfl
+
+    def _seg_loss(
+        self, asg: Assignment, gt: PaddedTargets, masks: Tensor, proto: Tensor, coeffs: Tensor, imgsz: Tensor
+    ) -> Tensor:
+        """Mean over positives of the per-instance box-normalised mask BCE (see :func:`mask_loss`)."""
+        if tuple(masks.shape[-2:]) != tuple(proto.shape[-2:]):
+            # Labels drawn at another ratio: bring the prototypes to the mask grid, not the reverse,
+            # so thin gt structures are not lost to nearest-neighbour downsampling.
+            proto = F.interpolate(proto, masks.shape[-2:], mode="bilinear", align_corners=False)
+        mh, mw = proto.shape[-2:]
+        norm = asg.bboxes / imgsz[[1, 0, 1, 0]]  # (B, A, 4) xyxy, 0-1
+        area = (norm[..., 2] - norm[..., 0]) * (norm[..., 3] - norm[..., 1])
+        mboxes = norm * torch.tensor([mw, mh, mw, mh], device=norm.device, dtype=norm.dtype)
+        loss = (proto * 0).sum() + (coeffs * 0).sum()  # keeps the graph whole when nothing is positive
+        for i in range(proto.shape[0]):
+            fg = asg.fg_mask[i]
+            if not fg.any():
+                continue
+            inst = gt.inst[i, asg.gt_idx[i, fg]]
+            loss = loss + mask_loss(masks[inst].float(), coeffs[i, fg], proto[i], mboxes[i, fg], area[i, fg])
+        return loss / asg.fg_mask.sum().clamp(min=1)
