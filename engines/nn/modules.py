@@ -1,0 +1,264 @@
+"""YOLOv8-seg building blocks.
+
+Imports nothing from segpipe but :mod:`engines.nn.head`. Attribute names (``conv``, ``bn``, ``cv1``,
+``m``, ``cv2``/``cv3``/``cv4``, ``dfl``, ``proto``) are part of the checkpoint format: they make
+the state-dict keys match Ultralytics' one to one, so do not rename them. Constructors take
+keyword-only arguments; the YAML row -> arguments mapping lives in :mod:`engines.nn.model`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from engines.nn.head import dist2bbox, make_anchors
+
+# Ultralytics trains with these BatchNorm settings; they are part of reproducing its training.
+BN_EPS = 1e-3
+BN_MOMENTUM = 0.03
+
+
+def autopad(k: int, p: int | None = None, d: int = 1) -> int:
+    """'Same' padding for an odd kernel ``k`` with dilation ``d`` (unless ``p`` is given)."""
+    if p is not None:
+        return p
+    k = d * (k - 1) + 1 if d > 1 else k
+    return k // 2
+
+
+def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """Fold an eval-mode BatchNorm into the preceding convolution (returns a new conv with bias)."""
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                      conv.dilation, conv.groups, bias=True).to(conv.weight.device, conv.weight.dtype)
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    with torch.no_grad():
+        fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+        fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
+    return fused.requires_grad_(False)
+
+
+class Conv(nn.Module):
+    """Conv2d (no bias) + BatchNorm2d + SiLU. ``(N, c1, H, W) -> (N, c2, H/s, W/s)``."""
+
+    def __init__(self, *, c1: int, c2: int, k: int = 1, s: int = 1, p: int | None = None, g: int = 1,
+                 d: int = 1, act: bool = True) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c1, c2, k, s, autopad(k, p, d), groups=g, dilation=d, bias=False)
+        self.bn: nn.Module = nn.BatchNorm2d(c2, eps=BN_EPS, momentum=BN_MOMENTUM)
+        self.act: nn.Module = nn.SiLU() if act else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+    def fuse(self) -> None:
+        """Fold the BatchNorm into the conv; afterwards the state dict has ``conv.weight/bias`` only."""
+        if isinstance(self.bn, nn.BatchNorm2d):
+            self.conv = fuse_conv_bn(self.conv, self.bn)
+            self.bn = nn.Identity()
+
+
+class Bottleneck(nn.Module):
+    """Two convs with an optional residual: ``(N, c1, H, W) -> (N, c2, H, W)``."""
+
+    def __init__(self, *, c1: int, c2: int, shortcut: bool = True, g: int = 1, k: tuple[int, int] = (3, 3),
+                 e: float = 0.5) -> None:
+        super().__init__()
+        c_ = int(c2 * e)
+        self.cv1 = Conv(c1=c1, c2=c_, k=k[0])
+        self.cv2 = Conv(c1=c_, c2=c2, k=k[1], g=g)
+        self.add = shortcut and c1 == c2
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.cv2(self.cv1(x))
+        return x + y if self.add else y
+
+
+class C2f(nn.Module):
+    """CSP block with two convs and ``n`` bottlenecks whose outputs are all concatenated.
+    ``(N, c1, H, W) -> (N, c2, H, W)``."""
+
+    def __init__(self, *, c1: int, c2: int, n: int = 1, shortcut: bool = False, g: int = 1,
+                 e: float = 0.5) -> None:
+        super().__init__()
+        self.c = int(c2 * e)
+        self.cv1 = Conv(c1=c1, c2=2 * self.c, k=1)
+        self.cv2 = Conv(c1=(2 + n) * self.c, c2=c2, k=1)
+        self.m = nn.ModuleList(
+            Bottleneck(c1=self.c, c2=self.c, shortcut=shortcut, g=g, k=(3, 3), e=1.0) for _ in range(n)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = list(self.cv1(x).chunk(2, 1))
+        for m in self.m:
+            y.append(m(y[-1]))
+        return self.cv2(torch.cat(y, 1))
+
+
+class SPPF(nn.Module):
+    """Spatial pyramid pooling (fast): three chained max-pools, equal to SPP(k=(5, 9, 13)) for k=5.
+    ``(N, c1, H, W) -> (N, c2, H, W)``."""
+
+    def __init__(self, *, c1: int, c2: int, k: int = 5) -> None:
+        super().__init__()
+        c_ = c1 // 2
+        self.cv1 = Conv(c1=c1, c2=c_, k=1)  # YOLOv8's SPPF keeps the activation here (YOLO26 drops it)
+        self.cv2 = Conv(c1=c_ * 4, c2=c2, k=1)
+        self.m = nn.MaxPool2d(kernel_size=k, stride=1, padding=k // 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = [self.cv1(x)]
+        for _ in range(3):
+            y.append(self.m(y[-1]))
+        return self.cv2(torch.cat(y, 1))
+
+
+class Concat(nn.Module):
+    """Concatenate a list of tensors along ``dim`` (channels by default)."""
+
+    def __init__(self, *, dim: int = 1) -> None:
+        super().__init__()
+        self.d = dim
+
+    def forward(self, x: list[Tensor]) -> Tensor:
+        return torch.cat(x, self.d)
+
+
+class DFL(nn.Module):
+    """Distribution focal loss integral: expectation over ``c1`` bins with a fixed 1x1 conv.
+    ``(N, 4*c1, A) -> (N, 4, A)`` distances in grid units."""
+
+    def __init__(self, *, c1: int = 16) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c1, 1, 1, bias=False).requires_grad_(False)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.arange(c1, dtype=torch.float).view(1, c1, 1, 1))
+        self.c1 = c1
+
+    def forward(self, x: Tensor) -> Tensor:
+        # (N, 4*c1, A) -> (N, c1, 4, A) so the conv integrates over the bins; reshape keeps N symbolic.
+        b = x.unflatten(1, (4, self.c1)).transpose(2, 1).softmax(1)
+        return self.conv(b).squeeze(1)
+
+
+class Proto(nn.Module):
+    """Mask prototypes from the P3 map: ``(N, c1, H/8, W/8) -> (N, c2, H/4, W/4)``."""
+
+    def __init__(self, *, c1: int, c_: int = 256, c2: int = 32) -> None:
+        super().__init__()
+        self.cv1 = Conv(c1=c1, c2=c_, k=3)
+        self.upsample = nn.ConvTranspose2d(c_, c_, 2, 2, 0, bias=True)
+        self.cv2 = Conv(c1=c_, c2=c_, k=3)
+        self.cv3 = Conv(c1=c_, c2=c2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.cv3(self.cv2(self.upsample(self.cv1(x))))
+
+
+class SegTrainOutput(NamedTuple):
+    """Train-mode output of :class:`Segment`.
+
+    feats: per level ``(N, 4*reg_max + nc, h_i, w_i)`` raw box-distribution logits then class logits.
+    coeffs: ``(N, nm, A)`` mask coefficients, levels concatenated like the anchors.
+    proto: ``(N, nm, H/4, W/4)`` mask prototypes.
+    """
+
+    feats: list[Tensor]
+    coeffs: Tensor
+    proto: Tensor
+
+
+def _branch(c1: int, c_: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(Conv(c1=c1, c2=c_, k=3), Conv(c1=c_, c2=c_, k=3), nn.Conv2d(c_, c_out, 1))
+
+
+class Detect(nn.Module):
+    """Anchor-free detection head over the P3-P5 maps (YOLOv8 'legacy' cls branch of plain convs).
+
+    ``strides`` are the input-pixel strides of the input levels (8, 16, 32). Eval output:
+    ``(N, 4 + nc, A)``: boxes ``(cx, cy, w, h)`` in input pixels, then sigmoid class scores.
+    """
+
+    def __init__(self, *, nc: int, ch: tuple[int, ...], strides: tuple[float, ...], reg_max: int = 16) -> None:
+        super().__init__()
+        if len(strides) != len(ch):
+            raise ValueError(f"Detect: {len(ch)} input levels but {len(strides)} strides")
+        self.nc, self.nl, self.reg_max = nc, len(ch), reg_max
+        self.no = nc + 4 * reg_max
+        self.strides = tuple(float(s) for s in strides)
+        # Not persistent: Ultralytics' state dict has no stride key, and stride is derived from the YAML.
+        self.register_buffer("stride", torch.tensor(self.strides), persistent=False)
+        c2, c3 = max(16, ch[0] // 4, 4 * reg_max), max(ch[0], min(nc, 100))
+        self.cv2 = nn.ModuleList(_branch(x, c2, 4 * reg_max) for x in ch)
+        self.cv3 = nn.ModuleList(_branch(x, c3, nc) for x in ch)
+        self.dfl = DFL(c1=reg_max) if reg_max > 1 else nn.Identity()
+        self._anchor_key: tuple | None = None
+        self._anchors = self._anchor_strides = torch.empty(0)
+        self.bias_init()
+
+    def bias_init(self) -> None:
+        """Prior biases: box logits 2.0; class logits for ~5 objects per 640 image over ``nc`` classes."""
+        with torch.no_grad():
+            for a, b, s in zip(self.cv2, self.cv3, self.strides, strict=True):
+                a[-1].bias.fill_(2.0)
+                b[-1].bias[: self.nc] = math.log(5 / self.nc / (640 / s) ** 2)
+
+    def raw(self, x: list[Tensor]) -> list[Tensor]:
+        """Per level ``(N, 4*reg_max + nc, h_i, w_i)``: box-distribution logits then class logits."""
+        return [torch.cat((self.cv2[i](x[i]), self.cv3[i](x[i])), 1) for i in range(self.nl)]
+
+    def anchors(self, feats: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """``(anchors (2, A) grid units, strides (1, A) pixels)``, cached per feature-map shape."""
+        if _tracing():  # computed in-graph so exported graphs keep H and W symbolic
+            a, s = make_anchors(feats, self.strides, 0.5)
+            return a.transpose(0, 1), s.transpose(0, 1)
+        f0 = feats[0]
+        key = (tuple((f.shape[2], f.shape[3]) for f in feats), f0.device, f0.dtype)
+        if key != self._anchor_key:
+            a, s = make_anchors(feats, self.strides, 0.5)
+            self._anchors, self._anchor_strides = a.transpose(0, 1), s.transpose(0, 1)
+            self._anchor_key = key
+        return self._anchors, self._anchor_strides
+
+    def decode(self, feats: list[Tensor]) -> Tensor:
+        """Raw level maps -> ``(N, 4 + nc, A)`` xywh boxes in input pixels + sigmoid scores."""
+        x = torch.cat([f.flatten(2) for f in feats], 2)
+        box, cls = x.split((4 * self.reg_max, self.nc), 1)
+        anchors, strides = self.anchors(feats)
+        dbox = dist2bbox(self.dfl(box), anchors.unsqueeze(0), xywh=True, dim=1) * strides
+        return torch.cat((dbox, cls.sigmoid()), 1)
+
+    def forward(self, x: list[Tensor]) -> list[Tensor] | Tensor:
+        feats = self.raw(x)
+        return feats if self.training else self.decode(feats)
+
+
+class Segment(Detect):
+    """Detect plus ``nm`` mask coefficients per anchor and a :class:`Proto` of ``npr`` channels.
+
+    Eval: ``(pred (N, 4 + nc + nm, A), proto (N, nm, H/4, W/4))``; train: :class:`SegTrainOutput`.
+    """
+
+    def __init__(self, *, nc: int, ch: tuple[int, ...], strides: tuple[float, ...], nm: int = 32,
+                 npr: int = 256, reg_max: int = 16) -> None:
+        super().__init__(nc=nc, ch=ch, strides=strides, reg_max=reg_max)
+        self.nm, self.npr = nm, npr
+        self.proto = Proto(c1=ch[0], c_=npr, c2=nm)
+        c4 = max(ch[0] // 4, nm)
+        self.cv4 = nn.ModuleList(_branch(x, c4, nm) for x in ch)
+
+    def forward(self, x: list[Tensor]) -> SegTrainOutput | tuple[Tensor, Tensor]:  # type: ignore[override]
+        proto = self.proto(x[0])
+        coeffs = torch.cat([self.cv4[i](x[i]).flatten(2) for i in range(self.nl)], 2)
+        feats = self.raw(x)
+        if self.training:
+            return SegTrainOutput(feats, coeffs, proto)
+        return torch.cat((self.decode(feats), coeffs), 1), proto
+
+
+def _tracing() -> bool:
+    return (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
+            or torch.compiler.is_compiling() or torch.compiler.is_exporting())
