@@ -63,3 +63,7 @@ class SourceError(SegpipeError):
 
 class SinkError(SegpipeError):
     """A sink cannot be set up (bad endpoint, unwritable path)."""
+
+
+class InputError(SegpipeError):
+    """An input tensor or image has the wrong dtype, shape or layout for the model."""

@@ -18,6 +18,7 @@ from engines.errors import SegpipeError
 # Explicit registry: (command name, module). Imported lazily so `segpipe --help` stays fast.
 COMMANDS: tuple[tuple[str, str], ...] = (
     ("info", "pipeline.cli.info"),
+    ("predict", "pipeline.cli.predict"),
 )
 
 _KEY_VALUE = re.compile(r"^([A-Za-z_][A-Za-z0-9_-]*)=(.*)$", re.S)

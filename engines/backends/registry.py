@@ -1,0 +1,61 @@
+"""Backend registry: artifact suffix -> backend class, imported lazily (TensorRT/OpenVINO are heavy)."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from engines.backends.base import Backend, BackendOptions
+from engines.device import parse_device
+from engines.errors import ModelError
+from engines.registry import Registry
+
+
+@dataclass(frozen=True, slots=True)
+class BackendEntry:
+    module: str
+    cls: str
+    suffixes: tuple[str, ...]
+
+
+BACKENDS: Registry[BackendEntry] = Registry("backend")
+BACKENDS.register("torch", BackendEntry("engines.backends.torch_backend", "TorchBackend",
+                                        (".pt", ".safetensors", ".yaml", ".yml")))
+BACKENDS.register("onnx", BackendEntry("engines.backends.onnx_backend", "OnnxBackend", (".onnx",)))
+BACKENDS.register("openvino", BackendEntry("engines.backends.openvino_backend", "OpenVinoBackend",
+                                           ("_openvino_model", ".xml")))
+BACKENDS.register("torchscript", BackendEntry("engines.backends.torchscript_backend",
+                                              "TorchScriptBackend", (".torchscript",)))
+BACKENDS.register("tensorrt", BackendEntry("engines.backends.tensorrt_backend", "TensorRTBackend",
+                                           (".engine",)))
+
+
+def available_backends() -> list[str]:
+    return BACKENDS.names()
+
+
+def backend_for(path: str | Path) -> str:
+    """Backend name for an artifact path, by suffix (a ``*_openvino_model`` folder is OpenVINO)."""
+    name = str(path).rstrip("/\\")
+    lower = name.lower()
+    for key in BACKENDS:
+        if any(lower.endswith(s) for s in BACKENDS.get(key).suffixes):
+            return key
+    known = ", ".join(s for k in BACKENDS for s in BACKENDS.get(k).suffixes)
+    raise ModelError(f"{name}: unknown model format (expected one of: {known})")
+
+
+def load_backend(path: str | Path, *, device: str | torch.device | None = "cpu", backend: str = "auto",
+                 options: BackendOptions | None = None) -> Backend:
+    """Load ``path`` with the named backend (``auto``: by suffix) on ``device``."""
+    name = backend_for(path) if backend == "auto" else backend
+    entry = BACKENDS.get(name)
+    p = Path(path)
+    is_builtin_yaml = name == "torch" and p.suffix in (".yaml", ".yml")
+    if not p.exists() and not is_builtin_yaml:
+        raise ModelError(f"{path}: model file not found")
+    cls: type[Backend] = getattr(importlib.import_module(entry.module), entry.cls)
+    return cls(p, device=parse_device(device), options=options or BackendOptions())  # type: ignore[call-arg]

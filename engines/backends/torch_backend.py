@@ -1,0 +1,80 @@
+"""PyTorch backend: segpipe / Ultralytics checkpoints (or a model YAML, randomly initialised).
+
+On CUDA: fp16, channels-last and one CUDA graph per input shape (replaying a graph removes the per-layer
+launch overhead that dominates small batches). BatchNorm is folded into the convolutions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from engines.backends.base import Backend, BackendMeta, BackendOptions
+from engines.checkpoint import build_model, load_checkpoint
+from engines.nn.model import SegmentationModel
+
+
+class _Graph:
+    """One captured CUDA graph with its static input and outputs."""
+
+    def __init__(self, model: torch.nn.Module, x: torch.Tensor) -> None:
+        self.x = x.clone()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):  # warm-up outside capture, as CUDA graphs require
+            for _ in range(2):
+                model(self.x)
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.pred, self.proto = model(self.x)
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.x.copy_(x, non_blocking=True)
+        self.graph.replay()
+        return self.pred.clone(), self.proto.clone()
+
+
+class TorchBackend(Backend):
+    def __init__(self, path: Path, *, device: torch.device, options: BackendOptions) -> None:
+        self.path, self.device, self.options = path, device, options
+        if path.suffix in (".yaml", ".yml"):
+            model = SegmentationModel(str(path))
+            names = tuple(f"class{i}" for i in range(model.nc))
+            imgsz, stride, source = 640, int(model.stride.max()), "yaml"
+        else:
+            ckpt = load_checkpoint(path)
+            model = build_model(ckpt)
+            m = ckpt.meta
+            names, imgsz, stride, source = tuple(m.names), m.imgsz, int(m.stride), m.source
+        model = model.to(device).eval()
+        if options.fuse:
+            model = model.fuse()
+        self.half = options.half and device.type == "cuda"
+        if self.half:
+            model = model.half()
+        if options.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.model = model
+        size = (imgsz, imgsz) if isinstance(imgsz, int) else tuple(imgsz)
+        self.meta = BackendMeta(names=names, imgsz=size, stride=stride, batch_range=(1, 1 << 16),
+                                precision="fp16" if self.half else "fp32", dynamic=True, source=source)
+        self._graphs: dict[tuple[int, ...], _Graph] = {}
+        self.use_graphs = options.cuda_graph and device.type == "cuda"
+
+    @torch.inference_mode()
+    def _infer(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.to(torch.float16 if self.half else torch.float32)
+        if self.options.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.use_graphs:
+            key = tuple(x.shape)
+            if key not in self._graphs:
+                self._graphs[key] = _Graph(self.model, x)
+            pred, proto = self._graphs[key](x)
+        else:
+            pred, proto = self.model(x)
+        return pred.float(), proto.float()

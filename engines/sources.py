@@ -1,0 +1,121 @@
+"""Inputs for ``predict``: images, folders, globs, video files and stream URLs, as BGR frames.
+
+Each item is ``SourceItem(name, image (H, W, 3) uint8 BGR, frame)`` where ``frame`` is the frame index for
+videos and streams and None for still images.
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from engines.errors import SourceError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".ts", ".mpg", ".mpeg", ".h264")
+STREAM_PREFIXES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
+
+
+@dataclass(frozen=True, slots=True)
+class SourceItem:
+    name: str
+    image: np.ndarray
+    frame: int | None = None
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Decode an image file to (H, W, 3) uint8 BGR; SourceError if it is missing or unreadable."""
+    p = Path(path)
+    if not p.is_file():
+        raise SourceError(f"{p}: image not found")
+    data = np.fromfile(str(p), dtype=np.uint8)
+    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if img is None:
+        raise SourceError(f"{p}: cannot decode image (corrupt or not an image)")
+    return img
+
+
+def _as_bgr(arr: np.ndarray, name: str) -> np.ndarray:
+    if arr.ndim == 2:
+        arr = cv2.cvtColor(arr, cv2.COLOR_GRAY2BGR)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4) or arr.dtype != np.uint8:
+        raise SourceError(f"{name}: expected an (H, W, 3) uint8 BGR array, got {arr.shape} {arr.dtype}")
+    return np.ascontiguousarray(arr[..., :3])
+
+
+def iter_video(url: str, *, name: str | None = None) -> Iterator[SourceItem]:
+    """Decode a video file or stream with PyAV, frame by frame (BGR)."""
+    import av
+
+    try:
+        container = av.open(url, options={"rtsp_transport": "tcp"} if url.startswith("rtsp") else None,
+                            timeout=10.0)
+    except (av.error.FFmpegError, OSError) as e:
+        raise SourceError(f"{url}: cannot open video ({e})") from None
+    label = name or Path(url).stem if not url.startswith(STREAM_PREFIXES) else (name or "stream")
+    with container:
+        if not container.streams.video:
+            raise SourceError(f"{url}: no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        try:
+            for i, frame in enumerate(container.decode(stream)):
+                yield SourceItem(label, frame.to_ndarray(format="bgr24"), i)
+        except av.error.FFmpegError as e:
+            raise SourceError(f"{url}: decoding failed at frame ({e})") from None
+
+
+def _files_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES)
+
+
+def _expand(source: str) -> list[str]:
+    if source.startswith(STREAM_PREFIXES):
+        return [source]
+    if any(c in source for c in "*?["):
+        hits = sorted(globlib.glob(source, recursive=True))
+        if not hits:
+            raise SourceError(f"{source}: glob matched no files")
+        return hits
+    p = Path(source)
+    if p.is_dir():
+        files = _files_in(p)
+        if not files:
+            raise SourceError(f"{source}: folder has no images or videos")
+        return [str(f) for f in files]
+    if not p.exists():
+        raise SourceError(f"{source}: no such file, folder, glob or stream URL")
+    return [source]
+
+
+def iter_source(source: Any) -> Iterator[SourceItem]:
+    """Yield frames from any supported source (see module docstring); arrays are taken as BGR."""
+    if isinstance(source, np.ndarray):
+        yield SourceItem("image0", _as_bgr(source, "array"))
+        return
+    if isinstance(source, Sequence) and not isinstance(source, str):
+        for i, s in enumerate(source):
+            if isinstance(s, np.ndarray):
+                yield SourceItem(f"image{i}", _as_bgr(s, f"source[{i}]"))
+            else:
+                yield from iter_source(s)
+        return
+    if isinstance(source, Path):
+        source = str(source)
+    if not isinstance(source, str):
+        raise SourceError(f"unsupported source type {type(source).__name__}")
+    for item in _expand(source):
+        lower = item.lower()
+        if lower.startswith(STREAM_PREFIXES) or lower.endswith(VIDEO_SUFFIXES):
+            yield from iter_video(item)
+        elif lower.endswith(IMAGE_SUFFIXES):
+            yield SourceItem(Path(item).stem, read_image(item))
+        else:
+            raise SourceError(f"{item}: unsupported source (expected an image {IMAGE_SUFFIXES[:3]}..., "
+                              f"a video {VIDEO_SUFFIXES[:3]}..., a folder, a glob or a stream URL)")

@@ -1,0 +1,42 @@
+"""Argument helpers shared by command modules (one spelling of each common flag)."""
+
+from __future__ import annotations
+
+import argparse
+
+from engines.errors import ConfigError
+
+
+def add_model_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+    p.add_argument("--model", required=required, help="checkpoint (.pt), .onnx, *_openvino_model/, "
+                   ".torchscript, .engine, or a model YAML such as yolov8n-seg.yaml")
+    p.add_argument("--device", default="cpu", help="cpu, 0, 1, cuda:0 (default: cpu)")
+    p.add_argument("--backend", default="auto",
+                   choices=["auto", "torch", "onnx", "openvino", "torchscript", "tensorrt"])
+
+
+def add_infer_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--imgsz", type=int, default=None, help="inference size in pixels (default: the model's)")
+    p.add_argument("--conf", type=float, default=0.25, help="confidence threshold (default 0.25)")
+    p.add_argument("--iou", type=float, default=0.7, help="NMS IoU threshold (default 0.7)")
+    p.add_argument("--max-det", type=int, default=300, help="most detections per image (default 300)")
+    p.add_argument("--classes", type=str, default=None, help="comma-separated class ids to keep")
+    p.add_argument("--agnostic-nms", action="store_true", help="NMS across classes")
+    p.add_argument("--half", action="store_true", help="fp16 inference (CUDA)")
+
+
+def parse_classes(spec: str | None) -> tuple[int, ...] | None:
+    if spec is None or spec == "":
+        return None
+    try:
+        ids = tuple(int(s) for s in spec.replace(" ", "").strip("[]").split(",") if s)
+    except ValueError:
+        raise ConfigError("--classes", f"expected comma-separated integers, got {spec!r}") from None
+    if any(i < 0 for i in ids):
+        raise ConfigError("--classes", f"class ids must be >= 0, got {spec!r}")
+    return ids
+
+
+def check_range(name: str, value: float, lo: float, hi: float) -> None:
+    if not lo <= value <= hi:
+        raise ConfigError(name, f"must be in [{lo}, {hi}], got {value}")
