@@ -1,0 +1,256 @@
+"""Subscriber helpers: parse events, decode their masks into numpy arrays, read Redis streams.
+
+Depends on ``pipeline.events`` (for the version), pycocotools and redis; usable from any consumer
+process without the rest of segpipe running. Masks decode to ``bool`` arrays either over the whole
+frame ``(H, W)`` or cropped to the detection's box ``(y1 - y0, x1 - x0)`` (see ``box_window``); a
+crop of an RLE mask is decoded without building the full frame. ``StreamReader`` (every reader sees
+everything) and ``GroupReader`` (consumer group: events shared among readers, acknowledged,
+at-least-once) read the Redis sink's streams; ``segpipe listen`` is built on them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import redis
+from pycocotools import mask as mask_utils
+
+from engines.errors import DataError
+from pipeline.events import SCHEMA_VERSION
+
+Window = tuple[int, int, int, int]
+"""Integer pixel window ``(x0, y0, x1, y1)``, half-open, in frame pixels."""
+
+
+def parse_event(data: bytes | str) -> dict[str, Any]:
+    """Decode one event's JSON and check it is a segpipe event this client understands."""
+    try:
+        event = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DataError(f"event is not JSON: {e}") from None
+    if not isinstance(event, dict) or event.get("kind") not in ("frame", "status"):
+        raise DataError("event has no kind 'frame' or 'status'")
+    version = event.get("version")
+    if not isinstance(version, int) or not 1 <= version <= SCHEMA_VERSION:
+        raise DataError(f"event version {version!r} is not supported (this client reads 1..{SCHEMA_VERSION})")
+    return event
+
+
+def box_window(box: Sequence[float], height: int, width: int) -> Window:
+    """The smallest integer window holding ``box`` ``[x1, y1, x2, y2]`` (frame pixels), clipped to
+    the frame: ``(floor(x1), floor(y1), ceil(x2), ceil(y2))``."""
+    x1, y1, x2, y2 = box
+    x0, y0 = min(max(math.floor(x1), 0), width), min(max(math.floor(y1), 0), height)
+    return x0, y0, max(min(math.ceil(x2), width), x0), max(min(math.ceil(y2), height), y0)
+
+
+def rle_counts(counts: str) -> np.ndarray:
+    """Run lengths ``(k,) int64`` from a COCO compressed counts string (pycocotools' ``rleFrString``).
+
+    Runs alternate background/foreground starting with background, column-major over the frame.
+    """
+    out: list[int] = []
+    p, n = 0, len(counts)
+    while p < n:
+        x, k, more = 0, 0, True
+        while more:
+            c = ord(counts[p]) - 48
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p, k = p + 1, k + 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(out) > 2:
+            x += out[-2]  # counts after the second are stored as differences from two back
+        out.append(x)
+    return np.asarray(out, dtype=np.int64)
+
+
+def _decode_rle_window(mask: dict[str, Any], window: Window) -> np.ndarray:
+    height, width = (int(v) for v in mask["size"])
+    x0, y0, x1, y1 = window
+    runs = rle_counts(mask["counts"]) if isinstance(mask["counts"], str) else np.asarray(mask["counts"])
+    if int(runs.sum()) != height * width:
+        raise DataError(f"RLE counts cover {int(runs.sum())} pixels, size says {height}x{width}")
+    # Column-major: pixel (x, y) is at x * H + y, so columns x0..x1 are one contiguous index range.
+    lo, hi = x0 * height, x1 * height
+    ends = np.cumsum(runs)
+    starts = ends - runs
+    s, e = np.clip(starts[1::2], lo, hi) - lo, np.clip(ends[1::2], lo, hi) - lo
+    edges = np.zeros(hi - lo + 1, np.int32)
+    np.add.at(edges, s, 1)
+    np.add.at(edges, e, -1)
+    cols = (np.cumsum(edges[:-1]) > 0).reshape(x1 - x0, height).T
+    return np.ascontiguousarray(cols[y0:y1])
+
+
+def _decode_polygons(polygons: list[list[float]], window: Window) -> np.ndarray:
+    x0, y0, x1, y1 = window
+    h, w = y1 - y0, x1 - x0
+    if h == 0 or w == 0 or not polygons:
+        return np.zeros((h, w), bool)
+    # An integer shift moves pycocotools' rasterisation exactly, so a crop matches the full frame.
+    shifted = [(np.asarray(p, np.float64).reshape(-1, 2) - (x0, y0)).ravel().tolist() for p in polygons]
+    rle = mask_utils.merge(mask_utils.frPyObjects(shifted, h, w))
+    return mask_utils.decode(rle).astype(bool)
+
+
+def decode_mask(mask: dict[str, Any], height: int, width: int, *, window: Window | None = None) -> np.ndarray:
+    """One event mask (``{"format": "rle" | "polygon", ...}``) as a ``bool`` array.
+
+    ``window=None`` gives the full frame ``(height, width)``; a window ``(x0, y0, x1, y1)`` gives
+    ``(y1 - y0, x1 - x0)``, the same pixels as the full mask sliced ``[y0:y1, x0:x1]``.
+    """
+    win = (0, 0, width, height) if window is None else window
+    fmt = mask.get("format")
+    if fmt == "rle":
+        if [int(v) for v in mask["size"]] != [height, width]:
+            raise DataError(f"RLE size {mask['size']} does not match the frame [{height}, {width}]")
+        if window is None:
+            return mask_utils.decode({"size": [height, width], "counts": mask["counts"]}).astype(bool)
+        return _decode_rle_window(mask, win)
+    if fmt == "polygon":
+        return _decode_polygons(mask["polygons"], win)
+    raise DataError(f"unknown mask format {fmt!r} (expected 'rle' or 'polygon')")
+
+
+def decode_masks(event: dict[str, Any], *, crop: bool = False) -> list[np.ndarray | None]:
+    """Masks of a frame event in detection order: ``None`` where a detection has no mask.
+
+    ``crop=False``: ``(H, W)`` bool per detection; ``crop=True``: the box crop given by
+    ``box_window(det["box"], H, W)``.
+    """
+    height, width = int(event["frame"]["height"]), int(event["frame"]["width"])
+    out: list[np.ndarray | None] = []
+    for det in event.get("detections", ()):
+        mask = det.get("mask")
+        if mask is None:
+            out.append(None)
+            continue
+        window = box_window(det["box"], height, width) if crop else None
+        out.append(decode_mask(mask, height, width, window=window))
+    return out
+
+
+# ----------------------------------------------------------------------------------- stream readers
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One event read from Redis: its stream key, entry id, and raw JSON bytes."""
+
+    stream: str
+    id: str
+    data: bytes
+
+
+def _text(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def _entries(stream: bytes | str, entries: list[Any]) -> list[Message]:
+    out = []
+    for entry_id, fields in entries:
+        if fields is None:  # Redis < 7 reports a pending entry that MAXLEN trimmed away as nil
+            continue
+        data = fields.get(b"event", fields.get("event"))
+        out.append(Message(stream=_text(stream), id=_text(entry_id), data=data if data is not None else b""))
+    return out
+
+
+def stream_keys(client: redis.Redis, prefix: str = "segpipe:", camera: str | None = None) -> list[str]:
+    """The camera streams to read: ``prefix + camera``, or every stream key under ``prefix``."""
+    if camera is not None:
+        return [f"{prefix}{camera}"]
+    return sorted(_text(k) for k in client.scan_iter(match=f"{prefix}*", _type="stream", count=1000))
+
+
+class StreamReader:
+    """Plain ``XREAD`` over camera streams: every reader sees every event (no acknowledgements)."""
+
+    def __init__(self, client: redis.Redis, keys: list[str], *, start: str = "$") -> None:
+        self.client = client
+        self._last: dict[str, str] = dict.fromkeys(keys, start)
+
+    def add_keys(self, keys: list[str]) -> None:
+        for k in keys:
+            self._last.setdefault(k, "0-0")  # a camera that appeared later: read it from its start
+
+    def read(self, *, count: int = 100, block_ms: int = 1000) -> list[Message]:
+        if not self._last:
+            time.sleep(block_ms / 1000)
+            return []
+        reply = self.client.xread(self._last, count=count, block=block_ms) or []
+        out = [m for stream, entries in reply for m in _entries(stream, entries)]
+        for m in out:
+            self._last[m.stream] = m.id
+        return out
+
+
+class GroupReader:
+    """``XREADGROUP`` consumer: readers sharing ``group`` split the events, each delivered to one
+    of them; ``ack`` after handling. Unacknowledged events of a consumer idle for ``claim_idle_ms``
+    are claimed (``XAUTOCLAIM``) by another, so a crashed reader loses nothing that Redis still
+    holds (MAXLEN trimming bounds that). A restarted consumer first re-reads its own pending events.
+    """
+
+    def __init__(self, client: redis.Redis, keys: list[str], *, group: str, consumer: str,
+                 claim_idle_ms: int = 30_000) -> None:
+        self.client, self.group, self.consumer, self.claim_idle_ms = client, group, consumer, claim_idle_ms
+        self.keys: list[str] = []
+        self._cursor: dict[str, str] = {}
+        self._own_pending: set[str] = set()
+        self.trimmed = 0  # pending entries MAXLEN removed before anyone acknowledged them
+        self.add_keys(keys)
+
+    def add_keys(self, keys: list[str]) -> None:
+        """Read these streams too, creating the group (at the stream's start) where missing."""
+        for key in keys:
+            if key in self._cursor:
+                continue
+            try:
+                # "0": a new group also gets what the stream already holds (at-least-once).
+                self.client.xgroup_create(key, self.group, id="0", mkstream=True)
+            except redis.ResponseError as e:
+                if "BUSYGROUP" not in str(e):
+                    raise
+            self.keys.append(key)
+            self._cursor[key] = "0-0"
+            self._own_pending.add(key)
+
+    def _claim(self, key: str, count: int) -> list[Message]:
+        reply = self.client.xautoclaim(key, self.group, self.consumer, self.claim_idle_ms,
+                                       start_id=self._cursor[key], count=count)
+        self._cursor[key] = _text(reply[0])
+        if len(reply) > 2:
+            self.trimmed += len(reply[2])
+        return _entries(key, reply[1])
+
+    def read(self, *, count: int = 100, block_ms: int = 1000) -> list[Message]:
+        """Up to ``count`` events: own pending first, then claimed stale ones, then new ones."""
+        if self._own_pending:
+            key = self._own_pending.pop()
+            reply = self.client.xreadgroup(self.group, self.consumer, {key: "0"}, count=count) or []
+            mine = [m for stream, entries in reply for m in _entries(stream, entries)]
+            if mine:
+                self._own_pending.add(key)  # there may be more: come back until empty
+                return mine
+        for key in self.keys:
+            claimed = self._claim(key, count)
+            if claimed:
+                return claimed
+        if not self.keys:
+            time.sleep(block_ms / 1000)
+            return []
+        reply = self.client.xreadgroup(self.group, self.consumer, dict.fromkeys(self.keys, ">"),
+                                       count=count, block=block_ms) or []
+        return [m for stream, entries in reply for m in _entries(stream, entries)]
+
+    def ack(self, msg: Message) -> None:
+        self.client.xack(msg.stream, self.group, msg.id)

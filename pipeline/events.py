@@ -1,0 +1,106 @@
+"""The versioned wire format: one JSON event per frame result or camera status change.
+
+Depends only on ``pipeline.messages``. Every sink publishes exactly these bytes; the schema lives in
+``pipeline/schema/event.schema.json`` and the prose (with an example) in ``docs/events.md``.
+
+Numbers are rounded on the way out (boxes and polygons to 0.01 px, scores to 1e-4, times to 1 us):
+the model is not more precise than that and shorter floats make smaller, faster JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline.messages import CameraStatus, Detection, FrameResult
+
+SCHEMA_VERSION = 1
+"""Bumped on any change a consumer could notice (a removed or retyped field); additions keep it."""
+
+SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "event.schema.json"
+
+_SEPARATORS = (",", ":")
+
+
+def _mask_json(mask: dict[str, Any] | list[list[float]] | None, size_hw: list[int]) -> dict | None:
+    if mask is None:
+        return None
+    if isinstance(mask, dict):
+        if list(mask.get("size", ())) != size_hw:
+            # The device stage must encode masks over the whole frame; anything else is a bug there.
+            raise ValueError(f"Detection.mask size: expected {size_hw} (frame [H, W]), got {mask.get('size')!r}")
+        counts = mask["counts"]
+        if isinstance(counts, bytes):  # pycocotools hands out bytes
+            counts = counts.decode("ascii")
+        if not isinstance(counts, str):
+            raise ValueError(f"Detection.mask counts: expected compressed RLE str, got {type(counts).__name__}")
+        return {"format": "rle", "size": size_hw, "counts": counts}
+    polygons = [[round(float(v), 2) for v in poly] for poly in mask]
+    for poly in polygons:
+        if len(poly) < 6 or len(poly) % 2:
+            raise ValueError(f"Detection.mask polygon: expected >= 3 (x, y) pairs, got {len(poly)} numbers")
+    return {"format": "polygon", "polygons": polygons}
+
+
+def _detection_json(det: Detection, size_hw: list[int]) -> dict[str, Any]:
+    x1, y1, x2, y2 = det.box
+    return {
+        "class_id": int(det.class_id),
+        "label": det.label,
+        "score": round(float(det.score), 4),
+        "box": [round(float(x1), 2), round(float(y1), 2), round(float(x2), 2), round(float(y2), 2)],
+        "mask": _mask_json(det.mask, size_hw),
+    }
+
+
+def _ts(t: float) -> float:
+    return round(float(t), 6)
+
+
+def to_event(result: FrameResult, *, publish_ts: float | None = None) -> dict[str, Any]:
+    """The frame event for ``result`` (a JSON-ready dict, see ``docs/events.md``).
+
+    Boxes are ``[x1, y1, x2, y2]`` in frame pixels; RLE masks cover the whole frame
+    (``size == [height, width]``, column-major COCO counts); polygons are frame-pixel
+    ``[x1, y1, x2, y2, ...]`` lists. Times are wall-clock seconds; ``publish_ts`` defaults to now.
+    """
+    width, height = (int(v) for v in result.frame_size)
+    size_hw = [height, width]
+    return {
+        "version": SCHEMA_VERSION,
+        "kind": "frame",
+        "camera": result.camera_id,
+        "seq": int(result.seq),
+        "pts": None if result.pts is None else _ts(result.pts),
+        "capture_ts": _ts(result.capture_ts),
+        "infer_ts": _ts(result.infer_ts),
+        "publish_ts": _ts(time.time() if publish_ts is None else publish_ts),
+        "frame": {"width": width, "height": height},
+        "model": result.model,
+        "detections": [_detection_json(d, size_hw) for d in result.detections],
+    }
+
+
+def status_event(status: CameraStatus, *, publish_ts: float | None = None) -> dict[str, Any]:
+    """The camera status event for ``status`` (state as its lower-case name, times in seconds)."""
+    return {
+        "version": SCHEMA_VERSION,
+        "kind": "status",
+        "camera": status.camera_id,
+        "state": status.state.value,
+        "ts": _ts(status.ts),
+        "publish_ts": _ts(time.time() if publish_ts is None else publish_ts),
+        "detail": status.detail,
+    }
+
+
+def encode(event: dict[str, Any]) -> bytes:
+    """Compact UTF-8 JSON bytes of ``event`` (no spaces; one line, so JSONL-safe)."""
+    return json.dumps(event, separators=_SEPARATORS, ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
+def load_schema() -> dict[str, Any]:
+    """The event JSON Schema (draft 2020-12) as a dict."""
+    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))

@@ -1,0 +1,143 @@
+"""Event wire format: real events validated against the JSON Schema, masks decodable by pycocotools."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import jsonschema
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from pipeline.events import SCHEMA_VERSION, encode, load_schema, status_event, to_event
+from pipeline.messages import CameraState, CameraStatus, Detection, FrameResult
+
+H, W = 48, 64
+
+
+def _mask(rng: np.random.Generator) -> np.ndarray:
+    m = np.zeros((H, W), bool)
+    y, x = int(rng.integers(0, H - 8)), int(rng.integers(0, W - 8))
+    m[y:y + 8, x:x + 10] = True
+    return m & (rng.random((H, W)) > 0.1)
+
+
+def _result(masks: str = "rle", n: int = 3, seed: int = 0) -> tuple[FrameResult, list[np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    dets, ms = [], []
+    for i in range(n):
+        m = _mask(rng)
+        ys, xs = np.nonzero(m)
+        box = (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
+        if masks == "rle":
+            mask = mask_utils.encode(np.asfortranarray(m))  # counts are bytes, as pycocotools makes them
+        elif masks == "polygon":
+            x1, y1, x2, y2 = box
+            mask = [[x1, y1, x2, y1, x2, y2, x1, y2]]
+        else:
+            mask = None
+        dets.append(Detection(class_id=i % 2, label=["person", "car"][i % 2], score=0.5 + i / 10, box=box, mask=mask))
+        ms.append(m)
+    res = FrameResult(camera_id="cam-0", seq=7, pts=1.25, capture_ts=1_700_000_000.5, infer_ts=1_700_000_000.52,
+                      frame_size=(W, H), model="yolov8n-seg", detections=tuple(dets))
+    return res, ms
+
+
+@pytest.fixture(scope="module")
+def validator() -> jsonschema.Draft202012Validator:
+    schema = load_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+@pytest.mark.parametrize("masks", ["rle", "polygon", "none"])
+def test_frame_event_matches_schema_and_round_trips(validator: jsonschema.Validator, masks: str) -> None:
+    res, _ = _result(masks)
+    event = to_event(res, publish_ts=1_700_000_000.6)
+    data = encode(event)
+    assert b"\n" not in data and b", " not in data and b": " not in data  # compact, one line
+    back = json.loads(data)
+    validator.validate(back)
+    assert back["version"] == SCHEMA_VERSION and back["kind"] == "frame"
+    assert (back["camera"], back["seq"], back["pts"]) == ("cam-0", 7, 1.25)
+    assert back["frame"] == {"width": W, "height": H}
+    assert back["publish_ts"] == 1_700_000_000.6
+    assert [d["label"] for d in back["detections"]] == ["person", "car", "person"]
+    assert back["detections"][1]["box"] == list(res.detections[1].box)
+    if masks == "none":
+        assert all(d["mask"] is None for d in back["detections"])
+
+
+def test_rle_masks_decode_with_pycocotools() -> None:
+    res, masks = _result("rle", n=4, seed=3)
+    event = json.loads(encode(to_event(res)))
+    for det, m in zip(event["detections"], masks, strict=True):
+        assert det["mask"]["format"] == "rle" and det["mask"]["size"] == [H, W]
+        np.testing.assert_array_equal(mask_utils.decode(det["mask"]).astype(bool), m)
+
+
+def test_status_event_matches_schema(validator: jsonschema.Validator) -> None:
+    st = CameraStatus(camera_id="cam-0", state=CameraState.RECONNECTING, ts=1_700_000_001.0, detail="read timeout")
+    event = json.loads(encode(status_event(st, publish_ts=1_700_000_001.1)))
+    validator.validate(event)
+    assert event == {"version": SCHEMA_VERSION, "kind": "status", "camera": "cam-0", "state": "reconnecting",
+                     "ts": 1_700_000_001.0, "publish_ts": 1_700_000_001.1, "detail": "read timeout"}
+
+
+def test_unicode_labels_stay_readable() -> None:
+    res = FrameResult(camera_id="c", seq=0, pts=None, capture_ts=1.0, infer_ts=1.0, frame_size=(4, 4), model="m",
+                      detections=(Detection(class_id=0, label="Fußgänger", score=1.0, box=(0, 0, 1, 1)),))
+    assert "Fußgänger".encode() in encode(to_event(res))
+
+
+def _bad(path: list, value: object) -> dict:
+    res, _ = _result("rle", n=1)
+    event = json.loads(encode(to_event(res)))
+    node = event
+    for key in path[:-1]:
+        node = node[key]
+    if value is _DELETE:
+        del node[path[-1]]
+    else:
+        node[path[-1]] = value
+    return event
+
+
+_DELETE = object()
+
+
+@pytest.mark.parametrize("path, value", [
+    (["camera"], _DELETE),
+    (["version"], 2),
+    (["kind"], "frames"),
+    (["seq"], -1),
+    (["frame", "width"], 0),
+    (["detections", 0, "box"], [1, 2, 3]),
+    (["detections", 0, "score"], 1.5),
+    (["detections", 0, "mask", "format"], "bitmap"),
+    (["detections", 0, "mask", "counts"], [1, 2, 3]),
+])
+def test_schema_rejects_broken_events(validator: jsonschema.Validator, path: list, value: object) -> None:
+    with pytest.raises(jsonschema.ValidationError):
+        validator.validate(_bad(path, value))
+
+
+@pytest.mark.parametrize("mask, error", [
+    ({"size": [W, H], "counts": "PZ1"}, "Detection.mask size: expected [48, 64]"),
+    ({"size": [H, W], "counts": [3, 4]}, "compressed RLE str"),
+    ([[1.0, 2.0, 3.0, 4.0]], "polygon: expected >= 3"),
+])
+def test_to_event_refuses_masks_not_over_the_frame(mask: object, error: str) -> None:
+    res = FrameResult(camera_id="c", seq=0, pts=None, capture_ts=1.0, infer_ts=1.0, frame_size=(W, H), model="m",
+                      detections=(Detection(class_id=0, label="a", score=0.5, box=(0, 0, 1, 1), mask=mask),))
+    with pytest.raises(ValueError, match=error.replace("[", r"\[")):
+        to_event(res)
+
+
+def test_event_does_not_alias_the_result() -> None:
+    res, _ = _result("polygon", n=1)
+    before = copy.deepcopy(res.detections[0].mask)
+    event = to_event(res)
+    event["detections"][0]["mask"]["polygons"][0][0] = -5
+    assert res.detections[0].mask == before
