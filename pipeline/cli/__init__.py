@@ -19,6 +19,7 @@ from engines.errors import SegpipeError
 COMMANDS: tuple[tuple[str, str], ...] = (
     ("info", "pipeline.cli.info"),
     ("predict", "pipeline.cli.predict"),
+    ("convert", "pipeline.cli.convert"),
 )
 
 _KEY_VALUE = re.compile(r"^([A-Za-z_][A-Za-z0-9_-]*)=(.*)$", re.S)

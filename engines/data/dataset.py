@@ -1,0 +1,217 @@
+"""The segmentation dataset: train mode (mosaic + random affine + HSV + flips) and val mode
+(letterbox only). Imports nothing from pipeline/.
+
+Masks stay exact because they are never warped as pixels: polygons are resampled to a fixed point
+count, moved by the same matrix as the image, and rasterised at 1/mask_ratio of the final input.
+Boxes are recomputed from the moved polygons (clipped to the input exactly), then Ultralytics'
+``box_candidates`` drops instances that became tiny or sliver-like.
+
+Randomness: sample ``index`` of epoch ``e`` draws from ``numpy.random.default_rng((seed, e, index))``
+only, so a batch is the same whatever the worker count or order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch.utils.data
+
+from engines.data.augment import (
+    AugmentConfig,
+    hsv_jitter,
+    mosaic_layout,
+    pad_image,
+    random_affine,
+    transform_points,
+    val_letterbox,
+    warp_image,
+)
+from engines.data.batch import Sample
+from engines.data.cache import load_split
+from engines.data.images import read_image, read_resized
+from engines.data.labels import ImageLabels
+from engines.data.polygons import box_candidates, polygon_boxes, rasterize, resample_segments, xyxy_to_xywhn
+from engines.data.spec import DataSpec
+from engines.errors import ConfigError
+
+LOG = logging.getLogger("segpipe.data")
+
+
+class SegDataset(torch.utils.data.Dataset):
+    """YOLO-seg images and labels, augmented for training or letterboxed for validation.
+
+    files: a split's sources (folders, image-list .txt files, image files) or one of them.
+    imgsz: network input side, a multiple of ``stride``. augment: train mode when True.
+    hyp: augmentation settings (train mode). cache_dir: where the label cache goes (default: beside
+    the labels if writable, else ``$SEGPIPE_CACHE``). nc: class count; ids >= nc are errors.
+    rect: rectangular inputs per batch of ``batch_size`` (images sorted by aspect ratio; use the same
+    batch size and no shuffling in the loader); train-mode rect turns mosaic off. seed: see module doc.
+    cache_images: keep every decoded image (longest side imgsz) in memory.
+    """
+
+    def __init__(self, files: Sequence[str | os.PathLike[str]] | str | os.PathLike[str], *, imgsz: int = 640,
+                 augment: bool = False, hyp: AugmentConfig | None = None, cache_dir: Path | None = None,
+                 nc: int | None = None, split: str | None = None, rect: bool = False, batch_size: int = 16,
+                 stride: int = 32, seed: int = 0, skip_corrupt: bool = False, cache_images: bool = False) -> None:
+        if isinstance(imgsz, bool) or not isinstance(imgsz, int) or imgsz < stride or imgsz % stride:
+            raise ConfigError("imgsz", f"expected a positive multiple of {stride}, got {imgsz!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ConfigError("seed", f"expected a non-negative integer, got {seed!r}")
+        sources = [files] if isinstance(files, (str, os.PathLike)) else list(files)
+        self.split = split or ("train" if augment else "val")
+        loaded = load_split(sources, nc=nc, split=self.split, cache_dir=cache_dir, skip_corrupt=skip_corrupt)
+        self.labels: list[ImageLabels] = list(loaded.labels)
+        self.stats, self.cache_file = loaded.stats, loaded.cache_file
+        LOG.info("%s", self.stats.summary())
+        self.imgsz, self.augment, self.hyp, self.rect = imgsz, augment, hyp or AugmentConfig(), rect
+        self.seed, self.epoch = seed, 0
+        self.mosaic = augment and not rect and self.hyp.mosaic > 0
+        self.batch_shapes: np.ndarray | None = None  # (n_batches, 2) h, w when rect
+        if rect:
+            self._set_rect(batch_size, stride, pad=0.0 if augment else 0.5)
+        self._ims: list[np.ndarray] | None = None
+        if cache_images:
+            self._ims = [read_resized(lab.im_file, lab.shape, imgsz) for lab in self.labels]
+
+    @classmethod
+    def from_spec(cls, spec: DataSpec, split: str, **kwargs: object) -> SegDataset:
+        """The dataset of one split of a data YAML (class ids checked against its names)."""
+        return cls(spec.sources(split), nc=spec.nc, split=split, **kwargs)  # type: ignore[arg-type]
+
+    @property
+    def im_files(self) -> list[Path]:
+        return [lab.im_file for lab in self.labels]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the random stream of ``epoch``. DataLoader workers copy the dataset when an
+        iteration starts, so call this before iterating (and do not use persistent workers)."""
+        self.epoch = int(epoch)
+
+    def close_mosaic(self) -> None:
+        """Turn mosaic off for the remaining epochs (Ultralytics' ``close_mosaic``); the affine,
+        HSV and flips stay on."""
+        self.mosaic = False
+
+    def _set_rect(self, batch_size: int, stride: int, pad: float) -> None:
+        # Ultralytics' rule: sort by aspect ratio so each batch holds similar shapes.
+        ar = np.array([h / w for h, w in (lab.shape for lab in self.labels)])
+        order = ar.argsort(kind="stable")
+        self.labels = [self.labels[i] for i in order]
+        ar = ar[order]
+        bi = np.arange(len(ar)) // batch_size
+        shapes = np.ones((bi[-1] + 1, 2))
+        for i in range(len(shapes)):
+            lo, hi = ar[bi == i].min(), ar[bi == i].max()
+            if hi < 1:
+                shapes[i] = [hi, 1]
+            elif lo > 1:
+                shapes[i] = [1, 1 / lo]
+        self.batch_shapes = (np.ceil(shapes * self.imgsz / stride + pad).astype(int) * stride)
+        self._batch_of = bi
+
+    def _target(self, index: int) -> tuple[int, int]:
+        """(h, w) of the network input for this sample."""
+        if self.batch_shapes is None:
+            return self.imgsz, self.imgsz
+        h, w = self.batch_shapes[self._batch_of[index]]
+        return int(h), int(w)
+
+    def _resized(self, index: int) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Image with longest side imgsz and its polygons in its pixels (not resampled)."""
+        lab = self.labels[index]
+        img = self._ims[index] if self._ims is not None else read_resized(lab.im_file, lab.shape, self.imgsz)
+        wh = np.array([img.shape[1], img.shape[0]], np.float32)
+        return img, [s * wh for s in lab.segments]
+
+    def __getitem__(self, index: int) -> Sample:
+        index = int(index)
+        return self._train_sample(index) if self.augment else self._val_sample(index)
+
+    def _val_sample(self, index: int) -> Sample:
+        lab = self.labels[index]
+        info = val_letterbox(lab.shape, self.imgsz, self._target(index))
+        (uh, uw), (left, top) = info.unpad_shape, info.pad
+        if self._ims is not None:
+            img = self._ims[index]
+            img = img if img.shape[:2] == (uh, uw) else read_image(lab.im_file, lab.shape, (uw, uh))
+        else:
+            img = read_image(lab.im_file, lab.shape, (uw, uh))
+        img = pad_image(img, info)
+        th, tw = info.new_shape
+        polys = [s * (uw, uh) + (left, top) for s in lab.segments]
+        boxes = np.array([[*p.min(0), *p.max(0)] for p in polys], np.float32).reshape(-1, 4)
+        masks = rasterize(polys, th, tw, self.hyp.mask_ratio)
+        return _sample(img, lab, lab.cls, xyxy_to_xywhn(boxes, tw, th), masks, info)
+
+    def _train_sample(self, index: int) -> Sample:
+        hyp, lab = self.hyp, self.labels[index]
+        rng = np.random.default_rng((self.seed, self.epoch, index))
+        if self.mosaic and rng.random() < hyp.mosaic:
+            img, xy, cls, before = self._mosaic(index, rng)
+        else:
+            img, segs = self._resized(index)
+            xy, cls = resample_segments(segs), lab.cls
+            before = _extent(xy)
+        th, tw = self._target(index)
+        M, scale = random_affine(rng, hyp, img.shape[:2], (tw, th))
+        img = warp_image(img, M, (tw, th))
+        xy = transform_points(xy, M)
+        boxes = polygon_boxes(xy, tw, th)
+        keep = box_candidates(before * scale, boxes, area_thr=0.01)
+        xy, boxes, cls = xy[keep], boxes[keep], cls[keep]
+        hsv_jitter(img, rng, hyp.hsv_h, hyp.hsv_s, hyp.hsv_v)
+        if rng.random() < hyp.flipud:
+            img = img[::-1]
+            xy[..., 1] = th - xy[..., 1]
+            boxes[:, [1, 3]] = th - boxes[:, [3, 1]]
+        if rng.random() < hyp.fliplr:
+            img = img[:, ::-1]
+            xy[..., 0] = tw - xy[..., 0]
+            boxes[:, [0, 2]] = tw - boxes[:, [2, 0]]
+        masks = rasterize(xy, th, tw, hyp.mask_ratio)
+        return _sample(img, lab, cls, xyxy_to_xywhn(boxes, tw, th), masks, None)
+
+    def _mosaic(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """4-image mosaic on a 2*imgsz canvas -> (canvas, polygons (N, K, 2), cls (N,), boxes (N, 4))."""
+        s = self.imgsz
+        picks = [index, *(int(i) for i in rng.integers(0, len(self), 3))]
+        loaded = [self._resized(i) for i in picks]
+        layout = mosaic_layout(rng, s, [im.shape[:2] for im, _ in loaded])
+        canvas = np.full((2 * s, 2 * s, 3), 114, np.uint8)
+        counts = [len(segs) for _, segs in loaded]
+        xy = resample_segments([p for _, segs in loaded for p in segs])  # one K for all four
+        start = 0
+        for (im, _), (x1a, y1a, x2a, y2a, x1b, y1b, x2b, y2b), n in zip(loaded, layout, counts, strict=True):
+            canvas[y1a:y2a, x1a:x2a] = im[y1b:y2b, x1b:x2b]
+            part = xy[start:start + n]
+            part += (x1a - x1b, y1a - y1b)
+            # What an image loses in the mosaic lies beyond the canvas edge; clamping the dense
+            # polygon to its tile is how Ultralytics clips it.
+            np.clip(part[..., 0], x1a, x2a, out=part[..., 0])
+            np.clip(part[..., 1], y1a, y2a, out=part[..., 1])
+            start += n
+        cls = np.concatenate([self.labels[i].cls for i in picks])
+        boxes = _extent(xy)
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        return canvas, xy[keep], cls[keep], boxes[keep]
+
+
+def _extent(xy: np.ndarray) -> np.ndarray:
+    """(N, K, 2) -> (N, 4) xyxy min/max of each polygon."""
+    if len(xy) == 0:
+        return np.zeros((0, 4), np.float32)
+    return np.concatenate((xy.min(1), xy.max(1)), 1).astype(np.float32)
+
+
+def _sample(img: np.ndarray, lab: ImageLabels, cls: np.ndarray, bboxes: np.ndarray, masks: np.ndarray,
+            info: object) -> Sample:
+    chw = np.ascontiguousarray(img.transpose(2, 0, 1)[::-1])  # HWC BGR -> CHW RGB
+    return Sample(image=chw, cls=np.asarray(cls, np.int64), bboxes=bboxes, masks=masks,
+                  im_file=os.fspath(lab.im_file), ori_shape=lab.shape, info=info)  # type: ignore[arg-type]

@@ -1,0 +1,190 @@
+"""Data YAML (Ultralytics layout) and the image <-> label file rule. Imports nothing from pipeline/.
+
+A data YAML names a dataset root and its splits::
+
+    path: ../datasets/coco128-seg   # relative to this YAML's folder (absolute allowed)
+    train: images/train2017         # a folder of images, an image-list .txt, or a list of several
+    val: images/train2017
+    test:                           # optional
+    names: {0: person, 1: bicycle}  # or a list; nc optional and checked against names
+
+Labels live beside the images by Ultralytics' rule: the last ``/images/`` in an image path becomes
+``/labels/`` and the suffix becomes ``.txt``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from engines.errors import ConfigError, DataError
+
+LOG = logging.getLogger("segpipe.data")
+
+# What cv2.imread decodes; other suffixes in an image folder are ignored, as Ultralytics does.
+IMG_SUFFIXES = frozenset({".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"})
+SPLITS = ("train", "val", "test")
+_KNOWN_KEYS = frozenset({"path", "train", "val", "test", "names", "nc", "download", "channels"})
+
+
+@dataclass(frozen=True, slots=True)
+class DataSpec:
+    """A parsed data YAML. Paths are absolute; each split is a tuple of sources (folder, .txt list or
+    image file). ``test`` is empty when the YAML has none. ``names[i]`` is the name of class id ``i``."""
+
+    root: Path
+    train: tuple[Path, ...]
+    val: tuple[Path, ...]
+    test: tuple[Path, ...]
+    names: tuple[str, ...]
+    yaml_file: Path | None = None
+
+    @property
+    def nc(self) -> int:
+        return len(self.names)
+
+    def sources(self, split: str) -> tuple[Path, ...]:
+        """The sources of ``split`` ("train", "val" or "test"); DataError when the YAML has none."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        srcs = getattr(self, split)
+        if not srcs:
+            raise DataError(f"{self.yaml_file or self.root}: no '{split}' split in the data YAML")
+        return srcs
+
+
+def _abs(p: Path) -> Path:
+    # abspath, not resolve(): a symlinked image (convert links them) keeps its labels beside the link
+    return Path(os.path.abspath(p))
+
+
+def img2label_path(im_file: str | os.PathLike[str]) -> Path:
+    """Ultralytics' rule: ``.../images/a/b.jpg`` -> ``.../labels/a/b.txt`` (last ``/images/`` only)."""
+    s = os.fspath(im_file)
+    sa, sb = f"{os.sep}images{os.sep}", f"{os.sep}labels{os.sep}"
+    if sa in s:
+        head, tail = s.rsplit(sa, 1)
+        s = head + sb + tail
+    return Path(s).with_suffix(".txt")
+
+
+def load_data_yaml(path: str | os.PathLike[str]) -> DataSpec:
+    """Parse and check a data YAML. ``train`` and ``val`` sources must exist; ``test`` is checked when
+    used. Raises DataError for a missing file or folder, ConfigError (``file: key``) for a bad field."""
+    file = _abs(Path(path).expanduser())
+    if not file.is_file():
+        raise DataError(f"data YAML not found: {file}")
+    try:
+        doc = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(str(file), f"not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(str(file), "expected a mapping with path/train/val/names")
+    unknown = sorted(set(map(str, doc)) - _KNOWN_KEYS)
+    if unknown:  # exports (Roboflow, ...) add keys of their own; a typo in a required key fails below
+        LOG.warning("%s: ignoring unknown keys %s", file, ", ".join(unknown))
+    if doc.get("channels", 3) != 3:
+        raise ConfigError(f"{file}: channels", f"only 3-channel images are supported, got {doc['channels']}")
+    root = _root(file, doc.get("path"))
+    names = _names(file, doc.get("names"), doc.get("nc"))
+    splits = {}
+    for split in SPLITS:
+        value = doc.get(split)
+        if value is None or value == "" or value == []:
+            if split != "test":
+                raise ConfigError(f"{file}: {split}", "missing (a folder, an image-list .txt, or a list)")
+            splits[split] = ()
+            continue
+        splits[split] = _sources(file, split, value, root, must_exist=split != "test")
+    return DataSpec(root=root, names=names, yaml_file=file, **splits)
+
+
+def _root(file: Path, value: Any) -> Path:
+    if value is None or value == "":
+        return file.parent
+    if not isinstance(value, str):
+        raise ConfigError(f"{file}: path", f"expected a folder path, got {value!r}")
+    root = Path(value).expanduser()
+    root = _abs(root if root.is_absolute() else file.parent / root)
+    if not root.is_dir():
+        raise DataError(f"{file}: path: dataset folder not found: {root}")
+    return root
+
+
+def _names(file: Path, names: Any, nc: Any) -> tuple[str, ...]:
+    if nc is not None and (isinstance(nc, bool) or not isinstance(nc, int) or nc < 1):
+        raise ConfigError(f"{file}: nc", f"expected a positive integer, got {nc!r}")
+    if names is None:
+        if nc is None:
+            raise ConfigError(f"{file}: names", "missing (a list of class names or {id: name})")
+        return tuple(f"class{i}" for i in range(nc))  # Ultralytics' rule when only nc is given
+    if isinstance(names, dict):
+        try:
+            ids = sorted(int(k) for k in names)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{file}: names", "mapping keys must be integer class ids") from None
+        if ids != list(range(len(ids))):
+            raise ConfigError(f"{file}: names", f"class ids must be 0..{len(ids) - 1} without gaps, got {ids}")
+        by_id = {int(k): v for k, v in names.items()}
+        out = [by_id[i] for i in ids]
+    elif isinstance(names, list):
+        out = names
+    else:
+        raise ConfigError(f"{file}: names", f"expected a list or a mapping {{id: name}}, got {type(names).__name__}")
+    if not out:
+        raise ConfigError(f"{file}: names", "empty: a dataset needs at least one class")
+    if nc is not None and nc != len(out):
+        raise ConfigError(f"{file}: nc", f"nc={nc} but names has {len(out)} entries")
+    return tuple(str(n) for n in out)
+
+
+def _sources(file: Path, split: str, value: Any, root: Path, *, must_exist: bool) -> tuple[Path, ...]:
+    items = value if isinstance(value, list) else [value]
+    out = []
+    for i, item in enumerate(items):
+        where = f"{file}: {split}" + (f"[{i}]" if isinstance(value, list) else "")
+        if not isinstance(item, str) or not item:
+            raise ConfigError(where, f"expected a folder or .txt path, got {item!r}")
+        p = Path(item).expanduser()
+        p = _abs(p if p.is_absolute() else root / p)
+        if must_exist and not p.exists():
+            raise DataError(f"{where}: not found: {p}")
+        out.append(p)
+    return tuple(out)
+
+
+def resolve_images(sources: Sequence[str | os.PathLike[str]], *, split: str = "data") -> tuple[list[Path], list[Path]]:
+    """Expand sources into image files: ``(found, missing)``, ``found`` sorted.
+
+    A folder contributes its images recursively; a ``.txt`` lists one image per line (relative paths
+    are relative to the .txt's folder, ``./x.jpg`` included); an image path is itself. Listed images
+    that do not exist go to ``missing``. Raises DataError for a source that does not exist.
+    """
+    found: set[Path] = set()
+    missing: list[Path] = []
+    for src in map(Path, sources):
+        if src.is_dir():
+            found.update(_abs(p) for p in src.rglob("*") if p.suffix.lower() in IMG_SUFFIXES and p.is_file())
+        elif src.is_file() and src.suffix.lower() == ".txt":
+            for line in src.read_text(encoding="utf-8-sig").splitlines():
+                line = line.strip()
+                if not line:
+                    continue
+                p = Path(line).expanduser()
+                p = _abs(p if p.is_absolute() else src.parent / p)
+                if p.suffix.lower() not in IMG_SUFFIXES:
+                    continue
+                (found.add(p) if p.is_file() else missing.append(p))
+        elif src.is_file() and src.suffix.lower() in IMG_SUFFIXES:
+            found.add(_abs(src))
+        elif src.exists():
+            raise DataError(f"{split}: {src} is neither a folder, an image-list .txt nor an image")
+        else:
+            raise DataError(f"{split}: not found: {src}")
+    return sorted(found), missing
