@@ -75,7 +75,10 @@ def rle_counts(counts: str) -> np.ndarray:
 def _decode_rle_window(mask: dict[str, Any], window: Window) -> np.ndarray:
     height, width = (int(v) for v in mask["size"])
     x0, y0, x1, y1 = window
-    runs = rle_counts(mask["counts"]) if isinstance(mask["counts"], str) else np.asarray(mask["counts"])
+    counts = mask["counts"]
+    if isinstance(counts, bytes):  # pycocotools' own dicts carry bytes
+        counts = counts.decode("ascii")
+    runs = rle_counts(counts) if isinstance(counts, str) else np.asarray(counts, np.int64)
     if int(runs.sum()) != height * width:
         raise DataError(f"RLE counts cover {int(runs.sum())} pixels, size says {height}x{width}")
     # Column-major: pixel (x, y) is at x * H + y, so columns x0..x1 are one contiguous index range.

@@ -1,0 +1,143 @@
+"""Sink config schemas (pydantic v2), one model per ``type:``; the run config embeds ``SinkConfig``.
+
+Imports nothing from pipeline/ except ``sinks.base`` (for the overflow names). Unknown keys are
+errors; models are frozen once validated. Redis URLs may hold a password, so they are kept out of
+``repr`` and only ever shown through ``redact_url``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from engines.errors import ConfigError
+from pipeline.sinks.base import DEFAULT_POLICIES, Overflow
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password (and user name) replaced by ``***``: safe for logs and errors."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable url>"
+    if parts.password is None and parts.username is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+class _SinkBase(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str | None = Field(None, min_length=1, description="label in logs and metrics; defaults to the type")
+    cameras: tuple[str, ...] | None = Field(None, description="publish only these camera ids; all when absent")
+    statuses: bool = Field(True, description="also publish camera status events")
+    queue_size: int | None = Field(None, ge=1, description="queue bound; the sink type's default when absent")
+    on_full: Overflow | None = Field(None, description="drop_oldest or drop_newest; the type's default when absent")
+
+    @property
+    def sink_name(self) -> str:
+        return self.name or self.type  # type: ignore[attr-defined]
+
+
+class ZmqSinkConfig(_SinkBase):
+    """ZeroMQ PUB: multipart ``[camera id, event JSON]`` on ``endpoint``."""
+
+    type: Literal["zmq"]
+    endpoint: str = "tcp://127.0.0.1:5555"
+    bind: bool = Field(True, description="bind the endpoint (subscribers connect); False connects it")
+    sndhwm: int = Field(DEFAULT_POLICIES["zmq"].maxsize, ge=1,
+                        description="messages queued per subscriber before drops (the queue size)")
+    count_drops: bool = Field(True, description="refuse (and count) a message any subscriber cannot take; "
+                                                "False: each slow subscriber loses its own, uncounted")
+    linger_ms: int = Field(1000, ge=0, description="how long close() may spend sending what is queued")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str) -> str:
+        if not v.startswith(("tcp://", "ipc://", "inproc://")):
+            raise ValueError(f"expected tcp://HOST:PORT, ipc://PATH or inproc://NAME, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _queue(self) -> ZmqSinkConfig:
+        # The socket is the queue: it can only refuse the newest message, and sndhwm sizes it.
+        if self.queue_size is not None:
+            raise ValueError("queue_size: not used by zmq sinks, set sndhwm instead")
+        if self.on_full not in (None, Overflow.DROP_NEWEST):
+            raise ValueError("on_full: a zmq socket can only drop the newest message (drop_newest)")
+        return self
+
+
+class RedisSinkConfig(_SinkBase):
+    """Redis Streams: ``XADD <stream_prefix><camera> MAXLEN ~ maxlen * event <json>``."""
+
+    type: Literal["redis"]
+    url: str = Field(repr=False, description="redis://[:password@]host:port/db, rediss:// for TLS, unix://")
+    stream_prefix: str = "segpipe:"
+    maxlen: int = Field(10_000, ge=1, description="approximate entries kept per camera stream")
+    channel_prefix: str | None = Field(None, description="also PUBLISH each event on <prefix><camera>")
+    batch_size: int = Field(256, ge=1, description="events per pipelined round trip")
+    connect_timeout_s: float = Field(2.0, gt=0)
+    socket_timeout_s: float = Field(2.0, gt=0)
+    backoff_initial_s: float = Field(0.1, gt=0)
+    backoff_max_s: float = Field(5.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        scheme = v.split("://", 1)[0] if "://" in v else ""
+        if scheme not in ("redis", "rediss", "unix"):
+            # Never echo the URL itself: it may carry a password.
+            raise ValueError(f"expected a redis://, rediss:// or unix:// URL, got scheme {scheme!r}")
+        return v
+
+    @property
+    def redacted_url(self) -> str:
+        return redact_url(self.url)
+
+
+class JsonlSinkConfig(_SinkBase):
+    """One event per line in ``path``, rotated by size into ``path.1`` .. ``path.<keep>``."""
+
+    type: Literal["jsonl"]
+    path: Path
+    max_bytes: int = Field(100 * 2**20, ge=1, description="rotate before a write would pass this size")
+    keep: int = Field(5, ge=0, description="rotated files kept; older ones are deleted")
+
+
+class VideoSinkConfig(_SinkBase):
+    """Annotated H.264 MP4 per camera in ``dir`` (``<camera>-<start>.mp4``)."""
+
+    type: Literal["video"]
+    dir: Path
+    fps: float = Field(15.0, gt=0, description="nominal rate written in the file; timing follows pts")
+    codec: str = "libx264"
+    crf: int = Field(23, ge=0, le=51)
+    preset: str = "veryfast"
+    max_width: int | None = Field(1280, ge=16, description="downscale wider frames to this width")
+    statuses: bool = False
+
+
+SinkConfig = Annotated[
+    ZmqSinkConfig | RedisSinkConfig | JsonlSinkConfig | VideoSinkConfig, Field(discriminator="type")
+]
+"""Any sink's config, chosen by its ``type:`` key."""
+
+
+def check_sink_names(configs: list[SinkConfig], *, path: str = "sinks") -> list[str]:
+    """The sinks' names in order; raises ConfigError at ``sinks[i].name`` on a duplicate."""
+    seen: dict[str, int] = {}
+    for i, cfg in enumerate(configs):
+        name = cfg.sink_name
+        if name in seen:
+            raise ConfigError(f"{path}[{i}].name", f"duplicate sink name {name!r} (also {path}[{seen[name]}]); "
+                              "give each sink of the same type a distinct name")
+        seen[name] = i
+    return list(seen)

@@ -1,0 +1,183 @@
+"""Annotated video sink: one H.264 MP4 per camera (PyAV), masks, boxes and labels drawn in.
+
+Optional and expensive (an encoder per camera), so its queue is short and drops the oldest frame.
+Frames are drawn on the envelope's image when the runtime forwards it, otherwise on a dark canvas of
+the frame's size (the masks alone). Timestamps follow the stream's pts (or the capture time), so
+the file plays at real speed however many frames were dropped. A frame-size change starts a new
+file. Files are ``<dir>/<camera>-<YYYYmmdd-HHMMSS>.mp4`` (UTC start time).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+
+from engines.errors import SinkError
+from pipeline.client import box_window, decode_mask
+from pipeline.messages import Detection, FrameResult
+from pipeline.sinks.base import DropPolicy, Envelope, ThreadedSink, policy_for
+from pipeline.sinks.config import VideoSinkConfig
+
+log = logging.getLogger(__name__)
+
+_TIME_BASE = Fraction(1, 1000)  # millisecond timestamps
+_PALETTE = np.array([  # BGR, one per class id modulo its length
+    (56, 56, 255), (151, 157, 255), (31, 112, 255), (29, 178, 255), (49, 210, 207), (10, 249, 72),
+    (23, 204, 146), (134, 219, 61), (52, 147, 26), (187, 212, 0), (168, 153, 44), (255, 194, 0),
+    (147, 69, 52), (255, 115, 100), (236, 24, 0), (255, 56, 132), (133, 0, 82), (255, 56, 203),
+], np.uint8)
+
+
+def _safe_name(camera_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", camera_id)
+
+
+def draw(canvas: np.ndarray, result: FrameResult, *, scale: float = 1.0) -> np.ndarray:
+    """Draw ``result``'s masks (half-transparent), boxes and labels on ``canvas`` in place.
+
+    canvas: (h, w, 3) uint8 BGR, the frame resized by ``scale`` (frame pixels * scale = canvas px).
+    """
+    width, height = result.frame_size
+    for det in result.detections:
+        color = _PALETTE[det.class_id % len(_PALETTE)]
+        if det.mask is not None:
+            _blend_mask(canvas, det, height, width, scale, color)
+        x1, y1, x2, y2 = (int(round(v * scale)) for v in det.box)
+        c = tuple(int(v) for v in color)
+        cv2.rectangle(canvas, (x1, y1), (x2, y2), c, 1, cv2.LINE_AA)
+        cv2.putText(canvas, f"{det.label} {det.score:.2f}", (x1, max(y1 - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.4, c, 1, cv2.LINE_AA)
+    return canvas
+
+
+def _blend_mask(canvas: np.ndarray, det: Detection, height: int, width: int, scale: float,
+                color: np.ndarray) -> None:
+    mask = det.mask
+    event_mask = {"format": "rle", **mask} if isinstance(mask, dict) else {"format": "polygon", "polygons": mask}
+    x0, y0, x1, y1 = box_window(det.box, height, width)
+    crop = decode_mask(event_mask, height, width, window=(x0, y0, x1, y1))
+    if crop.size == 0:
+        return
+    cx0, cy0 = int(x0 * scale), int(y0 * scale)
+    cw = max(min(int(round(x1 * scale)), canvas.shape[1]) - cx0, 0)
+    ch = max(min(int(round(y1 * scale)), canvas.shape[0]) - cy0, 0)
+    if cw == 0 or ch == 0:
+        return
+    if scale != 1.0:
+        crop = cv2.resize(crop.astype(np.uint8), (cw, ch), interpolation=cv2.INTER_NEAREST).astype(bool)
+    region = canvas[cy0:cy0 + ch, cx0:cx0 + cw]
+    region[crop] = (region[crop] >> 1) + (color >> 1)
+
+
+@dataclass(slots=True)
+class _Writer:
+    container: av.container.OutputContainer
+    stream: av.video.stream.VideoStream
+    size: tuple[int, int]  # frame (width, height) this file was opened for
+    t0: float
+    last_ms: int = -1
+
+
+class VideoSink(ThreadedSink):
+    """Encode each camera's annotated frames into its own MP4 in ``directory``."""
+
+    def __init__(self, *, name: str, directory: Path, policy: DropPolicy, fps: float = 15.0,
+                 codec: str = "libx264", crf: int = 23, preset: str = "veryfast",
+                 max_width: int | None = 1280) -> None:
+        super().__init__(name=name, policy=policy, batch_size=8)
+        self.directory = Path(directory)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            av.codec.Codec(codec, "w")
+        except OSError as e:
+            raise SinkError(f"video sink {name!r}: cannot create {self.directory}: {e.strerror}") from None
+        except Exception:
+            raise SinkError(f"video sink {name!r}: encoder {codec!r} is not available in this PyAV build") from None
+        self.fps, self.codec, self.crf, self.preset, self.max_width = fps, codec, crf, preset, max_width
+        self._writers: dict[str, _Writer] = {}
+        self.files: list[Path] = []
+        self.start()
+
+    @classmethod
+    def from_config(cls, cfg: VideoSinkConfig) -> VideoSink:
+        return cls(name=cfg.sink_name, directory=cfg.dir, fps=cfg.fps, codec=cfg.codec, crf=cfg.crf,
+                   preset=cfg.preset, max_width=cfg.max_width,
+                   policy=policy_for("video", maxsize=cfg.queue_size, overflow=cfg.on_full))
+
+    def _scale(self, width: int) -> float:
+        return min(1.0, self.max_width / width) if self.max_width else 1.0
+
+    def _open(self, camera_id: str, size: tuple[int, int], t0: float) -> _Writer:
+        scale = self._scale(size[0])
+        # yuv420p needs even sides
+        w, h = int(size[0] * scale) // 2 * 2, int(size[1] * scale) // 2 * 2
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(t0))
+        path = self.directory / f"{_safe_name(camera_id)}-{stamp}.mp4"
+        n = 1
+        while path.exists() or path in self.files:
+            path, n = self.directory / f"{_safe_name(camera_id)}-{stamp}-{n}.mp4", n + 1
+        container = av.open(str(path), "w")
+        stream = container.add_stream(self.codec, rate=Fraction(self.fps).limit_denominator(1000))
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.codec_context.time_base = _TIME_BASE
+        stream.options = {"crf": str(self.crf), "preset": self.preset}
+        self.files.append(path)
+        return _Writer(container=container, stream=stream, size=size, t0=t0)
+
+    def _close_writer(self, writer: _Writer) -> None:
+        for packet in writer.stream.encode():
+            writer.container.mux(packet)
+        writer.container.close()
+
+    def write_batch(self, envs: list[Envelope]) -> None:
+        for env in envs:
+            if not isinstance(env.item, FrameResult):
+                continue
+            try:
+                self._encode(env, env.item)
+            except (av.FFmpegError, OSError, ValueError) as e:
+                self.counters.error("encode")
+                self.counters.dropped(env.camera_id, "write_error")
+                log.warning("video sink %s: camera %s: %s", self.name, env.camera_id, e)
+
+    def _encode(self, env: Envelope, result: FrameResult) -> None:
+        t = result.pts if result.pts is not None else result.capture_ts
+        writer = self._writers.get(env.camera_id)
+        if writer is not None and writer.size != tuple(result.frame_size):
+            self._close_writer(self._writers.pop(env.camera_id))
+            writer = None
+        if writer is None:
+            writer = self._writers[env.camera_id] = self._open(env.camera_id, tuple(result.frame_size), t)
+        ms = int(round((t - writer.t0) * 1000))
+        if ms <= writer.last_ms:  # out-of-order or repeated time: the muxer would reject it
+            self.counters.dropped(env.camera_id, "timestamp")
+            return
+        w, h = writer.stream.width, writer.stream.height
+        if env.image is not None:
+            canvas = cv2.resize(env.image, (w, h), interpolation=cv2.INTER_AREA)
+        else:
+            canvas = np.full((h, w, 3), 24, np.uint8)
+        draw(canvas, result, scale=w / result.frame_size[0])
+        frame = av.VideoFrame.from_ndarray(canvas, format="bgr24")
+        frame.pts, frame.time_base = ms, _TIME_BASE
+        for packet in writer.stream.encode(frame):
+            writer.container.mux(packet)
+        writer.last_ms = ms
+        self.counters.sent(env.camera_id)
+
+    def close_resources(self) -> None:
+        for camera_id, writer in list(self._writers.items()):
+            try:
+                self._close_writer(writer)
+            except (av.FFmpegError, OSError) as e:
+                self.counters.error("close")
+                log.warning("video sink %s: closing %s failed: %s", self.name, camera_id, e)
+        self._writers.clear()

@@ -1,0 +1,93 @@
+"""Video sink: annotated H.264 MP4 per camera that PyAV decodes back, timed by pts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from engines.errors import SinkError
+from pipeline.events import encode, to_event
+from pipeline.messages import CameraState, CameraStatus, Detection, FrameResult
+from pipeline.sinks.base import Envelope, policy_for
+from pipeline.sinks.config import VideoSinkConfig
+from pipeline.sinks.video import VideoSink
+
+W, H = 96, 64
+BOX = (20.0, 16.0, 60.0, 48.0)
+
+
+def _result(camera: str, seq: int, *, size: tuple[int, int] = (W, H), fps: float = 10.0) -> FrameResult:
+    w, h = size
+    m = np.zeros((h, w), bool)
+    m[16:48, 20:60] = True
+    det = Detection(class_id=0, label="box", score=0.9, box=BOX, mask=mask_utils.encode(np.asfortranarray(m)))
+    return FrameResult(camera_id=camera, seq=seq, pts=seq / fps, capture_ts=1000.0 + seq / fps,
+                       infer_ts=1000.0 + seq / fps, frame_size=size, model="m", detections=(det,))
+
+
+def _env(res: FrameResult, image: np.ndarray | None = None) -> Envelope:
+    return Envelope(camera_id=res.camera_id, kind="frame", payload=encode(to_event(res)), item=res, image=image)
+
+
+def _decode(path: Path) -> tuple[list[np.ndarray], list[float]]:
+    with av.open(str(path)) as c:
+        frames = list(c.decode(video=0))
+    return [f.to_ndarray(format="bgr24") for f in frames], [float(f.time) for f in frames]
+
+
+def test_one_mp4_per_camera_decodes_with_pyav(tmp_path: Path) -> None:
+    sink = VideoSink.from_config(VideoSinkConfig(type="video", dir=tmp_path, fps=10))
+    gray = np.full((H, W, 3), 128, np.uint8)
+    for seq in range(12):
+        sink.publish(_env(_result("cam/a", seq), gray))
+        sink.publish(_env(_result("cam-b", seq)))  # no pixels forwarded: drawn on a dark canvas
+    sink.publish(Envelope(camera_id="cam-b", kind="status", payload=b"{}",
+                          item=CameraStatus(camera_id="cam-b", state=CameraState.LIVE, ts=1.0)))
+    sink.close(timeout=30)
+    assert sorted(p.name.split("-")[0] for p in tmp_path.glob("*.mp4")) == ["cam", "cam_a"]
+    assert sink.counters.totals_sent == {"cam/a": 12, "cam-b": 12} and not sink.counters.totals_errors
+    a = next(tmp_path.glob("cam_a-*.mp4"))
+    frames, times = _decode(a)
+    assert len(frames) == 12 and frames[0].shape == (H, W, 3)
+    assert np.allclose(np.diff(times), 0.1, atol=0.002)  # timing follows pts (10 fps)
+    f = frames[5].astype(int)
+    inside, outside = f[24:40, 28:52].mean(axis=(0, 1)), f[2:10, 70:90].mean(axis=(0, 1))
+    assert np.abs(outside - 128).max() < 8  # the frame itself
+    assert np.abs(inside - outside).max() > 30  # the mask is blended in
+    b_frames, _ = _decode(next(tmp_path.glob("cam-b-*.mp4")))
+    assert len(b_frames) == 12 and b_frames[3][2:10, 70:90].mean() < 40
+
+
+def test_size_change_starts_a_new_file_and_wide_frames_shrink(tmp_path: Path) -> None:
+    sink = VideoSink(name="v", directory=tmp_path, policy=policy_for("video", maxsize=100), fps=10, max_width=64)
+    for seq in range(4):
+        sink.publish(_env(_result("cam", seq)))
+    for seq in range(4, 8):
+        sink.publish(_env(_result("cam", seq, size=(128, 64))))
+    sink.close(timeout=30)
+    assert len(sink.files) == 2
+    shapes = [_decode(p)[0][0].shape for p in sink.files]
+    assert shapes == [(42, 64, 3), (32, 64, 3)]  # 96x64 -> 64x42 (even), 128x64 -> 64x32
+
+
+def test_repeated_timestamps_are_dropped_and_counted(tmp_path: Path) -> None:
+    sink = VideoSink(name="v", directory=tmp_path, policy=policy_for("video", maxsize=100))
+    for seq in (0, 1, 1, 2):
+        sink.publish(_env(_result("cam", seq)))
+    sink.close(timeout=30)
+    assert sink.counters.totals_sent["cam"] == 3 and sink.counters.totals_dropped["cam", "timestamp"] == 1
+    assert len(_decode(sink.files[0])[0]) == 3
+
+
+@pytest.mark.parametrize("kw, error", [
+    ({"codec": "no-such-codec"}, "encoder 'no-such-codec' is not available"),
+    ({"directory": Path("/proc/segpipe-video")}, "cannot create /proc/segpipe-video"),
+])
+def test_setup_errors(tmp_path: Path, kw: dict, error: str) -> None:
+    args = {"name": "v", "directory": tmp_path, "policy": policy_for("video")} | kw
+    with pytest.raises(SinkError, match=error):
+        VideoSink(**args)
