@@ -17,9 +17,12 @@ from engines.errors import SegpipeError
 
 # Explicit registry: (command name, module). Imported lazily so `segpipe --help` stays fast.
 COMMANDS: tuple[tuple[str, str], ...] = (
+    ("run", "pipeline.cli.run"),
     ("info", "pipeline.cli.info"),
+    ("synth", "pipeline.cli.synth"),
     ("predict", "pipeline.cli.predict"),
     ("convert", "pipeline.cli.convert"),
+    ("val", "pipeline.cli.val"),
 )
 
 _KEY_VALUE = re.compile(r"^([A-Za-z_][A-Za-z0-9_-]*)=(.*)$", re.S)

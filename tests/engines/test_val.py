@@ -1,0 +1,159 @@
+"""The validator end to end on coco128 images: our numbers against pycocotools on the files we write."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engines.data.spec import load_data_yaml
+from engines.errors import ModelError
+from engines.val.coco import cocoeval_stats
+from engines.val.validator import Validator
+from pipeline.cli import main as cli
+
+REPO = Path(__file__).resolve().parents[2]
+FIXTURE_PT = REPO / "tests" / "fixtures" / "ultralytics" / "yolov8n-seg-coco8.pt"
+N_IMAGES = 8  # the images the fixture checkpoint was trained on
+IMGSZ = 320
+
+
+@pytest.fixture(scope="module")
+def data_yaml(coco128: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data YAML over the first 8 coco128 images (the shared folder stays read-only)."""
+    d = tmp_path_factory.mktemp("data")
+    images = sorted((coco128 / "images" / "train2017").glob("*.jpg"))[:N_IMAGES]
+    (d / "val.txt").write_text("\n".join(map(str, images)) + "\n")
+    names = [ln.split(":", 1)[1].strip() for ln in (coco128 / "coco128-seg.yaml").read_text().splitlines()
+             if ln.strip()[:1].isdigit() and ":" in ln]
+    assert len(names) == 80
+    yaml_text = f"path: {coco128}\ntrain: {d / 'val.txt'}\nval: {d / 'val.txt'}\nnames: {json.dumps(names)}\n"
+    (d / "data.yaml").write_text(yaml_text)
+    return d / "data.yaml"
+
+
+def _key(img_u8: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(img_u8).tobytes()).hexdigest()
+
+
+class KnownAnswer:
+    """Model outputs built from the labels themselves: one anchor per instance with the labelled box
+    (shifted by ``shift`` input pixels) and class, and a mask that fills its box. Box AP must then
+    be ~1 and mask AP what box-shaped masks earn; any error in letterbox mapping, post-processing
+    or matching shows up."""
+
+    def __init__(self, dataset, nc: int, shift: float = 0.0) -> None:
+        self.nc, self.table = nc, {}
+        for i in range(len(dataset)):
+            s = dataset[i]
+            h, w = s.image.shape[1:]
+            boxes = s.bboxes.astype(np.float32) * np.array([w, h, w, h], np.float32)
+            boxes[:, :2] += shift
+            self.table[_key(s.image)] = (torch.from_numpy(boxes), torch.from_numpy(s.cls))
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n, _, h, w = x.shape
+        rows = [self.table[_key((x[i] * 255).round().to(torch.uint8).numpy())] for i in range(n)]
+        a = max(1, max(len(c) for _, c in rows))
+        pred = torch.zeros((n, 4 + self.nc + 32, a))
+        proto = torch.zeros((n, 32, h // 4, w // 4))
+        proto[:, 0] = 10.0  # coefficient 1 on this channel: the mask fills the box
+        for i, (boxes, cls) in enumerate(rows):
+            k = len(cls)
+            pred[i, :4, :k] = boxes.T
+            pred[i, 4 + cls, torch.arange(k)] = torch.linspace(0.95, 0.5, k) if k > 1 else 0.9
+            pred[i, 4 + self.nc, :k] = 1.0
+        return pred, proto
+
+
+def _assert_cocoeval_agrees(metrics, out: Path, tol: float) -> dict[str, float]:
+    ref = cocoeval_stats(out / "ground_truth.json", out / "predictions.json")
+    ours = metrics.as_dict()
+    for k, v in ref.items():
+        assert abs(ours[k] - v) < tol, (k, ours[k], v)
+    return ref
+
+
+def test_known_answer_end_to_end(data_yaml: Path, tmp_path: Path) -> None:
+    spec = load_data_yaml(data_yaml)
+    v = Validator(data=spec, imgsz=IMGSZ, batch=4, save_json=True, out_dir=tmp_path, plots=True, verbose=False)
+    oracle = KnownAnswer(v.dataset, spec.nc)
+    m = v(oracle, spec.names)
+    assert m.images == N_IMAGES and m.instances.sum() == sum(len(t) for t in v.truths)
+    assert m.box.map > 0.9 and m.box.map50 > 0.95 and m.box.precision > 0.9 and m.box.recall > 0.9
+    assert 0.1 < m.seg.map < m.box.map and m.seg.map50 > 0.4  # box-shaped masks: right place, wrong shape
+    _assert_cocoeval_agrees(m, tmp_path, 1e-6)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved == json.loads(json.dumps(m.as_dict()))
+    assert {"box.map", "box.map50", "box.map75", "box.maps", "box.precision", "box.recall", "seg.map",
+            "fitness", "speed.preprocess", "speed.inference", "speed.postprocess"} <= set(saved)
+    assert m.fitness == pytest.approx(0.1 * (m.box.map50 + m.seg.map50) + 0.9 * (m.box.map + m.seg.map))
+    preds = json.loads((tmp_path / "predictions.json").read_text())
+    assert {"image_id", "category_id", "bbox", "score", "segmentation"} <= set(preds[0])
+    assert isinstance(preds[0]["segmentation"]["counts"], str)
+    for name in ("BoxPR_curve.png", "MaskPR_curve.png", "BoxF1_curve.png", "val_batch0_labels.jpg",
+                 "val_batch1_pred.jpg"):
+        assert (tmp_path / name).stat().st_size > 1000, name
+
+    # a second call (the trainer's next epoch) reuses everything and scores a worse model lower
+    shifted = KnownAnswer(v.dataset, spec.nc, shift=6.0)
+    m2 = v(shifted, spec.names)
+    assert m2.box.map < m.box.map - 0.1 and m2.seg.map < m.seg.map
+    _assert_cocoeval_agrees(m2, tmp_path, 1e-6)
+
+
+def test_class_count_mismatch_and_train_mode_restored(data_yaml: Path) -> None:
+    spec = load_data_yaml(data_yaml)
+    v = Validator(data=spec, imgsz=IMGSZ, batch=8)
+    with pytest.raises(ModelError, match="3 classes"):
+        v(lambda x: None, ("a", "b", "c"))
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.oracle = KnownAnswer(v.dataset, spec.nc)
+            self.seen_training: list[bool] = []
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            self.seen_training.append(self.training)
+            return self.oracle(x)
+
+    net = Net().train()
+    v(net)
+    assert net.seen_training == [False] and net.training
+
+
+@pytest.mark.parametrize("argv, code, message", [
+    (["--model", "yolov8n-seg.yaml"], 2, "does not name the dataset"),
+    (["--model", "missing.pt", "--data", "{data}"], 1, "model file not found"),
+    (["--model", "yolov8n-seg.yaml", "--data", "{data}", "--conf", "2"], 2, "--conf"),
+    (["--model", "yolov8n-seg.yaml", "--data", "{data}", "--imgsz", "100"], 2, "--imgsz"),
+    (["--model", "yolov8n-seg.yaml", "--data", "nowhere.yaml"], 1, "data YAML not found"),
+])
+def test_cli_user_errors(data_yaml: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                         argv: list[str], code: int, message: str) -> None:
+    argv = [a.replace("{data}", str(data_yaml)) for a in argv]
+    assert cli(["val", *argv, "--out", str(tmp_path)]) == code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and err[0].startswith("segpipe val: error:")
+
+
+def test_cli_fixture_checkpoint_agrees_with_cocoeval(data_yaml: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """The Ultralytics-trained fixture model through `segpipe val --save-json`."""
+    if not FIXTURE_PT.is_file():
+        pytest.skip(f"fixture checkpoint not generated yet: {FIXTURE_PT}")
+    rc = cli(["val", "--model", str(FIXTURE_PT), "--data", str(data_yaml), "--imgsz", str(IMGSZ),
+              "--batch", "4", "--workers", "0", "--save-json", "--out", str(tmp_path)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "all" in out and "pycocotools on predictions.json" in out
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    ref = cocoeval_stats(tmp_path / "ground_truth.json", tmp_path / "predictions.json")
+    for k, v in ref.items():
+        assert abs(saved[k] - v) < 0.01, (k, saved[k], v)
+    assert saved["seg.map50"] > 0.3 and saved["box.map50"] > 0.3  # the model overfit these images
