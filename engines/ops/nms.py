@@ -1,0 +1,182 @@
+"""Non-maximum suppression in plain torch (CPU and CUDA). Imports engines.errors and engines.ops.boxes.
+
+``nms`` is greedy NMS with torchvision's semantics: boxes visited by descending score (ties keep the
+input order), a box is dropped when its IoU with an already kept box is strictly above the threshold.
+``non_max_suppression`` is Ultralytics' segmentation post-NMS (single label per box) on top of it.
+torchvision.ops.nms is used when torchvision imports and runs; otherwise the torch version below.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from engines.errors import ConfigError
+from engines.ops.boxes import box_iou, xywh2xyxy
+
+# Boxes per block of the blocked greedy pass (see _blocked_nms). Each block costs a (B, B) IoU matrix
+# plus (kept, rest) for culling; 128..512 were within noise of each other on 2 shared CPU cores for
+# 300..3000 candidates and 1024 was slower (`python benchmarks/postprocess.py --nms-blocks`).
+NMS_BLOCK = 256
+# After this many fixed-point rounds in one block the rest of that block is resolved sequentially
+# (only adversarial chains of boxes, each overlapping just the next, need more rounds).
+_MAX_ROUNDS = 32
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NMSConfig:
+    """Post-processing thresholds (Ultralytics' predict defaults).
+
+    conf: minimum class score in [0, 1] (strictly greater passes). iou: IoU in [0, 1] above which the
+    lower-scored box is suppressed. classes: keep only these class ids (None keeps all). agnostic: one
+    NMS over all classes instead of one per class. max_det: boxes kept per image. max_nms: candidates
+    fed to NMS (the highest-scored). max_wh: per-class coordinate offset (pixels) for class-aware NMS.
+    """
+
+    conf: float = 0.25
+    iou: float = 0.7
+    classes: tuple[int, ...] | None = None
+    agnostic: bool = False
+    max_det: int = 300
+    max_nms: int = 30000
+    max_wh: int = 7680
+
+    def __post_init__(self) -> None:
+        for name in ("conf", "iou"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ConfigError(name, f"expected a value in [0, 1], got {v!r}")
+        for name in ("max_det", "max_nms", "max_wh"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(name, f"expected an integer >= 1, got {v!r}")
+        if self.classes is not None:
+            if isinstance(self.classes, (str, bytes)) or not all(
+                    isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in self.classes):
+                raise ConfigError("classes", f"expected non-negative integer class ids, got {self.classes!r}")
+            object.__setattr__(self, "classes", tuple(self.classes))
+
+
+def nms(boxes: torch.Tensor, scores: torch.Tensor, iou: float, *, max_keep: int | None = None) -> torch.Tensor:
+    """Greedy NMS. boxes (n, 4) xyxy float, scores (n,) float -> kept indices (k,) int64, best first.
+
+    Matches torchvision.ops.nms: same keep set, same order (descending score, ties by input index).
+    max_keep stops once that many boxes are kept (the result is then the first max_keep of the full
+    answer); it lets the caller skip work it would discard. Empty input gives an empty result.
+    """
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"nms boxes: expected shape (n, 4), got {tuple(boxes.shape)}")
+    if scores.shape != boxes.shape[:1]:
+        raise ValueError(f"nms scores: expected shape ({boxes.shape[0]},), got {tuple(scores.shape)}")
+    if boxes.shape[0] == 0:
+        return torch.empty((0,), dtype=torch.int64, device=boxes.device)
+    tv = _torchvision_nms()
+    if tv is not None:
+        keep = tv(boxes, scores, float(iou))
+        return keep if max_keep is None else keep[:max_keep]
+    return _blocked_nms(boxes, scores, float(iou), max_keep=max_keep)
+
+
+def _blocked_nms(boxes: torch.Tensor, scores: torch.Tensor, iou: float, *, max_keep: int | None,
+                 block: int = NMS_BLOCK) -> torch.Tensor:
+    """Greedy NMS over score-sorted blocks.
+
+    Take the best ``block`` boxes still alive, solve their greedy answer with
+    :func:`_greedy_fixed_point`, then drop every later box that one of the newly kept boxes
+    suppresses. Detections come in clusters, so a few blocks usually clear most candidates and the cost
+    stays near O(n * kept) instead of the O(n^2) of a full IoU matrix.
+    """
+    order = torch.sort(scores, descending=True, stable=True).indices
+    remaining = order  # input indices, best first, not yet decided, not suppressed by anything kept
+    kept: list[torch.Tensor] = []
+    n_kept = 0
+    while remaining.numel() and (max_keep is None or n_kept < max_keep):
+        blk, rest = remaining[:block], remaining[block:]
+        blk_boxes = boxes[blk]
+        suppress = (box_iou(blk_boxes, blk_boxes) > iou).triu_(diagonal=1)  # [i, j]: i (better) drops j
+        keep_blk = _greedy_fixed_point(suppress, torch.ones_like(blk, dtype=torch.bool))
+        kept.append(blk[keep_blk])
+        n_kept += kept[-1].numel()
+        if rest.numel():
+            remaining = rest[~(box_iou(blk_boxes[keep_blk], boxes[rest]) > iou).any(0)]
+        else:
+            remaining = rest
+    keep = torch.cat(kept) if kept else order[:0]
+    return keep if max_keep is None else keep[:max_keep]
+
+
+def _greedy_fixed_point(suppress: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
+    """Greedy keep mask of one block. suppress (B, B) bool upper-triangular, alive (B,) bool -> (B,) bool.
+
+    The greedy answer is the unique x with x = alive & ~any_i(x[i] & suppress[i, :]): entry j depends
+    only on entries before it. Iterating that map from x = alive fixes at least one more leading entry
+    per round and usually converges in a few rounds, each one dense (B x B) product instead of B
+    sequential steps; any fixed point reached is the greedy answer because the fixed point is unique.
+    """
+    s = suppress.to(torch.float32)
+    x = alive
+    for _ in range(_MAX_ROUNDS):
+        nxt = alive & ((x.to(torch.float32) @ s) == 0)
+        if torch.equal(nxt, x):
+            return x
+        x = nxt
+    return _greedy_sequential(suppress, alive)
+
+
+def _greedy_sequential(suppress: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
+    """The textbook sequential pass, for blocks whose suppression chains are too long to iterate."""
+    keep = alive.clone()
+    for i in range(keep.shape[0]):
+        if keep[i]:
+            keep &= ~suppress[i]
+    return keep
+
+
+@functools.cache
+def _torchvision_nms() -> Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor] | None:
+    """torchvision.ops.nms when torchvision imports and its compiled op runs, else None."""
+    try:
+        import torchvision
+
+        op = torchvision.ops.nms
+        op(torch.zeros((1, 4)), torch.zeros(1), 0.5)
+    except Exception:  # missing, or built against another torch (the op then fails to load)
+        return None
+    return op
+
+
+def non_max_suppression(pred: torch.Tensor, cfg: NMSConfig, *, nc: int) -> list[torch.Tensor]:
+    """Ultralytics' ``non_max_suppression`` for segmentation heads (multi_label=False).
+
+    pred: (N, 4 + nc + nm, A) float, the model's eval output: boxes xywh in model-input pixels, nc
+      sigmoid class scores, nm mask coefficients (32 for YOLOv8-seg), A anchors.
+    Returns one float32 tensor per image, (n, 6 + nm), rows ``x1, y1, x2, y2, score, class,
+    coeffs...`` in model-input pixels, best score first, n <= cfg.max_det.
+    """
+    if pred.ndim != 3 or pred.shape[1] < 4 + nc:
+        raise ValueError(f"non_max_suppression pred: expected (N, 4 + {nc} + nm, A), got {tuple(pred.shape)}")
+    bs, nm = pred.shape[0], pred.shape[1] - 4 - nc
+    candidates = pred[:, 4:4 + nc].amax(1) > cfg.conf  # (N, A)
+    pred = pred.transpose(-1, -2)  # (N, A, 4 + nc + nm)
+    classes = None if cfg.classes is None else torch.tensor(cfg.classes, device=pred.device)
+    out = []
+    for xi in range(bs):
+        x = pred[xi][candidates[xi]]
+        if not x.shape[0]:
+            out.append(torch.zeros((0, 6 + nm), dtype=torch.float32, device=pred.device))
+            continue
+        box, cls, coeffs = xywh2xyxy(x[:, :4]), x[:, 4:4 + nc], x[:, 4 + nc:]
+        conf, j = cls.max(1, keepdim=True)
+        x = torch.cat((box, conf, j.float(), coeffs), 1)[conf.view(-1) > cfg.conf]
+        if classes is not None:
+            x = x[(x[:, 5:6] == classes).any(1)]
+        if x.shape[0] > cfg.max_nms:
+            x = x[torch.sort(x[:, 4], descending=True, stable=True).indices[:cfg.max_nms]]
+        # Class-aware NMS in one call: shift each class's boxes into its own region of the plane.
+        offsets = x[:, 5:6] * (0 if cfg.agnostic else cfg.max_wh)
+        keep = nms(x[:, :4] + offsets, x[:, 4], cfg.iou, max_keep=cfg.max_det)[:cfg.max_det]
+        out.append(x[keep].float())
+    return out

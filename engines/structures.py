@@ -1,0 +1,171 @@
+"""Per-image results of a segmentation model. Imports torch, numpy, cv2 and engines.ops only.
+
+:class:`Detections` holds one image's objects in that image's own pixels. Its arrays are either all
+torch tensors (on any device, as post-processing made them) or all numpy arrays (after ``.numpy()``).
+"""
+
+from __future__ import annotations
+
+import colorsys
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from engines.ops import rle
+from engines.ops.polygons import mask_to_polygons
+
+Array = torch.Tensor | np.ndarray
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Detections:
+    """One image's objects.
+
+    boxes: (n, 4) float32 xyxy, original-frame pixels. scores: (n,) float32 in [0, 1].
+    class_ids: (n,) int64 indices into ``names``. masks: (n, H, W) bool over the whole frame, or None
+    when masks were not computed. orig_shape: the frame's (H, W). names: class names of the model.
+    """
+
+    boxes: Array
+    scores: Array
+    class_ids: Array
+    masks: Array | None
+    orig_shape: tuple[int, int]
+    names: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "orig_shape", tuple(int(v) for v in self.orig_shape))
+        object.__setattr__(self, "names", tuple(self.names))
+        kinds = {type(a) for a in (self.boxes, self.scores, self.class_ids, self.masks) if a is not None}
+        _expect(len(kinds) == 1 and kinds <= {torch.Tensor, np.ndarray}, "Detections arrays",
+                "all torch.Tensor or all numpy.ndarray", sorted(k.__name__ for k in kinds))
+        n = self.boxes.shape[0] if self.boxes.ndim == 2 else -1
+        _expect(tuple(self.boxes.shape) == (n, 4), "Detections.boxes shape", "(n, 4)", tuple(self.boxes.shape))
+        _expect(_dtype(self.boxes) == "float32", "Detections.boxes dtype", "float32", _dtype(self.boxes))
+        _expect(tuple(self.scores.shape) == (n,), "Detections.scores shape", f"({n},)", tuple(self.scores.shape))
+        _expect(_dtype(self.scores) == "float32", "Detections.scores dtype", "float32", _dtype(self.scores))
+        _expect(tuple(self.class_ids.shape) == (n,), "Detections.class_ids shape", f"({n},)",
+                tuple(self.class_ids.shape))
+        _expect(_dtype(self.class_ids) == "int64", "Detections.class_ids dtype", "int64", _dtype(self.class_ids))
+        _expect(len(self.orig_shape) == 2 and min(self.orig_shape) > 0, "Detections.orig_shape",
+                "(H, W) > 0", self.orig_shape)
+        if self.masks is not None:
+            want = (n, *self.orig_shape)
+            _expect(tuple(self.masks.shape) == want, "Detections.masks shape", str(want), tuple(self.masks.shape))
+            _expect(_dtype(self.masks) == "bool", "Detections.masks dtype", "bool", _dtype(self.masks))
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])
+
+    @property
+    def labels(self) -> list[str]:
+        """Class name of each detection."""
+        ids = _np(self.class_ids).tolist()
+        bad = [i for i in ids if not 0 <= i < len(self.names)]
+        if bad:
+            raise ValueError(f"Detections.class_ids: expected ids in [0, {len(self.names)}), got {bad[:5]}")
+        return [self.names[i] for i in ids]
+
+    def cpu(self) -> Detections:
+        """The same detections with torch tensors on the CPU (numpy arrays are returned as they are)."""
+        if isinstance(self.boxes, np.ndarray):
+            return self
+        return replace(self, boxes=self.boxes.cpu(), scores=self.scores.cpu(), class_ids=self.class_ids.cpu(),
+                       masks=None if self.masks is None else self.masks.cpu())
+
+    def numpy(self) -> Detections:
+        """The same detections as numpy arrays (copied to the host when on a device)."""
+        return replace(self, boxes=_np(self.boxes), scores=_np(self.scores), class_ids=_np(self.class_ids),
+                       masks=None if self.masks is None else _np(self.masks))
+
+    def to_rle(self) -> list[dict[str, Any]]:
+        """COCO compressed RLE of each mask (pycocotools-compatible), frame-sized. Needs masks."""
+        masks = self._host_masks("to_rle")
+        return [rle.encode(m) for m in masks]
+
+    def polygons(self) -> list[list[np.ndarray]]:
+        """Per detection, its outer contours as (k, 2) float32 (x, y) arrays in frame pixels, largest
+        first (see :func:`engines.ops.polygons.mask_to_polygons`). Needs masks."""
+        masks = self._host_masks("polygons")
+        return [mask_to_polygons(m) for m in masks]
+
+    def plot(self, image_bgr: np.ndarray, *, alpha: float = 0.5, line_width: int | None = None) -> np.ndarray:
+        """Draw masks (translucent), boxes and "label score" captions on a copy of the frame.
+
+        image_bgr: (H, W, 3) uint8 BGR with (H, W) == orig_shape. Returns a new (H, W, 3) uint8 BGR image;
+        the input is not modified. Each class gets its own colour.
+        """
+        img = np.asarray(image_bgr)
+        _expect(img.ndim == 3 and img.shape[2] == 3 and img.shape[:2] == self.orig_shape, "plot image shape",
+                f"({self.orig_shape[0]}, {self.orig_shape[1]}, 3)", img.shape)
+        _expect(img.dtype == np.uint8, "plot image dtype", "uint8", img.dtype)
+        out = img.copy()
+        if not len(self):
+            return out
+        boxes, scores, ids = _np(self.boxes), _np(self.scores), _np(self.class_ids)
+        colors = [class_color(int(c)) for c in ids]
+        if self.masks is not None:
+            masks = _np(self.masks)
+            for m, color in zip(masks, colors, strict=True):
+                region = out[m].astype(np.float32)
+                out[m] = (region * (1 - alpha) + np.array(color, np.float32) * alpha).round().astype(np.uint8)
+        lw = line_width or max(round(sum(self.orig_shape) / 2 * 0.003), 2)
+        names = self.labels
+        for box, score, name, color in zip(boxes, scores, names, colors, strict=True):
+            x1, y1, x2, y2 = (int(round(float(v))) for v in box)
+            cv2.rectangle(out, (x1, y1), (x2, y2), color, lw, cv2.LINE_AA)
+            _caption(out, f"{name} {float(score):.2f}", (x1, y1), color, lw)
+        return out
+
+    def _host_masks(self, what: str) -> np.ndarray:
+        if self.masks is None:
+            raise ValueError(f"Detections.{what}: these detections have no masks (post-processed with masks=False)")
+        return _np(self.masks)
+
+
+def class_color(class_id: int) -> tuple[int, int, int]:
+    """A distinct, stable BGR colour for a class id (golden-ratio hue steps, bright and saturated)."""
+    h = (class_id * 0.618033988749895) % 1.0
+    r, g, b = colorsys.hsv_to_rgb(h, 0.85, 0.95)
+    return int(b * 255), int(g * 255), int(r * 255)
+
+
+def _caption(img: np.ndarray, text: str, corner: tuple[int, int], color: tuple[int, int, int], lw: int) -> None:
+    """Filled label box above the box corner (inside the image when the box touches the top)."""
+    font_scale, thickness = lw / 3, max(lw - 1, 1)
+    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)
+    x, y = corner
+    above = y - th - base >= 0
+    y_top = y - th - base if above else y
+    cv2.rectangle(img, (x, y_top), (x + tw, y_top + th + base), color, -1, cv2.LINE_AA)
+    luminance = 0.299 * color[2] + 0.587 * color[1] + 0.114 * color[0]
+    txt_color = (0, 0, 0) if luminance > 140 else (255, 255, 255)
+    cv2.putText(img, text, (x, y_top + th), cv2.FONT_HERSHEY_SIMPLEX, font_scale, txt_color, thickness,
+                cv2.LINE_AA)
+
+
+def _np(a: Array) -> np.ndarray:
+    return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+
+
+def _dtype(a: Array) -> str:
+    return str(a.dtype).removeprefix("torch.")
+
+
+def _expect(cond: bool, what: str, expected: str, actual: Any) -> None:
+    if not cond:
+        raise ValueError(f"{what}: expected {expected}, got {actual!r}")
+
+
+def empty_detections(orig_shape: tuple[int, int], names: Sequence[str], *, masks: bool = True,
+                     device: torch.device | str | None = None) -> Detections:
+    """No objects in an (H, W) frame: zero-length arrays of the right shapes and dtypes."""
+    return Detections(boxes=torch.zeros((0, 4), dtype=torch.float32, device=device),
+                      scores=torch.zeros((0,), dtype=torch.float32, device=device),
+                      class_ids=torch.zeros((0,), dtype=torch.int64, device=device),
+                      masks=torch.zeros((0, *orig_shape), dtype=torch.bool, device=device) if masks else None,
+                      orig_shape=orig_shape, names=tuple(names))
