@@ -9,16 +9,22 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
-from conftest import RedisServer, free_port
 
 from pipeline.events import encode, to_event
 from pipeline.messages import FrameResult
 from pipeline.sinks.base import Envelope, policy_for
 from pipeline.sinks.config import RedisSinkConfig, redact_url
 from pipeline.sinks.redis import RedisSink
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _env(camera: str, seq: int) -> Envelope:
@@ -44,7 +50,7 @@ def _wait(cond, timeout: float = 10.0) -> None:  # noqa: ANN001 - test helper
         time.sleep(0.02)
 
 
-def test_events_go_to_one_stream_per_camera(redis_server: RedisServer) -> None:
+def test_events_go_to_one_stream_per_camera(redis_server: Any) -> None:
     sink = _sink(redis_server.url)
     for i in range(30):
         sink.publish(_env(f"cam{i % 3}", i))
@@ -56,7 +62,7 @@ def test_events_go_to_one_stream_per_camera(redis_server: RedisServer) -> None:
     assert sink.counters.totals_sent == {"cam0": 10, "cam1": 10, "cam2": 10}
 
 
-def test_maxlen_trims_approximately(redis_server: RedisServer) -> None:
+def test_maxlen_trims_approximately(redis_server: Any) -> None:
     sink = _sink(redis_server.url, maxlen=100, batch_size=50)
     for i in range(1500):
         sink.publish(_env("cam", i))
@@ -67,7 +73,7 @@ def test_maxlen_trims_approximately(redis_server: RedisServer) -> None:
     assert _seqs(client, "segpipe:cam")[-1] == 1499
 
 
-def test_pubsub_channel(redis_server: RedisServer) -> None:
+def test_pubsub_channel(redis_server: Any) -> None:
     client = redis.Redis.from_url(redis_server.url)
     ps = client.pubsub()
     ps.subscribe("live:cam")
@@ -81,7 +87,7 @@ def test_pubsub_channel(redis_server: RedisServer) -> None:
     ps.close()
 
 
-def test_close_flushes_everything_queued(redis_server: RedisServer) -> None:
+def test_close_flushes_everything_queued(redis_server: Any) -> None:
     sink = _sink(redis_server.url, batch_size=64)
     for i in range(1000):
         sink.publish(_env("cam", i))
@@ -89,7 +95,7 @@ def test_close_flushes_everything_queued(redis_server: RedisServer) -> None:
     assert redis.Redis.from_url(redis_server.url).xlen("segpipe:cam") == 1000
 
 
-def test_redis_restart_mid_run(redis_server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+def test_redis_restart_mid_run(redis_server: Any, caplog: pytest.LogCaptureFixture) -> None:
     """Stop Redis while publishing: nothing raises, publish stays instant, the bounded buffer keeps
     the newest events (the rest dropped and counted) and sends them once Redis is back."""
     caplog.set_level(logging.INFO, logger="pipeline.sinks.redis")
@@ -129,8 +135,10 @@ def test_never_blocks_without_redis() -> None:
     assert sink.counters.totals_errors["connection"] >= 1
 
 
-def test_auth_password_is_used_and_never_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    server = RedisServer(tmp_path, password="s3cret-Pw")
+def test_auth_password_is_used_and_never_logged(redis_server: Any, tmp_path: Path,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    # a second server from the fixture's class (conftest's RedisServer), this one with a password
+    server = type(redis_server)(tmp_path, password="s3cret-Pw")
     server.start()
     try:
         caplog.set_level(logging.DEBUG)

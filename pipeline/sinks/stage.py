@@ -1,0 +1,185 @@
+"""The sink stage: a process that turns FrameResult/CameraStatus into events and fans them out.
+
+Why a process of its own: serialising events and talking to Redis/ZeroMQ/disk must not take time
+from the device stage, and a sink library that crashes or hangs takes only this process with it.
+The loop reads a bounded multiprocessing queue until STOP, serialises each item once
+(``pipeline.events``), hands the bytes to every sink that wants that camera, and every
+``report_every_s`` sends a ``StageStats`` (sink counters, capture-to-publish latency, own step time)
+to the supervisor. On STOP it flushes and closes every sink, sends the last report and returns.
+If the sinks cannot be set up it reports the error, then keeps draining the inbox until STOP so the
+upstream stage never blocks on a full queue, and exits with status 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from pipeline.events import encode, status_event, to_event
+from pipeline.messages import STOP, CameraStatus, FrameResult
+from pipeline.metrics import StageStats
+from pipeline.sinks import BUILTIN_SINKS, SinkRegistry
+from pipeline.sinks.base import Envelope, Sink
+from pipeline.sinks.config import SinkConfig, check_sink_names
+
+log = logging.getLogger(__name__)
+
+STAGE = "sinks"
+_MAX_PENDING_REPORTS = 60  # reports held while the supervisor's stats queue is full
+
+
+def is_stop(item: Any) -> bool:
+    """True for the STOP sentinel, also after a trip through a multiprocessing queue: unpickling
+    ``object()`` yields a fresh bare ``object``, never the same one, and nothing else is sent bare."""
+    return item is STOP or type(item) is object
+
+
+class SinkStage:
+    """Serialise once, fan out to sinks, count. Usable in-process (tests) or via ``run_sink_stage``."""
+
+    def __init__(self, *, sinks: Sequence[tuple[SinkConfig, Sink]], stage: str = STAGE) -> None:
+        self.stage = stage
+        self.sinks = list(sinks)
+        self._e2e: dict[str, list[float]] = defaultdict(list)
+        self._step: list[float] = []
+        self._bad: dict[tuple[str, str], int] = defaultdict(int)
+
+    @classmethod
+    def from_configs(cls, configs: Sequence[SinkConfig], *, registry: SinkRegistry | None = None,
+                     stage: str = STAGE) -> SinkStage:
+        """Build every sink (SinkError if one cannot be set up; those already built are closed)."""
+        registry = registry or SinkRegistry(BUILTIN_SINKS)
+        check_sink_names(list(configs))
+        built: list[tuple[SinkConfig, Sink]] = []
+        try:
+            for cfg in configs:
+                built.append((cfg, registry.build(cfg)))
+        except BaseException:
+            for _, sink in built:
+                sink.close(timeout=1.0)
+            raise
+        return cls(sinks=built, stage=stage)
+
+    def handle(self, item: FrameResult | CameraStatus, *, image: Any = None) -> None:
+        """Publish one item to every interested sink. Never raises for a bad item: counts it."""
+        t0 = time.perf_counter()
+        now = time.time()
+        try:
+            if isinstance(item, FrameResult):
+                env = Envelope(camera_id=item.camera_id, kind="frame", payload=encode(to_event(item, publish_ts=now)),
+                               item=item, image=image)
+                self._e2e[item.camera_id].append(max(now - item.capture_ts, 0.0))
+            elif isinstance(item, CameraStatus):
+                env = Envelope(camera_id=item.camera_id, kind="status",
+                               payload=encode(status_event(item, publish_ts=now)), item=item)
+            else:
+                raise TypeError(f"expected FrameResult or CameraStatus, got {type(item).__name__}")
+        except (TypeError, ValueError) as e:  # a malformed message is an upstream bug: count it, keep going
+            self._bad[getattr(item, "camera_id", "?"), "bad_message"] += 1
+            log.error("sink stage: dropping a malformed %s: %s", type(item).__name__, e)
+            return
+        for cfg, sink in self.sinks:
+            if cfg.cameras is not None and env.camera_id not in cfg.cameras:
+                continue
+            if env.kind == "status" and not cfg.statuses:
+                continue
+            try:
+                sink.publish(env)
+            except Exception as e:  # sinks must not raise; if one does, it fails alone
+                sink.counters.error("publish")
+                sink.counters.dropped(env.camera_id, "publish_error")
+                log.error("sink %s: publish raised %s: %s", sink.name, type(e).__name__, e)
+        self._step.append(time.perf_counter() - t0)
+
+    def report(self) -> StageStats:
+        """Counts and observations since the previous report."""
+        sent: dict[tuple[str, str], int] = {}
+        dropped: dict[tuple[str, str, str], int] = {}
+        errors: dict[tuple[str, str], int] = {}
+        for _, sink in self.sinks:
+            deltas = sink.counters.take()
+            sent.update({(sink.name, cam): n for cam, n in deltas.sent.items()})
+            dropped.update({(sink.name, cam, reason): n for (cam, reason), n in deltas.dropped.items()})
+            errors.update({(sink.name, reason): n for reason, n in deltas.errors.items()})
+        stats = StageStats(stage=self.stage, dropped=dict(self._bad), sink_sent=sent, sink_dropped=dropped,
+                           sink_errors=errors, e2e_latency={c: tuple(v) for c, v in self._e2e.items() if v},
+                           stage_latency={"sink": tuple(self._step)} if self._step else {})
+        self._e2e.clear()
+        self._step.clear()
+        self._bad.clear()
+        return stats
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Flush and close every sink, each within ``timeout`` seconds."""
+        for _, sink in self.sinks:
+            try:
+                sink.close(timeout=timeout)
+            except Exception as e:
+                sink.counters.error("close")
+                log.error("sink %s: close raised %s: %s", sink.name, type(e).__name__, e)
+
+
+class _Reporter:
+    """Sends reports without ever blocking; holds a few while the supervisor's queue is full."""
+
+    def __init__(self, out: Any) -> None:
+        self.out, self.pending = out, []
+
+    def send(self, stats: StageStats) -> None:
+        if self.out is None:
+            return
+        self.pending.append(stats)
+        while self.pending:
+            try:
+                self.out.put_nowait(self.pending[0])
+            except queue.Full:
+                break
+            self.pending.pop(0)
+        if len(self.pending) > _MAX_PENDING_REPORTS:
+            log.warning("sink stage: stats queue full, discarding %d old reports", len(self.pending) - 1)
+            del self.pending[:-1]
+
+
+def _drain_until_stop(inbox: Any) -> None:
+    while not is_stop(inbox.get()):
+        pass
+
+
+def run_sink_stage(*, inbox: Any, configs: Sequence[SinkConfig], stats: Any = None, stage: str = STAGE,
+                   report_every_s: float = 1.0, close_timeout_s: float = 5.0) -> None:
+    """Process target: publish items from ``inbox`` to the sinks in ``configs`` until STOP.
+
+    inbox: multiprocessing queue of FrameResult / CameraStatus, ended by STOP.
+    stats: optional queue receiving ``StageStats`` every ``report_every_s`` seconds and at the end.
+    Exits 1 (after reporting the error and draining the inbox to STOP) if a sink cannot be set up.
+    """
+    reporter = _Reporter(stats)
+    try:
+        sink_stage = SinkStage.from_configs(configs, stage=stage)
+    except Exception as e:
+        reporter.send(StageStats(stage=stage, error=f"{type(e).__name__}: {e}"))
+        log.error("sink stage: %s", e)
+        _drain_until_stop(inbox)
+        sys.exit(1)
+    next_report = time.monotonic() + report_every_s
+    try:
+        while True:
+            try:
+                item = inbox.get(timeout=max(next_report - time.monotonic(), 0.001))
+            except queue.Empty:
+                item = None
+            if item is not None:
+                if is_stop(item):
+                    break
+                sink_stage.handle(item)
+            if time.monotonic() >= next_report:
+                reporter.send(sink_stage.report())
+                next_report = time.monotonic() + report_every_s
+    finally:
+        sink_stage.close(timeout=close_timeout_s)
+        reporter.send(sink_stage.report())

@@ -1,0 +1,194 @@
+"""The sink stage: registry, drop policies, fan-out and counters, and a real child process ended by STOP."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import queue
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from engines.errors import SinkError
+from pipeline.messages import STOP, CameraState, CameraStatus, Detection, FrameResult
+from pipeline.metrics import StageStats
+from pipeline.sinks import SinkRegistry
+from pipeline.sinks.base import BoundedBuffer, DropPolicy, Envelope, Overflow, SinkCounters, policy_for
+from pipeline.sinks.config import JsonlSinkConfig, ZmqSinkConfig, check_sink_names
+from pipeline.sinks.stage import SinkStage, is_stop, run_sink_stage
+
+
+def _result(camera: str, seq: int, *, age_s: float = 0.0) -> FrameResult:
+    now = time.time()
+    return FrameResult(camera_id=camera, seq=seq, pts=None, capture_ts=now - age_s, infer_ts=now, frame_size=(8, 6),
+                       model="m", detections=(Detection(class_id=0, label="a", score=0.5, box=(0, 0, 2, 2)),))
+
+
+def _env(camera: str, seq: int) -> Envelope:
+    return Envelope(camera_id=camera, kind="frame", payload=b"{}", item=_result(camera, seq))
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+# --------------------------------------------------------------------------------- registry, policies
+
+
+def test_registry_raises_on_duplicate_and_unknown_types() -> None:
+    reg = SinkRegistry()
+    assert reg.types == ("zmq", "redis", "jsonl", "video")
+    with pytest.raises(ValueError, match="'zmq' is already registered"):
+        reg.register("zmq", "elsewhere:Sink")
+    with pytest.raises(ValueError, match="expected 'module:Class'"):
+        reg.register("kafka", "pipeline.sinks.kafka")
+    with pytest.raises(SinkError, match=r"unknown sink type 'kafka' \(known: zmq, redis, jsonl, video\)"):
+        reg.get("kafka")
+    assert reg.get("jsonl").__name__ == "JsonlSink"
+
+
+@pytest.mark.parametrize("overflow, kept, dropped", [
+    (Overflow.DROP_OLDEST, [3, 4, 5], {("a", "full"): 2, ("b", "full"): 1}),
+    (Overflow.DROP_NEWEST, [0, 1, 2], {("b", "full"): 2, ("a", "full"): 1}),
+])
+def test_bounded_buffer_drops_by_policy_and_counts_per_camera(overflow: Overflow, kept: list[int],
+                                                               dropped: dict) -> None:
+    counters = SinkCounters()
+    buf = BoundedBuffer(policy=DropPolicy(name="full", maxsize=3, overflow=overflow), counters=counters)
+    for i in range(6):
+        buf.put(_env("a" if i % 2 == 0 else "b", i))
+    assert [e.item.seq for e in buf.take(10, 0)] == kept
+    assert dict(counters.totals_dropped) == dropped
+    assert counters.take().dropped == dropped and counters.take().dropped == {}  # deltas reset
+
+
+def test_requeue_puts_back_in_front_and_drops_oldest() -> None:
+    counters = SinkCounters()
+    buf = BoundedBuffer(policy=DropPolicy(name="full", maxsize=3, overflow=Overflow.DROP_OLDEST), counters=counters)
+    for i in range(3):
+        buf.put(_env("a", i))
+    taken = buf.take(2, 0)
+    buf.put(_env("a", 3))
+    buf.put(_env("a", 4))
+    buf.requeue(taken)  # 0, 1 back in front of 2, 3, 4: two over the bound, and they are the oldest
+    buf.done(len(taken))
+    assert [e.item.seq for e in buf.take(10, 0)] == [2, 3, 4] and counters.totals_dropped[("a", "full")] == 2
+    assert not buf.join(0.01)  # taken but not done
+    buf.done(3)
+    assert buf.join(0.01)
+
+
+@pytest.mark.parametrize("kw, error", [
+    ({"maxsize": 0}, "DropPolicy.maxsize: expected >= 1"),
+])
+def test_drop_policy_checks(kw: dict, error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        DropPolicy(name="x", overflow=Overflow.DROP_NEWEST, **kw)
+
+
+def test_policy_defaults_live_in_one_place() -> None:
+    assert policy_for("redis").maxsize == 10_000 and policy_for("redis", maxsize=5).maxsize == 5
+    assert policy_for("jsonl", overflow=Overflow.DROP_NEWEST).overflow is Overflow.DROP_NEWEST
+    assert ZmqSinkConfig(type="zmq").sndhwm == policy_for("zmq").maxsize
+
+
+def test_duplicate_sink_names_are_config_errors(tmp_path: Path) -> None:
+    cfgs = [JsonlSinkConfig(type="jsonl", path=tmp_path / "a"), JsonlSinkConfig(type="jsonl", path=tmp_path / "b")]
+    with pytest.raises(Exception, match=r"sinks\[1\].name: duplicate sink name 'jsonl' \(also sinks\[0\]\)"):
+        check_sink_names(cfgs)
+
+
+# ------------------------------------------------------------------------------------- in-process stage
+
+
+def test_fan_out_filters_and_reports(tmp_path: Path) -> None:
+    all_cams = JsonlSinkConfig(type="jsonl", name="all", path=tmp_path / "all.jsonl")
+    only_b = JsonlSinkConfig(type="jsonl", name="b", path=tmp_path / "b.jsonl", cameras=("b",), statuses=False)
+    stage = SinkStage.from_configs([all_cams, only_b])
+    stage.handle(_result("a", 1, age_s=0.05))
+    stage.handle(_result("b", 2, age_s=0.05))
+    stage.handle(CameraStatus(camera_id="b", state=CameraState.STALLED, ts=time.time(), detail="no frames for 5 s"))
+    stage.handle("not a message")  # an upstream bug is counted, not raised
+    for _, sink in stage.sinks:
+        assert sink.flush(5)
+    report = stage.report()
+    stage.close()
+    assert [(e["kind"], e["camera"]) for e in _lines(tmp_path / "all.jsonl")] == [
+        ("frame", "a"), ("frame", "b"), ("status", "b")]
+    assert [(e["kind"], e["seq"]) for e in _lines(tmp_path / "b.jsonl")] == [("frame", 2)]
+    assert report.sink_sent == {("all", "a"): 1, ("all", "b"): 2, ("b", "b"): 1}
+    assert report.dropped == {("?", "bad_message"): 1}
+    assert set(report.e2e_latency) == {"a", "b"} and 0.04 < report.e2e_latency["a"][0] < 1.0
+    assert len(report.stage_latency["sink"]) == 3
+    assert stage.report().sink_sent == {}  # deltas
+
+
+def test_setup_failure_closes_sinks_already_built(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    good = ZmqSinkConfig(type="zmq", endpoint=f"tcp://127.0.0.1:{port}")
+    bad = JsonlSinkConfig(type="jsonl", path=blocker / "x.jsonl")
+    with pytest.raises(SinkError, match="cannot open"):
+        SinkStage.from_configs([good, bad])
+    SinkStage.from_configs([good]).close()  # the port was released: the first zmq sink was closed
+
+
+def test_is_stop_survives_pickling() -> None:
+    import pickle
+
+    assert is_stop(STOP) and is_stop(pickle.loads(pickle.dumps(STOP)))
+    assert not is_stop(None) and not is_stop(_result("a", 1))
+
+
+# ---------------------------------------------------------------------------------------- child process
+
+
+def _collect(stats: mp.Queue, proc: mp.Process) -> list[StageStats]:
+    out = []
+    while proc.is_alive() or not stats.empty():
+        try:
+            out.append(stats.get(timeout=0.2))
+        except queue.Empty:
+            pass
+    return out
+
+
+def test_stage_process_runs_until_stop(tmp_path: Path) -> None:
+    ctx = mp.get_context("spawn")  # what a supervisor uses with CUDA around: configs and messages must pickle
+    inbox, stats = ctx.Queue(maxsize=64), ctx.Queue()
+    cfg = JsonlSinkConfig(type="jsonl", path=tmp_path / "events.jsonl")
+    proc = ctx.Process(target=run_sink_stage, kwargs={"inbox": inbox, "configs": [cfg], "stats": stats,
+                                                      "report_every_s": 0.2})
+    proc.start()
+    inbox.put(CameraStatus(camera_id="c", state=CameraState.LIVE, ts=time.time()))
+    for i in range(40):
+        inbox.put(_result("c", i))
+    inbox.put(STOP)
+    reports = _collect(stats, proc)
+    proc.join(20)
+    assert proc.exitcode == 0
+    assert [e.get("seq") for e in _lines(tmp_path / "events.jsonl")] == [None, *range(40)]
+    assert sum(r.sink_sent.get(("jsonl", "c"), 0) for r in reports) == 41
+    assert sum(len(r.e2e_latency.get("c", ())) for r in reports) == 40
+
+
+def test_stage_process_reports_setup_error_and_drains(tmp_path: Path) -> None:
+    ctx = mp.get_context("spawn")
+    inbox, stats = ctx.Queue(maxsize=4), ctx.Queue()
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    cfg = JsonlSinkConfig(type="jsonl", path=blocker / "events.jsonl")
+    proc = ctx.Process(target=run_sink_stage, kwargs={"inbox": inbox, "configs": [cfg], "stats": stats})
+    proc.start()
+    for i in range(20):  # more than the queue holds: would block forever if the stage stopped reading
+        inbox.put(_result("c", i), timeout=20)
+    inbox.put(STOP, timeout=20)
+    reports = _collect(stats, proc)
+    proc.join(20)
+    assert proc.exitcode == 1
+    assert len(reports) == 1 and "SinkError" in reports[0].error and "cannot open" in reports[0].error
