@@ -1,0 +1,120 @@
+"""segpipe run: the streaming runtime (cameras -> cross-camera batches -> model -> sinks).
+
+Exit codes: 0 when the run ended normally (stopped by a signal, or every file camera ended), 1 on a
+runtime failure (a stage died, a camera gave up), 2 on a config error (nothing is started).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from typing import Any
+
+NAME = "run"
+HELP = "run the streaming pipeline described by a cameras YAML"
+
+log = logging.getLogger("segpipe.run")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="run config YAML (see configs/cameras.yaml)")
+    p.add_argument("--check", action="store_true", help="validate the config (all errors at once) and exit")
+    p.add_argument("--shard", default=None, metavar="K/N",
+                   help="run only shard K of N replicas (default: SEGPIPE_SHARD, or SEGPIPE_REPLICAS with a "
+                        "StatefulSet pod name)")
+    p.add_argument("--no-console", action="store_true", help="do not print the live per-camera table")
+    p.add_argument("--console-interval", type=float, default=None, metavar="S",
+                   help="seconds between table refreshes (default: 1 on a terminal, 10 otherwise)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", default="text", choices=["text", "json"],
+                   help="text: key=value lines; json: one JSON object per line")
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"ts": round(record.created, 3), "level": record.levelname.lower(), "logger": record.name,
+               "msg": record.getMessage()}
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    """Structured logs on stderr (stdout carries the camera table)."""
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("ts=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipeline.config import load_config
+    from pipeline.shard import parse_shard, select, shard_from_env
+
+    cfg = load_config(args.config)  # ConfigErrors: every problem, exit 2, nothing started
+    shard = parse_shard(args.shard) if args.shard else shard_from_env()
+    if shard is not None:
+        cfg = cfg.with_cameras(select([c.id for c in cfg.cameras], shard))
+    if args.check:
+        where = f" (shard {shard}: {len(cfg.cameras)} of them here)" if shard else ""
+        print(f"{args.config}: OK: {len(cfg.cameras)} camera(s){where}, {len(cfg.sinks)} sink(s), "
+              f"model {cfg.model.path}")
+        return 0
+    setup_logging(args.log_level, args.log_format)
+    return _run(cfg, args, shard)
+
+
+def _run(cfg: Any, args: argparse.Namespace, shard: Any) -> int:
+    from pipeline.console import Console
+    from pipeline.metrics import Metrics, MetricsServer
+    from pipeline.supervisor import Supervisor
+
+    stop = threading.Event()
+    metrics = server = None
+    if cfg.metrics.enabled:
+        metrics = Metrics()
+        server = MetricsServer(metrics=metrics, host=cfg.metrics.host, port=cfg.metrics.port)
+        port = server.start()  # ConfigError (exit 2) when the port is taken
+        log.info("event=metrics_listening url=http://%s:%d/metrics", cfg.metrics.host, port)
+    console = None
+    if not args.no_console:
+        interval = args.console_interval or (1.0 if sys.stdout.isatty() else 10.0)
+        console = Console(interval_s=interval)
+
+    def on_tick(sup: Supervisor) -> None:
+        if console is not None:
+            console.update([(c.camera_id, c.machine.state, c.control.snapshot()) for c in sup.cameras])
+
+    sup = Supervisor(cfg=cfg, metrics=metrics, on_tick=on_tick)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        stop.set()
+        sup.request_stop(signal.Signals(signum).name)
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        if not cfg.cameras:  # a replica that owns no camera of the shard: stay up, idle, until stopped
+            log.warning("event=idle reason=no_cameras_in_shard shard=%s", shard)
+            while not stop.wait(1.0):
+                pass
+            return 0
+        code = sup.run()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        if server is not None:
+            server.stop()
+    for err in sup.errors[:1]:
+        print(f"segpipe run: error: {err}", file=sys.stderr)
+    failed = [c.camera_id for c in sup.cameras if c.machine.state.value == "failed"]
+    if failed:
+        print(f"segpipe run: error: camera(s) failed: {', '.join(failed)}", file=sys.stderr)
+    return code

@@ -1,0 +1,424 @@
+"""The ``segpipe run`` config: schema (pydantic v2), ``${ENV}`` interpolation, errors with YAML paths.
+
+Imports from pipeline/ only ``sinks.config`` (the sink schemas). Loading is one pass:
+YAML (duplicate keys refused) -> ``${VAR}`` / ``${VAR:-default}`` interpolation -> schema validation
+-> cross-field checks (unique camera ids, files exist). Every problem found is reported at once, one
+line each, as ``cameras[2].url: ...``; the result is frozen. Relative paths are taken from the working
+directory, as everywhere else in segpipe. Top-level keys starting with ``x-`` are ignored: they hold
+YAML anchors (``x-camera: &cam {...}`` then ``- <<: *cam``) for settings shared by many cameras.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from engines.errors import ConfigError, ConfigErrors
+from pipeline.sinks.config import SinkConfig, check_sink_names, redact_url
+
+BACKENDS = ("auto", "torch", "onnx", "openvino", "torchscript", "tensorrt")
+STREAM_SCHEMES = ("rtsp", "rtsps", "http", "https")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_ENV = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Strict):
+    """Which model runs where, and how its raw output is filtered."""
+
+    path: str = Field(min_length=1, description="model artifact (.pt, .safetensors, .onnx, .engine, ...)")
+    backend: Literal[BACKENDS] = "auto"  # type: ignore[valid-type]
+    device: str = Field("auto", description="auto (first GPU, else cpu), cpu, 0, cuda:1")
+    imgsz: int = Field(640, ge=32, le=4096, multiple_of=32, description="model input side, pixels")
+    conf: float = Field(0.25, gt=0, le=1, description="minimum class score kept")
+    iou: float = Field(0.7, gt=0, le=1, description="NMS IoU threshold")
+    classes: tuple[int, ...] | None = Field(None, description="keep only these class ids")
+    max_det: int = Field(300, ge=1, description="detections kept per frame")
+    half: bool = Field(False, description="fp16 inference (CUDA only)")
+
+    @model_validator(mode="after")
+    def _classes(self) -> ModelConfig:
+        if self.classes is not None and (not self.classes or min(self.classes) < 0):
+            raise ValueError("classes: expected a non-empty list of class ids >= 0")
+        return self
+
+
+class MasksConfig(_Strict):
+    """How masks travel: ``rle`` (COCO compressed, whole frame) | ``polygon`` | ``none``;
+    ``frame`` resolution upsamples the prototypes to frame pixels, ``model`` keeps them at the model's
+    mask resolution (faster, blockier) before mapping to the frame."""
+
+    format: Literal["rle", "polygon", "none"] = "rle"
+    resolution: Literal["frame", "model"] = "frame"
+
+
+class BatchConfig(_Strict):
+    """Cross-camera batching: up to ``max_batch`` frames (one per camera), waiting at most
+    ``max_wait_ms`` after the first; a frame older than ``max_age_ms`` is dropped, not inferred."""
+
+    max_batch: int = Field(8, ge=1, le=256)
+    max_wait_ms: float = Field(10.0, ge=0, le=10_000)
+    max_age_ms: float = Field(500.0, gt=0)
+
+
+class ReconnectConfig(_Strict):
+    """Exponential back-off between connection attempts (and decoder restarts):
+    ``min(max_s, initial_s * 2**attempt) * (1 +- jitter)``."""
+
+    initial_s: float = Field(0.5, gt=0)
+    max_s: float = Field(30.0, gt=0)
+    jitter: float = Field(0.2, ge=0, le=1)
+    max_restarts: int | None = Field(None, ge=0, description="consecutive failures before FAILED; null: forever")
+
+    @model_validator(mode="after")
+    def _order(self) -> ReconnectConfig:
+        if self.max_s < self.initial_s:
+            raise ValueError(f"max_s ({self.max_s}) must be >= initial_s ({self.initial_s})")
+        return self
+
+
+class CameraConfig(_Strict):
+    """One video source: a file, rtsp://, rtsps:// or http(s):// URL."""
+
+    id: str
+    url: str = Field(min_length=1, repr=False)  # may hold credentials: shown only via redact_url
+    fps: float | None = Field(None, gt=0, le=1000, description="sample at most this many frames/s")
+    loop: bool = Field(False, description="files: start again at the end")
+    realtime: bool = Field(True, description="files: pace frames at the clip's own rate")
+    transport: Literal["tcp", "udp"] = Field("tcp", description="rtsp only")
+    open_timeout_s: float = Field(10.0, gt=0)
+    read_timeout_s: float = Field(5.0, gt=0)
+    stall_timeout_s: float = Field(2.0, gt=0, description="no frame for this long: STALLED")
+    heartbeat_timeout_s: float = Field(30.0, gt=0, description="decoder silent this long: killed, restarted")
+    decode_threads: int = Field(0, ge=0, le=64, description="codec threads, 0 = FFmpeg's choice")
+    reconnect: ReconnectConfig = ReconnectConfig()
+
+    @property
+    def is_file(self) -> bool:
+        return not _scheme(self.url)
+
+    @property
+    def redacted_url(self) -> str:
+        return redact_url(self.url)
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        if not _ID.match(v):
+            raise ValueError(f"{v!r} must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        return v
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        scheme = _scheme(v)
+        if scheme and scheme not in STREAM_SCHEMES:
+            raise ValueError(f"unsupported scheme {scheme!r}; expected a file path or one of "
+                             + ", ".join(f"{s}://" for s in STREAM_SCHEMES))
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> CameraConfig:
+        problems = []
+        scheme = _scheme(self.url)
+        if scheme and self.loop:
+            problems.append("loop: applies to file cameras only")
+        if "transport" in self.model_fields_set and not scheme.startswith("rtsp"):
+            problems.append("transport: applies to rtsp:// and rtsps:// cameras only")
+        slowest = max(self.open_timeout_s, self.read_timeout_s)
+        if self.heartbeat_timeout_s <= slowest:
+            problems.append(f"heartbeat_timeout_s: {self.heartbeat_timeout_s} must exceed the open and read "
+                            f"timeouts ({slowest}), or a slow but healthy decoder would be killed")
+        if problems:
+            raise ValueError("\n".join(problems))  # one ConfigError per line
+        return self
+
+
+class MetricsConfig(_Strict):
+    """Prometheus /metrics, /healthz and /readyz on ``host:port`` (port 0: any free port)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(9108, ge=0, le=65535)
+
+
+class RunConfig(_Strict):
+    """Everything ``segpipe run`` needs; built only by ``load_config`` / ``parse_config``."""
+
+    model: ModelConfig
+    masks: MasksConfig = MasksConfig()
+    batch: BatchConfig = BatchConfig()
+    cameras: tuple[CameraConfig, ...] = Field(min_length=1)
+    sinks: tuple[SinkConfig, ...] = ()
+    metrics: MetricsConfig = MetricsConfig()
+
+    def camera(self, camera_id: str) -> CameraConfig:
+        for cam in self.cameras:
+            if cam.id == camera_id:
+                return cam
+        raise KeyError(camera_id)
+
+    def with_cameras(self, ids: list[str]) -> RunConfig:
+        """A copy that runs only the cameras ``ids`` (this replica's shard), order kept."""
+        keep = set(ids)
+        return self.model_copy(update={"cameras": tuple(c for c in self.cameras if c.id in keep)})
+
+
+def _scheme(url: str) -> str:
+    if "://" not in url:
+        return ""
+    return urlsplit(url).scheme.lower()
+
+
+# ---------------------------------------------------------------------------------------- loading
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (the later one would silently win)."""
+
+
+def _mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    loader.flatten_mapping(node)  # expand YAML merge keys (<<: *defaults) first
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise ConfigError(str(line), f"duplicate key {key!r} (first at line {seen[key]})")
+        seen[key] = line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+
+
+def load_config(path: str | Path, *, env: dict[str, str] | None = None) -> RunConfig:
+    """Read, interpolate and validate the YAML at ``path``; raises ConfigErrors listing every problem."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(str(p), f"cannot read config: {e.strerror or e}") from None
+    try:
+        raw = yaml.load(text, Loader=_Loader)  # noqa: S506 - SafeLoader subclass
+    except ConfigError as e:
+        raise ConfigError(f"{p}:{e.path}", e.msg) from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}" if mark else str(p)
+        raise ConfigError(where, f"invalid YAML: {getattr(e, 'problem', None) or e}") from None
+    return parse_config(raw, env=env)
+
+
+def parse_config(raw: Any, *, env: dict[str, str] | None = None, check_files: bool = True) -> RunConfig:
+    """Validate already-parsed YAML data (see ``load_config``)."""
+    if not isinstance(raw, dict):
+        raise ConfigError("", f"expected a mapping at the top of the config, got {type(raw).__name__}")
+    errors: list[ConfigError] = []
+    # Top-level ``x-...`` keys hold YAML anchors (shared camera settings), as in docker compose.
+    raw = {k: v for k, v in raw.items() if not (isinstance(k, str) and k.startswith("x-"))}
+    data = interpolate(raw, os.environ if env is None else env, errors)
+    errors += _duplicate_ids(data)
+    cfg: RunConfig | None = None
+    try:
+        cfg = RunConfig.model_validate(data)
+    except ValidationError as e:
+        for err in e.errors():
+            if not _redundant(err):
+                errors += _to_config_errors(err, data)
+    if cfg is not None:
+        try:
+            check_sink_names(list(cfg.sinks))
+        except ConfigError as e:
+            errors.append(e)
+        if check_files:
+            errors += _missing_files(cfg)
+    if errors:
+        raise ConfigErrors(_dedupe(errors))
+    assert cfg is not None
+    return cfg
+
+
+def interpolate(node: Any, env: Any, errors: list[ConfigError], path: str = "") -> Any:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string (``$$`` is a literal ``$``).
+    An unset variable without default is reported at its YAML path; its value is never echoed."""
+    if isinstance(node, dict):
+        return {k: interpolate(v, env, errors, _join(path, k)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [interpolate(v, env, errors, f"{path}[{i}]") for i, v in enumerate(node)]
+    if not isinstance(node, str) or "$" not in node:
+        return node
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name, default = m.group(1), m.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        errors.append(ConfigError(path, f"environment variable {name} is not set "
+                                        f"(set it, or write ${{{name}:-default}})"))
+        return ""
+
+    return _ENV.sub(sub, node)
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _duplicate_ids(data: dict[str, Any]) -> list[ConfigError]:
+    cams = data.get("cameras")
+    if not isinstance(cams, list):
+        return []
+    first: dict[str, int] = {}
+    out = []
+    for i, cam in enumerate(cams):
+        cid = cam.get("id") if isinstance(cam, dict) else None
+        if not isinstance(cid, str):
+            continue
+        if cid in first:
+            out.append(ConfigError(f"cameras[{i}].id", f"duplicate camera id {cid!r} (also cameras[{first[cid]}])"))
+        else:
+            first[cid] = i
+    return out
+
+
+def _redundant(err: Any) -> bool:
+    """pydantic also says "too short" for a list whose items failed: the item errors say it all."""
+    inp = err.get("input")
+    return err["type"] == "too_short" and isinstance(inp, list) and len(inp) >= err["ctx"]["min_length"]
+
+
+def _yaml_path(loc: tuple[Any, ...], data: Any) -> str:
+    """``('cameras', 2, 'url')`` as ``cameras[2].url``; tagged-union tags are not path parts."""
+    parts: list[str] = []
+    node = data
+    for part in loc:
+        if isinstance(part, int):
+            parts.append(f"[{part}]")
+            node = node[part] if isinstance(node, list) and part < len(node) else None
+        elif isinstance(node, dict) and part not in node and node.get("type") == part:
+            continue  # pydantic puts the discriminator value in the location
+        else:
+            parts.append(f".{part}" if parts else str(part))
+            node = node.get(part) if isinstance(node, dict) else None
+    return "".join(parts)
+
+
+def _to_config_errors(err: Any, data: Any) -> list[ConfigError]:
+    """One pydantic error as ConfigErrors at YAML paths (a validator may report several lines)."""
+    path = _yaml_path(err["loc"], data)
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = _unknown_key(err, data)
+    elif err["type"] == "missing":
+        msg = "required key is missing"
+    elif err["type"] == "union_tag_invalid":
+        msg = f"unknown type {err['input'].get('type')!r}; expected {err['ctx']['expected_tags']}"
+    elif err["type"] == "union_tag_not_found":
+        msg = "missing 'type:' key"
+    out = []
+    for line in msg.splitlines():
+        # A model validator's line may name a sub-field ("loop: ..."): move that into the path.
+        m = re.match(r"^([a-z_]+): (.*)$", line, re.S)
+        if m and err["type"] == "value_error" and _is_field(err["loc"], m.group(1), data):
+            out.append(ConfigError(_join(path, m.group(1)), m.group(2)))
+        else:
+            out.append(ConfigError(path, line))
+    return out
+
+
+def _is_field(loc: tuple[Any, ...], name: str, data: Any) -> bool:
+    return name in _allowed_keys(loc, data)
+
+
+def _unknown_key(err: Any, data: Any) -> str:
+    key = str(err["loc"][-1])
+    allowed = _allowed_keys(err["loc"][:-1], data)
+    hint = difflib.get_close_matches(key, allowed, n=1)
+    msg = f"unknown key {key!r}"
+    if hint:
+        msg += f" (did you mean {hint[0]!r}?)"
+    return msg + (f"; allowed: {', '.join(allowed)}" if allowed else "")
+
+
+def _allowed_keys(loc: tuple[Any, ...], data: Any) -> list[str]:
+    """Field names of the model at ``loc`` (the sink model is picked by the node's ``type:``)."""
+    candidates: list[type[BaseModel]] = [RunConfig]
+    node = data
+    for part in loc:
+        if isinstance(part, int):
+            node = node[part] if isinstance(node, list) and part < len(node) else None
+            continue
+        if isinstance(node, dict) and part not in node and node.get("type") == part:
+            continue
+        model = _pick(candidates, node)
+        field = model.model_fields.get(part) if model is not None else None
+        if field is None:
+            return []
+        candidates = list(dict.fromkeys(_model_classes(field.annotation)))
+        node = node.get(part) if isinstance(node, dict) else None
+    model = _pick(candidates, node)
+    return list(model.model_fields) if model is not None else []
+
+
+def _pick(candidates: list[type[BaseModel]], node: Any) -> type[BaseModel] | None:
+    """The candidate whose ``type`` literal matches ``node['type']`` (or the only candidate)."""
+    if len(candidates) == 1:
+        return candidates[0]
+    tag = node.get("type") if isinstance(node, dict) else None
+    for cls in candidates:
+        field = cls.model_fields.get("type")
+        if field is not None and tag in getattr(field.annotation, "__args__", ()):
+            return cls
+    return None
+
+
+def _model_classes(tp: Any) -> Iterator[type[BaseModel]]:
+    """Model classes inside an annotation (through tuple[...], Optional, Annotated, unions)."""
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        yield tp
+        return
+    for arg in getattr(tp, "__args__", ()) or ():
+        yield from _model_classes(arg)
+    origin = getattr(tp, "__origin__", None)
+    if origin is not None and not getattr(tp, "__args__", None):
+        yield from _model_classes(origin)
+
+
+def _missing_files(cfg: RunConfig) -> list[ConfigError]:
+    out = []
+    model = Path(cfg.model.path).expanduser()
+    builtin = model.suffix in (".yaml", ".yml") and not model.parent.parts  # e.g. yolov8n-seg.yaml
+    if not builtin and not model.exists():
+        out.append(ConfigError("model.path", f"model file not found: {model}"))
+    for i, cam in enumerate(cfg.cameras):
+        if cam.is_file and not Path(cam.url).expanduser().is_file():
+            out.append(ConfigError(f"cameras[{i}].url", f"video file not found: {cam.url}"))
+    return out
+
+
+def _dedupe(errors: list[ConfigError]) -> list[ConfigError]:
+    """Drop repeats, and follow-up errors at a path whose ${VAR} was already reported unset."""
+    unset = {e.path for e in errors if "environment variable" in e.msg}
+    seen: set[str] = set()
+    out = []
+    for e in errors:
+        follow_up = e.path in unset and "environment variable" not in e.msg
+        if str(e) not in seen and not follow_up:
+            seen.add(str(e))
+            out.append(e)
+    return out

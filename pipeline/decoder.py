@@ -1,0 +1,295 @@
+"""Decoder process: one per camera, PyAV in, shared-memory ring out. Imports pipeline.camera,
+pipeline.shm and pipeline.messages only (never torch: a decoder process starts in ~0.2 s).
+
+Why a process per camera: FFmpeg can hang in a network read or crash on a broken stream; in its own
+process that takes down one camera, which the supervisor restarts, never the pipeline.
+
+The loop: open (RTSP over TCP by default, open/read timeouts) -> decode with FFmpeg's frame threads ->
+sample to the camera's fps limit -> pace files at their own rate (optional) -> write the BGR frame
+into the ring. Stream errors move the camera to RECONNECTING and retry with exponential back-off
+plus jitter; a file that ends is ENDED (or starts again with ``loop``). A watchdog thread marks the
+camera STALLED when no frame arrives for ``stall_timeout_s``. The loop beats a heartbeat into the
+control block; a decoder that stops beating is killed and restarted by the supervisor.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Any
+
+import av
+import numpy as np
+
+from pipeline.camera import STATE_CODES, Backoff, CameraStateMachine
+from pipeline.messages import CameraState, CameraStatus
+from pipeline.shm import RingWriter
+
+if TYPE_CHECKING:
+    from pipeline.config import CameraConfig
+
+S = CameraState
+_BEAT_STEP_S = 0.1  # longest sleep between heartbeats while waiting (back-off, pacing)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DecoderSettings:
+    """What one decoder process needs, derived from its ``CameraConfig`` in ``from_config``."""
+
+    camera_id: str
+    url: str
+    is_file: bool
+    fps: float | None = None
+    loop: bool = False
+    realtime: bool = True
+    transport: str = "tcp"
+    open_timeout_s: float = 10.0
+    read_timeout_s: float = 5.0
+    stall_timeout_s: float = 2.0
+    decode_threads: int = 0
+    backoff: Backoff = Backoff()
+    max_restarts: int | None = None
+    nslots: int = 4
+
+    @classmethod
+    def from_config(cls, cam: CameraConfig) -> DecoderSettings:
+        r = cam.reconnect
+        return cls(camera_id=cam.id, url=cam.url, is_file=cam.is_file, fps=cam.fps, loop=cam.loop,
+                   realtime=cam.realtime, transport=cam.transport, open_timeout_s=cam.open_timeout_s,
+                   read_timeout_s=cam.read_timeout_s, stall_timeout_s=cam.stall_timeout_s,
+                   decode_threads=cam.decode_threads,
+                   backoff=Backoff(initial_s=r.initial_s, max_s=r.max_s, jitter=r.jitter),
+                   max_restarts=r.max_restarts)
+
+    def open_options(self) -> dict[str, str]:
+        """FFmpeg options for ``av.open``: transport and socket timeouts (microseconds)."""
+        us = str(int(self.read_timeout_s * 1e6))
+        if self.url.lower().startswith(("rtsp://", "rtsps://")):
+            return {"rtsp_transport": self.transport, "timeout": us}
+        if self.url.lower().startswith(("http://", "https://")):
+            return {"rw_timeout": us, "reconnect": "0"}
+        return {}
+
+
+def decoder_main(settings: DecoderSettings, prefix: str, conn: Connection,
+                 initial: CameraState = S.CONNECTING) -> None:
+    """Process target: run one camera until it ends, fails or the supervisor sets ``stop``.
+
+    conn: write end of a pipe; every ``CameraStatus`` goes there (one small message per write is
+    atomic, so a decoder killed mid-send cannot corrupt the supervisor's end).
+    initial: RECONNECTING when the supervisor restarts a crashed decoder (then the first move is
+    CONNECTING, announced by the machine), CONNECTING on a first start.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the supervisor decides
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    writer = RingWriter(prefix, nslots=settings.nslots)
+
+    def emit(status: CameraStatus) -> None:
+        writer.control.set("state", STATE_CODES[status.state])
+        conn.send(status)
+
+    machine = CameraStateMachine(camera_id=settings.camera_id, emit=emit, initial=initial,
+                                 announce=initial is S.CONNECTING)
+    try:
+        Decoder(settings=settings, writer=writer, machine=machine).run()
+    finally:
+        conn.close()
+        writer.close()
+
+
+class _Stop(Exception):
+    """The supervisor asked this decoder to stop."""
+
+
+class Decoder:
+    """The decode loop of one camera (runs in the decoder process; see ``decoder_main``)."""
+
+    def __init__(self, *, settings: DecoderSettings, writer: RingWriter, machine: CameraStateMachine,
+                 rng: random.Random | None = None) -> None:
+        self.s = settings
+        self.writer = writer
+        self.machine = machine
+        self.rng = rng or random.Random()
+        self.failures = 0  # consecutive failed connections; reset by the first frame
+        self.last_frame = time.monotonic()
+        # Output pts = stream pts - first pts of this connection (pass) + offset, so pts keep increasing
+        # across loops of a file and reconnects of a stream (RTSP pts start at arbitrary values).
+        self._pts_offset = 0.0
+        self._pass_start: float | None = None
+        self._last_pts: float | None = None
+        self._last_emit_pts: float | None = None
+        self._pace: tuple[float, float] | None = None  # (wall, pts) anchor of realtime pacing
+        self._frames_this_pass = 0
+        self._done = threading.Event()
+
+    # -------------------------------------------------------------------------- the outer loop
+
+    def run(self) -> None:
+        watchdog = threading.Thread(target=self._watch_stall, name="stall-watchdog", daemon=True)
+        watchdog.start()
+        try:
+            self._run()
+        except _Stop:
+            pass
+        finally:
+            self._done.set()
+            if self.machine.can(S.STOPPED) and self._stop_requested():
+                self.machine.transition(S.STOPPED, "stopped by supervisor")
+
+    def _run(self) -> None:
+        while True:
+            self._check_stop()
+            if self.machine.state is S.RECONNECTING:
+                self.machine.transition(S.CONNECTING, f"attempt {self.failures + 1}")
+            try:
+                container = self._open()
+            except (av.FFmpegError, OSError) as e:
+                if self.s.is_file:  # a missing or unreadable file will not get better
+                    self.machine.transition(S.FAILED, f"cannot open: {_describe(e)}")
+                    return
+                if not self._retry(f"cannot open: {_describe(e)}"):
+                    return
+                continue
+            try:
+                outcome = self._read(container)
+            except _Stop:
+                raise
+            except (av.FFmpegError, OSError) as e:
+                outcome = f"read error: {_describe(e)}"
+            finally:
+                container.close()
+            if self.s.is_file:
+                if self._frames_this_pass == 0:
+                    self.machine.transition(S.FAILED, f"no decodable frames ({outcome})")
+                    return
+                if not self.s.loop:
+                    self.machine.transition(S.ENDED, outcome)
+                    return
+                continue  # loop: open again from the start
+            if not self._retry(outcome):
+                return
+
+    def _retry(self, why: str) -> bool:
+        """Count a failure, go RECONNECTING and sleep the back-off; False when out of attempts."""
+        self.failures += 1
+        limit = self.s.max_restarts
+        if limit is not None and self.failures > limit:
+            self.machine.transition(S.FAILED, f"{why}; gave up after {limit} reconnects")
+            return False
+        delay = self.s.backoff.delay(self.failures - 1, self.rng)
+        self.machine.transition(S.RECONNECTING, f"{why}; retry in {delay:.1f}s")
+        self._sleep(delay)
+        return True
+
+    def _open(self) -> Any:
+        container = av.open(self.s.url, options=self.s.open_options(),
+                            timeout=(self.s.open_timeout_s, self.s.read_timeout_s))
+        if not container.streams.video:
+            container.close()
+            raise av.error.InvalidDataError(1094995529, "no video stream")  # AVERROR_INVALIDDATA
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"  # frame + slice threads
+        stream.codec_context.thread_count = self.s.decode_threads
+        return container
+
+    # ------------------------------------------------------------------------------- decoding
+
+    def _read(self, container: Any) -> str:
+        """Decode until the end of the input; returns why it ended. Raises on a broken stream."""
+        stream = container.streams.video[0]
+        tb = stream.time_base or Fraction(1, 90_000)
+        rate = float(stream.average_rate or stream.guessed_rate or 0) or None
+        self._frames_this_pass = 0
+        self._pace = None
+        self._pass_start = None
+        try:
+            for packet in container.demux(stream):
+                self.writer.beat()
+                self._check_stop()
+                try:
+                    frames = packet.decode()
+                except av.error.InvalidDataError:
+                    continue  # a damaged packet: FFmpeg conceals what it can, the next keyframe heals
+                for frame in frames:
+                    self._on_frame(frame, None if frame.pts is None else float(frame.pts * tb))
+        finally:
+            if self._last_pts is not None:  # the next pass starts one frame after this one ended
+                self._pts_offset = self._last_pts + (1.0 / rate if rate else 0.0)
+        return "end of stream"
+
+    def _on_frame(self, frame: Any, pts: float | None) -> None:
+        now = time.monotonic()
+        self.last_frame = now
+        self._frames_this_pass += 1
+        t = None
+        if pts is not None:
+            if self._pass_start is None:
+                self._pass_start = pts
+            t = pts - self._pass_start + self._pts_offset
+            self._last_pts = t
+        if not self._sample(t, now):
+            return
+        if self.s.is_file and self.s.realtime and t is not None:
+            self._pace_to(t)
+        image = frame.to_ndarray(format="bgr24")
+        self.writer.write(np.ascontiguousarray(image), pts=t, capture_ts=time.time())
+        if self.machine.state is not S.LIVE:
+            self.machine.transition_if(S.LIVE, f"{image.shape[1]}x{image.shape[0]}")
+        self.failures = 0
+
+    def _sample(self, t: float | None, now: float) -> bool:
+        """fps limit: keep a frame only when 1/fps has passed since the last kept one (by pts if any)."""
+        if self.s.fps is None:
+            return True
+        clock = t if t is not None else now
+        last = self._last_emit_pts
+        if last is not None and clock >= last and clock - last < (1.0 / self.s.fps) * 0.999:
+            return False
+        self._last_emit_pts = clock
+        return True
+
+    def _pace_to(self, t: float) -> None:
+        """Sleep until a file frame's pts is due in wall time (files only; streams come paced)."""
+        if self._pace is None or t < self._pace[1]:
+            self._pace = (time.monotonic(), t)
+            return
+        due = self._pace[0] + (t - self._pace[1])
+        self._sleep(due - time.monotonic())
+
+    # ------------------------------------------------------------------------------- plumbing
+
+    def _sleep(self, seconds: float) -> None:
+        """Sleep in short steps, beating and watching for stop."""
+        end = time.monotonic() + seconds
+        while True:
+            self.writer.beat()
+            self._check_stop()
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, _BEAT_STEP_S))
+
+    def _stop_requested(self) -> bool:
+        return bool(self.writer.control.get("stop"))
+
+    def _check_stop(self) -> None:
+        if self._stop_requested():
+            raise _Stop
+
+    def _watch_stall(self) -> None:
+        step = min(0.25, self.s.stall_timeout_s / 4)
+        while not self._done.wait(step):
+            quiet = time.monotonic() - self.last_frame
+            if self.machine.state is S.LIVE and quiet > self.s.stall_timeout_s:
+                self.machine.transition_if(S.STALLED, f"no frame for {quiet:.1f}s")
+
+
+def _describe(e: BaseException) -> str:
+    """An error without the URL (FFmpeg errors embed it, and URLs may carry credentials)."""
+    text = getattr(e, "strerror", None) or type(e).__name__
+    return f"{type(e).__name__}: {text}" if text != type(e).__name__ else text

@@ -1,0 +1,435 @@
+"""Device stage: the one process that owns the model. Imports engines (backends, ops) and pipeline's
+batching, shm, masks encoding and messages.
+
+Three threads joined by bounded queues, so the engine never waits on I/O:
+
+    gather+upload  --q-->  letterbox+infer  --q-->  NMS+mask crops+download+encode  --> emit()
+
+* gather+upload: the fair ``Batcher`` copies each camera's newest frame out of shared memory into a
+  staging ``Arena`` (pinned on CUDA) and starts a non-blocking upload on its own CUDA stream.
+* letterbox+infer: waits for the upload event, letterboxes and normalises on the device
+  (``engines.ops.letterbox``), runs the backend on the compute stream.
+* post: NMS (``engines.ops.non_max_suppression``) and per-detection mask crops on the device (its own
+  stream), one download per batch, COCO RLE from the crops (``engines.ops.rle.encode_crop``: no
+  frame-sized mask ever exists on the host), ``FrameResult``s handed to ``emit``.
+
+On CPU the same code runs (streams and pinning are skipped). Every thread is the same skeleton: loop
+over a bounded queue until the STOP sentinel, pass STOP downstream; the first error wins, the others
+keep draining their queue (so nobody blocks on a full one) and ``run()`` re-raises it.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from engines.backends import Backend
+from engines.errors import EngineMismatchError, SegpipeError
+from engines.ops import letterbox, mask_crops, mask_to_polygons, non_max_suppression, scale_boxes
+from engines.ops.letterbox import LetterboxInfo
+from engines.ops.nms import NMSConfig
+from engines.ops.rle import encode_crop
+from pipeline.batching import Arena, Batcher, BatchPolicy
+from pipeline.messages import Batch, Detection, FrameResult
+from pipeline.metrics import StageStats
+from pipeline.shm import RingReader
+
+if TYPE_CHECKING:
+    from pipeline.config import RunConfig
+
+_STOP = object()  # thread-local sentinel (never crosses a process boundary)
+_LATENCY_EMA = 0.1  # weight of the newest frame in the per-camera latency average
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeviceSettings:
+    """What the device stage needs, derived from the run config in ``from_config``.
+
+    imgsz: model input side in pixels; None takes the model's own (its training size).
+    masks: "rle" | "polygon" | "none". mask_resolution: "frame" (prototypes resampled to frame
+    pixels inside each box) | "model" (thresholded at prototype resolution, nearest-neighbour to frame).
+    depth: batches in flight between two threads (queue bound); arenas = depth + 2.
+    """
+
+    model_path: str
+    backend: str = "auto"
+    device: str = "auto"
+    imgsz: int | None = None
+    half: bool = False
+    nms: NMSConfig = NMSConfig()
+    masks: str = "rle"
+    mask_resolution: str = "frame"
+    batch: BatchPolicy = BatchPolicy()
+    depth: int = 2
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig) -> DeviceSettings:
+        m = cfg.model
+        return cls(model_path=m.path, backend=m.backend, device=m.device,
+                   imgsz=m.imgsz if "imgsz" in m.model_fields_set else None, half=m.half,
+                   nms=NMSConfig(conf=m.conf, iou=m.iou, classes=m.classes, max_det=m.max_det),
+                   masks=cfg.masks.format, mask_resolution=cfg.masks.resolution,
+                   batch=BatchPolicy.from_config(cfg.batch))
+
+    def load_backend(self) -> Backend:
+        """Load the model this stage runs (ModelError/BackendUnavailableError name the problem)."""
+        from engines.backends import BackendOptions, load_backend
+
+        device = None if self.device == "auto" else self.device
+        return load_backend(self.model_path, device=device, backend=self.backend,
+                            options=BackendOptions(half=self.half))
+
+
+@dataclass(slots=True)
+class _Uploaded:
+    batch: Batch
+    images: list[torch.Tensor]  # (H_i, W_i, 3) uint8 on the device
+    event: Any  # torch.cuda.Event when the upload is done, None on CPU
+    arena: Arena
+
+
+@dataclass(slots=True)
+class _Inferred:
+    batch: Batch
+    pred: torch.Tensor  # (N, 4 + nc + 32, A)
+    proto: torch.Tensor  # (N, 32, h/4, w/4)
+    infos: list[LetterboxInfo]
+    event: Any  # CUDA: recorded after the backend call (timing-enabled), None on CPU
+    start: Any = None  # CUDA: recorded before letterbox, to time the device work
+
+
+class DeviceStage:
+    """Runs batches from camera rings through ``backend`` and emits one ``FrameResult`` per frame."""
+
+    def __init__(self, *, settings: DeviceSettings, backend: Backend, readers: Sequence[RingReader],
+                 emit: Callable[[FrameResult], None]) -> None:
+        self.s = settings
+        self.backend = backend
+        self.device = backend.device
+        self.cuda = self.device.type == "cuda"
+        self.readers = {r.camera_id: r for r in readers}
+        self.batcher = Batcher(readers=readers, policy=settings.batch)
+        self.emit = emit
+        self.names = tuple(backend.meta.names)
+        self.size = self._input_size()
+        self.model_name = Path(settings.model_path).name
+        self._pool: queue.Queue[Arena] = queue.Queue()
+        for _ in range(settings.depth + 2):
+            self._pool.put(Arena(allocate=self._host_buffer))
+        self._error: BaseException | None = None
+        self._error_lock = threading.Lock()
+        self._stop = threading.Event()
+        self.batches = 0
+        self._stats_lock = threading.Lock()
+        self._batch_sizes: list[int] = []
+        self._latency: dict[str, list[float]] = {"infer": [], "postprocess": []}
+
+    def _input_size(self) -> tuple[int, int]:
+        meta = self.backend.meta
+        if self.s.imgsz is None:
+            return tuple(meta.imgsz)  # type: ignore[return-value]
+        if not meta.dynamic and tuple(meta.imgsz) != (self.s.imgsz, self.s.imgsz):
+            raise EngineMismatchError(f"{self.s.model_path}: built for {meta.imgsz[0]}x{meta.imgsz[1]} inputs, "
+                                      f"the config asks for imgsz {self.s.imgsz} (re-export, or drop model.imgsz)")
+        return self.s.imgsz, self.s.imgsz
+
+    def _host_buffer(self, nbytes: int) -> np.ndarray:
+        # Pinned (page-locked) memory lets the upload run asynchronously on its own stream.
+        return torch.empty(nbytes, dtype=torch.uint8, pin_memory=self.cuda).numpy()
+
+    def warmup(self) -> None:
+        """One throw-away batch per shape the first frames will use (CUDA graphs, lazy init)."""
+        h, w = self.size
+        sizes = (1, self.s.batch.max_batch) if self.cuda else (1,)
+        for n in sizes:
+            self.backend(torch.zeros((n, 3, h, w), device=self.device))
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+    # ------------------------------------------------------------------------------- threads
+
+    def run(self, stop: threading.Event | Any, *, report: Callable[[StageStats], None] | None = None,
+            report_every_s: float = 1.0) -> None:
+        """Gather, infer and emit until ``stop`` is set, then finish every batch already gathered.
+        ``report`` gets this stage's ``StageStats`` every ``report_every_s`` and at the end.
+        Re-raises the first error any thread hit (after all threads have ended)."""
+        q_up: queue.Queue[Any] = queue.Queue(self.s.depth)
+        q_inf: queue.Queue[Any] = queue.Queue(self.s.depth)
+        streams = [torch.cuda.Stream(self.device) if self.cuda else None for _ in range(3)]
+        threads = [
+            threading.Thread(target=self._gather_loop, args=(stop, q_up, streams[0]), name="gather"),
+            threading.Thread(target=self._stage, args=(self._infer, q_up, q_inf, streams[1]), name="infer"),
+            threading.Thread(target=self._stage, args=(self._post, q_inf, None, streams[2]), name="post"),
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            while t.is_alive():
+                t.join(report_every_s)
+                if report is not None:
+                    report(self.take_stats())
+        if report is not None:
+            report(self.take_stats())
+        if self._error is not None:
+            raise self._error
+
+    def take_stats(self) -> StageStats:
+        """Batch sizes and step times (seconds) since the previous call."""
+        with self._stats_lock:
+            sizes, self._batch_sizes = tuple(self._batch_sizes), []
+            lat = {k: tuple(v) for k, v in self._latency.items() if v}
+            for v in self._latency.values():
+                v.clear()
+        return StageStats(stage="device", batch_sizes=sizes, stage_latency=lat, engine_loaded=True)
+
+    def _observe(self, step: str, seconds: float) -> None:
+        with self._stats_lock:
+            self._latency[step].append(max(seconds, 0.0))
+
+    def _fail(self, e: BaseException) -> None:
+        with self._error_lock:
+            if self._error is None:
+                self._error = e
+        self._stop.set()
+
+    def _gather_loop(self, stop: Any, out: queue.Queue[Any], stream: Any) -> None:
+        try:
+            with _on_stream(stream):
+                while not stop.is_set() and not self._stop.is_set():
+                    arena = self._pool.get()
+                    batch = self.batcher.gather(arena, stop)
+                    if batch is None:
+                        self._pool.put(arena)
+                        continue
+                    out.put(self._upload(batch, arena, stream))
+        except BaseException as e:  # noqa: BLE001 - first error wins, reported by run()
+            self._fail(e)
+        finally:
+            out.put(_STOP)
+
+    def _stage(self, fn: Callable[[Any], Any], inq: queue.Queue[Any], out: queue.Queue[Any] | None,
+               stream: Any) -> None:
+        """The stage skeleton: process until STOP; after an error anywhere, only drain."""
+        with _on_stream(stream):
+            while True:
+                item = inq.get()
+                if item is _STOP:
+                    break
+                if self._error is not None:
+                    self._release(item)
+                    continue
+                try:
+                    result = fn(item)
+                except BaseException as e:  # noqa: BLE001
+                    self._fail(e)
+                    self._release(item)
+                    continue
+                if out is not None:
+                    out.put(result)
+        if out is not None:
+            out.put(_STOP)
+
+    def _release(self, item: Any) -> None:
+        if isinstance(item, _Uploaded):
+            self._pool.put(item.arena)
+
+    # --------------------------------------------------------------------------- the work
+
+    def _upload(self, batch: Batch, arena: Arena, stream: Any) -> _Uploaded:
+        host = [torch.from_numpy(f.image) for f in batch.frames]
+        if not self.cuda:
+            return _Uploaded(batch=batch, images=host, event=None, arena=arena)
+        images = [h.to(self.device, non_blocking=True) for h in host]
+        event = torch.cuda.Event()
+        event.record(stream)
+        return _Uploaded(batch=batch, images=images, event=event, arena=arena)
+
+    def _infer(self, up: _Uploaded) -> _Inferred:
+        t0 = time.perf_counter()
+        start = None
+        if up.event is not None:
+            stream = torch.cuda.current_stream(self.device)
+            stream.wait_event(up.event)
+            start = torch.cuda.Event(enable_timing=True)
+            start.record(stream)
+        x, infos = letterbox(up.images, size=self.size, stride=self.backend.meta.stride)
+        pred, proto = self.backend(x)
+        event = None
+        if up.event is not None:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record(torch.cuda.current_stream(self.device))
+            up.event.synchronize()  # the upload is done long before inference: the arena is free
+        else:
+            self._observe("infer", time.perf_counter() - t0)  # CPU: the work is done when the call returns
+        self._pool.put(up.arena)  # on CPU letterbox has copied the pixels out of it
+        return _Inferred(batch=up.batch, pred=pred, proto=proto, infos=infos, event=event, start=start)
+
+    def _post(self, inf: _Inferred) -> None:
+        t0 = time.perf_counter()
+        if inf.event is not None:
+            torch.cuda.current_stream(self.device).wait_event(inf.event)
+        rows = non_max_suppression(inf.pred, self.s.nms, nc=len(self.names))  # syncs: data-dependent shapes
+        if inf.start is not None:
+            self._observe("infer", inf.start.elapsed_time(inf.event) / 1000.0)
+        per_frame = [self._frame_detections(r, p, info) for r, p, info in zip(rows, inf.proto, inf.infos,
+                                                                             strict=True)]
+        host = _download(per_frame)
+        now = time.time()
+        for frame, dets in zip(inf.batch.frames, host, strict=True):
+            result = FrameResult(camera_id=frame.camera_id, seq=frame.seq, pts=frame.pts,
+                                 capture_ts=frame.capture_ts, infer_ts=now, frame_size=frame.size,
+                                 model=self.model_name, detections=self._encode(dets, frame.image.shape[:2]))
+            self.emit(result)
+            self._count(result)
+        self.batches += 1
+        self._observe("postprocess", time.perf_counter() - t0)
+        with self._stats_lock:
+            self._batch_sizes.append(len(inf.batch.frames))
+
+    def _frame_detections(self, rows: torch.Tensor, proto: torch.Tensor, info: LetterboxInfo) -> dict[str, Any]:
+        """Boxes in frame pixels and mask crops of one frame, still on the device."""
+        boxes = scale_boxes(rows[:, :4], info)
+        out: dict[str, Any] = {"boxes": boxes, "scores": rows[:, 4], "cls": rows[:, 5], "crops": None}
+        if self.s.masks != "none" and rows.shape[0]:
+            coeffs = rows[:, 6:]
+            if self.s.mask_resolution == "frame":
+                out["crops"] = mask_crops(proto, coeffs, boxes, info.orig_shape)
+            else:
+                out["crops"] = model_resolution_crops(proto, coeffs, boxes, info)
+        return out
+
+    def _encode(self, dets: dict[str, Any], shape: tuple[int, int]) -> tuple[Detection, ...]:
+        h, w = shape
+        out = []
+        crops = dets["crops"]
+        for i, (box, score, cls) in enumerate(zip(dets["boxes"], dets["scores"], dets["cls"], strict=True)):
+            mask: Any = None
+            if crops is not None:
+                x0, y0, crop = crops[i]
+                if not crop.any():
+                    continue  # as engines.ops.postprocess: an object without a mask pixel is dropped
+                if self.s.masks == "rle":
+                    mask = encode_crop(crop, x0, y0, h, w)
+                else:
+                    mask = [p.reshape(-1).tolist() for p in mask_to_polygons(crop, offset=(x0, y0))]
+            c = int(cls)
+            out.append(Detection(class_id=c, label=self.names[c] if c < len(self.names) else str(c),
+                                 score=min(max(float(score), 0.0), 1.0), box=tuple(float(v) for v in box),
+                                 mask=mask))
+        return tuple(out)
+
+    def _count(self, result: FrameResult) -> None:
+        c = self.readers[result.camera_id].control
+        c.add("inferred")
+        latency = (result.infer_ts - result.capture_ts) * 1000.0
+        old = c.get("latency_ms")
+        c.set("latency_ms", latency if old == 0 else (1 - _LATENCY_EMA) * old + _LATENCY_EMA * latency)
+
+    def close(self) -> None:
+        self.batcher.close()
+
+
+def model_resolution_crops(protos: torch.Tensor, coeffs: torch.Tensor, boxes: torch.Tensor,
+                           info: LetterboxInfo) -> list[tuple[int, int, torch.Tensor]]:
+    """Masks thresholded at prototype resolution, sampled nearest-neighbour inside each frame box.
+
+    protos (nm, mh, mw) float; coeffs (n, nm); boxes (n, 4) xyxy in frame pixels. Returns, like
+    ``engines.ops.mask_crops``, ``(x0, y0, crop bool (h_i, w_i))`` per detection on the device. Cheaper
+    and blockier than the frame-resolution route: one (n, mh, mw) matmul, then index gathers.
+    """
+    nm, mh, mw = protos.shape
+    fh, fw = info.orig_shape
+    masks = (coeffs.float() @ protos.float().reshape(nm, -1)).reshape(-1, mh, mw) > 0
+    ih, iw = info.new_shape
+    left, top = info.pad
+    uh, uw = info.unpad_shape
+    dev = protos.device
+    # frame pixel centre -> model-input pixels -> prototype cell
+    rows = ((torch.arange(fh, device=dev) + 0.5) * (uh / fh) + top) * (mh / ih)
+    cols = ((torch.arange(fw, device=dev) + 0.5) * (uw / fw) + left) * (mw / iw)
+    rows = rows.long().clamp_(0, mh - 1)
+    cols = cols.long().clamp_(0, mw - 1)
+    out = []
+    for i, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
+        x0, xe = _span(x1, x2, fw)
+        y0, ye = _span(y1, y2, fh)
+        crop = masks[i].index_select(0, rows[y0:ye]).index_select(1, cols[x0:xe])
+        out.append((x0, y0, crop))
+    return out
+
+
+def _span(a: float, b: float, size: int) -> tuple[int, int]:
+    """Pixel indices c with a <= c < b, clamped to [0, size) (the crop convention of mask_crops)."""
+    return min(max(math.ceil(a), 0), size), min(max(math.ceil(b), 0), size)
+
+
+def _download(per_frame: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Everything the encoder needs, moved to the host in one transfer per kind (not per detection)."""
+    counts = [int(d["boxes"].shape[0]) for d in per_frame]
+    if not per_frame:
+        return []
+    table = torch.cat([torch.cat([d["boxes"], d["scores"][:, None], d["cls"][:, None]], 1)
+                       for d in per_frame]).float().cpu().numpy()
+    crops_all = [c for d in per_frame if d["crops"] for c in d["crops"]]
+    flat = (torch.cat([c.reshape(-1) for _, _, c in crops_all]).cpu().numpy() if crops_all
+            else np.zeros(0, bool))
+    out, row, pos = [], 0, 0
+    for d, n in zip(per_frame, counts, strict=True):
+        t = table[row:row + n]
+        row += n
+        crops = None
+        if d["crops"] is not None:
+            crops = []
+            for x0, y0, c in d["crops"]:
+                size = c.shape[0] * c.shape[1]
+                crops.append((x0, y0, flat[pos:pos + size].reshape(c.shape[0], c.shape[1])))
+                pos += size
+        out.append({"boxes": t[:, :4], "scores": t[:, 4], "cls": t[:, 5], "crops": crops})
+    return out
+
+
+def _on_stream(stream: Any) -> Any:
+    """Make ``stream`` this thread's current CUDA stream (a no-op context on CPU)."""
+    return torch.cuda.stream(stream) if stream is not None else nullcontext()
+
+
+def device_main(settings: DeviceSettings, cameras: Sequence[tuple[str, str]], results: Any, stop: Any,
+                conn: Connection) -> None:
+    """Process target of the device stage.
+
+    cameras: (camera id, shared-memory prefix) pairs. results: the sink stage's queue (FrameResults
+    are put there; the supervisor adds STOP once this process has exited). stop: a multiprocessing
+    Event; once set, batches already gathered are finished and the process ends. conn: one
+    ``("ready", description)`` after warm-up, or ``("error", one line)`` before a non-zero exit.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor owns shutdown
+    stage = None
+    try:
+        backend = settings.load_backend()
+        readers = [RingReader(prefix, camera_id=cid) for cid, prefix in cameras]
+        stage = DeviceStage(settings=settings, backend=backend, readers=readers, emit=results.put)
+        stage.warmup()
+        conn.send(("ready", f"{backend!r} input {stage.size[0]}x{stage.size[1]}"))
+        stage.run(stop, report=lambda stats: conn.send(("stats", stats)))
+    except SegpipeError as e:
+        conn.send(("error", str(e).splitlines()[0]))
+        raise SystemExit(1) from None
+    except BaseException as e:
+        conn.send(("error", f"device stage crashed: {type(e).__name__}: {e}"))
+        raise
+    finally:
+        if stage is not None:
+            stage.close()
+        conn.close()

@@ -1,0 +1,445 @@
+"""The supervisor: starts, watches, restarts and stops the runtime's processes. Runs in the main
+process of ``segpipe run``.
+
+    decoder x N --shm ring--> device stage --queue--> sink stage
+         \\--status pipe--> supervisor --CameraStatus--^   (and StageStats -> Prometheus metrics)
+
+Why processes: a decoder stuck in FFmpeg or a sink library that crashes takes only itself down. The
+supervisor restarts a decoder that exits unexpectedly or stops beating its heartbeat (killed after
+``heartbeat_timeout_s``), with the camera's back-off, up to ``max_restarts`` in a row; a failed device
+or sink stage ends the run (first error wins).
+
+Shutdown (SIGINT/SIGTERM, every camera ended, or a stage failure) runs downstream in order so nothing
+is lost or blocked: decoders are asked to stop (then killed) -> the device stage finishes every batch
+already gathered and exits -> STOP goes to the sink stage, which flushes and closes its sinks ->
+every shared-memory segment is unlinked. While waiting, the supervisor drains the sink queue itself if
+the sink stage is gone, so the device stage never blocks on it.
+
+Children ignore SIGINT (inherited SIG_IGN): Ctrl-C reaches the whole process group, but only the
+supervisor decides how to stop. On Linux they also die with the supervisor (PR_SET_PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing as mp
+import os
+import queue
+import random
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import TYPE_CHECKING, Any
+
+from pipeline import shm
+from pipeline.camera import TERMINAL, CameraStateMachine
+from pipeline.decoder import DecoderSettings, decoder_main
+from pipeline.messages import STOP, CameraState, CameraStatus
+
+if TYPE_CHECKING:
+    from pipeline.config import RunConfig
+
+# Every child unpickles _child_main from this module, so it imports nothing heavy at the top: a
+# decoder process must not pay for torch (pipeline.device) or pydantic (pipeline.config).
+
+log = logging.getLogger("segpipe.supervisor")
+S = CameraState
+
+SINK_QUEUE_SIZE = 256  # FrameResults between device and sink stage; a slow sink backs up into ring drops
+STATS_QUEUE_SIZE = 1000
+DECODER_STOP_GRACE_S = 3.0
+DEVICE_STOP_GRACE_S = 60.0  # in-flight batches on a slow CPU model
+SINK_STOP_GRACE_S = 30.0
+_TICK_S = 0.1
+
+
+def _child_main(target: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+    """Entry of every child: die with the supervisor (Linux), then run ``target``."""
+    with contextlib.suppress(Exception):  # best effort: not on macOS, not without libc
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    target(*args, **kwargs)
+
+
+@dataclass(slots=True)
+class CameraHandle:
+    """The supervisor's view of one camera: its control block, its decoder process, its state."""
+
+    settings: DecoderSettings
+    prefix: str
+    control: shm.ControlBlock
+    machine: CameraStateMachine
+    heartbeat_timeout_s: float
+    proc: Any = None
+    conn: Connection | None = None
+    restarts: int = 0  # consecutive, reset once the camera is live again
+    restart_at: float | None = None
+    last: dict[str, float | int] = field(default_factory=dict)  # control snapshot at the last stats tick
+
+    @property
+    def camera_id(self) -> str:
+        return self.settings.camera_id
+
+    @property
+    def done(self) -> bool:
+        return self.machine.state in TERMINAL and self.proc is None and self.restart_at is None
+
+
+class Supervisor:
+    """Runs one pipeline from a validated ``RunConfig``; ``run()`` returns the exit code (0 or 1)."""
+
+    def __init__(self, *, cfg: RunConfig, on_status: Callable[[CameraStatus], None] | None = None,
+                 on_tick: Callable[[Supervisor], None] | None = None, metrics: Any = None) -> None:
+        self.cfg = cfg
+        self.ctx = mp.get_context("spawn")
+        self.on_status = on_status
+        self.on_tick = on_tick
+        self.metrics = metrics
+        self.cameras: list[CameraHandle] = []
+        self.errors: list[str] = []
+        self.ready = False
+        self.device_info = ""
+        self._stop_reason: str | None = None
+        self._inbox: Any = None
+        self._stats: Any = None
+        self._device: Any = None
+        self._device_conn: Connection | None = None
+        self._device_stop: Any = None
+        self._sink: Any = None
+        self._prefix = f"{shm.ROOT}{os.getpid()}_"
+        self._rng = random.Random()
+
+    # ----------------------------------------------------------------------------- lifecycle
+
+    def request_stop(self, reason: str) -> None:
+        """Ask for a graceful shutdown (signal handlers call this; safe to call repeatedly)."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
+            log.info("event=shutdown reason=%s", reason)
+
+    def run(self) -> int:
+        """Start everything, supervise until done or asked to stop, shut down; returns the exit code."""
+        removed = shm.sweep_stale()
+        if removed:
+            log.info("event=shm_sweep removed=%d", removed)
+        try:
+            self._start()
+            self._loop()
+        except BaseException as e:
+            self._fail(f"supervisor: {type(e).__name__}: {e}")
+            raise
+        finally:
+            self._shutdown()
+        failed = [c.camera_id for c in self.cameras if c.machine.state is S.FAILED]
+        if failed:
+            log.error("event=cameras_failed cameras=%s", ",".join(failed))
+        return 1 if self.errors or failed else 0
+
+    def _start(self) -> None:
+        from pipeline.device import DeviceSettings, device_main
+        from pipeline.sinks.stage import run_sink_stage
+
+        self._inbox = self.ctx.Queue(SINK_QUEUE_SIZE)
+        self._stats = self.ctx.Queue(STATS_QUEUE_SIZE)
+        for i, cam in enumerate(self.cfg.cameras):
+            prefix = shm.prefix_for(i)
+            handle = CameraHandle(
+                settings=DecoderSettings.from_config(cam), prefix=prefix,
+                control=shm.ControlBlock(prefix, create=True), heartbeat_timeout_s=cam.heartbeat_timeout_s,
+                machine=CameraStateMachine(camera_id=cam.id, emit=lambda s: None, announce=False))
+            self.cameras.append(handle)
+        self._sink = self._spawn("sinks", run_sink_stage, inbox=self._inbox, configs=list(self.cfg.sinks),
+                                 stats=self._stats)
+        self._device_stop = self.ctx.Event()
+        reader, writer = self.ctx.Pipe(duplex=False)
+        cams = [(c.camera_id, c.prefix) for c in self.cameras]
+        self._device = self._spawn("device", device_main, DeviceSettings.from_config(self.cfg), cams,
+                                   self._inbox, self._device_stop, writer)
+        writer.close()
+        self._device_conn = reader
+        # Decoders start once the model is loaded and warm: a short file would otherwise be over
+        # (or a live stream's first seconds dropped as stale) before the first batch runs.
+        while not self.ready and self._stop_reason is None:
+            self._poll(_TICK_S)
+            self._watch_stages()
+        if self._stop_reason is None:
+            for cam in self.cameras:
+                self._start_decoder(cam, initial=S.CONNECTING)
+
+    def _spawn(self, name: str, target: Callable[..., None], *args: Any, **kwargs: Any) -> Any:
+        proc = self.ctx.Process(target=_child_main, args=(target, *args), kwargs=kwargs, name=f"segpipe-{name}")
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited by the child: see module doc
+        try:
+            proc.start()
+        finally:
+            signal.signal(signal.SIGINT, old)
+        return proc
+
+    def _start_decoder(self, cam: CameraHandle, *, initial: CameraState) -> None:
+        reader, writer = self.ctx.Pipe(duplex=False)
+        # The heartbeat field belongs to the decoder; set it once here, before the process exists,
+        # so a decoder that hangs before its first beat is still caught.
+        cam.control.set("heartbeat", time.monotonic())
+        cam.control.set("stop", 0)
+        cam.proc = self._spawn(f"decoder-{cam.camera_id}", decoder_main, cam.settings, cam.prefix, writer, initial)
+        writer.close()
+        cam.conn = reader
+        cam.restart_at = None
+
+    # ------------------------------------------------------------------------------ the loop
+
+    def _loop(self) -> None:
+        next_tick = time.monotonic()
+        while self._stop_reason is None:
+            self._poll(_TICK_S)
+            self._watch_decoders()
+            self._watch_stages()
+            if all(c.done for c in self.cameras):
+                self.request_stop("all cameras ended")
+            if time.monotonic() >= next_tick:
+                self._tick()
+                next_tick = time.monotonic() + 1.0
+
+    def _poll(self, timeout: float) -> None:
+        """Wait for messages from decoders and the device stage; handle what arrived."""
+        conns = [c.conn for c in self.cameras if c.conn is not None]
+        if self._device_conn is not None:
+            conns.append(self._device_conn)
+        if not conns:
+            time.sleep(timeout)
+        for conn in wait(conns, timeout) if conns else ():
+            if conn is self._device_conn:
+                self._device_message()
+            else:
+                cam = next(c for c in self.cameras if c.conn is conn)
+                self._decoder_messages(cam)
+        self._drain_stats()
+
+    def _decoder_messages(self, cam: CameraHandle) -> None:
+        conn = cam.conn
+        assert conn is not None
+        try:
+            while conn.poll():
+                self._status(cam, conn.recv())
+        except (EOFError, OSError):
+            conn.close()
+            cam.conn = None
+
+    def _status(self, cam: CameraHandle, status: CameraStatus) -> None:
+        cam.machine.follow(status)
+        if status.state is S.LIVE:
+            cam.restarts = 0
+        self._publish(status)
+
+    def _publish(self, status: CameraStatus) -> None:
+        log.info("camera=%s state=%s detail=%r", status.camera_id, status.state.value, status.detail)
+        if self.metrics is not None:
+            self.metrics.set_camera_state(status.camera_id, status.state)
+        if self.on_status is not None:
+            self.on_status(status)
+        if self._sink is not None and self._sink.is_alive():
+            try:
+                self._inbox.put(status, timeout=2.0)
+            except queue.Full:
+                log.warning("camera=%s event=status_dropped reason=sink_queue_full", status.camera_id)
+
+    def _own_transition(self, cam: CameraHandle, state: CameraState, detail: str) -> None:
+        """A state change the supervisor itself decides (restart, give up, stop)."""
+        status = cam.machine.transition_if(state, detail)
+        if status is not None:
+            self._publish(status)
+
+    def _device_message(self) -> None:
+        conn = self._device_conn
+        assert conn is not None
+        try:
+            while conn.poll():
+                kind, payload = conn.recv()
+                if kind == "ready":
+                    self.ready, self.device_info = True, payload
+                    log.info("event=device_ready %s", payload)
+                    if self.metrics is not None:
+                        self.metrics.set_engine_loaded(True)
+                elif kind == "stats" and self.metrics is not None:
+                    self.metrics.apply(payload)
+                elif kind == "error":
+                    self._fail(f"device stage: {payload}")
+        except (EOFError, OSError):
+            conn.close()
+            self._device_conn = None
+
+    def _drain_stats(self) -> None:
+        while True:
+            try:
+                stats = self._stats.get_nowait()
+            except (queue.Empty, OSError, ValueError):
+                return
+            if stats.error:
+                self._fail(f"sink stage: {stats.error}")
+            if self.metrics is not None:
+                self.metrics.apply(stats)
+
+    def _watch_decoders(self) -> None:
+        now = time.monotonic()
+        for cam in self.cameras:
+            if cam.proc is None:
+                if cam.restart_at is not None and now >= cam.restart_at:
+                    cam.control.add("restarts")
+                    self._start_decoder(cam, initial=S.RECONNECTING)
+                continue
+            if cam.proc.is_alive():
+                silent = now - cam.control.get("heartbeat")
+                if silent > cam.heartbeat_timeout_s:
+                    log.warning("camera=%s event=decoder_hung silent_s=%.1f pid=%s", cam.camera_id, silent,
+                                cam.proc.pid)
+                    cam.proc.kill()
+                    cam.proc.join(5)
+                    self._decoder_exited(cam, f"decoder hung for {silent:.0f}s, killed")
+                continue
+            cam.proc.join()
+            self._decoder_exited(cam, f"decoder exited with code {cam.proc.exitcode}")
+
+    def _decoder_exited(self, cam: CameraHandle, why: str) -> None:
+        if cam.conn is not None:
+            self._decoder_messages(cam)  # its last words come before our verdict
+        if cam.conn is not None:
+            cam.conn.close()
+            cam.conn = None
+        cam.proc = None
+        if cam.machine.state in TERMINAL:
+            return  # ended or gave up by itself: nothing to restart
+        cam.restarts += 1
+        limit = cam.settings.max_restarts
+        if limit is not None and cam.restarts > limit:
+            self._own_transition(cam, S.FAILED, f"{why}; gave up after {limit} restarts")
+            return
+        delay = cam.settings.backoff.delay(cam.restarts - 1, self._rng)
+        log.warning("camera=%s event=decoder_restart why=%r in_s=%.1f", cam.camera_id, why, delay)
+        self._own_transition(cam, S.RECONNECTING, f"{why}; restart in {delay:.1f}s")
+        cam.restart_at = time.monotonic() + delay
+
+    def _watch_stages(self) -> None:
+        if self._device is not None and not self._device.is_alive() and not self._stop_reason:
+            if self._device_conn is not None:
+                self._device_message()
+            self._fail(f"device stage exited with code {self._device.exitcode}")
+        if self._sink is not None and not self._sink.is_alive() and not self._stop_reason:
+            self._drain_stats()
+            self._fail(f"sink stage exited with code {self._sink.exitcode}")
+
+    def _fail(self, error: str) -> None:
+        if not self.errors:
+            log.error("event=stage_failed error=%r", error)
+        self.errors.append(error)
+        self.request_stop("error")
+
+    def _tick(self) -> None:
+        if self.metrics is not None:
+            self.metrics.apply(self.camera_stats())
+        if self.on_tick is not None:
+            self.on_tick(self)
+
+    def camera_stats(self) -> Any:
+        """Counter deltas of every camera since the previous call, as a metrics ``StageStats``."""
+        from pipeline.metrics import StageStats
+
+        decoded, inferred, dropped, reconnects = {}, {}, {}, {}
+        for cam in self.cameras:
+            now = cam.control.snapshot()
+            last = cam.last or {k: 0 for k in now}
+            cid = cam.camera_id
+            decoded[cid] = int(now["decoded"] - last["decoded"])
+            inferred[cid] = int(now["inferred"] - last["inferred"])
+            reconnects[cid] = int(now["restarts"] - last["restarts"])
+            dropped[cid, "overwritten"] = int(now["dropped"] - last["dropped"])
+            dropped[cid, "stale"] = int(now["stale"] - last["stale"])
+            cam.last = now
+        states = {c.camera_id: c.machine.state for c in self.cameras}
+        return StageStats(stage="supervisor", decoded=decoded, inferred=inferred, dropped=dropped,
+                          reconnects=reconnects, camera_states=states)
+
+    # ---------------------------------------------------------------------------- shutdown
+
+    def _shutdown(self) -> None:
+        try:
+            self._stop_decoders()
+            self._stop_device()
+            self._stop_sink()
+        finally:
+            for cam in self.cameras:
+                cam.control.close()
+            n = shm.unlink_all(self._prefix)
+            log.info("event=stopped shm_segments_unlinked=%d errors=%d", n, len(self.errors))
+
+    def _stop_decoders(self) -> None:
+        for cam in self.cameras:
+            cam.control.set("stop", 1)
+            cam.restart_at = None
+        deadline = time.monotonic() + DECODER_STOP_GRACE_S
+        for cam in self.cameras:
+            if cam.proc is not None:
+                cam.proc.join(max(0.0, deadline - time.monotonic()))
+                if cam.proc.is_alive():
+                    log.warning("camera=%s event=decoder_killed reason=stop_timeout", cam.camera_id)
+                    cam.proc.kill()
+                    cam.proc.join(5)
+            if cam.conn is not None:
+                self._decoder_messages(cam)
+            if cam.conn is not None:
+                cam.conn.close()
+                cam.conn = None
+            cam.proc = None
+            self._own_transition(cam, S.STOPPED, "pipeline stopped")
+
+    def _stop_device(self) -> None:
+        if self._device is None:
+            return
+        self._device_stop.set()
+        deadline = time.monotonic() + DEVICE_STOP_GRACE_S
+        while self._device.is_alive() and time.monotonic() < deadline:
+            if self._device_conn is not None:
+                self._device_message()
+            if self._sink is None or not self._sink.is_alive():
+                self._discard_inbox()  # nobody else will: keep the device stage from blocking
+            self._drain_stats()
+            self._device.join(_TICK_S)
+        if self._device.is_alive():
+            log.error("event=device_killed reason=stop_timeout")
+            self._device.kill()
+            self._device.join(5)
+        if self._device_conn is not None:
+            self._device_message()
+        if self._device.exitcode not in (0, None) and not self.errors:
+            self._fail(f"device stage exited with code {self._device.exitcode}")
+
+    def _stop_sink(self) -> None:
+        if self._sink is None:
+            return
+        if self._sink.is_alive():
+            try:
+                self._inbox.put(STOP, timeout=5.0)
+            except queue.Full:
+                log.error("event=sink_stop_failed reason=queue_full")
+        deadline = time.monotonic() + SINK_STOP_GRACE_S
+        while self._sink.is_alive() and time.monotonic() < deadline:
+            self._drain_stats()
+            self._sink.join(_TICK_S)
+        if self._sink.is_alive():
+            log.error("event=sink_killed reason=stop_timeout")
+            self._sink.kill()
+            self._sink.join(5)
+        self._drain_stats()
+        if self._sink.exitcode not in (0, None) and not self.errors:
+            self._fail(f"sink stage exited with code {self._sink.exitcode}")
+        for q in (self._inbox, self._stats):
+            q.cancel_join_thread()  # nothing left to read them: do not wait for their feeders at exit
+            q.close()
+
+    def _discard_inbox(self) -> None:
+        with contextlib.suppress(queue.Empty, OSError, ValueError):
+            while True:
+                self._inbox.get_nowait()
