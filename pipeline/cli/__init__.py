@@ -23,6 +23,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("predict", "pipeline.cli.predict"),
     ("convert", "pipeline.cli.convert"),
     ("val", "pipeline.cli.val"),
+    ("listen", "pipeline.cli.listen"),
 )
 
 _KEY_VALUE = re.compile(r"^([A-Za-z_][A-Za-z0-9_-]*)=(.*)$", re.S)

@@ -1,0 +1,149 @@
+"""segpipe listen: print the events a running pipeline publishes (Redis Streams or ZeroMQ).
+
+One line per event (``cam0 seq=12 n=3 person,car,car``), or the raw JSON with ``--json``. With
+``--group``/``--consumer`` several listeners share each camera's events through a Redis consumer
+group: each event goes to one of them and is acknowledged after it is printed (at-least-once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+import zmq
+
+from engines.errors import ConfigError, DataError, SourceError
+from pipeline.client import GroupReader, StreamReader, decode_masks, parse_event, stream_keys
+from pipeline.sinks.config import redact_url
+from pipeline.sinks.redis import connect
+
+NAME = "listen"
+HELP = "print events published by a running pipeline (Redis Streams or ZeroMQ)"
+
+_RESCAN_S = 2.0  # how often to look for new camera streams when no --camera is given
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--redis", metavar="URL", help="redis://[:password@]host:port/db (rediss:// for TLS)")
+    src.add_argument("--zmq", metavar="ENDPOINT", help="the ZeroMQ sink's endpoint, e.g. tcp://127.0.0.1:5555")
+    p.add_argument("--camera", help="only this camera id (default: all)")
+    p.add_argument("--group", help="Redis consumer group: listeners in one group share the events")
+    p.add_argument("--consumer", help="this listener's name in --group (stable across restarts)")
+    p.add_argument("--count", type=int, default=0, help="exit after N events (default: run until Ctrl-C)")
+    p.add_argument("--masks", action="store_true", help="decode masks and print their areas in pixels")
+    p.add_argument("--json", action="store_true", help="print each event's raw JSON")
+    p.add_argument("--prefix", default="segpipe:", help="Redis stream key prefix (default segpipe:)")
+    p.add_argument("--from-start", action="store_true",
+                   help="without --group: read what the streams hold, not only new events")
+    p.add_argument("--claim-idle-ms", type=int, default=30_000,
+                   help="with --group: take over events another listener left unacknowledged this long")
+    p.add_argument("--idle-timeout", type=float, default=0.0,
+                   help="exit with status 1 after this many seconds without an event (default: never)")
+
+
+def format_event(event: dict[str, Any], *, masks: bool = False) -> str:
+    """One human line for an event: ``cam seq=N n=K labels`` or ``cam status=STATE detail``."""
+    if event["kind"] == "status":
+        return f"{event['camera']} status={event['state']}" + (f" {event['detail']}" if event["detail"] else "")
+    dets = event["detections"]
+    line = f"{event['camera']} seq={event['seq']} n={len(dets)}"
+    if dets:
+        line += " " + ",".join(d["label"] for d in dets)
+    if masks and dets:
+        areas = ["-" if m is None else str(int(m.sum())) for m in decode_masks(event, crop=True)]
+        line += " areas=" + ",".join(areas)
+    return line
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if (args.group is None) != (args.consumer is None):
+        raise ConfigError("--group" if args.group is None else "--consumer",
+                          "--group and --consumer go together")
+    if args.group is not None and args.zmq:
+        raise ConfigError("--group", "consumer groups need --redis (ZeroMQ has no acknowledgements)")
+    if args.count < 0:
+        raise ConfigError("--count", f"expected >= 0, got {args.count}")
+
+
+def _redis_messages(args: argparse.Namespace) -> Iterator[tuple[bytes, Any]]:
+    """(event JSON, ack callback or None) from Redis, until the caller stops iterating."""
+    try:
+        client = connect(args.redis, socket_timeout_s=10.0)
+        client.ping()
+        keys = stream_keys(client, args.prefix, args.camera)
+    except ValueError as e:
+        raise ConfigError("--redis", f"invalid URL {redact_url(args.redis)}: {e}") from None
+    except redis.RedisError as e:
+        raise SourceError(f"cannot reach Redis at {redact_url(args.redis)}: {type(e).__name__}: {e}") from None
+    if args.group:
+        reader: GroupReader | StreamReader = GroupReader(client, keys, group=args.group, consumer=args.consumer,
+                                                         claim_idle_ms=args.claim_idle_ms)
+    else:
+        reader = StreamReader(client, keys, start="0-0" if args.from_start else "$")
+    rescan = time.monotonic() + _RESCAN_S
+    while True:
+        if args.camera is None and time.monotonic() >= rescan:
+            reader.add_keys(stream_keys(client, args.prefix))
+            rescan = time.monotonic() + _RESCAN_S
+        for msg in reader.read(block_ms=500):
+            ack = (lambda m=msg: reader.ack(m)) if isinstance(reader, GroupReader) else None
+            yield msg.data, ack
+        yield b"", None  # a heartbeat so the caller can check its idle timeout
+
+
+def _zmq_messages(args: argparse.Namespace) -> Iterator[tuple[bytes, Any]]:
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.SUB)
+    try:
+        sock.connect(args.zmq)
+    except zmq.ZMQError as e:
+        sock.close(0)
+        ctx.term()
+        raise ConfigError("--zmq", f"cannot connect to {args.zmq}: {e}") from None
+    topic = args.camera.encode() if args.camera else b""
+    sock.setsockopt(zmq.SUBSCRIBE, topic)
+    try:
+        while True:
+            if sock.poll(500):
+                camera, payload = sock.recv_multipart()[:2]
+                # topics are prefixes ("cam1" also matches "cam10"): keep exact matches only
+                if not topic or camera == topic:
+                    yield payload, None
+            yield b"", None
+    finally:
+        sock.close(0)
+        ctx.term()
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_args(args)
+    messages = _redis_messages(args) if args.redis else _zmq_messages(args)
+    printed, last = 0, time.monotonic()
+    try:
+        for data, ack in messages:
+            if not data:
+                if args.idle_timeout and time.monotonic() - last > args.idle_timeout:
+                    print(f"segpipe listen: no event for {args.idle_timeout:g} s", file=sys.stderr)
+                    return 1
+                continue
+            last = time.monotonic()
+            try:
+                event = parse_event(data)
+                print(data.decode() if args.json else format_event(event, masks=args.masks), flush=True)
+            except (DataError, KeyError, TypeError) as e:  # one bad event must not stop the listener
+                print(f"segpipe listen: skipping a malformed event: {e}", file=sys.stderr)
+            if ack is not None:
+                ack()  # after printing: a crash before this line means redelivery, not loss
+            printed += 1
+            if args.count and printed >= args.count:
+                return 0
+    except redis.RedisError as e:
+        raise SourceError(f"lost Redis at {redact_url(args.redis)}: {type(e).__name__}: {e}") from None
+    finally:
+        messages.close()
+    return 0

@@ -1,0 +1,186 @@
+"""segpipe listen and the stream readers: real Redis (plain reads, consumer groups) and ZeroMQ."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+from pycocotools import mask as mask_utils
+
+from pipeline.cli import main
+from pipeline.cli.listen import format_event
+from pipeline.client import GroupReader, parse_event
+from pipeline.events import encode, status_event, to_event
+from pipeline.messages import CameraState, CameraStatus, Detection, FrameResult
+from pipeline.sinks.base import Envelope, policy_for
+from pipeline.sinks.redis import RedisSink
+from pipeline.sinks.zmq import ZmqSink
+
+
+def _result(camera: str, seq: int, labels: tuple[str, ...] = ("person",)) -> FrameResult:
+    m = np.zeros((6, 8), bool)
+    m[1:4, 2:5] = True  # 9 pixels
+    rle = mask_utils.encode(np.asfortranarray(m))
+    dets = tuple(Detection(class_id=i, label=lb, score=0.5, box=(2, 1, 5, 4), mask=rle) for i, lb in enumerate(labels))
+    return FrameResult(camera_id=camera, seq=seq, pts=None, capture_ts=time.time(), infer_ts=time.time(),
+                       frame_size=(8, 6), model="m", detections=dets)
+
+
+def _env(item: FrameResult | CameraStatus) -> Envelope:
+    if isinstance(item, FrameResult):
+        return Envelope(camera_id=item.camera_id, kind="frame", payload=encode(to_event(item)), item=item)
+    return Envelope(camera_id=item.camera_id, kind="status", payload=encode(status_event(item)), item=item)
+
+
+def _publish(url: str, items: list[FrameResult | CameraStatus], **kw: Any) -> None:
+    sink = RedisSink(name="r", url=url, policy=policy_for("redis"), **kw)
+    for item in items:
+        sink.publish(_env(item))
+    sink.close()
+    assert sum(sink.counters.totals_sent.values()) == len(items)
+
+
+@pytest.mark.parametrize("event, masks, line", [
+    (to_event(_result("cam0", 12, ("person", "car"))), False, "cam0 seq=12 n=2 person,car"),
+    (to_event(_result("cam0", 12, ("person", "car"))), True, "cam0 seq=12 n=2 person,car areas=9,9"),
+    (to_event(_result("cam0", 3, ())), True, "cam0 seq=3 n=0"),
+    (status_event(CameraStatus(camera_id="cam0", state=CameraState.STALLED, ts=1.0, detail="no frames")), False,
+     "cam0 status=stalled no frames"),
+    (status_event(CameraStatus(camera_id="cam0", state=CameraState.LIVE, ts=1.0)), False, "cam0 status=live"),
+])
+def test_format_event(event: dict, masks: bool, line: str) -> None:
+    assert format_event(event, masks=masks) == line
+
+
+@pytest.mark.parametrize("argv, error", [
+    (["--redis", "redis://x", "--group", "g"], "--consumer: --group and --consumer go together"),
+    (["--redis", "redis://x", "--consumer", "c"], "--group: --group and --consumer go together"),
+    (["--zmq", "tcp://127.0.0.1:1", "--group", "g", "--consumer", "c"], "--group: consumer groups need --redis"),
+    (["--redis", "redis://x", "--count", "-1"], "--count: expected >= 0"),
+    (["--redis", "http://:hunter2@x"], "--redis: invalid URL http://***@x"),
+    (["--zmq", "nowhere"], "--zmq: cannot connect to nowhere"),
+])
+def test_argument_errors_are_one_line(argv: list[str], error: str, capsys: pytest.CaptureFixture) -> None:
+    assert main(["listen", *argv]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"segpipe listen: error: {error}"), err
+    assert "hunter2" not in err[0]
+
+
+def test_unreachable_redis_is_one_line_without_password(capsys: pytest.CaptureFixture) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert main(["listen", "--redis", f"redis://:hunter2@127.0.0.1:{port}/0"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"segpipe listen: error: cannot reach Redis at redis://***@127.0.0.1:{port}/0")
+    assert "hunter2" not in err[0]
+
+
+def test_listen_reads_a_camera_stream(redis_server: Any, capsys: pytest.CaptureFixture) -> None:
+    items = [CameraStatus(camera_id="cam0", state=CameraState.LIVE, ts=1.0)] + [_result("cam0", i) for i in range(4)]
+    _publish(redis_server.url, items + [_result("cam1", 9)])
+    assert main(["listen", "--redis", redis_server.url, "--camera", "cam0", "--count", "5", "--from-start",
+                 "--masks"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "cam0 status=live", *(f"cam0 seq={i} n=1 person areas=9" for i in range(4))]
+    assert main(["listen", "--redis", redis_server.url, "--count", "6", "--from-start", "--json"]) == 0
+    events = [parse_event(line) for line in capsys.readouterr().out.splitlines()]
+    assert sorted((e["camera"], e.get("seq", -1)) for e in events) == [
+        ("cam0", -1), ("cam0", 0), ("cam0", 1), ("cam0", 2), ("cam0", 3), ("cam1", 9)]
+
+
+def test_listen_idle_timeout(redis_server: Any, capsys: pytest.CaptureFixture) -> None:
+    assert main(["listen", "--redis", redis_server.url, "--camera", "quiet", "--idle-timeout", "0.3"]) == 1
+    assert "no event for 0.3 s" in capsys.readouterr().err
+
+
+def test_group_readers_share_events_exactly_once(redis_server: Any) -> None:
+    n = 120
+    _publish(redis_server.url, [_result("cam0", i) for i in range(n)])
+    seen: dict[str, list[int]] = {"r1": [], "r2": []}
+    lock, done = threading.Lock(), threading.Event()
+
+    def work(name: str) -> None:
+        client = redis.Redis.from_url(redis_server.url)
+        reader = GroupReader(client, ["segpipe:cam0"], group="workers", consumer=name)
+        while not done.is_set():
+            for msg in reader.read(count=7, block_ms=100):
+                seen[name].append(json.loads(msg.data)["seq"])
+                time.sleep(0.001)  # some work, so both readers get turns
+                reader.ack(msg)
+                with lock:
+                    if len(seen["r1"]) + len(seen["r2"]) >= n:
+                        done.set()
+        client.close()
+
+    threads = [threading.Thread(target=work, args=(name,)) for name in seen]
+    for t in threads:
+        t.start()
+    assert done.wait(20)
+    for t in threads:
+        t.join(5)
+    assert sorted(seen["r1"] + seen["r2"]) == list(range(n))  # every event once, none twice
+    assert seen["r1"] and seen["r2"]  # and both readers did work
+    client = redis.Redis.from_url(redis_server.url)
+    assert client.xpending("segpipe:cam0", "workers")["pending"] == 0  # all acknowledged
+
+
+def test_cli_group_consumer_acks_and_claims_stale_entries(redis_server: Any, capsys: pytest.CaptureFixture) -> None:
+    _publish(redis_server.url, [_result("cam0", i) for i in range(10)])
+    client = redis.Redis.from_url(redis_server.url)
+    crashed = GroupReader(client, ["segpipe:cam0"], group="g", consumer="crashed")
+    taken = crashed.read(count=4, block_ms=10)  # read, never acknowledged: the reader "crashed"
+    assert len(taken) == 4 and client.xpending("segpipe:cam0", "g")["pending"] == 4
+    time.sleep(0.15)
+    assert main(["listen", "--redis", redis_server.url, "--camera", "cam0", "--group", "g", "--consumer", "live",
+                 "--claim-idle-ms", "100", "--count", "10"]) == 0
+    seqs = [int(line.split()[1].split("=")[1]) for line in capsys.readouterr().out.splitlines()]
+    assert sorted(seqs) == list(range(10)) and seqs[:4] == [0, 1, 2, 3]  # claimed ones first
+    assert client.xpending("segpipe:cam0", "g")["pending"] == 0
+
+
+def test_restarted_consumer_rereads_its_own_pending(redis_server: Any) -> None:
+    _publish(redis_server.url, [_result("cam0", i) for i in range(5)])
+    client = redis.Redis.from_url(redis_server.url)
+    first = GroupReader(client, ["segpipe:cam0"], group="g", consumer="w1")
+    assert len(first.read(count=3, block_ms=10)) == 3  # delivered, not acknowledged
+    again = GroupReader(client, ["segpipe:cam0"], group="g", consumer="w1", claim_idle_ms=60_000)
+    got = []
+    for _ in range(4):
+        for msg in again.read(count=10, block_ms=10):
+            got.append(json.loads(msg.data)["seq"])
+            again.ack(msg)
+    assert got == [0, 1, 2, 3, 4]
+
+
+def test_listen_zmq_filters_the_exact_camera(capsys: pytest.CaptureFixture) -> None:
+    sink = ZmqSink(name="z", endpoint="tcp://127.0.0.1:*")
+    stop = threading.Event()
+
+    def publish() -> None:
+        i = 0
+        while not stop.is_set():  # keep publishing: the subscriber joins whenever it joins
+            for cam in ("cam1", "cam10"):
+                sink.publish(_env(_result(cam, i)))
+            i += 1
+            time.sleep(0.005)
+
+    t = threading.Thread(target=publish)
+    t.start()
+    try:
+        assert main(["listen", "--zmq", sink.bound_endpoint, "--camera", "cam1", "--count", "3",
+                     "--idle-timeout", "10"]) == 0
+    finally:
+        stop.set()
+        t.join()
+        sink.close()
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and all(line.startswith("cam1 seq=") for line in lines)
