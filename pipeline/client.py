@@ -213,6 +213,7 @@ class GroupReader:
         self.keys: list[str] = []
         self._cursor: dict[str, str] = {}
         self._own_pending: set[str] = set()
+        self._next_claim = 0.0  # monotonic time of the next XAUTOCLAIM sweep
         self.trimmed = 0  # pending entries MAXLEN removed before anyone acknowledged them
         self.add_keys(keys)
 
@@ -248,10 +249,13 @@ class GroupReader:
             if mine:
                 self._own_pending.add(key)  # there may be more: come back until empty
                 return mine
-        for key in self.keys:
-            claimed = self._claim(key, count)
-            if claimed:
-                return claimed
+        if time.monotonic() >= self._next_claim:
+            for key in self.keys:
+                claimed = self._claim(key, count)
+                if claimed:
+                    return claimed  # sweep again next time: there may be more
+            # nothing stale: entries cannot become claimable faster than claim_idle_ms
+            self._next_claim = time.monotonic() + min(self.claim_idle_ms / 2000, 5.0)
         if not self.keys:
             time.sleep(block_ms / 1000)
             return []

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -70,80 +70,93 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ConfigError("--count", f"expected >= 0, got {args.count}")
 
 
-def _redis_messages(args: argparse.Namespace) -> Iterator[tuple[bytes, Any]]:
-    """(event JSON, ack callback or None) from Redis, until the caller stops iterating."""
-    try:
-        client = connect(args.redis, socket_timeout_s=10.0)
-        client.ping()
-        keys = stream_keys(client, args.prefix, args.camera)
-    except ValueError as e:
-        raise ConfigError("--redis", f"invalid URL {redact_url(args.redis)}: {e}") from None
-    except redis.RedisError as e:
-        raise SourceError(f"cannot reach Redis at {redact_url(args.redis)}: {type(e).__name__}: {e}") from None
-    if args.group:
-        reader: GroupReader | StreamReader = GroupReader(client, keys, group=args.group, consumer=args.consumer,
-                                                         claim_idle_ms=args.claim_idle_ms)
-    else:
-        reader = StreamReader(client, keys, start="0-0" if args.from_start else "$")
-    rescan = time.monotonic() + _RESCAN_S
-    while True:
-        if args.camera is None and time.monotonic() >= rescan:
-            reader.add_keys(stream_keys(client, args.prefix))
-            rescan = time.monotonic() + _RESCAN_S
-        for msg in reader.read(block_ms=500):
-            ack = (lambda m=msg: reader.ack(m)) if isinstance(reader, GroupReader) else None
-            yield msg.data, ack
-        yield b"", None  # a heartbeat so the caller can check its idle timeout
+Received = tuple[bytes, Callable[[], None] | None]
+"""An event's JSON and how to acknowledge it (None where the transport has no acknowledgements)."""
 
 
-def _zmq_messages(args: argparse.Namespace) -> Iterator[tuple[bytes, Any]]:
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.SUB)
-    try:
-        sock.connect(args.zmq)
-    except zmq.ZMQError as e:
-        sock.close(0)
-        ctx.term()
-        raise ConfigError("--zmq", f"cannot connect to {args.zmq}: {e}") from None
-    topic = args.camera.encode() if args.camera else b""
-    sock.setsockopt(zmq.SUBSCRIBE, topic)
-    try:
-        while True:
-            if sock.poll(500):
-                camera, payload = sock.recv_multipart()[:2]
-                # topics are prefixes ("cam1" also matches "cam10"): keep exact matches only
-                if not topic or camera == topic:
-                    yield payload, None
-            yield b"", None
-    finally:
-        sock.close(0)
-        ctx.term()
+class _RedisSource:
+    def __init__(self, args: argparse.Namespace) -> None:
+        try:
+            self.client = connect(args.redis, socket_timeout_s=10.0)
+            self.client.ping()
+            keys = stream_keys(self.client, args.prefix, args.camera)
+        except ValueError as e:
+            raise ConfigError("--redis", f"invalid URL {redact_url(args.redis)}: {e}") from None
+        except redis.RedisError as e:
+            raise SourceError(f"cannot reach Redis at {redact_url(args.redis)}: {type(e).__name__}: {e}") from None
+        self.prefix, self.follow_new = args.prefix, args.camera is None
+        if args.group:
+            self.reader: GroupReader | StreamReader = GroupReader(
+                self.client, keys, group=args.group, consumer=args.consumer, claim_idle_ms=args.claim_idle_ms)
+        else:
+            self.reader = StreamReader(self.client, keys, start="0-0" if args.from_start else "$")
+        self._rescan = time.monotonic() + _RESCAN_S
+
+    def read(self, max_n: int) -> list[Received]:
+        if self.follow_new and time.monotonic() >= self._rescan:
+            self.reader.add_keys(stream_keys(self.client, self.prefix))
+            self._rescan = time.monotonic() + _RESCAN_S
+        msgs = self.reader.read(count=max_n, block_ms=500)
+        if isinstance(self.reader, GroupReader):
+            group = self.reader
+            return [(m.data, lambda m=m: group.ack(m)) for m in msgs]
+        return [(m.data, None) for m in msgs]
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class _ZmqSource:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.SUB)
+        try:
+            self.sock.connect(args.zmq)
+        except zmq.ZMQError as e:
+            self.close()
+            raise ConfigError("--zmq", f"cannot connect to {args.zmq}: {e}") from None
+        self.topic = args.camera.encode() if args.camera else b""
+        self.sock.setsockopt(zmq.SUBSCRIBE, self.topic)
+
+    def read(self, max_n: int) -> list[Received]:
+        out: list[Received] = []
+        timeout = 500
+        while len(out) < max_n and self.sock.poll(timeout):
+            camera, payload = self.sock.recv_multipart()[:2]
+            # topics are prefixes ("cam1" also matches "cam10"): keep exact matches only
+            if not self.topic or camera == self.topic:
+                out.append((payload, None))
+            timeout = 0
+        return out
+
+    def close(self) -> None:
+        self.sock.close(0)
+        self.ctx.term()
 
 
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
-    messages = _redis_messages(args) if args.redis else _zmq_messages(args)
+    source = _RedisSource(args) if args.redis else _ZmqSource(args)
     printed, last = 0, time.monotonic()
     try:
-        for data, ack in messages:
-            if not data:
-                if args.idle_timeout and time.monotonic() - last > args.idle_timeout:
-                    print(f"segpipe listen: no event for {args.idle_timeout:g} s", file=sys.stderr)
-                    return 1
-                continue
-            last = time.monotonic()
-            try:
-                event = parse_event(data)
-                print(data.decode() if args.json else format_event(event, masks=args.masks), flush=True)
-            except (DataError, KeyError, TypeError) as e:  # one bad event must not stop the listener
-                print(f"segpipe listen: skipping a malformed event: {e}", file=sys.stderr)
-            if ack is not None:
-                ack()  # after printing: a crash before this line means redelivery, not loss
-            printed += 1
+        while True:
+            batch = source.read(min(args.count - printed, 100) if args.count else 100)
+            if not batch and args.idle_timeout and time.monotonic() - last > args.idle_timeout:
+                print(f"segpipe listen: no event for {args.idle_timeout:g} s", file=sys.stderr)
+                return 1
+            for data, ack in batch:
+                last = time.monotonic()
+                try:
+                    event = parse_event(data)
+                    print(data.decode() if args.json else format_event(event, masks=args.masks), flush=True)
+                except (DataError, KeyError, TypeError) as e:  # one bad event must not stop the listener
+                    print(f"segpipe listen: skipping a malformed event: {e}", file=sys.stderr)
+                if ack is not None:
+                    ack()  # after printing: a crash before this line means redelivery, not loss
+                printed += 1
             if args.count and printed >= args.count:
                 return 0
     except redis.RedisError as e:
         raise SourceError(f"lost Redis at {redact_url(args.redis)}: {type(e).__name__}: {e}") from None
     finally:
-        messages.close()
-    return 0
+        source.close()
