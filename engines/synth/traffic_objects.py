@@ -248,7 +248,13 @@ def draw_person(
 def _head(
     d: Drawing, m: float, sx: float, height: float, skin: Color, hair: Color, side: bool, x: float = 0.0
 ) -> None:
-    hy = -height + 0.12
+    """Neck, face and hair of a person ``height`` metres tall, centred on ``x`` metres."""
+    _head_at(d, m, sx, x, -height + 0.12, skin, hair, side)
+
+
+def _head_at(
+    d: Drawing, m: float, sx: float, x: float, hy: float, skin: Color, hair: Color, side: bool
+) -> None:
     d.rect((x - 0.04) * m, (hy + 0.08) * m, (x + 0.04) * m, (hy + 0.2) * m, skin)
     d.ellipse((x * m, hy * m), (0.1 * m, 0.12 * m), 0.0, skin)
     d.ellipse(((x - 0.02 * sx * side) * m, (hy - 0.05) * m), (0.1 * m, 0.08 * m), 0.0, hair)
@@ -267,31 +273,34 @@ def _rider(
 ) -> None:
     """Seated on a bicycle drawn by ``draw_bicycle`` at the same anchor (saddle, bars, pedals match)."""
     a = 2 * np.pi * phase
-    hip, shoulder, bars = (-0.2, -1.0), (0.08, -1.5), (0.45, -1.1)
+    lean = (height - 1.55) * 0.4  # taller riders sit a little higher
+    hip, shoulder, bars = np.array([-0.2, -1.0]), np.array([0.06, -1.5 - lean]), np.array([0.45, -1.1])
+
+    def pt(p: np.ndarray) -> tuple[float, float]:
+        return (sx * float(p[0]) * m, float(p[1]) * m)
+
     for k in (0, np.pi):  # both legs: hip -> knee -> pedal on a 0.17 m crank around (0, -0.3)
-        foot = (0.17 * np.cos(a + k), -0.3 + 0.17 * np.sin(a + k))
-        knee = ((hip[0] + foot[0]) / 2 + 0.22, (hip[1] + foot[1]) / 2 - 0.08)
-        for p0, p1 in ((hip, knee), (knee, foot)):
-            d.line(
-                (sx * p0[0] * m, p0[1] * m), (sx * p1[0] * m, p1[1] * m), max(0.13 * m, 1), pants, role="body"
-            )
-    d.line(
-        (sx * hip[0] * m, hip[1] * m),
-        (sx * shoulder[0] * m, shoulder[1] * m),
-        max(0.3 * m, 1),
+        foot = np.array([0.17 * np.cos(a + k), -0.3 + 0.17 * np.sin(a + k)])
+        knee = (hip + foot) / 2 + (0.2, -0.06)
+        d.line(pt(hip), pt(knee), max(0.14 * m, 1), pants, role="body")
+        d.line(pt(knee), pt(foot), max(0.11 * m, 1), pants, role="body")
+        d.ellipse(pt(foot + (0.04, 0.0)), (0.09 * m, 0.04 * m), 0.0, (25, 25, 25))
+    axis = (shoulder - hip) / np.linalg.norm(shoulder - hip)
+    normal = np.array([-axis[1], axis[0]])
+    d.poly(
+        [
+            pt(hip + normal * 0.13),
+            pt(hip - normal * 0.13),
+            pt(shoulder - normal * 0.15),
+            pt(shoulder + normal * 0.15),
+        ],
         shirt,
-        role="body",
     )
-    d.line(
-        (sx * shoulder[0] * m, shoulder[1] * m),
-        (sx * bars[0] * m, bars[1] * m),
-        max(0.09 * m, 1),
-        shirt,
-        role="body",
-    )
-    d.circle((sx * bars[0] * m, bars[1] * m), 0.05 * m, skin)
+    d.line(pt(shoulder), pt(bars), max(0.085 * m, 1), shirt, role="body")
+    d.circle(pt(bars), 0.05 * m, skin)
     d.shade_linear((0.0, 1.0), 1.1, 0.85)
-    _head(d, m, sx, height * 0.95, skin, hair, True, x=sx * 0.15)
+    head = shoulder + axis * 0.12 + (0.08, -0.12)
+    _head_at(d, m, sx, sx * float(head[0]), float(head[1]), skin, hair, True)
 
 
 def draw_bicycle(

@@ -210,7 +210,7 @@ def place(rng: np.random.Generator, layout: TrafficLayout) -> list[tuple[ObjectS
                 break
     for _ in range(int(rng.integers(1, 7))):
         out += pedestrian(rng, layout)
-    for _ in range(int(rng.integers(0, 3))):
+    for _ in range(int(rng.integers(1, 4))):  # bicycles are the rarest class otherwise
         out += cyclist(rng, layout)
     out.sort(key=lambda sp: sp[1].cy)  # stable: a rider stays after its bicycle
     return out
