@@ -115,11 +115,11 @@ class VideoSink(ThreadedSink):
     def _scale(self, width: int) -> float:
         return min(1.0, self.max_width / width) if self.max_width else 1.0
 
-    def _open(self, camera_id: str, size: tuple[int, int], t0: float) -> _Writer:
+    def _open(self, camera_id: str, size: tuple[int, int], t0: float, wall_ts: float) -> _Writer:
         scale = self._scale(size[0])
         # yuv420p needs even sides
         w, h = int(size[0] * scale) // 2 * 2, int(size[1] * scale) // 2 * 2
-        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(t0))
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(wall_ts))  # pts is stream time: name by the clock
         path = self.directory / f"{_safe_name(camera_id)}-{stamp}.mp4"
         n = 1
         while path.exists() or path in self.files:
@@ -155,7 +155,8 @@ class VideoSink(ThreadedSink):
             self._close_writer(self._writers.pop(env.camera_id))
             writer = None
         if writer is None:
-            writer = self._writers[env.camera_id] = self._open(env.camera_id, tuple(result.frame_size), t)
+            writer = self._writers[env.camera_id] = self._open(env.camera_id, tuple(result.frame_size), t,
+                                                               result.capture_ts)
         ms = int(round((t - writer.t0) * 1000))
         if ms <= writer.last_ms:  # out-of-order or repeated time: the muxer would reject it
             self.counters.dropped(env.camera_id, "timestamp")

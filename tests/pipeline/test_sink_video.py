@@ -48,7 +48,8 @@ def test_one_mp4_per_camera_decodes_with_pyav(tmp_path: Path) -> None:
     sink.publish(Envelope(camera_id="cam-b", kind="status", payload=b"{}",
                           item=CameraStatus(camera_id="cam-b", state=CameraState.LIVE, ts=1.0)))
     sink.close(timeout=30)
-    assert sorted(p.name.split("-")[0] for p in tmp_path.glob("*.mp4")) == ["cam", "cam_a"]
+    # named by the wall clock of the first frame (capture_ts 1000 s), not by the stream's pts
+    assert sorted(p.name for p in tmp_path.glob("*.mp4")) == ["cam-b-19700101-001640.mp4", "cam_a-19700101-001640.mp4"]
     assert sink.counters.totals_sent == {"cam/a": 12, "cam-b": 12} and not sink.counters.totals_errors
     a = next(tmp_path.glob("cam_a-*.mp4"))
     frames, times = _decode(a)
