@@ -43,23 +43,44 @@ def mask_intersections(masks: torch.Tensor, det_cls: np.ndarray, truth: ImageTru
     """Pixel counts of ``masks[i] & gt_mask[j]`` for same-class pairs, 0 elsewhere: (n, m) int64.
 
     masks: (n, H, W) bool on any device, frame resolution ``truth.shape``. One pass per ground-truth
-    instance over its window only, vectorised over that class's detections.
+    instance over its window only, vectorised over that class's detections. CPU masks go through
+    numpy: torch's advanced indexing of bool tensors is ~30x slower there.
     """
     n, m = len(det_cls), len(truth)
-    inter = torch.zeros((n, m), dtype=torch.int64, device=masks.device)
-    if n == 0 or m == 0:
-        return inter.cpu().numpy()
-    if tuple(masks.shape[1:]) != truth.shape:
+    if n and m and tuple(masks.shape[1:]) != truth.shape:
         raise ValueError(f"masks are {tuple(masks.shape[1:])}, ground truth frame is {truth.shape}")
-    for j in range(m):
+    on_cpu = masks.device.type == "cpu"
+    host = masks.numpy() if on_cpu else None
+    inter = np.zeros((n, m), np.int64) if on_cpu else torch.zeros((n, m), dtype=torch.int64, device=masks.device)
+    for j in range(m if n else 0):
         rows = np.flatnonzero(det_cls == truth.cls[j])
         x0, y0, x1, y1 = (int(v) for v in truth.windows[j])
         if len(rows) == 0 or x1 <= x0:
             continue
-        gt = torch.from_numpy(truth.mask_crop(j)).to(masks.device, non_blocking=True)
-        idx = torch.from_numpy(rows).to(masks.device)
-        inter[idx, j] = (masks[idx, y0:y1, x0:x1] & gt).flatten(1).sum(1)
-    return inter.cpu().numpy()
+        gt = truth.mask_crop(j)
+        if host is not None:
+            inter[rows, j] = np.count_nonzero(host[rows, y0:y1, x0:x1] & gt, axis=(1, 2))
+        else:
+            idx = torch.from_numpy(rows).to(masks.device)
+            sub = masks[idx, y0:y1, x0:x1] & torch.from_numpy(gt).to(masks.device)
+            inter[idx, j] = torch.count_nonzero(sub.flatten(1), dim=1)
+    return inter if isinstance(inter, np.ndarray) else inter.cpu().numpy()
+
+
+def mask_areas(masks: torch.Tensor, rows: np.ndarray | None = None) -> np.ndarray:
+    """Pixel count of the (n, H, W) bool masks selected by ``rows`` (all when None) -> int64.
+
+    On the CPU a bool sum in torch widens every pixel to int64 first (~1.5 s for 300 VGA masks);
+    numpy's whole-array count_nonzero (SIMD, no copy) once per mask is the fastest measured way
+    (~30 ms; popcount over a uint64 view ~40 ms, count_nonzero(axis=1) ~70 ms).
+    """
+    n = masks.shape[0]
+    rows = np.arange(n) if rows is None else np.asarray(rows, np.int64)
+    if masks.device.type != "cpu":
+        sel = masks[torch.from_numpy(rows).to(masks.device)]
+        return torch.count_nonzero(sel.reshape(len(rows), -1), dim=1).cpu().numpy()
+    flat = masks.reshape(n, -1).numpy()
+    return np.fromiter((np.count_nonzero(flat[r]) for r in rows), np.int64, len(rows))
 
 
 def mask_iou(inter: np.ndarray, det_areas: np.ndarray, truth: ImageTruth) -> np.ndarray:
@@ -157,7 +178,10 @@ def evaluate_image(
     if masks is not None and len(order):
         # the masks stay in input order (no copy of n full frames); their IoU rows are permuted
         inter = mask_intersections(masks, cls, truth)
-        areas = masks.flatten(1).sum(1).cpu().numpy()
+        # a mask that meets no instance of its class has IoU 0 whatever its area: count only the rest
+        areas = np.zeros(len(order), np.int64)
+        touching = np.flatnonzero(inter.any(1))
+        areas[touching] = mask_areas(masks, touching)
         iou = mask_iou(inter, areas, truth)[order]
     else:
         iou = np.zeros((len(order), len(truth)))

@@ -274,3 +274,13 @@ def test_cocoeval_stats_reads_written_pair(tmp_path: Path) -> None:
     stats = cocoeval_stats(*theirs(tmp_path, gts, dets))
     assert stats["box.map"] == pytest.approx(box.map, abs=1e-9)
     assert stats["seg.map50"] == pytest.approx(seg.map50, abs=1e-9)
+
+
+@pytest.mark.gpu
+def test_cuda_masks_score_like_cpu() -> None:
+    gts, dets = synthetic(13, crowd=True)
+    for t, (b, s, c, mk) in zip(gts, dets, strict=True):
+        cpu = evaluate_image(b, s, c, torch.from_numpy(mk), t)
+        gpu = evaluate_image(b, s, c, torch.from_numpy(mk).cuda(), t)
+        np.testing.assert_array_equal(cpu.mask_tp, gpu.mask_tp)
+        np.testing.assert_array_equal(cpu.mask_ignored, gpu.mask_ignored)
