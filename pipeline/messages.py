@@ -122,5 +122,23 @@ class CameraStatus:
     detail: str = ""
 
 
-STOP = object()
+class _Stop:
+    """Sentinel type: one instance per process that survives pickling through multiprocessing queues
+    (``x is STOP`` holds after a round trip, unlike a bare ``object()``)."""
+
+    _instance: _Stop | None = None
+
+    def __new__(cls) -> _Stop:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __reduce__(self) -> tuple[type[_Stop], tuple[()]]:
+        return (_Stop, ())
+
+    def __repr__(self) -> str:
+        return "STOP"
+
+
+STOP = _Stop()
 """Sentinel that flows downstream through every stage queue to end the pipeline."""
