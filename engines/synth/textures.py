@@ -20,23 +20,40 @@ def value_noise(
 
     ``cell`` is the feature size of the coarsest octave in pixels; each next octave halves it and its
     amplitude is multiplied by ``persistence``. Made by bicubic upsampling of small random grids, which
-    costs a few resizes instead of per-pixel hashing.
+    costs a few resizes instead of per-pixel hashing. When the finest octave is at least 8 pixels, the
+    octaves are summed at half resolution and upsampled once: a quarter of the work, same look.
     """
-    out = np.zeros((h, w), np.float32)
+    finest = cell / 2 ** (octaves - 1)
+    k = 2 if finest >= 8 and min(h, w) >= 16 else 1
+    sh, sw = -(-h // k), -(-w // k)
+    out = np.zeros((sh, sw), np.float32)
     amp, total = 1.0, 0.0
     for o in range(octaves):
-        c = max(cell / (2**o), 1.0)
-        gh, gw = max(int(h / c) + 2, 2), max(int(w / c) + 2, 2)
+        c = max(cell / (2**o) / k, 1.0)
+        gh, gw = max(int(sh / c) + 2, 2), max(int(sw / c) + 2, 2)
         grid = rng.uniform(-1.0, 1.0, (gh, gw)).astype(np.float32)
-        out += amp * cv2.resize(grid, (w, h), interpolation=cv2.INTER_CUBIC)
+        out += np.float32(amp) * cv2.resize(grid, (sw, sh), interpolation=cv2.INTER_CUBIC)
         total += amp
         amp *= persistence
-    return out / total
+    out *= np.float32(1.0 / total)
+    if k > 1:
+        out = cv2.resize(out, (sw * k, sh * k), interpolation=cv2.INTER_LINEAR)[:h, :w]
+    return np.ascontiguousarray(out)
 
 
 def fine_noise(rng: np.random.Generator, h: int, w: int, sigma: float) -> np.ndarray:
-    """Per-pixel gaussian grain, float32 ``(h, w)``, standard deviation ``sigma`` (0-255 units)."""
-    return rng.standard_normal((h, w), dtype=np.float32) * np.float32(sigma)
+    """Per-pixel grain, float32 ``(h, w)`` with standard deviation ``sigma`` (0-255 units).
+
+    Uniformly distributed: a texture's grain looks the same as gaussian grain and costs a third."""
+    u = rng.random((h, w), dtype=np.float32)
+    u -= np.float32(0.5)
+    u *= np.float32(sigma * np.sqrt(12.0))
+    return u
+
+
+def frac(a: np.ndarray) -> np.ndarray:
+    """Fractional part ``a - floor(a)`` (float32); several times faster than ``np.mod`` on floats."""
+    return a - np.floor(a)
 
 
 def linear_gradient(h: int, w: int, angle: float, lo: float, hi: float) -> np.ndarray:
@@ -94,4 +111,4 @@ def stripes(h: int, w: int, *, period: float, duty: float, angle: float, phase: 
     xs = np.arange(w, dtype=np.float32)[None, :] * np.float32(np.cos(angle))
     ys = np.arange(h, dtype=np.float32)[:, None] * np.float32(np.sin(angle))
     d = xs + ys + np.float32(phase)
-    return np.mod(d, np.float32(period)) < np.float32(period * duty)
+    return frac(d * np.float32(1.0 / period)) < np.float32(duty)

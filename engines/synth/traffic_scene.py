@@ -114,23 +114,27 @@ def _along(rng: np.random.Generator, W: int, H: int) -> tuple[np.ndarray, Traffi
     X = (xs - vp_x) / ppm
     Z = W / ppm  # depth with a focal length of W pixels: only its ratios matter
     ground = np.broadcast_to(ys > horizon, (H, W))
+    aX = np.abs(X)
     img = tx.tint(1.0 + 0.12 * tx.value_noise(rng, H, W, cell=50), rng.uniform([50, 100, 60], [90, 150, 110]))
-    side = ground & (np.abs(X) >= R) & (np.abs(X) < R + 0.25 + walk)
-    img[side] = np.float32(rng.uniform(140, 190)) + tx.fine_noise(rng, H, W, 5)[side, None]
-    curb = ground & (np.abs(X) >= R) & (np.abs(X) < R + 0.25)
+    side = ground & (aX >= R) & (aX < R + 0.25 + walk)
+    pave = np.float32(rng.uniform(140, 190)) + tx.fine_noise(rng, H, W, 5)
+    np.copyto(img, pave[..., None], where=side[..., None])
+    curb = ground & (aX >= R) & (aX < R + 0.25)
     img[curb] = np.float32([200, 200, 200])
-    road = ground & (np.abs(X) < R)
-    img[road] = _asphalt(rng, H, W)[road]
+    road = ground & (aX < R)
+    np.copyto(img, _asphalt(rng, H, W), where=road[..., None])
     paint = np.zeros((H, W), bool)
-    for i in range(1, n_lanes):  # dashed lane lines, 3 m dashes every 9 m
-        paint |= (np.abs(X - (-R + i * LANE_M)) < 0.08) & (np.mod(Z, 9.0) < 3.0)
+    dashes = tx.frac(Z * np.float32(1 / 9.0)) < np.float32(1 / 3)  # 3 m dashes every 9 m, (H, 1)
+    for i in range(1, n_lanes):
+        paint |= (np.abs(X - np.float32(-R + i * LANE_M)) < 0.08) & dashes
     for s in (-1, 1):
-        paint |= np.abs(X - s * (R - 0.3)) < 0.08
+        paint |= np.abs(X - np.float32(s * (R - 0.3))) < 0.08
     zebra = None
     if rng.random() < 0.6:
         y0 = H * rng.uniform(0.55, 0.85)
         y1 = y0 + ppm_bottom * 3.0 * (y0 - horizon) / (H - horizon) * 0.6
-        paint |= (ys >= y0) & (ys < y1) & (np.mod(X, 1.2) < 0.6)
+        rows = (ys >= y0) & (ys < y1)
+        paint |= rows & (tx.frac(X * np.float32(1 / 1.2)) < 0.5)
         zebra = (float(y0), float(y1))
     paint &= road
     img[paint] = np.float32(rng.uniform(200, 240))
