@@ -21,6 +21,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("info", "pipeline.cli.info"),
     ("synth", "pipeline.cli.synth"),
     ("predict", "pipeline.cli.predict"),
+    ("shards", "pipeline.cli.shards"),
     ("convert", "pipeline.cli.convert"),
     ("val", "pipeline.cli.val"),
     ("listen", "pipeline.cli.listen"),

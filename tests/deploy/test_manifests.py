@@ -96,3 +96,26 @@ def test_grafana_dashboard_is_valid_json() -> None:
     for f in (DEPLOY / "grafana" / "dashboards").glob("*.json"):
         dash = json.loads(f.read_text())
         assert dash["panels"], f
+
+
+def test_configmap_cameras_yaml_is_a_valid_run_config() -> None:
+    from pipeline.config import parse_config
+    from pipeline.shard import assign
+
+    cm = yaml.safe_load((DEPLOY / "k8s" / "configmap.yaml").read_text())
+    raw = yaml.safe_load(cm["data"]["cameras.yaml"])
+    cfg = parse_config(raw, env={"SEGPIPE_REDIS_URL": "redis://redis:6379/0"}, check_files=False)
+    table = assign([c.id for c in cfg.cameras], 2)
+    assert sum(len(v) for v in table.values()) == len(cfg.cameras)
+
+
+def test_shards_command_prints_every_camera(tmp_path: Path) -> None:
+    cams = "\n".join(f"  - id: cam{i}\n    url: rtsp://127.0.0.1/{i}" for i in range(12))
+    (tmp_path / "c.yaml").write_text(f"model:\n  path: m.pt\ncameras:\n{cams}\n")
+    r = _run(sys.executable, "-m", "pipeline", "shards", str(tmp_path / "c.yaml"), "--replicas", "3")
+    assert r.returncode == 0, r.stderr
+    rows = [ln.split() for ln in r.stdout.splitlines()[1:13]]
+    assert sorted(c for c, _ in rows) == sorted(f"cam{i}" for i in range(12))
+    assert {s.split("/")[1] for _, s in rows} == {"3"}
+    bad = _run(sys.executable, "-m", "pipeline", "shards", str(tmp_path / "c.yaml"), "--replicas", "0")
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
