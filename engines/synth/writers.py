@@ -43,7 +43,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from engines.errors import ConfigError, SegpipeError
+from engines.errors import ConfigError, DataError, SegpipeError
 from engines.synth.clip import FrameTruth, VideoScene
 from engines.synth.labels import mask_box, mask_to_polygon, mask_to_rle, yolo_line
 from engines.synth.scene import STYLES, render_scene
@@ -208,19 +208,21 @@ def write_dataset(
         for i in range(images)
     ]
     counts = np.zeros(len(CLASS_NAMES), np.int64)
-    if workers == 1:
-        results = map(_job, jobs)
-        for c in results:
-            counts += c
-            if progress:
-                progress(1)
-    else:
-        ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(min(workers, images), initializer=_init_worker) as pool:
-            for c in pool.imap_unordered(_job, jobs, chunksize=4):
+    try:
+        if workers == 1:
+            for c in map(_job, jobs):
                 counts += c
                 if progress:
                     progress(1)
+        else:
+            ctx = multiprocessing.get_context("spawn")  # fork would copy a parent's threads and locks
+            with ctx.Pool(min(workers, images), initializer=_init_worker) as pool:
+                for c in pool.imap_unordered(_job, jobs, chunksize=4):
+                    counts += c
+                    if progress:
+                        progress(1)
+    except OSError as e:  # disk full, permissions changed under us: one line, not a traceback
+        raise DataError(f"{root}: cannot write the dataset: {e.strerror or e}") from None
     n_val = sum(1 for j in jobs if j[2] == "val")
     data_yaml = _write_data_yaml(root, style=style, seed=seed, size=size, images=images, has_val=n_val > 0)
     return DatasetSummary(
@@ -346,6 +348,8 @@ def write_video(
                 f.write(json.dumps(rec, separators=(",", ":")) + "\n")
         os.replace(tmp, path)
         os.replace(tmp_side, side)
+    except (OSError, av.error.FFmpegError) as e:  # a full disk or a codec failure reads as one line
+        raise DataError(f"{path}: cannot write the clip: {getattr(e, 'strerror', None) or e}") from None
     finally:  # leave no half-written files behind, whatever went wrong
         tmp.unlink(missing_ok=True)
         tmp_side.unlink(missing_ok=True)

@@ -23,7 +23,12 @@ HELP = "render synthetic factory/traffic scenes: a YOLO-seg dataset or an H.264 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="synth_command", metavar="{dataset,video}", required=True)
-    d = sub.add_parser("dataset", help="write a YOLO-seg dataset (images/, labels/, data.yaml)")
+    classes = ", ".join(f"{i} {n}" for i, n in enumerate(CLASS_NAMES))
+    d = sub.add_parser(
+        "dataset",
+        help="write a YOLO-seg dataset (images/, labels/, data.yaml)",
+        description=f"Write a YOLO-seg dataset of synthetic scenes. Classes (all styles): {classes}.",
+    )
     d.add_argument("--out", required=True, help="output folder (must be empty unless --force)")
     d.add_argument("--images", type=int, required=True, help="number of images to render")
     d.add_argument("--val-fraction", type=float, default=0.2, help="share of images in val (default 0.2)")
