@@ -119,3 +119,17 @@ def test_shards_command_prints_every_camera(tmp_path: Path) -> None:
     assert {s.split("/")[1] for _, s in rows} == {"3"}
     bad = _run(sys.executable, "-m", "pipeline", "shards", str(tmp_path / "c.yaml"), "--replicas", "0")
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
+
+
+def test_grafana_queries_name_metrics_segpipe_exports() -> None:
+    import re
+
+    from pipeline.metrics import Metrics
+
+    families = {fam.name for fam in Metrics().registry.collect()}
+    dash = json.loads((DEPLOY / "grafana" / "dashboards" / "segpipe.json").read_text())
+    used = {name for p in dash["panels"] for t in p["targets"]
+            for name in re.findall(r"\b(segpipe_[a-z_]+)\b", t["expr"])}
+    assert used
+    for name in used:
+        assert re.sub(r"_(total|bucket|sum|count)$", "", name) in families, name
