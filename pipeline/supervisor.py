@@ -371,6 +371,10 @@ class Supervisor:
             self._stop_sink()
         finally:
             for cam in self.cameras:
+                c = cam.control.snapshot()
+                log.info("camera=%s event=summary state=%s decoded=%d inferred=%d dropped=%d stale=%d restarts=%d",
+                         cam.camera_id, cam.machine.state.value, c["decoded"], c["inferred"], c["dropped"],
+                         c["stale"], c["restarts"])
                 cam.control.close()
             n = shm.unlink_all(self._prefix)
             log.info("event=stopped shm_segments_unlinked=%d errors=%d", n, len(self.errors))

@@ -7,8 +7,16 @@ it received even after lossy encoding.
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -36,10 +44,11 @@ def frame_index(image: np.ndarray) -> int:
 
 
 def write_clip(path: Path, *, frames: int = 30, size: tuple[int, int] = (320, 240), fps: int = 15,
-               gop: int = 10, start: int = 0) -> Path:
+               gop: int = 10, start: int = 0, pts: list[int] | None = None) -> Path:
     """Encode ``frames`` synthetic frames as H.264 (yuv420p) into ``path`` (.mp4, .ts or .mkv).
 
     ``gop`` is the keyframe interval in frames: small values keep truncated files decodable.
+    ``pts``: each frame's timestamp in 1/fps units (default 0, 1, 2, ...; gaps make a stalling clip).
     Returns ``path``.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -52,7 +61,7 @@ def write_clip(path: Path, *, frames: int = 30, size: tuple[int, int] = (320, 24
                           "keyint_min": str(gop), "crf": "18"}
         for i in range(frames):
             frame = av.VideoFrame.from_ndarray(make_frame(start + i, size=size), format="bgr24")
-            frame.pts = i
+            frame.pts = i if pts is None else pts[i]
             for packet in stream.encode(frame):
                 out.mux(packet)
         for packet in stream.encode():
@@ -74,3 +83,177 @@ def corrupt(src: Path, dst: Path, *, start: float = 0.4, length: float = 0.2, se
     data[a:a + n] = np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8).tobytes()
     dst.write_bytes(bytes(data))
     return dst
+
+
+# ----------------------------------------------------------------------------------- RTSP server
+#
+# FFmpeg's RTSP muxer only pushes to a server (ANNOUNCE/RECORD), it cannot serve players. So the test
+# server is two real processes: this relay (a minimal RTSP server over TCP-interleaved RTP that
+# accepts one publisher and serves players) and an ``ffmpeg -re ... -f rtsp`` publisher that does the
+# real RTP packetisation. Kill both to take the "camera" down; start both to bring it back.
+
+_RTSP_OK = "RTSP/1.0 200 OK\r\nCSeq: {cseq}\r\n{extra}\r\n"
+
+
+def _read_request(sock_file: Any) -> tuple[str, dict[str, str], bytes] | None:
+    line = sock_file.readline()
+    if not line:
+        return None
+    method, _, rest = line.decode("latin-1").partition(" ")
+    headers: dict[str, str] = {"x-url": rest.split(" ", 1)[0]}
+    while True:
+        h = sock_file.readline().decode("latin-1")
+        if h in ("\r\n", "\n", ""):
+            break
+        k, _, v = h.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    body = sock_file.read(int(headers.get("content-length", 0) or 0))
+    return method, headers, body
+
+
+class _Relay:
+    """One publisher in, any number of players out (RTP/RTCP frames relayed byte for byte)."""
+
+    def __init__(self) -> None:
+        self.sdp: bytes | None = None
+        self.players: list[Any] = []
+        self.lock = threading.Lock()
+        self.sdp_ready = threading.Event()
+
+    def serve(self, conn: Any) -> None:
+        f = conn.makefile("rb")
+        publisher = playing = False
+        try:
+            while True:
+                first = f.peek(1)[:1] if hasattr(f, "peek") else b""
+                if first == b"$":  # interleaved RTP/RTCP frame
+                    head = f.read(4)
+                    payload = f.read(int.from_bytes(head[2:4], "big"))
+                    if publisher:
+                        self._fan_out(head + payload)
+                    continue
+                req = _read_request(f)
+                if req is None:
+                    return
+                method, headers, body = req
+                cseq = headers.get("cseq", "0")
+                extra = ""
+                if method == "ANNOUNCE":
+                    publisher = True
+                    self.sdp = body
+                elif method == "DESCRIBE":
+                    if not self.sdp_ready.wait(10) or self.sdp is None:
+                        conn.sendall(f"RTSP/1.0 404 Not Found\r\nCSeq: {cseq}\r\n\r\n".encode())
+                        continue
+                    extra = (f"Content-Type: application/sdp\r\nContent-Base: {headers['x-url']}/\r\n"
+                             f"Content-Length: {len(self.sdp)}\r\n")
+                    conn.sendall((_RTSP_OK.format(cseq=cseq, extra=extra)).encode() + self.sdp)
+                    continue
+                elif method == "SETUP":
+                    transport = headers.get("transport", "")
+                    if "TCP" not in transport.upper():
+                        conn.sendall(f"RTSP/1.0 461 Unsupported Transport\r\nCSeq: {cseq}\r\n\r\n".encode())
+                        continue
+                    extra = f"Transport: {transport}\r\nSession: 12345678;timeout=60\r\n"
+                elif method == "RECORD":
+                    extra = "Session: 12345678\r\n"
+                    self.sdp_ready.set()
+                elif method == "PLAY":
+                    extra = "Session: 12345678\r\n"
+                    playing = True
+                elif method == "TEARDOWN":
+                    conn.sendall(_RTSP_OK.format(cseq=cseq, extra="").encode())
+                    return
+                elif method == "OPTIONS":
+                    extra = "Public: OPTIONS, DESCRIBE, ANNOUNCE, SETUP, PLAY, RECORD, TEARDOWN, GET_PARAMETER\r\n"
+                conn.sendall(_RTSP_OK.format(cseq=cseq, extra=extra).encode())
+                if playing:
+                    with self.lock:
+                        if conn not in self.players:
+                            self.players.append(conn)
+        except OSError:
+            return
+        finally:
+            with self.lock:
+                if conn in self.players:
+                    self.players.remove(conn)
+            if publisher:  # the camera is gone: drop the players too, as a real camera would
+                with self.lock:
+                    for p in self.players:
+                        with contextlib.suppress(OSError):
+                            p.shutdown(socket.SHUT_RDWR)
+            conn.close()
+
+    def _fan_out(self, frame: bytes) -> None:
+        with self.lock:
+            players = list(self.players)
+        for p in players:
+            try:
+                p.sendall(frame)
+            except OSError:
+                with self.lock:
+                    if p in self.players:
+                        self.players.remove(p)
+
+
+def relay_main(port: int) -> None:
+    """Run the RTSP relay on 127.0.0.1:``port`` until killed."""
+    relay = _Relay()
+    srv = socket.create_server(("127.0.0.1", port), reuse_port=False)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    while True:
+        conn, _ = srv.accept()
+        threading.Thread(target=relay.serve, args=(conn,), daemon=True).start()
+
+
+class RtspServer:
+    """A real RTSP camera on 127.0.0.1:``port`` playing ``clip`` in a loop: relay + ffmpeg publisher.
+
+    ``url`` is what a player opens. ``stop()`` kills both processes (the camera goes away),
+    ``start()`` brings it back on the same port; ``pause()``/``resume()`` freeze the publisher
+    (SIGSTOP/SIGCONT: the connection stays up but no frame arrives, a stall).
+    """
+
+    def __init__(self, clip: Path, port: int, *, ffmpeg: str = "ffmpeg") -> None:
+        self.clip, self.port, self.ffmpeg = clip, port, ffmpeg
+        self.url = f"rtsp://127.0.0.1:{port}/cam"
+        self.relay: subprocess.Popen[bytes] | None = None
+        self.publisher: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 15.0) -> None:
+        self.relay = subprocess.Popen([sys.executable, __file__, "relay", str(self.port)],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("RTSP relay did not start") from None
+                time.sleep(0.05)
+        self.publisher = subprocess.Popen(
+            [self.ffmpeg, "-hide_banner", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", str(self.clip),
+             "-c", "copy", "-f", "rtsp", "-rtsp_transport", "tcp", self.url],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop(self) -> None:
+        for proc in (self.publisher, self.relay):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
+                proc.kill()
+                proc.wait(10)
+        self.publisher = self.relay = None
+
+    def pause(self) -> None:
+        assert self.publisher is not None
+        self.publisher.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.publisher is not None
+        self.publisher.send_signal(signal.SIGCONT)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["relay"]:
+        relay_main(int(sys.argv[2]))

@@ -1,0 +1,160 @@
+"""Run config: schema, ${ENV} interpolation, every error at once with its YAML path."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from engines.errors import ConfigError, ConfigErrors
+from pipeline.config import RunConfig, load_config, parse_config
+from pipeline.decoder import DecoderSettings
+from pipeline.device import DeviceSettings
+
+
+@pytest.fixture
+def clip(tmp_path: Path) -> Path:
+    p = tmp_path / "clip.mp4"
+    p.write_bytes(b"not parsed at validation time")
+    return p
+
+
+def base(clip: Path) -> dict[str, Any]:
+    return {
+        "model": {"path": "yolov8n-seg.yaml", "device": "cpu"},
+        "cameras": [{"id": "door", "url": str(clip)},
+                    {"id": "gate", "url": "rtsp://user:secret@10.0.0.5:554/stream1"}],
+        "sinks": [{"type": "jsonl", "path": "events.jsonl"}, {"type": "zmq"}],
+    }
+
+
+def errors_of(raw: dict[str, Any], env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigErrors) as info:
+        parse_config(raw, env=env or {})
+    assert info.value.exit_code == 2
+    return [str(e) for e in info.value.errors]
+
+
+def test_valid_config_gets_defaults_and_is_frozen(clip: Path) -> None:
+    cfg = parse_config(base(clip), env={})
+    assert cfg.batch.max_batch == 8 and cfg.batch.max_age_ms == 500
+    assert cfg.masks.format == "rle" and cfg.metrics.host == "127.0.0.1"
+    door, gate = cfg.cameras
+    assert door.is_file and not gate.is_file and gate.transport == "tcp"
+    assert "secret" not in repr(cfg) and "secret" not in gate.redacted_url
+    with pytest.raises(ValidationError):
+        cfg.batch.max_batch = 3  # type: ignore[misc]
+    # One place turns config into constructor arguments.
+    ds = DecoderSettings.from_config(gate)
+    assert ds.url == gate.url and ds.open_options()["rtsp_transport"] == "tcp"
+    assert ds.open_options()["timeout"] == str(int(gate.read_timeout_s * 1e6))
+    dev = DeviceSettings.from_config(cfg)
+    assert dev.imgsz is None and dev.nms.iou == cfg.model.iou and dev.batch.max_wait_s == pytest.approx(0.010)
+
+
+def test_env_interpolation_defaults_and_escapes(clip: Path) -> None:
+    raw = base(clip)
+    raw["cameras"][1]["url"] = "rtsp://${CAM_USER}:${CAM_PASS}@cam/${CAM_PATH:-live}"
+    raw["metrics"] = {"host": "${SEGPIPE_METRICS_HOST:-127.0.0.1}", "port": "${PORT}"}
+    raw["sinks"][0]["path"] = "costs-$$5.jsonl"
+    cfg = parse_config(raw, env={"CAM_USER": "u", "CAM_PASS": "p@ss", "PORT": "9200"})
+    assert cfg.cameras[1].url == "rtsp://u:p@ss@cam/live"
+    assert cfg.metrics.port == 9200 and cfg.metrics.host == "127.0.0.1"
+    assert str(cfg.sinks[0].path) == "costs-$5.jsonl"
+
+
+def _set(raw: dict[str, Any], path: str, value: Any) -> None:
+    keys = path.replace("]", "").replace("[", ".").split(".")
+    node = raw
+    for k in keys[:-1]:
+        node = node[int(k)] if k.isdigit() else node.setdefault(k, {})
+    last = keys[-1]
+    if value is _DELETE:
+        del node[int(last) if last.isdigit() else last]
+    elif last.isdigit():
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+_DELETE = object()
+
+BAD = [  # (where, value, expected error line prefix, expected text)
+    ("model.path", _DELETE, "model.path", "required key is missing"),
+    ("model.confidence", 0.3, "model.confidence", "unknown key 'confidence'"),
+    ("model.backend", "tflite", "model.backend", "Input should be"),
+    ("model.imgsz", 100, "model.imgsz", "multiple of 32"),
+    ("model.conf", 1.5, "model.conf", "less than or equal to 1"),
+    ("model.classes", [-1], "model.classes", "class ids >= 0"),
+    ("model.path", "missing.pt", "model.path", "model file not found"),
+    ("batch.max_bach", 4, "batch.max_bach", "did you mean 'max_batch'"),
+    ("batch.max_batch", 0, "batch.max_batch", "greater than or equal to 1"),
+    ("batch.max_wait_ms", -1, "batch.max_wait_ms", "greater than or equal to 0"),
+    ("masks.format", "bitmap", "masks.format", "'rle', 'polygon' or 'none'"),
+    ("cameras", [], "cameras", "at least 1 item"),
+    ("cameras[1].id", "door", "cameras[1].id", "duplicate camera id 'door' (also cameras[0])"),
+    ("cameras[1].id", "bad id!", "cameras[1].id", "must be 1-64 letters"),
+    ("cameras[1].url", "rtp://10.0.0.5/x", "cameras[1].url", "unsupported scheme 'rtp'"),
+    ("cameras[0].url", "nowhere.mp4", "cameras[0].url", "video file not found"),
+    ("cameras[1].loop", True, "cameras[1].loop", "file cameras only"),
+    ("cameras[0].transport", "udp", "cameras[0].transport", "rtsp:// and rtsps:// cameras only"),
+    ("cameras[1].transport", "quic", "cameras[1].transport", "'tcp' or 'udp'"),
+    ("cameras[1].fps", 0, "cameras[1].fps", "greater than 0"),
+    ("cameras[1].heartbeat_timeout_s", 3, "cameras[1].heartbeat_timeout_s", "must exceed the open and read"),
+    ("cameras[1].reconnect.max_s", 0.1, "cameras[1].reconnect.max_s", "must be >= initial_s"),
+    ("cameras[1].reconect", {}, "cameras[1].reconect", "did you mean 'reconnect'"),
+    ("cameras[1].url", "${CAM_URL}", "cameras[1].url", "environment variable CAM_URL is not set"),
+    ("sinks[0].type", "kafka", "sinks[0]", "unknown type 'kafka'"),
+    ("sinks[1].type", _DELETE, "sinks[1]", "missing 'type:' key"),
+    ("sinks[0].paht", "x", "sinks[0].paht", "did you mean 'path'"),
+    ("sinks[1].name", "jsonl", "sinks[1].name", "duplicate sink name 'jsonl'"),
+    ("metrics.port", 70000, "metrics.port", "less than or equal to 65535"),
+    ("verbose", True, "verbose", "unknown key 'verbose'"),
+]
+
+
+@pytest.mark.parametrize("where, value, path, text", BAD, ids=[f"{b[0]}={b[1]!r}"[:40] for b in BAD])
+def test_bad_config_names_its_yaml_path(clip: Path, where: str, value: Any, path: str, text: str) -> None:
+    raw = copy.deepcopy(base(clip))
+    _set(raw, where, value)
+    errors = errors_of(raw)
+    assert any(e.startswith(f"{path}: ") and text in e for e in errors), errors
+    assert all("secret" not in e for e in errors)
+
+
+def test_every_error_is_reported_at_once(clip: Path) -> None:
+    raw = base(clip)
+    raw["model"]["iou"] = 2
+    raw["batch"] = {"max_batch": "many"}
+    raw["cameras"].append({"id": "door", "url": "${NOPE}"})
+    raw["sinks"].append({"type": "redis", "url": "${REDIS_URL}"})
+    errors = errors_of(raw)
+    assert [e.split(":")[0] for e in errors] == ["cameras[2].url", "sinks[2].url", "cameras[2].id", "model.iou",
+                                                 "batch.max_batch"]
+
+
+def test_yaml_file_errors(tmp_path: Path, clip: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text("x-camera: &cam {fps: 5, realtime: false}\n" + yaml.safe_dump(base(clip)).replace(
+        f"url: {clip}", f"<<: *cam\n  url: {clip}", 1))
+    cfg = load_config(good, env={})
+    assert isinstance(cfg, RunConfig) and cfg.cameras[0].fps == 5 and not cfg.cameras[0].realtime
+
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("model:\n  path: a.pt\n  path: b.pt\n")
+    with pytest.raises(ConfigError, match=r"dup.yaml:3: duplicate key 'path' \(first at line 2\)"):
+        load_config(dup)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model: [\n")
+    with pytest.raises(ConfigError, match="broken.yaml:2: invalid YAML"):
+        load_config(broken)
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "absent.yaml")
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("42\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(scalar)

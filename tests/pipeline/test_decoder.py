@@ -1,0 +1,189 @@
+"""Decoders on real H.264 files: frames into the ring, pacing, sampling, loops, damaged files."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import shm
+from pipeline.camera import CameraStateMachine
+from pipeline.decoder import Decoder, DecoderSettings, decoder_main
+from pipeline.messages import CameraState, CameraStatus, Frame
+from tests.pipeline.media import corrupt, frame_index, truncate, write_clip
+
+S = CameraState
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("clips")
+    out = {
+        "mp4": write_clip(d / "clip.mp4", frames=30, fps=30, size=(160, 120)),
+        "ts": write_clip(d / "clip.ts", frames=60, fps=30, size=(160, 120), gop=5),
+        "fast": write_clip(d / "fast.mp4", frames=10, fps=60, size=(160, 120)),
+        # frames 0-4, then a 1.2 s hole, then 5 more: a camera that freezes and comes back
+        "gap": write_clip(d / "gap.mp4", frames=10, fps=10, size=(160, 120), pts=[0, 1, 2, 3, 4, 16, 17, 18, 19, 20]),
+    }
+    out["truncated_ts"] = truncate(out["ts"], d / "truncated.ts", fraction=0.5)
+    out["truncated_mp4"] = truncate(out["mp4"], d / "truncated.mp4", fraction=0.5)  # the index is at the end
+    out["corrupt_ts"] = corrupt(out["ts"], d / "corrupt.ts", start=0.3, length=0.2)
+    return out
+
+
+class Harness:
+    """A Decoder on a real ring, run in a thread; a reader thread collects every frame it can."""
+
+    def __init__(self, prefix: str, **settings: object) -> None:
+        self.prefix = prefix
+        self.control = shm.ControlBlock(prefix, create=True)
+        self.settings = DecoderSettings(camera_id="cam", **settings)  # type: ignore[arg-type]
+        self.statuses: list[CameraStatus] = []
+        self.frames: list[Frame] = []
+        self.writer = shm.RingWriter(prefix, nslots=8)
+        machine = CameraStateMachine(camera_id="cam", emit=self.statuses.append)
+        self.decoder = Decoder(settings=self.settings, writer=self.writer, machine=machine)
+        self._thread = threading.Thread(target=self.decoder.run)
+        self._done = threading.Event()
+        self._reader = threading.Thread(target=self._read)
+
+    def _read(self) -> None:
+        r = shm.RingReader(self.prefix, camera_id="cam")
+        while not self._done.is_set() or r.pending():
+            f = r.take(lambda s: np.empty(s, np.uint8))
+            if f is not None:
+                self.frames.append(f)
+            else:
+                time.sleep(0.0005)
+        r.close()
+
+    def run(self, *, stop_after_decoded: int | None = None, timeout: float = 60.0) -> float:
+        t0 = time.monotonic()
+        self._reader.start()
+        self._thread.start()
+        while self._thread.is_alive() and time.monotonic() - t0 < timeout:
+            if stop_after_decoded is not None and self.decoded >= stop_after_decoded:
+                self.control.set("stop", 1)
+            time.sleep(0.005)
+        self._thread.join(timeout)
+        elapsed = time.monotonic() - t0
+        self._done.set()
+        self._reader.join()
+        return elapsed
+
+    @property
+    def decoded(self) -> int:
+        return int(self.control.get("decoded"))
+
+    @property
+    def states(self) -> list[CameraState]:
+        return [s.state for s in self.statuses]
+
+    def close(self) -> None:
+        self.writer.close()
+        self.control.close()
+        shm.unlink_all(self.prefix)
+
+
+@pytest.fixture
+def harness() -> Iterator[type[Harness]]:
+    made: list[Harness] = []
+
+    def make(**kw: object) -> Harness:
+        h = Harness(shm.prefix_for(80 + len(made)), **kw)
+        made.append(h)
+        return h
+
+    yield make  # type: ignore[misc]
+    for h in made:
+        h.close()
+
+
+def test_file_plays_to_the_end_in_order(clips: dict[str, Path], harness: type[Harness]) -> None:
+    h = harness(url=str(clips["fast"]), is_file=True, realtime=True)
+    elapsed = h.run()
+    assert h.states == [S.CONNECTING, S.LIVE, S.ENDED]
+    assert h.decoded == 10 and h.statuses[1].detail == "160x120"
+    # Each frame carries its own seq and pts (a busy reader may skip some: newest wins).
+    assert h.frames and h.frames[-1].seq == 9
+    for f in h.frames:
+        assert frame_index(f.image) == f.seq and f.pts == pytest.approx(f.seq / 60, abs=1e-3)
+    assert [f.seq for f in h.frames] == sorted({f.seq for f in h.frames})
+    assert elapsed >= 9 / 60  # realtime pacing: 10 frames at 60 fps take at least 150 ms
+    assert all(f.capture_ts <= g.capture_ts for f, g in zip(h.frames, h.frames[1:], strict=False))
+
+
+def test_fps_limit_samples_by_timestamp(clips: dict[str, Path], harness: type[Harness]) -> None:
+    h = harness(url=str(clips["mp4"]), is_file=True, realtime=False, fps=10.0)
+    h.run()
+    assert h.decoded == 10  # 30 frames at 30 fps -> one in three
+
+
+def test_loop_keeps_pts_increasing_until_stopped(clips: dict[str, Path], harness: type[Harness]) -> None:
+    h = harness(url=str(clips["fast"]), is_file=True, realtime=True, loop=True)
+    h.run(stop_after_decoded=25)
+    assert h.states == [S.CONNECTING, S.LIVE, S.STOPPED]
+    pts = [f.pts for f in h.frames]
+    assert all(b > a for a, b in zip(pts, pts[1:], strict=False)), pts
+    assert max(pts) >= 20 / 60  # the third pass, with pts continuing from the second
+    for f in h.frames:  # frame i of pass k has pts (10 k + i) / 60
+        assert round(f.pts * 60) % 10 == frame_index(f.image) and round(f.pts * 60) == f.seq
+
+
+def test_stall_is_reported_and_clears(clips: dict[str, Path], harness: type[Harness]) -> None:
+    h = harness(url=str(clips["gap"]), is_file=True, realtime=True, stall_timeout_s=0.4)
+    h.run()
+    # A loaded machine may add flaps of its own; the hole in the clip must give this one.
+    assert h.states[:4] == [S.CONNECTING, S.LIVE, S.STALLED, S.LIVE] and h.states[-1] is S.ENDED
+    assert h.decoded == 10 and "no frame for" in h.statuses[2].detail
+    after_gap = next(f for f in h.frames if f.pts > 1.0)
+    assert h.statuses[2].ts < after_gap.capture_ts <= h.statuses[3].ts + 0.05
+
+
+@pytest.mark.parametrize("clip, state, frames", [
+    ("truncated_ts", S.ENDED, (1, 59)),  # plays what is there, then ends
+    ("corrupt_ts", S.ENDED, (10, 60)),  # damaged packets are skipped; the next keyframe heals
+    ("truncated_mp4", S.FAILED, (0, 0)),  # no index: nothing can be read
+    ("missing", S.FAILED, (0, 0)),
+])
+def test_damaged_files(clips: dict[str, Path], harness: type[Harness], clip: str, state: S,
+                       frames: tuple[int, int]) -> None:
+    url = str(clips.get(clip, Path("/nonexistent/clip.mp4")))
+    h = harness(url=url, is_file=True, realtime=False)
+    h.run()
+    assert h.states[-1] is state and h.states[0] is S.CONNECTING, h.statuses
+    assert frames[0] <= h.decoded <= frames[1]
+    assert url not in h.statuses[-1].detail  # details never carry the URL (it may hold credentials)
+
+
+def test_decoder_process_reports_over_its_pipe(clips: dict[str, Path]) -> None:
+    prefix = shm.prefix_for(70 + os.getpid() % 10)
+    control = shm.ControlBlock(prefix, create=True)
+    ctx = mp.get_context("spawn")
+    reader, writer = ctx.Pipe(duplex=False)
+    settings = DecoderSettings(camera_id="cam", url=str(clips["mp4"]), is_file=True, realtime=False)
+    proc = ctx.Process(target=decoder_main, args=(settings, prefix, writer))
+    proc.start()
+    writer.close()
+    statuses = []
+    try:
+        while True:
+            statuses.append(reader.recv())
+    except EOFError:
+        pass
+    proc.join(30)
+    try:
+        assert proc.exitcode == 0
+        assert [s.state for s in statuses] == [S.CONNECTING, S.LIVE, S.ENDED]
+        snap = control.snapshot()
+        assert snap["decoded"] == 30 and snap["pid"] == proc.pid and snap["heartbeat"] > 0
+        assert (snap["width"], snap["height"]) == (160, 120)
+    finally:
+        control.close()
+        shm.unlink_all(prefix)

@@ -1,0 +1,182 @@
+"""Device stage on CPU with a real YOLOv8n-seg model: rings in, FrameResults out, same answers as
+engines' own post-processing, errors and shutdown without deadlocks."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+
+from engines.backends import Backend, load_backend
+from engines.ops import letterbox
+from engines.ops.nms import NMSConfig
+from engines.ops.postprocess import postprocess
+from engines.ops.rle import decode
+from pipeline import shm
+from pipeline.batching import BatchPolicy
+from pipeline.device import DeviceSettings, DeviceStage
+from pipeline.messages import FrameResult
+from tests.pipeline.media import make_frame
+
+SIZES = [(160, 120), (96, 64), (120, 160)]  # (W, H) per camera: frames of any size batch together
+NMS = NMSConfig(conf=1e-6, max_det=8)  # an untrained model scores everything low: keep some boxes
+
+
+@pytest.fixture(scope="module")
+def backend() -> Backend:
+    torch.manual_seed(0)
+    return load_backend("yolov8n-seg.yaml", device="cpu")
+
+
+@pytest.fixture
+def rings() -> Iterator[tuple[list[shm.RingWriter], list[shm.RingReader]]]:
+    prefixes = [shm.prefix_for(120 + i) for i in range(len(SIZES))]
+    controls = [shm.ControlBlock(p, create=True) for p in prefixes]
+    writers = [shm.RingWriter(p) for p in prefixes]
+    readers = [shm.RingReader(p, camera_id=f"cam{i}") for i, p in enumerate(prefixes)]
+    yield writers, readers
+    for x in (*writers, *readers, *controls):
+        x.close()
+    for p in prefixes:
+        shm.unlink_all(p)
+
+
+def settings(**kw: object) -> DeviceSettings:
+    base: dict[str, object] = dict(model_path="yolov8n-seg.yaml", device="cpu", imgsz=64, nms=NMS,
+                                   batch=BatchPolicy(max_batch=4, max_wait_s=0.005, max_age_s=30))
+    base.update(kw)
+    return DeviceSettings(**base)  # type: ignore[arg-type]
+
+
+def publish(writers: list[shm.RingWriter], index: int) -> None:
+    for w, size in zip(writers, SIZES, strict=True):
+        w.write(make_frame(index, size=size), pts=index / 10, capture_ts=time.time())
+
+
+def run_stage(stage: DeviceStage, writers: list[shm.RingWriter], frames: int) -> None:
+    stop = threading.Event()
+    t = threading.Thread(target=stage.run, args=(stop,))
+    t.start()
+    for i in range(frames):
+        publish(writers, i)
+        time.sleep(0.15)  # let each round be taken before the next supersedes it
+    deadline = time.monotonic() + 60
+    while stage.batches == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    t.join(60)
+    assert not t.is_alive()
+
+
+def test_results_match_engines_postprocess(backend: Backend, rings: tuple) -> None:
+    writers, readers = rings
+    out: list[FrameResult] = []
+    stage = DeviceStage(settings=settings(), backend=backend, readers=readers, emit=out.append)
+    run_stage(stage, writers, frames=1)
+    assert out and {r.camera_id for r in out} <= {"cam0", "cam1", "cam2"}
+    for r in out:
+        i = int(r.camera_id[3:])
+        w, h = SIZES[i]
+        assert r.frame_size == (w, h) and r.model == "yolov8n-seg.yaml" and r.infer_ts >= r.capture_ts
+        assert r.pts == pytest.approx(r.seq / 10) and 0 < len(r.detections) <= 8
+        # The reference: letterbox + model + engines' postprocess with retina (frame-resolution) masks.
+        img = torch.from_numpy(make_frame(r.seq, size=(w, h)))
+        x, infos = letterbox([img], size=64)
+        ref = postprocess(*backend(x), infos, NMS, names=backend.meta.names, retina_masks=True)[0]
+        assert len(r.detections) == len(ref)
+        for det, box, score, cls, mask in zip(r.detections, ref.boxes, ref.scores, ref.class_ids, ref.masks,
+                                              strict=True):
+            assert det.box == pytest.approx(box.tolist(), abs=1e-3)
+            assert det.score == pytest.approx(float(score), rel=1e-5) and det.class_id == int(cls)
+            assert det.label == backend.meta.names[det.class_id]
+            m = decode(det.mask)
+            assert det.mask["size"] == [h, w] and m.shape == (h, w)
+            assert (m != mask.numpy()).mean() < 1e-3  # same masks up to float rounding at the threshold
+    # per-camera counters for the console and metrics
+    assert sum(int(rd.control.get("inferred")) for rd in readers) == len(out)
+    assert all(rd.control.get("latency_ms") > 0 for rd in readers if rd.control.get("inferred"))
+
+
+@pytest.mark.parametrize("fmt, resolution", [("polygon", "frame"), ("rle", "model"), ("none", "frame")])
+def test_mask_formats(backend: Backend, rings: tuple, fmt: str, resolution: str) -> None:
+    writers, readers = rings
+    out: list[FrameResult] = []
+    stage = DeviceStage(settings=settings(masks=fmt, mask_resolution=resolution), backend=backend,
+                        readers=readers, emit=out.append)
+    run_stage(stage, writers, frames=1)
+    dets = [d for r in out for d in r.detections]
+    assert dets
+    for r in out:
+        w, h = r.frame_size
+        for d in r.detections:
+            x1, y1, x2, y2 = d.box
+            if fmt == "none":
+                assert d.mask is None
+            elif fmt == "polygon":
+                assert d.mask and all(len(p) >= 6 and len(p) % 2 == 0 for p in d.mask)
+                xs = [v for p in d.mask for v in p[0::2]]
+                ys = [v for p in d.mask for v in p[1::2]]
+                assert x1 - 1 <= min(xs) and max(xs) <= x2 and y1 - 1 <= min(ys) and max(ys) <= y2
+            else:
+                m = decode(d.mask)
+                yy, xx = np.nonzero(m)
+                assert m.shape == (h, w) and len(xx) > 0
+                assert x1 - 1 <= xx.min() and xx.max() <= x2 and y1 - 1 <= yy.min() and yy.max() <= y2
+
+
+def test_stop_publishes_every_frame_already_taken(backend: Backend, rings: tuple) -> None:
+    writers, readers = rings
+    out: list[FrameResult] = []
+
+    def slow_emit(r: FrameResult) -> None:  # a sink that keeps batches queued inside the stage
+        time.sleep(0.05)
+        out.append(r)
+
+    stage = DeviceStage(settings=settings(batch=BatchPolicy(max_batch=1, max_wait_s=0.0, max_age_s=30)),
+                        backend=backend, readers=readers, emit=slow_emit)
+    stop = threading.Event()
+    t = threading.Thread(target=stage.run, args=(stop,))
+    t.start()
+    for i in range(6):
+        publish(writers, i)
+        time.sleep(0.02)
+    stop.set()  # batches are gathered but not yet published
+    t.join(60)
+    assert not t.is_alive()
+    for rd in readers:
+        if rd.last_seq >= 0:  # every frame the batcher took was published, the last one included
+            assert max(r.seq for r in out if r.camera_id == rd.camera_id) == rd.last_seq
+    assert len({(r.camera_id, r.seq) for r in out}) == len(out)
+
+
+def test_first_error_wins_and_nothing_deadlocks(backend: Backend, rings: tuple) -> None:
+    writers, readers = rings
+
+    def broken_emit(r: FrameResult) -> None:
+        raise RuntimeError("sink went away")
+
+    stage = DeviceStage(settings=settings(depth=1), backend=backend, readers=readers, emit=broken_emit)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            stage.run(stop)
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    t = threading.Thread(target=run)
+    t.start()
+    for i in range(20):  # keep frames coming: the upstream threads must still wind down
+        publish(writers, i)
+        time.sleep(0.02)
+        if not t.is_alive():
+            break
+    t.join(60)
+    assert not t.is_alive() and not stop.is_set()
+    assert len(errors) == 1 and str(errors[0]) == "sink went away"
+    assert stage._pool.qsize() == stage.s.depth + 2  # every staging arena came back
