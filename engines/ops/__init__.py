@@ -7,15 +7,9 @@ on the host. Imports nothing from ``pipeline``. COCO RLE lives in ``engines.ops.
 from __future__ import annotations
 
 from engines.ops.boxes import box_iou, clip_boxes, scale_boxes, xywh2xyxy, xyxy2xywh
+from engines.ops.crops import input_mask_crops, mask_crops, paste_crops, retina_mask_crops
 from engines.ops.letterbox import LetterboxInfo, letterbox, letterbox_geometry
-from engines.ops.masks import (
-    crop_mask,
-    mask_crops,
-    paste_crops,
-    process_masks,
-    process_masks_native,
-    scale_masks,
-)
+from engines.ops.masks import crop_mask, process_masks, process_masks_native, scale_masks
 from engines.ops.nms import NMSConfig, nms, non_max_suppression
 from engines.ops.polygons import mask_to_polygons
 
@@ -23,7 +17,7 @@ from engines.ops.polygons import mask_to_polygons
 from engines.ops.postprocess import postprocess  # noqa: E402
 
 __all__ = [
-    "LetterboxInfo", "NMSConfig", "box_iou", "clip_boxes", "crop_mask", "letterbox", "letterbox_geometry",
+    "LetterboxInfo", "NMSConfig", "box_iou", "clip_boxes", "crop_mask", "input_mask_crops", "letterbox", "letterbox_geometry",
     "mask_crops", "mask_to_polygons", "nms", "non_max_suppression", "paste_crops", "process_masks",
-    "postprocess", "process_masks_native", "scale_boxes", "scale_masks", "xywh2xyxy", "xyxy2xywh",
+    "postprocess", "process_masks_native", "retina_mask_crops", "scale_boxes", "scale_masks", "xywh2xyxy", "xyxy2xywh",
 ]

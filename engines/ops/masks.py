@@ -6,8 +6,8 @@ object's box. Three routes, all Ultralytics' semantics:
 - :func:`process_masks`: logits upsampled to the model input (h, w), thresholded, cut to the box in
   input pixels; :func:`scale_masks` then takes them to the original frame (bilinear, > 0.5).
 - :func:`process_masks_native` ("retina masks"): logits upsampled straight to the original frame.
-- :func:`mask_crops`: the retina route evaluated only inside each box, for the streaming runtime: a
-  1080p frame with 100 objects never holds 100 frame-sized masks.
+
+engines.ops.crops evaluates the same routes only inside each box (streaming runtime, fast postprocess).
 
 protos: (nm, mh, mw) float, the prototype maps of one image (nm = 32, mh, mw = input h/4, w/4).
 coeffs: (n, nm) float, one row of mask coefficients per detection. boxes: (n, 4) xyxy float.
@@ -122,62 +122,6 @@ def scale_masks(masks: torch.Tensor, shape: tuple[int, int], *, info: LetterboxI
                          align_corners=False)
 
 
-def mask_crops(protos: torch.Tensor, coeffs: torch.Tensor, boxes: torch.Tensor,
-               shape: tuple[int, int]) -> list[tuple[int, int, torch.Tensor]]:
-    """Per-detection retina masks computed only inside each box, at frame resolution, on the device.
-
-    boxes: (n, 4) xyxy in original-frame pixels; shape: frame (H, W). Returns, per detection,
-    ``(x0, y0, crop)`` with crop bool (h_i, w_i) on the protos' device covering frame pixels
-    ``[y0, y0 + h_i) x [x0, x0 + w_i)``; everything outside is background. Pasting the crops into
-    zero frames gives :func:`process_masks_native`'s masks (up to float rounding at the 0 threshold).
-
-    Both resize steps of the native route are linear per axis, so one (H, mh) and one (W, mw) weight
-    matrix describe them; a crop is ``Ay[rows] @ (coeffs_i @ protos) @ Ax[cols].T`` restricted to the
-    prototype band those rows and columns read.
-    """
-    _, mh, mw = _check(protos, coeffs, boxes)
-    h, w = shape
-    if coeffs.shape[0] == 0:
-        return []
-    f = _native_upsample_factor(mh, mw, h, w)
-    top, left, bottom, right = _inferred_window(f * mh, f * mw, h, w)
-    ay = _axis_weights(mh, f, top, bottom, h, protos.device)
-    ax = _axis_weights(mw, f, left, right, w, protos.device)
-    y_band, x_band = _bands(ay), _bands(ax)
-    protos = protos.float()
-    coeffs = coeffs.float()
-    crops = []
-    # One host read of the boxes: the crop bounds index Python slices.
-    for i, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
-        x0, xe = _span(x1, x2, w)
-        y0, ye = _span(y1, y2, h)
-        if xe <= x0 or ye <= y0:
-            crops.append((x0, y0, torch.zeros((max(ye - y0, 0), max(xe - x0, 0)), dtype=torch.bool,
-                                              device=protos.device)))
-            continue
-        py0, py1 = y_band[0][y0], y_band[1][ye - 1] + 1
-        px0, px1 = x_band[0][x0], x_band[1][xe - 1] + 1
-        p = protos[:, py0:py1, px0:px1]
-        m = (coeffs[i] @ p.reshape(p.shape[0], -1)).view(py1 - py0, px1 - px0)
-        logits = ay[y0:ye, py0:py1] @ m @ ax[x0:xe, px0:px1].T
-        crops.append((x0, y0, logits > 0))
-    return crops
-
-
-def paste_crops(crops: list[tuple[int, int, torch.Tensor]], shape: tuple[int, int],
-                device: torch.device | str | None = None) -> torch.Tensor:
-    """Inverse of :func:`mask_crops`: bool (n, H, W) frame masks from (x0, y0, crop) triples."""
-    out = torch.zeros((len(crops), *shape), dtype=torch.bool, device=device)
-    for i, (x0, y0, c) in enumerate(crops):
-        out[i, y0:y0 + c.shape[0], x0:x0 + c.shape[1]] = c.to(out.device)
-    return out
-
-
-def _span(a: float, b: float, size: int) -> tuple[int, int]:
-    """Pixel indices c with a <= c < b, clamped to [0, size): (first, end)."""
-    return min(max(math.ceil(a), 0), size), min(max(math.ceil(b), 0), size)
-
-
 def _native_upsample_factor(mh: int, mw: int, h: int, w: int) -> int:
     """Ultralytics' choice of f in {1, 2, 4}: the smallest prototype upsample that crops the inferred
     letterbox padding on whole pixels."""
@@ -193,44 +137,6 @@ def _inferred_window(ih: int, iw: int, oh: int, ow: int) -> tuple[int, int, int,
     ch, cw = max(round(oh * gain), 1), max(round(ow * gain), 1)
     top, left = round((ih - ch) / 2 - 0.1), round((iw - cw) / 2 - 0.1)
     return top, left, top + ch, left + cw
-
-
-def _linear_weights(in_size: int, out_size: int, scale: float,
-                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """PyTorch's bilinear (align_corners=False) taps along one axis: for each output index the two
-    source indices and the weight of the second, with source = scale * (dst + 0.5) - 0.5 clamped at 0."""
-    dst = torch.arange(out_size, device=device, dtype=torch.float32)
-    src = (torch.tensor(scale, dtype=torch.float32, device=device) * (dst + 0.5) - 0.5).clamp_(min=0)
-    i0 = src.long()
-    lam = (src - i0).clamp_(0, 1)
-    i1 = torch.where(i0 < in_size - 1, i0 + 1, i0)
-    return i0, i1, lam
-
-
-def _axis_weights(m: int, f: int, lo: int, hi: int, out_size: int, device: torch.device) -> torch.Tensor:
-    """(out_size, m) float32: upsample m -> f*m, keep [lo, hi), resize to out_size, as one matrix."""
-    if f > 1:
-        i0, i1, lam = _linear_weights(m, f * m, 1.0 / f, device)
-        up = torch.zeros((f * m, m), dtype=torch.float32, device=device)
-        rows = torch.arange(f * m, device=device)
-        up.index_put_((rows, i0), 1 - lam, accumulate=True)
-        up.index_put_((rows, i1), lam, accumulate=True)
-    else:
-        up = torch.eye(m, dtype=torch.float32, device=device)
-    up = up[lo:hi]
-    n_in = hi - lo
-    # Ultralytics resizes with an explicit size, so PyTorch's scale is n_in / out_size in float32.
-    scale = float(torch.tensor(n_in, dtype=torch.float32) / out_size)
-    i0, i1, lam = _linear_weights(n_in, out_size, scale, device)
-    return (1 - lam)[:, None] * up[i0] + lam[:, None] * up[i1]
-
-
-def _bands(a: torch.Tensor) -> tuple[list[int], list[int]]:
-    """First and last prototype index each output row of a weight matrix reads (host lists)."""
-    nz = a != 0
-    first = nz.to(torch.uint8).argmax(1)
-    last = a.shape[1] - 1 - nz.flip(1).to(torch.uint8).argmax(1)
-    return first.tolist(), last.tolist()
 
 
 def _chunk(pixels_per_mask: int) -> int:

@@ -81,7 +81,7 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou: float, *, max_keep: int 
 
 
 def _blocked_nms(boxes: torch.Tensor, scores: torch.Tensor, iou: float, *, max_keep: int | None,
-                 block: int = NMS_BLOCK) -> torch.Tensor:
+                 block: int | None = None) -> torch.Tensor:
     """Greedy NMS over score-sorted blocks.
 
     Take the best ``block`` boxes still alive, solve their greedy answer with
@@ -89,6 +89,7 @@ def _blocked_nms(boxes: torch.Tensor, scores: torch.Tensor, iou: float, *, max_k
     suppresses. Detections come in clusters, so a few blocks usually clear most candidates and the cost
     stays near O(n * kept) instead of the O(n^2) of a full IoU matrix.
     """
+    block = block or NMS_BLOCK
     order = torch.sort(scores, descending=True, stable=True).indices
     remaining = order  # input indices, best first, not yet decided, not suppressed by anything kept
     kept: list[torch.Tensor] = []

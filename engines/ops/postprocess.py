@@ -1,7 +1,8 @@
 """Model output -> per-image Detections. Imports engines.ops and (lazily) engines.structures only.
 
 Reproduces Ultralytics' SegmentationPredictor.postprocess: NMS, masks (input-resolution or retina),
-boxes mapped to the frame, detections whose mask came out empty dropped.
+boxes mapped to the frame, detections whose mask came out empty dropped. Masks are evaluated inside
+each box only (engines.ops.crops) and pasted into frame-sized masks.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from engines.ops.boxes import scale_boxes
+from engines.ops.crops import input_mask_crops, mask_crops, paste_crops
 from engines.ops.letterbox import LetterboxInfo
-from engines.ops.masks import _PIXEL_BUDGET, process_masks, process_masks_native, scale_masks
 from engines.ops.nms import NMSConfig, non_max_suppression
 
 if TYPE_CHECKING:
@@ -45,32 +46,19 @@ def _one_image(rows: torch.Tensor, proto: torch.Tensor, info: LetterboxInfo, nam
     # engines.ops re-exports this function, so a top-level import would be circular.
     from engines.structures import Detections
 
-    boxes, coeffs = rows[:, :4], rows[:, 6:]
+    boxes = scale_boxes(rows[:, :4], info)
     frame_masks = None
-    if not masks:
-        boxes = scale_boxes(boxes, info)
-    elif retina_masks:
-        boxes = scale_boxes(boxes, info)
-        frame_masks = process_masks_native(proto, coeffs, boxes, info.orig_shape)
-    else:
-        input_masks = process_masks(proto, coeffs, boxes, info.new_shape, upsample=True)
-        boxes = scale_boxes(boxes, info)
-        keep = input_masks.flatten(1).any(1)  # Ultralytics drops objects whose mask is empty at the input
-        rows, boxes, input_masks = rows[keep], boxes[keep], input_masks[keep]
-        frame_masks = _input_masks_to_frame(input_masks, info)
-    if retina_masks and masks:
-        keep = frame_masks.flatten(1).any(1)
-        rows, boxes, frame_masks = rows[keep], boxes[keep], frame_masks[keep]
+    if masks:
+        # Box-restricted evaluation (engines.ops.crops): the same pixels as Ultralytics' full-frame
+        # process_mask(+scale_masks) / process_mask_native in the reference tests, 5-10x less work.
+        if retina_masks:
+            crops = mask_crops(proto, rows[:, 6:], boxes, info.orig_shape)
+            has = [bool(v) for v in torch.stack([c.any() for _, _, c in crops]).tolist()] if crops else []
+        else:
+            crops, has = input_mask_crops(proto, rows[:, 6:], rows[:, :4], info)
+        if not all(has):  # Ultralytics drops objects whose mask has no pixel
+            keep = torch.tensor(has, dtype=torch.bool, device=rows.device)
+            rows, boxes, crops = rows[keep], boxes[keep], [c for c, k in zip(crops, has, strict=True) if k]
+        frame_masks = paste_crops(crops, info.orig_shape, device=rows.device)
     return Detections(boxes=boxes.float(), scores=rows[:, 4].float(), class_ids=rows[:, 5].long(),
                       masks=frame_masks, orig_shape=info.orig_shape, names=names)
-
-
-def _input_masks_to_frame(input_masks: torch.Tensor, info: LetterboxInfo) -> torch.Tensor:
-    """bool (n, h, w) at the model input -> bool (n, H, W) in the frame, in chunks so the float
-    intermediate of many masks on a large frame stays within the pixel budget."""
-    h, w = info.orig_shape
-    out = torch.empty((input_masks.shape[0], h, w), dtype=torch.bool, device=input_masks.device)
-    step = max(1, _PIXEL_BUDGET // (h * w))
-    for i in range(0, input_masks.shape[0], step):
-        torch.gt(scale_masks(input_masks[None, i:i + step], (h, w), info=info)[0], 0.5, out=out[i:i + step])
-    return out

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from engines.ops import (
     crop_mask,
+    input_mask_crops,
     letterbox_geometry,
     mask_crops,
     paste_crops,
@@ -66,6 +67,9 @@ def test_input_resolution_masks_match_ultralytics(ref: dict[str, np.ndarray], ci
         expected = _unpack(ref[f"{key}__scaled"], ow)
         np.testing.assert_array_equal((scale_masks(up[None], (oh, ow), info=info)[0] > 0.5).numpy(), expected)
         np.testing.assert_array_equal((scale_masks(up[None], (oh, ow))[0] > 0.5).numpy(), expected)
+        crops, has = input_mask_crops(protos, coeffs, boxes, info)  # the box-restricted route
+        np.testing.assert_array_equal(paste_crops(crops, (oh, ow)).numpy(), expected)
+        assert has == up.flatten(1).any(1).tolist()
 
 
 @pytest.mark.parametrize(("ci", "auto", "n_frames"), CASES)
@@ -85,12 +89,19 @@ def test_native_masks_and_crops_match_ultralytics(ref: dict[str, np.ndarray], ci
         np.testing.assert_array_equal(paste_crops(crops, (oh, ow)).numpy(), expected, err_msg=key)
 
 
-def test_crops_at_1080p_equal_the_full_frame_route() -> None:
-    """640 input letterboxed from 1920x1080; each crop is only as large as its box. Measured: the crops
-    reproduce process_masks_native pixel for pixel (IoU 1.0 for every object)."""
+def _iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    inter = (a & b).flatten(1).sum(1).double()
+    union = (a | b).flatten(1).sum(1).double()
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+
+
+def test_crops_at_1080p_equal_the_full_frame_routes() -> None:
+    """640 input letterboxed from 1920x1080; each crop is only as large as its box. Measured: both crop
+    routes reproduce the full-frame routes pixel for pixel (IoU 1.0 for every object)."""
     g = torch.Generator().manual_seed(5)
     protos = _smooth_protos(g, 160, 160)
-    n, (h, w) = 12, (1080, 1920)
+    n, (h, w) = 8, (1080, 1920)
+    info = letterbox_geometry((h, w), size=640)
     coeffs = torch.randn(n, 32, generator=g)
     xy = torch.rand(n, 2, generator=g) * torch.tensor([w * 0.8, h * 0.8])
     wh = 16 + torch.rand(n, 2, generator=g) * torch.tensor([w * 0.5, h * 0.5])
@@ -103,12 +114,15 @@ def test_crops_at_1080p_equal_the_full_frame_route() -> None:
         x1, y1, x2, y2 = boxes[i].tolist()
         assert (x0, y0) == (int(np.ceil(x1)), int(np.ceil(y1)))
         assert crop.shape == (int(np.ceil(y2)) - y0, int(np.ceil(x2)) - x0)
-    pasted = paste_crops(crops, (h, w))
-    inter = (pasted & full).flatten(1).sum(1).double()
-    union = (pasted | full).flatten(1).sum(1).double()
-    iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
-    assert float(iou.min()) > 0.99
+    assert float(_iou(paste_crops(crops, (h, w)), full).min()) > 0.99
     assert int(full.flatten(1).any(1).sum()) >= n - 2  # the objects are not trivially empty
+    # Input-resolution route: boxes in input pixels, masks at 640 then un-letterboxed to 1080p.
+    left, top = info.pad
+    in_boxes = boxes * info.gain + torch.tensor([left, top, left, top], dtype=torch.float32)
+    dense = scale_masks(process_masks(protos, coeffs, in_boxes, (640, 640))[None], (h, w), info=info)[0] > 0.5
+    in_crops, has = input_mask_crops(protos, coeffs, in_boxes, info)
+    assert float(_iou(paste_crops(in_crops, (h, w)), dense).min()) > 0.99
+    assert sum(has) >= n - 2
 
 
 def test_crop_mask_box_edges_are_half_open() -> None:
@@ -130,6 +144,7 @@ def test_empty_and_degenerate() -> None:
     assert process_masks(protos, none_c, none_b, (64, 64), upsample=False).shape == (0, 16, 16)
     assert process_masks_native(protos, none_c, none_b, (48, 64)).shape == (0, 48, 64)
     assert mask_crops(protos, none_c, none_b, (48, 64)) == []
+    assert input_mask_crops(protos, none_c, none_b, letterbox_geometry((48, 64), size=64)) == ([], [])
     assert scale_masks(torch.zeros((1, 0, 64, 64)), (48, 64)).shape == (1, 0, 48, 64)
     boxes = torch.tensor([[10.0, 10.0, 10.0, 30.0], [70.0, 5.0, 90.0, 20.0]])  # zero width; outside the frame
     crops = mask_crops(protos, torch.randn(2, 32), boxes, (48, 64))
@@ -151,7 +166,8 @@ def test_scale_masks_rejects_mismatched_info() -> None:
 def test_shape_errors(protos: torch.Tensor, coeffs: torch.Tensor, boxes: torch.Tensor, match: str) -> None:
     for fn in (lambda: process_masks(protos, coeffs, boxes, (32, 32)),
                lambda: process_masks_native(protos, coeffs, boxes, (32, 32)),
-               lambda: mask_crops(protos, coeffs, boxes, (32, 32))):
+               lambda: mask_crops(protos, coeffs, boxes, (32, 32)),
+               lambda: input_mask_crops(protos, coeffs, boxes, letterbox_geometry((32, 32), size=32))):
         with pytest.raises(ValueError, match=match):
             fn()
 
