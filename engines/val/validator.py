@@ -22,7 +22,7 @@ from engines.data.dataset import SegDataset
 from engines.data.loader import SegLoader
 from engines.data.spec import DataSpec, load_data_yaml
 from engines.device import parse_device
-from engines.errors import ConfigError, ModelError
+from engines.errors import ConfigError, DataError, ModelError
 from engines.ops.nms import NMSConfig
 from engines.ops.postprocess import postprocess
 from engines.structures import Detections
@@ -189,24 +189,46 @@ def resolve_data(data: str | os.PathLike[str] | DataSpec | None, model_data: str
         return load_data_yaml(data)
     if not model_data:
         raise ConfigError("--data", f"{model} does not name the dataset it was trained on; pass --data")
-    return load_data_yaml(model_data)
+    try:
+        return load_data_yaml(model_data)
+    except DataError as e:
+        raise DataError(f"{e} (the dataset {model} was trained on; pass --data)") from None
+
+
+def model_data(backend: Any) -> str | None:
+    """The data YAML a loaded model names: from the backend's metadata, else (torch checkpoints)
+    from the checkpoint's own ``ModelMeta.data``."""
+    meta = backend.meta
+    data = getattr(meta, "data", None) or meta.extra.get("data")
+    path = Path(backend.path)
+    if data is None and path.is_file() and path.suffix not in (".yaml", ".yml", ".onnx", ".engine"):
+        from engines.checkpoint import load_checkpoint
+        from engines.errors import CheckpointError
+
+        try:
+            data = load_checkpoint(path).meta.data
+        except CheckpointError:  # not a checkpoint (e.g. TorchScript): it names no dataset
+            data = None
+    return data
 
 
 def validate(model: Any, *, data: str | os.PathLike[str] | DataSpec | None = None, split: str = "val",
              imgsz: int | None = None, batch: int = 16, device: str | torch.device | None = None,
              conf: float = 0.001, iou: float = 0.7, max_det: int = 300, save_json: bool = False,
              out_dir: str | os.PathLike[str] | None = None, plots: bool = False, verbose: bool = True,
-             workers: int = 0, backend: str = "auto") -> SegMetrics:
+             workers: int = 0, backend: str = "auto", half: bool = False) -> SegMetrics:
     """Validate a model file or a loaded ``Backend``; dataset and imgsz default to the model's own.
 
-    model: a path (any backend format) or an ``engines.backends.Backend``. Returns SegMetrics.
+    model: a path (any backend format) or an ``engines.backends.Backend``; half: fp16 weights when
+    loading a path on CUDA. Returns SegMetrics.
     """
-    from engines.backends import Backend, load_backend
+    from engines.backends import Backend, BackendOptions, load_backend
 
     if not isinstance(model, Backend):
-        model = load_backend(model, device=device if device is not None else "cpu", backend=backend)
+        model = load_backend(model, device=device if device is not None else "cpu", backend=backend,
+                             options=BackendOptions(half=half))
     meta = model.meta
-    spec = resolve_data(data, getattr(meta, "data", None) or meta.extra.get("data"), str(model.path))
+    spec = resolve_data(data, model_data(model) if data is None else None, str(model.path))
     if imgsz is None:
         h, w = meta.imgsz
         if h != w and not meta.dynamic:

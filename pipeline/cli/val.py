@@ -28,6 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-json", action="store_true",
                    help="write predictions.json + ground_truth.json (COCO) and check them with pycocotools")
     p.add_argument("--plots", action="store_true", help="PR/F1 curves and label/prediction image grids")
+    p.add_argument("--half", action="store_true", help="fp16 inference (CUDA)")
     p.add_argument("--workers", type=int, default=2, help="data loading processes (default 2)")
     p.add_argument("--out", default="runs/val", help="output folder (default runs/val)")
 
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     metrics = validate(args.model, data=args.data, split=args.split, imgsz=args.imgsz, batch=args.batch,
                        device=args.device, conf=args.conf, iou=args.iou, max_det=args.max_det,
                        save_json=args.save_json, out_dir=out, plots=args.plots, workers=args.workers,
-                       backend=args.backend)
+                       backend=args.backend, half=args.half)
     print(summary_line(metrics))
     sp = metrics.speed
     print(f"speed: {sp.preprocess:.1f} ms preprocess, {sp.inference:.1f} ms inference, "

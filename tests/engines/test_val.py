@@ -157,3 +157,24 @@ def test_cli_fixture_checkpoint_agrees_with_cocoeval(data_yaml: Path, tmp_path: 
     for k, v in ref.items():
         assert abs(saved[k] - v) < 0.01, (k, saved[k], v)
     assert saved["seg.map50"] > 0.3 and saved["box.map50"] > 0.3  # the model overfit these images
+
+
+def test_cli_checkpoint_remembers_data_and_imgsz(data_yaml: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """`segpipe val --model best.pt` alone: dataset and input size come from the checkpoint."""
+    from engines.checkpoint import ModelMeta, save_checkpoint
+    from engines.nn.model import SegmentationModel
+
+    spec = load_data_yaml(data_yaml)
+    torch.manual_seed(0)
+    model = SegmentationModel("yolov8n-seg.yaml", nc=spec.nc)
+    ckpt = save_checkpoint(tmp_path / "best.pt", state_dict=model.state_dict(), meta=ModelMeta(
+        names=spec.names, model_yaml=model.yaml, imgsz=IMGSZ, stride=32, data=str(data_yaml)))
+    out = tmp_path / "run"
+    # an untrained head scores ~1e-3: conf 0.01 keeps post-processing cheap on 2 cores
+    assert cli(["val", "--model", str(ckpt), "--conf", "0.01", "--workers", "0", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    row = next(ln.split() for ln in printed.splitlines() if ln.split()[:1] == ["all"])
+    assert row[1:3] == [str(N_IMAGES), str(sum(len(t) for t in Validator(data=spec).truths))]
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["box.map"] == 0.0 and len(saved["seg.maps"]) == spec.nc
