@@ -248,22 +248,17 @@ class MetricsAccumulator:
         self._evals.append((image_index, ev))
 
     def compute(self) -> tuple[MetricSet, MetricSet]:
-        evs = [e for _, e in self._evals]
-        image = np.concatenate([np.full(len(e.cls), i, np.int64) for i, e in self._evals] or [np.zeros(0, int)])
-        cat = lambda name: np.concatenate([getattr(e, name) for e in evs]) if evs else None  # noqa: E731
-        T = len(IOU_THRESHOLDS)
-        if not evs:
-            empty = np.zeros(0)
-            scores, cls, top = empty, empty.astype(np.int64), empty.astype(bool)
-            box = (np.zeros((0, T), bool),) * 2
-            seg = box
-        else:
-            scores, cls, top = cat("scores"), cat("cls"), cat("top")
-            box = (cat("box_tp"), cat("box_ignored"))
-            seg = (cat("mask_tp"), cat("mask_ignored"))
-        return tuple(  # type: ignore[return-value]
-            self._reduce(scores, cls, image, top, tp, ig) for tp, ig in (box, seg)
-        )
+        """``(box, seg)`` over every image added since the last ``reset``."""
+        none = np.zeros((0, len(IOU_THRESHOLDS)), bool)
+
+        def cat(name: str, empty: np.ndarray) -> np.ndarray:
+            return np.concatenate([getattr(e, name) for _, e in self._evals] + [empty])
+
+        image = np.concatenate([np.full(len(e.cls), i, np.int64) for i, e in self._evals] + [np.zeros(0, np.int64)])
+        scores, cls, top = cat("scores", np.zeros(0)), cat("cls", np.zeros(0, np.int64)), cat("top", none[:, 0])
+        box = self._reduce(scores, cls, image, top, cat("box_tp", none), cat("box_ignored", none))
+        seg = self._reduce(scores, cls, image, top, cat("mask_tp", none), cat("mask_ignored", none))
+        return box, seg
 
     def _reduce(self, scores: np.ndarray, cls: np.ndarray, image: np.ndarray, top: np.ndarray,
                 tp: np.ndarray, ignored: np.ndarray) -> MetricSet:
