@@ -124,7 +124,7 @@ def _rail(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 
 def place(rng: np.random.Generator, layout: FactoryLayout) -> list[tuple[ObjectSpec, Pose]]:
     """Random objects on (mostly) the belt, in drawing order (later ones lie on top)."""
-    n = int(rng.integers(3, 12))
+    n = int(rng.integers(4, 15))  # traffic scenes hold more objects; keep the classes balanced
     out: list[tuple[ObjectSpec, Pose]] = []
     for _ in range(n):
         kind = "metal_part" if rng.random() < 0.15 else _LABELLED[int(rng.integers(len(_LABELLED)))]
