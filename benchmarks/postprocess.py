@@ -52,7 +52,7 @@ def synthetic_output(k: int, info, g: torch.Generator, cluster: int = 10) -> tup
         box = torch.tensor([cx, cy, cw * 0.7, ch * 0.7]) + jitter
         pred[0, :4, idx[j]] = box.T
         pred[0, 4 + j % NC, idx[j]] = 0.9 - 0.02 * torch.arange(cluster, dtype=torch.float32)
-        pred[0, 4 + NC:, idx[j]] = torch.randn((NM, 1), generator=g).expand(NM, cluster)
+        pred[0, 4 + NC:, idx[j]] = (torch.randn((NM, 1), generator=g) * 0.05).expand(NM, cluster)
     pred[0, 4 + NC] = 2.0  # with the constant prototype below: every object's mask is mostly foreground
     proto = F.interpolate(torch.randn((1, NM, 20, 20), generator=g) * 4, (160, 160), mode="bilinear")
     proto[0, 0] = 1.0
@@ -98,7 +98,7 @@ def nms_blocks(repeats: int) -> None:
     print("block  " + "  ".join(f"{c:>30}" for c in cases))
     outputs = {c: synthetic_output(k, info, g)[0] for c, (k, _) in cases.items()}
     default = nms_mod.NMS_BLOCK
-    for block in (64, 128, 256, 512, 1024, 2048):
+    for block in (16, 32, 64, 128, 256, 512, 1024):
         nms_mod.NMS_BLOCK = block
         cells = [median_ms(lambda c=c, conf=conf: non_max_suppression(outputs[c], NMSConfig(conf=conf), nc=NC),
                            repeats) for c, (_, conf) in cases.items()]
@@ -129,18 +129,22 @@ def main() -> None:
     print(head + (f" {'share (input / retina / stream)':>33}" if infer else ""))
     g = torch.Generator().manual_seed(0)
     for k in (1, 10, 50, 100):
-        pred, proto = synthetic_output(k, info, g)
-        got = len(postprocess(pred, proto, [info], cfg, names=NAMES)[0])
-        assert got == k, f"synthetic output gave {got} detections, expected {k}"
-        t_nms = median_ms(lambda: non_max_suppression(pred, cfg, nc=NC), args.repeats)
-        t_in = median_ms(lambda: postprocess(pred, proto, [info], cfg, names=NAMES), args.repeats)
-        t_ret = median_ms(lambda: postprocess(pred, proto, [info], cfg, names=NAMES, retina_masks=True),
-                          args.repeats)
-        t_st = median_ms(lambda: stream_route(pred, proto, info, cfg), args.repeats)
+        t_nms, t_in, t_ret, t_st = time_routes(k, info, cfg, g, args.repeats)
         line = f"{k:>5} {t_nms:>8.1f} {t_in:>12.1f} {t_ret:>9.1f} {t_st:>11.1f}"
         if infer:
             line += f" {100 * t_in / infer:>15.0f}% /{100 * t_ret / infer:>5.0f}% /{100 * t_st / infer:>5.0f}%"
         print(line)
+
+
+def time_routes(k: int, info, cfg: NMSConfig, g: torch.Generator, repeats: int) -> tuple[float, ...]:
+    """Median ms of NMS, postprocess (input masks), postprocess (retina), streaming route for k objects."""
+    pred, proto = synthetic_output(k, info, g)
+    got = len(postprocess(pred, proto, [info], cfg, names=NAMES)[0])
+    assert got == k, f"synthetic output gave {got} detections, expected {k}"
+    return (median_ms(lambda: non_max_suppression(pred, cfg, nc=NC), repeats),
+            median_ms(lambda: postprocess(pred, proto, [info], cfg, names=NAMES), repeats),
+            median_ms(lambda: postprocess(pred, proto, [info], cfg, names=NAMES, retina_masks=True), repeats),
+            median_ms(lambda: stream_route(pred, proto, info, cfg), repeats))
 
 
 if __name__ == "__main__":

@@ -17,10 +17,12 @@ import torch
 from engines.errors import ConfigError
 from engines.ops.boxes import box_iou, xywh2xyxy
 
-# Boxes per block of the blocked greedy pass (see _blocked_nms). Each block costs a (B, B) IoU matrix
-# plus (kept, rest) for culling; 128..512 were within noise of each other on 2 shared CPU cores for
-# 300..3000 candidates and 1024 was slower (`python benchmarks/postprocess.py --nms-blocks`).
-NMS_BLOCK = 256
+# Boxes per block of the blocked greedy pass (see _blocked_nms). Each block costs a (B, B) IoU matrix,
+# the culling of later boxes by its kept ones, and a host sync. On 2 CPU cores, 1 thread, 1000 and 8400
+# candidates (`python benchmarks/postprocess.py --nms-blocks`): 32..256 within noise at 1000 (7-8 ms),
+# 64 best at 8400 (104 ms vs 144 at 128, 415 at 1024). Not yet measured on CUDA, where fewer, larger
+# blocks (fewer syncs) may win.
+NMS_BLOCK = 64
 # After this many fixed-point rounds in one block the rest of that block is resolved sequentially
 # (only adversarial chains of boxes, each overlapping just the next, need more rounds).
 _MAX_ROUNDS = 32
