@@ -208,6 +208,7 @@ def read_torch_zip(path: Path) -> Any:
             if len(pkls) != 1:
                 raise CheckpointError(f"{path}: a zip, but not a PyTorch checkpoint (no <archive>/data.pkl)")
             prefix = pkls[0][: -len("data.pkl")]
+            _check_sizes(zf, path)
             order = f"{prefix}byteorder"
             if order in names and zf.read(order).strip() not in (b"little", b""):
                 raise CheckpointError(f"{path}: big-endian checkpoints are not supported")
@@ -216,6 +217,14 @@ def read_torch_zip(path: Path) -> Any:
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({e})") from None
     except (pickle.UnpicklingError, ValueError, TypeError, IndexError, AttributeError, RuntimeError) as e:
         raise CheckpointError(f"{path}: corrupt checkpoint pickle ({type(e).__name__}: {e})") from None
+
+
+def _check_sizes(zf: zipfile.ZipFile, path: Path) -> None:
+    # torch.save stores members uncompressed; a highly compressed member can only be a zip bomb.
+    for info in zf.infolist():
+        if info.compress_type != zipfile.ZIP_STORED and info.file_size > 100 * max(info.compress_size, 1024):
+            raise CheckpointError(f"{path}: member {info.filename} expands {info.file_size} bytes from "
+                                  f"{info.compress_size} (not a torch.save checkpoint)")
 
 
 def _read_member(zf: zipfile.ZipFile, name: str) -> bytes:

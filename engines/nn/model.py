@@ -79,6 +79,10 @@ def resolve_model_cfg(cfg: str | Path | dict[str, Any], scale: str | None = None
             log.warning("%s: no model scale given, using scale '%s'", name, scale)
         if scale not in scales:
             raise ModelError(f"unknown model scale '{scale}' for {name} (known: {', '.join(scales)})")
+        row = scales[scale]
+        if not (isinstance(row, list | tuple) and len(row) == 3
+                and all(isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in row)):
+            raise ConfigError(f"{name}: scales.{scale}", f"expected [depth, width, max_channels] > 0, got {row!r}")
     elif scale:
         raise ModelError(f"{name} has no 'scales', so scale '{scale}' cannot be applied")
     d["scale"] = scale

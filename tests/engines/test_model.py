@@ -226,6 +226,8 @@ def _edited(tmp_path: Path, edit: str) -> Path:
         d["backbone"][0][3] = ["x", 3, 2]
     elif edit == "no head":
         del d["head"]
+    elif edit == "bad scale row":
+        d["scales"]["n"] = [0.33, 0.25]
     elif edit == "mixed strides":
         d["head"][1][0] = [-1, 4]
     path = tmp_path / "custom-seg.yaml"
@@ -242,6 +244,7 @@ def _edited(tmp_path: Path, edit: str) -> Path:
         ("bad args", r"backbone\[0\]: bad arguments"),
         ("no head", r"head: missing or empty"),
         ("mixed strides", r"head\[1\]: bad arguments .* different strides"),
+        ("bad scale row", r"custom-seg.yaml: scales.n: expected \[depth, width, max_channels\]"),
     ],
 )
 def test_bad_model_yaml(tmp_path: Path, edit: str, match: str) -> None:
@@ -256,3 +259,16 @@ def test_custom_yaml_file_and_default_scale(tmp_path: Path, caplog: pytest.LogCa
     assert d["scale"] == "n" and "no model scale given" in caplog.text
     assert resolve_model_cfg("yolov8x-seg.yaml")["scale"] == "x"
     assert resolve_model_cfg(d)["scale"] == "n"  # a resolved dict (as checkpoints store it) round-trips
+
+
+def test_cli_info_on_yaml(capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline.cli import main as cli_main
+
+    assert cli_main(["info", "--model", "yolov8s-seg.yaml", "--nc", "3", "--imgsz", "320"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == "yolov8s-seg summary: 216 layers, 11,791,257 parameters, 3 classes, 10.6 GFLOPs at 320x320"
+    assert len(out) == 1 + 23 + 1
+    assert cli_main(["info", "model=yolov8q-seg.yaml"]) == 1
+    assert "unknown model scale 'q'" in capsys.readouterr().err
+    assert cli_main(["info", "--model", "yolov8n-seg.yaml", "--imgsz", "100"]) == 2
+    assert capsys.readouterr().err.strip() == "segpipe info: error: --imgsz: must be a positive multiple of 32, got 100"
