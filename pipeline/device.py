@@ -21,6 +21,7 @@ keep draining their queue (so nobody blocks on a full one) and ``run()`` re-rais
 from __future__ import annotations
 
 import math
+import os
 import queue
 import signal
 import threading
@@ -178,7 +179,7 @@ class DeviceStage:
         for t in threads:
             while t.is_alive():
                 t.join(report_every_s)
-                if report is not None:
+                if report is not None and t.is_alive():
                     report(self.take_stats())
         if report is not None:
             report(self.take_stats())
@@ -412,10 +413,12 @@ def device_main(settings: DeviceSettings, cameras: Sequence[tuple[str, str]], re
     cameras: (camera id, shared-memory prefix) pairs. results: the sink stage's queue (FrameResults
     are put there; the supervisor adds STOP once this process has exited). stop: a multiprocessing
     Event; once set, batches already gathered are finished and the process ends. conn: one
-    ``("ready", description)`` after warm-up, or ``("error", one line)`` before a non-zero exit.
+    ``("ready", description)`` after warm-up, ``("stats", StageStats)`` about every second, or
+    ``("error", one line)`` before a non-zero exit.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor owns shutdown
     stage = None
+    code = 0
     try:
         backend = settings.load_backend()
         readers = [RingReader(prefix, camera_id=cid) for cid, prefix in cameras]
@@ -425,7 +428,7 @@ def device_main(settings: DeviceSettings, cameras: Sequence[tuple[str, str]], re
         stage.run(stop, report=lambda stats: conn.send(("stats", stats)))
     except SegpipeError as e:
         conn.send(("error", str(e).splitlines()[0]))
-        raise SystemExit(1) from None
+        code = 1
     except BaseException as e:
         conn.send(("error", f"device stage crashed: {type(e).__name__}: {e}"))
         raise
@@ -433,3 +436,8 @@ def device_main(settings: DeviceSettings, cameras: Sequence[tuple[str, str]], re
         if stage is not None:
             stage.close()
         conn.close()
+    # Every result is handed to the queue's feeder thread: wait until it is in the pipe, then leave
+    # without the interpreter's teardown (torch's takes seconds and there is nothing left to save).
+    results.close()
+    results.join_thread()
+    os._exit(code)

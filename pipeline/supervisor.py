@@ -367,8 +367,13 @@ class Supervisor:
     def _shutdown(self) -> None:
         try:
             self._stop_decoders()
+            log.debug("event=decoders_stopped")
             self._stop_device()
+            log.debug("event=device_stopped")
             self._stop_sink()
+            log.debug("event=sink_stopped")
+            if self.metrics is not None and self.cameras:
+                self.metrics.apply(self.camera_stats())  # the counts since the last tick
         finally:
             for cam in self.cameras:
                 c = cam.control.snapshot()
@@ -402,6 +407,9 @@ class Supervisor:
     def _stop_device(self) -> None:
         if self._device is None:
             return
+        if not self.ready and self._device.is_alive():
+            # Still loading the model: no frame was taken, so nothing to drain; do not wait for it.
+            self._device.kill()
         self._device_stop.set()
         deadline = time.monotonic() + DEVICE_STOP_GRACE_S
         while self._device.is_alive() and time.monotonic() < deadline:

@@ -59,8 +59,8 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
     from pipeline.shard import parse_shard, select, shard_from_env
 
-    cfg = load_config(args.config)  # ConfigErrors: every problem, exit 2, nothing started
     shard = parse_shard(args.shard) if args.shard else shard_from_env()
+    cfg = load_config(args.config)  # ConfigErrors: every problem, exit 2, nothing started
     if shard is not None:
         cfg = cfg.with_cameras(select([c.id for c in cfg.cameras], shard))
     if args.check:

@@ -1,0 +1,131 @@
+"""`segpipe run` end to end: --check, config errors (exit 2, all listed), a real run stopped by
+SIGTERM (drained, metrics served, shared memory freed), and the live table."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline import shm
+from pipeline.cli import main
+from pipeline.console import Console, camera_row, render
+from pipeline.messages import CameraState
+from tests.conftest import REPO, free_port
+from tests.pipeline.media import write_clip
+
+
+def write_config(tmp_path: Path, **over: object) -> Path:
+    clip = write_clip(tmp_path / "clip.mp4", frames=15, fps=15, size=(96, 64))
+    cfg = {"model": {"path": "yolov8n-seg.yaml", "device": "cpu", "imgsz": 64, "conf": 1e-6, "max_det": 4},
+           "batch": {"max_batch": 4, "max_wait_ms": 5, "max_age_ms": 5000},
+           "cameras": [{"id": "loop", "url": str(clip), "loop": True}, {"id": "once", "url": str(clip)}],
+           "sinks": [{"type": "jsonl", "path": str(tmp_path / "events.jsonl")}],
+           "metrics": {"port": free_port()}}
+    cfg.update(over)
+    path = tmp_path / "cameras.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_check_validates_without_starting_anything(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_config(tmp_path)
+    assert main(["run", str(path), "--check"]) == 0
+    assert "OK: 2 camera(s), 1 sink(s)" in capsys.readouterr().out
+    assert main(["run", str(path), "--check", "--shard", "0/1"]) == 0
+    assert "shard 0/1: 2 of them here" in capsys.readouterr().out
+
+
+def test_config_errors_exit_2_listing_all(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_config(tmp_path, batch={"max_batch": 0, "max_wait": 3},
+                        cameras=[{"id": "a", "url": "ftp://x"}, {"id": "a", "url": "rtsp://u:hunter2@h/s"}])
+    t0 = time.monotonic()
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "segpipe run: error: cameras[1].id: duplicate camera id 'a' (also cameras[0])",
+        "segpipe run: error: batch.max_batch: Input should be greater than or equal to 1",
+        "segpipe run: error: batch.max_wait: unknown key 'max_wait' (did you mean 'max_wait_ms'?); allowed: "
+        "max_batch, max_wait_ms, max_age_ms",
+        "segpipe run: error: cameras[0].url: unsupported scheme 'ftp'; expected a file path or one of rtsp://, "
+        "rtsps://, http://, https://",
+    ]
+    assert time.monotonic() - t0 < 5 and shm.list_segments(f"{shm.ROOT}{os.getpid()}_") == []
+    assert main(["run", str(tmp_path / "missing.yaml")]) == 2
+    assert main(["run", str(path), "--check", "--shard", "3/2"]) == 2
+    assert "shard index 3 is out of range" in capsys.readouterr().err
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_sigterm_drains_publishes_and_frees_shared_memory(tmp_path: Path) -> None:
+    path = write_config(tmp_path)
+    port = yaml.safe_load(path.read_text())["metrics"]["port"]
+    events = tmp_path / "events.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(path), "--no-console"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (events.exists() and events.read_text().count('"kind":"frame"') >= 20
+                   and '"camera":"once","state":"ended"' in events.read_text()):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no frames published"
+            time.sleep(0.2)
+        status, text = _get(f"http://127.0.0.1:{port}/metrics")
+        assert status == 200 and 'segpipe_frames_decoded_total{camera="loop"}' in text
+        assert _get(f"http://127.0.0.1:{port}/healthz")[0] == 200
+        assert _get(f"http://127.0.0.1:{port}/readyz")[0] == 200  # engine loaded, a camera live
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "reason=SIGTERM" in err
+    lines = [json.loads(x) for x in events.read_text().splitlines()]
+    for cam in ("loop", "once"):
+        published = sum(1 for e in lines if e["kind"] == "frame" and e["camera"] == cam)
+        summary = re.search(rf"camera={cam} event=summary state=(\w+) decoded=(\d+) inferred=(\d+)", err)
+        assert summary, err
+        assert int(summary.group(3)) == published  # every inferred frame was published
+        states = [e["state"] for e in lines if e["kind"] == "status" and e["camera"] == cam]
+        assert states[0] == "connecting" and states[-1] == summary.group(1)
+    assert [e["state"] for e in lines if e["kind"] == "status" and e["camera"] == "once"][-1] == "ended"
+    assert [e["state"] for e in lines if e["kind"] == "status" and e["camera"] == "loop"][-1] == "stopped"
+    assert shm.list_segments(f"{shm.ROOT}{proc.pid}_") == []  # nothing left in /dev/shm
+    assert re.search(r"event=stopped shm_segments_unlinked=\d+ errors=0", err)
+
+
+def test_console_table() -> None:
+    before = {"decoded": 10, "inferred": 8, "dropped": 1, "stale": 0, "latency_ms": 0.0, "restarts": 0,
+              "width": 0, "height": 0}
+    now = {**before, "decoded": 40, "inferred": 23, "dropped": 3, "stale": 2, "latency_ms": 41.6, "width": 1280,
+           "height": 720}
+    row = camera_row("gate", CameraState.LIVE, now, before, dt=2.0)
+    assert (row.decoded_fps, row.inferred_fps, row.dropped, row.stale, row.size) == (15.0, 7.5, 3, 2, "1280x720")
+    text = render([row, camera_row("door", CameraState.RECONNECTING, before, None, dt=0)]).splitlines()
+    assert text[0].split() == ["CAMERA", "STATE", "SIZE", "DEC/s", "INF/s", "DROPS", "STALE", "LAT", "ms",
+                               "RESTARTS"]
+    assert text[1].split() == ["gate", "live", "1280x720", "15.0", "7.5", "3", "2", "42", "0"]
+    assert text[2].split() == ["door", "reconnecting", "-", "0.0", "0.0", "1", "0", "-", "0"]
+    assert text[3].split()[:4] == ["total", "1/2", "live", "15.0"]
+    out = io.StringIO()
+    console = Console(stream=out, interval_s=0.0)
+    console.update([("gate", CameraState.LIVE, now)])
+    assert "\x1b[" not in out.getvalue() and out.getvalue().startswith("--- ")  # plain text off a TTY

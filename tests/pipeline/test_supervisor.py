@@ -1,0 +1,144 @@
+"""The supervisor with real processes: files end and the run exits by itself, crashed and hung
+decoders come back, a failed stage ends the run, and no shared memory is left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline import shm
+from pipeline.config import RunConfig, parse_config
+from pipeline.messages import CameraState, CameraStatus
+from pipeline.metrics import Metrics
+from pipeline.supervisor import Supervisor
+from tests.pipeline.media import write_clip
+
+S = CameraState
+MODEL = {"path": "yolov8n-seg.yaml", "device": "cpu", "imgsz": 64, "conf": 1e-6, "max_det": 4}
+
+
+def config(tmp_path: Path, cameras: list[dict[str, Any]], **extra: Any) -> RunConfig:
+    raw = {"model": MODEL, "batch": {"max_batch": 4, "max_wait_ms": 5, "max_age_ms": 5000},
+           "cameras": cameras, "sinks": [{"type": "jsonl", "path": str(tmp_path / "events.jsonl")}],
+           "metrics": {"enabled": False}}
+    raw.update(extra)
+    return parse_config(raw, env={})
+
+
+def events(tmp_path: Path) -> list[dict[str, Any]]:
+    path = tmp_path / "events.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def no_segments_left() -> bool:
+    return shm.list_segments(f"{shm.ROOT}{os.getpid()}_") == []
+
+
+def test_file_cameras_end_and_the_run_exits_by_itself(tmp_path: Path) -> None:
+    a = write_clip(tmp_path / "a.mp4", frames=15, fps=30, size=(160, 120))
+    b = write_clip(tmp_path / "b.mp4", frames=10, fps=30, size=(96, 64))
+    cfg = config(tmp_path, [{"id": "a", "url": str(a)}, {"id": "b", "url": str(b)}])
+    statuses: list[CameraStatus] = []
+    metrics = Metrics(process_collector=False)
+    sup = Supervisor(cfg=cfg, on_status=statuses.append, metrics=metrics)
+    assert sup.run() == 0 and sup.errors == []
+    for cam in ("a", "b"):
+        assert [s.state for s in statuses if s.camera_id == cam] == [S.CONNECTING, S.LIVE, S.ENDED]
+    evs = events(tmp_path)
+    frames = [e for e in evs if e["kind"] == "frame"]
+    assert {e["camera"] for e in frames} == {"a", "b"}
+    assert [e["state"] for e in evs if e["kind"] == "status" and e["camera"] == "a"] == ["connecting", "live",
+                                                                                         "ended"]
+    for d in (d for e in frames for d in e["detections"]):
+        assert d["mask"]["format"] == "rle"
+    inferred = metrics.inferred.labels("a")._value.get() + metrics.inferred.labels("b")._value.get()
+    assert inferred == len(frames)  # every inferred frame was published
+    assert metrics.engine_loaded and no_segments_left()
+
+
+def _script(sup: Supervisor, steps: Callable[[], None], failures: list[BaseException]) -> threading.Thread:
+    def run() -> None:
+        try:
+            steps()
+        except BaseException as e:  # noqa: BLE001 - reported by the test after the supervisor stops
+            failures.append(e)
+        finally:
+            sup.request_stop("test done")
+
+    return threading.Thread(target=run, daemon=True)
+
+
+def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_crashed_and_hung_decoders_are_restarted(tmp_path: Path) -> None:
+    clip = write_clip(tmp_path / "loop.mp4", frames=15, fps=15, size=(96, 64))
+    cams = [{"id": "flaky", "url": str(clip), "loop": True, "open_timeout_s": 1, "read_timeout_s": 1,
+             "heartbeat_timeout_s": 2, "reconnect": {"initial_s": 0.1, "max_s": 0.5}},
+            {"id": "steady", "url": str(clip), "loop": True}]
+    statuses: list[CameraStatus] = []
+    sup = Supervisor(cfg=config(tmp_path, cams), on_status=statuses.append)
+    failures: list[BaseException] = []
+
+    def states() -> list[S]:
+        return [s.state for s in statuses if s.camera_id == "flaky"]
+
+    def steps() -> None:
+        flaky, steady = sup.cameras
+        wait_for(lambda: states()[-1:] == [S.LIVE], 60, "flaky live")
+        first = flaky.proc.pid
+        os.kill(first, signal.SIGKILL)  # a decoder crash (say, a segfault in FFmpeg)
+        wait_for(lambda: states()[-3:] == [S.RECONNECTING, S.CONNECTING, S.LIVE], 30, "restart after crash")
+        assert flaky.proc.pid != first and flaky.control.get("restarts") == 1
+        steady_before = steady.control.get("decoded")
+        os.kill(flaky.proc.pid, signal.SIGSTOP)  # a decoder stuck for good: no more heartbeats
+        wait_for(lambda: flaky.control.get("restarts") == 2 and states()[-1:] == [S.LIVE], 30,
+                 "restart after hang")
+        assert steady.control.get("decoded") > steady_before  # the other camera kept flowing
+        assert [s.state for s in statuses if s.camera_id == "steady"] == [S.CONNECTING, S.LIVE]
+
+    script = _script(sup, steps, failures)
+    sup.on_tick = lambda s: script.is_alive() or script.start() if not script.ident else None
+    code = sup.run()
+    script.join(5)
+    if failures:
+        raise failures[0]
+    assert code == 0 and sup.errors == []
+    assert states()[-1] is S.STOPPED and "restart in" in statuses[[s.camera_id for s in statuses].index("flaky") + 2].detail
+    assert no_segments_left()
+
+
+@pytest.mark.parametrize("broken, message", [
+    ("model", "device stage"),
+    ("sink", "sink stage"),
+])
+def test_a_failed_stage_ends_the_run(tmp_path: Path, broken: str, message: str) -> None:
+    clip = write_clip(tmp_path / "c.mp4", frames=5, fps=15, size=(96, 64))
+    extra: dict[str, Any] = {}
+    if broken == "model":
+        bad = tmp_path / "bad.safetensors"
+        bad.write_bytes(b"\x00" * 64)  # exists (the config is valid) but is no model
+        extra["model"] = {**MODEL, "path": str(bad)}
+    else:
+        (tmp_path / "file").write_text("")
+        extra["sinks"] = [{"type": "jsonl", "path": str(tmp_path / "file" / "events.jsonl")}]
+    statuses: list[CameraStatus] = []
+    sup = Supervisor(cfg=config(tmp_path, [{"id": "c", "url": str(clip)}], **extra), on_status=statuses.append)
+    t0 = time.monotonic()
+    assert sup.run() == 1
+    assert sup.errors and sup.errors[0].startswith(message), sup.errors
+    assert "Traceback" not in sup.errors[0]
+    assert time.monotonic() - t0 < 120 and no_segments_left()
