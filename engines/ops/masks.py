@@ -1,13 +1,12 @@
 """Instance masks from YOLOv8-seg prototypes. Imports only torch and engines.ops.letterbox.
 
 A mask is ``sigmoid(coeffs @ protos) > 0.5``, i.e. ``coeffs @ protos > 0`` on the logits, cut to the
-object's box. Three routes, all Ultralytics' semantics:
+object's box. Two routes, both exact ports of Ultralytics (the reference for the faster box-restricted
+versions in engines.ops.crops, which postprocess and the streaming runtime use):
 
 - :func:`process_masks`: logits upsampled to the model input (h, w), thresholded, cut to the box in
   input pixels; :func:`scale_masks` then takes them to the original frame (bilinear, > 0.5).
 - :func:`process_masks_native` ("retina masks"): logits upsampled straight to the original frame.
-
-engines.ops.crops evaluates the same routes only inside each box (streaming runtime, fast postprocess).
 
 protos: (nm, mh, mw) float, the prototype maps of one image (nm = 32, mh, mw = input h/4, w/4).
 coeffs: (n, nm) float, one row of mask coefficients per detection. boxes: (n, 4) xyxy float.

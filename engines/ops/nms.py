@@ -138,7 +138,7 @@ def _greedy_sequential(suppress: torch.Tensor, alive: torch.Tensor) -> torch.Ten
     return keep
 
 
-@functools.cache
+@functools.cache  # probe once per process: importing torchvision is slow
 def _torchvision_nms() -> Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor] | None:
     """torchvision.ops.nms when torchvision imports and its compiled op runs, else None."""
     try:
