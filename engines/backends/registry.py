@@ -50,10 +50,21 @@ def backend_for(path: str | Path) -> str:
 
 def load_backend(path: str | Path, *, device: str | torch.device | None = "cpu", backend: str = "auto",
                  options: BackendOptions | None = None) -> Backend:
-    """Load ``path`` with the named backend (``auto``: by suffix) on ``device``."""
+    """Load ``path`` with the named backend (``auto``: by suffix) on ``device``.
+
+    ``backend="tensorrt"`` with a checkpoint or ``.onnx`` builds (or reuses from ``$SEGPIPE_CACHE/engines``)
+    an engine for it first. Raises ``ModelError`` (missing/unknown/foreign file), ``EngineMismatchError``,
+    ``BackendUnavailableError`` (runtime or GPU missing).
+    """
     name = backend_for(path) if backend == "auto" else backend
     entry = BACKENDS.get(name)
     p = Path(path)
+    if name == "tensorrt" and p.suffix.lower() != ".engine":
+        # A checkpoint or ONNX file run on TensorRT: build the engine once, then reuse it from the cache.
+        from engines.export.tensorrt import ensure_engine
+
+        opts = options or BackendOptions()
+        p = ensure_engine(p, device=parse_device(device), half=opts.half)
     is_builtin_yaml = name == "torch" and p.suffix in (".yaml", ".yml")
     if not p.exists() and not is_builtin_yaml:
         raise ModelError(f"{path}: model file not found")

@@ -25,6 +25,8 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("convert", "pipeline.cli.convert"),
     ("val", "pipeline.cli.val"),
     ("listen", "pipeline.cli.listen"),
+    ("export", "pipeline.cli.export"),
+    ("build-engine", "pipeline.cli.build_engine"),
 )
 
 _KEY_VALUE = re.compile(r"^([A-Za-z_][A-Za-z0-9_-]*)=(.*)$", re.S)

@@ -1,0 +1,98 @@
+"""INT8 post-training static quantisation of an exported ONNX graph with ONNX Runtime.
+
+Imports nothing from ``pipeline``. Activations are calibrated on letterboxed images from the dataset's
+train split; weights are quantised per output channel. The layers whose outputs *are* the predictions
+stay fp32 (``nodes_to_exclude``): the last conv of every head branch (box distributions, class logits,
+mask coefficients), the prototype output conv, the DFL and the decode arithmetic after them. Quantising
+those costs accuracy for little speed: class scores would snap to 1/255 steps and box offsets to the
+DFL's bins, while almost all FLOPs are in the backbone and neck.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from engines.errors import ConfigError
+from engines.export.base import ExportSpec
+from engines.export.calib import calibration_batches, calibration_files
+
+FORMATS = ("QDQ", "QOperator")
+_HEAD_OUTPUT_CONV = re.compile(r"/cv[234]\.\d+\.2/|/proto/cv3/|/dfl/")
+_LAYER = re.compile(r"^/model\.(\d+)/")
+
+
+def nodes_to_exclude(model: onnx.ModelProto) -> list[str]:
+    """Names of the nodes kept in fp32: the head's output convs, the DFL, the proto output and every
+    non-conv node of the head (decode: softmax, concat, reshape, arithmetic).
+
+    Node names come from the traced module scopes (``/model.22/cv3.0/cv3.0.2/Conv``); the head is the
+    highest-numbered ``model.N`` layer.
+    """
+    layers = [int(m.group(1)) for n in model.graph.node if (m := _LAYER.match(n.name))]
+    if not layers:
+        return []
+    head = f"/model.{max(layers)}/"
+    out = []
+    for n in model.graph.node:
+        if not n.name.startswith(head):
+            continue
+        if n.op_type != "Conv" or _HEAD_OUTPUT_CONV.search(n.name):
+            out.append(n.name)
+    return out
+
+
+class _Reader:
+    """ONNX Runtime ``CalibrationDataReader``: one ``{input: (1,3,H,W) float32}`` dict per image."""
+
+    def __init__(self, input_name: str, files: list[Path], imgsz: tuple[int, int]) -> None:
+        self.input_name, self.files, self.imgsz = input_name, files, imgsz
+        self._it = iter(())  # type: ignore[var-annotated]
+        self.rewind()
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        x = next(self._it, None)
+        return None if x is None else {self.input_name: x.numpy()}
+
+    def rewind(self) -> None:
+        self._it = calibration_batches(self.files, self.imgsz, batch=1)
+
+
+def quantize_onnx(model: onnx.ModelProto, spec: ExportSpec, *, workdir: Path) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """Statically quantise an fp32 ONNX model; returns the INT8 model and a record of how.
+
+    spec.data: the dataset YAML (train split calibrates); spec.calib_images: how many images;
+    spec.int8_format: "QDQ" (QuantizeLinear/DequantizeLinear pairs, fused by ORT) or "QOperator"
+    (QLinearConv etc.). Scratch files go to ``workdir``.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if spec.int8_format not in FORMATS:
+        raise ConfigError("--int8-format", f"expected one of {', '.join(FORMATS)}, got {spec.int8_format!r}")
+    if spec.half:
+        raise ConfigError("--half", "--int8 and --half are exclusive (INT8 keeps an fp32 fallback)")
+    files = calibration_files(spec.data, spec.calib_images)
+    raw, pre, out = workdir / "fp32.onnx", workdir / "pre.onnx", workdir / "int8.onnx"
+    onnx.save(model, str(raw))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # Shape inference + graph optimisation first, as ORT recommends: better per-node calibration.
+        quant_pre_process(str(raw), str(pre), skip_symbolic_shape=True)
+        pre_model = onnx.load(str(pre))
+        excluded = nodes_to_exclude(pre_model)
+        input_name = pre_model.graph.input[0].name
+        quantize_static(str(pre), str(out), _Reader(input_name, files, spec.imgsz),
+                        quant_format=getattr(QuantFormat, spec.int8_format), per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        nodes_to_exclude=excluded, calibrate_method=CalibrationMethod.MinMax,
+                        extra_options={"CalibMovingAverage": False})
+    info = {"format": spec.int8_format, "per_channel": True, "activations": "uint8", "weights": "int8",
+            "calibration": "minmax", "calib_data": str(spec.data), "calib_images": len(files),
+            "fp32_nodes": len(excluded)}
+    return onnx.load(str(out)), info

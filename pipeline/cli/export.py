@@ -1,0 +1,83 @@
+"""``segpipe export``: a checkpoint to ONNX, OpenVINO IR or TorchScript, with segpipe metadata.
+
+    segpipe export --model best.pt --format onnx --dynamic --simplify
+    segpipe export --model best.pt --format onnx --int8 --data coco128-seg.yaml --val
+
+TensorRT engines are built by ``segpipe build-engine``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from engines.errors import ConfigError
+
+NAME = "export"
+HELP = "export a model to onnx, openvino or torchscript (INT8 with --int8 --data)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="checkpoint (.pt / .safetensors) or model YAML")
+    p.add_argument("--format", required=True, help="onnx, openvino or torchscript")
+    p.add_argument("--imgsz", default=None, help="export size: N or H,W (default: the model's training size)")
+    p.add_argument("--half", action="store_true", help="fp16 weights (OpenVINO: compressed weights)")
+    p.add_argument("--dynamic", action="store_true", help="accept any input H, W (multiples of 32)")
+    p.add_argument("--batch", type=int, default=0, help="largest batch the artifact takes; larger batches "
+                   "are split (default 0: no limit)")
+    p.add_argument("--simplify", action="store_true", help="simplify the ONNX graph with onnxslim")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--int8", action="store_true", help="INT8 post-training static quantisation (onnx, openvino)")
+    p.add_argument("--data", default=None, help="data YAML: INT8 calibration images (train split) and --val")
+    p.add_argument("--calib-images", type=int, default=64, help="INT8 calibration images (default 64)")
+    p.add_argument("--int8-format", default="QDQ", choices=["QDQ", "QOperator"],
+                   help="ONNX INT8 graph style (default QDQ)")
+    p.add_argument("--val", action="store_true", help="then report box/mask mAP of the model and of the "
+                   "export on --data's val split")
+    p.add_argument("--out", default=None, help="output path (default: beside the model)")
+
+
+def parse_imgsz(spec: str | None) -> int | tuple[int, int] | None:
+    if spec is None:
+        return None
+    try:
+        parts = [int(v) for v in spec.replace("x", ",").split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError("--imgsz", f"expected N or H,W, got {spec!r}") from None
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) == 2:
+        return parts[0], parts[1]
+    raise ConfigError("--imgsz", f"expected N or H,W, got {spec!r}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from engines.export import export
+
+    if args.val and not args.data:
+        raise ConfigError("--val", "needs --data DATA.yaml")
+    path = export(args.model, format=args.format, imgsz=parse_imgsz(args.imgsz), half=args.half,
+                  dynamic=args.dynamic, batch=args.batch, simplify=args.simplify, opset=args.opset,
+                  int8=args.int8, data=args.data, calib_images=args.calib_images, int8_format=args.int8_format,
+                  out=args.out)
+    size = sum(f.stat().st_size for f in path.rglob("*")) if path.is_dir() else path.stat().st_size
+    print(f"exported {args.model} -> {path} ({size / 1e6:.1f} MB)")
+    print(f"use it:  segpipe predict --model {path} --source IMAGE_OR_VIDEO")
+    print(f"         python -c \"from engines import SegModel; print(SegModel('{path}')('image.jpg'))\"")
+    if args.val:
+        _compare(Path(args.model), path, args.data)
+    return 0
+
+
+def _compare(model: Path, exported: Path, data: str) -> None:
+    """Box and mask mAP of the source model and of the export on the val split, side by side."""
+    from engines.val.validator import summary_line, validate
+
+    rows = []
+    for name, m in (("source", model), ("export", exported)):
+        metrics = validate(str(m), data=data, split="val", batch=8, device="cpu", verbose=False)
+        rows.append((name, metrics))
+    for name, metrics in rows:
+        print(f"{name:>7}: {summary_line(metrics)}")
+    drop = rows[0][1].seg.map - rows[1][1].seg.map
+    print(f"mask mAP50-95 change: {-drop:+.4f}")
