@@ -178,3 +178,11 @@ def test_cli_checkpoint_remembers_data_and_imgsz(data_yaml: Path, tmp_path: Path
     assert row[1:3] == [str(N_IMAGES), str(sum(len(t) for t in Validator(data=spec).truths))]
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["box.map"] == 0.0 and len(saved["seg.maps"]) == spec.nc
+
+    # an exported fixed-shape ONNX model carries the same facts in its metadata (square batches)
+    from engines.export import export
+
+    onnx = export(ckpt, format="onnx", out=tmp_path / "best.onnx")
+    assert cli(["val", "--model", str(onnx), "--conf", "0.01", "--workers", "0", "--batch", "8",
+                "--out", str(tmp_path / "onnx")]) == 0
+    assert json.loads((tmp_path / "onnx" / "metrics.json").read_text())["box.maps"] == saved["box.maps"]
