@@ -88,7 +88,7 @@ def main() -> None:
     t_stream, _ = timed(stream_route, args.repeats)
     n = len(dets[0])  # type: ignore[index]
     print(f"conf {conf:.3g}: {n} detections")
-    print(f"| step | ms | share of inference |\n|---|---|---|")
+    print("| step | ms | share of inference |\n|---|---|---|")
     print(f"| pre-process (letterbox + normalise) | {t_pre:.1f} | {t_pre / t_inf:.0%} |")
     print(f"| inference | {t_inf:.1f} | 100% |")
     print(f"| post-process, {n} detections, full-frame masks | {t_post:.1f} | {t_post / t_inf:.0%} |")
