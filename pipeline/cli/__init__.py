@@ -23,6 +23,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("predict", "pipeline.cli.predict"),
     ("shards", "pipeline.cli.shards"),
     ("convert", "pipeline.cli.convert"),
+    ("train", "pipeline.cli.train"),
     ("val", "pipeline.cli.val"),
     ("listen", "pipeline.cli.listen"),
     ("export", "pipeline.cli.export"),

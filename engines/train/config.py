@@ -1,0 +1,107 @@
+"""The training run's settings: one frozen schema, checked once, recorded in every checkpoint.
+
+Imports nothing from ``pipeline``. Defaults follow Ultralytics' ``default.yaml`` for the
+segmentation task; augmentation settings belong to ``engines.data`` and are passed through.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engines.errors import ConfigError
+from engines.train.optim import OPTIMIZERS
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrainConfig:
+    """Everything a training run needs. Paths are kept as given (strings) for the record.
+
+    ``world_size`` is only needed to run several CPU processes (gloo); with CUDA it comes from
+    ``device`` ("0,1" -> 2 processes).
+    """
+
+    data: str
+    model: str = "yolov8n-seg.yaml"
+    epochs: int = 100
+    imgsz: int = 640
+    batch: int = 16
+    device: str | None = None  # None: first CUDA device if any, else CPU
+    pretrained: str | None = None
+    resume: str | None = None
+    out: str | None = None  # None: runs/segment/train, train2, ... (first free)
+    workers: int = 8
+    seed: int = 0
+    deterministic: bool = True
+    optimizer: str = "auto"
+    lr0: float = 0.01
+    lrf: float = 0.01
+    momentum: float = 0.937
+    weight_decay: float = 0.0005
+    warmup_epochs: float = 3.0
+    warmup_momentum: float = 0.8
+    warmup_bias_lr: float = 0.1
+    box: float = 7.5
+    cls: float = 0.5
+    dfl: float = 1.5
+    nbs: int = 64  # nominal batch: gradients are accumulated to about this many images per step
+    cos_lr: bool = False
+    close_mosaic: int = 10
+    patience: int = 100
+    val: bool = True
+    fraction: float = 1.0
+    amp: bool = True
+    plots: bool = True
+    cache_dir: str | None = None
+    world_size: int | None = None
+    hyp: dict[str, Any] = field(default_factory=dict)  # augmentation overrides for engines.data
+
+    def __post_init__(self) -> None:
+        checks: list[tuple[str, bool, str]] = [
+            ("epochs", self.epochs >= 1, "must be >= 1"),
+            ("imgsz", self.imgsz >= 32 and self.imgsz % 32 == 0, "must be a multiple of 32 (>= 32)"),
+            ("batch", self.batch >= 1, "must be >= 1"),
+            ("nbs", self.nbs >= 1, "must be >= 1"),
+            ("workers", self.workers >= 0, "must be >= 0"),
+            ("lr0", self.lr0 > 0, "must be > 0"),
+            ("lrf", 0 < self.lrf <= 1, "must be in (0, 1]"),
+            ("momentum", 0 <= self.momentum < 1, "must be in [0, 1)"),
+            ("weight_decay", self.weight_decay >= 0, "must be >= 0"),
+            ("warmup_epochs", self.warmup_epochs >= 0, "must be >= 0"),
+            ("close_mosaic", self.close_mosaic >= 0, "must be >= 0"),
+            ("patience", self.patience >= 1, "must be >= 1"),
+            ("fraction", 0 < self.fraction <= 1, "must be in (0, 1]"),
+            ("optimizer", self.optimizer.lower() in {o.lower() for o in OPTIMIZERS},
+             f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"),
+            ("world_size", self.world_size is None or self.world_size >= 1, "must be >= 1"),
+        ]
+        for name, ok, msg in checks:
+            if not ok:
+                raise ConfigError(f"train.{name}", f"{msg}, got {getattr(self, name)!r}")
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with some fields changed (checked again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_record(self) -> dict[str, Any]:
+        """Plain JSON-able dict for checkpoint metadata (``train_args``)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> TrainConfig:
+        """Rebuild from :meth:`to_record` output (keys this version does not know are ignored)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in record.items() if k in known})
+
+
+def default_out_dir(base: str | os.PathLike[str] = "runs/segment", name: str = "train") -> Path:
+    """First free ``base/name``, ``base/name2``, ... (Ultralytics' numbering)."""
+    root = Path(base)
+    for i in range(1, 10_000):
+        cand = root / (name if i == 1 else f"{name}{i}")
+        if not cand.exists():
+            return cand
+    raise ConfigError("train.out", f"no free run folder under {root}")

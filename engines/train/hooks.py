@@ -1,0 +1,198 @@
+"""Hooks around the train step: schedule, EMA, mosaic switch-off, progress, validation, results
+CSV, checkpoints, early stopping, plots.
+
+Each hook is a small class overriding some of ``before_train``, ``before_epoch``, ``before_step``,
+``after_step``, ``after_epoch`` and ``after_train``; the loop calls them in list order. Imports
+nothing from ``pipeline``.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from engines.train.loss import LOSS_NAMES
+from engines.train.plots import plot_results
+from engines.train.state import TrainState
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from engines.val.metrics import SegMetrics
+
+LOG = logging.getLogger("segpipe.train")
+
+
+class Hook:
+    """No-op base; override what you need."""
+
+    def before_train(self, s: TrainState) -> None: ...
+    def before_epoch(self, s: TrainState) -> None: ...
+    def before_step(self, s: TrainState) -> None: ...
+    def after_step(self, s: TrainState, stepped: bool) -> None: ...
+    def after_epoch(self, s: TrainState) -> None: ...
+    def after_train(self, s: TrainState) -> None: ...
+
+
+class ScheduleHook(Hook):
+    """Sets lr, momentum and gradient accumulation before every step (warm-up, then per epoch)."""
+
+    def before_step(self, s: TrainState) -> None:
+        s.accumulate = s.schedule.apply(s.optimizer, epoch=s.epoch, ni=s.ni)
+
+
+class EMAHook(Hook):
+    """Folds the weights into the EMA after every optimizer step."""
+
+    def after_step(self, s: TrainState, stepped: bool) -> None:
+        if stepped and s.ema is not None:
+            s.ema.update(s.model)
+
+
+class CloseMosaicHook(Hook):
+    """Turns mosaic off for the last ``close_mosaic`` epochs (the model then sees whole images at the
+    scale it will be used at); also right after a resume past that point."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def before_epoch(self, s: TrainState) -> None:
+        n = s.cfg.close_mosaic
+        if n and not self.closed and s.epoch >= s.cfg.epochs - n and hasattr(s.dataset, "close_mosaic"):
+            s.dataset.close_mosaic()
+            self.closed = True
+            if s.place.main:
+                LOG.info("closing mosaic augmentation for the last %d epochs", n)
+
+
+class ProgressHook(Hook):
+    """tqdm bar per epoch with the running mean losses, instances and image size."""
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def before_epoch(self, s: TrainState) -> None:
+        from tqdm import tqdm
+
+        print(("\n" + "%11s" * 8) % ("Epoch", "GPU_mem", *LOSS_NAMES, "Instances", "Size"))
+        self.bar = tqdm(total=s.batches_per_epoch, bar_format="{l_bar}{bar:10}{r_bar}", leave=True)
+
+    def after_step(self, s: TrainState, stepped: bool) -> None:
+        import torch
+
+        mem = torch.cuda.memory_reserved(s.device) / 1e9 if s.device.type == "cuda" else 0.0
+        assert self.bar is not None and s.mean_items is not None
+        self.bar.set_description(("%11s" * 2 + "%11.4g" * 6) % (
+            f"{s.epoch + 1}/{s.cfg.epochs}", f"{mem:.3g}G", *s.mean_items.tolist(),
+            s.extras.get("instances", 0), s.cfg.imgsz))
+        self.bar.update(1)
+
+    def after_epoch(self, s: TrainState) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class ValidationHook(Hook):
+    """Validates the EMA model after each epoch (always after the last), sets metrics and fitness."""
+
+    def __init__(self, validate: Callable[[nn.Module], SegMetrics]) -> None:
+        self.validate = validate
+
+    def after_epoch(self, s: TrainState) -> None:
+        s.metrics, s.fitness = None, None
+        if s.cfg.val or s.final_epoch:
+            s.metrics = self.validate(s.eval_model)
+            s.fitness = float(s.metrics.fitness)
+
+
+METRIC_COLUMNS = (
+    ("metrics/precision(B)", "box", "precision"), ("metrics/recall(B)", "box", "recall"),
+    ("metrics/mAP50(B)", "box", "map50"), ("metrics/mAP50-95(B)", "box", "map"),
+    ("metrics/precision(M)", "seg", "precision"), ("metrics/recall(M)", "seg", "recall"),
+    ("metrics/mAP50(M)", "seg", "map50"), ("metrics/mAP50-95(M)", "seg", "map"),
+)
+
+
+def results_row(s: TrainState) -> dict[str, float | int | str]:
+    """One row of ``results.csv``: epoch (1-based), mean train losses, metrics (blank when not
+    validated), fitness and the lr of each group."""
+    row: dict[str, float | int | str] = {"epoch": s.epoch + 1}
+    items = s.mean_items.tolist() if s.mean_items is not None else [math.nan] * len(LOSS_NAMES)
+    row.update({f"train/{n}": round(v, 5) for n, v in zip(LOSS_NAMES, items, strict=True)})
+    for col, part, attr in METRIC_COLUMNS:
+        row[col] = round(float(getattr(getattr(s.metrics, part), attr)), 5) if s.metrics else ""
+    row["fitness"] = round(s.fitness, 5) if s.fitness is not None else ""
+    row.update({f"lr/pg{i}": lr for i, lr in enumerate(s.lrs())})
+    return row
+
+
+class CSVHook(Hook):
+    """Appends one row per epoch to ``OUT/results.csv`` (kept across a resume)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def after_epoch(self, s: TrainState) -> None:
+        row = results_row(s)
+        new = not self.path.is_file()
+        with open(self.path, "a", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                w.writeheader()
+            w.writerow(row)
+
+
+class CheckpointHook(Hook):
+    """Writes ``last.pt`` (with resumable state) every epoch and ``best.pt`` when fitness improves."""
+
+    def __init__(self, save: Callable[[TrainState, Path, bool], None], weights_dir: Path) -> None:
+        self.save, self.dir = save, weights_dir
+
+    def after_epoch(self, s: TrainState) -> None:
+        improved = s.fitness is not None and (s.best_fitness is None or s.fitness >= s.best_fitness)
+        if improved:
+            s.best_fitness, s.best_epoch = s.fitness, s.epoch
+        self.save(s, self.dir / "last.pt", True)
+        # Without validation there is no fitness yet; best.pt then holds the latest weights until a
+        # validated epoch replaces it.
+        if improved or (s.best_fitness is None and s.fitness is None):
+            self.save(s, self.dir / "best.pt", False)
+
+
+class EarlyStopHook(Hook):
+    """Stops when fitness has not improved for ``patience`` epochs."""
+
+    def after_epoch(self, s: TrainState) -> None:
+        if s.best_epoch >= 0 and s.epoch - s.best_epoch >= s.cfg.patience:
+            LOG.warning("stopping early: no improvement in the last %d epochs (best epoch %d)",
+                        s.cfg.patience, s.best_epoch + 1)
+            s.stop = True
+
+
+class PlotHook(Hook):
+    """``results.png`` (loss, metric and lr curves) from the CSV when training ends."""
+
+    def __init__(self, csv_path: Path) -> None:
+        self.csv_path = csv_path
+
+    def after_train(self, s: TrainState) -> None:
+        if self.csv_path.is_file():
+            plot_results(self.csv_path)
+
+
+class TimerHook(Hook):
+    """Counts images and wall time; the benchmark reads ``extras['images_per_s']``."""
+
+    def before_train(self, s: TrainState) -> None:
+        self.t0 = time.perf_counter()
+
+    def after_train(self, s: TrainState) -> None:
+        dt = time.perf_counter() - self.t0
+        s.extras["train_seconds"] = dt
+        s.extras["images_per_s"] = s.images_seen / dt if dt > 0 else 0.0

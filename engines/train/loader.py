@@ -1,0 +1,82 @@
+"""The training DataLoader: dataset of the ``train`` split, optional fraction, distributed sampling.
+
+Imports ``engines.data``; nothing from ``pipeline``. Augmentation randomness lives in the dataset
+(seeded per ``(seed, epoch, index)``), so the sampler's shuffle is the only other random source and
+it is seeded too: a run is reproducible whatever the worker count.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
+
+from engines.data.augment import AugmentConfig
+from engines.data.batch import collate
+from engines.data.dataset import SegDataset
+from engines.data.spec import DataSpec
+from engines.errors import ConfigError
+from engines.train.config import TrainConfig
+from engines.train.ddp import Placement
+
+
+@dataclass(frozen=True, slots=True)
+class TrainData:
+    """The loader and the dataset behind it (``set_epoch``/``close_mosaic`` are called on it)."""
+
+    loader: DataLoader
+    dataset: SegDataset
+    sampler: DistributedSampler | RandomSampler
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select epoch ``epoch``'s augmentation stream and shuffle order (before iterating)."""
+        self.dataset.set_epoch(epoch)
+        if isinstance(self.sampler, DistributedSampler):
+            self.sampler.set_epoch(epoch)
+        else:
+            self.sampler.generator.manual_seed(self.sampler_seed(epoch))
+
+    def sampler_seed(self, epoch: int) -> int:
+        return self.dataset.seed * 1_000_003 + epoch
+
+
+def _worker_init(_: int) -> None:
+    # Loader workers are the parallelism; threads inside each would only fight over the same cores.
+    import cv2
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
+def augment_config(cfg: TrainConfig) -> AugmentConfig:
+    """Augmentation settings: ``cfg.hyp`` overrides plus the run's ``close_mosaic``."""
+    return AugmentConfig.from_dict({**cfg.hyp, "close_mosaic": cfg.close_mosaic}, path="train.hyp")
+
+
+def build_train_data(cfg: TrainConfig, spec: DataSpec, place: Placement, *, stride: int = 32) -> TrainData:
+    """DataLoader over the train split; each rank gets ``cfg.batch // world_size`` images per batch."""
+    if cfg.batch < place.world_size:
+        raise ConfigError("train.batch", f"batch {cfg.batch} is smaller than the {place.world_size} processes")
+    dataset = SegDataset.from_spec(
+        spec, "train", imgsz=cfg.imgsz, augment=True, hyp=augment_config(cfg), stride=stride, seed=cfg.seed,
+        cache_dir=None if cfg.cache_dir is None else Path(cfg.cache_dir),
+    )
+    data = dataset
+    if cfg.fraction < 1.0:  # Ultralytics takes the first images of the split
+        data = Subset(dataset, range(max(1, round(len(dataset) * cfg.fraction))))
+    per_rank = cfg.batch // place.world_size
+    if place.distributed:
+        sampler: DistributedSampler | RandomSampler = DistributedSampler(
+            data, num_replicas=place.world_size, rank=place.rank, shuffle=True, seed=cfg.seed)
+    else:
+        sampler = RandomSampler(data, generator=torch.Generator())
+    workers = min(cfg.workers, os.cpu_count() or 1, per_rank)
+    loader = DataLoader(
+        data, batch_size=per_rank, sampler=sampler, num_workers=workers, collate_fn=collate,
+        pin_memory=place.device.type == "cuda", drop_last=False, persistent_workers=False,
+        worker_init_fn=_worker_init if workers else None,
+    )
+    return TrainData(loader=loader, dataset=dataset, sampler=sampler)

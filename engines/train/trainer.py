@@ -1,0 +1,355 @@
+"""``train()``: set a run up, loop epochs over a short ``run_step``, let hooks do the rest.
+
+Imports ``engines`` only. The step (forward, loss, backward, maybe an optimizer step) is all
+``run_step`` does; EMA, the LR schedule, validation, checkpoints, CSV, plots and early stopping are
+hooks (``engines.train.hooks``). Several devices run the same ``fit`` in one process each
+(``engines.train.ddp``); rank 0 validates and saves.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from engines.checkpoint import ModelMeta, build_model, load_checkpoint, save_checkpoint
+from engines.data.spec import DataSpec, load_data_yaml
+from engines.errors import CheckpointError, ConfigError
+from engines.nn.model import SegmentationModel
+from engines.train import hooks as H
+from engines.train.config import TrainConfig, default_out_dir
+from engines.train.ddp import Placement, broadcast_flag, launch, parse_devices
+from engines.train.ema import ModelEMA
+from engines.train.loader import TrainData, build_train_data
+from engines.train.loss import LossGains, SegLoss
+from engines.train.optim import (
+    Schedule,
+    accumulation,
+    build_optimizer,
+    choose_optimizer,
+    lr_factor,
+    split_parameters,
+    warmup_iterations,
+)
+from engines.train.state import TrainState
+from engines.train.state_io import has_state, pack_state, restore_state
+from engines.train.weights import build_train_model
+
+if TYPE_CHECKING:
+    from engines.data.batch import TrainBatch
+    from engines.val.metrics import SegMetrics
+
+LOG = logging.getLogger("segpipe.train")
+MAX_GRAD_NORM = 10.0
+
+
+def run_step(s: TrainState, batch: TrainBatch) -> bool:
+    """Forward, loss, backward; an optimizer step once ``accumulate`` batches have been summed.
+
+    Sets ``s.items`` (this batch's losses) and returns whether the optimizer stepped.
+    """
+    images = batch.images.to(s.device, non_blocking=True).float() / 255
+    with torch.autocast(s.device.type, enabled=s.scaler.is_enabled()):
+        out = s.model(images)
+    loss, s.items = s.loss_fn(out, batch)
+    if s.place.distributed:
+        loss = loss * s.place.world_size  # DDP averages gradients over ranks; the loss is a per-rank sum
+    s.scaler.scale(loss).backward()
+    if s.ni - s.last_opt_step < s.accumulate:
+        return False
+    s.scaler.unscale_(s.optimizer)
+    torch.nn.utils.clip_grad_norm_(s.model.parameters(), max_norm=MAX_GRAD_NORM)
+    s.scaler.step(s.optimizer)
+    s.scaler.update()
+    s.optimizer.zero_grad(set_to_none=True)
+    s.last_opt_step = s.ni
+    return True
+
+
+def fit_loop(s: TrainState, data: TrainData, hooks: Sequence[H.Hook]) -> None:
+    """Epochs ``s.start_epoch .. cfg.epochs - 1`` of ``run_step`` with the hooks around it."""
+    for h in hooks:
+        h.before_train(s)
+    s.optimizer.zero_grad(set_to_none=True)
+    for epoch in range(s.start_epoch, s.cfg.epochs):
+        s.epoch, s.mean_items = epoch, None
+        data.set_epoch(epoch)
+        s.model.train()
+        for h in hooks:
+            h.before_epoch(s)
+        for i, batch in enumerate(data.loader):
+            s.ni = i + s.batches_per_epoch * epoch
+            s.extras["instances"] = len(batch.cls)
+            for h in hooks:
+                h.before_step(s)
+            stepped = run_step(s, batch)
+            s.images_seen += len(batch)
+            s.mean_items = s.items if s.mean_items is None else (s.mean_items * i + s.items) / (i + 1)
+            if not torch.isfinite(s.items).all():
+                raise FloatingPointError(f"loss became {s.items.tolist()} at epoch {epoch + 1} batch {i}; "
+                                         "lower --lr0 or turn --amp off")
+            for h in hooks:
+                h.after_step(s, stepped)
+        for h in hooks:
+            h.after_epoch(s)
+        if broadcast_flag(s.stop, s.place):
+            break
+    for h in hooks:
+        h.after_train(s)
+
+
+def train(
+    *, data: str | Path | None = None, model: str | Path = "yolov8n-seg.yaml", epochs: int = 100, imgsz: int = 640,
+    batch: int = 16, device: str | int | None = None, pretrained: str | Path | None = None,
+    resume: str | Path | bool | None = None, out: str | Path | None = None, workers: int = 8, seed: int = 0,
+    deterministic: bool = True, optimizer: str = "auto", lr0: float = 0.01, lrf: float = 0.01,
+    momentum: float = 0.937, weight_decay: float = 0.0005, warmup_epochs: float = 3.0,
+    warmup_momentum: float = 0.8, warmup_bias_lr: float = 0.1, box: float = 7.5, cls: float = 0.5,
+    dfl: float = 1.5, nbs: int = 64, cos_lr: bool = False, close_mosaic: int = 10, patience: int = 100, val: bool = True,
+    fraction: float = 1.0, amp: bool = True, plots: bool = True, cache_dir: str | Path | None = None,
+    world_size: int | None = None, hyp: dict[str, Any] | None = None,
+) -> SegMetrics:
+    """Train a YOLOv8-seg model on a data YAML; returns the final validation metrics of ``best.pt``.
+
+    Writes ``OUT/weights/last.pt`` and ``best.pt`` (segpipe checkpoints), ``OUT/results.csv`` and
+    plots. ``resume=True`` continues ``OUT/weights/last.pt`` (or the latest run under
+    runs/segment); a path continues that checkpoint with its recorded settings. ``device="0,1"``
+    trains on two GPUs with DDP; ``world_size=n`` with ``device="cpu"`` runs n CPU processes (gloo).
+    Raises ``SegpipeError`` subclasses for bad settings, data or checkpoints.
+    """
+    def opt(v: str | Path | None) -> str | None:
+        return None if v is None else str(v)
+
+    if resume:
+        cfg = resume_config(None if resume is True else str(resume), out=opt(out), device=opt(device),
+                            workers=workers)
+    else:
+        if data is None or str(data) == "":
+            raise ConfigError("train.data", "required: a data YAML (or resume a run)")
+        cfg = TrainConfig(
+            data=str(data), model=str(model), epochs=epochs, imgsz=imgsz, batch=batch, device=opt(device),
+            pretrained=opt(pretrained), out=opt(out), workers=workers, seed=seed, deterministic=deterministic,
+            optimizer=optimizer, lr0=lr0, lrf=lrf, momentum=momentum, weight_decay=weight_decay,
+            warmup_epochs=warmup_epochs, warmup_momentum=warmup_momentum, warmup_bias_lr=warmup_bias_lr,
+            box=box, cls=cls, dfl=dfl, nbs=nbs, cos_lr=cos_lr, close_mosaic=close_mosaic, patience=patience, val=val,
+            fraction=fraction, amp=amp, plots=plots, cache_dir=opt(cache_dir), world_size=world_size,
+            hyp=dict(hyp or {}),
+        )
+        cfg = cfg.replace(out=str(Path(cfg.out) if cfg.out else default_out_dir()))
+    return run(cfg)
+
+
+def run(cfg: TrainConfig) -> SegMetrics:
+    """Train with a checked config (``cfg.out`` set); spawns one process per device when needed."""
+    devices = parse_devices(cfg.device, cfg.world_size)
+    if len(devices) > 1:
+        return launch(_fit_entry, cfg, devices)
+    return fit(cfg, Placement(-1, 1, devices[0]))
+
+
+def _fit_entry(place: Placement, cfg: TrainConfig) -> SegMetrics | None:
+    return fit(cfg, place)
+
+
+def resume_config(path: str | None, *, out: str | None, device: str | None, workers: int) -> TrainConfig:
+    """The recorded config of ``last.pt`` with ``resume`` set; device and workers may change."""
+    ckpt_path = Path(path) if path else _latest_last(out)
+    ckpt = load_checkpoint(ckpt_path)
+    if not has_state(ckpt.extra_tensors) or not ckpt.meta.train_args:
+        raise CheckpointError(f"{ckpt_path} holds no training state to resume (only last.pt does)")
+    rec = dict(ckpt.meta.train_args)
+    cfg = TrainConfig.from_record(rec)
+    changes: dict[str, Any] = {"resume": str(ckpt_path), "out": str(ckpt_path.resolve().parent.parent),
+                               "workers": workers}
+    if device is not None:
+        changes["device"] = device
+    return cfg.replace(**changes)
+
+
+def _latest_last(out: str | None) -> Path:
+    if out:
+        p = Path(out) / "weights" / "last.pt"
+        if not p.is_file():
+            raise ConfigError("train.resume", f"nothing to resume: {p} does not exist")
+        return p
+    runs = sorted(Path("runs").glob("**/weights/last.pt"), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise ConfigError("train.resume", "nothing to resume: no runs/**/weights/last.pt; pass --resume PATH")
+    return runs[-1]
+
+
+@contextmanager
+def seeded(seed: int, deterministic: bool, device: torch.device | None = None) -> Iterator[None]:
+    """Seed python, numpy and torch; with ``deterministic`` on CUDA, force deterministic kernels
+    (restored afterwards). CPU kernels are deterministic already, and switching the global flag costs
+    an import of torch's compiler stack (seconds), so CPU runs skip it."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if not (deterministic and device is not None and device.type == "cuda"):
+        yield
+        return
+    prev = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev[0], warn_only=prev[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = prev[2], prev[3]
+
+
+def fit(cfg: TrainConfig, place: Placement) -> SegMetrics | None:
+    """One process's run; rank 0 (or the only process) returns the final metrics."""
+    out = Path(cfg.out or default_out_dir())
+    with seeded(cfg.seed + 1 + max(place.rank, 0), cfg.deterministic, place.device):
+        s, data, validate = setup(cfg, place, out)
+        if s.start_epoch >= cfg.epochs:
+            raise ConfigError("train.resume", f"{cfg.resume} already finished its {cfg.epochs} epochs")
+        fit_loop(s, data, make_hooks(s, validate))
+        if not place.main:
+            return None
+        return final_validation(s)
+
+
+def setup(cfg: TrainConfig, place: Placement, out: Path
+          ) -> tuple[TrainState, TrainData, Callable[[nn.Module], SegMetrics] | None]:
+    """Data, model, loss, optimizer, schedule, EMA and (on resume) their saved state."""
+    spec = load_data_yaml(cfg.data)
+    resume = load_checkpoint(cfg.resume) if cfg.resume else None
+    if resume is not None:
+        net = SegmentationModel(resume.meta.model_yaml, nc=len(spec.names))
+    else:
+        net = build_train_model(cfg.model, names=spec.names, pretrained=cfg.pretrained if place.main else None)
+        if cfg.pretrained and not place.main:  # every rank needs the weights; only rank 0 says so
+            from engines.train.weights import transfer_weights
+            transfer_weights(net, load_checkpoint(cfg.pretrained).state_dict)
+    net = net.to(place.device).train()
+    stride = int(net.stride.max())
+    data = build_train_data(cfg, spec, place, stride=stride)
+    nb = len(data.loader)
+
+    accumulate, wd_scale = accumulation(cfg.batch, cfg.nbs)
+    iterations = math.ceil(len(data.loader.dataset) / max(cfg.batch, cfg.nbs)) * cfg.epochs
+    choice = choose_optimizer(cfg.optimizer, lr0=cfg.lr0, momentum=cfg.momentum,
+                              warmup_bias_lr=cfg.warmup_bias_lr, nc=len(spec.names), iterations=iterations)
+    optimizer = build_optimizer(net, choice, weight_decay=cfg.weight_decay * wd_scale)
+    if place.main:
+        n = {k: len(v) for k, v in split_parameters(net).items()}
+        print(f"optimizer: {choice.name}(lr={choice.lr0}, momentum={choice.momentum}) with parameter groups "
+              f"{n['norm']} weight(decay=0.0), {n['weight']} weight(decay={cfg.weight_decay * wd_scale:.6g}), "
+              f"{n['bias']} bias(decay=0.0)")
+    schedule = Schedule(
+        factor=lr_factor(cfg.epochs, cfg.lrf, cosine=cfg.cos_lr), momentum=choice.momentum,
+        warmup_iters=warmup_iterations(cfg.warmup_epochs, epochs=cfg.epochs, batches_per_epoch=nb),
+        warmup_bias_lr=choice.warmup_bias_lr, warmup_momentum=cfg.warmup_momentum,
+        accumulate=min(accumulate, nb * cfg.epochs),
+    )
+    scaler = torch.amp.GradScaler(place.device.type, enabled=cfg.amp and place.device.type == "cuda")
+    ema = ModelEMA(net) if place.main else None
+    s = TrainState(
+        cfg=cfg, place=place, out=out, names=spec.names, data_file=cfg.data, model=net, ema=ema,
+        optimizer=optimizer, scaler=scaler, loss_fn=SegLoss.for_model(net, gains=LossGains(
+            box=cfg.box, cls=cfg.cls, dfl=cfg.dfl)), schedule=schedule, batches_per_epoch=nb,
+        dataset=data.dataset,
+    )
+    if resume is not None:
+        _restore(s, resume)
+    if place.distributed:
+        s.model = nn.parallel.DistributedDataParallel(
+            net, device_ids=[place.device.index] if place.device.type == "cuda" else None)
+    validate = make_validator(cfg, spec, place) if place.main else None
+    if place.main:
+        (out / "weights").mkdir(parents=True, exist_ok=True)
+    s.extras["spec"] = spec
+    return s, data, validate
+
+
+def _restore(s: TrainState, ckpt: Any) -> None:
+    """Raw weights, optimizer moments, EMA and counters from ``last.pt``."""
+    rs = restore_state(ckpt.extra_tensors, model=s.bare_model, optimizer=s.optimizer)
+    s.start_epoch, s.best_fitness = rs.start_epoch, rs.best_fitness
+    s.best_epoch = int(ckpt.extra_tensors.get("train/best_epoch", torch.tensor(-1)))
+    s.last_opt_step = rs.start_epoch * s.batches_per_epoch - 1
+    if s.ema is not None:
+        s.ema.ema.load_state_dict(dict(ckpt.state_dict))
+        s.ema.updates = rs.ema_updates
+    if s.scaler.is_enabled():
+        state = s.scaler.state_dict()
+        state["scale"] = rs.scaler_scale
+        s.scaler.load_state_dict(state)
+    if s.place.main:
+        print(f"Resuming {ckpt_name(s.cfg)} from epoch {rs.start_epoch + 1} of {s.cfg.epochs}")
+
+
+def ckpt_name(cfg: TrainConfig) -> str:
+    return str(cfg.resume or cfg.model)
+
+
+def make_validator(cfg: TrainConfig, spec: DataSpec, place: Placement, *, final: bool = False,
+                   out: Path | None = None) -> Callable[[nn.Module], SegMetrics]:
+    """``validate(model) -> SegMetrics`` on the data's val split (``engines.val.Validator``).
+
+    Per-epoch validation prints the summary row only and writes nothing; the ``final`` one prints
+    every class and writes metrics.json, PR/F1 curves and prediction grids into ``out``.
+    """
+    from engines.val import Validator
+
+    validator = Validator(
+        data=spec, imgsz=cfg.imgsz, batch=max(1, cfg.batch * 2 // place.world_size), device=place.device,
+        workers=min(cfg.workers, 4), verbose=final, plots=final and cfg.plots, out_dir=out if final else None,
+    )
+    return lambda model: validator(model, spec.names)
+
+
+def save_run_checkpoint(s: TrainState, path: Path, resumable: bool) -> None:
+    """A segpipe checkpoint of the EMA weights; ``resumable`` adds the optimizer/raw-weight state."""
+    model = s.eval_model
+    metrics = dict(s.metrics.as_dict()) if s.metrics is not None else {}
+    metrics.update({"epoch": s.epoch + 1, "fitness": s.fitness})
+    meta = ModelMeta(
+        names=tuple(s.names), model_yaml=dict(model.yaml), imgsz=s.cfg.imgsz, stride=int(model.stride.max()),
+        task="segment", train_args=s.cfg.to_record(), metrics=metrics, data=s.data_file,
+    )
+    extra = None
+    if resumable:
+        extra = pack_state(model=s.bare_model, optimizer=s.optimizer, epoch=s.epoch, best_fitness=s.best_fitness,
+                           ema_updates=s.ema.updates if s.ema else 0, scaler_scale=float(s.scaler.get_scale())
+                           if s.scaler.is_enabled() else 1.0)
+        extra["train/best_epoch"] = torch.tensor(s.best_epoch, dtype=torch.int64)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(path, state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
+                    meta=meta, extra_tensors=extra)
+
+
+def make_hooks(s: TrainState, validate: Callable | None) -> list[H.Hook]:
+    """The hook list of a run; rank > 0 only needs the schedule (and mosaic switch)."""
+    hooks: list[H.Hook] = [H.ScheduleHook(), H.CloseMosaicHook()]
+    if not s.place.main:
+        return hooks
+    assert validate is not None
+    csv_path = s.out / "results.csv"
+    hooks += [H.EMAHook(), H.TimerHook(), H.ProgressHook(), H.ValidationHook(validate), H.CSVHook(csv_path),
+              H.CheckpointHook(save_run_checkpoint, s.out / "weights"), H.EarlyStopHook()]
+    if s.cfg.plots:
+        hooks.append(H.PlotHook(csv_path))
+    return hooks
+
+
+def final_validation(s: TrainState) -> SegMetrics:
+    """Validate ``best.pt`` as saved, print every class, write curves and prediction grids."""
+    best = s.out / "weights" / "best.pt"
+    model = build_model(load_checkpoint(best)).to(s.device)
+    print(f"\nValidating {best}...")
+    metrics = make_validator(s.cfg, s.extras["spec"], s.place, final=True, out=s.out)(model)
+    print(f"Results saved to {s.out}")
+    return metrics

@@ -1,0 +1,77 @@
+"""Which network a run trains: built from a model YAML, continued from a checkpoint, or seeded with
+pretrained weights by name-and-shape matching.
+
+Imports ``engines.nn`` and ``engines.checkpoint``; nothing from ``pipeline``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from engines.checkpoint import load_checkpoint
+from engines.errors import ModelError
+from engines.nn.model import SegmentationModel
+
+LOG = logging.getLogger("segpipe.train")
+
+_YAML_SUFFIXES = (".yaml", ".yml")
+
+
+def transfer_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> tuple[int, int]:
+    """Copy every tensor whose name and shape match the model's; leave the rest as initialised.
+
+    Returns ``(transferred, total)`` counted over the model's state dict (e.g. 349/355 when only the
+    class-score convolutions of the head differ).
+    """
+    own = model.state_dict()
+    matched = {k: v for k, v in state_dict.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
+    with torch.no_grad():
+        for k, v in matched.items():
+            own[k].copy_(v.to(own[k].dtype))
+    return len(matched), len(own)
+
+
+def build_train_model(model: str, *, names: tuple[str, ...], pretrained: str | None = None) -> SegmentationModel:
+    """The network to train on a dataset with classes ``names``.
+
+    ``model`` is a model YAML (fresh weights) or a checkpoint (its architecture and weights; the class
+    count must match the data). ``pretrained`` seeds matching tensors from any checkpoint, which is
+    how a model trained on other classes is fine-tuned. Raises ModelError for a class-count clash.
+    """
+    nc = len(names)
+    if Path(model).suffix.lower() in _YAML_SUFFIXES:
+        net = SegmentationModel(model, nc=nc)
+    else:
+        ckpt = load_checkpoint(model)
+        have = len(ckpt.meta.names)
+        if have != nc:
+            yaml_name = _yaml_name(ckpt.meta.model_yaml)
+            raise ModelError(
+                f"{model} predicts {have} classes but the data has {nc}; to fine-tune it on these classes "
+                f"use --model {yaml_name} --pretrained {model}"
+            )
+        if tuple(ckpt.meta.names) != tuple(names):
+            LOG.warning("%s: class names differ from the data's; training with the data's names", model)
+        net = SegmentationModel(ckpt.meta.model_yaml, nc=nc)
+        net.load_state_dict(dict(ckpt.state_dict), strict=True)
+    if pretrained:
+        n, total = transfer_weights(net, load_checkpoint(pretrained).state_dict)
+        if n == 0:
+            raise ModelError(f"{pretrained}: no tensor matches the model by name and shape; wrong architecture?")
+        print(f"Transferred {n}/{total} tensors from {pretrained}")
+    return net.train()
+
+
+def _yaml_name(model_yaml: Mapping[str, object]) -> str:
+    """The YAML name to suggest for a checkpoint's architecture (``yolov8n-seg.yaml``)."""
+    name = str(model_yaml.get("yaml_file") or "yolov8-seg.yaml")
+    scale = model_yaml.get("scale")
+    stem = Path(name).stem
+    if scale and stem.startswith("yolov8-") and not stem.startswith(f"yolov8{scale}"):
+        return f"yolov8{scale}{stem[len('yolov8'):]}.yaml"
+    return name

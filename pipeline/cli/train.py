@@ -1,0 +1,58 @@
+"""segpipe train: train or fine-tune a YOLOv8-seg model on a YOLO-format dataset."""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "train"
+HELP = "train or fine-tune a segmentation model on a data YAML"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="data YAML (path/train/val/names), e.g. coco128-seg.yaml")
+    p.add_argument("--model", default="yolov8n-seg.yaml",
+                   help="model YAML (fresh weights, e.g. yolov8s-seg.yaml) or a checkpoint to continue "
+                        "(best.pt, yolov8n-seg.pt; same class count as the data)")
+    p.add_argument("--pretrained", default=None,
+                   help="checkpoint whose tensors matching by name and shape seed the model (fine-tune "
+                        "on other classes)")
+    p.add_argument("--resume", nargs="?", const=True, default=None, metavar="PATH",
+                   help="continue an interrupted run from its last.pt (default: OUT/weights/last.pt or the "
+                        "latest run)")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--imgsz", type=int, default=640, help="square input size, a multiple of 32")
+    p.add_argument("--batch", type=int, default=16, help="total images per batch (split over devices)")
+    p.add_argument("--device", default=None, help="cpu, 0, or 0,1 for DDP (default: GPU 0 if any, else cpu)")
+    p.add_argument("--out", default=None, help="run folder (default runs/segment/trainN)")
+    p.add_argument("--workers", type=int, default=8, help="data loader processes per device")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True,
+                   help="deterministic kernels (default on)")
+    p.add_argument("--optimizer", default="auto", help="auto, SGD, AdamW or Adam")
+    p.add_argument("--lr0", type=float, default=0.01, help="initial learning rate (ignored by auto)")
+    p.add_argument("--lrf", type=float, default=0.01, help="final lr as a fraction of lr0")
+    p.add_argument("--cos-lr", action="store_true", help="cosine instead of linear lr decay")
+    p.add_argument("--warmup-epochs", type=float, default=3.0)
+    p.add_argument("--close-mosaic", type=int, default=10, help="disable mosaic for the last N epochs")
+    p.add_argument("--patience", type=int, default=100, help="stop after N epochs without improvement")
+    p.add_argument("--val", action=argparse.BooleanOptionalAction, default=True,
+                   help="validate every epoch (the last epoch is always validated)")
+    p.add_argument("--fraction", type=float, default=1.0, help="train on this fraction of the train split")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="mixed precision (CUDA)")
+    p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    from engines.errors import ConfigError
+    from engines.train import train
+
+    if not args.resume and not args.data:
+        raise ConfigError("--data", "required (a data YAML), unless --resume is given")
+    train(
+        data=args.data, model=args.model, pretrained=args.pretrained, resume=args.resume, epochs=args.epochs,
+        imgsz=args.imgsz, batch=args.batch, device=args.device, out=args.out, workers=args.workers,
+        seed=args.seed, deterministic=args.deterministic, optimizer=args.optimizer, lr0=args.lr0, lrf=args.lrf,
+        cos_lr=args.cos_lr, warmup_epochs=args.warmup_epochs, close_mosaic=args.close_mosaic,
+        patience=args.patience, val=args.val, fraction=args.fraction, amp=args.amp, plots=args.plots,
+    )
+    return 0

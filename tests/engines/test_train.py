@@ -1,0 +1,310 @@
+"""Trainer parts (optimizer recipe, schedule, EMA, resumable state) and tiny real training runs."""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from engines.errors import ConfigError
+from engines.train.config import TrainConfig
+from engines.train.ema import ModelEMA
+from engines.train.optim import (
+    OptimizerChoice,
+    Schedule,
+    accumulation,
+    build_optimizer,
+    choose_optimizer,
+    lr_factor,
+    split_parameters,
+    warmup_iterations,
+)
+from engines.train.plots import read_results
+from engines.train.state_io import has_state, pack_state, restore_state
+from tests.engines.shapes_data import make_shapes_dataset
+
+
+def _tiny_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.SiLU(), nn.Conv2d(4, 2, 1))
+
+
+# ----------------------------------------------------------------------------------- optimizer recipe
+
+@pytest.mark.parametrize(("name", "iterations", "nc", "expect", "error"), [
+    ("auto", 20_000, 80, ("SGD", 0.01, 0.9, 0.0), None),
+    ("auto", 1_000, 80, ("AdamW", round(0.01 / 84, 6), 0.9, 0.0), None),
+    ("auto", 1_000, 1, ("AdamW", 0.002, 0.9, 0.0), None),
+    ("sgd", 10, 2, ("SGD", 0.02, 0.95, 0.1), None),
+    ("AdamW", 10, 2, ("AdamW", 0.02, 0.95, 0.1), None),
+    ("lion", 10, 2, None, "unknown optimizer 'lion'"),
+])
+def test_choose_optimizer_table(name, iterations, nc, expect, error):
+    def choose():
+        return choose_optimizer(name, lr0=0.02, momentum=0.95, warmup_bias_lr=0.1, nc=nc, iterations=iterations)
+    if error:
+        with pytest.raises(ConfigError, match=error):
+            choose()
+        return
+    c = choose()
+    assert (c.name, c.lr0, c.momentum, c.warmup_bias_lr) == expect
+
+
+def test_parameter_groups_keep_norms_and_biases_undecayed():
+    net = _tiny_net()
+    g = split_parameters(net)
+    assert [p.shape for p in g["weight"]] == [(4, 3, 3, 3), (2, 4, 1, 1)]
+    assert [p.shape for p in g["norm"]] == [(4,)]  # BN weight; BN bias goes with the biases
+    assert len(g["bias"]) == 3
+    opt = build_optimizer(net, OptimizerChoice(name="SGD", lr0=0.01, momentum=0.9, warmup_bias_lr=0.1),
+                          weight_decay=5e-4)
+    assert [(pg["group"], pg["weight_decay"]) for pg in opt.param_groups] == [
+        ("bias", 0.0), ("weight", 5e-4), ("norm", 0.0)]
+    assert opt.param_groups[0]["nesterov"]
+
+
+@pytest.mark.parametrize(("batch", "nbs", "accumulate", "wd_scale"), [
+    (16, 64, 4, 1.0), (64, 64, 1, 1.0), (128, 64, 1, 2.0), (24, 64, 3, 72 / 64), (4, 4, 1, 1.0),
+])
+def test_accumulation_to_nominal_batch(batch, nbs, accumulate, wd_scale):
+    assert accumulation(batch, nbs) == (accumulate, pytest.approx(wd_scale))
+
+
+def test_lr_factor_linear_and_cosine():
+    lin, cos = lr_factor(10, 0.01, cosine=False), lr_factor(10, 0.01, cosine=True)
+    assert lin(0) == 1.0 and lin(10) == pytest.approx(0.01) and lin(5) == pytest.approx(0.505)
+    assert cos(0) == 1.0 and cos(10) == pytest.approx(0.01) and cos(5) == pytest.approx(0.505)
+    assert cos(2) > lin(2)  # cosine stays high longer
+
+
+def test_warmup_ramps_lr_momentum_and_accumulation():
+    net = _tiny_net()
+    opt = build_optimizer(net, OptimizerChoice(name="SGD", lr0=0.01, momentum=0.937, warmup_bias_lr=0.1),
+                          weight_decay=0.0)
+    sched = Schedule(factor=lr_factor(10, 0.01, cosine=False), momentum=0.937, warmup_iters=100,
+                     warmup_bias_lr=0.1, warmup_momentum=0.8, accumulate=4)
+    assert sched.apply(opt, epoch=0, ni=0) == 1
+    assert [g["lr"] for g in opt.param_groups] == [0.1, 0.0, 0.0]
+    assert all(g["momentum"] == pytest.approx(0.8) for g in opt.param_groups)
+    assert sched.apply(opt, epoch=0, ni=50) == 2  # round(2.5) -> 2 (banker's rounding as numpy)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.05 + 0.005)
+    assert opt.param_groups[1]["lr"] == pytest.approx(0.005)
+    assert sched.apply(opt, epoch=1, ni=100) == 4
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.01 * lr_factor(10, 0.01, cosine=False)(1)] * 3)
+    assert all(g["momentum"] == pytest.approx(0.937) for g in opt.param_groups)
+    assert sched.apply(opt, epoch=5, ni=900) == 4
+    assert opt.param_groups[1]["lr"] == pytest.approx(0.01 * 0.505)
+
+
+def test_warmup_never_covers_the_last_epoch():
+    assert warmup_iterations(3.0, epochs=100, batches_per_epoch=8) == 24
+    assert warmup_iterations(3.0, epochs=2, batches_per_epoch=8) == 8
+    assert warmup_iterations(3.0, epochs=1, batches_per_epoch=8) == 0
+    assert warmup_iterations(0.0, epochs=100, batches_per_epoch=8) == 0
+
+
+# ------------------------------------------------------------------------------------------------ EMA
+
+def test_ema_blends_float_tensors_with_ramped_decay():
+    net = _tiny_net()
+    ema = ModelEMA(net, decay=0.9999, tau=2000)
+    assert ema.decay(1) == pytest.approx(0.9999 * (1 - math.exp(-1 / 2000)))
+    before = {k: v.clone() for k, v in ema.ema.state_dict().items()}
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+        net[1].num_batches_tracked += 5
+    ema.update(net)
+    d = ema.decay(1)
+    w = ema.ema.state_dict()
+    assert torch.allclose(w["0.weight"], d * before["0.weight"] + (1 - d) * net.state_dict()["0.weight"])
+    assert w["1.num_batches_tracked"] == before["1.num_batches_tracked"]  # integers are not averaged
+    assert not any(p.requires_grad for p in ema.ema.parameters())
+
+
+# -------------------------------------------------------------------------------------- resume state
+
+@pytest.mark.parametrize("name", ["SGD", "AdamW"])
+def test_pack_and_restore_round_trip(name):
+    net = _tiny_net()
+    choice = OptimizerChoice(name=name, lr0=0.01, momentum=0.9, warmup_bias_lr=0.0)
+    opt = build_optimizer(net, choice, weight_decay=1e-4)
+    for _ in range(2):
+        net(torch.rand(2, 3, 8, 8)).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+    extra = pack_state(model=net, optimizer=opt, epoch=4, best_fitness=None, ema_updates=7, scaler_scale=1024.0)
+    assert has_state(extra) and not has_state({})
+    assert all(v.device.type == "cpu" for v in extra.values())
+
+    net2 = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.SiLU(), nn.Conv2d(4, 2, 1))
+    opt2 = build_optimizer(net2, choice, weight_decay=1e-4)
+    rs = restore_state(extra, model=net2, optimizer=opt2)
+    assert (rs.start_epoch, rs.best_fitness, rs.ema_updates, rs.scaler_scale) == (5, None, 7, 1024.0)
+    for (k, a), b in zip(net.state_dict().items(), net2.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    s1, s2 = opt.state_dict()["state"], opt2.state_dict()["state"]
+    assert s1.keys() == s2.keys()
+    for i in s1:
+        for k in s1[i]:
+            assert torch.equal(torch.as_tensor(s1[i][k]), torch.as_tensor(s2[i][k])), (i, k)
+
+
+@pytest.mark.parametrize(("field", "value", "error"), [
+    ("imgsz", 100, "train.imgsz: must be a multiple of 32"),
+    ("epochs", 0, "train.epochs: must be >= 1"),
+    ("fraction", 1.5, "train.fraction: must be in"),
+    ("optimizer", "adamax", "unknown optimizer 'adamax'"),
+    ("lrf", 0.0, "train.lrf"),
+])
+def test_config_rejects_bad_values(field, value, error):
+    with pytest.raises(ConfigError, match=error.replace("(", r"\(")):
+        TrainConfig(data="d.yaml", **{field: value})
+
+
+def test_config_record_round_trip():
+    cfg = TrainConfig(data="d.yaml", epochs=3, hyp={"mosaic": 0.0})
+    assert TrainConfig.from_record({**cfg.to_record(), "from_the_future": 1}) == cfg
+
+
+# ------------------------------------------------------------------------------------ real training
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Training tests use one intra-op thread: on a shared 2-core box two spinning OpenMP threads
+    per process make every op many times slower."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+TINY = dict(imgsz=64, batch=4, nbs=4, workers=0, device="cpu", close_mosaic=0, val=False)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, one_thread):
+    """A from-scratch yolov8n-seg trained 25 epochs on 16 synthetic images at 64 px (~100 steps)."""
+    from engines.train import train
+
+    root = tmp_path_factory.mktemp("shapes")
+    data = make_shapes_dataset(root / "data", n=16, size=128)
+    metrics = train(data=data, out=root / "run", epochs=25, optimizer="AdamW", lr0=0.01, warmup_epochs=1,
+                    hyp={"mosaic": 0.0}, **TINY)
+    return SimpleNamespace(data=data, out=root / "run", metrics=metrics)
+
+
+def test_training_lowers_the_loss_and_learns_the_shapes(trained):
+    res = read_results(trained.out / "results.csv")
+    assert res["epoch"].tolist() == list(range(1, 26))
+    for name in ("box_loss", "seg_loss", "cls_loss", "dfl_loss"):
+        first, last = res[f"train/{name}"][:3].mean(), res[f"train/{name}"][-3:].mean()
+        assert last < 0.8 * first, (name, first, last)
+    m = trained.metrics
+    assert m.box.map50 > 0.05 and m.seg.map50 > 0.05, (m.box.map50, m.seg.map50)
+    assert m.names == ("circle", "rect") and m.images == 16
+    # Only the last epoch was validated (--no-val): its metrics are in the CSV, the others are blank.
+    assert np.isnan(res["metrics/mAP50(M)"][:-1]).all() and np.isfinite(res["metrics/mAP50(M)"][-1])
+
+
+def test_run_folder_holds_checkpoints_csv_and_plots(trained):
+    from engines.checkpoint import load_checkpoint
+
+    w = trained.out / "weights"
+    best, last = load_checkpoint(w / "best.pt"), load_checkpoint(w / "last.pt")
+    assert best.meta.names == ("circle", "rect") and best.meta.imgsz == 64 and best.meta.stride == 32
+    assert best.meta.data == str(trained.data) and best.meta.train_args["epochs"] == 25
+    assert best.meta.metrics["epoch"] == 25 and best.meta.metrics["seg.map50"] == pytest.approx(
+        trained.metrics.seg.map50, abs=1e-6)
+    assert best.meta.metrics["fitness"] == pytest.approx(trained.metrics.fitness, abs=1e-6)
+    assert has_state(last.extra_tensors) and not best.extra_tensors
+    assert int(last.extra_tensors["train/epoch"]) == 25
+    for f in ("results.csv", "results.png", "BoxPR_curve.png", "MaskPR_curve.png", "val_batch0_pred.jpg"):
+        assert (trained.out / f).stat().st_size > 0, f
+    assert not list(w.glob("*.tmp"))
+
+
+def test_checkpoint_with_other_class_count_is_refused_and_pretrained_transfers(trained, tmp_path, capsys):
+    from engines.checkpoint import load_checkpoint
+    from engines.errors import ModelError
+    from engines.train.weights import build_train_model
+
+    best = str(trained.out / "weights" / "best.pt")
+    with pytest.raises(ModelError, match=r"predicts 2 classes but the data has 3; .*--pretrained"):
+        build_train_model(best, names=("a", "b", "c"))
+    net = build_train_model("yolov8n-seg.yaml", names=("a", "b", "c"), pretrained=best)
+    n, total = (int(x) for x in capsys.readouterr().out.split("Transferred ")[1].split()[0].split("/"))
+    assert 0 < n < total == len(net.state_dict())
+    assert torch.equal(net.state_dict()["model.0.conv.weight"], load_checkpoint(best).state_dict["model.0.conv.weight"])
+
+
+def _interrupt_after(monkeypatch, epoch_index: int):
+    """Make the run die right after ``epoch_index``'s checkpoints are written (a kill, in effect)."""
+    from engines.train import hooks
+
+    real = hooks.EarlyStopHook.after_epoch
+
+    def after_epoch(self, s):
+        real(self, s)
+        if s.epoch == epoch_index:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(hooks.EarlyStopHook, "after_epoch", after_epoch)
+
+
+def test_resume_continues_exactly_where_the_run_stopped(tmp_path, monkeypatch, one_thread):
+    from engines.checkpoint import load_checkpoint
+    from engines.train import train
+
+    data = make_shapes_dataset(tmp_path / "data", n=4, size=128)
+    kw = dict(TINY, batch=2, nbs=2, epochs=3, close_mosaic=1, optimizer="SGD", plots=False)
+    train(data=data, out=tmp_path / "full", **kw)
+
+    _interrupt_after(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        train(data=data, out=tmp_path / "cut", **kw)
+    monkeypatch.undo()
+    assert int(load_checkpoint(tmp_path / "cut" / "weights" / "last.pt").extra_tensors["train/epoch"]) == 2
+    train(resume=tmp_path / "cut" / "weights" / "last.pt", workers=0)
+
+    a, b = (load_checkpoint(tmp_path / d / "weights" / "last.pt") for d in ("full", "cut"))
+    assert a.extra_tensors.keys() == b.extra_tensors.keys()
+    for k in a.state_dict:  # EMA weights
+        assert torch.allclose(a.state_dict[k], b.state_dict[k], atol=1e-6), k
+    for k in a.extra_tensors:  # raw weights, optimizer momentum, counters
+        assert torch.allclose(a.extra_tensors[k].double(), b.extra_tensors[k].double(), atol=1e-6, equal_nan=True), k
+    assert read_results(tmp_path / "cut" / "results.csv")["epoch"].tolist() == [1, 2, 3]
+
+    with pytest.raises(ConfigError, match="already finished its 3 epochs"):
+        train(resume=tmp_path / "full" / "weights" / "last.pt", workers=0)
+
+
+def test_failed_write_leaves_the_previous_best(tmp_path, monkeypatch, one_thread):
+    from engines.checkpoint import load_checkpoint
+    from engines.errors import CheckpointError
+    from engines.train import train
+
+    data = make_shapes_dataset(tmp_path / "data", n=4, size=128)
+    real_replace, calls = os.replace, []
+
+    def full_disk_on_second_best(src, dst):
+        if Path(dst).name == "best.pt":
+            calls.append(dst)
+            if len(calls) > 1:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", full_disk_on_second_best)
+    with pytest.raises(CheckpointError, match="best.pt: cannot write checkpoint"):
+        train(data=data, out=tmp_path / "run", epochs=2, plots=False, **dict(TINY, val=True))
+    w = tmp_path / "run" / "weights"
+    assert load_checkpoint(w / "best.pt").meta.metrics["epoch"] == 1
+    assert int(load_checkpoint(w / "last.pt").extra_tensors["train/epoch"]) == 2
+    assert sorted(p.name for p in w.iterdir()) == ["best.pt", "last.pt"]
