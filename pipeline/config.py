@@ -1,6 +1,7 @@
 """The ``segpipe run`` config: schema (pydantic v2), ``${ENV}`` interpolation, errors with YAML paths.
 
-Imports from pipeline/ only ``sinks.config`` (the sink schemas). Loading is one pass:
+Imports from pipeline/ only ``sinks.config`` (the sink schemas) and ``demo`` (``demo://`` inputs,
+checked here, rendered only by ``resolve_demo``). Loading is one pass:
 YAML (duplicate keys refused) -> ``${VAR}`` / ``${VAR:-default}`` interpolation -> schema validation
 -> cross-field checks (unique camera ids, files exist). Every problem found is reported at once, one
 line each, as ``cameras[2].url: ...``; the result is frozen. Relative paths are taken from the working
@@ -22,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from engines.errors import ConfigError, ConfigErrors
+from pipeline import demo
 from pipeline.sinks.config import SinkConfig, check_sink_names, redact_url
 
 BACKENDS = ("auto", "torch", "onnx", "openvino", "torchscript", "tensorrt")
@@ -37,7 +39,8 @@ class _Strict(BaseModel):
 class ModelConfig(_Strict):
     """Which model runs where, and how its raw output is filtered."""
 
-    path: str = Field(min_length=1, description="model artifact (.pt, .safetensors, .onnx, .engine, ...)")
+    path: str = Field(min_length=1, description="model artifact (.pt, .safetensors, .onnx, .engine, ...) "
+                                                "or demo://model (the demo weights shipped with segpipe)")
     backend: Literal[BACKENDS] = "auto"  # type: ignore[valid-type]
     device: str = Field("auto", description="auto (first GPU, else cpu), cpu, 0, cuda:1")
     imgsz: int = Field(640, ge=32, le=4096, multiple_of=32, description="model input side, pixels")
@@ -46,6 +49,13 @@ class ModelConfig(_Strict):
     classes: tuple[int, ...] | None = Field(None, description="keep only these class ids")
     max_det: int = Field(300, ge=1, description="detections kept per frame")
     half: bool = Field(False, description="fp16 inference (CUDA only)")
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if demo.is_demo_url(v) and v.strip().rstrip("/").lower() != demo.MODEL_URL:
+            raise ValueError(f"the only demo model is {demo.MODEL_URL}, got {v!r}")
+        return v
 
     @model_validator(mode="after")
     def _classes(self) -> ModelConfig:
@@ -84,12 +94,13 @@ class ReconnectConfig(_Strict):
     @model_validator(mode="after")
     def _order(self) -> ReconnectConfig:
         if self.max_s < self.initial_s:
-            raise ValueError(f"max_s ({self.max_s}) must be >= initial_s ({self.initial_s})")
+            raise ValueError(f"max_s: {self.max_s} must be >= initial_s ({self.initial_s})")
         return self
 
 
 class CameraConfig(_Strict):
-    """One video source: a file, rtsp://, rtsps:// or http(s):// URL."""
+    """One video source: a file, rtsp://, rtsps:// or http(s):// URL, or a synthetic demo clip
+    ``demo://STYLE?seed=..&seconds=..&fps=..&size=WxH`` (a file, rendered on first use)."""
 
     id: str
     url: str = Field(min_length=1, repr=False)  # may hold credentials: shown only via redact_url
@@ -106,7 +117,7 @@ class CameraConfig(_Strict):
 
     @property
     def is_file(self) -> bool:
-        return not _scheme(self.url)
+        return _scheme(self.url) in ("", demo.SCHEME)
 
     @property
     def redacted_url(self) -> str:
@@ -123,15 +134,20 @@ class CameraConfig(_Strict):
     @classmethod
     def _url(cls, v: str) -> str:
         scheme = _scheme(v)
-        if scheme and scheme not in STREAM_SCHEMES:
-            raise ValueError(f"unsupported scheme {scheme!r}; expected a file path or one of "
+        if scheme == demo.SCHEME:
+            try:
+                demo.parse_demo_url(v)
+            except ConfigError as e:
+                raise ValueError(e.msg) from None
+        elif scheme and scheme not in STREAM_SCHEMES:
+            raise ValueError(f"unsupported scheme {scheme!r}; expected a file path, demo:// or one of "
                              + ", ".join(f"{s}://" for s in STREAM_SCHEMES))
         return v
 
     @model_validator(mode="after")
     def _check(self) -> CameraConfig:
         problems = []
-        scheme = _scheme(self.url)
+        scheme = "" if self.is_file else _scheme(self.url)
         if scheme and self.loop:
             problems.append("loop: applies to file cameras only")
         if "transport" in self.model_fields_set and not scheme.startswith("rtsp"):
@@ -189,22 +205,25 @@ class _Loader(yaml.SafeLoader):
 
 
 def _mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-    loader.flatten_mapping(node)  # expand YAML merge keys (<<: *defaults) first
     seen: dict[Any, int] = {}
-    for key_node, _ in node.value:
+    for key_node, _ in node.value:  # only keys written here: merged (<<: *anchor) ones may be overridden
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
         key = loader.construct_object(key_node, deep=deep)
         line = key_node.start_mark.line + 1
         if key in seen:
             raise ConfigError(str(line), f"duplicate key {key!r} (first at line {seen[key]})")
         seen[key] = line
+    loader.flatten_mapping(node)
     return loader.construct_mapping(node, deep=deep)
 
 
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
 
 
-def load_config(path: str | Path, *, env: dict[str, str] | None = None) -> RunConfig:
-    """Read, interpolate and validate the YAML at ``path``; raises ConfigErrors listing every problem."""
+def load_config(path: str | Path, *, env: dict[str, str] | None = None, check_files: bool = True) -> RunConfig:
+    """Read, interpolate and validate the YAML at ``path``; raises ConfigErrors listing every problem.
+    ``check_files=False`` skips the model/video file existence checks (validating a template)."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -218,7 +237,7 @@ def load_config(path: str | Path, *, env: dict[str, str] | None = None) -> RunCo
         mark = getattr(e, "problem_mark", None)
         where = f"{p}:{mark.line + 1}" if mark else str(p)
         raise ConfigError(where, f"invalid YAML: {getattr(e, 'problem', None) or e}") from None
-    return parse_config(raw, env=env)
+    return parse_config(raw, env=env, check_files=check_files)
 
 
 def parse_config(raw: Any, *, env: dict[str, str] | None = None, check_files: bool = True) -> RunConfig:
@@ -403,10 +422,15 @@ def _missing_files(cfg: RunConfig) -> list[ConfigError]:
     out = []
     model = Path(cfg.model.path).expanduser()
     builtin = model.suffix in (".yaml", ".yml") and not model.parent.parts  # e.g. yolov8n-seg.yaml
-    if not builtin and not model.exists():
+    if demo.is_demo_url(cfg.model.path):
+        weights = demo.asset_path("demo-seg.pt")
+        if not weights.is_file():
+            out.append(ConfigError("model.path", f"the demo weights {weights} are not installed "
+                                                 f"(see {demo.ASSET_README})"))
+    elif not builtin and not model.exists():
         out.append(ConfigError("model.path", f"model file not found: {model}"))
     for i, cam in enumerate(cfg.cameras):
-        if cam.is_file and not Path(cam.url).expanduser().is_file():
+        if cam.is_file and not demo.is_demo_url(cam.url) and not Path(cam.url).expanduser().is_file():
             out.append(ConfigError(f"cameras[{i}].url", f"video file not found: {cam.url}"))
     return out
 
@@ -422,3 +446,26 @@ def _dedupe(errors: list[ConfigError]) -> list[ConfigError]:
             seen.add(str(e))
             out.append(e)
     return out
+
+
+def resolve_demo(cfg: RunConfig, *, cache_dir: str | Path | None = None,
+                 on_render: Any = None) -> RunConfig:
+    """A copy of ``cfg`` with every ``demo://`` input replaced by a local path: demo clips are rendered
+    into the cache the first time (``on_render(camera_id, url)`` is called first; clips render in
+    parallel threads), ``demo://model`` becomes the shipped weights. Raises ConfigError/ModelError."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def local(i: int, cam: CameraConfig) -> CameraConfig:
+        if not demo.is_demo_url(cam.url):
+            return cam
+        if on_render is not None:
+            on_render(cam.id, cam.url)
+        path = demo.resolve_demo_url(cam.url, cache_dir=cache_dir, where=f"cameras[{i}].url")
+        return cam.model_copy(update={"url": path})
+
+    with ThreadPoolExecutor(max_workers=min(4, len(cfg.cameras)) or 1) as pool:
+        cams = tuple(pool.map(local, range(len(cfg.cameras)), cfg.cameras))
+    model = cfg.model
+    if demo.is_demo_url(model.path):
+        model = model.model_copy(update={"path": demo.resolve_demo_url(model.path, where="model.path")})
+    return cfg.model_copy(update={"cameras": cams, "model": model})

@@ -56,7 +56,7 @@ def setup_logging(level: str, fmt: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.config import load_config
+    from pipeline.config import load_config, resolve_demo
     from pipeline.shard import parse_shard, select, shard_from_env
 
     shard = parse_shard(args.shard) if args.shard else shard_from_env()
@@ -69,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
               f"model {cfg.model.path}")
         return 0
     setup_logging(args.log_level, args.log_format)
+    cfg = resolve_demo(cfg, on_render=lambda cam, url: log.info(
+        "camera=%s event=demo_clip url=%s (rendered into the cache on first use)", cam, url))
     return _run(cfg, args, shard)
 
 

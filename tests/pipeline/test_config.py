@@ -158,3 +158,44 @@ def test_yaml_file_errors(tmp_path: Path, clip: Path) -> None:
     scalar.write_text("42\n")
     with pytest.raises(ConfigError, match="expected a mapping"):
         load_config(scalar)
+
+
+def test_demo_inputs_are_checked_at_load_and_rendered_on_resolve(clip: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline import demo
+    from pipeline.config import resolve_demo
+
+    raw = base(clip)
+    raw["cameras"].append({"id": "synth", "url": "demo://traffic?seed=1&seconds=0.4&fps=5&size=96x64",
+                           "loop": True})
+    cfg = parse_config(raw, env={})  # nothing rendered yet
+    assert cfg.cameras[2].is_file and not (tmp_path / "cache").exists()
+    rendered: list[str] = []
+    local = resolve_demo(cfg, cache_dir=tmp_path / "cache", on_render=lambda cam, url: rendered.append(cam))
+    assert rendered == ["synth"] and local.cameras[:2] == cfg.cameras[:2]
+    path = Path(local.cameras[2].url)
+    assert path.is_file() and path.parent == tmp_path / "cache" / "demo" and local.cameras[2].loop
+
+    raw["cameras"][2]["url"] = "demo://harbour?seed=1"
+    raw["model"]["path"] = "demo://weights"
+    errors = errors_of(raw)
+    assert any(e.startswith("cameras[2].url: unknown demo style 'harbour'") for e in errors), errors
+    assert any(e.startswith("model.path: the only demo model is demo://model") for e in errors), errors
+
+    monkeypatch.setattr(demo, "asset_path", lambda name: tmp_path / "absent" / name)
+    raw = base(clip)
+    raw["model"]["path"] = "demo://model"
+    assert any(e.startswith("model.path: the demo weights") and "not installed" in e for e in errors_of(raw))
+
+
+@pytest.mark.parametrize("name", ["cameras.yaml", "cameras-redis.yaml", "cameras-rtsp.yaml"])
+def test_shipped_configs_validate(name: str) -> None:
+    from tests.conftest import REPO
+
+    env = {"CAM_USER": "viewer", "CAM_PASSWORD": "s3cret", "SEGPIPE_REDIS_URL": "redis://:pw@redis:6379/0"}
+    cfg = load_config(REPO / "configs" / name, env=env, check_files=False)
+    assert cfg.cameras and cfg.sinks and cfg.metrics.port == 9108 and cfg.metrics.host == "127.0.0.1"
+    assert all("s3cret" not in c.redacted_url for c in cfg.cameras)
+    if name == "cameras-rtsp.yaml":
+        with pytest.raises(ConfigErrors, match="environment variable CAM_PASSWORD is not set"):
+            load_config(REPO / "configs" / name, env={}, check_files=False)

@@ -57,7 +57,7 @@ def test_config_errors_exit_2_listing_all(tmp_path: Path, capsys: pytest.Capture
         "segpipe run: error: batch.max_batch: Input should be greater than or equal to 1",
         "segpipe run: error: batch.max_wait: unknown key 'max_wait' (did you mean 'max_wait_ms'?); allowed: "
         "max_batch, max_wait_ms, max_age_ms",
-        "segpipe run: error: cameras[0].url: unsupported scheme 'ftp'; expected a file path or one of rtsp://, "
+        "segpipe run: error: cameras[0].url: unsupported scheme 'ftp'; expected a file path, demo:// or one of rtsp://, "
         "rtsps://, http://, https://",
     ]
     assert time.monotonic() - t0 < 5 and shm.list_segments(f"{shm.ROOT}{os.getpid()}_") == []
