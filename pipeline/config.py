@@ -107,6 +107,8 @@ class CameraConfig(_Strict):
     fps: float | None = Field(None, gt=0, le=1000, description="sample at most this many frames/s")
     loop: bool = Field(False, description="files: start again at the end")
     realtime: bool = Field(True, description="files: pace frames at the clip's own rate")
+    lossless: bool = Field(False, description="files: wait until each frame is taken instead of dropping it "
+                                              "(a recording processed frame by frame, at the model's pace)")
     transport: Literal["tcp", "udp"] = Field("tcp", description="rtsp only")
     open_timeout_s: float = Field(10.0, gt=0)
     read_timeout_s: float = Field(5.0, gt=0)
@@ -150,6 +152,8 @@ class CameraConfig(_Strict):
         scheme = "" if self.is_file else _scheme(self.url)
         if scheme and self.loop:
             problems.append("loop: applies to file cameras only")
+        if scheme and self.lossless:
+            problems.append("lossless: applies to file cameras only (a live camera cannot wait)")
         if "transport" in self.model_fields_set and not scheme.startswith("rtsp"):
             problems.append("transport: applies to rtsp:// and rtsps:// cameras only")
         slowest = max(self.open_timeout_s, self.read_timeout_s)

@@ -47,6 +47,7 @@ class DecoderSettings:
     fps: float | None = None
     loop: bool = False
     realtime: bool = True
+    lossless: bool = False
     transport: str = "tcp"
     open_timeout_s: float = 10.0
     read_timeout_s: float = 5.0
@@ -60,7 +61,7 @@ class DecoderSettings:
     def from_config(cls, cam: CameraConfig) -> DecoderSettings:
         r = cam.reconnect
         return cls(camera_id=cam.id, url=cam.url, is_file=cam.is_file, fps=cam.fps, loop=cam.loop,
-                   realtime=cam.realtime, transport=cam.transport, open_timeout_s=cam.open_timeout_s,
+                   realtime=cam.realtime, lossless=cam.lossless, transport=cam.transport, open_timeout_s=cam.open_timeout_s,
                    read_timeout_s=cam.read_timeout_s, stall_timeout_s=cam.stall_timeout_s,
                    decode_threads=cam.decode_threads,
                    backoff=Backoff(initial_s=r.initial_s, max_s=r.max_s, jitter=r.jitter),
@@ -237,6 +238,8 @@ class Decoder:
         if self.s.is_file and self.s.realtime and t is not None:
             self._pace_to(t)
         image = frame.to_ndarray(format="bgr24")
+        if self.s.lossless and self.s.is_file:
+            self._wait_taken()
         self.writer.write(np.ascontiguousarray(image), pts=t, capture_ts=time.time())
         if self.machine.state is not S.LIVE:
             self.machine.transition_if(S.LIVE, f"{image.shape[1]}x{image.shape[0]}")
@@ -262,6 +265,14 @@ class Decoder:
         self._sleep(due - time.monotonic())
 
     # ------------------------------------------------------------------------------- plumbing
+
+    def _wait_taken(self) -> None:
+        """lossless files: hold this frame until the reader has taken the previous one."""
+        while not self.writer.taken():
+            self.writer.beat()
+            self._check_stop()
+            self.last_frame = time.monotonic()  # waiting for the model is not a stall
+            time.sleep(0.002)
 
     def _sleep(self, seconds: float) -> None:
         """Sleep in short steps, beating and watching for stop."""

@@ -5,6 +5,10 @@ syscall storm per frame, a slot write costs one memcpy. Decoders (writers) never
 stage (reader) takes only the newest frame, so a slow reader skips frames instead of queueing them
 (newest wins) and counts what it skipped as drops.
 
+A file decoder run with ``lossless`` waits, before publishing a frame, until the reader has taken
+the previous one (``taken_seq``): a recording is then processed frame by frame at the model's pace.
+That is the one case where a writer waits; live sources never do.
+
 Two kinds of segment per camera, all named ``segpipe_<supervisor pid>_<camera index>_*``:
 
 * control block ``..._c`` (created and unlinked by the supervisor; outlives decoder restarts):
@@ -52,6 +56,7 @@ CONTROL_DTYPE = np.dtype([
     ("restarts", "i8"),     # supervisor: decoder process restarts
     ("dropped", "i8"),      # reader: frames overwritten before they were read
     ("stale", "i8"),        # reader: frames older than max_age_ms when the batcher would take them
+    ("taken_seq", "i8"),    # reader: seq of the last frame taken or dropped as stale, -1 before the first
     ("inferred", "i8"),     # device stage: frames with results handed to the sinks
     ("latency_ms", "f8"),   # device stage: moving average of publish time - capture time
 ], align=True)
@@ -141,6 +146,7 @@ class ControlBlock:
             self._rec[0] = 0
             self._rec["gen"] = -1
             self._rec["latest_seq"] = -1
+            self._rec["taken_seq"] = -1
 
     def get(self, field: str) -> float | int:
         return self._rec[field][0].item()
@@ -213,6 +219,10 @@ class RingWriter:
         self._gen = gen
         self._next_seq = int(self.control.get("latest_seq")) + 1
         self.control.set("pid", os.getpid())
+
+    def taken(self) -> bool:
+        """True when the reader has taken (or dropped as stale) the newest published frame."""
+        return self.control.get("taken_seq") >= self.control.get("latest_seq")
 
     def beat(self) -> None:
         """Record that the decoder loop is alive (the supervisor kills a decoder that stops beating)."""
@@ -322,6 +332,7 @@ class RingReader:
             self.stale += 1
             self.control.set("stale", self.stale)
         self.last_seq = seq
+        self.control.set("taken_seq", seq)
 
     def _segment(self) -> _DataSegment | None:
         gen = int(self.control.get("gen"))

@@ -101,6 +101,7 @@ BAD = [  # (where, value, expected error line prefix, expected text)
     ("cameras[1].url", "rtp://10.0.0.5/x", "cameras[1].url", "unsupported scheme 'rtp'"),
     ("cameras[0].url", "nowhere.mp4", "cameras[0].url", "video file not found"),
     ("cameras[1].loop", True, "cameras[1].loop", "file cameras only"),
+    ("cameras[1].lossless", True, "cameras[1].lossless", "a live camera cannot wait"),
     ("cameras[0].transport", "udp", "cameras[0].transport", "rtsp:// and rtsps:// cameras only"),
     ("cameras[1].transport", "quic", "cameras[1].transport", "'tcp' or 'udp'"),
     ("cameras[1].fps", 0, "cameras[1].fps", "greater than 0"),

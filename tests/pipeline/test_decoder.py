@@ -125,6 +125,14 @@ def test_fps_limit_samples_by_timestamp(clips: dict[str, Path], harness: type[Ha
     assert h.decoded == 10  # 30 frames at 30 fps -> one in three
 
 
+def test_lossless_file_waits_for_every_frame_to_be_taken(clips: dict[str, Path], harness: type[Harness]) -> None:
+    h = harness(url=str(clips["mp4"]), is_file=True, realtime=False, lossless=True)
+    h.run()
+    assert h.states == [S.CONNECTING, S.LIVE, S.ENDED]
+    assert [f.seq for f in h.frames] == list(range(30))  # nothing superseded, nothing dropped
+    assert [frame_index(f.image) for f in h.frames] == list(range(30))
+
+
 def test_loop_keeps_pts_increasing_until_stopped(clips: dict[str, Path], harness: type[Harness]) -> None:
     h = harness(url=str(clips["fast"]), is_file=True, realtime=True, loop=True)
     h.run(stop_after_decoded=25)
