@@ -144,19 +144,29 @@ def test_cli_user_errors(data_yaml: Path, tmp_path: Path, capsys: pytest.Capture
 
 def test_cli_fixture_checkpoint_agrees_with_cocoeval(data_yaml: Path, tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    """The Ultralytics-trained fixture model through `segpipe val --save-json`."""
+    """The Ultralytics-trained fixture model through `segpipe val --save-json`, then as ONNX."""
     if not FIXTURE_PT.is_file():
         pytest.skip(f"fixture checkpoint not generated yet: {FIXTURE_PT}")
-    rc = cli(["val", "--model", str(FIXTURE_PT), "--data", str(data_yaml), "--imgsz", str(IMGSZ),
-              "--batch", "4", "--workers", "0", "--save-json", "--out", str(tmp_path)])
-    assert rc == 0
-    out = capsys.readouterr().out
-    assert "all" in out and "pycocotools on predictions.json" in out
-    saved = json.loads((tmp_path / "metrics.json").read_text())
-    ref = cocoeval_stats(tmp_path / "ground_truth.json", tmp_path / "predictions.json")
+    args = ["--data", str(data_yaml), "--imgsz", str(IMGSZ), "--batch", "4", "--workers", "0"]
+    assert cli(["val", "--model", str(FIXTURE_PT), *args, "--save-json", "--out", str(tmp_path / "pt")]) == 0
+    assert "pycocotools on predictions.json" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "pt" / "metrics.json").read_text())
+    ref = cocoeval_stats(tmp_path / "pt" / "ground_truth.json", tmp_path / "pt" / "predictions.json")
     for k, v in ref.items():
         assert abs(saved[k] - v) < 0.01, (k, saved[k], v)
-    assert saved["seg.map50"] > 0.3 and saved["box.map50"] > 0.3  # the model overfit these images
+    # the model overfit these images: real, non-trivial numbers (Ultralytics' own val prints box
+    # 0.871 / mask 0.763 mAP50-95, its masks scored at 1/4 resolution; pycocotools on its
+    # predictions.json against our ground truth gives box 0.885 / mask 0.641)
+    assert saved["box.map50"] > 0.85 and 0.8 < saved["box.map"] < 0.95
+    assert saved["seg.map50"] > 0.85 and 0.55 < saved["seg.map"] < 0.75
+
+    from engines.export import export
+
+    onnx = export(FIXTURE_PT, format="onnx", dynamic=True, out=tmp_path / "m.onnx")
+    assert cli(["val", "--model", str(onnx), *args, "--out", str(tmp_path / "onnx")]) == 0
+    via_onnx = json.loads((tmp_path / "onnx" / "metrics.json").read_text())
+    for k in ("box.map", "box.map50", "seg.map", "seg.map50", "box.precision", "seg.recall"):
+        assert abs(via_onnx[k] - saved[k]) < 0.01, (k, via_onnx[k], saved[k])
 
 
 def test_cli_checkpoint_remembers_data_and_imgsz(data_yaml: Path, tmp_path: Path,
