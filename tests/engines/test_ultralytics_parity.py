@@ -1,0 +1,168 @@
+"""Parity with real Ultralytics (8.4.x) outputs, from tests/fixtures/ultralytics (see make_fixture.py).
+
+The fixture checkpoint is a YOLOv8n-seg trained briefly by Ultralytics and saved its way (fp16
+pickle). It is loaded through our restricted unpickler, run on the exact letterboxed inputs
+Ultralytics fed it, and compared with its raw eval outputs and its final predict() results.
+
+Float32 conv results depend on the thread count (a few ulp); the reference was computed with one
+thread, as Ultralytics' predictor runs, so these tests do too and are then bit-exact on the
+machine that made the fixture. Box coordinates are compared in grid units (pixels / stride),
+where the network computes them, so another CPU's kernels still pass at 1e-4.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engines.checkpoint import Checkpoint, build_model, load_checkpoint
+from engines.errors import UnsafeCheckpointError
+from engines.nn import SegmentationModel, make_anchors
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ultralytics"
+CKPT = FIXTURES / "yolov8n-seg-coco8.pt"
+REFERENCE = json.loads((FIXTURES / "predict.json").read_text())
+IMAGES = sorted(REFERENCE["images"])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def ckpt() -> Checkpoint:
+    return load_checkpoint(CKPT)
+
+
+@pytest.fixture(scope="module")
+def model(ckpt: Checkpoint) -> SegmentationModel:
+    return build_model(ckpt)
+
+
+def _raw(name: str) -> dict[str, np.ndarray]:
+    with np.load(FIXTURES / f"raw_{Path(name).stem}.npz") as z:
+        return {k: z[k] for k in z.files}
+
+
+def _forward(model: SegmentationModel, name: str) -> tuple[dict[str, np.ndarray], torch.Tensor, torch.Tensor]:
+    ref = _raw(name)
+    x = torch.from_numpy(ref["input_u8"]).float() / 255  # exactly what Ultralytics fed the model
+    with torch.no_grad():
+        pred, proto = model(x)
+    return ref, pred, proto
+
+
+def _strides(input_hw: tuple[int, ...]) -> np.ndarray:
+    feats = [torch.empty(1, 1, input_hw[0] // s, input_hw[1] // s) for s in (8, 16, 32)]
+    return make_anchors(feats, [8.0, 16.0, 32.0])[1].T.numpy()  # (1, A) pixels per grid unit
+
+
+@pytest.mark.parametrize("name", IMAGES)
+def test_raw_outputs_match(model: SegmentationModel, name: str) -> None:
+    ref, pred, proto = _forward(model, name)
+    assert pred.shape == ref["pred"].shape and proto.shape == ref["proto"].shape
+    strides = _strides(ref["input_u8"].shape[2:])
+    ours, theirs = pred.numpy(), ref["pred"]
+    assert np.abs(ours[:, :4] / strides - theirs[:, :4] / strides).max() < 1e-4
+    assert np.abs(ours[:, 4:] - theirs[:, 4:]).max() < 1e-4
+    assert np.abs(proto.numpy() - ref["proto"]).max() < 1e-4
+    assert theirs[0, 4:84].max() > REFERENCE["predict"]["conf"]  # the fixture has real detections
+
+
+def test_fused_outputs_match(model: SegmentationModel) -> None:
+    import copy
+
+    fused = copy.deepcopy(model).fuse()
+    ref, pred, _ = _forward(fused, IMAGES[0])
+    # Folding BN reorders float math; boxes are in pixels (up to ~320), hence the looser bound.
+    assert np.abs(pred.numpy()[:, 4:] - ref["pred"][:, 4:]).max() < 1e-4
+    assert np.abs(pred.numpy()[:, :4] - ref["pred"][:, :4]).max() < 1e-3
+
+
+def test_letterbox_matches_ultralytics(coco128: Path) -> None:
+    import cv2
+
+    from engines.ops import letterbox
+
+    for name in IMAGES:
+        im = cv2.imread(str(coco128 / "images" / "train2017" / name))
+        batch, infos = letterbox([torch.from_numpy(im)], size=320, stride=32, auto=True)
+        ref = torch.from_numpy(_raw(name)["input_u8"]).float()
+        assert list(infos[0].orig_shape) == REFERENCE["images"][name]["orig_shape"]
+        assert batch.shape == ref.shape, name
+        # engines.ops resizes with torch (on the device), Ultralytics with cv2: same geometry and
+        # padding, pixel values within one grey level.
+        diff = (batch * 255 - ref).abs()
+        assert diff.max() <= 1.0 + 1e-3 and diff.mean() < 0.25, (name, float(diff.max()), float(diff.mean()))
+
+
+@pytest.mark.parametrize("retina", [False, True], ids=["default", "retina"])
+@pytest.mark.parametrize("name", IMAGES)
+def test_final_detections_match(ckpt: Checkpoint, model: SegmentationModel, name: str, retina: bool) -> None:
+    from pycocotools import mask as mask_utils
+
+    from engines.ops import NMSConfig, letterbox_geometry, postprocess
+
+    settings, ref = REFERENCE["predict"], REFERENCE["images"][name]["retina" if retina else "default"]
+    ref_input, pred, proto = _forward(model, name)
+    info = letterbox_geometry(tuple(REFERENCE["images"][name]["orig_shape"]), size=settings["imgsz"],
+                              stride=32, auto=True)
+    assert info.new_shape == tuple(ref_input["input_u8"].shape[2:])
+    cfg = NMSConfig(conf=settings["conf"], iou=settings["iou"], max_det=settings["max_det"])
+    (det,) = postprocess(pred, proto, [info], cfg, names=ckpt.meta.names, retina_masks=retina)
+    assert len(ref["scores"]) > 0
+    assert len(det) == len(ref["scores"])
+    np.testing.assert_allclose(det.boxes.numpy(), np.array(ref["boxes_xyxy"]), atol=1e-2)
+    np.testing.assert_allclose(det.scores.numpy(), np.array(ref["scores"]), atol=1e-4)
+    assert det.class_ids.tolist() == ref["classes"]
+    ref_masks = np.stack([mask_utils.decode({"size": r["size"], "counts": r["counts"].encode()})
+                          for r in ref["masks_rle"]]).astype(bool)
+    ours = det.masks.numpy()
+    assert ours.shape == ref_masks.shape
+    # Sub-1e-4 logit differences may flip a pixel that sits exactly on the 0.5 threshold; nothing more.
+    differing = (ours != ref_masks).reshape(len(ours), -1).sum(1)
+    assert differing.max() <= 2, differing
+    if not retina:
+        _check_input_masks(pred, proto, cfg, ref)
+
+
+def _check_input_masks(pred: torch.Tensor, proto: torch.Tensor, cfg: object, ref: dict) -> None:
+    """Masks at the model input, which is what Ultralytics' Results.masks hold without retina."""
+    from pycocotools import mask as mask_utils
+
+    from engines.ops import non_max_suppression, process_masks
+
+    (rows,) = non_max_suppression(pred, cfg, nc=80)
+    masks = process_masks(proto[0], rows[:, 6:], rows[:, :4], _input_hw(proto), upsample=True).numpy()
+    ref_masks = np.stack([mask_utils.decode({"size": r["size"], "counts": r["counts"].encode()})
+                          for r in ref["input_masks_rle"]]).astype(bool)
+    assert masks.shape == ref_masks.shape
+    assert (masks != ref_masks).reshape(len(masks), -1).sum(1).max() <= 2
+
+
+def _input_hw(proto: torch.Tensor) -> tuple[int, int]:
+    return proto.shape[-2] * 4, proto.shape[-1] * 4
+
+
+def test_tampered_checkpoint_is_refused(tmp_path: Path) -> None:
+    """The real fixture with one global swapped for os.system is refused, naming it."""
+    tampered = tmp_path / "tampered.pt"
+    with zipfile.ZipFile(CKPT) as src, zipfile.ZipFile(tampered, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename.endswith("/data.pkl"):
+                assert b"ccollections\nOrderedDict\n" in data
+                data = data.replace(b"ccollections\nOrderedDict\n", b"cposix\nsystem\n", 1)
+            dst.writestr(item, data)
+    with pytest.raises(UnsafeCheckpointError, match="refusing to unpickle global 'posix.system'"):
+        load_checkpoint(tampered)
