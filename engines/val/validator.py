@@ -220,7 +220,8 @@ def validate(model: Any, *, data: str | os.PathLike[str] | DataSpec | None = Non
     """Validate a model file or a loaded ``Backend``; dataset and imgsz default to the model's own.
 
     model: a path (any backend format) or an ``engines.backends.Backend``; half: fp16 weights when
-    loading a path on CUDA. Returns SegMetrics.
+    loading a path on CUDA. out_dir defaults to ``runs/val`` when save_json or plots ask for files.
+    Returns SegMetrics.
     """
     from engines.backends import Backend, BackendOptions, load_backend
 
@@ -237,6 +238,8 @@ def validate(model: Any, *, data: str | os.PathLike[str] | DataSpec | None = Non
     elif not meta.dynamic and (imgsz, imgsz) != tuple(meta.imgsz):
         raise ConfigError("--imgsz", f"{model.path} was exported for {meta.imgsz[0]}x{meta.imgsz[1]} inputs, "
                           f"got {imgsz} (export with --dynamic to validate at other sizes)")
+    if out_dir is None and (save_json or plots):
+        out_dir = Path("runs/val")
     v = Validator(data=spec, split=split, imgsz=imgsz, batch=batch, device=model.device, conf=conf, iou=iou,
                   max_det=max_det, save_json=save_json, out_dir=out_dir, plots=plots, verbose=verbose,
                   rect=meta.dynamic, workers=workers)
