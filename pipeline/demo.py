@@ -253,3 +253,107 @@ def resolve_demo_url(url: str, *, cache_dir: str | os.PathLike[str] | None = Non
     if url.strip().rstrip("/").lower() == MODEL_URL:
         return str(demo_model_path())
     return str(ensure_demo_clip(parse_demo_url(url, where=where), cache_dir=cache_dir))
+
+
+# ------------------------------------------------------------------------------------------ scoring
+@dataclass(frozen=True, slots=True)
+class DemoScore:
+    """How well streamed masks match a demo clip's ground truth (see ``score_events``).
+
+    frames: frame events scored. objects: ground-truth instances counted (area >= ``min_area``).
+    matched: those matched by a detection of the same class at mask IoU >= ``iou_thr``.
+    recall = matched / objects; mean_iou: mean mask IoU of the matched ones. detections: all
+    detections scored; false_positives: those matched to no instance at all (small ones included).
+    """
+
+    frames: int
+    objects: int
+    matched: int
+    mean_iou: float
+    detections: int
+    false_positives: int
+
+    @property
+    def recall(self) -> float:
+        return self.matched / self.objects if self.objects else 0.0
+
+    @property
+    def precision(self) -> float:
+        return 1.0 - self.false_positives / self.detections if self.detections else 0.0
+
+    def __str__(self) -> str:
+        return (f"{self.frames} frames, {self.objects} objects: recall {self.recall:.3f} "
+                f"({self.matched} matched), mean mask IoU {self.mean_iou:.3f}, precision {self.precision:.3f} "
+                f"({self.false_positives} false positives of {self.detections} detections)")
+
+
+def load_truth(sidecar: str | os.PathLike[str]) -> dict[float, list[dict]]:
+    """A clip's ``.gt.jsonl`` (format in ``engines.synth.writers``) as ``{time from the first frame, s:
+    instances}``: the time a decoder reports as the frame's pts (``pipeline.decoder`` starts at 0)."""
+    import json
+    from fractions import Fraction
+
+    out: dict[float, list[dict]] = {}
+    first: int | None = None
+    with open(sidecar) as f:
+        for line in f:
+            rec = json.loads(line)
+            first = rec["pts"] if first is None else first
+            out[float((rec["pts"] - first) * Fraction(rec["time_base"]))] = rec["instances"]
+    return out
+
+
+def score_events(events: list[dict], truth: dict[float, list[dict]], *, min_area: int = 32 * 32,
+                 iou_thr: float = 0.5) -> DemoScore:
+    """Score frame events (``pipeline.events`` dicts with RLE masks) of one camera against ``truth``.
+
+    Each event is paired with the ground-truth frame nearest its ``pts`` (within 1 ms). Per frame,
+    detection/instance pairs of the same class are matched greedily by decreasing mask IoU, each
+    used once, down to ``iou_thr``. Instances smaller than ``min_area`` pixels are neither counted
+    nor held against a detection that matches them.
+    """
+    import numpy as np
+
+    times = np.array(sorted(truth))
+    frames = objects = matched = detections = false_pos = 0
+    ious: list[float] = []
+    for ev in events:
+        if ev.get("kind") != "frame" or ev.get("pts") is None:
+            continue
+        i = int(np.abs(times - ev["pts"]).argmin())
+        if abs(times[i] - ev["pts"]) > 1e-3:
+            raise ValueError(f"event pts {ev['pts']} s matches no ground-truth frame")
+        gts, dets = truth[float(times[i])], ev["detections"]
+        pairs = _greedy_pairs(dets, gts, iou_thr)
+        big = [g["area"] >= min_area for g in gts]
+        frames += 1
+        objects += sum(big)
+        detections += len(dets)
+        false_pos += len(dets) - len(pairs)
+        for _, g, iou in pairs:
+            if big[g]:
+                matched += 1
+                ious.append(iou)
+    return DemoScore(frames, objects, matched, float(np.mean(ious)) if ious else 0.0, detections, false_pos)
+
+
+def _greedy_pairs(dets: list[dict], gts: list[dict], iou_thr: float) -> list[tuple[int, int, float]]:
+    """``(detection, instance, iou)`` one-to-one pairs of the same class, best IoU first."""
+    import numpy as np
+    from pycocotools import mask as mask_utils
+
+    if not dets or not gts:
+        return []
+    iou = np.asarray(mask_utils.iou([d["mask"] for d in dets], [g["rle"] for g in gts], [0] * len(gts)))
+    same = np.array([[d["class_id"] == g["class_id"] for g in gts] for d in dets])
+    iou = np.where(same, iou.reshape(len(dets), len(gts)), 0.0)
+    pairs, used_d, used_g = [], set(), set()
+    for flat in np.argsort(-iou, axis=None, kind="stable"):
+        d, g = divmod(int(flat), len(gts))
+        if iou[d, g] < iou_thr:
+            break
+        if d not in used_d and g not in used_g:
+            used_d.add(d)
+            used_g.add(g)
+            pairs.append((d, g, float(iou[d, g])))
+    return pairs

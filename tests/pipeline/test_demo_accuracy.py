@@ -1,0 +1,99 @@
+"""The out-of-the-box demo end to end: `segpipe run` on demo:// clips with the shipped demo model, every
+frame streamed to a JSONL sink, masks scored against the clips' ground truth (pipeline.demo.score_events).
+
+Short clips at the demo's own size keep this to seconds; benchmarks/demo_accuracy.py runs long ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from engines.synth.writers import sidecar_path
+from pipeline.demo import DemoScore, ensure_demo_clip, load_truth, parse_demo_url, score_events
+from tests.conftest import REPO
+
+CLIPS = {
+    "traffic": "demo://traffic?seed=11&seconds=1.5&fps=10&size=640x360",
+    "factory": "demo://factory?seed=11&seconds=1.5&fps=10&size=640x360",
+}
+
+
+def test_score_events_matching_rules() -> None:
+    """Greedy same-class matching, small instances neutral, false positives counted."""
+    import numpy as np
+
+    from engines.ops.rle import encode
+
+    def square(x: int, y: int, s: int) -> dict:
+        m = np.zeros((100, 100), bool)
+        m[y:y + s, x:x + s] = True
+        return encode(m)
+
+    gts = [{"class_id": 0, "area": 40 * 40, "rle": square(0, 0, 40)},
+           {"class_id": 1, "area": 40 * 40, "rle": square(50, 50, 40)},
+           {"class_id": 1, "area": 10 * 10, "rle": square(0, 80, 10)}]  # small: neutral
+    dets = [{"class_id": 0, "mask": square(0, 0, 36)},      # IoU 0.81 with gt 0
+            {"class_id": 0, "mask": square(50, 50, 40)},    # right place, wrong class: a false positive
+            {"class_id": 1, "mask": square(0, 80, 10)}]     # matches the small one: not a false positive
+    s = score_events([{"kind": "frame", "pts": 0.0, "detections": dets}], {0.0: gts})
+    assert (s.frames, s.objects, s.matched, s.detections, s.false_positives) == (1, 2, 1, 3, 1)
+    assert s.mean_iou == pytest.approx(36 * 36 / (40 * 40))
+    assert s.recall == 0.5
+    with pytest.raises(ValueError, match="matches no ground-truth frame"):
+        score_events([{"kind": "frame", "pts": 0.5, "detections": []}], {0.0: gts})
+
+
+@pytest.fixture(scope="module")
+def streamed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, list[dict]]]:
+    """``(cache folder, frame events per camera)`` of one real `segpipe run` over the CLIPS (every
+    frame: lossless file cameras)."""
+    tmp = tmp_path_factory.mktemp("demo_run")
+    cfg = {
+        "model": {"path": "demo://model", "device": "cpu", "conf": 0.25},
+        "masks": {"format": "rle", "resolution": "frame"},
+        "batch": {"max_batch": 2, "max_wait_ms": 5, "max_age_ms": 60_000},
+        "cameras": [{"id": name, "url": url, "realtime": False, "lossless": True} for name, url in CLIPS.items()],
+        "sinks": [{"type": "jsonl", "path": str(tmp / "events.jsonl")}],
+        "metrics": {"enabled": False},
+    }
+    path = tmp / "cameras.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "SEGPIPE_CACHE": str(tmp / "cache"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "run", str(path), "--no-console"], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out: dict[str, list[dict]] = {name: [] for name in CLIPS}
+    for line in (tmp / "events.jsonl").read_text().splitlines():
+        ev = json.loads(line)
+        if ev["kind"] == "frame":
+            out[ev["camera"]].append(ev)
+    return tmp / "cache", out
+
+
+def _score(streamed: tuple[Path, dict[str, list[dict]]], name: str) -> DemoScore:
+    cache, events_by_camera = streamed
+    spec = parse_demo_url(CLIPS[name])
+    clip = ensure_demo_clip(spec, cache_dir=cache)  # rendered by the run, so only looked up here
+    events = events_by_camera[name]
+    seqs = [e["seq"] for e in events]
+    assert len(set(seqs)) == len(seqs) and set(seqs) <= set(range(spec.frames)), seqs
+    # Lossless file cameras deliver every frame, except that the last one may still be lost in the
+    # shutdown race when the clip ends (seen: 14 of 15); accuracy does not depend on that frame.
+    assert len(events) >= spec.frames - 1, seqs
+    return score_events(events, load_truth(sidecar_path(clip)))
+
+
+@pytest.mark.parametrize("name", list(CLIPS))
+def test_demo_model_segments_demo_clips(streamed: tuple[Path, dict[str, list[dict]]], name: str) -> None:
+    score = _score(streamed, name)
+    print(f"{name}: {score}")
+    assert score.objects >= 10, score
+    assert score.recall >= 0.9, score
+    assert score.mean_iou >= 0.75, score
