@@ -7,6 +7,7 @@ nothing is written to the environment. Rank 0 validates and saves; the others on
 
 from __future__ import annotations
 
+import datetime
 import os
 import pickle
 import socket
@@ -88,7 +89,9 @@ def _entry(rank: int, fn: Callable[[Placement, Any], Any], arg: Any, devices: li
         torch.cuda.set_device(device)
     else:  # CPU processes share the cores instead of each claiming all of them
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // len(devices)))
-    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=len(devices))
+    # Long timeout: the other ranks wait at the epoch-end broadcast while rank 0 validates and saves.
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=len(devices),
+                            timeout=datetime.timedelta(hours=3))
     try:
         out = fn(Placement(rank, len(devices), device), arg)
         if rank == 0:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engines.train.loss import LOSS_NAMES
-from engines.train.plots import plot_results
+from engines.train.plots import plot_results, plot_train_batch
 from engines.train.state import TrainState
 
 if TYPE_CHECKING:
@@ -196,3 +196,15 @@ class TimerHook(Hook):
         dt = time.perf_counter() - self.t0
         s.extras["train_seconds"] = dt
         s.extras["images_per_s"] = s.images_seen / dt if dt > 0 else 0.0
+
+
+class TrainBatchPlotHook(Hook):
+    """``train_batch{0,1,2}.jpg``: the first augmented batches with their labels drawn."""
+
+    def __init__(self, out: Path, n: int = 3) -> None:
+        self.out, self.n = out, n
+
+    def after_step(self, s: TrainState, stepped: bool) -> None:
+        k = s.ni - s.start_epoch * s.batches_per_epoch
+        if k < self.n and s.extras.get("batch") is not None:
+            plot_train_batch(s.extras["batch"], s.names, self.out / f"train_batch{k}.jpg")

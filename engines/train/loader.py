@@ -8,16 +8,17 @@ it is seeded too: a run is reproducible whatever the worker count.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from engines.data.augment import AugmentConfig
 from engines.data.batch import collate
 from engines.data.dataset import SegDataset
-from engines.data.spec import DataSpec
+from engines.data.spec import DataSpec, resolve_images
 from engines.errors import ConfigError
 from engines.train.config import TrainConfig
 from engines.train.ddp import Placement
@@ -60,22 +61,23 @@ def build_train_data(cfg: TrainConfig, spec: DataSpec, place: Placement, *, stri
     """DataLoader over the train split; each rank gets ``cfg.batch // world_size`` images per batch."""
     if cfg.batch < place.world_size:
         raise ConfigError("train.batch", f"batch {cfg.batch} is smaller than the {place.world_size} processes")
-    dataset = SegDataset.from_spec(
-        spec, "train", imgsz=cfg.imgsz, augment=True, hyp=augment_config(cfg), stride=stride, seed=cfg.seed,
-        cache_dir=None if cfg.cache_dir is None else Path(cfg.cache_dir),
+    sources: Sequence[str | os.PathLike[str]] = spec.sources("train")
+    if cfg.fraction < 1.0:  # Ultralytics' rule: the first images of the split (mosaic partners too)
+        files, _ = resolve_images(sources, split="train")
+        sources = files[: max(1, round(len(files) * cfg.fraction))]
+    dataset = SegDataset(
+        sources, nc=spec.nc, split="train", imgsz=cfg.imgsz, augment=True, hyp=augment_config(cfg),
+        stride=stride, seed=cfg.seed, cache_dir=None if cfg.cache_dir is None else Path(cfg.cache_dir),
     )
-    data = dataset
-    if cfg.fraction < 1.0:  # Ultralytics takes the first images of the split
-        data = Subset(dataset, range(max(1, round(len(dataset) * cfg.fraction))))
     per_rank = cfg.batch // place.world_size
     if place.distributed:
         sampler: DistributedSampler | RandomSampler = DistributedSampler(
-            data, num_replicas=place.world_size, rank=place.rank, shuffle=True, seed=cfg.seed)
+            dataset, num_replicas=place.world_size, rank=place.rank, shuffle=True, seed=cfg.seed)
     else:
-        sampler = RandomSampler(data, generator=torch.Generator())
+        sampler = RandomSampler(dataset, generator=torch.Generator())
     workers = min(cfg.workers, os.cpu_count() or 1, per_rank)
     loader = DataLoader(
-        data, batch_size=per_rank, sampler=sampler, num_workers=workers, collate_fn=collate,
+        dataset, batch_size=per_rank, sampler=sampler, num_workers=workers, collate_fn=collate,
         pin_memory=place.device.type == "cuda", drop_last=False, persistent_workers=False,
         worker_init_fn=_worker_init if workers else None,
     )

@@ -1,5 +1,7 @@
-"""Training curves from ``results.csv`` as a PNG. Imports matplotlib lazily, through its
-object-oriented API only (no pyplot global state, no backend switching)."""
+"""Training plots: curves from ``results.csv`` and grids of augmented training batches.
+
+Imports matplotlib lazily, through its object-oriented API only (no pyplot global state, no backend
+switching); batch grids reuse the validation drawing helpers (``engines.val.plots``)."""
 
 from __future__ import annotations
 
@@ -7,8 +9,12 @@ import csv
 import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from engines.data.batch import TrainBatch
 
 
 def read_results(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
@@ -56,3 +62,30 @@ def plot_results(csv_path: str | os.PathLike[str], out: str | os.PathLike[str] |
         ax.set_xlabel("epoch", fontsize=8)
     fig.savefig(out, dpi=120)
     return out
+
+
+def plot_train_batch(batch: TrainBatch, names: tuple[str, ...], path: str | os.PathLike[str], *,
+                     max_images: int = 16) -> Path:
+    """The augmented network inputs of a batch with their label masks, boxes and names, as a grid
+    (what the model is really trained on: mosaics, flips, colour jitter)."""
+    import cv2
+
+    from engines.val.plots import draw_truth, image_grid
+    from engines.val.truth import ImageTruth
+
+    images = batch.images[:max_images].permute(0, 2, 3, 1).numpy()[..., ::-1]  # RGB -> BGR
+    h, w = images.shape[1:3]
+    bidx, cls = batch.batch_idx.numpy(), batch.cls.numpy()
+    boxes = batch.bboxes.numpy() * np.array([w, h, w, h], np.float32)
+    tiles = []
+    for i, img in enumerate(images):
+        sel = bidx == i
+        masks = batch.masks.numpy()[sel]
+        full = np.stack([cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST) for m in masks]) \
+            if len(masks) else np.zeros((0, h, w), np.uint8)
+        xywh = boxes[sel].copy()
+        xywh[:, :2] -= xywh[:, 2:] / 2  # centre -> top-left corner (COCO boxes)
+        truth = ImageTruth.from_masks(cls[sel], xywh, full.astype(bool))
+        tiles.append(draw_truth(np.ascontiguousarray(img), truth, names))
+    return image_grid(tiles, path, tile=max(h, w))
+

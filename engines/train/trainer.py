@@ -22,7 +22,7 @@ from torch import nn
 
 from engines.checkpoint import ModelMeta, build_model, load_checkpoint, save_checkpoint
 from engines.data.spec import DataSpec, load_data_yaml
-from engines.errors import CheckpointError, ConfigError
+from engines.errors import CheckpointError, ConfigError, SegpipeError
 from engines.nn.model import SegmentationModel
 from engines.train import hooks as H
 from engines.train.config import TrainConfig, default_out_dir
@@ -87,15 +87,15 @@ def fit_loop(s: TrainState, data: TrainData, hooks: Sequence[H.Hook]) -> None:
             h.before_epoch(s)
         for i, batch in enumerate(data.loader):
             s.ni = i + s.batches_per_epoch * epoch
-            s.extras["instances"] = len(batch.cls)
+            s.extras["instances"], s.extras["batch"] = len(batch.cls), batch
             for h in hooks:
                 h.before_step(s)
             stepped = run_step(s, batch)
             s.images_seen += len(batch)
             s.mean_items = s.items if s.mean_items is None else (s.mean_items * i + s.items) / (i + 1)
             if not torch.isfinite(s.items).all():
-                raise FloatingPointError(f"loss became {s.items.tolist()} at epoch {epoch + 1} batch {i}; "
-                                         "lower --lr0 or turn --amp off")
+                raise SegpipeError(f"training diverged: losses {s.items.tolist()} at epoch {epoch + 1} batch {i}; "
+                                   "lower --lr0 or turn --amp off")
             for h in hooks:
                 h.after_step(s, stepped)
         for h in hooks:
@@ -341,7 +341,7 @@ def make_hooks(s: TrainState, validate: Callable | None) -> list[H.Hook]:
     hooks += [H.EMAHook(), H.TimerHook(), H.ProgressHook(), H.ValidationHook(validate), H.CSVHook(csv_path),
               H.CheckpointHook(save_run_checkpoint, s.out / "weights"), H.EarlyStopHook()]
     if s.cfg.plots:
-        hooks.append(H.PlotHook(csv_path))
+        hooks += [H.PlotHook(csv_path), H.TrainBatchPlotHook(s.out)]
     return hooks
 
 

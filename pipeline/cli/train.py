@@ -48,6 +48,17 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.resume and not args.data:
         raise ConfigError("--data", "required (a data YAML), unless --resume is given")
+    try:
+        _train(train, args)
+    except ConfigError as e:
+        if not e.path.startswith("train."):
+            raise
+        # The engine names its fields ("train.imgsz"); here the user typed flags.
+        raise ConfigError("--" + e.path.removeprefix("train.").replace("_", "-"), e.msg) from None
+    return 0
+
+
+def _train(train, args: argparse.Namespace) -> None:  # noqa: ANN001 - engines.train.train
     train(
         data=args.data, model=args.model, pretrained=args.pretrained, resume=args.resume, epochs=args.epochs,
         imgsz=args.imgsz, batch=args.batch, device=args.device, out=args.out, workers=args.workers,
@@ -55,4 +66,3 @@ def run(args: argparse.Namespace) -> int:
         cos_lr=args.cos_lr, warmup_epochs=args.warmup_epochs, close_mosaic=args.close_mosaic,
         patience=args.patience, val=args.val, fraction=args.fraction, amp=args.amp, plots=args.plots,
     )
-    return 0

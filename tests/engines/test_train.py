@@ -226,7 +226,8 @@ def test_run_folder_holds_checkpoints_csv_and_plots(trained):
     assert best.meta.metrics["fitness"] == pytest.approx(trained.metrics.fitness, abs=1e-6)
     assert has_state(last.extra_tensors) and not best.extra_tensors
     assert int(last.extra_tensors["train/epoch"]) == 25
-    for f in ("results.csv", "results.png", "BoxPR_curve.png", "MaskPR_curve.png", "val_batch0_pred.jpg"):
+    for f in ("results.csv", "results.png", "BoxPR_curve.png", "MaskPR_curve.png", "val_batch0_pred.jpg",
+              "train_batch0.jpg", "train_batch2.jpg"):
         assert (trained.out / f).stat().st_size > 0, f
     assert not list(w.glob("*.tmp"))
 
@@ -308,3 +309,59 @@ def test_failed_write_leaves_the_previous_best(tmp_path, monkeypatch, one_thread
     assert load_checkpoint(w / "best.pt").meta.metrics["epoch"] == 1
     assert int(load_checkpoint(w / "last.pt").extra_tensors["train/epoch"]) == 2
     assert sorted(p.name for p in w.iterdir()) == ["best.pt", "last.pt"]
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+@pytest.mark.parametrize(("args", "code", "error"), [
+    ([], 2, "--data: required"),
+    (["--data", "{data}", "--imgsz", "100"], 2, "--imgsz: must be a multiple of 32 (>= 32), got 100"),
+    (["--data", "{data}", "--optimizer", "lion"], 2, "--optimizer: unknown optimizer 'lion'"),
+    (["--data", "{data}", "--close-mosaic", "-1"], 2, "--close-mosaic: must be >= 0"),
+    (["--data", "{tmp}/nope.yaml"], 1, "data YAML not found"),
+    (["--data", "{data}", "--model", "{tmp}/nope.pt"], 1, "nope.pt: checkpoint not found"),
+    (["--resume", "--out", "{tmp}/no-run"], 2, "nothing to resume"),
+    (["--data", "{data}", "--device", "0"], 1, "asks for CUDA"),
+])
+def test_cli_reports_user_mistakes_on_one_line(tmp_path, capsys, args, code, error):
+    from pipeline.cli import main
+
+    if "--device" in args and torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    data = make_shapes_dataset(tmp_path / "data", n=2, size=64)
+    argv = ["train", *(a.format(data=data, tmp=tmp_path) for a in args), "--epochs", "1", "--workers", "0"]
+    assert main(argv) == code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("segpipe train: error: ") and error in err[0], err
+
+
+def test_cli_trains_with_ultralytics_spelling(tmp_path, capsys, one_thread):
+    from pipeline.cli import main
+
+    data = make_shapes_dataset(tmp_path / "data", n=4, size=128)
+    argv = ["train", f"data={data}", "epochs=1", "imgsz=64", "batch=4", "workers=0", "device=cpu",
+            f"--out={tmp_path / 'run'}", "--no-plots"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "optimizer: AdamW(lr=0.001667, momentum=0.9)" in out  # auto: short run, 2 classes
+    assert (tmp_path / "run" / "weights" / "best.pt").is_file()
+
+
+ULTRALYTICS_PT = Path(__file__).resolve().parents[1] / "fixtures" / "ultralytics" / "yolov8n-seg-coco8.pt"
+
+
+def test_ultralytics_checkpoint_seeds_other_classes_only_through_pretrained(capsys):
+    from engines.errors import ModelError
+    from engines.train.weights import build_train_model
+
+    if not ULTRALYTICS_PT.is_file():
+        pytest.skip("Ultralytics parity fixture not present")
+    with pytest.raises(ModelError, match=r"predicts 80 classes but the data has 2; to fine-tune it on these "
+                                         r"classes use --model yolov8n-seg.yaml --pretrained "):
+        build_train_model(str(ULTRALYTICS_PT), names=("a", "b"))
+    net = build_train_model("yolov8n-seg.yaml", names=("a", "b"), pretrained=str(ULTRALYTICS_PT))
+    # Everything but the class branch of the head (its width follows nc) comes over.
+    assert f"Transferred 381/417 tensors from {ULTRALYTICS_PT}" in capsys.readouterr().out
+    assert net.training and net.nc == 2
+    same = build_train_model(str(ULTRALYTICS_PT), names=tuple(f"c{i}" for i in range(80)))
+    assert same.nc == 80 and same.training
