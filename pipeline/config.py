@@ -1,7 +1,7 @@
 """The ``segpipe run`` config: schema (pydantic v2), ``${ENV}`` interpolation, errors with YAML paths.
 
-Imports from pipeline/ only ``sinks.config`` (the sink schemas) and ``demo`` (``demo://`` inputs,
-checked here, rendered only by ``resolve_demo``). Loading is one pass:
+Imports from pipeline/ only ``sinks.config`` (the sink schemas) and, when a config uses one, ``demo``
+(``demo://`` inputs, checked here, rendered only by ``resolve_demo``). Loading is one pass:
 YAML (duplicate keys refused) -> ``${VAR}`` / ``${VAR:-default}`` interpolation -> schema validation
 -> cross-field checks (unique camera ids, files exist). Every problem found is reported at once, one
 line each, as ``cameras[2].url: ...``; the result is frozen. Relative paths are taken from the working
@@ -23,10 +23,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from engines.errors import ConfigError, ConfigErrors
-from pipeline import demo
 from pipeline.sinks.config import SinkConfig, check_sink_names, redact_url
 
 BACKENDS = ("auto", "torch", "onnx", "openvino", "torchscript", "tensorrt")
+DEMO_SCHEME = "demo"  # pipeline.demo.SCHEME; that module is imported only when a demo:// input is used
 STREAM_SCHEMES = ("rtsp", "rtsps", "http", "https")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _ENV = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
@@ -49,12 +49,14 @@ class ModelConfig(_Strict):
     classes: tuple[int, ...] | None = Field(None, description="keep only these class ids")
     max_det: int = Field(300, ge=1, description="detections kept per frame")
     half: bool = Field(False, description="fp16 inference (CUDA only)")
+    threads: int = Field(0, ge=0, le=256, description="CPU intra-op threads of the device stage, 0 = runtime "
+                                                      "default; on CPU leave cores to the decoders")
 
     @field_validator("path")
     @classmethod
     def _path(cls, v: str) -> str:
-        if demo.is_demo_url(v) and v.strip().rstrip("/").lower() != demo.MODEL_URL:
-            raise ValueError(f"the only demo model is {demo.MODEL_URL}, got {v!r}")
+        if _is_demo(v) and v.strip().rstrip("/").lower() != _demo().MODEL_URL:
+            raise ValueError(f"the only demo model is {_demo().MODEL_URL}, got {v!r}")
         return v
 
     @model_validator(mode="after")
@@ -119,7 +121,7 @@ class CameraConfig(_Strict):
 
     @property
     def is_file(self) -> bool:
-        return _scheme(self.url) in ("", demo.SCHEME)
+        return _scheme(self.url) in ("", DEMO_SCHEME)
 
     @property
     def redacted_url(self) -> str:
@@ -136,9 +138,9 @@ class CameraConfig(_Strict):
     @classmethod
     def _url(cls, v: str) -> str:
         scheme = _scheme(v)
-        if scheme == demo.SCHEME:
+        if scheme == DEMO_SCHEME:
             try:
-                demo.parse_demo_url(v)
+                _demo().parse_demo_url(v)
             except ConfigError as e:
                 raise ValueError(e.msg) from None
         elif scheme and scheme not in STREAM_SCHEMES:
@@ -193,6 +195,18 @@ class RunConfig(_Strict):
         """A copy that runs only the cameras ``ids`` (this replica's shard), order kept."""
         keep = set(ids)
         return self.model_copy(update={"cameras": tuple(c for c in self.cameras if c.id in keep)})
+
+
+def _is_demo(url: str) -> bool:
+    return _scheme(url.strip()) == DEMO_SCHEME
+
+
+def _demo() -> Any:
+    # Imported on first use: pipeline.demo pulls in engines.data (and torch), which a config that
+    # names no demo input should not pay for (``segpipe run --check`` stays fast).
+    from pipeline import demo
+
+    return demo
 
 
 def _scheme(url: str) -> str:
@@ -426,15 +440,15 @@ def _missing_files(cfg: RunConfig) -> list[ConfigError]:
     out = []
     model = Path(cfg.model.path).expanduser()
     builtin = model.suffix in (".yaml", ".yml") and not model.parent.parts  # e.g. yolov8n-seg.yaml
-    if demo.is_demo_url(cfg.model.path):
-        weights = demo.asset_path("demo-seg.pt")
+    if _is_demo(cfg.model.path):
+        weights = _demo().asset_path("demo-seg.pt")
         if not weights.is_file():
             out.append(ConfigError("model.path", f"the demo weights {weights} are not installed "
-                                                 f"(see {demo.ASSET_README})"))
+                                                 f"(see {_demo().ASSET_README})"))
     elif not builtin and not model.exists():
         out.append(ConfigError("model.path", f"model file not found: {model}"))
     for i, cam in enumerate(cfg.cameras):
-        if cam.is_file and not demo.is_demo_url(cam.url) and not Path(cam.url).expanduser().is_file():
+        if cam.is_file and not _is_demo(cam.url) and not Path(cam.url).expanduser().is_file():
             out.append(ConfigError(f"cameras[{i}].url", f"video file not found: {cam.url}"))
     return out
 
@@ -460,16 +474,16 @@ def resolve_demo(cfg: RunConfig, *, cache_dir: str | Path | None = None,
     from concurrent.futures import ThreadPoolExecutor
 
     def local(i: int, cam: CameraConfig) -> CameraConfig:
-        if not demo.is_demo_url(cam.url):
+        if not _is_demo(cam.url):
             return cam
         if on_render is not None:
             on_render(cam.id, cam.url)
-        path = demo.resolve_demo_url(cam.url, cache_dir=cache_dir, where=f"cameras[{i}].url")
+        path = _demo().resolve_demo_url(cam.url, cache_dir=cache_dir, where=f"cameras[{i}].url")
         return cam.model_copy(update={"url": path})
 
     with ThreadPoolExecutor(max_workers=min(4, len(cfg.cameras)) or 1) as pool:
         cams = tuple(pool.map(local, range(len(cfg.cameras)), cfg.cameras))
     model = cfg.model
-    if demo.is_demo_url(model.path):
-        model = model.model_copy(update={"path": demo.resolve_demo_url(model.path, where="model.path")})
+    if _is_demo(model.path):
+        model = model.model_copy(update={"path": _demo().resolve_demo_url(model.path, where="model.path")})
     return cfg.model_copy(update={"cameras": cams, "model": model})

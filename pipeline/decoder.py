@@ -14,6 +14,7 @@ control block; a decoder that stops beating is killed and restarted by the super
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import threading
@@ -101,6 +102,9 @@ def decoder_main(settings: DecoderSettings, prefix: str, conn: Connection,
     finally:
         conn.close()
         writer.close()
+    # Nothing is buffered (the pipe is synchronous): skip the interpreter teardown, which on a busy
+    # machine can outlast the supervisor's stop grace and get the decoder killed.
+    os._exit(0)
 
 
 class _Stop(Exception):

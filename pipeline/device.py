@@ -59,6 +59,8 @@ class DeviceSettings:
     """What the device stage needs, derived from the run config in ``from_config``.
 
     imgsz: model input side in pixels; None takes the model's own (its training size).
+    threads: CPU intra-op threads (0: the runtime's default, one per core). On a CPU-only machine the
+    decoders need cores too, and oversubscribed OpenMP threads stall each other for whole time slices.
     masks: "rle" | "polygon" | "none". mask_resolution: "frame" (prototypes resampled to frame
     pixels inside each box) | "model" (thresholded at prototype resolution, nearest-neighbour to frame).
     depth: batches in flight between two threads (queue bound); arenas = depth + 2.
@@ -69,6 +71,7 @@ class DeviceSettings:
     device: str = "auto"
     imgsz: int | None = None
     half: bool = False
+    threads: int = 0
     nms: NMSConfig = NMSConfig()
     masks: str = "rle"
     mask_resolution: str = "frame"
@@ -79,7 +82,7 @@ class DeviceSettings:
     def from_config(cls, cfg: RunConfig) -> DeviceSettings:
         m = cfg.model
         return cls(model_path=m.path, backend=m.backend, device=m.device,
-                   imgsz=m.imgsz if "imgsz" in m.model_fields_set else None, half=m.half,
+                   imgsz=m.imgsz if "imgsz" in m.model_fields_set else None, half=m.half, threads=m.threads,
                    nms=NMSConfig(conf=m.conf, iou=m.iou, classes=m.classes, max_det=m.max_det),
                    masks=cfg.masks.format, mask_resolution=cfg.masks.resolution,
                    batch=BatchPolicy.from_config(cfg.batch))
@@ -89,8 +92,10 @@ class DeviceSettings:
         from engines.backends import BackendOptions, load_backend
 
         device = None if self.device == "auto" else self.device
+        if self.threads:
+            torch.set_num_threads(self.threads)  # the torch backend has no per-model setting
         return load_backend(self.model_path, device=device, backend=self.backend,
-                            options=BackendOptions(half=self.half))
+                            options=BackendOptions(half=self.half, threads=self.threads))
 
 
 @dataclass(slots=True)

@@ -50,7 +50,7 @@ S = CameraState
 
 SINK_QUEUE_SIZE = 256  # FrameResults between device and sink stage; a slow sink backs up into ring drops
 STATS_QUEUE_SIZE = 1000
-DECODER_STOP_GRACE_S = 3.0
+DECODER_STOP_GRACE_S = 5.0
 DEVICE_STOP_GRACE_S = 60.0  # in-flight batches on a slow CPU model
 SINK_STOP_GRACE_S = 30.0
 _TICK_S = 0.1
@@ -114,6 +114,14 @@ class Supervisor:
         self._rng = random.Random()
 
     # ----------------------------------------------------------------------------- lifecycle
+
+    def pids(self) -> dict[str, int]:
+        """Process id of every running child by role (``decoder:<camera>``, ``device``, ``sinks``)."""
+        out = {f"decoder:{c.camera_id}": c.proc.pid for c in self.cameras if c.proc is not None and c.proc.pid}
+        for name, proc in (("device", self._device), ("sinks", self._sink)):
+            if proc is not None and proc.pid and proc.is_alive():
+                out[name] = proc.pid
+        return out
 
     def request_stop(self, reason: str) -> None:
         """Ask for a graceful shutdown (signal handlers call this; safe to call repeatedly)."""

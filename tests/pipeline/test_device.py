@@ -27,9 +27,12 @@ NMS = NMSConfig(conf=1e-6, max_det=8)  # an untrained model scores everything lo
 
 
 @pytest.fixture(scope="module")
-def backend() -> Backend:
+def backend() -> Iterator[Backend]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the run configs of these tests do: decoders and other tests need cores
     torch.manual_seed(0)
-    return load_backend("yolov8n-seg.yaml", device="cpu")
+    yield load_backend("yolov8n-seg.yaml", device="cpu")
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

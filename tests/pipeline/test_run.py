@@ -27,7 +27,7 @@ from tests.pipeline.media import write_clip
 
 def write_config(tmp_path: Path, **over: object) -> Path:
     clip = write_clip(tmp_path / "clip.mp4", frames=15, fps=15, size=(96, 64))
-    cfg = {"model": {"path": "yolov8n-seg.yaml", "device": "cpu", "imgsz": 64, "conf": 1e-6, "max_det": 4},
+    cfg = {"model": {"path": "yolov8n-seg.yaml", "device": "cpu", "imgsz": 64, "conf": 1e-6, "max_det": 4, "threads": 1},
            "batch": {"max_batch": 4, "max_wait_ms": 5, "max_age_ms": 5000},
            "cameras": [{"id": "loop", "url": str(clip), "loop": True}, {"id": "once", "url": str(clip)}],
            "sinks": [{"type": "jsonl", "path": str(tmp_path / "events.jsonl")}],
