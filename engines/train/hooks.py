@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import logging
 import math
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -184,18 +183,6 @@ class PlotHook(Hook):
     def after_train(self, s: TrainState) -> None:
         if self.csv_path.is_file():
             plot_results(self.csv_path)
-
-
-class TimerHook(Hook):
-    """Counts images and wall time; the benchmark reads ``extras['images_per_s']``."""
-
-    def before_train(self, s: TrainState) -> None:
-        self.t0 = time.perf_counter()
-
-    def after_train(self, s: TrainState) -> None:
-        dt = time.perf_counter() - self.t0
-        s.extras["train_seconds"] = dt
-        s.extras["images_per_s"] = s.images_seen / dt if dt > 0 else 0.0
 
 
 class TrainBatchPlotHook(Hook):

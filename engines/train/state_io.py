@@ -5,8 +5,8 @@ Imports only torch. Layout (all keys under ``train/``):
 - ``train/model/<name>``: the raw (non-EMA) weights being optimised;
 - ``train/optim/<param index>/<key>``: optimizer state per parameter (momentum buffers, Adam
   moments and step), parameters numbered in optimizer group order;
-- ``train/epoch`` (epochs completed), ``train/best_fitness``, ``train/ema_updates``,
-  ``train/scaler_scale``: 0-d tensors.
+- ``train/epoch`` (epochs completed), ``train/best_fitness``, ``train/best_epoch``,
+  ``train/ema_updates``, ``train/scaler_scale``: 0-d tensors.
 
 Learning rates are not stored: the schedule recomputes them from the epoch.
 """
@@ -23,18 +23,19 @@ PREFIX = "train/"
 
 @dataclass(frozen=True, slots=True)
 class ResumeState:
-    """Scalars read back from a checkpoint: next epoch to run, best fitness so far (None: none yet),
-    EMA update count and AMP loss scale."""
+    """Scalars read back from a checkpoint: next epoch to run, best fitness so far (None: none yet)
+    and its 0-based epoch (-1: none), EMA update count and AMP loss scale."""
 
     start_epoch: int
     best_fitness: float | None
+    best_epoch: int
     ema_updates: int
     scaler_scale: float
 
 
 def pack_state(
     *, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, best_fitness: float | None,
-    ema_updates: int, scaler_scale: float,
+    best_epoch: int = -1, ema_updates: int, scaler_scale: float,
 ) -> dict[str, Tensor]:
     """Everything needed to continue after ``epoch`` (0-based, completed), as CPU tensors."""
     out: dict[str, Tensor] = {
@@ -47,6 +48,7 @@ def pack_state(
     out[f"{PREFIX}epoch"] = torch.tensor(epoch + 1, dtype=torch.int64)
     out[f"{PREFIX}best_fitness"] = torch.tensor(float("nan") if best_fitness is None else best_fitness,
                                                 dtype=torch.float64)
+    out[f"{PREFIX}best_epoch"] = torch.tensor(best_epoch, dtype=torch.int64)
     out[f"{PREFIX}ema_updates"] = torch.tensor(ema_updates, dtype=torch.int64)
     out[f"{PREFIX}scaler_scale"] = torch.tensor(scaler_scale, dtype=torch.float64)
     return out
@@ -72,6 +74,7 @@ def restore_state(extra: dict[str, Tensor], *, model: nn.Module, optimizer: torc
     return ResumeState(
         start_epoch=int(extra[f"{PREFIX}epoch"]),
         best_fitness=None if best != best else best,
+        best_epoch=int(extra.get(f"{PREFIX}best_epoch", torch.tensor(-1))),
         ema_updates=int(extra[f"{PREFIX}ema_updates"]),
         scaler_scale=float(extra[f"{PREFIX}scaler_scale"]),
     )

@@ -8,7 +8,6 @@ hooks (``engines.train.hooks``). Several devices run the same ``fit`` in one pro
 
 from __future__ import annotations
 
-import logging
 import math
 import random
 from collections.abc import Callable, Iterator, Sequence
@@ -47,7 +46,6 @@ if TYPE_CHECKING:
     from engines.data.batch import TrainBatch
     from engines.val.metrics import SegMetrics
 
-LOG = logging.getLogger("segpipe.train")
 MAX_GRAD_NORM = 10.0
 
 
@@ -165,8 +163,9 @@ def resume_config(path: str | None, *, out: str | None, device: str | None, work
     ckpt = load_checkpoint(ckpt_path)
     if not has_state(ckpt.extra_tensors) or not ckpt.meta.train_args:
         raise CheckpointError(f"{ckpt_path} holds no training state to resume (only last.pt does)")
-    rec = dict(ckpt.meta.train_args)
-    cfg = TrainConfig.from_record(rec)
+    cfg = TrainConfig.from_record(dict(ckpt.meta.train_args))
+    if int(ckpt.extra_tensors["train/epoch"]) >= cfg.epochs:
+        raise ConfigError("train.resume", f"{ckpt_path} already finished its {cfg.epochs} epochs")
     changes: dict[str, Any] = {"resume": str(ckpt_path), "out": str(ckpt_path.resolve().parent.parent),
                                "workers": workers}
     if device is not None:
@@ -213,8 +212,6 @@ def fit(cfg: TrainConfig, place: Placement) -> SegMetrics | None:
     out = Path(cfg.out or default_out_dir())
     with seeded(cfg.seed + 1 + max(place.rank, 0), cfg.deterministic, place.device):
         s, data, validate = setup(cfg, place, out)
-        if s.start_epoch >= cfg.epochs:
-            raise ConfigError("train.resume", f"{cfg.resume} already finished its {cfg.epochs} epochs")
         fit_loop(s, data, make_hooks(s, validate))
         if not place.main:
             return None
@@ -229,10 +226,7 @@ def setup(cfg: TrainConfig, place: Placement, out: Path
     if resume is not None:
         net = SegmentationModel(resume.meta.model_yaml, nc=len(spec.names))
     else:
-        net = build_train_model(cfg.model, names=spec.names, pretrained=cfg.pretrained if place.main else None)
-        if cfg.pretrained and not place.main:  # every rank needs the weights; only rank 0 says so
-            from engines.train.weights import transfer_weights
-            transfer_weights(net, load_checkpoint(cfg.pretrained).state_dict)
+        net = build_train_model(cfg.model, names=spec.names, pretrained=cfg.pretrained, verbose=place.main)
     net = net.to(place.device).train()
     stride = int(net.stride.max())
     data = build_train_data(cfg, spec, place, stride=stride)
@@ -277,8 +271,7 @@ def setup(cfg: TrainConfig, place: Placement, out: Path
 def _restore(s: TrainState, ckpt: Any) -> None:
     """Raw weights, optimizer moments, EMA and counters from ``last.pt``."""
     rs = restore_state(ckpt.extra_tensors, model=s.bare_model, optimizer=s.optimizer)
-    s.start_epoch, s.best_fitness = rs.start_epoch, rs.best_fitness
-    s.best_epoch = int(ckpt.extra_tensors.get("train/best_epoch", torch.tensor(-1)))
+    s.start_epoch, s.best_fitness, s.best_epoch = rs.start_epoch, rs.best_fitness, rs.best_epoch
     s.last_opt_step = rs.start_epoch * s.batches_per_epoch - 1
     if s.ema is not None:
         s.ema.ema.load_state_dict(dict(ckpt.state_dict))
@@ -288,11 +281,7 @@ def _restore(s: TrainState, ckpt: Any) -> None:
         state["scale"] = rs.scaler_scale
         s.scaler.load_state_dict(state)
     if s.place.main:
-        print(f"Resuming {ckpt_name(s.cfg)} from epoch {rs.start_epoch + 1} of {s.cfg.epochs}")
-
-
-def ckpt_name(cfg: TrainConfig) -> str:
-    return str(cfg.resume or cfg.model)
+        print(f"Resuming {s.cfg.resume} from epoch {rs.start_epoch + 1} of {s.cfg.epochs}")
 
 
 def make_validator(cfg: TrainConfig, spec: DataSpec, place: Placement, *, final: bool = False,
@@ -338,7 +327,7 @@ def make_hooks(s: TrainState, validate: Callable | None) -> list[H.Hook]:
         return hooks
     assert validate is not None
     csv_path = s.out / "results.csv"
-    hooks += [H.EMAHook(), H.TimerHook(), H.ProgressHook(), H.ValidationHook(validate), H.CSVHook(csv_path),
+    hooks += [H.EMAHook(), H.ProgressHook(), H.ValidationHook(validate), H.CSVHook(csv_path),
               H.CheckpointHook(save_run_checkpoint, s.out / "weights"), H.EarlyStopHook()]
     if s.cfg.plots:
         hooks += [H.PlotHook(csv_path), H.TrainBatchPlotHook(s.out)]

@@ -36,7 +36,8 @@ def transfer_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -
     return len(matched), len(own)
 
 
-def build_train_model(model: str, *, names: tuple[str, ...], pretrained: str | None = None) -> SegmentationModel:
+def build_train_model(model: str, *, names: tuple[str, ...], pretrained: str | None = None,
+                      verbose: bool = True) -> SegmentationModel:
     """The network to train on a dataset with classes ``names``.
 
     ``model`` is a model YAML (fresh weights) or a checkpoint (its architecture and weights; the class
@@ -55,7 +56,7 @@ def build_train_model(model: str, *, names: tuple[str, ...], pretrained: str | N
                 f"{model} predicts {have} classes but the data has {nc}; to fine-tune it on these classes "
                 f"use --model {yaml_name} --pretrained {model}"
             )
-        if tuple(ckpt.meta.names) != tuple(names):
+        if verbose and tuple(ckpt.meta.names) != tuple(names):
             LOG.warning("%s: class names differ from the data's; training with the data's names", model)
         net = SegmentationModel(ckpt.meta.model_yaml, nc=nc)
         net.load_state_dict(dict(ckpt.state_dict), strict=True)
@@ -63,7 +64,8 @@ def build_train_model(model: str, *, names: tuple[str, ...], pretrained: str | N
         n, total = transfer_weights(net, load_checkpoint(pretrained).state_dict)
         if n == 0:
             raise ModelError(f"{pretrained}: no tensor matches the model by name and shape; wrong architecture?")
-        print(f"Transferred {n}/{total} tensors from {pretrained}")
+        if verbose:
+            print(f"Transferred {n}/{total} tensors from {pretrained}")
     return net.train()
 
 

@@ -140,14 +140,15 @@ def test_pack_and_restore_round_trip(name):
         net(torch.rand(2, 3, 8, 8)).square().mean().backward()
         opt.step()
         opt.zero_grad()
-    extra = pack_state(model=net, optimizer=opt, epoch=4, best_fitness=None, ema_updates=7, scaler_scale=1024.0)
+    extra = pack_state(model=net, optimizer=opt, epoch=4, best_fitness=None, best_epoch=2, ema_updates=7,
+                       scaler_scale=1024.0)
     assert has_state(extra) and not has_state({})
     assert all(v.device.type == "cpu" for v in extra.values())
 
     net2 = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.SiLU(), nn.Conv2d(4, 2, 1))
     opt2 = build_optimizer(net2, choice, weight_decay=1e-4)
     rs = restore_state(extra, model=net2, optimizer=opt2)
-    assert (rs.start_epoch, rs.best_fitness, rs.ema_updates, rs.scaler_scale) == (5, None, 7, 1024.0)
+    assert (rs.start_epoch, rs.best_fitness, rs.best_epoch, rs.ema_updates, rs.scaler_scale) == (5, None, 2, 7, 1024.0)
     for (k, a), b in zip(net.state_dict().items(), net2.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
     s1, s2 = opt.state_dict()["state"], opt2.state_dict()["state"]
