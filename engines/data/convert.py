@@ -207,7 +207,7 @@ def _convert_image(im: dict[str, Any], anns: list[dict[str, Any]], images_dir: P
 def _write_yaml(out: Path, split: str, names: tuple[str, ...], cats: list[dict[str, Any]], src: Path) -> Path:
     header = [f"# Converted from {src.name} by `segpipe convert coco`.",
               "# COCO category id -> class id: " + ", ".join(f"{c['id']}->{i}" for i, c in enumerate(cats))]
-    body = [f"path: .  # relative to this file", f"train: images/{split}", f"val: images/{split}", "names:"]
+    body = ["path: .  # relative to this file", f"train: images/{split}", f"val: images/{split}", "names:"]
     body += [f"  {i}: {json.dumps(n)}" for i, n in enumerate(names)]
     yaml_file = out / "data.yaml"
     yaml_file.write_text("\n".join(header + body) + "\n", encoding="utf-8")

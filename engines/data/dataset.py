@@ -34,7 +34,14 @@ from engines.data.batch import Sample
 from engines.data.cache import load_split
 from engines.data.images import read_image, read_resized
 from engines.data.labels import ImageLabels
-from engines.data.polygons import box_candidates, polygon_boxes, rasterize, resample_segments, xyxy_to_xywhn
+from engines.data.polygons import (
+    box_candidates,
+    clip_polygon,
+    polygon_boxes,
+    rasterize,
+    resample_segments,
+    xyxy_to_xywhn,
+)
 from engines.data.spec import DataSpec
 from engines.errors import ConfigError
 
@@ -127,7 +134,7 @@ class SegDataset(torch.utils.data.Dataset):
         """Image with longest side imgsz and its polygons in its pixels (not resampled)."""
         lab = self.labels[index]
         img = self._ims[index] if self._ims is not None else read_resized(lab.im_file, lab.shape, self.imgsz)
-        wh = np.array([img.shape[1], img.shape[0]], np.float32)
+        wh = np.array([img.shape[1], img.shape[0]], np.float64)
         return img, [s * wh for s in lab.segments]
 
     def __getitem__(self, index: int) -> Sample:
@@ -157,7 +164,7 @@ class SegDataset(torch.utils.data.Dataset):
             img, xy, cls, before = self._mosaic(index, rng)
         else:
             img, segs = self._resized(index)
-            xy, cls = resample_segments(segs), lab.cls
+            xy, cls = resample_segments(segs, dtype=np.float64), lab.cls
             before = _extent(xy)
         th, tw = self._target(index)
         M, scale = random_affine(rng, hyp, img.shape[:2], (tw, th))
@@ -185,22 +192,22 @@ class SegDataset(torch.utils.data.Dataset):
         loaded = [self._resized(i) for i in picks]
         layout = mosaic_layout(rng, s, [im.shape[:2] for im, _ in loaded])
         canvas = np.full((2 * s, 2 * s, 3), 114, np.uint8)
-        counts = [len(segs) for _, segs in loaded]
-        xy = resample_segments([p for _, segs in loaded for p in segs])  # one K for all four
-        start = 0
-        for (im, _), (x1a, y1a, x2a, y2a, x1b, y1b, x2b, y2b), n in zip(loaded, layout, counts, strict=True):
+        polys, cls = [], []
+        for (im, segs), (x1a, y1a, x2a, y2a, x1b, y1b, x2b, y2b), i in zip(loaded, layout, picks, strict=True):
             canvas[y1a:y2a, x1a:x2a] = im[y1b:y2b, x1b:x2b]
-            part = xy[start:start + n]
-            part += (x1a - x1b, y1a - y1b)
-            # What an image loses in the mosaic lies beyond the canvas edge; clamping the dense
-            # polygon to its tile is how Ultralytics clips it.
-            np.clip(part[..., 0], x1a, x2a, out=part[..., 0])
-            np.clip(part[..., 1], y1a, y2a, out=part[..., 1])
-            start += n
-        cls = np.concatenate([self.labels[i].cls for i in picks])
+            for p, c in zip(segs, self.labels[i].cls, strict=True):
+                p = p + (x1a - x1b, y1a - y1b)
+                # What an image loses in the mosaic lies beyond its tile: cut it off exactly
+                # (Ultralytics clamps the resampled points instead, which bulges at corners).
+                if p.min(0).min() < min(x1a, y1a) or p[:, 0].max() > x2a or p[:, 1].max() > y2a:
+                    p = clip_polygon(p, x1a, y1a, x2a, y2a)
+                if len(p) >= 3:
+                    polys.append(p)
+                    cls.append(c)
+        xy = resample_segments(polys, dtype=np.float64)  # one point count for all four images
         boxes = _extent(xy)
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        return canvas, xy[keep], cls[keep], boxes[keep]
+        return canvas, xy[keep], np.asarray(cls, np.int64)[keep], boxes[keep]
 
 
 def _extent(xy: np.ndarray) -> np.ndarray:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import cv2
 import numpy as np
 import torch
 import torch.utils.data
@@ -19,8 +18,9 @@ from engines.data.dataset import SegDataset
 
 
 def _worker_init(_: int) -> None:
-    # Workers are the parallelism; threads inside each would only fight over the same cores.
-    cv2.setNumThreads(1)
+    # Workers are the parallelism; torch threads inside each would only fight over the cores.
+    # Not cv2.setNumThreads: after a fork from a parent whose cv2 pool is running, it deadlocks
+    # (cv2 5.0, seen in tests); cv2 re-creates its pool in the child on first use.
     torch.set_num_threads(1)
 
 

@@ -8,29 +8,28 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import cv2
 import numpy as np
 
 # Ultralytics resamples every polygon to 1000 points so that (a) instances stack into one array and
 # (b) clamping points to a crop edge follows the true edge closely. Keeping the original vertices
 # among the resampled points keeps rectangles and other exact shapes exact.
 SEGMENT_POINTS = 1000
-_SHIFT = 4  # fixed-point bits for cv2.fillPoly: 1/16-pixel vertex precision
 
 
-def resample_segments(segments: list[np.ndarray], n: int = SEGMENT_POINTS) -> np.ndarray:
+def resample_segments(segments: list[np.ndarray], n: int = SEGMENT_POINTS, dtype: type = np.float32) -> np.ndarray:
     """Resample closed polygons to ``n`` points each (Ultralytics' rule), original vertices kept.
 
-    segments: list of (k_i, 2) arrays. Returns (N, n', 2) float32 where n' = n, or max(k_i)+1 when a
+    segments: list of (k_i, 2) arrays. Returns (N, n', 2) ``dtype`` (float64 keeps resampled points
+    exactly on their edges, which ``rasterize`` relies on to drop them again) where n' = n, or max(k_i)+1 when a
     polygon already has n or more points (so no vertex is dropped).
     """
     if not segments:
-        return np.zeros((0, n, 2), np.float32)
+        return np.zeros((0, n, 2), dtype)
     kmax = max(len(s) for s in segments)
     n = kmax + 1 if kmax >= n else n
-    out = np.empty((len(segments), n, 2), np.float32)
+    out = np.empty((len(segments), n, 2), dtype)
     for i, s in enumerate(segments):
-        s = np.asarray(s, np.float32)
+        s = np.asarray(s, np.float64)
         if len(s) == n:
             out[i] = s
             continue
@@ -101,6 +100,28 @@ def _points_in_polygons(pts: np.ndarray, xy: np.ndarray) -> np.ndarray:
     return ((straddle & (px < xcross)).sum(-1) % 2).astype(bool)
 
 
+def clip_polygon(p: np.ndarray, x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
+    """Exact intersection of a polygon (k, 2) with the rectangle ``[x0,x1] x [y0,y1]``
+    (Sutherland-Hodgman, one vectorised pass per side). Returns (k', 2); k' < 3 when nothing is left.
+    A concave polygon split in two comes back joined along the border by zero-area edges."""
+    for axis, bound, low in ((0, x0, True), (0, x1, False), (1, y0, True), (1, y1, False)):
+        if len(p) == 0:
+            break
+        inside = p[:, axis] >= bound if low else p[:, axis] <= bound
+        if inside.all():
+            continue
+        if not inside.any():
+            return p[:0]
+        q = np.roll(p, -1, 0)
+        cross = inside != np.roll(inside, -1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = (bound - p[:, axis]) / (q[:, axis] - p[:, axis])
+        inter = p + np.where(cross, t, 0.0)[:, None] * (q - p)
+        inter[:, axis] = bound  # exactly on the border, no rounding drift
+        p = np.stack((p, inter), 1).reshape(-1, 2)[np.stack((inside, cross), 1).reshape(-1)]
+    return p
+
+
 def box_candidates(box1: np.ndarray, box2: np.ndarray, *, wh_thr: float = 2, ar_thr: float = 100,
                    area_thr: float = 0.1, eps: float = 1e-16) -> np.ndarray:
     """Ultralytics' filter of boxes after augmentation: (N,4) xyxy before (scaled) and after -> (N,) bool.
@@ -115,22 +136,53 @@ def box_candidates(box1: np.ndarray, box2: np.ndarray, *, wh_thr: float = 2, ar_
 
 
 def rasterize(xy: np.ndarray | Sequence[np.ndarray], height: int, width: int, ratio: int = 1) -> np.ndarray:
-    """One filled mask per polygon at 1/``ratio`` resolution.
+    """One filled mask per polygon at 1/``ratio`` resolution, exactly.
 
-    xy: (N, K, 2) array or N (k_i, 2) arrays, pixel polygons on a (height, width) image; parts outside the image are clipped by
-    the fill. Returns (N, height // ratio, width // ratio) uint8 in {0, 1}; a low-res pixel is set
-    when its centre lies inside the polygon (sub-pixel vertex precision, no full-res detour).
+    xy: (N, K, 2) array or N (k_i, 2) arrays, pixel polygons on a (height, width) image; parts
+    outside the image are clipped. Returns (N, height // ratio, width // ratio) uint8 in {0, 1}: a
+    low-res pixel is set when its centre lies inside the polygon (even-odd rule).
+
+    Why not cv2.fillPoly: it also sets every pixel the outline touches and snaps vertices to rows,
+    growing shapes by about half a pixel a side (+25% area on 10-px polygons at 1/4 resolution).
+    This is a scanline fill of all polygons at once: every edge's crossings with the pixel-centre
+    rows, sorted per (polygon, row), filled between consecutive pairs.
     """
     h, w = height // ratio, width // ratio
-    masks = np.zeros((len(xy), h, w), np.uint8)
-    if len(xy) == 0:
+    polys = list(xy)
+    masks = np.zeros((len(polys), h, w), np.uint8)
+    if not polys or h == 0 or w == 0:
         return masks
-    # cv2 puts integer coordinate j at the centre of pixel j, hence the -0.5.
-    lim = float(1 << (30 - _SHIFT))  # keep far-away vertices (perspective) inside int32
-    for i, p in enumerate(xy):
-        q = (np.asarray(p, np.float64) / ratio - 0.5) * (1 << _SHIFT)
-        q = np.rint(np.clip(q, -lim, lim)).astype(np.int32)
-        cv2.fillPoly(masks[i], [q], 1, lineType=cv2.LINE_8, shift=_SHIFT)
+    # pixel (r, c) has its centre at (c, r) in these coordinates
+    if isinstance(xy, np.ndarray):  # (N, K, 2): no per-polygon work
+        counts = np.full(len(xy), xy.shape[1])
+        p0 = xy.reshape(-1, 2).astype(np.float64) / ratio - 0.5
+    else:
+        counts = np.array([len(p) for p in polys])
+        p0 = np.concatenate([np.asarray(p, np.float64).reshape(-1, 2) for p in polys]) / ratio - 0.5
+    nxt = np.arange(1, len(p0) + 1)
+    last = np.cumsum(counts) - 1
+    nxt[last] = last - counts + 1  # closing edge back to each polygon's first vertex
+    p1 = p0[nxt]
+    lo, hi = np.minimum(p0[:, 1], p1[:, 1]), np.maximum(p0[:, 1], p1[:, 1])
+    # rows r with lo <= r < hi (half-open: a vertex on a row is crossed once, never twice)
+    r0 = np.clip(np.ceil(lo), 0, h).astype(np.int64)
+    n = np.maximum(np.clip(np.ceil(hi), 0, h).astype(np.int64) - r0, 0)
+    if not n.any():
+        return masks
+    e = np.repeat(np.arange(len(p0)), n)
+    row = r0[e] + np.arange(len(e)) - np.repeat(np.cumsum(n) - n, n)
+    a, b = p0[e], p1[e]
+    x = a[:, 0] + (row - a[:, 1]) / (b[:, 1] - a[:, 1]) * (b[:, 0] - a[:, 0])
+    poly = np.repeat(np.arange(len(polys)), counts)[e]
+    order = np.lexsort((x, row, poly))  # crossings of one (polygon, row) come in even counts
+    x, row, poly = x[order], row[order], poly[order]
+    start = np.clip(np.ceil(x[0::2]), 0, w).astype(np.int64)
+    length = np.clip(np.floor(x[1::2]) + 1, 0, w).astype(np.int64) - start
+    ok = length > 0
+    first = ((poly[0::2] * h + row[0::2]) * w + start)[ok]
+    length = length[ok]
+    offsets = np.repeat(first - (np.cumsum(length) - length), length)
+    masks.reshape(-1)[offsets + np.arange(len(offsets))] = 1
     return masks
 
 

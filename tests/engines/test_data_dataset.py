@@ -1,0 +1,239 @@
+"""SegDataset/collate/SegLoader: masks and boxes exact after augmentation, seeding, val letterbox."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from engines.data import AugmentConfig, SegDataset, SegLoader, TrainBatch, collate, load_data_yaml
+
+# One colour per class (BGR); none near the grey (114) padding or the black background.
+COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (255, 0, 255), (0, 255, 255),
+           (255, 255, 255), (0, 128, 255)]
+NO_COLOUR = AugmentConfig(hsv_h=0.0, hsv_s=0.0, hsv_v=0.0)
+
+
+def _shape(kind: str, cx: float, cy: float, r: float, angle: float) -> np.ndarray:
+    """A polygon in pixels: rotated rectangle, triangle or 40-gon circle."""
+    if kind == "circle":
+        t = np.linspace(0, 2 * math.pi, 40, endpoint=False)
+        return np.stack((cx + r * np.cos(t), cy + r * np.sin(t)), 1)
+    pts = np.array([[-1, -0.6], [1, -0.6], [1, 0.6], [-1, 0.6]]) if kind == "rect" else \
+        np.array([[-1, 0.8], [0, -1], [1, 0.8]])
+    c, s = math.cos(angle), math.sin(angle)
+    return pts @ np.array([[c, s], [-s, c]]) * r + (cx, cy)
+
+
+def make_colour_dataset(root: Path) -> Path:
+    """4 images (different sizes), 2 solid-colour objects each; class id = colour index.
+
+    The image content is drawn at 8x and area-averaged down, so a pixel's colour is the exact
+    coverage of the polygon: the masks must agree with it after any augmentation."""
+    specs = [((240, 320), [("rect", 100, 90, 70, 0.3), ("circle", 240, 160, 55, 0)]),
+             ((320, 240), [("triangle", 120, 100, 80, 0.2), ("rect", 110, 240, 60, 1.1)]),
+             ((200, 300), [("circle", 80, 100, 60, 0), ("triangle", 210, 110, 70, -0.4)]),
+             ((256, 256), [("rect", 128, 80, 90, 0.0), ("circle", 100, 190, 45, 0)])]
+    cls = 0
+    for i, ((h, w), objs) in enumerate(specs):
+        big = np.zeros((h * 8, w * 8, 3), np.uint8)
+        lines = []
+        for kind, cx, cy, r, ang in objs:
+            poly = _shape(kind, cx, cy, r, ang)
+            cv2.fillPoly(big, [np.rint((poly * 8 - 0.5) * 16).astype(np.int32)], COLOURS[cls], cv2.LINE_8, 4)
+            lines.append(f"{cls} " + " ".join(f"{v:.6f}" for v in (poly / (w, h)).reshape(-1)))
+            cls += 1
+        img = cv2.resize(big, (w, h), interpolation=cv2.INTER_AREA)
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        (root / "labels").mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / "images" / f"im{i}.png"), img)
+        (root / "labels" / f"im{i}.txt").write_text("\n".join(lines) + "\n")
+    cv2.imwrite(str(root / "images" / "empty.png"), np.zeros((100, 150, 3), np.uint8))  # background image
+    return root / "images"
+
+
+@pytest.fixture
+def colour_ds(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("SEGPIPE_CACHE", str(tmp_path / "cache"))
+    return make_colour_dataset(tmp_path / "ds")
+
+
+def _colour_masks(image_rgb: np.ndarray, ratio: int) -> np.ndarray:
+    """(8, H/r, W/r) bool: where each class colour covers at least half of a low-res pixel.
+
+    Each pixel goes to its nearest palette entry (class colours, black background, grey padding),
+    i.e. a class owns an edge pixel when it covers more than about half of it."""
+    bgr = image_rgb.transpose(1, 2, 0)[..., ::-1].astype(np.int32)
+    palette = np.array([*COLOURS, (0, 0, 0), (114, 114, 114)])
+    nearest = np.abs(bgr[:, :, None, :] - palette).sum(-1).argmin(-1)
+    h, w = bgr.shape[0] // ratio, bgr.shape[1] // ratio
+    hits = [(nearest == c).astype(np.float32) for c in range(len(COLOURS))]
+    return np.stack([cv2.resize(hit, (w, h), interpolation=cv2.INTER_AREA) >= 0.5 for hit in hits])
+
+
+def _check_masks_match_pixels(batch: TrainBatch, ratio: int = 4, min_area: int = 100) -> int:
+    """For every class in every image: union of its instance masks vs its colour's pixels."""
+    checked = 0
+    for b in range(len(batch)):
+        colour = _colour_masks(batch.images[b].numpy(), ratio)
+        sel = batch.batch_idx == b
+        for c in range(len(COLOURS)):
+            ours = batch.masks[sel][batch.cls[sel] == c].numpy().astype(bool).any(0)
+            truth = colour[c]
+            if truth.sum() < min_area:  # tiny leftovers: box_candidates may rightly have dropped them
+                continue
+            iou = (ours & truth).sum() / (ours | truth).sum()
+            assert iou > 0.95, f"image {b} class {c}: mask/pixels IoU {iou:.3f}"
+            checked += 1
+    return checked
+
+
+def _check_boxes_match_masks(batch: TrainBatch, ratio: int = 4, slack: float | None = 2.0) -> None:
+    """Every mask pixel centre lies in its box; with ``slack``, box edges are also within
+    ``slack`` low-res pixels of the mask's extent (a spike thinner than a pixel may stick out)."""
+    _, _, H, W = batch.images.shape
+    xywh = batch.bboxes.numpy() * (W, H, W, H)
+    xyxy = np.concatenate((xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2), 1)
+    assert (xyxy >= -1e-3).all() and (xyxy[:, 2] <= W + 1e-3).all() and (xyxy[:, 3] <= H + 1e-3).all()
+    for box, m in zip(xyxy, batch.masks.numpy(), strict=True):
+        ys, xs = np.nonzero(m)
+        assert len(xs), "an instance without mask pixels survived box filtering"
+        centres = np.array([xs.min(), ys.min(), xs.max(), ys.max()]) * ratio + ratio / 2
+        assert (centres[:2] >= box[:2] - 1e-3).all() and (centres[2:] <= box[2:] + 1e-3).all(), (centres, box)
+        if slack is not None:
+            assert np.abs(centres - box).max() <= (slack + 0.5) * ratio, (centres, box)
+
+
+@pytest.mark.parametrize("hyp", [
+    NO_COLOUR,
+    AugmentConfig(hsv_h=0.0, hsv_s=0.0, hsv_v=0.0, degrees=25.0, shear=6.0, perspective=0.0006, flipud=0.5),
+], ids=["defaults", "rotate-shear-perspective"])
+def test_train_masks_match_the_augmented_pixels(colour_ds, hyp):
+    ds = SegDataset(colour_ds, imgsz=384, augment=True, hyp=hyp, nc=8, seed=3)
+    checked = 0
+    for epoch in range(2):
+        ds.set_epoch(epoch)
+        batch = collate([ds[i] for i in range(len(ds))])
+        assert batch.images.shape == (5, 3, 384, 384) and batch.masks.shape[1:] == (96, 96)
+        checked += _check_masks_match_pixels(batch)
+        _check_boxes_match_masks(batch, slack=None)  # a border can leave a sub-pixel sliver
+    assert checked >= 15
+
+
+def test_single_image_mode_after_close_mosaic(colour_ds):
+    ds = SegDataset(colour_ds, imgsz=256, augment=True, hyp=NO_COLOUR, nc=8)
+    own = {i: set(lab.cls.tolist()) for i, lab in enumerate(ds.labels)}
+    mixed = [set(ds[i].cls.tolist()) - own[i] for i in range(len(ds))]
+    assert any(mixed), "mosaic never brought in another image's instances"
+    ds.close_mosaic()
+    batch = collate([ds[i] for i in range(len(ds))])
+    for i in range(len(ds)):
+        assert set(batch.cls[batch.batch_idx == i].tolist()) <= own[i]
+    assert _check_masks_match_pixels(batch) >= 4
+    _check_boxes_match_masks(batch)
+
+
+def _batches(ds: SegDataset, *, workers: int, seed: int, epoch: int = 0) -> list[TrainBatch]:
+    loader = SegLoader(ds, batch_size=2, shuffle=True, workers=workers, seed=seed)
+    loader.set_epoch(epoch)
+    return list(loader)
+
+
+def _same(a: list[TrainBatch], b: list[TrainBatch]) -> bool:
+    return len(a) == len(b) and all(
+        x.im_files == y.im_files and torch.equal(x.images, y.images) and torch.equal(x.masks, y.masks)
+        and torch.equal(x.bboxes, y.bboxes) and torch.equal(x.cls, y.cls) for x, y in zip(a, b, strict=True))
+
+
+def test_seeded_batches_do_not_depend_on_workers(colour_ds):
+    ds = SegDataset(colour_ds, imgsz=128, augment=True, nc=8, seed=5)
+    one = _batches(ds, workers=0, seed=5)
+    assert len(one) == 3 and [len(b) for b in one] == [2, 2, 1]
+    assert _same(one, _batches(ds, workers=0, seed=5))
+    assert _same(one, _batches(ds, workers=2, seed=5))
+    other = SegDataset(colour_ds, imgsz=128, augment=True, nc=8, seed=6)
+    assert not _same(one, _batches(other, workers=0, seed=6))
+    assert not _same(one, _batches(ds, workers=0, seed=5, epoch=1))
+
+
+def test_val_letterbox_maps_back_and_masks_are_exact(colour_ds):
+    ds = SegDataset(colour_ds, imgsz=256, augment=False, nc=8)
+    batch = collate([ds[i] for i in range(len(ds))])
+    assert batch.images.shape == (5, 3, 256, 256)
+    assert _check_masks_match_pixels(batch) == 8  # every object, none dropped in val mode
+    _check_boxes_match_masks(batch)
+    for b, lab in enumerate(ds.labels):
+        info = batch.infos[b]
+        assert info.orig_shape == lab.shape == batch.ori_shapes[b]
+        sel = batch.batch_idx == b
+        xywh = batch.bboxes[sel].numpy() * 256
+        x1y1 = (xywh[:, :2] - xywh[:, 2:] / 2 - info.pad) / info.gain
+        h0, w0 = lab.shape
+        expect = (lab.boxes[:, :2] - lab.boxes[:, 2:] / 2) * (w0, h0)
+        np.testing.assert_allclose(x1y1, expect, atol=1.0)
+        assert batch.cls[sel].tolist() == lab.cls.tolist()
+    empty = [b for b, lab in enumerate(ds.labels) if len(lab) == 0]
+    assert len(empty) == 1 and (batch.batch_idx == empty[0]).sum() == 0
+
+
+def test_val_rect_batches(colour_ds):
+    ds = SegDataset(colour_ds, imgsz=256, augment=False, nc=8, rect=True, batch_size=2)
+    ratios = [h / w for h, w in (lab.shape for lab in ds.labels)]
+    assert ratios == sorted(ratios)
+    batches = list(SegLoader(ds, batch_size=2, shuffle=False))
+    for i, batch in enumerate(batches):
+        h, w = batch.images.shape[2:]
+        assert (h, w) == tuple(ds.batch_shapes[i]) and h % 32 == 0 and w % 32 == 0 and max(h, w) <= 256 + 32
+        assert batch.masks.shape[1:] == (h // 4, w // 4)
+        assert all(info.new_shape == (h, w) for info in batch.infos)
+        assert _check_masks_match_pixels(batch) >= 1
+    assert {tuple(b.images.shape[2:]) for b in batches} != {(256, 256)}
+    with pytest.raises(ValueError, match="shuffle=False"):
+        SegLoader(ds, batch_size=2, shuffle=True)
+
+
+def test_collate_and_batch_checks(colour_ds):
+    ds = SegDataset(colour_ds, imgsz=128, augment=False, nc=8)
+    batch = collate([ds[0], ds[1]])
+    assert batch.images.dtype == torch.uint8 and batch.cls.dtype == torch.int64
+    assert batch.batch_idx.dtype == torch.int64 and batch.bboxes.dtype == torch.float32
+    assert batch.masks.dtype == torch.uint8 and set(batch.masks.unique().tolist()) <= {0, 1}
+    moved = batch.to("cpu")
+    assert torch.equal(moved.images, batch.images) and moved.im_files == batch.im_files
+    with pytest.raises(ValueError, match="TrainBatch"):
+        TrainBatch(images=batch.images, cls=batch.cls[:-1], bboxes=batch.bboxes, batch_idx=batch.batch_idx,
+                   masks=batch.masks, im_files=batch.im_files, ori_shapes=batch.ori_shapes, infos=batch.infos)
+    other = SegDataset(colour_ds, imgsz=160, augment=False, nc=8)
+    with pytest.raises(ValueError, match="different sizes"):
+        collate([ds[0], other[0]])
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"imgsz": 100}, "imgsz: expected a positive multiple of 32"),
+    ({"imgsz": 256, "seed": -1}, "seed"),
+])
+def test_bad_arguments(colour_ds, kwargs, match):
+    from engines.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        SegDataset(colour_ds, nc=8, **kwargs)
+
+
+def test_coco128_train_and_val_batches(coco128, tmp_path, monkeypatch):
+    monkeypatch.setenv("SEGPIPE_CACHE", str(tmp_path / "cache"))
+    spec = load_data_yaml(coco128 / "coco128-seg.yaml")
+    train = SegDataset.from_spec(spec, "train", imgsz=320, augment=True, seed=0)
+    batch = collate([train[i] for i in range(4)])
+    assert batch.images.shape == (4, 3, 320, 320) and batch.masks.shape[1:] == (80, 80)
+    assert len(batch.cls) > 0 and int(batch.cls.max()) < 80
+    _check_boxes_match_masks(batch, slack=None)  # real outlines have sub-pixel spikes
+    val = SegDataset.from_spec(spec, "val", imgsz=320, augment=False, rect=True, batch_size=4)
+    vb = collate([val[i] for i in range(4)])
+    h, w = vb.images.shape[2:]
+    assert h % 32 == 0 and w % 32 == 0 and h < w <= 320 + 32  # widest images first; Ultralytics' 0.5 pad
+    n_gt = sum(len(val.labels[i]) for i in range(4))
+    assert len(vb.cls) == n_gt  # val keeps every instance
