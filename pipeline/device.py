@@ -268,6 +268,8 @@ class DeviceStage:
         if up.event is not None:
             stream = torch.cuda.current_stream(self.device)
             stream.wait_event(up.event)
+            for img in up.images:  # made on the upload stream, read here: keep the allocator off them
+                img.record_stream(stream)
             start = torch.cuda.Event(enable_timing=True)
             start.record(stream)
         x, infos = letterbox(up.images, size=self.size, stride=self.backend.meta.stride)
@@ -285,7 +287,10 @@ class DeviceStage:
     def _post(self, inf: _Inferred) -> None:
         t0 = time.perf_counter()
         if inf.event is not None:
-            torch.cuda.current_stream(self.device).wait_event(inf.event)
+            stream = torch.cuda.current_stream(self.device)
+            stream.wait_event(inf.event)
+            inf.pred.record_stream(stream)  # made on the compute stream, read on this one
+            inf.proto.record_stream(stream)
         rows = non_max_suppression(inf.pred, self.s.nms, nc=len(self.names))  # syncs: data-dependent shapes
         if inf.start is not None:
             self._observe("infer", inf.start.elapsed_time(inf.event) / 1000.0)

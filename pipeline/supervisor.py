@@ -77,6 +77,8 @@ class CameraHandle:
     proc: Any = None
     conn: Connection | None = None
     restarts: int = 0  # consecutive, reset once the camera is live again
+    reconnects: int = 0  # RECONNECTING statuses since the start (decoder reconnects and restarts)
+    reported_reconnects: int = 0
     restart_at: float | None = None
     last: dict[str, float | int] = field(default_factory=dict)  # control snapshot at the last stats tick
 
@@ -241,6 +243,8 @@ class Supervisor:
         cam.machine.follow(status)
         if status.state is S.LIVE:
             cam.restarts = 0
+        if status.state is S.RECONNECTING:
+            cam.reconnects += 1
         self._publish(status)
 
     def _publish(self, status: CameraStatus) -> None:
@@ -259,6 +263,8 @@ class Supervisor:
         """A state change the supervisor itself decides (restart, give up, stop)."""
         status = cam.machine.transition_if(state, detail)
         if status is not None:
+            if state is S.RECONNECTING:
+                cam.reconnects += 1
             self._publish(status)
 
     def _device_message(self) -> None:
@@ -362,7 +368,8 @@ class Supervisor:
             cid = cam.camera_id
             decoded[cid] = int(now["decoded"] - last["decoded"])
             inferred[cid] = int(now["inferred"] - last["inferred"])
-            reconnects[cid] = int(now["restarts"] - last["restarts"])
+            reconnects[cid] = cam.reconnects - cam.reported_reconnects
+            cam.reported_reconnects = cam.reconnects
             dropped[cid, "overwritten"] = int(now["dropped"] - last["dropped"])
             dropped[cid, "stale"] = int(now["stale"] - last["stale"])
             cam.last = now

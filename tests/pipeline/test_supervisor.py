@@ -90,7 +90,8 @@ def test_crashed_and_hung_decoders_are_restarted(tmp_path: Path) -> None:
              "heartbeat_timeout_s": 2, "reconnect": {"initial_s": 0.1, "max_s": 0.5}},
             {"id": "steady", "url": str(clip), "loop": True}]
     statuses: list[CameraStatus] = []
-    sup = Supervisor(cfg=config(tmp_path, cams), on_status=statuses.append)
+    metrics = Metrics(process_collector=False)
+    sup = Supervisor(cfg=config(tmp_path, cams), on_status=statuses.append, metrics=metrics)
     failures: list[BaseException] = []
 
     def states() -> list[S]:
@@ -121,6 +122,8 @@ def test_crashed_and_hung_decoders_are_restarted(tmp_path: Path) -> None:
     restarts = [s.detail for s in statuses if s.camera_id == "flaky" and s.state is S.RECONNECTING]
     assert restarts[0].startswith("decoder exited with code -9; restart in")
     assert restarts[1].startswith("decoder hung for ") and "s, killed; restart in" in restarts[1]
+    assert metrics.reconnects.labels("flaky")._value.get() == 2
+    assert metrics.reconnects.labels("steady")._value.get() == 0
     assert no_segments_left()
 
 
