@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +17,11 @@ import redis
 
 from pipeline.cli import main
 from pipeline.shard import owner
+from tests.conftest import RedisServer
 from tests.deploy.procs import MODEL, clean_env, finish, segpipe, stop, write_config
 from tests.pipeline.media import write_clip
 
-FRAMES = 10
+FRAMES = 16
 
 
 def _pick_cameras(per_shard: int) -> list[str]:
@@ -56,16 +59,38 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def test_two_shards_split_the_cameras_and_run_each_exactly_once(tmp_path: Path, redis_server: Any) -> None:
+@dataclass(frozen=True)
+class Cluster:
+    """Two replicas run to completion over one config: their exit codes and logs, what reached Redis."""
+
+    cameras: list[str]
+    results: dict[int, tuple[int, str, str]]  # shard -> (exit code, stdout, stderr)
+    redis: RedisServer
+    out: Path  # shard<k>.jsonl: what each replica published
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """One two-replica run shared by the tests below (each replica pays seconds of imports and model
+    building; the tests only read what it left behind)."""
+    tmp = tmp_path_factory.mktemp("cluster")
+    server = RedisServer(tmp)
+    server.start()
     cameras = _pick_cameras(3)
-    cfg = _run_config(tmp_path, cameras, redis_server.url)
+    cfg = _run_config(tmp, cameras, server.url)
     procs = {k: segpipe("run", str(cfg), "--shard", f"{k}/2", "--no-console",
-                        env=clean_env(SHARD_EVENTS=str(tmp_path / f"shard{k}.jsonl"))) for k in (0, 1)}
+                        env=clean_env(SHARD_EVENTS=str(tmp / f"shard{k}.jsonl"))) for k in (0, 1)}
     try:
         results = {k: finish(p, timeout=150) for k, p in procs.items()}
     finally:
         for p in procs.values():
             stop(p)
+    yield Cluster(cameras=cameras, results=results, redis=server, out=tmp)
+    server.stop()
+
+
+def test_two_shards_split_the_cameras_and_run_each_exactly_once(cluster: Cluster) -> None:
+    cameras, results, tmp_path = cluster.cameras, cluster.results, cluster.out
     inferred: dict[str, int] = {}
     for k, (code, _, err) in results.items():
         assert code == 0, f"shard {k}: {err[-3000:]}"
@@ -75,7 +100,7 @@ def test_two_shards_split_the_cameras_and_run_each_exactly_once(tmp_path: Path, 
         assert sorted((c, int(d)) for c, d, _ in ran) == [(c, FRAMES) for c in cameras if owner(c, 2) == k], err
         inferred.update((c, int(n)) for c, _, n in ran)
 
-    client = redis.Redis.from_url(redis_server.url)
+    client = redis.Redis.from_url(cluster.redis.url)
     keys = sorted(k.decode() for k in client.scan_iter(match="segpipe:*"))
     assert keys == sorted(f"segpipe:{c}" for c in cameras)  # the union covers every camera, nothing else
     published = {k: _jsonl(tmp_path / f"shard{k}.jsonl") for k in (0, 1)}
@@ -93,6 +118,41 @@ def test_two_shards_split_the_cameras_and_run_each_exactly_once(tmp_path: Path, 
         assert sorted(e["seq"] for e in published[mine] if e["camera"] == cam and e["kind"] == "frame") == seqs, \
             f"{cam}: its owner, shard {mine}, did not publish what the stream holds"
         assert not [e for e in published[other] if e["camera"] == cam], f"{cam} also ran on shard {other}"
+
+
+def test_two_listeners_in_a_group_share_a_stream_exactly_once(cluster: Cluster) -> None:
+    assert all(code == 0 for code, _, _ in cluster.results.values())
+    cam = cluster.cameras[0]
+    key = f"segpipe:{cam}"
+    client = redis.Redis.from_url(cluster.redis.url)
+    entries = client.xrange(key)
+    total = len(entries)
+    assert total > FRAMES // 2  # frames and status events of a real run
+    # Each listener stops after its count: together exactly what the stream holds, so both finish only
+    # if the group hands every event to one of them; overlapping deliveries would leave events unread.
+    counts = {"C1": total // 2, "C2": total - total // 2}
+    procs = {c: segpipe("listen", "--redis", cluster.redis.url, "--camera", cam, "--group", "G",
+                        "--consumer", c, "--count", str(n), "--json") for c, n in counts.items()}
+    try:
+        results = {c: finish(p, timeout=60) for c, p in procs.items()}
+    finally:
+        for p in procs.values():
+            stop(p)
+    got: dict[str, list[tuple[str, int, str]]] = {}
+    for c, (code, out, err) in results.items():
+        assert code == 0 and err == "", (c, err)
+        events = [json.loads(line) for line in out.splitlines()]
+        assert len(events) == counts[c] and {e["camera"] for e in events} == {cam}
+        got[c] = [(e["kind"], e.get("seq", -1), e.get("state", "")) for e in events]
+    expected = sorted((e["kind"], e.get("seq", -1), e.get("state", "")) for e in _stream(client, key))
+    assert len(set(expected)) == total  # each event is distinguishable by (kind, seq, state)
+    assert not set(got["C1"]) & set(got["C2"])  # nothing delivered twice
+    assert sorted(got["C1"] + got["C2"]) == expected  # and nothing missed
+    assert client.xpending(key, "G")["pending"] == 0  # everything acknowledged
+    consumers = {c["name"].decode(): c["pending"] for c in client.xinfo_consumers(key, "G")}
+    assert consumers == {"C1": 0, "C2": 0}
+    group = client.xinfo_groups(key)[0]
+    assert group["last-delivered-id"] == entries[-1][0]
 
 
 def test_shards_command_agrees_with_the_replicas(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
