@@ -216,6 +216,10 @@ class RingWriter:
                 self._seg = _DataSegment(f"{prefix}_d{gen}")
             except FileNotFoundError:
                 self._seg = None
+            for hdr in self._seg.headers if self._seg is not None else ():
+                if int(hdr["lock"][0]) % 2:  # the previous decoder died mid-write: restore the parity
+                    hdr["seq"] = -1  # and never offer that torn slot
+                    hdr["lock"] += 1
         self._gen = gen
         self._next_seq = int(self.control.get("latest_seq")) + 1
         self.control.set("pid", os.getpid())

@@ -79,9 +79,13 @@ def test_bigger_frame_moves_to_a_new_generation(prefix: str) -> None:
     assert shm.list_segments(prefix) == [f"{prefix}_c", f"{prefix}_d1"]  # the old one is unlinked
     f = r.take(alloc)
     assert f.size == (64, 48) and f.image[0, 0, 0] == 2
+    torn = shm.RingWriter(prefix, nslots=2)
+    torn._seg.headers[1]["lock"] += 1  # as if this decoder had been killed in the middle of a write
+    torn.close()
     w.close()
     # A restarted decoder reattaches to the current generation and continues the sequence.
     w2 = shm.RingWriter(prefix, nslots=2)
+    assert all(int(h["lock"][0]) % 2 == 0 for h in w2._seg.headers)  # seqlock parity restored
     assert w2.write(frame(3, 48, 64), pts=0.2, capture_ts=time.time()) == 2
     assert r.take(alloc).seq == 2 and shm.list_segments(prefix) == [f"{prefix}_c", f"{prefix}_d1"]
     w2.close(), r.close()
