@@ -220,6 +220,16 @@ class DeviceStage:
                         self._pool.put(arena)
                         continue
                     out.put(self._upload(batch, arena, stream))
+                # Stopped by the supervisor (decoders already stopped): frames still waiting in the
+                # rings were decoded before the stop, so they are inferred too (the last frames of a
+                # file). With stop set, each gather is a single scan without waiting.
+                while not self._stop.is_set():
+                    arena = self._pool.get()
+                    batch = self.batcher.gather(arena, stop)
+                    if batch is None:
+                        self._pool.put(arena)
+                        break
+                    out.put(self._upload(batch, arena, stream))
         except BaseException as e:  # noqa: BLE001 - first error wins, reported by run()
             self._fail(e)
         finally:

@@ -45,7 +45,9 @@ def no_segments_left() -> bool:
 def test_file_cameras_end_and_the_run_exits_by_itself(tmp_path: Path) -> None:
     a = write_clip(tmp_path / "a.mp4", frames=15, fps=30, size=(160, 120))
     b = write_clip(tmp_path / "b.mp4", frames=10, fps=30, size=(96, 64))
-    cfg = config(tmp_path, [{"id": "a", "url": str(a)}, {"id": "b", "url": str(b)}])
+    # a: paced like a live camera; b: a recording processed frame by frame (lossless)
+    cfg = config(tmp_path, [{"id": "a", "url": str(a)}, {"id": "b", "url": str(b), "realtime": False,
+                                                          "lossless": True}])
     statuses: list[CameraStatus] = []
     metrics = Metrics(process_collector=False)
     sup = Supervisor(cfg=cfg, on_status=statuses.append, metrics=metrics)
@@ -61,6 +63,7 @@ def test_file_cameras_end_and_the_run_exits_by_itself(tmp_path: Path) -> None:
         assert d["mask"]["format"] == "rle"
     inferred = metrics.inferred.labels("a")._value.get() + metrics.inferred.labels("b")._value.get()
     assert inferred == len(frames)  # every inferred frame was published
+    assert [e["seq"] for e in frames if e["camera"] == "b"] == list(range(10))  # the last one included
     assert metrics.engine_loaded and no_segments_left()
 
 
