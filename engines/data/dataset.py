@@ -35,6 +35,7 @@ from engines.data.cache import load_split
 from engines.data.images import read_image, read_resized
 from engines.data.labels import ImageLabels
 from engines.data.polygons import (
+    bounds,
     box_candidates,
     clip_polygon,
     polygon_boxes,
@@ -195,12 +196,16 @@ class SegDataset(torch.utils.data.Dataset):
         polys, cls = [], []
         for (im, segs), (x1a, y1a, x2a, y2a, x1b, y1b, x2b, y2b), i in zip(loaded, layout, picks, strict=True):
             canvas[y1a:y2a, x1a:x2a] = im[y1b:y2b, x1b:x2b]
-            for p, c in zip(segs, self.labels[i].cls, strict=True):
-                p = p + (x1a - x1b, y1a - y1b)
+            if not segs:
+                continue
+            flat = np.concatenate(segs) + (x1a - x1b, y1a - y1b)
+            starts = np.cumsum([0] + [len(p) for p in segs[:-1]])
+            lo, hi = np.minimum.reduceat(flat, starts), np.maximum.reduceat(flat, starts)
+            inside = (lo[:, 0] >= x1a) & (lo[:, 1] >= y1a) & (hi[:, 0] <= x2a) & (hi[:, 1] <= y2a)
+            for p, c, ok in zip(np.split(flat, starts[1:]), self.labels[i].cls, inside, strict=True):
                 # What an image loses in the mosaic lies beyond its tile: cut it off exactly
                 # (Ultralytics clamps the resampled points instead, which bulges at corners).
-                if p.min(0).min() < min(x1a, y1a) or p[:, 0].max() > x2a or p[:, 1].max() > y2a:
-                    p = clip_polygon(p, x1a, y1a, x2a, y2a)
+                p = p if ok else clip_polygon(p, x1a, y1a, x2a, y2a)
                 if len(p) >= 3:
                     polys.append(p)
                     cls.append(c)
@@ -214,7 +219,7 @@ def _extent(xy: np.ndarray) -> np.ndarray:
     """(N, K, 2) -> (N, 4) xyxy min/max of each polygon."""
     if len(xy) == 0:
         return np.zeros((0, 4), np.float32)
-    return np.concatenate((xy.min(1), xy.max(1)), 1).astype(np.float32)
+    return np.concatenate(bounds(xy), 1).astype(np.float32)
 
 
 def _sample(img: np.ndarray, lab: ImageLabels, cls: np.ndarray, bboxes: np.ndarray, masks: np.ndarray,

@@ -42,6 +42,15 @@ def resample_segments(segments: list[np.ndarray], n: int = SEGMENT_POINTS, dtype
     return out
 
 
+def bounds(xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-polygon min and max corners of (N, K, 2) -> ((N, 2), (N, 2)).
+
+    Reducing x and y separately is ~10x faster than ``xy.min(1)``, whose inner axis has length 2.
+    """
+    x, y = xy[..., 0], xy[..., 1]
+    return np.stack((x.min(1), y.min(1)), 1), np.stack((x.max(1), y.max(1)), 1)
+
+
 def polygon_boxes(xy: np.ndarray, width: float, height: float) -> np.ndarray:
     """Bounding boxes of polygons intersected with the image ``[0,width] x [0,height]``.
 
@@ -52,7 +61,7 @@ def polygon_boxes(xy: np.ndarray, width: float, height: float) -> np.ndarray:
     out = np.zeros((len(xy), 4), np.float32)
     if len(xy) == 0:
         return out
-    lo, hi = xy.min(1), xy.max(1)
+    lo, hi = bounds(xy)
     inside = (lo[:, 0] >= 0) & (lo[:, 1] >= 0) & (hi[:, 0] <= width) & (hi[:, 1] <= height)
     out[inside] = np.concatenate((lo, hi), 1)[inside]
     cross = ~inside & (hi[:, 0] >= 0) & (hi[:, 1] >= 0) & (lo[:, 0] <= width) & (lo[:, 1] <= height)
