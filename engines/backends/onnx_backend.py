@@ -39,6 +39,9 @@ class OnnxBackend(Backend):
         if options.threads:
             so.intra_op_num_threads = options.threads
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle ORT workers would otherwise spin for a while after each run, taking the cores that the
+        # decoders, post-processing and torch's own pool share with them (seen as 5-10x slower torch ops).
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(path), sess_options=so, providers=self._providers(ort))
         except Exception as e:  # ORT raises its own untyped errors for corrupt or foreign files

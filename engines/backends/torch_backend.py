@@ -39,6 +39,8 @@ class _Graph:
 class TorchBackend(Backend):
     def __init__(self, path: Path, *, device: torch.device, options: BackendOptions) -> None:
         self.path, self.device, self.options = path, device, options
+        if options.threads and device.type == "cpu":
+            torch.set_num_threads(options.threads)  # process-wide: only when the caller asked
         if path.suffix in (".yaml", ".yml"):
             model = SegmentationModel(str(path))
             names = tuple(f"class{i}" for i in range(model.nc))

@@ -28,23 +28,19 @@ _LAYER = re.compile(r"^/model\.(\d+)/")
 
 
 def nodes_to_exclude(model: onnx.ModelProto) -> list[str]:
-    """Names of the nodes kept in fp32: the head's output convs, the DFL, the proto output and every
-    non-conv node of the head (decode: softmax, concat, reshape, arithmetic).
+    """Names of the nodes kept in fp32: the last conv of each head branch, the proto output conv (with
+    its activation), the DFL, and the head's own decode nodes (softmax, concat, reshape, arithmetic).
 
     Node names come from the traced module scopes (``/model.22/cv3.0/cv3.0.2/Conv``); the head is the
-    highest-numbered ``model.N`` layer.
+    highest-numbered ``model.N`` layer, and its decode nodes sit directly in its scope
+    (``/model.22/Concat_3``). The branches' inner convs and SiLUs stay INT8: that is most head FLOPs.
     """
     layers = [int(m.group(1)) for n in model.graph.node if (m := _LAYER.match(n.name))]
     if not layers:
         return []
     head = f"/model.{max(layers)}/"
-    out = []
-    for n in model.graph.node:
-        if not n.name.startswith(head):
-            continue
-        if n.op_type != "Conv" or _HEAD_OUTPUT_CONV.search(n.name):
-            out.append(n.name)
-    return out
+    return [n.name for n in model.graph.node if n.name.startswith(head)
+            and ("/" not in n.name[len(head):] or _HEAD_OUTPUT_CONV.search(n.name))]
 
 
 class _Reader:
