@@ -164,7 +164,8 @@ def resolve_images(sources: Sequence[str | os.PathLike[str]], *, split: str = "d
 
     A folder contributes its images recursively; a ``.txt`` lists one image per line (relative paths
     are relative to the .txt's folder, ``./x.jpg`` included); an image path is itself. Listed images
-    that do not exist go to ``missing``. Raises DataError for a source that does not exist.
+    that do not exist go to ``missing``. Raises DataError for a source that does not exist or a
+    listed file that is not an image.
     """
     found: set[Path] = set()
     missing: list[Path] = []
@@ -172,14 +173,15 @@ def resolve_images(sources: Sequence[str | os.PathLike[str]], *, split: str = "d
         if src.is_dir():
             found.update(_abs(p) for p in src.rglob("*") if p.suffix.lower() in IMG_SUFFIXES and p.is_file())
         elif src.is_file() and src.suffix.lower() == ".txt":
-            for line in src.read_text(encoding="utf-8-sig").splitlines():
+            for lineno, line in enumerate(src.read_text(encoding="utf-8-sig").splitlines(), 1):
                 line = line.strip()
                 if not line:
                     continue
                 p = Path(line).expanduser()
                 p = _abs(p if p.is_absolute() else src.parent / p)
                 if p.suffix.lower() not in IMG_SUFFIXES:
-                    continue
+                    raise DataError(f"{src}:{lineno}: {line!r} is not an image (supported: "
+                                    f"{', '.join(sorted(IMG_SUFFIXES))})")
                 (found.add(p) if p.is_file() else missing.append(p))
         elif src.is_file() and src.suffix.lower() in IMG_SUFFIXES:
             found.add(_abs(src))

@@ -109,6 +109,9 @@ def test_img2label_path(image, label):
 
 
 def test_resolve_images_errors(tmp_path):
+    (tmp_path / "list.txt").write_text("a.jpg\nclip.mp4\n")
+    with pytest.raises(DataError, match=r"list\.txt:2: 'clip\.mp4' is not an image"):
+        resolve_images([tmp_path / "list.txt"], split="val")
     (tmp_path / "file.csv").write_text("x")
     with pytest.raises(DataError, match="neither a folder"):
         resolve_images([tmp_path / "file.csv"], split="val")
