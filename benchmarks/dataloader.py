@@ -3,9 +3,10 @@
     .venv/bin/python benchmarks/dataloader.py [--data PATH/coco128-seg.yaml] [--batch 16] [--epochs 2]
 
 Each configuration runs ``--epochs`` passes over the 128 images with a fresh loader per epoch, as
-training does (worker start-up included); the first pass of the first configuration also checks
-and caches the labels, which is reported separately. Prints one line per configuration and a
-per-stage breakdown of one in-process sample (decode, mosaic, affine, polygons, masks).
+training does (worker start-up included). Wall-clock images/s depends on what else runs on the
+machine, so images per CPU-second (this process plus its workers) is printed too: on an idle
+machine, wall throughput with N workers approaches N times that. Then a per-stage breakdown of
+in-process samples (CPU time: decode, mosaic, warp, polygons, masks).
 """
 
 from __future__ import annotations
@@ -24,16 +25,19 @@ from engines.data import SegDataset, SegLoader, load_data_yaml  # noqa: E402
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "coco128-seg" / "coco128-seg.yaml"
 
 
-def run(spec, imgsz: int, workers: int, batch: int, epochs: int) -> tuple[float, int]:
+def run(spec, imgsz: int, workers: int, batch: int, epochs: int) -> tuple[float, float, int]:
+    """-> (images per wall second, images per CPU second of this process and its workers, images)."""
     ds = SegDataset.from_spec(spec, "train", imgsz=imgsz, augment=True, seed=0)
     loader = SegLoader(ds, batch_size=batch, shuffle=True, workers=workers, seed=0, drop_last=False)
     n = 0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), os.times()
     for epoch in range(epochs):
         loader.set_epoch(epoch)
         for b in loader:
             n += len(b)
-    return n / (time.perf_counter() - t0), n
+    wall, c1 = time.perf_counter() - t0, os.times()
+    cpu = sum(c1[:4]) - sum(c0[:4])  # user + system, self + children (the workers)
+    return n / wall, n / cpu, n
 
 
 def stages(spec, imgsz: int, samples: int = 64) -> str:
@@ -75,9 +79,9 @@ def main() -> int:
     print(f"cpu cores: {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}")
     for imgsz in map(int, args.sizes.split(",")):
         for workers in map(int, args.workers.split(",")):
-            ips, n = run(spec, imgsz, workers, args.batch, args.epochs)
-            print(f"imgsz {imgsz:4d} workers {workers}: {ips:7.1f} images/s ({n} images, batch {args.batch}, "
-                  f"mosaic on)", flush=True)
+            ips, ipc, n = run(spec, imgsz, workers, args.batch, args.epochs)
+            print(f"imgsz {imgsz:4d} workers {workers}: {ips:7.1f} images/s wall, {ipc:6.1f} images per CPU-second "
+                  f"({n} images, batch {args.batch}, mosaic on, load {os.getloadavg()[0]:.1f})", flush=True)
         print(f"imgsz {imgsz:4d} per sample: {stages(spec, imgsz)}", flush=True)
     return 0
 
