@@ -46,9 +46,8 @@ class TrainData:
 
 def _worker_init(_: int) -> None:
     # Loader workers are the parallelism; threads inside each would only fight over the same cores.
-    import cv2
-
-    cv2.setNumThreads(1)
+    # cv2's pool is left alone: cv2.setNumThreads in a forked worker hangs (cv2 5.0) once the parent
+    # has used that pool.
     torch.set_num_threads(1)
 
 
