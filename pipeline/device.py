@@ -8,7 +8,8 @@ Three threads joined by bounded queues, so the engine never waits on I/O:
 * gather+upload: the fair ``Batcher`` copies each camera's newest frame out of shared memory into a
   staging ``Arena`` (pinned on CUDA) and starts a non-blocking upload on its own CUDA stream.
 * letterbox+infer: waits for the upload event, letterboxes and normalises on the device
-  (``engines.ops.letterbox``), runs the backend on the compute stream.
+  (``engines.ops.letterbox``), runs the backend on the compute stream. On CPU the resize part of the
+  letterbox is done by the gather thread instead, in uint8 (see ``_resize_on_host``).
 * post: NMS (``engines.ops.non_max_suppression``) and per-detection mask crops on the device (its own
   stream), one download per batch, COCO RLE from the crops (``engines.ops.rle.encode_crop``: no
   frame-sized mask ever exists on the host), ``FrameResult``s handed to ``emit``.
@@ -33,13 +34,14 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import cv2
 import numpy as np
 import torch
 
 from engines.backends import Backend
 from engines.errors import EngineMismatchError, SegpipeError
 from engines.ops import letterbox, mask_crops, mask_to_polygons, non_max_suppression, scale_boxes
-from engines.ops.letterbox import LetterboxInfo
+from engines.ops.letterbox import LetterboxInfo, letterbox_geometry
 from engines.ops.nms import NMSConfig
 from engines.ops.rle import encode_crop
 from pipeline.batching import Arena, Batcher, BatchPolicy
@@ -101,9 +103,10 @@ class DeviceSettings:
 @dataclass(slots=True)
 class _Uploaded:
     batch: Batch
-    images: list[torch.Tensor]  # (H_i, W_i, 3) uint8 on the device
+    images: list[torch.Tensor]  # (H_i, W_i, 3) uint8 on the device (CPU: already resized, see _upload)
     event: Any  # torch.cuda.Event when the upload is done, None on CPU
     arena: Arena
+    infos: list[LetterboxInfo] | None = None  # CPU: the letterbox geometry of the original frames
 
 
 @dataclass(slots=True)
@@ -264,13 +267,29 @@ class DeviceStage:
     # --------------------------------------------------------------------------- the work
 
     def _upload(self, batch: Batch, arena: Arena, stream: Any) -> _Uploaded:
-        host = [torch.from_numpy(f.image) for f in batch.frames]
         if not self.cuda:
-            return _Uploaded(batch=batch, images=host, event=None, arena=arena)
-        images = [h.to(self.device, non_blocking=True) for h in host]
+            return self._resize_on_host(batch, arena)
+        images = [torch.from_numpy(f.image).to(self.device, non_blocking=True) for f in batch.frames]
         event = torch.cuda.Event()
         event.record(stream)
         return _Uploaded(batch=batch, images=images, event=event, arena=arena)
+
+    def _resize_on_host(self, batch: Batch, arena: Arena) -> _Uploaded:
+        """CPU only: resize each frame to its letterboxed size here, in uint8 with cv2 (INTER_LINEAR,
+        the interpolation engines.ops.letterbox reproduces in float), so the inference thread only
+        pads and normalises. On a CPU the float resize of a full frame costs as much as a third of the
+        model (4 x 720p -> 320: 150-300 ms vs 340-800 ms for yolov8n-seg on one thread, measured with
+        benchmarks/pipeline.py on 2 cores) and here it overlaps with the previous batch's inference."""
+        stride = self.backend.meta.stride
+        infos = [letterbox_geometry(f.image.shape[:2], size=self.size, stride=stride) for f in batch.frames]
+        images = []
+        for f, info in zip(batch.frames, infos, strict=True):
+            small = f.image
+            if info.unpad_shape != info.orig_shape:
+                h, w = info.unpad_shape
+                small = cv2.resize(f.image, (w, h), interpolation=cv2.INTER_LINEAR)
+            images.append(torch.from_numpy(small))
+        return _Uploaded(batch=batch, images=images, event=None, arena=arena, infos=infos)
 
     def _infer(self, up: _Uploaded) -> _Inferred:
         t0 = time.perf_counter()
@@ -283,6 +302,9 @@ class DeviceStage:
             start = torch.cuda.Event(enable_timing=True)
             start.record(stream)
         x, infos = letterbox(up.images, size=self.size, stride=self.backend.meta.stride)
+        if up.infos is not None:  # pre-resized on the host: map results to the original frames
+            assert [i.new_shape for i in infos] == [i.new_shape for i in up.infos]
+            infos = up.infos
         pred, proto = self.backend(x)
         event = None
         if up.event is not None:

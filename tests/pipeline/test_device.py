@@ -7,12 +7,13 @@ import threading
 import time
 from collections.abc import Iterator
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
 from engines.backends import Backend, load_backend
-from engines.ops import letterbox
+from engines.ops import letterbox, letterbox_geometry
 from engines.ops.nms import NMSConfig
 from engines.ops.postprocess import postprocess
 from engines.ops.rle import decode
@@ -86,10 +87,15 @@ def test_results_match_engines_postprocess(backend: Backend, rings: tuple) -> No
         w, h = SIZES[i]
         assert r.frame_size == (w, h) and r.model == "yolov8n-seg.yaml" and r.infer_ts >= r.capture_ts
         assert r.pts == pytest.approx(r.seq / 10) and 0 < len(r.detections) <= 8
-        # The reference: letterbox + model + engines' postprocess with retina (frame-resolution) masks.
-        img = torch.from_numpy(make_frame(r.seq, size=(w, h)))
-        x, infos = letterbox([img], size=64)
-        ref = postprocess(*backend(x), infos, NMS, names=backend.meta.names, retina_masks=True)[0]
+        # The reference: the CPU letterbox (uint8 cv2 resize, then engines' pad + normalise), the
+        # model, and engines' postprocess with retina (frame-resolution) masks.
+        img = make_frame(r.seq, size=(w, h))
+        info = letterbox_geometry((h, w), size=64)
+        small = cv2.resize(img, info.unpad_shape[::-1], interpolation=cv2.INTER_LINEAR)
+        x, _ = letterbox([torch.from_numpy(small)], size=64)
+        x_float, _ = letterbox([torch.from_numpy(img)], size=64)  # the device (float) resize
+        assert (x - x_float).abs().max() <= 1.01 / 255  # the two resizes agree within one level
+        ref = postprocess(*backend(x), [info], NMS, names=backend.meta.names, retina_masks=True)[0]
         assert len(r.detections) == len(ref)
         for det, box, score, cls, mask in zip(r.detections, ref.boxes, ref.scores, ref.class_ids, ref.masks,
                                               strict=True):
