@@ -27,6 +27,8 @@ FORMATS: dict[str, tuple[str, str]] = {
     "torchscript": ("engines.export.torchscript", "TorchScriptExporter"),
 }
 
+INT8_FORMATS = ("onnx", "openvino")
+
 
 def get_exporter(format: str) -> Exporter:
     """The exporter for ``format`` (exact name; an unknown one is an error listing the formats)."""
@@ -67,6 +69,17 @@ def export(model: str | os.PathLike[str], *, format: str, imgsz: int | tuple[int
         raise ConfigError("--opset", f"must be in 11..20, got {opset}")
     if int8 and not data:
         raise ConfigError("--data", "--int8 needs calibration images: pass --data DATA.yaml")
+    if int8 and format not in INT8_FORMATS:
+        raise ConfigError("--int8", f"INT8 is available for --format {' and '.join(INT8_FORMATS)} "
+                          "(and `segpipe build-engine --int8`)")
+    if int8 and half:
+        raise ConfigError("--half", "--int8 and --half are exclusive (INT8 keeps an fp32 fallback)")
+    if int8_format not in ("QDQ", "QOperator"):
+        raise ConfigError("--int8-format", f"expected QDQ or QOperator, got {int8_format!r}")
+    if int8:
+        from engines.export.calib import calibration_files
+
+        calibration_files(data, calib_images)  # a bad dataset fails now, not after tracing
     src = load_source(model)
     spec = ExportSpec(imgsz=check_imgsz(imgsz or src.imgsz, src.stride), half=half, dynamic=dynamic, batch=batch,
                       simplify=simplify, opset=opset, int8=int8, data=data, calib_images=calib_images,

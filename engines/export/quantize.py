@@ -69,10 +69,8 @@ def quantize_onnx(model: onnx.ModelProto, spec: ExportSpec, *, workdir: Path) ->
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    if spec.int8_format not in FORMATS:
-        raise ConfigError("--int8-format", f"expected one of {', '.join(FORMATS)}, got {spec.int8_format!r}")
-    if spec.half:
-        raise ConfigError("--half", "--int8 and --half are exclusive (INT8 keeps an fp32 fallback)")
+    if spec.int8_format not in FORMATS or spec.half:
+        raise ConfigError("--int8", f"INT8 needs fp32 input and one of {FORMATS}, got {spec.int8_format!r}")
     files = calibration_files(spec.data, spec.calib_images)
     raw, pre, out = workdir / "fp32.onnx", workdir / "pre.onnx", workdir / "int8.onnx"
     onnx.save(model, str(raw))

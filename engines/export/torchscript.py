@@ -25,7 +25,7 @@ class TorchScriptExporter:
 
     def export(self, src: SourceModel, spec: ExportSpec, out: Path) -> Path:
         if spec.int8:
-            raise ConfigError("--int8", "INT8 is available for --format onnx (and `segpipe build-engine --int8`)")
+            raise ConfigError("--int8", "INT8 is available for --format onnx and openvino")
         dtype = torch.float16 if spec.half else torch.float32
         model = copy.deepcopy(src.model).to(dtype)
         x = torch.zeros((1, 3, *spec.imgsz), dtype=dtype)

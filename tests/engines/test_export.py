@@ -1,0 +1,166 @@
+"""engines.export and ``segpipe export``: metadata written, axes, fp16, INT8 (calibrated on coco128),
+output paths, atomic writes, and one clear error per bad request."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from engines import __version__
+from engines.backends import BackendOptions, load_backend
+from engines.backends.artifact import decode_props
+from engines.errors import ConfigError, DataError, ModelError
+from engines.export import default_output, export, get_exporter
+from engines.export.quantize import nodes_to_exclude
+from engines.ops import letterbox
+from pipeline.cli import main as cli_main
+
+FIXTURE_PT = Path(__file__).resolve().parents[1] / "fixtures" / "ultralytics" / "yolov8n-seg-coco8.pt"
+IMGSZ = 320
+
+
+@pytest.fixture(scope="session")
+def model() -> Path:
+    if not FIXTURE_PT.is_file():
+        pytest.skip("fixture checkpoint tests/fixtures/ultralytics/yolov8n-seg-coco8.pt is missing")
+    return FIXTURE_PT
+
+
+@pytest.fixture(scope="session")
+def onnx_dynamic(model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export(model, format="onnx", imgsz=IMGSZ, dynamic=True, simplify=True, batch=8, opset=17,
+                  out=tmp_path_factory.mktemp("x") / "m.onnx")
+
+
+@pytest.fixture(scope="session")
+def real_batch(coco128_images: list[Path]) -> torch.Tensor:
+    x, _ = letterbox([torch.from_numpy(cv2.imread(str(p))) for p in coco128_images[:2]], size=IMGSZ)
+    return x
+
+
+# --- bad requests ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kw, error, match", [
+    ({"format": "onx"}, ConfigError, r"--format: unknown format 'onx'; choose one of: onnx, openvino, torchscript$"),
+    ({"format": "ONNX"}, ConfigError, "unknown format 'ONNX'"),  # exact names: nothing is guessed
+    ({"format": "engine"}, ConfigError, "segpipe build-engine"),
+    ({"format": "onnx", "imgsz": 300}, ConfigError, "--imgsz: must be a positive multiple of 32"),
+    ({"format": "onnx", "imgsz": (320, 0)}, ConfigError, "--imgsz"),
+    ({"format": "onnx", "batch": -1}, ConfigError, "--batch: must be >= 0"),
+    ({"format": "onnx", "opset": 7}, ConfigError, "--opset: must be in 11..20"),
+    ({"format": "onnx", "int8": True}, ConfigError, "--data: --int8 needs calibration images"),
+    ({"format": "onnx", "dynamc": True}, ConfigError, "dynamc: unknown export option"),
+    ({"format": "torchscript", "int8": True, "data": "d.yaml"}, ConfigError, "INT8 is available for --format onnx and openvino"),
+    ({"format": "onnx", "int8": True, "data": "/nonexistent/d.yaml"}, DataError, "d.yaml"),
+    ({"format": "onnx", "int8": True, "data": "d.yaml", "half": True}, ConfigError, "exclusive"),
+])
+def test_bad_requests(model: Path, tmp_path: Path, kw: dict, error: type[Exception], match: str) -> None:
+    if kw.get("data") == "d.yaml":
+        (tmp_path / "d.yaml").write_text("path: .\ntrain: images\nval: images\nnames: [a]\n")
+        (tmp_path / "images").mkdir()
+        cv2.imwrite(str(tmp_path / "images" / "a.jpg"), np.zeros((64, 64, 3), np.uint8))
+        kw = {**kw, "data": str(tmp_path / "d.yaml")}
+    with pytest.raises(error, match=match):
+        export(model, out=tmp_path / "out.onnx", **kw)
+    assert not (tmp_path / "out.onnx").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]  # no temp leftovers
+
+
+def test_export_from_an_export_is_refused(onnx_dynamic: Path) -> None:
+    with pytest.raises(ModelError, match="export from a checkpoint"):
+        export(onnx_dynamic, format="openvino")
+
+
+@pytest.mark.parametrize("fmt, int8, name", [("onnx", False, "best.onnx"), ("onnx", True, "best_int8.onnx"),
+                                             ("openvino", False, "best_openvino_model"),
+                                             ("torchscript", False, "best.torchscript")])
+def test_default_output_beside_model(tmp_path: Path, fmt: str, int8: bool, name: str) -> None:
+    (tmp_path / "best.pt").touch()
+    assert default_output(tmp_path / "best.pt", get_exporter(fmt), int8=int8) == tmp_path / name
+
+
+# --- ONNX ----------------------------------------------------------------------------------------------------
+
+def test_onnx_metadata_and_axes(onnx_dynamic: Path) -> None:
+    proto = onnx.load(str(onnx_dynamic))
+    meta = decode_props({p.key: p.value for p in proto.metadata_props})
+    assert meta["task"] == "segment" and meta["exporter"] == "onnx" and meta["segpipe_version"] == __version__
+    assert len(meta["names"]) == 80 and meta["names"][0] == "person"
+    assert (meta["imgsz"], meta["stride"], meta["batch"], meta["precision"], meta["dynamic"]) == (
+        [IMGSZ, IMGSZ], 32, [1, 8], "fp32", True)
+    assert meta["model_yaml"]["scale"] == "n" and len(meta["model_hash"]) == 64
+    dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 3, "height", "width"]
+    assert proto.opset_import[0].version == 17
+    assert {o.name for o in proto.graph.output} == {"pred", "proto"}
+
+
+def test_fp16_onnx_close_to_fp32(model: Path, onnx_dynamic: Path, real_batch: torch.Tensor, tmp_path: Path) -> None:
+    half = export(model, format="onnx", imgsz=IMGSZ, half=True, out=tmp_path / "h.onnx")
+    b = load_backend(half, options=BackendOptions(threads=1))
+    assert b.meta.precision == "fp16" and not b.meta.dynamic
+    inits = onnx.load(str(half)).graph.initializer
+    assert sum(i.data_type == onnx.TensorProto.FLOAT16 for i in inits) > len(inits) // 2
+    (p16, q16), (p32, q32) = b(real_batch), load_backend(onnx_dynamic)(real_batch)
+    assert p16.dtype == torch.float32
+    assert (p16[:, 4:84] - p32[:, 4:84]).abs().max() < 5e-3  # class scores
+    assert (p16[:, :4] - p32[:, :4]).abs().max() < 1.0  # boxes, pixels
+    assert (q16 - q32).abs().max() < 0.05
+
+
+# --- INT8 ------------------------------------------------------------------------------------------------------
+
+def test_int8_onnx(model: Path, onnx_dynamic: Path, coco128: Path, real_batch: torch.Tensor, tmp_path: Path) -> None:
+    q = export(model, format="onnx", imgsz=IMGSZ, int8=True, data=str(coco128 / "coco128-seg.yaml"),
+               calib_images=4, out=tmp_path / "q.onnx")
+    proto = onnx.load(str(q))
+    b = load_backend(q, options=BackendOptions(threads=1))
+    assert b.meta.precision == "int8" and b.meta.extra["int8"]["calib_images"] == 4
+    ops = {n.op_type for n in proto.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    # The head's output convs stay fp32: their weights are float initialisers, not dequantised int8.
+    inits = {i.name: i.data_type for i in proto.graph.initializer}
+    outs = [n for n in proto.graph.node if n.op_type == "Conv" and "/cv3.0/cv3.0.2/" in n.name]
+    assert outs and inits.get(outs[0].input[1]) == onnx.TensorProto.FLOAT
+    (pq, _), (pf, _) = b(real_batch), load_backend(onnx_dynamic)(real_batch)
+    # Same confident objects: the best anchor per image has the same class and a close score.
+    for i in range(2):
+        sq, sf = pq[i, 4:84], pf[i, 4:84]
+        best = sf.max(0).values.argmax()
+        assert sq[:, best].argmax() == sf[:, best].argmax()
+        assert abs(float(sq[:, best].max() - sf[:, best].max())) < 0.1
+
+
+def test_nodes_to_exclude_names_the_head_outputs(onnx_dynamic: Path) -> None:
+    names = nodes_to_exclude(onnx.load(str(onnx_dynamic)))
+    for part in ("/cv2.0/cv2.0.2/", "/cv3.2/cv3.2.2/", "/cv4.1/cv4.1.2/", "/proto/cv3/", "/dfl/"):
+        assert any(part in n for n in names), part
+    assert not any("/cv2.0/cv2.0.0/" in n or n.startswith("/model.21/") for n in names)
+
+
+# --- CLI ------------------------------------------------------------------------------------------------------
+
+def test_cli_export_prints_path_and_usage(model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "m.torchscript"
+    rc = cli_main(["export", "--model", str(model), "--format", "torchscript", "--imgsz", "320", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0 and out.is_file()
+    assert f"-> {out}" in text and f"segpipe predict --model {out}" in text
+    assert load_backend(out).meta.imgsz == (IMGSZ, IMGSZ)
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--format", "onx"], "segpipe export: error: --format: unknown format 'onx'; choose one of: onnx, openvino, "
+                          "torchscript"),
+    (["--format", "onnx", "--imgsz", "3x3x3"], "segpipe export: error: --imgsz: expected N or H,W"),
+    (["--format", "onnx", "--val"], "segpipe export: error: --val: needs --data"),
+])
+def test_cli_errors_are_one_line(model: Path, argv: list[str], match: str, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = cli_main(["export", "--model", str(model), *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and len(err) == 1 and err[0].startswith(match)
