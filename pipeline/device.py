@@ -65,7 +65,9 @@ class DeviceSettings:
     decoders need cores too, and oversubscribed OpenMP threads stall each other for whole time slices.
     masks: "rle" | "polygon" | "none". mask_resolution: "frame" (prototypes resampled to frame
     pixels inside each box) | "model" (thresholded at prototype resolution, nearest-neighbour to frame).
-    depth: batches in flight between two threads (queue bound); arenas = depth + 2.
+    depth: batches gathered ahead of the one being inferred (and queued for post-processing). 1 keeps
+    upload and inference overlapped while a frame waits at most one inference before its own: live
+    video wants fresh frames, not a deep queue. Staging arenas = depth + 2.
     """
 
     model_path: str
@@ -78,7 +80,7 @@ class DeviceSettings:
     masks: str = "rle"
     mask_resolution: str = "frame"
     batch: BatchPolicy = BatchPolicy()
-    depth: int = 2
+    depth: int = 1
 
     @classmethod
     def from_config(cls, cfg: RunConfig) -> DeviceSettings:
@@ -140,6 +142,9 @@ class DeviceStage:
         self._error: BaseException | None = None
         self._error_lock = threading.Lock()
         self._stop = threading.Event()
+        # Credits, not only a queue bound: a batch is gathered only once there is room for it, so its
+        # frames are taken as late as possible (a full queue would hold one more, older batch).
+        self._credits = threading.Semaphore(settings.depth)
         self.batches = 0
         self._stats_lock = threading.Lock()
         self._batch_sizes: list[int] = []
@@ -174,7 +179,7 @@ class DeviceStage:
         """Gather, infer and emit until ``stop`` is set, then finish every batch already gathered.
         ``report`` gets this stage's ``StageStats`` every ``report_every_s`` and at the end.
         Re-raises the first error any thread hit (after all threads have ended)."""
-        q_up: queue.Queue[Any] = queue.Queue(self.s.depth)
+        q_up: queue.Queue[Any] = queue.Queue()
         q_inf: queue.Queue[Any] = queue.Queue(self.s.depth)
         streams = [torch.cuda.Stream(self.device) if self.cuda else None for _ in range(3)]
         threads = [
@@ -217,26 +222,33 @@ class DeviceStage:
         try:
             with _on_stream(stream):
                 while not stop.is_set() and not self._stop.is_set():
-                    arena = self._pool.get()
-                    batch = self.batcher.gather(arena, stop)
-                    if batch is None:
-                        self._pool.put(arena)
+                    if not self._credits.acquire(timeout=0.05):
                         continue
-                    out.put(self._upload(batch, arena, stream))
+                    if not self._gather_one(stop, out, stream):
+                        self._credits.release()
                 # Stopped by the supervisor (decoders already stopped): frames still waiting in the
                 # rings were decoded before the stop, so they are inferred too (the last frames of a
                 # file). With stop set, each gather is a single scan without waiting.
                 while not self._stop.is_set():
-                    arena = self._pool.get()
-                    batch = self.batcher.gather(arena, stop)
-                    if batch is None:
-                        self._pool.put(arena)
+                    if not self._credits.acquire(timeout=0.05):
+                        continue
+                    if not self._gather_one(stop, out, stream):
+                        self._credits.release()
                         break
-                    out.put(self._upload(batch, arena, stream))
         except BaseException as e:  # noqa: BLE001 - first error wins, reported by run()
             self._fail(e)
         finally:
             out.put(_STOP)
+
+    def _gather_one(self, stop: Any, out: queue.Queue[Any], stream: Any) -> bool:
+        """Gather one batch and start its upload; False when there was nothing to gather."""
+        arena = self._pool.get()
+        batch = self.batcher.gather(arena, stop)
+        if batch is None:
+            self._pool.put(arena)
+            return False
+        out.put(self._upload(batch, arena, stream))
+        return True
 
     def _stage(self, fn: Callable[[Any], Any], inq: queue.Queue[Any], out: queue.Queue[Any] | None,
                stream: Any) -> None:
@@ -246,6 +258,8 @@ class DeviceStage:
                 item = inq.get()
                 if item is _STOP:
                     break
+                if isinstance(item, _Uploaded):
+                    self._credits.release()  # it left the queue: the next batch may be gathered
                 if self._error is not None:
                     self._release(item)
                     continue
