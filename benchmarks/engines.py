@@ -42,7 +42,9 @@ def cpu_backends(model: Path, imgsz: int, work: Path, threads: int, int8_data: P
         "torch": ("fp32", lambda: load_backend(model, options=opts))}
     exports = {"onnxruntime": ("onnx", {}), "openvino": ("openvino", {}), "torchscript": ("torchscript", {})}
     if int8_data is not None:
-        exports["onnxruntime int8"] = ("onnx", {"int8": True, "data": str(int8_data), "calib_images": 64})
+        int8 = {"int8": True, "data": str(int8_data), "calib_images": 64}
+        exports["onnxruntime int8"] = ("onnx", int8)
+        exports["openvino int8"] = ("openvino", int8)
     for name, (fmt, kw) in exports.items():
         try:
             dest = work / f"{imgsz}-{name.replace(' ', '-')}"
@@ -120,12 +122,17 @@ def main() -> int:
                 base = statistics.median(times["torch"])
                 for k, ts in times.items():
                     med = statistics.median(ts)
-                    rows.append((imgsz, batch, k, loaders[k][0], 1000 * med, 1000 * min(ts), batch / med, base / med))
+                    # INT8 rows also against the same runtime's fp32 row (the quantisation's own gain).
+                    fp32 = k.removesuffix(" int8")
+                    own = f"{statistics.median(times[fp32]) / med:.2f}x" if k != fp32 and fp32 in times else ""
+                    rows.append((imgsz, batch, k, loaders[k][0], 1000 * med, 1000 * min(ts), batch / med,
+                                 base / med, own))
                     print(f"  {imgsz} b{batch} {k}: {1000 * med:.1f} ms", file=sys.stderr, flush=True)
-    print("\n| imgsz | batch | backend | precision | latency ms (median) | min ms | images/s | vs torch cpu |")
-    print("|---:|---:|---|---|---:|---:|---:|---:|")
-    for imgsz, batch, k, prec, med, lo, ips, rel in rows:
-        print(f"| {imgsz} | {batch} | {k} | {prec} | {med:.1f} | {lo:.1f} | {ips:.1f} | {rel:.2f}x |")
+    print("\n| imgsz | batch | backend | precision | latency ms (median) | min ms | images/s | vs torch cpu "
+          "| int8 vs fp32 |")
+    print("|---:|---:|---|---|---:|---:|---:|---:|---:|")
+    for imgsz, batch, k, prec, med, lo, ips, rel, own in rows:
+        print(f"| {imgsz} | {batch} | {k} | {prec} | {med:.1f} | {lo:.1f} | {ips:.1f} | {rel:.2f}x | {own} |")
     return 0
 
 

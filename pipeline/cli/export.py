@@ -65,19 +65,31 @@ def run(args: argparse.Namespace) -> int:
     print(f"use it:  segpipe predict --model {path} --source IMAGE_OR_VIDEO")
     print(f"         python -c \"from engines import SegModel; print(SegModel('{path}')('image.jpg'))\"")
     if args.val:
-        _compare(Path(args.model), path, args.data)
+        _compare(args, path)
     return 0
 
 
-def _compare(model: Path, exported: Path, data: str) -> None:
-    """Box and mask mAP of the source model and of the export on the val split, side by side."""
+def _compare(args: argparse.Namespace, exported: Path) -> None:
+    """Box and mask mAP on --data's val split: the export beside its reference, side by side.
+
+    The reference of an INT8 export is the fp32 export of the same format and shape (same letterbox,
+    same runtime), so the difference is the quantisation alone; otherwise it is the source model.
+    """
+    import tempfile
+
+    from engines.export import export
     from engines.val.validator import summary_line, validate
 
-    rows = []
-    for name, m in (("source", model), ("export", exported)):
-        metrics = validate(str(m), data=data, split="val", batch=8, device="cpu", verbose=False)
-        rows.append((name, metrics))
+    with tempfile.TemporaryDirectory(prefix="segpipe-export-val-") as tmp:
+        reference, label = Path(args.model), "source"
+        if args.int8:
+            reference = export(args.model, format=args.format, imgsz=parse_imgsz(args.imgsz), dynamic=args.dynamic,
+                               batch=args.batch, simplify=args.simplify, opset=args.opset,
+                               out=Path(tmp) / f"fp32{exported.suffix or '_openvino_model'}")
+            label = "fp32"
+        rows = [(name, validate(str(m), data=args.data, split="val", batch=8, device="cpu", verbose=False))
+                for name, m in ((label, reference), ("int8" if args.int8 else "export", exported))]
     for name, metrics in rows:
         print(f"{name:>7}: {summary_line(metrics)}")
-    drop = rows[0][1].seg.map - rows[1][1].seg.map
-    print(f"mask mAP50-95 change: {-drop:+.4f}")
+    print(f"mask mAP50-95 change: {rows[1][1].seg.map - rows[0][1].seg.map:+.4f}, "
+          f"box: {rows[1][1].box.map - rows[0][1].box.map:+.4f}")
