@@ -78,7 +78,8 @@ def fit(args: argparse.Namespace) -> None:
 
     t0 = time.perf_counter()
     m = train(data=args.data, model=args.model, pretrained=args.pretrained, epochs=args.epochs,
-              imgsz=args.imgsz, batch=args.batch, workers=args.workers, device=args.device, out=args.out)
+              imgsz=args.imgsz, batch=args.batch, workers=args.workers, device=args.device, out=args.out,
+              fraction=args.fraction, val=not args.no_val)
     print(f"\n{args.epochs} epochs in {(time.perf_counter() - t0) / 60:.1f} min")
     print(f"box  mAP50 {m.box.map50:.4f}  mAP50-95 {m.box.map:.4f}")
     print(f"mask mAP50 {m.seg.map50:.4f}  mAP50-95 {m.seg.map:.4f}")
@@ -98,6 +99,8 @@ def main() -> None:
     p.add_argument("--fit", action="store_true", help="run the full fit and print the final mAPs")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--out", default=None, help="--fit: run folder (default runs/segment/trainN)")
+    p.add_argument("--fraction", type=float, default=1.0, help="--fit: train on this fraction of coco128")
+    p.add_argument("--no-val", action="store_true", help="--fit: validate only the last epoch")
     args = p.parse_args()
     if not Path(args.data).is_file():
         sys.exit(f"data YAML not found: {args.data}")

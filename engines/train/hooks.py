@@ -66,7 +66,7 @@ class CloseMosaicHook(Hook):
             s.dataset.close_mosaic()
             self.closed = True
             if s.place.main:
-                LOG.info("closing mosaic augmentation for the last %d epochs", n)
+                print(f"Closing mosaic augmentation for the last {n} epochs")
 
 
 class ProgressHook(Hook):

@@ -8,7 +8,8 @@ it is seeded too: a run is reproducible whatever the worker count.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,11 +45,23 @@ class TrainData:
         return self.dataset.seed * 1_000_003 + epoch
 
 
-def _worker_init(_: int) -> None:
-    # Loader workers are the parallelism; threads inside each would only fight over the same cores.
-    # cv2's pool is left alone: cv2.setNumThreads in a forked worker hangs (cv2 5.0) once the parent
-    # has used that pool.
-    torch.set_num_threads(1)
+@contextmanager
+def fork_safe_cv2() -> Iterator[None]:
+    """Run OpenCV single-threaded in this process while loader workers are forked from it.
+
+    A worker forked while OpenCV's thread pool is in use inherits a pool it cannot drive, and
+    ``cv2.setNumThreads`` in the child then blocks forever (reproduced: 1 hang in 15 epochs with a
+    busy parent, 19 in 25 once the parent had switched to 0 threads). So the parent goes to 0
+    threads (workers inherit that) and workers never touch the setting. Restored on exit.
+    """
+    import cv2
+
+    prev = cv2.getNumThreads()
+    cv2.setNumThreads(0)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(prev)
 
 
 def augment_config(cfg: TrainConfig) -> AugmentConfig:
@@ -78,6 +91,5 @@ def build_train_data(cfg: TrainConfig, spec: DataSpec, place: Placement, *, stri
     loader = DataLoader(
         dataset, batch_size=per_rank, sampler=sampler, num_workers=workers, collate_fn=collate,
         pin_memory=place.device.type == "cuda", drop_last=False, persistent_workers=False,
-        worker_init_fn=_worker_init if workers else None,
     )
     return TrainData(loader=loader, dataset=dataset, sampler=sampler)

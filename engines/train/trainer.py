@@ -27,7 +27,7 @@ from engines.train import hooks as H
 from engines.train.config import TrainConfig, default_out_dir
 from engines.train.ddp import Placement, broadcast_flag, launch, parse_devices
 from engines.train.ema import ModelEMA
-from engines.train.loader import TrainData, build_train_data
+from engines.train.loader import TrainData, build_train_data, fork_safe_cv2
 from engines.train.loss import LossGains, SegLoss
 from engines.train.optim import (
     Schedule,
@@ -210,7 +210,7 @@ def seeded(seed: int, deterministic: bool, device: torch.device | None = None) -
 def fit(cfg: TrainConfig, place: Placement) -> SegMetrics | None:
     """One process's run; rank 0 (or the only process) returns the final metrics."""
     out = Path(cfg.out or default_out_dir())
-    with seeded(cfg.seed + 1 + max(place.rank, 0), cfg.deterministic, place.device):
+    with seeded(cfg.seed + 1 + max(place.rank, 0), cfg.deterministic, place.device), fork_safe_cv2():
         s, data, validate = setup(cfg, place, out)
         fit_loop(s, data, make_hooks(s, validate))
         if not place.main:
@@ -293,9 +293,11 @@ def make_validator(cfg: TrainConfig, spec: DataSpec, place: Placement, *, final:
     """
     from engines.val import Validator
 
+    # workers=0: engines.data.loader's worker_init calls cv2.setNumThreads, which can deadlock a forked
+    # worker (see loader.fork_safe_cv2); val loading in-process costs little next to inference.
     validator = Validator(
         data=spec, imgsz=cfg.imgsz, batch=max(1, cfg.batch * 2 // place.world_size), device=place.device,
-        workers=min(cfg.workers, 4), verbose=final, plots=final and cfg.plots, out_dir=out if final else None,
+        workers=0, verbose=final, plots=final and cfg.plots, out_dir=out if final else None,
     )
     return lambda model: validator(model, spec.names)
 
