@@ -27,6 +27,7 @@ import torch  # noqa: E402
 from engines.train import hooks as H  # noqa: E402
 from engines.train.config import TrainConfig  # noqa: E402
 from engines.train.ddp import Placement, parse_devices  # noqa: E402
+from engines.train.loader import fork_safe_cv2  # noqa: E402
 from engines.train.trainer import fit_loop, seeded, setup  # noqa: E402
 
 COCO_YAML = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "coco128-seg" / "coco128-seg.yaml"
@@ -56,7 +57,7 @@ def throughput(args: argparse.Namespace) -> None:
         cfg = TrainConfig(data=str(args.data), model=args.model, imgsz=args.imgsz, batch=args.batch,
                           nbs=args.batch, epochs=100, workers=args.workers, device=args.device, out=tmp,
                           close_mosaic=0, plots=False, amp=True)
-        with seeded(0, False):
+        with seeded(0, False), fork_safe_cv2():
             s, data, _ = setup(cfg, place, Path(tmp))
             timer = _StopAfter(args.steps)
             try:
