@@ -134,6 +134,7 @@ class Probe:
         self.start: dict[str, Any] | None = None
         self.end: dict[str, Any] | None = None
         self.rss: list[tuple[float, float]] = []
+        self.roles: list[dict[str, float]] = []  # RSS MB per process role, at each sample
         self._last_sample = 0.0
         sup.on_tick = self.tick
 
@@ -156,6 +157,11 @@ class Probe:
         if self.start is not None and now - self._last_sample >= self.every:
             self._last_sample = now
             self.rss.append((now, self.snapshot()["rss"]))
+            roles = {"supervisor": proc_mem_mb(os.getpid(), "VmRSS")}
+            for role, pid in sup.pids().items():
+                key = "decoders" if role.startswith("decoder:") else role
+                roles[key] = roles.get(key, 0.0) + proc_mem_mb(pid, "VmRSS")
+            self.roles.append(roles)
         if self.start is not None and now - self.start["t"] >= self.seconds:
             self.end = self.snapshot()
             sup.request_stop("benchmark done")
@@ -207,6 +213,11 @@ def soak(args: argparse.Namespace, clip: Path, work: Path) -> None:
     print(f"\nsoak: 4 cameras realtime, {args.soak_minutes:g} min, {r['fps']:.1f} fps inferred, CPU {r['cpu']:.2f}")
     print(f"  total RSS {mb[0]:.0f} MB -> {mb[-1]:.0f} MB (growth {mb[-1] - mb[0]:+.1f} MB, slope {slope:+.1f} MB/h), "
           f"peak {r['peak_rss_mb']:.0f} MB")
+    first, last = probe.roles[0], probe.roles[-1]
+    print("  by process: " + ", ".join(f"{k} {first[k]:.0f} -> {last.get(k, 0):.0f} MB" for k in first))
+    if len(probe.roles) > 4:  # growth over the second half only: start-up allocations have settled
+        mid = probe.roles[len(probe.roles) // 2]
+        print("  second half: " + ", ".join(f"{k} {last.get(k, 0) - mid[k]:+.1f} MB" for k in mid))
 
 
 def main() -> None:
