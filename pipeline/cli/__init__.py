@@ -10,7 +10,7 @@ import argparse
 import importlib
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from types import ModuleType
 
 from engines.errors import SegpipeError
@@ -33,10 +33,12 @@ COMMANDS: tuple[tuple[str, str], ...] = (
 _KEY_VALUE = re.compile(r"^([A-Za-z_][A-Za-z0-9_-]*)=(.*)$", re.S)
 
 
-def translate_key_value(argv: Sequence[str]) -> list[str]:
+def translate_key_value(argv: Sequence[str], options: Collection[str] = ()) -> list[str]:
     """Accept Ultralytics' ``key=value`` spelling: ``model=x.pt`` becomes ``--model x.pt``.
 
-    ``key=True``/``key=False`` turn into a bare ``--key`` / nothing for boolean flags.
+    ``key=True`` becomes a bare ``--key``. ``key=False`` becomes ``--no-key`` when the command has that
+    option (so a flag that defaults to on can be turned off), and nothing otherwise (an off-by-default
+    ``store_true`` flag). ``options`` are the command's option strings.
     """
     out: list[str] = []
     for tok in argv:
@@ -48,7 +50,8 @@ def translate_key_value(argv: Sequence[str]) -> list[str]:
         if value.lower() == "true":
             out.append(f"--{key}")
         elif value.lower() == "false":
-            continue
+            if f"--no-{key}" in options:
+                out.append(f"--no-{key}")
         else:
             out += [f"--{key}", value]
     return out
@@ -74,9 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv:
-        argv = argv[:1] + translate_key_value(argv[1:])
     parser = build_parser()
+    if argv:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        command = sub.choices.get(argv[0])
+        options = set(command._option_string_actions) if command else set()
+        argv = argv[:1] + translate_key_value(argv[1:], options)
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()

@@ -22,6 +22,11 @@ def test_key_value_spelling(argv: list[str], expected: list[str]) -> None:
     assert translate_key_value(argv) == expected
 
 
+def test_false_turns_off_a_flag_that_defaults_to_on() -> None:
+    opts = {"--val", "--no-val", "--half"}
+    assert translate_key_value(["val=False", "half=False", "val=True"], opts) == ["--no-val", "--val"]
+
+
 def test_every_registered_command_has_help() -> None:
     names = [n for n, _ in COMMANDS]
     assert len(names) == len(set(names))
