@@ -1,0 +1,104 @@
+"""SegModel: the Python entry point, on the Ultralytics fixture checkpoint and real coco128 images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engines import SegModel
+from engines.errors import ModelError, SourceError
+from pipeline.cli import main
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "ultralytics" / "yolov8n-seg-coco8.pt"
+
+
+@pytest.fixture(scope="module")
+def model() -> SegModel:
+    return SegModel(FIXTURE)
+
+
+def test_predict_on_paths_arrays_and_lists(model: SegModel, coco128_images: list[Path]) -> None:
+    import cv2
+
+    img = cv2.imread(str(coco128_images[0]))
+    by_path = model(coco128_images[0])
+    by_array = model(img)
+    assert len(by_path) == len(by_array) == 1
+    a, b = by_path[0], by_array[0]
+    assert len(a) > 0 and np.array_equal(a.boxes.numpy(), b.boxes.numpy())
+    assert a.masks is not None and a.masks.shape[1:] == img.shape[:2] and a.masks.dtype.is_floating_point is False
+    assert [n for n in a.labels] and all(isinstance(n, str) for n in a.labels)
+    both = model([img, coco128_images[1]])
+    assert len(both) == 2
+    rles = a.to_rle()
+    assert len(rles) == len(a) and rles[0]["size"] == list(img.shape[:2])
+    assert a.plot(img).shape == img.shape
+
+
+def test_stream_over_a_folder_and_a_video(model: SegModel, coco128_images: list[Path], tmp_path: Path) -> None:
+    from tests.pipeline.media import write_clip
+
+    clip = write_clip(tmp_path / "v.mp4", frames=3, fps=10, size=(160, 128))
+    items = list(model.stream(clip))
+    assert [it.frame for it, _ in items] == [0, 1, 2]
+    assert all(d.orig_shape == (128, 160) for _, d in items)
+
+
+@pytest.mark.parametrize(
+    ("source", "error", "match"),
+    [
+        ("missing.jpg", SourceError, "no such file"),
+        ("empty_dir", SourceError, "no images or videos"),
+        ("notes.txt", SourceError, "unsupported source"),
+        ("broken.jpg", SourceError, "cannot decode image"),
+        ("*.nomatch", SourceError, "glob matched no files"),
+    ],
+)
+def test_bad_sources(model: SegModel, tmp_path: Path, source: str, error: type, match: str) -> None:
+    (tmp_path / "empty_dir").mkdir()
+    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    with pytest.raises(error, match=match):
+        model(str(tmp_path / source))
+
+
+def test_missing_and_corrupt_models(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="not found"):
+        SegModel(tmp_path / "nope.pt")
+    (tmp_path / "junk.pt").write_bytes(b"\x00" * 100)
+    with pytest.raises(ModelError):
+        SegModel(tmp_path / "junk.pt")
+    with pytest.raises(ModelError, match="unknown model format"):
+        SegModel(tmp_path / "model.h5")
+
+
+def test_predict_cli_writes_annotated_images_and_coco_json(coco128_images: list[Path], tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "imgs"
+    src.mkdir()
+    for p in coco128_images[:2]:
+        (src / p.name).symlink_to(p)
+    code = main(["predict", f"model={FIXTURE}", f"source={src}", f"out={tmp_path / 'out'}", "conf=0.25"])
+    assert code == 0, capsys.readouterr().err
+    preds = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert preds and {"image_id", "category_id", "bbox", "score", "segmentation"} <= set(preds[0])
+    from pycocotools import mask as mask_utils
+
+    m = mask_utils.decode({"size": preds[0]["segmentation"]["size"],
+                           "counts": preds[0]["segmentation"]["counts"].encode()})
+    assert m.sum() > 0
+    assert len(list((tmp_path / "out").glob("*.jpg"))) == 2
+
+
+def test_val_from_the_python_api(model: SegModel, coco128: Path, tmp_path: Path) -> None:
+    # The fixture was trained on the first 8 coco128 images: validate on those.
+    imgs = sorted((coco128 / "images" / "train2017").glob("*.jpg"))[:8]
+    (tmp_path / "list.txt").write_text("\n".join(str(p) for p in imgs) + "\n")
+    names = "\n".join(f"  {i}: {n}" for i, n in enumerate(model.names))
+    (tmp_path / "data.yaml").write_text(f"path: {tmp_path}\ntrain: list.txt\nval: list.txt\nnames:\n{names}\n")
+    metrics = model.val(data=str(tmp_path / "data.yaml"), imgsz=320, batch=8, verbose=False)
+    d = metrics.as_dict()
+    assert d["box.map50"] > 0.5 and d["seg.map50"] > 0.5
