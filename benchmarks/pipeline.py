@@ -242,9 +242,9 @@ def main() -> None:
     clips = Path(args.cache) / "bench"
     clips.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="segpipe-bench-"))
-    import torch
+    from importlib.metadata import version  # not torch itself: this process stays a lean supervisor
 
-    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, device {args.device}, model {args.model}, "
+    print(f"torch {version('torch')}, {os.cpu_count()} CPUs, device {args.device}, model {args.model}, "
           f"imgsz {args.imgsz}, max_batch {args.max_batch}, max_wait {args.max_wait_ms:g} ms, "
           f"threads {args.threads or 'default'}")
     # The raw engine runs in its own process (this one stays as lean as `segpipe run`'s supervisor)
