@@ -45,11 +45,14 @@ class TorchBackend(Backend):
             model = SegmentationModel(str(path))
             names = tuple(f"class{i}" for i in range(model.nc))
             imgsz, stride, source = 640, int(model.stride.max()), "yaml"
+            extra: dict[str, object] = {}
         else:
             ckpt = load_checkpoint(path)
             model = build_model(ckpt)
             m = ckpt.meta
             names, imgsz, stride, source = tuple(m.names), m.imgsz, int(m.stride), m.source
+            # The exported formats carry the dataset too; validators read it from here.
+            extra = {"data": m.data} if m.data else {}
         model = model.to(device).eval()
         if options.fuse:
             model = model.fuse()
@@ -63,7 +66,8 @@ class TorchBackend(Backend):
         self.model = model
         size = (imgsz, imgsz) if isinstance(imgsz, int) else tuple(imgsz)
         self.meta = BackendMeta(names=names, imgsz=size, stride=stride, batch_range=(1, 1 << 16),
-                                precision="fp16" if self.half else "fp32", dynamic=True, source=source)
+                                precision="fp16" if self.half else "fp32", dynamic=True, source=source,
+                                extra=extra)
         self._graphs: dict[tuple[int, ...], _Graph] = {}
         self.use_graphs = options.cuda_graph and device.type == "cuda"
 

@@ -196,20 +196,8 @@ def resolve_data(data: str | os.PathLike[str] | DataSpec | None, model_data: str
 
 
 def model_data(backend: Any) -> str | None:
-    """The data YAML a loaded model names: from the backend's metadata, else (torch checkpoints)
-    from the checkpoint's own ``ModelMeta.data``."""
-    meta = backend.meta
-    data = getattr(meta, "data", None) or meta.extra.get("data")
-    path = Path(backend.path)
-    if data is None and path.is_file() and path.suffix not in (".yaml", ".yml", ".onnx", ".engine"):
-        from engines.checkpoint import load_checkpoint
-        from engines.errors import CheckpointError
-
-        try:
-            data = load_checkpoint(path).meta.data
-        except CheckpointError:  # not a checkpoint (e.g. TorchScript): it names no dataset
-            data = None
-    return data
+    """The data YAML a loaded model names, from its metadata (every backend carries it in ``extra``)."""
+    return backend.meta.extra.get("data")
 
 
 def validate(model: Any, *, data: str | os.PathLike[str] | DataSpec | None = None, split: str = "val",
