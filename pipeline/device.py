@@ -45,7 +45,7 @@ from engines.ops.letterbox import LetterboxInfo, letterbox_geometry
 from engines.ops.nms import NMSConfig
 from engines.ops.rle import encode_crop
 from pipeline.batching import Arena, Batcher, BatchPolicy
-from pipeline.messages import Batch, Detection, FrameResult
+from pipeline.messages import Batch, Detection, FramePreview, FrameResult
 from pipeline.metrics import StageStats
 from pipeline.shm import RingReader
 
@@ -68,6 +68,8 @@ class DeviceSettings:
     depth: batches gathered ahead of the one being inferred (and queued for post-processing). 1 keeps
     upload and inference overlapped while a frame waits at most one inference before its own: live
     video wants fresh frames, not a deep queue. Staging arenas = depth + 2.
+    preview_width: when a sink draws on the frames (video), each result is emitted as a FramePreview
+    with the frame downscaled to at most this width (0: full size); None sends no pixels.
     """
 
     model_path: str
@@ -81,6 +83,7 @@ class DeviceSettings:
     mask_resolution: str = "frame"
     batch: BatchPolicy = BatchPolicy()
     depth: int = 1
+    preview_width: int | None = None
 
     @classmethod
     def from_config(cls, cfg: RunConfig) -> DeviceSettings:
@@ -89,7 +92,7 @@ class DeviceSettings:
                    imgsz=m.imgsz if "imgsz" in m.model_fields_set else None, half=m.half, threads=m.threads,
                    nms=NMSConfig(conf=m.conf, iou=m.iou, classes=m.classes, max_det=m.max_det),
                    masks=cfg.masks.format, mask_resolution=cfg.masks.resolution,
-                   batch=BatchPolicy.from_config(cfg.batch))
+                   batch=BatchPolicy.from_config(cfg.batch), preview_width=_preview_width(cfg))
 
     def load_backend(self) -> Backend:
         """Load the model this stage runs (ModelError/BackendUnavailableError name the problem)."""
@@ -109,6 +112,7 @@ class _Uploaded:
     event: Any  # torch.cuda.Event when the upload is done, None on CPU
     arena: Arena
     infos: list[LetterboxInfo] | None = None  # CPU: the letterbox geometry of the original frames
+    previews: list[np.ndarray] | None = None  # frames for drawing sinks, copied before the arena is reused
 
 
 @dataclass(slots=True)
@@ -119,6 +123,7 @@ class _Inferred:
     infos: list[LetterboxInfo]
     event: Any  # CUDA: recorded after the backend call (timing-enabled), None on CPU
     start: Any = None  # CUDA: recorded before letterbox, to time the device work
+    previews: list[np.ndarray] | None = None
 
 
 class DeviceStage:
@@ -286,7 +291,7 @@ class DeviceStage:
         images = [torch.from_numpy(f.image).to(self.device, non_blocking=True) for f in batch.frames]
         event = torch.cuda.Event()
         event.record(stream)
-        return _Uploaded(batch=batch, images=images, event=event, arena=arena)
+        return _Uploaded(batch=batch, images=images, event=event, arena=arena, previews=self._previews(batch))
 
     def _resize_on_host(self, batch: Batch, arena: Arena) -> _Uploaded:
         """CPU only: resize each frame to its letterboxed size here, in uint8 with cv2 (INTER_LINEAR,
@@ -303,7 +308,22 @@ class DeviceStage:
                 h, w = info.unpad_shape
                 small = cv2.resize(f.image, (w, h), interpolation=cv2.INTER_LINEAR)
             images.append(torch.from_numpy(small))
-        return _Uploaded(batch=batch, images=images, event=None, arena=arena, infos=infos)
+        return _Uploaded(batch=batch, images=images, event=None, arena=arena, infos=infos,
+                         previews=self._previews(batch))
+
+    def _previews(self, batch: Batch) -> list[np.ndarray] | None:
+        """Copies of the frames for drawing sinks (the staging arena is reused once inference starts)."""
+        width = self.s.preview_width
+        if width is None:
+            return None
+        out = []
+        for f in batch.frames:
+            h, w = f.image.shape[:2]
+            if width and w > width:
+                out.append(cv2.resize(f.image, (width, max(round(h * width / w), 1)), interpolation=cv2.INTER_AREA))
+            else:
+                out.append(f.image.copy())
+        return out
 
     def _infer(self, up: _Uploaded) -> _Inferred:
         t0 = time.perf_counter()
@@ -328,7 +348,8 @@ class DeviceStage:
         else:
             self._observe("infer", time.perf_counter() - t0)  # CPU: the work is done when the call returns
         self._pool.put(up.arena)  # on CPU letterbox has copied the pixels out of it
-        return _Inferred(batch=up.batch, pred=pred, proto=proto, infos=infos, event=event, start=start)
+        return _Inferred(batch=up.batch, pred=pred, proto=proto, infos=infos, event=event, start=start,
+                         previews=up.previews)
 
     def _post(self, inf: _Inferred) -> None:
         t0 = time.perf_counter()
@@ -344,11 +365,12 @@ class DeviceStage:
                                                                              strict=True)]
         host = _download(per_frame)
         now = time.time()
-        for frame, dets in zip(inf.batch.frames, host, strict=True):
+        previews = inf.previews or [None] * len(host)
+        for frame, dets, preview in zip(inf.batch.frames, host, previews, strict=True):
             result = FrameResult(camera_id=frame.camera_id, seq=frame.seq, pts=frame.pts,
                                  capture_ts=frame.capture_ts, infer_ts=now, frame_size=frame.size,
                                  model=self.model_name, detections=self._encode(dets, frame.image.shape[:2]))
-            self.emit(result)
+            self.emit(result if preview is None else FramePreview(result=result, image=preview))
             self._count(result)
         self.batches += 1
         self._observe("postprocess", time.perf_counter() - t0)
@@ -430,6 +452,14 @@ def model_resolution_crops(protos: torch.Tensor, coeffs: torch.Tensor, boxes: to
 def _span(a: float, b: float, size: int) -> tuple[int, int]:
     """Pixel indices c with a <= c < b, clamped to [0, size) (the crop convention of mask_crops)."""
     return min(max(math.ceil(a), 0), size), min(max(math.ceil(b), 0), size)
+
+
+def _preview_width(cfg: RunConfig) -> int | None:
+    """Widest frame any drawing sink wants (0: full size), or None when no sink draws."""
+    widths = [getattr(s, "max_width", None) or 0 for s in cfg.sinks if s.type == "video"]
+    if not widths:
+        return None
+    return 0 if 0 in widths else max(widths)
 
 
 def _download(per_frame: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -100,6 +100,23 @@ class FrameResult:
                 "(width, height) > 0", self.frame_size)
 
 
+@dataclass(frozen=True, slots=True)
+class FramePreview:
+    """A FrameResult with a copy of its frame, for sinks that draw on the picture (video).
+
+    image: (h, w, 3) uint8 BGR, the frame downscaled to at most the drawing sink's width (so a 4K
+    camera does not push 25 MB per frame through the sink queue). Sent only when such a sink exists.
+    """
+
+    result: FrameResult
+    image: np.ndarray
+
+    def __post_init__(self) -> None:
+        img = self.image
+        _expect(isinstance(img, np.ndarray) and img.ndim == 3 and img.shape[2] == 3 and img.dtype == np.uint8,
+                "FramePreview.image", "(h, w, 3) uint8", (getattr(img, "shape", None), getattr(img, "dtype", None)))
+
+
 class CameraState(str, enum.Enum):
     """States of a camera's decoder (see pipeline.camera for the transition table)."""
 

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pipeline.events import encode, status_event, to_event
-from pipeline.messages import STOP, CameraStatus, FrameResult
+from pipeline.messages import STOP, CameraStatus, FramePreview, FrameResult
 from pipeline.metrics import StageStats
 from pipeline.sinks import BUILTIN_SINKS, SinkRegistry
 from pipeline.sinks.base import Envelope, Sink
@@ -176,7 +176,10 @@ def run_sink_stage(*, inbox: Any, configs: Sequence[SinkConfig], stats: Any = No
             if item is not None:
                 if is_stop(item):
                     break
-                sink_stage.handle(item)
+                if isinstance(item, FramePreview):
+                    sink_stage.handle(item.result, image=item.image)
+                else:
+                    sink_stage.handle(item)
             if time.monotonic() >= next_report:
                 reporter.send(sink_stage.report())
                 next_report = time.monotonic() + report_every_s
