@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The exact recipe that made engines/assets/demo-seg.pt (see engines/assets/README.md for the figures).
 #
-#   benchmarks/demo_train.sh [data|train|val|package|all]     (default: all)
+#   benchmarks/demo_train.sh [data|train|finetune|val|package|all]     (default: all)
 #
 # WORK (default /tmp/segpipe-demo) holds the generated data and the run; nothing is written into the repo
 # except, by `package`, engines/assets/demo-seg.pt. Sized for CPU training in about an hour on 2 shared
@@ -14,6 +14,7 @@ PY=${PY:-.venv/bin/python}
 SEGPIPE=${SEGPIPE:-.venv/bin/segpipe}
 WORK=${WORK:-/tmp/segpipe-demo}
 RUN=$WORK/run
+RUN2=$WORK/run2
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
 data() {
@@ -44,14 +45,31 @@ train(
 EOF
 }
 
+finetune() {
+    # Stage 2: continue from stage 1's best weights for 4 more epochs (fresh AdamW and schedule, no
+    # warm-up, the last epoch without mosaic): what was left of the hour after stage 1.
+    $PY - "$WORK" "$RUN" "$RUN2" <<'EOF'
+import sys
+
+from engines.train import train
+
+work, run, run2 = sys.argv[1], sys.argv[2], sys.argv[3]
+train(
+    data=f"{work}/train/data.yaml", model=f"{run}/weights/best.pt",
+    epochs=4, imgsz=320, batch=16, nbs=16, workers=1, device="cpu", seed=1,
+    optimizer="auto", warmup_epochs=0, close_mosaic=1, out=run2, plots=False,
+)
+EOF
+}
+
 val() {
-    $SEGPIPE val --model "$RUN/weights/best.pt" --data "$WORK/heldout/data.yaml" --imgsz 320 --batch 16 \
+    $SEGPIPE val --model "$RUN2/weights/best.pt" --data "$WORK/heldout/data.yaml" --imgsz 320 --batch 16 \
         --workers 1 --out "$WORK/val-heldout"
 }
 
 package() {
     # best.pt minus anything but the EMA weights and their metadata (no optimizer state), saved atomically.
-    $PY - "$RUN/weights/best.pt" engines/assets/demo-seg.pt <<'EOF'
+    $PY - "$RUN2/weights/best.pt" engines/assets/demo-seg.pt <<'EOF'
 import dataclasses
 import sys
 
@@ -67,8 +85,9 @@ EOF
 case "${1:-all}" in
     data) data ;;
     train) train ;;
+    finetune) finetune ;;
     val) val ;;
     package) package ;;
-    all) data; train; val; package ;;
-    *) echo "usage: $0 [data|train|val|package|all]" >&2; exit 2 ;;
+    all) data; train; finetune; val; package ;;
+    *) echo "usage: $0 [data|train|finetune|val|package|all]" >&2; exit 2 ;;
 esac
