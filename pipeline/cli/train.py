@@ -40,6 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fraction", type=float, default=1.0, help="train on this fraction of the train split")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="mixed precision (CUDA)")
     p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--nbs", type=int, default=64,
+                   help="nominal batch: gradients accumulate to about this many images per optimizer step")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,4 +67,5 @@ def _train(train, args: argparse.Namespace) -> None:  # noqa: ANN001 - engines.t
         seed=args.seed, deterministic=args.deterministic, optimizer=args.optimizer, lr0=args.lr0, lrf=args.lrf,
         cos_lr=args.cos_lr, warmup_epochs=args.warmup_epochs, close_mosaic=args.close_mosaic,
         patience=args.patience, val=args.val, fraction=args.fraction, amp=args.amp, plots=args.plots,
+        nbs=args.nbs,
     )
