@@ -8,16 +8,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from tests.conftest import REPO
+from tests.helpers import wait_for  # noqa: F401 - re-exported for the deploy tests
 
 MODEL = {"path": "yolov8n-seg.yaml", "device": "cpu", "imgsz": 64, "conf": 1e-6, "max_det": 4}
 """A random-weight model at 64 px: fast on a busy CPU, and conf 1e-6 keeps a few detections per frame."""
@@ -59,16 +59,6 @@ def stop(proc: subprocess.Popen[str]) -> None:
     if proc.poll() is None:
         proc.kill()
         proc.communicate()
-
-
-def wait_for(cond: Callable[[], bool], timeout: float, what: str, *, step: float = 0.05) -> float:
-    """Poll ``cond`` until true; returns the seconds it took. AssertionError naming ``what`` on timeout."""
-    t0 = time.monotonic()
-    while not cond():
-        if time.monotonic() - t0 > timeout:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(step)
-    return time.monotonic() - t0
 
 
 def http_get(url: str, timeout: float = 2.0) -> tuple[int | None, str]:

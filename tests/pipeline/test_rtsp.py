@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +15,7 @@ from pipeline.camera import Backoff
 from pipeline.decoder import DecoderSettings, decoder_main
 from pipeline.messages import CameraState, CameraStatus
 from tests.conftest import free_port
+from tests.helpers import wait_for
 from tests.pipeline.media import RtspServer, write_clip
 
 S = CameraState
@@ -57,14 +58,6 @@ class DecoderProc:
         self.poll()
         self.control.close()
         shm.unlink_all(self.prefix)
-
-
-def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def after(states: list[CameraState], *seq: CameraState) -> bool:

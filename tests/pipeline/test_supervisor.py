@@ -19,6 +19,7 @@ from pipeline.config import RunConfig, parse_config
 from pipeline.messages import CameraState, CameraStatus
 from pipeline.metrics import Metrics
 from pipeline.supervisor import Supervisor
+from tests.helpers import wait_for
 from tests.pipeline.media import write_clip
 
 S = CameraState
@@ -77,14 +78,6 @@ def _script(sup: Supervisor, steps: Callable[[], None], failures: list[BaseExcep
             sup.request_stop("test done")
 
     return threading.Thread(target=run, daemon=True)
-
-
-def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def test_crashed_and_hung_decoders_are_restarted(tmp_path: Path) -> None:
