@@ -7,7 +7,8 @@ Input: a synthetic head output (1, 4 + 80 + 32, 8400) with k objects, each a clu
 boxes (one survives NMS), plus smooth prototypes (1, 32, 160, 160); the frame is letterboxed to 640.
 Columns (median ms): NMS alone; ``postprocess`` with masks made at the input and resized to the frame
 (the default); with retina masks; the streaming route (NMS + per-box mask crops + COCO RLE of each
-crop). When engines.nn is importable, the yolov8n-seg forward pass on the same input is timed too and
+crop). Detections keep masks as box crops; the last column adds building the dense (n, H, W) frame
+masks (reading ``.masks``), which only callers that ask for them pay. When engines.nn is importable, the yolov8n-seg forward pass on the same input is timed too and
 each route is printed as a share of it (target: <= 15 % for up to 100 detections).
 """
 
@@ -125,26 +126,28 @@ def main() -> None:
     infer = inference_ms(args.repeats)
     print(f"frame {w}x{h} -> input {info.new_shape[1]}x{info.new_shape[0]}; yolov8n-seg forward: "
           + (f"{infer:.1f} ms" if infer else "engines.nn not available"))
-    head = f"{'dets':>5} {'NMS':>8} {'masks@input':>12} {'retina':>9} {'stream+RLE':>11}"
+    head = f"{'dets':>5} {'NMS':>8} {'masks@input':>12} {'retina':>9} {'stream+RLE':>11} {'+dense':>8}"
     print(head + (f" {'share (input / retina / stream)':>33}" if infer else ""))
     g = torch.Generator().manual_seed(0)
     for k in (1, 10, 50, 100):
-        t_nms, t_in, t_ret, t_st = time_routes(k, info, cfg, g, args.repeats)
-        line = f"{k:>5} {t_nms:>8.1f} {t_in:>12.1f} {t_ret:>9.1f} {t_st:>11.1f}"
+        t_nms, t_in, t_ret, t_st, t_dense = time_routes(k, info, cfg, g, args.repeats)
+        line = f"{k:>5} {t_nms:>8.1f} {t_in:>12.1f} {t_ret:>9.1f} {t_st:>11.1f} {t_dense:>8.1f}"
         if infer:
             line += f" {100 * t_in / infer:>15.0f}% /{100 * t_ret / infer:>5.0f}% /{100 * t_st / infer:>5.0f}%"
         print(line)
 
 
 def time_routes(k: int, info, cfg: NMSConfig, g: torch.Generator, repeats: int) -> tuple[float, ...]:
-    """Median ms of NMS, postprocess (input masks), postprocess (retina), streaming route for k objects."""
+    """Median ms of NMS, postprocess (input masks), postprocess (retina), streaming route, and
+    postprocess (input masks) plus dense frame masks, for k objects."""
     pred, proto = synthetic_output(k, info, g)
     got = len(postprocess(pred, proto, [info], cfg, names=NAMES)[0])
     assert got == k, f"synthetic output gave {got} detections, expected {k}"
     return (median_ms(lambda: non_max_suppression(pred, cfg, nc=NC), repeats),
             median_ms(lambda: postprocess(pred, proto, [info], cfg, names=NAMES), repeats),
             median_ms(lambda: postprocess(pred, proto, [info], cfg, names=NAMES, retina_masks=True), repeats),
-            median_ms(lambda: stream_route(pred, proto, info, cfg), repeats))
+            median_ms(lambda: stream_route(pred, proto, info, cfg), repeats),
+            median_ms(lambda: postprocess(pred, proto, [info], cfg, names=NAMES)[0].masks, repeats))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import colorsys
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
 from typing import Any
 
 import cv2
@@ -21,26 +20,45 @@ from engines.ops.polygons import mask_to_polygons
 Array = torch.Tensor | np.ndarray
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+Crop = tuple[int, int, Array]
+"""(x0, y0, mask (h, w) bool): one object's mask inside its box, placed at frame pixel (x0, y0)."""
+
+_FIELDS = ("boxes", "scores", "class_ids", "orig_shape", "names", "_masks", "_crops")
+
+
 class Detections:
-    """One image's objects.
+    """One image's objects (immutable).
 
     boxes: (n, 4) float32 xyxy, original-frame pixels. scores: (n,) float32 in [0, 1].
     class_ids: (n,) int64 indices into ``names``. masks: (n, H, W) bool over the whole frame, or None
     when masks were not computed. orig_shape: the frame's (H, W). names: class names of the model.
+
+    Masks may be given densely (``masks=``) or as per-object box crops (``crops=``, what
+    post-processing makes): then ``to_rle``, ``polygons`` and ``plot`` work from the crops and the dense
+    ``masks`` array (n frame-sized masks: 92 MB for 100 objects at 720p) is only built, once, when
+    something reads ``.masks``.
     """
 
-    boxes: Array
-    scores: Array
-    class_ids: Array
-    masks: Array | None
-    orig_shape: tuple[int, int]
-    names: tuple[str, ...]
+    __slots__ = _FIELDS
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "orig_shape", tuple(int(v) for v in self.orig_shape))
-        object.__setattr__(self, "names", tuple(self.names))
-        kinds = {type(a) for a in (self.boxes, self.scores, self.class_ids, self.masks) if a is not None}
+    def __init__(self, *, boxes: Array, scores: Array, class_ids: Array, masks: Array | None = None,
+                 orig_shape: tuple[int, int], names: Sequence[str],
+                 crops: Sequence[Crop] | None = None) -> None:
+        init = object.__setattr__
+        init(self, "boxes", boxes)
+        init(self, "scores", scores)
+        init(self, "class_ids", class_ids)
+        init(self, "orig_shape", tuple(int(v) for v in orig_shape))
+        init(self, "names", tuple(names))
+        init(self, "_masks", masks)
+        init(self, "_crops", None if crops is None else tuple(crops))
+        self._check()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"Detections is immutable: cannot set {name!r}")
+
+    def _check(self) -> None:
+        kinds = {type(a) for a in (self.boxes, self.scores, self.class_ids, self._masks) if a is not None}
         _expect(len(kinds) == 1 and kinds <= {torch.Tensor, np.ndarray}, "Detections arrays",
                 "all torch.Tensor or all numpy.ndarray", sorted(k.__name__ for k in kinds))
         n = self.boxes.shape[0] if self.boxes.ndim == 2 else -1
@@ -53,10 +71,46 @@ class Detections:
         _expect(_dtype(self.class_ids) == "int64", "Detections.class_ids dtype", "int64", _dtype(self.class_ids))
         _expect(len(self.orig_shape) == 2 and min(self.orig_shape) > 0, "Detections.orig_shape",
                 "(H, W) > 0", self.orig_shape)
-        if self.masks is not None:
+        _expect(self._masks is None or self._crops is None, "Detections masks", "masks or crops, not both",
+                "both")
+        if self._masks is not None:
             want = (n, *self.orig_shape)
-            _expect(tuple(self.masks.shape) == want, "Detections.masks shape", str(want), tuple(self.masks.shape))
-            _expect(_dtype(self.masks) == "bool", "Detections.masks dtype", "bool", _dtype(self.masks))
+            _expect(tuple(self._masks.shape) == want, "Detections.masks shape", str(want), tuple(self._masks.shape))
+            _expect(_dtype(self._masks) == "bool", "Detections.masks dtype", "bool", _dtype(self._masks))
+        if self._crops is not None:
+            _expect(len(self._crops) == n, "Detections.crops", f"{n} crops", len(self._crops))
+            h, w = self.orig_shape
+            for x0, y0, c in self._crops:
+                _expect(c.ndim == 2 and 0 <= x0 and 0 <= y0 and y0 + c.shape[0] <= h and x0 + c.shape[1] <= w,
+                        "Detections.crops", f"2-D crops inside the {h}x{w} frame", (x0, y0, tuple(c.shape)))
+
+    @property
+    def has_masks(self) -> bool:
+        return self._masks is not None or self._crops is not None
+
+    @property
+    def masks(self) -> Array | None:
+        """(n, H, W) bool frame masks (built from the crops on first use), or None without masks."""
+        if self._masks is None and self._crops is not None:
+            if isinstance(self.boxes, np.ndarray):
+                dense: Array = np.zeros((len(self._crops), *self.orig_shape), dtype=bool)
+            else:
+                dense = torch.zeros((len(self._crops), *self.orig_shape), dtype=torch.bool,
+                                    device=self.boxes.device)
+            for i, (x0, y0, c) in enumerate(self._crops):
+                dense[i, y0:y0 + c.shape[0], x0:x0 + c.shape[1]] = c
+            object.__setattr__(self, "_masks", dense)
+            object.__setattr__(self, "_crops", None)
+        return self._masks
+
+    def _replace(self, convert: Any) -> Detections:
+        crops = None if self._crops is None else [(x0, y0, convert(c)) for x0, y0, c in self._crops]
+        return Detections(boxes=convert(self.boxes), scores=convert(self.scores), class_ids=convert(self.class_ids),
+                          masks=None if self._masks is None else convert(self._masks), orig_shape=self.orig_shape,
+                          names=self.names, crops=crops)
+
+    def _host_crops(self) -> list[tuple[int, int, np.ndarray]] | None:
+        return None if self._crops is None else [(x0, y0, _np(c)) for x0, y0, c in self._crops]
 
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
@@ -74,24 +128,27 @@ class Detections:
         """The same detections with torch tensors on the CPU (numpy arrays are returned as they are)."""
         if isinstance(self.boxes, np.ndarray):
             return self
-        return replace(self, boxes=self.boxes.cpu(), scores=self.scores.cpu(), class_ids=self.class_ids.cpu(),
-                       masks=None if self.masks is None else self.masks.cpu())
+        return self._replace(lambda a: a.cpu())
 
     def numpy(self) -> Detections:
         """The same detections as numpy arrays (copied to the host when on a device)."""
-        return replace(self, boxes=_np(self.boxes), scores=_np(self.scores), class_ids=_np(self.class_ids),
-                       masks=None if self.masks is None else _np(self.masks))
+        return self._replace(_np)
 
     def to_rle(self) -> list[dict[str, Any]]:
         """COCO compressed RLE of each mask (pycocotools-compatible), frame-sized. Needs masks."""
-        masks = self._host_masks("to_rle")
-        return [rle.encode(m) for m in masks]
+        crops = self._host_crops()
+        if crops is not None:
+            h, w = self.orig_shape
+            return [rle.encode_crop(c, x0, y0, h, w) for x0, y0, c in crops]
+        return [rle.encode(m) for m in self._host_masks("to_rle")]
 
     def polygons(self) -> list[list[np.ndarray]]:
         """Per detection, its outer contours as (k, 2) float32 (x, y) arrays in frame pixels, largest
         first (see :func:`engines.ops.polygons.mask_to_polygons`). Needs masks."""
-        masks = self._host_masks("polygons")
-        return [mask_to_polygons(m) for m in masks]
+        crops = self._host_crops()
+        if crops is not None:
+            return [mask_to_polygons(c, offset=(x0, y0)) for x0, y0, c in crops]
+        return [mask_to_polygons(m) for m in self._host_masks("polygons")]
 
     def plot(self, image_bgr: np.ndarray, *, alpha: float = 0.5, line_width: int | None = None) -> np.ndarray:
         """Draw masks (translucent), boxes and "label score" captions on a copy of the frame.
@@ -108,11 +165,13 @@ class Detections:
             return out
         boxes, scores, ids = _np(self.boxes), _np(self.scores), _np(self.class_ids)
         colors = [class_color(int(c)) for c in ids]
-        if self.masks is not None:
-            masks = _np(self.masks)
-            for m, color in zip(masks, colors, strict=True):
-                region = out[m].astype(np.float32)
-                out[m] = (region * (1 - alpha) + np.array(color, np.float32) * alpha).round().astype(np.uint8)
+        crops = self._host_crops()
+        if crops is None and self._masks is not None:
+            crops = [(0, 0, m) for m in _np(self._masks)]
+        for (x0, y0, m), color in zip(crops or [], colors, strict=False):
+            view = out[y0:y0 + m.shape[0], x0:x0 + m.shape[1]]
+            region = view[m].astype(np.float32)
+            view[m] = (region * (1 - alpha) + np.array(color, np.float32) * alpha).round().astype(np.uint8)
         lw = line_width or max(round(sum(self.orig_shape) / 2 * 0.003), 2)
         names = self.labels
         for box, score, name, color in zip(boxes, scores, names, colors, strict=True):
@@ -122,7 +181,7 @@ class Detections:
         return out
 
     def _host_masks(self, what: str) -> np.ndarray:
-        if self.masks is None:
+        if not self.has_masks:
             raise ValueError(f"Detections.{what}: these detections have no masks (post-processed with masks=False)")
         return _np(self.masks)
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from engines.ops.boxes import scale_boxes
-from engines.ops.crops import input_mask_crops, mask_crops, paste_crops
+from engines.ops.crops import input_mask_crops, mask_crops
 from engines.ops.letterbox import LetterboxInfo
 from engines.ops.nms import NMSConfig, non_max_suppression
 
@@ -47,7 +47,7 @@ def _one_image(rows: torch.Tensor, proto: torch.Tensor, info: LetterboxInfo, nam
     from engines.structures import Detections
 
     boxes = scale_boxes(rows[:, :4], info)
-    frame_masks = None
+    frame_crops = None
     if masks:
         # Box-restricted evaluation (engines.ops.crops): the same pixels as Ultralytics' full-frame
         # process_mask(+scale_masks) / process_mask_native in the reference tests, 5-10x less work.
@@ -59,6 +59,7 @@ def _one_image(rows: torch.Tensor, proto: torch.Tensor, info: LetterboxInfo, nam
         if not all(has):  # Ultralytics drops objects whose mask has no pixel
             keep = torch.tensor(has, dtype=torch.bool, device=rows.device)
             rows, boxes, crops = rows[keep], boxes[keep], [c for c, k in zip(crops, has, strict=True) if k]
-        frame_masks = paste_crops(crops, info.orig_shape, device=rows.device)
+        frame_crops = crops
+    # Dense frame masks are built lazily by Detections.masks: RLE, polygons and plots use the crops.
     return Detections(boxes=boxes.float(), scores=rows[:, 4].float(), class_ids=rows[:, 5].long(),
-                      masks=frame_masks, orig_shape=info.orig_shape, names=names)
+                      crops=frame_crops, orig_shape=info.orig_shape, names=names)

@@ -35,7 +35,7 @@ def _image_id(name: str, frame: int | None) -> int | str:
 
 def _coco_records(dets: Any, image_id: int | str) -> list[dict[str, Any]]:
     out = []
-    rles = dets.to_rle() if dets.masks is not None else [None] * len(dets)
+    rles = dets.to_rle() if dets.has_masks else [None] * len(dets)
     for box, score, cls, rle in zip(dets.boxes.tolist(), dets.scores.tolist(), dets.class_ids.tolist(),
                                     rles, strict=True):
         x1, y1, x2, y2 = box

@@ -155,3 +155,22 @@ def test_postprocess_drops_objects_with_empty_masks(retina: bool) -> None:
     (d,) = postprocess(pred, protos, [info], NMSConfig(), names=NAMES, retina_masks=retina)
     assert len(d) == 1 and d.class_ids.tolist() == [0] and d.masks.shape == (1, 48, 64)
     assert d.masks[0].any()
+
+
+def test_crop_backed_detections_match_dense_ones() -> None:
+    dense = _dets()
+    crops = []
+    for x1, y1, x2, y2 in dense.boxes.int().tolist():
+        crops.append((x1, y1, dense.masks[len(crops), y1:y2, x1:x2].clone()))
+    lazy = Detections(boxes=dense.boxes, scores=dense.scores, class_ids=dense.class_ids, crops=crops,
+                      orig_shape=dense.orig_shape, names=dense.names)
+    assert lazy.has_masks and lazy.to_rle() == dense.to_rle()
+    assert [[p.tolist() for p in ps] for ps in lazy.polygons()] == [[p.tolist() for p in ps] for ps in dense.polygons()]
+    img = np.full((*dense.orig_shape, 3), 90, np.uint8)
+    assert np.array_equal(lazy.plot(img), dense.plot(img))
+    assert lazy.numpy().to_rle() == dense.numpy().to_rle()
+    assert torch.equal(lazy.masks, dense.masks)  # built on first read, then kept
+    assert lazy.masks is lazy.masks
+    with pytest.raises(ValueError, match="crops inside the 40x60 frame"):
+        Detections(boxes=dense.boxes, scores=dense.scores, class_ids=dense.class_ids,
+                   crops=[(50, 0, torch.ones((5, 20), dtype=torch.bool))] * 3, orig_shape=(40, 60), names=NAMES)
