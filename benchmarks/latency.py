@@ -4,8 +4,9 @@ post-process, for yolov8n-seg at 640 on real images.
     .venv/bin/python benchmarks/latency.py [--model yolov8n-seg.yaml] [--imgsz 640] [--repeats 10]
         [--threads 2] [--device cpu] [--conf 0.001 --max-det 100]
 
-Pre-process = upload + letterbox + normalise; inference = the backend call; post-process = NMS + masks +
-un-letterbox (engines.ops.postprocess, full-frame boolean masks) and, separately, the streaming route
+Pre-process = upload + letterbox + normalise; inference = the backend call; post-process = NMS + masks
+inside each box + un-letterbox (engines.ops.postprocess; Detections keep masks as box crops) and,
+separately, the streaming route
 (NMS + per-box mask crops + COCO RLE, what `segpipe run` does). A randomly initialised model makes no
 detections, so by default the post-process is measured on the model's own output with conf lowered
 until ``--max-det`` boxes survive (documented in the printed header).
@@ -91,7 +92,7 @@ def main() -> None:
     print("| step | ms | share of inference |\n|---|---|---|")
     print(f"| pre-process (letterbox + normalise) | {t_pre:.1f} | {t_pre / t_inf:.0%} |")
     print(f"| inference | {t_inf:.1f} | 100% |")
-    print(f"| post-process, {n} detections, full-frame masks | {t_post:.1f} | {t_post / t_inf:.0%} |")
+    print(f"| post-process, {n} detections, postprocess() (masks as box crops) | {t_post:.1f} | {t_post / t_inf:.0%} |")
     print(f"| post-process, {n} detections, streaming route (crops + RLE) | {t_stream:.1f} | "
           f"{t_stream / t_inf:.0%} |")
 
