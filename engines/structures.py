@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from engines.ops import rle
+from engines.ops.crops import paste_crops
 from engines.ops.polygons import mask_to_polygons
 
 Array = torch.Tensor | np.ndarray
@@ -92,14 +93,10 @@ class Detections:
     def masks(self) -> Array | None:
         """(n, H, W) bool frame masks (built from the crops on first use), or None without masks."""
         if self._masks is None and self._crops is not None:
-            if isinstance(self.boxes, np.ndarray):
-                dense: Array = np.zeros((len(self._crops), *self.orig_shape), dtype=bool)
-            else:
-                dense = torch.zeros((len(self._crops), *self.orig_shape), dtype=torch.bool,
-                                    device=self.boxes.device)
-            for i, (x0, y0, c) in enumerate(self._crops):
-                dense[i, y0:y0 + c.shape[0], x0:x0 + c.shape[1]] = c
-            object.__setattr__(self, "_masks", dense)
+            on_host = isinstance(self.boxes, np.ndarray)
+            crops = [(x0, y0, torch.from_numpy(c) if on_host else c) for x0, y0, c in self._crops]
+            dense = paste_crops(crops, self.orig_shape, device=None if on_host else self.boxes.device)
+            object.__setattr__(self, "_masks", dense.numpy() if on_host else dense)
             object.__setattr__(self, "_crops", None)
         return self._masks
 
