@@ -100,7 +100,7 @@ class DeviceSettings:
 
         device = None if self.device == "auto" else self.device
         if self.threads:
-            torch.set_num_threads(self.threads)  # the torch backend has no per-model setting
+            torch.set_num_threads(self.threads)  # letterbox/NMS/masks here run torch ops whatever the backend
         return load_backend(self.model_path, device=device, backend=self.backend,
                             options=BackendOptions(half=self.half, threads=self.threads))
 
