@@ -180,7 +180,8 @@ class Probe:
 def pipeline_config(args: argparse.Namespace, clip: Path, n: int, *, realtime: bool, events: Path | None) -> Any:
     from pipeline.config import parse_config
 
-    cams = [{"id": f"cam{i:02d}", "url": str(clip), "loop": True, "realtime": realtime, "lossless": not realtime}
+    cams = [{"id": f"cam{i:02d}", "url": str(clip), "loop": True, "realtime": realtime, "lossless": not realtime,
+             "nice": args.decoder_nice}
             for i in range(n)]
     raw = {"model": {"path": args.model, "device": args.device, "imgsz": args.imgsz, "half": args.half,
                      "threads": args.threads},
@@ -227,6 +228,7 @@ def main() -> None:
     p.add_argument("--imgsz", type=int, default=640)
     p.add_argument("--half", action="store_true")
     p.add_argument("--threads", type=int, default=0, help="CPU intra-op threads of the model (0: torch's default)")
+    p.add_argument("--decoder-nice", type=int, default=19, help="cameras[].nice of every decoder")
     p.add_argument("--cameras", type=int, nargs="+", default=[1, 4, 8, 16])
     p.add_argument("--sizes", nargs="+", default=["720p", "1080p"], choices=sorted(SIZES))
     p.add_argument("--max-batch", type=int, default=8)
@@ -246,7 +248,7 @@ def main() -> None:
 
     print(f"torch {version('torch')}, {os.cpu_count()} CPUs, device {args.device}, model {args.model}, "
           f"imgsz {args.imgsz}, max_batch {args.max_batch}, max_wait {args.max_wait_ms:g} ms, "
-          f"threads {args.threads or 'default'}")
+          f"threads {args.threads or 'default'}, decoder nice {args.decoder_nice}")
     # The raw engine runs in its own process (this one stays as lean as `segpipe run`'s supervisor)
     # and is measured again right before every pipeline row, so both see the same machine: the
     # baseline is the better of batch 1 and max_batch (on a CPU, batching rarely helps).

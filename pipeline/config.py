@@ -117,6 +117,8 @@ class CameraConfig(_Strict):
     stall_timeout_s: float = Field(2.0, gt=0, description="no frame for this long: STALLED")
     heartbeat_timeout_s: float = Field(30.0, gt=0, description="decoder silent this long: killed, restarted")
     decode_threads: int = Field(0, ge=0, le=64, description="codec threads, 0 = FFmpeg's choice")
+    nice: int = Field(19, ge=0, le=19, description="decoder process niceness: when decoding outruns the CPU, "
+                                                   "inference keeps its pace and decoders give way")
     reconnect: ReconnectConfig = ReconnectConfig()
 
     @property

@@ -54,6 +54,7 @@ class DecoderSettings:
     read_timeout_s: float = 5.0
     stall_timeout_s: float = 2.0
     decode_threads: int = 0
+    nice: int = 0
     backoff: Backoff = Backoff()
     max_restarts: int | None = None
     nslots: int = 4
@@ -64,7 +65,7 @@ class DecoderSettings:
         return cls(camera_id=cam.id, url=cam.url, is_file=cam.is_file, fps=cam.fps, loop=cam.loop,
                    realtime=cam.realtime, lossless=cam.lossless, transport=cam.transport, open_timeout_s=cam.open_timeout_s,
                    read_timeout_s=cam.read_timeout_s, stall_timeout_s=cam.stall_timeout_s,
-                   decode_threads=cam.decode_threads,
+                   decode_threads=cam.decode_threads, nice=cam.nice,
                    backoff=Backoff(initial_s=r.initial_s, max_s=r.max_s, jitter=r.jitter),
                    max_restarts=r.max_restarts)
 
@@ -89,6 +90,11 @@ def decoder_main(settings: DecoderSettings, prefix: str, conn: Connection,
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the supervisor decides
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # Decoding every frame of every camera is worthless when the model cannot take them: on an
+    # overloaded host the device stage keeps the CPU it needs and decoders drop frames (newest wins)
+    # instead of everything, inference included, slowing down together.
+    if settings.nice:
+        os.nice(settings.nice)
     writer = RingWriter(prefix, nslots=settings.nslots)
 
     def emit(status: CameraStatus) -> None:

@@ -170,25 +170,29 @@ def test_damaged_files(clips: dict[str, Path], harness: type[Harness], clip: str
     assert url not in h.statuses[-1].detail  # details never carry the URL (it may hold credentials)
 
 
-def test_decoder_process_reports_over_its_pipe(clips: dict[str, Path]) -> None:
+def test_decoder_process_reports_over_its_pipe_at_its_own_niceness(clips: dict[str, Path]) -> None:
     prefix = shm.prefix_for(70 + os.getpid() % 10)
     control = shm.ControlBlock(prefix, create=True)
     ctx = mp.get_context("spawn")
     reader, writer = ctx.Pipe(duplex=False)
-    settings = DecoderSettings(camera_id="cam", url=str(clips["mp4"]), is_file=True, realtime=False)
+    # realtime: the 30-frame clip plays for a second, long enough to read the live process's priority
+    settings = DecoderSettings(camera_id="cam", url=str(clips["mp4"]), is_file=True, realtime=True, nice=7)
     proc = ctx.Process(target=decoder_main, args=(settings, prefix, writer))
     proc.start()
     writer.close()
-    statuses = []
+    statuses, nice = [], None
     try:
         while True:
             statuses.append(reader.recv())
+            if statuses[-1].state is S.LIVE:
+                nice = os.getpriority(os.PRIO_PROCESS, proc.pid)
     except EOFError:
         pass
     proc.join(30)
     try:
         assert proc.exitcode == 0
         assert [s.state for s in statuses] == [S.CONNECTING, S.LIVE, S.ENDED]
+        assert nice == min(os.getpriority(os.PRIO_PROCESS, 0) + 7, 19)
         snap = control.snapshot()
         assert snap["decoded"] == 30 and snap["pid"] == proc.pid and snap["heartbeat"] > 0
         assert (snap["width"], snap["height"]) == (160, 120)
