@@ -43,7 +43,8 @@ class BackendOptions:
 
     half: fp16 weights/activations (CUDA; TensorRT/OpenVINO decide at build/export time).
     cuda_graph: capture one CUDA graph per fixed input shape (torch backend on CUDA).
-    channels_last: NHWC memory format for convolutions (torch backend).
+    channels_last: NHWC weights and inputs (torch backend). On CPU the inputs are made NHWC anyway:
+        oneDNN runs YOLOv8 convolutions ~10 % faster on them than on NCHW, and NHWC weights gain nothing.
     fuse: fold BatchNorm into convolutions (torch backend).
     threads: intra-op CPU threads (0 = runtime default).
     """

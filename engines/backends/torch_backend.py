@@ -74,7 +74,7 @@ class TorchBackend(Backend):
     @torch.inference_mode()
     def _infer(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = x.to(torch.float16 if self.half else torch.float32)
-        if self.options.channels_last:
+        if self.options.channels_last or self.device.type == "cpu":  # see BackendOptions.channels_last
             x = x.contiguous(memory_format=torch.channels_last)
         if self.use_graphs:
             key = tuple(x.shape)
