@@ -68,7 +68,7 @@ EOF
 stage3() {
     # Continue from stage 2's best weights on a 40-epoch schedule, stopped once its first epoch is
     # validated and saved (the session needed the CPU for a shorter schedule: stage 4). Reproduced here by
-    # watching results.csv for its header plus one epoch row.
+    # watching the run folder for its first epoch's results row and checkpoints.
     $PY - "$WORK" "$RUN2" "$RUN3" <<'EOF' &
 import sys
 
@@ -81,8 +81,10 @@ train(
     optimizer="auto", warmup_epochs=0.3, close_mosaic=5, out=run3, plots=False,
 )
 EOF
-    local pid=$!
-    until [ "$(cat "$RUN3/results.csv" 2>/dev/null | wc -l)" -ge 2 ]; do
+    local pid=$! w=$RUN3/weights
+    # The epoch's CSV row is written before its checkpoints: wait for both files to be newer than it.
+    until [ "$(cat "$RUN3/results.csv" 2>/dev/null | wc -l)" -ge 2 ] && [ "$w/last.pt" -nt "$RUN3/results.csv" ] \
+            && [ "$w/best.pt" -nt "$RUN3/results.csv" ]; do
         if ! kill -0 "$pid" 2>/dev/null; then echo "stage3: training ended before its first epoch" >&2; exit 1; fi
         sleep 5
     done
