@@ -14,16 +14,13 @@ import pytest
 
 from tests.conftest import free_port
 from tests.deploy.procs import MODEL, finish, http_get, segpipe, stop, wait_for, write_config
-from tests.pipeline.media import RtspServer, write_clip
+from tests.pipeline.media import RtspServer, rtsp_camera
 
 
 @pytest.fixture
 def camera(tmp_path: Path, ffmpeg: str) -> Iterator[RtspServer]:
-    clip = write_clip(tmp_path / "rtsp.mp4", frames=30, fps=15, size=(96, 64), gop=5)
-    srv = RtspServer(clip, free_port(), ffmpeg=ffmpeg)
-    srv.start()
-    yield srv
-    srv.stop()
+    with rtsp_camera(tmp_path, ffmpeg, size=(96, 64)) as srv:
+        yield srv
 
 
 class Probe:

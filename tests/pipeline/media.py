@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -257,3 +258,16 @@ class RtspServer:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["relay"]:
         relay_main(int(sys.argv[2]))
+
+
+@contextlib.contextmanager
+def rtsp_camera(folder: Path, ffmpeg: str, *, size: tuple[int, int]) -> Iterator[RtspServer]:
+    """A 2-second 15 fps clip (a keyframe every 5 frames) served over RTSP on a free port, stopped on exit."""
+    from tests.conftest import free_port  # here, not on top: this file also runs as the relay script
+
+    srv = RtspServer(write_clip(folder / "rtsp.mp4", frames=30, fps=15, size=size, gop=5), free_port(), ffmpeg=ffmpeg)
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()

@@ -14,9 +14,8 @@ from pipeline import shm
 from pipeline.camera import Backoff
 from pipeline.decoder import DecoderSettings, decoder_main
 from pipeline.messages import CameraState, CameraStatus
-from tests.conftest import free_port
 from tests.helpers import wait_for
-from tests.pipeline.media import RtspServer, write_clip
+from tests.pipeline.media import RtspServer, rtsp_camera, write_clip
 
 S = CameraState
 
@@ -68,11 +67,8 @@ def after(states: list[CameraState], *seq: CameraState) -> bool:
 
 @pytest.fixture
 def server(tmp_path: Path, ffmpeg: str) -> Iterator[RtspServer]:
-    clip = write_clip(tmp_path / "rtsp.mp4", frames=30, fps=15, size=(160, 120), gop=5)
-    srv = RtspServer(clip, free_port(), ffmpeg=ffmpeg)
-    srv.start()
-    yield srv
-    srv.stop()
+    with rtsp_camera(tmp_path, ffmpeg, size=(160, 120)) as srv:
+        yield srv
 
 
 def test_rtsp_camera_stalls_dies_and_comes_back(server: RtspServer, tmp_path: Path) -> None:
