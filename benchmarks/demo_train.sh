@@ -28,59 +28,30 @@ data() {
         --val-fraction 0 --workers 2 --force
 }
 
+# Shared by every training stage. nbs (nominal batch) 16 instead of 64: an optimizer step every batch
+# of 16 rather than every 4 batches, 4x the steps a CPU budget affords; --optimizer auto resolves to
+# AdamW(lr=0.001) for runs this short. Each stage adds its weights, run folder and schedule.
+FIT=(train --data "$WORK/train/data.yaml" --imgsz 320 --batch 16 --nbs 16 --device cpu --optimizer auto --no-plots)
+
 train() {
-    # `segpipe train` with one setting its command line does not expose yet: nbs (nominal batch) 16
-    # instead of 64, i.e. an optimizer step every batch of 16 rather than every 4 batches, which 4x the
-    # steps a one-hour CPU budget affords. Everything else is the CLI's defaults unless written here.
-    $PY - "$WORK" "$RUN" <<'EOF'
-import sys
-
-from engines.train import train
-
-work, run = sys.argv[1], sys.argv[2]
-train(
-    data=f"{work}/train/data.yaml",
-    model="engines/assets/demo-seg.yaml",  # YOLOv8-seg at width 0.125 ("scale t"), 1.0 M parameters
-    epochs=6, imgsz=320, batch=16, nbs=16, workers=1, device="cpu", seed=0,
-    optimizer="auto",  # resolves to AdamW(lr=0.001) for a run this short
-    warmup_epochs=0.5, close_mosaic=1, out=run, plots=False,
-)
-EOF
+    # Stage 1: fresh weights, YOLOv8-seg at width 0.125 ("scale t"), 1.0 M parameters.
+    $SEGPIPE "${FIT[@]}" --model engines/assets/demo-seg.yaml --out "$RUN" --epochs 6 --workers 1 --seed 0 \
+        --warmup-epochs 0.5 --close-mosaic 1
 }
 
 finetune() {
     # Stage 2: continue from stage 1's best weights for 4 more epochs (fresh AdamW and schedule, no
     # warm-up, the last epoch without mosaic): what was left of the hour after stage 1.
-    $PY - "$WORK" "$RUN" "$RUN2" <<'EOF'
-import sys
-
-from engines.train import train
-
-work, run, run2 = sys.argv[1], sys.argv[2], sys.argv[3]
-train(
-    data=f"{work}/train/data.yaml", model=f"{run}/weights/best.pt",
-    epochs=4, imgsz=320, batch=16, nbs=16, workers=1, device="cpu", seed=1,
-    optimizer="auto", warmup_epochs=0, close_mosaic=1, out=run2, plots=False,
-)
-EOF
+    $SEGPIPE "${FIT[@]}" --model "$RUN/weights/best.pt" --out "$RUN2" --epochs 4 --workers 1 --seed 1 \
+        --warmup-epochs 0 --close-mosaic 1
 }
 
 stage3() {
     # Continue from stage 2's best weights on a 40-epoch schedule, stopped once its first epoch is
     # validated and saved (the session needed the CPU for a shorter schedule: stage 4). Reproduced here by
     # watching the run folder for its first epoch's results row and checkpoints.
-    $PY - "$WORK" "$RUN2" "$RUN3" <<'EOF' &
-import sys
-
-from engines.train import train
-
-work, run2, run3 = sys.argv[1], sys.argv[2], sys.argv[3]
-train(
-    data=f"{work}/train/data.yaml", model=f"{run2}/weights/best.pt",
-    epochs=40, imgsz=320, batch=16, nbs=16, workers=2, device="cpu", seed=2,
-    optimizer="auto", warmup_epochs=0.3, close_mosaic=5, out=run3, plots=False,
-)
-EOF
+    $SEGPIPE "${FIT[@]}" --model "$RUN2/weights/best.pt" --out "$RUN3" --epochs 40 --workers 2 --seed 2 \
+        --warmup-epochs 0.3 --close-mosaic 5 &
     local pid=$! w=$RUN3/weights
     # The epoch's CSV row is written before its checkpoints: wait for both files to be newer than it.
     until [ "$(cat "$RUN3/results.csv" 2>/dev/null | wc -l)" -ge 2 ] && [ "$w/last.pt" -nt "$RUN3/results.csv" ] \
@@ -95,18 +66,8 @@ EOF
 stage4() {
     # 22 more epochs from stage 3's weights: fresh AdamW and linear schedule, no warm-up, the last four
     # without mosaic.
-    $PY - "$WORK" "$RUN3" "$RUN4" <<'EOF'
-import sys
-
-from engines.train import train
-
-work, run3, run4 = sys.argv[1], sys.argv[2], sys.argv[3]
-train(
-    data=f"{work}/train/data.yaml", model=f"{run3}/weights/best.pt",
-    epochs=22, imgsz=320, batch=16, nbs=16, workers=2, device="cpu", seed=3,
-    optimizer="auto", warmup_epochs=0, close_mosaic=4, out=run4, plots=False,
-)
-EOF
+    $SEGPIPE "${FIT[@]}" --model "$RUN3/weights/best.pt" --out "$RUN4" --epochs 22 --workers 2 --seed 3 \
+        --warmup-epochs 0 --close-mosaic 4
 }
 
 val() {
