@@ -105,21 +105,25 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--int8-data", type=Path, default=COCO128 if COCO128.is_file() else None)
     ap.add_argument("--no-cuda", action="store_true")
+    ap.add_argument("--only-cuda", action="store_true", help="CUDA rows only, against torch cuda fp32")
     args = ap.parse_args()
+    if args.only_cuda and not torch.cuda.is_available():
+        ap.error("--only-cuda: no CUDA device")
     torch.set_num_threads(args.threads)
     print(f"model {args.model}, threads {args.threads}, torch {torch.__version__}, rounds {args.rounds}, "
           f"CUDA {'yes' if torch.cuda.is_available() else 'no'}", flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="segpipe-bench-") as tmp:
         for imgsz in args.imgsz:
-            loaders = cpu_backends(args.model, imgsz, Path(tmp), args.threads, args.int8_data)
+            loaders = {} if args.only_cuda else cpu_backends(args.model, imgsz, Path(tmp), args.threads,
+                                                              args.int8_data)
             if torch.cuda.is_available() and not args.no_cuda:
                 loaders.update(cuda_backends(args.model))
             backends = {k: load() for k, (_, load) in loaders.items()}
             for batch in args.batch:
                 x = torch.rand((batch, 3, imgsz, imgsz))
                 times = time_round_robin(backends, x, args.rounds)
-                base = statistics.median(times["torch"])
+                base = statistics.median(times["torch cuda" if args.only_cuda else "torch"])
                 for k, ts in times.items():
                     med = statistics.median(ts)
                     # INT8 rows also against the same runtime's fp32 row (the quantisation's own gain).
@@ -128,7 +132,8 @@ def main() -> int:
                     rows.append((imgsz, batch, k, loaders[k][0], 1000 * med, 1000 * min(ts), batch / med,
                                  base / med, own))
                     print(f"  {imgsz} b{batch} {k}: {1000 * med:.1f} ms", file=sys.stderr, flush=True)
-    print("\n| imgsz | batch | backend | precision | latency ms (median) | min ms | images/s | vs torch cpu "
+    ref = "torch cuda" if args.only_cuda else "torch cpu"
+    print(f"\n| imgsz | batch | backend | precision | latency ms (median) | min ms | images/s | vs {ref} "
           "| int8 vs fp32 |")
     print("|---:|---:|---|---|---:|---:|---:|---:|---:|")
     for imgsz, batch, k, prec, med, lo, ips, rel, own in rows:

@@ -27,6 +27,7 @@ class TrainConfig:
     data: str
     model: str = "yolov8n-seg.yaml"
     epochs: int = 100
+    time: float | None = None  # hours: fit the run into this budget (epochs re-planned after each epoch)
     imgsz: int = 640
     batch: int = 16
     device: str | None = None  # None: first CUDA device if any, else CPU
@@ -62,6 +63,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         checks: list[tuple[str, bool, str]] = [
             ("epochs", self.epochs >= 1, "must be >= 1"),
+            ("time", self.time is None or self.time > 0, "must be > 0 hours"),
             ("imgsz", self.imgsz >= 32 and self.imgsz % 32 == 0, "must be a multiple of 32 (>= 32)"),
             ("batch", self.batch >= 1, "must be >= 1"),
             ("nbs", self.nbs >= 1, "must be >= 1"),

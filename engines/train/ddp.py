@@ -102,9 +102,13 @@ def _entry(rank: int, fn: Callable[[Placement, Any], Any], arg: Any, devices: li
 
 def broadcast_flag(flag: bool, place: Placement) -> bool:
     """Rank 0's value of ``flag`` on every rank (early stopping must stop all ranks together)."""
+    return bool(broadcast_int(int(flag), place))
+
+
+def broadcast_int(value: int, place: Placement) -> int:
+    """Rank 0's ``value`` on every rank (decisions taken from one rank's clock or metrics)."""
     if not place.distributed:
-        return flag
-    t = torch.tensor([1 if flag else 0], dtype=torch.int64,
-                     device=place.device if place.device.type == "cuda" else "cpu")
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=place.device if place.device.type == "cuda" else "cpu")
     dist.broadcast(t, 0)
-    return bool(t.item())
+    return int(t.item())

@@ -9,13 +9,17 @@ nothing from ``pipeline``.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from engines.train.ddp import broadcast_int
 from engines.train.loss import LOSS_NAMES
+from engines.train.optim import lr_factor
 from engines.train.plots import plot_results, plot_train_batch
 from engines.train.state import TrainState
 
@@ -43,6 +47,31 @@ class ScheduleHook(Hook):
 
     def before_step(self, s: TrainState) -> None:
         s.accumulate = s.schedule.apply(s.optimizer, epoch=s.epoch, ni=s.ni)
+
+
+class TimeBudgetHook(Hook):
+    """Fits the run into ``cfg.time`` hours (Ultralytics' ``time=``): after every epoch, the epoch
+    count becomes as many as the mean epoch time so far lets finish inside the budget, and the lr
+    schedule is rebuilt for it, so the lr still decays to ``lrf`` and mosaic still closes for the
+    last ``close_mosaic`` epochs. Rank 0's clock decides for every rank."""
+
+    def before_train(self, s: TrainState) -> None:
+        self.t0 = time.monotonic()
+
+    def after_epoch(self, s: TrainState) -> None:
+        assert s.cfg.time is not None
+        budget, elapsed = s.cfg.time * 3600, time.monotonic() - self.t0
+        per_epoch = elapsed / (s.epoch + 1 - s.start_epoch)
+        epochs = max(s.start_epoch + int(budget // per_epoch), s.epoch + 1)
+        if elapsed + per_epoch > budget:  # no room for another epoch
+            epochs = s.epoch + 1
+        epochs = broadcast_int(epochs, s.place)
+        if epochs == s.cfg.epochs:
+            return
+        if s.place.main and s.epoch == s.start_epoch:
+            print(f"time budget {s.cfg.time:g} h at {per_epoch:.1f} s/epoch: {epochs} epochs")
+        s.cfg = s.cfg.replace(epochs=epochs)
+        s.schedule = dataclasses.replace(s.schedule, factor=lr_factor(epochs, s.cfg.lrf, cosine=s.cfg.cos_lr))
 
 
 class EMAHook(Hook):

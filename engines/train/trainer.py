@@ -77,7 +77,8 @@ def fit_loop(s: TrainState, data: TrainData, hooks: Sequence[H.Hook]) -> None:
     for h in hooks:
         h.before_train(s)
     s.optimizer.zero_grad(set_to_none=True)
-    for epoch in range(s.start_epoch, s.cfg.epochs):
+    epoch = s.start_epoch
+    while epoch < s.cfg.epochs:  # a time budget (TimeBudgetHook) may re-plan cfg.epochs between epochs
         s.epoch, s.mean_items = epoch, None
         data.set_epoch(epoch)
         s.model.train()
@@ -100,13 +101,14 @@ def fit_loop(s: TrainState, data: TrainData, hooks: Sequence[H.Hook]) -> None:
             h.after_epoch(s)
         if broadcast_flag(s.stop, s.place):
             break
+        epoch += 1
     for h in hooks:
         h.after_train(s)
 
 
 def train(
     *, data: str | Path | None = None, model: str | Path = "yolov8n-seg.yaml", epochs: int = 100, imgsz: int = 640,
-    batch: int = 16, device: str | int | None = None, pretrained: str | Path | None = None,
+    batch: int = 16, time: float | None = None, device: str | int | None = None, pretrained: str | Path | None = None,
     resume: str | Path | bool | None = None, out: str | Path | None = None, workers: int = 8, seed: int = 0,
     deterministic: bool = True, optimizer: str = "auto", lr0: float = 0.01, lrf: float = 0.01,
     momentum: float = 0.937, weight_decay: float = 0.0005, warmup_epochs: float = 3.0,
@@ -117,6 +119,8 @@ def train(
 ) -> SegMetrics:
     """Train a YOLOv8-seg model on a data YAML; returns the final validation metrics of ``best.pt``.
 
+    ``time`` (hours) fits the run into a budget: after every epoch the epoch count is re-planned from
+    the mean epoch time so far, and the lr schedule and mosaic switch-off follow the new count.
     Writes ``OUT/weights/last.pt`` and ``best.pt`` (segpipe checkpoints), ``OUT/results.csv`` and
     plots. ``resume=True`` continues ``OUT/weights/last.pt`` (or the latest run under
     runs/segment); a path continues that checkpoint with its recorded settings. ``device="0,1"``
@@ -133,7 +137,7 @@ def train(
         if data is None or str(data) == "":
             raise ConfigError("train.data", "required: a data YAML (or resume a run)")
         cfg = TrainConfig(
-            data=str(data), model=str(model), epochs=epochs, imgsz=imgsz, batch=batch, device=opt(device),
+            data=str(data), model=str(model), epochs=epochs, time=time, imgsz=imgsz, batch=batch, device=opt(device),
             pretrained=opt(pretrained), out=opt(out), workers=workers, seed=seed, deterministic=deterministic,
             optimizer=optimizer, lr0=lr0, lrf=lrf, momentum=momentum, weight_decay=weight_decay,
             warmup_epochs=warmup_epochs, warmup_momentum=warmup_momentum, warmup_bias_lr=warmup_bias_lr,
@@ -324,7 +328,9 @@ def save_run_checkpoint(s: TrainState, path: Path, resumable: bool) -> None:
 
 def make_hooks(s: TrainState, validate: Callable | None) -> list[H.Hook]:
     """The hook list of a run; rank > 0 only needs the schedule (and mosaic switch)."""
-    hooks: list[H.Hook] = [H.ScheduleHook(), H.CloseMosaicHook()]
+    # TimeBudgetHook first: an epoch it makes the last one must be validated and saved as such.
+    hooks: list[H.Hook] = [H.TimeBudgetHook()] if s.cfg.time else []
+    hooks += [H.ScheduleHook(), H.CloseMosaicHook()]
     if not s.place.main:
         return hooks
     assert validate is not None

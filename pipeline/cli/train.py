@@ -20,6 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="continue an interrupted run from its last.pt (default: OUT/weights/last.pt or the "
                         "latest run)")
     p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--time", type=float, default=None, metavar="HOURS",
+                   help="fit the run into this many hours: the epoch count (and the lr schedule) is "
+                        "re-planned after every epoch from the mean epoch time; --epochs is the first plan")
     p.add_argument("--imgsz", type=int, default=640, help="square input size, a multiple of 32")
     p.add_argument("--batch", type=int, default=16, help="total images per batch (split over devices)")
     p.add_argument("--device", default=None, help="cpu, 0, or 0,1 for DDP (default: GPU 0 if any, else cpu)")
@@ -63,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
 def _train(train, args: argparse.Namespace) -> None:  # noqa: ANN001 - engines.train.train
     train(
         data=args.data, model=args.model, pretrained=args.pretrained, resume=args.resume, epochs=args.epochs,
+        time=args.time,
         imgsz=args.imgsz, batch=args.batch, device=args.device, out=args.out, workers=args.workers,
         seed=args.seed, deterministic=args.deterministic, optimizer=args.optimizer, lr0=args.lr0, lrf=args.lrf,
         cos_lr=args.cos_lr, warmup_epochs=args.warmup_epochs, close_mosaic=args.close_mosaic,

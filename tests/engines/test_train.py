@@ -366,3 +366,42 @@ def test_ultralytics_checkpoint_seeds_other_classes_only_through_pretrained(caps
     assert net.training and net.nc == 2
     same = build_train_model(str(ULTRALYTICS_PT), names=tuple(f"c{i}" for i in range(80)))
     assert same.nc == 80 and same.training
+
+
+def test_time_budget_replans_epochs_and_the_lr_schedule(monkeypatch):
+    from engines.train import hooks
+    from engines.train.config import TrainConfig
+    from engines.train.ddp import Placement
+    from engines.train.optim import Schedule
+
+    clock = iter([0.0, 10.0, 20.0, 95.0])  # before_train, then the end of epochs 1, 2 and 3
+    monkeypatch.setattr(hooks.time, "monotonic", lambda: next(clock))
+    s = SimpleNamespace(cfg=TrainConfig(data="d.yaml", epochs=100, time=100 / 3600), start_epoch=0, epoch=0,
+                        place=Placement(-1, 1, torch.device("cpu")),
+                        schedule=Schedule(factor=lambda e: 1.0, momentum=0.9, warmup_iters=0))
+    hook = hooks.TimeBudgetHook()
+    hook.before_train(s)
+    hook.after_epoch(s)  # 10 s per epoch: 10 epochs fit in 100 s
+    assert s.cfg.epochs == 10 and s.schedule.factor(10) == pytest.approx(s.cfg.lrf)
+    s.epoch = 1
+    hook.after_epoch(s)
+    assert s.cfg.epochs == 10
+    s.epoch = 2  # 95 s after 3 epochs: no room for a fourth, this one is the last
+    hook.after_epoch(s)
+    assert s.cfg.epochs == 3
+    with pytest.raises(ConfigError, match="train.time"):
+        TrainConfig(data="d.yaml", time=0)
+
+
+def test_time_budget_run_ends_on_a_validated_and_saved_epoch(tmp_path, one_thread):
+    from engines.checkpoint import load_checkpoint
+    from engines.train import train
+
+    data = make_shapes_dataset(tmp_path / "data", n=8, size=128)
+    # A budget shorter than one epoch: the first epoch becomes the last (validated, saved, epochs=1).
+    train(data=data, out=tmp_path / "run", epochs=50, time=1e-7, hyp={"mosaic": 0.0}, plots=False,
+          **{k: v for k, v in TINY.items() if k != "val"}, val=False)
+    res = read_results(tmp_path / "run" / "results.csv")
+    assert res["epoch"].tolist() == [1] and np.isfinite(res["metrics/mAP50(M)"][-1])
+    last = load_checkpoint(tmp_path / "run" / "weights" / "last.pt")
+    assert last.meta.train_args["epochs"] == 1 and last.meta.train_args["time"] == 1e-7

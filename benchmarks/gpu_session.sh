@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# One prepared session on a CUDA machine inside a fixed wall-clock budget: the CUDA tests, the CUDA
+# benchmark rows, then the demo model's GPU recipe (benchmarks/demo_train.sh gpu-*) in whatever time is
+# left, ending with its held-out validation and the packaged checkpoint.
+#
+#   OUT=DIR [BUDGET_S=560] [PY=python3] benchmarks/gpu_session.sh
+#
+# Everything it prints goes to OUT/session.log too; OUT also gets train.log, results.csv,
+# heldout-val.txt and demo-seg.pt. Each step has its own timeout so a hang costs that step only.
+# Training gets the budget minus what the steps before it used and RESERVE_S for what follows it.
+set -uo pipefail
+
+cd "$(dirname "$0")/.."
+OUT=${OUT:?set OUT to a folder for the results}
+BUDGET_S=${BUDGET_S:-560}
+RESERVE_S=${RESERVE_S:-70}
+export PY=${PY:-python3}
+export SEGPIPE=${SEGPIPE:-"$PY -m pipeline"}
+export WORK=${WORK:-/tmp/segpipe-gpu}
+export SEGPIPE_CACHE=${SEGPIPE_CACHE:-$WORK/cache}
+export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=10
+mkdir -p "$OUT" "$WORK"
+exec > >(tee -a "$OUT/session.log") 2>&1
+
+T0=$(date +%s)
+left() { echo $((T0 + BUDGET_S - $(date +%s))); }
+step() { echo; echo "=== [$(($(date +%s) - T0)) s] $*"; }
+
+step "machine"
+nvidia-smi -L
+nproc
+$PY -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0))'
+
+step "demo data, in the background"
+(benchmarks/demo_train.sh gpu-data >"$WORK/data.log" 2>&1; echo $? >"$WORK/data.rc") &
+DATA_PID=$!
+
+step "CUDA tests (pytest -m gpu)"
+timeout 150 $PY -m pytest -q -p no:cacheprovider -m gpu --timeout 90 -rfEs --continue-on-collection-errors \
+    tests/engines tests/pipeline
+echo "pytest exit $?"
+
+step "CUDA engine rows"
+timeout 50 $PY benchmarks/engines.py --only-cuda --imgsz 640 320 --batch 1 8 16 --rounds 30
+
+step "one-frame latency on CUDA"
+timeout 30 $PY benchmarks/latency.py --device cuda --imgsz 640 --repeats 30
+
+step "streaming pipeline on CUDA (8 cameras 1080p, fp16)"
+timeout 75 $PY benchmarks/pipeline.py --device cuda --half --cameras 8 --sizes 1080p --max-batch 8 \
+    --seconds 8 --warmup 3 --raw-seconds 3 --no-latency --cache "$SEGPIPE_CACHE"
+
+step "waiting for the demo data"
+wait $DATA_PID
+tail -n 3 "$WORK/data.log"
+[ "$(cat "$WORK/data.rc")" = 0 ] || { echo "demo data failed"; cat "$WORK/data.log"; exit 1; }
+
+step "demo model training"
+train_for() {  # seconds -> hours for --time
+    $PY -c "import sys; print(round(max(int(sys.argv[1]), 60) / 3600, 5))" "$1"
+}
+GPU_HOURS=$(train_for $(($(left) - RESERVE_S))) benchmarks/demo_train.sh gpu-train 2>&1 | tee "$OUT/train.log"
+rc=${PIPESTATUS[0]}
+if [ "$rc" != 0 ] && [ "$(left)" -gt $((RESERVE_S + 90)) ]; then
+    step "training failed ($rc): again without mixed precision"
+    export GPU_RUN=$WORK/gpu-run-fp32
+    GPU_TRAIN_EXTRA=--no-amp GPU_HOURS=$(train_for $(($(left) - RESERVE_S))) benchmarks/demo_train.sh gpu-train \
+        2>&1 | tee -a "$OUT/train.log"
+fi
+cp "${GPU_RUN:-$WORK/gpu-run}/results.csv" "$OUT/" 2>/dev/null
+
+step "held-out validation"
+benchmarks/demo_train.sh gpu-val 2>&1 | tee "$OUT/heldout-val.txt"
+
+step "package"
+benchmarks/demo_train.sh gpu-package "$OUT/demo-seg.pt"
+step "done, $(left) s of the budget left"
