@@ -46,8 +46,8 @@ timeout 50 $PY benchmarks/engines.py --only-cuda --imgsz 640 320 --batch 1 8 16 
 step "one-frame latency on CUDA"
 timeout 30 $PY benchmarks/latency.py --device cuda --imgsz 640 --repeats 30
 
-step "streaming pipeline on CUDA (8 cameras 1080p, fp16)"
-timeout 75 $PY benchmarks/pipeline.py --device cuda --half --cameras 8 --sizes 1080p --max-batch 8 \
+step "streaming pipeline on CUDA (8 cameras 1080p, fp16, CUDA graphs)"
+timeout 75 $PY benchmarks/pipeline.py --device cuda --half --cuda-graph --cameras 8 --sizes 1080p --max-batch 8 \
     --seconds 8 --warmup 3 --raw-seconds 3 --no-latency --cache "$SEGPIPE_CACHE"
 
 step "waiting for the demo data"

@@ -80,24 +80,26 @@ def make_clip(path: Path, size: tuple[int, int]) -> Path:
 
 
 @functools.lru_cache(maxsize=1)
-def _backend(model: str, device: str, threads: int) -> Any:
+def _backend(model: str, device: str, threads: int, half: bool, cuda_graph: bool) -> Any:
     import torch
 
-    from engines.backends import load_backend
+    from engines.backends import BackendOptions, load_backend
 
     if threads:
         torch.set_num_threads(threads)
-    return load_backend(model, device=None if device == "auto" else device)
+    return load_backend(model, device=None if device == "auto" else device,
+                        options=BackendOptions(half=half, cuda_graph=cuda_graph))
 
 
-def raw_engine_fps(model: str, device: str, imgsz: int, batch: int, seconds: float, threads: int) -> float:
+def raw_engine_fps(model: str, device: str, imgsz: int, batch: int, seconds: float, threads: int,
+                   half: bool = False, cuda_graph: bool = False) -> float:
     """Frames/s of the backend alone on a ready (N, 3, imgsz, imgsz) batch on the device (runs in a
     worker process that keeps the model loaded between calls). The better of a contiguous (NCHW) and a
     channels-last batch: letterboxing HWC frames gives the pipeline the latter, which CPU convolutions
     run ~10 % faster, so the baseline gets that chance too."""
     import torch
 
-    backend = _backend(model, device, threads)
+    backend = _backend(model, device, threads, half, cuda_graph)
     sync = torch.cuda.synchronize if backend.device.type == "cuda" else (lambda: None)
     best = 0.0
     for fmt in (torch.contiguous_format, torch.channels_last):
@@ -193,7 +195,7 @@ def pipeline_config(args: argparse.Namespace, clip: Path, n: int, *, realtime: b
              "nice": args.decoder_nice}
             for i in range(n)]
     raw = {"model": {"path": args.model, "device": args.device, "imgsz": args.imgsz, "half": args.half,
-                     "threads": args.threads},
+                     "cuda_graph": args.cuda_graph, "threads": args.threads},
            "batch": {"max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms, "max_age_ms": 2000},
            "cameras": cams, "metrics": {"enabled": False},
            "sinks": [{"type": "jsonl", "path": str(events)}] if events else []}
@@ -244,6 +246,7 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--imgsz", type=int, default=640)
     p.add_argument("--half", action="store_true")
+    p.add_argument("--cuda-graph", action="store_true", help="model.cuda_graph (torch backend on CUDA)")
     p.add_argument("--threads", type=int, default=0, help="CPU intra-op threads of the model (0: torch's default)")
     p.add_argument("--decoder-nice", type=int, default=19, help="cameras[].nice of every decoder")
     p.add_argument("--cameras", type=int, nargs="+", default=[1, 4, 8, 16])
@@ -274,7 +277,8 @@ def main() -> None:
     def baseline() -> dict[int, float]:
         time.sleep(2.0)  # the previous run's processes are gone, not exiting beside the measurement
         return {b: pool.apply(raw_engine_fps, (args.model, args.device, args.imgsz, b, args.raw_seconds,
-                                               args.threads)) for b in sorted({1, args.max_batch})}
+                                               args.threads, args.half, args.cuda_graph))
+                for b in sorted({1, args.max_batch})}
 
     sizes = "/".join(str(b) for b in sorted({1, args.max_batch}))
     print(f"{'size':>6} {'cams':>4} | {'raw b' + sizes:>10} {'infer fps':>9} {'% raw':>6} {'dec fps':>8} "

@@ -49,6 +49,8 @@ class ModelConfig(_Strict):
     classes: tuple[int, ...] | None = Field(None, description="keep only these class ids")
     max_det: int = Field(300, ge=1, description="detections kept per frame")
     half: bool = Field(False, description="fp16 inference (CUDA only)")
+    cuda_graph: bool = Field(False, description="torch backend on CUDA: replay one captured CUDA graph per "
+                                                "batch size (all captured at start-up)")
     threads: int = Field(0, ge=0, le=256, description="CPU intra-op threads of the device stage, 0 = runtime "
                                                       "default; on CPU leave cores to the decoders")
 

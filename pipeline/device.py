@@ -77,6 +77,7 @@ class DeviceSettings:
     device: str = "auto"
     imgsz: int | None = None
     half: bool = False
+    cuda_graph: bool = False
     threads: int = 0
     nms: NMSConfig = NMSConfig()
     masks: str = "rle"
@@ -89,8 +90,8 @@ class DeviceSettings:
     def from_config(cls, cfg: RunConfig) -> DeviceSettings:
         m = cfg.model
         return cls(model_path=m.path, backend=m.backend, device=m.device,
-                   imgsz=m.imgsz if "imgsz" in m.model_fields_set else None, half=m.half, threads=m.threads,
-                   nms=NMSConfig(conf=m.conf, iou=m.iou, classes=m.classes, max_det=m.max_det),
+                   imgsz=m.imgsz if "imgsz" in m.model_fields_set else None, half=m.half, cuda_graph=m.cuda_graph,
+                   threads=m.threads, nms=NMSConfig(conf=m.conf, iou=m.iou, classes=m.classes, max_det=m.max_det),
                    masks=cfg.masks.format, mask_resolution=cfg.masks.resolution,
                    batch=BatchPolicy.from_config(cfg.batch), preview_width=_preview_width(cfg))
 
@@ -102,7 +103,8 @@ class DeviceSettings:
         if self.threads:
             torch.set_num_threads(self.threads)  # letterbox/NMS/masks here run torch ops whatever the backend
         return load_backend(self.model_path, device=device, backend=self.backend,
-                            options=BackendOptions(half=self.half, threads=self.threads))
+                            options=BackendOptions(half=self.half, cuda_graph=self.cuda_graph,
+                                                   threads=self.threads))
 
 
 @dataclass(slots=True)
@@ -169,9 +171,10 @@ class DeviceStage:
         return torch.empty(nbytes, dtype=torch.uint8, pin_memory=self.cuda).numpy()
 
     def warmup(self) -> None:
-        """One throw-away batch per shape the first frames will use (CUDA graphs, lazy init)."""
+        """One throw-away batch per batch size the stage can form (CUDA: lazy init, cuDNN algorithm
+        choice and, with cuda_graph, every graph captured now rather than mid-stream)."""
         h, w = self.size
-        sizes = (1, self.s.batch.max_batch) if self.cuda else (1,)
+        sizes = range(1, self.s.batch.max_batch + 1) if self.cuda else (1,)
         for n in sizes:
             self.backend(torch.zeros((n, 3, h, w), device=self.device))
         if self.cuda:

@@ -16,18 +16,24 @@ from engines.nn.model import SegmentationModel
 
 
 class _Graph:
-    """One captured CUDA graph with its static input and outputs."""
+    """One captured CUDA graph with its static input and outputs.
 
-    def __init__(self, model: torch.nn.Module, x: torch.Tensor) -> None:
+    The graphs of one backend share a memory pool: they are replayed one at a time, in stream order, and
+    each replay's outputs are cloned before the next replay can start. Capture is thread-local so that
+    other threads of a streaming stage (uploads, post-processing on their own streams) may keep
+    working while a graph is captured.
+    """
+
+    def __init__(self, model: torch.nn.Module, x: torch.Tensor, pool: tuple[int, int]) -> None:
         self.x = x.clone()
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
+        stream = torch.cuda.Stream(x.device)
+        stream.wait_stream(torch.cuda.current_stream(x.device))
         with torch.cuda.stream(stream):  # warm-up outside capture, as CUDA graphs require
             for _ in range(2):
                 model(self.x)
-        torch.cuda.current_stream().wait_stream(stream)
+        torch.cuda.current_stream(x.device).wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        with torch.cuda.graph(self.graph, pool=pool, capture_error_mode="thread_local"):
             self.pred, self.proto = model(self.x)
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,6 +76,7 @@ class TorchBackend(Backend):
                                 extra=extra)
         self._graphs: dict[tuple[int, ...], _Graph] = {}
         self.use_graphs = options.cuda_graph and device.type == "cuda"
+        self._pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
 
     @torch.inference_mode()
     def _infer(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,7 +86,7 @@ class TorchBackend(Backend):
         if self.use_graphs:
             key = tuple(x.shape)
             if key not in self._graphs:
-                self._graphs[key] = _Graph(self.model, x)
+                self._graphs[key] = _Graph(self.model, x, self._pool)
             pred, proto = self._graphs[key](x)
         else:
             pred, proto = self.model(x)
