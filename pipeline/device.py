@@ -284,6 +284,8 @@ class DeviceStage:
 
     def _release(self, item: Any) -> None:
         if isinstance(item, _Uploaded):
+            if item.event is not None:
+                item.event.synchronize()  # the upload may still be reading the staging arena
             self._pool.put(item.arena)
 
     # --------------------------------------------------------------------------- the work

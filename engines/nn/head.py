@@ -13,7 +13,7 @@ from torch import Tensor
 
 
 def make_anchors(
-    feats: Sequence[Tensor], strides: Tensor | Sequence[float], offset: float = 0.5
+    feats: Sequence[Tensor], strides: Tensor | Sequence[float], offset: float = 0.5, *, device_free: bool = False
 ) -> tuple[Tensor, Tensor]:
     """Anchor centres of every cell of every feature level, in grid units of that level.
 
@@ -21,6 +21,9 @@ def make_anchors(
         feats: feature maps ``(N, C_i, h_i, w_i)``, one per level (only shape, dtype, device used).
         strides: stride of each level in input pixels, e.g. ``[8., 16., 32.]``.
         offset: offset added to the integer cell index; 0.5 puts the anchor at the cell centre.
+        device_free: build the grids from the feature maps (``ones_like`` + ``cumsum``) instead of
+            ``torch.arange(..., device=d)``: TorchScript tracing records ``d`` as a constant, so a
+            module traced on a CPU would fail on a GPU. Same values.
 
     Returns:
         ``anchor_points (A, 2)`` as ``(x, y)`` in grid units, and ``stride_tensor (A, 1)`` in input
@@ -31,11 +34,16 @@ def make_anchors(
     points, stride_cols = [], []
     for i, feat in enumerate(feats):
         h, w = feat.shape[2], feat.shape[3]
-        sx = torch.arange(w, device=ref.device, dtype=ref.dtype) + offset
-        sy = torch.arange(h, device=ref.device, dtype=ref.dtype) + offset
-        gy, gx = torch.meshgrid(sy, sx, indexing="ij")
+        if device_free:
+            ones = torch.ones_like(feat[0, 0])  # (h, w), the features' dtype and device
+            gx, gy = ones.cumsum(1) - (1 - offset), ones.cumsum(0) - (1 - offset)
+            stride_cols.append((ones * float(strides[i])).view(-1, 1))
+        else:
+            sx = torch.arange(w, device=ref.device, dtype=ref.dtype) + offset
+            sy = torch.arange(h, device=ref.device, dtype=ref.dtype) + offset
+            gy, gx = torch.meshgrid(sy, sx, indexing="ij")
+            stride_cols.append(torch.full((h * w, 1), float(strides[i]), device=ref.device, dtype=ref.dtype))
         points.append(torch.stack((gx, gy), -1).view(-1, 2))
-        stride_cols.append(torch.full((h * w, 1), float(strides[i]), device=ref.device, dtype=ref.dtype))
     return torch.cat(points), torch.cat(stride_cols)
 
 

@@ -195,8 +195,9 @@ class Detect(nn.Module):
         self.cv2 = nn.ModuleList(_branch(x, c2, 4 * reg_max) for x in ch)
         self.cv3 = nn.ModuleList(_branch(x, c3, nc) for x in ch)
         self.dfl = DFL(c1=reg_max) if reg_max > 1 else nn.Identity()
-        self._anchor_key: tuple | None = None
-        self._anchors = self._anchor_strides = torch.empty(0)
+        # Every shape's grid is kept, never replaced: a captured CUDA graph reads its grid by address, so
+        # the grid of one shape must outlive the use of another (a few KB per shape).
+        self._anchor_cache: dict[tuple, tuple[Tensor, Tensor]] = {}
         self.bias_init()
 
     def bias_init(self) -> None:
@@ -213,15 +214,15 @@ class Detect(nn.Module):
     def anchors(self, feats: list[Tensor]) -> tuple[Tensor, Tensor]:
         """``(anchors (2, A) grid units, strides (1, A) pixels)``, cached per feature-map shape."""
         if _tracing():  # computed in-graph so exported graphs keep H and W symbolic
-            a, s = make_anchors(feats, self.strides, 0.5)
+            torchscript = torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export()
+            a, s = make_anchors(feats, self.strides, 0.5, device_free=torchscript)
             return a.transpose(0, 1), s.transpose(0, 1)
         f0 = feats[0]
         key = (tuple((f.shape[2], f.shape[3]) for f in feats), f0.device, f0.dtype)
-        if key != self._anchor_key:
+        if key not in self._anchor_cache:
             a, s = make_anchors(feats, self.strides, 0.5)
-            self._anchors, self._anchor_strides = a.transpose(0, 1), s.transpose(0, 1)
-            self._anchor_key = key
-        return self._anchors, self._anchor_strides
+            self._anchor_cache[key] = (a.transpose(0, 1), s.transpose(0, 1))
+        return self._anchor_cache[key]
 
     def decode(self, feats: list[Tensor]) -> Tensor:
         """Raw level maps -> ``(N, 4 + nc, A)`` xywh boxes in input pixels + sigmoid scores."""

@@ -142,12 +142,22 @@ def test_fuse_keeps_outputs(nano: SegmentationModel) -> None:
 def test_anchor_cache_per_shape(nano: SegmentationModel) -> None:
     head = nano.head
     with torch.no_grad():
+        head._anchor_cache.clear()
         nano(torch.rand(1, 3, 64, 64))
-        first = head._anchors
+        (first,) = [a for a, _ in head._anchor_cache.values()]
         nano(torch.rand(3, 3, 64, 64))  # batch size does not matter
-        assert head._anchors is first
+        assert [a for a, _ in head._anchor_cache.values()] == [first]
         nano(torch.rand(1, 3, 64, 96))
-        assert head._anchors is not first and head._anchors.shape == (2, 8 * 12 + 4 * 6 + 2 * 3)
+        # The first shape's grid survives (a CUDA graph captured at that shape still reads it).
+        kept, other = (a for a, _ in head._anchor_cache.values())
+        assert kept is first and other.shape == (2, 8 * 12 + 4 * 6 + 2 * 3)
+
+
+def test_device_free_anchors_equal_arange_anchors() -> None:
+    feats = [torch.zeros(2, 4, 5, 7), torch.zeros(2, 4, 3, 4, dtype=torch.float32)]
+    for got, want in zip(make_anchors(feats, [8.0, 16.0], device_free=True), make_anchors(feats, [8.0, 16.0]),
+                         strict=True):
+        assert torch.equal(got, want)
 
 
 def test_make_anchors_and_dist2bbox() -> None:
