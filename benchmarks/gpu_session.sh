@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# One prepared session on a CUDA machine inside a fixed wall-clock budget: the CUDA tests, the CUDA
-# benchmark rows, then the demo model's GPU recipe (benchmarks/demo_train.sh gpu-*) in whatever time is
-# left, ending with its held-out validation and the packaged checkpoint.
+# One prepared session on a CUDA machine inside a fixed wall-clock budget: the CUDA benchmark rows, the
+# demo model's GPU recipe (benchmarks/demo_train.sh gpu-*) in whatever time is left with the CUDA tests
+# (pytest -m gpu) running beside it, then the model's held-out validation and the packaged checkpoint.
 #
 #   OUT=DIR [BUDGET_S=560] [PY=python3] benchmarks/gpu_session.sh
 #
 # Everything it prints goes to OUT/session.log too; OUT also gets train.log, results.csv,
 # heldout-val.txt and demo-seg.pt. Each step has its own timeout so a hang costs that step only.
-# Training gets the budget minus what the steps before it used and RESERVE_S for what follows it.
+# Timed steps never overlap each other or the training; training (--time) gets the budget minus what
+# the steps before it used and RESERVE_S for what follows it.
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
@@ -19,6 +20,7 @@ export SEGPIPE=${SEGPIPE:-"$PY -m pipeline"}
 export WORK=${WORK:-/tmp/segpipe-gpu}
 export SEGPIPE_CACHE=${SEGPIPE_CACHE:-$WORK/cache}
 export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=10
+export TRAIN_WORKERS=${TRAIN_WORKERS:-12}  # two cores stay with the tests running beside the training
 mkdir -p "$OUT" "$WORK"
 exec > >(tee -a "$OUT/session.log") 2>&1
 
@@ -35,37 +37,40 @@ step "demo data, in the background"
 (benchmarks/demo_train.sh gpu-data >"$WORK/data.log" 2>&1; echo $? >"$WORK/data.rc") &
 DATA_PID=$!
 
-step "CUDA tests (pytest -m gpu)"
-timeout 150 $PY -m pytest -q -p no:cacheprovider -m gpu --timeout 90 -rfEs --continue-on-collection-errors \
-    tests/engines tests/pipeline
-echo "pytest exit $?"
-
-step "CUDA engine rows"
+step "CUDA engine rows (beside the data generation: GPU-bound, one core)"
 timeout 50 $PY benchmarks/engines.py --only-cuda --imgsz 640 320 --batch 1 8 16 --rounds 30
 
 step "one-frame latency on CUDA"
 timeout 30 $PY benchmarks/latency.py --device cuda --imgsz 640 --repeats 30
-
-step "streaming pipeline on CUDA (8 cameras 1080p, fp16, CUDA graphs)"
-timeout 75 $PY benchmarks/pipeline.py --device cuda --half --cuda-graph --cameras 8 --sizes 1080p --max-batch 8 \
-    --seconds 8 --warmup 3 --raw-seconds 3 --no-latency --cache "$SEGPIPE_CACHE"
 
 step "waiting for the demo data"
 wait $DATA_PID
 tail -n 3 "$WORK/data.log"
 [ "$(cat "$WORK/data.rc")" = 0 ] || { echo "demo data failed"; cat "$WORK/data.log"; exit 1; }
 
-step "demo model training"
+step "streaming pipeline on CUDA (8 cameras 1080p, fp16, CUDA graphs; the machine to itself)"
+timeout 75 $PY benchmarks/pipeline.py --device cuda --half --cuda-graph --cameras 8 --sizes 1080p --max-batch 8 \
+    --seconds 8 --warmup 3 --raw-seconds 3 --no-latency --cache "$SEGPIPE_CACHE"
+
+step "demo model training, with the CUDA tests beside it"
 train_for() {  # seconds -> hours for --time
     $PY -c "import sys; print(round(max(int(sys.argv[1]), 60) / 3600, 5))" "$1"
 }
-GPU_HOURS=$(train_for $(($(left) - RESERVE_S))) benchmarks/demo_train.sh gpu-train 2>&1 | tee "$OUT/train.log"
-rc=${PIPESTATUS[0]}
+(GPU_HOURS=$(train_for $(($(left) - RESERVE_S))) benchmarks/demo_train.sh gpu-train >"$OUT/train.log" 2>&1
+ echo $? >"$WORK/train.rc") &
+TRAIN_PID=$!
+timeout 240 $PY -m pytest -q -p no:cacheprovider -m gpu --timeout 120 -rfEs --durations=15 \
+    --continue-on-collection-errors tests/engines tests/pipeline
+echo "pytest exit $?"
+wait $TRAIN_PID
+rc=$(cat "$WORK/train.rc")
+echo "training exit $rc"; grep -E "time budget|Closing|Validating|  all  " "$OUT/train.log" | tail -n 8
 if [ "$rc" != 0 ] && [ "$(left)" -gt $((RESERVE_S + 90)) ]; then
     step "training failed ($rc): again without mixed precision"
+    tail -n 30 "$OUT/train.log"
     export GPU_RUN=$WORK/gpu-run-fp32
     GPU_TRAIN_EXTRA=--no-amp GPU_HOURS=$(train_for $(($(left) - RESERVE_S))) benchmarks/demo_train.sh gpu-train \
-        2>&1 | tee -a "$OUT/train.log"
+        >>"$OUT/train.log" 2>&1
 fi
 cp "${GPU_RUN:-$WORK/gpu-run}/results.csv" "$OUT/" 2>/dev/null
 
