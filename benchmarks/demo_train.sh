@@ -3,6 +3,7 @@
 #
 #   benchmarks/demo_train.sh [data|train|finetune|stage3|stage4|val|package|all]     (default: all)
 #   benchmarks/demo_train.sh [gpu-data|gpu-train|gpu-val|gpu-package|gpu]             (the CUDA recipe)
+#   benchmarks/demo_train.sh [gpu-finetune|gpu-val2|gpu-package2]                      (its second stage)
 #
 # WORK (default /tmp/segpipe-demo) holds the generated data and the runs; nothing is written into the repo
 # except, by `package`, engines/assets/demo-seg.pt. Made in two CPU sessions on 2 cores: `train` and
@@ -20,6 +21,7 @@ RUN2=$WORK/run2
 RUN3=$WORK/run3
 RUN4=$WORK/run4
 GPU_RUN=${GPU_RUN:-$WORK/gpu-run}
+GPU_RUN2=${GPU_RUN2:-$WORK/gpu-run2}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
 data() {
@@ -99,9 +101,18 @@ gpu_train() {
         --out "$GPU_RUN" ${GPU_TRAIN_EXTRA:-}
 }
 
+gpu_finetune() {
+    # GPU stage 2 (a second, shorter session): continue from stage 1's weights (GPU_FROM, default its
+    # best.pt) with a fresh AdamW at half stage 1's lr, no warm-up, mosaic off for the last 2 epochs.
+    $SEGPIPE train --data "$WORK/train-gpu/data.yaml" --model "${GPU_FROM:-$GPU_RUN/weights/best.pt}" \
+        --imgsz "${GPU_IMGSZ:-640}" --batch 32 --nbs 32 --device "${GPU_DEVICE:-0}" --optimizer AdamW --lr0 0.0005 \
+        --no-plots --no-val --no-deterministic --epochs 8 --time "${GPU_HOURS:-0.05}" \
+        --workers "${TRAIN_WORKERS:-14}" --seed 1 --warmup-epochs 0 --close-mosaic 2 --out "$GPU_RUN2"
+}
+
 gpu_val() {
-    $SEGPIPE val --model "$GPU_RUN/weights/best.pt" --data "$WORK/heldout/data.yaml" --imgsz "${GPU_IMGSZ:-640}" \
-        --batch 32 --device "${GPU_DEVICE:-0}" --workers 4 --out "$WORK/val-heldout-gpu"
+    $SEGPIPE val --model "${1:-$GPU_RUN}/weights/best.pt" --data "$WORK/heldout/data.yaml" --imgsz "${GPU_IMGSZ:-640}" \
+        --batch 32 --device "${GPU_DEVICE:-0}" --workers 4 --out "${1:-$GPU_RUN}-heldout"
 }
 
 package() {
@@ -124,8 +135,11 @@ case "${1:-all}" in
     heldout) heldout ;;
     gpu-data) gpu_data; SYNTH_WORKERS=${SYNTH_WORKERS:-14} heldout ;;
     gpu-train) gpu_train ;;
-    gpu-val) gpu_val ;;
+    gpu-finetune) gpu_finetune ;;
+    gpu-val) gpu_val "$GPU_RUN" ;;
+    gpu-val2) gpu_val "$GPU_RUN2" ;;
     gpu-package) package "$GPU_RUN/weights/best.pt" "${2:-engines/assets/demo-seg.pt}" ;;
+    gpu-package2) package "$GPU_RUN2/weights/best.pt" "${2:-engines/assets/demo-seg.pt}" ;;
     gpu) gpu_data; SYNTH_WORKERS=${SYNTH_WORKERS:-14} heldout; gpu_train; gpu_val; package "$GPU_RUN/weights/best.pt" ;;
     train) train ;;
     finetune) finetune ;;
@@ -134,6 +148,6 @@ case "${1:-all}" in
     val) val ;;
     package) package ;;
     all) data; train; finetune; stage3; stage4; val; package ;;
-    *) echo "usage: $0 [data|heldout|train|finetune|stage3|stage4|val|package|all|gpu-data|gpu-train|gpu-val|gpu-package|gpu]" >&2
+    *) echo "usage: $0 [data|heldout|train|finetune|stage3|stage4|val|package|all|gpu-data|gpu-train|gpu-val|gpu-package|gpu|gpu-finetune|gpu-val2|gpu-package2]" >&2
        exit 2 ;;
 esac

@@ -78,7 +78,7 @@ def mask_areas(masks: torch.Tensor, rows: np.ndarray | None = None) -> np.ndarra
     rows = np.arange(n) if rows is None else np.asarray(rows, np.int64)
     if masks.device.type != "cpu":
         sel = masks[torch.from_numpy(rows).to(masks.device)]
-        return torch.count_nonzero(sel.reshape(len(rows), -1), dim=1).cpu().numpy()
+        return torch.count_nonzero(sel.flatten(1), dim=1).cpu().numpy()  # flatten: rows may be empty
     flat = masks.reshape(n, -1).numpy()
     return np.fromiter((np.count_nonzero(flat[r]) for r in rows), np.int64, len(rows))
 

@@ -48,11 +48,13 @@ def test_capture_while_another_thread_uses_the_gpu() -> None:
     stop, errors = threading.Event(), []
 
     def busy() -> None:  # what the stage's other threads do: allocate, copy, compute, sync, on their stream
+        # (no random numbers: the CUDA generator is shared with the capture, and nothing in the
+        # stage draws any)
         try:
             stream = torch.cuda.Stream()
             with torch.cuda.stream(stream):
                 while not stop.is_set():
-                    a = torch.rand((256, 256), device="cuda")
+                    a = torch.linspace(0, 1, 256 * 256, device="cuda").view(256, 256)
                     (a @ a).sum().item()
                     torch.empty(1 << 20, dtype=torch.uint8).pin_memory().to("cuda", non_blocking=True)
         except BaseException as e:  # noqa: BLE001
