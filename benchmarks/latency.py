@@ -29,6 +29,7 @@ from engines.ops import NMSConfig, letterbox, mask_crops, non_max_suppression, p
 from engines.ops.boxes import scale_boxes  # noqa: E402
 from engines.ops.rle import encode_crop  # noqa: E402
 from engines.predict import SegModel  # noqa: E402
+from pipeline.device import download_detections  # noqa: E402
 
 COCO = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "coco128-seg" / "images" / "train2017"
 
@@ -80,11 +81,13 @@ def main() -> None:
     t_post, dets = timed(lambda: postprocess(pred, proto, infos, cfg, names=model.names), args.repeats)
 
     def stream_route():  # type: ignore[no-untyped-def]
+        # What pipeline.device does per frame: crops on the device, one download for all, RLE on the host.
         rows = non_max_suppression(pred, cfg, nc=len(model.names))[0]
         boxes = scale_boxes(rows[:, :4].clone(), infos[0])
         h, w = infos[0].orig_shape
         crops = mask_crops(proto[0], rows[:, 6:], boxes, (h, w))
-        return [encode_crop(crop.cpu().numpy(), x0, y0, h, w) for x0, y0, crop in crops]
+        host = download_detections([{"boxes": boxes, "scores": rows[:, 4], "cls": rows[:, 5], "crops": crops}])
+        return [encode_crop(crop, x0, y0, h, w) for x0, y0, crop in host[0]["crops"]]
 
     t_stream, _ = timed(stream_route, args.repeats)
     n = len(dets[0])  # type: ignore[index]

@@ -368,7 +368,7 @@ class DeviceStage:
             self._observe("infer", inf.start.elapsed_time(inf.event) / 1000.0)
         per_frame = [self._frame_detections(r, p, info) for r, p, info in zip(rows, inf.proto, inf.infos,
                                                                              strict=True)]
-        host = _download(per_frame)
+        host = download_detections(per_frame)
         now = time.time()
         previews = inf.previews or [None] * len(host)
         for frame, dets, preview in zip(inf.batch.frames, host, previews, strict=True):
@@ -467,7 +467,7 @@ def _preview_width(cfg: RunConfig) -> int | None:
     return 0 if 0 in widths else max(widths)
 
 
-def _download(per_frame: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def download_detections(per_frame: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Everything the encoder needs, moved to the host in one transfer per kind (not per detection)."""
     counts = [int(d["boxes"].shape[0]) for d in per_frame]
     if not per_frame:

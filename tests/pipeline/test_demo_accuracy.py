@@ -3,9 +3,7 @@ frame streamed to a JSONL sink, masks scored against the clips' ground truth (pi
 
 Short clips at the demo's own size keep this to seconds; benchmarks/demo_accuracy.py runs long ones.
 The accuracy targets are recall >= 0.9 at mask IoU 0.5 and mean IoU >= 0.75 for objects of 32x32 px
-and more. The demo model shipped now (see engines/assets/README.md) meets them on the traffic clip but
-not on the factory one (recall 0.75: tools): that case is a strict xfail, so it turns
-into a failure, and the mark must go, once a model that meets the target lands.
+and more, on both clip styles (engines/assets/README.md has the shipped model's figures).
 """
 
 from __future__ import annotations
@@ -28,8 +26,6 @@ CLIPS = {
     "traffic": "demo://traffic?seed=18&seconds=1.5&fps=10&size=640x360",
     "factory": "demo://factory?seed=12&seconds=1.5&fps=10&size=640x360",
 }
-BELOW_TARGET = pytest.mark.xfail(
-    strict=True, reason="the shipped demo model (held-out mask mAP50-95 0.25) misses factory tools")
 
 
 def test_score_events_matching_rules() -> None:
@@ -119,7 +115,7 @@ def test_demo_run_streams_masks_in_frame_coordinates(streamed: tuple[Path, dict[
     assert matched > 0  # an untrained or misaligned model matches nothing
 
 
-@pytest.mark.parametrize("name", ["traffic", pytest.param("factory", marks=BELOW_TARGET)])
+@pytest.mark.parametrize("name", ["traffic", "factory"])
 def test_demo_model_meets_accuracy_target(streamed: tuple[Path, dict[str, list[dict]]], name: str) -> None:
     score = _score(streamed, name)
     assert score.recall >= 0.9, score
