@@ -4,7 +4,7 @@
                                            [--int8-data coco128-seg.yaml] [--rounds 5]
 
 CPU rows: torch (fp32, fused BN), ONNX Runtime fp32 and INT8 (static QDQ, calibrated on --int8-data),
-OpenVINO fp32, TorchScript fp32. CUDA rows when a GPU is present: torch fp32, fp16, fp16 + CUDA graphs,
+OpenVINO fp32 and INT8 (NNCF, same calibration), TorchScript fp32. CUDA rows when a GPU is present: torch fp32, fp16, fp16 + CUDA graphs,
 ONNX Runtime (if its CUDA provider is installed) and TensorRT fp16 (if TensorRT is installed).
 Backends are timed round-robin (one call each per round, ``--rounds`` rounds after a warm-up) so that
 load from other processes hits them alike; latency is the median call in ms for the whole batch,

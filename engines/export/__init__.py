@@ -55,7 +55,8 @@ def export(model: str | os.PathLike[str], *, format: str, imgsz: int | tuple[int
 
     imgsz: export size (default: the model's training size). half: fp16. dynamic: any input H, W.
     batch: largest batch (0: unlimited). simplify: onnxslim. opset: ONNX opset. int8: static INT8
-    calibrated on ``calib_images`` images of ``data``'s train split (onnx, openvino). out: output path.
+    calibrated on ``calib_images`` images of ``data``'s train split (onnx: ONNX Runtime QDQ or QOperator
+    per ``int8_format``; openvino: NNCF). out: output path.
     """
     from engines.export.base import ExportSpec, check_imgsz, load_source
 

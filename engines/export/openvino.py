@@ -1,8 +1,9 @@
 """OpenVINO exporter: IR (``model.xml`` + ``model.bin``) in a ``*_openvino_model/`` folder.
 
-Imports nothing from ``pipeline``. The graph goes through ONNX (the same traced graph the ONNX exporter
-writes; an INT8 QDQ graph becomes an INT8 IR) and ``openvino.convert_model``; ``half`` compresses the
-weights to fp16. ``metadata.yaml`` beside the IR holds the segpipe record.
+Imports nothing from ``pipeline``. The graph goes through ONNX (the same traced fp32 graph the ONNX
+exporter writes) and ``openvino.convert_model``; ``half`` compresses the weights to fp16; ``int8``
+quantises the IR with NNCF (``engines.export.ov_int8``). ``metadata.yaml`` beside the IR holds the
+segpipe record.
 """
 
 from __future__ import annotations
@@ -27,10 +28,14 @@ class OpenVinoExporter:
             import openvino as ov
         except ImportError:
             raise BackendUnavailableError("--format openvino needs OpenVINO: pip install segpipe[openvino]") from None
+        if spec.int8:
+            from engines.export.ov_int8 import quantize_openvino, require_nncf
+
+            require_nncf()
         with atomic_path(out) as tmp:
             tmp.mkdir()
-            # fp16 here means compressed weights; the traced graph itself stays fp32.
-            proto, record = build_onnx(src, dataclasses.replace(spec, half=False), exporter=self.name,
+            # fp16 here means compressed weights, INT8 a quantised IR: the traced graph itself is fp32.
+            proto, record = build_onnx(src, dataclasses.replace(spec, half=False, int8=False), exporter=self.name,
                                        workdir=tmp.parent)
             onnx_path = tmp.parent / "graph.onnx"
             save_onnx(proto, onnx_path)
@@ -40,6 +45,9 @@ class OpenVinoExporter:
                 shape = model.input(0).get_partial_shape()
                 shape[0] = ov.Dimension(1, spec.batch)
                 model.reshape({model.input(0): shape})
+            if spec.int8:
+                model, info = quantize_openvino(model, proto, spec)
+                record = src.record(spec, self.name, int8=info)
             ov.save_model(model, str(tmp / XML), compress_to_fp16=spec.half)
             record = dataclasses.replace(record, precision=spec.precision)
             (tmp / METADATA).write_text(yaml.safe_dump(record.to_json(), sort_keys=False), encoding="utf-8")

@@ -27,11 +27,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "are split (default 0: no limit)")
     p.add_argument("--simplify", action="store_true", help="simplify the ONNX graph with onnxslim")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
-    p.add_argument("--int8", action="store_true", help="INT8 post-training static quantisation (onnx, openvino)")
+    p.add_argument("--int8", action="store_true", help="INT8 post-training static quantisation (onnx: ONNX "
+                   "Runtime QDQ; openvino: NNCF)")
     p.add_argument("--data", default=None, help="data YAML: INT8 calibration images (train split) and --val")
     p.add_argument("--calib-images", type=int, default=64, help="INT8 calibration images (default 64)")
     p.add_argument("--int8-format", default="QDQ", choices=["QDQ", "QOperator"],
-                   help="ONNX INT8 graph style (default QDQ)")
+                   help="ONNX INT8 graph style (default QDQ; --format onnx only)")
     p.add_argument("--val", action="store_true", help="then report box/mask mAP of the model and of the "
                    "export on --data's val split")
     p.add_argument("--out", default=None, help="output path (default: beside the model)")

@@ -136,6 +136,47 @@ def test_int8_onnx(model: Path, onnx_dynamic: Path, coco128: Path, real_batch: t
         assert abs(float(sq[:, best].max() - sf[:, best].max())) < 0.1
 
 
+def test_int8_openvino_with_nncf(model: Path, onnx_dynamic: Path, coco128: Path, real_batch: torch.Tensor,
+                                 tmp_path: Path) -> None:
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    import openvino as ov
+
+    q = export(model, format="openvino", imgsz=IMGSZ, int8=True, data=str(coco128 / "coco128-seg.yaml"),
+               calib_images=4, out=tmp_path / "q_openvino_model")
+    b = load_backend(q, options=BackendOptions(threads=1))
+    info = b.meta.extra["int8"]
+    assert b.meta.precision == "int8" and info["method"] == "nncf" and info["calib_images"] == 4
+    ir = ov.Core().read_model(str(q / "model.xml"))
+    fq = [op for op in ir.get_ops() if op.get_type_name() == "FakeQuantize"]
+    assert len(fq) > 50
+    # The head's output convs stay fp32: no quantiser feeds them.
+    outs = [op for op in ir.get_ops() if op.get_type_name() == "Convolution" and "/cv3.0/cv3.0.2/" in op.get_friendly_name()]
+    assert outs and all(i.get_node().get_type_name() != "FakeQuantize" for o in outs
+                        for i in (v.get_source_output() for v in o.inputs()))
+    (pq, _), (pf, _) = b(real_batch), load_backend(onnx_dynamic)(real_batch)
+    for i in range(2):
+        sq, sf = pq[i, 4:84], pf[i, 4:84]
+        best = sf.max(0).values.argmax()
+        assert sq[:, best].argmax() == sf[:, best].argmax()
+        assert abs(float(sq[:, best].max() - sf[:, best].max())) < 0.1
+
+
+def test_int8_openvino_without_nncf_says_what_to_install(model: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("openvino")
+    from engines.errors import BackendUnavailableError
+
+    monkeypatch.setitem(__import__("sys").modules, "nncf", None)  # import nncf -> ImportError
+    (tmp_path / "images").mkdir()
+    cv2.imwrite(str(tmp_path / "images" / "a.jpg"), np.zeros((64, 64, 3), np.uint8))
+    (tmp_path / "d.yaml").write_text("train: images\nval: images\nnames: [a]\n")
+    with pytest.raises(BackendUnavailableError, match=r"needs NNCF: pip install segpipe\[openvino\]"):
+        export(model, format="openvino", imgsz=IMGSZ, int8=True, data=str(tmp_path / "d.yaml"),
+               out=tmp_path / "q_openvino_model")
+    assert not (tmp_path / "q_openvino_model").exists()
+
+
 def test_nodes_to_exclude_names_the_head_outputs(onnx_dynamic: Path) -> None:
     names = nodes_to_exclude(onnx.load(str(onnx_dynamic)))
     for part in ("/cv2.0/cv2.0.2/", "/cv3.2/cv3.2.2/", "/cv4.1/cv4.1.2/", "/proto/cv3/", "/dfl/"):
