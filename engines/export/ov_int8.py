@@ -4,8 +4,8 @@ Imports nothing from ``pipeline``. Same calibration images as the ONNX Runtime p
 from the dataset's train split) and the same layers kept in fp32 (``quantize.nodes_to_exclude``: the
 head's output convs, the prototype output conv, the DFL and the decode arithmetic). NNCF places the
 quantisers where OpenVINO's CPU plugin fuses them, which a QDQ graph from ONNX Runtime does not
-always give it: on the demo model at 640 (held-out set, 2 cores) NNCF lost 0.001 mask mAP50-95 at
-2.1-2.3x fp32 speed, the QDQ route 0.005 at 2.0-2.1x.
+always give it: on the demo model at 640 (held-out set, 2 cores) NNCF lost 0.004 mask mAP50-95 at
+2.0-2.4x OpenVINO fp32 speed, the QDQ route 0.005 at 2.0-2.1x.
 """
 
 from __future__ import annotations
