@@ -125,6 +125,35 @@ def test_crops_at_1080p_equal_the_full_frame_routes() -> None:
     assert sum(has) >= n - 2
 
 
+@pytest.mark.parametrize("max_elems", [1 << 25, 1 << 16])  # one chunk; many chunks of a few boxes
+def test_batched_crops_equal_the_per_box_loop(max_elems: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The batched route (the default on CUDA) against the per-box loop (CPU default), including empty,
+    out-of-frame and whole-frame boxes; only pixels within float rounding of the threshold may differ."""
+    from engines.ops import crops as crops_mod
+
+    real = crops_mod._batched_crops
+    monkeypatch.setattr(crops_mod, "_batched_crops",
+                        lambda *a, **k: real(*a, **{**k, "max_elems": max_elems}))
+    g = torch.Generator().manual_seed(7)
+    protos = _smooth_protos(g, 96, 160)
+    n, (h, w) = 12, (360, 640)
+    coeffs = torch.randn(n, 32, generator=g)
+    xy = torch.rand(n, 2, generator=g) * torch.tensor([w * 0.9, h * 0.9])
+    boxes = torch.cat([xy, torch.minimum(xy + 4 + torch.rand(n, 2, generator=g) * 200, torch.tensor([w, h]))], 1)
+    boxes[0] = torch.tensor([0.0, 0.0, w, h])
+    boxes[1] = torch.tensor([100.0, 50.0, 100.0, 80.0])  # zero width
+    boxes[2] = torch.tensor([700.0, 400.0, 720.0, 420.0])  # outside the frame
+    loop = mask_crops(protos, coeffs, boxes, (h, w), batched=False)
+    batch = mask_crops(protos, coeffs, boxes, (h, w), batched=True)
+    assert len(loop) == len(batch) == n
+    differ = 0
+    for (x0, y0, a), (bx0, by0, b) in zip(loop, batch, strict=True):
+        assert (x0, y0) == (bx0, by0) and a.shape == b.shape and b.dtype == torch.bool
+        differ += int((a != b).sum())
+    assert differ <= 2, differ
+    assert sum(int(c.sum()) for _, _, c in loop) > 1000  # the masks are not trivially empty
+
+
 def test_crop_mask_box_edges_are_half_open() -> None:
     masks = torch.ones((2, 4, 6), dtype=torch.bool)
     boxes = torch.tensor([[1.0, 0.5, 3.0, 2.0], [4.2, 3.0, 9.0, 9.0]])
