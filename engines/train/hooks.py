@@ -124,6 +124,10 @@ class ProgressHook(Hook):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+        waited, stepping = s.extras.get("data_s"), s.extras.get("step_s")
+        if waited is not None and stepping is not None and waited + stepping > 0:
+            print(f"{' ' * 11}{waited + stepping:.1f} s: waiting for data {waited:.1f} s "
+                  f"({waited / (waited + stepping):.0%}), steps {stepping:.1f} s")
 
 
 class ValidationHook(Hook):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -84,7 +85,13 @@ def fit_loop(s: TrainState, data: TrainData, hooks: Sequence[H.Hook]) -> None:
         s.model.train()
         for h in hooks:
             h.before_epoch(s)
+        # Seconds blocked on the loader vs in steps (the finiteness check syncs the device, so a step's
+        # time includes its GPU work): which of the two sets the pace (ProgressHook prints it).
+        waited = stepping = 0.0
+        t = time.perf_counter()
         for i, batch in enumerate(data.loader):
+            fetched = time.perf_counter()
+            waited += fetched - t
             s.ni = i + s.batches_per_epoch * epoch
             s.extras["instances"], s.extras["batch"] = len(batch.cls), batch
             for h in hooks:
@@ -97,6 +104,9 @@ def fit_loop(s: TrainState, data: TrainData, hooks: Sequence[H.Hook]) -> None:
                                    "lower --lr0 or turn --amp off")
             for h in hooks:
                 h.after_step(s, stepped)
+            t = time.perf_counter()
+            stepping += t - fetched
+        s.extras["data_s"], s.extras["step_s"] = waited, stepping
         for h in hooks:
             h.after_epoch(s)
         if broadcast_flag(s.stop, s.place):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import math
 import os
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -393,7 +394,7 @@ def test_time_budget_replans_epochs_and_the_lr_schedule(monkeypatch):
         TrainConfig(data="d.yaml", time=0)
 
 
-def test_time_budget_run_ends_on_a_validated_and_saved_epoch(tmp_path, one_thread):
+def test_time_budget_run_ends_on_a_validated_and_saved_epoch(tmp_path, one_thread, capsys):
     from engines.checkpoint import load_checkpoint
     from engines.train import train
 
@@ -405,3 +406,5 @@ def test_time_budget_run_ends_on_a_validated_and_saved_epoch(tmp_path, one_threa
     assert res["epoch"].tolist() == [1] and np.isfinite(res["metrics/mAP50(M)"][-1])
     last = load_checkpoint(tmp_path / "run" / "weights" / "last.pt")
     assert last.meta.train_args["epochs"] == 1 and last.meta.train_args["time"] == 1e-7
+    # Each epoch says where its time went (loader vs steps), so a slow run shows its bottleneck.
+    assert re.search(r"\d+\.\d s: waiting for data \d+\.\d s \(\d+%\), steps \d+\.\d s", capsys.readouterr().out)
