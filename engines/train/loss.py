@@ -202,10 +202,11 @@ class SegLoss:
         area = (norm[..., 2] - norm[..., 0]) * (norm[..., 3] - norm[..., 1])
         mboxes = norm * torch.tensor([mw, mh, mw, mh], device=norm.device, dtype=norm.dtype)
         loss = (proto * 0).sum() + (coeffs * 0).sum()  # keeps the graph whole when nothing is positive
+        positives = asg.fg_mask.sum(1).tolist()  # one device sync for the batch, not one per image
         for i in range(proto.shape[0]):
-            fg = asg.fg_mask[i]
-            if not fg.any():
+            if not positives[i]:
                 continue
+            fg = asg.fg_mask[i]
             inst = gt.inst[i, asg.gt_idx[i, fg]]
             loss = loss + mask_loss(masks[inst].float(), coeffs[i, fg], proto[i], mboxes[i, fg], area[i, fg])
         return loss / asg.fg_mask.sum().clamp(min=1)
