@@ -1,8 +1,10 @@
 """INT8 post-training quantisation of an OpenVINO model with NNCF.
 
 Imports nothing from ``pipeline``. Same calibration images as the ONNX Runtime path (letterboxed,
-from the dataset's train split) and the same layers kept in fp32 (``quantize.nodes_to_exclude``: the
-head's output convs, the prototype output conv, the DFL and the decode arithmetic). NNCF places the
+from the dataset's train split). Kept in fp32: ``quantize.nodes_to_exclude``'s full set (the head's
+output convs, the prototype output conv, the DFL and the decode arithmetic); unlike ONNX Runtime,
+OpenVINO ran faster with the output convs in fp32 too (demo model, 320, b1/b4: 1.66x/1.82x fp32 against
+1.55x/1.75x with only the decode kept). NNCF places the
 quantisers where OpenVINO's CPU plugin fuses them, which a QDQ graph from ONNX Runtime does not
 always give it: on the demo model at 640 (held-out set, 2 cores) NNCF lost 0.004 mask mAP50-95 at
 2.0-2.4x OpenVINO fp32 speed, the QDQ route 0.005 at 2.0-2.1x.

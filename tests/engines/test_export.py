@@ -123,10 +123,15 @@ def test_int8_onnx(model: Path, onnx_dynamic: Path, coco128: Path, real_batch: t
     assert b.meta.precision == "int8" and b.meta.extra["int8"]["calib_images"] == 4
     ops = {n.op_type for n in proto.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
-    # The head's output convs stay fp32: their weights are float initialisers, not dequantised int8.
+    # The DFL stays fp32 (its weights a float initialiser, not dequantised int8); the head's output convs
+    # are quantised (their weights come out of a DequantizeLinear).
     inits = {i.name: i.data_type for i in proto.graph.initializer}
-    outs = [n for n in proto.graph.node if n.op_type == "Conv" and "/cv3.0/cv3.0.2/" in n.name]
-    assert outs and inits.get(outs[0].input[1]) == onnx.TensorProto.FLOAT
+    producers = {o: n.op_type for n in proto.graph.node for o in n.output}
+    convs = {n.name: n for n in proto.graph.node if n.op_type == "Conv"}
+    dfl = [n for name, n in convs.items() if "/dfl/" in name]
+    outs = [n for name, n in convs.items() if "/cv3.0/cv3.0.2/" in name]
+    assert dfl and inits.get(dfl[0].input[1]) == onnx.TensorProto.FLOAT
+    assert outs and producers.get(outs[0].input[1]) == "DequantizeLinear"
     (pq, _), (pf, _) = b(real_batch), load_backend(onnx_dynamic)(real_batch)
     # Same confident objects: the best anchor per image has the same class and a close score.
     for i in range(2):
@@ -182,6 +187,9 @@ def test_nodes_to_exclude_names_the_head_outputs(onnx_dynamic: Path) -> None:
     for part in ("/cv2.0/cv2.0.2/", "/cv3.2/cv3.2.2/", "/cv4.1/cv4.1.2/", "/proto/cv3/", "/dfl/"):
         assert any(part in n for n in names), part
     assert not any("/cv2.0/cv2.0.0/" in n or n.startswith("/model.21/") for n in names)
+    decode = nodes_to_exclude(onnx.load(str(onnx_dynamic)), output_convs=False)
+    assert set(decode) < set(names) and any("/dfl/" in n for n in decode)
+    assert not any(part in n for n in decode for part in ("/cv2.0/cv2.0.2/", "/cv4.1/cv4.1.2/", "/proto/cv3/"))
 
 
 # --- CLI ------------------------------------------------------------------------------------------------------
