@@ -262,6 +262,22 @@ def test_openvino_round_trip_and_async_chunks(tmp_path: Path, onnx_dynamic: Path
     assert load_backend(folder / "model.xml").meta.names == NAMES  # the .xml path works too
 
 
+def test_openvino_small_batches_use_every_thread(tmp_path: Path, onnx_dynamic: Path) -> None:
+    """With two threads the THROUGHPUT compilation has two single-thread streams; a batch of one runs on
+    the LATENCY compilation instead (same model, same answers)."""
+    pytest.importorskip("openvino")
+    folder = _tiny_ir(tmp_path / "t_openvino_model", onnx_dynamic, record("openvino", dynamic=True, batch=(1, 3)))
+    b = load_backend(folder, options=BackendOptions(threads=2))
+    assert b.jobs == 2 and b._single is not None
+    x = torch.rand(3, 3, 64, 96)
+    pred, proto = b(x)  # 3 >= 2 jobs: the async queue
+    for i in range(3):
+        p1, q1 = b(x[i:i + 1])  # 1 < 2 jobs: the latency request
+        assert p1.dtype == torch.float32 and p1.shape == pred[i:i + 1].shape
+        torch.testing.assert_close(p1, pred[i:i + 1], atol=1e-4, rtol=0)
+        torch.testing.assert_close(q1, proto[i:i + 1], atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize("meta, error, match", [
     (None, ModelError, "no segpipe metadata"),
     ({**record("openvino"), "task": "detect"}, ModelError, "a 'detect' model"),
