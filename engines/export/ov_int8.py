@@ -7,7 +7,7 @@ OpenVINO ran faster with the output convs in fp32 too (demo model, 320, b1/b4: 1
 1.55x/1.75x with only the decode kept). NNCF places the
 quantisers where OpenVINO's CPU plugin fuses them, which a QDQ graph from ONNX Runtime does not
 always give it: on the demo model at 640 (held-out set, 2 cores) NNCF lost 0.004 mask mAP50-95 at
-2.0-2.4x OpenVINO fp32 speed, the QDQ route 0.005 at 2.0-2.1x.
+1.8-2.4x OpenVINO fp32 speed (batch 1-8), the QDQ route 0.005 at less.
 """
 
 from __future__ import annotations
