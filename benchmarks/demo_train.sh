@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# The exact recipe that made engines/assets/demo-seg.pt (see engines/assets/README.md for the figures).
+# The exact recipes of the demo model (see engines/assets/README.md for the figures). The shipped
+# engines/assets/demo-seg.pt is the CUDA recipe's (gpu-data, gpu-train, gpu-finetune, gpu-package2, run by
+# benchmarks/gpu_session.sh on one H200); the CPU recipe made the previous, smaller model.
 #
-#   benchmarks/demo_train.sh [data|train|finetune|stage3|stage4|val|package|all]     (default: all)
+#   benchmarks/demo_train.sh [data|train|finetune|stage3|stage4|val|package|all]     (the CPU recipe; default: all)
 #   benchmarks/demo_train.sh [gpu-data|gpu-train|gpu-val|gpu-package|gpu]             (the CUDA recipe)
 #   benchmarks/demo_train.sh [gpu-finetune|gpu-val2|gpu-package2]                      (its second stage)
 #
 # WORK (default /tmp/segpipe-demo) holds the generated data and the runs; nothing is written into the repo
-# except, by `package`, engines/assets/demo-seg.pt. Made in two CPU sessions on 2 cores: `train` and
+# except, by the package stages, engines/assets/demo-seg.pt. The CPU recipe took two sessions on 2 cores: `train` and
 # `finetune` in the first (shared cores: one torch thread, because with more threads than free cores
 # torch's OpenMP pool spins and a step gets ~10x slower), `stage3` and `stage4` in the second (quiet
 # cores: OMP_NUM_THREADS=2 set by the caller, the script run under nice -n 19).
