@@ -24,6 +24,35 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One torch intra-op thread for a module's model tests: two spinning OpenMP threads per process
+    crawl on a shared 2-core box; the previous count is restored after the module."""
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+@pytest.fixture
+def strict_fp32() -> Iterator[None]:
+    """fp32 means fp32 on CUDA too (no TF32) while a test runs, so CUDA must agree with the CPU to float
+    rounding; torch's flags are restored after. Nothing to do without CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        yield
+        return
+    prev = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = prev
+
+
 @pytest.fixture(autouse=True)
 def _restore_rng() -> Iterator[None]:
     """Tests may seed freely; the global RNG state is put back afterwards."""

@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +60,7 @@ PREDICT_NMS = NMSConfig(conf=CONF, iou=0.7, max_det=300)
 VAL_NMS = NMSConfig(conf=0.001, iou=0.7, max_det=300)  # many low-score candidates: NMS does real work
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+pytestmark = pytest.mark.usefixtures("one_thread", "strict_fp32")  # tests/conftest.py
 
 
 # ------------------------------------------------------------------------------------ shared helpers
@@ -162,29 +162,6 @@ def assert_raw_close(pred: torch.Tensor, proto: torch.Tensor, ref: tuple[torch.T
     assert_rel_close(pred[:, 4:4 + NC], rp[:, 4:4 + NC], rel, f"{what} scores")
     assert_rel_close(pred[:, 4 + NC:], rp[:, 4 + NC:], rel, f"{what} mask coefficients")
     assert_rel_close(proto, rproto, rel, f"{what} prototypes")
-
-
-@pytest.fixture(autouse=True)
-def _strict_fp32() -> Iterator[None]:
-    """fp32 means fp32 on CUDA too (no TF32) while a test runs; torch's flags are restored after."""
-    if not torch.cuda.is_available():
-        yield
-        return
-    prev = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = prev
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread for the CPU side, as the other model tests (2 shared cores in CI)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -115,6 +115,16 @@ def test_fp16_onnx_close_to_fp32(model: Path, onnx_dynamic: Path, real_batch: to
 
 # --- INT8 ------------------------------------------------------------------------------------------------------
 
+def _assert_same_confident_objects(pq: torch.Tensor, pf: torch.Tensor) -> None:
+    """INT8 predictions ``pq`` against fp32 ``pf`` (N, 4+80+32, A): the best anchor per image has the same
+    class and a close score."""
+    for i in range(pf.shape[0]):
+        sq, sf = pq[i, 4:84], pf[i, 4:84]
+        best = sf.max(0).values.argmax()
+        assert sq[:, best].argmax() == sf[:, best].argmax()
+        assert abs(float(sq[:, best].max() - sf[:, best].max())) < 0.1
+
+
 def test_int8_onnx(model: Path, onnx_dynamic: Path, coco128: Path, real_batch: torch.Tensor, tmp_path: Path) -> None:
     q = export(model, format="onnx", imgsz=IMGSZ, int8=True, data=str(coco128 / "coco128-seg.yaml"),
                calib_images=4, out=tmp_path / "q.onnx")
@@ -132,13 +142,7 @@ def test_int8_onnx(model: Path, onnx_dynamic: Path, coco128: Path, real_batch: t
     outs = [n for name, n in convs.items() if "/cv3.0/cv3.0.2/" in name]
     assert dfl and inits.get(dfl[0].input[1]) == onnx.TensorProto.FLOAT
     assert outs and producers.get(outs[0].input[1]) == "DequantizeLinear"
-    (pq, _), (pf, _) = b(real_batch), load_backend(onnx_dynamic)(real_batch)
-    # Same confident objects: the best anchor per image has the same class and a close score.
-    for i in range(2):
-        sq, sf = pq[i, 4:84], pf[i, 4:84]
-        best = sf.max(0).values.argmax()
-        assert sq[:, best].argmax() == sf[:, best].argmax()
-        assert abs(float(sq[:, best].max() - sf[:, best].max())) < 0.1
+    _assert_same_confident_objects(b(real_batch)[0], load_backend(onnx_dynamic)(real_batch)[0])
 
 
 def test_int8_openvino_with_nncf(model: Path, onnx_dynamic: Path, coco128: Path, real_batch: torch.Tensor,
@@ -159,12 +163,7 @@ def test_int8_openvino_with_nncf(model: Path, onnx_dynamic: Path, coco128: Path,
     outs = [op for op in ir.get_ops() if op.get_type_name() == "Convolution" and "/cv3.0/cv3.0.2/" in op.get_friendly_name()]
     assert outs and all(i.get_node().get_type_name() != "FakeQuantize" for o in outs
                         for i in (v.get_source_output() for v in o.inputs()))
-    (pq, _), (pf, _) = b(real_batch), load_backend(onnx_dynamic)(real_batch)
-    for i in range(2):
-        sq, sf = pq[i, 4:84], pf[i, 4:84]
-        best = sf.max(0).values.argmax()
-        assert sq[:, best].argmax() == sf[:, best].argmax()
-        assert abs(float(sq[:, best].max() - sf[:, best].max())) < 0.1
+    _assert_same_confident_objects(b(real_batch)[0], load_backend(onnx_dynamic)(real_batch)[0])
 
 
 def test_int8_openvino_without_nncf_says_what_to_install(model: Path, tmp_path: Path,

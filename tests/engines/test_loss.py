@@ -115,15 +115,6 @@ def test_no_labels_gives_background_only_loss_with_whole_graph():
     assert all(f.grad is not None and torch.isfinite(f.grad).all() for f in out.feats)
 
 
-@pytest.fixture
-def one_thread():
-    """Two spinning OpenMP threads per process crawl on a shared 2-core box; one is faster."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
 def test_backward_gives_finite_grads_for_every_model_parameter(one_thread):
     from engines.nn.model import SegmentationModel
 

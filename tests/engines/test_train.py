@@ -178,16 +178,6 @@ def test_config_record_round_trip():
 
 # ------------------------------------------------------------------------------------ real training
 
-@pytest.fixture(scope="module")
-def one_thread():
-    """Training tests use one intra-op thread: on a shared 2-core box two spinning OpenMP threads
-    per process make every op many times slower."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
 TINY = dict(imgsz=64, batch=4, nbs=4, workers=0, device="cpu", close_mosaic=0, val=False)
 
 

@@ -7,20 +7,11 @@ import csv
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from engines.train import train
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "ultralytics" / "yolov8n-seg-coco8.pt"
-
-
-@pytest.fixture
-def one_thread():  # type: ignore[no-untyped-def]
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
 
 
 @pytest.mark.slow

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,15 +27,8 @@ from engines.nn import SegmentationModel, make_anchors
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ultralytics"
 CKPT = FIXTURES / "yolov8n-seg-coco8.pt"
 REFERENCE = json.loads((FIXTURES / "predict.json").read_text())
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 IMAGES = sorted(REFERENCE["images"])
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -45,13 +45,17 @@ def frame_index(image: np.ndarray) -> int:
 
 
 def write_clip(path: Path, *, frames: int = 30, size: tuple[int, int] = (320, 240), fps: int = 15,
-               gop: int = 10, start: int = 0, pts: list[int] | None = None) -> Path:
+               gop: int = 10, start: int = 0, pts: list[int] | None = None,
+               images: list[np.ndarray] | None = None, crf: int = 18) -> Path:
     """Encode ``frames`` synthetic frames as H.264 (yuv420p) into ``path`` (.mp4, .ts or .mkv).
 
     ``gop`` is the keyframe interval in frames: small values keep truncated files decodable.
     ``pts``: each frame's timestamp in 1/fps units (default 0, 1, 2, ...; gaps make a stalling clip).
+    ``images``: encode these BGR frames instead (``frames`` and ``size`` then come from them).
     Returns ``path``.
     """
+    if images is not None:
+        frames, size = len(images), (images[0].shape[1], images[0].shape[0])
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as out:
         stream = out.add_stream("libx264", rate=fps)
@@ -59,9 +63,10 @@ def write_clip(path: Path, *, frames: int = 30, size: tuple[int, int] = (320, 24
         stream.pix_fmt = "yuv420p"
         stream.time_base = Fraction(1, fps)
         stream.options = {"preset": "ultrafast", "tune": "zerolatency", "g": str(gop),
-                          "keyint_min": str(gop), "crf": "18"}
+                          "keyint_min": str(gop), "crf": str(crf)}
         for i in range(frames):
-            frame = av.VideoFrame.from_ndarray(make_frame(start + i, size=size), format="bgr24")
+            img = images[i] if images is not None else make_frame(start + i, size=size)
+            frame = av.VideoFrame.from_ndarray(img, format="bgr24")
             frame.pts = i if pts is None else pts[i]
             for packet in stream.encode(frame):
                 out.mux(packet)

@@ -23,7 +23,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from fractions import Fraction
 from pathlib import Path
 
 import cv2
@@ -60,23 +59,10 @@ from tests.engines.test_cuda_paths import (
 NMS = NMSConfig(conf=0.25, iou=0.7, max_det=50)
 NCAM = 3
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+pytestmark = pytest.mark.usefixtures("strict_fp32")  # tests/conftest.py
 # The stage against its own recipe on CPU. Not tighter: CPU and CUDA round a few letterbox pixels
 # differently (one grey level), which moves boxes by hundredths of a pixel; real faults move them more.
 STRICT = dict(box_px=0.25, score_tol=5e-3, min_iou=0.95)
-
-
-@pytest.fixture(autouse=True)
-def _strict_fp32() -> Iterator[None]:
-    """No TF32 on CUDA while a test runs (fp32 must agree with the CPU to float rounding)."""
-    if not torch.cuda.is_available():
-        yield
-        return
-    prev = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = prev
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -467,33 +453,13 @@ def _graph_stage_worker(conn) -> None:  # noqa: ANN001 - a multiprocessing Conne
 @pytest.mark.gpu
 def test_stage_with_cuda_graph_backend() -> None:
     """A torch backend with CUDA graphs in the threaded stage: graphs for new batch sizes are captured
-    on the inference thread while the upload and post threads keep using the GPU. (No run config
-    turns cuda_graph on for the stage today; this says whether it could.)"""
+    on the inference thread while the upload and post threads keep using the GPU (what
+    ``model.cuda_graph`` does, beyond the start-up captures of DeviceStage.warmup)."""
     status, result = run_isolated(_graph_stage_worker, timeout=150)
     assert status == "ok", result
     out, graphs = result
     assert len(graphs) >= 3, graphs
     assert check_results(out, host_resize=False, what="cuda graphs") > 0
-
-
-def _write_clip(path: Path, frames: list[np.ndarray], fps: int = 10) -> Path:
-    import av
-
-    h, w = frames[0].shape[:2]
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height = w, h
-        stream.pix_fmt = "yuv420p"
-        stream.time_base = Fraction(1, fps)
-        stream.options = {"preset": "ultrafast", "tune": "zerolatency", "crf": "12", "g": "10"}
-        for i, img in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(img, format="bgr24")
-            frame.pts = i
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
 
 
 def _decode(path: Path) -> list[np.ndarray]:
@@ -510,13 +476,15 @@ def test_segpipe_run_end_to_end(device: str, tmp_path: Path) -> None:
     batch together): the supervisor spawns the device stage in its own process (CUDA initialised
     there), every frame is inferred and published to the JSONL sink, and each event's detections
     equal the reference computed here from the same decoded frames."""
+    from tests.pipeline.media import write_clip  # imports PyAV, which the GPU machine may lack
+
     decoded: dict[str, list[np.ndarray]] = {}
     cameras = []
     for i in range(NCAM):
         img = frame_variant(i)
         h, w = img.shape[0] // 2 * 2, img.shape[1] // 2 * 2  # H.264 4:2:0 wants even sizes
-        clip = _write_clip(tmp_path / f"cam{i}.mp4",
-                           [np.ascontiguousarray(frame_variant(i, alt=k % 2 == 1)[:h, :w]) for k in range(4)])
+        images = [np.ascontiguousarray(frame_variant(i, alt=k % 2 == 1)[:h, :w]) for k in range(4)]
+        clip = write_clip(tmp_path / f"cam{i}.mp4", images=images, fps=10, crf=12)
         decoded[f"cam{i}"] = _decode(clip)
         assert len(decoded[f"cam{i}"]) == 4
         cameras.append({"id": f"cam{i}", "url": str(clip), "lossless": True, "realtime": False})
