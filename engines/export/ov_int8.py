@@ -51,8 +51,8 @@ def _quiet(name: str = "nncf") -> Iterator[None]:
 
 def quantize_openvino(model: Any, traced: onnx.ModelProto, spec: ExportSpec) -> tuple[Any, dict[str, Any]]:
     """INT8 copy of the ``openvino.Model`` converted from ``traced`` (the fp32 ONNX graph, whose node
-    names the IR keeps), and a record of how it was made."""
-    require_nncf()
+    names the IR keeps), and a record of how it was made. The exporter calls :func:`require_nncf` first,
+    before any tracing."""
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
