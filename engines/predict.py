@@ -42,13 +42,14 @@ class PredictConfig:
 
 
 class SegModel:
-    """A loaded segmentation model on one backend and device."""
+    """A loaded segmentation model on one backend and device (``threads``: intra-op CPU threads of the
+    backend's runtime, 0 = its default)."""
 
     def __init__(self, model: str | Path, *, device: str | torch.device | None = "cpu",
-                 backend: str = "auto", half: bool = False, cuda_graph: bool = False) -> None:
+                 backend: str = "auto", half: bool = False, cuda_graph: bool = False, threads: int = 0) -> None:
         self.path = Path(model)
-        self.backend: Backend = load_backend(model, device=device, backend=backend,
-                                             options=BackendOptions(half=half, cuda_graph=cuda_graph))
+        self.backend: Backend = load_backend(model, device=device, backend=backend, options=BackendOptions(
+            half=half, cuda_graph=cuda_graph, threads=threads))
 
     @property
     def names(self) -> tuple[str, ...]:

@@ -65,6 +65,18 @@ def test_bad_sources(model: SegModel, tmp_path: Path, source: str, error: type, 
         model(str(tmp_path / source))
 
 
+def test_threads_reach_the_runtime() -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        SegModel(FIXTURE, threads=1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_missing_and_corrupt_models(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="not found"):
         SegModel(tmp_path / "nope.pt")
