@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engines.data.augment import AugmentConfig
 from engines.errors import ConfigError
 from engines.train.optim import OPTIMIZERS
 
@@ -83,6 +84,10 @@ class TrainConfig:
         for name, ok, msg in checks:
             if not ok:
                 raise ConfigError(f"train.{name}", f"{msg}, got {getattr(self, name)!r}")
+        try:  # at load, not minutes later when the loader is built
+            AugmentConfig.from_dict(self.hyp)
+        except ConfigError as e:
+            raise ConfigError(f"train.{e.path}", e.msg) from None
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with some fields changed (checked again)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 NAME = "train"
 HELP = "train or fine-tune a segmentation model on a data YAML"
@@ -45,6 +46,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--nbs", type=int, default=64,
                    help="nominal batch: gradients accumulate to about this many images per optimizer step")
+    aug = p.add_argument_group("augmentation and mask targets (Ultralytics' names and defaults; e.g. --mosaic 0 "
+                               "or mosaic=0)")
+    notes = {"mask_ratio": "ground-truth masks at 1/N of the input; lower keeps thin structures, costs memory"}
+    for f in _hyp_fields():
+        aug.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None, metavar="N",
+                         help=f"{notes[f.name] + '; ' if f.name in notes else ''}default {f.default}")
+
+
+def _hyp_fields() -> list[dataclasses.Field]:
+    from engines.data.augment import AugmentConfig
+
+    # close_mosaic is a run setting with its own flag above
+    return [f for f in dataclasses.fields(AugmentConfig) if f.name != "close_mosaic"]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,8 +72,9 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         if not e.path.startswith("train."):
             raise
-        # The engine names its fields ("train.imgsz"); here the user typed flags.
-        raise ConfigError("--" + e.path.removeprefix("train.").replace("_", "-"), e.msg) from None
+        # The engine names its fields ("train.imgsz", "train.hyp.mosaic"); here the user typed flags.
+        flag = e.path.removeprefix("train.").removeprefix("hyp.")
+        raise ConfigError("--" + flag.replace("_", "-"), e.msg) from None
     return 0
 
 
@@ -71,5 +86,5 @@ def _train(train, args: argparse.Namespace) -> None:  # noqa: ANN001 - engines.t
         seed=args.seed, deterministic=args.deterministic, optimizer=args.optimizer, lr0=args.lr0, lrf=args.lrf,
         cos_lr=args.cos_lr, warmup_epochs=args.warmup_epochs, close_mosaic=args.close_mosaic,
         patience=args.patience, val=args.val, fraction=args.fraction, amp=args.amp, plots=args.plots,
-        nbs=args.nbs,
+        nbs=args.nbs, hyp={f.name: v for f in _hyp_fields() if (v := getattr(args, f.name)) is not None},
     )

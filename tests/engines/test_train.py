@@ -165,9 +165,11 @@ def test_pack_and_restore_round_trip(name):
     ("fraction", 1.5, "train.fraction: must be in"),
     ("optimizer", "adamax", "unknown optimizer 'adamax'"),
     ("lrf", 0.0, "train.lrf"),
+    ("hyp", {"mosaic": 2.0}, "train.hyp.mosaic: expected a number in [0, 1], got 2.0"),
+    ("hyp", {"mosiac": 0.0}, "train.hyp.mosiac: unknown augmentation setting"),
 ])
 def test_config_rejects_bad_values(field, value, error):
-    with pytest.raises(ConfigError, match=error.replace("(", r"\(")):
+    with pytest.raises(ConfigError, match=re.escape(error)):
         TrainConfig(data="d.yaml", **{field: value})
 
 
@@ -310,6 +312,8 @@ def test_failed_write_leaves_the_previous_best(tmp_path, monkeypatch, one_thread
     (["--data", "{data}", "--imgsz", "100"], 2, "--imgsz: must be a multiple of 32 (>= 32), got 100"),
     (["--data", "{data}", "--optimizer", "lion"], 2, "--optimizer: unknown optimizer 'lion'"),
     (["--data", "{data}", "--close-mosaic", "-1"], 2, "--close-mosaic: must be >= 0"),
+    (["--data", "{data}", "--mosaic", "2"], 2, "--mosaic: expected a number in [0, 1], got 2.0"),
+    (["--data", "{data}", "mask_ratio=0"], 2, "--mask-ratio: expected a positive integer, got 0"),
     (["--data", "{tmp}/nope.yaml"], 1, "data YAML not found"),
     (["--data", "{data}", "--model", "{tmp}/nope.pt"], 1, "nope.pt: checkpoint not found"),
     (["--resume", "--out", "{tmp}/no-run"], 2, "nothing to resume"),
@@ -328,15 +332,17 @@ def test_cli_reports_user_mistakes_on_one_line(tmp_path, capsys, args, code, err
 
 
 def test_cli_trains_with_ultralytics_spelling(tmp_path, capsys, one_thread):
+    from engines.checkpoint import load_checkpoint
     from pipeline.cli import main
 
     data = make_shapes_dataset(tmp_path / "data", n=4, size=128)
     argv = ["train", f"data={data}", "epochs=1", "imgsz=64", "batch=4", "workers=0", "device=cpu",
-            f"--out={tmp_path / 'run'}", "--no-plots"]
+            f"--out={tmp_path / 'run'}", "--no-plots", "mosaic=0", "mask_ratio=2", "--fliplr", "0"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "optimizer: AdamW(lr=0.001667, momentum=0.9)" in out  # auto: short run, 2 classes
-    assert (tmp_path / "run" / "weights" / "best.pt").is_file()
+    best = load_checkpoint(tmp_path / "run" / "weights" / "best.pt")
+    assert best.meta.train_args["hyp"] == {"mosaic": 0.0, "mask_ratio": 2, "fliplr": 0.0}
 
 
 ULTRALYTICS_PT = Path(__file__).resolve().parents[1] / "fixtures" / "ultralytics" / "yolov8n-seg-coco8.pt"
