@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 from PIL import Image
 
+from engines.data.polygons import mask_outline, merge_polygons
 from engines.errors import DataError
 
 LOG = logging.getLogger("segpipe.data")
@@ -56,34 +56,11 @@ class ConvertReport:
                 f"{self.no_mask} without a mask -> {self.yaml_file}")
 
 
-def merge_polygons(polys: list[np.ndarray]) -> np.ndarray:
-    """Join polygons (each (k_i, 2)) into one by zero-width bridges between their nearest points.
-
-    Each next polygon is spliced in at the vertex of the merged outline nearest to it: walk there,
-    go round the new polygon, come back, continue. The filled area is the union of the inputs.
-    """
-    merged = np.asarray(polys[0], np.float64)
-    for p in polys[1:]:
-        p = np.asarray(p, np.float64)
-        d = ((merged[:, None, :] - p[None, :, :]) ** 2).sum(-1)
-        i, j = np.unravel_index(int(d.argmin()), d.shape)
-        loop = np.concatenate((np.roll(p, -j, 0), p[j:j + 1]))  # round p, back to its first point
-        merged = np.concatenate((merged[:i + 1], loop, merged[i:]))
-    return merged
-
-
 def mask_to_polygon(mask: np.ndarray) -> np.ndarray | None:
-    """Outline of a (H, W) binary mask as one (k, 2) float64 pixel polygon, or None when empty.
-
-    Traces outer contours (holes are filled) through boundary pixel centres (``index + 0.5``) and
-    joins several parts with ``merge_polygons``.
-    """
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    parts = [c.reshape(-1, 2).astype(np.float64) + 0.5 for c in contours if len(c) >= 3]
-    if not parts:
-        return None
-    parts.sort(key=lambda c: -cv2.contourArea(c.astype(np.float32)))
-    return merge_polygons(parts)
+    """Outline of a (H, W) binary mask as one (k, 2) float64 pixel polygon (holes filled), or None when
+    empty; several parts are joined by zero-width bridges (``engines.data.polygons.mask_outline``)."""
+    poly = mask_outline(mask, holes=False)
+    return poly if len(poly) else None
 
 
 def annotation_polygon(seg: Any, h: int, w: int, where: str) -> np.ndarray | None:

@@ -13,8 +13,8 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from engines.data import SegDataset, load_data_yaml, parse_label_file
-from engines.data.convert import coco_to_yolo, merge_polygons
-from engines.data.polygons import rasterize
+from engines.data.convert import coco_to_yolo
+from engines.data.polygons import merge_polygons, rasterize
 from engines.errors import DataError
 from pipeline.cli import main
 

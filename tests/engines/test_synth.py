@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 import pytest
 
@@ -61,7 +62,7 @@ def test_dataset_is_byte_identical_for_a_seed_whatever_the_workers(tmp_path: Pat
 def test_label_polygons_reproduce_the_visible_masks(tmp_path: Path) -> None:
     size, seed = (320, 240), 5
     summary = write_dataset(tmp_path / "ds", images=12, size=size, seed=seed, val_fraction=0.0)
-    checked = 0
+    checked, ious = 0, []
     for i in range(12):
         scene = render_scene(np.random.default_rng([seed, i]), "mixed", size)
         lines = (summary.root / "labels" / "train" / f"synth_{i:06d}.txt").read_text().splitlines()
@@ -71,10 +72,32 @@ def test_label_polygons_reproduce_the_visible_masks(tmp_path: Path) -> None:
             assert cid == cls
             assert poly.min() >= 0 and poly.max() <= 1
             ys, xs = np.nonzero(mask)
+            iou = _iou(polygon_to_mask(poly, *size, normalized=True), mask)
+            ious.append(iou)
             if xs.max() - xs.min() >= 32 and ys.max() - ys.min() >= 32:
-                assert _iou(polygon_to_mask(poly, *size, normalized=True), mask) > 0.9
+                assert iou > 0.98
                 checked += 1
     assert checked >= 12
+    assert np.mean(ious) > 0.98  # small and thin objects too
+
+
+def test_thin_strokes_survive_the_trainer_and_the_validator() -> None:
+    """Labels are traced along pixel edges: tracing through boundary pixel centres lost half of every
+    2-px stroke once the trainer filled the polygon again (bicycle labels kept a third of their pixels)."""
+    from engines.data.polygons import rasterize
+    from engines.val.truth import rasterize_polygon
+
+    m = np.zeros((100, 120), np.uint8)
+    cv2.line(m, (5, 10), (110, 90), 1, 2)
+    cv2.circle(m, (60, 50), 30, 1, 2)  # a tyre: a ring with a hole
+    m[80:82, 10:40] = 1  # a 2-px bar
+    m = m.astype(bool)
+    poly = mask_to_polygon(m)
+    assert _iou(rasterize([poly.astype(np.float64)], 100, 120, 1)[0].astype(bool), m) > 0.99  # training targets
+    crop, (x0, y0, x1, y1) = rasterize_polygon(poly, (100, 120))
+    val = np.zeros_like(m)
+    val[y0:y1, x0:x1] = crop
+    assert _iou(val, m) > 0.95  # validation ground truth (cv2.fillPoly also draws the zero-width bridges)
 
 
 def test_polygon_keeps_holes_and_separate_parts() -> None:
@@ -86,7 +109,7 @@ def test_polygon_keeps_holes_and_separate_parts() -> None:
     back = polygon_to_mask(poly, 120, 100)
     assert not back[40, 40]  # the hole stays empty
     assert back[80, 100]  # the separate part is filled
-    assert _iou(back, m) > 0.95
+    assert _iou(back, m) > 0.99
     assert mask_to_polygon(np.zeros((10, 10), bool)).shape == (0, 2)
 
 
