@@ -120,6 +120,37 @@ def mask_loss(
     return (crop_mask(bce, boxes).mean(dim=(1, 2)) / area).sum()
 
 
+def mask_loss_in_boxes(
+    masks: Tensor, inst: Tensor, coeffs: Tensor, proto: Tensor, boxes: Tensor, area: Tensor
+) -> Tensor:
+    """:func:`mask_loss` with logits computed only inside each box: the same value, for the sum of the
+    boxes' areas instead of ``F x h x w`` (which at full-resolution masks, ``mask_ratio`` 1, is 16x the
+    memory and work of the usual 1/4 grid, most of it on pixels the crop then zeroes).
+
+    masks: ``(M, h, w)`` 0/1 gt masks of the batch, indexed by ``inst`` ``(F,)`` (each positive's gt);
+    the other arguments as in :func:`mask_loss`. Positives of one gt share its box and mask, so each gt
+    is one product. Pixel column ``c`` is inside when ``x1 <= c < x2``, as :func:`crop_mask` has it.
+    """
+    h, w = proto.shape[-2:]
+    lo = boxes[:, :2].ceil().clamp(min=0)
+    hi = torch.minimum(boxes[:, 2:].ceil(), torch.tensor([w, h], device=boxes.device, dtype=boxes.dtype))
+    bounds = torch.cat((lo, hi), 1).long().tolist()  # one device sync
+    groups: dict[int, list[int]] = {}
+    for k, g in enumerate(inst.tolist()):
+        groups.setdefault(g, []).append(k)
+    total = proto.new_zeros(())
+    for g, idx in groups.items():
+        x0, y0, x1, y1 = bounds[idx[0]]
+        if x1 <= x0 or y1 <= y0:
+            continue
+        sel = torch.tensor(idx, device=coeffs.device)
+        logits = torch.einsum("fn,nhw->fhw", coeffs[sel], proto[:, y0:y1, x0:x1])
+        target = masks[g, y0:y1, x0:x1].to(logits.dtype).expand_as(logits)
+        bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        total = total + (bce.sum(dim=(1, 2)) / (h * w) / area[sel]).sum()
+    return total
+
+
 class SegLoss:
     """Callable ``loss(out, batch) -> (total, items)`` for YOLOv8-seg.
 
@@ -193,6 +224,8 @@ class SegLoss:
         self, asg: Assignment, gt: PaddedTargets, masks: Tensor, proto: Tensor, coeffs: Tensor, imgsz: Tensor
     ) -> Tensor:
         """Mean over positives of the per-instance box-normalised mask BCE (see :func:`mask_loss`)."""
+        # Masks finer than the prototypes (mask_ratio < 4): whole-map products would mostly be cropped away.
+        fine = masks.shape[-1] > proto.shape[-1]
         if tuple(masks.shape[-2:]) != tuple(proto.shape[-2:]):
             # Labels drawn at another ratio: bring the prototypes to the mask grid, not the reverse,
             # so thin gt structures are not lost to nearest-neighbour downsampling.
@@ -208,5 +241,8 @@ class SegLoss:
                 continue
             fg = asg.fg_mask[i]
             inst = gt.inst[i, asg.gt_idx[i, fg]]
-            loss = loss + mask_loss(masks[inst].float(), coeffs[i, fg], proto[i], mboxes[i, fg], area[i, fg])
+            if fine:
+                loss = loss + mask_loss_in_boxes(masks, inst, coeffs[i, fg], proto[i], mboxes[i, fg], area[i, fg])
+            else:
+                loss = loss + mask_loss(masks[inst].float(), coeffs[i, fg], proto[i], mboxes[i, fg], area[i, fg])
         return loss / asg.fg_mask.sum().clamp(min=1)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from engines.train.boxes import bbox_ciou, crop_mask
-from engines.train.loss import SegLoss, dfl_loss, mask_loss, pad_targets
+from engines.train.loss import SegLoss, dfl_loss, mask_loss, mask_loss_in_boxes, pad_targets
 
 REF = Path(__file__).parent / "fixtures" / "train" / "loss_ref.npz"
 
@@ -62,6 +62,39 @@ def test_mask_loss_perfect_prediction_is_zero_and_chance_is_log2():
     noisy = proto.clone()
     noisy[0, 6:, 6:] = 5.0
     assert float(mask_loss(gt, torch.eye(2) * 100, noisy, boxes, area)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_mask_loss_in_boxes_equals_the_whole_map_loss_and_its_gradients():
+    g = torch.Generator().manual_seed(0)
+    h, w, nm = 40, 56, 8
+    masks = (torch.rand(3, h, w, generator=g) > 0.5).to(torch.uint8)
+    inst = torch.tensor([2, 0, 2, 1, 0, 2])  # positives share gts, out of order
+    gt_boxes = torch.tensor([[3.2, 4.7, 20.5, 30.0], [-2.0, 10.3, 12.0, 45.9], [30.1, 0.0, 61.0, 39.99]])
+    boxes, area = gt_boxes[inst], torch.rand(6, generator=g) * 0.3 + 0.05
+    coeffs = torch.randn(6, nm, generator=g, dtype=torch.float64, requires_grad=True)
+    proto = torch.randn(nm, h, w, generator=g, dtype=torch.float64, requires_grad=True)
+    want = mask_loss(masks[inst].double(), coeffs, proto, boxes, area)
+    gc, gp = torch.autograd.grad(want, (coeffs, proto))
+    got = mask_loss_in_boxes(masks, inst, coeffs, proto, boxes, area)
+    hc, hp = torch.autograd.grad(got, (coeffs, proto))
+    assert float(got.detach()) == pytest.approx(float(want.detach()), rel=1e-12)
+    assert torch.allclose(hc, gc, atol=1e-12) and torch.allclose(hp, gp, atol=1e-12)
+
+
+def test_fine_masks_take_the_in_box_route_with_the_same_loss(monkeypatch):
+    """mask_ratio < 4 (masks finer than the prototypes) goes through mask_loss_in_boxes; the loss is the
+    one the whole-map route gives on the same upsampled prototypes."""
+    import engines.train.loss as L
+
+    out, batch, _ = _ref_inputs()
+    batch.masks = batch.masks.repeat_interleave(4, 1).repeat_interleave(4, 2)  # as if drawn at ratio 1
+    crit = SegLoss(nc=3, strides=[8.0, 16.0, 32.0])
+    calls = []
+    monkeypatch.setattr(L, "mask_loss_in_boxes", lambda *a: calls.append(1) or mask_loss_in_boxes(*a))
+    _, fine = crit(out, batch)
+    monkeypatch.setattr(L, "mask_loss_in_boxes", lambda m, inst, *a: mask_loss(m[inst].float(), *a))
+    _, whole = crit(out, batch)
+    assert calls and torch.allclose(fine, whole, rtol=1e-5)
 
 
 def test_crop_mask_is_half_open():
