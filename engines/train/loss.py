@@ -132,22 +132,24 @@ def mask_loss_in_boxes(
     is one product. Pixel column ``c`` is inside when ``x1 <= c < x2``, as :func:`crop_mask` has it.
     """
     h, w = proto.shape[-2:]
-    lo = boxes[:, :2].ceil().clamp(min=0)
-    hi = torch.minimum(boxes[:, 2:].ceil(), torch.tensor([w, h], device=boxes.device, dtype=boxes.dtype))
-    bounds = torch.cat((lo, hi), 1).long().tolist()  # one device sync
-    groups: dict[int, list[int]] = {}
-    for k, g in enumerate(inst.tolist()):
-        groups.setdefault(g, []).append(k)
+    # Sorted by gt, each gt's positives are one slice: no index tensor (no host-to-device copy) per gt.
+    order = torch.argsort(inst, stable=True)
+    coeffs, area = coeffs[order], area[order]
+    lo = boxes[order, :2].ceil().clamp(min=0)
+    hi = torch.minimum(boxes[order, 2:].ceil(), torch.tensor([w, h], device=boxes.device, dtype=boxes.dtype))
+    rows = torch.cat((inst[order, None].to(lo.dtype), lo, hi), 1).long().tolist()  # one device sync
     total = proto.new_zeros(())
-    for g, idx in groups.items():
-        x0, y0, x1, y1 = bounds[idx[0]]
-        if x1 <= x0 or y1 <= y0:
+    start = 0
+    for end in range(1, len(rows) + 1):
+        if end < len(rows) and rows[end][0] == rows[start][0]:
             continue
-        sel = torch.tensor(idx, device=coeffs.device)
-        logits = torch.einsum("fn,nhw->fhw", coeffs[sel], proto[:, y0:y1, x0:x1])
-        target = masks[g, y0:y1, x0:x1].to(logits.dtype).expand_as(logits)
-        bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-        total = total + (bce.sum(dim=(1, 2)) / (h * w) / area[sel]).sum()
+        g, x0, y0, x1, y1 = rows[start]
+        if x1 > x0 and y1 > y0:
+            logits = torch.einsum("fn,nhw->fhw", coeffs[start:end], proto[:, y0:y1, x0:x1])
+            target = masks[g, y0:y1, x0:x1].to(logits.dtype).expand_as(logits)
+            bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+            total = total + (bce.sum(dim=(1, 2)) / (h * w) / area[start:end]).sum()
+        start = end
     return total
 
 

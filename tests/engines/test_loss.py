@@ -64,15 +64,17 @@ def test_mask_loss_perfect_prediction_is_zero_and_chance_is_log2():
     assert float(mask_loss(gt, torch.eye(2) * 100, noisy, boxes, area)) == pytest.approx(0.0, abs=1e-12)
 
 
-def test_mask_loss_in_boxes_equals_the_whole_map_loss_and_its_gradients():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_mask_loss_in_boxes_equals_the_whole_map_loss_and_its_gradients(device):
     g = torch.Generator().manual_seed(0)
     h, w, nm = 40, 56, 8
     masks = (torch.rand(3, h, w, generator=g) > 0.5).to(torch.uint8)
     inst = torch.tensor([2, 0, 2, 1, 0, 2])  # positives share gts, out of order
     gt_boxes = torch.tensor([[3.2, 4.7, 20.5, 30.0], [-2.0, 10.3, 12.0, 45.9], [30.1, 0.0, 61.0, 39.99]])
     boxes, area = gt_boxes[inst], torch.rand(6, generator=g) * 0.3 + 0.05
-    coeffs = torch.randn(6, nm, generator=g, dtype=torch.float64, requires_grad=True)
-    proto = torch.randn(nm, h, w, generator=g, dtype=torch.float64, requires_grad=True)
+    coeffs = torch.randn(6, nm, generator=g, dtype=torch.float64).to(device).requires_grad_()
+    proto = torch.randn(nm, h, w, generator=g, dtype=torch.float64).to(device).requires_grad_()
+    masks, inst, boxes, area = masks.to(device), inst.to(device), boxes.to(device), area.to(device)
     want = mask_loss(masks[inst].double(), coeffs, proto, boxes, area)
     gc, gp = torch.autograd.grad(want, (coeffs, proto))
     got = mask_loss_in_boxes(masks, inst, coeffs, proto, boxes, area)
