@@ -1,13 +1,14 @@
 """segpipe's CPU predict path against Ultralytics' own ONNX Runtime path, same model, same threads.
 
     .venv/bin/python benchmarks/vs_ultralytics.py --ultralytics-python /tmp/ulvenv/bin/python \
-        [--model tests/fixtures/ultralytics/yolov8n-seg-coco8.pt] [--imgsz 640] [--images 32] [--rounds 3]
+        [--model tests/fixtures/ultralytics/yolov8n-seg-coco8.pt] [--imgsz 640] [--images 32] [--rounds 3] \
+        [--int8-data coco128-seg.yaml]
 
 The reference side runs in another interpreter, one with the ``ultralytics`` package (segpipe never
 imports it): it exports the Ultralytics checkpoint to ONNX with Ultralytics' own exporter and times
 ``YOLO(onnx).predict(image)``, the path Ultralytics documents for CPU deployment. segpipe loads the
 same checkpoint and times ``SegModel(...)(image)`` on each of its CPU backends (its own exports of that
-checkpoint). Both sides get the same decoded BGR images one at a time (batch 1, the latency case), the
+checkpoint; with ``--int8-data`` also its OpenVINO INT8 export, calibrated on that data). Both sides get the same decoded BGR images one at a time (batch 1, the latency case), the
 same confidence and the same intra-op thread count, and both return boxes, classes and masks; file
 decoding is outside the timed call. The two sides take turns image by image set, round by round, so
 load from elsewhere on the machine hits them alike. Prints a markdown table: wall ms per image (median
@@ -100,15 +101,19 @@ class UltralyticsSide:
         self.proc.wait(timeout=60)
 
 
-def our_models(model: Path, imgsz: int, threads: int, workdir: Path) -> dict[str, SegModel]:
+def our_models(model: Path, imgsz: int, threads: int, workdir: Path, int8_data: Path | None) -> dict[str, SegModel]:
     """segpipe on every CPU backend, each from its own export of ``model``."""
     from engines.export import export
 
     out = {"segpipe torch": SegModel(model, threads=threads)}
-    for name, fmt, suffix in (("segpipe onnxruntime", "onnx", ".onnx"),
-                              ("segpipe openvino", "openvino", "_openvino_model")):
+    rows: list[tuple[str, str, str, dict]] = [("segpipe onnxruntime", "onnx", ".onnx", {}),
+                                              ("segpipe openvino", "openvino", "_openvino_model", {})]
+    if int8_data is not None:
+        rows.append(("segpipe openvino int8", "openvino", "_int8_openvino_model",
+                     {"int8": True, "data": str(int8_data)}))
+    for name, fmt, suffix, kw in rows:
         try:
-            path = export(model, format=fmt, imgsz=imgsz, out=workdir / f"segpipe-{imgsz}{suffix}")
+            path = export(model, format=fmt, imgsz=imgsz, out=workdir / f"segpipe-{imgsz}{suffix}", **kw)
         except Exception as e:  # a missing optional runtime drops its row
             print(f"skip {name}: {e}", file=sys.stderr)
             continue
@@ -136,6 +141,8 @@ def main() -> int:
     ap.add_argument("--conf", type=float, default=0.25)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--int8-data", type=Path, default=None,
+                    help="data YAML: also time segpipe's OpenVINO INT8 export calibrated on it")
     args = ap.parse_args()
     if not IMAGES.is_dir():
         ap.error(f"{IMAGES} not found: the benchmark reads real images from ../shared/datasets/coco128-seg")
@@ -149,7 +156,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="segpipe-vs-ul-") as tmp:
         work = Path(tmp)
         ref = UltralyticsSide(args.ultralytics_python, args.model, paths, args.imgsz, args.conf, args.threads, work)
-        ours = our_models(args.model, args.imgsz, args.threads, work)
+        ours = our_models(args.model, args.imgsz, args.threads, work, args.int8_data)
         for m in ours.values():  # warm-up, as the driver did
             time_ours(m, images[:3], args.imgsz, args.conf)
         ms: dict[str, list[float]] = {"ultralytics onnxruntime": [], **{k: [] for k in ours}}
