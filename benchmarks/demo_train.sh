@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # The exact recipes of the demo model (see engines/assets/README.md for the figures). The shipped
-# engines/assets/demo-seg.pt is the CUDA recipe's (gpu-data, gpu-train, gpu-finetune, gpu-package2, run by
-# benchmarks/gpu_session.sh on one H200); the CPU recipe made the previous, smaller model.
+# engines/assets/demo-seg.pt is the CUDA recipe's (gpu-data, gpu-train, gpu-finetune, run by
+# benchmarks/gpu_session.sh on one H200) followed by the masks stage (masks, masks-val, masks-package: full-
+# resolution mask targets, on 2 CPU cores); the CPU recipe made the previous, smaller model.
 #
 #   benchmarks/demo_train.sh [data|train|finetune|stage3|stage4|val|package|all]     (the CPU recipe; default: all)
 #   benchmarks/demo_train.sh [gpu-data|gpu-train|gpu-val|gpu-package|gpu]             (the CUDA recipe)
 #   benchmarks/demo_train.sh [gpu-finetune|gpu-val2|gpu-package2]                      (its second stage)
+#   benchmarks/demo_train.sh [masks|masks-val|masks-package]                           (the third, on a CPU)
+#   benchmarks/demo_train.sh [gpu-masks|gpu-masks-val|gpu-masks-package]              (the third, on a GPU)
 #
 # WORK (default /tmp/segpipe-demo) holds the generated data and the runs; nothing is written into the repo
 # except, by the package stages, engines/assets/demo-seg.pt. The CPU recipe took two sessions on 2 cores: `train` and
@@ -22,6 +25,7 @@ RUN=$WORK/run
 RUN2=$WORK/run2
 RUN3=$WORK/run3
 RUN4=$WORK/run4
+RUN_MASKS=${RUN_MASKS:-$WORK/run-masks}
 GPU_RUN=${GPU_RUN:-$WORK/gpu-run}
 GPU_RUN2=${GPU_RUN2:-$WORK/gpu-run2}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
@@ -117,6 +121,34 @@ gpu_val() {
         --batch 32 --device "${GPU_DEVICE:-0}" --workers 4 --out "${1:-$GPU_RUN}-heldout"
 }
 
+# Stage 3 (masks): labels traced along pixel edges (segpipe synth since this stage; before, the traced
+# outline ran through boundary pixel centres and the trainer's fill dropped half of every thin stroke) and
+# full-resolution mask targets (--mask-ratio 1; the default 4 caps a target's IoU with its mask at ~0.63
+# for people and ~0.75 for tools). From the GPU recipe's model (FROM; the shipped file before this stage is
+# `git show 92eaec0:engines/assets/demo-seg.pt`), whole images (--mosaic 0), the first half of `data`'s
+# 1,900 training images, AdamW at lr 0.0005; --time 1.6 re-planned --epochs 4 to 2. Run on 2 CPU cores
+# shared with another 2-thread training for the first epoch: OMP_NUM_THREADS=2 set by the caller.
+masks() {
+    $SEGPIPE train --data "$WORK/train/data.yaml" --model "${FROM:?set FROM to the model to continue}" --imgsz 640 \
+        --batch 8 --nbs 16 --device cpu --optimizer AdamW --lr0 0.0005 --epochs 4 --time 1.6 --fraction 0.5 \
+        --mosaic 0 --mask-ratio 1 --no-val --no-plots --no-deterministic --workers 1 --seed 4 --warmup-epochs 0 \
+        --out "$RUN_MASKS"
+}
+
+# The same stage on a GPU, from the shipped model over all 6,000 GPU images (what a CUDA session should
+# run next: benchmarks/gpu_session.sh does).
+gpu_masks() {
+    $SEGPIPE train --data "$WORK/train-gpu/data.yaml" --model "${FROM:-engines/assets/demo-seg.pt}" \
+        --imgsz "${GPU_IMGSZ:-640}" --batch 32 --nbs 32 --device "${GPU_DEVICE:-0}" --optimizer AdamW --lr0 0.0005 \
+        --no-plots --no-val --no-deterministic --epochs 20 --time "${GPU_HOURS:-0.1}" --mosaic 0 --mask-ratio 1 \
+        --workers "${TRAIN_WORKERS:-14}" --seed 5 --warmup-epochs 0 --out "$RUN_MASKS" ${GPU_TRAIN_EXTRA:-}
+}
+
+masks_val() {
+    $SEGPIPE val --model "$RUN_MASKS/weights/best.pt" --data "$WORK/heldout/data.yaml" --imgsz 640 --batch 8 \
+        --device "${1:-cpu}" --workers 1 --out "$RUN_MASKS-heldout"
+}
+
 package() {
     # best.pt minus anything but the EMA weights and their metadata (no optimizer state), saved atomically.
     $PY - "${1:-$RUN4/weights/best.pt}" "${2:-engines/assets/demo-seg.pt}" <<'EOF'
@@ -142,6 +174,11 @@ case "${1:-all}" in
     gpu-val2) gpu_val "$GPU_RUN2" ;;
     gpu-package) package "$GPU_RUN/weights/best.pt" "${2:-engines/assets/demo-seg.pt}" ;;
     gpu-package2) package "$GPU_RUN2/weights/best.pt" "${2:-engines/assets/demo-seg.pt}" ;;
+    masks) masks ;;
+    gpu-masks) gpu_masks ;;
+    masks-val) masks_val cpu ;;
+    gpu-masks-val) masks_val "${GPU_DEVICE:-0}" ;;
+    masks-package|gpu-masks-package) package "$RUN_MASKS/weights/best.pt" "${2:-engines/assets/demo-seg.pt}" ;;
     gpu) gpu_data; SYNTH_WORKERS=${SYNTH_WORKERS:-14} heldout; gpu_train; gpu_val; package "$GPU_RUN/weights/best.pt" ;;
     train) train ;;
     finetune) finetune ;;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One prepared session on a CUDA machine inside a fixed wall-clock budget: the CUDA benchmark rows, the
-# demo model's GPU recipe (benchmarks/demo_train.sh gpu-*) in whatever time is left with the CUDA tests
-# (pytest -m gpu) running beside it, then the model's held-out validation and the packaged checkpoint.
+# demo model's next GPU stage (benchmarks/demo_train.sh gpu-masks: the shipped model fine-tuned with
+# full-resolution mask targets) in whatever time is left with the CUDA tests (pytest -m gpu) running beside
+# it, then the model's held-out validation and the packaged checkpoint.
 #
 #   OUT=DIR [BUDGET_S=560] [PY=python3] benchmarks/gpu_session.sh
 #
@@ -56,7 +57,7 @@ step "demo model training, with the CUDA tests beside it"
 train_for() {  # seconds -> hours for --time
     $PY -c "import sys; print(round(max(int(sys.argv[1]), 60) / 3600, 5))" "$1"
 }
-(GPU_HOURS=$(train_for $(($(left) - RESERVE_S))) benchmarks/demo_train.sh gpu-train >"$OUT/train.log" 2>&1
+(GPU_HOURS=$(train_for $(($(left) - RESERVE_S))) benchmarks/demo_train.sh gpu-masks >"$OUT/train.log" 2>&1
  echo $? >"$WORK/train.rc") &
 TRAIN_PID=$!
 timeout 240 $PY -m pytest -q -p no:cacheprovider -m gpu --timeout 120 -rfEs --durations=15 \
@@ -68,15 +69,15 @@ echo "training exit $rc"; grep -E "time budget|Closing|Validating|  all  " "$OUT
 if [ "$rc" != 0 ] && [ "$(left)" -gt $((RESERVE_S + 90)) ]; then
     step "training failed ($rc): again without mixed precision"
     tail -n 30 "$OUT/train.log"
-    export GPU_RUN=$WORK/gpu-run-fp32
-    GPU_TRAIN_EXTRA=--no-amp GPU_HOURS=$(train_for $(($(left) - RESERVE_S))) benchmarks/demo_train.sh gpu-train \
+    export RUN_MASKS=$WORK/run-masks-fp32
+    GPU_TRAIN_EXTRA=--no-amp GPU_HOURS=$(train_for $(($(left) - RESERVE_S))) benchmarks/demo_train.sh gpu-masks \
         >>"$OUT/train.log" 2>&1
 fi
-cp "${GPU_RUN:-$WORK/gpu-run}/results.csv" "$OUT/" 2>/dev/null
+cp "${RUN_MASKS:-$WORK/run-masks}/results.csv" "$OUT/" 2>/dev/null
 
 step "held-out validation"
-benchmarks/demo_train.sh gpu-val 2>&1 | tee "$OUT/heldout-val.txt"
+benchmarks/demo_train.sh gpu-masks-val 2>&1 | tee "$OUT/heldout-val.txt"
 
 step "package"
-benchmarks/demo_train.sh gpu-package "$OUT/demo-seg.pt"
+benchmarks/demo_train.sh gpu-masks-package "$OUT/demo-seg.pt"
 step "done, $(left) s of the budget left"
