@@ -10,29 +10,20 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from pipeline import shm
 from pipeline.batching import Arena, Batcher, BatchPolicy
+from tests.pipeline.rings import CameraRings
 
 
-class Rings:
+class Rings(CameraRings):
     """N camera rings with writers (the test plays the decoders) and readers (for the batcher)."""
 
     def __init__(self, n: int, base: int = 100) -> None:
-        self.prefixes = [shm.prefix_for(base + i) for i in range(n)]
-        self.controls = [shm.ControlBlock(p, create=True) for p in self.prefixes]
-        self.writers = [shm.RingWriter(p, nslots=2) for p in self.prefixes]
-        self.readers = [shm.RingReader(p, camera_id=f"cam{i:02d}") for i, p in enumerate(self.prefixes)]
+        super().__init__(n, base, nslots=2, camera_id="cam{:02d}")
 
     def publish(self, cams: range | list[int] | None = None, *, capture_ts: float | None = None) -> None:
         for i in cams if cams is not None else range(len(self.writers)):
             img = np.full((12 + i, 16, 3), i, np.uint8)  # every camera its own size
             self.writers[i].write(img, pts=None, capture_ts=time.time() if capture_ts is None else capture_ts)
-
-    def close(self) -> None:
-        for x in (*self.writers, *self.readers, *self.controls):
-            x.close()
-        for p in self.prefixes:
-            shm.unlink_all(p)
 
 
 @pytest.fixture

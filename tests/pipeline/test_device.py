@@ -22,6 +22,7 @@ from pipeline.batching import BatchPolicy
 from pipeline.device import DeviceSettings, DeviceStage
 from pipeline.messages import FrameResult
 from tests.pipeline.media import make_frame
+from tests.pipeline.rings import CameraRings
 
 SIZES = [(160, 120), (96, 64), (120, 160)]  # (W, H) per camera: frames of any size batch together
 NMS = NMSConfig(conf=1e-6, max_det=8)  # an untrained model scores everything low: keep some boxes
@@ -38,15 +39,9 @@ def backend() -> Iterator[Backend]:
 
 @pytest.fixture
 def rings() -> Iterator[tuple[list[shm.RingWriter], list[shm.RingReader]]]:
-    prefixes = [shm.prefix_for(120 + i) for i in range(len(SIZES))]
-    controls = [shm.ControlBlock(p, create=True) for p in prefixes]
-    writers = [shm.RingWriter(p) for p in prefixes]
-    readers = [shm.RingReader(p, camera_id=f"cam{i}") for i, p in enumerate(prefixes)]
-    yield writers, readers
-    for x in (*writers, *readers, *controls):
-        x.close()
-    for p in prefixes:
-        shm.unlink_all(p)
+    r = CameraRings(len(SIZES), 120)
+    yield r.writers, r.readers
+    r.close()
 
 
 def settings(**kw: object) -> DeviceSettings:

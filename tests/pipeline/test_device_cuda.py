@@ -42,7 +42,6 @@ from engines.ops import (
 )
 from engines.ops.nms import NMSConfig
 from engines.ops.rle import decode
-from pipeline import shm
 from pipeline.batching import BatchPolicy
 from pipeline.device import DeviceSettings, DeviceStage, _on_stream, model_resolution_crops
 from pipeline.messages import FrameResult
@@ -55,6 +54,7 @@ from tests.engines.test_cuda_paths import (
     frame_variant,
     run_isolated,
 )
+from tests.pipeline.rings import CameraRings
 
 NMS = NMSConfig(conf=0.25, iou=0.7, max_det=50)
 NCAM = 3
@@ -170,27 +170,18 @@ def result_objects(r: FrameResult, fmt: str = "rle") -> list[Obj]:
     return out
 
 
-class Rings:
-    """Three camera rings (control blocks, writers, readers) under a prefix no other test uses."""
+class Rings(CameraRings):
+    """Three camera rings under a prefix no other test uses."""
 
     _next = 400
 
     def __init__(self) -> None:
         base, Rings._next = Rings._next, Rings._next + NCAM
-        self.prefixes = [shm.prefix_for(base + i) for i in range(NCAM)]
-        self.controls = [shm.ControlBlock(p, create=True) for p in self.prefixes]
-        self.writers = [shm.RingWriter(p) for p in self.prefixes]
-        self.readers = [shm.RingReader(p, camera_id=f"cam{i}") for i, p in enumerate(self.prefixes)]
+        super().__init__(NCAM, base)
 
     def publish(self, rnd: int) -> None:
         for cam, w in enumerate(self.writers):
             w.write(frame_for(cam, rnd), pts=rnd / 10, capture_ts=time.time())
-
-    def close(self) -> None:
-        for x in (*self.writers, *self.readers, *self.controls):
-            x.close()
-        for p in self.prefixes:
-            shm.unlink_all(p)
 
 
 @pytest.fixture
