@@ -2,7 +2,8 @@
 # The exact recipes of the demo model (see engines/assets/README.md for the figures). The shipped
 # engines/assets/demo-seg.pt is the CUDA recipe's (gpu-data, gpu-train, gpu-finetune, run by
 # benchmarks/gpu_session.sh on one H200) followed by the masks stage (masks, masks-val, masks-package: full-
-# resolution mask targets, on 2 CPU cores); the CPU recipe made the previous, smaller model.
+# resolution mask targets, on 2 CPU cores) and its GPU twin (gpu-masks, gpu-masks-val, gpu-masks-package, on
+# one H200 from the masks stage's model); the CPU recipe made the previous, smaller model.
 #
 #   benchmarks/demo_train.sh [data|train|finetune|stage3|stage4|val|package|all]     (the CPU recipe; default: all)
 #   benchmarks/demo_train.sh [gpu-data|gpu-train|gpu-val|gpu-package|gpu]             (the CUDA recipe)
@@ -135,8 +136,9 @@ masks() {
         --out "$RUN_MASKS"
 }
 
-# The same stage on a GPU, from the shipped model over all 6,000 GPU images (what a CUDA session should
-# run next: benchmarks/gpu_session.sh does).
+# Stage 4: the same on a GPU, from the masks stage's model (FROM, default the shipped file) over all 6,000
+# GPU images; benchmarks/gpu_session.sh runs it in the time its session has left (--time 0.1275 re-planned
+# --epochs 20 to 6 after the first epoch, then to 7).
 gpu_masks() {
     $SEGPIPE train --data "$WORK/train-gpu/data.yaml" --model "${FROM:-engines/assets/demo-seg.pt}" \
         --imgsz "${GPU_IMGSZ:-640}" --batch 32 --nbs 32 --device "${GPU_DEVICE:-0}" --optimizer AdamW --lr0 0.0005 \

@@ -4,8 +4,10 @@
 # full-resolution mask targets) in whatever time is left with the CUDA tests (pytest -m gpu) running beside
 # it, then the model's held-out validation and the packaged checkpoint.
 #
-#   OUT=DIR [BUDGET_S=560] [PY=python3] benchmarks/gpu_session.sh
+#   OUT=DIR [BUDGET_S=560] [PY=python3] [BENCH=0] benchmarks/gpu_session.sh
 #
+# BENCH=0 skips the timed benchmark rows (engines, latency, streaming pipeline) and gives their time to the
+# training: for a session whose rows are already measured on the same kind of machine.
 # Everything it prints goes to OUT/session.log too; OUT also gets train.log, results.csv,
 # heldout-val.txt and demo-seg.pt. Each step has its own timeout so a hang costs that step only.
 # Timed steps never overlap each other or the training; training (--time) gets the budget minus what
@@ -21,6 +23,7 @@ export SEGPIPE=${SEGPIPE:-"$PY -m pipeline"}
 export WORK=${WORK:-/tmp/segpipe-gpu}
 export SEGPIPE_CACHE=${SEGPIPE_CACHE:-$WORK/cache}
 export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=10
+BENCH=${BENCH:-1}
 export TRAIN_WORKERS=${TRAIN_WORKERS:-12}  # two cores stay with the tests running beside the training
 mkdir -p "$OUT" "$WORK"
 exec > >(tee -a "$OUT/session.log") 2>&1
@@ -38,20 +41,28 @@ step "demo data, in the background"
 (benchmarks/demo_train.sh gpu-data >"$WORK/data.log" 2>&1; echo $? >"$WORK/data.rc") &
 DATA_PID=$!
 
-step "CUDA engine rows (beside the data generation: GPU-bound, one core)"
-timeout 50 $PY benchmarks/engines.py --only-cuda --imgsz 640 320 --batch 1 8 16 --rounds 30
+if [ "$BENCH" = 1 ]; then
+    step "CUDA engine rows (beside the data generation: GPU-bound, one core)"
+    timeout 50 $PY benchmarks/engines.py --only-cuda --imgsz 640 320 --batch 1 8 16 --rounds 30
 
-step "one-frame latency on CUDA"
-timeout 30 $PY benchmarks/latency.py --device cuda --imgsz 640 --repeats 30
+    step "one-frame latency on CUDA"
+    timeout 30 $PY benchmarks/latency.py --device cuda --imgsz 640 --repeats 30
+fi
 
 step "waiting for the demo data"
 wait $DATA_PID
 tail -n 3 "$WORK/data.log"
 [ "$(cat "$WORK/data.rc")" = 0 ] || { echo "demo data failed"; cat "$WORK/data.log"; exit 1; }
 
-step "streaming pipeline on CUDA (8 cameras 1080p, fp16, CUDA graphs; the machine to itself)"
-timeout 75 $PY benchmarks/pipeline.py --device cuda --half --cuda-graph --cameras 8 --sizes 1080p --max-batch 8 \
-    --seconds 8 --warmup 3 --raw-seconds 3 --no-latency --cache "$SEGPIPE_CACHE"
+step "mask loss cost by mask ratio (LOSS_BASELINE: another revision's loss.py beside it)"
+timeout 60 $PY benchmarks/seg_loss.py --data "$WORK/train-gpu/data.yaml" --device 0 --batch 32 --batches 3 \
+    --repeats 5 --workers 8 --ratios 4 1 ${LOSS_BASELINE:+--baseline "$LOSS_BASELINE"} | grep -E "device|mask_ratio"
+
+if [ "$BENCH" = 1 ]; then
+    step "streaming pipeline on CUDA (8 cameras 1080p, fp16, CUDA graphs; the machine to itself)"
+    timeout 75 $PY benchmarks/pipeline.py --device cuda --half --cuda-graph --cameras 8 --sizes 1080p --max-batch 8 \
+        --seconds 8 --warmup 3 --raw-seconds 3 --no-latency --cache "$SEGPIPE_CACHE"
+fi
 
 step "demo model training, with the CUDA tests beside it"
 train_for() {  # seconds -> hours for --time

@@ -11,7 +11,8 @@ the exact rendered mask of:
 - the training target at ``mask_ratio`` 4, 2 and 1, upsampled bilinearly and thresholded as the model's
   mask logits are at inference (what the model is taught to output);
 - the best any quarter-resolution logit map can do (a per-object fit of a free 1/4-resolution map,
-  bilinear upsampling, BCE, Adam), an upper bound for YOLOv8's prototype masks at this input size.
+  bilinear upsampling, BCE, Adam), an upper bound for YOLOv8's prototype masks at this input size, and
+  the same for a half-resolution map (what prototypes one upsampling step finer could reach).
 """
 
 from __future__ import annotations
@@ -52,13 +53,14 @@ def target_as_output(poly: np.ndarray, h: int, w: int, ratio: int) -> np.ndarray
     return up.numpy() > 0.5
 
 
-def best_quarter_map(mask: np.ndarray, steps: int = 150) -> float:
-    """IoU of the best-fitting 1/4-resolution logit map, upsampled and thresholded, on the object's crop."""
+def best_low_res_map(mask: np.ndarray, stride: int = 4, steps: int = 150) -> float:
+    """IoU of the best-fitting 1/stride-resolution logit map, upsampled and thresholded, on the object's
+    crop."""
     ys, xs = np.nonzero(mask)
-    y0, x0 = ys.min() // 4 * 4, xs.min() // 4 * 4
-    y1, x1 = -(-(ys.max() + 1) // 4) * 4, -(-(xs.max() + 1) // 4) * 4
-    gt = F.pad(torch.from_numpy(mask[y0:y1, x0:x1].astype(np.float32)), (4, 4, 4, 4))
-    z = torch.zeros(1, 1, gt.shape[0] // 4, gt.shape[1] // 4, requires_grad=True)
+    y0, x0 = ys.min() // stride * stride, xs.min() // stride * stride
+    y1, x1 = -(-(ys.max() + 1) // stride) * stride, -(-(xs.max() + 1) // stride) * stride
+    gt = F.pad(torch.from_numpy(mask[y0:y1, x0:x1].astype(np.float32)), (4, 4, 4, 4))  # 4: stride 2 or 4
+    z = torch.zeros(1, 1, gt.shape[0] // stride, gt.shape[1] // stride, requires_grad=True)
     opt = torch.optim.Adam([z], lr=0.5)
     for _ in range(steps):
         up = F.interpolate(z, size=gt.shape, mode="bilinear", align_corners=False)[0, 0]
@@ -93,7 +95,8 @@ def main() -> int:
             for r in (4, 2, 1):
                 rows[f"target, mask_ratio {r}"][cls].append(iou(target_as_output(edge, h, w, r), m))
             if i < args.fit_scenes and m.sum() >= 50:
-                rows["best 1/4-res map"][cls].append(best_quarter_map(m))
+                rows["best 1/4-res map"][cls].append(best_low_res_map(m, 4))
+                rows["best 1/2-res map"][cls].append(best_low_res_map(m, 2))
     classes = sorted({c for d in rows.values() for c in d})
     print(f"mean IoU with the rendered mask, {args.scenes} scenes {w}x{h} (seed {args.seed})\n")
     print("| | " + " | ".join(CLASS_NAMES[c] for c in classes) + " |")

@@ -2,7 +2,7 @@
 30-epoch coco128 fit with its final mAPs.
 
     .venv/bin/python benchmarks/train.py [--imgsz 320] [--batch 16] [--steps 8] [--workers 2]
-        [--threads N] [--device cpu] [--model yolov8n-seg.yaml]
+        [--threads N] [--device cpu] [--model yolov8n-seg.yaml] [--hyp mask_ratio=1 mosaic=0 ...]
     .venv/bin/python benchmarks/train.py --fit [--epochs 30] [--pretrained yolov8n-seg.pt] [--out DIR]
 
 Throughput runs the real train step (forward, loss, backward, optimizer step with nbs = batch, EMA)
@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+import yaml  # noqa: E402
 
 from engines.train import hooks as H  # noqa: E402
 from engines.train.config import TrainConfig  # noqa: E402
@@ -56,7 +57,7 @@ def throughput(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = TrainConfig(data=str(args.data), model=args.model, imgsz=args.imgsz, batch=args.batch,
                           nbs=args.batch, epochs=100, workers=args.workers, device=args.device, out=tmp,
-                          close_mosaic=0, plots=False, amp=True)
+                          close_mosaic=0, plots=False, amp=True, hyp=args.hyp)
         with seeded(0, False), fork_safe_cv2():
             s, data, _ = setup(cfg, place, Path(tmp))
             timer = _StopAfter(args.steps)
@@ -68,7 +69,7 @@ def throughput(args: argparse.Namespace) -> None:
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(f"device {place.device}, threads {torch.get_num_threads()}, workers {args.workers}, "
-          f"imgsz {args.imgsz}, batch {args.batch}, model {args.model}")
+          f"imgsz {args.imgsz}, batch {args.batch}, model {args.model}, hyp {args.hyp or 'defaults'}")
     print(f"train throughput: {timer.images / dt:.2f} images/s ({dt / max(timer.done - 1, 1):.2f} s/step "
           f"over {timer.done - 1} steps after warm-up)")
     print(f"peak RSS: {own:.0f} MiB main process, {kids:.0f} MiB largest loader worker")
@@ -97,6 +98,8 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--hyp", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="augmentation settings as segpipe train takes them (e.g. mask_ratio=1 mosaic=0)")
     p.add_argument("--fit", action="store_true", help="run the full fit and print the final mAPs")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--out", default=None, help="--fit: run folder (default runs/segment/trainN)")
@@ -105,6 +108,10 @@ def main() -> None:
     args = p.parse_args()
     if not Path(args.data).is_file():
         sys.exit(f"data YAML not found: {args.data}")
+    try:
+        args.hyp = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.hyp)}
+    except ValueError:
+        sys.exit(f"--hyp: expected KEY=VALUE items, got {args.hyp}")
     if args.threads:
         torch.set_num_threads(args.threads)
     (fit if args.fit else throughput)(args)

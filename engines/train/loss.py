@@ -103,7 +103,9 @@ def dfl_loss(pred_dist: Tensor, target: Tensor, reg_max: int = 16) -> Tensor:
 def mask_loss(
     gt_masks: Tensor, coeffs: Tensor, proto: Tensor, boxes: Tensor, area: Tensor
 ) -> Tensor:
-    """Summed mask loss of the positives of one image.
+    """Summed mask loss of the positives of one image, in its plainest form (Ultralytics' whole-map
+    product and crop). Training computes the same value with :func:`mask_loss_in_boxes`; this is its
+    definition and the tests' reference.
 
     Args:
         gt_masks: ``(F, h, w)`` float 0/1 gt mask of each positive's gt, proto resolution.
@@ -120,37 +122,65 @@ def mask_loss(
     return (crop_mask(bce, boxes).mean(dim=(1, 2)) / area).sum()
 
 
+def _bilinear_taps(dst: Tensor, size_in: int, size_out: int, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """Where output index ``dst`` reads when a line of ``size_in`` values is resized to ``size_out``
+    the way ``F.interpolate(mode="bilinear", align_corners=False)`` does: ``(i0, i1, frac)``, the
+    output being ``(1 - frac) * in[i0] + frac * in[i1]``."""
+    src = ((dst.to(dtype) + 0.5) * (size_in / size_out) - 0.5).clamp(min=0)
+    i0 = src.floor().long().clamp(max=size_in - 1)
+    return i0, (i0 + 1).clamp(max=size_in - 1), src - i0
+
+
 def mask_loss_in_boxes(
-    masks: Tensor, inst: Tensor, coeffs: Tensor, proto: Tensor, boxes: Tensor, area: Tensor
+    masks: Tensor, inst: Tensor, img: Tensor, coeffs: Tensor, proto: Tensor, boxes: Tensor, area: Tensor
 ) -> Tensor:
-    """:func:`mask_loss` with logits computed only inside each box: the same value, for the sum of the
-    boxes' areas instead of ``F x h x w`` (which at full-resolution masks, ``mask_ratio`` 1, is 16x the
-    memory and work of the usual 1/4 grid, most of it on pixels the crop then zeroes).
+    """The summed :func:`mask_loss` of a whole batch, on the prototypes resized bilinearly to the mask
+    grid, computed only on the pixels inside each positive's box.
 
     masks: ``(M, h, w)`` 0/1 gt masks of the batch, indexed by ``inst`` ``(F,)`` (each positive's gt);
-    the other arguments as in :func:`mask_loss`. Positives of one gt share its box and mask, so each gt
-    is one product. Pixel column ``c`` is inside when ``x1 <= c < x2``, as :func:`crop_mask` has it.
+    img: ``(F,)`` each positive's image in ``proto`` ``(B, nm, h', w')``; coeffs ``(F, nm)``, boxes
+    ``(F, 4)`` (mask pixels) and area ``(F,)`` as in :func:`mask_loss`. Pixel column ``c`` is inside
+    when ``x1 <= c < x2``, as :func:`crop_mask` has it.
+
+    The whole-map route (resize every prototype to ``h x w``, one ``F x h x w`` logit map per image,
+    crop) spends nearly all its work on pixels the crop zeroes; at ``mask_ratio`` 1 that is 16x the
+    usual 1/4 grid. Resizing is linear, so here each positive's logits are made at the prototypes'
+    resolution (one batched product for the batch) and only its box's pixels are interpolated from
+    them, all positives' pixels in one flat list: a fixed number of kernels per batch (a per-gt or
+    per-image loop is launch-bound on a GPU) and two host syncs.
     """
-    h, w = proto.shape[-2:]
-    # Sorted by gt, each gt's positives are one slice: no index tensor (no host-to-device copy) per gt.
-    order = torch.argsort(inst, stable=True)
-    coeffs, area = coeffs[order], area[order]
-    lo = boxes[order, :2].ceil().clamp(min=0)
-    hi = torch.minimum(boxes[order, 2:].ceil(), torch.tensor([w, h], device=boxes.device, dtype=boxes.dtype))
-    rows = torch.cat((inst[order, None].to(lo.dtype), lo, hi), 1).long().tolist()  # one device sync
-    total = proto.new_zeros(())
-    start = 0
-    for end in range(1, len(rows) + 1):
-        if end < len(rows) and rows[end][0] == rows[start][0]:
-            continue
-        g, x0, y0, x1, y1 = rows[start]
-        if x1 > x0 and y1 > y0:
-            logits = torch.einsum("fn,nhw->fhw", coeffs[start:end], proto[:, y0:y1, x0:x1])
-            target = masks[g, y0:y1, x0:x1].to(logits.dtype).expand_as(logits)
-            bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-            total = total + (bce.sum(dim=(1, 2)) / (h * w) / area[start:end]).sum()
-        start = end
-    return total
+    h, w = masks.shape[-2:]
+    nb, nm, ph, pw = proto.shape
+    dev, n = proto.device, len(inst)
+    order = torch.argsort(img, stable=True)
+    inst, img, coeffs, boxes, area = inst[order], img[order], coeffs[order], boxes[order], area[order]
+    per_img = torch.bincount(img, minlength=nb)
+    rank = torch.arange(n, device=dev) - (per_img.cumsum(0) - per_img)[img]  # position within its image
+    lo = boxes[:, :2].ceil().clamp(min=0)
+    hi = torch.minimum(boxes[:, 2:].ceil(), torch.tensor([w, h], device=dev, dtype=boxes.dtype))
+    lo, size = lo.long(), (hi - lo).clamp(min=0).long()  # (F, 2) x, y
+    pixels = size[:, 0] * size[:, 1]
+    fmax, total = torch.stack((per_img.max(), pixels.sum())).tolist()  # the host sync (sizes)
+
+    padded = coeffs.new_zeros(nb, fmax, nm).index_put((img, rank), coeffs)
+    low = torch.bmm(padded, proto.flatten(2)).flatten()  # (B * fmax * ph * pw) logits at proto resolution
+
+    seg = torch.repeat_interleave(torch.arange(n, device=dev), pixels, output_size=total)  # pixel -> positive
+    local = torch.arange(total, device=dev) - (pixels.cumsum(0) - pixels)[seg]
+    width = size[seg, 0]
+    y, x = lo[seg, 1] + local // width, lo[seg, 0] + local % width
+    y0, y1, fy = _bilinear_taps(y, ph, h, low.dtype)
+    x0, x1, fx = _bilinear_taps(x, pw, w, low.dtype)
+    base = (img * fmax + rank)[seg] * (ph * pw)
+    r0, r1 = base + y0 * pw, base + y1 * pw
+    # One gather of the four taps (one zero-filled gradient and one scatter-add in the backward pass).
+    taps = low.gather(0, torch.cat((r0 + x0, r0 + x1, r1 + x0, r1 + x1))).view(4, -1)
+    gy, gx = 1 - fy, 1 - fx
+    logits = (taps * torch.stack((gy * gx, gy * fx, fy * gx, fy * fx))).sum(0)
+    target = masks[inst[seg], y, x].to(logits.dtype)
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    per = torch.zeros(n, device=dev, dtype=bce.dtype).index_add(0, seg, bce)
+    return (per / (h * w) / area).sum()
 
 
 class SegLoss:
@@ -226,25 +256,14 @@ class SegLoss:
         self, asg: Assignment, gt: PaddedTargets, masks: Tensor, proto: Tensor, coeffs: Tensor, imgsz: Tensor
     ) -> Tensor:
         """Mean over positives of the per-instance box-normalised mask BCE (see :func:`mask_loss`)."""
-        # Masks finer than the prototypes (mask_ratio < 4): whole-map products would mostly be cropped away.
-        fine = masks.shape[-1] > proto.shape[-1]
-        if tuple(masks.shape[-2:]) != tuple(proto.shape[-2:]):
-            # Labels drawn at another ratio: bring the prototypes to the mask grid, not the reverse,
-            # so thin gt structures are not lost to nearest-neighbour downsampling.
-            proto = F.interpolate(proto, masks.shape[-2:], mode="bilinear", align_corners=False)
-        mh, mw = proto.shape[-2:]
+        mh, mw = masks.shape[-2:]
         norm = asg.bboxes / imgsz[[1, 0, 1, 0]]  # (B, A, 4) xyxy, 0-1
         area = (norm[..., 2] - norm[..., 0]) * (norm[..., 3] - norm[..., 1])
         mboxes = norm * torch.tensor([mw, mh, mw, mh], device=norm.device, dtype=norm.dtype)
         loss = (proto * 0).sum() + (coeffs * 0).sum()  # keeps the graph whole when nothing is positive
-        positives = asg.fg_mask.sum(1).tolist()  # one device sync for the batch, not one per image
-        for i in range(proto.shape[0]):
-            if not positives[i]:
-                continue
-            fg = asg.fg_mask[i]
-            inst = gt.inst[i, asg.gt_idx[i, fg]]
-            if fine:
-                loss = loss + mask_loss_in_boxes(masks, inst, coeffs[i, fg], proto[i], mboxes[i, fg], area[i, fg])
-            else:
-                loss = loss + mask_loss(masks[inst].float(), coeffs[i, fg], proto[i], mboxes[i, fg], area[i, fg])
+        img, anchor = asg.fg_mask.nonzero(as_tuple=True)
+        if len(img):
+            inst = gt.inst[img, asg.gt_idx[img, anchor]]
+            loss = loss + mask_loss_in_boxes(masks, inst, img, coeffs[img, anchor], proto, mboxes[img, anchor],
+                                             area[img, anchor])
         return loss / asg.fg_mask.sum().clamp(min=1)

@@ -64,20 +64,36 @@ def test_mask_loss_perfect_prediction_is_zero_and_chance_is_log2():
     assert float(mask_loss(gt, torch.eye(2) * 100, noisy, boxes, area)) == pytest.approx(0.0, abs=1e-12)
 
 
+def _whole_map_loss(masks, inst, img, coeffs, proto, boxes, area):
+    """mask_loss image by image on the prototypes upsampled to the mask grid: the reference for
+    mask_loss_in_boxes."""
+    proto = torch.nn.functional.interpolate(proto, masks.shape[-2:], mode="bilinear", align_corners=False)
+    return sum(mask_loss(masks[inst[img == i]].to(proto.dtype), coeffs[img == i], proto[i], boxes[img == i],
+                         area[img == i]) for i in img.unique().tolist())
+
+
+@pytest.mark.parametrize("ratio", [4, 2, 1, 0.5])
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
-def test_mask_loss_in_boxes_equals_the_whole_map_loss_and_its_gradients(device):
+def test_mask_loss_in_boxes_equals_the_whole_map_loss_and_its_gradients(device, ratio):
+    """Against resampling the prototypes to the mask grid (masks 4x and 2x finer than the prototypes,
+    as fine, 2x coarser) and the whole-map loss: the same value and gradients, for boxes of many sizes."""
     g = torch.Generator().manual_seed(0)
-    h, w, nm = 40, 56, 8
-    masks = (torch.rand(3, h, w, generator=g) > 0.5).to(torch.uint8)
-    inst = torch.tensor([2, 0, 2, 1, 0, 2])  # positives share gts, out of order
-    gt_boxes = torch.tensor([[3.2, 4.7, 20.5, 30.0], [-2.0, 10.3, 12.0, 45.9], [30.1, 0.0, 61.0, 39.99]])
-    boxes, area = gt_boxes[inst], torch.rand(6, generator=g) * 0.3 + 0.05
-    coeffs = torch.randn(6, nm, generator=g, dtype=torch.float64).to(device).requires_grad_()
-    proto = torch.randn(nm, h, w, generator=g, dtype=torch.float64).to(device).requires_grad_()
-    masks, inst, boxes, area = masks.to(device), inst.to(device), boxes.to(device), area.to(device)
-    want = mask_loss(masks[inst].double(), coeffs, proto, boxes, area)
+    h, w, nm = 72, 96, 8
+    masks = (torch.rand(5, h, w, generator=g) > 0.5).to(torch.uint8)
+    # Sides from 1 px to the whole map (several padded sizes), fractional and out-of-frame edges, and a
+    # box wholly outside the map (no pixels: contributes nothing).
+    gt_boxes = torch.tensor([[3.2, 4.7, 20.5, 30.0], [-2.0, 10.3, 12.0, 71.9], [30.1, 0.0, 101.0, 39.99],
+                             [0.0, 0.0, 96.0, 72.0], [40.5, 50.2, 41.1, 51.0]])
+    inst = torch.tensor([2, 0, 2, 1, 0, 2, 3, 4, 4, 1, 3])  # positives share gts, out of order
+    img = torch.tensor([1, 0, 1, 0, 0, 1, 2, 2, 2, 0, 2])  # each gt lives in one image
+    boxes, area = gt_boxes[inst], torch.rand(len(inst), generator=g) * 0.3 + 0.05
+    boxes[inst == 4] = torch.tensor([100.0, 80.0, 120.0, 90.0])
+    coeffs = torch.randn(len(inst), nm, generator=g, dtype=torch.float64).to(device).requires_grad_()
+    proto = torch.randn(3, nm, int(h / ratio), int(w / ratio), generator=g, dtype=torch.float64).to(device).requires_grad_()
+    masks, inst, img, boxes, area = (t.to(device) for t in (masks, inst, img, boxes, area))
+    want = _whole_map_loss(masks, inst, img, coeffs, proto, boxes, area)
     gc, gp = torch.autograd.grad(want, (coeffs, proto))
-    got = mask_loss_in_boxes(masks, inst, coeffs, proto, boxes, area)
+    got = mask_loss_in_boxes(masks, inst, img, coeffs, proto, boxes, area)
     hc, hp = torch.autograd.grad(got, (coeffs, proto))
     assert float(got.detach()) == pytest.approx(float(want.detach()), rel=1e-12)
     assert torch.allclose(hc, gc, atol=1e-12) and torch.allclose(hp, gp, atol=1e-12)
@@ -94,7 +110,7 @@ def test_fine_masks_take_the_in_box_route_with_the_same_loss(monkeypatch):
     calls = []
     monkeypatch.setattr(L, "mask_loss_in_boxes", lambda *a: calls.append(1) or mask_loss_in_boxes(*a))
     _, fine = crit(out, batch)
-    monkeypatch.setattr(L, "mask_loss_in_boxes", lambda m, inst, *a: mask_loss(m[inst].float(), *a))
+    monkeypatch.setattr(L, "mask_loss_in_boxes", _whole_map_loss)
     _, whole = crit(out, batch)
     assert calls and torch.allclose(fine, whole, rtol=1e-5)
 
