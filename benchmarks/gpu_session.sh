@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # One prepared session on a CUDA machine inside a fixed wall-clock budget: the CUDA benchmark rows, the
-# demo model's next GPU stage (benchmarks/demo_train.sh gpu-masks: the shipped model fine-tuned with
-# full-resolution mask targets) in whatever time is left with the CUDA tests (pytest -m gpu) running beside
-# it, then the model's held-out validation and the packaged checkpoint.
+# demo model's next GPU stage (STAGE of benchmarks/demo_train.sh, default gpu-proto2: the shipped model
+# turned into one with half-resolution prototypes and trained with full-resolution mask targets) in
+# whatever time is left with the CUDA tests (pytest -m gpu) running beside it, then the model's held-out
+# validation and the packaged checkpoint.
 #
-#   OUT=DIR [BUDGET_S=560] [PY=python3] [BENCH=0] benchmarks/gpu_session.sh
+#   OUT=DIR [BUDGET_S=560] [PY=python3] [BENCH=0] [STAGE=gpu-proto2] benchmarks/gpu_session.sh
 #
 # BENCH=0 skips the timed benchmark rows (engines, latency, streaming pipeline) and gives their time to the
 # training: for a session whose rows are already measured on the same kind of machine.
@@ -24,6 +25,7 @@ export WORK=${WORK:-/tmp/segpipe-gpu}
 export SEGPIPE_CACHE=${SEGPIPE_CACHE:-$WORK/cache}
 export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=10
 BENCH=${BENCH:-1}
+STAGE=${STAGE:-gpu-proto2}  # the demo model's next stage (benchmarks/demo_train.sh)
 export TRAIN_WORKERS=${TRAIN_WORKERS:-12}  # two cores stay with the tests running beside the training
 mkdir -p "$OUT" "$WORK"
 exec > >(tee -a "$OUT/session.log") 2>&1
@@ -55,7 +57,7 @@ tail -n 3 "$WORK/data.log"
 [ "$(cat "$WORK/data.rc")" = 0 ] || { echo "demo data failed"; cat "$WORK/data.log"; exit 1; }
 
 step "mask loss cost by mask ratio (LOSS_BASELINE: another revision's loss.py beside it)"
-timeout 60 $PY benchmarks/seg_loss.py --data "$WORK/train-gpu/data.yaml" --device 0 --batch 32 --batches 3 \
+timeout 60 $PY benchmarks/seg_loss.py --data "$WORK/train-gpu/data.yaml" --device "${GPU_DEVICE:-0}" --batch 32 --batches 3 \
     --repeats 5 --workers 8 --ratios 4 1 ${LOSS_BASELINE:+--baseline "$LOSS_BASELINE"} | grep -E "device|mask_ratio"
 
 if [ "$BENCH" = 1 ]; then
@@ -68,7 +70,7 @@ step "demo model training, with the CUDA tests beside it"
 train_for() {  # seconds -> hours for --time
     $PY -c "import sys; print(round(max(int(sys.argv[1]), 60) / 3600, 5))" "$1"
 }
-(GPU_HOURS=$(train_for $(($(left) - RESERVE_S))) benchmarks/demo_train.sh gpu-masks >"$OUT/train.log" 2>&1
+(GPU_HOURS=$(train_for $(($(left) - RESERVE_S))) benchmarks/demo_train.sh "$STAGE" >"$OUT/train.log" 2>&1
  echo $? >"$WORK/train.rc") &
 TRAIN_PID=$!
 timeout 240 $PY -m pytest -q -p no:cacheprovider -m gpu --timeout 120 -rfEs --durations=15 \
@@ -81,7 +83,7 @@ if [ "$rc" != 0 ] && [ "$(left)" -gt $((RESERVE_S + 90)) ]; then
     step "training failed ($rc): again without mixed precision"
     tail -n 30 "$OUT/train.log"
     export RUN_MASKS=$WORK/run-masks-fp32
-    GPU_TRAIN_EXTRA=--no-amp GPU_HOURS=$(train_for $(($(left) - RESERVE_S))) benchmarks/demo_train.sh gpu-masks \
+    GPU_TRAIN_EXTRA=--no-amp GPU_HOURS=$(train_for $(($(left) - RESERVE_S))) benchmarks/demo_train.sh "$STAGE" \
         >>"$OUT/train.log" 2>&1
 fi
 cp "${RUN_MASKS:-$WORK/run-masks}/results.csv" "$OUT/" 2>/dev/null

@@ -41,6 +41,7 @@ import torch
 from engines.backends import Backend
 from engines.errors import EngineMismatchError, SegpipeError
 from engines.ops import letterbox, mask_crops, mask_to_polygons, non_max_suppression, scale_boxes
+from engines.ops.crops import input_stride
 from engines.ops.letterbox import LetterboxInfo, letterbox_geometry
 from engines.ops.nms import NMSConfig
 from engines.ops.rle import encode_crop
@@ -389,7 +390,7 @@ class DeviceStage:
         if self.s.masks != "none" and rows.shape[0]:
             coeffs = rows[:, 6:]
             if self.s.mask_resolution == "frame":
-                out["crops"] = mask_crops(proto, coeffs, boxes, info.orig_shape)
+                out["crops"] = mask_crops(proto, coeffs, boxes, info.orig_shape, stride=input_stride(proto, info))
             else:
                 out["crops"] = model_resolution_crops(proto, coeffs, boxes, info)
         return out

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from engines.checkpoint.meta import yaml_proto_stride
 from engines.errors import InputError
 
 
@@ -35,6 +36,11 @@ class BackendMeta:
     @property
     def nc(self) -> int:
         return len(self.names)
+
+    @property
+    def proto_stride(self) -> int:
+        """Input pixels per mask-prototype pixel, from the exported model YAML (4 without one)."""
+        return yaml_proto_stride(self.extra.get("model_yaml") or {})
 
 
 @dataclass(frozen=True, slots=True)

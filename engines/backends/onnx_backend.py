@@ -20,12 +20,13 @@ from engines.errors import BackendUnavailableError, ModelError
 _ORT_DTYPES = {"tensor(float)": (torch.float32, np.float32), "tensor(float16)": (torch.float16, np.float16)}
 
 
-def output_shapes(n: int, h: int, w: int, *, nc: int, nm: int = 32,
-                  strides: tuple[int, ...] = (8, 16, 32)) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Shapes of ``(pred, proto)`` for an ``(n, 3, h, w)`` input: ``(n, 4+nc+nm, A)``, ``(n, nm, h/4, w/4)``,
-    ``A = sum((h/s) * (w/s))`` over the model strides (h and w multiples of the largest)."""
+def output_shapes(n: int, h: int, w: int, *, nc: int, nm: int = 32, strides: tuple[int, ...] = (8, 16, 32),
+                  proto_stride: int = 4) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Shapes of ``(pred, proto)`` for an ``(n, 3, h, w)`` input: ``(n, 4+nc+nm, A)``, ``(n, nm, h/p, w/p)``
+    (``p = proto_stride``), ``A = sum((h/s) * (w/s))`` over the model strides (h and w multiples of the
+    largest)."""
     anchors = sum((h // s) * (w // s) for s in strides)
-    return (n, 4 + nc + nm, anchors), (n, nm, h // 4, w // 4)
+    return (n, 4 + nc + nm, anchors), (n, nm, h // proto_stride, w // proto_stride)
 
 
 class OnnxBackend(Backend):
@@ -77,7 +78,7 @@ class OnnxBackend(Backend):
 
     def _infer_cuda(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n, _, h, w = x.shape
-        pred_shape, proto_shape = output_shapes(n, h, w, nc=self.meta.nc)
+        pred_shape, proto_shape = output_shapes(n, h, w, nc=self.meta.nc, proto_stride=self.meta.proto_stride)
         pred = torch.empty(pred_shape, dtype=self.out_dtype[0], device=self.device)
         proto = torch.empty(proto_shape, dtype=self.out_dtype[0], device=self.device)
         binding = self.session.io_binding()

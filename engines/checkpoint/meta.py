@@ -46,6 +46,12 @@ class ModelMeta:
         if self.task != TASK:
             raise ModelError(f"a {self.task!r} model cannot be used here: segpipe needs a segmentation model")
 
+    @property
+    def proto_stride(self) -> int:
+        """Input pixels per mask-prototype pixel (see :func:`yaml_proto_stride`)."""
+        return yaml_proto_stride(self.model_yaml)
+
+
     def to_json(self) -> dict[str, Any]:
         """Plain JSON-able dict (names as a list); inverse of :meth:`from_json`."""
         return {
@@ -79,6 +85,15 @@ class ModelMeta:
         return cls(names=tuple(d["names"]), model_yaml=d["model_yaml"], imgsz=d["imgsz"], stride=d["stride"],
                    train_args=d.get("train_args", {}), metrics=d.get("metrics", {}), data=d.get("data"),
                    segpipe_version=d.get("segpipe_version", "?"), source=d.get("source", ""))
+
+
+def yaml_proto_stride(model_yaml: Mapping[str, Any]) -> int:
+    """Input pixels per mask-prototype pixel of a resolved model YAML: the Segment row's 4th argument,
+    4 (YOLOv8's) when it has none."""
+    head = model_yaml.get("head") or []
+    row = head[-1] if isinstance(head, list) and head else []
+    args = row[3] if isinstance(row, list) and len(row) > 3 and isinstance(row[3], list) else []
+    return int(args[3]) if len(args) > 3 else 4
 
 
 @dataclass(frozen=True, slots=True)

@@ -112,7 +112,8 @@ def _find_cfg(path: Path) -> tuple[Path, str | None]:
 class SegmentationModel(nn.Module):
     """YOLOv8-seg. Input float32 ``(N, 3, H, W)`` RGB in [0, 1], H and W multiples of 32.
 
-    eval: ``(pred (N, 4 + nc + 32, A), proto (N, 32, H/4, W/4))`` with xywh boxes in input pixels
+    eval: ``(pred (N, 4 + nc + 32, A), proto (N, 32, H/s, W/s))`` with xywh boxes in input pixels
+    (``s = proto_stride``: 4, or 2 for a Segment row with finer prototypes)
     and sigmoid scores; train: :class:`SegTrainOutput`. ``A = H*W/64 + H*W/256 + H*W/1024``.
     """
 
@@ -136,6 +137,11 @@ class SegmentationModel(nn.Module):
     @property
     def head(self) -> Segment:
         return self.model[-1]  # type: ignore[return-value]
+
+    @property
+    def proto_stride(self) -> int:
+        """Input pixels per prototype pixel: 4 (YOLOv8), or 2."""
+        return self.head.proto_stride
 
     def forward(self, x: Tensor) -> SegTrainOutput | tuple[Tensor, Tensor]:
         outs: list[Tensor | None] = []
@@ -291,9 +297,13 @@ def _segment(args: list[Any], ctx: _Ctx) -> _Built:
         raise ValueError(f"nc must be a positive integer, got {nc!r}")
     nm = args[1] if len(args) > 1 else 32
     npr = ctx.scale_ch(args[2] if len(args) > 2 else 256)
+    proto_stride = args[3] if len(args) > 3 else 4  # segpipe's 4th argument: 2 for finer prototypes
+    if proto_stride not in (2, 4) or isinstance(proto_stride, bool):
+        raise ValueError(f"prototype stride (4th argument) must be 4 or 2, got {proto_stride!r}")
     ch, strides = tuple(ctx.c_in), tuple(ctx.s_in)
-    m = Segment(nc=nc, ch=ch, strides=strides, nm=nm, npr=npr)
-    return m, nc, max(strides), [nc, nm, npr, list(ch)]
+    m = Segment(nc=nc, ch=ch, strides=strides, nm=nm, npr=npr, proto_stride=proto_stride)
+    shown = [nc, nm, npr, list(ch)] if proto_stride == 4 else [nc, nm, npr, proto_stride, list(ch)]
+    return m, nc, max(strides), shown
 
 
 # Registry of YAML module names; names are Ultralytics' so its YAMLs and checkpoints read unchanged.

@@ -66,12 +66,18 @@ class _Axis:
         return bisect.bisect_left(self.last, start), bisect.bisect_right(self.first, end - 1)
 
 
+def input_stride(protos: torch.Tensor, info: LetterboxInfo) -> int:
+    """Model-input pixels per prototype pixel (4 for YOLOv8, 2 for finer prototypes)."""
+    return info.new_shape[0] // protos.shape[-2]
+
+
 def mask_crops(protos: torch.Tensor, coeffs: torch.Tensor, boxes: torch.Tensor,
-               shape: tuple[int, int], *, batched: bool | None = None) -> list[Crop]:
+               shape: tuple[int, int], *, batched: bool | None = None, stride: int = 4) -> list[Crop]:
     """Retina masks (:func:`engines.ops.masks.process_masks_native`) inside each box, frame resolution.
 
     protos (nm, mh, mw), coeffs (n, nm), boxes (n, 4) xyxy in original-frame pixels, shape the frame
-    (H, W). Returns one ``(x0, y0, crop)`` per detection, in order; the crop is exactly the box's pixel
+    (H, W); stride: model-input pixels per prototype pixel (:func:`input_stride`). Returns one
+    ``(x0, y0, crop)`` per detection, in order; the crop is exactly the box's pixel
     span (``ceil(x1) <= x < ceil(x2)``, clamped to the frame), possibly empty. For the streaming
     runtime: a 1080p frame with 100 objects never holds 100 frame-sized masks.
 
@@ -84,7 +90,7 @@ def mask_crops(protos: torch.Tensor, coeffs: torch.Tensor, boxes: torch.Tensor,
     h, w = shape
     if coeffs.shape[0] == 0:
         return []
-    f = _native_upsample_factor(mh, mw, h, w)
+    f = _native_upsample_factor(mh, mw, h, w, stride)
     top, left, bottom, right = _inferred_window(f * mh, f * mw, h, w)
     ay = _Axis.build(mh, f, top, bottom, h, protos.device)
     ax = _Axis.build(mw, f, left, right, w, protos.device)
@@ -163,7 +169,7 @@ def input_mask_crops(protos: torch.Tensor, coeffs: torch.Tensor, boxes: torch.Te
 def retina_mask_crops(protos: torch.Tensor, coeffs: torch.Tensor, boxes: torch.Tensor,
                       info: LetterboxInfo) -> list[Crop]:
     """:func:`mask_crops` for boxes in model-input pixels (mapped to the frame with ``info`` first)."""
-    return mask_crops(protos, coeffs, scale_boxes(boxes, info), info.orig_shape)
+    return mask_crops(protos, coeffs, scale_boxes(boxes, info), info.orig_shape, stride=input_stride(protos, info))
 
 
 def paste_crops(crops: list[Crop], shape: tuple[int, int],

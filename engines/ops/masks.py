@@ -8,7 +8,8 @@ versions in engines.ops.crops, which postprocess and the streaming runtime use):
   input pixels; :func:`scale_masks` then takes them to the original frame (bilinear, > 0.5).
 - :func:`process_masks_native` ("retina masks"): logits upsampled straight to the original frame.
 
-protos: (nm, mh, mw) float, the prototype maps of one image (nm = 32, mh, mw = input h/4, w/4).
+protos: (nm, mh, mw) float, the prototype maps of one image (nm = 32, mh, mw = input h/4, w/4, or
+h/2, w/2 for a model with finer prototypes).
 coeffs: (n, nm) float, one row of mask coefficients per detection. boxes: (n, 4) xyxy float.
 A box covers pixel column c when ``x1 <= c < x2`` (and rows likewise), as in Ultralytics' crop_mask.
 """
@@ -68,19 +69,20 @@ def process_masks(protos: torch.Tensor, coeffs: torch.Tensor, boxes: torch.Tenso
 
 
 def process_masks_native(protos: torch.Tensor, coeffs: torch.Tensor, boxes: torch.Tensor,
-                         shape: tuple[int, int]) -> torch.Tensor:
+                         shape: tuple[int, int], *, stride: int = 4) -> torch.Tensor:
     """Ultralytics' ``process_mask_native`` (retina masks). boxes and shape (H, W) in original-frame
     pixels -> bool (n, H, W).
 
-    The logits are upsampled by the smallest factor f in {1, 2, 4} that puts the letterbox padding on
-    whole pixels, the padding is cut off, and the rest is resized to the frame; the letterbox is
-    inferred from the shapes (input = 4 x prototypes, centred padding), as Ultralytics does.
+    The logits are upsampled by the smallest factor f dividing ``stride`` (1, 2, 4) that puts the
+    letterbox padding on whole pixels, the padding is cut off, and the rest is resized to the frame; the
+    letterbox is inferred from the shapes (input = ``stride`` x prototypes, 4 for YOLOv8, centred
+    padding), as Ultralytics does.
     """
     nm, mh, mw = _check(protos, coeffs, boxes)
     h, w = shape
     if coeffs.shape[0] == 0:
         return torch.zeros((0, h, w), dtype=torch.bool, device=protos.device)
-    f = _native_upsample_factor(mh, mw, h, w)
+    f = _native_upsample_factor(mh, mw, h, w, stride)
     logits = (coeffs.float() @ protos.float().view(nm, -1)).view(1, -1, mh, mw)
     out = torch.empty((coeffs.shape[0], h, w), dtype=torch.bool, device=protos.device)
     step = max(1, _PIXEL_BUDGET // (h * w + f * f * mh * mw))
@@ -121,12 +123,12 @@ def scale_masks(masks: torch.Tensor, shape: tuple[int, int], *, info: LetterboxI
                          align_corners=False)
 
 
-def _native_upsample_factor(mh: int, mw: int, h: int, w: int) -> int:
-    """Ultralytics' choice of f in {1, 2, 4}: the smallest prototype upsample that crops the inferred
-    letterbox padding on whole pixels."""
-    gain = min(4 * mh / h, 4 * mw / w)
-    pad = (4 * mh - max(round(h * gain), 1)) | (4 * mw - max(round(w * gain), 1))
-    return 4 // math.gcd(4, pad | pad // 2)
+def _native_upsample_factor(mh: int, mw: int, h: int, w: int, stride: int = 4) -> int:
+    """Ultralytics' choice of f in {1, 2, 4} (divisors of ``stride``, the input pixels per prototype
+    pixel): the smallest prototype upsample that crops the inferred letterbox padding on whole pixels."""
+    gain = min(stride * mh / h, stride * mw / w)
+    pad = (stride * mh - max(round(h * gain), 1)) | (stride * mw - max(round(w * gain), 1))
+    return stride // math.gcd(stride, pad | pad // 2)
 
 
 def _inferred_window(ih: int, iw: int, oh: int, ow: int) -> tuple[int, int, int, int]:

@@ -1,0 +1,142 @@
+"""Segment heads with finer prototypes (``yolov8-seg-proto2.yaml``: stride 2 instead of YOLOv8's 4):
+the model, its start from a stride-4 checkpoint, training, mask post-processing and export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engines.backends import BackendOptions, load_backend
+from engines.checkpoint import load_checkpoint, save_checkpoint
+from engines.checkpoint.meta import ModelMeta
+from engines.errors import ConfigError
+from engines.export import export
+from engines.nn import SegmentationModel, resolve_model_cfg
+from engines.ops.crops import mask_crops, paste_crops
+from engines.ops.masks import process_masks_native
+from engines.train.loss import SegLoss
+from engines.train.weights import transfer_weights
+
+NAMES = ("a", "b")
+
+
+@pytest.fixture(scope="module")
+def models() -> tuple[SegmentationModel, SegmentationModel]:
+    """A stride-4 model with trained-looking BatchNorm statistics, and a stride-2 one seeded from it."""
+    torch.manual_seed(0)
+    coarse = SegmentationModel("yolov8n-seg.yaml", nc=2)
+    for m in coarse.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    fine = SegmentationModel("yolov8n-seg-proto2.yaml", nc=2)
+    n, total = transfer_weights(fine, coarse.state_dict())
+    assert n == len(coarse.state_dict()) and total == n + 8  # all but upsample2 (2) and refine (6)
+    return coarse.eval(), fine.eval()
+
+
+def test_a_stride4_checkpoint_loads_and_predicts_the_same_at_twice_the_resolution(models):
+    coarse, fine = models
+    assert (coarse.proto_stride, fine.proto_stride) == (4, 2)
+    x = torch.rand(2, 3, 96, 64)
+    with torch.no_grad():
+        (pc, qc), (pf, qf) = coarse(x), fine(x)
+    assert qf.shape == (2, 32, 48, 32) and torch.equal(pc, pf)
+    # The new step starts as bilinear upsampling (all but the outermost row and column, which see padding).
+    want = F.interpolate(qc, scale_factor=2, mode="bilinear", align_corners=False)
+    assert torch.allclose(qf[..., 1:-1, 1:-1], want[..., 1:-1, 1:-1], atol=1e-5)
+
+
+def test_meta_reads_the_stride_from_the_model_yaml(models):
+    coarse, fine = models
+    assert ModelMeta(names=NAMES, model_yaml=fine.yaml, imgsz=64, stride=32).proto_stride == 2
+    assert ModelMeta(names=NAMES, model_yaml=coarse.yaml, imgsz=64, stride=32).proto_stride == 4
+    assert ModelMeta(names=NAMES, model_yaml={}, imgsz=64, stride=32).proto_stride == 4
+
+
+@pytest.mark.parametrize("stride", [3, 8, True])
+def test_other_strides_are_refused_naming_the_row(stride):
+    d = resolve_model_cfg("yolov8n-seg.yaml")
+    d["head"][-1][3] = ["nc", 32, 256, stride]
+    with pytest.raises(ConfigError, match=r"head\[\d+\].*prototype stride .*must be 4 or 2"):
+        SegmentationModel(d, nc=2)
+
+
+@pytest.mark.parametrize("ratio", [1, 2, 4])
+def test_training_reaches_the_new_layers_at_any_mask_ratio(models, ratio):
+    _, fine = models
+    net = SegmentationModel(fine.yaml, nc=2)
+    net.load_state_dict(fine.state_dict())
+    net.train()
+    out = net(torch.rand(2, 3, 64, 64))
+    assert out.proto.shape[-2:] == (32, 32)
+    masks = torch.zeros(2, 64 // ratio, 64 // ratio, dtype=torch.uint8)
+    masks[0, 8 // ratio:40 // ratio, 12 // ratio:20 // ratio] = 1  # a thin stroke: x 12..20, y 8..40 pixels
+    masks[1, 16 // ratio:48 // ratio, 16 // ratio:48 // ratio] = 1
+    boxes = torch.tensor([[16.0, 24.0, 8.0, 32.0], [32.0, 32.0, 32.0, 32.0]]) / 64  # normalised xywh
+    batch = SimpleNamespace(cls=torch.tensor([0.0, 1.0]), batch_idx=torch.tensor([0.0, 1.0]), masks=masks,
+                            bboxes=boxes)
+    loss, items = SegLoss.for_model(net)(out, batch)
+    loss.backward()
+    assert torch.isfinite(items).all() and items[1] > 0
+    assert net.head.proto.refine.bn.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("frame", [(50, 40), (40, 50), (32, 32)])
+def test_frame_crops_agree_with_native_masks_at_stride2(frame):
+    g = torch.Generator().manual_seed(1)
+    protos = torch.randn(32, 16, 16, generator=g)  # a 32x32 input at stride 2
+    coeffs = torch.randn(5, 32, generator=g)
+    h, w = frame
+    boxes = torch.tensor([[0.0, 0.0, w, h], [3.2, 4.5, 20.1, 30.7], [w - 9.5, h - 7.2, w + 3.0, h + 1.0],
+                          [10.0, 10.0, 10.5, 11.0], [-4.0, 2.0, 6.0, 9.0]])
+    native = process_masks_native(protos, coeffs, boxes, frame, stride=2)
+    crops = paste_crops(mask_crops(protos, coeffs, boxes, frame, stride=2), frame)
+    assert torch.equal(native, crops)
+    # And they are the stride-2 reading: the stride-4 one upsamples a 16x16 map as if the input were 64x64.
+    assert not torch.equal(native, process_masks_native(protos, coeffs, boxes, frame, stride=4)) or frame == (32, 32)
+
+
+def test_onnx_export_runs_in_onnx_runtime_with_half_resolution_prototypes(models, tmp_path: Path):
+    _, fine = models
+    meta = ModelMeta(names=NAMES, model_yaml=fine.yaml, imgsz=64, stride=32)
+    pt = save_checkpoint(tmp_path / "fine.pt", state_dict=fine.state_dict(), meta=meta)
+    assert load_checkpoint(pt).meta.proto_stride == 2
+    onnx_path = export(pt, format="onnx", imgsz=64, dynamic=True, batch=2, opset=17, out=tmp_path / "fine.onnx")
+    backend = load_backend(onnx_path, device=torch.device("cpu"), options=BackendOptions())
+    assert backend.meta.proto_stride == 2
+    x = torch.rand(2, 3, 96, 64)
+    pred, proto = backend(x)
+    with torch.no_grad():
+        want_pred, want_proto = fine(x)
+    assert proto.shape == (2, 32, 48, 32)
+    assert torch.allclose(proto, want_proto, atol=1e-4) and torch.allclose(pred, want_pred, atol=1e-3, rtol=1e-4)
+
+
+def test_the_demo_model_seeded_into_finer_prototypes_predicts_the_same_objects(tmp_path: Path):
+    """End to end through SegModel (letterbox, NMS, both mask routes): before any training, the stride-2
+    copy of the demo model finds the same objects with nearly the same masks."""
+    import numpy as np
+
+    from engines.predict import PredictConfig, SegModel
+    from engines.synth.scene import render_scene
+
+    demo = Path(__file__).resolve().parents[2] / "engines" / "assets" / "demo-seg.pt"
+    ckpt = load_checkpoint(demo)
+    fine = SegmentationModel("yolov8n-seg-proto2.yaml", nc=len(ckpt.meta.names))
+    transfer_weights(fine, ckpt.state_dict)
+    meta = ModelMeta(names=ckpt.meta.names, model_yaml=fine.yaml, imgsz=640, stride=32)
+    fine_pt = save_checkpoint(tmp_path / "fine.pt", state_dict=fine.state_dict(), meta=meta)
+    image = np.ascontiguousarray(render_scene(np.random.default_rng([2, 0]), "mixed", (640, 384)).image[..., ::-1])
+    for retina in (False, True):
+        cfg = PredictConfig(imgsz=640, retina_masks=retina)
+        a, b = (SegModel(p).predict_arrays([image], cfg)[0] for p in (demo, fine_pt))
+        assert len(a.boxes) >= 3 and torch.equal(a.class_ids, b.class_ids)
+        assert torch.allclose(a.boxes, b.boxes, atol=1e-3)
+        inter = (a.masks & b.masks).flatten(1).sum(1)
+        union = (a.masks | b.masks).flatten(1).sum(1)
+        assert (inter / union).mean() > 0.85
