@@ -141,7 +141,7 @@ class SegmentationModel(nn.Module):
     @property
     def proto_stride(self) -> int:
         """Input pixels per prototype pixel: 4 (YOLOv8), or 2."""
-        return self.head.proto_stride
+        return self.head.proto.stride
 
     def forward(self, x: Tensor) -> SegTrainOutput | tuple[Tensor, Tensor]:
         outs: list[Tensor | None] = []
@@ -297,9 +297,7 @@ def _segment(args: list[Any], ctx: _Ctx) -> _Built:
         raise ValueError(f"nc must be a positive integer, got {nc!r}")
     nm = args[1] if len(args) > 1 else 32
     npr = ctx.scale_ch(args[2] if len(args) > 2 else 256)
-    proto_stride = args[3] if len(args) > 3 else 4  # segpipe's 4th argument: 2 for finer prototypes
-    if proto_stride not in (2, 4) or isinstance(proto_stride, bool):
-        raise ValueError(f"prototype stride (4th argument) must be 4 or 2, got {proto_stride!r}")
+    proto_stride = args[3] if len(args) > 3 else 4  # segpipe's 4th argument: 2 for finer prototypes (Proto checks)
     ch, strides = tuple(ctx.c_in), tuple(ctx.s_in)
     m = Segment(nc=nc, ch=ch, strides=strides, nm=nm, npr=npr, proto_stride=proto_stride)
     shown = [nc, nm, npr, list(ch)] if proto_stride == 4 else [nc, nm, npr, proto_stride, list(ch)]

@@ -271,7 +271,7 @@ class Segment(Detect):
     def __init__(self, *, nc: int, ch: tuple[int, ...], strides: tuple[float, ...], nm: int = 32,
                  npr: int = 256, reg_max: int = 16, proto_stride: int = 4) -> None:
         super().__init__(nc=nc, ch=ch, strides=strides, reg_max=reg_max)
-        self.nm, self.npr, self.proto_stride = nm, npr, proto_stride
+        self.nm, self.npr = nm, npr
         self.proto = Proto(c1=ch[0], c_=npr, c2=nm, stride=proto_stride)
         c4 = max(ch[0] // 4, nm)
         self.cv4 = nn.ModuleList(_branch(x, c4, nm) for x in ch)

@@ -42,10 +42,10 @@ class _Axis:
         n_in = hi - lo
         # F.interpolate with an explicit size uses scale = n_in / out_size computed in float32.
         scale = float(torch.tensor(n_in, dtype=torch.float32) / out_size)
-        r0, r1, lam = _linear_weights(n_in, out_size, scale, device)
+        r0, r1, lam = bilinear_taps(n_in, out_size, scale, device)
         r0, r1 = r0 + lo, r1 + lo  # rows of the (upsampled) input
         if f > 1:
-            j0, j1, mu = _linear_weights(m, f * m, 1.0 / f, device)
+            j0, j1, mu = bilinear_taps(m, f * m, 1.0 / f, device)
             cols = (j0[r0], j1[r0], j0[r1], j1[r1])
             vals = ((1 - lam) * (1 - mu[r0]), (1 - lam) * mu[r0], lam * (1 - mu[r1]), lam * mu[r1])
         else:
@@ -198,12 +198,13 @@ def _span(a: float, b: float, size: int) -> tuple[int, int]:
     return min(max(math.ceil(a), 0), size), min(max(math.ceil(b), 0), size)
 
 
-def _linear_weights(in_size: int, out_size: int, scale: float,
-                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def bilinear_taps(in_size: int, out_size: int, scale: float, device: torch.device,
+                  dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """PyTorch's bilinear (align_corners=False) taps along one axis: for each output index the two
-    source indices and the weight of the second, with source = scale * (dst + 0.5) - 0.5 clamped at 0."""
-    dst = torch.arange(out_size, device=device, dtype=torch.float32)
-    src = (torch.tensor(scale, dtype=torch.float32, device=device) * (dst + 0.5) - 0.5).clamp_(min=0)
+    source indices and the weight of the second, with source = scale * (dst + 0.5) - 0.5 clamped at 0,
+    computed in ``dtype`` (F.interpolate computes in its input's)."""
+    dst = torch.arange(out_size, device=device, dtype=dtype)
+    src = (torch.tensor(scale, dtype=dtype, device=device) * (dst + 0.5) - 0.5).clamp_(min=0)
     i0 = src.long()
     lam = (src - i0).clamp_(0, 1)
     i1 = torch.where(i0 < in_size - 1, i0 + 1, i0)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from engines.nn.head import bbox2dist, dist2bbox, make_anchors
+from engines.ops.crops import bilinear_taps
 from engines.train.assigner import Assignment, TaskAlignedAssigner
 from engines.train.boxes import bbox_ciou, crop_mask, xywh2xyxy
 
@@ -122,15 +123,6 @@ def mask_loss(
     return (crop_mask(bce, boxes).mean(dim=(1, 2)) / area).sum()
 
 
-def _bilinear_taps(dst: Tensor, size_in: int, size_out: int, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
-    """Where output index ``dst`` reads when a line of ``size_in`` values is resized to ``size_out``
-    the way ``F.interpolate(mode="bilinear", align_corners=False)`` does: ``(i0, i1, frac)``, the
-    output being ``(1 - frac) * in[i0] + frac * in[i1]``."""
-    src = ((dst.to(dtype) + 0.5) * (size_in / size_out) - 0.5).clamp(min=0)
-    i0 = src.floor().long().clamp(max=size_in - 1)
-    return i0, (i0 + 1).clamp(max=size_in - 1), src - i0
-
-
 def mask_loss_in_boxes(
     masks: Tensor, inst: Tensor, img: Tensor, coeffs: Tensor, proto: Tensor, boxes: Tensor, area: Tensor
 ) -> Tensor:
@@ -169,8 +161,10 @@ def mask_loss_in_boxes(
     local = torch.arange(total, device=dev) - (pixels.cumsum(0) - pixels)[seg]
     width = size[seg, 0]
     y, x = lo[seg, 1] + local // width, lo[seg, 0] + local % width
-    y0, y1, fy = _bilinear_taps(y, ph, h, low.dtype)
-    x0, x1, fx = _bilinear_taps(x, pw, w, low.dtype)
+    ty0, ty1, ty = bilinear_taps(ph, h, ph / h, dev, low.dtype)  # per-axis tables, looked up per pixel
+    tx0, tx1, tx = bilinear_taps(pw, w, pw / w, dev, low.dtype)
+    y0, y1, fy = ty0[y], ty1[y], ty[y]
+    x0, x1, fx = tx0[x], tx1[x], tx[x]
     base = (img * fmax + rank)[seg] * (ph * pw)
     r0, r1 = base + y0 * pw, base + y1 * pw
     # One gather of the four taps (one zero-filled gradient and one scatter-add in the backward pass).
