@@ -298,9 +298,15 @@ def _segment(args: list[Any], ctx: _Ctx) -> _Built:
     nm = args[1] if len(args) > 1 else 32
     npr = ctx.scale_ch(args[2] if len(args) > 2 else 256)
     proto_stride = args[3] if len(args) > 3 else 4  # segpipe's 4th argument: 2 for finer prototypes (Proto checks)
-    ch, strides = tuple(ctx.c_in), tuple(ctx.s_in)
-    m = Segment(nc=nc, ch=ch, strides=strides, nm=nm, npr=npr, proto_stride=proto_stride)
-    shown = [nc, nm, npr, list(ch)] if proto_stride == 4 else [nc, nm, npr, proto_stride, list(ch)]
+    # Inputs finer than the first (P3) are segpipe's prototype skips: detection never sees them.
+    n_det = next((k for k, s in enumerate(ctx.s_in) if s < ctx.s_in[0]), len(ctx.s_in))
+    ch, strides = tuple(ctx.c_in[:n_det]), tuple(ctx.s_in[:n_det])
+    skips = tuple((int(s), c) for s, c in zip(ctx.s_in[n_det:], ctx.c_in[n_det:], strict=True))
+    if [s for s, _ in skips] != sorted({s for s, _ in skips}, reverse=True):
+        raise ValueError(f"prototype skip inputs must come coarsest first, one per stride, got strides "
+                         f"{[s for s, _ in skips]}")
+    m = Segment(nc=nc, ch=ch, strides=strides, nm=nm, npr=npr, proto_stride=proto_stride, skips=skips)
+    shown = [nc, nm, npr, list(ch)] if proto_stride == 4 and not skips else [nc, nm, npr, proto_stride, list(ch)]
     return m, nc, max(strides), shown
 
 

@@ -19,6 +19,10 @@ from engines.nn.head import dist2bbox, make_anchors
 # Ultralytics trains with these BatchNorm settings; they are part of reproducing its training.
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.03
+# BatchNorm scale a new residual branch of Proto starts at: small, so seeded weights predict nearly as
+# before, but not zero. At zero the branch's conv gets no gradient and Adam moves the scale itself by
+# about lr a step: at lr 5e-4 a zero-started refine still had scales of ~0.002 after 1,470 steps.
+NEW_BRANCH_SCALE = 0.1
 
 
 def autopad(k: int, p: int | None = None, d: int = 1) -> int:
@@ -150,35 +154,58 @@ class Proto(nn.Module):
     ``stride`` 4 is YOLOv8's. ``stride`` 2 adds one upsampling step after the last conv (``upsample2``,
     then a residual 3x3 conv ``refine`` over the ``c2`` prototypes): maps fine enough for strokes 1-3 px
     wide, which a quarter-resolution map cannot draw (n scale: 12.0 -> 17.2 GFLOPs, +28 % CPU time). The
-    step starts as a plain bilinear x2 upsampling (``refine``'s BatchNorm scale zero; the outermost row
-    and column differ), so a stride-4 model's weights load into it and predict nearly as before until
+    step starts as a plain bilinear x2 upsampling plus a faint ``refine`` (BatchNorm scale
+    ``NEW_BRANCH_SCALE``), so a stride-4 model's weights load into it and predict nearly as before until
     training teaches it detail.
+
+    ``skips`` (segpipe): channels of backbone maps finer than P3 to draw on, ``{stride: channels}`` with
+    stride 4 and/or 2 (2 needs ``stride`` 2). P3 has no detail below 8 px; these early maps still hold
+    the edges of 1-3 px strokes. Each enters through a residual conv started faint like ``refine``
+    (``skip4``: 1x1 into the upsampled hidden map; ``skip2``: 3x3 over the half-resolution prototypes and
+    the map together, beside ``refine``), so weights without them load and predict nearly as before.
     """
 
-    def __init__(self, *, c1: int, c_: int = 256, c2: int = 32, stride: int = 4) -> None:
+    def __init__(self, *, c1: int, c_: int = 256, c2: int = 32, stride: int = 4,
+                 skips: dict[int, int] | None = None) -> None:
         super().__init__()
         if stride not in (2, 4):
             raise ValueError(f"prototype stride must be 4 or 2, got {stride!r}")
-        self.stride = stride
+        skips = dict(skips or {})
+        if set(skips) - {4, 2} or (2 in skips and stride != 2):
+            raise ValueError(f"prototype skip inputs must be at stride 4 or 2 (2 only for prototype stride 2), "
+                             f"got strides {sorted(skips)}")
+        self.stride, self.skip_strides = stride, tuple(sorted(skips, reverse=True))
         self.cv1 = Conv(c1=c1, c2=c_, k=3)
         self.upsample = nn.ConvTranspose2d(c_, c_, 2, 2, 0, bias=True)
+        self.skip4 = Conv(c1=skips[4], c2=c_) if 4 in skips else None
         self.cv2 = Conv(c1=c_, c2=c_, k=3)
         self.cv3 = Conv(c1=c_, c2=c2)
         if stride == 2:
             self.upsample2 = nn.ConvTranspose2d(c2, c2, 4, 2, 1, bias=True)
             self.refine = Conv(c1=c2, c2=c2, k=3)
-            with torch.no_grad():  # per-channel bilinear x2, and a residual that adds nothing yet
+            with torch.no_grad():  # per-channel bilinear x2
                 taps = torch.tensor([0.25, 0.75, 0.75, 0.25])
                 self.upsample2.weight.zero_()
                 self.upsample2.weight[range(c2), range(c2)] = torch.outer(taps, taps)
                 self.upsample2.bias.zero_()
-                self.refine.bn.weight.zero_()
+        self.skip2 = Conv(c1=c2 + skips[2], c2=c2, k=3) if 2 in skips else None
+        for m in (self.skip4, self.skip2, getattr(self, "refine", None)):
+            if m is not None:
+                nn.init.constant_(m.bn.weight, NEW_BRANCH_SCALE)
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.cv3(self.cv2(self.upsample(self.cv1(x))))
+    def forward(self, x: Tensor, *skips: Tensor) -> Tensor:
+        """x: P3; skips: the maps named by ``skips``, coarsest first (stride 4, then 2)."""
+        if len(skips) != len(self.skip_strides):
+            raise ValueError(f"Proto: expected {len(self.skip_strides)} skip maps, got {len(skips)}")
+        fine = dict(zip(self.skip_strides, skips, strict=True))
+        x = self.upsample(self.cv1(x))
+        if self.skip4 is not None:
+            x = x + self.skip4(fine[4])
+        x = self.cv3(self.cv2(x))
         if self.stride == 2:
             x = self.upsample2(x)
-            x = x + self.refine(x)
+            y = x + self.refine(x)
+            x = y if self.skip2 is None else y + self.skip2(torch.cat((x, fine[2]), 1))
         return x
 
 
@@ -265,19 +292,22 @@ class Segment(Detect):
     """Detect plus ``nm`` mask coefficients per anchor and a :class:`Proto` of ``npr`` channels.
 
     Eval: ``(pred (N, 4 + nc + nm, A), proto (N, nm, H/s, W/s))``, ``s = proto_stride`` (4, or 2 for
-    finer prototypes, see :class:`Proto`); train: :class:`SegTrainOutput`.
+    finer prototypes, see :class:`Proto`); train: :class:`SegTrainOutput`. ``ch``/``strides`` are the
+    detection levels; ``skips`` ``((stride, channels), ...)``, coarsest first, are inputs that follow them
+    and feed only the prototypes.
     """
 
     def __init__(self, *, nc: int, ch: tuple[int, ...], strides: tuple[float, ...], nm: int = 32,
-                 npr: int = 256, reg_max: int = 16, proto_stride: int = 4) -> None:
+                 npr: int = 256, reg_max: int = 16, proto_stride: int = 4,
+                 skips: tuple[tuple[int, int], ...] = ()) -> None:
         super().__init__(nc=nc, ch=ch, strides=strides, reg_max=reg_max)
         self.nm, self.npr = nm, npr
-        self.proto = Proto(c1=ch[0], c_=npr, c2=nm, stride=proto_stride)
+        self.proto = Proto(c1=ch[0], c_=npr, c2=nm, stride=proto_stride, skips=dict(skips))
         c4 = max(ch[0] // 4, nm)
         self.cv4 = nn.ModuleList(_branch(x, c4, nm) for x in ch)
 
     def forward(self, x: list[Tensor]) -> SegTrainOutput | tuple[Tensor, Tensor]:  # type: ignore[override]
-        proto = self.proto(x[0])
+        proto = self.proto(x[0], *x[self.nl:])  # inputs after the detection levels feed the prototypes only
         coeffs = torch.cat([self.cv4[i](x[i]).flatten(2) for i in range(self.nl)], 2)
         feats = self.raw(x)
         if self.training:

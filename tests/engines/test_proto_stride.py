@@ -46,9 +46,11 @@ def test_a_stride4_checkpoint_loads_and_predicts_the_same_at_twice_the_resolutio
     with torch.no_grad():
         (pc, qc), (pf, qf) = coarse(x), fine(x)
     assert qf.shape == (2, 32, 48, 32) and torch.equal(pc, pf)
-    # The new step starts as bilinear upsampling (all but the outermost row and column, which see padding).
-    want = F.interpolate(qc, scale_factor=2, mode="bilinear", align_corners=False)
-    assert torch.allclose(qf[..., 1:-1, 1:-1], want[..., 1:-1, 1:-1], atol=1e-5)
+    # The new step starts as bilinear upsampling (all but the outermost row and column, which see padding)
+    # plus a faint refine: close, but live.
+    want = F.interpolate(qc, scale_factor=2, mode="bilinear", align_corners=False)[..., 1:-1, 1:-1]
+    err = (qf[..., 1:-1, 1:-1] - want).abs()
+    assert 0 < err.mean() < 0.1 * want.abs().mean()
 
 
 def test_meta_reads_the_stride_from_the_model_yaml(models):

@@ -1,0 +1,112 @@
+"""Prototypes fed by the backbone's fine maps (``yolov8-seg-proto2-skip.yaml``: Segment inputs finer than
+P3 feed only the prototype branch): the model, its start from other checkpoints, training and export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from engines.backends import BackendOptions, load_backend
+from engines.checkpoint import load_checkpoint, save_checkpoint
+from engines.checkpoint.meta import ModelMeta
+from engines.errors import ConfigError
+from engines.export import export
+from engines.nn import SegmentationModel, resolve_model_cfg
+from engines.train.loss import SegLoss
+from engines.train.weights import transfer_weights
+
+NAMES = ("a", "b")
+
+
+@pytest.fixture(scope="module")
+def models() -> tuple[SegmentationModel, SegmentationModel]:
+    """A proto2 model with trained-looking weights in the new step, and a skip model seeded from it."""
+    torch.manual_seed(0)
+    plain = SegmentationModel("yolov8n-seg-proto2.yaml", nc=2)
+    for m in plain.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+    skip = SegmentationModel("yolov8n-seg-proto2-skip.yaml", nc=2)
+    n, total = transfer_weights(skip, plain.state_dict())
+    assert n == len(plain.state_dict()) and total == n + 12  # all but skip4 and skip2 (conv + 5 BN tensors each)
+    return plain.eval(), skip.eval()
+
+
+def test_detection_reads_p3_to_p5_and_the_skips_reach_only_the_prototypes(models):
+    _, skip = models
+    head = skip.head
+    assert head.nl == 3 and head.strides == (8.0, 16.0, 32.0) and skip.proto_stride == 2
+    assert head.proto.skip_strides == (4, 2)
+    assert head.proto.skip4.conv.in_channels == 32 and head.proto.skip2.conv.in_channels == 32 + 16
+
+
+def test_new_skips_start_faint_so_seeded_weights_predict_nearly_as_before(models):
+    plain, skip = models
+    x = torch.rand(2, 3, 96, 64)
+    with torch.no_grad():
+        (pa, qa), (pb, qb) = plain(x), skip(x)
+    assert qb.shape == (2, 32, 48, 32) and torch.equal(pa, pb)
+    err = (qa - qb).abs()
+    assert 0 < err.mean() < 0.1 * qa.abs().mean()
+
+
+@pytest.mark.parametrize("rows, match", [
+    ([15, 18, 21, 0], "at stride 4 or 2 .2 only for prototype stride 2"),  # stride-2 skip, stride-4 prototypes
+    ([15, 18, 21, 0, 2], "coarsest first, one per stride"),
+    ([15, 18, 21, 2, 1], "coarsest first, one per stride"),
+])
+def test_bad_skip_inputs_are_refused_naming_the_row(rows, match):
+    d = resolve_model_cfg("yolov8n-seg.yaml")
+    d["head"][-1][0] = rows
+    with pytest.raises(ConfigError, match=r"head\[\d+\].*" + match):
+        SegmentationModel(d, nc=2)
+
+
+def test_a_stride4_skip_alone_works_with_yolov8_prototypes():
+    d = resolve_model_cfg("yolov8n-seg.yaml")
+    d["head"][-1][0] = [15, 18, 21, 2]
+    net = SegmentationModel(d, nc=2).eval()
+    with torch.no_grad():
+        _, proto = net(torch.rand(1, 3, 64, 96))
+    assert net.proto_stride == 4 and proto.shape == (1, 32, 16, 24)
+
+
+def test_training_reaches_both_skips(models):
+    _, skip = models
+    net = SegmentationModel(skip.yaml, nc=2)
+    net.load_state_dict(skip.state_dict())
+    net.train()
+    out = net(torch.rand(2, 3, 64, 64))
+    masks = torch.zeros(2, 64, 64, dtype=torch.uint8)
+    masks[0, 8:40, 12:14] = 1  # a 2 px stroke
+    masks[1, 16:48, 16:48] = 1
+    boxes = torch.tensor([[13.0, 24.0, 2.0, 32.0], [32.0, 32.0, 32.0, 32.0]]) / 64  # normalised xywh
+    batch = SimpleNamespace(cls=torch.tensor([0.0, 1.0]), batch_idx=torch.tensor([0.0, 1.0]), masks=masks,
+                            bboxes=boxes)
+    loss, items = SegLoss.for_model(net)(out, batch)
+    loss.backward()
+    proto = net.head.proto
+    assert torch.isfinite(items).all() and items[1] > 0
+    for branch in (proto.skip4, proto.skip2, proto.refine):  # started faint, not closed: their convs learn too
+        assert branch.bn.weight.grad.abs().sum() > 0 and branch.conv.weight.grad.abs().sum() > 0
+
+
+def test_onnx_export_runs_in_onnx_runtime(models, tmp_path: Path):
+    _, skip = models
+    meta = ModelMeta(names=NAMES, model_yaml=skip.yaml, imgsz=64, stride=32)
+    pt = save_checkpoint(tmp_path / "skip.pt", state_dict=skip.state_dict(), meta=meta)
+    assert load_checkpoint(pt).meta.proto_stride == 2
+    onnx_path = export(pt, format="onnx", imgsz=64, dynamic=True, batch=2, opset=17, out=tmp_path / "skip.onnx")
+    backend = load_backend(onnx_path, device=torch.device("cpu"), options=BackendOptions())
+    assert backend.meta.proto_stride == 2
+    x = torch.rand(2, 3, 96, 64)
+    pred, proto = backend(x)
+    with torch.no_grad():
+        want_pred, want_proto = skip(x)
+    assert proto.shape == (2, 32, 48, 32)
+    assert torch.allclose(proto, want_proto, atol=1e-4) and torch.allclose(pred, want_pred, atol=1e-3, rtol=1e-4)
