@@ -10,7 +10,8 @@
 #   benchmarks/demo_train.sh [gpu-finetune|gpu-val2|gpu-package2]                      (its second stage)
 #   benchmarks/demo_train.sh [masks|masks-val|masks-package]                           (the third, on a CPU)
 #   benchmarks/demo_train.sh [gpu-masks|gpu-masks-val|gpu-masks-package]              (the third, on a GPU)
-#   benchmarks/demo_train.sh [gpu-proto2|gpu-masks-val|gpu-masks-package]             (the fifth, prepared)
+#   benchmarks/demo_train.sh [gpu-skip|gpu-masks-val|gpu-masks-package]               (the fifth, prepared)
+#   benchmarks/demo_train.sh [skip|masks-val]                                          (its CPU trial)
 #
 # WORK (default /tmp/segpipe-demo) holds the generated data and the runs; nothing is written into the repo
 # except, by the package stages, engines/assets/demo-seg.pt. The CPU recipe took two sessions on 2 cores: `train` and
@@ -149,17 +150,33 @@ gpu_masks() {
 
 # Stage 5 (next, prepared): finer prototypes. The best half-resolution logit map fits bicycles at mean
 # IoU 0.83 where a quarter-resolution one reaches 0.26 (benchmarks/mask_targets.py), so the model becomes
-# yolov8n-seg-proto2.yaml (prototypes at stride 2), seeded with every tensor of the shipped model (the new
-# upsampling step starts as a bilinear x2 copy), and trains on as stage 4 did. Tried on 2 CPU cores first
-# (3 epochs of 3,920 new scenes, seed 3, batch 8, --time 1.35, ~27 min an epoch): held-out box / mask
-# 0.772 / 0.575, the same as the shipped model, bicycles still ~0 (6e-6). Too little training for the new
-# step to learn thin detail, or a sign it needs more than a residual 3x3 conv: the GPU stage will tell.
-gpu_proto2() {
-    $SEGPIPE train --data "$WORK/train-gpu/data.yaml" --model yolov8n-seg-proto2.yaml \
+# yolov8n-seg-proto2-skip.yaml: prototypes at stride 2 that also read the backbone's stride-4 and stride-2
+# maps, seeded with every tensor of the shipped model (the new branches start faint) and trained on as
+# stage 4 was. History, on 2 CPU cores (batch 8, 3,920 new scenes of seed 3, ~5.5 s a batch):
+# - yolov8n-seg-proto2.yaml, 3 epochs: held-out box / mask 0.772 / 0.575, bicycles ~0. Its refine conv had
+#   started with BatchNorm scale 0 and was still at ~0.002 after 1,470 AdamW steps: never trained.
+# - `skip` below, new branches at scale 0.1: see engines/assets/README.md.
+gpu_skip() {
+    $SEGPIPE train --data "$WORK/train-gpu/data.yaml" --model yolov8n-seg-proto2-skip.yaml \
         --pretrained "${FROM:-engines/assets/demo-seg.pt}" --imgsz "${GPU_IMGSZ:-640}" --batch 32 --nbs 32 \
         --device "${GPU_DEVICE:-0}" --optimizer AdamW --lr0 0.0005 --no-plots --no-val --no-deterministic --epochs 20 \
         --time "${GPU_HOURS:-0.1}" --mosaic 0 --mask-ratio 1 --workers "${TRAIN_WORKERS:-14}" --seed 6 \
         --warmup-epochs 0 --out "$RUN_MASKS" ${GPU_TRAIN_EXTRA:-}
+}
+
+# The CPU trial of stage 5 (OMP_NUM_THREADS=2, quiet cores): one epoch at lr 5e-4 over 3,920 scenes of
+# seed 3 (--time re-planned 4 epochs to 1), then one at 2e-4 from its last.pt.
+skip_cpu() {
+    $SEGPIPE synth dataset --out "$WORK/train3" --images 4000 --style mixed --seed 3 --size 640x384 \
+        --val-fraction 0.02 --workers 2 --force
+    $SEGPIPE train --data "$WORK/train3/data.yaml" --model yolov8n-seg-proto2-skip.yaml \
+        --pretrained "${FROM:-engines/assets/demo-seg.pt}" --imgsz 640 --batch 8 --nbs 16 --device cpu \
+        --optimizer AdamW --lr0 0.0005 --epochs 4 --time 1.45 --mosaic 0 --mask-ratio 1 --no-val --no-plots \
+        --no-deterministic --workers 1 --seed 8 --warmup-epochs 0 --out "$WORK/run-skip"
+    $SEGPIPE train --data "$WORK/train3/data.yaml" --model "$WORK/run-skip/weights/last.pt" --imgsz 640 \
+        --batch 8 --nbs 16 --device cpu --optimizer AdamW --lr0 0.0002 --epochs 1 --time 0.85 --mosaic 0 \
+        --mask-ratio 1 --no-val --no-plots --no-deterministic --workers 1 --seed 9 --warmup-epochs 0 \
+        --out "$RUN_MASKS"
 }
 
 masks_val() {
@@ -194,7 +211,8 @@ case "${1:-all}" in
     gpu-package2) package "$GPU_RUN2/weights/best.pt" "${2:-engines/assets/demo-seg.pt}" ;;
     masks) masks ;;
     gpu-masks) gpu_masks ;;
-    gpu-proto2) gpu_proto2 ;;
+    gpu-skip) gpu_skip ;;
+    skip) skip_cpu ;;
     masks-val) masks_val cpu ;;
     gpu-masks-val) masks_val "${GPU_DEVICE:-0}" ;;
     masks-package|gpu-masks-package) package "$RUN_MASKS/weights/best.pt" "${2:-engines/assets/demo-seg.pt}" ;;

@@ -95,6 +95,16 @@ class Validator:
         self._prepare()
         return self._truths
 
+    @property
+    def loader(self) -> SegLoader:
+        """The val loader (letterboxed batches, ``batch.im_files`` name each image)."""
+        return self._prepare()
+
+    def truth_of(self, im_file: str | os.PathLike[str]) -> ImageTruth:
+        """Ground truth of one image of the split, by its file."""
+        self._prepare()
+        return self._truths[self._ids[os.fspath(im_file)]]
+
     def __call__(self, infer: Infer, names: Sequence[str] | None = None) -> SegMetrics:
         names = tuple(self.data.names if names is None else names)
         if len(names) != self.data.nc:

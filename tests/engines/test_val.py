@@ -84,6 +84,11 @@ def test_known_answer_end_to_end(data_yaml: Path, tmp_path: Path) -> None:
     oracle = KnownAnswer(v.dataset, spec.nc)
     m = v(oracle, spec.names)
     assert m.images == N_IMAGES and m.instances.sum() == sum(len(t) for t in v.truths)
+    # The same images and truths, by file, for scripts that score on their own (benchmarks/mask_iou.py).
+    batches = list(v.loader)
+    got = [(v.truth_of(f), info) for bt in batches for f, info in zip(bt.im_files, bt.infos, strict=True)]
+    assert len({id(t) for t, _ in got}) == N_IMAGES and all(any(t is u for u in v.truths) for t, _ in got)
+    assert all(t.shape == tuple(info.orig_shape) for t, info in got)
     assert m.box.map > 0.9 and m.box.map50 > 0.95 and m.box.precision > 0.9 and m.box.recall > 0.9
     assert 0.1 < m.seg.map < m.box.map and m.seg.map50 > 0.4  # box-shaped masks: right place, wrong shape
     _assert_cocoeval_agrees(m, tmp_path, 1e-6)
