@@ -302,9 +302,6 @@ def _segment(args: list[Any], ctx: _Ctx) -> _Built:
     n_det = next((k for k, s in enumerate(ctx.s_in) if s < ctx.s_in[0]), len(ctx.s_in))
     ch, strides = tuple(ctx.c_in[:n_det]), tuple(ctx.s_in[:n_det])
     skips = tuple((int(s), c) for s, c in zip(ctx.s_in[n_det:], ctx.c_in[n_det:], strict=True))
-    if [s for s, _ in skips] != sorted({s for s, _ in skips}, reverse=True):
-        raise ValueError(f"prototype skip inputs must come coarsest first, one per stride, got strides "
-                         f"{[s for s, _ in skips]}")
     m = Segment(nc=nc, ch=ch, strides=strides, nm=nm, npr=npr, proto_stride=proto_stride, skips=skips)
     shown = [nc, nm, npr, list(ch)] if proto_stride == 4 and not skips else [nc, nm, npr, proto_stride, list(ch)]
     return m, nc, max(strides), shown

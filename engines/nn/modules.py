@@ -158,23 +158,26 @@ class Proto(nn.Module):
     ``NEW_BRANCH_SCALE``), so a stride-4 model's weights load into it and predict nearly as before until
     training teaches it detail.
 
-    ``skips`` (segpipe): channels of backbone maps finer than P3 to draw on, ``{stride: channels}`` with
-    stride 4 and/or 2 (2 needs ``stride`` 2). P3 has no detail below 8 px; these early maps still hold
+    ``skips`` (segpipe): backbone maps finer than P3 to draw on, ``((stride, channels), ...)`` in the
+    order ``forward`` gets them: coarsest first, one per stride, 4 and/or 2 (2 needs ``stride`` 2). P3 has no detail below 8 px; these early maps still hold
     the edges of 1-3 px strokes. Each enters through a residual conv started faint like ``refine``
     (``skip4``: 1x1 into the upsampled hidden map; ``skip2``: 3x3 over the half-resolution prototypes and
     the map together, beside ``refine``), so weights without them load and predict nearly as before.
     """
 
     def __init__(self, *, c1: int, c_: int = 256, c2: int = 32, stride: int = 4,
-                 skips: dict[int, int] | None = None) -> None:
+                 skips: tuple[tuple[int, int], ...] = ()) -> None:
         super().__init__()
         if stride not in (2, 4):
             raise ValueError(f"prototype stride must be 4 or 2, got {stride!r}")
-        skips = dict(skips or {})
-        if set(skips) - {4, 2} or (2 in skips and stride != 2):
+        self.stride, self.skip_strides = stride, tuple(s for s, _ in skips)
+        if list(self.skip_strides) != sorted(set(self.skip_strides), reverse=True):
+            raise ValueError(f"prototype skip inputs must come coarsest first, one per stride, got strides "
+                             f"{list(self.skip_strides)}")
+        if not set(self.skip_strides) <= {4, 2} or (2 in self.skip_strides and stride != 2):
             raise ValueError(f"prototype skip inputs must be at stride 4 or 2 (2 only for prototype stride 2), "
-                             f"got strides {sorted(skips)}")
-        self.stride, self.skip_strides = stride, tuple(sorted(skips, reverse=True))
+                             f"got strides {list(self.skip_strides)}")
+        skips = dict(skips)
         self.cv1 = Conv(c1=c1, c2=c_, k=3)
         self.upsample = nn.ConvTranspose2d(c_, c_, 2, 2, 0, bias=True)
         self.skip4 = Conv(c1=skips[4], c2=c_) if 4 in skips else None
@@ -302,7 +305,7 @@ class Segment(Detect):
                  skips: tuple[tuple[int, int], ...] = ()) -> None:
         super().__init__(nc=nc, ch=ch, strides=strides, reg_max=reg_max)
         self.nm, self.npr = nm, npr
-        self.proto = Proto(c1=ch[0], c_=npr, c2=nm, stride=proto_stride, skips=dict(skips))
+        self.proto = Proto(c1=ch[0], c_=npr, c2=nm, stride=proto_stride, skips=skips)
         c4 = max(ch[0] // 4, nm)
         self.cv4 = nn.ModuleList(_branch(x, c4, nm) for x in ch)
 
