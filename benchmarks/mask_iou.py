@@ -26,20 +26,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engines.backends import load_backend  # noqa: E402
 from engines.data.spec import load_data_yaml  # noqa: E402
+from engines.ops.boxes import box_iou  # noqa: E402
+from engines.ops.masks import crop_mask  # noqa: E402
 from engines.ops.nms import NMSConfig, non_max_suppression  # noqa: E402
 from engines.val.validator import Validator  # noqa: E402
 
 COLUMNS = ("iou", "at -1", "at -0.5", "true box", "box iou")
 
 
-def iou(a: np.ndarray, b: np.ndarray) -> float:
+def iou(a: torch.Tensor, b: torch.Tensor) -> float:
     union = (a | b).sum()
     return float((a & b).sum() / union) if union else 0.0
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> float:
-    inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 def main() -> int:
@@ -87,33 +84,29 @@ def score_image(rows: torch.Tensor, proto: torch.Tensor, info, truth, names, sta
     oh, ow = info.orig_shape
     if len(rows):
         logits = (rows[:, 6:] @ proto.flatten(1)).view(-1, 1, *proto.shape[1:])
-        h, w = info.new_shape
-        logits = F.interpolate(logits, (h, w), mode="bilinear", align_corners=False)[:, 0, top:top + oh,
-                                                                                     left:left + ow].numpy()
-        boxes = rows[:, :4].numpy() - np.array([left, top, left, top])
-        cls = rows[:, 5].long().numpy()
-    ys, xs = np.arange(oh)[:, None], np.arange(ow)[None, :]
-
-    def inside(b: np.ndarray) -> np.ndarray:
-        return (xs >= b[0]) & (xs < b[2]) & (ys >= b[1]) & (ys < b[3])
+        logits = F.interpolate(logits, info.new_shape, mode="bilinear", align_corners=False)[:, 0, top:top + oh,
+                                                                                           left:left + ow]
+        boxes = rows[:, :4] - torch.tensor([left, top, left, top], dtype=rows.dtype)
+        cls = rows[:, 5].long()
+        masks = {t: crop_mask(logits > t, boxes) for t in (0.0, -0.5, -1.0)}
 
     for g in range(len(truth)):
-        gt = truth.full_mask(g)
+        gt = torch.from_numpy(truth.full_mask(g))
         if gt.sum() < 16:
             continue
         d = stats[names[int(truth.cls[g])]]
-        cand = np.nonzero(cls == truth.cls[g])[0] if len(rows) else []
-        if len(cand) == 0:
+        cand = torch.nonzero(cls == int(truth.cls[g]))[:, 0].tolist() if len(rows) else []
+        if not cand:
             d["iou"].append(0.0)
             continue
-        ious = [iou((logits[i] > 0) & inside(boxes[i]), gt) for i in cand]
+        ious = [iou(masks[0.0][i], gt) for i in cand]
         i = cand[int(np.argmax(ious))]
-        gbox = truth.windows[g].astype(np.float64)
+        gbox = torch.from_numpy(truth.windows[g:g + 1]).to(boxes.dtype)
         d["iou"].append(max(ious))
-        d["at -1"].append(iou((logits[i] > -1) & inside(boxes[i]), gt))
-        d["at -0.5"].append(iou((logits[i] > -0.5) & inside(boxes[i]), gt))
-        d["true box"].append(iou((logits[i] > 0) & inside(gbox), gt))
-        d["box iou"].append(box_iou(boxes[i], gbox))
+        d["at -1"].append(iou(masks[-1.0][i], gt))
+        d["at -0.5"].append(iou(masks[-0.5][i], gt))
+        d["true box"].append(iou(crop_mask(logits[i:i + 1] > 0, gbox)[0], gt))
+        d["box iou"].append(float(box_iou(boxes[i:i + 1], gbox)[0, 0]))
 
 
 if __name__ == "__main__":
