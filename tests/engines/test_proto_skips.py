@@ -4,19 +4,14 @@ P3 feed only the prototype branch): the model, its start from other checkpoints,
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 
-from engines.backends import BackendOptions, load_backend
-from engines.checkpoint import load_checkpoint, save_checkpoint
-from engines.checkpoint.meta import ModelMeta
 from engines.errors import ConfigError
-from engines.export import export
 from engines.nn import SegmentationModel, resolve_model_cfg
-from engines.train.loss import SegLoss
 from engines.train.weights import transfer_weights
+from tests.engines.proto_checks import assert_onnx_runtime_matches, backward_on_a_stroke
 
 NAMES = ("a", "b")
 
@@ -77,19 +72,7 @@ def test_a_stride4_skip_alone_works_with_yolov8_prototypes():
 
 
 def test_training_reaches_both_skips(models):
-    _, skip = models
-    net = SegmentationModel(skip.yaml, nc=2)
-    net.load_state_dict(skip.state_dict())
-    net.train()
-    out = net(torch.rand(2, 3, 64, 64))
-    masks = torch.zeros(2, 64, 64, dtype=torch.uint8)
-    masks[0, 8:40, 12:14] = 1  # a 2 px stroke
-    masks[1, 16:48, 16:48] = 1
-    boxes = torch.tensor([[13.0, 24.0, 2.0, 32.0], [32.0, 32.0, 32.0, 32.0]]) / 64  # normalised xywh
-    batch = SimpleNamespace(cls=torch.tensor([0.0, 1.0]), batch_idx=torch.tensor([0.0, 1.0]), masks=masks,
-                            bboxes=boxes)
-    loss, items = SegLoss.for_model(net)(out, batch)
-    loss.backward()
+    net, items = backward_on_a_stroke(models[1])
     proto = net.head.proto
     assert torch.isfinite(items).all() and items[1] > 0
     for branch in (proto.skip4, proto.skip2, proto.refine):  # started faint, not closed: their convs learn too
@@ -97,16 +80,4 @@ def test_training_reaches_both_skips(models):
 
 
 def test_onnx_export_runs_in_onnx_runtime(models, tmp_path: Path):
-    _, skip = models
-    meta = ModelMeta(names=NAMES, model_yaml=skip.yaml, imgsz=64, stride=32)
-    pt = save_checkpoint(tmp_path / "skip.pt", state_dict=skip.state_dict(), meta=meta)
-    assert load_checkpoint(pt).meta.proto_stride == 2
-    onnx_path = export(pt, format="onnx", imgsz=64, dynamic=True, batch=2, opset=17, out=tmp_path / "skip.onnx")
-    backend = load_backend(onnx_path, device=torch.device("cpu"), options=BackendOptions())
-    assert backend.meta.proto_stride == 2
-    x = torch.rand(2, 3, 96, 64)
-    pred, proto = backend(x)
-    with torch.no_grad():
-        want_pred, want_proto = skip(x)
-    assert proto.shape == (2, 32, 48, 32)
-    assert torch.allclose(proto, want_proto, atol=1e-4) and torch.allclose(pred, want_pred, atol=1e-3, rtol=1e-4)
+    assert_onnx_runtime_matches(models[1], NAMES, tmp_path)

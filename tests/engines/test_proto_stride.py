@@ -4,22 +4,19 @@ the model, its start from a stride-4 checkpoint, training, mask post-processing 
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from engines.backends import BackendOptions, load_backend
 from engines.checkpoint import load_checkpoint, save_checkpoint
 from engines.checkpoint.meta import ModelMeta
 from engines.errors import ConfigError
-from engines.export import export
 from engines.nn import SegmentationModel, resolve_model_cfg
 from engines.ops.crops import mask_crops, paste_crops
 from engines.ops.masks import process_masks_native
-from engines.train.loss import SegLoss
 from engines.train.weights import transfer_weights
+from tests.engines.proto_checks import assert_onnx_runtime_matches, backward_on_a_stroke
 
 NAMES = ("a", "b")
 
@@ -71,19 +68,7 @@ def test_other_strides_are_refused_naming_the_row(stride):
 @pytest.mark.parametrize("ratio", [1, 2, 4])
 def test_training_reaches_the_new_layers_at_any_mask_ratio(models, ratio):
     _, fine = models
-    net = SegmentationModel(fine.yaml, nc=2)
-    net.load_state_dict(fine.state_dict())
-    net.train()
-    out = net(torch.rand(2, 3, 64, 64))
-    assert out.proto.shape[-2:] == (32, 32)
-    masks = torch.zeros(2, 64 // ratio, 64 // ratio, dtype=torch.uint8)
-    masks[0, 8 // ratio:40 // ratio, 12 // ratio:20 // ratio] = 1  # a thin stroke: x 12..20, y 8..40 pixels
-    masks[1, 16 // ratio:48 // ratio, 16 // ratio:48 // ratio] = 1
-    boxes = torch.tensor([[16.0, 24.0, 8.0, 32.0], [32.0, 32.0, 32.0, 32.0]]) / 64  # normalised xywh
-    batch = SimpleNamespace(cls=torch.tensor([0.0, 1.0]), batch_idx=torch.tensor([0.0, 1.0]), masks=masks,
-                            bboxes=boxes)
-    loss, items = SegLoss.for_model(net)(out, batch)
-    loss.backward()
+    net, items = backward_on_a_stroke(fine, ratio)
     assert torch.isfinite(items).all() and items[1] > 0
     assert net.head.proto.refine.bn.weight.grad.abs().sum() > 0
 
@@ -104,19 +89,7 @@ def test_frame_crops_agree_with_native_masks_at_stride2(frame):
 
 
 def test_onnx_export_runs_in_onnx_runtime_with_half_resolution_prototypes(models, tmp_path: Path):
-    _, fine = models
-    meta = ModelMeta(names=NAMES, model_yaml=fine.yaml, imgsz=64, stride=32)
-    pt = save_checkpoint(tmp_path / "fine.pt", state_dict=fine.state_dict(), meta=meta)
-    assert load_checkpoint(pt).meta.proto_stride == 2
-    onnx_path = export(pt, format="onnx", imgsz=64, dynamic=True, batch=2, opset=17, out=tmp_path / "fine.onnx")
-    backend = load_backend(onnx_path, device=torch.device("cpu"), options=BackendOptions())
-    assert backend.meta.proto_stride == 2
-    x = torch.rand(2, 3, 96, 64)
-    pred, proto = backend(x)
-    with torch.no_grad():
-        want_pred, want_proto = fine(x)
-    assert proto.shape == (2, 32, 48, 32)
-    assert torch.allclose(proto, want_proto, atol=1e-4) and torch.allclose(pred, want_pred, atol=1e-3, rtol=1e-4)
+    assert_onnx_runtime_matches(models[1], NAMES, tmp_path)
 
 
 def test_the_demo_model_seeded_into_finer_prototypes_predicts_the_same_objects(tmp_path: Path):
