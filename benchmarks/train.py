@@ -1,12 +1,14 @@
 """Training throughput (images/s) and peak RSS for yolov8n-seg on coco128-seg, and optionally the
 30-epoch coco128 fit with its final mAPs.
 
-    .venv/bin/python benchmarks/train.py [--imgsz 320] [--batch 16] [--steps 8] [--workers 2]
+    .venv/bin/python benchmarks/train.py [--imgsz 320] [--rect] [--batch 16] [--steps 8] [--workers 2]
         [--threads N] [--device cpu] [--model yolov8n-seg.yaml] [--hyp mask_ratio=1 mosaic=0 ...]
     .venv/bin/python benchmarks/train.py --fit [--epochs 30] [--pretrained yolov8n-seg.pt] [--out DIR]
 
 Throughput runs the real train step (forward, loss, backward, optimizer step with nbs = batch, EMA)
 over ``--steps`` batches of the augmented (mosaic) train loader; the first step is excluded (warm-up).
+``--rect`` trains each image at its own aspect ratio (``segpipe train --rect``; no mosaic): run it
+beside the square run on the same data to see what padding to squares costs.
 Peak RSS is this process's maximum resident set plus the largest loader worker's. ``--fit`` calls
 ``engines.train.train`` exactly as ``segpipe train`` does and prints box/mask mAP of best.pt.
 """
@@ -55,7 +57,7 @@ def throughput(args: argparse.Namespace) -> None:
     devices = parse_devices(args.device)
     place = Placement(-1, 1, devices[0])
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = TrainConfig(data=str(args.data), model=args.model, imgsz=args.imgsz, batch=args.batch,
+        cfg = TrainConfig(data=str(args.data), model=args.model, imgsz=args.imgsz, rect=args.rect, batch=args.batch,
                           nbs=args.batch, epochs=100, workers=args.workers, device=args.device, out=tmp,
                           close_mosaic=0, plots=False, amp=True, hyp=args.hyp)
         with seeded(0, False), fork_safe_cv2():
@@ -69,7 +71,8 @@ def throughput(args: argparse.Namespace) -> None:
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(f"device {place.device}, threads {torch.get_num_threads()}, workers {args.workers}, "
-          f"imgsz {args.imgsz}, batch {args.batch}, model {args.model}, hyp {args.hyp or 'defaults'}")
+          f"imgsz {args.imgsz}{' rect' if args.rect else ''}, batch {args.batch}, model {args.model}, "
+          f"hyp {args.hyp or 'defaults'}")
     print(f"train throughput: {timer.images / dt:.2f} images/s ({dt / max(timer.done - 1, 1):.2f} s/step "
           f"over {timer.done - 1} steps after warm-up)")
     print(f"peak RSS: {own:.0f} MiB main process, {kids:.0f} MiB largest loader worker")
@@ -80,7 +83,7 @@ def fit(args: argparse.Namespace) -> None:
 
     t0 = time.perf_counter()
     m = train(data=args.data, model=args.model, pretrained=args.pretrained, epochs=args.epochs,
-              imgsz=args.imgsz, batch=args.batch, workers=args.workers, device=args.device, out=args.out,
+              imgsz=args.imgsz, rect=args.rect, batch=args.batch, workers=args.workers, device=args.device, out=args.out,
               fraction=args.fraction, val=not args.no_val)
     print(f"\n{args.epochs} epochs in {(time.perf_counter() - t0) / 60:.1f} min")
     print(f"box  mAP50 {m.box.map50:.4f}  mAP50-95 {m.box.map:.4f}")
@@ -93,6 +96,7 @@ def main() -> None:
     p.add_argument("--model", default="yolov8n-seg.yaml")
     p.add_argument("--pretrained", default=None, help="--fit: seed weights (e.g. yolov8n-seg.pt)")
     p.add_argument("--imgsz", type=int, default=320)
+    p.add_argument("--rect", action="store_true", help="each image at its own aspect ratio (no mosaic)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--steps", type=int, default=8, help="batches to time (the first is warm-up)")
     p.add_argument("--workers", type=int, default=2)

@@ -56,31 +56,42 @@ class SegDataset(torch.utils.data.Dataset):
     imgsz: network input side, a multiple of ``stride``. augment: train mode when True.
     hyp: augmentation settings (train mode). cache_dir: where the label cache goes (default: beside
     the labels if writable, else ``$SEGPIPE_CACHE``). nc: class count; ids >= nc are errors.
-    rect: rectangular inputs per batch of ``batch_size`` (images sorted by aspect ratio; use the same
-    batch size and no shuffling in the loader); train-mode rect turns mosaic off. seed: see module doc.
+    rect: rectangular inputs instead of imgsz squares. True or "batch": Ultralytics' rule, images sorted
+    by aspect ratio and each run of ``batch_size`` padded to one shape (load with that batch size and no
+    shuffling: validation). "image": each image gets the smallest stride multiple holding it at longest
+    side imgsz, so images of one aspect ratio share a shape (``shape_of``); batch them with
+    ``ShapeBatchSampler``, which shuffles (training). Train-mode rect turns mosaic off. seed: see module doc.
     cache_images: keep every decoded image (longest side imgsz) in memory.
     """
 
     def __init__(self, files: Sequence[str | os.PathLike[str]] | str | os.PathLike[str], *, imgsz: int = 640,
                  augment: bool = False, hyp: AugmentConfig | None = None, cache_dir: Path | None = None,
-                 nc: int | None = None, split: str | None = None, rect: bool = False, batch_size: int = 16,
+                 nc: int | None = None, split: str | None = None, rect: bool | str = False, batch_size: int = 16,
                  stride: int = 32, seed: int = 0, skip_corrupt: bool = False, cache_images: bool = False) -> None:
         if isinstance(imgsz, bool) or not isinstance(imgsz, int) or imgsz < stride or imgsz % stride:
             raise ConfigError("imgsz", f"expected a positive multiple of {stride}, got {imgsz!r}")
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ConfigError("seed", f"expected a non-negative integer, got {seed!r}")
+        if rect not in (False, True, "batch", "image"):
+            raise ConfigError("rect", f"expected false, true, 'batch' or 'image', got {rect!r}")
         sources = [files] if isinstance(files, (str, os.PathLike)) else list(files)
         self.split = split or ("train" if augment else "val")
         loaded = load_split(sources, nc=nc, split=self.split, cache_dir=cache_dir, skip_corrupt=skip_corrupt)
         self.labels: list[ImageLabels] = list(loaded.labels)
         self.stats, self.cache_file = loaded.stats, loaded.cache_file
         LOG.info("%s", self.stats.summary())
-        self.imgsz, self.augment, self.hyp, self.rect = imgsz, augment, hyp or AugmentConfig(), rect
+        self.rect = "batch" if rect is True else rect
+        self.imgsz, self.augment, self.hyp = imgsz, augment, hyp or AugmentConfig()
         self.seed, self.epoch = seed, 0
         self.mosaic = augment and not rect and self.hyp.mosaic > 0
-        self.batch_shapes: np.ndarray | None = None  # (n_batches, 2) h, w when rect
-        if rect:
-            self._set_rect(batch_size, stride, pad=0.0 if augment else 0.5)
+        self.batch_shapes: np.ndarray | None = None  # (n_batches, 2) h, w when rect="batch"
+        self._shapes: np.ndarray | None = None  # (n, 2) h, w of every image's input when rect
+        pad = 0.0 if augment else 0.5
+        if self.rect == "batch":
+            self._set_rect(batch_size, stride, pad)
+        elif self.rect == "image":
+            ar = np.array([h / w for h, w in (lab.shape for lab in self.labels)]).reshape(-1, 1)
+            self._shapes = _fit_shapes(ar, imgsz, stride, pad)
         self._ims: list[np.ndarray] | None = None
         if cache_images:
             self._ims = [read_resized(lab.im_file, lab.shape, imgsz) for lab in self.labels]
@@ -114,21 +125,15 @@ class SegDataset(torch.utils.data.Dataset):
         self.labels = [self.labels[i] for i in order]
         ar = ar[order]
         bi = np.arange(len(ar)) // batch_size
-        shapes = np.ones((bi[-1] + 1, 2))
-        for i in range(len(shapes)):
-            lo, hi = ar[bi == i].min(), ar[bi == i].max()
-            if hi < 1:
-                shapes[i] = [hi, 1]
-            elif lo > 1:
-                shapes[i] = [1, 1 / lo]
-        self.batch_shapes = (np.ceil(shapes * self.imgsz / stride + pad).astype(int) * stride)
-        self._batch_of = bi
+        ranges = np.array([[ar[bi == i].min(), ar[bi == i].max()] for i in range(bi[-1] + 1)])
+        self.batch_shapes = _fit_shapes(ranges, self.imgsz, stride, pad)
+        self._shapes = self.batch_shapes[bi]
 
-    def _target(self, index: int) -> tuple[int, int]:
-        """(h, w) of the network input for this sample."""
-        if self.batch_shapes is None:
+    def shape_of(self, index: int) -> tuple[int, int]:
+        """(h, w) of the network input for sample ``index``: imgsz square unless rect."""
+        if self._shapes is None:
             return self.imgsz, self.imgsz
-        h, w = self.batch_shapes[self._batch_of[index]]
+        h, w = self._shapes[index]
         return int(h), int(w)
 
     def _resized(self, index: int) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -144,7 +149,7 @@ class SegDataset(torch.utils.data.Dataset):
 
     def _val_sample(self, index: int) -> Sample:
         lab = self.labels[index]
-        info = val_letterbox(lab.shape, self.imgsz, self._target(index))
+        info = val_letterbox(lab.shape, self.imgsz, self.shape_of(index))
         (uh, uw), (left, top) = info.unpad_shape, info.pad
         if self._ims is not None:
             img = self._ims[index]
@@ -167,7 +172,7 @@ class SegDataset(torch.utils.data.Dataset):
             img, segs = self._resized(index)
             xy, cls = resample_segments(segs, dtype=np.float64), lab.cls
             before = _extent(xy)
-        th, tw = self._target(index)
+        th, tw = self.shape_of(index)
         M, scale = random_affine(rng, hyp, img.shape[:2], (tw, th))
         img = warp_image(img, M, (tw, th))
         xy = transform_points(xy, M)
@@ -213,6 +218,18 @@ class SegDataset(torch.utils.data.Dataset):
         boxes = _extent(xy)
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         return canvas, xy[keep], np.asarray(cls, np.int64)[keep], boxes[keep]
+
+
+def _fit_shapes(ar_bounds: np.ndarray, imgsz: int, stride: int, pad: float) -> np.ndarray:
+    """(k, 1 or 2) h/w aspect ratios (or [min, max] ranges) -> (k, 2) int h, w: the smallest stride
+    multiples holding every such image at longest side imgsz (Ultralytics' rect rule; mixed portrait and
+    landscape ranges get a square)."""
+    lo, hi = ar_bounds.min(1), ar_bounds.max(1)
+    shapes = np.ones((len(ar_bounds), 2))
+    wide, tall = hi < 1, lo > 1
+    shapes[wide, 0] = hi[wide]
+    shapes[tall, 1] = 1 / lo[tall]
+    return np.ceil(shapes * imgsz / stride + pad).astype(int) * stride
 
 
 def _extent(xy: np.ndarray) -> np.ndarray:

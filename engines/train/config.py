@@ -30,6 +30,7 @@ class TrainConfig:
     epochs: int = 100
     time: float | None = None  # hours: fit the run into this budget (epochs re-planned after each epoch)
     imgsz: int = 640
+    rect: bool = False  # each image at its own aspect ratio (longest side imgsz), batches of one shape
     batch: int = 16
     device: str | None = None  # None: first CUDA device if any, else CPU
     pretrained: str | None = None

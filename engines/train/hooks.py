@@ -91,7 +91,7 @@ class CloseMosaicHook(Hook):
 
     def before_epoch(self, s: TrainState) -> None:
         n = s.cfg.close_mosaic
-        if n and not self.closed and s.epoch >= s.cfg.epochs - n and hasattr(s.dataset, "close_mosaic"):
+        if n and not self.closed and s.epoch >= s.cfg.epochs - n and getattr(s.dataset, "mosaic", False):
             s.dataset.close_mosaic()
             self.closed = True
             if s.place.main:

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from engines.data.augment import AugmentConfig
 from engines.data.batch import collate
 from engines.data.dataset import SegDataset
+from engines.data.sampler import ShapeBatchSampler
 from engines.data.spec import DataSpec, resolve_images
 from engines.errors import ConfigError
 from engines.train.config import TrainConfig
@@ -31,12 +32,12 @@ class TrainData:
 
     loader: DataLoader
     dataset: SegDataset
-    sampler: DistributedSampler | RandomSampler
+    sampler: DistributedSampler | RandomSampler | ShapeBatchSampler
 
     def set_epoch(self, epoch: int) -> None:
         """Select epoch ``epoch``'s augmentation stream and shuffle order (before iterating)."""
         self.dataset.set_epoch(epoch)
-        if isinstance(self.sampler, DistributedSampler):
+        if isinstance(self.sampler, (DistributedSampler, ShapeBatchSampler)):
             self.sampler.set_epoch(epoch)
         else:
             self.sampler.generator.manual_seed(self.sampler_seed(epoch))
@@ -80,14 +81,21 @@ def build_train_data(cfg: TrainConfig, spec: DataSpec, place: Placement, *, stri
     dataset = SegDataset(
         sources, nc=spec.nc, split="train", imgsz=cfg.imgsz, augment=True, hyp=augment_config(cfg),
         stride=stride, seed=cfg.seed, cache_dir=None if cfg.cache_dir is None else Path(cfg.cache_dir),
+        rect="image" if cfg.rect else False,
     )
     per_rank = cfg.batch // place.world_size
+    workers = min(cfg.workers, os.cpu_count() or 1, per_rank)
+    if cfg.rect:
+        batches = ShapeBatchSampler([dataset.shape_of(i) for i in range(len(dataset))], per_rank, seed=cfg.seed,
+                                    rank=max(place.rank, 0), world_size=place.world_size)
+        loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate,
+                            pin_memory=place.device.type == "cuda", persistent_workers=False)
+        return TrainData(loader=loader, dataset=dataset, sampler=batches)
     if place.distributed:
         sampler: DistributedSampler | RandomSampler = DistributedSampler(
             dataset, num_replicas=place.world_size, rank=place.rank, shuffle=True, seed=cfg.seed)
     else:
         sampler = RandomSampler(dataset, generator=torch.Generator())
-    workers = min(cfg.workers, os.cpu_count() or 1, per_rank)
     loader = DataLoader(
         dataset, batch_size=per_rank, sampler=sampler, num_workers=workers, collate_fn=collate,
         pin_memory=place.device.type == "cuda", drop_last=False, persistent_workers=False,

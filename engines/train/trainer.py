@@ -118,7 +118,7 @@ def fit_loop(s: TrainState, data: TrainData, hooks: Sequence[H.Hook]) -> None:
 
 def train(
     *, data: str | Path | None = None, model: str | Path = "yolov8n-seg.yaml", epochs: int = 100, imgsz: int = 640,
-    batch: int = 16, time: float | None = None, device: str | int | None = None, pretrained: str | Path | None = None,
+    rect: bool = False, batch: int = 16, time: float | None = None, device: str | int | None = None, pretrained: str | Path | None = None,
     resume: str | Path | bool | None = None, out: str | Path | None = None, workers: int = 8, seed: int = 0,
     deterministic: bool = True, optimizer: str = "auto", lr0: float = 0.01, lrf: float = 0.01,
     momentum: float = 0.937, weight_decay: float = 0.0005, warmup_epochs: float = 3.0,
@@ -129,6 +129,8 @@ def train(
 ) -> SegMetrics:
     """Train a YOLOv8-seg model on a data YAML; returns the final validation metrics of ``best.pt``.
 
+    ``rect`` trains every image at its own aspect ratio (longest side ``imgsz``, no mosaic) in shuffled
+    batches of one shape each, instead of padded to ``imgsz`` squares.
     ``time`` (hours) fits the run into a budget: after every epoch the epoch count is re-planned from
     the mean epoch time so far, and the lr schedule and mosaic switch-off follow the new count.
     Writes ``OUT/weights/last.pt`` and ``best.pt`` (segpipe checkpoints), ``OUT/results.csv`` and
@@ -147,7 +149,7 @@ def train(
         if data is None or str(data) == "":
             raise ConfigError("train.data", "required: a data YAML (or resume a run)")
         cfg = TrainConfig(
-            data=str(data), model=str(model), epochs=epochs, time=time, imgsz=imgsz, batch=batch, device=opt(device),
+            data=str(data), model=str(model), epochs=epochs, time=time, imgsz=imgsz, rect=rect, batch=batch, device=opt(device),
             pretrained=opt(pretrained), out=opt(out), workers=workers, seed=seed, deterministic=deterministic,
             optimizer=optimizer, lr0=lr0, lrf=lrf, momentum=momentum, weight_decay=weight_decay,
             warmup_epochs=warmup_epochs, warmup_momentum=warmup_momentum, warmup_bias_lr=warmup_bias_lr,

@@ -24,7 +24,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--time", type=float, default=None, metavar="HOURS",
                    help="fit the run into this many hours: the epoch count (and the lr schedule) is "
                         "re-planned after every epoch from the mean epoch time; --epochs is the first plan")
-    p.add_argument("--imgsz", type=int, default=640, help="square input size, a multiple of 32")
+    p.add_argument("--imgsz", type=int, default=640, help="input size (longest side with --rect), a multiple of 32")
+    p.add_argument("--rect", action="store_true",
+                   help="train each image at its own aspect ratio instead of padded to a square (640x384 "
+                        "for 16:9 frames: 40%% fewer pixels); batches group images of one shape, still "
+                        "shuffled; turns mosaic off")
     p.add_argument("--batch", type=int, default=16, help="total images per batch (split over devices)")
     p.add_argument("--device", default=None, help="cpu, 0, or 0,1 for DDP (default: GPU 0 if any, else cpu)")
     p.add_argument("--out", default=None, help="run folder (default runs/segment/trainN)")
@@ -82,7 +86,7 @@ def _train(train, args: argparse.Namespace) -> None:  # noqa: ANN001 - engines.t
     train(
         data=args.data, model=args.model, pretrained=args.pretrained, resume=args.resume, epochs=args.epochs,
         time=args.time,
-        imgsz=args.imgsz, batch=args.batch, device=args.device, out=args.out, workers=args.workers,
+        imgsz=args.imgsz, rect=args.rect, batch=args.batch, device=args.device, out=args.out, workers=args.workers,
         seed=args.seed, deterministic=args.deterministic, optimizer=args.optimizer, lr0=args.lr0, lrf=args.lrf,
         cos_lr=args.cos_lr, warmup_epochs=args.warmup_epochs, close_mosaic=args.close_mosaic,
         patience=args.patience, val=args.val, fraction=args.fraction, amp=args.amp, plots=args.plots,
