@@ -3,6 +3,8 @@ one-shape batches, on the colour dataset whose masks are checked against the pix
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -10,11 +12,21 @@ import torch
 from engines.data import SegDataset, collate
 from engines.data.sampler import ShapeBatchSampler
 from engines.errors import ConfigError
-from tests.engines.test_data_dataset import NO_COLOUR, _check_boxes_match_masks, _check_masks_match_pixels
-from tests.engines.test_data_dataset import colour_ds  # noqa: F401 - fixture
+from tests.engines.test_data_dataset import (
+    NO_COLOUR,
+    _check_boxes_match_masks,
+    _check_masks_match_pixels,
+    make_colour_dataset,
+)
 
 
-def test_each_image_gets_its_own_stride_multiple_shape(colour_ds):  # noqa: F811
+@pytest.fixture
+def colour_ds(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("SEGPIPE_CACHE", str(tmp_path / "cache"))
+    return make_colour_dataset(tmp_path / "ds")
+
+
+def test_each_image_gets_its_own_stride_multiple_shape(colour_ds):
     ds = SegDataset(colour_ds, imgsz=256, augment=True, hyp=NO_COLOUR, nc=8, rect="image")
     assert not ds.mosaic
     for i, lab in enumerate(ds.labels):
@@ -29,7 +41,7 @@ def test_each_image_gets_its_own_stride_multiple_shape(colour_ds):  # noqa: F811
     assert sorted(ds.shape_of(i) for i in range(len(ds))) == [(192, 256)] * 3 + [(256, 192), (256, 256)]
 
 
-def test_grouped_batches_are_exact_and_shuffled(colour_ds):  # noqa: F811
+def test_grouped_batches_are_exact_and_shuffled(colour_ds):
     ds = SegDataset(colour_ds, imgsz=256, augment=True, hyp=NO_COLOUR, nc=8, rect="image", seed=1)
     shapes = [ds.shape_of(i) for i in range(len(ds))]
     sampler = ShapeBatchSampler(shapes, 2, seed=5)
@@ -79,12 +91,12 @@ def test_distributed_ranks_step_equally_and_cover_everything(world):
         ShapeBatchSampler(shapes, 2, rank=2, world_size=2)
 
 
-def test_bad_rect_mode_is_refused(colour_ds):  # noqa: F811
+def test_bad_rect_mode_is_refused(colour_ds):
     with pytest.raises(ConfigError, match="rect"):
         SegDataset(colour_ds, imgsz=256, nc=8, rect="square")
 
 
-def test_rect_training_loader_and_one_epoch(tmp_path, colour_ds, one_thread):  # noqa: F811
+def test_rect_training_loader_and_one_epoch(tmp_path, colour_ds, one_thread):
     from engines.checkpoint import load_checkpoint
     from engines.data import load_data_yaml
     from engines.train import train
