@@ -50,6 +50,7 @@ class TrainConfig:
     box: float = 7.5
     cls: float = 0.5
     dfl: float = 1.5
+    dice: float = 0.0  # weight of a per-instance Dice term beside the mask BCE (0: Ultralytics' loss)
     nbs: int = 64  # nominal batch: gradients are accumulated to about this many images per step
     cos_lr: bool = False
     close_mosaic: int = 10
@@ -69,6 +70,7 @@ class TrainConfig:
             ("imgsz", self.imgsz >= 32 and self.imgsz % 32 == 0, "must be a multiple of 32 (>= 32)"),
             ("batch", self.batch >= 1, "must be >= 1"),
             ("nbs", self.nbs >= 1, "must be >= 1"),
+            ("dice", self.dice >= 0, "must be >= 0"),
             ("workers", self.workers >= 0, "must be >= 0"),
             ("lr0", self.lr0 > 0, "must be > 0"),
             ("lrf", 0 < self.lrf <= 1, "must be in (0, 1]"),

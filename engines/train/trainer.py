@@ -123,7 +123,7 @@ def train(
     deterministic: bool = True, optimizer: str = "auto", lr0: float = 0.01, lrf: float = 0.01,
     momentum: float = 0.937, weight_decay: float = 0.0005, warmup_epochs: float = 3.0,
     warmup_momentum: float = 0.8, warmup_bias_lr: float = 0.1, box: float = 7.5, cls: float = 0.5,
-    dfl: float = 1.5, nbs: int = 64, cos_lr: bool = False, close_mosaic: int = 10, patience: int = 100, val: bool = True,
+    dfl: float = 1.5, dice: float = 0.0, nbs: int = 64, cos_lr: bool = False, close_mosaic: int = 10, patience: int = 100, val: bool = True,
     fraction: float = 1.0, amp: bool = True, plots: bool = True, cache_dir: str | Path | None = None,
     world_size: int | None = None, hyp: dict[str, Any] | None = None,
 ) -> SegMetrics:
@@ -153,7 +153,7 @@ def train(
             pretrained=opt(pretrained), out=opt(out), workers=workers, seed=seed, deterministic=deterministic,
             optimizer=optimizer, lr0=lr0, lrf=lrf, momentum=momentum, weight_decay=weight_decay,
             warmup_epochs=warmup_epochs, warmup_momentum=warmup_momentum, warmup_bias_lr=warmup_bias_lr,
-            box=box, cls=cls, dfl=dfl, nbs=nbs, cos_lr=cos_lr, close_mosaic=close_mosaic, patience=patience, val=val,
+            box=box, cls=cls, dfl=dfl, dice=dice, nbs=nbs, cos_lr=cos_lr, close_mosaic=close_mosaic, patience=patience, val=val,
             fraction=fraction, amp=amp, plots=plots, cache_dir=opt(cache_dir), world_size=world_size,
             hyp=dict(hyp or {}),
         )
@@ -269,7 +269,7 @@ def setup(cfg: TrainConfig, place: Placement, out: Path
     s = TrainState(
         cfg=cfg, place=place, out=out, names=spec.names, data_file=cfg.data, model=net, ema=ema,
         optimizer=optimizer, scaler=scaler, loss_fn=SegLoss.for_model(net, gains=LossGains(
-            box=cfg.box, cls=cfg.cls, dfl=cfg.dfl)), schedule=schedule, batches_per_epoch=nb,
+            box=cfg.box, cls=cfg.cls, dfl=cfg.dfl, dice=cfg.dice)), schedule=schedule, batches_per_epoch=nb,
         dataset=data.dataset,
     )
     if resume is not None:

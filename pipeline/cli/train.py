@@ -48,6 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fraction", type=float, default=1.0, help="train on this fraction of the train split")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="mixed precision (CUDA)")
     p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--dice", type=float, default=0.0, metavar="W",
+                   help="add W times each instance's Dice loss to its mask BCE: masks of thin objects "
+                        "(frames, wires, limbs) stop being under-drawn (default 0, Ultralytics' loss)")
     p.add_argument("--nbs", type=int, default=64,
                    help="nominal batch: gradients accumulate to about this many images per optimizer step")
     aug = p.add_argument_group("augmentation and mask targets (Ultralytics' names and defaults; e.g. --mosaic 0 "
@@ -90,5 +93,5 @@ def _train(train, args: argparse.Namespace) -> None:  # noqa: ANN001 - engines.t
         seed=args.seed, deterministic=args.deterministic, optimizer=args.optimizer, lr0=args.lr0, lrf=args.lrf,
         cos_lr=args.cos_lr, warmup_epochs=args.warmup_epochs, close_mosaic=args.close_mosaic,
         patience=args.patience, val=args.val, fraction=args.fraction, amp=args.amp, plots=args.plots,
-        nbs=args.nbs, hyp={f.name: v for f in _hyp_fields() if (v := getattr(args, f.name)) is not None},
+        nbs=args.nbs, dice=args.dice, hyp={f.name: v for f in _hyp_fields() if (v := getattr(args, f.name)) is not None},
     )

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from engines.train.boxes import bbox_ciou, crop_mask
-from engines.train.loss import SegLoss, dfl_loss, mask_loss, mask_loss_in_boxes, pad_targets
+from engines.train.loss import LossGains, SegLoss, dfl_loss, mask_loss, mask_loss_in_boxes, pad_targets
 
 REF = Path(__file__).parent / "fixtures" / "train" / "loss_ref.npz"
 
@@ -64,17 +64,38 @@ def test_mask_loss_perfect_prediction_is_zero_and_chance_is_log2():
     assert float(mask_loss(gt, torch.eye(2) * 100, noisy, boxes, area)) == pytest.approx(0.0, abs=1e-12)
 
 
-def _whole_map_loss(masks, inst, img, coeffs, proto, boxes, area):
+def test_dice_term_counts_the_objects_own_pixels():
+    """A 1 px stroke in a 16x16 box: drawing nothing costs the whole Dice term, a perfect mask none of
+    it, p = 0.5 everywhere the closed form; and SegLoss adds it to the seg item only."""
+    gt = torch.zeros(1, 16, 16)
+    gt[0, 8, :] = 1
+    boxes, area = torch.tensor([[0.0, 0.0, 16.0, 16.0]]), torch.tensor([1.0])
+    proto = (gt * 2 - 1)
+    empty = mask_loss(gt, torch.tensor([[-100.0]]), proto.abs(), boxes, area)  # every pixel says no
+    with_dice = mask_loss(gt, torch.tensor([[-100.0]]), proto.abs(), boxes, area, dice=2.0)
+    assert float(with_dice - empty) == pytest.approx(2 * (1 - 1 / 17), rel=1e-6)  # 16 object pixels
+    perfect = mask_loss(gt, torch.tensor([[100.0]]), proto, boxes, area, dice=1.0)
+    assert float(perfect) == pytest.approx(0.0, abs=1e-9)
+    half = mask_loss(gt, torch.zeros(1, 1), proto, boxes, area, dice=1.0)
+    assert float(half) == pytest.approx(math.log(2) + 1 - (2 * 8 + 1) / (128 + 16 + 1), rel=1e-6)
+    out, batch, _ = _ref_inputs()
+    _, plain = SegLoss(nc=3, strides=[8.0, 16.0, 32.0])(out, batch)
+    _, diced = SegLoss(nc=3, strides=[8.0, 16.0, 32.0], gains=LossGains(dice=1.0))(out, batch)
+    assert diced[1] > plain[1] and torch.equal(diced[[0, 2, 3]], plain[[0, 2, 3]])
+
+
+def _whole_map_loss(masks, inst, img, coeffs, proto, boxes, area, dice=0.0):
     """mask_loss image by image on the prototypes upsampled to the mask grid: the reference for
     mask_loss_in_boxes."""
     proto = torch.nn.functional.interpolate(proto, masks.shape[-2:], mode="bilinear", align_corners=False)
     return sum(mask_loss(masks[inst[img == i]].to(proto.dtype), coeffs[img == i], proto[i], boxes[img == i],
-                         area[img == i]) for i in img.unique().tolist())
+                         area[img == i], dice) for i in img.unique().tolist())
 
 
+@pytest.mark.parametrize("dice", [0.0, 1.5])
 @pytest.mark.parametrize("ratio", [4, 2, 1, 0.5])
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
-def test_mask_loss_in_boxes_equals_the_whole_map_loss_and_its_gradients(device, ratio):
+def test_mask_loss_in_boxes_equals_the_whole_map_loss_and_its_gradients(device, ratio, dice):
     """Against resampling the prototypes to the mask grid (masks 4x and 2x finer than the prototypes,
     as fine, 2x coarser) and the whole-map loss: the same value and gradients, for boxes of many sizes."""
     g = torch.Generator().manual_seed(0)
@@ -91,9 +112,9 @@ def test_mask_loss_in_boxes_equals_the_whole_map_loss_and_its_gradients(device, 
     coeffs = torch.randn(len(inst), nm, generator=g, dtype=torch.float64).to(device).requires_grad_()
     proto = torch.randn(3, nm, int(h / ratio), int(w / ratio), generator=g, dtype=torch.float64).to(device).requires_grad_()
     masks, inst, img, boxes, area = (t.to(device) for t in (masks, inst, img, boxes, area))
-    want = _whole_map_loss(masks, inst, img, coeffs, proto, boxes, area)
+    want = _whole_map_loss(masks, inst, img, coeffs, proto, boxes, area, dice)
     gc, gp = torch.autograd.grad(want, (coeffs, proto))
-    got = mask_loss_in_boxes(masks, inst, img, coeffs, proto, boxes, area)
+    got = mask_loss_in_boxes(masks, inst, img, coeffs, proto, boxes, area, dice)
     hc, hp = torch.autograd.grad(got, (coeffs, proto))
     assert float(got.detach()) == pytest.approx(float(want.detach()), rel=1e-12)
     assert torch.allclose(hc, gc, atol=1e-12) and torch.allclose(hp, gp, atol=1e-12)

@@ -163,6 +163,7 @@ def test_pack_and_restore_round_trip(name):
     ("imgsz", 100, "train.imgsz: must be a multiple of 32"),
     ("epochs", 0, "train.epochs: must be >= 1"),
     ("fraction", 1.5, "train.fraction: must be in"),
+    ("dice", -0.5, "train.dice: must be >= 0, got -0.5"),
     ("optimizer", "adamax", "unknown optimizer 'adamax'"),
     ("lrf", 0.0, "train.lrf"),
     ("hyp", {"mosaic": 2.0}, "train.hyp.mosaic: expected a number in [0, 1], got 2.0"),
