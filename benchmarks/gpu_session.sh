@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One prepared session on a CUDA machine inside a fixed wall-clock budget: the CUDA benchmark rows, the
 # demo model's next GPU stage (STAGE of benchmarks/demo_train.sh, default gpu-skip: the shipped model
-# turned into one with half-resolution prototypes fed by the backbone's fine maps, trained with
-# full-resolution mask targets) in
+# turned into one with half-resolution prototypes fed by the backbone's fine maps, trained on 16:9 batches
+# with full-resolution mask targets and the Dice term) in
 # whatever time is left with the CUDA tests (pytest -m gpu) running beside it, then the model's held-out
 # validation and the packaged checkpoint.
 #

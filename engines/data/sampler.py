@@ -3,8 +3,9 @@
 Square training pads a 16:9 camera frame to 640x640: 44 % of every input is grey border the network
 still convolves. With each image at its own stride-multiple shape (640x384 for 640x360 frames) a batch
 can only hold images of one shape, so this sampler shuffles within each shape and then shuffles the
-order of the batches. A dataset of one aspect ratio is shuffled exactly as ``RandomSampler`` would;
-Ultralytics' rect training instead sorts by aspect ratio and never shuffles.
+order of the batches. A dataset of one aspect ratio is shuffled as fully as with ``RandomSampler``;
+Ultralytics' rect training instead sorts by aspect ratio and never shuffles, so every epoch sees the
+same batches in the same order.
 
 The order is a function of ``(seed, epoch)`` only. Distributed ranks take every ``world_size``-th
 batch of the same list, padded by repeating its first batches so all ranks step equally often.
