@@ -13,6 +13,7 @@ batch of the same list, padded by repeating its first batches so all ranks step 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -33,10 +34,7 @@ class ShapeBatchSampler:
             raise ValueError(f"rank {rank} outside world size {world_size}")
         self.shapes, self.batch_size = list(shapes), batch_size
         self.seed, self.rank, self.world_size, self.epoch = seed, rank, world_size, 0
-        sizes: dict[tuple[int, int], int] = {}
-        for s in self.shapes:
-            sizes[s] = sizes.get(s, 0) + 1
-        total = sum(-(-n // batch_size) for n in sizes.values())
+        total = sum(-(-n // batch_size) for n in Counter(self.shapes).values())
         self._per_rank = -(-total // world_size)
 
     def set_epoch(self, epoch: int) -> None:

@@ -13,6 +13,25 @@ from engines.checkpoint.meta import ModelMeta
 from engines.export import export
 from engines.nn import SegmentationModel
 from engines.train.loss import SegLoss
+from engines.train.weights import transfer_weights
+
+
+def seeded_pair(source_yaml: str, target_yaml: str, *, scales: bool = False
+                ) -> tuple[SegmentationModel, SegmentationModel, int, int]:
+    """A ``source_yaml`` model (nc 2, seed 0) with trained-looking BatchNorm statistics (and scales when
+    ``scales``), and a ``target_yaml`` model seeded from it by name and shape. Returns both in eval mode,
+    the tensors transferred and the target's tensor count."""
+    torch.manual_seed(0)
+    source = SegmentationModel(source_yaml, nc=2)
+    for m in source.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+            if scales:
+                m.weight.data.uniform_(0.5, 1.5)
+    target = SegmentationModel(target_yaml, nc=2)
+    n, total = transfer_weights(target, source.state_dict())
+    return source.eval(), target.eval(), n, total
 
 
 def backward_on_a_stroke(model: SegmentationModel, ratio: int = 1) -> tuple[SegmentationModel, torch.Tensor]:

@@ -10,8 +10,7 @@ import torch
 
 from engines.errors import ConfigError
 from engines.nn import SegmentationModel, resolve_model_cfg
-from engines.train.weights import transfer_weights
-from tests.engines.proto_checks import assert_onnx_runtime_matches, backward_on_a_stroke
+from tests.engines.proto_checks import assert_onnx_runtime_matches, backward_on_a_stroke, seeded_pair
 
 NAMES = ("a", "b")
 
@@ -19,17 +18,9 @@ NAMES = ("a", "b")
 @pytest.fixture(scope="module")
 def models() -> tuple[SegmentationModel, SegmentationModel]:
     """A proto2 model with trained-looking weights in the new step, and a skip model seeded from it."""
-    torch.manual_seed(0)
-    plain = SegmentationModel("yolov8n-seg-proto2.yaml", nc=2)
-    for m in plain.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
-            m.weight.data.uniform_(0.5, 1.5)
-    skip = SegmentationModel("yolov8n-seg-proto2-skip.yaml", nc=2)
-    n, total = transfer_weights(skip, plain.state_dict())
+    plain, skip, n, total = seeded_pair("yolov8n-seg-proto2.yaml", "yolov8n-seg-proto2-skip.yaml", scales=True)
     assert n == len(plain.state_dict()) and total == n + 12  # all but skip4 and skip2 (conv + 5 BN tensors each)
-    return plain.eval(), skip.eval()
+    return plain, skip
 
 
 def test_detection_reads_p3_to_p5_and_the_skips_reach_only_the_prototypes(models):

@@ -16,7 +16,7 @@ from engines.nn import SegmentationModel, resolve_model_cfg
 from engines.ops.crops import mask_crops, paste_crops
 from engines.ops.masks import process_masks_native
 from engines.train.weights import transfer_weights
-from tests.engines.proto_checks import assert_onnx_runtime_matches, backward_on_a_stroke
+from tests.engines.proto_checks import assert_onnx_runtime_matches, backward_on_a_stroke, seeded_pair
 
 NAMES = ("a", "b")
 
@@ -24,16 +24,9 @@ NAMES = ("a", "b")
 @pytest.fixture(scope="module")
 def models() -> tuple[SegmentationModel, SegmentationModel]:
     """A stride-4 model with trained-looking BatchNorm statistics, and a stride-2 one seeded from it."""
-    torch.manual_seed(0)
-    coarse = SegmentationModel("yolov8n-seg.yaml", nc=2)
-    for m in coarse.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
-    fine = SegmentationModel("yolov8n-seg-proto2.yaml", nc=2)
-    n, total = transfer_weights(fine, coarse.state_dict())
+    coarse, fine, n, total = seeded_pair("yolov8n-seg.yaml", "yolov8n-seg-proto2.yaml")
     assert n == len(coarse.state_dict()) and total == n + 8  # all but upsample2 (2) and refine (6)
-    return coarse.eval(), fine.eval()
+    return coarse, fine
 
 
 def test_a_stride4_checkpoint_loads_and_predicts_the_same_at_twice_the_resolution(models):
