@@ -2,7 +2,7 @@
 against the clips' ground truth (``pipeline.demo.score_events``).
 
     .venv/bin/python benchmarks/demo_accuracy.py [--seconds 20] [--fps 15] [--size 640x360]
-        [--styles traffic,factory,mixed] [--seed 21] [--model demo://model] [--imgsz N] [--conf 0.25]
+        [--styles traffic,factory,mixed] [--seed 21] [--model demo://model] [--imgsz N|H,W] [--conf 0.25]
         [--resolution frame|model]
 
 One camera per style, every frame inferred (lossless file cameras, no realtime pacing), events to a
@@ -29,14 +29,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from engines.synth.writers import sidecar_path  # noqa: E402
+from pipeline.cli.common import parse_imgsz  # noqa: E402
 from pipeline.demo import DemoScore, ensure_demo_clip, load_truth, parse_demo_url, score_events  # noqa: E402
 
 
 def run_pipeline(urls: dict[str, str], args: argparse.Namespace, tmp: Path) -> tuple[dict[str, list[dict]], float]:
     """Frame events per camera from one `segpipe run`, and its wall time in seconds."""
     model = {"path": args.model, "device": "cpu", "conf": args.conf}
-    if args.imgsz:
-        model["imgsz"] = args.imgsz
+    imgsz = parse_imgsz(args.imgsz)
+    if imgsz:
+        model["imgsz"] = list(imgsz) if isinstance(imgsz, tuple) else imgsz
     cfg = {
         "model": model,
         "masks": {"format": "rle", "resolution": args.resolution},
@@ -70,7 +72,7 @@ def main() -> None:
     ap.add_argument("--styles", default="traffic,factory,mixed")
     ap.add_argument("--seed", type=int, default=21, help="clip seed (the test uses 11, training data 1 and 2)")
     ap.add_argument("--model", default="demo://model")
-    ap.add_argument("--imgsz", type=int, default=None, help="model input side (default: the model's own)")
+    ap.add_argument("--imgsz", default=None, help="model input: a side or H,W (default: the model's own)")
     ap.add_argument("--conf", type=float, default=0.25)
     ap.add_argument("--resolution", default="frame", choices=["frame", "model"])
     args = ap.parse_args()

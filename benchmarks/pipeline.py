@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/pipeline.py                      # 1/4/8/16 cameras at 720p and 1080p
     .venv/bin/python benchmarks/pipeline.py --cameras 1 4 --sizes 720p --imgsz 320 --seconds 15
+    .venv/bin/python benchmarks/pipeline.py --cameras 4 --sizes 720p --imgsz 384,640   # 16:9 model input
     .venv/bin/python benchmarks/pipeline.py --soak-minutes 30     # plus an RSS soak
 
 Throughput: N file cameras, pacing off (``realtime: false`` and ``lossless: true``, so decoders decode
@@ -91,9 +92,9 @@ def _backend(model: str, device: str, threads: int, half: bool, cuda_graph: bool
                         options=BackendOptions(half=half, cuda_graph=cuda_graph))
 
 
-def raw_engine_fps(model: str, device: str, imgsz: int, batch: int, seconds: float, threads: int,
+def raw_engine_fps(model: str, device: str, imgsz: tuple[int, int], batch: int, seconds: float, threads: int,
                    half: bool = False, cuda_graph: bool = False) -> float:
-    """Frames/s of the backend alone on a ready (N, 3, imgsz, imgsz) batch on the device (runs in a
+    """Frames/s of the backend alone on a ready (N, 3, H, W) batch on the device (runs in a
     worker process that keeps the model loaded between calls). The better of a contiguous (NCHW) and a
     channels-last batch: letterboxing HWC frames gives the pipeline the latter, which CPU convolutions
     run ~10 % faster, so the baseline gets that chance too."""
@@ -103,7 +104,7 @@ def raw_engine_fps(model: str, device: str, imgsz: int, batch: int, seconds: flo
     sync = torch.cuda.synchronize if backend.device.type == "cuda" else (lambda: None)
     best = 0.0
     for fmt in (torch.contiguous_format, torch.channels_last):
-        x = torch.rand((batch, 3, imgsz, imgsz), device=backend.device).contiguous(memory_format=fmt)
+        x = torch.rand((batch, 3, *imgsz), device=backend.device).contiguous(memory_format=fmt)
         for _ in range(3):
             backend(x)
         sync()
@@ -194,7 +195,7 @@ def pipeline_config(args: argparse.Namespace, clip: Path, n: int, *, realtime: b
     cams = [{"id": f"cam{i:02d}", "url": str(clip), "loop": True, "realtime": realtime, "lossless": not realtime,
              "nice": args.decoder_nice}
             for i in range(n)]
-    raw = {"model": {"path": args.model, "device": args.device, "imgsz": args.imgsz, "half": args.half,
+    raw = {"model": {"path": args.model, "device": args.device, "imgsz": list(args.shape), "half": args.half,
                      "cuda_graph": args.cuda_graph, "threads": args.threads},
            "batch": {"max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms, "max_age_ms": 2000},
            "cameras": cams, "metrics": {"enabled": False},
@@ -244,7 +245,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="yolov8n-seg.yaml")
     p.add_argument("--device", default="auto")
-    p.add_argument("--imgsz", type=int, default=640)
+    p.add_argument("--imgsz", default="640", help="model input: a side or H,W (default 640)")
     p.add_argument("--half", action="store_true")
     p.add_argument("--cuda-graph", action="store_true", help="model.cuda_graph (torch backend on CUDA)")
     p.add_argument("--threads", type=int, default=0, help="CPU intra-op threads of the model (0: torch's default)")
@@ -260,6 +261,10 @@ def main() -> None:
     p.add_argument("--soak-minutes", type=float, default=0.0)
     p.add_argument("--cache", default=os.environ.get("SEGPIPE_CACHE", str(Path.home() / ".cache" / "segpipe")))
     args = p.parse_args()
+    from pipeline.cli.common import parse_imgsz
+
+    side = parse_imgsz(args.imgsz)
+    args.shape = (side, side) if isinstance(side, int) else side
 
     clips = Path(args.cache) / "bench"
     clips.mkdir(parents=True, exist_ok=True)
@@ -267,7 +272,7 @@ def main() -> None:
     from importlib.metadata import version  # not torch itself: this process stays a lean supervisor
 
     print(f"torch {version('torch')}, {os.cpu_count()} CPUs, device {args.device}, model {args.model}, "
-          f"imgsz {args.imgsz}, max_batch {args.max_batch}, max_wait {args.max_wait_ms:g} ms, "
+          f"input {args.shape[1]}x{args.shape[0]} (WxH), max_batch {args.max_batch}, max_wait {args.max_wait_ms:g} ms, "
           f"threads {args.threads or 'default'}, decoder nice {args.decoder_nice}")
     # The raw engine runs in its own process (this one stays as lean as `segpipe run`'s supervisor)
     # and is measured again right before every pipeline row, so both see the same machine: the
@@ -276,7 +281,7 @@ def main() -> None:
 
     def baseline() -> dict[int, float]:
         time.sleep(2.0)  # the previous run's processes are gone, not exiting beside the measurement
-        return {b: pool.apply(raw_engine_fps, (args.model, args.device, args.imgsz, b, args.raw_seconds,
+        return {b: pool.apply(raw_engine_fps, (args.model, args.device, args.shape, b, args.raw_seconds,
                                                args.threads, args.half, args.cuda_graph))
                 for b in sorted({1, args.max_batch})}
 

@@ -43,7 +43,8 @@ class ModelConfig(_Strict):
                                                 "or demo://model (the demo weights shipped with segpipe)")
     backend: Literal[BACKENDS] = "auto"  # type: ignore[valid-type]
     device: str = Field("auto", description="auto (first GPU, else cpu), cpu, 0, cuda:1")
-    imgsz: int = Field(640, ge=32, le=4096, multiple_of=32, description="model input side, pixels")
+    imgsz: int | tuple[int, int] = Field(640, description="model input: a side (square) or [height, width], "
+                                                        "pixels, multiples of 32")
     conf: float = Field(0.25, gt=0, le=1, description="minimum class score kept")
     iou: float = Field(0.7, gt=0, le=1, description="NMS IoU threshold")
     classes: tuple[int, ...] | None = Field(None, description="keep only these class ids")
@@ -60,6 +61,24 @@ class ModelConfig(_Strict):
         if _is_demo(v) and v.strip().rstrip("/").lower() != _demo().MODEL_URL:
             raise ValueError(f"the only demo model is {_demo().MODEL_URL}, got {v!r}")
         return v
+
+    @field_validator("imgsz", mode="before")
+    @classmethod
+    def _imgsz(cls, v: Any) -> Any:
+        # A 16:9 camera letterboxed into [384, 640] gives the model the same pixels as into 640 with 40 %
+        # less padding to infer; fixed-shape engines are checked against it when loaded.
+        sides = list(v) if isinstance(v, (list, tuple)) else [v]
+        # "${IMGSZ:-640}" interpolates to a string, as every number in the YAML may
+        sides = [int(s) if isinstance(s, str) and s.strip().isdigit() else s for s in sides]
+        ok = len(sides) in (1, 2) and all(
+            isinstance(s, int) and not isinstance(s, bool) and 32 <= s <= 4096 and s % 32 == 0 for s in sides)
+        if not ok:
+            raise ValueError(f"expected a side or [height, width], each a multiple of 32 from 32 to 4096, got {v!r}")
+        return sides[0] if not isinstance(v, (list, tuple)) else tuple(sides)
+
+    def input_shape(self) -> tuple[int, int]:
+        """``imgsz`` as (height, width)."""
+        return (self.imgsz, self.imgsz) if isinstance(self.imgsz, int) else self.imgsz
 
     @model_validator(mode="after")
     def _classes(self) -> ModelConfig:

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from engines.backends import Backend
-from engines.errors import EngineMismatchError, SegpipeError
+from engines.errors import ConfigError, EngineMismatchError, SegpipeError
 from engines.ops import letterbox, mask_crops, mask_to_polygons, non_max_suppression, scale_boxes
 from engines.ops.crops import input_stride
 from engines.ops.letterbox import LetterboxInfo, letterbox_geometry
@@ -61,7 +61,8 @@ _LATENCY_EMA = 0.1  # weight of the newest frame in the per-camera latency avera
 class DeviceSettings:
     """What the device stage needs, derived from the run config in ``from_config``.
 
-    imgsz: model input side in pixels; None takes the model's own (its training size).
+    imgsz: model input, a side (square) or (height, width) in pixels; None takes the model's own
+    (its training size).
     threads: CPU intra-op threads (0: the runtime's default, one per core). On a CPU-only machine the
     decoders need cores too, and oversubscribed OpenMP threads stall each other for whole time slices.
     masks: "rle" | "polygon" | "none". mask_resolution: "frame" (prototypes resampled to frame
@@ -76,7 +77,7 @@ class DeviceSettings:
     model_path: str
     backend: str = "auto"
     device: str = "auto"
-    imgsz: int | None = None
+    imgsz: int | tuple[int, int] | None = None
     half: bool = False
     cuda_graph: bool = False
     threads: int = 0
@@ -91,7 +92,7 @@ class DeviceSettings:
     def from_config(cls, cfg: RunConfig) -> DeviceSettings:
         m = cfg.model
         return cls(model_path=m.path, backend=m.backend, device=m.device,
-                   imgsz=m.imgsz if "imgsz" in m.model_fields_set else None, half=m.half, cuda_graph=m.cuda_graph,
+                   imgsz=m.input_shape() if "imgsz" in m.model_fields_set else None, half=m.half, cuda_graph=m.cuda_graph,
                    threads=m.threads, nms=NMSConfig(conf=m.conf, iou=m.iou, classes=m.classes, max_det=m.max_det),
                    masks=cfg.masks.format, mask_resolution=cfg.masks.resolution,
                    batch=BatchPolicy.from_config(cfg.batch), preview_width=_preview_width(cfg))
@@ -162,10 +163,15 @@ class DeviceStage:
         meta = self.backend.meta
         if self.s.imgsz is None:
             return tuple(meta.imgsz)  # type: ignore[return-value]
-        if not meta.dynamic and tuple(meta.imgsz) != (self.s.imgsz, self.s.imgsz):
-            raise EngineMismatchError(f"{self.s.model_path}: built for {meta.imgsz[0]}x{meta.imgsz[1]} inputs, "
-                                      f"the config asks for imgsz {self.s.imgsz} (re-export, or drop model.imgsz)")
-        return self.s.imgsz, self.s.imgsz
+        size = (self.s.imgsz, self.s.imgsz) if isinstance(self.s.imgsz, int) else tuple(self.s.imgsz)
+        if any(s % meta.stride for s in size):
+            raise ConfigError("model.imgsz", f"{size[0]}x{size[1]} (HxW): each side must be a multiple of "
+                                             f"{self.s.model_path}'s stride {meta.stride}")
+        if not meta.dynamic and tuple(meta.imgsz) != size:
+            raise EngineMismatchError(f"{self.s.model_path}: built for {meta.imgsz[0]}x{meta.imgsz[1]} (HxW) inputs, "
+                                      f"the config asks for {size[0]}x{size[1]} (re-export at that size, or drop "
+                                      "model.imgsz)")
+        return size  # type: ignore[return-value]
 
     def _host_buffer(self, nbytes: int) -> np.ndarray:
         # Pinned (page-locked) memory lets the upload run asynchronously on its own stream.
@@ -516,7 +522,7 @@ def device_main(settings: DeviceSettings, cameras: Sequence[tuple[str, str]], re
         readers = [RingReader(prefix, camera_id=cid) for cid, prefix in cameras]
         stage = DeviceStage(settings=settings, backend=backend, readers=readers, emit=results.put)
         stage.warmup()
-        conn.send(("ready", f"{backend!r} input {stage.size[0]}x{stage.size[1]}"))
+        conn.send(("ready", f"{backend!r} input {stage.size[1]}x{stage.size[0]} (WxH)"))
         stage.run(stop, report=lambda stats: conn.send(("stats", stats)))
     except SegpipeError as e:
         conn.send(("error", str(e).splitlines()[0]))

@@ -95,7 +95,7 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 
 def ensure_engine(model_path: str | os.PathLike[str], *, device: torch.device | None = None, half: bool = True,
-                  int8: bool = False, imgsz: int | None = None, min_batch: int = 1, opt_batch: int = 8,
+                  int8: bool = False, imgsz: int | tuple[int, int] | None = None, min_batch: int = 1, opt_batch: int = 8,
                   max_batch: int = 16, calib_data: str | None = None) -> Path:
     """The cached engine for a checkpoint or ``.onnx`` (built first if absent); returns its path.
 
@@ -144,8 +144,9 @@ def build_engine(model_path: str | os.PathLike[str], *, spec: EngineSpec, device
     return write_engine(dest, header, plan)
 
 
-def _square(imgsz: int) -> tuple[int, int]:
-    return int(imgsz), int(imgsz)
+def _square(imgsz: int | tuple[int, int]) -> tuple[int, int]:
+    """(H, W) of an imgsz given as a side or (H, W)."""
+    return (int(imgsz), int(imgsz)) if isinstance(imgsz, int) else (int(imgsz[0]), int(imgsz[1]))
 
 
 __all__ = ["EngineSpec", "build_engine", "cache_key", "cache_path", "ensure_engine"]

@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 
 from engines.errors import ConfigError
+from pipeline.cli.common import parse_imgsz
 
 NAME = "build-engine"
 HELP = "build a TensorRT engine (fp32/fp16/int8, batch profile, timing cache)"
@@ -25,7 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--int8", action="store_true", help="INT8 kernels, calibrated on --calib-data (implies FP16)")
     p.add_argument("--calib-data", default=None, help="data YAML whose train images calibrate INT8")
     p.add_argument("--calib-images", type=int, default=512, help="INT8 calibration images (default 512)")
-    p.add_argument("--imgsz", type=int, default=None, help="input size (default: the model's training size)")
+    p.add_argument("--imgsz", default=None, help="input size: N (square) or H,W, e.g. 384,640 for 16:9 cameras "
+                   "(default: the model's training size)")
     p.add_argument("--min-batch", type=int, default=1, help="profile minimum batch (default 1)")
     p.add_argument("--opt-batch", type=int, default=8, help="profile batch kernels are tuned for (default 8)")
     p.add_argument("--max-batch", type=int, default=16, help="profile maximum batch (default 16)")
@@ -45,11 +47,13 @@ def run(args: argparse.Namespace) -> int:
     if args.device == "cpu":
         raise ConfigError("--device", "TensorRT engines are built on a GPU (use --device 0)")
     device = require_cuda("segpipe build-engine", parse_device(args.device))
-    if args.imgsz is not None and (args.imgsz < 32 or args.imgsz % 32):
-        raise ConfigError("--imgsz", f"must be a positive multiple of 32, got {args.imgsz}")
+    imgsz = parse_imgsz(args.imgsz)
+    shape = (imgsz, imgsz) if isinstance(imgsz, int) else imgsz
+    if shape is not None and any(s < 32 or s % 32 for s in shape):
+        raise ConfigError("--imgsz", f"each side must be a positive multiple of 32, got {args.imgsz}")
     facts = model_facts(Path(args.model))
     precision = "int8" if args.int8 else "fp16" if args.half else "fp32"
-    spec = EngineSpec(imgsz=(args.imgsz, args.imgsz) if args.imgsz else facts.imgsz, precision=precision,
+    spec = EngineSpec(imgsz=shape or facts.imgsz, precision=precision,
                       min_batch=args.min_batch, opt_batch=args.opt_batch, max_batch=args.max_batch,
                       workspace_gb=args.workspace, calib_data=args.calib_data, calib_images=args.calib_images)
     path = build_engine(args.model, spec=spec, device=device, out=args.out, timing_cache=args.timing_cache)

@@ -37,6 +37,21 @@ def parse_classes(spec: str | None) -> tuple[int, ...] | None:
     return ids
 
 
+def parse_imgsz(spec: str | None) -> int | tuple[int, int] | None:
+    """``--imgsz N`` (a square) or ``H,W`` / ``HxW`` (height first, as Ultralytics' imgsz lists)."""
+    if spec is None:
+        return None
+    try:
+        parts = [int(v) for v in spec.replace("x", ",").split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError("--imgsz", f"expected N or H,W, got {spec!r}") from None
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) == 2:
+        return parts[0], parts[1]
+    raise ConfigError("--imgsz", f"expected N or H,W, got {spec!r}")
+
+
 def check_range(name: str, value: float, lo: float, hi: float) -> None:
     if not lo <= value <= hi:
         raise ConfigError(name, f"must be in [{lo}, {hi}], got {value}")

@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 
 from engines.errors import ConfigError
+from pipeline.cli.common import parse_imgsz
 
 NAME = "export"
 HELP = "export a model to onnx, openvino or torchscript (INT8 with --int8 --data)"
@@ -36,20 +37,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val", action="store_true", help="then report box/mask mAP of the model and of the "
                    "export on --data's val split")
     p.add_argument("--out", default=None, help="output path (default: beside the model)")
-
-
-def parse_imgsz(spec: str | None) -> int | tuple[int, int] | None:
-    if spec is None:
-        return None
-    try:
-        parts = [int(v) for v in spec.replace("x", ",").split(",") if v.strip()]
-    except ValueError:
-        raise ConfigError("--imgsz", f"expected N or H,W, got {spec!r}") from None
-    if len(parts) == 1:
-        return parts[0]
-    if len(parts) == 2:
-        return parts[0], parts[1]
-    raise ConfigError("--imgsz", f"expected N or H,W, got {spec!r}")
 
 
 def run(args: argparse.Namespace) -> int:

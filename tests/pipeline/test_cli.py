@@ -5,7 +5,9 @@ import sys
 
 import pytest
 
+from engines.errors import ConfigError
 from pipeline.cli import COMMANDS, main, translate_key_value
+from pipeline.cli.common import parse_imgsz
 
 
 @pytest.mark.parametrize(
@@ -20,6 +22,18 @@ from pipeline.cli import COMMANDS, main, translate_key_value
 )
 def test_key_value_spelling(argv: list[str], expected: list[str]) -> None:
     assert translate_key_value(argv) == expected
+
+
+@pytest.mark.parametrize(("spec", "expected"), [(None, None), ("640", 640), ("384,640", (384, 640)),
+                                              ("384x640", (384, 640))])
+def test_imgsz_flag_is_a_side_or_height_width(spec: str | None, expected: object) -> None:
+    assert parse_imgsz(spec) == expected
+
+
+@pytest.mark.parametrize("spec", ["big", "384,640,3", "384;640"])
+def test_bad_imgsz_flag_names_itself(spec: str) -> None:
+    with pytest.raises(ConfigError, match=r"--imgsz: expected N or H,W"):
+        parse_imgsz(spec)
 
 
 def test_false_turns_off_a_flag_that_defaults_to_on() -> None:

@@ -56,6 +56,18 @@ def test_valid_config_gets_defaults_and_is_frozen(clip: Path) -> None:
     assert dev.imgsz is None and dev.nms.iou == cfg.model.iou and dev.batch.max_wait_s == pytest.approx(0.010)
 
 
+def test_rectangular_model_input(clip: Path) -> None:
+    """``model.imgsz: [height, width]`` reaches the device stage as (height, width); a side as a square."""
+    raw = base(clip)
+    raw["model"]["imgsz"] = [384, 640]
+    cfg = parse_config(raw, env={})
+    assert cfg.model.imgsz == (384, 640) and cfg.model.input_shape() == (384, 640)
+    assert DeviceSettings.from_config(cfg).imgsz == (384, 640)
+    raw["model"]["imgsz"] = "${IMGSZ:-480}"
+    cfg = parse_config(raw, env={})
+    assert cfg.model.imgsz == 480 and DeviceSettings.from_config(cfg).imgsz == (480, 480)
+
+
 def test_env_interpolation_defaults_and_escapes(clip: Path) -> None:
     raw = base(clip)
     raw["cameras"][1]["url"] = "rtsp://${CAM_USER}:${CAM_PASS}@cam/${CAM_PATH:-live}"
@@ -88,6 +100,10 @@ BAD = [  # (where, value, expected error line prefix, expected text)
     ("model.confidence", 0.3, "model.confidence", "unknown key 'confidence'"),
     ("model.backend", "tflite", "model.backend", "Input should be"),
     ("model.imgsz", 100, "model.imgsz", "multiple of 32"),
+    ("model.imgsz", [384, 100], "model.imgsz", "[height, width], each a multiple of 32"),
+    ("model.imgsz", [384, 640, 32], "model.imgsz", "got [384, 640, 32]"),
+    ("model.imgsz", True, "model.imgsz", "got True"),
+    ("model.imgsz", "640px", "model.imgsz", "got '640px'"),
     ("model.conf", 1.5, "model.conf", "less than or equal to 1"),
     ("model.classes", [-1], "model.classes", "class ids >= 0"),
     ("model.path", "missing.pt", "model.path", "model file not found"),

@@ -56,10 +56,10 @@ def test_score_events_matching_rules() -> None:
 @pytest.fixture(scope="module")
 def streamed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, list[dict]]]:
     """``(cache folder, frame events per camera)`` of one real `segpipe run` over the CLIPS (every
-    frame: lossless file cameras)."""
+    frame: lossless file cameras), at a 16:9 model input as the demo config runs it."""
     tmp = tmp_path_factory.mktemp("demo_run")
     cfg = {
-        "model": {"path": "demo://model", "device": "cpu", "conf": 0.25},
+        "model": {"path": "demo://model", "device": "cpu", "conf": 0.25, "imgsz": [384, 640]},
         "masks": {"format": "rle", "resolution": "frame"},
         "batch": {"max_batch": 2, "max_wait_ms": 5, "max_age_ms": 60_000},
         "cameras": [{"id": name, "url": url, "realtime": False, "lossless": True} for name, url in CLIPS.items()],

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -71,10 +72,13 @@ def run_stage(stage: DeviceStage, writers: list[shm.RingWriter], frames: int) ->
     assert not t.is_alive()
 
 
-def test_results_match_engines_postprocess(backend: Backend, rings: tuple) -> None:
+@pytest.mark.parametrize("size", [64, (64, 96)], ids=["square", "rect"])
+def test_results_match_engines_postprocess(backend: Backend, rings: tuple, size: int | tuple[int, int]) -> None:
+    """Square and (height, width) inputs: every camera's frames letterboxed into the one input shape."""
     writers, readers = rings
     out: list[FrameResult] = []
-    stage = DeviceStage(settings=settings(), backend=backend, readers=readers, emit=out.append)
+    stage = DeviceStage(settings=settings(imgsz=size), backend=backend, readers=readers, emit=out.append)
+    assert stage.size == ((size, size) if isinstance(size, int) else size)
     run_stage(stage, writers, frames=1)
     assert out and {r.camera_id for r in out} <= {"cam0", "cam1", "cam2"}
     for r in out:
@@ -85,10 +89,11 @@ def test_results_match_engines_postprocess(backend: Backend, rings: tuple) -> No
         # The reference: the CPU letterbox (uint8 cv2 resize, then engines' pad + normalise), the
         # model, and engines' postprocess with retina (frame-resolution) masks.
         img = make_frame(r.seq, size=(w, h))
-        info = letterbox_geometry((h, w), size=64)
+        info = letterbox_geometry((h, w), size=size)
         small = cv2.resize(img, info.unpad_shape[::-1], interpolation=cv2.INTER_LINEAR)
-        x, _ = letterbox([torch.from_numpy(small)], size=64)
-        x_float, _ = letterbox([torch.from_numpy(img)], size=64)  # the device (float) resize
+        x, _ = letterbox([torch.from_numpy(small)], size=size)
+        x_float, _ = letterbox([torch.from_numpy(img)], size=size)  # the device (float) resize
+        assert x.shape[2:] == stage.size
         assert (x - x_float).abs().max() <= 1.01 / 255  # the two resizes agree within one level
         ref = postprocess(*backend(x), [info], NMS, names=backend.meta.names, retina_masks=True)[0]
         assert len(r.detections) == len(ref)
@@ -184,3 +189,34 @@ def test_first_error_wins_and_nothing_deadlocks(backend: Backend, rings: tuple) 
     assert not t.is_alive() and not stop.is_set()
     assert len(errors) == 1 and str(errors[0]) == "sink went away"
     assert stage._pool.qsize() == stage.s.depth + 2  # every staging arena came back
+
+
+def test_fixed_shape_model_refuses_another_input_shape(tmp_path: Path, rings: tuple) -> None:
+    """A static ONNX export takes only its own shape: a config asking for another is refused by name
+    before any frame is read; asking for its own shape (or nothing) runs."""
+    from engines.errors import EngineMismatchError
+    from engines.export import export
+
+    torch.manual_seed(0)
+    onnx = load_backend(export("yolov8n-seg.yaml", format="onnx", imgsz=(64, 96), out=tmp_path / "m.onnx"),
+                        device="cpu")
+    assert not onnx.meta.dynamic and tuple(onnx.meta.imgsz) == (64, 96)
+    for ok in (None, (64, 96)):
+        assert DeviceStage(settings=settings(imgsz=ok), backend=onnx, readers=rings[1], emit=print).size == (64, 96)
+    for bad, asked in ((64, "64x64"), ((96, 64), "96x64")):
+        with pytest.raises(EngineMismatchError, match=f"built for 64x96 \\(HxW\\) inputs, the config asks for {asked}"):
+            DeviceStage(settings=settings(imgsz=bad), backend=onnx, readers=rings[1], emit=print)
+
+
+def test_input_shape_must_fit_the_model_stride(backend: Backend, rings: tuple) -> None:
+    """A model that downsamples 64x (a P6 model) cannot take a 96-pixel-wide input: refused by name."""
+    import copy
+    import dataclasses
+
+    from engines.errors import ConfigError
+
+    p6 = copy.copy(backend)
+    p6.meta = dataclasses.replace(backend.meta, stride=64)
+    with pytest.raises(ConfigError, match=r"model.imgsz: 64x96 \(HxW\): each side must be a multiple of .* stride 64"):
+        DeviceStage(settings=settings(imgsz=(64, 96)), backend=p6, readers=rings[1], emit=print)
+    assert DeviceStage(settings=settings(imgsz=(64, 128)), backend=p6, readers=rings[1], emit=print).size == (64, 128)
