@@ -67,14 +67,14 @@ class ModelConfig(_Strict):
     def _imgsz(cls, v: Any) -> Any:
         # A 16:9 camera letterboxed into [384, 640] gives the model the same pixels as into 640 with 40 %
         # less padding to infer; fixed-shape engines are checked against it when loaded.
-        sides = list(v) if isinstance(v, (list, tuple)) else [v]
+        pair = isinstance(v, (list, tuple))
         # "${IMGSZ:-640}" interpolates to a string, as every number in the YAML may
-        sides = [int(s) if isinstance(s, str) and s.strip().isdigit() else s for s in sides]
-        ok = len(sides) in (1, 2) and all(
+        sides = [int(s) if isinstance(s, str) and s.strip().isdigit() else s for s in (v if pair else [v])]
+        ok = len(sides) == (2 if pair else 1) and all(
             isinstance(s, int) and not isinstance(s, bool) and 32 <= s <= 4096 and s % 32 == 0 for s in sides)
         if not ok:
             raise ValueError(f"expected a side or [height, width], each a multiple of 32 from 32 to 4096, got {v!r}")
-        return sides[0] if not isinstance(v, (list, tuple)) else tuple(sides)
+        return tuple(sides) if pair else sides[0]
 
     def input_shape(self) -> tuple[int, int]:
         """``imgsz`` as (height, width)."""

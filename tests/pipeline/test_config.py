@@ -102,6 +102,7 @@ BAD = [  # (where, value, expected error line prefix, expected text)
     ("model.imgsz", 100, "model.imgsz", "multiple of 32"),
     ("model.imgsz", [384, 100], "model.imgsz", "[height, width], each a multiple of 32"),
     ("model.imgsz", [384, 640, 32], "model.imgsz", "got [384, 640, 32]"),
+    ("model.imgsz", [640], "model.imgsz", "got [640]"),
     ("model.imgsz", True, "model.imgsz", "got True"),
     ("model.imgsz", "640px", "model.imgsz", "got '640px'"),
     ("model.conf", 1.5, "model.conf", "less than or equal to 1"),
