@@ -109,7 +109,7 @@ def ensure_engine(model_path: str | os.PathLike[str], *, device: torch.device | 
     dev = require_cuda(f"backend tensorrt for {model}", device)
     facts = model_facts(model)
     precision = "int8" if int8 else "fp16" if half else "fp32"
-    spec = EngineSpec(imgsz=_square(imgsz) if imgsz else facts.imgsz, precision=precision, min_batch=min_batch,
+    spec = EngineSpec(imgsz=_as_hw(imgsz) if imgsz else facts.imgsz, precision=precision, min_batch=min_batch,
                       opt_batch=opt_batch, max_batch=max_batch, calib_data=calib_data or facts.data if int8 else None)
     out = cache_path(model, cache_key(facts.model_hash, spec, platform_of(trt, dev)), spec)
     with _file_lock(out):
@@ -144,7 +144,7 @@ def build_engine(model_path: str | os.PathLike[str], *, spec: EngineSpec, device
     return write_engine(dest, header, plan)
 
 
-def _square(imgsz: int | tuple[int, int]) -> tuple[int, int]:
+def _as_hw(imgsz: int | tuple[int, int]) -> tuple[int, int]:
     """(H, W) of an imgsz given as a side or (H, W)."""
     return (int(imgsz), int(imgsz)) if isinstance(imgsz, int) else (int(imgsz[0]), int(imgsz[1]))
 
