@@ -1,20 +1,25 @@
 """End-to-end accuracy of the out-of-the-box demo: `segpipe run` over demo:// clips, masks scored
-against the clips' ground truth (``pipeline.demo.score_events``).
+against the clips' ground truth (``pipeline.demo.score_events``), track ids against its object ids
+(``pipeline.demo.score_tracks``).
 
     .venv/bin/python benchmarks/demo_accuracy.py [--seconds 20] [--fps 15] [--size 640x360]
         [--styles traffic,factory,mixed] [--seed 21] [--model demo://model] [--imgsz N|H,W] [--conf 0.25]
-        [--resolution frame|model]
+        [--resolution frame|model] [--live] [--camera-fps F] [--no-tracking]
 
-One camera per style, every frame inferred (lossless file cameras, no realtime pacing), events to a
+One camera per style, every frame inferred (lossless file cameras, no realtime pacing; with --live
+paced at the clip's rate and dropped when the model falls behind, as a live camera is; with
+--camera-fps sampled to that rate, as the demo config's cameras are), events to a
 JSONL sink in a temporary folder; clips are rendered into $SEGPIPE_CACHE/demo on first use. Prints per
 camera and overall: recall of objects >= 32x32 px at mask IoU 0.5 (same class), mean mask IoU of the
-matched ones, precision, and the run's wall time. The test (tests/pipeline/test_demo_accuracy.py)
-asserts recall >= 0.9 and mean IoU >= 0.75 on short clips.
+matched ones, precision, tracking (MOTA, IDF1, id switches, with the run's default tracking settings),
+and the run's wall time. The test (tests/pipeline/test_demo_accuracy.py) asserts recall >= 0.9 and
+mean IoU >= 0.75 on short clips.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -30,7 +35,15 @@ sys.path.insert(0, str(REPO))
 
 from engines.synth.writers import sidecar_path  # noqa: E402
 from pipeline.cli.common import parse_imgsz  # noqa: E402
-from pipeline.demo import DemoScore, ensure_demo_clip, load_truth, parse_demo_url, score_events  # noqa: E402
+from pipeline.demo import (  # noqa: E402
+    DemoScore,
+    TrackScore,
+    ensure_demo_clip,
+    load_truth,
+    parse_demo_url,
+    score_events,
+    score_tracks,
+)
 
 
 def run_pipeline(urls: dict[str, str], args: argparse.Namespace, tmp: Path) -> tuple[dict[str, list[dict]], float]:
@@ -43,7 +56,9 @@ def run_pipeline(urls: dict[str, str], args: argparse.Namespace, tmp: Path) -> t
         "model": model,
         "masks": {"format": "rle", "resolution": args.resolution},
         "batch": {"max_batch": len(urls), "max_wait_ms": 5, "max_age_ms": 3_600_000},
-        "cameras": [{"id": cam, "url": url, "realtime": False, "lossless": True} for cam, url in urls.items()],
+        "cameras": [{"id": cam, "url": url, "realtime": args.live, "lossless": not args.live, "fps": args.camera_fps}
+                    for cam, url in urls.items()],
+        "tracking": {"enabled": args.tracking},
         "sinks": [{"type": "jsonl", "path": str(tmp / "events.jsonl"), "max_bytes": 2**40}],
         "metrics": {"enabled": False},
     }
@@ -75,6 +90,9 @@ def main() -> None:
     ap.add_argument("--imgsz", default=None, help="model input: a side or H,W (default: the model's own)")
     ap.add_argument("--conf", type=float, default=0.25)
     ap.add_argument("--resolution", default="frame", choices=["frame", "model"])
+    ap.add_argument("--live", action="store_true", help="pace clips at their rate; drop what the model misses")
+    ap.add_argument("--camera-fps", type=float, default=None, help="sample each clip at most this rate")
+    ap.add_argument("--tracking", action=argparse.BooleanOptionalAction, default=True)
     args = ap.parse_args()
     urls = {style: f"demo://{style}?seed={args.seed}&seconds={args.seconds:g}&fps={args.fps:g}&size={args.size}"
             for style in args.styles.split(",")}
@@ -87,16 +105,23 @@ def main() -> None:
     frames = sum(len(v) for v in events.values())
     print(f"segpipe run: {frames} frames in {wall:.1f} s ({frames / wall:.1f} frames/s incl. start-up), "
           f"model {args.model}, imgsz {args.imgsz or 'model'}, masks at {args.resolution} resolution")
-    total = []
+    total, tracks = [], []
     for cam, evs in events.items():
-        score = score_events(evs, load_truth(sidecar_path(clips[cam])))
+        truth = load_truth(sidecar_path(clips[cam]))
+        score = score_events(evs, truth)
         total.append(score)
         print(f"  {cam:8s} {score}  [{len(evs)}/{specs[cam].frames} frames streamed]")
+        if args.tracking:
+            tracks.append(score_tracks(evs, truth))
+            print(f"  {'':8s} tracking: {tracks[-1]}")
     ious = sum(s.mean_iou * s.matched for s in total)
     overall = DemoScore(sum(s.frames for s in total), sum(s.objects for s in total), sum(s.matched for s in total),
                         ious / max(sum(s.matched for s in total), 1), sum(s.detections for s in total),
                         sum(s.false_positives for s in total))
     print(f"  overall  {overall}")
+    if tracks:
+        summed = TrackScore(*(sum(getattr(t, f.name) for t in tracks) for f in dataclasses.fields(TrackScore)))
+        print(f"  overall  tracking: {summed}")
 
 
 if __name__ == "__main__":

@@ -198,6 +198,27 @@ class MetricsConfig(_Strict):
     port: int = Field(9108, ge=0, le=65535)
 
 
+class TrackingConfig(_Strict):
+    """Per-camera object tracking (``pipeline.tracking``, ByteTrack's association): each detection
+    gets a ``track_id`` that names the same object across that camera's frames."""
+
+    enabled: bool = False
+    high_score: float = Field(0.5, gt=0, le=1, description="detections at least this sure are matched first; "
+                                                           "the rest (down to model.conf) only continue tracks")
+    new_track_score: float = Field(0.6, gt=0, le=1, description="an unmatched detection this sure starts a track")
+    match_iou: float = Field(0.2, gt=0, lt=1, description="least IoU of a detection and a track's predicted box, "
+                                                         "both grown by 30 % of their size per side, to continue it")
+    min_hits: int = Field(2, ge=1, le=100, description="matched frames in a row before a track gets its id")
+    max_lost_frames: int = Field(30, ge=0, le=100_000, description="decoder frames a track survives unseen "
+                                                                  "(an object hidden, then back: same id)")
+
+    @model_validator(mode="after")
+    def _scores(self) -> TrackingConfig:
+        if self.new_track_score < self.high_score:
+            raise ValueError(f"new_track_score: must be >= high_score ({self.high_score}), got {self.new_track_score}")
+        return self
+
+
 class RunConfig(_Strict):
     """Everything ``segpipe run`` needs; built only by ``load_config`` / ``parse_config``."""
 
@@ -207,6 +228,7 @@ class RunConfig(_Strict):
     cameras: tuple[CameraConfig, ...] = Field(min_length=1)
     sinks: tuple[SinkConfig, ...] = ()
     metrics: MetricsConfig = MetricsConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
     def camera(self, camera_id: str) -> CameraConfig:
         for cam in self.cameras:

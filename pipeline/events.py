@@ -49,13 +49,16 @@ def _mask_json(mask: dict[str, Any] | list[list[float]] | None, size_hw: list[in
 
 def _detection_json(det: Detection, size_hw: list[int]) -> dict[str, Any]:
     x1, y1, x2, y2 = det.box
-    return {
+    out = {
         "class_id": int(det.class_id),
         "label": det.label,
         "score": round(float(det.score), 4),
         "box": [round(float(x1), 2), round(float(y1), 2), round(float(x2), 2), round(float(y2), 2)],
         "mask": _mask_json(det.mask, size_hw),
     }
+    if det.track_id is not None:
+        out["track_id"] = int(det.track_id)
+    return out
 
 
 def _ts(t: float) -> float:

@@ -65,7 +65,8 @@ class Detection:
 
     box: (x1, y1, x2, y2) floats, frame pixels. mask: COCO compressed RLE
     ``{"size": [H, W], "counts": str}`` over the whole frame, or a polygon list
-    ``[[x1, y1, x2, y2, ...], ...]`` in frame pixels, or None when masks are off.
+    ``[[x1, y1, x2, y2, ...], ...]`` in frame pixels, or None when masks are off. track_id: the same
+    object across its camera's frames (>= 1), None when tracking is off or its track is unconfirmed.
     """
 
     class_id: int
@@ -73,10 +74,12 @@ class Detection:
     score: float
     box: tuple[float, float, float, float]
     mask: dict[str, Any] | list[list[float]] | None = None
+    track_id: int | None = None
 
     def __post_init__(self) -> None:
         _expect(len(self.box) == 4, "Detection.box", "4 numbers", self.box)
         _expect(0.0 <= self.score <= 1.0, "Detection.score", "in [0, 1]", self.score)
+        _expect(self.track_id is None or self.track_id >= 1, "Detection.track_id", "None or >= 1", self.track_id)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,8 @@
 """The sink stage: a process that turns FrameResult/CameraStatus into events and fans them out.
 
+With ``tracking.enabled`` it first gives each detection its ``track_id`` (``pipeline.tracking``): this
+process sees every camera's results in order, and tracking here takes no time from the device stage.
+
 Why a process of its own: serialising events and talking to Redis/ZeroMQ/disk must not take time
 from the device stage, and a sink library that crashes or hangs takes only this process with it.
 The loop reads a bounded multiprocessing queue until STOP, serialises each item once
@@ -18,14 +21,18 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from pipeline.config import TrackingConfig
 from pipeline.events import encode, status_event, to_event
 from pipeline.messages import STOP, CameraStatus, FramePreview, FrameResult
 from pipeline.metrics import StageStats
 from pipeline.sinks import BUILTIN_SINKS, SinkRegistry
 from pipeline.sinks.base import Envelope, Sink
 from pipeline.sinks.config import SinkConfig, check_sink_names
+
+if TYPE_CHECKING:
+    from pipeline.tracking import CameraTrackers
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +49,22 @@ def is_stop(item: Any) -> bool:
 class SinkStage:
     """Serialise once, fan out to sinks, count. Usable in-process (tests) or via ``run_sink_stage``."""
 
-    def __init__(self, *, sinks: Sequence[tuple[SinkConfig, Sink]], stage: str = STAGE) -> None:
+    def __init__(self, *, sinks: Sequence[tuple[SinkConfig, Sink]], stage: str = STAGE,
+                 tracking: TrackingConfig | None = None) -> None:
         self.stage = stage
         self.sinks = list(sinks)
+        self.trackers: CameraTrackers | None = None
+        if tracking is not None and tracking.enabled:
+            from pipeline.tracking import CameraTrackers  # scipy: loaded only when tracking is on
+
+            self.trackers = CameraTrackers(tracking)
         self._e2e: dict[str, list[float]] = defaultdict(list)
         self._step: list[float] = []
         self._bad: dict[tuple[str, str], int] = defaultdict(int)
 
     @classmethod
     def from_configs(cls, configs: Sequence[SinkConfig], *, registry: SinkRegistry | None = None,
-                     stage: str = STAGE) -> SinkStage:
+                     stage: str = STAGE, tracking: TrackingConfig | None = None) -> SinkStage:
         """Build every sink (SinkError if one cannot be set up; those already built are closed)."""
         registry = registry or SinkRegistry(BUILTIN_SINKS)
         check_sink_names(list(configs))
@@ -63,7 +76,7 @@ class SinkStage:
             for _, sink in built:
                 sink.close(timeout=1.0)
             raise
-        return cls(sinks=built, stage=stage)
+        return cls(sinks=built, stage=stage, tracking=tracking)
 
     def handle(self, item: FrameResult | CameraStatus, *, image: Any = None) -> None:
         """Publish one item to every interested sink. Never raises for a bad item: counts it."""
@@ -71,10 +84,13 @@ class SinkStage:
         now = time.time()
         try:
             if isinstance(item, FrameResult):
-                env = Envelope(camera_id=item.camera_id, kind="frame", payload=encode(to_event(item, publish_ts=now)),
-                               item=item, image=image)
-                self._e2e[item.camera_id].append(max(now - item.capture_ts, 0.0))
+                result = item if self.trackers is None else self.trackers.apply(item)
+                env = Envelope(camera_id=result.camera_id, kind="frame",
+                               payload=encode(to_event(result, publish_ts=now)), item=result, image=image)
+                self._e2e[result.camera_id].append(max(now - result.capture_ts, 0.0))
             elif isinstance(item, CameraStatus):
+                if self.trackers is not None:
+                    self.trackers.on_status(item)
                 env = Envelope(camera_id=item.camera_id, kind="status",
                                payload=encode(status_event(item, publish_ts=now)), item=item)
             else:
@@ -128,7 +144,8 @@ class _Reporter:
     """Sends reports without ever blocking; holds a few while the supervisor's queue is full."""
 
     def __init__(self, out: Any) -> None:
-        self.out, self.pending = out, []
+        self.out = out
+        self.pending: list[StageStats] = []
 
     def send(self, stats: StageStats) -> None:
         if self.out is None:
@@ -151,16 +168,18 @@ def _drain_until_stop(inbox: Any) -> None:
 
 
 def run_sink_stage(*, inbox: Any, configs: Sequence[SinkConfig], stats: Any = None, stage: str = STAGE,
-                   report_every_s: float = 1.0, close_timeout_s: float = 5.0) -> None:
+                   report_every_s: float = 1.0, close_timeout_s: float = 5.0,
+                   tracking: TrackingConfig | None = None) -> None:
     """Process target: publish items from ``inbox`` to the sinks in ``configs`` until STOP.
 
     inbox: multiprocessing queue of FrameResult / CameraStatus, ended by STOP.
     stats: optional queue receiving ``StageStats`` every ``report_every_s`` seconds and at the end.
+    tracking: when enabled, detections get track ids before they are published.
     Exits 1 (after reporting the error and draining the inbox to STOP) if a sink cannot be set up.
     """
     reporter = _Reporter(stats)
     try:
-        sink_stage = SinkStage.from_configs(configs, stage=stage)
+        sink_stage = SinkStage.from_configs(configs, stage=stage, tracking=tracking)
     except Exception as e:
         reporter.send(StageStats(stage=stage, error=f"{type(e).__name__}: {e}"))
         log.error("sink stage: %s", e)

@@ -47,13 +47,15 @@ def draw(canvas: np.ndarray, result: FrameResult, *, scale: float = 1.0) -> np.n
     """
     width, height = result.frame_size
     for det in result.detections:
-        color = _PALETTE[det.class_id % len(_PALETTE)]
+        # a tracked object keeps its colour from frame to frame; untracked ones are coloured by class
+        color = _PALETTE[(det.class_id if det.track_id is None else det.track_id) % len(_PALETTE)]
         if det.mask is not None:
             _blend_mask(canvas, det, height, width, scale, color)
         x1, y1, x2, y2 = (int(round(v * scale)) for v in det.box)
         c = tuple(int(v) for v in color)
         cv2.rectangle(canvas, (x1, y1), (x2, y2), c, 1, cv2.LINE_AA)
-        cv2.putText(canvas, f"{det.label} {det.score:.2f}", (x1, max(y1 - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX,
+        tag = "" if det.track_id is None else f" #{det.track_id}"
+        cv2.putText(canvas, f"{det.label}{tag} {det.score:.2f}", (x1, max(y1 - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX,
                     0.4, c, 1, cv2.LINE_AA)
     return canvas
 

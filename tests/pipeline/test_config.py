@@ -43,6 +43,7 @@ def test_valid_config_gets_defaults_and_is_frozen(clip: Path) -> None:
     cfg = parse_config(base(clip), env={})
     assert cfg.batch.max_batch == 8 and cfg.batch.max_age_ms == 500
     assert cfg.masks.format == "rle" and cfg.metrics.host == "127.0.0.1"
+    assert not cfg.tracking.enabled and cfg.tracking.min_hits == 2
     door, gate = cfg.cameras
     assert door.is_file and not gate.is_file and gate.transport == "tcp"
     assert "secret" not in repr(cfg) and "secret" not in gate.redacted_url
@@ -131,6 +132,10 @@ BAD = [  # (where, value, expected error line prefix, expected text)
     ("sinks[0].paht", "x", "sinks[0].paht", "did you mean 'path'"),
     ("sinks[1].name", "jsonl", "sinks[1].name", "duplicate sink name 'jsonl'"),
     ("metrics.port", 70000, "metrics.port", "less than or equal to 65535"),
+    ("tracking.new_track_score", 0.4, "tracking.new_track_score", "must be >= high_score (0.5), got 0.4"),
+    ("tracking.match_iou", 1, "tracking.match_iou", "less than 1"),
+    ("tracking.min_hits", 0, "tracking.min_hits", "greater than or equal to 1"),
+    ("tracking.max_lost", 5, "tracking.max_lost", "did you mean 'max_lost_frames'"),
     ("verbose", True, "verbose", "unknown key 'verbose'"),
 ]
 

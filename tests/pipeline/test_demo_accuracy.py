@@ -3,7 +3,8 @@ frame streamed to a JSONL sink, masks scored against the clips' ground truth (pi
 
 Short clips at the demo's own size keep this to seconds; benchmarks/demo_accuracy.py runs long ones.
 The accuracy targets are recall >= 0.9 at mask IoU 0.5 and mean IoU >= 0.75 for objects of 32x32 px
-and more, on both clip styles (engines/assets/README.md has the shipped model's figures).
+and more, on both clip styles (engines/assets/README.md has the shipped model's figures). The run
+tracks too, and its track ids are scored against the clips' object ids (pipeline.demo.score_tracks).
 """
 
 from __future__ import annotations
@@ -18,7 +19,15 @@ import pytest
 import yaml
 
 from engines.synth.writers import sidecar_path
-from pipeline.demo import DemoScore, ensure_demo_clip, load_truth, parse_demo_url, score_events
+from pipeline.demo import (
+    DemoScore,
+    TrackScore,
+    ensure_demo_clip,
+    load_truth,
+    parse_demo_url,
+    score_events,
+    score_tracks,
+)
 from tests.conftest import REPO
 
 # Seeds picked for objects of 32x32 px and more in every frame (many traffic seeds have only far ones).
@@ -53,6 +62,28 @@ def test_score_events_matching_rules() -> None:
         score_events([{"kind": "frame", "pts": 0.5, "detections": []}], {0.0: gts})
 
 
+def test_score_tracks_counts_switches_and_the_best_id_map() -> None:
+    """Object 7 is tracked as 1, 1, 2, 2, 2 (one switch; the best map keeps 7 -> 2: three matches);
+    a tracked false detection in frame 0, an untracked one ignored, a small object neutral."""
+    def inst(tid: int, x: int, area: int = 40 * 40) -> dict:
+        return {"track_id": tid, "class_id": 0, "area": area, "box": [x, 0, x + 40, 40]}
+
+    def det(tid: int | None, x: int) -> dict:
+        d = {"class_id": 0, "box": [x, 0, x + 40, 40], "mask": None}
+        return d if tid is None else {**d, "track_id": tid}
+
+    truth, events = {}, []
+    for f, tid in enumerate([1, 1, 2, 2, 2]):
+        truth[f / 10] = [inst(7, 10 * f), inst(8, 300, area=100)]
+        dets = [det(tid, 10 * f), det(None, 500), det(9, 300)]
+        if f == 0:
+            dets.append(det(3, 200))
+        events.append({"kind": "frame", "pts": f / 10, "detections": dets})
+    s = score_tracks(events, truth)
+    assert s == TrackScore(frames=5, objects=5, tracked=6, matched=5, id_switches=1, idtp=3)
+    assert s.mota == pytest.approx(1 - (0 + 1 + 1) / 5) and s.idf1 == pytest.approx(6 / 11)
+
+
 @pytest.fixture(scope="module")
 def streamed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, list[dict]]]:
     """``(cache folder, frame events per camera)`` of one real `segpipe run` over the CLIPS (every
@@ -65,6 +96,7 @@ def streamed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
         "cameras": [{"id": name, "url": url, "realtime": False, "lossless": True} for name, url in CLIPS.items()],
         "sinks": [{"type": "jsonl", "path": str(tmp / "events.jsonl")}],
         "metrics": {"enabled": False},
+        "tracking": {"enabled": True},
     }
     path = tmp / "cameras.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -91,6 +123,11 @@ def _score(streamed: tuple[Path, dict[str, list[dict]]], name: str) -> DemoScore
     # shutdown race when the clip ends (seen: 14 of 15); accuracy does not depend on that frame.
     assert len(events) >= spec.frames - 1, seqs
     return score_events(events, load_truth(sidecar_path(clip)))
+
+
+def _track_score(streamed: tuple[Path, dict[str, list[dict]]], name: str) -> TrackScore:
+    clip = ensure_demo_clip(parse_demo_url(CLIPS[name]), cache_dir=streamed[0])
+    return score_tracks(streamed[1][name], load_truth(sidecar_path(clip)))
 
 
 def test_demo_run_streams_masks_in_frame_coordinates(streamed: tuple[Path, dict[str, list[dict]]]) -> None:
@@ -120,3 +157,13 @@ def test_demo_model_meets_accuracy_target(streamed: tuple[Path, dict[str, list[d
     score = _score(streamed, name)
     assert score.recall >= 0.9, score
     assert score.mean_iou >= 0.75, score
+
+
+@pytest.mark.parametrize("name", ["traffic", "factory"])
+def test_demo_tracks_follow_the_objects(streamed: tuple[Path, dict[str, list[dict]]], name: str) -> None:
+    """Track ids name the clip's objects: few switches, and one id per object for nearly every match."""
+    score = _track_score(streamed, name)
+    print(f"{name}: {score}")
+    assert score.matched >= 0.8 * score.objects, score  # each object's first frame has no id yet (min_hits 2)
+    assert score.id_switches <= 2, score
+    assert score.idf1 >= 0.8, score

@@ -69,6 +69,18 @@ def test_frame_event_matches_schema_and_round_trips(validator: jsonschema.Valida
         assert all(d["mask"] is None for d in back["detections"])
 
 
+def test_track_ids_are_published_only_when_set(validator: jsonschema.Validator) -> None:
+    import dataclasses
+
+    res, _ = _result("rle")
+    tracked = dataclasses.replace(res, detections=(dataclasses.replace(res.detections[0], track_id=12),
+                                                   *res.detections[1:]))
+    event = json.loads(encode(to_event(tracked)))
+    validator.validate(event)
+    assert event["detections"][0]["track_id"] == 12
+    assert all("track_id" not in d for d in event["detections"][1:])  # tracking off or track unconfirmed
+
+
 def test_rle_masks_decode_with_pycocotools() -> None:
     res, masks = _result("rle", n=4, seed=3)
     event = json.loads(encode(to_event(res)))
@@ -117,6 +129,8 @@ _DELETE = object()
     (["detections", 0, "score"], 1.5),
     (["detections", 0, "mask", "format"], "bitmap"),
     (["detections", 0, "mask", "counts"], [1, 2, 3]),
+    (["detections", 0, "track_id"], 0),
+    (["detections", 0, "track_id"], "7"),
 ])
 def test_schema_rejects_broken_events(validator: jsonschema.Validator, path: list, value: object) -> None:
     with pytest.raises(jsonschema.ValidationError):

@@ -49,6 +49,8 @@ def _publish(url: str, items: list[FrameResult | CameraStatus], **kw: Any) -> No
     (to_event(_result("cam0", 12, ("person", "car"))), False, "cam0 seq=12 n=2 person,car"),
     (to_event(_result("cam0", 12, ("person", "car"))), True, "cam0 seq=12 n=2 person,car areas=9,9"),
     (to_event(_result("cam0", 3, ())), True, "cam0 seq=3 n=0"),
+    ({"kind": "frame", "camera": "c", "seq": 4, "detections": [{"label": "car", "track_id": 7}, {"label": "car"}]},
+     False, "c seq=4 n=2 car#7,car"),
     (status_event(CameraStatus(camera_id="cam0", state=CameraState.STALLED, ts=1.0, detail="no frames")), False,
      "cam0 status=stalled no frames"),
     (status_event(CameraStatus(camera_id="cam0", state=CameraState.LIVE, ts=1.0)), False, "cam0 status=live"),

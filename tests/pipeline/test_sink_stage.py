@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from engines.errors import SinkError
+from pipeline.config import TrackingConfig
 from pipeline.messages import STOP, CameraState, CameraStatus, Detection, FrameResult
 from pipeline.metrics import StageStats
 from pipeline.sinks import SinkRegistry
@@ -123,6 +124,23 @@ def test_fan_out_filters_and_reports(tmp_path: Path) -> None:
     assert set(report.e2e_latency) == {"a", "b"} and 0.04 < report.e2e_latency["a"][0] < 1.0
     assert len(report.stage_latency["sink"]) == 3
     assert stage.report().sink_sent == {}  # deltas
+
+
+def test_tracking_gives_published_detections_ids(tmp_path: Path) -> None:
+    cfg = JsonlSinkConfig(type="jsonl", name="all", path=tmp_path / "all.jsonl")
+    untracked = SinkStage.from_configs([cfg], tracking=TrackingConfig(enabled=False))
+    assert untracked.trackers is None
+    untracked.close()
+    stage = SinkStage.from_configs([cfg], tracking=TrackingConfig(enabled=True))
+    for seq in range(3):
+        stage.handle(_result("a", seq))
+        stage.handle(FrameResult(camera_id="b", seq=seq, pts=None, capture_ts=time.time(), infer_ts=time.time(),
+                                 frame_size=(8, 6), model="m",
+                                 detections=(Detection(class_id=0, label="a", score=0.9, box=(0, 0, 2, 2)),)))
+    stage.close()
+    ids = [(e["camera"], [d.get("track_id") for d in e["detections"]]) for e in _lines(tmp_path / "all.jsonl")]
+    # camera a's score (0.5) is below new_track_score: it continues no track and starts none
+    assert ids == [("a", [None]), ("b", [None]), ("a", [None]), ("b", [1]), ("a", [None]), ("b", [1])]
 
 
 def test_setup_failure_closes_sinks_already_built(tmp_path: Path) -> None:
