@@ -60,6 +60,8 @@ class StageStats:
     (``decode``, ``preprocess``, ``infer``, ``postprocess``, ``sink``...), ``e2e_latency`` per camera
     from capture to publish. ``camera_states`` is the latest state per camera, ``engine_loaded``
     is set by the device stage (None: no news), ``error`` reports the stage's fatal error.
+    ``tracks_started`` counts track ids handed out per camera (objects that entered and were
+    confirmed); ``tracks_active`` is the latest number of tracks held per camera (a gauge).
     """
 
     stage: str
@@ -75,11 +77,14 @@ class StageStats:
     sink_sent: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (sink, camera)
     sink_dropped: Mapping[tuple[str, str, str], int] = field(default_factory=dict)  # (sink, camera, reason)
     sink_errors: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (sink, reason)
+    tracks_started: Mapping[str, int] = field(default_factory=dict)
+    tracks_active: Mapping[str, int] = field(default_factory=dict)
     engine_loaded: bool | None = None
     error: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("decoded", "inferred", "dropped", "reconnects", "sink_sent", "sink_dropped", "sink_errors"):
+        for name in ("decoded", "inferred", "dropped", "reconnects", "sink_sent", "sink_dropped", "sink_errors",
+                     "tracks_started", "tracks_active"):
             _check_counts(name, getattr(self, name))
         _check_seconds("stage_latency", self.stage_latency)
         _check_seconds("e2e_latency", self.e2e_latency)
@@ -119,6 +124,10 @@ class Metrics:
                                     namespace=ns, registry=reg)
         self.sink_errors = Counter("sink_errors", "Sink failures (connection, write...), by reason",
                                    ["sink", "reason"], namespace=ns, registry=reg)
+        self.tracks_started = Counter("tracks_started", "Track ids handed out per camera (objects seen, "
+                                      "with tracking on)", ["camera"], namespace=ns, registry=reg)
+        self.tracks_active = Gauge("tracks_active", "Tracks held per camera (seen or briefly lost)", ["camera"],
+                                   namespace=ns, registry=reg)
         self.engine_loaded_gauge = Gauge("engine_loaded", "1 once the model engine is loaded", namespace=ns,
                                          registry=reg)
         self.stage_failures = Counter("stage_failures", "Fatal errors reported by a stage", ["stage"],
@@ -157,6 +166,10 @@ class Metrics:
             self.sink_dropped.labels(sink, cam, reason).inc(n)
         for (sink, reason), n in stats.sink_errors.items():
             self.sink_errors.labels(sink, reason).inc(n)
+        for cam, n in stats.tracks_started.items():
+            self.tracks_started.labels(cam).inc(n)
+        for cam, n in stats.tracks_active.items():
+            self.tracks_active.labels(cam).set(n)
         if stats.engine_loaded is not None:
             self.set_engine_loaded(stats.engine_loaded)
         if stats.error is not None:

@@ -153,6 +153,11 @@ class Tracker:
         """Confirmed tracks currently held (seen, or lost for at most ``max_lost_frames``)."""
         return int((self._id > 0).sum())
 
+    @property
+    def started(self) -> int:
+        """Track ids handed out so far."""
+        return self._next_id - 1
+
     def update(self, seq: int, boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray) -> list[int | None]:
         """Track ids for one frame's detections, in their order.
 
@@ -242,6 +247,7 @@ class CameraTrackers:
         self.cfg = cfg
         self._by_camera: dict[str, Tracker] = {}
         self._gap_at: dict[str, float] = {}  # camera -> when it stopped being live (wall clock)
+        self._reported: dict[str, int] = {}  # camera -> ids counted by take_started
 
     def on_status(self, status: CameraStatus) -> None:
         """Any state but LIVE ends the camera's tracks at its next frame captured after ``status.ts``."""
@@ -268,3 +274,13 @@ class CameraTrackers:
     def active(self) -> dict[str, int]:
         """Confirmed tracks held per camera."""
         return {cam: t.active for cam, t in self._by_camera.items()}
+
+    def take_started(self) -> dict[str, int]:
+        """Track ids handed out per camera since the previous call (cameras with none left out)."""
+        out = {}
+        for cam, t in self._by_camera.items():
+            n = t.started - self._reported.get(cam, 0)
+            if n:
+                out[cam] = n
+                self._reported[cam] = t.started
+        return out

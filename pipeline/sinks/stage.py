@@ -122,9 +122,12 @@ class SinkStage:
             sent.update({(sink.name, cam): n for cam, n in deltas.sent.items()})
             dropped.update({(sink.name, cam, reason): n for (cam, reason), n in deltas.dropped.items()})
             errors.update({(sink.name, reason): n for reason, n in deltas.errors.items()})
+        tracks = self.trackers
         stats = StageStats(stage=self.stage, dropped=dict(self._bad), sink_sent=sent, sink_dropped=dropped,
                            sink_errors=errors, e2e_latency={c: tuple(v) for c, v in self._e2e.items() if v},
-                           stage_latency={"sink": tuple(self._step)} if self._step else {})
+                           stage_latency={"sink": tuple(self._step)} if self._step else {},
+                           tracks_started=tracks.take_started() if tracks else {},
+                           tracks_active=tracks.active() if tracks else {})
         self._e2e.clear()
         self._step.clear()
         self._bad.clear()

@@ -39,7 +39,9 @@ def test_stage_stats_update_counters_gauges_and_histograms() -> None:
     m.apply(StageStats(stage="device", inferred={"cam0": 28}, batch_sizes=(4, 8, 8), engine_loaded=True,
                        stage_latency={"infer": (0.03,)}))
     m.apply(StageStats(stage="sinks", e2e_latency={"cam0": (0.05, 0.07)}, sink_sent={("redis", "cam0"): 27},
-                       sink_dropped={("redis", "cam0", "buffer_full"): 1}, sink_errors={("redis", "connection"): 3}))
+                       sink_dropped={("redis", "cam0", "buffer_full"): 1}, sink_errors={("redis", "connection"): 3},
+                       tracks_started={"cam0": 4}, tracks_active={"cam0": 3}))
+    m.apply(StageStats(stage="sinks", tracks_started={"cam0": 1}, tracks_active={"cam0": 2}))
     m.apply(StageStats(stage="decoder:cam0", decoded={"cam0": 10}))
     s = _samples(m.render().decode())
     cam = (("camera", "cam0"),)
@@ -58,6 +60,7 @@ def test_stage_stats_update_counters_gauges_and_histograms() -> None:
     assert s["segpipe_sink_dropped_total", (("camera", "cam0"), ("reason", "buffer_full"), ("sink", "redis"))] == 1
     assert s["segpipe_sink_errors_total", (("reason", "connection"), ("sink", "redis"))] == 3
     assert s["segpipe_engine_loaded", ()] == 1
+    assert s["segpipe_tracks_started_total", cam] == 5 and s["segpipe_tracks_active", cam] == 2
 
 
 def test_registries_are_private() -> None:

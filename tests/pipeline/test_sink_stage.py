@@ -137,6 +137,9 @@ def test_tracking_gives_published_detections_ids(tmp_path: Path) -> None:
         stage.handle(FrameResult(camera_id="b", seq=seq, pts=None, capture_ts=time.time(), infer_ts=time.time(),
                                  frame_size=(8, 6), model="m",
                                  detections=(Detection(class_id=0, label="a", score=0.9, box=(0, 0, 2, 2)),)))
+    report = stage.report()
+    assert report.tracks_started == {"b": 1} and report.tracks_active == {"a": 0, "b": 1}
+    assert stage.report().tracks_started == {}  # deltas
     stage.close()
     ids = [(e["camera"], [d.get("track_id") for d in e["detections"]]) for e in _lines(tmp_path / "all.jsonl")]
     # camera a's score (0.5) is below new_track_score: it continues no track and starts none
