@@ -98,13 +98,22 @@ class _Kalman:
 
     @classmethod
     def predict(cls, mean: np.ndarray, cov: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
-        for _ in range(steps):
-            h = mean[:, 3]
-            std = np.stack([_STD_POS * h, _STD_POS * h, np.full_like(h, 1e-2), _STD_POS * h,
-                            _STD_VEL * h, _STD_VEL * h, np.full_like(h, 1e-5), _STD_VEL * h], -1)
-            mean = mean @ cls.F.T
-            cov = cls.F @ cov @ cls.F.T + _diag(std**2)
-        return mean, cov
+        """``steps`` frames ahead in closed form, so a long gap costs what one frame does.
+
+        F^k = I + kE (E shifts rates onto values, E^2 = 0), and the k process noises sum to
+        kQ + S1 (EQ + QE^T) + S2 EQE^T with S1 = sum(j), S2 = sum(j^2) over j < k; Q is taken at the
+        current height (exactly what k one-frame steps give when the height is steady).
+        """
+        k = float(steps)
+        h = mean[:, 3]
+        std = np.stack([_STD_POS * h, _STD_POS * h, np.full_like(h, 1e-2), _STD_POS * h,
+                        _STD_VEL * h, _STD_VEL * h, np.full_like(h, 1e-5), _STD_VEL * h], -1)
+        q = _diag(std**2)
+        e = cls.F - np.eye(8)
+        fk = np.eye(8) + k * e
+        s1, s2 = k * (k - 1) / 2, (k - 1) * k * (2 * k - 1) / 6
+        noise = k * q + s1 * (e @ q + q @ e.T) + s2 * (e @ q @ e.T)
+        return mean @ fk.T, fk @ cov @ fk.T + noise
 
     @classmethod
     def update(cls, mean: np.ndarray, cov: np.ndarray, xyah: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -168,10 +177,10 @@ class Tracker:
         if self._last_seq is not None and seq <= self._last_seq:
             self.reset()
         prev, self._last_seq = self._last_seq, seq
+        # unconfirmed tracks all matched on the previous frame (the others were dropped there)
+        self._keep(seq - self._seen <= self.cfg.max_lost_frames + 1)
         if prev is not None and len(self._id):
             self._mean, self._cov = _Kalman.predict(self._mean, self._cov, seq - prev)
-            # unconfirmed tracks all matched on the previous frame (the others were dropped there)
-            self._keep(seq - self._seen <= self.cfg.max_lost_frames + 1)
         confirmed, tentative = np.flatnonzero(self._id > 0), np.flatnonzero(self._id == 0)
         predicted = _to_xyxy(self._mean[:, :4])
         high, low = np.flatnonzero(scores >= self.cfg.high_score), np.flatnonzero(scores < self.cfg.high_score)

@@ -178,3 +178,22 @@ def test_empty_frames_and_many_objects() -> None:
 def test_detection_refuses_a_bad_track_id() -> None:
     with pytest.raises(ValueError, match="Detection.track_id"):
         Detection(class_id=0, label="x", score=0.5, box=(0, 0, 1, 1), track_id=0)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 7, 40])
+def test_prediction_over_a_gap_equals_one_frame_steps(steps: int) -> None:
+    """The closed-form k-frame prediction is k one-frame predictions (exact while heights are steady)."""
+    from pipeline.tracking import _Kalman
+
+    rng = np.random.default_rng(steps)
+    xyah = np.concatenate([rng.uniform(50, 500, (4, 2)), rng.uniform(0.3, 3, (4, 1)), rng.uniform(20, 200, (4, 1))], 1)
+    mean, cov = _Kalman.initiate(xyah)
+    mean[:, 4:6] = rng.normal(0, 5, (4, 2))
+    m, c = mean, cov
+    for _ in range(steps):
+        m, c = _Kalman.predict(m, c, 1)
+    mk, ck = _Kalman.predict(mean, cov, steps)
+    np.testing.assert_allclose(mk, m, rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(ck, c, rtol=1e-10, atol=1e-9)
+    far, _ = _Kalman.predict(mean, cov, 100_000)
+    np.testing.assert_allclose(far[:, :2], mean[:, :2] + 100_000 * mean[:, 4:6])
