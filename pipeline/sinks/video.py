@@ -29,7 +29,7 @@ from pipeline.sinks.config import VideoSinkConfig
 log = logging.getLogger(__name__)
 
 _TIME_BASE = Fraction(1, 1000)  # millisecond timestamps
-_PALETTE = np.array([  # BGR, one per class id modulo its length
+_PALETTE = np.array([  # BGR, one per class id (or track id, when tracked) modulo its length
     (56, 56, 255), (151, 157, 255), (31, 112, 255), (29, 178, 255), (49, 210, 207), (10, 249, 72),
     (23, 204, 146), (134, 219, 61), (52, 147, 26), (187, 212, 0), (168, 153, 44), (255, 194, 0),
     (147, 69, 52), (255, 115, 100), (236, 24, 0), (255, 56, 132), (133, 0, 82), (255, 56, 203),

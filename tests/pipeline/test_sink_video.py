@@ -92,3 +92,18 @@ def test_setup_errors(tmp_path: Path, kw: dict, error: str) -> None:
     args = {"name": "v", "directory": tmp_path, "policy": policy_for("video")} | kw
     with pytest.raises(SinkError, match=error):
         VideoSink(**args)
+
+
+def test_tracked_objects_are_coloured_by_track_id() -> None:
+    import dataclasses
+
+    from pipeline.sinks.video import _PALETTE, draw
+
+    res = _result("cam", 0)
+    nearest = []  # palette entry nearest the pixel on the box's left edge (lines are anti-aliased)
+    for track_id in (None, 5, 5, 6):
+        det = dataclasses.replace(res.detections[0], track_id=track_id)
+        canvas = draw(np.zeros((H, W, 3), np.uint8), dataclasses.replace(res, detections=(det,)))
+        pixel = canvas[int(BOX[1]) + 8, int(BOX[0])].astype(float)
+        nearest.append(int(np.abs(_PALETTE.astype(float) - pixel).sum(1).argmin()))
+    assert nearest == [0, 5, 5, 6]  # untracked: class 0's colour; tracked: the track's own
