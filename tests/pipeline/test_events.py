@@ -155,3 +155,14 @@ def test_event_does_not_alias_the_result() -> None:
     event = to_event(res)
     event["detections"][0]["mask"]["polygons"][0][0] = -5
     assert res.detections[0].mask == before
+
+
+def test_docs_examples_match_the_schema(validator: jsonschema.Validator) -> None:
+    import re
+
+    from tests.conftest import REPO
+
+    blocks = re.findall(r"```json\n(.*?)```", (REPO / "docs" / "events.md").read_text(), re.S)
+    assert {json.loads(b)["kind"] for b in blocks} == {"frame", "status"}
+    for block in blocks:
+        validator.validate(json.loads(block))
