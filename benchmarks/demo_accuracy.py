@@ -1,6 +1,6 @@
 """End-to-end accuracy of the out-of-the-box demo: `segpipe run` over demo:// clips, masks scored
-against the clips' ground truth (``pipeline.demo.score_events``), track ids against its object ids
-(``pipeline.demo.score_tracks``).
+against the clips' ground truth (``pipeline.demo_score.score_events``), track ids against its object ids
+(``pipeline.demo_score.score_tracks``).
 
     .venv/bin/python benchmarks/demo_accuracy.py [--seconds 20] [--fps 15] [--size 640x360]
         [--styles traffic,factory,mixed] [--seed 21] [--model demo://model] [--imgsz N|H,W] [--conf 0.25]
@@ -35,15 +35,8 @@ sys.path.insert(0, str(REPO))
 
 from engines.synth.writers import sidecar_path  # noqa: E402
 from pipeline.cli.common import parse_imgsz  # noqa: E402
-from pipeline.demo import (  # noqa: E402
-    DemoScore,
-    TrackScore,
-    ensure_demo_clip,
-    load_truth,
-    parse_demo_url,
-    score_events,
-    score_tracks,
-)
+from pipeline.demo import ensure_demo_clip, parse_demo_url  # noqa: E402
+from pipeline.demo_score import DemoScore, TrackScore, load_truth, score_events, score_tracks  # noqa: E402
 
 
 def run_pipeline(urls: dict[str, str], args: argparse.Namespace, tmp: Path) -> tuple[dict[str, list[dict]], float]:
