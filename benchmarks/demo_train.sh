@@ -2,8 +2,9 @@
 # The exact recipes of the demo model (see engines/assets/README.md for the figures). The shipped
 # engines/assets/demo-seg.pt is the CUDA recipe's (gpu-data, gpu-train, gpu-finetune, run by
 # benchmarks/gpu_session.sh on one H200) followed by the masks stage (masks, masks-val, masks-package: full-
-# resolution mask targets, on 2 CPU cores) and its GPU twin (gpu-masks, gpu-masks-val, gpu-masks-package, on
-# one H200 from the masks stage's model); the CPU recipe made the previous, smaller model.
+# resolution mask targets, on 2 CPU cores), its GPU twin (gpu-masks, gpu-masks-val, gpu-masks-package, on
+# one H200 from the masks stage's model) and stage 5 (fresh, fresh-val, fresh-package: new scenes, 16:9
+# batches, the Dice term, on 2 CPU cores); the CPU recipe made the previous, smaller model.
 #
 #   benchmarks/demo_train.sh [data|train|finetune|stage3|stage4|val|package|all]     (the CPU recipe; default: all)
 #   benchmarks/demo_train.sh [gpu-data|gpu-train|gpu-val|gpu-package|gpu]             (the CUDA recipe)
@@ -12,6 +13,7 @@
 #   benchmarks/demo_train.sh [gpu-masks|gpu-masks-val|gpu-masks-package]              (the third, on a GPU)
 #   benchmarks/demo_train.sh [gpu-skip|gpu-masks-val|gpu-masks-package]               (the fifth, prepared)
 #   benchmarks/demo_train.sh [skip|skip-dice|skip-fresh|masks-val]                    (its CPU trials)
+#   benchmarks/demo_train.sh [fresh|fresh-val|fresh-package]                          (stage 5, on a CPU)
 #
 # WORK (default /tmp/segpipe-demo) holds the generated data and the runs; nothing is written into the repo
 # except, by the package stages, engines/assets/demo-seg.pt. The CPU recipe took two sessions on 2 cores: `train` and
@@ -169,9 +171,13 @@ gpu_skip() {
 
 # The CPU trial of stage 5 (OMP_NUM_THREADS=2, quiet cores): one epoch at lr 5e-4 over 3,920 scenes of
 # seed 3 (--time re-planned 4 epochs to 1), then one at 2e-4 from its last.pt.
-skip_cpu() {
+train3_data() {
     $SEGPIPE synth dataset --out "$WORK/train3" --images 4000 --style mixed --seed 3 --size 640x384 \
         --val-fraction 0.02 --workers 2 --force
+}
+
+skip_cpu() {
+    train3_data
     $SEGPIPE train --data "$WORK/train3/data.yaml" --model yolov8n-seg-proto2-skip.yaml \
         --pretrained "${FROM:-engines/assets/demo-seg.pt}" --imgsz 640 --batch 8 --nbs 16 --device cpu \
         --optimizer AdamW --lr0 0.0005 --epochs 4 --time 1.45 --mosaic 0 --mask-ratio 1 --no-val --no-plots \
@@ -205,17 +211,42 @@ skip_dice() {
 
 # The third CPU trial of stage 5, from skip-dice's model: one epoch over 12,000 scenes it has never seen
 # (seeds 4 and 5: more new scenes rather than more passes over old ones), lr 2e-4 falling to 5e-5.
-skip_fresh() {
+fresh_data() {
+    # seeds 4 and 5: 12,000 scenes no stage before had seen, listed in skip-fresh.yaml
     for s in 4 5; do
         $SEGPIPE synth dataset --out "$WORK/train$s" --images $((s == 4 ? 4000 : 8000)) --style mixed --seed $s \
             --size 640x384 --val-fraction 0 --workers 2 --force
     done
     { ls "$WORK"/train4/images/train/*.jpg; ls "$WORK"/train5/images/train/*.jpg; } > "$WORK/skip-fresh.txt"
     sed "s#^train: .*#train: $WORK/skip-fresh.txt#" "$WORK/train3/data.yaml" > "$WORK/skip-fresh.yaml"
+}
+
+skip_fresh() {
+    [ -f "$WORK/train3/data.yaml" ] || train3_data
+    fresh_data
     $SEGPIPE train --data "$WORK/skip-fresh.yaml" --model "$WORK/run-skip-dice2/weights/last.pt" --imgsz 640 \
         --rect --batch 8 --nbs 16 --device cpu --optimizer AdamW --dice 1 --lr0 0.0002 --lrf 0.25 --epochs 1 \
         --mosaic 0 --mask-ratio 1 --no-val --no-plots --no-deterministic --workers 1 --seed 15 --warmup-epochs 0 \
         --out "$WORK/run-skip-fresh"
+}
+
+# Stage 5 of the shipped model (2 CPU cores, OMP_NUM_THREADS=2, nice 19): stage 4's model (the masks stage's
+# GPU twin), same architecture, trained as the proto2-skip trials were (16:9 batches, the Dice term): one
+# epoch over seeds 4 and 5 at lr 2e-4, one over seed 6 (8,000 more new scenes) and seed 3's 3,920 at 1e-4,
+# each falling to a quarter; 1,500 + 1,490 batches of 8, about 50 + 40 min.
+fresh() {
+    fresh_data
+    $SEGPIPE synth dataset --out "$WORK/train6" --images 8000 --style mixed --seed 6 --size 640x384 \
+        --val-fraction 0 --workers 2 --force
+    { ls "$WORK"/train6/images/train/*.jpg; ls "$WORK"/train3/images/train/*.jpg; } > "$WORK/fresh-2.txt"
+    sed "s#^train: .*#train: $WORK/fresh-2.txt#" "$WORK/train3/data.yaml" > "$WORK/fresh-2.yaml"
+    local common=(--imgsz 640 --rect --batch 8 --nbs 16 --device cpu --optimizer AdamW --dice 1 --lrf 0.25
+                  --epochs 1 --mosaic 0 --mask-ratio 1 --no-val --no-plots --no-deterministic --workers 1
+                  --warmup-epochs 0)
+    $SEGPIPE train --data "$WORK/skip-fresh.yaml" --model "${FROM:-$RUN_MASKS/weights/best.pt}" "${common[@]}" \
+        --lr0 0.0002 --seed 16 --out "$WORK/run-fresh1"
+    $SEGPIPE train --data "$WORK/fresh-2.yaml" --model "$WORK/run-fresh1/weights/last.pt" "${common[@]}" \
+        --lr0 0.0001 --seed 17 --out "$WORK/run-fresh2"
 }
 
 masks_val() {
@@ -254,6 +285,9 @@ case "${1:-all}" in
     skip) skip_cpu ;;
     skip-dice) skip_dice; RUN_MASKS=$WORK/run-skip-dice2 masks_val cpu ;;
     skip-fresh) skip_fresh; RUN_MASKS=$WORK/run-skip-fresh masks_val cpu ;;
+    fresh) fresh ;;
+    fresh-val) RUN_MASKS=$WORK/run-fresh2 masks_val cpu ;;
+    fresh-package) package "$WORK/run-fresh2/weights/last.pt" "${2:-engines/assets/demo-seg.pt}" ;;
     masks-val) masks_val cpu ;;
     gpu-masks-val) masks_val "${GPU_DEVICE:-0}" ;;
     masks-package|gpu-masks-package) package "$RUN_MASKS/weights/best.pt" "${2:-engines/assets/demo-seg.pt}" ;;
@@ -265,6 +299,6 @@ case "${1:-all}" in
     val) val ;;
     package) package ;;
     all) data; train; finetune; stage3; stage4; val; package ;;
-    *) echo "usage: $0 [data|heldout|train|finetune|stage3|stage4|val|package|all|gpu-data|gpu-train|gpu-val|gpu-package|gpu|gpu-finetune|gpu-val2|gpu-package2|masks|masks-val|masks-package|gpu-masks|gpu-masks-val|gpu-masks-package|gpu-skip|skip|skip-dice|skip-fresh]" >&2
+    *) echo "usage: $0 [data|heldout|train|finetune|stage3|stage4|val|package|all|gpu-data|gpu-train|gpu-val|gpu-package|gpu|gpu-finetune|gpu-val2|gpu-package2|masks|masks-val|masks-package|gpu-masks|gpu-masks-val|gpu-masks-package|gpu-skip|skip|skip-dice|skip-fresh|fresh|fresh-val|fresh-package]" >&2
        exit 2 ;;
 esac
