@@ -94,8 +94,8 @@ class TrackScore:
     objects: ground-truth instances counted over all frames (area >= ``min_area``). tracked:
     detections carrying a track id, less the small ones (matched to a small instance, or with a box
     under ``min_area`` and matched to no counted object: far objects, neither held for nor against
-    the tracker, as in ``score_events``). matched: pairs of
-    the two. id_switches: times an object was matched to another track id than at its previous match.
+    the tracker, as in ``score_events``). matched: pairs of the two. id_switches: times an object was
+    matched to another track id than at its previous match.
     idtp: matches that agree with the best one-to-one map of object ids to track ids over the clip.
     """
 

@@ -58,7 +58,8 @@ def streamed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
     return tmp / "cache", out
 
 
-def _score(streamed: tuple[Path, dict[str, list[dict]]], name: str) -> DemoScore:
+def _events_and_truth(streamed: tuple[Path, dict[str, list[dict]]], name: str) -> tuple[list[dict], dict]:
+    """One clip's frame events, checked for completeness, and its ground truth."""
     cache, events_by_camera = streamed
     spec = parse_demo_url(CLIPS[name])
     clip = ensure_demo_clip(spec, cache_dir=cache)  # rendered by the run, so only looked up here
@@ -68,12 +69,15 @@ def _score(streamed: tuple[Path, dict[str, list[dict]]], name: str) -> DemoScore
     # Lossless file cameras deliver every frame, except that the last one may still be lost in the
     # shutdown race when the clip ends (seen: 14 of 15); accuracy does not depend on that frame.
     assert len(events) >= spec.frames - 1, seqs
-    return score_events(events, load_truth(sidecar_path(clip)))
+    return events, load_truth(sidecar_path(clip))
+
+
+def _score(streamed: tuple[Path, dict[str, list[dict]]], name: str) -> DemoScore:
+    return score_events(*_events_and_truth(streamed, name))
 
 
 def _track_score(streamed: tuple[Path, dict[str, list[dict]]], name: str) -> TrackScore:
-    clip = ensure_demo_clip(parse_demo_url(CLIPS[name]), cache_dir=streamed[0])
-    return score_tracks(streamed[1][name], load_truth(sidecar_path(clip)))
+    return score_tracks(*_events_and_truth(streamed, name))
 
 
 def test_demo_run_streams_masks_in_frame_coordinates(streamed: tuple[Path, dict[str, list[dict]]]) -> None:

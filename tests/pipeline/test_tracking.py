@@ -110,20 +110,26 @@ def test_low_score_frames_continue_a_track_but_never_start_one() -> None:
         assert _step(mid, f, [(_box(300, 300), 0.55, 0)]) == [None]
 
 
-def test_another_class_never_continues_a_track() -> None:
-    tr = Tracker(CFG)
+def _still_object(tr: Tracker) -> int:
+    """Frames 0-2 of a still class-0 object; its track id."""
     for f in range(3):
         ids = _step(tr, f, [(_box(100, 100), 0.9, 0)])
+    assert ids[0] is not None
+    return ids[0]
+
+
+def test_another_class_never_continues_a_track() -> None:
+    tr = Tracker(CFG)
+    tid = _still_object(tr)
     assert _step(tr, 3, [(_box(100, 100), 0.9, 1)]) == [None]
-    assert _step(tr, 4, [(_box(100, 100), 0.9, 1)]) == [ids[0] + 1]
+    assert _step(tr, 4, [(_box(100, 100), 0.9, 1)]) == [tid + 1]
 
 
 def test_seq_going_back_resets_and_ids_are_never_reused() -> None:
     tr = Tracker(CFG)
-    for f in range(3):
-        ids = _step(tr, f, [(_box(100, 100), 0.9, 0)])
+    tid = _still_object(tr)
     assert _step(tr, 0, [(_box(100, 100), 0.9, 0)]) == [None]
-    assert _step(tr, 1, [(_box(100, 100), 0.9, 0)]) == [ids[0] + 1]
+    assert _step(tr, 1, [(_box(100, 100), 0.9, 0)]) == [tid + 1]
 
 
 def _result(cam: str, seq: int, boxes: list[list[float]], score: float = 0.9, *,
