@@ -1,6 +1,7 @@
 """End-to-end accuracy of the out-of-the-box demo: `segpipe run` over demo:// clips, masks scored
 against the clips' ground truth (``pipeline.demo_score.score_events``), track ids against its object ids
-(``pipeline.demo_score.score_tracks``).
+(``pipeline.demo_score.score_tracks``), line crossings against the clips' own
+(``pipeline.demo_score.score_crossings``).
 
     .venv/bin/python benchmarks/demo_accuracy.py [--seconds 20] [--fps 15] [--size 640x360]
         [--styles traffic,factory,mixed] [--seed 21] [--model demo://model] [--imgsz N|H,W] [--conf 0.25]
@@ -12,7 +13,9 @@ paced at the clip's rate and dropped when the model falls behind, as a live came
 JSONL sink in a temporary folder; clips are rendered into $SEGPIPE_CACHE/demo on first use. Prints per
 camera and overall: recall of objects >= 32x32 px at mask IoU 0.5 (same class), mean mask IoU of the
 matched ones, precision, tracking (MOTA, IDF1, id switches, with the run's default tracking settings),
-and the run's wall time. The test (tests/pipeline/test_demo_accuracy.py) asserts recall >= 0.9 and
+crossings of two counting lines on every camera (the picture's vertical middle and a horizontal line at
+60 % of its height: recall and precision of objects >= 32x32 px crossing them, same direction and
+class within 1 s), and the run's wall time. The test (tests/pipeline/test_demo_accuracy.py) asserts recall >= 0.9 and
 mean IoU >= 0.75 on short clips.
 """
 
@@ -35,8 +38,19 @@ sys.path.insert(0, str(REPO))
 
 from engines.synth.writers import sidecar_path  # noqa: E402
 from pipeline.cli.common import parse_imgsz  # noqa: E402
+from pipeline.config import LineConfig  # noqa: E402
 from pipeline.demo import ensure_demo_clip, parse_demo_url  # noqa: E402
-from pipeline.demo_score import DemoScore, TrackScore, load_truth, score_events, score_tracks  # noqa: E402
+from pipeline.demo_score import (  # noqa: E402
+    CrossingScore,
+    DemoScore,
+    TrackScore,
+    load_truth,
+    score_crossings,
+    score_events,
+    score_tracks,
+)
+
+LINES = ({"name": "middle", "points": [[0.5, 0.0], [0.5, 1.0]]}, {"name": "low", "points": [[0.0, 0.6], [1.0, 0.6]]})
 
 
 def run_pipeline(urls: dict[str, str], args: argparse.Namespace, tmp: Path) -> tuple[dict[str, list[dict]], float]:
@@ -49,8 +63,8 @@ def run_pipeline(urls: dict[str, str], args: argparse.Namespace, tmp: Path) -> t
         "model": model,
         "masks": {"format": "rle", "resolution": args.resolution},
         "batch": {"max_batch": len(urls), "max_wait_ms": 5, "max_age_ms": 3_600_000},
-        "cameras": [{"id": cam, "url": url, "realtime": args.live, "lossless": not args.live, "fps": args.camera_fps}
-                    for cam, url in urls.items()],
+        "cameras": [{"id": cam, "url": url, "realtime": args.live, "lossless": not args.live, "fps": args.camera_fps,
+                     "lines": list(LINES) if args.tracking else []} for cam, url in urls.items()],
         "tracking": {"enabled": args.tracking},
         "sinks": [{"type": "jsonl", "path": str(tmp / "events.jsonl"), "max_bytes": 2**40}],
         "metrics": {"enabled": False},
@@ -98,7 +112,7 @@ def main() -> None:
     frames = sum(len(v) for v in events.values())
     print(f"segpipe run: {frames} frames in {wall:.1f} s ({frames / wall:.1f} frames/s incl. start-up), "
           f"model {args.model}, imgsz {args.imgsz or 'model'}, masks at {args.resolution} resolution")
-    total, tracks = [], []
+    total, tracks, crossings = [], [], []
     for cam, evs in events.items():
         truth = load_truth(sidecar_path(clips[cam]))
         score = score_events(evs, truth)
@@ -107,6 +121,8 @@ def main() -> None:
         if args.tracking:
             tracks.append(score_tracks(evs, truth))
             print(f"  {'':8s} tracking: {tracks[-1]}")
+            crossings.append(score_crossings(evs, truth, [LineConfig(**line) for line in LINES]))
+            print(f"  {'':8s} lines: {crossings[-1]}")
     ious = sum(s.mean_iou * s.matched for s in total)
     overall = DemoScore(sum(s.frames for s in total), sum(s.objects for s in total), sum(s.matched for s in total),
                         ious / max(sum(s.matched for s in total), 1), sum(s.detections for s in total),
@@ -115,6 +131,8 @@ def main() -> None:
     if tracks:
         summed = TrackScore(*(sum(getattr(t, f.name) for t in tracks) for f in dataclasses.fields(TrackScore)))
         print(f"  overall  tracking: {summed}")
+        counted = CrossingScore(*(sum(getattr(c, f.name) for c in crossings) for f in dataclasses.fields(CrossingScore)))
+        print(f"  overall  lines: {counted}")
 
 
 if __name__ == "__main__":

@@ -121,6 +121,69 @@ class ReconnectConfig(_Strict):
         return self
 
 
+Point = tuple[float, float]
+ANCHORS = ("bottom", "center")
+
+
+def _fractions(points: tuple[Point, ...]) -> tuple[Point, ...]:
+    for i, (x, y) in enumerate(points):
+        if not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
+            raise ValueError(f"point {i} is [{x:g}, {y:g}]: expected fractions of the frame's width and height, "
+                             f"from 0 to 1 (not pixels), e.g. [0.5, 0.75]")
+    return points
+
+
+class ZoneConfig(_Strict):
+    """A region of one camera's picture: each published object says which zones it is in, each frame
+    event how many objects each zone holds."""
+
+    name: str
+    polygon: tuple[Point, ...] = Field(min_length=3, description="[x, y] corners as fractions of the frame's "
+                                                                 "width and height (0-1), in order")
+    anchor: Literal[ANCHORS] = Field("bottom", description="the object's point tested: bottom (centre of the "  # type: ignore[valid-type]
+                                                           "box's bottom edge, where it meets the ground or "
+                                                           "belt) or center (of the box)")
+
+    _name = field_validator("name")(lambda cls, v: _check_id(v))
+
+    @field_validator("polygon")
+    @classmethod
+    def _polygon(cls, v: tuple[Point, ...]) -> tuple[Point, ...]:
+        _fractions(v)
+        xs, ys = [p[0] for p in v], [p[1] for p in v]
+        area = sum(xs[i] * ys[i - 1] - xs[i - 1] * ys[i] for i in range(len(v))) / 2
+        if abs(area) < 1e-6:
+            raise ValueError("the corners enclose no area (all on one line?)")
+        return v
+
+
+class LineConfig(_Strict):
+    """A counting line on one camera's picture: a tracked object whose anchor passes from one side to
+    the other between the line's two points is a crossing, ``in`` or ``out``."""
+
+    name: str
+    points: tuple[Point, Point] = Field(description="[[x1, y1], [x2, y2]] as fractions of the frame's width and "
+                                                    "height (0-1); 'in' is crossing to the left of 1 -> 2 as seen "
+                                                    "on the picture")
+    anchor: Literal[ANCHORS] = Field("bottom", description="the object's point that crosses: bottom or center")  # type: ignore[valid-type]
+
+    _name = field_validator("name")(lambda cls, v: _check_id(v))
+
+    @field_validator("points")
+    @classmethod
+    def _points(cls, v: tuple[Point, Point]) -> tuple[Point, Point]:
+        _fractions(v)
+        if abs(v[0][0] - v[1][0]) + abs(v[0][1] - v[1][1]) < 1e-6:
+            raise ValueError("the two points are the same")
+        return v
+
+
+def _check_id(v: str) -> str:
+    if not _ID.match(v):
+        raise ValueError(f"{v!r} must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    return v
+
+
 class CameraConfig(_Strict):
     """One video source: a file, rtsp://, rtsps:// or http(s):// URL, or a synthetic demo clip
     ``demo://STYLE?seed=..&seconds=..&fps=..&size=WxH`` (a file, rendered on first use)."""
@@ -141,6 +204,8 @@ class CameraConfig(_Strict):
     nice: int = Field(19, ge=0, le=19, description="decoder process niceness: when decoding outruns the CPU, "
                                                    "inference keeps its pace and decoders give way")
     reconnect: ReconnectConfig = ReconnectConfig()
+    zones: tuple[ZoneConfig, ...] = Field((), description="regions whose objects are listed and counted")
+    lines: tuple[LineConfig, ...] = Field((), description="counting lines (need tracking.enabled)")
 
     @property
     def is_file(self) -> bool:
@@ -150,12 +215,7 @@ class CameraConfig(_Strict):
     def redacted_url(self) -> str:
         return redact_url(self.url)
 
-    @field_validator("id")
-    @classmethod
-    def _id(cls, v: str) -> str:
-        if not _ID.match(v):
-            raise ValueError(f"{v!r} must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
-        return v
+    _id = field_validator("id")(lambda cls, v: _check_id(v))
 
     @field_validator("url")
     @classmethod
@@ -185,6 +245,11 @@ class CameraConfig(_Strict):
         if self.heartbeat_timeout_s <= slowest:
             problems.append(f"heartbeat_timeout_s: {self.heartbeat_timeout_s} must exceed the open and read "
                             f"timeouts ({slowest}), or a slow but healthy decoder would be killed")
+        for key in ("zones", "lines"):
+            names = [z.name for z in getattr(self, key)]
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:
+                problems.append(f"{key}: duplicate name {twice[0]!r}")
         if problems:
             raise ValueError("\n".join(problems))  # one ConfigError per line
         return self
@@ -324,6 +389,10 @@ def parse_config(raw: Any, *, env: dict[str, str] | None = None, check_files: bo
             check_sink_names(list(cfg.sinks))
         except ConfigError as e:
             errors.append(e)
+        if not cfg.tracking.enabled:
+            errors += [ConfigError(f"cameras[{i}].lines", "counting lines follow tracked objects: set "
+                                                          "tracking.enabled: true")
+                       for i, cam in enumerate(cfg.cameras) if cam.lines]
         if check_files:
             errors += _missing_files(cfg)
     if errors:
@@ -407,7 +476,7 @@ def _to_config_errors(err: Any, data: Any) -> list[ConfigError]:
     if err["type"] == "extra_forbidden":
         msg = _unknown_key(err, data)
     elif err["type"] == "missing":
-        msg = "required key is missing"
+        msg = "too few items" if isinstance(err["loc"][-1], int) else "required key is missing"
     elif err["type"] == "union_tag_invalid":
         msg = f"unknown type {err['input'].get('type')!r}; expected {err['ctx']['expected_tags']}"
     elif err["type"] == "union_tag_not_found":

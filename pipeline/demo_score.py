@@ -1,15 +1,20 @@
 """Scoring a run's streamed events against a demo clip's ground truth (the ``.gt.jsonl`` sidecar that
-``engines.synth`` writes beside each clip): masks (``score_events``) and track ids (``score_tracks``).
+``engines.synth`` writes beside each clip): masks (``score_events``), track ids (``score_tracks``) and
+line crossings (``score_crossings``).
 
-Used by the end-to-end accuracy test and ``benchmarks/demo_accuracy.py``. Imports nothing from
-``pipeline``; numpy, scipy and pycocotools are imported where used.
+Used by the end-to-end accuracy test and ``benchmarks/demo_accuracy.py``. Imports from ``pipeline`` only
+``analytics`` (to find the clip's own crossings), where used, as numpy, scipy and pycocotools.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pipeline.config import LineConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +171,86 @@ def score_tracks(events: list[dict], truth: dict[float, list[dict]], *, min_area
         rows, cols = linear_sum_assignment(-counts)
         idtp = int(counts[rows, cols].sum())
     return TrackScore(frames, objects, tracked, matched, switches, idtp)
+
+
+@dataclass(frozen=True, slots=True)
+class CrossingScore:
+    """Line crossings in a run's events against the clip's own (see ``score_crossings``).
+
+    truth: crossings by the clip's objects of ``min_area`` or more at that frame. found: crossings in
+    the events, less those by small objects that match nothing. matched: pairs of the two.
+    """
+
+    truth: int
+    found: int
+    matched: int
+
+    @property
+    def recall(self) -> float:
+        return self.matched / self.truth if self.truth else 0.0
+
+    @property
+    def precision(self) -> float:
+        return self.matched / self.found if self.found else 0.0
+
+    def __str__(self) -> str:
+        return (f"{self.truth} crossings, {self.found} counted: recall {self.recall:.3f}, "
+                f"precision {self.precision:.3f}")
+
+
+def truth_crossings(truth: dict[float, list[dict]], lines: Sequence[LineConfig]) -> list[tuple[float, dict, float]]:
+    """The clip's own crossings of ``lines`` as ``(time, crossing, box area)``: every frame's instances
+    (ground-truth boxes and object ids) through ``pipeline.analytics``, as a perfect model and tracker
+    would send them. Crossings are event dicts (``line``, ``direction``, ``track_id``, ``class_id``)."""
+    from pipeline.analytics import CameraAnalytics
+    from pipeline.messages import Detection, FrameResult
+
+    counter = CameraAnalytics([], lines, max_lost_frames=1 << 30)
+    out = []
+    size = None
+    for seq, t in enumerate(sorted(truth)):
+        gts = truth[t]
+        size = (gts[0]["rle"]["size"][1], gts[0]["rle"]["size"][0]) if gts else size
+        if size is None:
+            continue
+        dets = tuple(Detection(class_id=g["class_id"], label=g["class_name"], score=1.0, box=tuple(g["box"]),
+                               track_id=int(g["track_id"]) + 1) for g in gts)
+        res = counter.apply(FrameResult(camera_id="truth", seq=seq, pts=t, capture_ts=t, infer_ts=t, frame_size=size,
+                                        model="truth", detections=dets))
+        area = {d.track_id: g["area"] for d, g in zip(dets, gts, strict=True)}
+        out += [(t, {"line": c.line, "direction": c.direction, "track_id": c.track_id, "class_id": c.class_id},
+                 float(area[c.track_id])) for c in res.analytics.crossings]  # type: ignore[union-attr]
+    return out
+
+
+def score_crossings(events: list[dict], truth: dict[float, list[dict]], lines: Sequence[LineConfig], *,
+                    min_area: int = 32 * 32, tolerance_s: float = 1.0) -> CrossingScore:
+    """Score the ``crossings`` of one camera's frame events against the clip's own (``truth_crossings``).
+
+    A counted crossing matches a true one of the same line, direction and class within ``tolerance_s``
+    (nearest in time first, each used once). Crossings by objects under ``min_area`` pixels (the
+    true one's mask area, or the counted one's box when it matches nothing) are neither counted for nor
+    against the run, as in ``score_events``.
+    """
+    true = truth_crossings(truth, lines)
+    found = []
+    for ev in events:
+        boxes = {d["track_id"]: _box_area(d) for d in ev["detections"] if "track_id" in d}
+        found += [(float(ev["pts"]), c, boxes.get(c["track_id"], 0.0)) for c in ev.get("crossings", ())]
+    pairs = sorted((abs(ft - tt), i, j) for i, (tt, tc, _) in enumerate(true) for j, (ft, fc, _) in enumerate(found)
+                   if abs(ft - tt) <= tolerance_s
+                   and all(tc[k] == fc[k] for k in ("line", "direction", "class_id")))
+    used_t: set[int] = set()
+    used_f: set[int] = set()
+    for _, i, j in pairs:
+        if i not in used_t and j not in used_f:
+            used_t.add(i)
+            used_f.add(j)
+    big_t = {i for i, (_, _, area) in enumerate(true) if area >= min_area}
+    matched = len([i for i in used_t if i in big_t])
+    small_matches = len(used_t) - matched
+    counted = len([j for j, (_, _, area) in enumerate(found) if j in used_f or area >= min_area]) - small_matches
+    return CrossingScore(len(big_t), counted, matched)
 
 
 def _box_area(det: dict) -> float:

@@ -58,6 +58,8 @@ def _detection_json(det: Detection, size_hw: list[int]) -> dict[str, Any]:
     }
     if det.track_id is not None:
         out["track_id"] = int(det.track_id)
+    if det.zones is not None:
+        out["zones"] = list(det.zones)
     return out
 
 
@@ -71,10 +73,12 @@ def to_event(result: FrameResult, *, publish_ts: float | None = None) -> dict[st
     Boxes are ``[x1, y1, x2, y2]`` in frame pixels; RLE masks cover the whole frame
     (``size == [height, width]``, column-major COCO counts); polygons are frame-pixel
     ``[x1, y1, x2, y2, ...]`` lists. Times are wall-clock seconds; ``publish_ts`` defaults to now.
+    ``zone_counts`` and ``crossings`` (and each detection's ``zones``) appear for cameras with zones
+    and counting lines.
     """
     width, height = (int(v) for v in result.frame_size)
     size_hw = [height, width]
-    return {
+    event = {
         "version": SCHEMA_VERSION,
         "kind": "frame",
         "camera": result.camera_id,
@@ -87,6 +91,13 @@ def to_event(result: FrameResult, *, publish_ts: float | None = None) -> dict[st
         "model": result.model,
         "detections": [_detection_json(d, size_hw) for d in result.detections],
     }
+    analytics = result.analytics
+    if analytics is not None and analytics.zone_counts is not None:
+        event["zone_counts"] = dict(analytics.zone_counts)
+    if analytics is not None and analytics.crossings is not None:
+        event["crossings"] = [{"line": c.line, "direction": c.direction, "track_id": int(c.track_id),
+                               "class_id": int(c.class_id), "label": c.label} for c in analytics.crossings]
+    return event
 
 
 def status_event(status: CameraStatus, *, publish_ts: float | None = None) -> dict[str, Any]:

@@ -7,8 +7,9 @@ bad message fails where the bug is, not three processes downstream.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -67,6 +68,8 @@ class Detection:
     ``{"size": [H, W], "counts": str}`` over the whole frame, or a polygon list
     ``[[x1, y1, x2, y2, ...], ...]`` in frame pixels, or None when masks are off. track_id: the same
     object across its camera's frames (>= 1), None when tracking is off or its track is unconfirmed.
+    zones: names of the camera's zones the object is in (``pipeline.analytics``), None when the camera
+    has no zones.
     """
 
     class_id: int
@@ -75,6 +78,7 @@ class Detection:
     box: tuple[float, float, float, float]
     mask: dict[str, Any] | list[list[float]] | None = None
     track_id: int | None = None
+    zones: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         _expect(len(self.box) == 4, "Detection.box", "4 numbers", self.box)
@@ -83,10 +87,46 @@ class Detection:
 
 
 @dataclass(frozen=True, slots=True)
+class Crossing:
+    """A tracked object that crossed one of its camera's counting lines on this frame.
+
+    direction: ``in`` = it ended on the left of the line's first point -> second point, as seen on the
+    picture; ``out`` = on its right.
+    """
+
+    line: str
+    track_id: int
+    class_id: int
+    label: str
+    direction: Literal["in", "out"]
+
+    def __post_init__(self) -> None:
+        _expect(self.direction in ("in", "out"), "Crossing.direction", "'in' or 'out'", self.direction)
+        _expect(self.track_id >= 1, "Crossing.track_id", ">= 1", self.track_id)
+
+
+@dataclass(frozen=True, slots=True)
+class FrameAnalytics:
+    """What a camera's zones and lines saw on one frame (``pipeline.analytics``).
+
+    zone_counts: objects inside each zone on this frame (None: the camera has no zones). crossings:
+    line crossings completed on this frame (None: the camera has no lines). line_totals: (in, out)
+    per line since the run started. shapes: the camera's zones and lines in frame pixels, for drawing
+    (``{"zones": {name: ((x, y), ...)}, "lines": {name: ((x, y), (x, y))}}``); not published.
+    """
+
+    zone_counts: Mapping[str, int] | None = None
+    crossings: tuple[Crossing, ...] | None = None
+    line_totals: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    shapes: Mapping[str, Mapping[str, tuple[tuple[float, float], ...]]] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class FrameResult:
     """Everything the model found in one frame, ready for the sinks.
 
-    Times are wall-clock seconds. frame_size is (width, height).
+    Times are wall-clock seconds. frame_size is (width, height). analytics: set by the sink stage for
+    cameras with zones or lines.
     """
 
     camera_id: str
@@ -97,6 +137,7 @@ class FrameResult:
     frame_size: tuple[int, int]
     model: str
     detections: tuple[Detection, ...] = field(default_factory=tuple)
+    analytics: FrameAnalytics | None = None
 
     def __post_init__(self) -> None:
         _expect(len(self.frame_size) == 2 and min(self.frame_size) > 0, "FrameResult.frame_size",

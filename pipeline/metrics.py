@@ -62,6 +62,8 @@ class StageStats:
     is set by the device stage (None: no news), ``error`` reports the stage's fatal error.
     ``tracks_started`` counts track ids handed out per camera (objects that entered and were
     confirmed); ``tracks_active`` is the latest number of tracks held per camera (a gauge).
+    ``line_crossings`` counts crossings per (camera, line, direction, label); ``zone_objects`` is the
+    latest number of objects per (camera, zone) (a gauge).
     """
 
     stage: str
@@ -79,12 +81,14 @@ class StageStats:
     sink_errors: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (sink, reason)
     tracks_started: Mapping[str, int] = field(default_factory=dict)
     tracks_active: Mapping[str, int] = field(default_factory=dict)
+    line_crossings: Mapping[tuple[str, str, str, str], int] = field(default_factory=dict)
+    zone_objects: Mapping[tuple[str, str], int] = field(default_factory=dict)
     engine_loaded: bool | None = None
     error: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("decoded", "inferred", "dropped", "reconnects", "sink_sent", "sink_dropped", "sink_errors",
-                     "tracks_started", "tracks_active"):
+                     "tracks_started", "tracks_active", "line_crossings", "zone_objects"):
             _check_counts(name, getattr(self, name))
         _check_seconds("stage_latency", self.stage_latency)
         _check_seconds("e2e_latency", self.e2e_latency)
@@ -128,6 +132,10 @@ class Metrics:
                                       "with tracking on)", ["camera"], namespace=ns, registry=reg)
         self.tracks_active = Gauge("tracks_active", "Tracks held per camera (seen or briefly lost)", ["camera"],
                                    namespace=ns, registry=reg)
+        self.line_crossings = Counter("line_crossings", "Tracked objects that crossed a counting line",
+                                      ["camera", "line", "direction", "label"], namespace=ns, registry=reg)
+        self.zone_objects = Gauge("zone_objects", "Objects inside a zone on the camera's latest frame",
+                                  ["camera", "zone"], namespace=ns, registry=reg)
         self.engine_loaded_gauge = Gauge("engine_loaded", "1 once the model engine is loaded", namespace=ns,
                                          registry=reg)
         self.stage_failures = Counter("stage_failures", "Fatal errors reported by a stage", ["stage"],
@@ -170,6 +178,10 @@ class Metrics:
             self.tracks_started.labels(cam).inc(n)
         for cam, n in stats.tracks_active.items():
             self.tracks_active.labels(cam).set(n)
+        for (cam, line, direction, label), n in stats.line_crossings.items():
+            self.line_crossings.labels(cam, line, direction, label).inc(n)
+        for (cam, zone), n in stats.zone_objects.items():
+            self.zone_objects.labels(cam, zone).set(n)
         if stats.engine_loaded is not None:
             self.set_engine_loaded(stats.engine_loaded)
         if stats.error is not None:

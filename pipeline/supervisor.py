@@ -163,7 +163,7 @@ class Supervisor:
                 machine=CameraStateMachine(camera_id=cam.id, emit=lambda s: None, announce=False))
             self.cameras.append(handle)
         self._sink = self._spawn("sinks", run_sink_stage, inbox=self._inbox, configs=list(self.cfg.sinks),
-                                 stats=self._stats, tracking=self.cfg.tracking)
+                                 stats=self._stats, tracking=self.cfg.tracking, cameras=self.cfg.cameras)
         self._device_stop = self.ctx.Event()
         reader, writer = self.ctx.Pipe(duplex=False)
         cams = [(c.camera_id, c.prefix) for c in self.cameras]

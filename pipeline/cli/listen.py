@@ -47,7 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def format_event(event: dict[str, Any], *, masks: bool = False) -> str:
-    """One human line for an event: ``cam seq=N n=K labels`` (``label#track`` for tracked objects) or
+    """One human line for an event: ``cam seq=N n=K labels`` (``label#track`` for tracked objects, then
+    ``zones NAME=K ...`` and ``crossed LINE:in label#track ...`` for cameras with zones and lines) or
     ``cam status=STATE detail``."""
     if event["kind"] == "status":
         return f"{event['camera']} status={event['state']}" + (f" {event['detail']}" if event["detail"] else "")
@@ -58,6 +59,11 @@ def format_event(event: dict[str, Any], *, masks: bool = False) -> str:
     if masks and dets:
         areas = ["-" if m is None else str(int(m.sum())) for m in decode_masks(event, crop=True)]
         line += " areas=" + ",".join(areas)
+    if event.get("zone_counts"):
+        line += " zones " + " ".join(f"{k}={n}" for k, n in event["zone_counts"].items())
+    if event.get("crossings"):
+        line += " crossed " + " ".join(f"{c['line']}:{c['direction']} {c['label']}#{c['track_id']}"
+                                       for c in event["crossings"])
     return line
 
 

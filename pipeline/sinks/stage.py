@@ -1,7 +1,8 @@
 """The sink stage: a process that turns FrameResult/CameraStatus into events and fans them out.
 
-With ``tracking.enabled`` it first gives each detection its ``track_id`` (``pipeline.tracking``): this
-process sees every camera's results in order, and tracking here takes no time from the device stage.
+With ``tracking.enabled`` it first gives each detection its ``track_id`` (``pipeline.tracking``), then
+applies the cameras' zones and counting lines (``pipeline.analytics``): this process sees every
+camera's results in order, and this work takes no time from the device stage.
 
 Why a process of its own: serialising events and talking to Redis/ZeroMQ/disk must not take time
 from the device stage, and a sink library that crashes or hangs takes only this process with it.
@@ -23,7 +24,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from pipeline.config import TrackingConfig
+from pipeline.config import CameraConfig, TrackingConfig
 from pipeline.events import encode, status_event, to_event
 from pipeline.messages import STOP, CameraStatus, FramePreview, FrameResult
 from pipeline.metrics import StageStats
@@ -32,6 +33,7 @@ from pipeline.sinks.base import Envelope, Sink
 from pipeline.sinks.config import SinkConfig, check_sink_names
 
 if TYPE_CHECKING:
+    from pipeline.analytics import Analytics
     from pipeline.tracking import CameraTrackers
 
 log = logging.getLogger(__name__)
@@ -50,21 +52,28 @@ class SinkStage:
     """Serialise once, fan out to sinks, count. Usable in-process (tests) or via ``run_sink_stage``."""
 
     def __init__(self, *, sinks: Sequence[tuple[SinkConfig, Sink]], stage: str = STAGE,
-                 tracking: TrackingConfig | None = None) -> None:
+                 tracking: TrackingConfig | None = None, cameras: Sequence[CameraConfig] = ()) -> None:
         self.stage = stage
         self.sinks = list(sinks)
+        tracking = tracking or TrackingConfig()
         self.trackers: CameraTrackers | None = None
-        if tracking is not None and tracking.enabled:
+        if tracking.enabled:
             from pipeline.tracking import CameraTrackers  # scipy: loaded only when tracking is on
 
             self.trackers = CameraTrackers(tracking)
+        self.analytics: Analytics | None = None
+        if any(c.zones or c.lines for c in cameras):
+            from pipeline.analytics import Analytics
+
+            self.analytics = Analytics(cameras, max_lost_frames=tracking.max_lost_frames)
         self._e2e: dict[str, list[float]] = defaultdict(list)
         self._step: list[float] = []
         self._bad: dict[tuple[str, str], int] = defaultdict(int)
 
     @classmethod
     def from_configs(cls, configs: Sequence[SinkConfig], *, registry: SinkRegistry | None = None,
-                     stage: str = STAGE, tracking: TrackingConfig | None = None) -> SinkStage:
+                     stage: str = STAGE, tracking: TrackingConfig | None = None,
+                     cameras: Sequence[CameraConfig] = ()) -> SinkStage:
         """Build every sink (SinkError if one cannot be set up; those already built are closed)."""
         registry = registry or SinkRegistry(BUILTIN_SINKS)
         check_sink_names(list(configs))
@@ -76,7 +85,7 @@ class SinkStage:
             for _, sink in built:
                 sink.close(timeout=1.0)
             raise
-        return cls(sinks=built, stage=stage, tracking=tracking)
+        return cls(sinks=built, stage=stage, tracking=tracking, cameras=cameras)
 
     def handle(self, item: FrameResult | CameraStatus, *, image: Any = None) -> None:
         """Publish one item to every interested sink. Never raises for a bad item: counts it."""
@@ -85,6 +94,8 @@ class SinkStage:
         try:
             if isinstance(item, FrameResult):
                 result = item if self.trackers is None else self.trackers.apply(item)
+                if self.analytics is not None:
+                    result = self.analytics.apply(result)
                 env = Envelope(camera_id=result.camera_id, kind="frame",
                                payload=encode(to_event(result, publish_ts=now)), item=result, image=image)
                 self._e2e[result.camera_id].append(max(now - result.capture_ts, 0.0))
@@ -122,12 +133,14 @@ class SinkStage:
             sent.update({(sink.name, cam): n for cam, n in deltas.sent.items()})
             dropped.update({(sink.name, cam, reason): n for (cam, reason), n in deltas.dropped.items()})
             errors.update({(sink.name, reason): n for reason, n in deltas.errors.items()})
-        tracks = self.trackers
+        tracks, analytics = self.trackers, self.analytics
         stats = StageStats(stage=self.stage, dropped=dict(self._bad), sink_sent=sent, sink_dropped=dropped,
                            sink_errors=errors, e2e_latency={c: tuple(v) for c, v in self._e2e.items() if v},
                            stage_latency={"sink": tuple(self._step)} if self._step else {},
                            tracks_started=tracks.take_started() if tracks else {},
-                           tracks_active=tracks.active() if tracks else {})
+                           tracks_active=tracks.active() if tracks else {},
+                           line_crossings=analytics.take_crossings() if analytics else {},
+                           zone_objects=analytics.zone_objects() if analytics else {})
         self._e2e.clear()
         self._step.clear()
         self._bad.clear()
@@ -172,17 +185,18 @@ def _drain_until_stop(inbox: Any) -> None:
 
 def run_sink_stage(*, inbox: Any, configs: Sequence[SinkConfig], stats: Any = None, stage: str = STAGE,
                    report_every_s: float = 1.0, close_timeout_s: float = 5.0,
-                   tracking: TrackingConfig | None = None) -> None:
+                   tracking: TrackingConfig | None = None, cameras: Sequence[CameraConfig] = ()) -> None:
     """Process target: publish items from ``inbox`` to the sinks in ``configs`` until STOP.
 
     inbox: multiprocessing queue of FrameResult / CameraStatus, ended by STOP.
     stats: optional queue receiving ``StageStats`` every ``report_every_s`` seconds and at the end.
     tracking: when enabled, detections get track ids before they are published.
+    cameras: the run's cameras, for their zones and counting lines.
     Exits 1 (after reporting the error and draining the inbox to STOP) if a sink cannot be set up.
     """
     reporter = _Reporter(stats)
     try:
-        sink_stage = SinkStage.from_configs(configs, stage=stage, tracking=tracking)
+        sink_stage = SinkStage.from_configs(configs, stage=stage, tracking=tracking, cameras=cameras)
     except Exception as e:
         reporter.send(StageStats(stage=stage, error=f"{type(e).__name__}: {e}"))
         log.error("sink stage: %s", e)

@@ -22,7 +22,7 @@ import numpy as np
 
 from engines.errors import SinkError
 from pipeline.client import box_window, decode_mask
-from pipeline.messages import Detection, FrameResult
+from pipeline.messages import Detection, FrameAnalytics, FrameResult
 from pipeline.sinks.base import DropPolicy, Envelope, ThreadedSink, policy_for
 from pipeline.sinks.config import VideoSinkConfig
 
@@ -41,11 +41,14 @@ def _safe_name(camera_id: str) -> str:
 
 
 def draw(canvas: np.ndarray, result: FrameResult, *, scale: float = 1.0) -> np.ndarray:
-    """Draw ``result``'s masks (half-transparent), boxes and labels on ``canvas`` in place.
+    """Draw ``result``'s masks (half-transparent), boxes and labels on ``canvas`` in place, and its
+    camera's zones (with their object counts) and counting lines (with their in/out totals).
 
     canvas: (h, w, 3) uint8 BGR, the frame resized by ``scale`` (frame pixels * scale = canvas px).
     """
     width, height = result.frame_size
+    if result.analytics is not None:
+        _draw_shapes(canvas, result.analytics, scale)
     for det in result.detections:
         # a tracked object keeps its colour from frame to frame; untracked ones are coloured by class
         color = _PALETTE[(det.class_id if det.track_id is None else det.track_id) % len(_PALETTE)]
@@ -58,6 +61,25 @@ def draw(canvas: np.ndarray, result: FrameResult, *, scale: float = 1.0) -> np.n
         cv2.putText(canvas, f"{det.label}{tag} {det.score:.2f}", (x1, max(y1 - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX,
                     0.4, c, 1, cv2.LINE_AA)
     return canvas
+
+
+_ZONE_COLOR, _LINE_COLOR = (0, 215, 255), (255, 255, 255)  # BGR: amber zones, white lines
+
+
+def _draw_shapes(canvas: np.ndarray, analytics: FrameAnalytics, scale: float) -> None:
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    for name, pts in analytics.shapes.get("zones", {}).items():
+        poly = np.round(np.array(pts) * scale).astype(np.int32)
+        cv2.polylines(canvas, [poly], True, _ZONE_COLOR, 1, cv2.LINE_AA)
+        n = (analytics.zone_counts or {}).get(name, 0)
+        x, y = poly.min(0)
+        cv2.putText(canvas, f"{name}: {n}", (int(x) + 3, int(y) + 12), font, 0.4, _ZONE_COLOR, 1, cv2.LINE_AA)
+    for name, ((x1, y1), (x2, y2)) in analytics.shapes.get("lines", {}).items():
+        a, b = (int(round(x1 * scale)), int(round(y1 * scale))), (int(round(x2 * scale)), int(round(y2 * scale)))
+        cv2.line(canvas, a, b, _LINE_COLOR, 2, cv2.LINE_AA)
+        n_in, n_out = analytics.line_totals.get(name, (0, 0))
+        cv2.putText(canvas, f"{name} in {n_in} out {n_out}", (a[0] + 3, max(a[1] - 4, 10)), font, 0.4,
+                    _LINE_COLOR, 1, cv2.LINE_AA)
 
 
 def _blend_mask(canvas: np.ndarray, det: Detection, height: int, width: int, scale: float,

@@ -81,6 +81,29 @@ def test_track_ids_are_published_only_when_set(validator: jsonschema.Validator) 
     assert all("track_id" not in d for d in event["detections"][1:])  # tracking off or track unconfirmed
 
 
+def test_zones_and_crossings_are_published_for_cameras_that_have_them(validator: jsonschema.Validator) -> None:
+    import dataclasses
+
+    from pipeline.messages import Crossing, FrameAnalytics
+
+    res, _ = _result("rle")
+    plain = json.loads(encode(to_event(res)))
+    assert not {"zone_counts", "crossings"} & set(plain) and all("zones" not in d for d in plain["detections"])
+    dets = tuple(dataclasses.replace(d, zones=z) for d, z in zip(res.detections, [("dock",), (), ("dock", "aisle")],
+                                                                 strict=True))
+    crossing = Crossing(line="gate", track_id=4, class_id=2, label="car", direction="in")
+    analytics = FrameAnalytics(zone_counts={"dock": 2, "aisle": 1}, crossings=(crossing,), line_totals={"gate": (1, 0)},
+                               shapes={"lines": {"gate": ((0.0, 1.0), (2.0, 3.0))}})
+    event = json.loads(encode(to_event(dataclasses.replace(res, detections=dets, analytics=analytics))))
+    validator.validate(event)
+    assert [d["zones"] for d in event["detections"]] == [["dock"], [], ["dock", "aisle"]]
+    assert event["zone_counts"] == {"dock": 2, "aisle": 1}
+    assert event["crossings"] == [{"line": "gate", "direction": "in", "track_id": 4, "class_id": 2, "label": "car"}]
+    assert "shapes" not in json.dumps(event) and "line_totals" not in event  # drawing aids stay in the process
+    lines_only = dataclasses.replace(res, analytics=FrameAnalytics(crossings=()))
+    assert json.loads(encode(to_event(lines_only)))["crossings"] == []
+
+
 def test_rle_masks_decode_with_pycocotools() -> None:
     res, masks = _result("rle", n=4, seed=3)
     event = json.loads(encode(to_event(res)))
@@ -131,6 +154,10 @@ _DELETE = object()
     (["detections", 0, "mask", "counts"], [1, 2, 3]),
     (["detections", 0, "track_id"], 0),
     (["detections", 0, "track_id"], "7"),
+    (["detections", 0, "zones"], "dock"),
+    (["zone_counts"], {"dock": -1}),
+    (["crossings"], [{"line": "gate", "direction": "up", "track_id": 1, "class_id": 0, "label": "car"}]),
+    (["crossings"], [{"line": "gate", "direction": "in", "class_id": 0, "label": "car"}]),
 ])
 def test_schema_rejects_broken_events(validator: jsonschema.Validator, path: list, value: object) -> None:
     with pytest.raises(jsonschema.ValidationError):

@@ -41,7 +41,10 @@ def test_stage_stats_update_counters_gauges_and_histograms() -> None:
     m.apply(StageStats(stage="sinks", e2e_latency={"cam0": (0.05, 0.07)}, sink_sent={("redis", "cam0"): 27},
                        sink_dropped={("redis", "cam0", "buffer_full"): 1}, sink_errors={("redis", "connection"): 3},
                        tracks_started={"cam0": 4}, tracks_active={"cam0": 3}))
-    m.apply(StageStats(stage="sinks", tracks_started={"cam0": 1}, tracks_active={"cam0": 2}))
+    m.apply(StageStats(stage="sinks", tracks_started={"cam0": 1}, tracks_active={"cam0": 2},
+                       line_crossings={("cam0", "gate", "in", "car"): 2}, zone_objects={("cam0", "dock"): 4}))
+    m.apply(StageStats(stage="sinks", line_crossings={("cam0", "gate", "in", "car"): 1},
+                       zone_objects={("cam0", "dock"): 1}))
     m.apply(StageStats(stage="decoder:cam0", decoded={"cam0": 10}))
     s = _samples(m.render().decode())
     cam = (("camera", "cam0"),)
@@ -61,6 +64,9 @@ def test_stage_stats_update_counters_gauges_and_histograms() -> None:
     assert s["segpipe_sink_errors_total", (("reason", "connection"), ("sink", "redis"))] == 3
     assert s["segpipe_engine_loaded", ()] == 1
     assert s["segpipe_tracks_started_total", cam] == 5 and s["segpipe_tracks_active", cam] == 2
+    gate = (("camera", "cam0"), ("direction", "in"), ("label", "car"), ("line", "gate"))
+    assert s["segpipe_line_crossings_total", gate] == 3
+    assert s["segpipe_zone_objects", (("camera", "cam0"), ("zone", "dock"))] == 1
 
 
 def test_registries_are_private() -> None:

@@ -146,6 +146,31 @@ def test_tracking_gives_published_detections_ids(tmp_path: Path) -> None:
     assert ids == [("a", [None]), ("b", [None]), ("a", [None]), ("b", [1]), ("a", [None]), ("b", [1])]
 
 
+def test_zones_and_lines_apply_after_tracking(tmp_path: Path) -> None:
+    from pipeline.config import CameraConfig, LineConfig, ZoneConfig
+
+    cam = CameraConfig(id="a", url="a.mp4", lines=(LineConfig(name="mid", points=((0, 0.5), (1, 0.5))),),
+                       zones=(ZoneConfig(name="top", polygon=((0, 0), (1, 0), (1, 0.5), (0, 0.5))),))
+    cfg = JsonlSinkConfig(type="jsonl", name="all", path=tmp_path / "all.jsonl")
+    stage = SinkStage.from_configs([cfg], tracking=TrackingConfig(enabled=True, min_hits=1),
+                                   cameras=[cam, CameraConfig(id="b", url="b.mp4")])
+    for seq, y in enumerate([35.0, 45.0, 55.0, 65.0]):  # a 20x20 box moving down through y=50 of a 100x100 frame
+        for camera in ("a", "b"):
+            stage.handle(FrameResult(camera_id=camera, seq=seq, pts=None, capture_ts=time.time(), infer_ts=time.time(),
+                                     frame_size=(100, 100), model="m",
+                                     detections=(Detection(class_id=0, label="box", score=0.9,
+                                                           box=(40, y - 20, 60, y)),)))
+    report = stage.report()
+    stage.close()
+    assert report.line_crossings == {("a", "mid", "out", "box"): 1}
+    assert report.zone_objects == {("a", "top"): 0}
+    events = [e for e in _lines(tmp_path / "all.jsonl") if e["camera"] == "a"]
+    assert [e["zone_counts"]["top"] for e in events] == [1, 1, 0, 0]
+    assert [len(e["crossings"]) for e in events] == [0, 0, 1, 0]
+    assert events[2]["crossings"][0]["track_id"] == events[2]["detections"][0]["track_id"] == 1
+    assert all("crossings" not in e for e in _lines(tmp_path / "all.jsonl") if e["camera"] == "b")
+
+
 def test_setup_failure_closes_sinks_already_built(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")

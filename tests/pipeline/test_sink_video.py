@@ -107,3 +107,22 @@ def test_tracked_objects_are_coloured_by_track_id() -> None:
         pixel = canvas[int(BOX[1]) + 8, int(BOX[0])].astype(float)
         nearest.append(int(np.abs(_PALETTE.astype(float) - pixel).sum(1).argmin()))
     assert nearest == [0, 5, 5, 6]  # untracked: class 0's colour; tracked: the track's own
+
+
+def test_zones_and_lines_are_drawn_where_they_are() -> None:
+    import dataclasses
+
+    from pipeline.messages import FrameAnalytics
+    from pipeline.sinks.video import _LINE_COLOR, _ZONE_COLOR, draw
+
+    shapes = {"zones": {"z": ((4.0, 4.0), (30.0, 4.0), (30.0, 30.0), (4.0, 30.0))},
+              "lines": {"l": ((0.0, 56.0), (96.0, 56.0))}}
+    analytics = FrameAnalytics(zone_counts={"z": 0}, crossings=(), line_totals={"l": (3, 1)}, shapes=shapes)
+    res = dataclasses.replace(_result("cam", 0), detections=(), analytics=analytics)
+    for scale in (1.0, 2.0):
+        canvas = draw(np.zeros((int(H * scale), int(W * scale), 3), np.uint8), res, scale=scale)
+        row = canvas[int(56 * scale), :, :]
+        assert (np.abs(row.astype(int) - _LINE_COLOR).sum(1) < 30).mean() > 0.9  # the line spans the frame
+        edge = canvas[int(20 * scale), int(30 * scale)]                          # the zone's right side
+        assert np.abs(edge.astype(int) - _ZONE_COLOR).sum() < 90
+        assert canvas[int(45 * scale), int(60 * scale)].sum() == 0                # nothing elsewhere

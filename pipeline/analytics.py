@@ -1,0 +1,196 @@
+"""Zones and counting lines per camera (``cameras[].zones``, ``cameras[].lines`` in a run config).
+
+Imports from pipeline/ only ``messages`` and ``config``. Runs in the sink stage after tracking, on each
+camera's results in order. Shapes are configured as fractions of the frame, so a camera switched to
+another resolution keeps its zones; they are turned into frame pixels at the first frame of each size.
+
+- A zone holds the objects whose anchor point (``bottom``: the middle of the box's bottom edge, where
+  an object meets the road or the belt; ``center``) lies inside its polygon (even-odd rule). Every
+  detection lists its zones; the frame says how many objects each zone holds.
+- A line counts tracked objects whose anchor goes from one side of it to the other, between its two
+  end points: ``in`` when the object ends on the left of first point -> second point as seen on the
+  picture, ``out`` on its right. An object is on a side only once its anchor is further from the line
+  than a tenth of its size (``DEAD_BAND``), so a box that jitters while its object waits on the line
+  counts nothing; an object that appears already past the line counts nothing either.
+  The side is taken where the object was last seen clearly on it, so a crossing seen only as two
+  results far apart (a sampled camera, dropped frames) still counts, once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+
+from pipeline.config import CameraConfig, LineConfig, ZoneConfig
+from pipeline.messages import Crossing, FrameAnalytics, FrameResult
+
+DEAD_BAND = 0.1
+"""Fraction of an object's size (the geometric mean of its box's width and height) its anchor must be
+from a line to be on one side: box jitter grows with the object, so the margin does too."""
+
+
+def anchor_points(boxes: np.ndarray, anchor: str) -> np.ndarray:
+    """(N, 2) points of (N, 4) xyxy boxes: ``bottom`` (middle of the bottom edge) or ``center``."""
+    x = (boxes[:, 0] + boxes[:, 2]) / 2
+    y = boxes[:, 3] if anchor == "bottom" else (boxes[:, 1] + boxes[:, 3]) / 2
+    return np.stack([x, y], -1)
+
+
+def inside(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
+    """(N,) bool: which of ``points`` (N, 2) lie inside ``polygon`` (K, 2), even-odd rule."""
+    px, py = points[:, 0:1], points[:, 1:2]
+    x0, y0 = polygon[:, 0], polygon[:, 1]
+    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
+    spans = (y0 > py) != (y1 > py)  # (N, K): edges that cross the point's row
+    with np.errstate(divide="ignore", invalid="ignore"):
+        at_x = x0 + (py - y0) * (x1 - x0) / (y1 - y0)
+    return (np.count_nonzero(spans & (px < at_x), axis=1) % 2).astype(bool)
+
+
+def signed_distance(points: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N,) distance in pixels of ``points`` from the line through ``a`` and ``b``: > 0 on its right
+    (looking from a to b, as seen on a picture whose y axis points down), < 0 on its left."""
+    d = b - a
+    return (d[0] * (points[:, 1] - a[1]) - d[1] * (points[:, 0] - a[0])) / math.hypot(d[0], d[1])
+
+
+@dataclasses.dataclass(slots=True)
+class _Side:
+    side: int       # +1 right, -1 left of the line
+    x: float        # where the object was last seen clearly on that side
+    y: float
+    seen: int       # decoder seq of its last result
+
+
+class CameraAnalytics:
+    """One camera's zones and lines; ``apply`` takes its results in order."""
+
+    def __init__(self, zones: Sequence[ZoneConfig], lines: Sequence[LineConfig], *, max_lost_frames: int = 30):
+        self.zones, self.lines = tuple(zones), tuple(lines)
+        self.max_lost_frames = max_lost_frames
+        self._size: tuple[int, int] | None = None
+        self._zone_px: list[np.ndarray] = []
+        self._line_px: list[tuple[np.ndarray, np.ndarray]] = []
+        self._shapes: dict[str, dict[str, tuple[tuple[float, float], ...]]] = {}
+        self._sides: list[dict[int, _Side]] = [{} for _ in self.lines]
+        self._last_seq: int | None = None
+        self.totals: dict[str, list[int]] = {ln.name: [0, 0] for ln in self.lines}
+        self.zone_counts: dict[str, int] = {}
+
+    def _scale(self, size: tuple[int, int]) -> None:
+        if size == self._size:
+            return
+        wh = np.array(size, np.float64)
+        self._size = size
+        self._zone_px = [np.array(z.polygon, np.float64) * wh for z in self.zones]
+        self._line_px = [(np.array(ln.points[0]) * wh, np.array(ln.points[1]) * wh) for ln in self.lines]
+        self._shapes = {"zones": {z.name: _as_tuples(p) for z, p in zip(self.zones, self._zone_px, strict=True)},
+                        "lines": {ln.name: _as_tuples(np.stack(p)) for ln, p in zip(self.lines, self._line_px,
+                                                                                    strict=True)}}
+
+    def apply(self, result: FrameResult) -> FrameResult:
+        """``result`` with each detection's zones and the frame's ``analytics`` filled in."""
+        self._scale(tuple(int(v) for v in result.frame_size))  # type: ignore[arg-type]
+        if self._last_seq is not None and result.seq <= self._last_seq:
+            self._sides = [{} for _ in self.lines]  # the stream started again: its tracks are new
+        self._last_seq = result.seq
+        dets = result.detections
+        boxes = np.array([d.box for d in dets], np.float64).reshape(-1, 4)
+        zone_counts = None
+        if self.zones:
+            members = np.zeros((len(dets), len(self.zones)), bool)
+            for j, (zone, poly) in enumerate(zip(self.zones, self._zone_px, strict=True)):
+                members[:, j] = inside(anchor_points(boxes, zone.anchor), poly)
+            zone_counts = {z.name: int(members[:, j].sum()) for j, z in enumerate(self.zones)}
+            self.zone_counts = zone_counts
+            dets = tuple(dataclasses.replace(d, zones=tuple(z.name for z, m in zip(self.zones, row, strict=True) if m))
+                         for d, row in zip(dets, members, strict=True))
+        crossings = None
+        if self.lines:
+            crossings = tuple(c for j in range(len(self.lines)) for c in self._cross(j, result.seq, boxes, dets))
+        analytics = FrameAnalytics(zone_counts=zone_counts, crossings=crossings,
+                                   line_totals={k: (v[0], v[1]) for k, v in self.totals.items()},
+                                   shapes=self._shapes)
+        return dataclasses.replace(result, detections=tuple(dets), analytics=analytics)
+
+    def _cross(self, j: int, seq: int, boxes: np.ndarray, dets: Sequence) -> list[Crossing]:
+        line, (a, b) = self.lines[j], self._line_px[j]
+        sides = self._sides[j]
+        tracked = [i for i, d in enumerate(dets) if d.track_id is not None]
+        out: list[Crossing] = []
+        if tracked:
+            pts = anchor_points(boxes[tracked], line.anchor)
+            dist = signed_distance(pts, a, b)
+            wh = boxes[tracked, 2:] - boxes[tracked, :2]
+            band = DEAD_BAND * np.sqrt(np.clip(wh[:, 0] * wh[:, 1], 0, None))
+            for i, p, d, m in zip(tracked, pts, dist, band, strict=True):
+                det = dets[i]
+                state = sides.get(det.track_id)
+                side = 1 if d > m else -1 if d < -m else 0
+                if state is not None:
+                    state.seen = seq
+                if side == 0:
+                    continue
+                if state is None:
+                    sides[det.track_id] = _Side(side, float(p[0]), float(p[1]), seq)
+                    continue
+                if side != state.side and _between(a, b, np.array([state.x, state.y]), p):
+                    direction: Literal["in", "out"] = "in" if side < 0 else "out"
+                    self.totals[line.name][0 if side < 0 else 1] += 1
+                    out.append(Crossing(line=line.name, track_id=det.track_id, class_id=det.class_id,
+                                        label=det.label, direction=direction))
+                state.side, state.x, state.y = side, float(p[0]), float(p[1])
+        # a track unseen for longer than the tracker keeps it is over (ids are never reused)
+        for tid in [t for t, s in sides.items() if seq - s.seen > self.max_lost_frames + 1]:
+            del sides[tid]
+        return out
+
+
+def _between(a: np.ndarray, b: np.ndarray, q: np.ndarray, p: np.ndarray) -> bool:
+    """Whether the path q -> p (its ends on opposite sides of line ab) meets the line between a and b."""
+    dq, dp = signed_distance(np.stack([q, p]), a, b)
+    x = q + (p - q) * (dq / (dq - dp))
+    ab = b - a
+    u = float(np.dot(x - a, ab) / np.dot(ab, ab))
+    return 0.0 <= u <= 1.0
+
+
+def _as_tuples(points: np.ndarray) -> tuple[tuple[float, float], ...]:
+    return tuple((float(x), float(y)) for x, y in points)
+
+
+class Analytics:
+    """A ``CameraAnalytics`` for each camera with zones or lines; other cameras pass through."""
+
+    def __init__(self, cameras: Sequence[CameraConfig], *, max_lost_frames: int = 30) -> None:
+        self._by_camera = {c.id: CameraAnalytics(c.zones, c.lines, max_lost_frames=max_lost_frames)
+                           for c in cameras if c.zones or c.lines}
+        self._crossings: dict[tuple[str, str, str, str], int] = defaultdict(int)
+
+    def __bool__(self) -> bool:
+        return bool(self._by_camera)
+
+    def apply(self, result: FrameResult) -> FrameResult:
+        cam = self._by_camera.get(result.camera_id)
+        if cam is None:
+            return result
+        result = cam.apply(result)
+        for c in result.analytics.crossings or ():  # type: ignore[union-attr]
+            self._crossings[result.camera_id, c.line, c.direction, c.label] += 1
+        return result
+
+    def take_crossings(self) -> dict[tuple[str, str, str, str], int]:
+        """Crossings per (camera, line, direction, label) since the previous call."""
+        out = dict(self._crossings)
+        self._crossings.clear()
+        return out
+
+    def zone_objects(self) -> dict[tuple[str, str], int]:
+        """Objects per (camera, zone) on each camera's latest frame."""
+        return {(cam, zone): n for cam, a in self._by_camera.items() for zone, n in a.zone_counts.items()}
+
