@@ -168,9 +168,21 @@ class Analytics:
     """A ``CameraAnalytics`` for each camera with zones or lines; other cameras pass through."""
 
     def __init__(self, cameras: Sequence[CameraConfig], *, max_lost_frames: int = 30) -> None:
-        self._by_camera = {c.id: CameraAnalytics(c.zones, c.lines, max_lost_frames=max_lost_frames)
-                           for c in cameras if c.zones or c.lines}
+        self.max_lost_frames = max_lost_frames
+        self._by_camera: dict[str, CameraAnalytics] = {}
         self._crossings: dict[tuple[str, str, str, str], int] = defaultdict(int)
+        self.update(cameras)
+
+    def update(self, cameras: Sequence[CameraConfig]) -> None:
+        """Take a reloaded config's cameras: unchanged zones and lines keep their counts and tracks."""
+        old, self._by_camera = self._by_camera, {}
+        for c in cameras:
+            if not (c.zones or c.lines):
+                continue
+            kept = old.get(c.id)
+            same = kept is not None and (kept.zones, kept.lines) == (tuple(c.zones), tuple(c.lines))
+            self._by_camera[c.id] = kept if same else CameraAnalytics(c.zones, c.lines,  # type: ignore[assignment]
+                                                                      max_lost_frames=self.max_lost_frames)
 
     def __bool__(self) -> bool:
         return bool(self._by_camera)

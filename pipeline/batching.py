@@ -87,9 +87,24 @@ class Batcher:
         self._clock = clock
         self._next = 0  # index of the camera the next scan starts at
 
-    def gather(self, arena: Arena, stop: threading.Event) -> Batch | None:
-        """Block until a batch is ready (or ``stop`` is set: then return what is gathered, or None)."""
+    def add_reader(self, reader: RingReader) -> None:
+        """Serve one more camera from the next gather on (a camera added by a config reload)."""
+        self.readers.append(reader)
+
+    def remove_reader(self, camera_id: str) -> RingReader | None:
+        """Stop serving ``camera_id``; returns its reader (None if unknown). Call between gathers."""
+        for i, r in enumerate(self.readers):
+            if r.camera_id == camera_id:
+                del self.readers[i]
+                self._next = self._next % len(self.readers) if self.readers else 0
+                return r
+        return None
+
+    def gather(self, arena: Arena, stop: threading.Event, *, idle_s: float | None = None) -> Batch | None:
+        """Block until a batch is ready (or ``stop`` is set: then return what is gathered, or None;
+        or no camera had a frame for ``idle_s`` seconds: then None)."""
         arena.reset()
+        since = time.monotonic()
         frames: list[Frame] = []
         taken: set[int] = set()
         first: float | None = None
@@ -103,6 +118,8 @@ class Batcher:
             if frames and waited >= self.policy.max_wait_s:
                 break
             if stop.is_set():
+                break
+            if first is None and idle_s is not None and time.monotonic() - since >= idle_s:
                 break
             if first is None:
                 time.sleep(_IDLE_POLL_S)

@@ -120,6 +120,14 @@ class _Uploaded:
 
 
 @dataclass(slots=True)
+class _Retire:
+    """A camera removed by a reload: follows the batches gathered before, so that the post thread
+    closes its control block only after counting their results."""
+
+    reader: RingReader
+
+
+@dataclass(slots=True)
 class _Inferred:
     batch: Batch
     pred: torch.Tensor  # (N, 4 + nc + 32, A)
@@ -134,8 +142,9 @@ class DeviceStage:
     """Runs batches from camera rings through ``backend`` and emits one ``FrameResult`` per frame."""
 
     def __init__(self, *, settings: DeviceSettings, backend: Backend, readers: Sequence[RingReader],
-                 emit: Callable[[FrameResult], None]) -> None:
+                 emit: Callable[[FrameResult], None], commands: Any = None) -> None:
         self.s = settings
+        self.commands = commands  # config reloads: ("attach", camera id, shm prefix) | ("detach", camera id)
         self.backend = backend
         self.device = backend.device
         self.cuda = self.device.type == "cuda"
@@ -237,6 +246,7 @@ class DeviceStage:
         try:
             with _on_stream(stream):
                 while not stop.is_set() and not self._stop.is_set():
+                    self._apply_commands(out)
                     if not self._credits.acquire(timeout=0.05):
                         continue
                     if not self._gather_one(stop, out, stream):
@@ -255,10 +265,28 @@ class DeviceStage:
         finally:
             out.put(_STOP)
 
+    def _apply_commands(self, out: queue.Queue[Any]) -> None:
+        """Cameras added and removed by a config reload, between two gathers (this thread owns the batcher)."""
+        while self.commands is not None:
+            try:
+                cmd = self.commands.get_nowait()
+            except queue.Empty:
+                return
+            if cmd[0] == "attach":
+                reader = RingReader(cmd[2], camera_id=cmd[1])
+                self.readers[reader.camera_id] = reader
+                self.batcher.add_reader(reader)
+            elif cmd[0] == "detach":
+                gone = self.batcher.remove_reader(cmd[1])
+                if gone is not None:
+                    gone.release_frames()  # only this thread reads frames: unmap the ring now
+                    out.put(_Retire(gone))
+
     def _gather_one(self, stop: Any, out: queue.Queue[Any], stream: Any) -> bool:
         """Gather one batch and start its upload; False when there was nothing to gather."""
         arena = self._pool.get()
-        batch = self.batcher.gather(arena, stop)
+        # with reloads possible, come back for commands at least every 0.1 s
+        batch = self.batcher.gather(arena, stop, idle_s=None if self.commands is None else 0.1)
         if batch is None:
             self._pool.put(arena)
             return False
@@ -273,6 +301,12 @@ class DeviceStage:
                 item = inq.get()
                 if item is _STOP:
                     break
+                if isinstance(item, _Retire):
+                    if out is not None:
+                        out.put(item)
+                    else:
+                        self._retire(item.reader)
+                    continue
                 if isinstance(item, _Uploaded):
                     self._credits.release()  # it left the queue: the next batch may be gathered
                 if self._error is not None:
@@ -421,8 +455,16 @@ class DeviceStage:
                                  mask=mask))
         return tuple(out)
 
+    def _retire(self, reader: RingReader) -> None:
+        if self.readers.get(reader.camera_id) is reader:  # not if the camera came back with a new ring
+            del self.readers[reader.camera_id]
+        reader.close()
+
     def _count(self, result: FrameResult) -> None:
-        c = self.readers[result.camera_id].control
+        reader = self.readers.get(result.camera_id)
+        if reader is None:  # removed by a reload while this frame was in flight
+            return
+        c = reader.control
         c.add("inferred")
         latency = (result.infer_ts - result.capture_ts) * 1000.0
         old = c.get("latency_ms")
@@ -505,14 +547,15 @@ def _on_stream(stream: Any) -> Any:
 
 
 def device_main(settings: DeviceSettings, cameras: Sequence[tuple[str, str]], results: Any, stop: Any,
-                conn: Connection) -> None:
+                conn: Connection, commands: Any = None) -> None:
     """Process target of the device stage.
 
     cameras: (camera id, shared-memory prefix) pairs. results: the sink stage's queue (FrameResults
     are put there; the supervisor adds STOP once this process has exited). stop: a multiprocessing
     Event; once set, batches already gathered are finished and the process ends. conn: one
     ``("ready", description)`` after warm-up, ``("stats", StageStats)`` about every second, or
-    ``("error", one line)`` before a non-zero exit.
+    ``("error", one line)`` before a non-zero exit. commands: optional queue of camera changes from
+    config reloads, ``("attach", camera id, prefix)`` or ``("detach", camera id)``.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor owns shutdown
     stage = None
@@ -520,7 +563,8 @@ def device_main(settings: DeviceSettings, cameras: Sequence[tuple[str, str]], re
     try:
         backend = settings.load_backend()
         readers = [RingReader(prefix, camera_id=cid) for cid, prefix in cameras]
-        stage = DeviceStage(settings=settings, backend=backend, readers=readers, emit=results.put)
+        stage = DeviceStage(settings=settings, backend=backend, readers=readers, emit=results.put,
+                            commands=commands)
         stage.warmup()
         conn.send(("ready", f"{backend!r} input {stage.size[1]}x{stage.size[0]} (WxH)"))
         stage.run(stop, report=lambda stats: conn.send(("stats", stats)))

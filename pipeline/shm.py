@@ -351,7 +351,12 @@ class RingReader:
             self._gen = gen
         return self._seg
 
-    def close(self) -> None:
+    def release_frames(self) -> None:
+        """Unmap the frame slots (a removed camera's), keeping the control block."""
         if self._seg is not None:
             self._seg.close()
+            self._seg = None
+
+    def close(self) -> None:
+        self.release_frames()
         self.control.close()

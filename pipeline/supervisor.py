@@ -15,6 +15,12 @@ already gathered and exits -> STOP goes to the sink stage, which flushes and clo
 every shared-memory segment is unlinked. While waiting, the supervisor drains the sink queue itself if
 the sink stage is gone, so the device stage never blocks on it.
 
+Reload (``request_reload``; ``segpipe run`` calls it on SIGHUP): the config is read again; removed
+cameras are stopped (their decoder, then their ring is detached from the device stage and unlinked;
+status ``stopped``), added ones started, changed ones both; new zones and lines go to the sink stage.
+The other cameras, the model and the sinks run on untouched. A config that does not load is reported
+and the running one kept.
+
 Children ignore SIGINT (inherited SIG_IGN): Ctrl-C reaches the whole process group, but only the
 supervisor decides how to stop. On Linux they also die with the supervisor (PR_SET_PDEATHSIG).
 """
@@ -95,8 +101,10 @@ class Supervisor:
     """Runs one pipeline from a validated ``RunConfig``; ``run()`` returns the exit code (0 or 1)."""
 
     def __init__(self, *, cfg: RunConfig, on_status: Callable[[CameraStatus], None] | None = None,
-                 on_tick: Callable[[Supervisor], None] | None = None, metrics: Any = None) -> None:
+                 on_tick: Callable[[Supervisor], None] | None = None, metrics: Any = None,
+                 reloader: Callable[[], RunConfig] | None = None) -> None:
         self.cfg = cfg
+        self.reloader = reloader  # reads the config again (raises SegpipeError on a bad one)
         self.ctx = mp.get_context("spawn")
         self.on_status = on_status
         self.on_tick = on_tick
@@ -111,7 +119,10 @@ class Supervisor:
         self._device: Any = None
         self._device_conn: Connection | None = None
         self._device_stop: Any = None
+        self._device_cmds: Any = None
         self._sink: Any = None
+        self._reload = False
+        self._next_index = 0  # shared-memory index of the next camera (never reused in a run)
         self._prefix = f"{shm.ROOT}{os.getpid()}_"
         self._rng = random.Random()
 
@@ -124,6 +135,10 @@ class Supervisor:
             if proc is not None and proc.pid and proc.is_alive():
                 out[name] = proc.pid
         return out
+
+    def request_reload(self) -> None:
+        """Ask for the config to be read again and applied (signal-safe: only sets a flag)."""
+        self._reload = True
 
     def request_stop(self, reason: str) -> None:
         """Ask for a graceful shutdown (signal handlers call this; safe to call repeatedly)."""
@@ -155,20 +170,16 @@ class Supervisor:
 
         self._inbox = self.ctx.Queue(SINK_QUEUE_SIZE)
         self._stats = self.ctx.Queue(STATS_QUEUE_SIZE)
-        for i, cam in enumerate(self.cfg.cameras):
-            prefix = shm.prefix_for(i)
-            handle = CameraHandle(
-                settings=DecoderSettings.from_config(cam), prefix=prefix,
-                control=shm.ControlBlock(prefix, create=True), heartbeat_timeout_s=cam.heartbeat_timeout_s,
-                machine=CameraStateMachine(camera_id=cam.id, emit=lambda s: None, announce=False))
-            self.cameras.append(handle)
+        for cam in self.cfg.cameras:
+            self.cameras.append(self._new_handle(cam))
         self._sink = self._spawn("sinks", run_sink_stage, inbox=self._inbox, configs=list(self.cfg.sinks),
                                  stats=self._stats, tracking=self.cfg.tracking, cameras=self.cfg.cameras)
         self._device_stop = self.ctx.Event()
+        self._device_cmds = self.ctx.Queue() if self.reloader is not None else None
         reader, writer = self.ctx.Pipe(duplex=False)
         cams = [(c.camera_id, c.prefix) for c in self.cameras]
         self._device = self._spawn("device", device_main, DeviceSettings.from_config(self.cfg), cams,
-                                   self._inbox, self._device_stop, writer)
+                                   self._inbox, self._device_stop, writer, self._device_cmds)
         writer.close()
         self._device_conn = reader
         # Decoders start once the model is loaded and warm: a short file would otherwise be over
@@ -179,6 +190,14 @@ class Supervisor:
         if self._stop_reason is None:
             for cam in self.cameras:
                 self._start_decoder(cam, initial=S.CONNECTING)
+
+    def _new_handle(self, cam: Any) -> CameraHandle:
+        prefix = shm.prefix_for(self._next_index)
+        self._next_index += 1
+        return CameraHandle(
+            settings=DecoderSettings.from_config(cam), prefix=prefix,
+            control=shm.ControlBlock(prefix, create=True), heartbeat_timeout_s=cam.heartbeat_timeout_s,
+            machine=CameraStateMachine(camera_id=cam.id, emit=lambda s: None, announce=False))
 
     def _spawn(self, name: str, target: Callable[..., None], *args: Any, **kwargs: Any) -> Any:
         proc = self.ctx.Process(target=_child_main, args=(target, *args), kwargs=kwargs, name=f"segpipe-{name}")
@@ -208,6 +227,9 @@ class Supervisor:
             self._poll(_TICK_S)
             self._watch_decoders()
             self._watch_stages()
+            if self._reload:
+                self._reload = False
+                self._apply_reload()
             if all(c.done for c in self.cameras):
                 self.request_stop("all cameras ended")
             if time.monotonic() >= next_tick:
@@ -398,6 +420,75 @@ class Supervisor:
                 cam.control.close()
             n = shm.unlink_all(self._prefix)
             log.info("event=stopped shm_segments_unlinked=%d errors=%d", n, len(self.errors))
+
+    # ----------------------------------------------------------------------------- reload
+
+    def read_config(self) -> RunConfig | None:
+        """The config read again by ``reloader``; None (each problem logged) when it does not load."""
+        from engines.errors import SegpipeError
+
+        if self.reloader is None:
+            log.warning("event=reload_ignored reason=no_config_to_read")
+            return None
+        try:
+            return self.reloader()
+        except SegpipeError as e:
+            for line in str(e).splitlines():
+                log.error("event=reload_failed error=%r", line)
+            log.error("event=reload_failed kept=running_config")
+            return None
+
+    def _apply_reload(self) -> None:
+        from pipeline.reload import plan_reload
+        from pipeline.sinks.stage import CamerasUpdate
+
+        new = self.read_config()
+        if new is None:
+            return
+        if not new.cameras:
+            log.error("event=reload_failed error='no camera left for this replica' kept=running_config")
+            return
+        plan = plan_reload(self.cfg, new)
+        for name in plan.ignored:
+            log.warning("event=reload_ignored section=%s reason='needs a restart'", name)
+        self._remove_cameras(plan.stop)
+        for cam in plan.start:
+            handle = self._new_handle(cam)
+            self.cameras.append(handle)
+            self._device_cmds.put(("attach", handle.camera_id, handle.prefix))
+            self._start_decoder(handle, initial=S.CONNECTING)
+            log.info("camera=%s event=camera_added url=%s", cam.id, cam.redacted_url)
+        if plan.changes_cameras:
+            self._inbox.put(CamerasUpdate(cameras=plan.cameras), timeout=5.0)
+        self.cfg = self.cfg.model_copy(update={"cameras": plan.cameras})
+        log.info("event=reloaded stopped=%d started=%d shapes_changed=%s", len(plan.stop), len(plan.start),
+                 plan.shapes)
+
+    def _remove_cameras(self, camera_ids: tuple[str, ...]) -> None:
+        gone = [c for c in self.cameras if c.camera_id in camera_ids]
+        for cam in gone:  # all asked at once, then waited for together
+            cam.control.set("stop", 1)
+            cam.restart_at = None
+        deadline = time.monotonic() + DECODER_STOP_GRACE_S
+        for cam in gone:
+            if cam.proc is not None:
+                cam.proc.join(max(0.0, deadline - time.monotonic()))
+                if cam.proc.is_alive():
+                    cam.proc.kill()
+                    cam.proc.join(5)
+                cam.proc = None
+            if cam.conn is not None:
+                self._decoder_messages(cam)  # its last statuses first
+            if cam.conn is not None:
+                cam.conn.close()
+                cam.conn = None
+            self._own_transition(cam, S.STOPPED, "removed from the config")
+            self._device_cmds.put(("detach", cam.camera_id))
+            self.cameras.remove(cam)
+            cam.control.close()
+            # the device stage keeps its mappings until it lets go of them; the names can go now
+            shm.unlink_all(cam.prefix + "_")
+            log.info("camera=%s event=camera_removed", cam.camera_id)
 
     def _stop_decoders(self) -> None:
         for cam in self.cameras:

@@ -24,6 +24,7 @@ track, ``track_id`` stays None. No detection is ever removed or changed otherwis
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -279,6 +280,12 @@ class CameraTrackers:
         ids = tracker.update(result.seq, boxes, scores, classes)
         tracked = tuple(dataclasses.replace(d, track_id=i) for d, i in zip(dets, ids, strict=True))
         return dataclasses.replace(result, detections=tracked)
+
+    def forget(self, camera_ids: Sequence[str]) -> None:
+        """Drop the tracks of cameras removed from the run (a config reload)."""
+        for cid in camera_ids:
+            for held in (self._by_camera, self._gap_at, self._reported):
+                held.pop(cid, None)
 
     def active(self) -> dict[str, int]:
         """Confirmed tracks held per camera."""

@@ -2,6 +2,8 @@
 
 Exit codes: 0 when the run ended normally (stopped by a signal, or every file camera ended), 1 on a
 runtime failure (a stage died, a camera gave up), 2 on a config error (nothing is started).
+SIGHUP reads the config again and applies its cameras (added, removed, changed; zones and lines)
+without stopping the others (``pipeline.reload``); a config that does not load is logged and ignored.
 """
 
 from __future__ import annotations
@@ -60,21 +62,27 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.shard import parse_shard, select, shard_from_env
 
     shard = parse_shard(args.shard) if args.shard else shard_from_env()
-    cfg = load_config(args.config)  # ConfigErrors: every problem, exit 2, nothing started
-    if shard is not None:
-        cfg = cfg.with_cameras(select([c.id for c in cfg.cameras], shard))
+
+    def load() -> Any:
+        cfg = load_config(args.config)  # ConfigErrors: every problem, exit 2, nothing started
+        return cfg.with_cameras(select([c.id for c in cfg.cameras], shard)) if shard is not None else cfg
+
+    cfg = load()
     if args.check:
         where = f" (shard {shard}: {len(cfg.cameras)} of them here)" if shard else ""
         print(f"{args.config}: OK: {len(cfg.cameras)} camera(s){where}, {len(cfg.sinks)} sink(s), "
               f"model {cfg.model.path}")
         return 0
     setup_logging(args.log_level, args.log_format)
-    cfg = resolve_demo(cfg, on_render=lambda cam, url: log.info(
-        "camera=%s event=demo_clip url=%s (rendered into the cache on first use)", cam, url))
-    return _run(cfg, args, shard)
+
+    def resolved(cfg: Any) -> Any:
+        return resolve_demo(cfg, on_render=lambda cam, url: log.info(
+            "camera=%s event=demo_clip url=%s (rendered into the cache on first use)", cam, url))
+
+    return _run(resolved(cfg), args, shard, reloader=lambda: resolved(load()))
 
 
-def _run(cfg: Any, args: argparse.Namespace, shard: Any) -> int:
+def _run(cfg: Any, args: argparse.Namespace, shard: Any, reloader: Any = None) -> int:
     from pipeline.console import Console
     from pipeline.metrics import Metrics, MetricsServer
     from pipeline.supervisor import Supervisor
@@ -95,19 +103,30 @@ def _run(cfg: Any, args: argparse.Namespace, shard: Any) -> int:
         if console is not None:
             console.update([(c.camera_id, c.machine.state, c.control.snapshot()) for c in sup.cameras])
 
-    sup = Supervisor(cfg=cfg, metrics=metrics, on_tick=on_tick)
+    sup = Supervisor(cfg=cfg, metrics=metrics, on_tick=on_tick, reloader=reloader)
 
     def on_signal(signum: int, _frame: Any) -> None:
         stop.set()
         sup.request_stop(signal.Signals(signum).name)
 
+    hangup = threading.Event()
+
+    def on_hangup(_signum: int, _frame: Any) -> None:
+        log.info("event=reload_requested signal=SIGHUP config=%s", args.config)
+        hangup.set()
+        sup.request_reload()
+
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    old[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hangup)
     try:
-        if not cfg.cameras:  # a replica that owns no camera of the shard: stay up, idle, until stopped
+        if not cfg.cameras:  # a replica that owns no camera of the shard: idle until stopped or given one
             log.warning("event=idle reason=no_cameras_in_shard shard=%s", shard)
-            while not stop.wait(1.0):
-                pass
-            return 0
+        while not sup.cfg.cameras:
+            if stop.wait(1.0):
+                return 0
+            if hangup.is_set():
+                hangup.clear()
+                sup.cfg = sup.read_config() or sup.cfg
         code = sup.run()
     finally:
         for s, h in old.items():

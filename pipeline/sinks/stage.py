@@ -22,6 +22,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pipeline.config import CameraConfig, TrackingConfig
@@ -48,6 +49,14 @@ def is_stop(item: Any) -> bool:
     return item is STOP or type(item) is object
 
 
+@dataclass(frozen=True, slots=True)
+class CamerasUpdate:
+    """The run's cameras after a config reload (supervisor -> sink stage, through the inbox): new zones
+    and lines take effect from the next frame; removed cameras' tracks are dropped."""
+
+    cameras: tuple[CameraConfig, ...]
+
+
 class SinkStage:
     """Serialise once, fan out to sinks, count. Usable in-process (tests) or via ``run_sink_stage``."""
 
@@ -55,17 +64,14 @@ class SinkStage:
                  tracking: TrackingConfig | None = None, cameras: Sequence[CameraConfig] = ()) -> None:
         self.stage = stage
         self.sinks = list(sinks)
-        tracking = tracking or TrackingConfig()
+        tracking = self.tracking = tracking or TrackingConfig()
         self.trackers: CameraTrackers | None = None
         if tracking.enabled:
             from pipeline.tracking import CameraTrackers  # scipy: loaded only when tracking is on
 
             self.trackers = CameraTrackers(tracking)
         self.analytics: Analytics | None = None
-        if any(c.zones or c.lines for c in cameras):
-            from pipeline.analytics import Analytics
-
-            self.analytics = Analytics(cameras, max_lost_frames=tracking.max_lost_frames)
+        self.update_cameras(cameras)
         self._e2e: dict[str, list[float]] = defaultdict(list)
         self._step: list[float] = []
         self._bad: dict[tuple[str, str], int] = defaultdict(int)
@@ -86,6 +92,20 @@ class SinkStage:
                 sink.close(timeout=1.0)
             raise
         return cls(sinks=built, stage=stage, tracking=tracking, cameras=cameras)
+
+    def update_cameras(self, cameras: Sequence[CameraConfig]) -> None:
+        """Take the run's (new) cameras: their zones and lines; forget the tracks of cameras gone."""
+        ids = {c.id for c in cameras}
+        if self.trackers is not None:
+            self.trackers.forget([cid for cid in self.trackers.active() if cid not in ids])
+        if not any(c.zones or c.lines for c in cameras):
+            self.analytics = None
+        elif self.analytics is None:
+            from pipeline.analytics import Analytics
+
+            self.analytics = Analytics(cameras, max_lost_frames=self.tracking.max_lost_frames)
+        else:
+            self.analytics.update(cameras)
 
     def handle(self, item: FrameResult | CameraStatus, *, image: Any = None) -> None:
         """Publish one item to every interested sink. Never raises for a bad item: counts it."""
@@ -214,6 +234,8 @@ def run_sink_stage(*, inbox: Any, configs: Sequence[SinkConfig], stats: Any = No
                     break
                 if isinstance(item, FramePreview):
                     sink_stage.handle(item.result, image=item.image)
+                elif isinstance(item, CamerasUpdate):
+                    sink_stage.update_cameras(item.cameras)
                 else:
                     sink_stage.handle(item)
             if time.monotonic() >= next_report:

@@ -1,0 +1,53 @@
+"""What a config reload (SIGHUP to ``segpipe run``) changes in a running pipeline.
+
+Imports nothing from pipeline/ at run time. Cameras are matched by id. A camera whose decoder settings
+changed (url, fps, timeouts...) is stopped and started again; one whose zones or lines alone changed
+keeps its decoder, and the sink stage takes its new shapes. Every other section (model, masks, batch,
+sinks, tracking, metrics) belongs to processes that cannot change under a running stream: a change
+there is reported and ignored until the next restart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pipeline.config import CameraConfig, RunConfig
+
+_SHAPES = {"zones", "lines"}
+_FIXED = ("model", "masks", "batch", "sinks", "tracking", "metrics")
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadPlan:
+    """stop: ids of the cameras to stop (removed, or changed); start: cameras to start (added, or
+    changed), in config order; shapes: whether any camera's zones or lines differ; ignored: sections
+    that changed but need a restart; cameras: the new config's cameras."""
+
+    stop: tuple[str, ...]
+    start: tuple[CameraConfig, ...]
+    shapes: bool
+    ignored: tuple[str, ...]
+    cameras: tuple[CameraConfig, ...]
+
+    @property
+    def changes_cameras(self) -> bool:
+        return bool(self.stop or self.start or self.shapes)
+
+
+def plan_reload(old: RunConfig, new: RunConfig) -> ReloadPlan:
+    """The changes that take ``old`` to ``new`` in a running pipeline (see the module doc)."""
+    before = {c.id: c for c in old.cameras}
+    after = {c.id: c for c in new.cameras}
+    changed = {cid for cid in before.keys() & after.keys()
+               if before[cid].model_dump(exclude=_SHAPES) != after[cid].model_dump(exclude=_SHAPES)}
+    stop = tuple(cid for cid in before if cid not in after or cid in changed)
+    start = tuple(c for c in new.cameras if c.id not in before or c.id in changed)
+
+    def shapes(c: CameraConfig | None) -> tuple:
+        return (c.zones, c.lines) if c is not None else ((), ())
+
+    differ = any(shapes(before.get(cid)) != shapes(after.get(cid)) for cid in before.keys() | after.keys())
+    ignored = tuple(name for name in _FIXED if getattr(old, name) != getattr(new, name))
+    return ReloadPlan(stop=stop, start=start, shapes=differ, ignored=ignored, cameras=new.cameras)

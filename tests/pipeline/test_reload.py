@@ -1,0 +1,149 @@
+"""Config reload (SIGHUP to `segpipe run`): what a new config changes (pipeline.reload.plan_reload), and a
+real run that gains a camera, takes new zones, survives a broken config and loses a camera while the
+others stream on."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+from pipeline import shm
+from pipeline.config import parse_config
+from pipeline.reload import plan_reload
+from tests.conftest import REPO
+from tests.pipeline.media import write_clip
+
+ZONE = {"name": "all", "polygon": [[0, 0], [1, 0], [1, 1], [0, 1]]}
+LINE = {"name": "mid", "points": [[0, 0.5], [1, 0.5]]}
+
+
+def _cfg(cameras: list[dict], **over: object) -> dict:
+    return {"model": {"path": "m.pt"}, "tracking": {"enabled": True}, "cameras": cameras, **over}
+
+
+def test_plan_matches_cameras_by_id() -> None:
+    old = parse_config(_cfg([{"id": "a", "url": "a.mp4"}, {"id": "b", "url": "b.mp4"},
+                             {"id": "c", "url": "c.mp4", "zones": [ZONE]}]), check_files=False)
+    same = plan_reload(old, old)
+    assert (same.stop, same.start, same.shapes, same.ignored, same.changes_cameras) == ((), (), False, (), False)
+    new = parse_config(_cfg([{"id": "d", "url": "d.mp4"}, {"id": "b", "url": "b.mp4", "fps": 5},
+                             {"id": "c", "url": "c.mp4", "lines": [LINE]}], model={"path": "n.pt"},
+                            batch={"max_batch": 2}), check_files=False)
+    plan = plan_reload(old, new)
+    assert plan.stop == ("a", "b")                       # removed, and changed decoder settings
+    assert [c.id for c in plan.start] == ["d", "b"]      # in the new config's order
+    assert plan.shapes and plan.ignored == ("model", "batch") and plan.cameras == new.cameras
+    shapes_only = parse_config(_cfg([{"id": "a", "url": "a.mp4", "zones": [ZONE]}, {"id": "b", "url": "b.mp4"},
+                                     {"id": "c", "url": "c.mp4", "zones": [ZONE]}]), check_files=False)
+    plan = plan_reload(old, shapes_only)
+    assert (plan.stop, plan.start, plan.shapes) == ((), (), True)  # a keeps its decoder
+
+
+def _events(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _wait(proc: subprocess.Popen, what: str, cond: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert proc.poll() is None, f"segpipe run exited waiting for {what}: {proc.communicate()[1][-3000:]}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_sighup_applies_a_new_config_to_a_running_pipeline(tmp_path: Path) -> None:
+    clip = write_clip(tmp_path / "clip.mp4", frames=15, fps=15, size=(96, 64))
+    events, err_log = tmp_path / "events.jsonl", tmp_path / "stderr.log"
+    base = {"model": {"path": "yolov8n-seg.yaml", "device": "cpu", "imgsz": 64, "conf": 1e-6, "max_det": 4,
+                      "threads": 1},
+            "batch": {"max_batch": 4, "max_wait_ms": 5, "max_age_ms": 5000},
+            "sinks": [{"type": "jsonl", "path": str(events)}], "metrics": {"enabled": False}}
+    cam = {"url": str(clip), "loop": True}
+    path = tmp_path / "cameras.yaml"
+
+    def write(cameras: list[dict], **over: object) -> None:
+        path.write_text(yaml.safe_dump({**base, "cameras": cameras, **over}))
+
+    def frames(camera: str, **where: object) -> list[dict]:
+        return [e for e in _events(events) if e["kind"] == "frame" and e["camera"] == camera
+                and all(k in e for k in where)]
+
+    write([{"id": "a", **cam}])
+    with open(err_log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(path), "--no-console"], cwd=REPO,
+                                stdout=subprocess.DEVNULL, stderr=err, text=True)
+    try:
+        _wait(proc, "camera a's frames", lambda: len(frames("a")) >= 5)
+        # 1: camera b added, zones for a (its decoder kept), a model change that needs a restart
+        write([{"id": "a", **cam, "zones": [ZONE]}, {"id": "b", **cam}],
+              model={**base["model"], "conf": 0.5})
+        proc.send_signal(signal.SIGHUP)
+        _wait(proc, "camera b's frames and a's zones",
+              lambda: len(frames("b")) >= 5 and len(frames("a", zone_counts=1)) >= 3)
+        # 2: a broken config is reported and the running one kept
+        path.write_text("cameras: [{id: a}]\n")
+        proc.send_signal(signal.SIGHUP)
+        _wait(proc, "the reload error", lambda: "event=reload_failed kept=running_config" in err_log.read_text())
+        n_b = len(frames("b"))
+        _wait(proc, "camera b streaming on", lambda: len(frames("b")) >= n_b + 5)
+        # 3: camera a removed, camera b restarted with a new setting (a new ring under the same id)
+        write([{"id": "b", **cam, "fps": 12}])
+        proc.send_signal(signal.SIGHUP)
+        _wait(proc, "camera a stopped", lambda: any(e["kind"] == "status" and e["camera"] == "a"
+                                                    and e["state"] == "stopped" for e in _events(events)))
+        n_a, n_b = len(frames("a")), len(frames("b"))
+        _wait(proc, "camera b streaming on", lambda: len(frames("b")) >= n_b + 10)
+        assert len(frames("a")) <= n_a + 4  # at most the frames already in flight
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = err_log.read_text()
+    assert proc.returncode == 0, log[-3000:]
+    assert "Traceback" not in log
+    assert "event=reload_ignored section=model" in log
+    assert re.search(r"event=reload_failed error=\"?'?cameras\[0\]\.url: required key is missing", log), log
+    assert "camera=a event=camera_removed" in log and log.count("camera=b event=camera_added") == 2
+    states_a = [e["state"] for e in _events(events) if e["kind"] == "status" and e["camera"] == "a"]
+    assert states_a.count("connecting") == 1 and states_a[-1] == "stopped"  # zones alone never restarted it
+    states_b = [e["state"] for e in _events(events) if e["kind"] == "status" and e["camera"] == "b"]
+    assert states_b.count("connecting") == 2 and "stopped" in states_b[:-1]
+    assert shm.list_segments(f"{shm.ROOT}{proc.pid}_") == []
+
+
+def test_an_idle_replica_starts_when_a_reload_gives_it_cameras(tmp_path: Path) -> None:
+    from pipeline.shard import Shard, select
+
+    clip = write_clip(tmp_path / "clip.mp4", frames=15, fps=15, size=(96, 64))
+    ids = [f"cam{i}" for i in range(12)]
+    ours, theirs = select(ids, Shard(1, 2)), select(ids, Shard(0, 2))
+    events, path = tmp_path / "events.jsonl", tmp_path / "cameras.yaml"
+    base = {"model": {"path": "yolov8n-seg.yaml", "device": "cpu", "imgsz": 64, "conf": 1e-6, "max_det": 4,
+                      "threads": 1},
+            "sinks": [{"type": "jsonl", "path": str(events)}], "metrics": {"enabled": False}}
+    path.write_text(yaml.safe_dump({**base, "cameras": [{"id": theirs[0], "url": str(clip), "loop": True}]}))
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(path), "--no-console", "--shard", "1/2"],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(2)
+        assert proc.poll() is None and not events.exists()  # idle: nothing of its own to run
+        path.write_text(yaml.safe_dump({**base, "cameras": [{"id": c, "url": str(clip), "loop": True}
+                                                            for c in (theirs[0], ours[0])]}))
+        proc.send_signal(signal.SIGHUP)
+        _wait(proc, "its camera's frames", lambda: sum(e["kind"] == "frame" for e in _events(events)) >= 5)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    assert {e["camera"] for e in _events(events)} == {ours[0]} and "event=idle" in err
