@@ -6,7 +6,10 @@ another resolution keeps its zones; they are turned into frame pixels at the fir
 
 - A zone holds the objects whose anchor point (``bottom``: the middle of the box's bottom edge, where
   an object meets the road or the belt; ``center``) lies inside its polygon (even-odd rule). Every
-  detection lists its zones; the frame says how many objects each zone holds.
+  detection lists its zones; the frame says how many objects each zone holds. A tracked object also
+  says how long it has been in each of its zones (``dwell_s``, stream time: pts, else capture time),
+  counted from the first result that saw it inside, through frames where it was not seen at all (hidden
+  for up to the tracker's ``max_lost_frames``), until a result sees it outside.
 - A line counts tracked objects whose anchor goes from one side of it to the other, between its two
   end points: ``in`` when the object ends on the left of first point -> second point as seen on the
   picture, ``out`` on its right. An object is on a side only once its anchor is further from the line
@@ -78,6 +81,7 @@ class CameraAnalytics:
         self._line_px: list[tuple[np.ndarray, np.ndarray]] = []
         self._shapes: dict[str, dict[str, tuple[tuple[float, float], ...]]] = {}
         self._sides: list[dict[int, _Side]] = [{} for _ in self.lines]
+        self._entered: list[dict[int, list[float]]] = [{} for _ in self.zones]  # track -> [since, seen seq]
         self._last_seq: int | None = None
         self.totals: dict[str, list[int]] = {ln.name: [0, 0] for ln in self.lines}
         self.zone_counts: dict[str, int] = {}
@@ -98,6 +102,7 @@ class CameraAnalytics:
         self._scale(tuple(int(v) for v in result.frame_size))  # type: ignore[arg-type]
         if self._last_seq is not None and result.seq <= self._last_seq:
             self._sides = [{} for _ in self.lines]  # the stream started again: its tracks are new
+            self._entered = [{} for _ in self.zones]
         self._last_seq = result.seq
         dets = result.detections
         boxes = np.array([d.box for d in dets], np.float64).reshape(-1, 4)
@@ -108,7 +113,9 @@ class CameraAnalytics:
                 members[:, j] = inside(anchor_points(boxes, zone.anchor), poly)
             zone_counts = {z.name: int(members[:, j].sum()) for j, z in enumerate(self.zones)}
             self.zone_counts = zone_counts
-            dets = tuple(dataclasses.replace(d, zones=tuple(z.name for z, m in zip(self.zones, row, strict=True) if m))
+            dwell = self._dwell(result, members)
+            dets = tuple(dataclasses.replace(d, zones=tuple(z.name for z, m in zip(self.zones, row, strict=True) if m),
+                                             dwell_s=dwell.get(d.track_id) if d.track_id is not None else None)
                          for d, row in zip(dets, members, strict=True))
         crossings = None
         if self.lines:
@@ -118,9 +125,33 @@ class CameraAnalytics:
                                    shapes=self._shapes)
         return dataclasses.replace(result, detections=tuple(dets), analytics=analytics)
 
+    def _dwell(self, result: FrameResult, members: np.ndarray) -> dict[int, dict[str, float]]:
+        """Seconds each tracked detection has been in each zone it is in, by track id."""
+        now = result.pts if result.pts is not None else result.capture_ts
+        seq = result.seq
+        tracks = [d.track_id for d in result.detections]
+        out: dict[int, dict[str, float]] = {}
+        for j, zone in enumerate(self.zones):
+            entered = self._entered[j]
+            for tid in [t for t, (_, seen) in entered.items() if seq - seen > self.max_lost_frames + 1]:
+                del entered[tid]
+            for tid, is_in in zip(tracks, members[:, j], strict=True):
+                if tid is None:
+                    continue
+                if not is_in:
+                    entered.pop(tid, None)  # seen outside: left
+                    continue
+                since = entered.setdefault(tid, [now, seq])
+                since[0], since[1] = min(since[0], now), seq  # a clock that went back restarts it
+                out.setdefault(tid, {})[zone.name] = round(now - since[0], 3)
+        return out
+
     def _cross(self, j: int, seq: int, boxes: np.ndarray, dets: Sequence) -> list[Crossing]:
         line, (a, b) = self.lines[j], self._line_px[j]
         sides = self._sides[j]
+        # a track unseen for longer than the tracker keeps it is over (ids are never reused)
+        for tid in [t for t, s in sides.items() if seq - s.seen > self.max_lost_frames + 1]:
+            del sides[tid]
         tracked = [i for i, d in enumerate(dets) if d.track_id is not None]
         out: list[Crossing] = []
         if tracked:
@@ -145,9 +176,6 @@ class CameraAnalytics:
                     out.append(Crossing(line=line.name, track_id=det.track_id, class_id=det.class_id,
                                         label=det.label, direction=direction))
                 state.side, state.x, state.y = side, float(p[0]), float(p[1])
-        # a track unseen for longer than the tracker keeps it is over (ids are never reused)
-        for tid in [t for t, s in sides.items() if seq - s.seen > self.max_lost_frames + 1]:
-            del sides[tid]
         return out
 
 

@@ -60,6 +60,8 @@ def _detection_json(det: Detection, size_hw: list[int]) -> dict[str, Any]:
         out["track_id"] = int(det.track_id)
     if det.zones is not None:
         out["zones"] = list(det.zones)
+    if det.dwell_s:
+        out["dwell_s"] = {k: round(float(v), 3) for k, v in det.dwell_s.items()}
     return out
 
 

@@ -69,7 +69,7 @@ class Detection:
     ``[[x1, y1, x2, y2, ...], ...]`` in frame pixels, or None when masks are off. track_id: the same
     object across its camera's frames (>= 1), None when tracking is off or its track is unconfirmed.
     zones: names of the camera's zones the object is in (``pipeline.analytics``), None when the camera
-    has no zones.
+    has no zones. dwell_s: for a tracked object in zones, seconds it has been in each (zone -> s).
     """
 
     class_id: int
@@ -79,6 +79,7 @@ class Detection:
     mask: dict[str, Any] | list[list[float]] | None = None
     track_id: int | None = None
     zones: tuple[str, ...] | None = None
+    dwell_s: Mapping[str, float] | None = None
 
     def __post_init__(self) -> None:
         _expect(len(self.box) == 4, "Detection.box", "4 numbers", self.box)

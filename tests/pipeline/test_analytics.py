@@ -23,8 +23,8 @@ def _det(cx: float, bottom: float, *, track: int | None = 1, w: float = 20, h: f
                      track_id=track)
 
 
-def _frame(seq: int, *dets: Detection, size: tuple[int, int] = (W, H)) -> FrameResult:
-    return FrameResult(camera_id="cam", seq=seq, pts=None, capture_ts=time.time(), infer_ts=time.time(),
+def _frame(seq: int, *dets: Detection, size: tuple[int, int] = (W, H), pts: float | None = None) -> FrameResult:
+    return FrameResult(camera_id="cam", seq=seq, pts=pts, capture_ts=time.time(), infer_ts=time.time(),
                        frame_size=size, model="m", detections=dets)
 
 
@@ -64,6 +64,23 @@ def test_zones_list_members_and_count_every_frame() -> None:
     assert res.analytics.zone_counts == {"left": 1, "top": 2} and res.analytics.crossings is None
     assert an.apply(_frame(1)).analytics.zone_counts == {"left": 0, "top": 0}
     assert res.detections[0].track_id is None and res.detections[0].box == _det(50, 90).box  # nothing else changes
+
+
+def test_dwell_counts_stream_time_inside_through_hidden_frames() -> None:
+    left = ZoneConfig(name="left", polygon=((0, 0), (0.5, 0), (0.5, 1), (0, 1)))
+    an = CameraAnalytics([left], [], max_lost_frames=5)
+    # (seq, x of track 1 or None when hidden); pts = seq / 10 s; x < 200 is inside
+    path = [(0, 300), (1, 150), (2, 120), (3, None), (4, None), (5, 100), (6, 300), (7, 150)]
+    dwell = []
+    for seq, x in path:
+        dets = (_det(x, 100), _det(50, 100, track=None)) if x is not None else (_det(50, 100, track=None),)
+        res = an.apply(_frame(seq, *dets, pts=seq / 10))
+        dwell.append(res.detections[0].dwell_s if x is not None else "hidden")
+        assert res.detections[-1].dwell_s is None  # untracked: in the zone, but no dwell
+    assert dwell == [None, {"left": 0.0}, {"left": 0.1}, "hidden", "hidden", {"left": 0.4}, None, {"left": 0.0}]
+    # hidden longer than the tracker keeps a track, then back inside: counted afresh
+    res = an.apply(_frame(20, _det(150, 100), pts=2.0))
+    assert res.detections[0].dwell_s == {"left": 0.0}
 
 
 def test_line_counts_each_direction_once() -> None:

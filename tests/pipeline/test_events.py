@@ -91,12 +91,14 @@ def test_zones_and_crossings_are_published_for_cameras_that_have_them(validator:
     assert not {"zone_counts", "crossings"} & set(plain) and all("zones" not in d for d in plain["detections"])
     dets = tuple(dataclasses.replace(d, zones=z) for d, z in zip(res.detections, [("dock",), (), ("dock", "aisle")],
                                                                  strict=True))
+    dets = (dataclasses.replace(dets[0], track_id=3, dwell_s={"dock": 12.34567}), *dets[1:])
     crossing = Crossing(line="gate", track_id=4, class_id=2, label="car", direction="in")
     analytics = FrameAnalytics(zone_counts={"dock": 2, "aisle": 1}, crossings=(crossing,), line_totals={"gate": (1, 0)},
                                shapes={"lines": {"gate": ((0.0, 1.0), (2.0, 3.0))}})
     event = json.loads(encode(to_event(dataclasses.replace(res, detections=dets, analytics=analytics))))
     validator.validate(event)
     assert [d["zones"] for d in event["detections"]] == [["dock"], [], ["dock", "aisle"]]
+    assert event["detections"][0]["dwell_s"] == {"dock": 12.346} and "dwell_s" not in event["detections"][1]
     assert event["zone_counts"] == {"dock": 2, "aisle": 1}
     assert event["crossings"] == [{"line": "gate", "direction": "in", "track_id": 4, "class_id": 2, "label": "car"}]
     assert "shapes" not in json.dumps(event) and "line_totals" not in event  # drawing aids stay in the process
@@ -156,6 +158,7 @@ _DELETE = object()
     (["detections", 0, "track_id"], "7"),
     (["detections", 0, "zones"], "dock"),
     (["zone_counts"], {"dock": -1}),
+    (["detections", 0, "dwell_s"], {"dock": "long"}),
     (["crossings"], [{"line": "gate", "direction": "up", "track_id": 1, "class_id": 0, "label": "car"}]),
     (["crossings"], [{"line": "gate", "direction": "in", "class_id": 0, "label": "car"}]),
 ])
