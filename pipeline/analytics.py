@@ -30,7 +30,7 @@ from typing import Literal
 import numpy as np
 
 from pipeline.config import CameraConfig, LineConfig, ZoneConfig
-from pipeline.messages import Crossing, FrameAnalytics, FrameResult
+from pipeline.messages import Crossing, Detection, FrameAnalytics, FrameResult
 
 DEAD_BAND = 0.1
 """Fraction of an object's size (the geometric mean of its box's width and height) its anchor must be
@@ -48,7 +48,8 @@ def inside(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
     """(N,) bool: which of ``points`` (N, 2) lie inside ``polygon`` (K, 2), even-odd rule."""
     px, py = points[:, 0:1], points[:, 1:2]
     x0, y0 = polygon[:, 0], polygon[:, 1]
-    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
+    nxt = np.arange(1, len(polygon) + 1) % len(polygon)
+    x1, y1 = x0[nxt], y0[nxt]
     spans = (y0 > py) != (y1 > py)  # (N, K): edges that cross the point's row
     with np.errstate(divide="ignore", invalid="ignore"):
         at_x = x0 + (py - y0) * (x1 - x0) / (y1 - y0)
@@ -78,7 +79,7 @@ class CameraAnalytics:
         self.max_lost_frames = max_lost_frames
         self._size: tuple[int, int] | None = None
         self._zone_px: list[np.ndarray] = []
-        self._line_px: list[tuple[np.ndarray, np.ndarray]] = []
+        self._line_px: list[tuple[tuple[float, float], tuple[float, float]]] = []
         self._shapes: dict[str, dict[str, tuple[tuple[float, float], ...]]] = {}
         self._sides: list[dict[int, _Side]] = [{} for _ in self.lines]
         self._entered: list[dict[int, list[float]]] = [{} for _ in self.zones]  # track -> [since, seen seq]
@@ -92,44 +93,49 @@ class CameraAnalytics:
         wh = np.array(size, np.float64)
         self._size = size
         self._zone_px = [np.array(z.polygon, np.float64) * wh for z in self.zones]
-        self._line_px = [(np.array(ln.points[0]) * wh, np.array(ln.points[1]) * wh) for ln in self.lines]
+        self._line_px = [(_as_tuples(np.array(ln.points) * wh)) for ln in self.lines]  # type: ignore[misc]
         self._shapes = {"zones": {z.name: _as_tuples(p) for z, p in zip(self.zones, self._zone_px, strict=True)},
-                        "lines": {ln.name: _as_tuples(np.stack(p)) for ln, p in zip(self.lines, self._line_px,
-                                                                                    strict=True)}}
+                        "lines": {ln.name: p for ln, p in zip(self.lines, self._line_px, strict=True)}}
 
-    def apply(self, result: FrameResult) -> FrameResult:
-        """``result`` with each detection's zones and the frame's ``analytics`` filled in."""
+    def apply(self, result: FrameResult, track_ids: Sequence[int | None] | None = None) -> FrameResult:
+        """``result`` with each detection's zones and the frame's ``analytics`` filled in; with
+        ``track_ids`` (one per detection, from the tracker), those are set too, in the same copy."""
         self._scale(tuple(int(v) for v in result.frame_size))  # type: ignore[arg-type]
         if self._last_seq is not None and result.seq <= self._last_seq:
             self._sides = [{} for _ in self.lines]  # the stream started again: its tracks are new
             self._entered = [{} for _ in self.zones]
         self._last_seq = result.seq
         dets = result.detections
+        tids = [d.track_id for d in dets] if track_ids is None else list(track_ids)
         boxes = np.array([d.box for d in dets], np.float64).reshape(-1, 4)
         zone_counts = None
+        zones: list[tuple[str, ...] | None] = [d.zones for d in dets]
+        dwell: dict[int, dict[str, float]] = {}
         if self.zones:
             members = np.zeros((len(dets), len(self.zones)), bool)
             for j, (zone, poly) in enumerate(zip(self.zones, self._zone_px, strict=True)):
                 members[:, j] = inside(anchor_points(boxes, zone.anchor), poly)
             zone_counts = {z.name: int(members[:, j].sum()) for j, z in enumerate(self.zones)}
             self.zone_counts = zone_counts
-            dwell = self._dwell(result, members)
-            dets = tuple(dataclasses.replace(d, zones=tuple(z.name for z, m in zip(self.zones, row, strict=True) if m),
-                                             dwell_s=dwell.get(d.track_id) if d.track_id is not None else None)
-                         for d, row in zip(dets, members, strict=True))
+            dwell = self._dwell(result, tids, members)
+            names = [z.name for z in self.zones]
+            zones = [tuple(n for n, m in zip(names, row, strict=True) if m) for row in members.tolist()]
         crossings = None
         if self.lines:
-            crossings = tuple(c for j in range(len(self.lines)) for c in self._cross(j, result.seq, boxes, dets))
+            crossings = tuple(c for j in range(len(self.lines)) for c in self._cross(j, result.seq, boxes, dets, tids))
         analytics = FrameAnalytics(zone_counts=zone_counts, crossings=crossings,
                                    line_totals={k: (v[0], v[1]) for k, v in self.totals.items()},
                                    shapes=self._shapes)
-        return dataclasses.replace(result, detections=tuple(dets), analytics=analytics)
+        # one positional copy per detection: dataclasses.replace was the largest cost of this stage
+        out = tuple(Detection(d.class_id, d.label, d.score, d.box, d.mask, tid, z,
+                              dwell.get(tid) if tid is not None else None)
+                    for d, tid, z in zip(dets, tids, zones, strict=True))
+        return dataclasses.replace(result, detections=out, analytics=analytics)
 
-    def _dwell(self, result: FrameResult, members: np.ndarray) -> dict[int, dict[str, float]]:
+    def _dwell(self, result: FrameResult, tracks: list[int | None], members: np.ndarray) -> dict[int, dict[str, float]]:
         """Seconds each tracked detection has been in each zone it is in, by track id."""
         now = result.pts if result.pts is not None else result.capture_ts
         seq = result.seq
-        tracks = [d.track_id for d in result.detections]
         out: dict[int, dict[str, float]] = {}
         for j, zone in enumerate(self.zones):
             entered = self._entered[j]
@@ -146,45 +152,52 @@ class CameraAnalytics:
                 out.setdefault(tid, {})[zone.name] = round(now - since[0], 3)
         return out
 
-    def _cross(self, j: int, seq: int, boxes: np.ndarray, dets: Sequence) -> list[Crossing]:
+    def _cross(self, j: int, seq: int, boxes: np.ndarray, dets: Sequence[Detection],
+               tids: list[int | None]) -> list[Crossing]:
         line, (a, b) = self.lines[j], self._line_px[j]
         sides = self._sides[j]
         # a track unseen for longer than the tracker keeps it is over (ids are never reused)
         for tid in [t for t, s in sides.items() if seq - s.seen > self.max_lost_frames + 1]:
             del sides[tid]
-        tracked = [i for i, d in enumerate(dets) if d.track_id is not None]
+        tracked = [i for i, t in enumerate(tids) if t is not None]
         out: list[Crossing] = []
         if tracked:
             pts = anchor_points(boxes[tracked], line.anchor)
-            dist = signed_distance(pts, a, b)
+            dist = signed_distance(pts, np.array(a), np.array(b))
             wh = boxes[tracked, 2:] - boxes[tracked, :2]
             band = DEAD_BAND * np.sqrt(np.clip(wh[:, 0] * wh[:, 1], 0, None))
-            for i, p, d, m in zip(tracked, pts, dist, band, strict=True):
-                det = dets[i]
-                state = sides.get(det.track_id)
-                side = 1 if d > m else -1 if d < -m else 0
+            now = np.where(dist > band, 1, np.where(dist < -band, -1, 0)).tolist()
+            # plain Python floats from here: per-object numpy scalars cost more than the arithmetic
+            for i, side, (x, y) in zip(tracked, now, pts.tolist(), strict=True):
+                det, tid = dets[i], tids[i]
+                state = sides.get(tid)
                 if state is not None:
                     state.seen = seq
                 if side == 0:
                     continue
                 if state is None:
-                    sides[det.track_id] = _Side(side, float(p[0]), float(p[1]), seq)
+                    sides[tid] = _Side(side, x, y, seq)
                     continue
-                if side != state.side and _between(a, b, np.array([state.x, state.y]), p):
+                if side != state.side and _between(a, b, (state.x, state.y), (x, y)):
                     direction: Literal["in", "out"] = "in" if side < 0 else "out"
                     self.totals[line.name][0 if side < 0 else 1] += 1
-                    out.append(Crossing(line=line.name, track_id=det.track_id, class_id=det.class_id,
+                    out.append(Crossing(line=line.name, track_id=tid, class_id=det.class_id,  # type: ignore[arg-type]
                                         label=det.label, direction=direction))
-                state.side, state.x, state.y = side, float(p[0]), float(p[1])
+                state.side, state.x, state.y = side, x, y
         return out
 
 
-def _between(a: np.ndarray, b: np.ndarray, q: np.ndarray, p: np.ndarray) -> bool:
+Point = tuple[float, float]
+
+
+def _between(a: Point, b: Point, q: Point, p: Point) -> bool:
     """Whether the path q -> p (its ends on opposite sides of line ab) meets the line between a and b."""
-    dq, dp = signed_distance(np.stack([q, p]), a, b)
-    x = q + (p - q) * (dq / (dq - dp))
-    ab = b - a
-    u = float(np.dot(x - a, ab) / np.dot(ab, ab))
+    dx, dy = b[0] - a[0], b[1] - a[1]
+    dq = dx * (q[1] - a[1]) - dy * (q[0] - a[0])
+    dp = dx * (p[1] - a[1]) - dy * (p[0] - a[0])
+    t = dq / (dq - dp)
+    x, y = q[0] + (p[0] - q[0]) * t, q[1] + (p[1] - q[1]) * t
+    u = ((x - a[0]) * dx + (y - a[1]) * dy) / (dx * dx + dy * dy)
     return 0.0 <= u <= 1.0
 
 
@@ -215,11 +228,15 @@ class Analytics:
     def __bool__(self) -> bool:
         return bool(self._by_camera)
 
-    def apply(self, result: FrameResult) -> FrameResult:
+    def covers(self, camera_id: str) -> bool:
+        return camera_id in self._by_camera
+
+    def apply(self, result: FrameResult, track_ids: Sequence[int | None] | None = None) -> FrameResult:
+        """``result`` through its camera's zones and lines (unchanged for a camera without any)."""
         cam = self._by_camera.get(result.camera_id)
         if cam is None:
             return result
-        result = cam.apply(result)
+        result = cam.apply(result, track_ids)
         for c in result.analytics.crossings or ():  # type: ignore[union-attr]
             self._crossings[result.camera_id, c.line, c.direction, c.label] += 1
         return result

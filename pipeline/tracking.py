@@ -30,7 +30,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from pipeline.config import TrackingConfig
-from pipeline.messages import CameraState, CameraStatus, FrameResult
+from pipeline.messages import CameraState, CameraStatus, Detection, FrameResult
 
 # ByteTrack's own fixed thresholds for its second and third rounds (low-score detections against
 # tracks seen last frame; confident leftovers against tracks still unconfirmed).
@@ -107,22 +107,31 @@ class _Kalman:
         """
         k = float(steps)
         h = mean[:, 3]
-        std = np.stack([_STD_POS * h, _STD_POS * h, np.full_like(h, 1e-2), _STD_POS * h,
-                        _STD_VEL * h, _STD_VEL * h, np.full_like(h, 1e-5), _STD_VEL * h], -1)
-        q = _diag(std**2)
-        e = cls.F - np.eye(8)
-        fk = np.eye(8) + k * e
+        q = np.stack([_STD_POS * h, _STD_POS * h, np.full_like(h, 1e-2), _STD_POS * h,
+                      _STD_VEL * h, _STD_VEL * h, np.full_like(h, 1e-5), _STD_VEL * h], -1) ** 2  # diag(Q)
         s1, s2 = k * (k - 1) / 2, (k - 1) * k * (2 * k - 1) / 6
-        noise = k * q + s1 * (e @ q + q @ e.T) + s2 * (e @ q @ e.T)
-        return mean @ fk.T, fk @ cov @ fk.T + noise
+        # As slices, not 8x8 products (numpy's per-call cost is most of a frame's): (I + kE) x adds k
+        # times each rate to its value; for the covariance, rows then columns. EQ, QE^T and EQE^T of a
+        # diagonal Q put the rates' variances at (i, i+4), (i+4, i) and (i, i), i < 4.
+        mean = mean.copy()
+        mean[:, :4] += k * mean[:, 4:]
+        cov = cov.copy()
+        cov[:, :4, :] += k * cov[:, 4:, :]
+        cov[:, :, :4] += k * cov[:, :, 4:]
+        i8, i4 = np.arange(8), np.arange(4)
+        cov[:, i8, i8] += k * q
+        cov[:, i4, i4 + 4] += s1 * q[:, 4:]
+        cov[:, i4 + 4, i4] += s1 * q[:, 4:]
+        cov[:, i4, i4] += s2 * q[:, 4:]
+        return mean, cov
 
     @classmethod
     def update(cls, mean: np.ndarray, cov: np.ndarray, xyah: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         h = mean[:, 3]
         std = np.stack([_STD_POS * h, _STD_POS * h, np.full_like(h, 1e-1), _STD_POS * h], -1)
-        s = cls.H @ cov @ cls.H.T + _diag(std**2)                     # (N, 4, 4) innovation covariance
-        gain = np.linalg.solve(s, (cov @ cls.H.T).transpose(0, 2, 1)).transpose(0, 2, 1)  # (N, 8, 4)
-        innovation = xyah - mean @ cls.H.T
+        s = cov[:, :4, :4] + _diag(std**2)                            # (N, 4, 4) innovation covariance (H = [I 0])
+        gain = np.linalg.solve(s, cov[:, :, :4].transpose(0, 2, 1)).transpose(0, 2, 1)  # (N, 8, 4)
+        innovation = xyah - mean[:, :4]
         mean = mean + (gain @ innovation[..., None])[..., 0]
         cov = cov - gain @ s @ gain.transpose(0, 2, 1)
         return mean, cov
@@ -189,12 +198,15 @@ class Tracker:
         # 1: confident detections against every confirmed track, seen last frame or lost since
         first = self._associate(predicted, confirmed, boxes, high, class_ids, self.cfg.match_iou, MATCH_GROW)
         # 2: low-score detections against the confirmed tracks seen last frame that round 1 left
-        taken = {t for t, _ in first}
-        recent = np.array([i for i in confirmed if i not in taken and self._seen[i] == prev], np.int64)
+        # (masks, not Python loops over numpy ints: this runs for every camera's every frame)
+        taken = np.zeros(len(self._id), bool)
+        taken[[t for t, _ in first]] = True
+        recent = confirmed[~taken[confirmed] & (self._seen[confirmed] == (-1 if prev is None else prev))]
         second = self._associate(predicted, recent, boxes, low, class_ids, LOW_MATCH_IOU, 0.0)
         # 3: confident detections still unmatched against the unconfirmed tracks
-        used = {d for _, d in first}
-        left = np.array([d for d in high if d not in used], np.int64)
+        used = np.zeros(len(boxes), bool)
+        used[[d for _, d in first]] = True
+        left = high[~used[high]]
         third = self._associate(predicted, tentative, boxes, left, class_ids, TENTATIVE_MATCH_IOU, TENTATIVE_GROW)
 
         ids: list[int | None] = [None] * len(boxes)
@@ -205,15 +217,15 @@ class Tracker:
             self._seen[ti] = seq
             unconfirmed = ti[self._id[ti] == 0]
             self._hits[unconfirmed] += 1
-            for t in unconfirmed[self._hits[unconfirmed] >= self.cfg.min_hits]:
+            for t in unconfirmed[self._hits[unconfirmed] >= self.cfg.min_hits].tolist():
                 self._id[t] = self._take_id()
-            for t, d in pairs:
-                ids[d] = int(self._id[t]) or None
+            for d, i in zip(di.tolist(), self._id[ti].tolist(), strict=True):
+                ids[d] = i or None
         keep = self._id > 0
         keep[[t for t, _ in third]] = True
         self._keep(keep)
-        used |= {d for _, d in third}
-        new = np.array([d for d in left if d not in used and scores[d] >= self.cfg.new_track_score], np.int64)
+        used[[d for _, d in third]] = True
+        new = left[~used[left] & (scores[left] >= self.cfg.new_track_score)]
         if len(new):
             self._start(new, boxes, class_ids, seq, ids)
         return ids
@@ -222,8 +234,8 @@ class Tracker:
                ids: list[int | None]) -> None:
         mean, cov = _Kalman.initiate(_to_xyah(boxes[new]))
         track_ids = np.array([self._take_id() if self.cfg.min_hits <= 1 else 0 for _ in new], np.int64)
-        for d, i in zip(new, track_ids, strict=True):
-            ids[d] = int(i) or None
+        for d, i in zip(new.tolist(), track_ids.tolist(), strict=True):
+            ids[d] = i or None
         self._mean, self._cov = np.concatenate([self._mean, mean]), np.concatenate([self._cov, cov])
         self._cls = np.concatenate([self._cls, np.asarray(class_ids, np.int64)[new]])
         self._seen = np.concatenate([self._seen, np.full(len(new), seq, np.int64)])
@@ -250,6 +262,13 @@ class Tracker:
         return self._next_id - 1
 
 
+def with_track_ids(result: FrameResult, ids: Sequence[int | None]) -> FrameResult:
+    """A copy of ``result`` whose detections carry ``ids`` (one each)."""
+    dets = tuple(Detection(d.class_id, d.label, d.score, d.box, d.mask, i, d.zones, d.dwell_s)
+                 for d, i in zip(result.detections, ids, strict=True))
+    return dataclasses.replace(result, detections=dets)
+
+
 class CameraTrackers:
     """A ``Tracker`` per camera, fed the sink stage's FrameResults and CameraStatuses in arrival order."""
 
@@ -266,6 +285,10 @@ class CameraTrackers:
 
     def apply(self, result: FrameResult) -> FrameResult:
         """``result`` with each detection's ``track_id`` set (None while its track is unconfirmed)."""
+        return with_track_ids(result, self.track(result))
+
+    def track(self, result: FrameResult) -> list[int | None]:
+        """Each detection's track id (None while its track is unconfirmed), in order."""
         tracker = self._by_camera.get(result.camera_id)
         if tracker is None:
             tracker = self._by_camera[result.camera_id] = Tracker(self.cfg)
@@ -277,9 +300,7 @@ class CameraTrackers:
         boxes = np.array([d.box for d in dets], np.float64).reshape(-1, 4)
         scores = np.array([d.score for d in dets], np.float64)
         classes = np.array([d.class_id for d in dets], np.int64)
-        ids = tracker.update(result.seq, boxes, scores, classes)
-        tracked = tuple(dataclasses.replace(d, track_id=i) for d, i in zip(dets, ids, strict=True))
-        return dataclasses.replace(result, detections=tracked)
+        return tracker.update(result.seq, boxes, scores, classes)
 
     def forget(self, camera_ids: Sequence[str]) -> None:
         """Drop the tracks of cameras removed from the run (a config reload)."""

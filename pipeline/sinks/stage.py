@@ -67,9 +67,10 @@ class SinkStage:
         tracking = self.tracking = tracking or TrackingConfig()
         self.trackers: CameraTrackers | None = None
         if tracking.enabled:
-            from pipeline.tracking import CameraTrackers  # scipy: loaded only when tracking is on
+            from pipeline.tracking import CameraTrackers, with_track_ids  # scipy: only when tracking is on
 
             self.trackers = CameraTrackers(tracking)
+            self._with_track_ids = with_track_ids
         self.analytics: Analytics | None = None
         self.update_cameras(cameras)
         self._e2e: dict[str, list[float]] = defaultdict(list)
@@ -113,9 +114,13 @@ class SinkStage:
         now = time.time()
         try:
             if isinstance(item, FrameResult):
-                result = item if self.trackers is None else self.trackers.apply(item)
-                if self.analytics is not None:
-                    result = self.analytics.apply(result)
+                ids = None if self.trackers is None else self.trackers.track(item)
+                if self.analytics is not None and self.analytics.covers(item.camera_id):
+                    result = self.analytics.apply(item, ids)  # ids, zones and lines in one copy
+                elif ids is not None:
+                    result = self._with_track_ids(item, ids)
+                else:
+                    result = item
                 env = Envelope(camera_id=result.camera_id, kind="frame",
                                payload=encode(to_event(result, publish_ts=now)), item=result, image=image)
                 self._e2e[result.camera_id].append(max(now - result.capture_ts, 0.0))
