@@ -109,9 +109,22 @@ class DeviceSettings:
                                                    threads=self.threads))
 
 
+@dataclass(frozen=True, slots=True)
+class _Model:
+    """What a batch is inferred and post-processed with. A config reload swaps the stage's whole
+    ``_Model`` between two gathers; batches already gathered finish with the one they started with."""
+
+    settings: DeviceSettings  # its model and mask fields; batching and previews stay the stage's own
+    backend: Backend
+    size: tuple[int, int]  # input (height, width)
+    names: tuple[str, ...]
+    name: str  # published as each event's "model"
+
+
 @dataclass(slots=True)
 class _Uploaded:
     batch: Batch
+    model: _Model
     images: list[torch.Tensor]  # (H_i, W_i, 3) uint8 on the device (CPU: already resized, see _upload)
     event: Any  # torch.cuda.Event when the upload is done, None on CPU
     arena: Arena
@@ -130,6 +143,7 @@ class _Retire:
 @dataclass(slots=True)
 class _Inferred:
     batch: Batch
+    model: _Model
     pred: torch.Tensor  # (N, 4 + nc + 32, A)
     proto: torch.Tensor  # (N, 32, h/4, w/4)
     infos: list[LetterboxInfo]
@@ -142,18 +156,22 @@ class DeviceStage:
     """Runs batches from camera rings through ``backend`` and emits one ``FrameResult`` per frame."""
 
     def __init__(self, *, settings: DeviceSettings, backend: Backend, readers: Sequence[RingReader],
-                 emit: Callable[[FrameResult], None], commands: Any = None) -> None:
+                 emit: Callable[[FrameResult], None], commands: Any = None,
+                 notify: Callable[[tuple[str, str]], None] | None = None) -> None:
         self.s = settings
-        self.commands = commands  # config reloads: ("attach", camera id, shm prefix) | ("detach", camera id)
-        self.backend = backend
+        # config reloads: ("attach", camera id, shm prefix) | ("detach", camera id) | ("model", DeviceSettings)
+        self.commands = commands
+        self.notify = notify or (lambda msg: None)  # ("model_ready" | "model_error", one line)
         self.device = backend.device
         self.cuda = self.device.type == "cuda"
+        self.model = _bundle(settings, backend)
+        self._loading: threading.Thread | None = None
+        self._loaded: _Model | BaseException | None = None
         self.readers = {r.camera_id: r for r in readers}
         self.batcher = Batcher(readers=readers, policy=settings.batch)
         self.emit = emit
-        self.names = tuple(backend.meta.names)
-        self.size = self._input_size()
-        self.model_name = Path(settings.model_path).name
+        self._in_flight = 0  # batches gathered and not yet post-processed
+        self._flight_lock = threading.Condition()
         self._pool: queue.Queue[Arena] = queue.Queue()
         for _ in range(settings.depth + 2):
             self._pool.put(Arena(allocate=self._host_buffer))
@@ -168,33 +186,68 @@ class DeviceStage:
         self._batch_sizes: list[int] = []
         self._latency: dict[str, list[float]] = {"infer": [], "postprocess": []}
 
-    def _input_size(self) -> tuple[int, int]:
-        meta = self.backend.meta
-        if self.s.imgsz is None:
-            return tuple(meta.imgsz)  # type: ignore[return-value]
-        size = (self.s.imgsz, self.s.imgsz) if isinstance(self.s.imgsz, int) else tuple(self.s.imgsz)
-        if any(s % meta.stride for s in size):
-            raise ConfigError("model.imgsz", f"{size[0]}x{size[1]} (HxW): each side must be a multiple of "
-                                             f"{self.s.model_path}'s stride {meta.stride}")
-        if not meta.dynamic and tuple(meta.imgsz) != size:
-            raise EngineMismatchError(f"{self.s.model_path}: built for {meta.imgsz[0]}x{meta.imgsz[1]} (HxW) inputs, "
-                                      f"the config asks for {size[0]}x{size[1]} (re-export at that size, or drop "
-                                      "model.imgsz)")
-        return size  # type: ignore[return-value]
+    @property
+    def backend(self) -> Backend:
+        return self.model.backend
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.model.size
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.model.names
 
     def _host_buffer(self, nbytes: int) -> np.ndarray:
         # Pinned (page-locked) memory lets the upload run asynchronously on its own stream.
         return torch.empty(nbytes, dtype=torch.uint8, pin_memory=self.cuda).numpy()
 
-    def warmup(self) -> None:
+    def warmup(self, model: _Model | None = None) -> None:
         """One throw-away batch per batch size the stage can form (CUDA: lazy init, cuDNN algorithm
         choice and, with cuda_graph, every graph captured now rather than mid-stream)."""
-        h, w = self.size
+        model = model or self.model
+        h, w = model.size
         sizes = range(1, self.s.batch.max_batch + 1) if self.cuda else (1,)
         for n in sizes:
-            self.backend(torch.zeros((n, 3, h, w), device=self.device))
+            model.backend(torch.zeros((n, 3, h, w), device=self.device))
         if self.cuda:
             torch.cuda.synchronize(self.device)
+
+    # ---------------------------------------------------------------------- model swap (reload)
+
+    def _load(self, settings: DeviceSettings) -> None:
+        """Loader thread: the new model, loaded while the old one keeps inferring."""
+        try:
+            backend = settings.load_backend()
+            if backend.device != self.device:
+                raise ConfigError("model.device", f"the new model loaded on {backend.device}, the running one is "
+                                                  f"on {self.device}: changing devices needs a restart")
+            self._loaded = _bundle(settings, backend)
+        except BaseException as e:  # noqa: BLE001 - reported by the gather thread, the old model runs on
+            self._loaded = e
+
+    def _swap_model(self) -> None:
+        """Gather thread, once the loader is done: drain the batches in flight, warm the new model
+        up (alone on the device: CUDA graph capture must not race other work), then take it."""
+        if self._loading is None or self._loading.is_alive():
+            return
+        self._loading, loaded, self._loaded = None, self._loaded, None
+        try:
+            if isinstance(loaded, BaseException):
+                raise loaded
+            assert loaded is not None
+            with self._flight_lock:
+                self._flight_lock.wait_for(lambda: self._in_flight == 0 or self._error is not None)
+            t0 = time.perf_counter()
+            self.warmup(loaded)
+            self.model = loaded
+        except SegpipeError as e:
+            self.notify(("model_error", str(e).splitlines()[0]))
+        except Exception as e:  # noqa: BLE001 - a model that fails to load must not take the stream down
+            self.notify(("model_error", f"{type(e).__name__}: {e}".splitlines()[0]))
+        else:
+            self.notify(("model_ready", f"{loaded.backend!r} input {loaded.size[1]}x{loaded.size[0]} (WxH), "
+                                        f"swapped in {time.perf_counter() - t0:.2f} s"))
 
     # ------------------------------------------------------------------------------- threads
 
@@ -247,6 +300,7 @@ class DeviceStage:
             with _on_stream(stream):
                 while not stop.is_set() and not self._stop.is_set():
                     self._apply_commands(out)
+                    self._swap_model()
                     if not self._credits.acquire(timeout=0.05):
                         continue
                     if not self._gather_one(stop, out, stream):
@@ -281,6 +335,12 @@ class DeviceStage:
                 if gone is not None:
                     gone.release_frames()  # only this thread reads frames: unmap the ring now
                     out.put(_Retire(gone))
+            elif cmd[0] == "model" and self._loading is None:
+                self._loading = threading.Thread(target=self._load, args=(cmd[1],), name="model-loader", daemon=True)
+                self._loading.start()
+            elif cmd[0] == "model":  # one load at a time: this one again once the current one is in
+                self.commands.put(cmd)
+                return
 
     def _gather_one(self, stop: Any, out: queue.Queue[Any], stream: Any) -> bool:
         """Gather one batch and start its upload; False when there was nothing to gather."""
@@ -290,7 +350,9 @@ class DeviceStage:
         if batch is None:
             self._pool.put(arena)
             return False
-        out.put(self._upload(batch, arena, stream))
+        with self._flight_lock:
+            self._in_flight += 1
+        out.put(self._upload(batch, arena, stream, self.model))
         return True
 
     def _stage(self, fn: Callable[[Any], Any], inq: queue.Queue[Any], out: queue.Queue[Any] | None,
@@ -320,6 +382,8 @@ class DeviceStage:
                     continue
                 if out is not None:
                     out.put(result)
+                else:
+                    self._landed()
         if out is not None:
             out.put(_STOP)
 
@@ -328,25 +392,33 @@ class DeviceStage:
             if item.event is not None:
                 item.event.synchronize()  # the upload may still be reading the staging arena
             self._pool.put(item.arena)
+        self._landed()
+
+    def _landed(self) -> None:
+        """A batch left the pipeline (published, or dropped after an error)."""
+        with self._flight_lock:
+            self._in_flight -= 1
+            self._flight_lock.notify_all()
 
     # --------------------------------------------------------------------------- the work
 
-    def _upload(self, batch: Batch, arena: Arena, stream: Any) -> _Uploaded:
+    def _upload(self, batch: Batch, arena: Arena, stream: Any, model: _Model) -> _Uploaded:
         if not self.cuda:
-            return self._resize_on_host(batch, arena)
+            return self._resize_on_host(batch, arena, model)
         images = [torch.from_numpy(f.image).to(self.device, non_blocking=True) for f in batch.frames]
         event = torch.cuda.Event()
         event.record(stream)
-        return _Uploaded(batch=batch, images=images, event=event, arena=arena, previews=self._previews(batch))
+        return _Uploaded(batch=batch, model=model, images=images, event=event, arena=arena,
+                         previews=self._previews(batch))
 
-    def _resize_on_host(self, batch: Batch, arena: Arena) -> _Uploaded:
+    def _resize_on_host(self, batch: Batch, arena: Arena, model: _Model) -> _Uploaded:
         """CPU only: resize each frame to its letterboxed size here, in uint8 with cv2 (INTER_LINEAR,
         the interpolation engines.ops.letterbox reproduces in float), so the inference thread only
         pads and normalises. On a CPU the float resize of a full frame costs as much as a third of the
         model (4 x 720p -> 320: 150-300 ms vs 340-800 ms for yolov8n-seg on one thread, measured with
         benchmarks/pipeline.py on 2 cores) and here it overlaps with the previous batch's inference."""
-        stride = self.backend.meta.stride
-        infos = [letterbox_geometry(f.image.shape[:2], size=self.size, stride=stride) for f in batch.frames]
+        stride = model.backend.meta.stride
+        infos = [letterbox_geometry(f.image.shape[:2], size=model.size, stride=stride) for f in batch.frames]
         images = []
         for f, info in zip(batch.frames, infos, strict=True):
             small = f.image
@@ -354,7 +426,7 @@ class DeviceStage:
                 h, w = info.unpad_shape
                 small = cv2.resize(f.image, (w, h), interpolation=cv2.INTER_LINEAR)
             images.append(torch.from_numpy(small))
-        return _Uploaded(batch=batch, images=images, event=None, arena=arena, infos=infos,
+        return _Uploaded(batch=batch, model=model, images=images, event=None, arena=arena, infos=infos,
                          previews=self._previews(batch))
 
     def _previews(self, batch: Batch) -> list[np.ndarray] | None:
@@ -381,11 +453,12 @@ class DeviceStage:
                 img.record_stream(stream)
             start = torch.cuda.Event(enable_timing=True)
             start.record(stream)
-        x, infos = letterbox(up.images, size=self.size, stride=self.backend.meta.stride)
+        model = up.model
+        x, infos = letterbox(up.images, size=model.size, stride=model.backend.meta.stride)
         if up.infos is not None:  # pre-resized on the host: map results to the original frames
             assert [i.new_shape for i in infos] == [i.new_shape for i in up.infos]
             infos = up.infos
-        pred, proto = self.backend(x)
+        pred, proto = model.backend(x)
         event = None
         if up.event is not None:
             event = torch.cuda.Event(enable_timing=True)
@@ -394,7 +467,7 @@ class DeviceStage:
         else:
             self._observe("infer", time.perf_counter() - t0)  # CPU: the work is done when the call returns
         self._pool.put(up.arena)  # on CPU letterbox has copied the pixels out of it
-        return _Inferred(batch=up.batch, pred=pred, proto=proto, infos=infos, event=event, start=start,
+        return _Inferred(batch=up.batch, model=model, pred=pred, proto=proto, infos=infos, event=event, start=start,
                          previews=up.previews)
 
     def _post(self, inf: _Inferred) -> None:
@@ -404,18 +477,19 @@ class DeviceStage:
             stream.wait_event(inf.event)
             inf.pred.record_stream(stream)  # made on the compute stream, read on this one
             inf.proto.record_stream(stream)
-        rows = non_max_suppression(inf.pred, self.s.nms, nc=len(self.names))  # syncs: data-dependent shapes
+        model = inf.model
+        rows = non_max_suppression(inf.pred, model.settings.nms, nc=len(model.names))  # syncs: data-dependent shapes
         if inf.start is not None:
             self._observe("infer", inf.start.elapsed_time(inf.event) / 1000.0)
-        per_frame = [self._frame_detections(r, p, info) for r, p, info in zip(rows, inf.proto, inf.infos,
-                                                                             strict=True)]
+        per_frame = [self._frame_detections(r, p, info, model) for r, p, info in zip(rows, inf.proto, inf.infos,
+                                                                                    strict=True)]
         host = download_detections(per_frame)
         now = time.time()
         previews = inf.previews or [None] * len(host)
         for frame, dets, preview in zip(inf.batch.frames, host, previews, strict=True):
             result = FrameResult(camera_id=frame.camera_id, seq=frame.seq, pts=frame.pts,
                                  capture_ts=frame.capture_ts, infer_ts=now, frame_size=frame.size,
-                                 model=self.model_name, detections=self._encode(dets, frame.image.shape[:2]))
+                                 model=model.name, detections=self._encode(dets, frame.image.shape[:2], model))
             self.emit(result if preview is None else FramePreview(result=result, image=preview))
             self._count(result)
         self.batches += 1
@@ -423,20 +497,22 @@ class DeviceStage:
         with self._stats_lock:
             self._batch_sizes.append(len(inf.batch.frames))
 
-    def _frame_detections(self, rows: torch.Tensor, proto: torch.Tensor, info: LetterboxInfo) -> dict[str, Any]:
+    def _frame_detections(self, rows: torch.Tensor, proto: torch.Tensor, info: LetterboxInfo,
+                          model: _Model) -> dict[str, Any]:
         """Boxes in frame pixels and mask crops of one frame, still on the device."""
         boxes = scale_boxes(rows[:, :4], info)
         out: dict[str, Any] = {"boxes": boxes, "scores": rows[:, 4], "cls": rows[:, 5], "crops": None}
-        if self.s.masks != "none" and rows.shape[0]:
+        if model.settings.masks != "none" and rows.shape[0]:
             coeffs = rows[:, 6:]
-            if self.s.mask_resolution == "frame":
+            if model.settings.mask_resolution == "frame":
                 out["crops"] = mask_crops(proto, coeffs, boxes, info.orig_shape, stride=input_stride(proto, info))
             else:
                 out["crops"] = model_resolution_crops(proto, coeffs, boxes, info)
         return out
 
-    def _encode(self, dets: dict[str, Any], shape: tuple[int, int]) -> tuple[Detection, ...]:
+    def _encode(self, dets: dict[str, Any], shape: tuple[int, int], model: _Model) -> tuple[Detection, ...]:
         h, w = shape
+        names = model.names
         out = []
         crops = dets["crops"]
         for i, (box, score, cls) in enumerate(zip(dets["boxes"], dets["scores"], dets["cls"], strict=True)):
@@ -445,12 +521,12 @@ class DeviceStage:
                 x0, y0, crop = crops[i]
                 if not crop.any():
                     continue  # as engines.ops.postprocess: an object without a mask pixel is dropped
-                if self.s.masks == "rle":
+                if model.settings.masks == "rle":
                     mask = encode_crop(crop, x0, y0, h, w)
                 else:
                     mask = [p.reshape(-1).tolist() for p in mask_to_polygons(crop, offset=(x0, y0))]
             c = int(cls)
-            out.append(Detection(class_id=c, label=self.names[c] if c < len(self.names) else str(c),
+            out.append(Detection(class_id=c, label=names[c] if c < len(names) else str(c),
                                  score=min(max(float(score), 0.0), 1.0), box=tuple(float(v) for v in box),
                                  mask=mask))
         return tuple(out)
@@ -472,6 +548,25 @@ class DeviceStage:
 
     def close(self) -> None:
         self.batcher.close()
+
+
+def _bundle(settings: DeviceSettings, backend: Backend) -> _Model:
+    """``backend`` with the input shape ``settings`` ask of it (ConfigError/EngineMismatchError when the
+    model cannot take it)."""
+    meta = backend.meta
+    if settings.imgsz is None:
+        size = tuple(meta.imgsz)
+    else:
+        size = (settings.imgsz, settings.imgsz) if isinstance(settings.imgsz, int) else tuple(settings.imgsz)
+        if any(s % meta.stride for s in size):
+            raise ConfigError("model.imgsz", f"{size[0]}x{size[1]} (HxW): each side must be a multiple of "
+                                             f"{settings.model_path}'s stride {meta.stride}")
+        if not meta.dynamic and tuple(meta.imgsz) != size:
+            raise EngineMismatchError(f"{settings.model_path}: built for {meta.imgsz[0]}x{meta.imgsz[1]} (HxW) inputs, "
+                                      f"the config asks for {size[0]}x{size[1]} (re-export at that size, or drop "
+                                      "model.imgsz)")
+    return _Model(settings=settings, backend=backend, size=size, names=tuple(meta.names),  # type: ignore[arg-type]
+                  name=Path(settings.model_path).name)
 
 
 def model_resolution_crops(protos: torch.Tensor, coeffs: torch.Tensor, boxes: torch.Tensor,
@@ -554,20 +649,28 @@ def device_main(settings: DeviceSettings, cameras: Sequence[tuple[str, str]], re
     are put there; the supervisor adds STOP once this process has exited). stop: a multiprocessing
     Event; once set, batches already gathered are finished and the process ends. conn: one
     ``("ready", description)`` after warm-up, ``("stats", StageStats)`` about every second, or
-    ``("error", one line)`` before a non-zero exit. commands: optional queue of camera changes from
-    config reloads, ``("attach", camera id, prefix)`` or ``("detach", camera id)``.
+    ``("error", one line)`` before a non-zero exit, and after a ``("model", DeviceSettings)`` command
+    ``("model_ready", description)`` or ``("model_error", one line)``. commands: optional queue of
+    config reload changes, ``("attach", camera id, prefix)``, ``("detach", camera id)`` or ``("model",
+    DeviceSettings)`` (loaded beside the running model, swapped in between two batches).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor owns shutdown
     stage = None
     code = 0
+    lock = threading.Lock()  # the stats reports and the gather thread's model news share the pipe
+
+    def send(msg: tuple[str, Any]) -> None:
+        with lock:
+            conn.send(msg)
+
     try:
         backend = settings.load_backend()
         readers = [RingReader(prefix, camera_id=cid) for cid, prefix in cameras]
         stage = DeviceStage(settings=settings, backend=backend, readers=readers, emit=results.put,
-                            commands=commands)
+                            commands=commands, notify=send)
         stage.warmup()
-        conn.send(("ready", f"{backend!r} input {stage.size[1]}x{stage.size[0]} (WxH)"))
-        stage.run(stop, report=lambda stats: conn.send(("stats", stats)))
+        send(("ready", f"{backend!r} input {stage.size[1]}x{stage.size[0]} (WxH)"))
+        stage.run(stop, report=lambda stats: send(("stats", stats)))
     except SegpipeError as e:
         conn.send(("error", str(e).splitlines()[0]))
         code = 1

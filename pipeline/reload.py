@@ -2,9 +2,11 @@
 
 Imports nothing from pipeline/ at run time. Cameras are matched by id. A camera whose decoder settings
 changed (url, fps, timeouts...) is stopped and started again; one whose zones or lines alone changed
-keeps its decoder, and the sink stage takes its new shapes. Every other section (model, masks, batch,
-sinks, tracking, metrics) belongs to processes that cannot change under a running stream: a change
-there is reported and ignored until the next restart.
+keeps its decoder, and the sink stage takes its new shapes. A new ``model`` or ``masks`` section is
+loaded by the device stage beside the running model and swapped in between two batches (on the same
+device: ``model.device`` needs a restart). The other sections (batch, sinks, tracking, metrics) belong
+to processes that cannot change under a running stream: a change there is reported and ignored until
+the next restart.
 """
 
 from __future__ import annotations
@@ -16,18 +18,20 @@ if TYPE_CHECKING:
     from pipeline.config import CameraConfig, RunConfig
 
 _SHAPES = {"zones", "lines"}
-_FIXED = ("model", "masks", "batch", "sinks", "tracking", "metrics")
+_FIXED = ("batch", "sinks", "tracking", "metrics")
 
 
 @dataclass(frozen=True, slots=True)
 class ReloadPlan:
     """stop: ids of the cameras to stop (removed, or changed); start: cameras to start (added, or
-    changed), in config order; shapes: whether any camera's zones or lines differ; ignored: sections
-    that changed but need a restart; cameras: the new config's cameras."""
+    changed), in config order; shapes: whether any camera's zones or lines differ; model: whether
+    the model or masks section changed (and can be swapped); ignored: sections that changed but need
+    a restart; cameras: the new config's cameras."""
 
     stop: tuple[str, ...]
     start: tuple[CameraConfig, ...]
     shapes: bool
+    model: bool
     ignored: tuple[str, ...]
     cameras: tuple[CameraConfig, ...]
 
@@ -50,4 +54,7 @@ def plan_reload(old: RunConfig, new: RunConfig) -> ReloadPlan:
 
     differ = any(shapes(before.get(cid)) != shapes(after.get(cid)) for cid in before.keys() | after.keys())
     ignored = tuple(name for name in _FIXED if getattr(old, name) != getattr(new, name))
-    return ReloadPlan(stop=stop, start=start, shapes=differ, ignored=ignored, cameras=new.cameras)
+    model = (old.model, old.masks) != (new.model, new.masks)
+    if model and old.model.device != new.model.device:  # with the rest of model and masks, until a restart
+        ignored, model = ("model.device", *ignored), False
+    return ReloadPlan(stop=stop, start=start, shapes=differ, model=model, ignored=ignored, cameras=new.cameras)

@@ -17,9 +17,10 @@ the sink stage is gone, so the device stage never blocks on it.
 
 Reload (``request_reload``; ``segpipe run`` calls it on SIGHUP): the config is read again; removed
 cameras are stopped (their decoder, then their ring is detached from the device stage and unlinked;
-status ``stopped``), added ones started, changed ones both; new zones and lines go to the sink stage.
-The other cameras, the model and the sinks run on untouched. A config that does not load is reported
-and the running one kept.
+status ``stopped``), added ones started, changed ones both; new zones and lines go to the sink stage;
+a new model (or masks section) is loaded by the device stage beside the running one and swapped in
+between two batches (kept out, with the old one running on, if it fails to load). The other cameras
+and the sinks run on untouched. A config that does not load is reported and the running one kept.
 
 Children ignore SIGINT (inherited SIG_IGN): Ctrl-C reaches the whole process group, but only the
 supervisor decides how to stop. On Linux they also die with the supervisor (PR_SET_PDEATHSIG).
@@ -122,6 +123,7 @@ class Supervisor:
         self._device_cmds: Any = None
         self._sink: Any = None
         self._reload = False
+        self._next_model: Any = None  # the config whose model the device stage is loading
         self._next_index = 0  # shared-memory index of the next camera (never reused in a run)
         self._prefix = f"{shm.ROOT}{os.getpid()}_"
         self._rng = random.Random()
@@ -304,6 +306,15 @@ class Supervisor:
                     self.metrics.apply(payload)
                 elif kind == "error":
                     self._fail(f"device stage: {payload}")
+                elif kind == "model_ready":
+                    log.info("event=model_swapped %s", payload)
+                    if self._next_model is not None:
+                        self.cfg = self.cfg.model_copy(update={"model": self._next_model.model,
+                                                               "masks": self._next_model.masks})
+                    self._next_model = None
+                elif kind == "model_error":
+                    log.error("event=model_swap_failed error=%r kept=running_model", payload)
+                    self._next_model = None
         except (EOFError, OSError):
             conn.close()
             self._device_conn = None
@@ -461,8 +472,15 @@ class Supervisor:
         if plan.changes_cameras:
             self._inbox.put(CamerasUpdate(cameras=plan.cameras), timeout=5.0)
         self.cfg = self.cfg.model_copy(update={"cameras": plan.cameras})
-        log.info("event=reloaded stopped=%d started=%d shapes_changed=%s", len(plan.stop), len(plan.start),
-                 plan.shapes)
+        if plan.model:  # self.cfg takes the new model once the device stage has it
+            from pipeline.device import DeviceSettings
+
+            self._next_model = new
+            self._device_cmds.put(("model", DeviceSettings.from_config(
+                self.cfg.model_copy(update={"model": new.model, "masks": new.masks}))))
+            log.info("event=model_loading path=%s", new.model.path)
+        log.info("event=reloaded stopped=%d started=%d shapes_changed=%s model_changed=%s", len(plan.stop),
+                 len(plan.start), plan.shapes, plan.model)
 
     def _remove_cameras(self, camera_ids: tuple[str, ...]) -> None:
         gone = [c for c in self.cameras if c.camera_id in camera_ids]

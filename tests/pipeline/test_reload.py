@@ -1,6 +1,6 @@
 """Config reload (SIGHUP to `segpipe run`): what a new config changes (pipeline.reload.plan_reload), and a
-real run that gains a camera, takes new zones, survives a broken config and loses a camera while the
-others stream on."""
+real run that gains a camera, takes new zones and a new model, survives a broken config and a model that
+does not load, and loses a camera while the others stream on."""
 
 from __future__ import annotations
 
@@ -33,14 +33,19 @@ def test_plan_matches_cameras_by_id() -> None:
     old = parse_config(_cfg([{"id": "a", "url": "a.mp4"}, {"id": "b", "url": "b.mp4"},
                              {"id": "c", "url": "c.mp4", "zones": [ZONE]}]), check_files=False)
     same = plan_reload(old, old)
-    assert (same.stop, same.start, same.shapes, same.ignored, same.changes_cameras) == ((), (), False, (), False)
+    assert (same.stop, same.start, same.shapes, same.model, same.ignored, same.changes_cameras) == (
+        (), (), False, False, (), False)
     new = parse_config(_cfg([{"id": "d", "url": "d.mp4"}, {"id": "b", "url": "b.mp4", "fps": 5},
                              {"id": "c", "url": "c.mp4", "lines": [LINE]}], model={"path": "n.pt"},
                             batch={"max_batch": 2}), check_files=False)
     plan = plan_reload(old, new)
     assert plan.stop == ("a", "b")                       # removed, and changed decoder settings
     assert [c.id for c in plan.start] == ["d", "b"]      # in the new config's order
-    assert plan.shapes and plan.ignored == ("model", "batch") and plan.cameras == new.cameras
+    assert plan.shapes and plan.model and plan.ignored == ("batch",) and plan.cameras == new.cameras
+    moved = parse_config(_cfg([{"id": "a", "url": "a.mp4"}], model={"path": "n.pt", "device": "cuda:1"}),
+                         check_files=False)
+    plan = plan_reload(old, moved)
+    assert not plan.model and plan.ignored == ("model.device",)  # the new path waits for the restart too
     shapes_only = parse_config(_cfg([{"id": "a", "url": "a.mp4", "zones": [ZONE]}, {"id": "b", "url": "b.mp4"},
                                      {"id": "c", "url": "c.mp4", "zones": [ZONE]}]), check_files=False)
     plan = plan_reload(old, shapes_only)
@@ -82,12 +87,24 @@ def test_sighup_applies_a_new_config_to_a_running_pipeline(tmp_path: Path) -> No
                                 stdout=subprocess.DEVNULL, stderr=err, text=True)
     try:
         _wait(proc, "camera a's frames", lambda: len(frames("a")) >= 5)
-        # 1: camera b added, zones for a (its decoder kept), a model change that needs a restart
-        write([{"id": "a", **cam, "zones": [ZONE]}, {"id": "b", **cam}],
-              model={**base["model"], "conf": 0.5})
+        # 1: camera b added, zones for a (its decoder kept), another model (swapped in), a batch change
+        # that needs a restart
+        model2 = {**base["model"], "path": "yolov8s-seg.yaml"}
+        write([{"id": "a", **cam, "zones": [ZONE]}, {"id": "b", **cam}], model=model2,
+              batch={**base["batch"], "max_batch": 2})
         proc.send_signal(signal.SIGHUP)
-        _wait(proc, "camera b's frames and a's zones",
-              lambda: len(frames("b")) >= 5 and len(frames("a", zone_counts=1)) >= 3)
+        _wait(proc, "camera b's frames, a's zones and the new model",
+              lambda: len(frames("b")) >= 5 and len(frames("a", zone_counts=1)) >= 3
+              and any(e["model"] == "yolov8s-seg.yaml" for e in frames("b")))
+        # 1b: a model file that does not load: reported, the running model streams on
+        (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
+        write([{"id": "a", **cam, "zones": [ZONE]}, {"id": "b", **cam}],
+              model={**base["model"], "path": str(tmp_path / "broken.pt")}, batch={**base["batch"], "max_batch": 2})
+        proc.send_signal(signal.SIGHUP)
+        _wait(proc, "the model error", lambda: "event=model_swap_failed" in err_log.read_text())
+        n_b = len(frames("b"))
+        _wait(proc, "camera b streaming on", lambda: len(frames("b")) >= n_b + 5)
+        assert {e["model"] for e in frames("b")[n_b:]} == {"yolov8s-seg.yaml"}
         # 2: a broken config is reported and the running one kept
         path.write_text("cameras: [{id: a}]\n")
         proc.send_signal(signal.SIGHUP)
@@ -95,7 +112,7 @@ def test_sighup_applies_a_new_config_to_a_running_pipeline(tmp_path: Path) -> No
         n_b = len(frames("b"))
         _wait(proc, "camera b streaming on", lambda: len(frames("b")) >= n_b + 5)
         # 3: camera a removed, camera b restarted with a new setting (a new ring under the same id)
-        write([{"id": "b", **cam, "fps": 12}])
+        write([{"id": "b", **cam, "fps": 12}], model=model2)
         proc.send_signal(signal.SIGHUP)
         _wait(proc, "camera a stopped", lambda: any(e["kind"] == "status" and e["camera"] == "a"
                                                     and e["state"] == "stopped" for e in _events(events)))
@@ -110,7 +127,7 @@ def test_sighup_applies_a_new_config_to_a_running_pipeline(tmp_path: Path) -> No
     log = err_log.read_text()
     assert proc.returncode == 0, log[-3000:]
     assert "Traceback" not in log
-    assert "event=reload_ignored section=model" in log
+    assert "event=reload_ignored section=batch" in log and log.count("event=model_swapped") == 1
     assert re.search(r"event=reload_failed error=\"?'?cameras\[0\]\.url: required key is missing", log), log
     assert "camera=a event=camera_removed" in log and log.count("camera=b event=camera_added") == 2
     states_a = [e["state"] for e in _events(events) if e["kind"] == "status" and e["camera"] == "a"]
