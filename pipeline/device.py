@@ -352,7 +352,7 @@ class DeviceStage:
             return False
         with self._flight_lock:
             self._in_flight += 1
-        out.put(self._upload(batch, arena, stream, self.model))
+        out.put(self._upload(batch, arena, stream))  # with self.model: this thread is the one that swaps it
         return True
 
     def _stage(self, fn: Callable[[Any], Any], inq: queue.Queue[Any], out: queue.Queue[Any] | None,
@@ -402,7 +402,8 @@ class DeviceStage:
 
     # --------------------------------------------------------------------------- the work
 
-    def _upload(self, batch: Batch, arena: Arena, stream: Any, model: _Model) -> _Uploaded:
+    def _upload(self, batch: Batch, arena: Arena, stream: Any, model: _Model | None = None) -> _Uploaded:
+        model = model or self.model
         if not self.cuda:
             return self._resize_on_host(batch, arena, model)
         images = [torch.from_numpy(f.image).to(self.device, non_blocking=True) for f in batch.frames]
