@@ -164,3 +164,66 @@ def test_an_idle_replica_starts_when_a_reload_gives_it_cameras(tmp_path: Path) -
             proc.kill()
     assert proc.returncode == 0, err[-3000:]
     assert {e["camera"] for e in _events(events)} == {ours[0]} and "event=idle" in err
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _maps(pid: int, prefix: str) -> int:
+    """Shared-memory segments of ``prefix`` the process ``pid`` has mapped."""
+    try:
+        return sum(prefix in line for line in Path(f"/proc/{pid}/maps").read_text().splitlines())
+    except OSError:
+        return 0
+
+
+def test_reloads_leave_no_segments_or_mappings_behind(tmp_path: Path) -> None:
+    """Cameras added and removed ten times: shared memory ends as it started (one control and one frame
+    segment per camera), in /dev/shm and in the device stage's address space."""
+    clip = write_clip(tmp_path / "clip.mp4", frames=15, fps=15, size=(96, 64))
+    events, path = tmp_path / "events.jsonl", tmp_path / "cameras.yaml"
+    base = {"model": {"path": "yolov8n-seg.yaml", "device": "cpu", "imgsz": 64, "conf": 1e-6, "max_det": 4,
+                      "threads": 1},
+            "sinks": [{"type": "jsonl", "path": str(events)}], "metrics": {"enabled": False}}
+
+    def write(ids: list[str]) -> None:
+        path.write_text(yaml.safe_dump({**base, "cameras": [{"id": c, "url": str(clip), "loop": True} for c in ids]}))
+
+    def live(cid: str) -> bool:
+        return any(e["kind"] == "status" and e["camera"] == cid and e["state"] == "live" for e in _events(events))
+
+    write(["keep"])
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(path), "--no-console"], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    prefix = f"{shm.ROOT}{proc.pid}_"
+    try:
+        _wait(proc, "the first camera", lambda: live("keep"))
+        device = next(pid for pid in _children(proc.pid) if _maps(pid, prefix))
+        baseline = (len(shm.list_segments(prefix)), _maps(device, prefix))
+        for i in range(10):
+            write(["keep", f"extra{i}"])
+            proc.send_signal(signal.SIGHUP)
+            _wait(proc, f"extra{i} live", lambda i=i: live(f"extra{i}"))
+            write(["keep"])
+            proc.send_signal(signal.SIGHUP)
+            _wait(proc, f"extra{i} stopped", lambda i=i: any(
+                e["kind"] == "status" and e["camera"] == f"extra{i}" and e["state"] == "stopped" for e in _events(events)))
+        # the device stage lets go of a removed ring once its last batch is through
+        _wait(proc, "the mappings to settle",
+              lambda: (len(shm.list_segments(prefix)), _maps(device, prefix)) == baseline, timeout=10)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    assert baseline[0] == 2 and shm.list_segments(prefix) == []
