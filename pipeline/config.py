@@ -204,6 +204,8 @@ class CameraConfig(_Strict):
     nice: int = Field(19, ge=0, le=19, description="decoder process niceness: when decoding outruns the CPU, "
                                                    "inference keeps its pace and decoders give way")
     reconnect: ReconnectConfig = ReconnectConfig()
+    classes: tuple[str, ...] | None = Field(None, min_length=1, description="publish only objects with these "
+                                                                          "labels (checked against the model's)")
     zones: tuple[ZoneConfig, ...] = Field((), description="regions whose objects are listed and counted")
     lines: tuple[LineConfig, ...] = Field((), description="counting lines (need tracking.enabled)")
 
@@ -305,6 +307,14 @@ class RunConfig(_Strict):
         """A copy that runs only the cameras ``ids`` (this replica's shard), order kept."""
         keep = set(ids)
         return self.model_copy(update={"cameras": tuple(c for c in self.cameras if c.id in keep)})
+
+
+def check_classes(cameras: tuple[CameraConfig, ...], names: tuple[str, ...], model: str) -> list[ConfigError]:
+    """``cameras[i].classes`` that are not labels of the model (``names``), one error each."""
+    known = set(names)
+    listed = ", ".join(names) if len(names) <= 12 else ", ".join(names[:10]) + f", ... ({len(names)} in all)"
+    return [ConfigError(f"cameras[{i}].classes", f"{c!r} is not a class of {model} ({listed})")
+            for i, cam in enumerate(cameras) for c in cam.classes or () if c not in known]
 
 
 def _is_demo(url: str) -> bool:

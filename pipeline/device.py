@@ -241,6 +241,7 @@ class DeviceStage:
             t0 = time.perf_counter()
             self.warmup(loaded)
             self.model = loaded
+            self.notify(("names", loaded.names))
         except SegpipeError as e:
             self.notify(("model_error", str(e).splitlines()[0]))
         except Exception as e:  # noqa: BLE001 - a model that fails to load must not take the stream down
@@ -649,9 +650,10 @@ def device_main(settings: DeviceSettings, cameras: Sequence[tuple[str, str]], re
     cameras: (camera id, shared-memory prefix) pairs. results: the sink stage's queue (FrameResults
     are put there; the supervisor adds STOP once this process has exited). stop: a multiprocessing
     Event; once set, batches already gathered are finished and the process ends. conn: one
-    ``("ready", description)`` after warm-up, ``("stats", StageStats)`` about every second, or
+    ``("names", class names)`` then ``("ready", description)`` after warm-up, ``("stats", StageStats)``
+    about every second, or
     ``("error", one line)`` before a non-zero exit, and after a ``("model", DeviceSettings)`` command
-    ``("model_ready", description)`` or ``("model_error", one line)``. commands: optional queue of
+    ``("names", ...)`` and ``("model_ready", description)``, or ``("model_error", one line)``. commands: optional queue of
     config reload changes, ``("attach", camera id, prefix)``, ``("detach", camera id)`` or ``("model",
     DeviceSettings)`` (loaded beside the running model, swapped in between two batches).
     """
@@ -670,6 +672,7 @@ def device_main(settings: DeviceSettings, cameras: Sequence[tuple[str, str]], re
         stage = DeviceStage(settings=settings, backend=backend, readers=readers, emit=results.put,
                             commands=commands, notify=send)
         stage.warmup()
+        send(("names", stage.names))
         send(("ready", f"{backend!r} input {stage.size[1]}x{stage.size[0]} (WxH)"))
         stage.run(stop, report=lambda stats: send(("stats", stats)))
     except SegpipeError as e:

@@ -124,6 +124,7 @@ class Supervisor:
         self._sink: Any = None
         self._reload = False
         self._next_model: Any = None  # the config whose model the device stage is loading
+        self.model_names: tuple[str, ...] | None = None  # the running model's classes, once loaded
         self._next_index = 0  # shared-memory index of the next camera (never reused in a run)
         self._prefix = f"{shm.ROOT}{os.getpid()}_"
         self._rng = random.Random()
@@ -189,6 +190,11 @@ class Supervisor:
         while not self.ready and self._stop_reason is None:
             self._poll(_TICK_S)
             self._watch_stages()
+        if self._stop_reason is None and self.model_names is not None:
+            from pipeline.config import check_classes
+
+            for err in check_classes(self.cfg.cameras, self.model_names, self.cfg.model.path)[:1]:
+                self._fail(str(err))  # a label the model never produces would silently filter out everything
         if self._stop_reason is None:
             for cam in self.cameras:
                 self._start_decoder(cam, initial=S.CONNECTING)
@@ -297,7 +303,9 @@ class Supervisor:
         try:
             while conn.poll():
                 kind, payload = conn.recv()
-                if kind == "ready":
+                if kind == "names":
+                    self.model_names = tuple(payload)
+                elif kind == "ready":
                     self.ready, self.device_info = True, payload
                     log.info("event=device_ready %s", payload)
                     if self.metrics is not None:
@@ -312,6 +320,10 @@ class Supervisor:
                         self.cfg = self.cfg.model_copy(update={"model": self._next_model.model,
                                                                "masks": self._next_model.masks})
                     self._next_model = None
+                    from pipeline.config import check_classes
+
+                    for err in check_classes(self.cfg.cameras, self.model_names or (), self.cfg.model.path):
+                        log.warning("event=classes_unknown_to_new_model error=%r", str(err))
                 elif kind == "model_error":
                     log.error("event=model_swap_failed error=%r kept=running_model", payload)
                     self._next_model = None
@@ -459,6 +471,15 @@ class Supervisor:
         if not new.cameras:
             log.error("event=reload_failed error='no camera left for this replica' kept=running_config")
             return
+        if self.model_names is not None and new.model == self.cfg.model:  # a new model is checked once loaded
+            from pipeline.config import check_classes
+
+            errors = check_classes(new.cameras, self.model_names, new.model.path)
+            for err in errors:
+                log.error("event=reload_failed error=%r", str(err))
+            if errors:
+                log.error("event=reload_failed kept=running_config")
+                return
         plan = plan_reload(self.cfg, new)
         for name in plan.ignored:
             log.warning("event=reload_ignored section=%s reason='needs a restart'", name)

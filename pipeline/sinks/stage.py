@@ -1,6 +1,7 @@
 """The sink stage: a process that turns FrameResult/CameraStatus into events and fans them out.
 
-With ``tracking.enabled`` it first gives each detection its ``track_id`` (``pipeline.tracking``), then
+A camera with ``classes`` keeps only objects with those labels. With ``tracking.enabled`` it then gives
+each detection its ``track_id`` (``pipeline.tracking``), then
 applies the cameras' zones and counting lines (``pipeline.analytics``): this process sees every
 camera's results in order, and this work takes no time from the device stage.
 
@@ -16,6 +17,7 @@ upstream stage never blocks on a full queue, and exits with status 1.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import sys
@@ -72,6 +74,7 @@ class SinkStage:
             self.trackers = CameraTrackers(tracking)
             self._with_track_ids = with_track_ids
         self.analytics: Analytics | None = None
+        self._classes: dict[str, frozenset[str]] = {}
         self.update_cameras(cameras)
         self._e2e: dict[str, list[float]] = defaultdict(list)
         self._step: list[float] = []
@@ -97,6 +100,7 @@ class SinkStage:
     def update_cameras(self, cameras: Sequence[CameraConfig]) -> None:
         """Take the run's (new) cameras: their zones and lines; forget the tracks of cameras gone."""
         ids = {c.id for c in cameras}
+        self._classes = {c.id: frozenset(c.classes) for c in cameras if c.classes}
         if self.trackers is not None:
             self.trackers.forget([cid for cid in self.trackers.active() if cid not in ids])
         if not any(c.zones or c.lines for c in cameras):
@@ -114,6 +118,9 @@ class SinkStage:
         now = time.time()
         try:
             if isinstance(item, FrameResult):
+                keep = self._classes.get(item.camera_id)
+                if keep is not None:  # before tracking: a filtered-out class starts no track
+                    item = dataclasses.replace(item, detections=tuple(d for d in item.detections if d.label in keep))
                 ids = None if self.trackers is None else self.trackers.track(item)
                 if self.analytics is not None and self.analytics.covers(item.camera_id):
                     result = self.analytics.apply(item, ids)  # ids, zones and lines in one copy

@@ -178,6 +178,44 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def test_camera_classes_are_checked_against_the_model(tmp_path: Path) -> None:
+    """A label the model does not have is an error at start-up (before any camera starts) and makes a
+    reload fail; the model's own labels filter what each camera publishes."""
+    clip = write_clip(tmp_path / "clip.mp4", frames=15, fps=15, size=(96, 64))
+    events, path = tmp_path / "events.jsonl", tmp_path / "cameras.yaml"
+    base = {"model": {"path": "yolov8n-seg.yaml", "device": "cpu", "imgsz": 64, "conf": 1e-6, "max_det": 100,
+                      "threads": 1},
+            "sinks": [{"type": "jsonl", "path": str(events)}], "metrics": {"enabled": False}}
+
+    def write(classes: list[str]) -> None:
+        path.write_text(yaml.safe_dump({**base, "cameras": [{"id": "a", "url": str(clip), "loop": True,
+                                                             "classes": classes}]}))
+
+    write(["class0", "lorry"])  # a model built from its YAML names its classes class0..class79
+    bad = subprocess.run([sys.executable, "-m", "pipeline", "run", str(path), "--no-console"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert ("segpipe run: error: cameras[0].classes: 'lorry' is not a class of yolov8n-seg.yaml (class0, class1, "
+            "class2, class3, class4, class5, class6, class7, class8, class9, ... (80 in all))") in bad.stderr
+    assert "state=connecting" not in bad.stderr  # no camera was started
+    write(["class0", "class2"])
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(path), "--no-console"], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait(proc, "frames", lambda: sum(e["kind"] == "frame" for e in _events(events)) >= 5)
+        write(["lorry"])
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(1.5)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and "event=reload_failed error=\"cameras[0].classes: 'lorry' is not a class" in err
+    labels = {d["label"] for e in _events(events) if e["kind"] == "frame" for d in e["detections"]}
+    assert labels and labels <= {"class0", "class2"}  # a random model at conf 1e-6 finds all sorts
+
+
 def _maps(pid: int, prefix: str) -> int:
     """Shared-memory segments of ``prefix`` the process ``pid`` has mapped."""
     try:

@@ -171,6 +171,25 @@ def test_zones_and_lines_apply_after_tracking(tmp_path: Path) -> None:
     assert all("crossings" not in e for e in _lines(tmp_path / "all.jsonl") if e["camera"] == "b")
 
 
+def test_camera_classes_filter_before_tracking(tmp_path: Path) -> None:
+    from pipeline.config import CameraConfig
+
+    cfg = JsonlSinkConfig(type="jsonl", name="all", path=tmp_path / "all.jsonl")
+    stage = SinkStage.from_configs([cfg], tracking=TrackingConfig(enabled=True, min_hits=1),
+                                   cameras=[CameraConfig(id="a", url="a.mp4", classes=("car",)),
+                                            CameraConfig(id="b", url="b.mp4")])
+    dets = (Detection(class_id=0, label="person", score=0.9, box=(0, 0, 2, 2)),
+            Detection(class_id=1, label="car", score=0.9, box=(4, 0, 6, 2)))
+    for camera in ("a", "b"):
+        stage.handle(FrameResult(camera_id=camera, seq=0, pts=None, capture_ts=time.time(), infer_ts=time.time(),
+                                 frame_size=(8, 6), model="m", detections=dets))
+    report = stage.report()
+    stage.close()
+    labels = {e["camera"]: [(d["label"], d.get("track_id")) for d in e["detections"]] for e in _lines(tmp_path / "all.jsonl")}
+    assert labels == {"a": [("car", 1)], "b": [("person", 1), ("car", 2)]}  # the person in a started no track
+    assert report.tracks_started == {"a": 1, "b": 2}
+
+
 def test_setup_failure_closes_sinks_already_built(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
