@@ -123,7 +123,8 @@ class Supervisor:
         self._device_cmds: Any = None
         self._sink: Any = None
         self._reload = False
-        self._next_model: Any = None  # the config whose model the device stage is loading
+        self._next_models: list[Any] = []  # configs whose model the device stage loads, in order
+        self._sink_update: Any = None  # a camera list for the sink stage, while its inbox is full
         self.model_names: tuple[str, ...] | None = None  # the running model's classes, once loaded
         self._next_index = 0  # shared-memory index of the next camera (never reused in a run)
         self._prefix = f"{shm.ROOT}{os.getpid()}_"
@@ -238,6 +239,8 @@ class Supervisor:
             if self._reload:
                 self._reload = False
                 self._apply_reload()
+            if self._sink_update is not None:
+                self._send_sink_update()
             if all(c.done for c in self.cameras):
                 self.request_stop("all cameras ended")
             if time.monotonic() >= next_tick:
@@ -316,17 +319,17 @@ class Supervisor:
                     self._fail(f"device stage: {payload}")
                 elif kind == "model_ready":
                     log.info("event=model_swapped %s", payload)
-                    if self._next_model is not None:
-                        self.cfg = self.cfg.model_copy(update={"model": self._next_model.model,
-                                                               "masks": self._next_model.masks})
-                    self._next_model = None
+                    if self._next_models:
+                        done = self._next_models.pop(0)
+                        self.cfg = self.cfg.model_copy(update={"model": done.model, "masks": done.masks})
                     from pipeline.config import check_classes
 
                     for err in check_classes(self.cfg.cameras, self.model_names or (), self.cfg.model.path):
                         log.warning("event=classes_unknown_to_new_model error=%r", str(err))
                 elif kind == "model_error":
                     log.error("event=model_swap_failed error=%r kept=running_model", payload)
-                    self._next_model = None
+                    if self._next_models:
+                        self._next_models.pop(0)
         except (EOFError, OSError):
             conn.close()
             self._device_conn = None
@@ -491,17 +494,26 @@ class Supervisor:
             self._start_decoder(handle, initial=S.CONNECTING)
             log.info("camera=%s event=camera_added url=%s", cam.id, cam.redacted_url)
         if plan.changes_cameras:
-            self._inbox.put(CamerasUpdate(cameras=plan.cameras), timeout=5.0)
+            self._sink_update = CamerasUpdate(cameras=plan.cameras)
+            self._send_sink_update()
         self.cfg = self.cfg.model_copy(update={"cameras": plan.cameras})
         if plan.model:  # self.cfg takes the new model once the device stage has it
             from pipeline.device import DeviceSettings
 
-            self._next_model = new
+            self._next_models.append(new)
             self._device_cmds.put(("model", DeviceSettings.from_config(
                 self.cfg.model_copy(update={"model": new.model, "masks": new.masks}))))
             log.info("event=model_loading path=%s", new.model.path)
         log.info("event=reloaded stopped=%d started=%d shapes_changed=%s model_changed=%s", len(plan.stop),
                  len(plan.start), plan.shapes, plan.model)
+
+    def _send_sink_update(self) -> None:
+        """The new camera list to the sink stage; tried again every loop while its inbox is full."""
+        try:
+            self._inbox.put_nowait(self._sink_update)
+        except queue.Full:
+            return
+        self._sink_update = None
 
     def _remove_cameras(self, camera_ids: tuple[str, ...]) -> None:
         gone = [c for c in self.cameras if c.camera_id in camera_ids]
