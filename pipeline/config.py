@@ -199,6 +199,9 @@ class CameraConfig(_Strict):
     open_timeout_s: float = Field(10.0, gt=0)
     read_timeout_s: float = Field(5.0, gt=0)
     stall_timeout_s: float = Field(2.0, gt=0, description="no frame for this long: STALLED")
+    frozen_timeout_s: float | None = Field(None, gt=0, description="the same picture (not one sampled pixel "
+                                                                   "changed) for this long: STALLED, and "
+                                                                   "its repeats are not inferred; null: off")
     heartbeat_timeout_s: float = Field(30.0, gt=0, description="decoder silent this long: killed, restarted")
     decode_threads: int = Field(0, ge=0, le=64, description="codec threads, 0 = FFmpeg's choice")
     nice: int = Field(19, ge=0, le=19, description="decoder process niceness: when decoding outruns the CPU, "

@@ -8,8 +8,11 @@ The loop: open (RTSP over TCP by default, open/read timeouts) -> decode with FFm
 sample to the camera's fps limit -> pace files at their own rate (optional) -> write the BGR frame
 into the ring. Stream errors move the camera to RECONNECTING and retry with exponential back-off
 plus jitter; a file that ends is ENDED (or starts again with ``loop``). A watchdog thread marks the
-camera STALLED when no frame arrives for ``stall_timeout_s``. The loop beats a heartbeat into the
-control block; a decoder that stops beating is killed and restarted by the supervisor.
+camera STALLED when no frame arrives for ``stall_timeout_s``; with ``frozen_timeout_s``, a picture that
+has not changed in a single sampled pixel for that long (an IP camera whose encoder hung keeps sending
+the same frame) is STALLED too, and its repeats are not sent to the model until it changes. The loop
+beats a heartbeat into the control block; a decoder that stops beating is killed and restarted by the
+supervisor.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ class DecoderSettings:
     open_timeout_s: float = 10.0
     read_timeout_s: float = 5.0
     stall_timeout_s: float = 2.0
+    frozen_timeout_s: float | None = None
     decode_threads: int = 0
     nice: int = 0
     backoff: Backoff = Backoff()
@@ -65,7 +69,7 @@ class DecoderSettings:
         return cls(camera_id=cam.id, url=cam.url, is_file=cam.is_file, fps=cam.fps, loop=cam.loop,
                    realtime=cam.realtime, lossless=cam.lossless, transport=cam.transport, open_timeout_s=cam.open_timeout_s,
                    read_timeout_s=cam.read_timeout_s, stall_timeout_s=cam.stall_timeout_s,
-                   decode_threads=cam.decode_threads, nice=cam.nice,
+                   frozen_timeout_s=cam.frozen_timeout_s, decode_threads=cam.decode_threads, nice=cam.nice,
                    backoff=Backoff(initial_s=r.initial_s, max_s=r.max_s, jitter=r.jitter),
                    max_restarts=r.max_restarts)
 
@@ -137,6 +141,7 @@ class Decoder:
         self._pace: tuple[float, float] | None = None  # (wall, pts) anchor of realtime pacing
         self._frames_this_pass = 0
         self._done = threading.Event()
+        self._frozen = _FrozenPicture(settings.frozen_timeout_s) if settings.frozen_timeout_s else None
 
     # -------------------------------------------------------------------------- the outer loop
 
@@ -248,6 +253,11 @@ class Decoder:
         if self.s.is_file and self.s.realtime and t is not None:
             self._pace_to(t)
         image = frame.to_ndarray(format="bgr24")
+        if self._frozen is not None and self._frozen.still(image, now):
+            # the same picture again: no news for the model, and a hung camera for its subscribers
+            if self.machine.state is S.LIVE:
+                self.machine.transition_if(S.STALLED, f"picture frozen for {self._frozen.for_s(now):.1f}s")
+            return
         if self.s.lossless and self.s.is_file:
             self._wait_taken()
         self.writer.write(np.ascontiguousarray(image), pts=t, capture_ts=time.time())
@@ -308,6 +318,28 @@ class Decoder:
             quiet = time.monotonic() - self.last_frame
             if self.machine.state is S.LIVE and quiet > self.s.stall_timeout_s:
                 self.machine.transition_if(S.STALLED, f"no frame for {quiet:.1f}s")
+
+
+class _FrozenPicture:
+    """Whether a camera's picture has stopped changing: exactly equal on a sparse grid of pixels (about
+    40 x 24), frame after frame, for ``timeout_s``. Sensor noise makes a live picture differ somewhere
+    on every frame, however still the scene, so an exact match means repeated frames, not a quiet view."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self._grid: np.ndarray | None = None
+        self._since = 0.0
+
+    def still(self, image: np.ndarray, now: float) -> bool:
+        h, w = image.shape[:2]
+        grid = image[:: max(h // 24, 1), :: max(w // 40, 1)]
+        if self._grid is None or grid.shape != self._grid.shape or not np.array_equal(grid, self._grid):
+            self._grid, self._since = grid.copy(), now
+            return False
+        return now - self._since >= self.timeout_s
+
+    def for_s(self, now: float) -> float:
+        return now - self._since
 
 
 def _describe(e: BaseException) -> str:

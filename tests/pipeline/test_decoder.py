@@ -154,6 +154,32 @@ def test_stall_is_reported_and_clears(clips: dict[str, Path], harness: type[Harn
     assert h.statuses[2].ts < after_gap.capture_ts <= h.statuses[3].ts + 0.05
 
 
+def test_frozen_picture_is_reported_and_its_repeats_withheld(tmp_path: Path, harness: type[Harness]) -> None:
+    """10 moving frames, the last one repeated for 2 s, 10 moving again (15 fps, encoded losslessly so
+    the repeats decode identical): STALLED after frozen_timeout_s, LIVE again when the picture moves."""
+    from tests.pipeline.media import make_frame
+
+    images = [make_frame(i, size=(160, 120)) for i in range(10)] + [make_frame(9, size=(160, 120))] * 30
+    images += [make_frame(10 + i, size=(160, 120)) for i in range(10)]
+    clip = write_clip(tmp_path / "frozen.mp4", images=images, fps=15, crf=0)
+    h = harness(url=str(clip), is_file=True, realtime=True, frozen_timeout_s=0.5)
+    h.run()
+    assert h.states == [S.CONNECTING, S.LIVE, S.STALLED, S.LIVE, S.ENDED], h.statuses
+    assert h.statuses[2].detail.startswith("picture frozen for 0.5")
+    assert 20 + 5 <= h.decoded <= 20 + 9  # the repeats inside the first 0.5 s still went out (7 at 15 fps)
+    plain = harness(url=str(clip), is_file=True, realtime=False)  # off by default: every frame goes out
+    plain.run()
+    assert plain.decoded == 50 and S.STALLED not in plain.states
+    # a still scene seen by a real sensor: the same picture with +-2 of noise is not frozen
+    rng = np.random.default_rng(0)
+    noisy = [np.clip(make_frame(9, size=(160, 120)).astype(int) + rng.integers(-2, 3, (120, 160, 3)), 0, 255)
+             .astype(np.uint8) for _ in range(30)]
+    still = harness(url=str(write_clip(tmp_path / "still.mp4", images=noisy, fps=15, crf=0)), is_file=True,
+                    realtime=True, frozen_timeout_s=0.5)
+    still.run()
+    assert still.decoded == 30 and S.STALLED not in still.states
+
+
 @pytest.mark.parametrize("clip, state, frames", [
     ("truncated_ts", S.ENDED, (1, 59)),  # plays what is there, then ends
     ("corrupt_ts", S.ENDED, (10, 60)),  # damaged packets are skipped; the next keyframe heals
