@@ -4,12 +4,14 @@ Depends only on ``pipeline.messages`` and prometheus_client. The ``Metrics`` obj
 registry (never the library's global default one), so tests and several pipelines in one process do
 not collide. Child processes (decoders, device stage, sink stage) cannot touch the supervisor's
 registry, so each sends ``StageStats`` deltas over a queue and the supervisor calls
-``Metrics.apply``. ``MetricsServer`` serves ``/metrics``, ``/healthz`` (the process answers) and
-``/readyz`` (every readiness check passes: by default the engine is loaded and a camera is live).
+``Metrics.apply``. ``MetricsServer`` serves ``/metrics``, ``/healthz`` (the process answers),
+``/readyz`` (every readiness check passes: by default the engine is loaded and a camera is live) and,
+when given a ``status`` callable, ``/cameras`` (its JSON: what ``segpipe status`` shows).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import threading
@@ -237,8 +239,10 @@ class MetricsServer:
     """
 
     def __init__(self, *, metrics: Metrics, host: str = "127.0.0.1", port: int = 9108,
-                 readiness: Sequence[ReadinessCheck] | None = None) -> None:
+                 readiness: Sequence[ReadinessCheck] | None = None,
+                 status: Callable[[], dict] | None = None) -> None:
         self.metrics, self.host, self.port = metrics, host, port
+        self.status = status
         self.readiness = tuple(metrics.default_readiness() if readiness is None else readiness)
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -297,8 +301,10 @@ def _make_handler(server: MetricsServer) -> type[BaseHTTPRequestHandler]:
                     self._reply(503, f"not ready: {', '.join(failed)}\n".encode())
                 else:
                     self._reply(200, b"ready\n")
+            elif path == "/cameras" and server.status is not None:
+                self._reply(200, json.dumps(server.status()).encode(), "application/json")
             else:
-                self._reply(404, b"not found: try /metrics, /healthz or /readyz\n")
+                self._reply(404, b"not found: try /metrics, /healthz, /readyz or /cameras\n")
 
         def _reply(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
             self.send_response(code)

@@ -63,6 +63,12 @@ SINK_STOP_GRACE_S = 30.0
 _TICK_S = 0.1
 
 
+def _redact(url: str) -> str:
+    from pipeline.sinks.config import redact_url
+
+    return redact_url(url)
+
+
 def _child_main(target: Callable[..., None], *args: Any, **kwargs: Any) -> None:
     """Entry of every child: die with the supervisor (Linux), then run ``target``."""
     with contextlib.suppress(Exception):  # best effort: not on macOS, not without libc
@@ -127,6 +133,7 @@ class Supervisor:
         self._sink_update: Any = None  # a camera list for the sink stage, while its inbox is full
         self.model_names: tuple[str, ...] | None = None  # the running model's classes, once loaded
         self._next_index = 0  # shared-memory index of the next camera (never reused in a run)
+        self._snapshot: dict[str, Any] = {"ts": time.time(), "model": cfg.model.path, "device": "", "cameras": []}
         self._prefix = f"{shm.ROOT}{os.getpid()}_"
         self._rng = random.Random()
 
@@ -399,7 +406,20 @@ class Supervisor:
         self.errors.append(error)
         self.request_stop("error")
 
+    def status(self) -> dict[str, Any]:
+        """What the run looks like (refreshed every second; safe from any thread): model, device and,
+        per camera, its state, url (credentials hidden) and control-block counters."""
+        return self._snapshot
+
     def _tick(self) -> None:
+        cams = []
+        for c in self.cameras:
+            counters = c.control.snapshot()
+            for k in ("heartbeat", "stop", "gen", "latest_seq", "taken_seq", "state"):  # the ring's bookkeeping
+                counters.pop(k)
+            cams.append({"id": c.camera_id, "state": c.machine.state.value, "url": _redact(c.settings.url),
+                         **counters})
+        self._snapshot = {"ts": time.time(), "model": self.cfg.model.path, "device": self.device_info, "cameras": cams}
         if self.metrics is not None:
             self.metrics.apply(self.camera_stats())
         if self.on_tick is not None:

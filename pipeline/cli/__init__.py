@@ -26,6 +26,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("train", "pipeline.cli.train"),
     ("val", "pipeline.cli.val"),
     ("listen", "pipeline.cli.listen"),
+    ("status", "pipeline.cli.status"),
     ("export", "pipeline.cli.export"),
     ("build-engine", "pipeline.cli.build_engine"),
 )

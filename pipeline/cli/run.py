@@ -88,12 +88,7 @@ def _run(cfg: Any, args: argparse.Namespace, shard: Any, reloader: Any = None) -
     from pipeline.supervisor import Supervisor
 
     stop = threading.Event()
-    metrics = server = None
-    if cfg.metrics.enabled:
-        metrics = Metrics()
-        server = MetricsServer(metrics=metrics, host=cfg.metrics.host, port=cfg.metrics.port)
-        port = server.start()  # ConfigError (exit 2) when the port is taken
-        log.info("event=metrics_listening url=http://%s:%d/metrics", cfg.metrics.host, port)
+    metrics = Metrics() if cfg.metrics.enabled else None
     console = None
     if not args.no_console:
         interval = args.console_interval or (1.0 if sys.stdout.isatty() else 10.0)
@@ -104,6 +99,11 @@ def _run(cfg: Any, args: argparse.Namespace, shard: Any, reloader: Any = None) -
             console.update([(c.camera_id, c.machine.state, c.control.snapshot()) for c in sup.cameras])
 
     sup = Supervisor(cfg=cfg, metrics=metrics, on_tick=on_tick, reloader=reloader)
+    server = None
+    if metrics is not None:
+        server = MetricsServer(metrics=metrics, host=cfg.metrics.host, port=cfg.metrics.port, status=sup.status)
+        port = server.start()  # ConfigError (exit 2) when the port is taken
+        log.info("event=metrics_listening url=http://%s:%d/metrics", cfg.metrics.host, port)
 
     def on_signal(signum: int, _frame: Any) -> None:
         stop.set()

@@ -89,6 +89,16 @@ def test_sigterm_drains_publishes_and_frees_shared_memory(tmp_path: Path) -> Non
             time.sleep(0.2)
         status, text = _get(f"http://127.0.0.1:{port}/metrics")
         assert status == 200 and 'segpipe_frames_decoded_total{camera="loop"}' in text
+        status, text = _get(f"http://127.0.0.1:{port}/cameras")
+        cams = {c["id"]: c for c in json.loads(text)["cameras"]}
+        assert status == 200 and cams["loop"]["state"] == "live" and cams["loop"]["inferred"] > 0
+        assert cams["loop"]["url"].endswith("clip.mp4") and "heartbeat" not in cams["loop"]
+        table = subprocess.run([sys.executable, "-m", "pipeline", "status", f"http://127.0.0.1:{port}",
+                                "--interval", "0.5"], cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert table.returncode == 0, table.stderr
+        lines = table.stdout.splitlines()
+        assert lines[0] == "model yolov8n-seg.yaml on " + json.loads(text)["device"] and "INF/s" in lines[1]
+        assert re.match(r"loop\s+live\s+96x64\s", lines[2]) and lines[-1].startswith("total")
         assert _get(f"http://127.0.0.1:{port}/healthz")[0] == 200
         assert _get(f"http://127.0.0.1:{port}/readyz")[0] == 200  # engine loaded, a camera live
         proc.send_signal(signal.SIGTERM)
@@ -110,6 +120,15 @@ def test_sigterm_drains_publishes_and_frees_shared_memory(tmp_path: Path) -> Non
     assert [e["state"] for e in lines if e["kind"] == "status" and e["camera"] == "loop"][-1] == "stopped"
     assert shm.list_segments(f"{shm.ROOT}{proc.pid}_") == []  # nothing left in /dev/shm
     assert re.search(r"event=stopped shm_segments_unlinked=\d+ errors=0", err)
+
+
+def test_status_of_nothing_running_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    port = free_port()
+    assert main(["status", f"http://127.0.0.1:{port}"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"segpipe status: error: cannot reach http://127.0.0.1:{port}/cameras")
+    assert main(["status", "127.0.0.1:9108"]) == 2
+    assert "expected http://host:port" in capsys.readouterr().err
 
 
 def test_console_table() -> None:
