@@ -91,6 +91,8 @@ class CameraAnalytics:
         if size == self._size:
             return
         wh = np.array(size, np.float64)
+        if self._size is not None:  # last positions were in the old size's pixels
+            self._sides = [{} for _ in self.lines]
         self._size = size
         self._zone_px = [np.array(z.polygon, np.float64) * wh for z in self.zones]
         self._line_px = [(_as_tuples(np.array(ln.points) * wh)) for ln in self.lines]  # type: ignore[misc]

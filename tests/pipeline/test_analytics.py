@@ -145,6 +145,12 @@ def test_shapes_follow_the_frame_size() -> None:
     b = an.apply(_frame(1, _det(150, 90), size=(800, 400)))   # the same pixel is now above-left of it
     assert a.analytics.zone_counts == {"z": 1} and b.analytics.zone_counts == {"z": 0}
     assert b.analytics.shapes["lines"]["mid"] == ((0, 200), (800, 200))
+    # positions in two frame sizes' pixels are not a path: no crossing from below y=100 of 200 to
+    # above y=200 of 400 (the camera changed resolution)
+    an2 = CameraAnalytics([], [MIDDLE])
+    an2.apply(_frame(0, _det(200, 150), size=(400, 200)))
+    c = an2.apply(_frame(1, _det(200, 190), size=(800, 400)))
+    assert c.analytics.crossings == ()
 
 
 def test_analytics_by_camera_counts_crossings_and_zone_gauges() -> None:
