@@ -178,6 +178,41 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def test_removing_a_camera_that_is_reconnecting(tmp_path: Path) -> None:
+    """A camera whose server is gone sits in its back-off; a reload that removes it stops it at once."""
+    from tests.conftest import free_port
+
+    clip = write_clip(tmp_path / "clip.mp4", frames=15, fps=15, size=(96, 64))
+    events, path, err_log = tmp_path / "events.jsonl", tmp_path / "cameras.yaml", tmp_path / "stderr.log"
+    live = {"id": "file", "url": str(clip), "loop": True}
+    dead = {"id": "gone", "url": f"rtsp://127.0.0.1:{free_port()}/stream", "open_timeout_s": 1, "read_timeout_s": 1,
+            "reconnect": {"initial_s": 5, "max_s": 30}}
+    base = {"model": {"path": "yolov8n-seg.yaml", "device": "cpu", "imgsz": 64, "threads": 1},
+            "sinks": [{"type": "jsonl", "path": str(events)}], "metrics": {"enabled": False}}
+    path.write_text(yaml.safe_dump({**base, "cameras": [live, dead]}))
+    with open(err_log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(path), "--no-console"], cwd=REPO,
+                                stdout=subprocess.DEVNULL, stderr=err, text=True)
+    try:
+        _wait(proc, "the dead camera's back-off", lambda: any(
+            e["kind"] == "status" and e["camera"] == "gone" and e["state"] == "reconnecting" for e in _events(events)))
+        path.write_text(yaml.safe_dump({**base, "cameras": [live]}))
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGHUP)
+        _wait(proc, "it stopped", lambda: "camera=gone event=camera_removed" in err_log.read_text(), timeout=10)
+        took = time.monotonic() - t0
+        n = sum(e["kind"] == "frame" for e in _events(events))
+        _wait(proc, "the other camera streaming on", lambda: sum(e["kind"] == "frame" for e in _events(events)) > n + 5)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and took < 3  # not its 5 s back-off
+    states = [e["state"] for e in _events(events) if e["kind"] == "status" and e["camera"] == "gone"]
+    assert states[-1] == "stopped"
+
+
 def test_camera_classes_are_checked_against_the_model(tmp_path: Path) -> None:
     """A label the model does not have is an error at start-up (before any camera starts) and makes a
     reload fail; the model's own labels filter what each camera publishes."""
