@@ -10,16 +10,18 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any
 
 from pipeline.messages import CameraState
 
-_COLUMNS = ("CAMERA", "STATE", "SIZE", "DEC/s", "INF/s", "DROPS", "STALE", "LAT ms", "RESTARTS")
+_COLUMNS = ("CAMERA", "STATE", "SIZE", "DEC/s", "INF/s", "DROPS", "STALE", "LAT ms", "RESTARTS", "TRACKS", "IN/OUT")
 
 
 @dataclass(frozen=True, slots=True)
 class CameraRow:
-    """One camera's line. fps are rates over the last refresh; latency_ms is capture -> results."""
+    """One camera's line. fps are rates over the last refresh; latency_ms is capture -> results;
+    tracks: objects tracked so far (None: tracking off); crossed: (in, out) over its counting lines so
+    far (None: it has none)."""
 
     camera_id: str
     state: CameraState
@@ -30,6 +32,8 @@ class CameraRow:
     stale: int
     latency_ms: float
     restarts: int
+    tracks: int | None = None
+    crossed: tuple[int, int] | None = None
 
 
 def camera_row(camera_id: str, state: CameraState, now: Mapping[str, float | int],
@@ -41,9 +45,12 @@ def camera_row(camera_id: str, state: CameraState, now: Mapping[str, float | int
         return max(0.0, (now[key] - before[key]) / dt)
 
     w, h = int(now.get("width", 0)), int(now.get("height", 0))
+    tracks, crossed = now.get("tracks"), now.get("crossed")
     return CameraRow(camera_id=camera_id, state=state, size=f"{w}x{h}" if w else "-",
                      decoded_fps=rate("decoded"), inferred_fps=rate("inferred"), dropped=int(now["dropped"]),
-                     stale=int(now["stale"]), latency_ms=float(now["latency_ms"]), restarts=int(now["restarts"]))
+                     stale=int(now["stale"]), latency_ms=float(now["latency_ms"]), restarts=int(now["restarts"]),
+                     tracks=None if tracks is None else int(tracks),
+                     crossed=None if crossed is None else (int(crossed[0]), int(crossed[1])))
 
 
 def render(rows: Sequence[CameraRow], *, header: str = "") -> str:
@@ -52,10 +59,15 @@ def render(rows: Sequence[CameraRow], *, header: str = "") -> str:
     for r in rows:
         cells.append((r.camera_id, r.state.value, r.size, f"{r.decoded_fps:.1f}", f"{r.inferred_fps:.1f}",
                       str(r.dropped), str(r.stale), f"{r.latency_ms:.0f}" if r.latency_ms else "-",
-                      str(r.restarts)))
+                      str(r.restarts), "-" if r.tracks is None else str(r.tracks),
+                      "-" if r.crossed is None else f"{r.crossed[0]}/{r.crossed[1]}"))
+    tracked = [r.tracks for r in rows if r.tracks is not None]
+    crossed = [r.crossed for r in rows if r.crossed is not None]
     cells.append(("total", f"{sum(r.state is CameraState.LIVE for r in rows)}/{len(rows)} live", "",
                   f"{sum(r.decoded_fps for r in rows):.1f}", f"{sum(r.inferred_fps for r in rows):.1f}",
-                  str(sum(r.dropped for r in rows)), str(sum(r.stale for r in rows)), "", ""))
+                  str(sum(r.dropped for r in rows)), str(sum(r.stale for r in rows)), "", "",
+                  str(sum(tracked)) if tracked else "",
+                  f"{sum(c[0] for c in crossed)}/{sum(c[1] for c in crossed)}" if crossed else ""))
     widths = [max(len(row[i]) for row in cells) for i in range(len(_COLUMNS))]
     lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
              for row in cells]
@@ -73,11 +85,12 @@ class Console:
         self._last = 0.0
         self._drawn = 0  # lines drawn last time (TTY redraw)
 
-    def update(self, cameras: Sequence[tuple[str, CameraState, Mapping[str, float | int]]],
-               *, header: str = "") -> None:
-        """cameras: (camera id, state, control-block snapshot) per camera."""
+    def update(self, cameras: Sequence[tuple[str, CameraState, Mapping[str, Any]]],
+               *, header: str = "", force: bool = False) -> None:
+        """cameras: (camera id, state, control-block snapshot) per camera. ``force``: now, whatever the
+        interval (the final table)."""
         now = time.monotonic()
-        if self._last and now - self._last < self.interval_s * 0.9:
+        if self._last and now - self._last < self.interval_s * 0.9 and not force:
             return
         dt = now - self._last if self._last else 0.0
         rows = [camera_row(cid, state, snap, self._before.get(cid), dt) for cid, state, snap in cameras]

@@ -133,6 +133,8 @@ class Supervisor:
         self._sink_update: Any = None  # a camera list for the sink stage, while its inbox is full
         self.model_names: tuple[str, ...] | None = None  # the running model's classes, once loaded
         self._next_index = 0  # shared-memory index of the next camera (never reused in a run)
+        self._tracks: dict[str, int] = {}  # track ids handed out per camera, from the sink stage's reports
+        self._crossed: dict[str, list[int]] = {}  # (in, out) line crossings per camera, likewise
         self._snapshot: dict[str, Any] = {"ts": time.time(), "model": cfg.model.path, "device": "", "cameras": []}
         self._prefix = f"{shm.ROOT}{os.getpid()}_"
         self._rng = random.Random()
@@ -349,6 +351,10 @@ class Supervisor:
                 return
             if stats.error:
                 self._fail(f"sink stage: {stats.error}")
+            for cam, n in stats.tracks_started.items():
+                self._tracks[cam] = self._tracks.get(cam, 0) + n
+            for (cam, _, direction, _), n in stats.line_crossings.items():
+                self._crossed.setdefault(cam, [0, 0])[direction == "out"] += n
             if self.metrics is not None:
                 self.metrics.apply(stats)
 
@@ -412,18 +418,26 @@ class Supervisor:
         return self._snapshot
 
     def _tick(self) -> None:
-        cams = []
-        for c in self.cameras:
-            counters = c.control.snapshot()
-            for k in ("heartbeat", "stop", "gen", "latest_seq", "taken_seq", "state"):  # the ring's bookkeeping
-                counters.pop(k)
-            cams.append({"id": c.camera_id, "state": c.machine.state.value, "url": _redact(c.settings.url),
-                         **counters})
-        self._snapshot = {"ts": time.time(), "model": self.cfg.model.path, "device": self.device_info, "cameras": cams}
+        self._refresh_status()
         if self.metrics is not None:
             self.metrics.apply(self.camera_stats())
         if self.on_tick is not None:
             self.on_tick(self)
+
+    def _refresh_status(self) -> None:
+        cams = []
+        lined = {c.id for c in self.cfg.cameras if c.lines}
+        for c in self.cameras:
+            counters = c.control.snapshot()
+            for k in ("heartbeat", "stop", "gen", "latest_seq", "taken_seq", "state"):  # the ring's bookkeeping
+                counters.pop(k)
+            cam = {"id": c.camera_id, "state": c.machine.state.value, "url": _redact(c.settings.url), **counters}
+            if self.cfg.tracking.enabled:
+                cam["tracks"] = self._tracks.get(c.camera_id, 0)
+            if c.camera_id in lined:
+                cam["crossed"] = tuple(self._crossed.get(c.camera_id, (0, 0)))
+            cams.append(cam)
+        self._snapshot = {"ts": time.time(), "model": self.cfg.model.path, "device": self.device_info, "cameras": cams}
 
     def camera_stats(self) -> Any:
         """Counter deltas of every camera since the previous call, as a metrics ``StageStats``."""
@@ -458,6 +472,8 @@ class Supervisor:
             if self.metrics is not None and self.cameras:
                 self.metrics.apply(self.camera_stats())  # the counts since the last tick
         finally:
+            with contextlib.suppress(Exception):  # the final figures, for status() after the run
+                self._refresh_status()
             for cam in self.cameras:
                 c = cam.control.snapshot()
                 log.info("camera=%s event=summary state=%s decoded=%d inferred=%d dropped=%d stale=%d restarts=%d",

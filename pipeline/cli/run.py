@@ -84,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(cfg: Any, args: argparse.Namespace, shard: Any, reloader: Any = None) -> int:
     from pipeline.console import Console
+    from pipeline.messages import CameraState
     from pipeline.metrics import Metrics, MetricsServer
     from pipeline.supervisor import Supervisor
 
@@ -96,7 +97,7 @@ def _run(cfg: Any, args: argparse.Namespace, shard: Any, reloader: Any = None) -
 
     def on_tick(sup: Supervisor) -> None:
         if console is not None:
-            console.update([(c.camera_id, c.machine.state, c.control.snapshot()) for c in sup.cameras])
+            console.update([(c["id"], CameraState(c["state"]), c) for c in sup.status()["cameras"]])
 
     sup = Supervisor(cfg=cfg, metrics=metrics, on_tick=on_tick, reloader=reloader)
     server = None
@@ -128,6 +129,8 @@ def _run(cfg: Any, args: argparse.Namespace, shard: Any, reloader: Any = None) -
                 hangup.clear()
                 sup.cfg = sup.read_config() or sup.cfg
         code = sup.run()
+        if console is not None:  # the final figures: the clips may have ended between two refreshes
+            console.update([(c["id"], CameraState(c["state"]), c) for c in sup.status()["cameras"]], force=True)
     finally:
         for s, h in old.items():
             signal.signal(s, h)

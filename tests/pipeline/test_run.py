@@ -140,10 +140,16 @@ def test_console_table() -> None:
     assert (row.decoded_fps, row.inferred_fps, row.dropped, row.stale, row.size) == (15.0, 7.5, 3, 2, "1280x720")
     text = render([row, camera_row("door", CameraState.RECONNECTING, before, None, dt=0)]).splitlines()
     assert text[0].split() == ["CAMERA", "STATE", "SIZE", "DEC/s", "INF/s", "DROPS", "STALE", "LAT", "ms",
-                               "RESTARTS"]
-    assert text[1].split() == ["gate", "live", "1280x720", "15.0", "7.5", "3", "2", "42", "0"]
-    assert text[2].split() == ["door", "reconnecting", "-", "0.0", "0.0", "1", "0", "-", "0"]
+                               "RESTARTS", "TRACKS", "IN/OUT"]
+    assert text[1].split() == ["gate", "live", "1280x720", "15.0", "7.5", "3", "2", "42", "0", "-", "-"]
+    assert text[2].split() == ["door", "reconnecting", "-", "0.0", "0.0", "1", "0", "-", "0", "-", "-"]
     assert text[3].split()[:4] == ["total", "1/2", "live", "15.0"]
+    # tracking on, lines on one camera: objects tracked and (in, out) crossings, summed in the total
+    rows = [camera_row("gate", CameraState.LIVE, {**now, "tracks": 12, "crossed": (3, 4)}, None, dt=0),
+            camera_row("yard", CameraState.LIVE, {**now, "tracks": 5}, None, dt=0)]
+    text = render(rows).splitlines()
+    assert text[1].split()[-2:] == ["12", "3/4"] and text[2].split()[-2:] == ["5", "-"]
+    assert text[3].split()[-2:] == ["17", "3/4"]
     out = io.StringIO()
     console = Console(stream=out, interval_s=0.0)
     console.update([("gate", CameraState.LIVE, now)])
