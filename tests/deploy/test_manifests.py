@@ -75,6 +75,30 @@ def test_servicemonitor_validates_against_crd_subset() -> None:
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+def test_alert_rules_name_metrics_segpipe_exports() -> None:
+    import re
+
+    from pipeline.metrics import Metrics
+
+    families = {fam.name for fam in Metrics().registry.collect()} | {"up"}  # up: Prometheus' own
+    groups = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())["groups"]
+    rules = [r for g in groups for r in g["rules"]]
+    assert len(rules) >= 6 and len({r["alert"] for r in rules}) == len(rules)
+    for r in rules:
+        assert r["labels"]["severity"] in ("warning", "critical") and r["annotations"]["summary"], r
+        names = re.findall(r"\b(segpipe_[a-z0-9_]+|up)\b(?=[{\[ ]|$)", r["expr"])
+        assert names, r["alert"]
+        for name in names:
+            assert re.sub(r"_(total|bucket|sum|count)$", "", name) in families, (r["alert"], name)
+    # the same groups for the Prometheus Operator, and Prometheus in compose loads the file
+    operator = yaml.safe_load((DEPLOY / "k8s" / "prometheusrule.yaml").read_text())
+    assert operator["kind"] == "PrometheusRule" and operator["spec"]["groups"] == groups
+    prom = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    mounts = {v.split(":")[1] for v in compose["services"]["prometheus"]["volumes"]}
+    assert prom["rule_files"] == ["/etc/prometheus/alerts.yml"] and prom["rule_files"][0] in mounts
+
+
 def test_kustomization_lists_every_manifest() -> None:
     kust = yaml.safe_load((DEPLOY / "k8s" / "kustomization.yaml").read_text())
     on_disk = {p.name for p in (DEPLOY / "k8s").glob("*.yaml")} - {"kustomization.yaml"}
@@ -129,7 +153,7 @@ def test_grafana_queries_name_metrics_segpipe_exports() -> None:
     families = {fam.name for fam in Metrics().registry.collect()}
     dash = json.loads((DEPLOY / "grafana" / "dashboards" / "segpipe.json").read_text())
     used = {name for p in dash["panels"] for t in p["targets"]
-            for name in re.findall(r"\b(segpipe_[a-z_]+)\b", t["expr"])}
+            for name in re.findall(r"\b(segpipe_[a-z0-9_]+)\b", t["expr"])}
     assert used
     for name in used:
         assert re.sub(r"_(total|bucket|sum|count)$", "", name) in families, name
