@@ -510,3 +510,57 @@ def test_segpipe_run_end_to_end(device: str, tmp_path: Path) -> None:
         states = [e["state"] for e in lines if e["kind"] == "status" and e["camera"] == cam]
         assert states[-1] == "ended", states
     assert checked >= 12
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_model_swap_in_the_running_stage(device: str, make_rings: Callable[[], Rings], tmp_path: Path) -> None:
+    """A ("model", settings) command while frames stream: the stage reports model_ready, every frame
+    is published exactly once, results before carry the old model's name and after it the new one's
+    (the same weights under another file name, so both halves equal the reference)."""
+    import dataclasses
+    import queue
+    import shutil
+
+    rings = make_rings()
+    out: list[FrameResult] = []
+    notes: list[tuple[str, str]] = []
+    commands: queue.Queue = queue.Queue()
+    spec = "0" if device == "cuda" else "cpu"
+    stage = DeviceStage(settings=settings(spec), backend=backend_for(spec), readers=rings.readers, emit=out.append,
+                        commands=commands, notify=notes.append)
+    stage.warmup()
+    renamed = shutil.copy(CKPT, tmp_path / "swapped.pt")
+    stop, errors = threading.Event(), []
+
+    def target() -> None:
+        try:
+            stage.run(stop)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    def wait(cond: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + 60
+        while not cond():
+            assert not errors and time.monotonic() < deadline, (what, errors)
+            time.sleep(0.005)
+
+    rings.publish(0)
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    try:
+        for rnd in range(1, 6):
+            wait(lambda rnd=rnd: len(out) >= rnd * NCAM, f"round {rnd - 1}")
+            if rnd == 2:
+                commands.put(("model", settings(spec, model_path=str(renamed))))
+                wait(lambda: any(kind == "model_ready" for kind, _ in notes), "the swap")
+            rings.publish(rnd)
+        wait(lambda: len(out) >= 6 * NCAM, "round 5")
+    finally:
+        stop.set()
+        t.join(30)
+    assert not errors and [kind for kind, _ in notes] == ["names", "model_ready"], (errors, notes)
+    names = [r.model for r in sorted(out, key=lambda r: r.seq)]
+    assert names[:2 * NCAM] == [CKPT.name] * (2 * NCAM) and names[-3 * NCAM:] == ["swapped.pt"] * (3 * NCAM)
+    same = [dataclasses.replace(r, model=CKPT.name) for r in out]
+    assert check_results(same, host_resize=device == "cpu", what=f"{device} swap") > 0
+    assert stage._in_flight == 0 and stage._pool.qsize() == stage.s.depth + 2
