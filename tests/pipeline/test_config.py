@@ -211,7 +211,7 @@ def test_demo_inputs_are_checked_at_load_and_rendered_on_resolve(clip: Path, tmp
     assert any(e.startswith("model.path: the demo weights") and "not installed" in e for e in errors_of(raw))
 
 
-@pytest.mark.parametrize("name", ["cameras.yaml", "cameras-redis.yaml", "cameras-rtsp.yaml"])
+@pytest.mark.parametrize("name", ["cameras.yaml", "cameras-redis.yaml", "cameras-rtsp.yaml", "recording.yaml"])
 def test_shipped_configs_validate(name: str) -> None:
     from tests.conftest import REPO
 
