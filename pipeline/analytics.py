@@ -16,7 +16,9 @@ another resolution keeps its zones; they are turned into frame pixels at the fir
   than a tenth of its size (``DEAD_BAND``), so a box that jitters while its object waits on the line
   counts nothing; an object that appears already past the line counts nothing either.
   The side is taken where the object was last seen clearly on it, so a crossing seen only as two
-  results far apart (a sampled camera, dropped frames) still counts, once.
+  results far apart (a sampled camera, dropped frames) still counts, once. A new track starts from
+  the box that started it, seen before it had an id, so an object that crosses while its track is being
+  confirmed counts too.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import numpy as np
@@ -99,9 +101,11 @@ class CameraAnalytics:
         self._shapes = {"zones": {z.name: _as_tuples(p) for z, p in zip(self.zones, self._zone_px, strict=True)},
                         "lines": {ln.name: p for ln, p in zip(self.lines, self._line_px, strict=True)}}
 
-    def apply(self, result: FrameResult, track_ids: Sequence[int | None] | None = None) -> FrameResult:
+    def apply(self, result: FrameResult, track_ids: Sequence[int | None] | None = None,
+              born: Mapping[int, Sequence[float]] | None = None) -> FrameResult:
         """``result`` with each detection's zones and the frame's ``analytics`` filled in; with
-        ``track_ids`` (one per detection, from the tracker), those are set too, in the same copy."""
+        ``track_ids`` (one per detection, from the tracker), those are set too, in the same copy.
+        ``born``: tracks confirmed on this frame -> the box that started each (``CameraTrackers.born``)."""
         self._scale(tuple(int(v) for v in result.frame_size))  # type: ignore[arg-type]
         if self._last_seq is not None and result.seq <= self._last_seq:
             self._sides = [{} for _ in self.lines]  # the stream started again: its tracks are new
@@ -124,7 +128,8 @@ class CameraAnalytics:
             zones = [tuple(n for n, m in zip(names, row, strict=True) if m) for row in members.tolist()]
         crossings = None
         if self.lines:
-            crossings = tuple(c for j in range(len(self.lines)) for c in self._cross(j, result.seq, boxes, dets, tids))
+            crossings = tuple(c for j in range(len(self.lines))
+                              for c in self._cross(j, result.seq, boxes, dets, tids, born or {}))
         analytics = FrameAnalytics(zone_counts=zone_counts, crossings=crossings,
                                    line_totals={k: (v[0], v[1]) for k, v in self.totals.items()},
                                    shapes=self._shapes)
@@ -155,7 +160,7 @@ class CameraAnalytics:
         return out
 
     def _cross(self, j: int, seq: int, boxes: np.ndarray, dets: Sequence[Detection],
-               tids: list[int | None]) -> list[Crossing]:
+               tids: list[int | None], born: Mapping[int, Sequence[float]]) -> list[Crossing]:
         line, (a, b) = self.lines[j], self._line_px[j]
         sides = self._sides[j]
         # a track unseen for longer than the tracker keeps it is over (ids are never reused)
@@ -163,12 +168,16 @@ class CameraAnalytics:
             del sides[tid]
         tracked = [i for i, t in enumerate(tids) if t is not None]
         out: list[Crossing] = []
+        for tid, first in born.items():  # where a new track's object was before it had an id
+            if tid not in sides:
+                box = np.array([first], np.float64)
+                side = _sides(line.anchor, box, a, b)[0]
+                if side:
+                    p = anchor_points(box, line.anchor)[0]
+                    sides[tid] = _Side(side, float(p[0]), float(p[1]), seq)
         if tracked:
             pts = anchor_points(boxes[tracked], line.anchor)
-            dist = signed_distance(pts, np.array(a), np.array(b))
-            wh = boxes[tracked, 2:] - boxes[tracked, :2]
-            band = DEAD_BAND * np.sqrt(np.clip(wh[:, 0] * wh[:, 1], 0, None))
-            now = np.where(dist > band, 1, np.where(dist < -band, -1, 0)).tolist()
+            now = _sides(line.anchor, boxes[tracked], a, b)
             # plain Python floats from here: per-object numpy scalars cost more than the arithmetic
             for i, side, (x, y) in zip(tracked, now, pts.tolist(), strict=True):
                 det, tid = dets[i], tids[i]
@@ -190,6 +199,14 @@ class CameraAnalytics:
 
 
 Point = tuple[float, float]
+
+
+def _sides(anchor: str, boxes: np.ndarray, a: Point, b: Point) -> list[int]:
+    """Each box's side of line ab: +1 right, -1 left, 0 within the dead band."""
+    dist = signed_distance(anchor_points(boxes, anchor), np.array(a), np.array(b))
+    wh = boxes[:, 2:] - boxes[:, :2]
+    band = DEAD_BAND * np.sqrt(np.clip(wh[:, 0] * wh[:, 1], 0, None))
+    return np.where(dist > band, 1, np.where(dist < -band, -1, 0)).tolist()
 
 
 def _between(a: Point, b: Point, q: Point, p: Point) -> bool:
@@ -233,12 +250,13 @@ class Analytics:
     def covers(self, camera_id: str) -> bool:
         return camera_id in self._by_camera
 
-    def apply(self, result: FrameResult, track_ids: Sequence[int | None] | None = None) -> FrameResult:
+    def apply(self, result: FrameResult, track_ids: Sequence[int | None] | None = None,
+              born: Mapping[int, Sequence[float]] | None = None) -> FrameResult:
         """``result`` through its camera's zones and lines (unchanged for a camera without any)."""
         cam = self._by_camera.get(result.camera_id)
         if cam is None:
             return result
-        result = cam.apply(result, track_ids)
+        result = cam.apply(result, track_ids, born)
         for c in result.analytics.crossings or ():  # type: ignore[union-attr]
             self._crossings[result.camera_id, c.line, c.direction, c.label] += 1
         return result

@@ -164,6 +164,8 @@ class Tracker:
         self._cls = np.zeros(0, np.int64)    # class of the track's objects
         self._seen = np.zeros(0, np.int64)   # decoder seq of the last matched frame
         self._hits = np.zeros(0, np.int64)   # matched frames in a row while unconfirmed
+        self._first = np.zeros((0, 4))       # the box that started the track
+        self.born: dict[int, tuple[float, ...]] = {}  # ids given on the last update -> their first box
         self._id = np.zeros(0, np.int64)     # track id, 0 while unconfirmed
         self._last_seq = None
 
@@ -186,6 +188,7 @@ class Tracker:
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
         if self._last_seq is not None and seq <= self._last_seq:
             self.reset()
+        self.born = {}
         prev, self._last_seq = self._last_seq, seq
         # unconfirmed tracks all matched on the previous frame (the others were dropped there)
         self._keep(seq - self._seen <= self.cfg.max_lost_frames + 1)
@@ -219,6 +222,7 @@ class Tracker:
             self._hits[unconfirmed] += 1
             for t in unconfirmed[self._hits[unconfirmed] >= self.cfg.min_hits].tolist():
                 self._id[t] = self._take_id()
+                self.born[int(self._id[t])] = tuple(self._first[t].tolist())
             for d, i in zip(di.tolist(), self._id[ti].tolist(), strict=True):
                 ids[d] = i or None
         keep = self._id > 0
@@ -234,6 +238,7 @@ class Tracker:
                ids: list[int | None]) -> None:
         mean, cov = _Kalman.initiate(_to_xyah(boxes[new]))
         track_ids = np.array([self._take_id() if self.cfg.min_hits <= 1 else 0 for _ in new], np.int64)
+        self._first = np.concatenate([self._first, boxes[new]])
         for d, i in zip(new.tolist(), track_ids.tolist(), strict=True):
             ids[d] = i or None
         self._mean, self._cov = np.concatenate([self._mean, mean]), np.concatenate([self._cov, cov])
@@ -245,6 +250,7 @@ class Tracker:
     def _keep(self, mask: np.ndarray) -> None:
         self._mean, self._cov, self._cls = self._mean[mask], self._cov[mask], self._cls[mask]
         self._seen, self._hits, self._id = self._seen[mask], self._hits[mask], self._id[mask]
+        self._first = self._first[mask]
 
     def _associate(self, predicted: np.ndarray, tracks_i: np.ndarray, boxes: np.ndarray, dets_i: np.ndarray,
                    class_ids: np.ndarray, thr: float, grow: float) -> list[tuple[int, int]]:
@@ -301,6 +307,12 @@ class CameraTrackers:
         scores = np.array([d.score for d in dets], np.float64)
         classes = np.array([d.class_id for d in dets], np.int64)
         return tracker.update(result.seq, boxes, scores, classes)
+
+    def born(self, camera_id: str) -> dict[int, tuple[float, ...]]:
+        """Track ids the camera's last ``track`` call confirmed -> the box that started each (seen before
+        it had an id: where the object came from, for counting lines)."""
+        tracker = self._by_camera.get(camera_id)
+        return tracker.born if tracker is not None else {}
 
     def forget(self, camera_ids: Sequence[str]) -> None:
         """Drop the tracks of cameras removed from the run (a config reload)."""

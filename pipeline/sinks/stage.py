@@ -123,7 +123,8 @@ class SinkStage:
                     item = dataclasses.replace(item, detections=tuple(d for d in item.detections if d.label in keep))
                 ids = None if self.trackers is None else self.trackers.track(item)
                 if self.analytics is not None and self.analytics.covers(item.camera_id):
-                    result = self.analytics.apply(item, ids)  # ids, zones and lines in one copy
+                    born = None if self.trackers is None else self.trackers.born(item.camera_id)
+                    result = self.analytics.apply(item, ids, born)  # ids, zones and lines in one copy
                 elif ids is not None:
                     result = self._with_track_ids(item, ids)
                 else:

@@ -119,6 +119,16 @@ def test_sampled_frames_count_once_from_where_the_side_was_clear() -> None:
     assert _run(an, [(0, 200.0, 40.0), (9, 200.0, 100.5), (20, 200.0, 180.0)]) == [("out", 1)]
 
 
+def test_a_track_confirmed_past_the_line_counts_from_where_it_started() -> None:
+    """An object first seen above the line gets its track id only below it (min_hits 2): the box that
+    started the track says where it came from, so the crossing counts."""
+    an = CameraAnalytics([], [MIDDLE])
+    res = an.apply(_frame(1, _det(200, 150, track=7)), born={7: _det(200, 60).box})
+    assert [(c.direction, c.track_id) for c in res.analytics.crossings] == [("out", 7)]
+    fresh = CameraAnalytics([], [MIDDLE])
+    assert fresh.apply(_frame(1, _det(200, 150, track=7))).analytics.crossings == ()  # without it: none
+
+
 def test_untracked_detections_never_cross_and_tracks_are_kept_apart() -> None:
     an = CameraAnalytics([], [MIDDLE])
     for seq, y in enumerate([60.0, 150.0]):

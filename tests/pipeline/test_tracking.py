@@ -203,3 +203,16 @@ def test_prediction_over_a_gap_equals_one_frame_steps(steps: int) -> None:
     np.testing.assert_allclose(ck, c, rtol=1e-10, atol=1e-9)
     far, _ = _Kalman.predict(mean, cov, 100_000)
     np.testing.assert_allclose(far[:, :2], mean[:, :2] + 100_000 * mean[:, 4:6])
+
+
+def test_born_gives_the_box_that_started_each_new_track() -> None:
+    trackers = CameraTrackers(CFG)
+    boxes = [_box(100, 100), _box(110, 100), _box(120, 100)]
+    born = []
+    for seq, box in enumerate(boxes):
+        trackers.track(FrameResult(camera_id="cam", seq=seq, pts=None, capture_ts=time.time(), infer_ts=time.time(),
+                                   frame_size=(640, 480), model="m",
+                                   detections=(Detection(class_id=0, label="a", score=0.9, box=tuple(box)),)))
+        born.append(trackers.born("cam"))
+    assert born == [{}, {1: tuple(boxes[0])}, {}]  # confirmed on its second frame; started on its first
+    assert trackers.born("other") == {}
