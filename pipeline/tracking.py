@@ -83,11 +83,10 @@ class _Kalman:
     """Constant-velocity Kalman filter on (cx, cy, aspect w/h, h) and their rates per frame.
 
     Vectorised over tracks: ``mean`` (N, 8), ``cov`` (N, 8, 8). The noise scales with each box's
-    height, so a near and a far object are equally sure of themselves relative to their size.
+    height, so a near and a far object are equally sure of themselves relative to their size. The
+    transition is F = I + E (E adds each rate to its value), the observation H = [I 0] (the box);
+    both are applied as slices.
     """
-
-    F = np.eye(8) + np.eye(8, k=4)
-    H = np.eye(4, 8)
 
     @staticmethod
     def initiate(xyah: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
