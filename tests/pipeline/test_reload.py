@@ -50,6 +50,10 @@ def test_plan_matches_cameras_by_id() -> None:
                                      {"id": "c", "url": "c.mp4", "zones": [ZONE]}]), check_files=False)
     plan = plan_reload(old, shapes_only)
     assert (plan.stop, plan.start, plan.shapes) == ((), (), True)  # a keeps its decoder
+    classes = parse_config(_cfg([{"id": "a", "url": "a.mp4", "classes": ["car"]}, {"id": "b", "url": "b.mp4"},
+                                 {"id": "c", "url": "c.mp4", "zones": [ZONE]}]), check_files=False)
+    plan = plan_reload(old, classes)
+    assert (plan.stop, plan.start, plan.shapes) == ((), (), True)  # so does a camera given classes
 
 
 def _events(path: Path) -> list[dict]:
@@ -215,40 +219,56 @@ def test_removing_a_camera_that_is_reconnecting(tmp_path: Path) -> None:
 
 def test_camera_classes_are_checked_against_the_model(tmp_path: Path) -> None:
     """A label the model does not have is an error at start-up (before any camera starts) and makes a
-    reload fail; the model's own labels filter what each camera publishes."""
+    reload fail; a reload that narrows a camera's labels filters from then on, its decoder untouched."""
+    from collections import Counter
+
     clip = write_clip(tmp_path / "clip.mp4", frames=15, fps=15, size=(96, 64))
-    events, path = tmp_path / "events.jsonl", tmp_path / "cameras.yaml"
-    base = {"model": {"path": "yolov8n-seg.yaml", "device": "cpu", "imgsz": 64, "conf": 1e-6, "max_det": 100,
+    events, path, err_log = tmp_path / "events.jsonl", tmp_path / "cameras.yaml", tmp_path / "stderr.log"
+    base = {"model": {"path": "yolov8n-seg.yaml", "device": "cpu", "imgsz": 64, "conf": 1e-6, "max_det": 20,
                       "threads": 1},
             "sinks": [{"type": "jsonl", "path": str(events)}], "metrics": {"enabled": False}}
+    every = [f"class{i}" for i in range(80)]  # a model built from its YAML names its classes class0..class79
 
     def write(classes: list[str]) -> None:
         path.write_text(yaml.safe_dump({**base, "cameras": [{"id": "a", "url": str(clip), "loop": True,
                                                              "classes": classes}]}))
 
-    write(["class0", "lorry"])  # a model built from its YAML names its classes class0..class79
+    def frames() -> list[dict]:
+        return [e for e in _events(events) if e["kind"] == "frame"]
+
+    write(["class0", "lorry"])
     bad = subprocess.run([sys.executable, "-m", "pipeline", "run", str(path), "--no-console"], cwd=REPO,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert ("segpipe run: error: cameras[0].classes: 'lorry' is not a class of yolov8n-seg.yaml (class0, class1, "
             "class2, class3, class4, class5, class6, class7, class8, class9, ... (80 in all))") in bad.stderr
     assert "state=connecting" not in bad.stderr  # no camera was started
-    write(["class0", "class2"])
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(path), "--no-console"], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    write(every)
+    with open(err_log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(path), "--no-console"], cwd=REPO,
+                                stdout=subprocess.DEVNULL, stderr=err, text=True)
     try:
-        _wait(proc, "frames", lambda: sum(e["kind"] == "frame" for e in _events(events)) >= 5)
+        _wait(proc, "detections", lambda: sum(len(e["detections"]) for e in frames()) >= 20)
+        # the label this (randomly initialised) model gives most: take it away
+        common = Counter(d["label"] for e in frames() for d in e["detections"]).most_common(1)[0][0]
+        write([c for c in every if c != common])
+        proc.send_signal(signal.SIGHUP)
+        _wait(proc, "the reload", lambda: "event=reloaded" in err_log.read_text())
+        n = len(frames())
+        _wait(proc, "25 more frames", lambda: len(frames()) >= n + 25)
         write(["lorry"])
         proc.send_signal(signal.SIGHUP)
-        time.sleep(1.5)
+        _wait(proc, "the refusal", lambda: "event=reload_failed kept=running_config" in err_log.read_text())
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 0 and "event=reload_failed error=\"cameras[0].classes: 'lorry' is not a class" in err
-    labels = {d["label"] for e in _events(events) if e["kind"] == "frame" for d in e["detections"]}
-    assert labels and labels <= {"class0", "class2"}  # a random model at conf 1e-6 finds all sorts
+    log = err_log.read_text()
+    assert proc.returncode == 0 and "event=reload_failed error=\"cameras[0].classes: 'lorry' is not a class" in log
+    assert log.count("camera=a state=connecting") == 1  # classes are the sink stage's: no decoder restart
+    late = frames()[n + 15:]  # past any frame still on its way (or in the file's buffer) when the list came
+    assert late and all(d["label"] != common for e in late for d in e["detections"])
 
 
 def _maps(pid: int, prefix: str) -> int:
