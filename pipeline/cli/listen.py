@@ -47,15 +47,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def format_event(event: dict[str, Any], *, masks: bool = False) -> str:
-    """One human line for an event: ``cam seq=N n=K labels`` (``label#track`` for tracked objects, then
-    ``zones NAME=K ...`` and ``crossed LINE:in label#track ...`` for cameras with zones and lines) or
+    """One human line for an event: ``cam seq=N n=K labels`` (``label#track`` for tracked objects,
+    ``label#track@zone:12.3s`` for one in a zone that long; then ``zones NAME=K ...`` and ``crossed
+    LINE:in label#track ...`` for cameras with zones and lines) or
     ``cam status=STATE detail``."""
     if event["kind"] == "status":
         return f"{event['camera']} status={event['state']}" + (f" {event['detail']}" if event["detail"] else "")
     dets = event["detections"]
     line = f"{event['camera']} seq={event['seq']} n={len(dets)}"
     if dets:
-        line += " " + ",".join(d["label"] + (f"#{d['track_id']}" if "track_id" in d else "") for d in dets)
+        line += " " + ",".join(d["label"] + (f"#{d['track_id']}" if "track_id" in d else "")
+                               + "".join(f"@{z}:{s:.1f}s" for z, s in d.get("dwell_s", {}).items()) for d in dets)
     if masks and dets:
         areas = ["-" if m is None else str(int(m.sum())) for m in decode_masks(event, crop=True)]
         line += " areas=" + ",".join(areas)

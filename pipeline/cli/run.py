@@ -70,8 +70,11 @@ def run(args: argparse.Namespace) -> int:
     cfg = load()
     if args.check:
         where = f" (shard {shard}: {len(cfg.cameras)} of them here)" if shard else ""
+        extras = [f"{n} {what}" for n, what in ((sum(len(c.zones) for c in cfg.cameras), "zone(s)"),
+                                                 (sum(len(c.lines) for c in cfg.cameras), "line(s)")) if n]
+        extras += ["tracking"] if cfg.tracking.enabled else []
         print(f"{args.config}: OK: {len(cfg.cameras)} camera(s){where}, {len(cfg.sinks)} sink(s), "
-              f"model {cfg.model.path}")
+              f"model {cfg.model.path}" + "".join(f", {e}" for e in extras))
         return 0
     setup_logging(args.log_level, args.log_format)
 
