@@ -39,7 +39,8 @@ def fetch(url: str, *, timeout: float = 5.0) -> dict[str, Any]:
     except urllib.error.HTTPError as e:
         raise SourceError(f"{where}: HTTP {e.code} (is this a segpipe run's metrics port?)") from None
     except (urllib.error.URLError, OSError) as e:
-        raise SourceError(f"cannot reach {where}: {getattr(e, 'reason', e)}") from None
+        raise SourceError(f"cannot reach {where}: {getattr(e, 'reason', e)} (is a segpipe run serving its "
+                          f"metrics there? see metrics.host and metrics.port in its config)") from None
     except ValueError:
         raise SourceError(f"{where}: not JSON (is this a segpipe run's metrics port?)") from None
 
