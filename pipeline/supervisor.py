@@ -63,6 +63,12 @@ SINK_STOP_GRACE_S = 30.0
 _TICK_S = 0.1
 
 
+def _refuse_reload(problems: list[str]) -> None:
+    for line in problems:
+        log.error("event=reload_failed error=%r", line)
+    log.error("event=reload_failed kept=running_config")
+
+
 def _redact(url: str) -> str:
     from pipeline.sinks.config import redact_url
 
@@ -495,9 +501,7 @@ class Supervisor:
         try:
             return self.reloader()
         except SegpipeError as e:
-            for line in str(e).splitlines():
-                log.error("event=reload_failed error=%r", line)
-            log.error("event=reload_failed kept=running_config")
+            _refuse_reload(str(e).splitlines())
             return None
 
     def _apply_reload(self) -> None:
@@ -508,16 +512,14 @@ class Supervisor:
         if new is None:
             return
         if not new.cameras:
-            log.error("event=reload_failed error='no camera left for this replica' kept=running_config")
+            _refuse_reload(["no camera left for this replica"])
             return
         if self.model_names is not None and new.model == self.cfg.model:  # a new model is checked once loaded
             from pipeline.config import check_classes
 
             errors = check_classes(new.cameras, self.model_names, new.model.path)
-            for err in errors:
-                log.error("event=reload_failed error=%r", str(err))
             if errors:
-                log.error("event=reload_failed kept=running_config")
+                _refuse_reload([str(e) for e in errors])
                 return
         plan = plan_reload(self.cfg, new)
         for name in plan.ignored:
@@ -553,23 +555,8 @@ class Supervisor:
 
     def _remove_cameras(self, camera_ids: tuple[str, ...]) -> None:
         gone = [c for c in self.cameras if c.camera_id in camera_ids]
-        for cam in gone:  # all asked at once, then waited for together
-            cam.control.set("stop", 1)
-            cam.restart_at = None
-        deadline = time.monotonic() + DECODER_STOP_GRACE_S
+        self._stop_decoders(gone, detail="removed from the config")
         for cam in gone:
-            if cam.proc is not None:
-                cam.proc.join(max(0.0, deadline - time.monotonic()))
-                if cam.proc.is_alive():
-                    cam.proc.kill()
-                    cam.proc.join(5)
-                cam.proc = None
-            if cam.conn is not None:
-                self._decoder_messages(cam)  # its last statuses first
-            if cam.conn is not None:
-                cam.conn.close()
-                cam.conn = None
-            self._own_transition(cam, S.STOPPED, "removed from the config")
             self._device_cmds.put(("detach", cam.camera_id))
             self.cameras.remove(cam)
             cam.control.close()
@@ -577,12 +564,14 @@ class Supervisor:
             shm.unlink_all(cam.prefix + "_")
             log.info("camera=%s event=camera_removed", cam.camera_id)
 
-    def _stop_decoders(self) -> None:
-        for cam in self.cameras:
+    def _stop_decoders(self, cams: list[CameraHandle] | None = None, *, detail: str = "pipeline stopped") -> None:
+        """Stop ``cams`` (default: all) together: all asked at once, then waited for, killed if slow."""
+        cams = self.cameras if cams is None else cams
+        for cam in cams:
             cam.control.set("stop", 1)
             cam.restart_at = None
         deadline = time.monotonic() + DECODER_STOP_GRACE_S
-        for cam in self.cameras:
+        for cam in cams:
             if cam.proc is not None:
                 cam.proc.join(max(0.0, deadline - time.monotonic()))
                 if cam.proc.is_alive():
@@ -595,7 +584,7 @@ class Supervisor:
                 cam.conn.close()
                 cam.conn = None
             cam.proc = None
-            self._own_transition(cam, S.STOPPED, "pipeline stopped")
+            self._own_transition(cam, S.STOPPED, detail)
 
     def _stop_device(self) -> None:
         if self._device is None:
