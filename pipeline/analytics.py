@@ -31,7 +31,7 @@ from typing import Literal
 
 import numpy as np
 
-from pipeline.config import CameraConfig, LineConfig, ZoneConfig
+from pipeline.config import CameraConfig, LineConfig, Point, ZoneConfig
 from pipeline.messages import Crossing, Detection, FrameAnalytics, FrameResult
 
 DEAD_BAND = 0.1
@@ -171,13 +171,13 @@ class CameraAnalytics:
         for tid, first in born.items():  # where a new track's object was before it had an id
             if tid not in sides:
                 box = np.array([first], np.float64)
-                side = _sides(line.anchor, box, a, b)[0]
+                side = _side_of(line.anchor, box, a, b)[0]
                 if side:
                     p = anchor_points(box, line.anchor)[0]
                     sides[tid] = _Side(side, float(p[0]), float(p[1]), seq)
         if tracked:
             pts = anchor_points(boxes[tracked], line.anchor)
-            now = _sides(line.anchor, boxes[tracked], a, b)
+            now = _side_of(line.anchor, boxes[tracked], a, b)
             # plain Python floats from here: per-object numpy scalars cost more than the arithmetic
             for i, side, (x, y) in zip(tracked, now, pts.tolist(), strict=True):
                 det, tid = dets[i], tids[i]
@@ -198,10 +198,7 @@ class CameraAnalytics:
         return out
 
 
-Point = tuple[float, float]
-
-
-def _sides(anchor: str, boxes: np.ndarray, a: Point, b: Point) -> list[int]:
+def _side_of(anchor: str, boxes: np.ndarray, a: Point, b: Point) -> list[int]:
     """Each box's side of line ab: +1 right, -1 left, 0 within the dead band."""
     dist = signed_distance(anchor_points(boxes, anchor), np.array(a), np.array(b))
     wh = boxes[:, 2:] - boxes[:, :2]
@@ -243,9 +240,6 @@ class Analytics:
             same = kept is not None and (kept.zones, kept.lines) == (tuple(c.zones), tuple(c.lines))
             self._by_camera[c.id] = kept if same else CameraAnalytics(c.zones, c.lines,  # type: ignore[assignment]
                                                                       max_lost_frames=self.max_lost_frames)
-
-    def __bool__(self) -> bool:
-        return bool(self._by_camera)
 
     def covers(self, camera_id: str) -> bool:
         return camera_id in self._by_camera

@@ -161,7 +161,7 @@ class DeviceStage:
         self.s = settings
         # config reloads: ("attach", camera id, shm prefix) | ("detach", camera id) | ("model", DeviceSettings)
         self.commands = commands
-        self.notify = notify or (lambda msg: None)  # ("model_ready" | "model_error", one line)
+        self.notify = notify or (lambda msg: None)  # ("names", names) then ("model_ready", line) | ("model_error", line)
         self.device = backend.device
         self.cuda = self.device.type == "cuda"
         self.model = _bundle(settings, backend)

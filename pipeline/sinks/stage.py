@@ -53,8 +53,8 @@ def is_stop(item: Any) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class CamerasUpdate:
-    """The run's cameras after a config reload (supervisor -> sink stage, through the inbox): new zones
-    and lines take effect from the next frame; removed cameras' tracks are dropped."""
+    """The run's cameras after a config reload (supervisor -> sink stage, through the inbox): new zones,
+    lines and classes take effect from the next frame; removed cameras' tracks are dropped."""
 
     cameras: tuple[CameraConfig, ...]
 
@@ -98,19 +98,19 @@ class SinkStage:
         return cls(sinks=built, stage=stage, tracking=tracking, cameras=cameras)
 
     def update_cameras(self, cameras: Sequence[CameraConfig]) -> None:
-        """Take the run's (new) cameras: their zones and lines; forget the tracks of cameras gone."""
+        """Take the run's (new) cameras: their classes, zones and lines; forget the tracks of cameras gone.
+        Analytics, once made, stays (with no camera, if a reload took every shape away) so the
+        crossings it counted since the last report are still reported."""
         ids = {c.id for c in cameras}
         self._classes = {c.id: frozenset(c.classes) for c in cameras if c.classes}
         if self.trackers is not None:
             self.trackers.forget([cid for cid in self.trackers.active() if cid not in ids])
-        if not any(c.zones or c.lines for c in cameras):
-            self.analytics = None
-        elif self.analytics is None:
+        if self.analytics is not None:
+            self.analytics.update(cameras)
+        elif any(c.zones or c.lines for c in cameras):
             from pipeline.analytics import Analytics
 
             self.analytics = Analytics(cameras, max_lost_frames=self.tracking.max_lost_frames)
-        else:
-            self.analytics.update(cameras)
 
     def handle(self, item: FrameResult | CameraStatus, *, image: Any = None) -> None:
         """Publish one item to every interested sink. Never raises for a bad item: counts it."""
