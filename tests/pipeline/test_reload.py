@@ -60,10 +60,40 @@ def _events(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+MODEL = {"path": "yolov8n-seg.yaml", "device": "cpu", "imgsz": 64, "conf": 1e-6, "max_det": 4, "threads": 1}
+
+
+def _base(events: Path, **model: object) -> dict:
+    """A run config but its cameras: the random-weight YAML model at 64 px (``model`` overrides), a
+    JSONL sink writing ``events``, no metrics port."""
+    return {"model": {**MODEL, **model}, "sinks": [{"type": "jsonl", "path": str(events)}],
+            "metrics": {"enabled": False}}
+
+
+class _Run:
+    """``segpipe run CONFIG ARGS`` in the background, its stderr in ``log``; killed on the way out if it
+    is still running (a failed assertion), so no test leaves a pipeline behind."""
+
+    def __init__(self, config: Path, log: Path, *args: str) -> None:
+        self.config, self.log, self.args = config, log, args
+
+    def __enter__(self) -> subprocess.Popen:
+        with open(self.log, "w") as err:
+            self.proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(self.config), "--no-console",
+                                          *self.args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        self.proc.log = self.log  # type: ignore[attr-defined]  # for _wait's message
+        return self.proc
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+
+
 def _wait(proc: subprocess.Popen, what: str, cond: Callable[[], bool], timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
-        assert proc.poll() is None, f"segpipe run exited waiting for {what}: {proc.communicate()[1][-3000:]}"
+        assert proc.poll() is None, f"segpipe run exited waiting for {what}: {proc.log.read_text()[-3000:]}"  # type: ignore[attr-defined]
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.1)
 
@@ -71,10 +101,7 @@ def _wait(proc: subprocess.Popen, what: str, cond: Callable[[], bool], timeout: 
 def test_sighup_applies_a_new_config_to_a_running_pipeline(tmp_path: Path) -> None:
     clip = write_clip(tmp_path / "clip.mp4", frames=15, fps=15, size=(96, 64))
     events, err_log = tmp_path / "events.jsonl", tmp_path / "stderr.log"
-    base = {"model": {"path": "yolov8n-seg.yaml", "device": "cpu", "imgsz": 64, "conf": 1e-6, "max_det": 4,
-                      "threads": 1},
-            "batch": {"max_batch": 4, "max_wait_ms": 5, "max_age_ms": 5000},
-            "sinks": [{"type": "jsonl", "path": str(events)}], "metrics": {"enabled": False}}
+    base = {**_base(events), "batch": {"max_batch": 4, "max_wait_ms": 5, "max_age_ms": 5000}}
     cam = {"url": str(clip), "loop": True}
     path = tmp_path / "cameras.yaml"
 
@@ -86,10 +113,7 @@ def test_sighup_applies_a_new_config_to_a_running_pipeline(tmp_path: Path) -> No
                 and all(k in e for k in where)]
 
     write([{"id": "a", **cam}])
-    with open(err_log, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(path), "--no-console"], cwd=REPO,
-                                stdout=subprocess.DEVNULL, stderr=err, text=True)
-    try:
+    with _Run(path, err_log) as proc:
         _wait(proc, "camera a's frames", lambda: len(frames("a")) >= 5)
         # 1: camera b added, zones for a (its decoder kept), another model (swapped in), a batch change
         # that needs a restart
@@ -125,9 +149,6 @@ def test_sighup_applies_a_new_config_to_a_running_pipeline(tmp_path: Path) -> No
         assert len(frames("a")) <= n_a + 4  # at most the frames already in flight
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     log = err_log.read_text()
     assert proc.returncode == 0, log[-3000:]
     assert "Traceback" not in log
@@ -147,14 +168,10 @@ def test_an_idle_replica_starts_when_a_reload_gives_it_cameras(tmp_path: Path) -
     clip = write_clip(tmp_path / "clip.mp4", frames=15, fps=15, size=(96, 64))
     ids = [f"cam{i}" for i in range(12)]
     ours, theirs = select(ids, Shard(1, 2)), select(ids, Shard(0, 2))
-    events, path = tmp_path / "events.jsonl", tmp_path / "cameras.yaml"
-    base = {"model": {"path": "yolov8n-seg.yaml", "device": "cpu", "imgsz": 64, "conf": 1e-6, "max_det": 4,
-                      "threads": 1},
-            "sinks": [{"type": "jsonl", "path": str(events)}], "metrics": {"enabled": False}}
+    events, path, err_log = tmp_path / "events.jsonl", tmp_path / "cameras.yaml", tmp_path / "stderr.log"
+    base = _base(events)
     path.write_text(yaml.safe_dump({**base, "cameras": [{"id": theirs[0], "url": str(clip), "loop": True}]}))
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(path), "--no-console", "--shard", "1/2"],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
+    with _Run(path, err_log, "--shard", "1/2") as proc:
         time.sleep(2)
         assert proc.poll() is None and not events.exists()  # idle: nothing of its own to run
         path.write_text(yaml.safe_dump({**base, "cameras": [{"id": c, "url": str(clip), "loop": True}
@@ -162,10 +179,8 @@ def test_an_idle_replica_starts_when_a_reload_gives_it_cameras(tmp_path: Path) -
         proc.send_signal(signal.SIGHUP)
         _wait(proc, "its camera's frames", lambda: sum(e["kind"] == "frame" for e in _events(events)) >= 5)
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        proc.wait(timeout=60)
+    err = err_log.read_text()
     assert proc.returncode == 0, err[-3000:]
     assert {e["camera"] for e in _events(events)} == {ours[0]} and "event=idle" in err
 
@@ -191,13 +206,9 @@ def test_removing_a_camera_that_is_reconnecting(tmp_path: Path) -> None:
     live = {"id": "file", "url": str(clip), "loop": True}
     dead = {"id": "gone", "url": f"rtsp://127.0.0.1:{free_port()}/stream", "open_timeout_s": 1, "read_timeout_s": 1,
             "reconnect": {"initial_s": 5, "max_s": 30}}
-    base = {"model": {"path": "yolov8n-seg.yaml", "device": "cpu", "imgsz": 64, "threads": 1},
-            "sinks": [{"type": "jsonl", "path": str(events)}], "metrics": {"enabled": False}}
+    base = _base(events)
     path.write_text(yaml.safe_dump({**base, "cameras": [live, dead]}))
-    with open(err_log, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(path), "--no-console"], cwd=REPO,
-                                stdout=subprocess.DEVNULL, stderr=err, text=True)
-    try:
+    with _Run(path, err_log) as proc:
         _wait(proc, "the dead camera's back-off", lambda: any(
             e["kind"] == "status" and e["camera"] == "gone" and e["state"] == "reconnecting" for e in _events(events)))
         path.write_text(yaml.safe_dump({**base, "cameras": [live]}))
@@ -209,9 +220,6 @@ def test_removing_a_camera_that_is_reconnecting(tmp_path: Path) -> None:
         _wait(proc, "the other camera streaming on", lambda: sum(e["kind"] == "frame" for e in _events(events)) > n + 5)
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     assert proc.returncode == 0 and took < 3  # not its 5 s back-off
     states = [e["state"] for e in _events(events) if e["kind"] == "status" and e["camera"] == "gone"]
     assert states[-1] == "stopped"
@@ -224,9 +232,7 @@ def test_camera_classes_are_checked_against_the_model(tmp_path: Path) -> None:
 
     clip = write_clip(tmp_path / "clip.mp4", frames=15, fps=15, size=(96, 64))
     events, path, err_log = tmp_path / "events.jsonl", tmp_path / "cameras.yaml", tmp_path / "stderr.log"
-    base = {"model": {"path": "yolov8n-seg.yaml", "device": "cpu", "imgsz": 64, "conf": 1e-6, "max_det": 20,
-                      "threads": 1},
-            "sinks": [{"type": "jsonl", "path": str(events)}], "metrics": {"enabled": False}}
+    base = _base(events, max_det=20)
     every = [f"class{i}" for i in range(80)]  # a model built from its YAML names its classes class0..class79
 
     def write(classes: list[str]) -> None:
@@ -244,10 +250,7 @@ def test_camera_classes_are_checked_against_the_model(tmp_path: Path) -> None:
             "class2, class3, class4, class5, class6, class7, class8, class9, ... (80 in all))") in bad.stderr
     assert "state=connecting" not in bad.stderr  # no camera was started
     write(every)
-    with open(err_log, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(path), "--no-console"], cwd=REPO,
-                                stdout=subprocess.DEVNULL, stderr=err, text=True)
-    try:
+    with _Run(path, err_log) as proc:
         _wait(proc, "detections", lambda: sum(len(e["detections"]) for e in frames()) >= 20)
         # the label this (randomly initialised) model gives most: take it away
         common = Counter(d["label"] for e in frames() for d in e["detections"]).most_common(1)[0][0]
@@ -261,9 +264,6 @@ def test_camera_classes_are_checked_against_the_model(tmp_path: Path) -> None:
         _wait(proc, "the refusal", lambda: "event=reload_failed kept=running_config" in err_log.read_text())
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     log = err_log.read_text()
     assert proc.returncode == 0 and "event=reload_failed error=\"cameras[0].classes: 'lorry' is not a class" in log
     assert log.count("camera=a state=connecting") == 1  # classes are the sink stage's: no decoder restart
@@ -283,10 +283,8 @@ def test_reloads_leave_no_segments_or_mappings_behind(tmp_path: Path) -> None:
     """Cameras added and removed ten times: shared memory ends as it started (one control and one frame
     segment per camera), in /dev/shm and in the device stage's address space."""
     clip = write_clip(tmp_path / "clip.mp4", frames=15, fps=15, size=(96, 64))
-    events, path = tmp_path / "events.jsonl", tmp_path / "cameras.yaml"
-    base = {"model": {"path": "yolov8n-seg.yaml", "device": "cpu", "imgsz": 64, "conf": 1e-6, "max_det": 4,
-                      "threads": 1},
-            "sinks": [{"type": "jsonl", "path": str(events)}], "metrics": {"enabled": False}}
+    events, path, err_log = tmp_path / "events.jsonl", tmp_path / "cameras.yaml", tmp_path / "stderr.log"
+    base = _base(events)
 
     def write(ids: list[str]) -> None:
         path.write_text(yaml.safe_dump({**base, "cameras": [{"id": c, "url": str(clip), "loop": True} for c in ids]}))
@@ -295,10 +293,8 @@ def test_reloads_leave_no_segments_or_mappings_behind(tmp_path: Path) -> None:
         return any(e["kind"] == "status" and e["camera"] == cid and e["state"] == "live" for e in _events(events))
 
     write(["keep"])
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(path), "--no-console"], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    prefix = f"{shm.ROOT}{proc.pid}_"
-    try:
+    with _Run(path, err_log) as proc:
+        prefix = f"{shm.ROOT}{proc.pid}_"
         _wait(proc, "the first camera", lambda: live("keep"))
         device = next(pid for pid in _children(proc.pid) if _maps(pid, prefix))
         baseline = (len(shm.list_segments(prefix)), _maps(device, prefix))
@@ -314,9 +310,6 @@ def test_reloads_leave_no_segments_or_mappings_behind(tmp_path: Path) -> None:
         _wait(proc, "the mappings to settle",
               lambda: (len(shm.list_segments(prefix)), _maps(device, prefix)) == baseline, timeout=10)
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, err[-3000:]
+        proc.wait(timeout=60)
+    assert proc.returncode == 0, err_log.read_text()[-3000:]
     assert baseline[0] == 2 and shm.list_segments(prefix) == []
