@@ -113,7 +113,7 @@ class JsonlSinkConfig(_SinkBase):
 
 
 class VideoSinkConfig(_SinkBase):
-    """Annotated H.264 MP4 per camera in ``dir`` (``<camera>-<start>.mp4``)."""
+    """Annotated H.264 MP4 segments per camera in ``dir`` (``<camera>-<start>.mp4``)."""
 
     type: Literal["video"]
     dir: Path
@@ -122,6 +122,12 @@ class VideoSinkConfig(_SinkBase):
     crf: int = Field(23, ge=0, le=51)
     preset: str = "veryfast"
     max_width: int | None = Field(1280, ge=16, description="downscale wider frames to this width")
+    segment_s: float | None = Field(600.0, gt=0, description="start a new file after this many seconds of "
+                                                             "video; null: one file per camera and run")
+    keep: int | None = Field(None, ge=1, description="files kept per camera in dir, oldest deleted first "
+                                                     "(earlier runs' too); null keeps every one")
+    keyframe_s: float = Field(2.0, gt=0, description="keyframe interval in stream seconds: a crash loses at "
+                                                     "most about this much of the file being written")
     statuses: bool = False
 
 

@@ -1,10 +1,16 @@
-"""Annotated video sink: one H.264 MP4 per camera (PyAV), masks, boxes and labels drawn in.
+"""Annotated video sink: H.264 MP4 segments per camera (PyAV), masks, boxes and labels drawn in.
 
 Optional and expensive (an encoder per camera), so its queue is short and drops the oldest frame.
 Frames are drawn on the envelope's image when the runtime forwards it, otherwise on a dark canvas of
 the frame's size (the masks alone). Timestamps follow the stream's pts (or the capture time), so
-the file plays at real speed however many frames were dropped. A frame-size change starts a new
-file. Files are ``<dir>/<camera>-<YYYYmmdd-HHMMSS>.mp4`` (UTC start time).
+the file plays at real speed however many frames were dropped.
+
+Files are ``<dir>/<camera>-<YYYYmmdd-HHMMSS>.mp4`` (UTC start time). A new one starts every
+``segment_s`` seconds of video, on a frame-size change, and when the stream's time goes back (a
+restarted decoder starts its pts again). ``keep`` bounds the files per camera, so weeks of recording
+do not fill the disk. The MP4s are fragmented (a fragment per keyframe, forced every ``keyframe_s``
+of stream time) and flushed per packet: a killed process leaves a file that plays up to its last
+fragment instead of one with no index.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+from av.video.frame import PictureType
 import cv2
 import numpy as np
 
@@ -29,6 +36,8 @@ from pipeline.sinks.config import VideoSinkConfig
 log = logging.getLogger(__name__)
 
 _TIME_BASE = Fraction(1, 1000)  # millisecond timestamps
+_BACK_S = 1.0  # stream time going back further than this is a new stream (decoder restart), not jitter
+_MUXER = {"movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1"}
 _PALETTE = np.array([  # BGR, one per class id (or track id, when tracked) modulo its length
     (56, 56, 255), (151, 157, 255), (31, 112, 255), (29, 178, 255), (49, 210, 207), (10, 249, 72),
     (23, 204, 146), (134, 219, 61), (52, 147, 26), (187, 212, 0), (168, 153, 44), (255, 194, 0),
@@ -105,9 +114,11 @@ def _blend_mask(canvas: np.ndarray, det: Detection, height: int, width: int, sca
 class _Writer:
     container: av.container.OutputContainer
     stream: av.video.stream.VideoStream
+    path: Path
     size: tuple[int, int]  # frame (width, height) this file was opened for
-    t0: float
+    t0: float  # stream time (s) of the file's first frame
     last_ms: int = -1
+    last_key_ms: int | None = None
 
 
 class VideoSink(ThreadedSink):
@@ -115,7 +126,8 @@ class VideoSink(ThreadedSink):
 
     def __init__(self, *, name: str, directory: Path, policy: DropPolicy, fps: float = 15.0,
                  codec: str = "libx264", crf: int = 23, preset: str = "veryfast",
-                 max_width: int | None = 1280) -> None:
+                 max_width: int | None = 1280, segment_s: float | None = 600.0, keep: int | None = None,
+                 keyframe_s: float = 2.0) -> None:
         super().__init__(name=name, policy=policy, batch_size=8)
         self.directory = Path(directory)
         try:
@@ -126,15 +138,16 @@ class VideoSink(ThreadedSink):
         except Exception:
             raise SinkError(f"video sink {name!r}: encoder {codec!r} is not available in this PyAV build") from None
         self.fps, self.codec, self.crf, self.preset, self.max_width = fps, codec, crf, preset, max_width
+        self.segment_s, self.keep, self.keyframe_ms = segment_s, keep, int(round(keyframe_s * 1000))
         self._writers: dict[str, _Writer] = {}
-        self.files: list[Path] = []
+        self.files: list[Path] = []  # written by this sink and not deleted, oldest first
         self.start()
 
     @classmethod
     def from_config(cls, cfg: VideoSinkConfig) -> VideoSink:
         return cls(name=cfg.sink_name, directory=cfg.dir, fps=cfg.fps, codec=cfg.codec, crf=cfg.crf,
-                   preset=cfg.preset, max_width=cfg.max_width,
-                   policy=policy_for("video", maxsize=cfg.queue_size, overflow=cfg.on_full))
+                   preset=cfg.preset, max_width=cfg.max_width, segment_s=cfg.segment_s, keep=cfg.keep,
+                   keyframe_s=cfg.keyframe_s, policy=policy_for("video", maxsize=cfg.queue_size, overflow=cfg.on_full))
 
     def _scale(self, width: int) -> float:
         return min(1.0, self.max_width / width) if self.max_width else 1.0
@@ -148,13 +161,35 @@ class VideoSink(ThreadedSink):
         n = 1
         while path.exists() or path in self.files:
             path, n = self.directory / f"{_safe_name(camera_id)}-{stamp}-{n}.mp4", n + 1
-        container = av.open(str(path), "w")
+        container = av.open(str(path), "w", options=_MUXER)
         stream = container.add_stream(self.codec, rate=Fraction(self.fps).limit_denominator(1000))
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         stream.codec_context.time_base = _TIME_BASE
-        stream.options = {"crf": str(self.crf), "preset": self.preset}
+        # keyframes come from keyframe_s (forced by stream time), never from a frame count
+        stream.options = {"crf": str(self.crf), "preset": self.preset, "g": "100000"}
         self.files.append(path)
-        return _Writer(container=container, stream=stream, size=size, t0=t0)
+        self._prune(camera_id, path)
+        return _Writer(container=container, stream=stream, path=path, size=size, t0=t0)
+
+    def _prune(self, camera_id: str, current: Path) -> None:
+        """Delete this camera's oldest files in the directory beyond ``keep`` (never ``current``)."""
+        if self.keep is None:
+            return
+        pattern = re.compile(re.escape(_safe_name(camera_id)) + r"-(\d{8}-\d{6})(?:-(\d+))?\.mp4")
+        found = []
+        for p in self.directory.iterdir():
+            m = pattern.fullmatch(p.name)
+            if m and p != current:
+                found.append(((m[1], int(m[2] or 0)), p))
+        for _, p in sorted(found)[:max(len(found) + 1 - self.keep, 0)]:
+            try:
+                p.unlink()
+            except OSError as e:  # already gone, or not ours to delete: keep recording
+                log.warning("video sink %s: cannot delete old file %s: %s", self.name, p, e.strerror)
+                continue
+            if p in self.files:
+                self.files.remove(p)
+            log.info("video sink %s: deleted %s (keep %d per camera)", self.name, p.name, self.keep)
 
     def _close_writer(self, writer: _Writer) -> None:
         for packet in writer.stream.encode():
@@ -175,7 +210,7 @@ class VideoSink(ThreadedSink):
     def _encode(self, env: Envelope, result: FrameResult) -> None:
         t = result.pts if result.pts is not None else result.capture_ts
         writer = self._writers.get(env.camera_id)
-        if writer is not None and writer.size != tuple(result.frame_size):
+        if writer is not None and self._new_file(writer, tuple(result.frame_size), t):
             self._close_writer(self._writers.pop(env.camera_id))
             writer = None
         if writer is None:
@@ -193,10 +228,19 @@ class VideoSink(ThreadedSink):
         draw(canvas, result, scale=w / result.frame_size[0])
         frame = av.VideoFrame.from_ndarray(canvas, format="bgr24")
         frame.pts, frame.time_base = ms, _TIME_BASE
+        if writer.last_key_ms is None or ms - writer.last_key_ms >= self.keyframe_ms:
+            frame.pict_type = PictureType.I  # libx264 makes it an IDR frame: the muxer starts a fragment
+            writer.last_key_ms = ms
         for packet in writer.stream.encode(frame):
             writer.container.mux(packet)
         writer.last_ms = ms
         self.counters.sent(env.camera_id)
+
+    def _new_file(self, writer: _Writer, size: tuple[int, int], t: float) -> bool:
+        """Whether the frame at stream time ``t`` of ``size`` must start a new file."""
+        elapsed = t - writer.t0
+        return (size != writer.size or elapsed < writer.last_ms / 1000 - _BACK_S
+                or (self.segment_s is not None and elapsed >= self.segment_s))
 
     def close_resources(self) -> None:
         for camera_id, writer in list(self._writers.items()):

@@ -84,6 +84,67 @@ def test_repeated_timestamps_are_dropped_and_counted(tmp_path: Path) -> None:
     assert len(_decode(sink.files[0])[0]) == 3
 
 
+def test_segments_split_by_stream_time_and_play_back_to_back(tmp_path: Path) -> None:
+    sink = VideoSink(name="v", directory=tmp_path, policy=policy_for("video", maxsize=100), segment_s=0.5)
+    for seq in range(12):  # 10 fps: files of 0.0-0.4 s, 0.5-0.9 s, 1.0-1.1 s
+        sink.publish(_env(_result("cam", seq)))
+    sink.close(timeout=30)
+    assert [len(_decode(p)[0]) for p in sink.files] == [5, 5, 2]
+    assert sink.counters.totals_sent["cam"] == 12
+
+
+def test_stream_time_going_back_starts_a_new_file_instead_of_dropping(tmp_path: Path) -> None:
+    sink = VideoSink(name="v", directory=tmp_path, policy=policy_for("video", maxsize=100))
+    for seq in [*range(20), *range(6)]:  # a restarted decoder: pts start again at 0 after 1.9 s
+        sink.publish(_env(_result("cam", seq)))
+    sink.close(timeout=30)
+    assert [len(_decode(p)[0]) for p in sink.files] == [20, 6]
+    assert not sink.counters.totals_dropped
+
+
+def test_keep_deletes_the_oldest_files_of_that_camera_only(tmp_path: Path) -> None:
+    earlier = tmp_path / "cam-19700101-000000.mp4"  # left by an earlier run
+    others = [tmp_path / "cam-x-19700101-000000.mp4", tmp_path / "notes.mp4"]
+    for p in (earlier, *others):
+        p.write_bytes(b"x")
+    sink = VideoSink(name="v", directory=tmp_path, policy=policy_for("video", maxsize=100), segment_s=0.5, keep=2)
+    for seq in range(12):
+        sink.publish(_env(_result("cam", seq)))
+    sink.close(timeout=30)
+    assert not earlier.exists() and all(p.exists() for p in others)
+    assert len(sink.files) == 2 and sorted(tmp_path.glob("cam-1970*.mp4")) == sink.files
+    assert [len(_decode(p)[0]) for p in sink.files] == [5, 2]  # the newest two segments
+
+
+_KILLED = """
+import os, sys, time
+import numpy as np
+sys.path[:0] = [{tests!r}, {root!r}]
+from pipeline.sinks.base import policy_for
+from pipeline.sinks.video import VideoSink
+from test_sink_video import _env, _result
+sink = VideoSink(name="v", directory={out!r}, policy=policy_for("video", maxsize=100), keyframe_s=0.5)
+for seq in range(60):
+    sink.publish(_env(_result("cam", seq)))
+while sink.counters.totals_sent.get("cam", 0) < 60:
+    time.sleep(0.01)
+os._exit(0)  # no close(): as if the process were killed
+"""
+
+
+def test_a_killed_writer_leaves_a_file_that_plays(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = _KILLED.format(tests=str(Path(__file__).parent), root=str(Path(__file__).parents[2]), out=str(tmp_path))
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    (path,) = tmp_path.glob("cam-*.mp4")
+    frames, times = _decode(path)
+    # fragments start at each keyframe (every 0.5 s = 5 frames); the open fragment and the encoder's
+    # look-ahead are what a kill loses
+    assert 30 <= len(frames) < 60 and np.allclose(np.diff(times), 0.1, atol=0.002)
+
+
 @pytest.mark.parametrize("kw, error", [
     ({"codec": "no-such-codec"}, "encoder 'no-such-codec' is not available"),
     ({"directory": Path("/proc/segpipe-video")}, "cannot create /proc/segpipe-video"),
