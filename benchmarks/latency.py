@@ -29,7 +29,7 @@ from engines.ops import NMSConfig, letterbox, mask_crops, non_max_suppression, p
 from engines.ops.boxes import scale_boxes  # noqa: E402
 from engines.ops.rle import encode_crop  # noqa: E402
 from engines.predict import SegModel  # noqa: E402
-from pipeline.device import download_detections  # noqa: E402
+from pipeline.detections import download_detections  # noqa: E402
 
 COCO = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "coco128-seg" / "images" / "train2017"
 

@@ -1,5 +1,5 @@
 """Device stage: the one process that owns the model. Imports engines (backends, ops) and pipeline's
-batching, shm, masks encoding and messages.
+batching, shm, detections (mask crops and encoding), device_settings and messages.
 
 Three threads joined by bounded queues, so the engine never waits on I/O:
 
@@ -11,8 +11,8 @@ Three threads joined by bounded queues, so the engine never waits on I/O:
   (``engines.ops.letterbox``), runs the backend on the compute stream. On CPU the resize part of the
   letterbox is done by the gather thread instead, in uint8 (see ``_resize_on_host``).
 * post: NMS (``engines.ops.non_max_suppression``) and per-detection mask crops on the device (its own
-  stream), one download per batch, COCO RLE from the crops (``engines.ops.rle.encode_crop``: no
-  frame-sized mask ever exists on the host), ``FrameResult``s handed to ``emit``.
+  stream), one download per batch, COCO RLE from the crops (``pipeline.detections``: no frame-sized
+  mask ever exists on the host), ``FrameResult``s handed to ``emit``.
 
 On CPU the same code runs (streams and pinning are skipped). Every thread is the same skeleton: loop
 over a bounded queue until the STOP sentinel, pass STOP downstream; the first error wins, the others
@@ -21,7 +21,6 @@ keep draining their queue (so nobody blocks on a full one) and ``run()`` re-rais
 
 from __future__ import annotations
 
-import math
 import os
 import queue
 import signal
@@ -31,100 +30,31 @@ from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cv2
 import numpy as np
 import torch
 
 from engines.backends import Backend
-from engines.errors import ConfigError, EngineMismatchError, SegpipeError
-from engines.ops import letterbox, mask_crops, mask_to_polygons, non_max_suppression, scale_boxes
-from engines.ops.crops import input_stride
+from engines.errors import ConfigError, SegpipeError
+from engines.ops import letterbox, non_max_suppression
 from engines.ops.letterbox import LetterboxInfo, letterbox_geometry
-from engines.ops.nms import NMSConfig
-from engines.ops.rle import encode_crop
-from pipeline.batching import Arena, Batcher, BatchPolicy
-from pipeline.messages import Batch, Detection, FramePreview, FrameResult
+from pipeline.batching import Arena, Batcher
+from pipeline.detections import download_detections, encode_detections, frame_detections
+from pipeline.device_settings import DeviceSettings, ModelBundle, bundle_model
+from pipeline.messages import Batch, FramePreview, FrameResult
 from pipeline.metrics import StageStats
 from pipeline.shm import RingReader
-
-if TYPE_CHECKING:
-    from pipeline.config import RunConfig
 
 _STOP = object()  # thread-local sentinel (never crosses a process boundary)
 _LATENCY_EMA = 0.1  # weight of the newest frame in the per-camera latency average
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DeviceSettings:
-    """What the device stage needs, derived from the run config in ``from_config``.
-
-    imgsz: model input, a side (square) or (height, width) in pixels; None takes the model's own
-    (its training size).
-    threads: CPU intra-op threads (0: the runtime's default, one per core). On a CPU-only machine the
-    decoders need cores too, and oversubscribed OpenMP threads stall each other for whole time slices.
-    masks: "rle" | "polygon" | "none". mask_resolution: "frame" (prototypes resampled to frame
-    pixels inside each box) | "model" (thresholded at prototype resolution, nearest-neighbour to frame).
-    depth: batches gathered ahead of the one being inferred (and queued for post-processing). 1 keeps
-    upload and inference overlapped while a frame waits at most one inference before its own: live
-    video wants fresh frames, not a deep queue. Staging arenas = depth + 2.
-    preview_width: when a sink draws on the frames (video), each result is emitted as a FramePreview
-    with the frame downscaled to at most this width (0: full size); None sends no pixels.
-    """
-
-    model_path: str
-    backend: str = "auto"
-    device: str = "auto"
-    imgsz: int | tuple[int, int] | None = None
-    half: bool = False
-    cuda_graph: bool = False
-    threads: int = 0
-    nms: NMSConfig = NMSConfig()
-    masks: str = "rle"
-    mask_resolution: str = "frame"
-    batch: BatchPolicy = BatchPolicy()
-    depth: int = 1
-    preview_width: int | None = None
-
-    @classmethod
-    def from_config(cls, cfg: RunConfig) -> DeviceSettings:
-        m = cfg.model
-        return cls(model_path=m.path, backend=m.backend, device=m.device,
-                   imgsz=m.input_shape() if "imgsz" in m.model_fields_set else None, half=m.half, cuda_graph=m.cuda_graph,
-                   threads=m.threads, nms=NMSConfig(conf=m.conf, iou=m.iou, classes=m.classes, max_det=m.max_det),
-                   masks=cfg.masks.format, mask_resolution=cfg.masks.resolution,
-                   batch=BatchPolicy.from_config(cfg.batch), preview_width=_preview_width(cfg))
-
-    def load_backend(self) -> Backend:
-        """Load the model this stage runs (ModelError/BackendUnavailableError name the problem)."""
-        from engines.backends import BackendOptions, load_backend
-
-        device = None if self.device == "auto" else self.device
-        if self.threads:
-            torch.set_num_threads(self.threads)  # letterbox/NMS/masks here run torch ops whatever the backend
-        return load_backend(self.model_path, device=device, backend=self.backend,
-                            options=BackendOptions(half=self.half, cuda_graph=self.cuda_graph,
-                                                   threads=self.threads))
-
-
-@dataclass(frozen=True, slots=True)
-class _Model:
-    """What a batch is inferred and post-processed with. A config reload swaps the stage's whole
-    ``_Model`` between two gathers; batches already gathered finish with the one they started with."""
-
-    settings: DeviceSettings  # its model and mask fields; batching and previews stay the stage's own
-    backend: Backend
-    size: tuple[int, int]  # input (height, width)
-    names: tuple[str, ...]
-    name: str  # published as each event's "model"
-
-
 @dataclass(slots=True)
 class _Uploaded:
     batch: Batch
-    model: _Model
+    model: ModelBundle
     images: list[torch.Tensor]  # (H_i, W_i, 3) uint8 on the device (CPU: already resized, see _upload)
     event: Any  # torch.cuda.Event when the upload is done, None on CPU
     arena: Arena
@@ -143,7 +73,7 @@ class _Retire:
 @dataclass(slots=True)
 class _Inferred:
     batch: Batch
-    model: _Model
+    model: ModelBundle
     pred: torch.Tensor  # (N, 4 + nc + 32, A)
     proto: torch.Tensor  # (N, 32, h/4, w/4)
     infos: list[LetterboxInfo]
@@ -156,17 +86,17 @@ class DeviceStage:
     """Runs batches from camera rings through ``backend`` and emits one ``FrameResult`` per frame."""
 
     def __init__(self, *, settings: DeviceSettings, backend: Backend, readers: Sequence[RingReader],
-                 emit: Callable[[FrameResult], None], commands: Any = None,
-                 notify: Callable[[tuple[str, str]], None] | None = None) -> None:
+                 emit: Callable[[FrameResult | FramePreview], None], commands: Any = None,
+                 notify: Callable[[tuple[str, Any]], None] | None = None) -> None:
         self.s = settings
         # config reloads: ("attach", camera id, shm prefix) | ("detach", camera id) | ("model", DeviceSettings)
         self.commands = commands
         self.notify = notify or (lambda msg: None)  # ("names", names) then ("model_ready", line) | ("model_error", line)
         self.device = backend.device
         self.cuda = self.device.type == "cuda"
-        self.model = _bundle(settings, backend)
+        self.model = bundle_model(settings, backend)
         self._loading: threading.Thread | None = None
-        self._loaded: _Model | BaseException | None = None
+        self._loaded: ModelBundle | BaseException | None = None
         self.readers = {r.camera_id: r for r in readers}
         self.batcher = Batcher(readers=readers, policy=settings.batch)
         self.emit = emit
@@ -202,7 +132,7 @@ class DeviceStage:
         # Pinned (page-locked) memory lets the upload run asynchronously on its own stream.
         return torch.empty(nbytes, dtype=torch.uint8, pin_memory=self.cuda).numpy()
 
-    def warmup(self, model: _Model | None = None) -> None:
+    def warmup(self, model: ModelBundle | None = None) -> None:
         """One throw-away batch per batch size the stage can form (CUDA: lazy init, cuDNN algorithm
         choice and, with cuda_graph, every graph captured now rather than mid-stream)."""
         model = model or self.model
@@ -222,7 +152,7 @@ class DeviceStage:
             if backend.device != self.device:
                 raise ConfigError("model.device", f"the new model loaded on {backend.device}, the running one is "
                                                   f"on {self.device}: changing devices needs a restart")
-            self._loaded = _bundle(settings, backend)
+            self._loaded = bundle_model(settings, backend)
         except BaseException as e:  # noqa: BLE001 - reported by the gather thread, the old model runs on
             self._loaded = e
 
@@ -403,7 +333,7 @@ class DeviceStage:
 
     # --------------------------------------------------------------------------- the work
 
-    def _upload(self, batch: Batch, arena: Arena, stream: Any, model: _Model | None = None) -> _Uploaded:
+    def _upload(self, batch: Batch, arena: Arena, stream: Any, model: ModelBundle | None = None) -> _Uploaded:
         model = model or self.model
         if not self.cuda:
             return self._resize_on_host(batch, arena, model)
@@ -413,7 +343,7 @@ class DeviceStage:
         return _Uploaded(batch=batch, model=model, images=images, event=event, arena=arena,
                          previews=self._previews(batch))
 
-    def _resize_on_host(self, batch: Batch, arena: Arena, model: _Model) -> _Uploaded:
+    def _resize_on_host(self, batch: Batch, arena: Arena, model: ModelBundle) -> _Uploaded:
         """CPU only: resize each frame to its letterboxed size here, in uint8 with cv2 (INTER_LINEAR,
         the interpolation engines.ops.letterbox reproduces in float), so the inference thread only
         pads and normalises. On a CPU the float resize of a full frame costs as much as a third of the
@@ -483,55 +413,24 @@ class DeviceStage:
         rows = non_max_suppression(inf.pred, model.settings.nms, nc=len(model.names))  # syncs: data-dependent shapes
         if inf.start is not None:
             self._observe("infer", inf.start.elapsed_time(inf.event) / 1000.0)
-        per_frame = [self._frame_detections(r, p, info, model) for r, p, info in zip(rows, inf.proto, inf.infos,
-                                                                                    strict=True)]
+        per_frame = [frame_detections(r, p, info, masks=model.settings.masks,
+                                      resolution=model.settings.mask_resolution)
+                     for r, p, info in zip(rows, inf.proto, inf.infos, strict=True)]
         host = download_detections(per_frame)
         now = time.time()
-        previews = inf.previews or [None] * len(host)
+        previews: list[np.ndarray | None] = list(inf.previews) if inf.previews else [None] * len(host)
         for frame, dets, preview in zip(inf.batch.frames, host, previews, strict=True):
             result = FrameResult(camera_id=frame.camera_id, seq=frame.seq, pts=frame.pts,
                                  capture_ts=frame.capture_ts, infer_ts=now, frame_size=frame.size,
-                                 model=model.name, detections=self._encode(dets, frame.image.shape[:2], model))
+                                 model=model.name,
+                                 detections=encode_detections(dets, frame.image.shape[:2], names=model.names,
+                                                              masks=model.settings.masks))
             self.emit(result if preview is None else FramePreview(result=result, image=preview))
             self._count(result)
         self.batches += 1
         self._observe("postprocess", time.perf_counter() - t0)
         with self._stats_lock:
             self._batch_sizes.append(len(inf.batch.frames))
-
-    def _frame_detections(self, rows: torch.Tensor, proto: torch.Tensor, info: LetterboxInfo,
-                          model: _Model) -> dict[str, Any]:
-        """Boxes in frame pixels and mask crops of one frame, still on the device."""
-        boxes = scale_boxes(rows[:, :4], info)
-        out: dict[str, Any] = {"boxes": boxes, "scores": rows[:, 4], "cls": rows[:, 5], "crops": None}
-        if model.settings.masks != "none" and rows.shape[0]:
-            coeffs = rows[:, 6:]
-            if model.settings.mask_resolution == "frame":
-                out["crops"] = mask_crops(proto, coeffs, boxes, info.orig_shape, stride=input_stride(proto, info))
-            else:
-                out["crops"] = model_resolution_crops(proto, coeffs, boxes, info)
-        return out
-
-    def _encode(self, dets: dict[str, Any], shape: tuple[int, int], model: _Model) -> tuple[Detection, ...]:
-        h, w = shape
-        names = model.names
-        out = []
-        crops = dets["crops"]
-        for i, (box, score, cls) in enumerate(zip(dets["boxes"], dets["scores"], dets["cls"], strict=True)):
-            mask: Any = None
-            if crops is not None:
-                x0, y0, crop = crops[i]
-                if not crop.any():
-                    continue  # as engines.ops.postprocess: an object without a mask pixel is dropped
-                if model.settings.masks == "rle":
-                    mask = encode_crop(crop, x0, y0, h, w)
-                else:
-                    mask = [p.reshape(-1).tolist() for p in mask_to_polygons(crop, offset=(x0, y0))]
-            c = int(cls)
-            out.append(Detection(class_id=c, label=names[c] if c < len(names) else str(c),
-                                 score=min(max(float(score), 0.0), 1.0), box=tuple(float(v) for v in box),
-                                 mask=mask))
-        return tuple(out)
 
     def _retire(self, reader: RingReader) -> None:
         if self.readers.get(reader.camera_id) is reader:  # not if the camera came back with a new ring
@@ -550,92 +449,6 @@ class DeviceStage:
 
     def close(self) -> None:
         self.batcher.close()
-
-
-def _bundle(settings: DeviceSettings, backend: Backend) -> _Model:
-    """``backend`` with the input shape ``settings`` ask of it (ConfigError/EngineMismatchError when the
-    model cannot take it)."""
-    meta = backend.meta
-    if settings.imgsz is None:
-        size = tuple(meta.imgsz)
-    else:
-        size = (settings.imgsz, settings.imgsz) if isinstance(settings.imgsz, int) else tuple(settings.imgsz)
-        if any(s % meta.stride for s in size):
-            raise ConfigError("model.imgsz", f"{size[0]}x{size[1]} (HxW): each side must be a multiple of "
-                                             f"{settings.model_path}'s stride {meta.stride}")
-        if not meta.dynamic and tuple(meta.imgsz) != size:
-            raise EngineMismatchError(f"{settings.model_path}: built for {meta.imgsz[0]}x{meta.imgsz[1]} (HxW) inputs, "
-                                      f"the config asks for {size[0]}x{size[1]} (re-export at that size, or drop "
-                                      "model.imgsz)")
-    return _Model(settings=settings, backend=backend, size=size, names=tuple(meta.names),  # type: ignore[arg-type]
-                  name=Path(settings.model_path).name)
-
-
-def model_resolution_crops(protos: torch.Tensor, coeffs: torch.Tensor, boxes: torch.Tensor,
-                           info: LetterboxInfo) -> list[tuple[int, int, torch.Tensor]]:
-    """Masks thresholded at prototype resolution, sampled nearest-neighbour inside each frame box.
-
-    protos (nm, mh, mw) float; coeffs (n, nm); boxes (n, 4) xyxy in frame pixels. Returns, like
-    ``engines.ops.mask_crops``, ``(x0, y0, crop bool (h_i, w_i))`` per detection on the device. Cheaper
-    and blockier than the frame-resolution route: one (n, mh, mw) matmul, then index gathers.
-    """
-    nm, mh, mw = protos.shape
-    fh, fw = info.orig_shape
-    masks = (coeffs.float() @ protos.float().reshape(nm, -1)).reshape(-1, mh, mw) > 0
-    ih, iw = info.new_shape
-    left, top = info.pad
-    uh, uw = info.unpad_shape
-    dev = protos.device
-    # frame pixel centre -> model-input pixels -> prototype cell
-    rows = ((torch.arange(fh, device=dev) + 0.5) * (uh / fh) + top) * (mh / ih)
-    cols = ((torch.arange(fw, device=dev) + 0.5) * (uw / fw) + left) * (mw / iw)
-    rows = rows.long().clamp_(0, mh - 1)
-    cols = cols.long().clamp_(0, mw - 1)
-    out = []
-    for i, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
-        x0, xe = _span(x1, x2, fw)
-        y0, ye = _span(y1, y2, fh)
-        crop = masks[i].index_select(0, rows[y0:ye]).index_select(1, cols[x0:xe])
-        out.append((x0, y0, crop))
-    return out
-
-
-def _span(a: float, b: float, size: int) -> tuple[int, int]:
-    """Pixel indices c with a <= c < b, clamped to [0, size) (the crop convention of mask_crops)."""
-    return min(max(math.ceil(a), 0), size), min(max(math.ceil(b), 0), size)
-
-
-def _preview_width(cfg: RunConfig) -> int | None:
-    """Widest frame any drawing sink wants (0: full size), or None when no sink draws."""
-    widths = [getattr(s, "max_width", None) or 0 for s in cfg.sinks if s.type == "video"]
-    if not widths:
-        return None
-    return 0 if 0 in widths else max(widths)
-
-
-def download_detections(per_frame: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Everything the encoder needs, moved to the host in one transfer per kind (not per detection)."""
-    counts = [int(d["boxes"].shape[0]) for d in per_frame]
-    if not per_frame:
-        return []
-    table = torch.cat([torch.cat([d["boxes"], d["scores"][:, None], d["cls"][:, None]], 1)
-                       for d in per_frame]).float().cpu().numpy()
-    crops_all = [c for d in per_frame if d["crops"] for c in d["crops"]]
-    flat = (torch.cat([c.reshape(-1) for _, _, c in crops_all]).cpu().numpy() if crops_all
-            else np.zeros(0, bool))
-    out, row, pos = [], 0, 0
-    for d, n in zip(per_frame, counts, strict=True):
-        t = table[row:row + n]
-        row += n
-        crops = None
-        if d["crops"] is not None:
-            crops = []
-            for x0, y0, c in d["crops"]:
-                size = c.shape[0] * c.shape[1]
-                crops.append((x0, y0, flat[pos:pos + size].reshape(c.shape[0], c.shape[1])))
-                pos += size
-        out.append({"boxes": t[:, :4], "scores": t[:, 4], "cls": t[:, 5], "crops": crops})
-    return out
 
 
 def _on_stream(stream: Any) -> Any:

@@ -5,9 +5,9 @@ process of ``segpipe run``.
          \\--status pipe--> supervisor --CameraStatus--^   (and StageStats -> Prometheus metrics)
 
 Why processes: a decoder stuck in FFmpeg or a sink library that crashes takes only itself down. The
-supervisor restarts a decoder that exits unexpectedly or stops beating its heartbeat (killed after
-``heartbeat_timeout_s``), with the camera's back-off, up to ``max_restarts`` in a row; a failed device
-or sink stage ends the run (first error wins).
+supervisor's ``DecoderPool`` (pipeline/decoders.py) restarts a decoder that exits unexpectedly or stops
+beating its heartbeat (killed after ``heartbeat_timeout_s``), with the camera's back-off, up to
+``max_restarts`` in a row; a failed device or sink stage ends the run (first error wins).
 
 Shutdown (SIGINT/SIGTERM, every camera ended, or a stage failure) runs downstream in order so nothing
 is lost or blocked: decoders are asked to stop (then killed) -> the device stage finishes every batch
@@ -33,17 +33,14 @@ import logging
 import multiprocessing as mp
 import os
 import queue
-import random
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any
 
 from pipeline import shm
-from pipeline.camera import TERMINAL, CameraStateMachine
-from pipeline.decoder import DecoderSettings, decoder_main
+from pipeline.decoders import CameraHandle, DecoderPool
 from pipeline.messages import STOP, CameraState, CameraStatus
 
 if TYPE_CHECKING:
@@ -57,7 +54,6 @@ S = CameraState
 
 SINK_QUEUE_SIZE = 256  # FrameResults between device and sink stage; a slow sink backs up into ring drops
 STATS_QUEUE_SIZE = 1000
-DECODER_STOP_GRACE_S = 5.0
 DEVICE_STOP_GRACE_S = 60.0  # in-flight batches on a slow CPU model
 SINK_STOP_GRACE_S = 30.0
 _TICK_S = 0.1
@@ -84,32 +80,6 @@ def _child_main(target: Callable[..., None], *args: Any, **kwargs: Any) -> None:
     target(*args, **kwargs)
 
 
-@dataclass(slots=True)
-class CameraHandle:
-    """The supervisor's view of one camera: its control block, its decoder process, its state."""
-
-    settings: DecoderSettings
-    prefix: str
-    control: shm.ControlBlock
-    machine: CameraStateMachine
-    heartbeat_timeout_s: float
-    proc: Any = None
-    conn: Connection | None = None
-    restarts: int = 0  # consecutive, reset once the camera is live again
-    reconnects: int = 0  # RECONNECTING statuses since the start (decoder reconnects and restarts)
-    reported_reconnects: int = 0
-    restart_at: float | None = None
-    last: dict[str, float | int] = field(default_factory=dict)  # control snapshot at the last stats tick
-
-    @property
-    def camera_id(self) -> str:
-        return self.settings.camera_id
-
-    @property
-    def done(self) -> bool:
-        return self.machine.state in TERMINAL and self.proc is None and self.restart_at is None
-
-
 class Supervisor:
     """Runs one pipeline from a validated ``RunConfig``; ``run()`` returns the exit code (0 or 1)."""
 
@@ -122,7 +92,7 @@ class Supervisor:
         self.on_status = on_status
         self.on_tick = on_tick
         self.metrics = metrics
-        self.cameras: list[CameraHandle] = []
+        self.decoders = DecoderPool(spawn=self._spawn, pipe=self.ctx.Pipe, publish=self._publish)
         self.errors: list[str] = []
         self.ready = False
         self.device_info = ""
@@ -138,14 +108,16 @@ class Supervisor:
         self._next_models: list[Any] = []  # configs whose model the device stage loads, in order
         self._sink_update: Any = None  # a camera list for the sink stage, while its inbox is full
         self.model_names: tuple[str, ...] | None = None  # the running model's classes, once loaded
-        self._next_index = 0  # shared-memory index of the next camera (never reused in a run)
         self._tracks: dict[str, int] = {}  # track ids handed out per camera, from the sink stage's reports
         self._crossed: dict[str, list[int]] = {}  # (in, out) line crossings per camera, likewise
         self._snapshot: dict[str, Any] = {"ts": time.time(), "model": cfg.model.path, "device": "", "cameras": []}
         self._prefix = f"{shm.ROOT}{os.getpid()}_"
-        self._rng = random.Random()
 
     # ----------------------------------------------------------------------------- lifecycle
+
+    @property
+    def cameras(self) -> list[CameraHandle]:
+        return self.decoders.cameras
 
     def pids(self) -> dict[str, int]:
         """Process id of every running child by role (``decoder:<camera>``, ``device``, ``sinks``)."""
@@ -190,7 +162,7 @@ class Supervisor:
         self._inbox = self.ctx.Queue(SINK_QUEUE_SIZE)
         self._stats = self.ctx.Queue(STATS_QUEUE_SIZE)
         for cam in self.cfg.cameras:
-            self.cameras.append(self._new_handle(cam))
+            self.decoders.add(cam)
         self._sink = self._spawn("sinks", run_sink_stage, inbox=self._inbox, configs=list(self.cfg.sinks),
                                  stats=self._stats, tracking=self.cfg.tracking, cameras=self.cfg.cameras)
         self._device_stop = self.ctx.Event()
@@ -212,16 +184,8 @@ class Supervisor:
             for err in check_classes(self.cfg.cameras, self.model_names, self.cfg.model.path)[:1]:
                 self._fail(str(err))  # a label the model never produces would silently filter out everything
         if self._stop_reason is None:
-            for cam in self.cameras:
-                self._start_decoder(cam, initial=S.CONNECTING)
-
-    def _new_handle(self, cam: Any) -> CameraHandle:
-        prefix = shm.prefix_for(self._next_index)
-        self._next_index += 1
-        return CameraHandle(
-            settings=DecoderSettings.from_config(cam), prefix=prefix,
-            control=shm.ControlBlock(prefix, create=True), heartbeat_timeout_s=cam.heartbeat_timeout_s,
-            machine=CameraStateMachine(camera_id=cam.id, emit=lambda s: None, announce=False))
+            for handle in self.cameras:
+                self.decoders.start(handle, initial=S.CONNECTING)
 
     def _spawn(self, name: str, target: Callable[..., None], *args: Any, **kwargs: Any) -> Any:
         proc = self.ctx.Process(target=_child_main, args=(target, *args), kwargs=kwargs, name=f"segpipe-{name}")
@@ -232,31 +196,20 @@ class Supervisor:
             signal.signal(signal.SIGINT, old)
         return proc
 
-    def _start_decoder(self, cam: CameraHandle, *, initial: CameraState) -> None:
-        reader, writer = self.ctx.Pipe(duplex=False)
-        # The heartbeat field belongs to the decoder; set it once here, before the process exists,
-        # so a decoder that hangs before its first beat is still caught.
-        cam.control.set("heartbeat", time.monotonic())
-        cam.control.set("stop", 0)
-        cam.proc = self._spawn(f"decoder-{cam.camera_id}", decoder_main, cam.settings, cam.prefix, writer, initial)
-        writer.close()
-        cam.conn = reader
-        cam.restart_at = None
-
     # ------------------------------------------------------------------------------ the loop
 
     def _loop(self) -> None:
         next_tick = time.monotonic()
         while self._stop_reason is None:
             self._poll(_TICK_S)
-            self._watch_decoders()
+            self.decoders.watch()
             self._watch_stages()
             if self._reload:
                 self._reload = False
                 self._apply_reload()
             if self._sink_update is not None:
                 self._send_sink_update()
-            if all(c.done for c in self.cameras):
+            if self.decoders.done:
                 self.request_stop("all cameras ended")
             if time.monotonic() >= next_tick:
                 self._tick()
@@ -264,7 +217,7 @@ class Supervisor:
 
     def _poll(self, timeout: float) -> None:
         """Wait for messages from decoders and the device stage; handle what arrived."""
-        conns = [c.conn for c in self.cameras if c.conn is not None]
+        conns = self.decoders.conns()
         if self._device_conn is not None:
             conns.append(self._device_conn)
         if not conns:
@@ -273,27 +226,8 @@ class Supervisor:
             if conn is self._device_conn:
                 self._device_message()
             else:
-                cam = next(c for c in self.cameras if c.conn is conn)
-                self._decoder_messages(cam)
+                self.decoders.readable(conn)
         self._drain_stats()
-
-    def _decoder_messages(self, cam: CameraHandle) -> None:
-        conn = cam.conn
-        assert conn is not None
-        try:
-            while conn.poll():
-                self._status(cam, conn.recv())
-        except (EOFError, OSError):
-            conn.close()
-            cam.conn = None
-
-    def _status(self, cam: CameraHandle, status: CameraStatus) -> None:
-        cam.machine.follow(status)
-        if status.state is S.LIVE:
-            cam.restarts = 0
-        if status.state is S.RECONNECTING:
-            cam.reconnects += 1
-        self._publish(status)
 
     def _publish(self, status: CameraStatus) -> None:
         log.info("camera=%s state=%s detail=%r", status.camera_id, status.state.value, status.detail)
@@ -306,14 +240,6 @@ class Supervisor:
                 self._inbox.put(status, timeout=2.0)
             except queue.Full:
                 log.warning("camera=%s event=status_dropped reason=sink_queue_full", status.camera_id)
-
-    def _own_transition(self, cam: CameraHandle, state: CameraState, detail: str) -> None:
-        """A state change the supervisor itself decides (restart, give up, stop)."""
-        status = cam.machine.transition_if(state, detail)
-        if status is not None:
-            if state is S.RECONNECTING:
-                cam.reconnects += 1
-            self._publish(status)
 
     def _device_message(self) -> None:
         conn = self._device_conn
@@ -364,45 +290,6 @@ class Supervisor:
             if self.metrics is not None:
                 self.metrics.apply(stats)
 
-    def _watch_decoders(self) -> None:
-        now = time.monotonic()
-        for cam in self.cameras:
-            if cam.proc is None:
-                if cam.restart_at is not None and now >= cam.restart_at:
-                    cam.control.add("restarts")
-                    self._start_decoder(cam, initial=S.RECONNECTING)
-                continue
-            if cam.proc.is_alive():
-                silent = now - cam.control.get("heartbeat")
-                if silent > cam.heartbeat_timeout_s:
-                    log.warning("camera=%s event=decoder_hung silent_s=%.1f pid=%s", cam.camera_id, silent,
-                                cam.proc.pid)
-                    cam.proc.kill()
-                    cam.proc.join(5)
-                    self._decoder_exited(cam, f"decoder hung for {silent:.0f}s, killed")
-                continue
-            cam.proc.join()
-            self._decoder_exited(cam, f"decoder exited with code {cam.proc.exitcode}")
-
-    def _decoder_exited(self, cam: CameraHandle, why: str) -> None:
-        if cam.conn is not None:
-            self._decoder_messages(cam)  # its last words come before our verdict
-        if cam.conn is not None:
-            cam.conn.close()
-            cam.conn = None
-        cam.proc = None
-        if cam.machine.state in TERMINAL:
-            return  # ended or gave up by itself: nothing to restart
-        cam.restarts += 1
-        limit = cam.settings.max_restarts
-        if limit is not None and cam.restarts > limit:
-            self._own_transition(cam, S.FAILED, f"{why}; gave up after {limit} restarts")
-            return
-        delay = cam.settings.backoff.delay(cam.restarts - 1, self._rng)
-        log.warning("camera=%s event=decoder_restart why=%r in_s=%.1f", cam.camera_id, why, delay)
-        self._own_transition(cam, S.RECONNECTING, f"{why}; restart in {delay:.1f}s")
-        cam.restart_at = time.monotonic() + delay
-
     def _watch_stages(self) -> None:
         if self._device is not None and not self._device.is_alive() and not self._stop_reason:
             if self._device_conn is not None:
@@ -437,7 +324,8 @@ class Supervisor:
             counters = c.control.snapshot()
             for k in ("heartbeat", "stop", "gen", "latest_seq", "taken_seq", "state"):  # the ring's bookkeeping
                 counters.pop(k)
-            cam = {"id": c.camera_id, "state": c.machine.state.value, "url": _redact(c.settings.url), **counters}
+            cam: dict[str, Any] = {"id": c.camera_id, "state": c.machine.state.value, "url": _redact(c.settings.url),
+                                   **counters}
             if self.cfg.tracking.enabled:
                 cam["tracks"] = self._tracks.get(c.camera_id, 0)
             if c.camera_id in lined:
@@ -469,7 +357,7 @@ class Supervisor:
 
     def _shutdown(self) -> None:
         try:
-            self._stop_decoders()
+            self.decoders.stop()
             log.debug("event=decoders_stopped")
             self._stop_device()
             log.debug("event=device_stopped")
@@ -524,12 +412,14 @@ class Supervisor:
         plan = plan_reload(self.cfg, new)
         for name in plan.ignored:
             log.warning("event=reload_ignored section=%s reason='needs a restart'", name)
-        self._remove_cameras(plan.stop)
+        for gone in self.decoders.remove(plan.stop):
+            # the device stage unmaps the ring once the frames gathered before have been counted
+            self._device_cmds.put(("detach", gone.camera_id))
+            log.info("camera=%s event=camera_removed", gone.camera_id)
         for cam in plan.start:
-            handle = self._new_handle(cam)
-            self.cameras.append(handle)
+            handle = self.decoders.add(cam)
             self._device_cmds.put(("attach", handle.camera_id, handle.prefix))
-            self._start_decoder(handle, initial=S.CONNECTING)
+            self.decoders.start(handle, initial=S.CONNECTING)
             log.info("camera=%s event=camera_added url=%s", cam.id, cam.redacted_url)
         if plan.changes_cameras:
             self._sink_update = CamerasUpdate(cameras=plan.cameras)
@@ -552,39 +442,6 @@ class Supervisor:
         except queue.Full:
             return
         self._sink_update = None
-
-    def _remove_cameras(self, camera_ids: tuple[str, ...]) -> None:
-        gone = [c for c in self.cameras if c.camera_id in camera_ids]
-        self._stop_decoders(gone, detail="removed from the config")
-        for cam in gone:
-            self._device_cmds.put(("detach", cam.camera_id))
-            self.cameras.remove(cam)
-            cam.control.close()
-            # the device stage keeps its mappings until it lets go of them; the names can go now
-            shm.unlink_all(cam.prefix + "_")
-            log.info("camera=%s event=camera_removed", cam.camera_id)
-
-    def _stop_decoders(self, cams: list[CameraHandle] | None = None, *, detail: str = "pipeline stopped") -> None:
-        """Stop ``cams`` (default: all) together: all asked at once, then waited for, killed if slow."""
-        cams = self.cameras if cams is None else cams
-        for cam in cams:
-            cam.control.set("stop", 1)
-            cam.restart_at = None
-        deadline = time.monotonic() + DECODER_STOP_GRACE_S
-        for cam in cams:
-            if cam.proc is not None:
-                cam.proc.join(max(0.0, deadline - time.monotonic()))
-                if cam.proc.is_alive():
-                    log.warning("camera=%s event=decoder_killed reason=stop_timeout", cam.camera_id)
-                    cam.proc.kill()
-                    cam.proc.join(5)
-            if cam.conn is not None:
-                self._decoder_messages(cam)
-            if cam.conn is not None:
-                cam.conn.close()
-                cam.conn = None
-            cam.proc = None
-            self._own_transition(cam, S.STOPPED, detail)
 
     def _stop_device(self) -> None:
         if self._device is None:

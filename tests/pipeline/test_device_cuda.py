@@ -43,7 +43,8 @@ from engines.ops import (
 from engines.ops.nms import NMSConfig
 from engines.ops.rle import decode
 from pipeline.batching import BatchPolicy
-from pipeline.device import DeviceSettings, DeviceStage, _on_stream, model_resolution_crops
+from pipeline.detections import model_resolution_crops
+from pipeline.device import DeviceSettings, DeviceStage, _on_stream
 from pipeline.messages import FrameResult
 from tests.conftest import REPO, free_port
 from tests.engines.test_cuda_paths import (
@@ -395,7 +396,7 @@ def test_cuda_stage_matches_cpu_stage(make_rings: Callable[[], Rings]) -> None:
                                                  ("none", "frame")])
 @pytest.mark.parametrize("device", DEVICES)
 def test_mask_formats_on_device(device: str, fmt: str, resolution: str, make_rings: Callable[[], Rings]) -> None:
-    """Polygons, model-resolution masks (pipeline.device.model_resolution_crops on the device) and no
+    """Polygons, model-resolution masks (pipeline.detections.model_resolution_crops on the device) and no
     masks, each against the same recipe on CPU."""
     rings = make_rings()
     out: list[FrameResult] = []
