@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import colorsys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import cv2
 import numpy as np
@@ -41,6 +41,14 @@ class Detections:
     """
 
     __slots__ = _FIELDS
+    # Declared (not assigned) so mypy knows the slot fields; __init__ sets them through object.__setattr__.
+    boxes: Array
+    scores: Array
+    class_ids: Array
+    orig_shape: tuple[int, int]
+    names: tuple[str, ...]
+    _masks: Array | None
+    _crops: tuple[Crop, ...] | None
 
     def __init__(self, *, boxes: Array, scores: Array, class_ids: Array, masks: Array | None = None,
                  orig_shape: tuple[int, int], names: Sequence[str],
@@ -94,7 +102,9 @@ class Detections:
         """(n, H, W) bool frame masks (built from the crops on first use), or None without masks."""
         if self._masks is None and self._crops is not None:
             on_host = isinstance(self.boxes, np.ndarray)
-            crops = [(x0, y0, torch.from_numpy(c) if on_host else c) for x0, y0, c in self._crops]
+            # Off the host every array is a tensor (_check allows no mix).
+            crops = [(x0, y0, torch.from_numpy(c) if on_host else cast(torch.Tensor, c))
+                     for x0, y0, c in self._crops]
             dense = paste_crops(crops, self.orig_shape, device=None if on_host else self.boxes.device)
             object.__setattr__(self, "_masks", dense.numpy() if on_host else dense)
             object.__setattr__(self, "_crops", None)
@@ -178,9 +188,10 @@ class Detections:
         return out
 
     def _host_masks(self, what: str) -> np.ndarray:
-        if not self.has_masks:
+        masks = self.masks
+        if masks is None:
             raise ValueError(f"Detections.{what}: these detections have no masks (post-processed with masks=False)")
-        return _np(self.masks)
+        return _np(masks)
 
 
 def class_color(class_id: int) -> tuple[int, int, int]:

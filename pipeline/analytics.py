@@ -27,7 +27,7 @@ import dataclasses
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 
@@ -146,8 +146,8 @@ class CameraAnalytics:
         out: dict[int, dict[str, float]] = {}
         for j, zone in enumerate(self.zones):
             entered = self._entered[j]
-            for tid in [t for t, (_, seen) in entered.items() if seq - seen > self.max_lost_frames + 1]:
-                del entered[tid]
+            for gone in [t for t, (_, seen) in entered.items() if seq - seen > self.max_lost_frames + 1]:
+                del entered[gone]
             for tid, is_in in zip(tracks, members[:, j], strict=True):
                 if tid is None:
                     continue
@@ -180,7 +180,7 @@ class CameraAnalytics:
             now = _side_of(line.anchor, boxes[tracked], a, b)
             # plain Python floats from here: per-object numpy scalars cost more than the arithmetic
             for i, side, (x, y) in zip(tracked, now, pts.tolist(), strict=True):
-                det, tid = dets[i], tids[i]
+                det, tid = dets[i], cast(int, tids[i])  # tracked holds only indices with a track id
                 state = sides.get(tid)
                 if state is not None:
                     state.seen = seq
@@ -192,7 +192,7 @@ class CameraAnalytics:
                 if side != state.side and _between(a, b, (state.x, state.y), (x, y)):
                     direction: Literal["in", "out"] = "in" if side < 0 else "out"
                     self.totals[line.name][0 if side < 0 else 1] += 1
-                    out.append(Crossing(line=line.name, track_id=tid, class_id=det.class_id,  # type: ignore[arg-type]
+                    out.append(Crossing(line=line.name, track_id=tid, class_id=det.class_id,
                                         label=det.label, direction=direction))
                 state.side, state.x, state.y = side, x, y
         return out

@@ -15,17 +15,22 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import redis
 from pycocotools import mask as mask_utils
+from redis.typing import KeyT, StreamIdT
 
 from engines.errors import DataError
 from pipeline.events import SCHEMA_VERSION
 
 Window = tuple[int, int, int, int]
 """Integer pixel window ``(x0, y0, x1, y1)``, half-open, in frame pixels."""
+
+_StreamsReply = list[list[Any]]
+"""An XREAD / XREADGROUP reply as RESP2, redis-py's default protocol, gives it: ``[[stream, entries], ...]``
+(the stubs also allow RESP3's dict, which these readers never ask for)."""
 
 
 def parse_event(data: bytes | str) -> dict[str, Any]:
@@ -183,7 +188,7 @@ class StreamReader:
 
     def __init__(self, client: redis.Redis, keys: list[str], *, start: str = "$") -> None:
         self.client = client
-        self._last: dict[str, str] = dict.fromkeys(keys, start)
+        self._last: dict[KeyT, StreamIdT] = dict.fromkeys(keys, start)
 
     def add_keys(self, keys: list[str]) -> None:
         for k in keys:
@@ -193,7 +198,7 @@ class StreamReader:
         if not self._last:
             time.sleep(block_ms / 1000)
             return []
-        reply = self.client.xread(self._last, count=count, block=block_ms) or []
+        reply = cast(_StreamsReply, self.client.xread(self._last, count=count, block=block_ms) or [])
         out = [m for stream, entries in reply for m in _entries(stream, entries)]
         for m in out:
             self._last[m.stream] = m.id
@@ -244,7 +249,8 @@ class GroupReader:
         """Up to ``count`` events: own pending first, then claimed stale ones, then new ones."""
         if self._own_pending:
             key = self._own_pending.pop()
-            reply = self.client.xreadgroup(self.group, self.consumer, {key: "0"}, count=count) or []
+            reply = cast(_StreamsReply,
+                         self.client.xreadgroup(self.group, self.consumer, {key: "0"}, count=count) or [])
             mine = [m for stream, entries in reply for m in _entries(stream, entries)]
             if mine:
                 self._own_pending.add(key)  # there may be more: come back until empty
@@ -259,8 +265,9 @@ class GroupReader:
         if not self.keys:
             time.sleep(block_ms / 1000)
             return []
-        reply = self.client.xreadgroup(self.group, self.consumer, dict.fromkeys(self.keys, ">"),
-                                       count=count, block=block_ms) or []
+        reply = cast(_StreamsReply, self.client.xreadgroup(self.group, self.consumer,
+                                                           dict.fromkeys(self.keys, ">"), count=count,
+                                                           block=block_ms) or [])
         return [m for stream, entries in reply for m in _entries(stream, entries)]
 
     def ack(self, msg: Message) -> None:

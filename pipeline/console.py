@@ -36,8 +36,8 @@ class CameraRow:
     crossed: tuple[int, int] | None = None
 
 
-def camera_row(camera_id: str, state: CameraState, now: Mapping[str, float | int],
-               before: Mapping[str, float | int] | None, dt: float) -> CameraRow:
+def camera_row(camera_id: str, state: CameraState, now: Mapping[str, Any],
+               before: Mapping[str, Any] | None, dt: float) -> CameraRow:
     """A row from two control-block snapshots ``dt`` seconds apart (``before`` None: no rates yet)."""
     def rate(key: str) -> float:
         if not before or dt <= 0:

@@ -161,7 +161,9 @@ class ControlBlock:
     def snapshot(self) -> dict[str, float | int]:
         """All fields as plain Python numbers (a racy but field-wise consistent read)."""
         rec = self._rec[0].copy()
-        return {name: rec[name].item() for name in CONTROL_DTYPE.names}
+        names = CONTROL_DTYPE.names
+        assert names is not None  # a structured dtype
+        return {name: rec[name].item() for name in names}
 
     def close(self) -> None:
         self._rec = None  # type: ignore[assignment]  # drop the view before closing the mapping

@@ -7,12 +7,16 @@ launch overhead that dominates small batches). BatchNorm is folded into the conv
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from engines.backends.base import Backend, BackendMeta, BackendOptions
 from engines.checkpoint import build_model, load_checkpoint
 from engines.nn.model import SegmentationModel
+
+if TYPE_CHECKING:
+    from torch.cuda import _POOL_HANDLE
 
 
 class _Graph:
@@ -24,7 +28,7 @@ class _Graph:
     working while a graph is captured.
     """
 
-    def __init__(self, model: torch.nn.Module, x: torch.Tensor, pool: tuple[int, int]) -> None:
+    def __init__(self, model: torch.nn.Module, x: torch.Tensor, pool: _POOL_HANDLE | None) -> None:
         self.x = x.clone()
         stream = torch.cuda.Stream(x.device)
         stream.wait_stream(torch.cuda.current_stream(x.device))
@@ -66,7 +70,8 @@ class TorchBackend(Backend):
         if self.half:
             model = model.half()
         if options.channels_last:
-            model = model.to(memory_format=torch.channels_last)
+            # Module.to's stubs omit memory_format, which it accepts at runtime.
+            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         for p in model.parameters():
             p.requires_grad_(False)
         self.model = model

@@ -23,6 +23,7 @@ import pickle
 import zipfile
 import zlib
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -138,7 +139,7 @@ _SAFE: dict[tuple[str, str], Callable[[], Any]] = {
     ("torch._tensor", "_rebuild_from_type_v2"): lambda: _rebuild_from_type_v2,
     ("torch", "Tensor"): lambda: _record_class("torch", "Tensor"),
     ("torch.nn.parameter", "Parameter"): lambda: _record_class("torch.nn.parameter", "Parameter"),
-    **{(mod, name): (lambda n=name: _np_global(n))
+    **{(mod, name): partial(_np_global, name)
        for mod in ("numpy.core.multiarray", "numpy._core.multiarray") for name in ("scalar", "_reconstruct")},
     ("numpy", "dtype"): lambda: np.dtype,
     ("numpy", "ndarray"): lambda: np.ndarray,

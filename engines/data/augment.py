@@ -135,7 +135,7 @@ def mosaic_layout(rng: np.random.Generator, s: int, shapes: list[tuple[int, int]
     """
     yc = int(rng.uniform(s // 2, 2 * s - s // 2))
     xc = int(rng.uniform(s // 2, 2 * s - s // 2))
-    out = []
+    out: list[tuple[int, ...]] = []
     for i, (h, w) in enumerate(shapes):
         if i == 0:
             x1a, y1a, x2a, y2a = max(xc - w, 0), max(yc - h, 0), xc, yc

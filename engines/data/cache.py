@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -104,7 +105,8 @@ def load_split(sources: Sequence[str | os.PathLike[str]], *, nc: int | None, spl
 def _write(path: Path, key: str, labels: list[ImageLabels], stats: SplitStats) -> Path | None:
     counts = [len(lab) for lab in labels]
     segs = [s for lab in labels for s in lab.segments]
-    arrays = {
+    # Any: with ndarray values mypy checks the ** below against savez's allow_pickle: bool too.
+    arrays: dict[str, Any] = {
         "key": np.array(key),
         "files": np.array([os.fspath(lab.im_file) for lab in labels]),
         "shapes": np.array([lab.shape for lab in labels], np.int64).reshape(-1, 2),
@@ -144,7 +146,7 @@ def _read(path: Path, key: str, split: str) -> tuple[list[ImageLabels], SplitSta
             labels.append(ImageLabels(im_file=Path(str(f)), shape=(int(shape[0]), int(shape[1])),
                                       cls=cls[i:i + n].copy(), segments=s, boxes=segments_to_boxes(s)))
             i += int(n)
-        stats = SplitStats(split, *(int(v) for v in st), messages=msgs)
+        stats = SplitStats(split, **{f: int(v) for f, v in zip(_STAT_FIELDS, st, strict=True)}, messages=msgs)
     except (OSError, KeyError, ValueError, TypeError) as e:  # unreadable or foreign file: rebuild it
         LOG.warning("ignoring unreadable label cache %s: %s", path, e)
         return None

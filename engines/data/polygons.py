@@ -28,7 +28,7 @@ def resample_segments(segments: list[np.ndarray], n: int = SEGMENT_POINTS, dtype
         return np.zeros((0, n, 2), dtype)
     kmax = max(len(s) for s in segments)
     n = kmax + 1 if kmax >= n else n
-    out = np.empty((len(segments), n, 2), dtype)
+    out: np.ndarray = np.empty((len(segments), n, 2), dtype)
     for i, s in enumerate(segments):
         s = np.asarray(s, np.float64)
         if len(s) == n:
@@ -36,7 +36,7 @@ def resample_segments(segments: list[np.ndarray], n: int = SEGMENT_POINTS, dtype
             continue
         closed = np.concatenate((s, s[:1]), 0)
         xp = np.arange(len(closed))
-        x = np.concatenate((np.linspace(0, len(closed) - 1, n - len(closed)), xp))
+        x: np.ndarray = np.concatenate((np.linspace(0, len(closed) - 1, n - len(closed)), xp))
         x.sort()  # original vertices stay among the samples
         out[i, :, 0] = np.interp(x, xp, closed[:, 0])
         out[i, :, 1] = np.interp(x, xp, closed[:, 1])
@@ -90,11 +90,11 @@ def _clipped_boxes(xy: np.ndarray, width: float, height: float) -> np.ndarray:
     cin = _points_in_polygons(corners, xy)  # (N, 4)
     px.append(np.where(cin, corners[:, 0], np.nan))
     py.append(np.where(cin, corners[:, 1], np.nan))
-    px, py = np.concatenate(px, 1), np.concatenate(py, 1)
+    pxs, pys = np.concatenate(px, 1), np.concatenate(py, 1)
     # fmin/fmax skip NaN (no all-NaN warning); rows without any point are zeroed
-    boxes = np.stack((np.fmin.reduce(px, 1), np.fmin.reduce(py, 1), np.fmax.reduce(px, 1),
-                      np.fmax.reduce(py, 1)), 1)
-    boxes[np.isnan(px).all(1)] = 0
+    boxes = np.stack((np.fmin.reduce(pxs, 1), np.fmin.reduce(pys, 1), np.fmax.reduce(pxs, 1),
+                      np.fmax.reduce(pys, 1)), 1)
+    boxes[np.isnan(pxs).all(1)] = 0
     return boxes
 
 

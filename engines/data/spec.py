@@ -93,7 +93,7 @@ def load_data_yaml(path: str | os.PathLike[str]) -> DataSpec:
         raise ConfigError(f"{file}: channels", f"only 3-channel images are supported, got {doc['channels']}")
     root = _root(file, doc.get("path"))
     names = _names(file, doc.get("names"), doc.get("nc"))
-    splits = {}
+    splits: dict[str, tuple[Path, ...]] = {}
     for split in SPLITS:
         value = doc.get(split)
         if value is None or value == "" or value == []:

@@ -40,8 +40,10 @@ def trace_onnx(src: SourceModel, spec: ExportSpec) -> onnx.ModelProto:
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notes are not the user's business
-        torch.onnx.export(model, (x,), buf, dynamo=False, opset_version=spec.opset, input_names=[INPUT],
-                          output_names=list(OUTPUTS), dynamic_axes=axes, do_constant_folding=True)
+        # The stubs allow only paths for f; the TorchScript exporter (dynamo=False) takes a file object too.
+        torch.onnx.export(model, (x,), buf, dynamo=False, opset_version=spec.opset,  # type: ignore[arg-type]
+                          input_names=[INPUT], output_names=list(OUTPUTS), dynamic_axes=axes,
+                          do_constant_folding=True)
     proto = onnx.load_from_string(buf.getvalue())
     return to_fp16(proto) if spec.half else proto
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -23,6 +24,9 @@ import onnx
 from engines.errors import ConfigError
 from engines.export.base import ExportSpec
 from engines.export.calib import calibration_batches, calibration_files
+
+if TYPE_CHECKING:
+    import torch
 
 FORMATS = ("QDQ", "QOperator")
 _HEAD_OUTPUT_CONV = re.compile(r"/cv[234]\.\d+\.2/|/proto/cv3/|/dfl/")
@@ -53,7 +57,7 @@ class _Reader:
 
     def __init__(self, input_name: str, files: list[Path], imgsz: tuple[int, int]) -> None:
         self.input_name, self.files, self.imgsz = input_name, files, imgsz
-        self._it = iter(())  # type: ignore[var-annotated]
+        self._it: Iterator[torch.Tensor] = iter(())
         self.rewind()
 
     def get_next(self) -> dict[str, np.ndarray] | None:

@@ -117,6 +117,9 @@ class SegmentationModel(nn.Module):
     and sigmoid scores; train: :class:`SegTrainOutput`. ``A = H*W/64 + H*W/256 + H*W/1024``.
     """
 
+    # A buffer (registered in __init__), which the torch stubs would type as Tensor | Module.
+    stride: Tensor
+
     def __init__(self, cfg: str | Path | dict[str, Any] = "yolov8n-seg.yaml", *, nc: int | None = None,
                  scale: str | None = None, ch: int = 3) -> None:
         super().__init__()
@@ -172,7 +175,8 @@ def _build(d: dict[str, Any], ch_in: int) -> tuple[nn.Sequential, set[int], list
     rows = _rows(d, name)
     ch: list[int] = []
     strides: list[float] = []
-    layers, infos, sources, save = [], [], [], set()
+    layers, infos, sources = [], [], []
+    save: set[int] = set()
     for i, (ypath, (f, n, mname, args)) in enumerate(rows):
         if mname not in _BUILDERS:
             raise ConfigError(ypath, f"unknown module '{mname}' (known: {', '.join(_BUILDERS)})")

@@ -9,7 +9,7 @@ keyword-only arguments; the YAML row -> arguments mapping lives in :mod:`engines
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +24,8 @@ BN_MOMENTUM = 0.03
 # about lr a step: at lr 5e-4 a zero-started refine still had scales of ~0.002 after 1,470 steps.
 NEW_BRANCH_SCALE = 0.1
 
+_Pair = tuple[int, int]
+
 
 def autopad(k: int, p: int | None = None, d: int = 1) -> int:
     """'Same' padding for an odd kernel ``k`` with dilation ``d`` (unless ``p`` is given)."""
@@ -35,8 +37,13 @@ def autopad(k: int, p: int | None = None, d: int = 1) -> int:
 
 def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     """Fold an eval-mode BatchNorm into the preceding convolution (returns a new conv with bias)."""
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                      conv.dilation, conv.groups, bias=True).to(conv.weight.device, conv.weight.dtype)
+    # The stubs type a conv's geometry as tuple[int, ...]; a Conv2d's are pairs.
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, cast(_Pair, conv.kernel_size),
+                      cast(_Pair, conv.stride), cast("str | _Pair", conv.padding), cast(_Pair, conv.dilation),
+                      conv.groups, bias=True).to(conv.weight.device, conv.weight.dtype)
+    # Fusing needs the running statistics, which a BatchNorm built with track_running_stats=False lacks.
+    assert bn.running_mean is not None and bn.running_var is not None
+    assert fused.bias is not None  # built with bias=True
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
     bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
     with torch.no_grad():
@@ -177,10 +184,10 @@ class Proto(nn.Module):
         if not set(self.skip_strides) <= {4, 2} or (2 in self.skip_strides and stride != 2):
             raise ValueError(f"prototype skip inputs must be at stride 4 or 2 (2 only for prototype stride 2), "
                              f"got strides {list(self.skip_strides)}")
-        skips = dict(skips)
+        skip_ch = dict(skips)
         self.cv1 = Conv(c1=c1, c2=c_, k=3)
         self.upsample = nn.ConvTranspose2d(c_, c_, 2, 2, 0, bias=True)
-        self.skip4 = Conv(c1=skips[4], c2=c_) if 4 in skips else None
+        self.skip4 = Conv(c1=skip_ch[4], c2=c_) if 4 in skip_ch else None
         self.cv2 = Conv(c1=c_, c2=c_, k=3)
         self.cv3 = Conv(c1=c_, c2=c2)
         if stride == 2:
@@ -190,11 +197,13 @@ class Proto(nn.Module):
                 taps = torch.tensor([0.25, 0.75, 0.75, 0.25])
                 self.upsample2.weight.zero_()
                 self.upsample2.weight[range(c2), range(c2)] = torch.outer(taps, taps)
+                assert self.upsample2.bias is not None  # built with bias=True
                 self.upsample2.bias.zero_()
-        self.skip2 = Conv(c1=c2 + skips[2], c2=c2, k=3) if 2 in skips else None
+        self.skip2 = Conv(c1=c2 + skip_ch[2], c2=c2, k=3) if 2 in skip_ch else None
         for m in (self.skip4, self.skip2, getattr(self, "refine", None)):
             if m is not None:
-                nn.init.constant_(m.bn.weight, NEW_BRANCH_SCALE)
+                # Conv.bn is typed Module (fusing swaps it out); here it is still the BatchNorm2d.
+                nn.init.constant_(cast(Tensor, m.bn.weight), NEW_BRANCH_SCALE)
 
     def forward(self, x: Tensor, *skips: Tensor) -> Tensor:
         """x: P3; skips: the maps named by ``skips``, coarsest first (stride 4, then 2)."""
@@ -236,6 +245,9 @@ class Detect(nn.Module):
     ``(N, 4 + nc, A)``: boxes ``(cx, cy, w, h)`` in input pixels, then sigmoid class scores.
     """
 
+    # A buffer (registered in __init__), which the torch stubs would type as Tensor | Module.
+    stride: Tensor
+
     def __init__(self, *, nc: int, ch: tuple[int, ...], strides: tuple[float, ...], reg_max: int = 16) -> None:
         super().__init__()
         if len(strides) != len(ch):
@@ -258,8 +270,9 @@ class Detect(nn.Module):
         """Prior biases: box logits 2.0; class logits for ~5 objects per 640 image over ``nc`` classes."""
         with torch.no_grad():
             for a, b, s in zip(self.cv2, self.cv3, self.strides, strict=True):
-                a[-1].bias.fill_(2.0)
-                b[-1].bias[: self.nc] = math.log(5 / self.nc / (640 / s) ** 2)
+                # ModuleList items are typed Module; these are _branch Sequentials ending in a biased Conv2d.
+                a[-1].bias.fill_(2.0)  # type: ignore[index]
+                b[-1].bias[: self.nc] = math.log(5 / self.nc / (640 / s) ** 2)  # type: ignore[index]
 
     def raw(self, x: list[Tensor]) -> list[Tensor]:
         """Per level ``(N, 4*reg_max + nc, h_i, w_i)``: box-distribution logits then class logits."""

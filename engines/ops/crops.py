@@ -44,6 +44,8 @@ class _Axis:
         scale = float(torch.tensor(n_in, dtype=torch.float32) / out_size)
         r0, r1, lam = bilinear_taps(n_in, out_size, scale, device)
         r0, r1 = r0 + lo, r1 + lo  # rows of the (upsampled) input
+        cols: tuple[torch.Tensor, ...]
+        vals: tuple[torch.Tensor, ...]
         if f > 1:
             j0, j1, mu = bilinear_taps(m, f * m, 1.0 / f, device)
             cols = (j0[r0], j1[r0], j0[r1], j1[r1])

@@ -66,9 +66,9 @@ def letterbox_geometry(
     dw, dh = tw - uw, th - uh
     if auto:
         dw, dh = dw % stride, dh % stride
-    dw, dh = dw / 2, dh / 2
-    top, bottom = round(dh - 0.1), round(dh + 0.1)
-    left, right = round(dw - 0.1), round(dw + 0.1)
+    pw, ph = dw / 2, dh / 2
+    top, bottom = round(ph - 0.1), round(ph + 0.1)
+    left, right = round(pw - 0.1), round(pw + 0.1)
     return LetterboxInfo(orig_shape=(h0, w0), new_shape=(uh + top + bottom, uw + left + right), gain=r,
                          pad=(left, top), unpad_shape=(uh, uw))
 
@@ -96,8 +96,8 @@ def letterbox(
     if not imgs:
         device = images.device if isinstance(images, torch.Tensor) else None
         return torch.empty((0, 3, th, tw), dtype=torch.float32, device=device), []
-    infos = [letterbox_geometry(tuple(im.shape[:2]), size=size, stride=stride, auto=auto, scaleup=scaleup)
-             for im in imgs]
+    infos = [letterbox_geometry((im.shape[0], im.shape[1]), size=size, stride=stride, auto=auto,
+                                scaleup=scaleup) for im in imgs]
     shapes = {i.new_shape for i in infos}
     if len(shapes) != 1:
         raise ValueError(f"letterbox: images of different sizes give different input shapes {sorted(shapes)} "
@@ -108,7 +108,7 @@ def letterbox(
     # Images of one size share a geometry: resize them together (one kernel for a same-camera batch).
     groups: dict[tuple[int, int], list[int]] = {}
     for i, im in enumerate(imgs):
-        groups.setdefault(tuple(im.shape[:2]), []).append(i)
+        groups.setdefault((im.shape[0], im.shape[1]), []).append(i)
     for idx in groups.values():
         info = infos[idx[0]]
         src = images if isinstance(images, torch.Tensor) and len(idx) == len(imgs) else torch.stack(

@@ -8,6 +8,8 @@ uniform signature and ignored: a top-down object looks the same from every side 
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 
 from engines.synth.drawing import Color, Drawing
@@ -108,7 +110,7 @@ def draw_bottle(
 def _wrench(d: Drawing, rng: np.random.Generator, size: float) -> None:
     L = size / 2
     hw = size * rng.uniform(0.045, 0.06)
-    steel = tuple(float(v) for v in np.full(3, rng.uniform(150, 200)) + rng.uniform(-8, 8, 3))
+    steel = cast(Color, tuple(float(v) for v in np.full(3, rng.uniform(150, 200)) + rng.uniform(-8, 8, 3)))
     d.rect(-L * 0.7, -hw, L * 0.7, hw, steel, radius=hw * 0.8)
     jaw_r, ring_r = size * 0.13, size * 0.1
     d.circle((L - jaw_r, 0), jaw_r, steel)
@@ -178,7 +180,7 @@ def draw_metal_part(
     d: Drawing, rng: np.random.Generator, size: float, view: str = "", phase: float = 0.0
 ) -> None:
     """Unlabelled clutter: a hex nut, a washer or a drilled bracket plate (occludes, never labelled)."""
-    metal = tuple(float(v) for v in np.full(3, rng.uniform(110, 190)) + rng.uniform(-10, 10, 3))
+    metal = cast(Color, tuple(float(v) for v in np.full(3, rng.uniform(110, 190)) + rng.uniform(-10, 10, 3)))
     r = size / 2
     pick = int(rng.integers(3))
     if pick == 0:

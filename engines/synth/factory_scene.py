@@ -80,14 +80,16 @@ def _floor(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
         band = int(h * rng.uniform(0.04, 0.08))
         y0 = 0 if rng.random() < 0.5 else h - band
         s = tx.stripes(band, w, period=band * 2.0, duty=0.5, angle=np.pi / 4)
-        img[y0 : y0 + band] = np.where(s[..., None], np.float32([20, 200, 230]), np.float32([25, 25, 25]))
+        img[y0 : y0 + band] = np.where(
+            s[..., None], np.array([20, 200, 230], np.float32), np.array([25, 25, 25], np.float32)
+        )
     return img
 
 
 def _belt(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    base = np.float32([rng.uniform(35, 80)] * 3) + rng.uniform(-10, 10, 3).astype(np.float32)
+    base = np.array([rng.uniform(35, 80)] * 3, np.float32) + rng.uniform(-10, 10, 3).astype(np.float32)
     if rng.random() < 0.3:  # green or blue PVC belts exist too
-        base = np.float32([60, 110, 60]) if rng.random() < 0.5 else np.float32([120, 80, 40])
+        base = np.array([60, 110, 60] if rng.random() < 0.5 else [120, 80, 40], np.float32)
     g = 1.0 + 0.15 * tx.value_noise(rng, h, w, cell=rng.uniform(8, 30), octaves=2)
     img = tx.tint(g, base)
     img += tx.fine_noise(rng, h, w, rng.uniform(2, 6))[..., None]
@@ -114,7 +116,7 @@ def _rollers(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 
 def _rail(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     prof = 0.7 + 0.5 * np.sin(np.linspace(0, np.pi, h, dtype=np.float32))
-    col = np.float32(rng.uniform(130, 200, 3)) if rng.random() < 0.7 else np.float32([40, 160, 210])
+    col = np.float32(rng.uniform(130, 200, 3)) if rng.random() < 0.7 else np.array([40, 160, 210], np.float32)
     img = np.broadcast_to(prof[:, None, None] * col[None, None, :], (h, w, 3)).copy()
     step = max(int(rng.uniform(40, 120)), 10)
     for x in range(int(rng.integers(step)), w, step):  # bolts

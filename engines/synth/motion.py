@@ -79,7 +79,8 @@ class _Builder:
     """Numbers tracks in creation order (deterministic ids)."""
 
     def __init__(self, rng: np.random.Generator) -> None:
-        self.rng, self.tracks = rng, []
+        self.rng = rng
+        self.tracks: list[Track] = []
 
     def add(
         self, spec: ObjectSpec, start: float, life: float, **kw: float | int | TrafficLayout | None

@@ -26,7 +26,7 @@ def value_noise(
     finest = cell / 2 ** (octaves - 1)
     k = 2 if finest >= 8 and min(h, w) >= 16 else 1
     sh, sw = -(-h // k), -(-w // k)
-    out = np.zeros((sh, sw), np.float32)
+    out: np.ndarray = np.zeros((sh, sw), np.float32)
     amp, total = 1.0, 0.0
     for o in range(octaves):
         c = max(cell / (2**o) / k, 1.0)

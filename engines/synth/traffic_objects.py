@@ -338,9 +338,9 @@ def draw_bicycle(
     d.ellipse((sx * -0.2 * m, -1.0 * m), (0.11 * m, 0.03 * m), 0.0, (25, 25, 25))
     d.line((sx * 0.4 * m, -0.88 * m), (sx * 0.45 * m, -1.1 * m), w, (60, 60, 60), role="body")
     d.line((sx * 0.38 * m, -1.1 * m), (sx * 0.52 * m, -1.1 * m), w, (25, 25, 25), role="body")
-    a = 2 * np.pi * phase
+    ang = 2 * np.pi * phase
     for k in (0, np.pi):
-        px, py = 0.17 * np.cos(a + k), -0.3 + 0.17 * np.sin(a + k)
+        px, py = 0.17 * np.cos(ang + k), -0.3 + 0.17 * np.sin(ang + k)
         d.line(
             (sx * crank[0] * m, crank[1] * m),
             (sx * px * m, py * m),

@@ -83,7 +83,7 @@ def _sky_and_skyline(rng: np.random.Generator, h: int, w: int, img: np.ndarray, 
     if horizon <= 0:
         return
     sky = tx.linear_gradient(horizon, w, np.pi / 2, 0.0, 1.0)[..., None]
-    top, low = np.float32(rng.uniform([150, 110, 60], [240, 200, 160])), np.float32([225, 220, 215])
+    top, low = np.float32(rng.uniform([150, 110, 60], [240, 200, 160])), np.array([225, 220, 215], np.float32)
     img[:horizon] = top * (1 - sky) + low * sky
     x = 0
     while x < w:  # a row of buildings standing on the horizon
@@ -97,7 +97,7 @@ def _sky_and_skyline(rng: np.random.Generator, h: int, w: int, img: np.ndarray, 
     trees = tx.value_noise(rng, horizon, w, cell=rng.uniform(10, 30), octaves=2)
     band = np.linspace(-2.5, 0.8, horizon, dtype=np.float32)[:, None]
     m = 0.6 * trees + band > 0.3
-    img[:horizon][m] = np.float32([40, 95, 60]) * (1 + 0.3 * trees[m, None])
+    img[:horizon][m] = np.array([40, 95, 60], np.float32) * (1 + 0.3 * trees[m, None])
 
 
 def _along(rng: np.random.Generator, W: int, H: int) -> tuple[np.ndarray, TrafficLayout]:
@@ -120,7 +120,7 @@ def _along(rng: np.random.Generator, W: int, H: int) -> tuple[np.ndarray, Traffi
     pave = np.float32(rng.uniform(140, 190)) + tx.fine_noise(rng, H, W, 5)
     np.copyto(img, pave[..., None], where=side[..., None])
     curb = ground & (aX >= R) & (aX < R + 0.25)
-    img[curb] = np.float32([200, 200, 200])
+    img[curb] = np.array([200, 200, 200], np.float32)
     road = ground & (aX < R)
     np.copyto(img, _asphalt(rng, H, W), where=road[..., None])
     paint = np.zeros((H, W), bool)

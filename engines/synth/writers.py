@@ -343,8 +343,8 @@ def write_video(
         if len(pts) != frames:
             raise SegpipeError(f"{path}: the encoder wrote {len(pts)} frames, expected {frames}")
         with open(tmp_side, "w") as f:
-            for rec, p in zip(records, pts, strict=True):
-                rec["pts"], rec["time_base"] = int(p), str(time_base)
+            for rec, pt in zip(records, pts, strict=True):
+                rec["pts"], rec["time_base"] = int(pt), str(time_base)
                 f.write(json.dumps(rec, separators=(",", ":")) + "\n")
         os.replace(tmp, path)
         os.replace(tmp_side, side)

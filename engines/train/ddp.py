@@ -48,7 +48,7 @@ def parse_devices(spec: str | None, world_size: int | None = None) -> list[torch
 
     Raises ConfigError when ``world_size`` contradicts a GPU list.
     """
-    parts = [p.strip() for p in (spec or "").split(",") if p.strip()] or [None]
+    parts: list[str | None] = [p.strip() for p in (spec or "").split(",") if p.strip()] or [None]
     devices = [parse_device(p) for p in parts]
     if len({str(d) for d in devices}) != len(devices):
         raise ConfigError("train.device", f"a device is listed twice in {spec!r}")

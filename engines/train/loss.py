@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,9 @@ from engines.nn.head import bbox2dist, dist2bbox, make_anchors
 from engines.ops.crops import bilinear_taps
 from engines.train.assigner import Assignment, TaskAlignedAssigner
 from engines.train.boxes import bbox_ciou, crop_mask, xywh2xyxy
+
+if TYPE_CHECKING:
+    from engines.nn.model import SegmentationModel
 
 LOSS_NAMES = ("box_loss", "seg_loss", "cls_loss", "dfl_loss")
 
@@ -34,10 +37,15 @@ class SegOutput(Protocol):
 class SegTargets(Protocol):
     """The labels of a batch (``engines.data.TrainBatch``)."""
 
-    cls: Tensor  # (M,) class ids
-    bboxes: Tensor  # (M, 4) normalised xywh
-    batch_idx: Tensor  # (M,) image index in the batch
-    masks: Tensor  # (M, H/4, W/4) uint8, one per instance
+    # Read-only properties, so that a frozen dataclass such as TrainBatch matches.
+    @property
+    def cls(self) -> Tensor: ...  # (M,) class ids
+    @property
+    def bboxes(self) -> Tensor: ...  # (M, 4) normalised xywh
+    @property
+    def batch_idx(self) -> Tensor: ...  # (M,) image index in the batch
+    @property
+    def masks(self) -> Tensor: ...  # (M, H/4, W/4) uint8, one per instance
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -214,9 +222,9 @@ class SegLoss:
         self.assigner = TaskAlignedAssigner(nc=nc, topk=topk, alpha=0.5, beta=6.0)
 
     @classmethod
-    def for_model(cls, model: torch.nn.Module, *, gains: LossGains = LossGains()) -> SegLoss:
+    def for_model(cls, model: SegmentationModel, *, gains: LossGains = LossGains()) -> SegLoss:
         """Read nc, strides and reg_max from a ``SegmentationModel``."""
-        head = model.model[-1]
+        head = model.head
         return cls(nc=int(model.nc), strides=model.stride, reg_max=int(head.reg_max), gains=gains)
 
     def decode(self, anchor_points: Tensor, pred_dist: Tensor) -> Tensor:

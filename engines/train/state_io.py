@@ -13,6 +13,7 @@ Learning rates are not stored: the schedule recomputes them from the epoch.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -54,9 +55,9 @@ def pack_state(
     return out
 
 
-def has_state(extra: dict[str, Tensor] | None) -> bool:
+def has_state(extra: Mapping[str, Tensor] | None) -> bool:
     """Whether a checkpoint's extra tensors hold a resumable state."""
-    return bool(extra) and f"{PREFIX}epoch" in extra
+    return extra is not None and f"{PREFIX}epoch" in extra
 
 
 def restore_state(extra: dict[str, Tensor], *, model: nn.Module, optimizer: torch.optim.Optimizer) -> ResumeState:

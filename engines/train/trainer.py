@@ -11,10 +11,10 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence, Sized
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -97,6 +97,7 @@ def fit_loop(s: TrainState, data: TrainData, hooks: Sequence[H.Hook]) -> None:
             for h in hooks:
                 h.before_step(s)
             stepped = run_step(s, batch)
+            assert s.items is not None  # run_step sets it
             s.images_seen += len(batch)
             s.mean_items = s.items if s.mean_items is None else (s.mean_items * i + s.items) / (i + 1)
             if not torch.isfinite(s.items).all():
@@ -139,7 +140,7 @@ def train(
     trains on two GPUs with DDP; ``world_size=n`` with ``device="cpu"`` runs n CPU processes (gloo).
     Raises ``SegpipeError`` subclasses for bad settings, data or checkpoints.
     """
-    def opt(v: str | Path | None) -> str | None:
+    def opt(v: str | int | Path | None) -> str | None:
         return None if v is None else str(v)
 
     if resume:
@@ -166,7 +167,9 @@ def run(cfg: TrainConfig) -> SegMetrics:
     devices = parse_devices(cfg.device, cfg.world_size)
     if len(devices) > 1:
         return launch(_fit_entry, cfg, devices)
-    return fit(cfg, Placement(-1, 1, devices[0]))
+    metrics = fit(cfg, Placement(-1, 1, devices[0]))
+    assert metrics is not None  # the only process is the main one, which returns the metrics
+    return metrics
 
 
 def _fit_entry(place: Placement, cfg: TrainConfig) -> SegMetrics | None:
@@ -249,7 +252,8 @@ def setup(cfg: TrainConfig, place: Placement, out: Path
     nb = len(data.loader)
 
     accumulate, wd_scale = accumulation(cfg.batch, cfg.nbs)
-    iterations = math.ceil(len(data.loader.dataset) / max(cfg.batch, cfg.nbs)) * cfg.epochs
+    # torch types DataLoader.dataset as a plain Dataset, which need not have a length; ours has one.
+    iterations = math.ceil(len(cast(Sized, data.loader.dataset)) / max(cfg.batch, cfg.nbs)) * cfg.epochs
     choice = choose_optimizer(cfg.optimizer, lr0=cfg.lr0, momentum=cfg.momentum,
                               warmup_bias_lr=cfg.warmup_bias_lr, nc=len(spec.names), iterations=iterations)
     optimizer = build_optimizer(net, choice, weight_decay=cfg.weight_decay * wd_scale)
@@ -320,7 +324,7 @@ def make_validator(cfg: TrainConfig, spec: DataSpec, place: Placement, *, final:
 
 def save_run_checkpoint(s: TrainState, path: Path, resumable: bool) -> None:
     """A segpipe checkpoint of the EMA weights; ``resumable`` adds the optimizer/raw-weight state."""
-    model = s.eval_model
+    model = cast(SegmentationModel, s.eval_model)  # the EMA or the bare model, both SegmentationModels
     metrics = dict(s.metrics.as_dict()) if s.metrics is not None else {}
     metrics.update({"epoch": s.epoch + 1, "fitness": s.fitness})
     meta = ModelMeta(

@@ -40,7 +40,8 @@ def gt_json(
     """COCO ground-truth dict: one image per truth (id = index), masks as compressed RLE."""
     if len(truths) != len(files):
         raise ValueError(f"{len(truths)} truths for {len(files)} files")
-    images, annotations = [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for i, (t, f) in enumerate(zip(truths, files, strict=True)):
         H, W = t.shape
         images.append({"id": i, "file_name": Path(f).name, "height": H, "width": W})

@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -23,6 +23,7 @@ from engines.data.loader import SegLoader
 from engines.data.spec import DataSpec, load_data_yaml
 from engines.device import parse_device
 from engines.errors import ConfigError, DataError, ModelError
+from engines.ops.letterbox import LetterboxInfo
 from engines.ops.nms import NMSConfig
 from engines.ops.postprocess import postprocess
 from engines.structures import Detections
@@ -118,7 +119,7 @@ class Validator:
             with torch.inference_mode():
                 acc, preds, times = self._run(loader, infer, names)
         finally:
-            if was_training:
+            if was_training and isinstance(infer, nn.Module):
                 infer.train()
         box, seg = acc.compute()
         n = max(acc.images, 1)
@@ -140,7 +141,8 @@ class Validator:
             t1 = self._clock()
             pred, proto = infer(x)
             t2 = self._clock()
-            dets = postprocess(pred, proto, batch.infos, self.nms, names=names, retina_masks=self.retina_masks)
+            infos = cast(Sequence[LetterboxInfo], batch.infos)  # val batches carry an info for every image
+            dets = postprocess(pred, proto, infos, self.nms, names=names, retina_masks=self.retina_masks)
             t3 = self._clock()
             for i, t in enumerate((t1 - t0, t2 - t1, t3 - t2)):
                 times[i] += t
@@ -154,12 +156,17 @@ class Validator:
 
     def _score(self, acc: MetricsAccumulator, det: Detections, image_id: int) -> list[dict[str, Any]]:
         """Match one image's detections; their COCO results when save_json (else [])."""
+        frame_masks = det.masks
+        # postprocess makes them, so their arrays are tensors (Detections also allows numpy ones).
+        assert isinstance(det.boxes, torch.Tensor) and isinstance(det.scores, torch.Tensor)
+        assert isinstance(det.class_ids, torch.Tensor)
+        assert frame_masks is None or isinstance(frame_masks, torch.Tensor)
         boxes = coco.xyxy_to_coco(det.boxes.cpu().numpy())
         scores, cls = det.scores.cpu().numpy(), det.class_ids.cpu().numpy()
-        acc.add(evaluate_image(boxes, scores, cls, det.masks, self._truths[image_id]), image_id)
+        acc.add(evaluate_image(boxes, scores, cls, frame_masks, self._truths[image_id]), image_id)
         if not self.save_json:
             return []
-        masks = None if det.masks is None else det.masks.cpu().numpy()
+        masks = None if frame_masks is None else frame_masks.cpu().numpy()
         return coco.results_json(image_id, boxes, scores, cls, masks)
 
     def _clock(self) -> float:

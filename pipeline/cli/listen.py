@@ -8,6 +8,7 @@ group: each event goes to one of them and is acknowledged after it is printed (a
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from collections.abc import Callable
@@ -108,7 +109,7 @@ class _RedisSource:
         msgs = self.reader.read(count=max_n, block_ms=500)
         if isinstance(self.reader, GroupReader):
             group = self.reader
-            return [(m.data, lambda m=m: group.ack(m)) for m in msgs]
+            return [(m.data, functools.partial(group.ack, m)) for m in msgs]
         return [(m.data, None) for m in msgs]
 
     def close(self) -> None:

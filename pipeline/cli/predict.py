@@ -52,7 +52,8 @@ class _VideoWriters:
     """Annotated MP4 per video source, opened lazily at the first frame."""
 
     def __init__(self, out: Path) -> None:
-        self.out, self.writers = out, {}  # type: dict[str, Any]
+        self.out = out
+        self.writers: dict[str, Any] = {}
 
     def write(self, name: str, image: Any) -> None:
         import av

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Iterable
+from typing import Any, Protocol
 
 from engines.errors import SinkError
 from pipeline.sinks.base import Sink
@@ -19,6 +20,13 @@ BUILTIN_SINKS: tuple[tuple[str, str], ...] = (
     ("jsonl", "pipeline.sinks.jsonl:JsonlSink"),
     ("video", "pipeline.sinks.video:VideoSink"),
 )
+
+
+class SinkClass(Protocol):
+    """What a registry entry names: a class built from its config."""
+
+    # Any: each class takes only its own member of SinkConfig, which build() picks by ``type``
+    def from_config(self, cfg: Any, /) -> Sink: ...
 
 
 class SinkRegistry:
@@ -40,7 +48,7 @@ class SinkRegistry:
     def types(self) -> tuple[str, ...]:
         return tuple(self._entries)
 
-    def get(self, type_name: str) -> type:
+    def get(self, type_name: str) -> SinkClass:
         """The sink class for ``type_name``; SinkError naming the known types when unknown."""
         target = self._entries.get(type_name)
         if target is None:
@@ -53,4 +61,4 @@ class SinkRegistry:
         return self.get(config.type).from_config(config)
 
 
-__all__ = ["BUILTIN_SINKS", "SinkRegistry"]
+__all__ = ["BUILTIN_SINKS", "SinkClass", "SinkRegistry"]
