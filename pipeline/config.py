@@ -320,6 +320,21 @@ def check_classes(cameras: tuple[CameraConfig, ...], names: tuple[str, ...], mod
             for i, cam in enumerate(cameras) for c in cam.classes or () if c not in known]
 
 
+def _clip_triggers(cfg: RunConfig) -> list[ConfigError]:
+    """Clip triggers that no camera of their sink can fire (a line crossing needs lines, a zone zones)."""
+    errors = []
+    for i, sink in enumerate(cfg.sinks):
+        clips = getattr(sink, "clips", None)
+        if clips is None:
+            continue
+        cams = [c for c in cfg.cameras if sink.cameras is None or c.id in sink.cameras]
+        for trigger, shapes in (("crossing", "lines"), ("zone", "zones")):
+            if trigger in clips.triggers and not any(getattr(c, shapes) for c in cams):
+                errors.append(ConfigError(f"sinks[{i}].clips.triggers", f"{trigger!r} needs a camera with {shapes} "
+                                                                   "(none of this sink's cameras has any)"))
+    return errors
+
+
 def _is_demo(url: str) -> bool:
     return _scheme(url.strip()) == DEMO_SCHEME
 
@@ -352,6 +367,9 @@ def _mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dic
             continue
         key = loader.construct_object(key_node, deep=deep)
         line = key_node.start_mark.line + 1
+        if isinstance(key, bool):  # YAML 1.1 reads on/off/yes/no as booleans, keys too
+            raise ConfigError(str(line), f"key {key_node.value!r} reads as {key} in YAML: quote it "
+                                         f"(\"{key_node.value}\")")
         if key in seen:
             raise ConfigError(str(line), f"duplicate key {key!r} (first at line {seen[key]})")
         seen[key] = line
@@ -406,6 +424,7 @@ def parse_config(raw: Any, *, env: dict[str, str] | None = None, check_files: bo
             errors += [ConfigError(f"cameras[{i}].lines", "counting lines follow tracked objects: set "
                                                           "tracking.enabled: true")
                        for i, cam in enumerate(cfg.cameras) if cam.lines]
+        errors += _clip_triggers(cfg)
         if check_files:
             errors += _missing_files(cfg)
     if errors:

@@ -180,9 +180,13 @@ class Supervisor:
             self._watch_stages()
         if self._stop_reason is None and self.model_names is not None:
             from pipeline.config import check_classes
+            from pipeline.sinks.config import check_clip_classes
 
-            for err in check_classes(self.cfg.cameras, self.model_names, self.cfg.model.path)[:1]:
-                self._fail(str(err))  # a label the model never produces would silently filter out everything
+            # a label the model never produces would silently filter out everything (or start no clip)
+            names, path = self.model_names, self.cfg.model.path
+            for err in [*check_classes(self.cfg.cameras, names, path),
+                        *check_clip_classes(self.cfg.sinks, names, path)][:1]:
+                self._fail(str(err))
         if self._stop_reason is None:
             for handle in self.cameras:
                 self.decoders.start(handle, initial=S.CONNECTING)

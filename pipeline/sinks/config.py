@@ -112,8 +112,29 @@ class JsonlSinkConfig(_SinkBase):
     keep: int = Field(5, ge=0, description="rotated files kept; older ones are deleted")
 
 
+ClipTrigger = Literal["crossing", "zone", "detection"]
+
+
+class ClipConfig(BaseModel):
+    """Event clips: the video sink keeps the last ``pre_s`` seconds of each camera in memory and
+    writes a clip only when a trigger fires, until ``post_s`` after the last one."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    triggers: tuple[ClipTrigger, ...] = Field(("crossing",), min_length=1,
+                                              description="crossing: an object crossed a counting line; "
+                                                          "zone: an object is inside a zone; detection: any")
+    classes: tuple[str, ...] | None = Field(None, min_length=1, description="only these labels trigger; all "
+                                                                            "when absent")
+    pre_s: float = Field(5.0, ge=0, le=60, description="seconds of video before the trigger")
+    post_s: float = Field(5.0, ge=0, le=600, description="seconds after the last trigger")
+    max_s: float = Field(300.0, gt=0, description="a clip kept going by triggers is cut here; the next one "
+                                                  "starts at once")
+
+
 class VideoSinkConfig(_SinkBase):
-    """Annotated H.264 MP4 segments per camera in ``dir`` (``<camera>-<start>.mp4``)."""
+    """Annotated H.264 MP4s per camera in ``dir`` (``<camera>-<start>.mp4``): segments of continuous
+    recording, or event clips when ``clips`` is set."""
 
     type: Literal["video"]
     dir: Path
@@ -128,13 +149,27 @@ class VideoSinkConfig(_SinkBase):
                                                      "(earlier runs' too); null keeps every one")
     keyframe_s: float = Field(2.0, gt=0, description="keyframe interval in stream seconds: a crash loses at "
                                                      "most about this much of the file being written")
+    clips: ClipConfig | None = Field(None, description="record event clips instead of everything")
     statuses: bool = False
+
+    @model_validator(mode="after")
+    def _clips(self) -> VideoSinkConfig:
+        if self.clips is not None and "segment_s" in self.model_fields_set:
+            raise ValueError("segment_s: cuts continuous recording; event clips are cut by clips.max_s")
+        return self
 
 
 SinkConfig = Annotated[
     ZmqSinkConfig | RedisSinkConfig | JsonlSinkConfig | VideoSinkConfig, Field(discriminator="type")
 ]
 """Any sink's config, chosen by its ``type:`` key."""
+
+
+def check_clip_classes(configs: tuple[SinkConfig, ...], names: tuple[str, ...], model: str) -> list[ConfigError]:
+    """``sinks[i].clips.classes`` that are not labels of the model (``names``): such a clip never starts."""
+    return [ConfigError(f"sinks[{i}].clips.classes", f"{c!r} is not a class of {model}")
+            for i, cfg in enumerate(configs) if isinstance(cfg, VideoSinkConfig) and cfg.clips is not None
+            for c in cfg.clips.classes or () if c not in names]
 
 
 def check_sink_names(configs: list[SinkConfig], *, path: str = "sinks") -> list[str]:

@@ -7,8 +7,9 @@ the file plays at real speed however many frames were dropped.
 
 Files are ``<dir>/<camera>-<YYYYmmdd-HHMMSS>.mp4`` (UTC start time). A new one starts every
 ``segment_s`` seconds of video, on a frame-size change, and when the stream's time goes back (a
-restarted decoder starts its pts again). ``keep`` bounds the files per camera, so weeks of recording
-do not fill the disk. The MP4s are fragmented (a fragment per keyframe, forced every ``keyframe_s``
+restarted decoder starts its pts again). With ``clips`` set, only event clips are written instead
+(``pipeline.sinks.clips``: pre-roll, triggers, post_s). ``keep`` bounds the files per camera, so
+weeks of recording do not fill the disk. The MP4s are fragmented (a fragment per keyframe, forced every ``keyframe_s``
 of stream time) and flushed per packet: a killed process leaves a file that plays up to its last
 fragment instead of one with no index.
 """
@@ -21,17 +22,19 @@ import time
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import cast
 
 import av
-from av.video.frame import PictureType
 import cv2
 import numpy as np
+from av.video.frame import PictureType
 
 from engines.errors import SinkError
 from pipeline.client import box_window, decode_mask
 from pipeline.messages import Detection, FrameAnalytics, FrameResult
 from pipeline.sinks.base import DropPolicy, Envelope, ThreadedSink, policy_for
-from pipeline.sinks.config import VideoSinkConfig
+from pipeline.sinks.clips import ClipGate
+from pipeline.sinks.config import ClipConfig, VideoSinkConfig
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +130,7 @@ class VideoSink(ThreadedSink):
     def __init__(self, *, name: str, directory: Path, policy: DropPolicy, fps: float = 15.0,
                  codec: str = "libx264", crf: int = 23, preset: str = "veryfast",
                  max_width: int | None = 1280, segment_s: float | None = 600.0, keep: int | None = None,
-                 keyframe_s: float = 2.0) -> None:
+                 keyframe_s: float = 2.0, clips: ClipConfig | None = None) -> None:
         super().__init__(name=name, policy=policy, batch_size=8)
         self.directory = Path(directory)
         try:
@@ -139,6 +142,9 @@ class VideoSink(ThreadedSink):
             raise SinkError(f"video sink {name!r}: encoder {codec!r} is not available in this PyAV build") from None
         self.fps, self.codec, self.crf, self.preset, self.max_width = fps, codec, crf, preset, max_width
         self.segment_s, self.keep, self.keyframe_ms = segment_s, keep, int(round(keyframe_s * 1000))
+        self.clips = None if clips is None else ClipGate(clips)
+        if clips is not None:
+            self.segment_s = None  # clips are cut by their own triggers and max_s
         self._writers: dict[str, _Writer] = {}
         self.files: list[Path] = []  # written by this sink and not deleted, oldest first
         self.start()
@@ -147,22 +153,27 @@ class VideoSink(ThreadedSink):
     def from_config(cls, cfg: VideoSinkConfig) -> VideoSink:
         return cls(name=cfg.sink_name, directory=cfg.dir, fps=cfg.fps, codec=cfg.codec, crf=cfg.crf,
                    preset=cfg.preset, max_width=cfg.max_width, segment_s=cfg.segment_s, keep=cfg.keep,
-                   keyframe_s=cfg.keyframe_s, policy=policy_for("video", maxsize=cfg.queue_size, overflow=cfg.on_full))
+                   keyframe_s=cfg.keyframe_s, clips=cfg.clips, policy=policy_for("video", maxsize=cfg.queue_size, overflow=cfg.on_full))
 
     def _scale(self, width: int) -> float:
         return min(1.0, self.max_width / width) if self.max_width else 1.0
 
-    def _open(self, camera_id: str, size: tuple[int, int], t0: float, wall_ts: float) -> _Writer:
+    def _dims(self, size: tuple[int, int]) -> tuple[int, int]:
+        """The (width, height) frames of ``size`` are drawn and encoded at (yuv420p needs even sides)."""
         scale = self._scale(size[0])
-        # yuv420p needs even sides
-        w, h = int(size[0] * scale) // 2 * 2, int(size[1] * scale) // 2 * 2
+        return int(size[0] * scale) // 2 * 2, int(size[1] * scale) // 2 * 2
+
+    def _open(self, camera_id: str, size: tuple[int, int], t0: float, wall_ts: float) -> _Writer:
+        w, h = self._dims(size)
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(wall_ts))  # pts is stream time: name by the clock
         path = self.directory / f"{_safe_name(camera_id)}-{stamp}.mp4"
         n = 1
         while path.exists() or path in self.files:
             path, n = self.directory / f"{_safe_name(camera_id)}-{stamp}-{n}.mp4", n + 1
         container = av.open(str(path), "w", options=_MUXER)
-        stream = container.add_stream(self.codec, rate=Fraction(self.fps).limit_denominator(1000))
+        # codec is a name from the config: the stubs cannot tell that it names a video encoder
+        stream = cast(av.video.stream.VideoStream,
+                      container.add_stream(self.codec, rate=Fraction(self.fps).limit_denominator(1000)))
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         stream.codec_context.time_base = _TIME_BASE
         # keyframes come from keyframe_s (forced by stream time), never from a frame count
@@ -209,23 +220,40 @@ class VideoSink(ThreadedSink):
 
     def _encode(self, env: Envelope, result: FrameResult) -> None:
         t = result.pts if result.pts is not None else result.capture_ts
-        writer = self._writers.get(env.camera_id)
-        if writer is not None and self._new_file(writer, tuple(result.frame_size), t):
-            self._close_writer(self._writers.pop(env.camera_id))
+        size = cast(tuple[int, int], tuple(result.frame_size))  # a list would never equal _Writer.size
+        cam = env.camera_id
+        writer = self._writers.get(cam)
+        if writer is not None and self._new_file(writer, size, t):
+            self._close_writer(self._writers.pop(cam))
             writer = None
-        if writer is None:
-            writer = self._writers[env.camera_id] = self._open(env.camera_id, tuple(result.frame_size), t,
-                                                               result.capture_ts)
-        ms = int(round((t - writer.t0) * 1000))
-        if ms <= writer.last_ms:  # out-of-order or repeated time: the muxer would reject it
-            self.counters.dropped(env.camera_id, "timestamp")
-            return
-        w, h = writer.stream.width, writer.stream.height
+            if self.clips is not None:
+                self.clips.reset(cam)  # held frames of the old size or time cannot go into the next clip
+        w, h = self._dims(size)
         if env.image is not None:
-            canvas = cv2.resize(env.image, (w, h), interpolation=cv2.INTER_AREA)
+            canvas: np.ndarray = cv2.resize(env.image, (w, h), interpolation=cv2.INTER_AREA)
         else:
             canvas = np.full((h, w, 3), 24, np.uint8)
         draw(canvas, result, scale=w / result.frame_size[0])
+        if self.clips is None:
+            if writer is None:
+                writer = self._writers[cam] = self._open(cam, size, t, result.capture_ts)
+            self._put_frame(writer, cam, t, canvas)
+            return
+        step = self.clips.step(cam, t, canvas, result)
+        if step.close and writer is not None:
+            self._close_writer(self._writers.pop(cam))
+            writer = None
+        for ft, frame in step.frames:
+            if writer is None:
+                writer = self._writers[cam] = self._open(cam, size, ft, result.capture_ts - (t - ft))
+                log.info("video sink %s: camera %s: clip %s", self.name, cam, writer.path.name)
+            self._put_frame(writer, cam, ft, frame)
+
+    def _put_frame(self, writer: _Writer, camera_id: str, t: float, canvas: np.ndarray) -> None:
+        ms = int(round((t - writer.t0) * 1000))
+        if ms <= writer.last_ms:  # out-of-order or repeated time: the muxer would reject it
+            self.counters.dropped(camera_id, "timestamp")
+            return
         frame = av.VideoFrame.from_ndarray(canvas, format="bgr24")
         frame.pts, frame.time_base = ms, _TIME_BASE
         if writer.last_key_ms is None or ms - writer.last_key_ms >= self.keyframe_ms:
@@ -234,7 +262,7 @@ class VideoSink(ThreadedSink):
         for packet in writer.stream.encode(frame):
             writer.container.mux(packet)
         writer.last_ms = ms
-        self.counters.sent(env.camera_id)
+        self.counters.sent(camera_id)
 
     def _new_file(self, writer: _Writer, size: tuple[int, int], t: float) -> bool:
         """Whether the frame at stream time ``t`` of ``size`` must start a new file."""

@@ -134,6 +134,16 @@ BAD = [  # (where, value, expected error line prefix, expected text)
     ("sinks[1]", {"type": "video", "dir": "v", "keep": 0}, "sinks[1].keep", "greater than or equal to 1"),
     ("sinks[1]", {"type": "video", "dir": "v", "segment_s": 0}, "sinks[1].segment_s", "greater than 0"),
     ("sinks[1]", {"type": "video", "dir": "v", "keyframe_s": -1}, "sinks[1].keyframe_s", "greater than 0"),
+    ("sinks[1]", {"type": "video", "dir": "v", "clips": {"triggers": ["wave"]}}, "sinks[1].clips.triggers[0]",
+     "'crossing', 'zone' or 'detection'"),
+    ("sinks[1]", {"type": "video", "dir": "v", "clips": {}}, "sinks[1].clips.triggers",
+     "'crossing' needs a camera with lines (none of this sink's cameras has any)"),
+    ("sinks[1]", {"type": "video", "dir": "v", "clips": {"triggers": ["zone"]}}, "sinks[1].clips.triggers",
+     "'zone' needs a camera with zones"),
+    ("sinks[1]", {"type": "video", "dir": "v", "segment_s": 60, "clips": {"triggers": ["detection"]}},
+     "sinks[1].segment_s", "event clips are cut by clips.max_s"),
+    ("sinks[1]", {"type": "video", "dir": "v", "clips": {"pre_s": 61}}, "sinks[1].clips.pre_s",
+     "less than or equal to 60"),
     ("metrics.port", 70000, "metrics.port", "less than or equal to 65535"),
     ("tracking.new_track_score", 0.4, "tracking.new_track_score", "must be >= high_score (0.5), got 0.4"),
     ("tracking.match_iou", 1, "tracking.match_iou", "less than 1"),
@@ -174,6 +184,10 @@ def test_yaml_file_errors(tmp_path: Path, clip: Path) -> None:
     dup.write_text("model:\n  path: a.pt\n  path: b.pt\n")
     with pytest.raises(ConfigError, match=r"dup.yaml:3: duplicate key 'path' \(first at line 2\)"):
         load_config(dup)
+    boolean = tmp_path / "boolean.yaml"
+    boolean.write_text("model:\n  path: a.pt\nsinks:\n  - type: video\n    clips: {on: [zone]}\n")
+    with pytest.raises(ConfigError, match=r"boolean.yaml:5: key 'on' reads as True in YAML: quote it \(\"on\"\)"):
+        load_config(boolean)
     broken = tmp_path / "broken.yaml"
     broken.write_text("model: [\n")
     with pytest.raises(ConfigError, match="broken.yaml:2: invalid YAML"):

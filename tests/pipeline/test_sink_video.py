@@ -116,6 +116,38 @@ def test_keep_deletes_the_oldest_files_of_that_camera_only(tmp_path: Path) -> No
     assert [len(_decode(p)[0]) for p in sink.files] == [5, 2]  # the newest two segments
 
 
+def test_clips_are_written_around_triggers_only(tmp_path: Path) -> None:
+    import dataclasses
+
+    from pipeline.messages import Crossing, FrameAnalytics
+    from pipeline.sinks.config import ClipConfig
+
+    cfg = VideoSinkConfig(type="video", dir=tmp_path, queue_size=100, clips=ClipConfig(pre_s=0.5, post_s=0.35))
+    sink = VideoSink.from_config(cfg)
+    assert sink.segment_s is None
+    crossing = Crossing(line="gate", track_id=3, class_id=0, label="box", direction="in")
+    for seq in range(80):
+        res = _result("cam", seq)
+        res = dataclasses.replace(res, analytics=FrameAnalytics(crossings=(crossing,) if seq in (20, 60) else ()))
+        sink.publish(_env(res, np.full((H, W, 3), seq * 3, np.uint8)))
+    sink.close(timeout=30)
+    assert len(sink.files) == 2
+    for path, first in zip(sink.files, (15, 55), strict=True):
+        frames, times = _decode(path)
+        assert len(frames) == 9  # 0.5 s before the crossing (5 frames), it, and 0.35 s after it (3)
+        assert np.allclose(np.diff(times), 0.1, atol=0.002)
+        assert abs(float(frames[0][2:10, 70:90].mean()) - first * 3) < 6  # the first frame is the pre-roll's
+    assert sink.counters.totals_sent["cam"] == 18 and not sink.counters.totals_dropped
+
+
+def test_clip_classes_must_be_the_models() -> None:
+    from pipeline.sinks.config import ClipConfig, check_clip_classes
+
+    sinks = (VideoSinkConfig(type="video", dir=Path("v"), clips=ClipConfig(classes=("person", "bycicle"))),)
+    errors = check_clip_classes(sinks, ("person", "bicycle"), "m.pt")
+    assert [str(e) for e in errors] == ["sinks[0].clips.classes: 'bycicle' is not a class of m.pt"]
+
+
 _KILLED = """
 import os, sys, time
 import numpy as np

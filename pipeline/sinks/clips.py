@@ -1,0 +1,105 @@
+"""Event clips for the video sink: which results trigger one, and the pre-roll each camera holds.
+
+Imports nothing from pipeline/ but messages and the sink config. Without a clip open, each camera's
+drawn frames of the last ``pre_s`` seconds are held as JPEG (a 1280x720 frame is about 100 kB
+instead of 2.7 MB), so a wall of cameras can keep seconds of pre-roll each; they are decoded only
+when a trigger opens a clip. A clip runs until ``post_s`` after its last trigger, or ``max_s``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from pipeline.messages import FrameResult
+from pipeline.sinks.config import ClipConfig
+
+_JPEG_QUALITY = 90
+
+
+@dataclass(slots=True)
+class ClipStep:
+    """What the video sink does with one frame: close the camera's open clip first (``close``), then
+    write ``frames`` ((stream time s, BGR canvas), oldest first; the first of them opens a clip when
+    none is open). No frames: the frame is held as pre-roll."""
+
+    close: bool = False
+    frames: list[tuple[float, np.ndarray]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Camera:
+    held: deque[tuple[float, np.ndarray]] = field(default_factory=deque)  # (t, JPEG bytes)
+    start: float | None = None  # stream time of the open clip's first frame
+    until: float = 0.0  # the open clip ends after this stream time
+
+
+class ClipGate:
+    """Per camera, frame by frame: is a clip open, what opens it, and the pre-roll."""
+
+    def __init__(self, cfg: ClipConfig) -> None:
+        self.cfg = cfg
+        self._cams: dict[str, _Camera] = {}
+
+    def triggered(self, result: FrameResult) -> bool:
+        """Whether ``result`` fires one of the triggers (``cfg.triggers``) with an object of ``cfg.classes``."""
+        on, classes = self.cfg.triggers, self.cfg.classes
+
+        def wanted(label: str) -> bool:
+            return classes is None or label in classes
+
+        crossings = result.analytics.crossings if result.analytics is not None else None
+        if "crossing" in on and any(wanted(c.label) for c in crossings or ()):
+            return True
+        if "zone" in on and any(d.zones and wanted(d.label) for d in result.detections):
+            return True
+        return "detection" in on and any(wanted(d.label) for d in result.detections)
+
+    def step(self, camera_id: str, t: float, canvas: np.ndarray, result: FrameResult) -> ClipStep:
+        """The frame at stream time ``t`` (drawn: ``canvas``) of ``result``'s camera."""
+        cam = self._cams.setdefault(camera_id, _Camera())
+        fired = self.triggered(result)
+        step = ClipStep()
+        if cam.start is not None:
+            if t <= cam.until and t - cam.start < self.cfg.max_s:
+                if fired:
+                    cam.until = t + self.cfg.post_s
+                step.frames.append((t, canvas))
+                return step
+            step.close, cam.start = True, None
+        if fired:
+            step.frames = [(ht, _decode(jpeg)) for ht, jpeg in cam.held if ht >= t - self.cfg.pre_s]
+            step.frames.append((t, canvas))
+            cam.held.clear()
+            cam.start, cam.until = step.frames[0][0], t + self.cfg.post_s
+            return step
+        if self.cfg.pre_s > 0:
+            cam.held.append((t, _encode(canvas)))
+            while cam.held and cam.held[0][0] < t - self.cfg.pre_s:
+                cam.held.popleft()
+        return step
+
+    def reset(self, camera_id: str) -> None:
+        """Forget the camera's pre-roll and open clip (its frame size changed, or its time went back)."""
+        self._cams.pop(camera_id, None)
+
+    def held_bytes(self) -> int:
+        """Memory the pre-roll takes, all cameras."""
+        return sum(len(jpeg) for cam in self._cams.values() for _, jpeg in cam.held)
+
+
+def _encode(canvas: np.ndarray) -> np.ndarray:
+    ok, buf = cv2.imencode(".jpg", canvas, [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY])
+    if not ok:
+        raise ValueError("JPEG encoding of a pre-roll frame failed")
+    return buf
+
+
+def _decode(jpeg: np.ndarray) -> np.ndarray:
+    image = cv2.imdecode(jpeg, cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError("a held pre-roll frame does not decode")
+    return image
