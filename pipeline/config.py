@@ -1,6 +1,7 @@
 """The ``segpipe run`` config: schema (pydantic v2), ``${ENV}`` interpolation, errors with YAML paths.
 
-Imports from pipeline/ only ``sinks.config`` (the sink schemas) and, when a config uses one, ``demo``
+Imports from pipeline/ only ``sinks.config`` (the sink schemas), ``config_errors`` (pydantic errors at
+YAML paths) and, when a config uses one, ``demo``
 (``demo://`` inputs, checked here, rendered only by ``resolve_demo``). Loading is one pass:
 YAML (duplicate keys refused) -> ``${VAR}`` / ``${VAR:-default}`` interpolation -> schema validation
 -> cross-field checks (unique camera ids, files exist). Every problem found is reported at once, one
@@ -11,10 +12,8 @@ YAML anchors (``x-camera: &cam {...}`` then ``- <<: *cam``) for settings shared 
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -23,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from engines.errors import ConfigError, ConfigErrors
+from pipeline.config_errors import join_path, validation_errors
 from pipeline.sinks.config import SinkConfig, check_sink_names, redact_url
 
 BACKENDS = ("auto", "torch", "onnx", "openvino", "torchscript", "tensorrt")
@@ -412,9 +412,7 @@ def parse_config(raw: Any, *, env: dict[str, str] | None = None, check_files: bo
     try:
         cfg = RunConfig.model_validate(data)
     except ValidationError as e:
-        for err in e.errors():
-            if not _redundant(err):
-                errors += _to_config_errors(err, data)
+        errors += validation_errors(e, data, root=RunConfig)
     if cfg is not None:
         try:
             check_sink_names(list(cfg.sinks))
@@ -437,7 +435,7 @@ def interpolate(node: Any, env: Any, errors: list[ConfigError], path: str = "") 
     """Replace ``${VAR}`` and ``${VAR:-default}`` in every string (``$$`` is a literal ``$``).
     An unset variable without default is reported at its YAML path; its value is never echoed."""
     if isinstance(node, dict):
-        return {k: interpolate(v, env, errors, _join(path, k)) for k, v in node.items()}
+        return {k: interpolate(v, env, errors, join_path(path, k)) for k, v in node.items()}
     if isinstance(node, list):
         return [interpolate(v, env, errors, f"{path}[{i}]") for i, v in enumerate(node)]
     if not isinstance(node, str) or "$" not in node:
@@ -458,10 +456,6 @@ def interpolate(node: Any, env: Any, errors: list[ConfigError], path: str = "") 
     return _ENV.sub(sub, node)
 
 
-def _join(path: str, key: Any) -> str:
-    return f"{path}.{key}" if path else str(key)
-
-
 def _duplicate_ids(data: dict[str, Any]) -> list[ConfigError]:
     cams = data.get("cameras")
     if not isinstance(cams, list):
@@ -477,109 +471,6 @@ def _duplicate_ids(data: dict[str, Any]) -> list[ConfigError]:
         else:
             first[cid] = i
     return out
-
-
-def _redundant(err: Any) -> bool:
-    """pydantic also says "too short" for a list whose items failed: the item errors say it all."""
-    inp = err.get("input")
-    return err["type"] == "too_short" and isinstance(inp, list) and len(inp) >= err["ctx"]["min_length"]
-
-
-def _yaml_path(loc: tuple[Any, ...], data: Any) -> str:
-    """``('cameras', 2, 'url')`` as ``cameras[2].url``; tagged-union tags are not path parts."""
-    parts: list[str] = []
-    node = data
-    for part in loc:
-        if isinstance(part, int):
-            parts.append(f"[{part}]")
-            node = node[part] if isinstance(node, list) and part < len(node) else None
-        elif isinstance(node, dict) and part not in node and node.get("type") == part:
-            continue  # pydantic puts the discriminator value in the location
-        else:
-            parts.append(f".{part}" if parts else str(part))
-            node = node.get(part) if isinstance(node, dict) else None
-    return "".join(parts)
-
-
-def _to_config_errors(err: Any, data: Any) -> list[ConfigError]:
-    """One pydantic error as ConfigErrors at YAML paths (a validator may report several lines)."""
-    path = _yaml_path(err["loc"], data)
-    msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "extra_forbidden":
-        msg = _unknown_key(err, data)
-    elif err["type"] == "missing":
-        msg = "too few items" if isinstance(err["loc"][-1], int) else "required key is missing"
-    elif err["type"] == "union_tag_invalid":
-        msg = f"unknown type {err['input'].get('type')!r}; expected {err['ctx']['expected_tags']}"
-    elif err["type"] == "union_tag_not_found":
-        msg = "missing 'type:' key"
-    out = []
-    for line in msg.splitlines():
-        # A model validator's line may name a sub-field ("loop: ..."): move that into the path.
-        m = re.match(r"^([a-z_]+): (.*)$", line, re.S)
-        if m and err["type"] == "value_error" and _is_field(err["loc"], m.group(1), data):
-            out.append(ConfigError(_join(path, m.group(1)), m.group(2)))
-        else:
-            out.append(ConfigError(path, line))
-    return out
-
-
-def _is_field(loc: tuple[Any, ...], name: str, data: Any) -> bool:
-    return name in _allowed_keys(loc, data)
-
-
-def _unknown_key(err: Any, data: Any) -> str:
-    key = str(err["loc"][-1])
-    allowed = _allowed_keys(err["loc"][:-1], data)
-    hint = difflib.get_close_matches(key, allowed, n=1)
-    msg = f"unknown key {key!r}"
-    if hint:
-        msg += f" (did you mean {hint[0]!r}?)"
-    return msg + (f"; allowed: {', '.join(allowed)}" if allowed else "")
-
-
-def _allowed_keys(loc: tuple[Any, ...], data: Any) -> list[str]:
-    """Field names of the model at ``loc`` (the sink model is picked by the node's ``type:``)."""
-    candidates: list[type[BaseModel]] = [RunConfig]
-    node = data
-    for part in loc:
-        if isinstance(part, int):
-            node = node[part] if isinstance(node, list) and part < len(node) else None
-            continue
-        if isinstance(node, dict) and part not in node and node.get("type") == part:
-            continue
-        model = _pick(candidates, node)
-        field = model.model_fields.get(part) if model is not None else None
-        if field is None:
-            return []
-        candidates = list(dict.fromkeys(_model_classes(field.annotation)))
-        node = node.get(part) if isinstance(node, dict) else None
-    model = _pick(candidates, node)
-    return list(model.model_fields) if model is not None else []
-
-
-def _pick(candidates: list[type[BaseModel]], node: Any) -> type[BaseModel] | None:
-    """The candidate whose ``type`` literal matches ``node['type']`` (or the only candidate)."""
-    if len(candidates) == 1:
-        return candidates[0]
-    tag = node.get("type") if isinstance(node, dict) else None
-    for cls in candidates:
-        field = cls.model_fields.get("type")
-        if field is not None and tag in getattr(field.annotation, "__args__", ()):
-            return cls
-    return None
-
-
-def _model_classes(tp: Any) -> Iterator[type[BaseModel]]:
-    """Model classes inside an annotation (through tuple[...], Optional, Annotated, unions)."""
-    if isinstance(tp, type) and issubclass(tp, BaseModel):
-        yield tp
-        return
-    for arg in getattr(tp, "__args__", ()) or ():
-        yield from _model_classes(arg)
-    origin = getattr(tp, "__origin__", None)
-    if origin is not None and not getattr(tp, "__args__", None):
-        yield from _model_classes(origin)
 
 
 def _missing_files(cfg: RunConfig) -> list[ConfigError]:
