@@ -1,9 +1,10 @@
 """Event clips for the video sink: which results trigger one, and the pre-roll each camera holds.
 
 Imports nothing from pipeline/ but messages and the sink config. Without a clip open, each camera's
-drawn frames of the last ``pre_s`` seconds are held as JPEG (a 1280x720 frame is about 100 kB
-instead of 2.7 MB), so a wall of cameras can keep seconds of pre-roll each; they are decoded only
-when a trigger opens a clip. A clip runs until ``post_s`` after its last trigger, or ``max_s``.
+frames of the last ``pre_s`` seconds are held as JPEG (a 1280x720 frame is about 100 kB instead of
+2.7 MB), so a wall of cameras can keep seconds of pre-roll each, with their results: they are
+decoded and drawn on only when a trigger opens a clip (drawing costs as much as the JPEG, and most
+held frames are never written). A clip runs until ``post_s`` after its last trigger, or ``max_s``.
 """
 
 from __future__ import annotations
@@ -23,16 +24,16 @@ _JPEG_QUALITY = 90
 @dataclass(slots=True)
 class ClipStep:
     """What the video sink does with one frame: close the camera's open clip first (``close``), then
-    write ``frames`` ((stream time s, BGR canvas), oldest first; the first of them opens a clip when
-    none is open). No frames: the frame is held as pre-roll."""
+    draw and write ``frames`` ((stream time s, BGR picture not drawn on yet, its result), oldest first;
+    the first of them opens a clip when none is open). No frames: the frame is held as pre-roll."""
 
     close: bool = False
-    frames: list[tuple[float, np.ndarray]] = field(default_factory=list)
+    frames: list[tuple[float, np.ndarray, FrameResult]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
 class _Camera:
-    held: deque[tuple[float, np.ndarray]] = field(default_factory=deque)  # (t, JPEG bytes)
+    held: deque[tuple[float, np.ndarray, FrameResult]] = field(default_factory=deque)  # (t, JPEG, result)
     start: float | None = None  # stream time of the open clip's first frame
     until: float = 0.0  # the open clip ends after this stream time
 
@@ -59,7 +60,7 @@ class ClipGate:
         return "detection" in on and any(wanted(d.label) for d in result.detections)
 
     def step(self, camera_id: str, t: float, canvas: np.ndarray, result: FrameResult) -> ClipStep:
-        """The frame at stream time ``t`` (drawn: ``canvas``) of ``result``'s camera."""
+        """The frame at stream time ``t`` (``canvas``: its picture, not drawn on) of ``result``'s camera."""
         cam = self._cams.setdefault(camera_id, _Camera())
         fired = self.triggered(result)
         step = ClipStep()
@@ -67,17 +68,17 @@ class ClipGate:
             if t <= cam.until and t - cam.start < self.cfg.max_s:
                 if fired:
                     cam.until = t + self.cfg.post_s
-                step.frames.append((t, canvas))
+                step.frames.append((t, canvas, result))
                 return step
             step.close, cam.start = True, None
         if fired:
-            step.frames = [(ht, _decode(jpeg)) for ht, jpeg in cam.held if ht >= t - self.cfg.pre_s]
-            step.frames.append((t, canvas))
+            step.frames = [(ht, _decode(jpeg), res) for ht, jpeg, res in cam.held if ht >= t - self.cfg.pre_s]
+            step.frames.append((t, canvas, result))
             cam.held.clear()
             cam.start, cam.until = step.frames[0][0], t + self.cfg.post_s
             return step
         if self.cfg.pre_s > 0:
-            cam.held.append((t, _encode(canvas)))
+            cam.held.append((t, _encode(canvas), result))
             while cam.held and cam.held[0][0] < t - self.cfg.pre_s:
                 cam.held.popleft()
         return step
@@ -88,7 +89,7 @@ class ClipGate:
 
     def held_bytes(self) -> int:
         """Memory the pre-roll takes, all cameras."""
-        return sum(len(jpeg) for cam in self._cams.values() for _, jpeg in cam.held)
+        return sum(len(jpeg) for cam in self._cams.values() for _, jpeg, _ in cam.held)
 
 
 def _encode(canvas: np.ndarray) -> np.ndarray:

@@ -233,21 +233,21 @@ class VideoSink(ThreadedSink):
             canvas: np.ndarray = cv2.resize(env.image, (w, h), interpolation=cv2.INTER_AREA)
         else:
             canvas = np.full((h, w, 3), 24, np.uint8)
-        draw(canvas, result, scale=w / result.frame_size[0])
+        scale = w / result.frame_size[0]
         if self.clips is None:
             if writer is None:
                 writer = self._writers[cam] = self._open(cam, size, t, result.capture_ts)
-            self._put_frame(writer, cam, t, canvas)
+            self._put_frame(writer, cam, t, draw(canvas, result, scale=scale))
             return
         step = self.clips.step(cam, t, canvas, result)
         if step.close and writer is not None:
             self._close_writer(self._writers.pop(cam))
             writer = None
-        for ft, frame in step.frames:
+        for ft, picture, res in step.frames:
             if writer is None:
-                writer = self._writers[cam] = self._open(cam, size, ft, result.capture_ts - (t - ft))
+                writer = self._writers[cam] = self._open(cam, size, ft, res.capture_ts)
                 log.info("video sink %s: camera %s: clip %s", self.name, cam, writer.path.name)
-            self._put_frame(writer, cam, ft, frame)
+            self._put_frame(writer, cam, ft, draw(picture, res, scale=scale))
 
     def _put_frame(self, writer: _Writer, camera_id: str, t: float, canvas: np.ndarray) -> None:
         ms = int(round((t - writer.t0) * 1000))

@@ -50,8 +50,9 @@ def test_a_clip_starts_pre_s_before_its_trigger_and_ends_post_s_after_the_last()
         steps[seq] = gate.step("cam", seq / FPS, _canvas(seq), _result(seq, crossed=crossed))
     assert all(not s.frames and not s.close for q, s in steps.items() if q < 20)  # held, nothing written
     opening = steps[20].frames
-    assert [round(t * FPS) for t, _ in opening] == [15, 16, 17, 18, 19, 20]  # 0.5 s of pre-roll, then the trigger
+    assert [round(t * FPS) for t, _, _ in opening] == [15, 16, 17, 18, 19, 20]  # 0.5 s of pre-roll, then the trigger
     assert np.abs(opening[0][1].astype(int) - 150).max() <= 2  # the held JPEG decodes to its frame
+    assert [r.seq for _, _, r in opening] == [15, 16, 17, 18, 19, 20]  # each with its own result
     written = [q for q, s in steps.items() if 20 < q and s.frames]
     assert written == list(range(21, 27))  # the second trigger (2.3 s) keeps it open to 2.65 s
     assert steps[27].close and not steps[27].frames and not any(s.close for q, s in steps.items() if q != 27)
