@@ -289,6 +289,14 @@ class TrackingConfig(_Strict):
         return self
 
 
+class EventsConfig(_Strict):
+    """Who turns results into events (classes, tracking, zones and lines, serialising)."""
+
+    workers: int = Field(1, ge=1, le=32, description="processes doing it, each for its share of the cameras "
+                                                    "(hashed by id), beside the one that publishes; 1: the "
+                                                    "sink process does it all")
+
+
 class RunConfig(_Strict):
     """Everything ``segpipe run`` needs; built only by ``load_config`` / ``parse_config``."""
 
@@ -299,6 +307,7 @@ class RunConfig(_Strict):
     sinks: tuple[SinkConfig, ...] = ()
     metrics: MetricsConfig = MetricsConfig()
     tracking: TrackingConfig = TrackingConfig()
+    events: EventsConfig = EventsConfig()
 
     def camera(self, camera_id: str) -> CameraConfig:
         for cam in self.cameras:

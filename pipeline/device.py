@@ -45,6 +45,7 @@ from pipeline.detections import download_detections, encode_detections, frame_de
 from pipeline.device_settings import DeviceSettings, ModelBundle, bundle_model
 from pipeline.messages import Batch, FramePreview, FrameResult
 from pipeline.metrics import StageStats
+from pipeline.shard import worker_for
 from pipeline.shm import RingReader
 
 _STOP = object()  # thread-local sentinel (never crosses a process boundary)
@@ -456,12 +457,26 @@ def _on_stream(stream: Any) -> Any:
     return torch.cuda.stream(stream) if stream is not None else nullcontext()
 
 
+def _route(queues: Sequence[Any]) -> Callable[[FrameResult | FramePreview], None]:
+    """Put each result on its camera's queue: one queue takes every camera, N queues are the event
+    workers' (``pipeline.shard.worker_for``)."""
+    if len(queues) == 1:
+        return queues[0].put
+
+    def put(item: FrameResult | FramePreview) -> None:
+        camera_id = item.result.camera_id if isinstance(item, FramePreview) else item.camera_id
+        queues[worker_for(camera_id, len(queues))].put(item)
+
+    return put
+
+
 def device_main(settings: DeviceSettings, cameras: Sequence[tuple[str, str]], results: Any, stop: Any,
                 conn: Connection, commands: Any = None) -> None:
     """Process target of the device stage.
 
-    cameras: (camera id, shared-memory prefix) pairs. results: the sink stage's queue (FrameResults
-    are put there; the supervisor adds STOP once this process has exited). stop: a multiprocessing
+    cameras: (camera id, shared-memory prefix) pairs. results: the sink stage's queue, or the event
+    workers' queues (a list), where FrameResults are put (the supervisor adds STOP once this process
+    has exited). stop: a multiprocessing
     Event; once set, batches already gathered are finished and the process ends. conn: one
     ``("names", class names)`` then ``("ready", description)`` after warm-up, ``("stats", StageStats)``
     about every second, or
@@ -482,7 +497,8 @@ def device_main(settings: DeviceSettings, cameras: Sequence[tuple[str, str]], re
     try:
         backend = settings.load_backend()
         readers = [RingReader(prefix, camera_id=cid) for cid, prefix in cameras]
-        stage = DeviceStage(settings=settings, backend=backend, readers=readers, emit=results.put,
+        queues = results if isinstance(results, list) else [results]
+        stage = DeviceStage(settings=settings, backend=backend, readers=readers, emit=_route(queues),
                             commands=commands, notify=send)
         stage.warmup()
         send(("names", stage.names))
@@ -500,6 +516,7 @@ def device_main(settings: DeviceSettings, cameras: Sequence[tuple[str, str]], re
         conn.close()
     # Every result is handed to the queue's feeder thread: wait until it is in the pipe, then leave
     # without the interpreter's teardown (torch's takes seconds and there is nothing left to save).
-    results.close()
-    results.join_thread()
+    for q in results if isinstance(results, list) else [results]:
+        q.close()
+        q.join_thread()
     os._exit(code)

@@ -4,7 +4,7 @@ Imports nothing from pipeline/ at run time. Cameras are matched by id. A camera 
 changed (url, fps, timeouts...) is stopped and started again; one whose zones, lines or classes alone
 changed keeps its decoder, and the sink stage takes the new ones. A new ``model`` or ``masks`` section is
 loaded by the device stage beside the running model and swapped in between two batches (on the same
-device: ``model.device`` needs a restart). The other sections (batch, sinks, tracking, metrics) belong
+device: ``model.device`` needs a restart). The other sections (batch, sinks, tracking, events, metrics) belong
 to processes that cannot change under a running stream: a change there is reported and ignored until
 the next restart.
 """
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from pipeline.config import CameraConfig, RunConfig
 
 _SINK_SIDE = {"zones", "lines", "classes"}  # applied by the sink stage: the decoder runs on
-_FIXED = ("batch", "sinks", "tracking", "metrics")
+_FIXED = ("batch", "sinks", "tracking", "events", "metrics")
 
 
 @dataclass(frozen=True, slots=True)

@@ -104,9 +104,10 @@ class Supervisor:
         self._device_stop: Any = None
         self._device_cmds: Any = None
         self._sink: Any = None
+        self._workers: Any = None  # EventWorkers when events.workers > 1
         self._reload = False
         self._next_models: list[Any] = []  # configs whose model the device stage loads, in order
-        self._sink_update: Any = None  # a camera list for the sink stage, while its inbox is full
+        self._updates: list[tuple[Any, Any]] = []  # (queue, CamerasUpdate) not sent yet: the queue was full
         self.model_names: tuple[str, ...] | None = None  # the running model's classes, once loaded
         self._tracks: dict[str, int] = {}  # track ids handed out per camera, from the sink stage's reports
         self._crossed: dict[str, list[int]] = {}  # (in, out) line crossings per camera, likewise
@@ -125,6 +126,8 @@ class Supervisor:
         for name, proc in (("device", self._device), ("sinks", self._sink)):
             if proc is not None and proc.pid and proc.is_alive():
                 out[name] = proc.pid
+        if self._workers is not None:
+            out.update(self._workers.pids())
         return out
 
     def request_reload(self) -> None:
@@ -163,14 +166,25 @@ class Supervisor:
         self._stats = self.ctx.Queue(STATS_QUEUE_SIZE)
         for cam in self.cfg.cameras:
             self.decoders.add(cam)
-        self._sink = self._spawn("sinks", run_sink_stage, inbox=self._inbox, configs=list(self.cfg.sinks),
-                                 stats=self._stats, tracking=self.cfg.tracking, cameras=self.cfg.cameras)
+        results = self._inbox
+        if self.cfg.events.workers > 1:  # they make the events: the sink stage only publishes
+            from pipeline.sinks.workers import EventWorkers
+
+            self._workers = EventWorkers(count=self.cfg.events.workers, ctx=self.ctx, spawn=self._spawn,
+                                         out=self._inbox, stats=self._stats, tracking=self.cfg.tracking,
+                                         cameras=self.cfg.cameras, queue_size=SINK_QUEUE_SIZE)
+            results = self._workers.inboxes
+            self._sink = self._spawn("sinks", run_sink_stage, inbox=self._inbox, configs=list(self.cfg.sinks),
+                                     stats=self._stats)
+        else:
+            self._sink = self._spawn("sinks", run_sink_stage, inbox=self._inbox, configs=list(self.cfg.sinks),
+                                     stats=self._stats, tracking=self.cfg.tracking, cameras=self.cfg.cameras)
         self._device_stop = self.ctx.Event()
         self._device_cmds = self.ctx.Queue() if self.reloader is not None else None
         reader, writer = self.ctx.Pipe(duplex=False)
         cams = [(c.camera_id, c.prefix) for c in self.cameras]
         self._device = self._spawn("device", device_main, DeviceSettings.from_config(self.cfg), cams,
-                                   self._inbox, self._device_stop, writer, self._device_cmds)
+                                   results, self._device_stop, writer, self._device_cmds)
         writer.close()
         self._device_conn = reader
         # Decoders start once the model is loaded and warm: a short file would otherwise be over
@@ -211,8 +225,8 @@ class Supervisor:
             if self._reload:
                 self._reload = False
                 self._apply_reload()
-            if self._sink_update is not None:
-                self._send_sink_update()
+            if self._updates:
+                self._send_updates()
             if self.decoders.done:
                 self.request_stop("all cameras ended")
             if time.monotonic() >= next_tick:
@@ -239,11 +253,14 @@ class Supervisor:
             self.metrics.set_camera_state(status.camera_id, status.state)
         if self.on_status is not None:
             self.on_status(status)
-        if self._sink is not None and self._sink.is_alive():
-            try:
-                self._inbox.put(status, timeout=2.0)
-            except queue.Full:
-                log.warning("camera=%s event=status_dropped reason=sink_queue_full", status.camera_id)
+        if self._sink is None or not self._sink.is_alive():
+            return
+        # with event workers, a status goes where its camera's frames go (tracks end on it, in order)
+        inbox = self._inbox if self._workers is None else self._workers.inbox_of(status.camera_id)
+        try:
+            inbox.put(status, timeout=2.0)
+        except queue.Full:
+            log.warning("camera=%s event=status_dropped reason=sink_queue_full", status.camera_id)
 
     def _device_message(self) -> None:
         conn = self._device_conn
@@ -302,6 +319,10 @@ class Supervisor:
         if self._sink is not None and not self._sink.is_alive() and not self._stop_reason:
             self._drain_stats()
             self._fail(f"sink stage exited with code {self._sink.exitcode}")
+        gone = None if self._workers is None or self._stop_reason else self._workers.exited()
+        if gone is not None:
+            self._drain_stats()
+            self._fail(gone)
 
     def _fail(self, error: str) -> None:
         if not self.errors:
@@ -365,6 +386,10 @@ class Supervisor:
             log.debug("event=decoders_stopped")
             self._stop_device()
             log.debug("event=device_stopped")
+            if self._workers is not None:
+                self._workers.stop(grace_s=SINK_STOP_GRACE_S, sink_alive=lambda: self._sink.is_alive(),
+                                   tick=self._drain_stats)
+                log.debug("event=workers_stopped")
             self._stop_sink()
             log.debug("event=sink_stopped")
             if self.metrics is not None and self.cameras:
@@ -426,8 +451,10 @@ class Supervisor:
             self.decoders.start(handle, initial=S.CONNECTING)
             log.info("camera=%s event=camera_added url=%s", cam.id, cam.redacted_url)
         if plan.changes_cameras:
-            self._sink_update = CamerasUpdate(cameras=plan.cameras)
-            self._send_sink_update()
+            update = CamerasUpdate(cameras=plan.cameras)
+            inboxes = [self._inbox] if self._workers is None else self._workers.inboxes
+            self._updates += [(q, update) for q in inboxes]
+            self._send_updates()
         self.cfg = self.cfg.model_copy(update={"cameras": plan.cameras})
         if plan.model:  # self.cfg takes the new model once the device stage has it
             from pipeline.device import DeviceSettings
@@ -439,13 +466,16 @@ class Supervisor:
         log.info("event=reloaded stopped=%d started=%d shapes_changed=%s model_changed=%s", len(plan.stop),
                  len(plan.start), plan.shapes, plan.model)
 
-    def _send_sink_update(self) -> None:
-        """The new camera list to the sink stage; tried again every loop while its inbox is full."""
-        try:
-            self._inbox.put_nowait(self._sink_update)
-        except queue.Full:
-            return
-        self._sink_update = None
+    def _send_updates(self) -> None:
+        """The new camera list to the sink stage (or each event worker); tried again every loop while an
+        inbox is full."""
+        waiting = []
+        for q, update in self._updates:
+            try:
+                q.put_nowait(update)
+            except queue.Full:
+                waiting.append((q, update))
+        self._updates = waiting
 
     def _stop_device(self) -> None:
         if self._device is None:
@@ -458,8 +488,13 @@ class Supervisor:
         while self._device.is_alive() and time.monotonic() < deadline:
             if self._device_conn is not None:
                 self._device_message()
+            # nobody else will read them: keep the device stage (and the workers) from blocking
             if self._sink is None or not self._sink.is_alive():
-                self._discard_inbox()  # nobody else will: keep the device stage from blocking
+                from pipeline.sinks.workers import discard
+
+                discard(self._inbox)
+            if self._workers is not None:
+                self._workers.discard_dead_inboxes()
             self._drain_stats()
             self._device.join(_TICK_S)
         if self._device.is_alive():
@@ -494,7 +529,3 @@ class Supervisor:
             q.cancel_join_thread()  # nothing left to read them: do not wait for their feeders at exit
             q.close()
 
-    def _discard_inbox(self) -> None:
-        with contextlib.suppress(queue.Empty, OSError, ValueError):
-            while True:
-                self._inbox.get_nowait()

@@ -65,17 +65,21 @@ def policy_for(sink_type: str, *, maxsize: int | None = None, overflow: Overflow
 
 @dataclass(frozen=True, slots=True)
 class Envelope:
-    """One event ready for the sinks, serialised once by the sink stage.
+    """One event ready for the sinks, serialised once (by the sink stage or an event worker).
 
-    payload: compact JSON bytes (``pipeline.events.encode``). image: optional (H, W, 3) uint8 BGR
-    frame for sinks that draw (video); None when the runtime does not forward pixels.
+    payload: compact JSON bytes (``pipeline.events.encode``). item: what the event was made from, for
+    sinks that draw; None when an event worker made it and no sink draws (a FrameResult's masks are
+    not pickled once more for nothing). image: optional (H, W, 3) uint8 BGR frame for sinks that draw
+    (video); None when the runtime does not forward pixels. capture_ts: a frame's capture time (Unix
+    seconds), for the capture-to-publish latency.
     """
 
     camera_id: str
     kind: str  # "frame" or "status"
     payload: bytes
-    item: FrameResult | CameraStatus
+    item: FrameResult | CameraStatus | None
     image: np.ndarray | None = None
+    capture_ts: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,5 @@
-"""The sink stage: a process that turns FrameResult/CameraStatus into events and fans them out.
+"""The sink stage: a process that turns FrameResult/CameraStatus into events and fans them out (with
+``events.workers`` > 1, event workers make the events and this process only publishes them).
 
 A camera with ``classes`` keeps only objects with those labels. With ``tracking.enabled`` it then gives
 each detection its ``track_id`` (``pipeline.tracking``), then
@@ -59,13 +60,11 @@ class CamerasUpdate:
     cameras: tuple[CameraConfig, ...]
 
 
-class SinkStage:
-    """Serialise once, fan out to sinks, count. Usable in-process (tests) or via ``run_sink_stage``."""
+class EventMaker:
+    """FrameResult / CameraStatus -> ``Envelope``: a camera's ``classes`` kept, track ids, zones and
+    lines applied, the event serialised once. Every camera's items must come to one maker in order."""
 
-    def __init__(self, *, sinks: Sequence[tuple[SinkConfig, Sink]], stage: str = STAGE,
-                 tracking: TrackingConfig | None = None, cameras: Sequence[CameraConfig] = ()) -> None:
-        self.stage = stage
-        self.sinks = list(sinks)
+    def __init__(self, *, tracking: TrackingConfig | None = None, cameras: Sequence[CameraConfig] = ()) -> None:
         tracking = self.tracking = tracking or TrackingConfig()
         self.trackers: CameraTrackers | None = None
         if tracking.enabled:
@@ -76,9 +75,84 @@ class SinkStage:
         self.analytics: Analytics | None = None
         self._classes: dict[str, frozenset[str]] = {}
         self.update_cameras(cameras)
+        self._bad: dict[tuple[str, str], int] = defaultdict(int)
+
+    def update_cameras(self, cameras: Sequence[CameraConfig]) -> None:
+        """Take the run's (new) cameras: their classes, zones and lines; forget the tracks of cameras gone.
+        Analytics, once made, stays (with no camera, if a reload took every shape away) so the
+        crossings it counted since the last report are still reported."""
+        ids = {c.id for c in cameras}
+        self._classes = {c.id: frozenset(c.classes) for c in cameras if c.classes}
+        if self.trackers is not None:
+            self.trackers.forget([cid for cid in self.trackers.active() if cid not in ids])
+        if self.analytics is not None:
+            self.analytics.update(cameras)
+        elif any(c.zones or c.lines for c in cameras):
+            from pipeline.analytics import Analytics
+
+            self.analytics = Analytics(cameras, max_lost_frames=self.tracking.max_lost_frames)
+
+    def make(self, item: FrameResult | CameraStatus, *, image: Any = None) -> Envelope | None:
+        """The event of ``item`` for the sinks; None (counted) for a malformed item. Never raises for one."""
+        now = time.time()
+        try:
+            if isinstance(item, FrameResult):
+                keep = self._classes.get(item.camera_id)
+                if keep is not None:  # before tracking: a filtered-out class starts no track
+                    item = dataclasses.replace(item, detections=tuple(d for d in item.detections if d.label in keep))
+                ids = None if self.trackers is None else self.trackers.track(item)
+                if self.analytics is not None and self.analytics.covers(item.camera_id):
+                    born = None if self.trackers is None else self.trackers.born(item.camera_id)
+                    result = self.analytics.apply(item, ids, born)  # ids, zones and lines in one copy
+                elif ids is not None:
+                    result = self._with_track_ids(item, ids)
+                else:
+                    result = item
+                return Envelope(camera_id=result.camera_id, kind="frame",
+                                payload=encode(to_event(result, publish_ts=now)), item=result, image=image,
+                                capture_ts=result.capture_ts)
+            if isinstance(item, CameraStatus):
+                if self.trackers is not None:
+                    self.trackers.on_status(item)
+                return Envelope(camera_id=item.camera_id, kind="status",
+                                payload=encode(status_event(item, publish_ts=now)), item=item)
+            raise TypeError(f"expected FrameResult or CameraStatus, got {type(item).__name__}")
+        except (TypeError, ValueError) as e:  # a malformed message is an upstream bug: count it, keep going
+            self._bad[getattr(item, "camera_id", "?"), "bad_message"] += 1
+            log.error("events: dropping a malformed %s: %s", type(item).__name__, e)
+            return None
+
+    def report(self, stage: str, **fields: Any) -> StageStats:
+        """Tracks, crossings, zone counts and malformed items since the previous report, plus ``fields``."""
+        tracks, analytics = self.trackers, self.analytics
+        stats = StageStats(stage=stage, dropped=dict(self._bad),
+                           tracks_started=tracks.take_started() if tracks else {},
+                           tracks_active=tracks.active() if tracks else {},
+                           line_crossings=analytics.take_crossings() if analytics else {},
+                           zone_objects=analytics.zone_objects() if analytics else {}, **fields)
+        self._bad.clear()
+        return stats
+
+
+class SinkStage:
+    """Fan events out to sinks, count. Usable in-process (tests) or via ``run_sink_stage``. Its
+    ``EventMaker`` makes the events of the items it is handed, unless event workers made them."""
+
+    def __init__(self, *, sinks: Sequence[tuple[SinkConfig, Sink]], stage: str = STAGE,
+                 tracking: TrackingConfig | None = None, cameras: Sequence[CameraConfig] = ()) -> None:
+        self.stage = stage
+        self.sinks = list(sinks)
+        self.maker = EventMaker(tracking=tracking, cameras=cameras)
         self._e2e: dict[str, list[float]] = defaultdict(list)
         self._step: list[float] = []
-        self._bad: dict[tuple[str, str], int] = defaultdict(int)
+
+    @property
+    def trackers(self) -> CameraTrackers | None:
+        return self.maker.trackers
+
+    @property
+    def analytics(self) -> Analytics | None:
+        return self.maker.analytics
 
     @classmethod
     def from_configs(cls, configs: Sequence[SinkConfig], *, registry: SinkRegistry | None = None,
@@ -98,51 +172,20 @@ class SinkStage:
         return cls(sinks=built, stage=stage, tracking=tracking, cameras=cameras)
 
     def update_cameras(self, cameras: Sequence[CameraConfig]) -> None:
-        """Take the run's (new) cameras: their classes, zones and lines; forget the tracks of cameras gone.
-        Analytics, once made, stays (with no camera, if a reload took every shape away) so the
-        crossings it counted since the last report are still reported."""
-        ids = {c.id for c in cameras}
-        self._classes = {c.id: frozenset(c.classes) for c in cameras if c.classes}
-        if self.trackers is not None:
-            self.trackers.forget([cid for cid in self.trackers.active() if cid not in ids])
-        if self.analytics is not None:
-            self.analytics.update(cameras)
-        elif any(c.zones or c.lines for c in cameras):
-            from pipeline.analytics import Analytics
-
-            self.analytics = Analytics(cameras, max_lost_frames=self.tracking.max_lost_frames)
+        self.maker.update_cameras(cameras)
 
     def handle(self, item: FrameResult | CameraStatus, *, image: Any = None) -> None:
-        """Publish one item to every interested sink. Never raises for a bad item: counts it."""
+        """Make ``item``'s event and publish it. Never raises for a bad item: counts it."""
         t0 = time.perf_counter()
-        now = time.time()
-        try:
-            if isinstance(item, FrameResult):
-                keep = self._classes.get(item.camera_id)
-                if keep is not None:  # before tracking: a filtered-out class starts no track
-                    item = dataclasses.replace(item, detections=tuple(d for d in item.detections if d.label in keep))
-                ids = None if self.trackers is None else self.trackers.track(item)
-                if self.analytics is not None and self.analytics.covers(item.camera_id):
-                    born = None if self.trackers is None else self.trackers.born(item.camera_id)
-                    result = self.analytics.apply(item, ids, born)  # ids, zones and lines in one copy
-                elif ids is not None:
-                    result = self._with_track_ids(item, ids)
-                else:
-                    result = item
-                env = Envelope(camera_id=result.camera_id, kind="frame",
-                               payload=encode(to_event(result, publish_ts=now)), item=result, image=image)
-                self._e2e[result.camera_id].append(max(now - result.capture_ts, 0.0))
-            elif isinstance(item, CameraStatus):
-                if self.trackers is not None:
-                    self.trackers.on_status(item)
-                env = Envelope(camera_id=item.camera_id, kind="status",
-                               payload=encode(status_event(item, publish_ts=now)), item=item)
-            else:
-                raise TypeError(f"expected FrameResult or CameraStatus, got {type(item).__name__}")
-        except (TypeError, ValueError) as e:  # a malformed message is an upstream bug: count it, keep going
-            self._bad[getattr(item, "camera_id", "?"), "bad_message"] += 1
-            log.error("sink stage: dropping a malformed %s: %s", type(item).__name__, e)
-            return
+        env = self.maker.make(item, image=image)
+        if env is not None:
+            self.publish(env, started=t0)
+
+    def publish(self, env: Envelope, *, started: float | None = None) -> None:
+        """Hand ``env`` to every sink that wants it (its cameras, statuses or not)."""
+        t0 = time.perf_counter() if started is None else started
+        if env.capture_ts is not None:
+            self._e2e[env.camera_id].append(max(time.time() - env.capture_ts, 0.0))
         for cfg, sink in self.sinks:
             if cfg.cameras is not None and env.camera_id not in cfg.cameras:
                 continue
@@ -166,17 +209,11 @@ class SinkStage:
             sent.update({(sink.name, cam): n for cam, n in deltas.sent.items()})
             dropped.update({(sink.name, cam, reason): n for (cam, reason), n in deltas.dropped.items()})
             errors.update({(sink.name, reason): n for reason, n in deltas.errors.items()})
-        tracks, analytics = self.trackers, self.analytics
-        stats = StageStats(stage=self.stage, dropped=dict(self._bad), sink_sent=sent, sink_dropped=dropped,
-                           sink_errors=errors, e2e_latency={c: tuple(v) for c, v in self._e2e.items() if v},
-                           stage_latency={"sink": tuple(self._step)} if self._step else {},
-                           tracks_started=tracks.take_started() if tracks else {},
-                           tracks_active=tracks.active() if tracks else {},
-                           line_crossings=analytics.take_crossings() if analytics else {},
-                           zone_objects=analytics.zone_objects() if analytics else {})
+        stats = self.maker.report(self.stage, sink_sent=sent, sink_dropped=dropped, sink_errors=errors,
+                                  e2e_latency={c: tuple(v) for c, v in self._e2e.items() if v},
+                                  stage_latency={"sink": tuple(self._step)} if self._step else {})
         self._e2e.clear()
         self._step.clear()
-        self._bad.clear()
         return stats
 
     def close(self, timeout: float = 5.0) -> None:
@@ -189,7 +226,7 @@ class SinkStage:
                 log.error("sink %s: close raised %s: %s", sink.name, type(e).__name__, e)
 
 
-class _Reporter:
+class Reporter:
     """Sends reports without ever blocking; holds a few while the supervisor's queue is full."""
 
     def __init__(self, out: Any) -> None:
@@ -227,7 +264,7 @@ def run_sink_stage(*, inbox: Any, configs: Sequence[SinkConfig], stats: Any = No
     cameras: the run's cameras, for their zones and counting lines.
     Exits 1 (after reporting the error and draining the inbox to STOP) if a sink cannot be set up.
     """
-    reporter = _Reporter(stats)
+    reporter = Reporter(stats)
     try:
         sink_stage = SinkStage.from_configs(configs, stage=stage, tracking=tracking, cameras=cameras)
     except Exception as e:
@@ -245,7 +282,9 @@ def run_sink_stage(*, inbox: Any, configs: Sequence[SinkConfig], stats: Any = No
             if item is not None:
                 if is_stop(item):
                     break
-                if isinstance(item, FramePreview):
+                if isinstance(item, Envelope):  # made by an event worker
+                    sink_stage.publish(item)
+                elif isinstance(item, FramePreview):
                     sink_stage.handle(item.result, image=item.image)
                 elif isinstance(item, CamerasUpdate):
                     sink_stage.update_cameras(item.cameras)

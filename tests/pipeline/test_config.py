@@ -149,6 +149,8 @@ BAD = [  # (where, value, expected error line prefix, expected text)
     ("tracking.match_iou", 1, "tracking.match_iou", "less than 1"),
     ("tracking.min_hits", 0, "tracking.min_hits", "greater than or equal to 1"),
     ("tracking.max_lost", 5, "tracking.max_lost", "did you mean 'max_lost_frames'"),
+    ("events.workers", 0, "events.workers", "greater than or equal to 1"),
+    ("events.wokers", 2, "events.wokers", "did you mean 'workers'"),
     ("verbose", True, "verbose", "unknown key 'verbose'"),
 ]
 

@@ -1,0 +1,135 @@
+"""Event workers: with ``events.workers: N`` > 1, N processes between the device stage and the sink
+stage make the events (classes, track ids, zones and lines, JSON), each for its share of the cameras.
+
+Why: tracking, zones and lines and serialising cost about ten times what publishing does (about 0.5
+ms a frame with 10 objects against 0.08, ``benchmarks/sink_stage.py``), and one sink process does
+them for every camera: about 1,700 frames/s with 10 objects, 800 with 40. A wall of cameras past
+that fills the sink queue and the device stage waits. With workers the sink process only publishes.
+
+Every item of a camera goes to the same worker (``pipeline.shard.worker_for``: a hash of the id,
+independent of the replica sharding), so each camera's tracks see its frames and statuses in order.
+A worker puts the ``Envelope``s it makes on the sink stage's inbox, reports its ``StageStats``
+(tracks, crossings, zone counts, its own step time) to the supervisor, and on STOP sends a last
+report and exits; the
+supervisor puts STOP on the sink inbox only once every worker has exited, after their events.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import queue
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pipeline.config import CameraConfig, TrackingConfig
+from pipeline.messages import STOP, FramePreview
+from pipeline.shard import worker_for
+from pipeline.sinks.stage import CamerasUpdate, EventMaker, Reporter, is_stop
+
+log = logging.getLogger(__name__)
+
+
+def run_event_worker(*, index: int, inbox: Any, out: Any, stats: Any = None, tracking: TrackingConfig | None = None,
+                     cameras: Sequence[CameraConfig] = (), report_every_s: float = 1.0) -> None:
+    """Process target: make the events of the items on ``inbox`` (FrameResult, FramePreview,
+    CameraStatus, CamerasUpdate; until STOP) and put them on ``out``, the sink stage's inbox."""
+    stage = f"events{index}"
+    reporter = Reporter(stats)
+    maker = EventMaker(tracking=tracking, cameras=cameras)
+    steps: list[float] = []
+    next_report = time.monotonic() + report_every_s
+    try:
+        while True:
+            try:
+                item = inbox.get(timeout=max(next_report - time.monotonic(), 0.001))
+            except queue.Empty:
+                item = None
+            if item is not None:
+                if is_stop(item):
+                    break
+                t0 = time.perf_counter()
+                if isinstance(item, CamerasUpdate):
+                    maker.update_cameras(item.cameras)
+                    env = None
+                elif isinstance(item, FramePreview):
+                    env = maker.make(item.result, image=item.image)
+                else:
+                    env = maker.make(item)
+                if env is not None:
+                    if env.image is None:  # no sink draws: the payload is all the sinks need
+                        env = dataclasses.replace(env, item=None)
+                    steps.append(time.perf_counter() - t0)
+                    out.put(env)  # blocks while the sink stage is behind: the device stage waits, as without workers
+            if time.monotonic() >= next_report:
+                reporter.send(maker.report(stage, stage_latency={"events": tuple(steps)} if steps else {}))
+                steps = []
+                next_report = time.monotonic() + report_every_s
+    finally:
+        reporter.send(maker.report(stage, stage_latency={"events": tuple(steps)} if steps else {}))
+        # every event is in the pipe before this process is gone (the supervisor's STOP comes after)
+        out.close()
+        out.join_thread()
+
+
+class EventWorkers:
+    """The supervisor's handle on the event worker processes and their inboxes."""
+
+    def __init__(self, *, count: int, ctx: Any, spawn: Callable[..., Any], out: Any, stats: Any,
+                 tracking: TrackingConfig, cameras: Sequence[CameraConfig], queue_size: int) -> None:
+        self.out = out
+        self.inboxes = [ctx.Queue(queue_size) for _ in range(count)]
+        self.procs = [spawn(f"events{k}", run_event_worker, index=k, inbox=q, out=out, stats=stats,
+                            tracking=tracking, cameras=cameras) for k, q in enumerate(self.inboxes)]
+
+    def inbox_of(self, camera_id: str) -> Any:
+        return self.inboxes[worker_for(camera_id, len(self.inboxes))]
+
+    def pids(self) -> dict[str, int]:
+        return {f"events{k}": p.pid for k, p in enumerate(self.procs) if p.pid and p.is_alive()}
+
+    def exited(self) -> str | None:
+        """"event worker K exited with code C" for the first worker gone, None while all run."""
+        for k, p in enumerate(self.procs):
+            if not p.is_alive():
+                return f"event worker {k} exited with code {p.exitcode}"
+        return None
+
+    def discard_dead_inboxes(self) -> None:
+        """Empty the inboxes of workers that are gone, so the device stage never blocks on one."""
+        for p, q in zip(self.procs, self.inboxes, strict=True):
+            if not p.is_alive():
+                discard(q)
+
+    def stop(self, *, grace_s: float, sink_alive: Callable[[], bool], tick: Callable[[], None]) -> None:
+        """STOP to every worker, then wait for all (``tick`` between waits; the sink inbox emptied
+        here if the sink stage is gone), killing the ones past ``grace_s``."""
+        for p, q in zip(self.procs, self.inboxes, strict=True):
+            if p.is_alive():
+                try:
+                    q.put(STOP, timeout=5.0)
+                except queue.Full:
+                    log.error("event=worker_stop_failed worker=%s reason=queue_full", p.name)
+        deadline = time.monotonic() + grace_s
+        for p in self.procs:
+            while p.is_alive() and time.monotonic() < deadline:
+                if not sink_alive():
+                    discard(self.out)
+                tick()
+                p.join(0.1)
+            if p.is_alive():
+                log.error("event=worker_killed worker=%s reason=stop_timeout", p.name)
+                p.kill()
+                p.join(5)
+        for q in self.inboxes:
+            q.cancel_join_thread()
+            q.close()
+
+
+def discard(q: Any) -> None:
+    """Take and drop everything waiting in queue ``q``."""
+    with contextlib.suppress(queue.Empty, OSError, ValueError):
+        while True:
+            q.get_nowait()
