@@ -65,7 +65,9 @@ class StageStats:
     ``tracks_started`` counts track ids handed out per camera (objects that entered and were
     confirmed); ``tracks_active`` is the latest number of tracks held per camera (a gauge).
     ``line_crossings`` counts crossings per (camera, line, direction, label); ``zone_objects`` is the
-    latest number of objects per (camera, zone) (a gauge).
+    latest number of objects per (camera, zone) (a gauge). ``queue_fill`` is how full each queue
+    between two stages is, 0-1, by the name of the stage that reads it (a gauge): one that stays near 1
+    is read by a stage that cannot keep up.
     """
 
     stage: str
@@ -85,6 +87,7 @@ class StageStats:
     tracks_active: Mapping[str, int] = field(default_factory=dict)
     line_crossings: Mapping[tuple[str, str, str, str], int] = field(default_factory=dict)
     zone_objects: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    queue_fill: Mapping[str, float] = field(default_factory=dict)
     engine_loaded: bool | None = None
     error: str | None = None
 
@@ -94,6 +97,9 @@ class StageStats:
             _check_counts(name, getattr(self, name))
         _check_seconds("stage_latency", self.stage_latency)
         _check_seconds("e2e_latency", self.e2e_latency)
+        for name, v in self.queue_fill.items():
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"StageStats.queue_fill[{name!r}]: expected 0-1, got {v!r}")
         for cam, state in self.camera_states.items():
             if not isinstance(state, CameraState):
                 raise ValueError(f"StageStats.camera_states[{cam!r}]: expected CameraState, got {state!r}")
@@ -138,6 +144,8 @@ class Metrics:
                                       ["camera", "line", "direction", "label"], namespace=ns, registry=reg)
         self.zone_objects = Gauge("zone_objects", "Objects inside a zone on the camera's latest frame",
                                   ["camera", "zone"], namespace=ns, registry=reg)
+        self.queue_fill = Gauge("queue_fill_ratio", "How full the queue a stage reads is (0-1): near 1, that "
+                                "stage cannot keep up", ["stage"], namespace=ns, registry=reg)
         self.engine_loaded_gauge = Gauge("engine_loaded", "1 once the model engine is loaded", namespace=ns,
                                          registry=reg)
         self.stage_failures = Counter("stage_failures", "Fatal errors reported by a stage", ["stage"],
@@ -184,6 +192,8 @@ class Metrics:
             self.line_crossings.labels(cam, line, direction, label).inc(n)
         for (cam, zone), n in stats.zone_objects.items():
             self.zone_objects.labels(cam, zone).set(n)
+        for stage, v in stats.queue_fill.items():
+            self.queue_fill.labels(stage).set(v)
         if stats.engine_loaded is not None:
             self.set_engine_loaded(stats.engine_loaded)
         if stats.error is not None:

@@ -356,7 +356,8 @@ class Supervisor:
             if c.camera_id in lined:
                 cam["crossed"] = tuple(self._crossed.get(c.camera_id, (0, 0)))
             cams.append(cam)
-        self._snapshot = {"ts": time.time(), "model": self.cfg.model.path, "device": self.device_info, "cameras": cams}
+        self._snapshot = {"ts": time.time(), "model": self.cfg.model.path, "device": self.device_info,
+                          "queues": self.queue_fill() if self._inbox is not None else {}, "cameras": cams}
 
     def camera_stats(self) -> Any:
         """Counter deltas of every camera since the previous call, as a metrics ``StageStats``."""
@@ -376,7 +377,18 @@ class Supervisor:
             cam.last = now
         states = {c.camera_id: c.machine.state for c in self.cameras}
         return StageStats(stage="supervisor", decoded=decoded, inferred=inferred, dropped=dropped,
-                          reconnects=reconnects, camera_states=states)
+                          reconnects=reconnects, camera_states=states, queue_fill=self.queue_fill())
+
+    def queue_fill(self) -> dict[str, float]:
+        """How full the queue each stage reads is (0-1), by stage: ``sinks`` and ``events<K>``."""
+        queues = {"sinks": self._inbox}
+        if self._workers is not None:
+            queues.update({f"events{k}": q for k, q in enumerate(self._workers.inboxes)})
+        out = {}
+        for name, q in queues.items():
+            with contextlib.suppress(NotImplementedError, OSError, ValueError):  # qsize: not on macOS
+                out[name] = min(max(q.qsize() / SINK_QUEUE_SIZE, 0.0), 1.0)
+        return out
 
     # ---------------------------------------------------------------------------- shutdown
 

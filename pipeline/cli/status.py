@@ -51,6 +51,8 @@ def table(before: dict[str, Any], now: dict[str, Any]) -> str:
     prev = {c["id"]: c for c in before["cameras"]}
     rows = [camera_row(c["id"], CameraState(c["state"]), c, prev.get(c["id"]), dt) for c in now["cameras"]]
     header = f"model {now['model']}" + (f" on {now['device']}" if now.get("device") else "")
+    if now.get("queues"):  # how full each stage's inbox is: one near 100 % cannot keep up
+        header += "; queues " + ", ".join(f"{k} {v:.0%}" for k, v in now["queues"].items())
     return render(rows, header=header)
 
 

@@ -86,7 +86,7 @@ def test_alert_rules_name_metrics_segpipe_exports() -> None:
     assert len(rules) >= 6 and len({r["alert"] for r in rules}) == len(rules)
     for r in rules:
         assert r["labels"]["severity"] in ("warning", "critical") and r["annotations"]["summary"], r
-        names = re.findall(r"\b(segpipe_[a-z0-9_]+|up)\b(?=[{\[ ]|$)", r["expr"])
+        names = re.findall(r"\b(segpipe_[a-z0-9_]+|up)\b(?=[{\[ )]|$)", r["expr"])
         assert names, r["alert"]
         for name in names:
             assert re.sub(r"_(total|bucket|sum|count)$", "", name) in families, (r["alert"], name)

@@ -46,6 +46,7 @@ def test_stage_stats_update_counters_gauges_and_histograms() -> None:
     m.apply(StageStats(stage="sinks", line_crossings={("cam0", "gate", "in", "car"): 1},
                        zone_objects={("cam0", "dock"): 1}))
     m.apply(StageStats(stage="decoder:cam0", decoded={"cam0": 10}))
+    m.apply(StageStats(stage="supervisor", queue_fill={"sinks": 0.25, "events0": 1.0}))
     s = _samples(m.render().decode())
     cam = (("camera", "cam0"),)
     assert s["segpipe_frames_decoded_total", cam] == 40
@@ -67,6 +68,8 @@ def test_stage_stats_update_counters_gauges_and_histograms() -> None:
     gate = (("camera", "cam0"), ("direction", "in"), ("label", "car"), ("line", "gate"))
     assert s["segpipe_line_crossings_total", gate] == 3
     assert s["segpipe_zone_objects", (("camera", "cam0"), ("zone", "dock"))] == 1
+    assert s["segpipe_queue_fill_ratio", (("stage", "sinks"),)] == 0.25
+    assert s["segpipe_queue_fill_ratio", (("stage", "events0"),)] == 1.0
 
 
 def test_registries_are_private() -> None:
@@ -84,6 +87,7 @@ def test_registries_are_private() -> None:
     ({"e2e_latency": {"cam": (float("nan"),)}}, "finite seconds"),
     ({"stage_latency": {"infer": (-0.1,)}}, "finite seconds"),
     ({"batch_sizes": (0,)}, "ints >= 1"),
+    ({"queue_fill": {"sinks": 1.5}}, r"queue_fill\['sinks'\]: expected 0-1"),
 ])
 def test_stage_stats_reject_bad_values(kw: dict, error: str) -> None:
     with pytest.raises(ValueError, match=error):

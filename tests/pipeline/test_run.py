@@ -89,15 +89,18 @@ def test_sigterm_drains_publishes_and_frees_shared_memory(tmp_path: Path) -> Non
             time.sleep(0.2)
         status, text = _get(f"http://127.0.0.1:{port}/metrics")
         assert status == 200 and 'segpipe_frames_decoded_total{camera="loop"}' in text
+        assert 'segpipe_queue_fill_ratio{stage="sinks"}' in text
         status, text = _get(f"http://127.0.0.1:{port}/cameras")
         cams = {c["id"]: c for c in json.loads(text)["cameras"]}
+        assert 0.0 <= json.loads(text)["queues"]["sinks"] <= 1.0
         assert status == 200 and cams["loop"]["state"] == "live" and cams["loop"]["inferred"] > 0
         assert cams["loop"]["url"].endswith("clip.mp4") and "heartbeat" not in cams["loop"]
         table = subprocess.run([sys.executable, "-m", "pipeline", "status", f"http://127.0.0.1:{port}",
                                 "--interval", "0.5"], cwd=REPO, capture_output=True, text=True, timeout=60)
         assert table.returncode == 0, table.stderr
         lines = table.stdout.splitlines()
-        assert lines[0] == "model yolov8n-seg.yaml on " + json.loads(text)["device"] and "INF/s" in lines[1]
+        assert lines[0].startswith("model yolov8n-seg.yaml on " + json.loads(text)["device"] + "; queues sinks ")
+        assert "INF/s" in lines[1]
         assert re.match(r"loop\s+live\s+96x64\s", lines[2]) and lines[-1].startswith("total")
         assert _get(f"http://127.0.0.1:{port}/healthz")[0] == 200
         assert _get(f"http://127.0.0.1:{port}/readyz")[0] == 200  # engine loaded, a camera live
