@@ -256,6 +256,9 @@ class ThreadedSink:
     def close_resources(self) -> None:
         """Release files/sockets (worker thread)."""
 
+    def idle(self) -> None:
+        """Called on the worker thread when no event came for ``idle_s`` (e.g. to send a backlog)."""
+
     def wait(self, seconds: float) -> bool:
         """Sleep up to ``seconds``; True when the sink was abandoned meanwhile (stop retrying)."""
         return self._abandon.wait(seconds)
@@ -271,6 +274,8 @@ class ThreadedSink:
                 self._write(batch)
             elif self._stop.is_set() and not len(self.buffer):
                 break
+            else:
+                self.idle()
         self.buffer.drop_all("shutdown")
         try:
             self.close_resources()

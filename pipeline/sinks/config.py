@@ -88,6 +88,9 @@ class RedisSinkConfig(_SinkBase):
     socket_timeout_s: float = Field(2.0, gt=0)
     backoff_initial_s: float = Field(0.1, gt=0)
     backoff_max_s: float = Field(5.0, gt=0)
+    spool_dir: Path | None = Field(None, description="while Redis is away, keep events in this folder (one "
+                                                     "per sink) instead of memory; sent first once it is back")
+    spool_max_mb: float = Field(1024.0, gt=0, description="spool size bound; the oldest events go first")
 
     @field_validator("url")
     @classmethod

@@ -3,7 +3,10 @@
 Network I/O runs on the sink's worker thread behind a bounded buffer (default 10 000 events,
 oldest dropped and counted as ``buffer_full`` when full), so a slow or absent Redis never blocks
 the pipeline. While Redis is unreachable the worker reconnects with exponential back-off (with
-jitter) and the buffer holds the events; on reconnect they go out oldest first. A connection lost in
+jitter) and the buffer holds the events; on reconnect they go out oldest first. With ``spool_dir``
+they go to disk instead (``pipeline.sinks.spool``, up to ``spool_max_mb``), so an outage of hours, or
+a restart during one, loses nothing: once Redis is back the spool is sent first, in order, and new
+events queue behind it until it is empty. A connection lost in
 the middle of a batch may repeat part of it: consumers get each event at least once, bounded by
 MAXLEN trimming. The URL (it may carry a password) is never logged: only ``redact_url`` of it is.
 """
@@ -12,13 +15,17 @@ from __future__ import annotations
 
 import logging
 import random
+import time
+from pathlib import Path
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from engines.errors import SinkError
 from pipeline.sinks.base import DropPolicy, Envelope, ThreadedSink, policy_for
 from pipeline.sinks.config import RedisSinkConfig, redact_url
+from pipeline.sinks.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +47,8 @@ class RedisSink(ThreadedSink):
     def __init__(self, *, name: str, url: str, policy: DropPolicy, stream_prefix: str = "segpipe:",
                  maxlen: int = 10_000, channel_prefix: str | None = None, batch_size: int = 256,
                  connect_timeout_s: float = 2.0, socket_timeout_s: float = 2.0,
-                 backoff_initial_s: float = 0.1, backoff_max_s: float = 5.0) -> None:
+                 backoff_initial_s: float = 0.1, backoff_max_s: float = 5.0, spool_dir: Path | None = None,
+                 spool_max_bytes: int = 2**30) -> None:
         super().__init__(name=name, policy=policy, batch_size=batch_size)
         self._url = url
         self.redacted_url = redact_url(url)
@@ -51,6 +59,15 @@ class RedisSink(ThreadedSink):
         self._backoff = backoff_initial_s
         self._client: redis.Redis | None = None
         self._down = False  # log the outage once, and the recovery once
+        self._retry_at = 0.0  # monotonic time of the next connection attempt after a failure
+        self.spool: Spool | None = None
+        if spool_dir is not None:
+            try:
+                self.spool = Spool(spool_dir, max_bytes=spool_max_bytes)
+            except OSError as e:
+                raise SinkError(f"redis sink {name!r}: cannot use spool folder {spool_dir}: {e.strerror}") from None
+            if len(self.spool):
+                log.info("redis sink %s: %d events spooled by an earlier run go out first", name, len(self.spool))
         self.start()
 
     @classmethod
@@ -60,7 +77,8 @@ class RedisSink(ThreadedSink):
                    stream_prefix=cfg.stream_prefix, maxlen=cfg.maxlen, channel_prefix=cfg.channel_prefix,
                    batch_size=cfg.batch_size, connect_timeout_s=cfg.connect_timeout_s,
                    socket_timeout_s=cfg.socket_timeout_s, backoff_initial_s=cfg.backoff_initial_s,
-                   backoff_max_s=cfg.backoff_max_s)
+                   backoff_max_s=cfg.backoff_max_s, spool_dir=cfg.spool_dir,
+                   spool_max_bytes=int(cfg.spool_max_mb * 2**20))
 
     def stream_key(self, camera_id: str) -> str:
         return f"{self.stream_prefix}{camera_id}"
@@ -70,46 +88,96 @@ class RedisSink(ThreadedSink):
         return text.replace(self._password, "***") if self._password else text
 
     def write_batch(self, envs: list[Envelope]) -> None:
+        records = [(env.camera_id, env.payload) for env in envs]
+        if self.spool is not None and (len(self.spool) or self._down):
+            self._to_spool(records)  # behind the backlog: events leave in the order they came
+            self._drain()
+        elif not self._deliver(records):
+            if self.spool is not None:
+                self._to_spool(records)
+            else:
+                self.buffer.requeue(envs)
+                self.wait(max(self._retry_at - time.monotonic(), 0.0))
+
+    def idle(self) -> None:
+        if self.spool is not None and len(self.spool):
+            self._drain()
+
+    def _deliver(self, records: list[tuple[str, bytes]]) -> bool:
+        """XADD (and PUBLISH) ``records`` in one pipelined round trip; False when Redis is unreachable
+        (or still in its back-off), and nothing is counted as sent then."""
+        if self._client is None and time.monotonic() < self._retry_at:
+            return False
         try:
             if self._client is None:
                 self._client = connect(self._url, connect_timeout_s=self._timeouts[0],
                                        socket_timeout_s=self._timeouts[1])
                 self._client.ping()
             pipe = self._client.pipeline(transaction=False)
-            for env in envs:
-                pipe.xadd(self.stream_key(env.camera_id), {STREAM_FIELD: env.payload}, maxlen=self.maxlen,
-                          approximate=True)
+            for camera, payload in records:
+                pipe.xadd(self.stream_key(camera), {STREAM_FIELD: payload}, maxlen=self.maxlen, approximate=True)
                 if self.channel_prefix is not None:
-                    pipe.publish(f"{self.channel_prefix}{env.camera_id}", env.payload)
+                    pipe.publish(f"{self.channel_prefix}{camera}", payload)
             results = pipe.execute(raise_on_error=False)
         except (*_CONNECTION_ERRORS, redis.AuthenticationError) as e:
-            self._unreachable(envs, e)
-            return
+            self._unreachable(e)
+            return False
         self._reachable()
         step = 2 if self.channel_prefix is not None else 1
-        for env, res in zip(envs, results[::step], strict=True):
+        for (camera, _), res in zip(records, results[::step], strict=True):
             if isinstance(res, Exception):  # e.g. WRONGTYPE on a key that is not a stream, OOM
                 self.counters.error("command")
-                self.counters.dropped(env.camera_id, "write_error")
-                log.warning("redis sink %s: XADD %s failed: %s", self.name, self.stream_key(env.camera_id),
+                self.counters.dropped(camera, "write_error")
+                log.warning("redis sink %s: XADD %s failed: %s", self.name, self.stream_key(camera),
                             self._scrub(str(res)))
             else:
-                self.counters.sent(env.camera_id)
+                self.counters.sent(camera)
+        return True
 
-    def _unreachable(self, envs: list[Envelope], e: Exception) -> None:
+    def _to_spool(self, records: list[tuple[str, bytes]]) -> None:
+        assert self.spool is not None
+        was_empty = not len(self.spool)
+        try:
+            lost = self.spool.append(records)
+        except OSError as e:  # disk full, folder gone: these events are lost, counted
+            self.counters.error("spool")
+            for camera, _ in records:
+                self.counters.dropped(camera, "write_error")
+            log.warning("redis sink %s: cannot spool to %s: %s", self.name, self.spool.directory, e.strerror)
+            return
+        if was_empty:
+            log.warning("redis sink %s: spooling events to %s until %s is back", self.name, self.spool.directory,
+                        self.redacted_url)
+        for camera, n in lost.items():
+            self.counters.dropped(camera, "spool_full", n)
+
+    def _drain(self) -> None:
+        """Send the spool's oldest events, a batch at a time, for up to half a second (new events
+        wait in the memory buffer meanwhile)."""
+        assert self.spool is not None
+        deadline = time.monotonic() + 0.5
+        while len(self.spool) and time.monotonic() < deadline:
+            chunk = self.spool.peek(self.batch_size)
+            if not self._deliver(chunk):
+                return
+            self.spool.take(len(chunk))
+            if not len(self.spool):
+                log.info("redis sink %s: spool sent, publishing directly again", self.name)
+
+    def _unreachable(self, e: Exception) -> None:
         if self._client is not None:
             self._client.close()
             self._client = None
         self.counters.error("auth" if isinstance(e, redis.AuthenticationError) else "connection")
-        self.buffer.requeue(envs)
         delay = self._backoff * random.uniform(0.5, 1.0)  # jitter: replicas do not reconnect in lockstep
         self._backoff = min(self._backoff * 2, self._backoff_max)
+        self._retry_at = time.monotonic() + delay
         if not self._down:
-            log.warning("redis sink %s: %s unreachable (%s: %s); buffering up to %d events, retrying",
-                        self.name, self.redacted_url, type(e).__name__, self._scrub(str(e)),
-                        self.buffer.policy.maxsize)
+            held = (f"spooling to {self.spool.directory}" if self.spool is not None
+                    else f"buffering up to {self.buffer.policy.maxsize} events")
+            log.warning("redis sink %s: %s unreachable (%s: %s); %s, retrying", self.name, self.redacted_url,
+                        type(e).__name__, self._scrub(str(e)), held)
         self._down = True
-        self.wait(delay)
 
     def _reachable(self) -> None:
         self._backoff = self._backoff_initial
@@ -121,3 +189,5 @@ class RedisSink(ThreadedSink):
         if self._client is not None:
             self._client.close()
             self._client = None
+        if self.spool is not None:
+            self.spool.close()

@@ -150,6 +150,8 @@ BAD = [  # (where, value, expected error line prefix, expected text)
     ("tracking.min_hits", 0, "tracking.min_hits", "greater than or equal to 1"),
     ("tracking.max_lost", 5, "tracking.max_lost", "did you mean 'max_lost_frames'"),
     ("events.workers", 0, "events.workers", "greater than or equal to 1"),
+    ("sinks[1]", {"type": "redis", "url": "redis://h:6379/0", "spool_max_mb": 0}, "sinks[1].spool_max_mb",
+     "greater than 0"),
     ("events.wokers", 2, "events.wokers", "did you mean 'workers'"),
     ("verbose", True, "verbose", "unknown key 'verbose'"),
 ]
