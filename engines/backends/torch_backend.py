@@ -51,21 +51,25 @@ class TorchBackend(Backend):
         self.path, self.device, self.options = path, device, options
         if options.threads and device.type == "cpu":
             torch.set_num_threads(options.threads)  # process-wide: only when the caller asked
-        if path.suffix in (".yaml", ".yml"):
-            model = SegmentationModel(str(path))
-            names = tuple(f"class{i}" for i in range(model.nc))
-            imgsz, stride, source = 640, int(model.stride.max()), "yaml"
-            extra: dict[str, object] = {}
-        else:
-            ckpt = load_checkpoint(path)
-            model = build_model(ckpt)
-            m = ckpt.meta
-            names, imgsz, stride, source = tuple(m.names), m.imgsz, int(m.stride), m.source
-            # The exported formats carry the dataset too; validators read it from here.
-            extra = {"data": m.data} if m.data else {}
-        model = model.to(device).eval()
-        if options.fuse:
-            model = model.fuse()
+        # Building and fusing layers draws their initial weights from torch's random stream: from a
+        # forked one, so loading a model leaves the caller's random state as it was.
+        with torch.random.fork_rng(devices=[]):
+            if path.suffix in (".yaml", ".yml"):
+                torch.manual_seed(0)  # untrained, but the same weights every run (smoke tests, benchmarks)
+                model = SegmentationModel(str(path))
+                names = tuple(f"class{i}" for i in range(model.nc))
+                imgsz, stride, source = 640, int(model.stride.max()), "yaml"
+                extra: dict[str, object] = {}
+            else:
+                ckpt = load_checkpoint(path)
+                model = build_model(ckpt)
+                m = ckpt.meta
+                names, imgsz, stride, source = tuple(m.names), m.imgsz, int(m.stride), m.source
+                # The exported formats carry the dataset too; validators read it from here.
+                extra = {"data": m.data} if m.data else {}
+            model = model.to(device).eval()
+            if options.fuse:
+                model = model.fuse()
         self.half = options.half and device.type == "cuda"
         if self.half:
             model = model.half()

@@ -75,6 +75,17 @@ def onnx_dynamic(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # --- the metadata record -------------------------------------------------------------------------------
 
+def test_a_yaml_model_is_the_same_every_load_and_leaves_the_random_state_alone() -> None:
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    a = load_backend("yolov8n-seg.yaml", device="cpu")
+    b = load_backend("yolov8n-seg.yaml", device="cpu")
+    assert torch.equal(torch.rand(3), expected)
+    x = torch.rand(1, 3, 64, 64)
+    assert all(torch.equal(u, v) for u, v in zip(a(x), b(x), strict=True))
+
+
 def test_record_round_trip_through_onnx_props() -> None:
     rec = record("onnx", int8={"format": "QDQ"})
     meta = meta_from_record(decode_props(encode_props(rec)), "x.onnx", exporter="onnx")
