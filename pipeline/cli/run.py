@@ -73,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
         extras = [f"{n} {what}" for n, what in ((sum(len(c.zones) for c in cfg.cameras), "zone(s)"),
                                                  (sum(len(c.lines) for c in cfg.cameras), "line(s)")) if n]
         extras += ["tracking"] if cfg.tracking.enabled else []
+        extras += [f"{cfg.events.workers} event workers"] if cfg.events.workers > 1 else []
+        extras += [f"event clips ({s.sink_name})" for s in cfg.sinks if getattr(s, "clips", None) is not None]
         print(f"{args.config}: OK: {len(cfg.cameras)} camera(s){where}, {len(cfg.sinks)} sink(s), "
               f"model {cfg.model.path}" + "".join(f", {e}" for e in extras))
         return 0
