@@ -150,6 +150,9 @@ class VideoSinkConfig(_SinkBase):
                                                              "video; null: one file per camera and run")
     keep: int | None = Field(None, ge=1, description="files kept per camera in dir, oldest deleted first "
                                                      "(earlier runs' too); null keeps every one")
+    max_total_mb: float | None = Field(None, gt=0, description="the newest files of every camera within this "
+                                                               "size in dir, the oldest deleted first; null: "
+                                                               "no bound")
     keyframe_s: float = Field(2.0, gt=0, description="keyframe interval in stream seconds: a crash loses at "
                                                      "most about this much of the file being written")
     clips: ClipConfig | None = Field(None, description="record event clips instead of everything")

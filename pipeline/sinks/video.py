@@ -8,8 +8,8 @@ the file plays at real speed however many frames were dropped.
 Files are ``<dir>/<camera>-<YYYYmmdd-HHMMSS>.mp4`` (UTC start time). A new one starts every
 ``segment_s`` seconds of video, on a frame-size change, and when the stream's time goes back (a
 restarted decoder starts its pts again). With ``clips`` set, only event clips are written instead
-(``pipeline.sinks.clips``: pre-roll, triggers, post_s). ``keep`` bounds the files per camera, so
-weeks of recording do not fill the disk. The MP4s are fragmented (a fragment per keyframe, forced every ``keyframe_s``
+(``pipeline.sinks.clips``: pre-roll, triggers, post_s). ``keep`` bounds the files per camera and
+``max_total_mb`` the folder, so weeks of recording do not fill the disk. The MP4s are fragmented (a fragment per keyframe, forced every ``keyframe_s``
 of stream time) and flushed per packet: a killed process leaves a file that plays up to its last
 fragment instead of one with no index.
 """
@@ -40,12 +40,20 @@ log = logging.getLogger(__name__)
 
 _TIME_BASE = Fraction(1, 1000)  # millisecond timestamps
 _BACK_S = 1.0  # stream time going back further than this is a new stream (decoder restart), not jitter
+_FILE = re.compile(r"(.+)-(\d{8}-\d{6})(?:-(\d+))?\.mp4")  # <camera>-<UTC start>[-n].mp4
 _MUXER = {"movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1"}
 _PALETTE = np.array([  # BGR, one per class id (or track id, when tracked) modulo its length
     (56, 56, 255), (151, 157, 255), (31, 112, 255), (29, 178, 255), (49, 210, 207), (10, 249, 72),
     (23, 204, 146), (134, 219, 61), (52, 147, 26), (187, 212, 0), (168, 153, 44), (255, 194, 0),
     (147, 69, 52), (255, 115, 100), (236, 24, 0), (255, 56, 132), (133, 0, 82), (255, 56, 203),
 ], np.uint8)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _safe_name(camera_id: str) -> str:
@@ -130,7 +138,7 @@ class VideoSink(ThreadedSink):
     def __init__(self, *, name: str, directory: Path, policy: DropPolicy, fps: float = 15.0,
                  codec: str = "libx264", crf: int = 23, preset: str = "veryfast",
                  max_width: int | None = 1280, segment_s: float | None = 600.0, keep: int | None = None,
-                 keyframe_s: float = 2.0, clips: ClipConfig | None = None) -> None:
+                 keyframe_s: float = 2.0, clips: ClipConfig | None = None, max_bytes: int | None = None) -> None:
         super().__init__(name=name, policy=policy, batch_size=8)
         self.directory = Path(directory)
         try:
@@ -142,6 +150,7 @@ class VideoSink(ThreadedSink):
             raise SinkError(f"video sink {name!r}: encoder {codec!r} is not available in this PyAV build") from None
         self.fps, self.codec, self.crf, self.preset, self.max_width = fps, codec, crf, preset, max_width
         self.segment_s, self.keep, self.keyframe_ms = segment_s, keep, int(round(keyframe_s * 1000))
+        self.max_bytes = max_bytes
         self.clips = None if clips is None else ClipGate(clips)
         if clips is not None:
             self.segment_s = None  # clips are cut by their own triggers and max_s
@@ -153,7 +162,8 @@ class VideoSink(ThreadedSink):
     def from_config(cls, cfg: VideoSinkConfig) -> VideoSink:
         return cls(name=cfg.sink_name, directory=cfg.dir, fps=cfg.fps, codec=cfg.codec, crf=cfg.crf,
                    preset=cfg.preset, max_width=cfg.max_width, segment_s=cfg.segment_s, keep=cfg.keep,
-                   keyframe_s=cfg.keyframe_s, clips=cfg.clips, policy=policy_for("video", maxsize=cfg.queue_size, overflow=cfg.on_full))
+                   keyframe_s=cfg.keyframe_s, clips=cfg.clips,
+                   max_bytes=None if cfg.max_total_mb is None else int(cfg.max_total_mb * 2**20), policy=policy_for("video", maxsize=cfg.queue_size, overflow=cfg.on_full))
 
     def _scale(self, width: int) -> float:
         return min(1.0, self.max_width / width) if self.max_width else 1.0
@@ -183,16 +193,33 @@ class VideoSink(ThreadedSink):
         return _Writer(container=container, stream=stream, path=path, size=size, t0=t0)
 
     def _prune(self, camera_id: str, current: Path) -> None:
-        """Delete this camera's oldest files in the directory beyond ``keep`` (never ``current``)."""
-        if self.keep is None:
+        """Delete the oldest files in the directory: this camera's beyond ``keep``, then anyone's
+        (named like this sink's files) while they take more than ``max_bytes``. Never an open one."""
+        if self.keep is None and self.max_bytes is None:
             return
-        pattern = re.compile(re.escape(_safe_name(camera_id)) + r"-(\d{8}-\d{6})(?:-(\d+))?\.mp4")
-        found = []
+        safe = re.escape(_safe_name(camera_id))
+        open_files = {w.path for w in self._writers.values()} | {current}
+        found = []  # ((stamp, n), path, is this camera's)
         for p in self.directory.iterdir():
-            m = pattern.fullmatch(p.name)
-            if m and p != current:
-                found.append(((m[1], int(m[2] or 0)), p))
-        for _, p in sorted(found)[:max(len(found) + 1 - self.keep, 0)]:
+            m = _FILE.fullmatch(p.name)
+            if m and p not in open_files:
+                found.append(((m[2], int(m[3] or 0)), p, re.fullmatch(safe, m[1]) is not None))
+        found.sort(key=lambda f: f[0])
+        doomed: list[Path] = []
+        if self.keep is not None:
+            mine = [p for _, p, own in found if own]
+            doomed += mine[:max(len(mine) + 1 - self.keep, 0)]
+        if self.max_bytes is not None:
+            sizes = {p: _size(p) for _, p, _ in found}
+            total = sum(sizes.values()) + sum(_size(p) for p in open_files)
+            total -= sum(sizes[p] for p in doomed)
+            for _, p, _ in found:  # oldest first, whichever camera
+                if total <= self.max_bytes:
+                    break
+                if p not in doomed:
+                    doomed.append(p)
+                    total -= sizes[p]
+        for p in doomed:
             try:
                 p.unlink()
             except OSError as e:  # already gone, or not ours to delete: keep recording
@@ -200,7 +227,8 @@ class VideoSink(ThreadedSink):
                 continue
             if p in self.files:
                 self.files.remove(p)
-            log.info("video sink %s: deleted %s (keep %d per camera)", self.name, p.name, self.keep)
+            log.info("video sink %s: deleted %s (keep %s per camera, max %s MB)", self.name, p.name, self.keep,
+                     None if self.max_bytes is None else self.max_bytes // 2**20)
 
     def _close_writer(self, writer: _Writer) -> None:
         for packet in writer.stream.encode():

@@ -148,6 +148,24 @@ def test_clip_classes_must_be_the_models() -> None:
     assert [str(e) for e in errors] == ["sinks[0].clips.classes: 'bycicle' is not a class of m.pt"]
 
 
+def test_max_total_mb_deletes_the_oldest_files_of_any_camera(tmp_path: Path) -> None:
+    oldest, older = tmp_path / "b-19700101-000001.mp4", tmp_path / "a-19700101-000002.mp4"
+    for p in (oldest, older):
+        p.write_bytes(b"x" * 5000)
+    other = tmp_path / "notes.mp4"
+    other.write_bytes(b"x" * 50_000)  # not named like a sink's file: never touched, never counted
+    sink = VideoSink(name="v", directory=tmp_path, policy=policy_for("video", maxsize=100), segment_s=0.5,
+                     max_bytes=6000)
+    for seq in range(30):
+        sink.publish(_env(_result("cam", seq)))
+    sink.close(timeout=30)
+    assert not oldest.exists() and other.exists()  # the oldest went first, whichever camera it was
+    kept = [p for p in tmp_path.glob("*.mp4") if p != other]
+    newest = sink.files[-1]  # written last (names sort "...42.mp4" after "...42-1.mp4")
+    assert sum(p.stat().st_size for p in kept) - newest.stat().st_size <= 6000  # the bound held at each open
+    assert newest in sink.files and all(p.exists() for p in sink.files)
+
+
 _KILLED = """
 import os, sys, time
 import numpy as np
