@@ -88,12 +88,13 @@ class StageStats:
     line_crossings: Mapping[tuple[str, str, str, str], int] = field(default_factory=dict)
     zone_objects: Mapping[tuple[str, str], int] = field(default_factory=dict)
     queue_fill: Mapping[str, float] = field(default_factory=dict)
+    sink_backlog: Mapping[str, int] = field(default_factory=dict)  # sink -> events not yet delivered
     engine_loaded: bool | None = None
     error: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("decoded", "inferred", "dropped", "reconnects", "sink_sent", "sink_dropped", "sink_errors",
-                     "tracks_started", "tracks_active", "line_crossings", "zone_objects"):
+                     "tracks_started", "tracks_active", "line_crossings", "zone_objects", "sink_backlog"):
             _check_counts(name, getattr(self, name))
         _check_seconds("stage_latency", self.stage_latency)
         _check_seconds("e2e_latency", self.e2e_latency)
@@ -144,6 +145,9 @@ class Metrics:
                                       ["camera", "line", "direction", "label"], namespace=ns, registry=reg)
         self.zone_objects = Gauge("zone_objects", "Objects inside a zone on the camera's latest frame",
                                   ["camera", "zone"], namespace=ns, registry=reg)
+        self.sink_backlog = Gauge("sink_backlog", "Events a sink accepted and has not delivered yet (memory "
+                                  "queue and disk spool): grows while its server is away", ["sink"],
+                                  namespace=ns, registry=reg)
         self.queue_fill = Gauge("queue_fill_ratio", "How full the queue a stage reads is (0-1): near 1, that "
                                 "stage cannot keep up", ["stage"], namespace=ns, registry=reg)
         self.engine_loaded_gauge = Gauge("engine_loaded", "1 once the model engine is loaded", namespace=ns,
@@ -192,6 +196,8 @@ class Metrics:
             self.line_crossings.labels(cam, line, direction, label).inc(n)
         for (cam, zone), n in stats.zone_objects.items():
             self.zone_objects.labels(cam, zone).set(n)
+        for sink, n in stats.sink_backlog.items():
+            self.sink_backlog.labels(sink).set(n)
         for stage, v in stats.queue_fill.items():
             self.queue_fill.labels(stage).set(v)
         if stats.engine_loaded is not None:

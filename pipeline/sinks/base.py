@@ -217,6 +217,10 @@ class Sink(Protocol):
 
     def publish(self, env: Envelope) -> None: ...
 
+    def backlog(self) -> int:
+        """Events accepted and not yet delivered (queued in memory, spooled on disk)."""
+        ...
+
     def flush(self, timeout: float = 5.0) -> bool: ...
 
     def close(self, timeout: float = 5.0) -> None: ...
@@ -252,6 +256,9 @@ class ThreadedSink:
 
     def write_batch(self, envs: list[Envelope]) -> None:
         raise NotImplementedError
+
+    def backlog(self) -> int:
+        return len(self.buffer)
 
     def close_resources(self) -> None:
         """Release files/sockets (worker thread)."""

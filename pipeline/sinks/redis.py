@@ -99,6 +99,9 @@ class RedisSink(ThreadedSink):
                 self.buffer.requeue(envs)
                 self.wait(max(self._retry_at - time.monotonic(), 0.0))
 
+    def backlog(self) -> int:
+        return len(self.buffer) + (len(self.spool) if self.spool is not None else 0)
+
     def idle(self) -> None:
         if self.spool is not None and len(self.spool):
             self._drain()

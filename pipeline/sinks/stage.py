@@ -210,6 +210,7 @@ class SinkStage:
             dropped.update({(sink.name, cam, reason): n for (cam, reason), n in deltas.dropped.items()})
             errors.update({(sink.name, reason): n for reason, n in deltas.errors.items()})
         stats = self.maker.report(self.stage, sink_sent=sent, sink_dropped=dropped, sink_errors=errors,
+                                  sink_backlog={sink.name: sink.backlog() for _, sink in self.sinks},
                                   e2e_latency={c: tuple(v) for c, v in self._e2e.items() if v},
                                   stage_latency={"sink": tuple(self._step)} if self._step else {})
         self._e2e.clear()

@@ -60,6 +60,9 @@ class ZmqSink:
         """The endpoint actually bound (resolves ``tcp://127.0.0.1:*`` to its port)."""
         return self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
+    def backlog(self) -> int:
+        return 0  # the socket queues per subscriber (sndhwm), out of sight; what it refuses is counted
+
     def publish(self, env: Envelope) -> None:
         if self._closed:
             self.counters.dropped(env.camera_id, "closed")

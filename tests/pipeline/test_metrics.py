@@ -47,6 +47,7 @@ def test_stage_stats_update_counters_gauges_and_histograms() -> None:
                        zone_objects={("cam0", "dock"): 1}))
     m.apply(StageStats(stage="decoder:cam0", decoded={"cam0": 10}))
     m.apply(StageStats(stage="supervisor", queue_fill={"sinks": 0.25, "events0": 1.0}))
+    m.apply(StageStats(stage="sinks", sink_backlog={"redis": 1200}))
     s = _samples(m.render().decode())
     cam = (("camera", "cam0"),)
     assert s["segpipe_frames_decoded_total", cam] == 40
@@ -70,6 +71,7 @@ def test_stage_stats_update_counters_gauges_and_histograms() -> None:
     assert s["segpipe_zone_objects", (("camera", "cam0"), ("zone", "dock"))] == 1
     assert s["segpipe_queue_fill_ratio", (("stage", "sinks"),)] == 0.25
     assert s["segpipe_queue_fill_ratio", (("stage", "events0"),)] == 1.0
+    assert s["segpipe_sink_backlog", (("sink", "redis"),)] == 1200
 
 
 def test_registries_are_private() -> None:

@@ -77,10 +77,12 @@ def test_redis_outage_with_a_spool_loses_nothing(redis_server: Any, tmp_path: Pa
             time.sleep(0.05)
     assert time.perf_counter() - t0 < 5.0  # publishing never waits on the network
     _wait(lambda: sink.spool is not None and len(sink.spool) >= 400)
+    assert sink.backlog() >= 400  # what a segpipe_sink_backlog{sink} gauge shows
     redis_server.start()
     for i in range(510, 520):  # events that come while the spool is being sent go behind it
         sink.publish(_env("cam", i))
     _wait(lambda: sink.spool is not None and not len(sink.spool) and sink.flush(0.1), timeout=20)
+    assert sink.backlog() == 0
     sink.close(timeout=5.0)
     client = redis.Redis.from_url(redis_server.url)
     assert _seqs(client, "segpipe:cam") == list(range(10, 520))  # the server restarted empty
