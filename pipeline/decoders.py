@@ -1,6 +1,7 @@
 """The decoder processes of a run: one per camera, started, watched, restarted and stopped here.
 
-Imports pipeline's camera, decoder, shm and messages only; the supervisor owns the pool, spawns the
+Imports pipeline's camera, decoder, shm and messages (and, when asked for status rows or stats, the
+sink config's ``redact_url`` and metrics' ``StageStats``); the supervisor owns the pool, spawns the
 processes for it (``spawn``) and publishes the statuses it hands back (``publish``).
 
 A decoder that exits unexpectedly, or stops beating its heartbeat for ``heartbeat_timeout_s`` (then
@@ -186,6 +187,39 @@ class DecoderPool:
             self._hang_up(cam)
             cam.proc = None
             self._transition(cam, S.STOPPED, detail)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Per camera: id, state, url (credentials hidden) and its control block's counters."""
+        from pipeline.sinks.config import redact_url  # pydantic: not at the top of a child's import
+
+        out = []
+        for c in self.cameras:
+            counters = c.control.snapshot()
+            for k in ("heartbeat", "stop", "gen", "latest_seq", "taken_seq", "state"):  # the ring's bookkeeping
+                counters.pop(k)
+            out.append({"id": c.camera_id, "state": c.machine.state.value, "url": redact_url(c.settings.url),
+                        **counters})
+        return out
+
+    def take_stats(self) -> Any:
+        """Counter deltas of every camera since the previous call, as a metrics ``StageStats``."""
+        from pipeline.metrics import StageStats
+
+        decoded, inferred, dropped, reconnects = {}, {}, {}, {}
+        for cam in self.cameras:
+            now = cam.control.snapshot()
+            last = cam.last or {k: 0 for k in now}
+            cid = cam.camera_id
+            decoded[cid] = int(now["decoded"] - last["decoded"])
+            inferred[cid] = int(now["inferred"] - last["inferred"])
+            reconnects[cid] = cam.reconnects - cam.reported_reconnects
+            cam.reported_reconnects = cam.reconnects
+            dropped[cid, "overwritten"] = int(now["dropped"] - last["dropped"])
+            dropped[cid, "stale"] = int(now["stale"] - last["stale"])
+            cam.last = now
+        states = {c.camera_id: c.machine.state for c in self.cameras}
+        return StageStats(stage="supervisor", decoded=decoded, inferred=inferred, dropped=dropped,
+                          reconnects=reconnects, camera_states=states)
 
     def remove(self, camera_ids: tuple[str, ...]) -> list[CameraHandle]:
         """Stop and forget these cameras (a reload removed them); their control blocks are closed and

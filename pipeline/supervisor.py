@@ -29,6 +29,7 @@ supervisor decides how to stop. On Linux they also die with the supervisor (PR_S
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import multiprocessing as mp
 import os
@@ -63,12 +64,6 @@ def _refuse_reload(problems: list[str]) -> None:
     for line in problems:
         log.error("event=reload_failed error=%r", line)
     log.error("event=reload_failed kept=running_config")
-
-
-def _redact(url: str) -> str:
-    from pipeline.sinks.config import redact_url
-
-    return redact_url(url)
 
 
 def _child_main(target: Callable[..., None], *args: Any, **kwargs: Any) -> None:
@@ -343,41 +338,20 @@ class Supervisor:
             self.on_tick(self)
 
     def _refresh_status(self) -> None:
-        cams = []
+        cams = self.decoders.rows()
         lined = {c.id for c in self.cfg.cameras if c.lines}
-        for c in self.cameras:
-            counters = c.control.snapshot()
-            for k in ("heartbeat", "stop", "gen", "latest_seq", "taken_seq", "state"):  # the ring's bookkeeping
-                counters.pop(k)
-            cam: dict[str, Any] = {"id": c.camera_id, "state": c.machine.state.value, "url": _redact(c.settings.url),
-                                   **counters}
+        for cam in cams:
             if self.cfg.tracking.enabled:
-                cam["tracks"] = self._tracks.get(c.camera_id, 0)
-            if c.camera_id in lined:
-                cam["crossed"] = tuple(self._crossed.get(c.camera_id, (0, 0)))
-            cams.append(cam)
+                cam["tracks"] = self._tracks.get(cam["id"], 0)
+            if cam["id"] in lined:
+                cam["crossed"] = tuple(self._crossed.get(cam["id"], (0, 0)))
         self._snapshot = {"ts": time.time(), "model": self.cfg.model.path, "device": self.device_info,
                           "queues": self.queue_fill() if self._inbox is not None else {}, "cameras": cams}
 
     def camera_stats(self) -> Any:
-        """Counter deltas of every camera since the previous call, as a metrics ``StageStats``."""
-        from pipeline.metrics import StageStats
-
-        decoded, inferred, dropped, reconnects = {}, {}, {}, {}
-        for cam in self.cameras:
-            now = cam.control.snapshot()
-            last = cam.last or {k: 0 for k in now}
-            cid = cam.camera_id
-            decoded[cid] = int(now["decoded"] - last["decoded"])
-            inferred[cid] = int(now["inferred"] - last["inferred"])
-            reconnects[cid] = cam.reconnects - cam.reported_reconnects
-            cam.reported_reconnects = cam.reconnects
-            dropped[cid, "overwritten"] = int(now["dropped"] - last["dropped"])
-            dropped[cid, "stale"] = int(now["stale"] - last["stale"])
-            cam.last = now
-        states = {c.camera_id: c.machine.state for c in self.cameras}
-        return StageStats(stage="supervisor", decoded=decoded, inferred=inferred, dropped=dropped,
-                          reconnects=reconnects, camera_states=states, queue_fill=self.queue_fill())
+        """Counter deltas of every camera since the previous call, and how full the stages' queues
+        are, as a metrics ``StageStats``."""
+        return dataclasses.replace(self.decoders.take_stats(), queue_fill=self.queue_fill())
 
     def queue_fill(self) -> dict[str, float]:
         """How full the queue each stage reads is (0-1), by stage: ``sinks`` and ``events<K>``."""
