@@ -17,11 +17,13 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import queue
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -33,7 +35,7 @@ from pipeline.messages import STOP  # noqa: E402
 from pipeline.shard import worker_for  # noqa: E402
 from pipeline.sinks.config import JsonlSinkConfig  # noqa: E402
 from pipeline.sinks.stage import run_sink_stage  # noqa: E402
-from pipeline.sinks.workers import discard, run_event_worker  # noqa: E402
+from pipeline.sinks.workers import run_event_worker  # noqa: E402
 
 
 def _cpu_s(pid: int) -> float | None:
@@ -60,6 +62,14 @@ class _Sampler(threading.Thread):
             time.sleep(0.02)
 
 
+def _drain(q: Any, done: threading.Event) -> None:
+    while not done.is_set():
+        try:
+            q.get(timeout=0.1)
+        except queue.Empty:
+            continue
+
+
 def run(results: list, cams: list[CameraConfig], workers: int, out: Path) -> tuple[float, dict[str, float]]:
     ctx = mp.get_context("spawn")
     inbox, stats = ctx.Queue(256), ctx.Queue(10_000)
@@ -82,6 +92,9 @@ def run(results: list, cams: list[CameraConfig], workers: int, out: Path) -> tup
     before = {name: _cpu_s(p.pid) or 0.0 for name, p in named.items() if p.pid}
     sampler = _Sampler(named)
     sampler.start()
+    # read the reports as the supervisor does: a stats pipe nobody empties blocks its writers at exit
+    reports = threading.Thread(target=_drain, args=(stats, sampler.done), daemon=True)
+    reports.start()
     t0 = time.perf_counter()
     for r in results:
         queues[worker_for(r.camera_id, len(queues)) if workers > 1 else 0].put(r)
@@ -94,7 +107,7 @@ def run(results: list, cams: list[CameraConfig], workers: int, out: Path) -> tup
     dt = time.perf_counter() - t0
     sampler.done.set()
     sampler.join()
-    discard(stats)
+    reports.join()
     lines = sum(1 for _ in out.open())
     assert lines == len(results), (lines, len(results))
     return dt, {name: sampler.cpu[name] - before[name] for name in named}
