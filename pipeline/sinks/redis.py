@@ -160,6 +160,8 @@ class RedisSink(ThreadedSink):
         assert self.spool is not None
         deadline = time.monotonic() + 0.5
         while len(self.spool) and time.monotonic() < deadline:
+            if self._client is None and time.monotonic() < self._retry_at:
+                return  # still in the back-off: leave the spool's head unread
             chunk = self.spool.peek(self.batch_size)
             if not self._deliver(chunk):
                 return

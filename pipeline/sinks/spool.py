@@ -39,10 +39,12 @@ def _records(data: bytes) -> tuple[list[tuple[str, bytes]], int]:
 class Spool:
     """Events on disk, oldest first. Not thread-safe: one sink worker thread owns it."""
 
-    def __init__(self, directory: Path, *, max_bytes: int, segment_bytes: int = 8 * 2**20) -> None:
+    def __init__(self, directory: Path, *, max_bytes: int, segment_bytes: int | None = None) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.max_bytes, self.segment_bytes = max_bytes, segment_bytes
+        # segments of 8 MiB, or a sixteenth of a small bound: the bound drops a segment at a time
+        self.max_bytes = max_bytes
+        self.segment_bytes = segment_bytes or min(8 * 2**20, max(max_bytes // 16, 64 * 2**10))
         self._segments = sorted(self.directory.glob(f"*{_SUFFIX}"))  # oldest first; the last is written
         self._head: list[tuple[str, bytes]] = []  # records read from the oldest segment, not yet taken
         self._head_read = False

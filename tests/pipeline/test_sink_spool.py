@@ -49,6 +49,11 @@ def test_spool_survives_a_restart_and_a_torn_tail(tmp_path: Path) -> None:
     assert again.peek(100) == _recs("cam", 2, start=10)
 
 
+def test_segments_are_a_sixteenth_of_a_small_bound(tmp_path: Path) -> None:
+    assert Spool(tmp_path / "a", max_bytes=5 * 2**20).segment_bytes == 5 * 2**20 // 16
+    assert Spool(tmp_path / "b", max_bytes=2**30).segment_bytes == 8 * 2**20
+
+
 def test_spool_drops_the_oldest_past_its_bound(tmp_path: Path) -> None:
     spool = Spool(tmp_path, max_bytes=400, segment_bytes=150)  # 40 records of 18-19 bytes: 740
     lost = spool.append(_recs("old", 20) + _recs("new", 20))
