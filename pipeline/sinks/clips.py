@@ -19,6 +19,7 @@ from pipeline.messages import FrameResult
 from pipeline.sinks.config import ClipConfig
 
 _JPEG_QUALITY = 90
+BACK_S = 1.0  # stream time going back further than this is a new stream (a restarted decoder), not jitter
 
 
 @dataclass(slots=True)
@@ -36,6 +37,8 @@ class _Camera:
     held: deque[tuple[float, np.ndarray, FrameResult]] = field(default_factory=deque)  # (t, JPEG, result)
     start: float | None = None  # stream time of the open clip's first frame
     until: float = 0.0  # the open clip ends after this stream time
+    shape: tuple[int, ...] | None = None  # the last frame's picture shape and stream time
+    last_t: float = 0.0
 
 
 class ClipGate:
@@ -64,6 +67,11 @@ class ClipGate:
         cam = self._cams.setdefault(camera_id, _Camera())
         fired = self.triggered(result)
         step = ClipStep()
+        if cam.shape is not None and (canvas.shape != cam.shape or t < cam.last_t - BACK_S):
+            # a new picture size, or a new stream: neither the pre-roll nor the open clip can go on
+            step.close, cam.start = cam.start is not None, None
+            cam.held.clear()
+        cam.shape, cam.last_t = canvas.shape, t
         if cam.start is not None:
             if t <= cam.until and t - cam.start < self.cfg.max_s:
                 if fired:

@@ -33,13 +33,12 @@ from engines.errors import SinkError
 from pipeline.client import box_window, decode_mask
 from pipeline.messages import Detection, FrameAnalytics, FrameResult
 from pipeline.sinks.base import DropPolicy, Envelope, ThreadedSink, policy_for
-from pipeline.sinks.clips import ClipGate
+from pipeline.sinks.clips import BACK_S, ClipGate
 from pipeline.sinks.config import ClipConfig, VideoSinkConfig
 
 log = logging.getLogger(__name__)
 
 _TIME_BASE = Fraction(1, 1000)  # millisecond timestamps
-_BACK_S = 1.0  # stream time going back further than this is a new stream (decoder restart), not jitter
 _FILE = re.compile(r"(.+)-(\d{8}-\d{6})(?:-(\d+))?\.mp4")  # <camera>-<UTC start>[-n].mp4
 _MUXER = {"movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1"}
 _PALETTE = np.array([  # BGR, one per class id (or track id, when tracked) modulo its length
@@ -295,7 +294,7 @@ class VideoSink(ThreadedSink):
     def _new_file(self, writer: _Writer, size: tuple[int, int], t: float) -> bool:
         """Whether the frame at stream time ``t`` of ``size`` must start a new file."""
         elapsed = t - writer.t0
-        return (size != writer.size or elapsed < writer.last_ms / 1000 - _BACK_S
+        return (size != writer.size or elapsed < writer.last_ms / 1000 - BACK_S
                 or (self.segment_s is not None and elapsed >= self.segment_s))
 
     def close_resources(self) -> None:

@@ -85,3 +85,15 @@ def test_no_pre_roll_holds_nothing() -> None:
         gate.step("cam", seq / FPS, _canvas(seq), _result(seq))
     assert gate.held_bytes() == 0
     assert len(gate.step("cam", 0.5, _canvas(5), _result(5, label="car")).frames) == 1
+
+
+def test_a_new_picture_size_or_stream_starts_over() -> None:
+    gate = ClipGate(ClipConfig(triggers=("detection",), pre_s=1.0))
+    for seq in range(5):
+        gate.step("cam", seq / FPS, _canvas(seq), _result(seq))
+    wide = np.zeros((12, 24, 3), np.uint8)
+    step = gate.step("cam", 0.5, wide, _result(5, label="car"))  # the camera switched resolution
+    assert [f[1].shape for f in step.frames] == [(12, 24, 3)] and not step.close
+    gate.step("cam", 1.6, wide, _result(6, label="car"))
+    step = gate.step("cam", 0.0, wide, _result(0, label="car"))  # its decoder restarted: pts from 0
+    assert step.close and len(step.frames) == 1  # the open clip ends; a new one starts from this frame
