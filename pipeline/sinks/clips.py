@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import numpy as np
@@ -50,17 +51,25 @@ class ClipGate:
 
     def triggered(self, result: FrameResult) -> bool:
         """Whether ``result`` fires one of the triggers (``cfg.triggers``) with an object of ``cfg.classes``."""
+        return bool(self.reasons(result))
+
+    def reasons(self, result: FrameResult) -> list[dict[str, Any]]:
+        """What in ``result`` fires a trigger, one JSON-ready dict each (empty: nothing): line
+        crossings, objects in zones, detections, of the wanted classes."""
         on, classes = self.cfg.triggers, self.cfg.classes
-
-        def wanted(label: str) -> bool:
-            return classes is None or label in classes
-
+        out: list[dict[str, Any]] = []
         crossings = result.analytics.crossings if result.analytics is not None else None
-        if "crossing" in on and any(wanted(c.label) for c in crossings or ()):
-            return True
-        if "zone" in on and any(d.zones and wanted(d.label) for d in result.detections):
-            return True
-        return "detection" in on and any(wanted(d.label) for d in result.detections)
+        if "crossing" in on:
+            out += [{"trigger": "crossing", "line": c.line, "direction": c.direction, "track_id": c.track_id,
+                     "label": c.label} for c in crossings or () if classes is None or c.label in classes]
+        for d in result.detections:
+            if classes is not None and d.label not in classes:
+                continue
+            if "zone" in on and d.zones:
+                out.append({"trigger": "zone", "zones": list(d.zones), "track_id": d.track_id, "label": d.label})
+            elif "detection" in on:
+                out.append({"trigger": "detection", "track_id": d.track_id, "label": d.label})
+        return out
 
     def step(self, camera_id: str, t: float, canvas: np.ndarray, result: FrameResult) -> ClipStep:
         """The frame at stream time ``t`` (``canvas``: its picture, not drawn on) of ``result``'s camera."""

@@ -16,13 +16,14 @@ fragment instead of one with no index.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import av
 import cv2
@@ -39,6 +40,7 @@ from pipeline.sinks.config import ClipConfig, VideoSinkConfig
 log = logging.getLogger(__name__)
 
 _TIME_BASE = Fraction(1, 1000)  # millisecond timestamps
+_MAX_REASONS = 1000  # triggers listed in a clip's sidecar
 _FILE = re.compile(r"(.+)-(\d{8}-\d{6})(?:-(\d+))?\.mp4")  # <camera>-<UTC start>[-n].mp4
 _MUXER = {"movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1"}
 _PALETTE = np.array([  # BGR, one per class id (or track id, when tracked) modulo its length
@@ -125,10 +127,14 @@ class _Writer:
     container: av.container.OutputContainer
     stream: av.video.stream.VideoStream
     path: Path
+    camera_id: str
     size: tuple[int, int]  # frame (width, height) this file was opened for
     t0: float  # stream time (s) of the file's first frame
     last_ms: int = -1
     last_key_ms: int | None = None
+    wall0: float = 0.0  # capture time (Unix s) of the first frame
+    frames: int = 0
+    reasons: list[dict[str, Any]] | None = None  # a clip's triggers, for its sidecar
 
 
 class VideoSink(ThreadedSink):
@@ -189,7 +195,8 @@ class VideoSink(ThreadedSink):
         stream.options = {"crf": str(self.crf), "preset": self.preset, "g": "100000"}
         self.files.append(path)
         self._prune(camera_id, path)
-        return _Writer(container=container, stream=stream, path=path, size=size, t0=t0)
+        return _Writer(container=container, stream=stream, path=path, size=size, t0=t0, wall0=wall_ts,
+                       camera_id=camera_id)
 
     def _prune(self, camera_id: str, current: Path) -> None:
         """Delete the oldest files in the directory: this camera's beyond ``keep``, then anyone's
@@ -220,6 +227,7 @@ class VideoSink(ThreadedSink):
                     total -= sizes[p]
         for p in doomed:
             try:
+                p.with_suffix(".json").unlink(missing_ok=True)  # a clip's sidecar goes with it
                 p.unlink()
             except OSError as e:  # already gone, or not ours to delete: keep recording
                 log.warning("video sink %s: cannot delete old file %s: %s", self.name, p, e.strerror)
@@ -233,6 +241,18 @@ class VideoSink(ThreadedSink):
         for packet in writer.stream.encode():
             writer.container.mux(packet)
         writer.container.close()
+        if writer.reasons is not None:
+            self._write_sidecar(writer)
+
+    def _write_sidecar(self, writer: _Writer) -> None:
+        """``<clip>.json`` beside a clip: camera, times, frames and what triggered it (first 1,000)."""
+        duration = max(writer.last_ms, 0) / 1000
+        meta = {"camera": writer.camera_id, "file": writer.path.name, "start_ts": round(writer.wall0, 3),
+                "end_ts": round(writer.wall0 + duration, 3), "stream_start_s": round(writer.t0, 3),
+                "duration_s": duration, "frames": writer.frames, "triggers": writer.reasons}
+        tmp = writer.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(meta, indent=1) + "\n")
+        tmp.replace(writer.path.with_suffix(".json"))  # whole or absent, never half-written
 
     def write_batch(self, envs: list[Envelope]) -> None:
         for env in envs:
@@ -273,7 +293,11 @@ class VideoSink(ThreadedSink):
         for ft, picture, res in step.frames:
             if writer is None:
                 writer = self._writers[cam] = self._open(cam, size, ft, res.capture_ts)
+                writer.reasons = []
                 log.info("video sink %s: camera %s: clip %s", self.name, cam, writer.path.name)
+            assert writer.reasons is not None
+            if len(writer.reasons) < _MAX_REASONS:
+                writer.reasons += [{"t": round(ft - writer.t0, 3), **r} for r in self.clips.reasons(res)]
             self._put_frame(writer, cam, ft, draw(picture, res, scale=scale))
 
     def _put_frame(self, writer: _Writer, camera_id: str, t: float, canvas: np.ndarray) -> None:
@@ -289,6 +313,7 @@ class VideoSink(ThreadedSink):
         for packet in writer.stream.encode(frame):
             writer.container.mux(packet)
         writer.last_ms = ms
+        writer.frames += 1
         self.counters.sent(camera_id)
 
     def _new_file(self, writer: _Writer, size: tuple[int, int], t: float) -> bool:

@@ -105,13 +105,13 @@ def test_stream_time_going_back_starts_a_new_file_instead_of_dropping(tmp_path: 
 def test_keep_deletes_the_oldest_files_of_that_camera_only(tmp_path: Path) -> None:
     earlier = tmp_path / "cam-19700101-000000.mp4"  # left by an earlier run
     others = [tmp_path / "cam-x-19700101-000000.mp4", tmp_path / "notes.mp4"]
-    for p in (earlier, *others):
+    for p in (earlier, earlier.with_suffix(".json"), *others):  # an earlier clip and its sidecar
         p.write_bytes(b"x")
     sink = VideoSink(name="v", directory=tmp_path, policy=policy_for("video", maxsize=100), segment_s=0.5, keep=2)
     for seq in range(12):
         sink.publish(_env(_result("cam", seq)))
     sink.close(timeout=30)
-    assert not earlier.exists() and all(p.exists() for p in others)
+    assert not earlier.exists() and not earlier.with_suffix(".json").exists() and all(p.exists() for p in others)
     assert len(sink.files) == 2 and sorted(tmp_path.glob("cam-1970*.mp4")) == sink.files
     assert [len(_decode(p)[0]) for p in sink.files] == [5, 2]  # the newest two segments
 
@@ -138,6 +138,13 @@ def test_clips_are_written_around_triggers_only(tmp_path: Path) -> None:
         assert np.allclose(np.diff(times), 0.1, atol=0.002)
         assert abs(float(frames[0][2:10, 70:90].mean()) - first * 3) < 6  # the first frame is the pre-roll's
     assert sink.counters.totals_sent["cam"] == 18 and not sink.counters.totals_dropped
+    import json
+
+    meta = json.loads(sink.files[0].with_suffix(".json").read_text())  # the clip's sidecar
+    assert meta["camera"] == "cam" and meta["file"] == sink.files[0].name and meta["frames"] == 9
+    assert meta["start_ts"] == 1001.5 and meta["duration_s"] == 0.8 and meta["stream_start_s"] == 1.5
+    assert meta["triggers"] == [{"t": 0.5, "trigger": "crossing", "line": "gate", "direction": "in", "track_id": 3,
+                                 "label": "box"}]
 
 
 def test_clip_classes_must_be_the_models() -> None:
