@@ -32,7 +32,6 @@ from sink_stage import make_results  # noqa: E402
 
 from pipeline.config import CameraConfig, LineConfig, TrackingConfig, ZoneConfig  # noqa: E402
 from pipeline.messages import STOP  # noqa: E402
-from pipeline.shard import worker_for  # noqa: E402
 from pipeline.sinks.config import JsonlSinkConfig  # noqa: E402
 from pipeline.sinks.stage import run_sink_stage  # noqa: E402
 from pipeline.sinks.workers import run_event_worker  # noqa: E402
@@ -95,9 +94,10 @@ def run(results: list, cams: list[CameraConfig], workers: int, out: Path) -> tup
     # read the reports as the supervisor does: a stats pipe nobody empties blocks its writers at exit
     reports = threading.Thread(target=_drain, args=(stats, sampler.done), daemon=True)
     reports.start()
+    route = {c.id: i % workers for i, c in enumerate(cams)}  # dealt round, as EventWorkers.assign does
     t0 = time.perf_counter()
     for r in results:
-        queues[worker_for(r.camera_id, len(queues)) if workers > 1 else 0].put(r)
+        queues[route[r.camera_id] if workers > 1 else 0].put(r)
     for q in queues if workers > 1 else ():
         q.put(STOP)
     for p in procs:

@@ -293,7 +293,7 @@ class EventsConfig(_Strict):
     """Who turns results into events (classes, tracking, zones and lines, serialising)."""
 
     workers: int = Field(1, ge=1, le=32, description="processes doing it, each for its share of the cameras "
-                                                    "(hashed by id), beside the one that publishes; 1: the "
+                                                    "(dealt evenly), beside the one that publishes; 1: the "
                                                     "sink process does it all")
 
 

@@ -26,7 +26,7 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -45,7 +45,6 @@ from pipeline.detections import download_detections, encode_detections, frame_de
 from pipeline.device_settings import DeviceSettings, ModelBundle, bundle_model
 from pipeline.messages import Batch, FramePreview, FrameResult
 from pipeline.metrics import StageStats
-from pipeline.shard import worker_for
 from pipeline.shm import RingReader
 
 _STOP = object()  # thread-local sentinel (never crosses a process boundary)
@@ -88,8 +87,10 @@ class DeviceStage:
 
     def __init__(self, *, settings: DeviceSettings, backend: Backend, readers: Sequence[RingReader],
                  emit: Callable[[FrameResult | FramePreview], None], commands: Any = None,
-                 notify: Callable[[tuple[str, Any]], None] | None = None) -> None:
+                 notify: Callable[[tuple[str, Any]], None] | None = None,
+                 routes: dict[str, int] | None = None) -> None:
         self.s = settings
+        self.routes = routes  # camera id -> event worker, updated by attach commands (read by emit)
         # config reloads: ("attach", camera id, shm prefix) | ("detach", camera id) | ("model", DeviceSettings)
         self.commands = commands
         self.notify = notify or (lambda msg: None)  # ("names", names) then ("model_ready", line) | ("model_error", line)
@@ -259,6 +260,8 @@ class DeviceStage:
             except queue.Empty:
                 return
             if cmd[0] == "attach":
+                if len(cmd) > 3 and self.routes is not None:
+                    self.routes[cmd[1]] = cmd[3]  # before its first frame can be gathered
                 reader = RingReader(cmd[2], camera_id=cmd[1])
                 self.readers[reader.camera_id] = reader
                 self.batcher.add_reader(reader)
@@ -457,32 +460,32 @@ def _on_stream(stream: Any) -> Any:
     return torch.cuda.stream(stream) if stream is not None else nullcontext()
 
 
-def _route(queues: Sequence[Any]) -> Callable[[FrameResult | FramePreview], None]:
-    """Put each result on its camera's queue: one queue takes every camera, N queues are the event
-    workers' (``pipeline.shard.worker_for``)."""
+def _route(queues: Sequence[Any], route: Mapping[str, int]) -> Callable[[FrameResult | FramePreview], None]:
+    """Put each result on its camera's queue: one queue takes every camera; N queues are the event
+    workers', ``route`` says whose each camera is (kept up to date by attach commands)."""
     if len(queues) == 1:
         return queues[0].put
 
     def put(item: FrameResult | FramePreview) -> None:
         camera_id = item.result.camera_id if isinstance(item, FramePreview) else item.camera_id
-        queues[worker_for(camera_id, len(queues))].put(item)
+        queues[route[camera_id]].put(item)
 
     return put
 
 
 def device_main(settings: DeviceSettings, cameras: Sequence[tuple[str, str]], results: Any, stop: Any,
-                conn: Connection, commands: Any = None) -> None:
+                conn: Connection, commands: Any = None, route: Mapping[str, int] | None = None) -> None:
     """Process target of the device stage.
 
     cameras: (camera id, shared-memory prefix) pairs. results: the sink stage's queue, or the event
-    workers' queues (a list), where FrameResults are put (the supervisor adds STOP once this process
-    has exited). stop: a multiprocessing
+    workers' queues (a list; ``route``: camera id -> index), where FrameResults are put (the
+    supervisor adds STOP once this process has exited). stop: a multiprocessing
     Event; once set, batches already gathered are finished and the process ends. conn: one
     ``("names", class names)`` then ``("ready", description)`` after warm-up, ``("stats", StageStats)``
     about every second, or
     ``("error", one line)`` before a non-zero exit, and after a ``("model", DeviceSettings)`` command
     ``("names", ...)`` and ``("model_ready", description)``, or ``("model_error", one line)``. commands: optional queue of
-    config reload changes, ``("attach", camera id, prefix)``, ``("detach", camera id)`` or ``("model",
+    config reload changes, ``("attach", camera id, prefix[, worker index])``, ``("detach", camera id)`` or ``("model",
     DeviceSettings)`` (loaded beside the running model, swapped in between two batches).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor owns shutdown
@@ -498,8 +501,9 @@ def device_main(settings: DeviceSettings, cameras: Sequence[tuple[str, str]], re
         backend = settings.load_backend()
         readers = [RingReader(prefix, camera_id=cid) for cid, prefix in cameras]
         queues = results if isinstance(results, list) else [results]
-        stage = DeviceStage(settings=settings, backend=backend, readers=readers, emit=_route(queues),
-                            commands=commands, notify=send)
+        routes = dict(route or {})
+        stage = DeviceStage(settings=settings, backend=backend, readers=readers, emit=_route(queues, routes),
+                            commands=commands, notify=send, routes=routes)
         stage.warmup()
         send(("names", stage.names))
         send(("ready", f"{backend!r} input {stage.size[1]}x{stage.size[0]} (WxH)"))

@@ -1,5 +1,4 @@
-"""Rendezvous (highest-random-weight) sharding of cameras over replicas (and over a run's event
-workers). Imports nothing from pipeline/.
+"""Rendezvous (highest-random-weight) sharding of cameras over replicas. Imports nothing from pipeline/.
 
 Each camera goes to the replica with the highest hash(camera id, replica index). This gives every
 camera exactly one owner, an assignment that depends only on (id, N), and, when N grows to N+1, only the
@@ -13,7 +12,6 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 
 from engines.errors import ConfigError
 
@@ -76,13 +74,6 @@ def owner(camera_id: str, count: int) -> int:
     if count < 1:
         raise ConfigError("--replicas", f"must be >= 1, got {count}")
     return max(range(count), key=lambda r: _weight(camera_id, r))
-
-
-@lru_cache(maxsize=65536)
-def worker_for(camera_id: str, workers: int) -> int:
-    """Index in ``[0, workers)`` of the event worker that makes ``camera_id``'s events."""
-    # salted: with as many replicas as workers, a replica's cameras would otherwise all go to one worker
-    return owner(f"{camera_id}\x00events", workers)
 
 
 def assign(camera_ids: Iterable[str], count: int) -> dict[int, list[str]]:

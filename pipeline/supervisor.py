@@ -179,7 +179,8 @@ class Supervisor:
         reader, writer = self.ctx.Pipe(duplex=False)
         cams = [(c.camera_id, c.prefix) for c in self.cameras]
         self._device = self._spawn("device", device_main, DeviceSettings.from_config(self.cfg), cams,
-                                   results, self._device_stop, writer, self._device_cmds)
+                                   results, self._device_stop, writer, self._device_cmds,
+                                   None if self._workers is None else dict(self._workers.route))
         writer.close()
         self._device_conn = reader
         # Decoders start once the model is loaded and warm: a short file would otherwise be over
@@ -430,10 +431,13 @@ class Supervisor:
         for gone in self.decoders.remove(plan.stop):
             # the device stage unmaps the ring once the frames gathered before have been counted
             self._device_cmds.put(("detach", gone.camera_id))
+            if self._workers is not None and gone.camera_id not in {c.id for c in plan.start}:
+                self._workers.release(gone.camera_id)
             log.info("camera=%s event=camera_removed", gone.camera_id)
         for cam in plan.start:
             handle = self.decoders.add(cam)
-            self._device_cmds.put(("attach", handle.camera_id, handle.prefix))
+            worker = () if self._workers is None else (self._workers.assign(cam.id),)
+            self._device_cmds.put(("attach", handle.camera_id, handle.prefix, *worker))
             self.decoders.start(handle, initial=S.CONNECTING)
             log.info("camera=%s event=camera_added url=%s", cam.id, cam.redacted_url)
         if plan.changes_cameras:

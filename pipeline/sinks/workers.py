@@ -6,8 +6,9 @@ ms a frame with 10 objects against 0.08, ``benchmarks/sink_stage.py``), and one 
 them for every camera: about 1,700 frames/s with 10 objects, 800 with 40. A wall of cameras past
 that fills the sink queue and the device stage waits. With workers the sink process only publishes.
 
-Every item of a camera goes to the same worker (``pipeline.shard.worker_for``: a hash of the id,
-independent of the replica sharding), so each camera's tracks see its frames and statuses in order.
+Every item of a camera goes to the same worker, so each camera's tracks see its frames and statuses
+in order. Cameras are dealt to the worker with the fewest (``EventWorkers.assign``, at start and as a
+reload adds them): the device stage routes by that table, the supervisor its statuses and updates.
 A worker puts the ``Envelope``s it makes on the sink stage's inbox, reports its ``StageStats``
 (tracks, crossings, zone counts, its own step time) to the supervisor, and on STOP sends a last
 report and exits; the
@@ -26,7 +27,6 @@ from typing import Any
 
 from pipeline.config import CameraConfig, TrackingConfig
 from pipeline.messages import STOP, FramePreview
-from pipeline.shard import worker_for
 from pipeline.sinks.stage import CamerasUpdate, EventMaker, Reporter, is_stop
 
 log = logging.getLogger(__name__)
@@ -83,9 +83,25 @@ class EventWorkers:
         self.inboxes = [ctx.Queue(queue_size) for _ in range(count)]
         self.procs = [spawn(f"events{k}", run_event_worker, index=k, inbox=q, out=out, stats=stats,
                             tracking=tracking, cameras=cameras) for k, q in enumerate(self.inboxes)]
+        self.route: dict[str, int] = {}  # camera id -> worker index
+        for cam in cameras:
+            self.assign(cam.id)
+
+    def assign(self, camera_id: str) -> int:
+        """The worker of ``camera_id``: its own if it has one, else the one with the fewest cameras."""
+        if camera_id not in self.route:
+            load = [0] * len(self.inboxes)
+            for k in self.route.values():
+                load[k] += 1
+            self.route[camera_id] = load.index(min(load))
+        return self.route[camera_id]
+
+    def release(self, camera_id: str) -> None:
+        """Forget a camera a reload removed (its worker takes the next one added)."""
+        self.route.pop(camera_id, None)
 
     def inbox_of(self, camera_id: str) -> Any:
-        return self.inboxes[worker_for(camera_id, len(self.inboxes))]
+        return self.inboxes[self.assign(camera_id)]
 
     def pids(self) -> dict[str, int]:
         return {f"events{k}": p.pid for k, p in enumerate(self.procs) if p.pid and p.is_alive()}

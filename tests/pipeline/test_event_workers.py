@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import TrackingConfig, ZoneConfig, resolve_demo
-from pipeline.shard import worker_for
 from pipeline.supervisor import Supervisor
 from pipeline.tracking import Tracker
 from tests.pipeline.media import write_clip
@@ -41,11 +40,11 @@ def test_workers_share_the_cameras_and_each_camera_is_tracked_in_order(tmp_path:
     tracking = {"enabled": True}
     cfg = _demo_config(tmp_path, 4, tracking=tracking, events={"workers": 2})
     cams = [{"id": c.id} for c in cfg.cameras]
-    assert len({worker_for(c["id"], 2) for c in cams}) == 2  # both workers have cameras
     seen_pids: set[str] = set()
     sup = Supervisor(cfg=cfg, on_tick=lambda s: seen_pids.update(s.pids()))
     assert sup.run() == 0, sup.errors
     assert {"events0", "events1", "sinks", "device"} <= seen_pids
+    assert sorted(sup._workers.route.values()) == [0, 0, 1, 1]  # dealt evenly
     frames: dict[str, list[dict]] = defaultdict(list)
     states: dict[str, list[str]] = defaultdict(list)
     for e in events(tmp_path):
@@ -91,11 +90,13 @@ def test_a_worker_that_dies_ends_the_run(tmp_path: Path) -> None:
 
 
 def test_reload_reaches_every_worker(tmp_path: Path) -> None:
-    cfg = _demo_config(tmp_path, 2, events={"workers": 2})
-    cfg = cfg.model_copy(update={"cameras": tuple(c.model_copy(update={"loop": True}) for c in cfg.cameras)})
-    assert {worker_for(c.id, 2) for c in cfg.cameras} == {0, 1}
+    """A new zone on both cameras reaches both workers; a camera added by the reload gets a worker and
+    its events come out, zones applied."""
+    three = _demo_config(tmp_path, 3, events={"workers": 2})
+    looping = tuple(c.model_copy(update={"loop": True}) for c in three.cameras)
+    cfg = three.model_copy(update={"cameras": looping[:2]})
     zone = ZoneConfig(name="all", polygon=((0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0)))
-    zoned = cfg.model_copy(update={"cameras": tuple(c.model_copy(update={"zones": (zone,)}) for c in cfg.cameras)})
+    zoned = three.model_copy(update={"cameras": tuple(c.model_copy(update={"zones": (zone,)}) for c in looping)})
     state = {"ticks": 0}
 
     def tick(sup: Supervisor) -> None:
@@ -104,9 +105,10 @@ def test_reload_reaches_every_worker(tmp_path: Path) -> None:
             sup.request_reload()
         zoned_cams = {e["camera"] for e in events(tmp_path) if e["kind"] == "frame"
                       and any(d.get("zones") == ["all"] for d in e["detections"])}
-        if zoned_cams == {c.id for c in cfg.cameras} or state["ticks"] > 60:
+        if zoned_cams == {c.id for c in zoned.cameras} or state["ticks"] > 60:
             sup.request_stop("test done")
 
     sup = Supervisor(cfg=cfg, on_tick=tick, reloader=lambda: zoned)
     assert sup.run() == 0, sup.errors
-    assert state["ticks"] <= 60, "the new zone never reached both workers' cameras"
+    assert state["ticks"] <= 60, "the new zone never reached every camera"
+    assert sorted(sup._workers.route.values()) == [0, 0, 1]
