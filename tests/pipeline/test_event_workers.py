@@ -112,3 +112,26 @@ def test_reload_reaches_every_worker(tmp_path: Path) -> None:
     assert sup.run() == 0, sup.errors
     assert state["ticks"] <= 60, "the new zone never reached every camera"
     assert sorted(sup._workers.route.values()) == [0, 0, 1]
+
+
+def test_a_sink_stage_that_dies_under_workers_ends_the_run_without_a_hang(tmp_path: Path) -> None:
+    """The workers are blocked on a sink inbox nobody reads: shutdown empties it so they can exit."""
+    import time
+
+    cams = _cameras(tmp_path, 2)
+    for c in cams:
+        c["loop"] = True
+    cfg = config(tmp_path, cams, events={"workers": 2})
+    killed: list[int] = []
+
+    def kill_once(sup: Supervisor) -> None:
+        pid = sup.pids().get("sinks")
+        if pid and not killed and sup.status()["cameras"][0].get("inferred", 0) > 5:
+            killed.append(pid)
+            os.kill(pid, signal.SIGKILL)
+
+    sup = Supervisor(cfg=cfg, on_tick=kill_once)
+    t0 = time.monotonic()
+    assert sup.run() == 1
+    assert killed and sup.errors[0] == "sink stage exited with code -9"
+    assert not sup.pids() and time.monotonic() - t0 < 60
