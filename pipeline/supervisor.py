@@ -347,7 +347,7 @@ class Supervisor:
             if cam["id"] in lined:
                 cam["crossed"] = tuple(self._crossed.get(cam["id"], (0, 0)))
         self._snapshot = {"ts": time.time(), "model": self.cfg.model.path, "device": self.device_info,
-                          "queues": self.queue_fill() if self._inbox is not None else {}, "cameras": cams}
+                          "queues": self.queue_fill(), "cameras": cams}
 
     def camera_stats(self) -> Any:
         """Counter deltas of every camera since the previous call, and how full the stages' queues
@@ -356,6 +356,8 @@ class Supervisor:
 
     def queue_fill(self) -> dict[str, float]:
         """How full the queue each stage reads is (0-1), by stage: ``sinks`` and ``events<K>``."""
+        if self._inbox is None:  # not started
+            return {}
         queues = {"sinks": self._inbox}
         if self._workers is not None:
             queues.update({f"events{k}": q for k, q in enumerate(self._workers.inboxes)})
