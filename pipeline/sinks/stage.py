@@ -24,7 +24,7 @@ import queue
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -122,6 +122,16 @@ class EventMaker:
             log.error("events: dropping a malformed %s: %s", type(item).__name__, e)
             return None
 
+    def take(self, item: Any) -> Envelope | None:
+        """The event of an inbox item: a ``CamerasUpdate`` is applied (no event); a ``FramePreview``'s
+        frame rides along for the drawing sinks."""
+        if isinstance(item, CamerasUpdate):
+            self.update_cameras(item.cameras)
+            return None
+        if isinstance(item, FramePreview):
+            return self.make(item.result, image=item.image)
+        return self.make(item)
+
     def report(self, stage: str, **fields: Any) -> StageStats:
         """Tracks, crossings, zone counts and malformed items since the previous report, plus ``fields``."""
         tracks, analytics = self.trackers, self.analytics
@@ -145,14 +155,6 @@ class SinkStage:
         self.maker = EventMaker(tracking=tracking, cameras=cameras)
         self._e2e: dict[str, list[float]] = defaultdict(list)
         self._step: list[float] = []
-
-    @property
-    def trackers(self) -> CameraTrackers | None:
-        return self.maker.trackers
-
-    @property
-    def analytics(self) -> Analytics | None:
-        return self.maker.analytics
 
     @classmethod
     def from_configs(cls, configs: Sequence[SinkConfig], *, registry: SinkRegistry | None = None,
@@ -178,6 +180,17 @@ class SinkStage:
         """Make ``item``'s event and publish it. Never raises for a bad item: counts it."""
         t0 = time.perf_counter()
         env = self.maker.make(item, image=image)
+        if env is not None:
+            self.publish(env, started=t0)
+
+    def take(self, item: Any) -> None:
+        """One inbox item: an event made by an event worker is published; anything else is made into
+        one first (see ``EventMaker.take``)."""
+        if isinstance(item, Envelope):
+            self.publish(item)
+            return
+        t0 = time.perf_counter()
+        env = self.maker.take(item)
         if env is not None:
             self.publish(env, started=t0)
 
@@ -249,6 +262,24 @@ class Reporter:
             del self.pending[:-1]
 
 
+def serve(inbox: Any, handle: Callable[[Any], None], report: Callable[[], None], report_every_s: float) -> None:
+    """A stage process's loop: ``handle`` each item of ``inbox`` until STOP, and ``report`` every
+    ``report_every_s`` seconds, also while idle (the last report, after STOP, is the caller's)."""
+    next_report = time.monotonic() + report_every_s
+    while True:
+        try:
+            item = inbox.get(timeout=max(next_report - time.monotonic(), 0.001))
+        except queue.Empty:
+            item = None
+        if item is not None:
+            if is_stop(item):
+                return
+            handle(item)
+        if time.monotonic() >= next_report:
+            report()
+            next_report = time.monotonic() + report_every_s
+
+
 def _drain_until_stop(inbox: Any) -> None:
     while not is_stop(inbox.get()):
         pass
@@ -273,27 +304,8 @@ def run_sink_stage(*, inbox: Any, configs: Sequence[SinkConfig], stats: Any = No
         log.error("sink stage: %s", e)
         _drain_until_stop(inbox)
         sys.exit(1)
-    next_report = time.monotonic() + report_every_s
     try:
-        while True:
-            try:
-                item = inbox.get(timeout=max(next_report - time.monotonic(), 0.001))
-            except queue.Empty:
-                item = None
-            if item is not None:
-                if is_stop(item):
-                    break
-                if isinstance(item, Envelope):  # made by an event worker
-                    sink_stage.publish(item)
-                elif isinstance(item, FramePreview):
-                    sink_stage.handle(item.result, image=item.image)
-                elif isinstance(item, CamerasUpdate):
-                    sink_stage.update_cameras(item.cameras)
-                else:
-                    sink_stage.handle(item)
-            if time.monotonic() >= next_report:
-                reporter.send(sink_stage.report())
-                next_report = time.monotonic() + report_every_s
+        serve(inbox, sink_stage.take, lambda: reporter.send(sink_stage.report()), report_every_s)
     finally:
         sink_stage.close(timeout=close_timeout_s)
         reporter.send(sink_stage.report())

@@ -26,8 +26,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from pipeline.config import CameraConfig, TrackingConfig
-from pipeline.messages import STOP, FramePreview
-from pipeline.sinks.stage import CamerasUpdate, EventMaker, Reporter, is_stop
+from pipeline.messages import STOP
+from pipeline.sinks.stage import EventMaker, Reporter, serve
 
 log = logging.getLogger(__name__)
 
@@ -40,35 +40,25 @@ def run_event_worker(*, index: int, inbox: Any, out: Any, stats: Any = None, tra
     reporter = Reporter(stats)
     maker = EventMaker(tracking=tracking, cameras=cameras)
     steps: list[float] = []
-    next_report = time.monotonic() + report_every_s
-    try:
-        while True:
-            try:
-                item = inbox.get(timeout=max(next_report - time.monotonic(), 0.001))
-            except queue.Empty:
-                item = None
-            if item is not None:
-                if is_stop(item):
-                    break
-                t0 = time.perf_counter()
-                if isinstance(item, CamerasUpdate):
-                    maker.update_cameras(item.cameras)
-                    env = None
-                elif isinstance(item, FramePreview):
-                    env = maker.make(item.result, image=item.image)
-                else:
-                    env = maker.make(item)
-                if env is not None:
-                    if env.image is None:  # no sink draws: the payload is all the sinks need
-                        env = dataclasses.replace(env, item=None)
-                    steps.append(time.perf_counter() - t0)
-                    out.put(env)  # blocks while the sink stage is behind: the device stage waits, as without workers
-            if time.monotonic() >= next_report:
-                reporter.send(maker.report(stage, stage_latency={"events": tuple(steps)} if steps else {}))
-                steps = []
-                next_report = time.monotonic() + report_every_s
-    finally:
+
+    def handle(item: Any) -> None:
+        t0 = time.perf_counter()
+        env = maker.take(item)
+        if env is None:
+            return
+        if env.image is None:  # no sink draws: the payload is all the sinks need
+            env = dataclasses.replace(env, item=None)
+        steps.append(time.perf_counter() - t0)
+        out.put(env)  # blocks while the sink stage is behind: the device stage waits, as without workers
+
+    def report() -> None:
         reporter.send(maker.report(stage, stage_latency={"events": tuple(steps)} if steps else {}))
+        steps.clear()
+
+    try:
+        serve(inbox, handle, report, report_every_s)
+    finally:
+        report()
         # every event is in the pipe before this process is gone (the supervisor's STOP comes after)
         out.close()
         out.join_thread()

@@ -129,7 +129,7 @@ def test_fan_out_filters_and_reports(tmp_path: Path) -> None:
 def test_tracking_gives_published_detections_ids(tmp_path: Path) -> None:
     cfg = JsonlSinkConfig(type="jsonl", name="all", path=tmp_path / "all.jsonl")
     untracked = SinkStage.from_configs([cfg], tracking=TrackingConfig(enabled=False))
-    assert untracked.trackers is None
+    assert untracked.maker.trackers is None
     untracked.close()
     stage = SinkStage.from_configs([cfg], tracking=TrackingConfig(enabled=True))
     for seq in range(3):
