@@ -38,7 +38,7 @@ class _Camera:
     held: deque[tuple[float, np.ndarray, FrameResult]] = field(default_factory=deque)  # (t, JPEG, result)
     start: float | None = None  # stream time of the open clip's first frame
     until: float = 0.0  # the open clip ends after this stream time
-    shape: tuple[int, ...] | None = None  # the last frame's picture shape and stream time
+    size: tuple[int, int] | None = None  # the last frame's (width, height) and stream time
     last_t: float = 0.0
 
 
@@ -76,11 +76,12 @@ class ClipGate:
         cam = self._cams.setdefault(camera_id, _Camera())
         fired = self.triggered(result)
         step = ClipStep()
-        if cam.shape is not None and (canvas.shape != cam.shape or t < cam.last_t - BACK_S):
-            # a new picture size, or a new stream: neither the pre-roll nor the open clip can go on
+        size = (result.frame_size[0], result.frame_size[1])
+        if cam.size is not None and (size != cam.size or t < cam.last_t - BACK_S):
+            # a new frame size, or a new stream: neither the pre-roll nor the open clip can go on
             step.close, cam.start = cam.start is not None, None
             cam.held.clear()
-        cam.shape, cam.last_t = canvas.shape, t
+        cam.size, cam.last_t = size, t
         if cam.start is not None:
             if t <= cam.until and t - cam.start < self.cfg.max_s:
                 if fired:
@@ -99,10 +100,6 @@ class ClipGate:
             while cam.held and cam.held[0][0] < t - self.cfg.pre_s:
                 cam.held.popleft()
         return step
-
-    def reset(self, camera_id: str) -> None:
-        """Forget the camera's pre-roll and open clip (its frame size changed, or its time went back)."""
-        self._cams.pop(camera_id, None)
 
     def held_bytes(self) -> int:
         """Memory the pre-roll takes, all cameras."""

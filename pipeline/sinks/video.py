@@ -270,11 +270,10 @@ class VideoSink(ThreadedSink):
         size = cast(tuple[int, int], tuple(result.frame_size))  # a list would never equal _Writer.size
         cam = env.camera_id
         writer = self._writers.get(cam)
-        if writer is not None and self._new_file(writer, size, t):
+        # a clip's file ends where the clip gate ends it (a new frame size or stream time going back included)
+        if self.clips is None and writer is not None and self._new_file(writer, size, t):
             self._close_writer(self._writers.pop(cam))
             writer = None
-            if self.clips is not None:
-                self.clips.reset(cam)  # held frames of the old size or time cannot go into the next clip
         w, h = self._dims(size)
         if env.image is not None:
             canvas: np.ndarray = cv2.resize(env.image, (w, h), interpolation=cv2.INTER_AREA)

@@ -13,13 +13,13 @@ FPS = 10.0
 
 
 def _result(seq: int, *, label: str | None = None, zones: tuple[str, ...] | None = None,
-            crossed: str | None = None) -> FrameResult:
+            crossed: str | None = None, size: tuple[int, int] = (16, 12)) -> FrameResult:
     dets = () if label is None else (Detection(class_id=0, label=label, score=0.9, box=(1.0, 1.0, 9.0, 9.0),
                                                zones=zones),)
     crossings = None if crossed is None else (Crossing(line="gate", track_id=1, class_id=0, label=crossed,
                                                        direction="in"),)
     return FrameResult(camera_id="cam", seq=seq, pts=seq / FPS, capture_ts=seq / FPS, infer_ts=seq / FPS,
-                       frame_size=(16, 12), model="m", detections=dets,
+                       frame_size=size, model="m", detections=dets,
                        analytics=FrameAnalytics(crossings=crossings))
 
 
@@ -69,13 +69,13 @@ def test_max_s_cuts_a_clip_and_the_next_starts_at_once() -> None:
     assert opened == [(0, False, 1), (10, True, 1), (20, True, 1), (30, True, 1)]
 
 
-def test_reset_forgets_pre_roll_and_cameras_are_independent() -> None:
+def test_a_new_frame_size_forgets_pre_roll_and_cameras_are_independent() -> None:
     gate = ClipGate(ClipConfig(triggers=("detection",), pre_s=1.0))
     for seq in range(5):
         gate.step("a", seq / FPS, _canvas(seq), _result(seq))
         gate.step("b", seq / FPS, _canvas(seq), _result(seq))
-    gate.reset("a")
-    assert len(gate.step("a", 0.5, _canvas(5), _result(5, label="car")).frames) == 1
+    big = np.zeros((24, 32, 3), np.uint8)  # camera a switched resolution; b did not
+    assert len(gate.step("a", 0.5, big, _result(5, label="car", size=(32, 24))).frames) == 1
     assert len(gate.step("b", 0.5, _canvas(5), _result(5, label="car")).frames) == 6
 
 
@@ -92,8 +92,8 @@ def test_a_new_picture_size_or_stream_starts_over() -> None:
     for seq in range(5):
         gate.step("cam", seq / FPS, _canvas(seq), _result(seq))
     wide = np.zeros((12, 24, 3), np.uint8)
-    step = gate.step("cam", 0.5, wide, _result(5, label="car"))  # the camera switched resolution
+    step = gate.step("cam", 0.5, wide, _result(5, label="car", size=(24, 12)))  # the camera switched resolution
     assert [f[1].shape for f in step.frames] == [(12, 24, 3)] and not step.close
-    gate.step("cam", 1.6, wide, _result(6, label="car"))
-    step = gate.step("cam", 0.0, wide, _result(0, label="car"))  # its decoder restarted: pts from 0
+    gate.step("cam", 1.6, wide, _result(6, label="car", size=(24, 12)))
+    step = gate.step("cam", 0.0, wide, _result(0, label="car", size=(24, 12)))  # its decoder restarted: pts from 0
     assert step.close and len(step.frames) == 1  # the open clip ends; a new one starts from this frame
