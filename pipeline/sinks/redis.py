@@ -106,10 +106,15 @@ class RedisSink(ThreadedSink):
         if self.spool is not None and len(self.spool):
             self._drain()
 
+    @property
+    def _backing_off(self) -> bool:
+        """Disconnected, and the back-off since the last failure has not run out."""
+        return self._client is None and time.monotonic() < self._retry_at
+
     def _deliver(self, records: list[tuple[str, bytes]]) -> bool:
         """XADD (and PUBLISH) ``records`` in one pipelined round trip; False when Redis is unreachable
         (or still in its back-off), and nothing is counted as sent then."""
-        if self._client is None and time.monotonic() < self._retry_at:
+        if self._backing_off:
             return False
         try:
             if self._client is None:
@@ -160,8 +165,8 @@ class RedisSink(ThreadedSink):
         assert self.spool is not None
         deadline = time.monotonic() + 0.5
         while len(self.spool) and time.monotonic() < deadline:
-            if self._client is None and time.monotonic() < self._retry_at:
-                return  # still in the back-off: leave the spool's head unread
+            if self._backing_off:
+                return  # leave the spool's head unread
             chunk = self.spool.peek(self.batch_size)
             if not self._deliver(chunk):
                 return
