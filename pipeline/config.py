@@ -344,6 +344,21 @@ def _clip_triggers(cfg: RunConfig) -> list[ConfigError]:
     return errors
 
 
+def _port_clashes(cfg: RunConfig) -> list[ConfigError]:
+    """HTTP ports given twice (the metrics server's and the preview sinks'): the second would not start."""
+    taken: dict[int, str] = {}
+    if cfg.metrics.enabled and cfg.metrics.port:
+        taken[cfg.metrics.port] = "metrics.port"
+    errors = []
+    for i, sink in enumerate(cfg.sinks):
+        port = getattr(sink, "port", 0) if sink.type == "preview" else 0
+        if port and port in taken:
+            errors.append(ConfigError(f"sinks[{i}].port", f"{port} is {taken[port]} too; give each its own port"))
+        elif port:
+            taken[port] = f"sinks[{i}].port"
+    return errors
+
+
 def _is_demo(url: str) -> bool:
     return _scheme(url.strip()) == DEMO_SCHEME
 
@@ -432,6 +447,7 @@ def parse_config(raw: Any, *, env: dict[str, str] | None = None, check_files: bo
                                                           "tracking.enabled: true")
                        for i, cam in enumerate(cfg.cameras) if cam.lines]
         errors += _clip_triggers(cfg)
+        errors += _port_clashes(cfg)
         if check_files:
             errors += _missing_files(cfg)
     if errors:

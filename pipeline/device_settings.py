@@ -35,6 +35,8 @@ class DeviceSettings:
     video wants fresh frames, not a deep queue. Staging arenas = depth + 2.
     preview_width: when a sink draws on the frames (video), each result is emitted as a FramePreview
     with the frame downscaled to at most this width (0: full size); None sends no pixels.
+    preview_watch: (width, fps) when a preview sink may ask for frames: the cameras it names in a
+    ``("watch", ids)`` command get a FramePreview at most ``fps`` times a second, at most ``width`` wide.
     """
 
     model_path: str
@@ -50,6 +52,7 @@ class DeviceSettings:
     batch: BatchPolicy = BatchPolicy()
     depth: int = 1
     preview_width: int | None = None
+    preview_watch: tuple[int, float] | None = None
 
     @classmethod
     def from_config(cls, cfg: RunConfig) -> DeviceSettings:
@@ -58,7 +61,8 @@ class DeviceSettings:
                    imgsz=m.input_shape() if "imgsz" in m.model_fields_set else None, half=m.half, cuda_graph=m.cuda_graph,
                    threads=m.threads, nms=NMSConfig(conf=m.conf, iou=m.iou, classes=m.classes, max_det=m.max_det),
                    masks=cfg.masks.format, mask_resolution=cfg.masks.resolution,
-                   batch=BatchPolicy.from_config(cfg.batch), preview_width=preview_width(cfg))
+                   batch=BatchPolicy.from_config(cfg.batch), preview_width=preview_width(cfg),
+                   preview_watch=preview_watch(cfg))
 
     def load_backend(self) -> Backend:
         """Load the model this stage runs (ModelError/BackendUnavailableError name the problem)."""
@@ -109,3 +113,13 @@ def preview_width(cfg: RunConfig) -> int | None:
     if not widths:
         return None
     return 0 if 0 in widths else max(widths)
+
+
+def preview_watch(cfg: RunConfig) -> tuple[int, float] | None:
+    """(widest, fastest) of the preview sinks' frames, or None without one."""
+    from pipeline.sinks.config import PreviewSinkConfig  # pydantic: loaded already wherever a RunConfig is
+
+    sinks = [s for s in cfg.sinks if isinstance(s, PreviewSinkConfig)]
+    if not sinks:
+        return None
+    return max(s.max_width for s in sinks), max(s.fps for s in sinks)

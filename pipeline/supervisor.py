@@ -159,6 +159,10 @@ class Supervisor:
 
         self._inbox = self.ctx.Queue(SINK_QUEUE_SIZE)
         self._stats = self.ctx.Queue(STATS_QUEUE_SIZE)
+        # the device stage's commands: reloads from here, watched cameras from a preview sink
+        previews = any(s.type == "preview" for s in self.cfg.sinks)
+        self._device_cmds = self.ctx.Queue() if self.reloader is not None or previews else None
+        watch_out = self._device_cmds if previews else None
         for cam in self.cfg.cameras:
             self.decoders.add(cam)
         results = self._inbox
@@ -170,12 +174,12 @@ class Supervisor:
                                          cameras=self.cfg.cameras, queue_size=SINK_QUEUE_SIZE)
             results = self._workers.inboxes
             self._sink = self._spawn("sinks", run_sink_stage, inbox=self._inbox, configs=list(self.cfg.sinks),
-                                     stats=self._stats)
+                                     stats=self._stats, watch_out=watch_out)
         else:
             self._sink = self._spawn("sinks", run_sink_stage, inbox=self._inbox, configs=list(self.cfg.sinks),
-                                     stats=self._stats, tracking=self.cfg.tracking, cameras=self.cfg.cameras)
+                                     stats=self._stats, tracking=self.cfg.tracking, cameras=self.cfg.cameras,
+                                     watch_out=watch_out)
         self._device_stop = self.ctx.Event()
-        self._device_cmds = self.ctx.Queue() if self.reloader is not None else None
         reader, writer = self.ctx.Pipe(duplex=False)
         cams = [(c.camera_id, c.prefix) for c in self.cameras]
         self._device = self._spawn("device", device_main, DeviceSettings.from_config(self.cfg), cams,

@@ -75,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
         extras += ["tracking"] if cfg.tracking.enabled else []
         extras += [f"{cfg.events.workers} event workers"] if cfg.events.workers > 1 else []
         extras += [f"event clips ({s.sink_name})" for s in cfg.sinks if getattr(s, "clips", None) is not None]
+        extras += [f"live preview on http://{s.host}:{s.port}/ ({s.sink_name})" for s in cfg.sinks
+                   if s.type == "preview"]
         print(f"{args.config}: OK: {len(cfg.cameras)} camera(s){where}, {len(cfg.sinks)} sink(s), "
               f"model {cfg.model.path}" + "".join(f", {e}" for e in extras))
         return 0
@@ -110,6 +112,9 @@ def _run(cfg: Any, args: argparse.Namespace, shard: Any, reloader: Any = None) -
         server = MetricsServer(metrics=metrics, host=cfg.metrics.host, port=cfg.metrics.port, status=sup.status)
         port = server.start()  # ConfigError (exit 2) when the port is taken
         log.info("event=metrics_listening url=http://%s:%d/metrics", cfg.metrics.host, port)
+    for sink in cfg.sinks:  # the sink stage's own log lines stay in its process
+        if sink.type == "preview":
+            log.info("event=preview_listening sink=%s url=http://%s:%d/", sink.sink_name, sink.host, sink.port)
 
     def on_signal(signum: int, _frame: Any) -> None:
         stop.set()

@@ -19,6 +19,7 @@ BUILTIN_SINKS: tuple[tuple[str, str], ...] = (
     ("redis", "pipeline.sinks.redis:RedisSink"),
     ("jsonl", "pipeline.sinks.jsonl:JsonlSink"),
     ("video", "pipeline.sinks.video:VideoSink"),
+    ("preview", "pipeline.sinks.preview:PreviewSink"),
 )
 
 

@@ -226,6 +226,13 @@ class Sink(Protocol):
     def close(self, timeout: float = 5.0) -> None: ...
 
 
+@runtime_checkable
+class Watched(Protocol):
+    """A sink that shows pictures on demand (preview): the cameras someone is looking at now."""
+
+    def watching(self) -> frozenset[str]: ...
+
+
 class ThreadedSink:
     """Base for sinks whose I/O runs on a worker thread fed by a ``BoundedBuffer``.
 

@@ -165,8 +165,35 @@ class VideoSinkConfig(_SinkBase):
         return self
 
 
+class PreviewSinkConfig(_SinkBase):
+    """Live annotated view over HTTP on ``host:port``: ``/`` shows every camera, ``/cameras/<id>.mjpg``
+    streams one (MJPEG), ``/cameras/<id>.jpg`` is its latest frame. Only cameras someone is watching
+    cost anything: the device stage copies their frames, at most ``fps`` a second each."""
+
+    type: Literal["preview"]
+    host: str = Field("127.0.0.1", min_length=1, description="0.0.0.0 serves every interface: frames are "
+                                                             "shown to anyone who can reach it")
+    port: int = Field(8090, ge=1, le=65535)
+    fps: float = Field(5.0, gt=0, le=30, description="frames a second per camera at most")
+    max_width: int = Field(960, ge=16, description="downscale wider frames to this width")
+    quality: int = Field(80, ge=10, le=100, description="JPEG quality")
+    max_clients: int = Field(16, ge=1, description="streams served at once; more are refused (503)")
+    user: str = Field("segpipe", min_length=1, description="the login asked for when password is set")
+    password: str | None = Field(None, min_length=1, repr=False,
+                                 description="HTTP basic auth for every page (use ${VAR}); null: no login")
+
+    @model_validator(mode="after")
+    def _queue(self) -> PreviewSinkConfig:
+        # each camera's latest frame is all it keeps: there is no queue to size or overflow
+        for key in ("queue_size", "on_full"):
+            if key in self.model_fields_set:
+                raise ValueError(f"{key}: a preview sink keeps only each camera's latest frame")
+        return self
+
+
 SinkConfig = Annotated[
-    ZmqSinkConfig | RedisSinkConfig | JsonlSinkConfig | VideoSinkConfig, Field(discriminator="type")
+    ZmqSinkConfig | RedisSinkConfig | JsonlSinkConfig | VideoSinkConfig | PreviewSinkConfig,
+    Field(discriminator="type")
 ]
 """Any sink's config, chosen by its ``type:`` key."""
 

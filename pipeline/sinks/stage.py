@@ -33,7 +33,7 @@ from pipeline.events import encode, status_event, to_event
 from pipeline.messages import STOP, CameraStatus, FramePreview, FrameResult
 from pipeline.metrics import StageStats
 from pipeline.sinks import BUILTIN_SINKS, SinkRegistry
-from pipeline.sinks.base import Envelope, Sink
+from pipeline.sinks.base import Envelope, Sink, Watched
 from pipeline.sinks.config import SinkConfig, check_sink_names
 
 if TYPE_CHECKING:
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STAGE = "sinks"
+WATCH_CHECK_S = 0.1  # how often the preview sinks' watched cameras are compared with the last ones sent
 _MAX_PENDING_REPORTS = 60  # reports held while the supervisor's stats queue is full
 
 
@@ -149,9 +150,16 @@ class SinkStage:
     ``EventMaker`` makes the events of the items it is handed, unless event workers made them."""
 
     def __init__(self, *, sinks: Sequence[tuple[SinkConfig, Sink]], stage: str = STAGE,
-                 tracking: TrackingConfig | None = None, cameras: Sequence[CameraConfig] = ()) -> None:
+                 tracking: TrackingConfig | None = None, cameras: Sequence[CameraConfig] = (),
+                 watch_out: Any = None) -> None:
         self.stage = stage
         self.sinks = list(sinks)
+        # preview sinks name the cameras someone watches; the device stage (through ``watch_out``, its
+        # command queue) then copies those cameras' frames, and no others
+        self._previews = [sink for _, sink in self.sinks if isinstance(sink, Watched)]
+        self.watch_out = watch_out if self._previews else None
+        self._watched: frozenset[str] = frozenset()
+        self._watch_due = 0.0
         self.maker = EventMaker(tracking=tracking, cameras=cameras)
         self._e2e: dict[str, list[float]] = defaultdict(list)
         self._step: list[float] = []
@@ -159,7 +167,7 @@ class SinkStage:
     @classmethod
     def from_configs(cls, configs: Sequence[SinkConfig], *, registry: SinkRegistry | None = None,
                      stage: str = STAGE, tracking: TrackingConfig | None = None,
-                     cameras: Sequence[CameraConfig] = ()) -> SinkStage:
+                     cameras: Sequence[CameraConfig] = (), watch_out: Any = None) -> SinkStage:
         """Build every sink (SinkError if one cannot be set up; those already built are closed)."""
         registry = registry or SinkRegistry(BUILTIN_SINKS)
         check_sink_names(list(configs))
@@ -171,7 +179,7 @@ class SinkStage:
             for _, sink in built:
                 sink.close(timeout=1.0)
             raise
-        return cls(sinks=built, stage=stage, tracking=tracking, cameras=cameras)
+        return cls(sinks=built, stage=stage, tracking=tracking, cameras=cameras, watch_out=watch_out)
 
     def update_cameras(self, cameras: Sequence[CameraConfig]) -> None:
         self.maker.update_cameras(cameras)
@@ -188,11 +196,24 @@ class SinkStage:
         one first (see ``EventMaker.take``)."""
         if isinstance(item, Envelope):
             self.publish(item)
+        else:
+            t0 = time.perf_counter()
+            env = self.maker.take(item)
+            if env is not None:
+                self.publish(env, started=t0)
+        self.sync_watch()
+
+    def sync_watch(self, *, now: bool = False) -> None:
+        """Send the cameras the preview sinks show to the device stage when they changed (checked at most
+        every ``WATCH_CHECK_S`` unless ``now``)."""
+        t = time.monotonic()
+        if self.watch_out is None or (t < self._watch_due and not now):
             return
-        t0 = time.perf_counter()
-        env = self.maker.take(item)
-        if env is not None:
-            self.publish(env, started=t0)
+        self._watch_due = t + WATCH_CHECK_S
+        watched = frozenset().union(*(sink.watching() for sink in self._previews))
+        if watched != self._watched:
+            self._watched = watched
+            self.watch_out.put(("watch", watched))
 
     def publish(self, env: Envelope, *, started: float | None = None) -> None:
         """Hand ``env`` to every sink that wants it (its cameras, statuses or not)."""
@@ -214,6 +235,7 @@ class SinkStage:
 
     def report(self) -> StageStats:
         """Counts and observations since the previous report."""
+        self.sync_watch(now=True)  # also while no item comes (a snapshot's watch expires)
         sent: dict[tuple[str, str], int] = {}
         dropped: dict[tuple[str, str, str], int] = {}
         errors: dict[tuple[str, str], int] = {}
@@ -287,18 +309,21 @@ def _drain_until_stop(inbox: Any) -> None:
 
 def run_sink_stage(*, inbox: Any, configs: Sequence[SinkConfig], stats: Any = None, stage: str = STAGE,
                    report_every_s: float = 1.0, close_timeout_s: float = 5.0,
-                   tracking: TrackingConfig | None = None, cameras: Sequence[CameraConfig] = ()) -> None:
+                   tracking: TrackingConfig | None = None, cameras: Sequence[CameraConfig] = (),
+                   watch_out: Any = None) -> None:
     """Process target: publish items from ``inbox`` to the sinks in ``configs`` until STOP.
 
     inbox: multiprocessing queue of FrameResult / CameraStatus, ended by STOP.
     stats: optional queue receiving ``StageStats`` every ``report_every_s`` seconds and at the end.
     tracking: when enabled, detections get track ids before they are published.
     cameras: the run's cameras, for their zones and counting lines.
+    watch_out: the device stage's command queue, told which cameras the preview sinks show.
     Exits 1 (after reporting the error and draining the inbox to STOP) if a sink cannot be set up.
     """
     reporter = Reporter(stats)
     try:
-        sink_stage = SinkStage.from_configs(configs, stage=stage, tracking=tracking, cameras=cameras)
+        sink_stage = SinkStage.from_configs(configs, stage=stage, tracking=tracking, cameras=cameras,
+                                            watch_out=watch_out)
     except Exception as e:
         reporter.send(StageStats(stage=stage, error=f"{type(e).__name__}: {e}"))
         log.error("sink stage: %s", e)

@@ -3,6 +3,7 @@ engines' own post-processing, errors and shutdown without deadlocks."""
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ from engines.ops.rle import decode
 from pipeline import shm
 from pipeline.batching import BatchPolicy
 from pipeline.device import DeviceSettings, DeviceStage
-from pipeline.messages import FrameResult
+from pipeline.messages import FramePreview, FrameResult
 from tests.pipeline.media import make_frame
 from tests.pipeline.rings import CameraRings
 
@@ -220,3 +221,23 @@ def test_input_shape_must_fit_the_model_stride(backend: Backend, rings: tuple) -
     with pytest.raises(ConfigError, match=r"model.imgsz: 64x96 \(HxW\): each side must be a multiple of .* stride 64"):
         DeviceStage(settings=settings(imgsz=(64, 96)), backend=p6, readers=rings[1], emit=print)
     assert DeviceStage(settings=settings(imgsz=(64, 128)), backend=p6, readers=rings[1], emit=print).size == (64, 128)
+
+
+def test_preview_frames_only_for_watched_cameras_at_their_rate(backend: Backend, rings: tuple) -> None:
+    """A preview sink's ``("watch", ids)`` command: those cameras' results carry a frame copy, at most
+    ``fps`` a second and ``width`` wide; the others carry none (no copy, nothing pickled)."""
+    writers, readers = rings
+    out: list[FrameResult | FramePreview] = []
+    commands: queue.Queue = queue.Queue()
+    commands.put(("watch", frozenset({"cam0", "cam2"})))
+    stage = DeviceStage(settings=settings(preview_watch=(100, 4.0)), backend=backend, readers=readers,
+                        emit=out.append, commands=commands)
+    run_stage(stage, writers, frames=8)  # 8 rounds 0.15 s apart: 1.2 s, so at most 5-6 previews at 4/s
+    previews = [o for o in out if isinstance(o, FramePreview)]
+    assert {p.result.camera_id for p in previews} == {"cam0", "cam2"}
+    for cam in ("cam0", "cam2"):
+        mine = [p for p in previews if p.result.camera_id == cam]
+        assert 2 <= len(mine) <= 6
+        w, h = SIZES[int(cam[3:])]
+        assert mine[0].image.shape == (min(h, round(h * 100 / w)), min(w, 100), 3)  # cam0 shrunk, cam2 as is
+    assert any(isinstance(o, FrameResult) and o.camera_id == "cam1" for o in out)

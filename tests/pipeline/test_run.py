@@ -45,9 +45,11 @@ def test_check_validates_without_starting_anything(tmp_path: Path, capsys: pytes
     assert main(["run", str(path), "--check", "--shard", "0/1"]) == 0
     assert "shard 0/1: 2 of them here" in capsys.readouterr().out
     path = write_config(tmp_path, events={"workers": 3}, sinks=[
-        {"type": "video", "dir": str(tmp_path / "clips"), "name": "gate-clips", "clips": {"triggers": ["detection"]}}])
+        {"type": "video", "dir": str(tmp_path / "clips"), "name": "gate-clips", "clips": {"triggers": ["detection"]}},
+        {"type": "preview", "port": 8091}])
     assert main(["run", str(path), "--check"]) == 0
-    assert capsys.readouterr().out.rstrip().endswith("3 event workers, event clips (gate-clips)")
+    assert capsys.readouterr().out.rstrip().endswith(
+        "3 event workers, event clips (gate-clips), live preview on http://127.0.0.1:8091/ (preview)")
 
 
 def test_config_errors_exit_2_listing_all(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

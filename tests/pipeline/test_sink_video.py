@@ -215,7 +215,7 @@ def test_setup_errors(tmp_path: Path, kw: dict, error: str) -> None:
 def test_tracked_objects_are_coloured_by_track_id() -> None:
     import dataclasses
 
-    from pipeline.sinks.video import _PALETTE, draw
+    from pipeline.sinks.draw import PALETTE, draw
 
     res = _result("cam", 0)
     nearest = []  # palette entry nearest the pixel on the box's left edge (lines are anti-aliased)
@@ -223,7 +223,7 @@ def test_tracked_objects_are_coloured_by_track_id() -> None:
         det = dataclasses.replace(res.detections[0], track_id=track_id)
         canvas = draw(np.zeros((H, W, 3), np.uint8), dataclasses.replace(res, detections=(det,)))
         pixel = canvas[int(BOX[1]) + 8, int(BOX[0])].astype(float)
-        nearest.append(int(np.abs(_PALETTE.astype(float) - pixel).sum(1).argmin()))
+        nearest.append(int(np.abs(PALETTE.astype(float) - pixel).sum(1).argmin()))
     assert nearest == [0, 5, 5, 6]  # untracked: class 0's colour; tracked: the track's own
 
 
@@ -231,7 +231,7 @@ def test_zones_and_lines_are_drawn_where_they_are() -> None:
     import dataclasses
 
     from pipeline.messages import FrameAnalytics
-    from pipeline.sinks.video import _LINE_COLOR, _ZONE_COLOR, draw
+    from pipeline.sinks.draw import _LINE_COLOR, _ZONE_COLOR, draw
 
     shapes = {"zones": {"z": ((4.0, 4.0), (30.0, 4.0), (30.0, 30.0), (4.0, 30.0))},
               "lines": {"l": ((0.0, 56.0), (96.0, 56.0))}}

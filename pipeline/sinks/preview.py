@@ -1,0 +1,313 @@
+"""Live preview sink: each camera's annotated frames over HTTP, for a browser or any MJPEG client.
+
+    /                      a page with every camera's stream and state
+    /cameras/<id>.mjpg     one camera, multipart/x-mixed-replace JPEGs (at most ``fps`` a second)
+    /cameras/<id>.jpg      one camera's latest frame
+
+Why it costs nothing unwatched: ``watching()`` names the cameras a client streams (or asked a snapshot
+of in the last ``SNAPSHOT_GRACE_S``); the sink stage passes that set to the device stage, which copies
+frames for those cameras only (``DeviceSettings.preview_watch``). ``publish`` keeps a reference to each
+camera's latest frame and result; the drawing and JPEG encoding happen on the HTTP threads, once per new
+frame however many clients watch it, so the sink stage's loop never waits for them.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import html
+import logging
+import select
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import quote, unquote
+
+import cv2
+import numpy as np
+
+from engines.errors import SinkError
+from pipeline.messages import CameraStatus, FrameResult
+from pipeline.sinks.base import Envelope, SinkCounters
+from pipeline.sinks.config import PreviewSinkConfig
+from pipeline.sinks.draw import draw
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_GRACE_S = 10.0  # a camera stays watched this long after a snapshot (a page polling .jpg)
+SNAPSHOT_WAIT_S = 3.0  # how long a snapshot of an unwatched camera waits for its first fresh frame
+_BOUNDARY = "segpipe-frame"
+
+
+@dataclass(slots=True)
+class _Camera:
+    """One camera's latest frame (``seq`` counts them) and its JPEG, made once per frame."""
+
+    state: str = "unknown"
+    seq: int = 0
+    image: np.ndarray | None = None
+    result: FrameResult | None = None
+    jpeg: bytes = b""
+    jpeg_seq: int = 0  # the frame number jpeg shows (0: none yet)
+    streams: int = 0  # clients streaming it now
+    snapshot_until: float = 0.0  # monotonic time a snapshot keeps it watched to
+    encode_lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class PreviewSink:
+    """Serves the cameras' latest annotated frames (see the module doc). Never blocks ``publish``."""
+
+    def __init__(self, *, name: str, host: str = "127.0.0.1", port: int = 8090, fps: float = 5.0,
+                 max_width: int = 960, quality: int = 80, max_clients: int = 16,
+                 cameras: tuple[str, ...] | None = None, user: str = "segpipe", password: str | None = None) -> None:
+        self.name = name
+        self.counters = SinkCounters()
+        self.interval = 1.0 / fps
+        self.max_width, self.quality, self.max_clients = max_width, quality, max_clients
+        # the Authorization header a client must send, or None when the preview has no login
+        self._auth = None if password is None else \
+            "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        self._cams: dict[str, _Camera] = {c: _Camera() for c in cameras or ()}
+        self._cond = threading.Condition()  # guards _cams, its entries' frame fields and _clients
+        self._clients = 0
+        self._closed = False
+        try:
+            self._server = ThreadingHTTPServer((host, port), _handler(self))
+        except OSError as e:
+            raise SinkError(f"preview sink {name!r}: cannot listen on {host}:{port}: {e.strerror or e}") from None
+        self._server.daemon_threads = True
+        self.host, self.port = host, int(self._server.server_address[1])
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
+                                        name=f"sink-{name}", daemon=True)
+        self._thread.start()
+        log.info("preview sink %s: serving http://%s:%d/", name, host, self.port)
+
+    @classmethod
+    def from_config(cls, cfg: PreviewSinkConfig) -> PreviewSink:
+        return cls(name=cfg.sink_name, host=cfg.host, port=cfg.port, fps=cfg.fps, max_width=cfg.max_width,
+                   quality=cfg.quality, max_clients=cfg.max_clients, cameras=cfg.cameras, user=cfg.user,
+                   password=cfg.password)
+
+    # ------------------------------------------------------------------------- the Sink protocol
+
+    def publish(self, env: Envelope) -> None:
+        with self._cond:
+            cam = self._cams.setdefault(env.camera_id, _Camera())
+            if isinstance(env.item, CameraStatus):
+                cam.state = env.item.state.value
+            elif isinstance(env.item, FrameResult) and env.image is not None:
+                cam.image, cam.result, cam.seq = env.image, env.item, cam.seq + 1
+                self._cond.notify_all()
+
+    def backlog(self) -> int:
+        return 0
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        return True
+
+    def close(self, timeout: float = 5.0) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()  # streaming clients end
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout)
+
+    # ------------------------------------------------------------------------------- watching
+
+    def watching(self) -> frozenset[str]:
+        """Cameras whose frames someone wants now: streamed, or asked a snapshot of lately."""
+        now = time.monotonic()
+        with self._cond:
+            return frozenset(c for c, cam in self._cams.items() if cam.streams or cam.snapshot_until > now)
+
+    def cameras(self) -> dict[str, str]:
+        """Camera id -> last known state, every camera this sink has heard of."""
+        with self._cond:
+            return {c: cam.state for c, cam in self._cams.items()}
+
+    # ------------------------------------------------------------------------- HTTP threads
+
+    def allowed(self, authorization: str | None) -> bool:
+        """Whether a request with this Authorization header may see the cameras."""
+        if self._auth is None:
+            return True
+        return authorization is not None and hmac.compare_digest(authorization.encode(), self._auth.encode())
+
+    def _camera(self, camera_id: str) -> _Camera | None:
+        with self._cond:
+            return self._cams.get(camera_id)
+
+    def _wait_frame(self, cam: _Camera, after: int, timeout: float) -> bool:
+        """Wait until ``cam`` has a frame newer than number ``after``; False on timeout or close."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._closed or cam.seq > after, timeout) and not self._closed
+
+    def _watch(self, cam: _Camera, *, stream: bool) -> bool:
+        """Count a stream (or a snapshot) of ``cam``; True when its stored frame is stale (nobody watched
+        it, so the device stage sent none lately): then a fresh one is worth a short wait."""
+        with self._cond:
+            now = time.monotonic()
+            stale = not cam.streams and cam.snapshot_until <= now
+            if stream:
+                if self._clients >= self.max_clients:
+                    raise _Busy
+                self._clients += 1
+                cam.streams += 1
+            else:
+                cam.snapshot_until = now + SNAPSHOT_GRACE_S
+            return stale
+
+    def _encoded(self, camera_id: str, cam: _Camera) -> tuple[int, bytes]:
+        """The latest frame drawn and JPEG-encoded (once per frame, whoever asks first)."""
+        with cam.encode_lock:
+            with self._cond:
+                seq, image, result = cam.seq, cam.image, cam.result
+            if seq != cam.jpeg_seq and image is not None and result is not None:
+                height, width = image.shape[:2]
+                scale = min(1.0, self.max_width / width)
+                canvas = (cv2.resize(image, (max(int(width * scale), 1), max(int(height * scale), 1)),
+                                     interpolation=cv2.INTER_AREA) if scale < 1.0 else image.copy())
+                # the image may already be smaller than the frame (the device stage downscales copies)
+                draw(canvas, result, scale=canvas.shape[1] / result.frame_size[0])
+                ok, buf = cv2.imencode(".jpg", canvas, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
+                if not ok:
+                    raise ValueError(f"JPEG encoding failed for camera {camera_id}")
+                cam.jpeg, cam.jpeg_seq = buf.tobytes(), seq
+            return cam.jpeg_seq, cam.jpeg
+
+    def _stream(self, camera_id: str, cam: _Camera, send: Any, gone: Any) -> None:
+        """Send ``camera_id``'s new frames to one client until it leaves (``gone()``, or a failed send)
+        or the sink closes."""
+        if self._watch(cam, stream=True):
+            self._wait_frame(cam, cam.seq, SNAPSHOT_WAIT_S)  # else the stored frame, however old
+        try:
+            shown = 0
+            while not self._closed and not gone():  # a camera with no new frame sends nothing to fail on
+                if not self._wait_frame(cam, shown, 1.0):
+                    continue
+                t0 = time.monotonic()
+                shown, jpeg = self._encoded(camera_id, cam)
+                send(jpeg)
+                self.counters.sent(camera_id)
+                time.sleep(max(self.interval - (time.monotonic() - t0), 0.0))
+        finally:
+            with self._cond:
+                self._clients -= 1
+                cam.streams -= 1
+
+    def _snapshot(self, camera_id: str, cam: _Camera) -> bytes | None:
+        """The latest frame (a fresh one awaited if the stored one is stale); None if there is none."""
+        if self._watch(cam, stream=False):
+            self._wait_frame(cam, cam.seq, SNAPSHOT_WAIT_S)
+        shown, jpeg = self._encoded(camera_id, cam)
+        if shown <= 0:
+            return None
+        self.counters.sent(camera_id)
+        return jpeg
+
+    def page(self) -> bytes:
+        tiles = []
+        for camera_id, state in sorted(self.cameras().items()):
+            url, label = quote(camera_id, safe=""), html.escape(camera_id)
+            tiles.append(f'<figure><img src="/cameras/{url}.mjpg" alt="{label}">'
+                         f"<figcaption>{label} &middot; {html.escape(state)}</figcaption></figure>")
+        body = "\n".join(tiles) or "<p>No camera yet.</p>"
+        return (f"<!doctype html><html><head><meta charset=utf-8><title>segpipe {html.escape(self.name)}</title>"
+                "<style>body{background:#111;color:#ddd;font:14px sans-serif;margin:8px}"
+                "main{display:grid;grid-template-columns:repeat(auto-fill,minmax(480px,1fr));gap:8px}"
+                "figure{margin:0}img{width:100%;background:#000}</style></head>"
+                f"<body><main>{body}</main></body></html>\n").encode()
+
+
+class _Busy(Exception):
+    """Every stream slot is taken."""
+
+
+def _handler(sink: PreviewSink) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        timeout = 60  # seconds an idle keep-alive connection (or a client that stopped reading) holds a thread
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's name
+            log.debug("preview sink %s: %s", sink.name, format % args)
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            path = self.path.split("?", 1)[0]
+            if not sink.allowed(self.headers.get("Authorization")):
+                body = b"this preview needs a login (the sink's user and password)\n"
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Basic realm="segpipe preview", charset="UTF-8"')
+                self.send_header("Content-Type", "text/plain; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
+            if path in ("/", "/index.html"):
+                self._reply(200, sink.page(), "text/html; charset=utf-8")
+                return
+            stem, dot, ext = path.rpartition(".")
+            if not stem.startswith("/cameras/") or not dot or ext not in ("mjpg", "jpg"):
+                self._reply(404, b"not found: try /, /cameras/<id>.mjpg or /cameras/<id>.jpg\n")
+                return
+            camera_id = unquote(stem[len("/cameras/"):])
+            cam = sink._camera(camera_id)
+            if cam is None:
+                known = ", ".join(sorted(sink.cameras())) or "none yet"
+                self._reply(404, f"unknown camera {camera_id!r} (known: {known})\n".encode())
+            elif ext == "jpg":
+                jpeg = sink._snapshot(camera_id, cam)
+                if jpeg is None:
+                    self._reply(503, f"no frame of camera {camera_id!r} yet (state: {cam.state})\n".encode())
+                else:
+                    self._reply(200, jpeg, "image/jpeg")
+            else:
+                self._mjpeg(camera_id, cam)
+
+        def _mjpeg(self, camera_id: str, cam: _Camera) -> None:
+            def send(jpeg: bytes) -> None:
+                self.wfile.write(f"--{_BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}"
+                                 "\r\n\r\n".encode() + jpeg + b"\r\n")
+                self.wfile.flush()
+
+            started = False
+
+            def start(jpeg: bytes) -> None:
+                nonlocal started
+                if not started:  # headers only once a frame is ready: a refused client gets a 503
+                    self.send_response(200)
+                    self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={_BOUNDARY}")
+                    self.send_header("Cache-Control", "no-cache, no-store")
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    started = True
+                send(jpeg)
+
+            def gone() -> bool:  # the client closed its end (a browser tab closed)
+                if not select.select([self.connection], [], [], 0)[0]:
+                    return False
+                try:
+                    return self.connection.recv(1, socket.MSG_PEEK) == b""
+                except OSError:
+                    return True
+
+            self.close_connection = True
+            try:
+                sink._stream(camera_id, cam, start, gone)
+            except _Busy:
+                self._reply(503, f"{sink.max_clients} streams already served (max_clients)\n".encode())
+            except (BrokenPipeError, ConnectionResetError, TimeoutError):
+                pass  # the client left
+
+        def _reply(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-cache")
+            self.end_headers()
+            self.wfile.write(body)
+
+    return Handler
