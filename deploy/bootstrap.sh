@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up segpipe on a fresh machine: a virtual environment in .venv with CPU PyTorch and segpipe.
 #   bash deploy/bootstrap.sh          # what `segpipe run` needs (no GPU, no Redis, no network)
-#   bash deploy/bootstrap.sh --dev    # plus test tools, redis-server and ffmpeg for the test suite
+#   bash deploy/bootstrap.sh --dev    # plus test tools, redis-server, mosquitto and ffmpeg for the test suite
 # Idempotent: a second run only checks. SEGPIPE_TORCH overrides the torch requirement.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +13,7 @@ TORCH=${SEGPIPE_TORCH:-torch==2.13.0}
 if [ "$dev" = 1 ]; then
   need=()
   command -v redis-server >/dev/null || need+=(redis-server)
+  command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
   command -v ffmpeg >/dev/null || need+=(ffmpeg)
   if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -24,6 +24,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def server_port() -> int:
+    """A free port below the ephemeral range, for servers a test stops and starts again: while one is
+    down, a client retrying 127.0.0.1:P can be handed P itself as its own port (TCP self-connect) and
+    hold it, and the restarted server then fails with "Address already in use"."""
+    pick = random.Random()  # not the global RNG, which tests seed
+    for _ in range(100):
+        port = pick.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    return free_port()
+
+
 @pytest.fixture(scope="module")
 def one_thread() -> Iterator[None]:
     """One torch intra-op thread for a module's model tests: two spinning OpenMP threads per process
@@ -97,7 +113,7 @@ class RedisServer:
         if exe is None:
             pytest.skip("redis-server is not installed (deploy/bootstrap.sh --dev installs it)")
         self.exe, self.workdir, self.password = exe, workdir, password
-        self.port = free_port()
+        self.port = server_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -133,6 +149,58 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+class MqttBroker:
+    """A real mosquitto broker on a loopback port, stoppable and restartable on the same port."""
+
+    def __init__(self, workdir: Path, *, persistence: bool = False, anonymous: bool = True) -> None:
+        """persistence: sessions and their queued messages survive a restart. anonymous: False refuses
+        every client (no password file)."""
+        exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+        if exe is None:
+            pytest.skip("mosquitto is not installed (deploy/bootstrap.sh --dev installs it)")
+        self.exe, self.workdir = exe, workdir
+        self.port = server_port()
+        self.conf = workdir / "mosquitto.conf"
+        lines = [f"listener {self.port} 127.0.0.1", f"allow_anonymous {str(anonymous).lower()}",
+                 f"persistence {str(persistence).lower()}"]
+        if persistence:
+            lines.append(f"persistence_location {workdir}/")
+        if os.geteuid() == 0:
+            lines.append("user root")  # else it drops to user mosquitto, which cannot write workdir
+        self.conf.write_text("\n".join(lines) + "\n")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        with open(self.workdir / "mosquitto.log", "ab") as out:
+            self.proc = subprocess.Popen([self.exe, "-c", str(self.conf)], stdout=out, stderr=out)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"mosquitto did not start: {(self.workdir / 'mosquitto.log').read_text()[-500:]}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+
+@pytest.fixture
+def mqtt_broker(tmp_path: Path) -> Iterator[MqttBroker]:
+    broker = MqttBroker(tmp_path)
+    broker.start()
+    yield broker
+    broker.stop()
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""segpipe listen: print the events a running pipeline publishes (Redis Streams or ZeroMQ).
+"""segpipe listen: print the events a running pipeline publishes (Redis Streams, ZeroMQ or MQTT).
 
 One line per event (``cam0 seq=12 n=3 person,car,car``), or the raw JSON with ``--json``. With
 ``--group``/``--consumer`` several listeners share each camera's events through a Redis consumer
@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import argparse
 import functools
+import queue
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import redis
 import zmq
@@ -23,7 +26,7 @@ from pipeline.sinks.config import redact_url
 from pipeline.sinks.redis import connect
 
 NAME = "listen"
-HELP = "print events published by a running pipeline (Redis Streams or ZeroMQ)"
+HELP = "print events published by a running pipeline (Redis Streams, ZeroMQ or MQTT)"
 
 _RESCAN_S = 2.0  # how often to look for new camera streams when no --camera is given
 
@@ -32,13 +35,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--redis", metavar="URL", help="redis://[:password@]host:port/db (rediss:// for TLS)")
     src.add_argument("--zmq", metavar="ENDPOINT", help="the ZeroMQ sink's endpoint, e.g. tcp://127.0.0.1:5555")
+    src.add_argument("--mqtt", metavar="URL", help="the MQTT sink's broker, mqtt://[user:password@]host[:port]")
     p.add_argument("--camera", help="only this camera id (default: all)")
     p.add_argument("--group", help="Redis consumer group: listeners in one group share the events")
     p.add_argument("--consumer", help="this listener's name in --group (stable across restarts)")
     p.add_argument("--count", type=int, default=0, help="exit after N events (default: run until Ctrl-C)")
     p.add_argument("--masks", action="store_true", help="decode masks and print their areas in pixels")
     p.add_argument("--json", action="store_true", help="print each event's raw JSON")
-    p.add_argument("--prefix", default="segpipe:", help="Redis stream key prefix (default segpipe:)")
+    p.add_argument("--prefix", help="Redis stream key prefix (default segpipe:) or MQTT topic prefix (segpipe/)")
     p.add_argument("--from-start", action="store_true",
                    help="without --group: read what the streams hold, not only new events")
     p.add_argument("--claim-idle-ms", type=int, default=30_000,
@@ -74,8 +78,8 @@ def _check_args(args: argparse.Namespace) -> None:
     if (args.group is None) != (args.consumer is None):
         raise ConfigError("--group" if args.group is None else "--consumer",
                           "--group and --consumer go together")
-    if args.group is not None and args.zmq:
-        raise ConfigError("--group", "consumer groups need --redis (ZeroMQ has no acknowledgements)")
+    if args.group is not None and not args.redis:
+        raise ConfigError("--group", "consumer groups need --redis")
     if args.count < 0:
         raise ConfigError("--count", f"expected >= 0, got {args.count}")
 
@@ -89,12 +93,12 @@ class _RedisSource:
         try:
             self.client = connect(args.redis, socket_timeout_s=10.0)
             self.client.ping()
-            keys = stream_keys(self.client, args.prefix, args.camera)
+            keys = stream_keys(self.client, args.prefix or "segpipe:", args.camera)
         except ValueError as e:
             raise ConfigError("--redis", f"invalid URL {redact_url(args.redis)}: {e}") from None
         except redis.RedisError as e:
             raise SourceError(f"cannot reach Redis at {redact_url(args.redis)}: {type(e).__name__}: {e}") from None
-        self.prefix, self.follow_new = args.prefix, args.camera is None
+        self.prefix, self.follow_new = args.prefix or "segpipe:", args.camera is None
         if args.group:
             self.reader: GroupReader | StreamReader = GroupReader(
                 self.client, keys, group=args.group, consumer=args.consumer, claim_idle_ms=args.claim_idle_ms)
@@ -144,9 +148,75 @@ class _ZmqSource:
         self.ctx.term()
 
 
+class _MqttSource:
+    """Subscribes to the frame and status topics (qos 1) of every camera, or of ``--camera``."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        import paho.mqtt.client as mqtt
+
+        from pipeline.sinks.config import MqttSinkConfig
+
+        from pydantic import ValidationError
+
+        try:
+            MqttSinkConfig(type="mqtt", url=args.mqtt)
+        except ValidationError as e:
+            raise ConfigError("--mqtt", e.errors()[0]["msg"].removeprefix("Value error, ")) from None
+        parts = urlsplit(args.mqtt)
+        self.url = redact_url(args.mqtt)
+        self.inbox: queue.Queue[bytes] = queue.Queue()
+        self.connected, self.refused = threading.Event(), ""
+        camera = args.camera or "+"
+        topics = [(f"{args.prefix or 'segpipe/'}{camera}/{kind}", 1) for kind in ("frame", "status")]
+        c = self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+
+        def on_connect(client: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+            if reason.is_failure:
+                self.refused = str(reason)
+            else:
+                client.subscribe(topics)  # again after every reconnect
+            self.connected.set()
+
+        c.on_connect = on_connect
+        c.on_message = lambda _c, _u, msg: self.inbox.put(bytes(msg.payload))
+        if parts.username:
+            c.username_pw_set(unquote(parts.username), None if parts.password is None else unquote(parts.password))
+        tls = parts.scheme == "mqtts"
+        if tls:
+            c.tls_set()
+        try:
+            c.connect(parts.hostname or "", parts.port or (8883 if tls else 1883))
+        except OSError as e:
+            raise SourceError(f"cannot reach the MQTT broker at {self.url}: {e}") from None
+        c.loop_start()
+        if not self.connected.wait(10.0) or self.refused:
+            self.close()
+            raise SourceError(f"the MQTT broker at {self.url} refused the connection: {self.refused or 'no answer'}")
+
+    def read(self, max_n: int) -> list[Received]:
+        out: list[Received] = []
+        try:
+            out.append((self.inbox.get(timeout=0.5), None))
+            while len(out) < max_n:
+                out.append((self.inbox.get_nowait(), None))
+        except queue.Empty:
+            pass
+        return out
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
-    source = _RedisSource(args) if args.redis else _ZmqSource(args)
+    source: _RedisSource | _ZmqSource | _MqttSource
+    if args.redis:
+        source = _RedisSource(args)
+    elif args.mqtt:
+        source = _MqttSource(args)
+    else:
+        source = _ZmqSource(args)
     printed, last = 0, time.monotonic()
     try:
         while True:

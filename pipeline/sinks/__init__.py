@@ -17,6 +17,7 @@ from pipeline.sinks.config import SinkConfig
 BUILTIN_SINKS: tuple[tuple[str, str], ...] = (
     ("zmq", "pipeline.sinks.zmq:ZmqSink"),
     ("redis", "pipeline.sinks.redis:RedisSink"),
+    ("mqtt", "pipeline.sinks.mqtt:MqttSink"),
     ("jsonl", "pipeline.sinks.jsonl:JsonlSink"),
     ("video", "pipeline.sinks.video:VideoSink"),
     ("preview", "pipeline.sinks.preview:PreviewSink"),

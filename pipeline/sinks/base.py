@@ -50,6 +50,8 @@ DEFAULT_POLICIES: Mapping[str, DropPolicy] = MappingProxyType({
     "zmq": DropPolicy(name="hwm", maxsize=1000, overflow=Overflow.DROP_NEWEST),
     # Holds events while Redis is slow or down; a long outage keeps the newest ones.
     "redis": DropPolicy(name="buffer_full", maxsize=10_000, overflow=Overflow.DROP_OLDEST),
+    # Holds events while the broker is away, like redis.
+    "mqtt": DropPolicy(name="buffer_full", maxsize=10_000, overflow=Overflow.DROP_OLDEST),
     "jsonl": DropPolicy(name="queue_full", maxsize=10_000, overflow=Overflow.DROP_OLDEST),
     # Frames are big (the annotated image travels with them): keep few.
     "video": DropPolicy(name="queue_full", maxsize=32, overflow=Overflow.DROP_OLDEST),

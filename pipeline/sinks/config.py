@@ -106,6 +106,44 @@ class RedisSinkConfig(_SinkBase):
         return redact_url(self.url)
 
 
+class MqttSinkConfig(_SinkBase):
+    """MQTT: each event on ``<topic_prefix><camera>/frame`` or ``.../status`` (the status retained)."""
+
+    type: Literal["mqtt"]
+    url: str = Field(repr=False, description="mqtt://[user:password@]host[:1883], mqtts:// for TLS (port 8883)")
+    topic_prefix: str = Field("segpipe/", description="topics are <prefix><camera>/frame and <prefix><camera>/status")
+    qos: Literal[0, 1] = Field(1, description="1: the broker acknowledges each event (resent after a reconnect); "
+                                              "0: fire and forget")
+    client_id: str | None = Field(None, min_length=1, description="the broker's name for this client; "
+                                                                  "default segpipe-<host>-<pid>")
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    max_inflight: int = Field(100, ge=1, description="events sent and not yet acknowledged (qos 1)")
+    backoff_max_s: float = Field(10.0, gt=0, description="longest wait between two reconnect attempts")
+    tls_ca: Path | None = Field(None, description="mqtts: CA certificates to trust instead of the system's")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        try:
+            parts = urlsplit(v)
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError as e:
+            raise ValueError(f"not a valid URL ({e})") from None  # never echo it: it may carry a password
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError(f"expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT], got scheme {parts.scheme!r}")
+        return v
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if any(c in v for c in "+#\0"):
+            raise ValueError(f"{v!r}: MQTT wildcards (+, #) and NUL cannot be in a topic")
+        return v
+
+    def redacted_url(self) -> str:
+        return redact_url(self.url)
+
+
 class JsonlSinkConfig(_SinkBase):
     """One event per line in ``path``, rotated by size into ``path.1`` .. ``path.<keep>``."""
 
@@ -192,7 +230,7 @@ class PreviewSinkConfig(_SinkBase):
 
 
 SinkConfig = Annotated[
-    ZmqSinkConfig | RedisSinkConfig | JsonlSinkConfig | VideoSinkConfig | PreviewSinkConfig,
+    ZmqSinkConfig | RedisSinkConfig | MqttSinkConfig | JsonlSinkConfig | VideoSinkConfig | PreviewSinkConfig,
     Field(discriminator="type")
 ]
 """Any sink's config, chosen by its ``type:`` key."""

@@ -1,0 +1,172 @@
+"""MQTT sink: each event on ``<prefix><camera>/frame`` or ``<prefix><camera>/status`` (paho-mqtt).
+
+Statuses are retained, so a subscriber that connects late learns every camera's state at once. The
+sink announces itself on ``<prefix>_clients/<client id>``: ``online`` (retained) once connected, and
+the broker publishes ``offline`` there (the last will) if segpipe goes away without closing. Camera ids
+cannot start with ``_``, so that topic never meets a camera's.
+
+Like the Redis sink, it never blocks the pipeline and survives the broker going away: paho's own
+thread keeps the connection (reconnecting with back-off up to ``backoff_max_s``); events wait in the
+sink's bounded buffer (oldest dropped and counted as ``buffer_full``) while it is down, and go out in
+order once it is back. At qos 1 at most ``max_inflight`` events are unacknowledged at a time; those cut
+off by a lost connection are sent again after the reconnect, so consumers get each event at least
+once. ``sent`` counts acknowledged events (qos 0: written to the socket). The URL may carry a password:
+only its redacted form is ever logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import paho.mqtt.client as mqtt
+
+from engines.errors import SinkError
+from pipeline.sinks.base import DropPolicy, Envelope, ThreadedSink, policy_for
+from pipeline.sinks.config import MqttSinkConfig, redact_url
+
+log = logging.getLogger(__name__)
+
+_RETRY_S = 0.2  # how long the writer waits before trying again while the broker is away or paho's queue is full
+
+
+class MqttSink(ThreadedSink):
+    """Publish events to an MQTT broker (see the module doc), never blocking."""
+
+    def __init__(self, *, name: str, url: str, policy: DropPolicy, topic_prefix: str = "segpipe/", qos: int = 1,
+                 client_id: str | None = None, keepalive_s: int = 30, max_inflight: int = 100,
+                 backoff_max_s: float = 10.0, tls_ca: Path | None = None) -> None:
+        super().__init__(name=name, policy=policy, batch_size=256)
+        self.redacted_url = redact_url(url)
+        parts = urlsplit(url)
+        tls = parts.scheme == "mqtts"
+        self.topic_prefix, self.qos = topic_prefix, qos
+        self.client_id = client_id or f"segpipe-{socket.gethostname()}-{os.getpid()}"
+        self.presence_topic = f"{topic_prefix}_clients/{self.client_id}"
+        self.connected = threading.Event()
+        self._lock = threading.Lock()  # guards the two mid tables below (writer and paho's thread)
+        self._pending: dict[int, str] = {}  # message id -> camera, published and not yet acknowledged
+        self._early: set[int] = set()  # acknowledged before the writer recorded them
+        self._state = ""  # the last connection news logged, so an outage logs once, not every retry
+        c = self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id)
+        c.max_inflight_messages_set(max_inflight)
+        c.max_queued_messages_set(max_inflight)  # paho queues no more than that: the sink's buffer holds the rest
+        c.reconnect_delay_set(min_delay=1, max_delay=max(int(backoff_max_s), 1))
+        if parts.username:
+            c.username_pw_set(unquote(parts.username), None if parts.password is None else unquote(parts.password))
+        try:
+            if tls:
+                c.tls_set(ca_certs=None if tls_ca is None else str(tls_ca))
+        except (OSError, ValueError) as e:
+            raise SinkError(f"mqtt sink {name!r}: TLS set-up failed ({tls_ca or 'system CAs'}): {e}") from None
+        c.will_set(self.presence_topic, b"offline", qos=1, retain=True)
+        c.on_connect, c.on_disconnect, c.on_publish = self._on_connect, self._on_disconnect, self._on_publish
+        # connect_async: a broker that is down at start is waited for, as one that goes away later
+        c.connect_async(parts.hostname or "", parts.port or (8883 if tls else 1883), keepalive=keepalive_s)
+        c.loop_start()
+        self.start()
+
+    @classmethod
+    def from_config(cls, cfg: MqttSinkConfig) -> MqttSink:
+        return cls(name=cfg.sink_name, url=cfg.url, topic_prefix=cfg.topic_prefix, qos=cfg.qos,
+                   client_id=cfg.client_id, keepalive_s=cfg.keepalive_s, max_inflight=cfg.max_inflight,
+                   backoff_max_s=cfg.backoff_max_s, tls_ca=cfg.tls_ca,
+                   policy=policy_for("mqtt", maxsize=cfg.queue_size, overflow=cfg.on_full))
+
+    # ------------------------------------------------------------------------ paho's thread
+
+    def _news(self, state: str, line: str, *args: Any) -> None:
+        if state != self._state:
+            self._state = state
+            (log.info if state == "up" else log.warning)(line, *args)
+
+    def _on_connect(self, client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        if reason.is_failure:
+            self.counters.error("connect")
+            self._news(f"refused {reason}", "mqtt sink %s: %s refused the connection: %s", self.name,
+                       self.redacted_url, reason)
+            return
+        client.publish(self.presence_topic, b"online", qos=1, retain=True)
+        self.connected.set()
+        self._news("up", "mqtt sink %s: connected to %s", self.name, self.redacted_url)
+
+    def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        self.connected.clear()
+        if not self._stop.is_set():
+            self.counters.error("disconnect")
+            self._news("down", "mqtt sink %s: lost %s (%s); reconnecting", self.name, self.redacted_url, reason)
+
+    def _on_publish(self, _client: mqtt.Client, _userdata: Any, mid: int, _reason: Any, _props: Any) -> None:
+        with self._lock:
+            camera = self._pending.pop(mid, None)
+            if camera is None:
+                self._early.add(mid)
+        if camera is not None:
+            self.counters.sent(camera)
+
+    # --------------------------------------------------------------------------- the writer
+
+    def topic(self, env: Envelope) -> str:
+        return f"{self.topic_prefix}{env.camera_id}/{env.kind}"
+
+    def write_batch(self, envs: list[Envelope]) -> None:
+        for i, env in enumerate(envs):
+            if not self.connected.is_set():
+                self.buffer.requeue(envs[i:])  # kept in order; the oldest overflow counted as dropped
+                self.connected.wait(_RETRY_S)
+                return
+            info = self._client.publish(self.topic(env), env.payload, qos=self.qos, retain=env.kind == "status")
+            if info.rc in (mqtt.MQTT_ERR_QUEUE_SIZE, mqtt.MQTT_ERR_NO_CONN):  # paho is full, or the link just went
+                self.buffer.requeue(envs[i:])
+                self.wait(0.01 if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE else _RETRY_S)
+                return
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                self.counters.error("publish")
+                self.counters.dropped(env.camera_id, "write_error")
+                continue
+            with self._lock:
+                early = info.mid in self._early
+                if early:
+                    self._early.discard(info.mid)
+                else:
+                    self._pending[info.mid] = env.camera_id
+            if early:
+                self.counters.sent(env.camera_id)
+
+    def backlog(self) -> int:
+        with self._lock:
+            return len(self.buffer) + len(self._pending)
+
+    def _acked(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._pending:
+                    return True
+            time.sleep(0.01)
+        with self._lock:
+            return not self._pending
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every event queued so far is written and, at qos 1, acknowledged."""
+        t0 = time.monotonic()
+        return super().flush(timeout) and self._acked(max(timeout - (time.monotonic() - t0), 0.0))
+
+    def close_resources(self) -> None:
+        if self.connected.is_set() and not self.abandoned:
+            self._acked(2.0)
+            with contextlib.suppress(RuntimeError, ValueError):  # not queued: the will says it instead
+                self._client.publish(self.presence_topic, b"offline", qos=1, retain=True).wait_for_publish(2.0)
+        with self._lock:
+            for camera in self._pending.values():
+                self.counters.dropped(camera, "shutdown")
+            self._pending.clear()
+        self._client.disconnect()
+        self._client.loop_stop()

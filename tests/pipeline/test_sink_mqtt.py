@@ -1,0 +1,236 @@
+"""MQTT sink against a real mosquitto broker: per-camera topics, retained statuses, presence and last
+will, a broker that is down at start or restarts mid-stream (nothing lost at qos 1), refused logins."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from engines.errors import ConfigErrors
+from pipeline.cli import main
+from pipeline.config import parse_config
+from pipeline.events import encode, status_event
+from pipeline.messages import CameraState, CameraStatus
+from pipeline.sinks.base import Envelope, policy_for
+from pipeline.sinks.config import MqttSinkConfig
+from pipeline.sinks.mqtt import MqttSink
+from pipeline.supervisor import Supervisor
+from tests.conftest import MqttBroker
+from tests.helpers import wait_for
+from tests.pipeline.media import write_clip
+from tests.pipeline.test_sink_redis import _env
+from tests.pipeline.test_supervisor import config
+
+
+class Subscriber:
+    """A paho client on ``segpipe/#`` (qos 1) that keeps (topic, event or text, retained) as they come.
+    A fixed client id and a persistent session: the broker keeps what it missed while away."""
+
+    def __init__(self, broker: MqttBroker, client_id: str = "test-sub") -> None:
+        self.got: list[tuple[str, Any, bool]] = []
+        self.ready = threading.Event()
+        c = self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
+        c.on_connect = lambda cl, *_: (cl.subscribe("segpipe/#", qos=1), self.ready.set())
+        c.on_subscribe = lambda *_: None
+        c.on_message = self._message
+        c.reconnect_delay_set(0, 1)
+        c.connect("127.0.0.1", broker.port)
+        c.loop_start()
+        wait_for(self.ready.is_set, 10, "the subscriber to connect")
+        time.sleep(0.2)  # the SUBACK
+
+    def _message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        text = msg.payload.decode()
+        self.got.append((msg.topic, json.loads(text) if text.startswith("{") else text, bool(msg.retain)))
+
+    def seqs(self, topic: str) -> list[int]:
+        return [e["seq"] for t, e, _ in list(self.got) if t == topic]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def _sink(broker: MqttBroker, **kw: Any) -> MqttSink:
+    kw.setdefault("policy", policy_for("mqtt"))
+    return MqttSink(name="mqtt", url=broker.url, client_id="segpipe-test", backoff_max_s=1, **kw)
+
+
+def _status(camera: str, state: CameraState) -> Envelope:
+    st = CameraStatus(camera_id=camera, state=state, ts=time.time())
+    return Envelope(camera_id=camera, kind="status", payload=encode(status_event(st)), item=st)
+
+
+@pytest.fixture
+def subscriber(mqtt_broker: MqttBroker) -> Iterator[Subscriber]:
+    sub = Subscriber(mqtt_broker)
+    yield sub
+    sub.close()
+
+
+def test_events_go_to_per_camera_topics_with_statuses_retained(mqtt_broker: MqttBroker,
+                                                               subscriber: Subscriber) -> None:
+    sink = _sink(mqtt_broker)
+    wait_for(sink.connected.is_set, 10, "the sink to connect")
+    sink.publish(_status("gate", CameraState.LIVE))
+    for seq in range(50):
+        sink.publish(_env("gate", seq))
+        sink.publish(_env("dock", seq))
+    assert sink.flush(10) and sink.backlog() == 0
+    wait_for(lambda: len(subscriber.seqs("segpipe/dock/frame")) == 50, 10, "every event")
+    assert subscriber.seqs("segpipe/gate/frame") == list(range(50))  # in order
+    assert sink.counters.totals_sent == {"gate": 51, "dock": 50} and not sink.counters.totals_dropped
+    # a subscriber that comes later learns each camera's state and that segpipe is online
+    late = Subscriber(mqtt_broker, client_id="late")
+    try:
+        wait_for(lambda: len(late.got) >= 2, 10, "the retained messages")
+        retained = {t: (e if isinstance(e, str) else e["state"]) for t, e, r in late.got if r}
+        assert retained == {"segpipe/gate/status": "live", "segpipe/_clients/segpipe-test": "online"}
+        sink.close()
+        wait_for(lambda: ("segpipe/_clients/segpipe-test", "offline", False) in late.got, 10, "offline")
+    finally:
+        late.close()
+
+
+def test_a_broker_down_at_start_gets_everything_once_up(tmp_path: Path) -> None:
+    broker = MqttBroker(tmp_path)  # not started
+    sink = _sink(broker)
+    try:
+        for seq in range(100):
+            sink.publish(_env("gate", seq))
+        time.sleep(1.0)
+        assert not sink.connected.is_set() and sink.backlog() == 100  # held, not dropped
+        broker.start()
+        sub = Subscriber(broker)  # before the sink's next retry (at least 1 s apart)
+        try:
+            assert sink.flush(30)
+            wait_for(lambda: len(sub.seqs("segpipe/gate/frame")) >= 100, 10, "the held events")
+            assert sub.seqs("segpipe/gate/frame") == list(range(100))
+        finally:
+            sub.close()
+    finally:
+        sink.close()
+        broker.stop()
+
+
+def test_a_broker_restart_loses_nothing_at_qos_1(tmp_path: Path) -> None:
+    broker = MqttBroker(tmp_path, persistence=True)  # the subscriber's session outlives the restart
+    broker.start()
+    sub = Subscriber(broker)
+    sink = _sink(broker)
+    try:
+        wait_for(sink.connected.is_set, 10, "the sink to connect")
+        for seq in range(300):
+            sink.publish(_env("gate", seq))
+            if seq == 100:
+                broker.stop()
+            if seq == 200:
+                broker.start()
+            time.sleep(0.005)
+        assert sink.flush(60)
+        wait_for(lambda: set(sub.seqs("segpipe/gate/frame")) == set(range(300)), 30, "every event, at least once")
+        assert not sink.counters.totals_dropped and sink.counters.totals_errors["disconnect"] >= 1
+    finally:
+        sink.close()
+        sub.close()
+        broker.stop()
+
+
+def test_a_refused_login_is_counted_and_the_events_wait(tmp_path: Path) -> None:
+    broker = MqttBroker(tmp_path, anonymous=False)
+    broker.start()
+    sink = _sink(broker)
+    try:
+        sink.publish(_env("gate", 0))
+        wait_for(lambda: sink.counters.totals_errors["connect"] >= 1, 10, "the refusal")
+        assert sink.backlog() == 1 and not sink.connected.is_set()
+    finally:
+        sink.close(timeout=0.5)
+        broker.stop()
+    assert sink.counters.totals_dropped == {("gate", "shutdown"): 1}
+
+
+def test_config_checks_the_url_without_echoing_it() -> None:
+    base = {"model": {"path": "yolov8n-seg.yaml"}, "cameras": [{"id": "a", "url": "demo://factory"}]}
+    with pytest.raises(ConfigErrors) as e:
+        parse_config({**base, "sinks": [{"type": "mqtt", "url": "tcp://user:hunter2@broker:1883"}]}, env={})
+    text = str(e.value)
+    assert "sinks[0].url: expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT], got scheme 'tcp'" in text
+    assert "hunter2" not in text
+    with pytest.raises(ConfigErrors, match=r"sinks\[0\]\.topic_prefix: 'plant/#/': MQTT wildcards"):
+        parse_config({**base, "sinks": [{"type": "mqtt", "url": "mqtt://b", "topic_prefix": "plant/#/"}]}, env={})
+    cfg = MqttSinkConfig(type="mqtt", url="mqtts://ops:hunter2@broker")
+    assert "hunter2" not in repr(cfg) and cfg.redacted_url() == "mqtts://***@broker"
+
+
+def test_listen_prints_a_camera_and_its_retained_status(mqtt_broker: MqttBroker,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    sink = _sink(mqtt_broker)
+    stop = threading.Event()
+
+    def publish() -> None:  # keep publishing: the listener subscribes whenever it does
+        seq = 0
+        while not stop.is_set():
+            for cam in ("cam1", "cam10"):
+                sink.publish(_env(cam, seq))
+            seq += 1
+            time.sleep(0.005)
+
+    try:
+        wait_for(sink.connected.is_set, 10, "the sink to connect")
+        sink.publish(_status("cam1", CameraState.LIVE))
+        assert sink.flush(10)
+        t = threading.Thread(target=publish)
+        t.start()
+        try:
+            assert main(["listen", "--mqtt", mqtt_broker.url, "--camera", "cam1", "--count", "4",
+                         "--idle-timeout", "10"]) == 0
+        finally:
+            stop.set()
+            t.join()
+    finally:
+        sink.close()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "cam1 status=live" and all(line.startswith("cam1 seq=") for line in lines[1:4])
+
+
+@pytest.mark.parametrize("argv, error", [
+    (["--mqtt", "mqtt://127.0.0.1:1", "--group", "g", "--consumer", "c"], "--group: consumer groups need --redis"),
+    (["--mqtt", "redis://:hunter2@x"], "--mqtt: expected mqtt://HOST[:PORT]"),
+    (["--mqtt", "mqtt://:hunter2@127.0.0.1:1"], "cannot reach the MQTT broker at mqtt://***@127.0.0.1:1"),
+])
+def test_listen_mqtt_errors_are_one_line(argv: list[str], error: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["listen", *argv]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"segpipe listen: error: {error}"), err
+    assert "hunter2" not in err[0]
+
+
+def test_listen_refused_login_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    broker = MqttBroker(tmp_path, anonymous=False)
+    broker.start()
+    try:
+        assert main(["listen", "--mqtt", broker.url]) == 1
+    finally:
+        broker.stop()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "refused the connection: Not authorized" in err[0], err
+
+
+def test_a_run_publishes_frames_and_statuses(tmp_path: Path, mqtt_broker: MqttBroker,
+                                             subscriber: Subscriber) -> None:
+    clip = write_clip(tmp_path / "cam.mp4", frames=6, fps=15, size=(96, 64))
+    cfg = config(tmp_path, [{"id": "cam", "url": str(clip), "realtime": False, "lossless": True}],
+                 sinks=[{"type": "mqtt", "url": mqtt_broker.url, "client_id": "run"}])
+    assert Supervisor(cfg=cfg).run() == 0
+    wait_for(lambda: len(subscriber.seqs("segpipe/cam/frame")) == 6, 10, "every frame")
+    states = [e["state"] for t, e, _ in subscriber.got if t == "segpipe/cam/status"]
+    assert states == ["connecting", "live", "ended"]
+    assert ("segpipe/_clients/run", "offline", False) in subscriber.got
