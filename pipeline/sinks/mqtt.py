@@ -51,7 +51,8 @@ class MqttSink(ThreadedSink):
         self.client_id = client_id or f"segpipe-{socket.gethostname()}-{os.getpid()}"
         self.presence_topic = f"{topic_prefix}_clients/{self.client_id}"
         self.connected = threading.Event()
-        self._lock = threading.Lock()  # guards the two mid tables below (writer and paho's thread)
+        self.max_inflight = max_inflight
+        self._lock = threading.Condition()  # guards the two mid tables below (writer and paho's thread)
         self._pending: dict[int, str] = {}  # message id -> camera, published and not yet acknowledged
         self._early: set[int] = set()  # acknowledged before the writer recorded them
         self._state = ""  # the last connection news logged, so an outage logs once, not every retry
@@ -108,6 +109,7 @@ class MqttSink(ThreadedSink):
             camera = self._pending.pop(mid, None)
             if camera is None:
                 self._early.add(mid)
+            self._lock.notify_all()  # room in the window for a writer waiting on a full paho queue
         if camera is not None:
             self.counters.sent(camera)
 
@@ -125,7 +127,8 @@ class MqttSink(ThreadedSink):
             info = self._client.publish(self.topic(env), env.payload, qos=self.qos, retain=env.kind == "status")
             if info.rc in (mqtt.MQTT_ERR_QUEUE_SIZE, mqtt.MQTT_ERR_NO_CONN):  # paho is full, or the link just went
                 self.buffer.requeue(envs[i:])
-                self.wait(0.01 if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE else _RETRY_S)
+                with self._lock:  # until an acknowledgement makes room (or a retry later)
+                    self._lock.wait_for(lambda: len(self._pending) < self.max_inflight, _RETRY_S)
                 return
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
                 self.counters.error("publish")
