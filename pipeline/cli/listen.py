@@ -153,10 +153,9 @@ class _MqttSource:
 
     def __init__(self, args: argparse.Namespace) -> None:
         import paho.mqtt.client as mqtt
+        from pydantic import ValidationError
 
         from pipeline.sinks.config import MqttSinkConfig
-
-        from pydantic import ValidationError
 
         try:
             MqttSinkConfig(type="mqtt", url=args.mqtt)

@@ -19,6 +19,7 @@ import html
 import logging
 import select
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -75,10 +76,9 @@ class PreviewSink:
         self._clients = 0
         self._closed = False
         try:
-            self._server = ThreadingHTTPServer((host, port), _handler(self))
+            self._server = _Server((host, port), _handler(self))
         except OSError as e:
             raise SinkError(f"preview sink {name!r}: cannot listen on {host}:{port}: {e.strerror or e}") from None
-        self._server.daemon_threads = True
         self.host, self.port = host, int(self._server.server_address[1])
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
                                         name=f"sink-{name}", daemon=True)
@@ -177,6 +177,9 @@ class PreviewSink:
                 if not ok:
                     raise ValueError(f"JPEG encoding failed for camera {camera_id}")
                 cam.jpeg, cam.jpeg_seq = buf.tobytes(), seq
+                with self._cond:
+                    if cam.seq == seq:  # the JPEG is all that is needed of it now: do not hold the frame
+                        cam.image = cam.result = None
             return cam.jpeg_seq, cam.jpeg
 
     def _stream(self, camera_id: str, cam: _Camera, send: Any, gone: Any) -> None:
@@ -221,6 +224,14 @@ class PreviewSink:
                 "main{display:grid;grid-template-columns:repeat(auto-fill,minmax(480px,1fr));gap:8px}"
                 "figure{margin:0}img{width:100%;background:#000}</style></head>"
                 f"<body><main>{body}</main></body></html>\n").encode()
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # one line, not http.server's traceback on stderr: a client gone mid-reply is routine
+        log.warning("preview: request from %s failed: %s", client_address[0], sys.exc_info()[1])
 
 
 class _Busy(Exception):
