@@ -120,6 +120,9 @@ class MqttSinkConfig(_SinkBase):
     max_inflight: int = Field(100, ge=1, description="events sent and not yet acknowledged (qos 1)")
     backoff_max_s: float = Field(10.0, gt=0, description="longest wait between two reconnect attempts")
     tls_ca: Path | None = Field(None, description="mqtts: CA certificates to trust instead of the system's")
+    spool_dir: Path | None = Field(None, description="while the broker is away, keep events in this folder (one "
+                                                     "per sink) instead of memory; sent first once it is back")
+    spool_max_mb: float = Field(1024.0, gt=0, description="spool size bound; the oldest events go first")
 
     @field_validator("url")
     @classmethod

@@ -7,8 +7,9 @@ cannot start with ``_``, so that topic never meets a camera's.
 
 Like the Redis sink, it never blocks the pipeline and survives the broker going away: paho's own
 thread keeps the connection (reconnecting with back-off up to ``backoff_max_s``); events wait in the
-sink's bounded buffer (oldest dropped and counted as ``buffer_full``) while it is down, and go out in
-order once it is back. At qos 1 at most ``max_inflight`` events are unacknowledged at a time; those cut
+sink's bounded buffer (oldest dropped and counted as ``buffer_full``) while it is down, or with
+``spool_dir`` on disk (``pipeline.sinks.spool``, up to ``spool_max_mb``; a restart during an outage loses
+nothing either), and go out in order once it is back. At qos 1 at most ``max_inflight`` events are unacknowledged at a time; those cut
 off by a lost connection are sent again after the reconnect, so consumers get each event at least
 once. ``sent`` counts acknowledged events (qos 0: written to the socket). The URL may carry a password:
 only its redacted form is ever logged.
@@ -31,6 +32,7 @@ import paho.mqtt.client as mqtt
 from engines.errors import SinkError
 from pipeline.sinks.base import DropPolicy, Envelope, ThreadedSink, policy_for
 from pipeline.sinks.config import MqttSinkConfig, redact_url
+from pipeline.sinks.spool import Spool, spool_counted
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,8 @@ class MqttSink(ThreadedSink):
 
     def __init__(self, *, name: str, url: str, policy: DropPolicy, topic_prefix: str = "segpipe/", qos: int = 1,
                  client_id: str | None = None, keepalive_s: int = 30, max_inflight: int = 100,
-                 backoff_max_s: float = 10.0, tls_ca: Path | None = None) -> None:
+                 backoff_max_s: float = 10.0, tls_ca: Path | None = None, spool_dir: Path | None = None,
+                 spool_max_bytes: int = 2**30) -> None:
         super().__init__(name=name, policy=policy, batch_size=256)
         self.redacted_url = redact_url(url)
         parts = urlsplit(url)
@@ -56,6 +59,14 @@ class MqttSink(ThreadedSink):
         self._pending: dict[int, str] = {}  # message id -> camera, published and not yet acknowledged
         self._early: set[int] = set()  # acknowledged before the writer recorded them
         self._state = ""  # the last connection news logged, so an outage logs once, not every retry
+        self.spool: Spool | None = None
+        if spool_dir is not None:
+            try:
+                self.spool = Spool(spool_dir, max_bytes=spool_max_bytes)
+            except OSError as e:
+                raise SinkError(f"mqtt sink {name!r}: cannot use spool folder {spool_dir}: {e.strerror}") from None
+            if len(self.spool):
+                log.info("mqtt sink %s: %d events spooled by an earlier run go out first", name, len(self.spool))
         c = self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id)
         c.max_inflight_messages_set(max_inflight)
         c.max_queued_messages_set(max_inflight)  # paho queues no more than that: the sink's buffer holds the rest
@@ -78,7 +89,8 @@ class MqttSink(ThreadedSink):
     def from_config(cls, cfg: MqttSinkConfig) -> MqttSink:
         return cls(name=cfg.sink_name, url=cfg.url, topic_prefix=cfg.topic_prefix, qos=cfg.qos,
                    client_id=cfg.client_id, keepalive_s=cfg.keepalive_s, max_inflight=cfg.max_inflight,
-                   backoff_max_s=cfg.backoff_max_s, tls_ca=cfg.tls_ca,
+                   backoff_max_s=cfg.backoff_max_s, tls_ca=cfg.tls_ca, spool_dir=cfg.spool_dir,
+                   spool_max_bytes=int(cfg.spool_max_mb * 2**20),
                    policy=policy_for("mqtt", maxsize=cfg.queue_size, overflow=cfg.on_full))
 
     # ------------------------------------------------------------------------ paho's thread
@@ -115,37 +127,75 @@ class MqttSink(ThreadedSink):
 
     # --------------------------------------------------------------------------- the writer
 
-    def topic(self, env: Envelope) -> str:
-        return f"{self.topic_prefix}{env.camera_id}/{env.kind}"
-
     def write_batch(self, envs: list[Envelope]) -> None:
-        for i, env in enumerate(envs):
+        records = [(f"{env.camera_id}/{env.kind}", env.payload) for env in envs]  # the topic after the prefix
+        if self.spool is not None and (len(self.spool) or not self.connected.is_set()):
+            self._to_spool(records)  # behind the backlog: events leave in the order they came
+            self._drain()
+            return
+        n = self._send(records)
+        if n == len(records):
+            return
+        if self.spool is not None and not self.connected.is_set():
+            self._to_spool(records[n:])
+        else:  # a full window (the broker is slow, not gone), or no spool: wait in memory, in order
+            self.buffer.requeue(envs[n:])
+            self.connected.wait(_RETRY_S)
+
+    def _send(self, records: list[tuple[str, bytes]]) -> int:
+        """Hand ``records`` (topic after the prefix, payload) to paho in order; how many it took. It stops
+        at a lost connection, or at a full window that no acknowledgement frees within ``_RETRY_S``."""
+        for i, (key, payload) in enumerate(records):
+            camera, _, kind = key.partition("/")
             if not self.connected.is_set():
-                self.buffer.requeue(envs[i:])  # kept in order; the oldest overflow counted as dropped
-                self.connected.wait(_RETRY_S)
-                return
-            info = self._client.publish(self.topic(env), env.payload, qos=self.qos, retain=env.kind == "status")
-            if info.rc in (mqtt.MQTT_ERR_QUEUE_SIZE, mqtt.MQTT_ERR_NO_CONN):  # paho is full, or the link just went
-                self.buffer.requeue(envs[i:])
-                with self._lock:  # until an acknowledgement makes room (or a retry later)
+                return i
+            info = self._client.publish(self.topic_prefix + key, payload, qos=self.qos, retain=kind == "status")
+            if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
+                with self._lock:  # until an acknowledgement makes room
                     self._lock.wait_for(lambda: len(self._pending) < self.max_inflight, _RETRY_S)
-                return
+                return i
+            if info.rc == mqtt.MQTT_ERR_NO_CONN:  # the link went since the check above
+                return i
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
                 self.counters.error("publish")
-                self.counters.dropped(env.camera_id, "write_error")
+                self.counters.dropped(camera, "write_error")
                 continue
             with self._lock:
                 early = info.mid in self._early
                 if early:
                     self._early.discard(info.mid)
                 else:
-                    self._pending[info.mid] = env.camera_id
+                    self._pending[info.mid] = camera
             if early:
-                self.counters.sent(env.camera_id)
+                self.counters.sent(camera)
+        return len(records)
+
+    def _to_spool(self, records: list[tuple[str, bytes]]) -> None:
+        assert self.spool is not None
+        spool_counted(self.spool, records, self.counters, sink=f"mqtt sink {self.name}", target=self.redacted_url,
+                      camera_of=lambda key: key.partition("/")[0])
+
+    def _drain(self) -> None:
+        """Send the spool's oldest events while connected, for up to half a second (new events wait in
+        the memory buffer meanwhile)."""
+        assert self.spool is not None
+        deadline = time.monotonic() + 0.5
+        while len(self.spool) and self.connected.is_set() and time.monotonic() < deadline:
+            chunk = self.spool.peek(self.batch_size)
+            n = self._send(chunk)
+            self.spool.take(n)
+            if not len(self.spool):
+                log.info("mqtt sink %s: spool sent, publishing directly again", self.name)
+            elif n == 0:
+                return
+
+    def idle(self) -> None:
+        if self.spool is not None and len(self.spool) and self.connected.is_set():
+            self._drain()
 
     def backlog(self) -> int:
         with self._lock:
-            return len(self.buffer) + len(self._pending)
+            return len(self.buffer) + len(self._pending) + (len(self.spool) if self.spool is not None else 0)
 
     def _acked(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -173,3 +223,5 @@ class MqttSink(ThreadedSink):
             self._pending.clear()
         self._client.disconnect()
         self._client.loop_stop()
+        if self.spool is not None:
+            self.spool.close()

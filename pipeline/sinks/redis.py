@@ -25,7 +25,7 @@ from redis.retry import Retry
 from engines.errors import SinkError
 from pipeline.sinks.base import DropPolicy, Envelope, ThreadedSink, policy_for
 from pipeline.sinks.config import RedisSinkConfig, redact_url
-from pipeline.sinks.spool import Spool
+from pipeline.sinks.spool import Spool, spool_counted
 
 log = logging.getLogger(__name__)
 
@@ -144,20 +144,7 @@ class RedisSink(ThreadedSink):
 
     def _to_spool(self, records: list[tuple[str, bytes]]) -> None:
         assert self.spool is not None
-        was_empty = not len(self.spool)
-        try:
-            lost = self.spool.append(records)
-        except OSError as e:  # disk full, folder gone: these events are lost, counted
-            self.counters.error("spool")
-            for camera, _ in records:
-                self.counters.dropped(camera, "write_error")
-            log.warning("redis sink %s: cannot spool to %s: %s", self.name, self.spool.directory, e.strerror)
-            return
-        if was_empty:
-            log.warning("redis sink %s: spooling events to %s until %s is back", self.name, self.spool.directory,
-                        self.redacted_url)
-        for camera, n in lost.items():
-            self.counters.dropped(camera, "spool_full", n)
+        spool_counted(self.spool, records, self.counters, sink=f"redis sink {self.name}", target=self.redacted_url)
 
     def _drain(self) -> None:
         """Send the spool's oldest events, a batch at a time, for up to half a second (new events

@@ -14,8 +14,9 @@ from __future__ import annotations
 import logging
 import struct
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 log = logging.getLogger(__name__)
 
@@ -126,3 +127,23 @@ class Spool:
         if self._tail is not None:
             self._tail.close()
             self._tail = None
+
+
+def spool_counted(spool: Spool, records: list[tuple[str, bytes]], counters: Any, *, sink: str, target: str,
+                  camera_of: Callable[[str], str] = str) -> None:
+    """Append ``records`` to ``spool`` for a sink: what cannot be kept is counted on ``counters`` (a
+    disk error: ``write_error``; past the bound: ``spool_full``), and the first event of an outage says
+    so in the log. ``camera_of`` maps a record's key to its camera (when the key is more than that)."""
+    was_empty = not len(spool)
+    try:
+        lost = spool.append(records)
+    except OSError as e:  # disk full, folder gone: these events are lost, counted
+        counters.error("spool")
+        for key, _ in records:
+            counters.dropped(camera_of(key), "write_error")
+        log.warning("%s: cannot spool to %s: %s", sink, spool.directory, e.strerror)
+        return
+    if was_empty:
+        log.warning("%s: spooling events to %s until %s is back", sink, spool.directory, target)
+    for key, n in lost.items():
+        counters.dropped(camera_of(key), "spool_full", n)

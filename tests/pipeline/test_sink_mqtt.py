@@ -234,3 +234,30 @@ def test_a_run_publishes_frames_and_statuses(tmp_path: Path, mqtt_broker: MqttBr
     states = [e["state"] for t, e, _ in subscriber.got if t == "segpipe/cam/status"]
     assert states == ["connecting", "live", "ended"]
     assert ("segpipe/_clients/run", "offline", False) in subscriber.got
+
+
+def test_an_outage_and_a_restart_during_it_lose_nothing_with_a_spool(tmp_path: Path) -> None:
+    broker = MqttBroker(tmp_path)  # down while the first run publishes, then shuts down
+    spool = tmp_path / "spool"
+    first = _sink(broker, spool_dir=spool)
+    for seq in range(300):
+        first.publish(_env("gate", seq))
+    wait_for(lambda: first.spool is not None and len(first.spool) == 300, 10, "the events on disk")
+    first.close(timeout=2)
+    assert not first.counters.totals_dropped and list(spool.glob("*.spool"))
+    broker.start()
+    sub = Subscriber(broker)
+    second = _sink(broker, spool_dir=spool)  # the next run: the spool goes out first, then new events
+    try:
+        assert second.backlog() == 300
+        for seq in range(300, 350):
+            second.publish(_env("gate", seq))
+        assert second.flush(30)
+        wait_for(lambda: len(sub.seqs("segpipe/gate/frame")) >= 350, 10, "every event")
+        wait_for(lambda: second.backlog() == 0, 10, "the last acknowledgements")  # the spool drains when idle
+        assert sub.seqs("segpipe/gate/frame") == list(range(350))
+        assert second.counters.totals_sent["gate"] == 350 and not list(spool.glob("*.spool"))
+    finally:
+        second.close()
+        sub.close()
+        broker.stop()
