@@ -1,6 +1,7 @@
 """Live preview sink: each camera's annotated frames over HTTP, for a browser or any MJPEG client.
 
     /                      a page with every camera's stream and state
+    /cameras.json          every camera's state, {"id": "live", ...}
     /cameras/<id>.mjpg     one camera, multipart/x-mixed-replace JPEGs (at most ``fps`` a second)
     /cameras/<id>.jpg      one camera's latest frame
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import base64
 import hmac
 import html
+import json
 import logging
 import select
 import socket
@@ -213,17 +215,33 @@ class PreviewSink:
         return jpeg
 
     def page(self) -> bytes:
+        """The wall: every camera's stream, its state under it (kept fresh from ``/cameras.json``)."""
         tiles = []
         for camera_id, state in sorted(self.cameras().items()):
             url, label = quote(camera_id, safe=""), html.escape(camera_id)
-            tiles.append(f'<figure><img src="/cameras/{url}.mjpg" alt="{label}">'
-                         f"<figcaption>{label} &middot; {html.escape(state)}</figcaption></figure>")
+            tiles.append(f'<figure><img src="/cameras/{url}.mjpg" alt="{label}"><figcaption>{label} &middot; '
+                         f'<span data-camera="{label}">{html.escape(state)}</span></figcaption></figure>')
         body = "\n".join(tiles) or "<p>No camera yet.</p>"
         return (f"<!doctype html><html><head><meta charset=utf-8><title>segpipe {html.escape(self.name)}</title>"
                 "<style>body{background:#111;color:#ddd;font:14px sans-serif;margin:8px}"
                 "main{display:grid;grid-template-columns:repeat(auto-fill,minmax(480px,1fr));gap:8px}"
-                "figure{margin:0}img{width:100%;background:#000}</style></head>"
-                f"<body><main>{body}</main></body></html>\n").encode()
+                "figure{margin:0}img{width:100%;background:#000}span:not(.live){color:#f80}</style></head>"
+                f"<body><main>{body}</main><script>{_PAGE_SCRIPT}</script></body></html>\n").encode()
+
+
+# every 2 s: each caption shows its camera's state (orange unless live); a new camera reloads the page
+_PAGE_SCRIPT = """
+async function refresh() {
+  try {
+    const states = await (await fetch("/cameras.json", {cache: "no-store"})).json();
+    const shown = document.querySelectorAll("span[data-camera]");
+    if (Object.keys(states).length !== shown.length) { location.reload(); return; }
+    for (const el of shown) { el.textContent = states[el.dataset.camera] || "gone"; el.className = el.textContent; }
+  } catch (e) {}
+}
+document.querySelectorAll("span[data-camera]").forEach(el => el.className = el.textContent);
+setInterval(refresh, 2000);
+"""
 
 
 class _Server(ThreadingHTTPServer):
@@ -259,6 +277,9 @@ def _handler(sink: PreviewSink) -> type[BaseHTTPRequestHandler]:
                 return
             if path in ("/", "/index.html"):
                 self._reply(200, sink.page(), "text/html; charset=utf-8")
+                return
+            if path == "/cameras.json":
+                self._reply(200, json.dumps(sink.cameras()).encode(), "application/json")
                 return
             stem, dot, ext = path.rpartition(".")
             if not stem.startswith("/cameras/") or not dot or ext not in ("mjpg", "jpg"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import json
 import queue
 import socket
 import threading
@@ -122,8 +123,14 @@ def test_page_lists_every_camera_with_its_state(sink: PreviewSink) -> None:
     code, ctype, body = get(sink, "/")
     page = body.decode()
     assert code == 200 and ctype.startswith("text/html")
-    assert '<img src="/cameras/gate%3C1%3E.mjpg"' in page and "gate&lt;1&gt; &middot; reconnecting" in page
+    assert '<img src="/cameras/gate%3C1%3E.mjpg"' in page
+    assert 'gate&lt;1&gt; &middot; <span data-camera="gate&lt;1&gt;">reconnecting</span>' in page
     assert '<img src="/cameras/dock.mjpg"' in page
+    # the page keeps its captions fresh from the states as JSON
+    sink.publish(status("dock", CameraState.STALLED))
+    code, ctype, body = get(sink, "/cameras.json")
+    assert code == 200 and ctype == "application/json"
+    assert json.loads(body) == {"gate<1>": "reconnecting", "dock": "stalled"}
 
 
 def test_bad_paths_and_unknown_cameras_say_what_exists(sink: PreviewSink) -> None:
