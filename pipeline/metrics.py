@@ -154,6 +154,8 @@ class Metrics:
                                          registry=reg)
         self.stage_failures = Counter("stage_failures", "Fatal errors reported by a stage", ["stage"],
                                       namespace=ns, registry=reg)
+        self.stage_restarts = Counter("stage_restarts", "Times the data plane was started again after this "
+                                      "stage died (device, events, sinks)", ["stage"], namespace=ns, registry=reg)
         if process_collector:
             ProcessCollector(namespace=ns, registry=reg)
         self._lock = threading.Lock()
@@ -204,6 +206,9 @@ class Metrics:
             self.set_engine_loaded(stats.engine_loaded)
         if stats.error is not None:
             self.stage_failures.labels(stats.stage).inc()
+
+    def stage_restarted(self, stage: str) -> None:
+        self.stage_restarts.labels(stage).inc()
 
     def set_camera_state(self, camera_id: str, state: CameraState) -> None:
         self.camera_state.labels(camera_id).state(state.value)

@@ -287,7 +287,9 @@ class RingReader:
         self._prefix = prefix
         self._seg: _DataSegment | None = None
         self._gen = -1
-        self.last_seq = int(self.control.get("latest_seq"))
+        # where the previous reader of this ring left off (a device stage started again after a crash): a
+        # lossless writer waits for its newest frame to be taken, and frames missed meanwhile count as drops
+        self.last_seq = int(self.control.get("taken_seq"))
         self.dropped = 0
         self.stale = 0
 

@@ -7,7 +7,12 @@ process of ``segpipe run``.
 Why processes: a decoder stuck in FFmpeg or a sink library that crashes takes only itself down. The
 supervisor's ``DecoderPool`` (pipeline/decoders.py) restarts a decoder that exits unexpectedly or stops
 beating its heartbeat (killed after ``heartbeat_timeout_s``), with the camera's back-off, up to
-``max_restarts`` in a row; a failed device or sink stage ends the run (first error wins).
+``max_restarts`` in a row. A device stage, event worker or sink stage that dies (a crash in a native
+library, the OOM killer) takes the data plane down and up again while the decoders stream on: the device
+stage, workers and sink stage are stopped (killed where nothing can take their output) and started
+afresh with new queues, up to ``STAGE_RESTARTS`` times in ``STAGE_RESTART_WINDOW_S``; one more ends the
+run. A stage that reports an error (a model that does not load, a sink that cannot be set up) ends the
+run at once: starting it again would fail the same way. First error wins.
 
 Shutdown (SIGINT/SIGTERM, every camera ended, or a stage failure) runs downstream in order so nothing
 is lost or blocked: decoders are asked to stop (then killed) -> the device stage finishes every batch
@@ -57,6 +62,12 @@ SINK_QUEUE_SIZE = 256  # FrameResults between device and sink stage; a slow sink
 STATS_QUEUE_SIZE = 1000
 DEVICE_STOP_GRACE_S = 60.0  # in-flight batches on a slow CPU model
 SINK_STOP_GRACE_S = 30.0
+STAGE_RESTARTS = 3  # data-plane restarts allowed within STAGE_RESTART_WINDOW_S; one more ends the run
+STAGE_RESTART_WINDOW_S = 600.0
+RESTART_GRACE_S = 10.0  # a stage left running by a dead one may be stuck on its queues: killed after this
+# a restarted stage's trackers start this far past the last track id reported: ids handed out in the
+# second before a crash are never reported, and no id may name two objects
+TRACK_ID_MARGIN = 1000
 _TICK_S = 0.1
 
 
@@ -100,11 +111,16 @@ class Supervisor:
         self._device_cmds: Any = None
         self._sink: Any = None
         self._workers: Any = None  # EventWorkers when events.workers > 1
+        self._started = False  # the stages came up once: a later death restarts them
+        self._restarting = False
+        self._restart_times: list[float] = []  # monotonic times of data-plane restarts
         self._reload = False
         self._next_models: list[Any] = []  # configs whose model the device stage loads, in order
         self._updates: list[tuple[Any, Any]] = []  # (queue, CamerasUpdate) not sent yet: the queue was full
         self.model_names: tuple[str, ...] | None = None  # the running model's classes, once loaded
         self._tracks: dict[str, int] = {}  # track ids handed out per camera, from the sink stage's reports
+        self._first_track_ids: dict[str, int] = {}  # camera -> first id of the running stages' trackers
+        self._tracks_now: dict[str, int] = {}  # ids the running stages handed out (reported), per camera
         self._crossed: dict[str, list[int]] = {}  # (in, out) line crossings per camera, likewise
         self._snapshot: dict[str, Any] = {"ts": time.time(), "model": cfg.model.path, "device": "", "cameras": []}
         self._prefix = f"{shm.ROOT}{os.getpid()}_"
@@ -154,31 +170,51 @@ class Supervisor:
         return 1 if self.errors or failed else 0
 
     def _start(self) -> None:
+        for cam in self.cfg.cameras:
+            self.decoders.add(cam)
+        self._start_stages()
+        if self._stop_reason is None and self.model_names is not None:
+            from pipeline.config import check_classes
+            from pipeline.sinks.config import check_clip_classes
+
+            # a label the model never produces would silently filter out everything (or start no clip)
+            names, path = self.model_names, self.cfg.model.path
+            for err in [*check_classes(self.cfg.cameras, names, path),
+                        *check_clip_classes(self.cfg.sinks, names, path)][:1]:
+                self._fail(str(err))
+        if self._stop_reason is None:
+            self._started = True
+            for handle in self.cameras:
+                self.decoders.start(handle, initial=S.CONNECTING)
+
+    def _start_stages(self) -> None:
+        """The data plane: sink stage, event workers, device stage and the queues between them (all new);
+        returns once the model is loaded and warm (or the run is stopping)."""
         from pipeline.device import DeviceSettings, device_main
         from pipeline.sinks.stage import run_sink_stage
 
+        self.ready = False
         self._inbox = self.ctx.Queue(SINK_QUEUE_SIZE)
         self._stats = self.ctx.Queue(STATS_QUEUE_SIZE)
         # the device stage's commands: reloads from here, watched cameras from a preview sink
         previews = any(s.type == "preview" for s in self.cfg.sinks)
         self._device_cmds = self.ctx.Queue() if self.reloader is not None or previews else None
         watch_out = self._device_cmds if previews else None
-        for cam in self.cfg.cameras:
-            self.decoders.add(cam)
         results = self._inbox
         if self.cfg.events.workers > 1:  # they make the events: the sink stage only publishes
             from pipeline.sinks.workers import EventWorkers
 
             self._workers = EventWorkers(count=self.cfg.events.workers, ctx=self.ctx, spawn=self._spawn,
                                          out=self._inbox, stats=self._stats, tracking=self.cfg.tracking,
-                                         cameras=self.cfg.cameras, queue_size=SINK_QUEUE_SIZE)
+                                         cameras=self.cfg.cameras, queue_size=SINK_QUEUE_SIZE,
+                                         first_track_ids=dict(self._first_track_ids))
             results = self._workers.inboxes
             self._sink = self._spawn("sinks", run_sink_stage, inbox=self._inbox, configs=list(self.cfg.sinks),
                                      stats=self._stats, watch_out=watch_out)
         else:
             self._sink = self._spawn("sinks", run_sink_stage, inbox=self._inbox, configs=list(self.cfg.sinks),
                                      stats=self._stats, tracking=self.cfg.tracking, cameras=self.cfg.cameras,
-                                     watch_out=watch_out)
+                                     watch_out=watch_out, first_track_ids=dict(self._first_track_ids))
         self._device_stop = self.ctx.Event()
         reader, writer = self.ctx.Pipe(duplex=False)
         cams = [(c.camera_id, c.prefix) for c in self.cameras]
@@ -192,18 +228,6 @@ class Supervisor:
         while not self.ready and self._stop_reason is None:
             self._poll(_TICK_S)
             self._watch_stages()
-        if self._stop_reason is None and self.model_names is not None:
-            from pipeline.config import check_classes
-            from pipeline.sinks.config import check_clip_classes
-
-            # a label the model never produces would silently filter out everything (or start no clip)
-            names, path = self.model_names, self.cfg.model.path
-            for err in [*check_classes(self.cfg.cameras, names, path),
-                        *check_clip_classes(self.cfg.sinks, names, path)][:1]:
-                self._fail(str(err))
-        if self._stop_reason is None:
-            for handle in self.cameras:
-                self.decoders.start(handle, initial=S.CONNECTING)
 
     def _spawn(self, name: str, target: Callable[..., None], *args: Any, **kwargs: Any) -> Any:
         proc = self.ctx.Process(target=_child_main, args=(target, *args), kwargs=kwargs, name=f"segpipe-{name}")
@@ -306,23 +330,61 @@ class Supervisor:
                 self._fail(f"sink stage: {stats.error}")
             for cam, n in stats.tracks_started.items():
                 self._tracks[cam] = self._tracks.get(cam, 0) + n
+                self._tracks_now[cam] = self._tracks_now.get(cam, 0) + n
             for (cam, _, direction, _), n in stats.line_crossings.items():
                 self._crossed.setdefault(cam, [0, 0])[direction == "out"] += n
             if self.metrics is not None:
                 self.metrics.apply(stats)
 
     def _watch_stages(self) -> None:
-        if self._device is not None and not self._device.is_alive() and not self._stop_reason:
+        if self._stop_reason:
+            return
+        dead: tuple[str, str] | None = None
+        if self._device is not None and not self._device.is_alive():
             if self._device_conn is not None:
-                self._device_message()
-            self._fail(f"device stage exited with code {self._device.exitcode}")
-        if self._sink is not None and not self._sink.is_alive() and not self._stop_reason:
+                self._device_message()  # an error it reported (and so the end of the run) comes first
+            dead = ("device", f"device stage exited with code {self._device.exitcode}")
+        elif self._sink is not None and not self._sink.is_alive():
             self._drain_stats()
-            self._fail(f"sink stage exited with code {self._sink.exitcode}")
-        gone = None if self._workers is None or self._stop_reason else self._workers.exited()
-        if gone is not None:
-            self._drain_stats()
-            self._fail(gone)
+            dead = ("sinks", f"sink stage exited with code {self._sink.exitcode}")
+        elif self._workers is not None:
+            gone = self._workers.exited()
+            if gone is not None:
+                self._drain_stats()
+                dead = ("events", gone)
+        if dead is not None and not self._stop_reason:
+            self._restart_stages(*dead)
+
+    def _restart_stages(self, stage: str, error: str) -> None:
+        """A data-plane stage died: stop the others, start all of them again (see the module doc)."""
+        now = time.monotonic()
+        recent = [t for t in self._restart_times if now - t < STAGE_RESTART_WINDOW_S]
+        if not self._started or self._restarting:
+            self._fail(error if not self._restarting else f"{error} (while starting again after a failure)")
+            return
+        if len(recent) >= STAGE_RESTARTS:
+            self._fail(f"{error} ({len(recent)} restarts in the last {STAGE_RESTART_WINDOW_S / 60:g} min)")
+            return
+        self._restart_times = [*recent, now]
+        log.error("event=stage_restart stage=%s error=%r restart=%d", stage, error, len(recent) + 1)
+        if self.metrics is not None:
+            self.metrics.stage_restarted(stage)
+            self.metrics.set_engine_loaded(False)
+        if self._next_models:
+            log.warning("event=model_reload_lost reason=stage_restart (send SIGHUP again)")
+            self._next_models.clear()
+        self._updates.clear()  # for the old queues: the new stages start from the current cameras
+        self._restarting = True
+        try:
+            self._stop_stages(grace_s=RESTART_GRACE_S)  # their last reports are in
+            for cam, n in self._tracks_now.items():
+                self._first_track_ids[cam] = self._first_track_ids.get(cam, 1) + n + TRACK_ID_MARGIN
+            self._tracks_now = {}
+            self._start_stages()
+        finally:
+            self._restarting = False
+        if self.ready:
+            log.info("event=stage_restarted stage=%s", stage)
 
     def _fail(self, error: str) -> None:
         if not self.errors:
@@ -377,14 +439,7 @@ class Supervisor:
         try:
             self.decoders.stop()
             log.debug("event=decoders_stopped")
-            self._stop_device()
-            log.debug("event=device_stopped")
-            if self._workers is not None:
-                self._workers.stop(grace_s=SINK_STOP_GRACE_S, sink_alive=lambda: self._sink.is_alive(),
-                                   tick=self._drain_stats)
-                log.debug("event=workers_stopped")
-            self._stop_sink()
-            log.debug("event=sink_stopped")
+            self._stop_stages()
             if self.metrics is not None and self.cameras:
                 self.metrics.apply(self.camera_stats())  # the counts since the last tick
         finally:
@@ -473,14 +528,31 @@ class Supervisor:
                 waiting.append((q, update))
         self._updates = waiting
 
-    def _stop_device(self) -> None:
+    def _stop_stages(self, grace_s: float | None = None) -> None:
+        """Device stage, then event workers, then sink stage, each finishing what it holds (``grace_s``:
+        a restart's shorter patience, and a death in the data plane is not an error of the run)."""
+        self._stop_device(grace_s)
+        log.debug("event=device_stopped")
+        if self._workers is not None:
+            sink = self._sink
+            self._workers.stop(grace_s=grace_s or SINK_STOP_GRACE_S, sink_alive=lambda: sink.is_alive(),
+                               tick=self._drain_stats)
+            log.debug("event=workers_stopped")
+        self._stop_sink(grace_s)
+        log.debug("event=sink_stopped")
+        if grace_s is not None:  # a restart: the old handles go
+            self._device = self._device_conn = self._sink = self._workers = None
+
+    def _stop_device(self, grace_s: float | None = None) -> None:
         if self._device is None:
             return
-        if not self.ready and self._device.is_alive():
-            # Still loading the model: no frame was taken, so nothing to drain; do not wait for it.
+        consumers = [self._sink, *([] if self._workers is None else self._workers.procs)]
+        if self._device.is_alive() and (not self.ready or not all(p.is_alive() for p in consumers)):
+            # Still loading the model (no frame taken), or a stage its results go to is dead: a dead
+            # reader may hold its queue's lock, so there is nothing to drain and no point waiting.
             self._device.kill()
         self._device_stop.set()
-        deadline = time.monotonic() + DEVICE_STOP_GRACE_S
+        deadline = time.monotonic() + (grace_s or DEVICE_STOP_GRACE_S)
         while self._device.is_alive() and time.monotonic() < deadline:
             if self._device_conn is not None:
                 self._device_message()
@@ -499,10 +571,10 @@ class Supervisor:
             self._device.join(5)
         if self._device_conn is not None:
             self._device_message()
-        if self._device.exitcode not in (0, None) and not self.errors:
+        if self._device.exitcode not in (0, None) and not self.errors and grace_s is None:
             self._fail(f"device stage exited with code {self._device.exitcode}")
 
-    def _stop_sink(self) -> None:
+    def _stop_sink(self, grace_s: float | None = None) -> None:
         if self._sink is None:
             return
         if self._sink.is_alive():
@@ -510,7 +582,7 @@ class Supervisor:
                 self._inbox.put(STOP, timeout=5.0)
             except queue.Full:
                 log.error("event=sink_stop_failed reason=queue_full")
-        deadline = time.monotonic() + SINK_STOP_GRACE_S
+        deadline = time.monotonic() + (grace_s or SINK_STOP_GRACE_S)
         while self._sink.is_alive() and time.monotonic() < deadline:
             self._drain_stats()
             self._sink.join(_TICK_S)
@@ -519,7 +591,7 @@ class Supervisor:
             self._sink.kill()
             self._sink.join(5)
         self._drain_stats()
-        if self._sink.exitcode not in (0, None) and not self.errors:
+        if self._sink.exitcode not in (0, None) and not self.errors and grace_s is None:
             self._fail(f"sink stage exited with code {self._sink.exitcode}")
         for q in (self._inbox, self._stats):
             q.cancel_join_thread()  # nothing left to read them: do not wait for their feeders at exit

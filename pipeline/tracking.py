@@ -24,7 +24,7 @@ track, ``track_id`` stays None. No detection is ever removed or changed otherwis
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -150,10 +150,10 @@ class Tracker:
     cost a few numpy calls per frame whatever the number of objects.
     """
 
-    def __init__(self, cfg: TrackingConfig) -> None:
+    def __init__(self, cfg: TrackingConfig, *, first_id: int = 1) -> None:
         self.cfg = cfg
         self._last_seq: int | None = None
-        self._next_id = 1
+        self._first_id = self._next_id = first_id
         self.reset()
 
     def reset(self) -> None:
@@ -176,7 +176,7 @@ class Tracker:
     @property
     def started(self) -> int:
         """Track ids handed out so far."""
-        return self._next_id - 1
+        return self._next_id - self._first_id
 
     def update(self, seq: int, boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray) -> list[int | None]:
         """Track ids for one frame's detections, in their order.
@@ -277,8 +277,10 @@ def with_track_ids(result: FrameResult, ids: Sequence[int | None]) -> FrameResul
 class CameraTrackers:
     """A ``Tracker`` per camera, fed the sink stage's FrameResults and CameraStatuses in arrival order."""
 
-    def __init__(self, cfg: TrackingConfig) -> None:
+    def __init__(self, cfg: TrackingConfig, *, first_ids: Mapping[str, int] | None = None) -> None:
+        """first_ids: camera -> its first track id (after a restart, past the ids handed out before)."""
         self.cfg = cfg
+        self._first_ids = dict(first_ids or {})
         self._by_camera: dict[str, Tracker] = {}
         self._gap_at: dict[str, float] = {}  # camera -> when it stopped being live (wall clock)
         self._reported: dict[str, int] = {}  # camera -> ids counted by take_started
@@ -296,7 +298,8 @@ class CameraTrackers:
         """Each detection's track id (None while its track is unconfirmed), in order."""
         tracker = self._by_camera.get(result.camera_id)
         if tracker is None:
-            tracker = self._by_camera[result.camera_id] = Tracker(self.cfg)
+            tracker = self._by_camera[result.camera_id] = Tracker(self.cfg,
+                                                                  first_id=self._first_ids.get(result.camera_id, 1))
         gap = self._gap_at.get(result.camera_id)
         if gap is not None and result.capture_ts > gap:
             del self._gap_at[result.camera_id]

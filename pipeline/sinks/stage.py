@@ -24,7 +24,7 @@ import queue
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -65,13 +65,14 @@ class EventMaker:
     """FrameResult / CameraStatus -> ``Envelope``: a camera's ``classes`` kept, track ids, zones and
     lines applied, the event serialised once. Every camera's items must come to one maker in order."""
 
-    def __init__(self, *, tracking: TrackingConfig | None = None, cameras: Sequence[CameraConfig] = ()) -> None:
+    def __init__(self, *, tracking: TrackingConfig | None = None, cameras: Sequence[CameraConfig] = (),
+                 first_track_ids: Mapping[str, int] | None = None) -> None:
         tracking = self.tracking = tracking or TrackingConfig()
         self.trackers: CameraTrackers | None = None
         if tracking.enabled:
             from pipeline.tracking import CameraTrackers, with_track_ids  # scipy: only when tracking is on
 
-            self.trackers = CameraTrackers(tracking)
+            self.trackers = CameraTrackers(tracking, first_ids=first_track_ids)
             self._with_track_ids = with_track_ids
         self.analytics: Analytics | None = None
         self._classes: dict[str, frozenset[str]] = {}
@@ -151,7 +152,7 @@ class SinkStage:
 
     def __init__(self, *, sinks: Sequence[tuple[SinkConfig, Sink]], stage: str = STAGE,
                  tracking: TrackingConfig | None = None, cameras: Sequence[CameraConfig] = (),
-                 watch_out: Any = None) -> None:
+                 watch_out: Any = None, first_track_ids: Mapping[str, int] | None = None) -> None:
         self.stage = stage
         self.sinks = list(sinks)
         # preview sinks name the cameras someone watches; the device stage (through ``watch_out``, its
@@ -160,14 +161,15 @@ class SinkStage:
         self.watch_out = watch_out if self._previews else None
         self._watched: frozenset[str] = frozenset()
         self._watch_due = 0.0
-        self.maker = EventMaker(tracking=tracking, cameras=cameras)
+        self.maker = EventMaker(tracking=tracking, cameras=cameras, first_track_ids=first_track_ids)
         self._e2e: dict[str, list[float]] = defaultdict(list)
         self._step: list[float] = []
 
     @classmethod
     def from_configs(cls, configs: Sequence[SinkConfig], *, registry: SinkRegistry | None = None,
                      stage: str = STAGE, tracking: TrackingConfig | None = None,
-                     cameras: Sequence[CameraConfig] = (), watch_out: Any = None) -> SinkStage:
+                     cameras: Sequence[CameraConfig] = (), watch_out: Any = None,
+                     first_track_ids: Mapping[str, int] | None = None) -> SinkStage:
         """Build every sink (SinkError if one cannot be set up; those already built are closed)."""
         registry = registry or SinkRegistry(BUILTIN_SINKS)
         check_sink_names(list(configs))
@@ -179,7 +181,8 @@ class SinkStage:
             for _, sink in built:
                 sink.close(timeout=1.0)
             raise
-        return cls(sinks=built, stage=stage, tracking=tracking, cameras=cameras, watch_out=watch_out)
+        return cls(sinks=built, stage=stage, tracking=tracking, cameras=cameras, watch_out=watch_out,
+                   first_track_ids=first_track_ids)
 
     def update_cameras(self, cameras: Sequence[CameraConfig]) -> None:
         self.maker.update_cameras(cameras)
@@ -310,7 +313,7 @@ def _drain_until_stop(inbox: Any) -> None:
 def run_sink_stage(*, inbox: Any, configs: Sequence[SinkConfig], stats: Any = None, stage: str = STAGE,
                    report_every_s: float = 1.0, close_timeout_s: float = 5.0,
                    tracking: TrackingConfig | None = None, cameras: Sequence[CameraConfig] = (),
-                   watch_out: Any = None) -> None:
+                   watch_out: Any = None, first_track_ids: Mapping[str, int] | None = None) -> None:
     """Process target: publish items from ``inbox`` to the sinks in ``configs`` until STOP.
 
     inbox: multiprocessing queue of FrameResult / CameraStatus, ended by STOP.
@@ -318,12 +321,13 @@ def run_sink_stage(*, inbox: Any, configs: Sequence[SinkConfig], stats: Any = No
     tracking: when enabled, detections get track ids before they are published.
     cameras: the run's cameras, for their zones and counting lines.
     watch_out: the device stage's command queue, told which cameras the preview sinks show.
+    first_track_ids: camera -> its first track id (a restarted stage continues past the old ids).
     Exits 1 (after reporting the error and draining the inbox to STOP) if a sink cannot be set up.
     """
     reporter = Reporter(stats)
     try:
         sink_stage = SinkStage.from_configs(configs, stage=stage, tracking=tracking, cameras=cameras,
-                                            watch_out=watch_out)
+                                            watch_out=watch_out, first_track_ids=first_track_ids)
     except Exception as e:
         reporter.send(StageStats(stage=stage, error=f"{type(e).__name__}: {e}"))
         log.error("sink stage: %s", e)

@@ -22,7 +22,7 @@ import dataclasses
 import logging
 import queue
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from pipeline.config import CameraConfig, TrackingConfig
@@ -33,12 +33,13 @@ log = logging.getLogger(__name__)
 
 
 def run_event_worker(*, index: int, inbox: Any, out: Any, stats: Any = None, tracking: TrackingConfig | None = None,
-                     cameras: Sequence[CameraConfig] = (), report_every_s: float = 1.0) -> None:
+                     cameras: Sequence[CameraConfig] = (), report_every_s: float = 1.0,
+                     first_track_ids: Mapping[str, int] | None = None) -> None:
     """Process target: make the events of the items on ``inbox`` (FrameResult, FramePreview,
     CameraStatus, CamerasUpdate; until STOP) and put them on ``out``, the sink stage's inbox."""
     stage = f"events{index}"
     reporter = Reporter(stats)
-    maker = EventMaker(tracking=tracking, cameras=cameras)
+    maker = EventMaker(tracking=tracking, cameras=cameras, first_track_ids=first_track_ids)
     steps: list[float] = []
 
     def handle(item: Any) -> None:
@@ -68,11 +69,13 @@ class EventWorkers:
     """The supervisor's handle on the event worker processes and their inboxes."""
 
     def __init__(self, *, count: int, ctx: Any, spawn: Callable[..., Any], out: Any, stats: Any,
-                 tracking: TrackingConfig, cameras: Sequence[CameraConfig], queue_size: int) -> None:
+                 tracking: TrackingConfig, cameras: Sequence[CameraConfig], queue_size: int,
+                 first_track_ids: Mapping[str, int] | None = None) -> None:
         self.out = out
         self.inboxes = [ctx.Queue(queue_size) for _ in range(count)]
         self.procs = [spawn(f"events{k}", run_event_worker, index=k, inbox=q, out=out, stats=stats,
-                            tracking=tracking, cameras=cameras) for k, q in enumerate(self.inboxes)]
+                            tracking=tracking, cameras=cameras, first_track_ids=first_track_ids)
+                      for k, q in enumerate(self.inboxes)]
         self.route: dict[str, int] = {}  # camera id -> worker index
         for cam in cameras:
             self.assign(cam.id)

@@ -144,3 +144,56 @@ def test_a_failed_stage_ends_the_run(tmp_path: Path, broken: str, message: str) 
     assert sup.errors and sup.errors[0].startswith(message), sup.errors
     assert "Traceback" not in sup.errors[0]
     assert time.monotonic() - t0 < 120 and no_segments_left()
+
+
+def _looping(tmp_path: Path) -> RunConfig:
+    clip = write_clip(tmp_path / "c.mp4", frames=12, fps=15, size=(96, 64))
+    return config(tmp_path, [{"id": "c", "url": str(clip), "loop": True, "realtime": False, "lossless": True}])
+
+
+def test_a_device_stage_that_dies_is_started_again(tmp_path: Path) -> None:
+    """A crash in the model's runtime (SIGKILL here) takes the data plane down and up again; the camera's
+    decoder streams on, and a lossless one goes on frame by frame from where the dead stage left it."""
+    state: dict[str, Any] = {"killed": 0, "seen": 0}
+
+    def tick(sup: Supervisor) -> None:
+        n = sum(1 for e in events(tmp_path) if e["kind"] == "frame")
+        if not state["killed"] and n > 5 and "device" in sup.pids():
+            state["killed"], state["seen"] = sup.pids()["device"], n
+            os.kill(state["killed"], signal.SIGKILL)
+        elif state["killed"] and n > state["seen"] + 10:
+            sup.request_stop("test done")
+
+    metrics = Metrics(process_collector=False)
+    sup = Supervisor(cfg=_looping(tmp_path), on_tick=tick, metrics=metrics)
+    timer = threading.Timer(120, lambda: sup.request_stop("timeout"))
+    timer.start()
+    try:
+        assert sup.run() == 0 and sup.errors == []
+    finally:
+        timer.cancel()
+    assert state["killed"] and sup._stop_reason == "test done"
+    assert metrics.stage_restarts.labels("device")._value.get() == 1
+    assert metrics.reconnects.labels("c")._value.get() == 0
+    seqs = [e["seq"] for e in events(tmp_path) if e["kind"] == "frame"]
+    assert seqs == sorted(seqs)  # no frame published twice or out of order across the restart
+    assert no_segments_left()
+
+
+def test_a_stage_that_keeps_dying_ends_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.supervisor as supervisor
+
+    monkeypatch.setattr(supervisor, "STAGE_RESTARTS", 2)
+    killed: list[int] = []
+
+    def tick(sup: Supervisor) -> None:
+        pid = sup.pids().get("sinks")
+        if pid and pid not in killed:
+            killed.append(pid)
+            os.kill(pid, signal.SIGKILL)
+
+    sup = Supervisor(cfg=_looping(tmp_path), on_tick=tick)
+    assert sup.run() == 1
+    assert len(killed) == 3
+    assert sup.errors[0] == "sink stage exited with code -9 (2 restarts in the last 10 min)"
+    assert not sup.pids() and no_segments_left()
