@@ -547,7 +547,7 @@ class Supervisor:
         if self._device is None:
             return
         consumers = [self._sink, *([] if self._workers is None else self._workers.procs)]
-        if self._device.is_alive() and (not self.ready or not all(p.is_alive() for p in consumers)):
+        if self._device.is_alive() and (not self.ready or not all(p is not None and p.is_alive() for p in consumers)):
             # Still loading the model (no frame taken), or a stage its results go to is dead: a dead
             # reader may hold its queue's lock, so there is nothing to drain and no point waiting.
             self._device.kill()
