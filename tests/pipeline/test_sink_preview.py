@@ -259,7 +259,8 @@ def test_sink_stage_tells_the_device_stage_what_is_watched(sink: PreviewSink) ->
     assert commands.get_nowait() == ("watch", frozenset()) and commands.empty()
 
 
-def test_a_password_guards_every_page() -> None:
+def test_a_password_guards_every_page(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(preview_mod, "SNAPSHOT_WAIT_S", 0.3)
     cfg = PreviewSinkConfig(type="preview", user="ops", password="s3cret")
     assert "s3cret" not in repr(cfg)
     sink = PreviewSink(name="preview", port=0, user=cfg.user, password=cfg.password)
