@@ -114,6 +114,7 @@ class Supervisor:
         self._started = False  # the stages came up once: a later death restarts them
         self._restarting = False
         self._restart_times: list[float] = []  # monotonic times of data-plane restarts
+        self.stage_restarts = 0  # in this run
         self._reload = False
         self._next_models: list[Any] = []  # configs whose model the device stage loads, in order
         self._updates: list[tuple[Any, Any]] = []  # (queue, CamerasUpdate) not sent yet: the queue was full
@@ -366,6 +367,7 @@ class Supervisor:
             self._fail(f"{error} ({len(recent)} restarts in the last {STAGE_RESTART_WINDOW_S / 60:g} min)")
             return
         self._restart_times = [*recent, now]
+        self.stage_restarts += 1
         log.error("event=stage_restart stage=%s error=%r restart=%d", stage, error, len(recent) + 1)
         if self.metrics is not None:
             self.metrics.stage_restarted(stage)
@@ -413,7 +415,7 @@ class Supervisor:
             if cam["id"] in lined:
                 cam["crossed"] = tuple(self._crossed.get(cam["id"], (0, 0)))
         self._snapshot = {"ts": time.time(), "model": self.cfg.model.path, "device": self.device_info,
-                          "queues": self.queue_fill(), "cameras": cams}
+                          "queues": self.queue_fill(), "stage_restarts": self.stage_restarts, "cameras": cams}
 
     def camera_stats(self) -> Any:
         """Counter deltas of every camera since the previous call, and how full the stages' queues

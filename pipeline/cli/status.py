@@ -53,6 +53,8 @@ def table(before: dict[str, Any], now: dict[str, Any]) -> str:
     header = f"model {now['model']}" + (f" on {now['device']}" if now.get("device") else "")
     if now.get("queues"):  # how full each stage's inbox is: one near 100 % cannot keep up
         header += "; queues " + ", ".join(f"{k} {v:.0%}" for k, v in now["queues"].items())
+    if now.get("stage_restarts"):  # the data plane came back after a crash
+        header += f"; stages restarted {now['stage_restarts']}x"
     return render(rows, header=header)
 
 

@@ -114,8 +114,9 @@ class MqttSinkConfig(_SinkBase):
     topic_prefix: str = Field("segpipe/", description="topics are <prefix><camera>/frame and <prefix><camera>/status")
     qos: Literal[0, 1] = Field(1, description="1: the broker acknowledges each event (resent after a reconnect); "
                                               "0: fire and forget")
-    client_id: str | None = Field(None, min_length=1, description="the broker's name for this client; "
-                                                                  "default segpipe-<host>-<pid>")
+    client_id: str | None = Field(None, min_length=1, description="the broker's name for this client; default "
+                                                                  "segpipe-<host>-<sink name> (two segpipe on "
+                                                                  "one host: give each its own)")
     keepalive_s: int = Field(30, ge=5, le=3600)
     max_inflight: int = Field(100, ge=1, description="events sent and not yet acknowledged (qos 1)")
     backoff_max_s: float = Field(10.0, gt=0, description="longest wait between two reconnect attempts")

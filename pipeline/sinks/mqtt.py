@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import socket
 import threading
 import time
@@ -51,7 +50,8 @@ class MqttSink(ThreadedSink):
         parts = urlsplit(url)
         tls = parts.scheme == "mqtts"
         self.topic_prefix, self.qos = topic_prefix, qos
-        self.client_id = client_id or f"segpipe-{socket.gethostname()}-{os.getpid()}"
+        # stable across restarts (its presence topic is retained): host and sink name, not a pid
+        self.client_id = client_id or f"segpipe-{socket.gethostname()}-{name}"
         self.presence_topic = f"{topic_prefix}_clients/{self.client_id}"
         self.connected = threading.Event()
         self.max_inflight = max_inflight

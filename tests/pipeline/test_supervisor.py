@@ -175,6 +175,11 @@ def test_a_device_stage_that_dies_is_started_again(tmp_path: Path) -> None:
     assert state["killed"] and sup._stop_reason == "test done"
     assert metrics.stage_restarts.labels("device")._value.get() == 1
     assert metrics.reconnects.labels("c")._value.get() == 0
+    snapshot = sup.status()
+    assert snapshot["stage_restarts"] == 1  # /cameras, and so the header of segpipe status
+    from pipeline.cli.status import table
+
+    assert table(snapshot, snapshot).splitlines()[0].endswith("; stages restarted 1x")
     seqs = [e["seq"] for e in events(tmp_path) if e["kind"] == "frame"]
     assert seqs == sorted(seqs)  # no frame published twice or out of order across the restart
     assert no_segments_left()
