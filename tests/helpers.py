@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 
 def wait_for(cond: Callable[[], bool], timeout: float, what: str, *, step: float = 0.05) -> float:
@@ -14,3 +17,11 @@ def wait_for(cond: Callable[[], bool], timeout: float, what: str, *, step: float
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(step)
     return time.monotonic() - t0
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The complete lines of a JSON-lines file another process may be appending to (a line being
+    written, with no newline yet, is left for the next read); [] when there is no file."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().split("\n")[:-1]]

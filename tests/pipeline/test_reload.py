@@ -4,7 +4,6 @@ does not load, and loses a camera while the others stream on."""
 
 from __future__ import annotations
 
-import json
 import re
 import signal
 import subprocess
@@ -19,6 +18,7 @@ from pipeline import shm
 from pipeline.config import parse_config
 from pipeline.reload import plan_reload
 from tests.conftest import REPO
+from tests.helpers import read_jsonl
 from tests.pipeline.media import write_clip
 
 ZONE = {"name": "all", "polygon": [[0, 0], [1, 0], [1, 1], [0, 1]]}
@@ -57,7 +57,7 @@ def test_plan_matches_cameras_by_id() -> None:
 
 
 def _events(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return read_jsonl(path)
 
 
 MODEL = {"path": "yolov8n-seg.yaml", "device": "cpu", "imgsz": 64, "conf": 1e-6, "max_det": 4, "threads": 1}

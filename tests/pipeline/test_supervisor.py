@@ -3,7 +3,6 @@ decoders come back, a failed stage ends the run, and no shared memory is left be
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -19,7 +18,7 @@ from pipeline.config import RunConfig, parse_config
 from pipeline.messages import CameraState, CameraStatus
 from pipeline.metrics import Metrics
 from pipeline.supervisor import Supervisor
-from tests.helpers import wait_for
+from tests.helpers import read_jsonl, wait_for
 from tests.pipeline.media import write_clip
 
 S = CameraState
@@ -36,7 +35,7 @@ def config(tmp_path: Path, cameras: list[dict[str, Any]], **extra: Any) -> RunCo
 
 def events(tmp_path: Path) -> list[dict[str, Any]]:
     path = tmp_path / "events.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return read_jsonl(path)
 
 
 def no_segments_left() -> bool:
