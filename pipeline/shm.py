@@ -290,8 +290,8 @@ class RingReader:
         # where the previous reader of this ring left off (a device stage started again after a crash): a
         # lossless writer waits for its newest frame to be taken, and frames missed meanwhile count as drops
         self.last_seq = int(self.control.get("taken_seq"))
-        self.dropped = 0
-        self.stale = 0
+        self.dropped = int(self.control.get("dropped"))  # the counters go on too: metrics take deltas of them
+        self.stale = int(self.control.get("stale"))
 
     def pending(self) -> bool:
         """True when a frame newer than the last one taken has been published."""

@@ -8,11 +8,12 @@ Why processes: a decoder stuck in FFmpeg or a sink library that crashes takes on
 supervisor's ``DecoderPool`` (pipeline/decoders.py) restarts a decoder that exits unexpectedly or stops
 beating its heartbeat (killed after ``heartbeat_timeout_s``), with the camera's back-off, up to
 ``max_restarts`` in a row. A device stage, event worker or sink stage that dies (a crash in a native
-library, the OOM killer) takes the data plane down and up again while the decoders stream on: the device
-stage, workers and sink stage are stopped (killed where nothing can take their output) and started
-afresh with new queues, up to ``STAGE_RESTARTS`` times in ``STAGE_RESTART_WINDOW_S``; one more ends the
-run. A stage that reports an error (a model that does not load, a sink that cannot be set up) ends the
-run at once: starting it again would fail the same way. First error wins.
+library, the OOM killer), or hangs (``STAGE_HANG_S``: then it is killed), takes the data plane down and
+up again while the decoders stream on: the device stage, workers and sink stage are stopped (killed
+where nothing can take their output) and started afresh with new queues, up to ``STAGE_RESTARTS``
+times in ``STAGE_RESTART_WINDOW_S``; one more ends the run. A stage that reports an error (a model
+that does not load, a sink that cannot be set up) ends the run at once: starting it again would fail
+the same way. First error wins.
 
 Shutdown (SIGINT/SIGTERM, every camera ended, or a stage failure) runs downstream in order so nothing
 is lost or blocked: decoders are asked to stop (then killed) -> the device stage finishes every batch
@@ -68,6 +69,9 @@ RESTART_GRACE_S = 10.0  # a stage left running by a dead one may be stuck on its
 # a restarted stage's trackers start this far past the last track id reported: ids handed out in the
 # second before a crash are never reported, and no id may name two objects
 TRACK_ID_MARGIN = 1000
+# a stage is taken for hung (killed, so the data plane starts again) after this long: the device stage
+# with no frame inferred while cameras deliver frames, a sink stage or event worker with no report
+STAGE_HANG_S = 60.0
 _TICK_S = 0.1
 
 
@@ -115,6 +119,9 @@ class Supervisor:
         self._restarting = False
         self._restart_times: list[float] = []  # monotonic times of data-plane restarts
         self.stage_restarts = 0  # in this run
+        self._heard: dict[str, float] = {}  # stage (sinks, events<K>) -> monotonic time of its last report
+        self._progress: tuple[int, int, float] = (0, 0, 0.0)  # frames decoded, inferred; when inferred last grew
+        self._hung: dict[str, str] = {}  # stage -> why it was killed as hung
         self._reload = False
         self._next_models: list[Any] = []  # configs whose model the device stage loads, in order
         self._updates: list[tuple[Any, Any]] = []  # (queue, CamerasUpdate) not sent yet: the queue was full
@@ -195,6 +202,8 @@ class Supervisor:
         from pipeline.sinks.stage import run_sink_stage
 
         self.ready = False
+        self._heard, self._hung = {}, {}  # new processes: nothing heard from them yet, none hung
+        self._progress = (0, 0, 0.0)  # the hang clock starts again at the next check
         self._inbox = self.ctx.Queue(SINK_QUEUE_SIZE)
         self._stats = self.ctx.Queue(STATS_QUEUE_SIZE)
         # the device stage's commands: reloads from here, watched cameras from a preview sink
@@ -327,6 +336,7 @@ class Supervisor:
                 stats = self._stats.get_nowait()
             except (queue.Empty, OSError, ValueError):
                 return
+            self._heard[stats.stage] = time.monotonic()
             if stats.error:
                 self._fail(f"sink stage: {stats.error}")
             for cam, n in stats.tracks_started.items():
@@ -354,7 +364,37 @@ class Supervisor:
                 self._drain_stats()
                 dead = ("events", gone)
         if dead is not None and not self._stop_reason:
-            self._restart_stages(*dead)
+            stage, error = dead
+            hung = [why for name, why in self._hung.items() if name.startswith(stage)]
+            if hung:  # killed by _check_hangs: say why rather than "exited with code -9"
+                error = f"{error.split(' exited')[0]} hung ({hung[0]}) and was killed"
+            self._restart_stages(stage, error)
+
+    def _check_hangs(self) -> None:
+        """Kill a stage that stopped working without dying (see ``STAGE_HANG_S``); ``_watch_stages`` then
+        starts the data plane again."""
+        now = time.monotonic()
+        decoded = sum(int(c.control.get("decoded")) for c in self.cameras)
+        inferred = sum(int(c.control.get("inferred")) for c in self.cameras)
+        old_decoded, old_inferred, since = self._progress
+        if not self.ready or inferred != old_inferred or decoded == old_decoded:
+            since = now  # progress, or nothing to infer
+        self._progress = (decoded, inferred, since)
+        if not self.ready:
+            return
+        stuck = {}
+        if now - since > STAGE_HANG_S:
+            stuck["device"] = (self._device, f"no frame inferred for {now - since:.0f} s while cameras delivered")
+        for stage, proc in [("sinks", self._sink), *(((f"events{k}", p) for k, p in enumerate(self._workers.procs))
+                                                      if self._workers is not None else ())]:
+            heard = self._heard.setdefault(stage, now)
+            if now - heard > STAGE_HANG_S:
+                stuck[stage] = (proc, f"no report for {now - heard:.0f} s")
+        for stage, (proc, why) in stuck.items():
+            if proc is not None and proc.is_alive():
+                log.error("event=stage_hung stage=%s reason=%r action=kill", stage, why)
+                self._hung[stage] = why
+                proc.kill()
 
     def _restart_stages(self, stage: str, error: str) -> None:
         """A data-plane stage died: stop the others, start all of them again (see the module doc)."""
@@ -400,6 +440,7 @@ class Supervisor:
         return self._snapshot
 
     def _tick(self) -> None:
+        self._check_hangs()
         self._refresh_status()
         if self.metrics is not None:
             self.metrics.apply(self.camera_stats())

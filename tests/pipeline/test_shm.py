@@ -59,6 +59,23 @@ def test_newest_wins_and_skipped_frames_are_counted(prefix: str) -> None:
     w.close(), r.close()
 
 
+def test_a_new_reader_goes_on_where_the_last_one_left_off(prefix: str) -> None:
+    """A device stage started again after a crash: the newest frame the dead one had not taken is
+    taken (a lossless writer waits for it), and the drop counters go on (metrics take their deltas)."""
+    w, first = shm.RingWriter(prefix, nslots=3), shm.RingReader(prefix, camera_id="cam")
+    for i in range(5):
+        w.write(frame(i), pts=i / 10, capture_ts=time.time())
+    assert first.take(alloc).seq == 4 and first.dropped == 4
+    w.write(frame(5), pts=0.5, capture_ts=time.time())
+    w.write(frame(6), pts=0.6, capture_ts=time.time())
+    first.close()  # died before taking 5 and 6
+    second = shm.RingReader(prefix, camera_id="cam")
+    assert second.pending() and (second.last_seq, second.dropped) == (4, 4)
+    assert second.take(alloc).seq == 6 and second.dropped == 5
+    assert shm.ControlBlock(prefix).get("dropped") == 5  # never back
+    w.close(), second.close()
+
+
 def test_stale_frames_are_dropped_not_returned(prefix: str) -> None:
     w, r = shm.RingWriter(prefix), shm.RingReader(prefix, camera_id="cam")
     w.write(frame(1), pts=0.0, capture_ts=100.0)

@@ -201,3 +201,38 @@ def test_a_stage_that_keeps_dying_ends_the_run(tmp_path: Path, monkeypatch: pyte
     assert len(killed) == 3
     assert sup.errors[0] == "sink stage exited with code -9 (2 restarts in the last 10 min)"
     assert not sup.pids() and no_segments_left()
+
+
+@pytest.mark.parametrize("role", ["device", "sinks"])
+def test_a_stage_that_hangs_is_killed_and_started_again(tmp_path: Path, role: str, monkeypatch: pytest.MonkeyPatch,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """SIGSTOP: alive but doing nothing. The device stage is hung when cameras deliver frames and none is
+    inferred; a sink stage when it stops reporting. Either is killed and the data plane starts again."""
+    import pipeline.supervisor as supervisor
+
+    monkeypatch.setattr(supervisor, "STAGE_HANG_S", 3.0)
+    clip = write_clip(tmp_path / "c.mp4", frames=30, fps=15, size=(96, 64))
+    cfg = config(tmp_path, [{"id": "c", "url": str(clip), "loop": True}])  # paced like a live camera
+    state: dict[str, Any] = {"stopped": 0, "seen": 0}
+
+    def tick(sup: Supervisor) -> None:
+        n = sum(1 for e in events(tmp_path) if e["kind"] == "frame")
+        if not state["stopped"] and n > 5 and role in sup.pids():
+            state["stopped"], state["seen"] = sup.pids()[role], n
+            os.kill(state["stopped"], signal.SIGSTOP)
+        elif state["stopped"] and sup.stage_restarts and n > state["seen"] + 5:
+            sup.request_stop("test done")
+
+    sup = Supervisor(cfg=cfg, on_tick=tick)
+    timer = threading.Timer(120, lambda: sup.request_stop("timeout"))
+    timer.start()
+    try:
+        with caplog.at_level("ERROR", logger="segpipe.supervisor"):
+            assert sup.run() == 0 and sup.errors == []
+    finally:
+        timer.cancel()
+    assert sup._stop_reason == "test done" and sup.stage_restarts == 1
+    why = "no frame inferred for" if role == "device" else "no report for"
+    name = "device stage" if role == "device" else "sink stage"
+    assert f"error='{name} hung ({why}" in caplog.text and "and was killed'" in caplog.text
+    assert no_segments_left()
