@@ -106,7 +106,9 @@ class MqttSink(ThreadedSink):
             self._news(f"refused {reason}", "mqtt sink %s: %s refused the connection: %s", self.name,
                        self.redacted_url, reason)
             return
-        client.publish(self.presence_topic, b"online", qos=1, retain=True)
+        info = client.publish(self.presence_topic, b"online", qos=1, retain=True)
+        with self._lock:  # its acknowledgement comes on this thread, after this callback: no race
+            self._pending[info.mid] = ""  # no camera's event: not counted as sent
         self.connected.set()
         self._news("up", "mqtt sink %s: connected to %s", self.name, self.redacted_url)
 
@@ -122,7 +124,7 @@ class MqttSink(ThreadedSink):
             if camera is None:
                 self._early.add(mid)
             self._lock.notify_all()  # room in the window for a writer waiting on a full paho queue
-        if camera is not None:
+        if camera:
             self.counters.sent(camera)
 
     # --------------------------------------------------------------------------- the writer
@@ -195,7 +197,8 @@ class MqttSink(ThreadedSink):
 
     def backlog(self) -> int:
         with self._lock:
-            return len(self.buffer) + len(self._pending) + (len(self.spool) if self.spool is not None else 0)
+            events = sum(1 for camera in self._pending.values() if camera)
+        return len(self.buffer) + events + (len(self.spool) if self.spool is not None else 0)
 
     def _acked(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -219,7 +222,8 @@ class MqttSink(ThreadedSink):
                 self._client.publish(self.presence_topic, b"offline", qos=1, retain=True).wait_for_publish(2.0)
         with self._lock:
             for camera in self._pending.values():
-                self.counters.dropped(camera, "shutdown")
+                if camera:
+                    self.counters.dropped(camera, "shutdown")
             self._pending.clear()
         self._client.disconnect()
         self._client.loop_stop()
