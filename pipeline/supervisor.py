@@ -120,7 +120,8 @@ class Supervisor:
         self._restart_times: list[float] = []  # monotonic times of data-plane restarts
         self.stage_restarts = 0  # in this run
         self._heard: dict[str, float] = {}  # stage (sinks, events<K>) -> monotonic time of its last report
-        self._progress: tuple[int, int, float] = (0, 0, 0.0)  # frames decoded, inferred; when inferred last grew
+        # frames decoded and inferred, and when inferred last grew (None: the hang clock starts at the next check)
+        self._progress: tuple[int, int, float] | None = None
         self._hung: dict[str, str] = {}  # stage -> why it was killed as hung
         self._reload = False
         self._next_models: list[Any] = []  # configs whose model the device stage loads, in order
@@ -203,7 +204,7 @@ class Supervisor:
 
         self.ready = False
         self._heard, self._hung = {}, {}  # new processes: nothing heard from them yet, none hung
-        self._progress = (0, 0, 0.0)  # the hang clock starts again at the next check
+        self._progress = None  # the hang clock starts again at the next check
         self._inbox = self.ctx.Queue(SINK_QUEUE_SIZE)
         self._stats = self.ctx.Queue(STATS_QUEUE_SIZE)
         # the device stage's commands: reloads from here, watched cameras from a preview sink
@@ -376,7 +377,7 @@ class Supervisor:
         now = time.monotonic()
         decoded = sum(int(c.control.get("decoded")) for c in self.cameras)
         inferred = sum(int(c.control.get("inferred")) for c in self.cameras)
-        old_decoded, old_inferred, since = self._progress
+        old_decoded, old_inferred, since = self._progress or (decoded, inferred, now)
         if not self.ready or inferred != old_inferred or decoded == old_decoded:
             since = now  # progress, or nothing to infer
         self._progress = (decoded, inferred, since)
