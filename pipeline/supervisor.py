@@ -420,8 +420,10 @@ class Supervisor:
         self._restarting = True
         try:
             self._stop_stages(grace_s=RESTART_GRACE_S)  # their last reports are in
-            for cam, n in self._tracks_now.items():
-                self._first_track_ids[cam] = self._first_track_ids.get(cam, 1) + n + TRACK_ID_MARGIN
+            # every camera, reported or not: a stage killed before its first report had handed out ids too
+            for cam in {*(c.camera_id for c in self.cameras), *self._tracks_now}:
+                self._first_track_ids[cam] = (self._first_track_ids.get(cam, 1) + self._tracks_now.get(cam, 0)
+                                              + TRACK_ID_MARGIN)
             self._tracks_now = {}
             self._start_stages()
         finally:
