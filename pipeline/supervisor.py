@@ -384,13 +384,13 @@ class Supervisor:
         if not self.ready:
             return
         stuck = {}
-        if now - since > STAGE_HANG_S:
-            stuck["device"] = (self._device, f"no frame inferred for {now - since:.0f} s while cameras delivered")
         for stage, proc in [("sinks", self._sink), *(((f"events{k}", p) for k, p in enumerate(self._workers.procs))
                                                       if self._workers is not None else ())]:
             heard = self._heard.setdefault(stage, now)
             if now - heard > STAGE_HANG_S:
                 stuck[stage] = (proc, f"no report for {now - heard:.0f} s")
+        if not stuck and now - since > STAGE_HANG_S:  # (a device stage blocked on a stuck reader's queue is not)
+            stuck["device"] = (self._device, f"no frame inferred for {now - since:.0f} s while cameras delivered")
         for stage, (proc, why) in stuck.items():
             if proc is not None and proc.is_alive():
                 log.error("event=stage_hung stage=%s reason=%r action=kill", stage, why)
