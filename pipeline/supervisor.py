@@ -200,6 +200,7 @@ class Supervisor:
         """The data plane: sink stage, event workers, device stage and the queues between them (all new);
         returns once the model is loaded and warm (or the run is stopping)."""
         from pipeline.device import DeviceSettings, device_main
+        from pipeline.device_settings import preview_watch
         from pipeline.sinks.stage import run_sink_stage
 
         self.ready = False
@@ -208,7 +209,7 @@ class Supervisor:
         self._inbox = self.ctx.Queue(SINK_QUEUE_SIZE)
         self._stats = self.ctx.Queue(STATS_QUEUE_SIZE)
         # the device stage's commands: reloads from here, watched cameras from a preview sink
-        previews = any(s.type == "preview" for s in self.cfg.sinks)
+        previews = preview_watch(self.cfg) is not None
         self._device_cmds = self.ctx.Queue() if self.reloader is not None or previews else None
         watch_out = self._device_cmds if previews else None
         results = self._inbox

@@ -8,7 +8,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -105,7 +105,31 @@ def coco128_images(coco128: Path) -> list[Path]:
     return sorted((coco128 / "images" / "train2017").glob("*.jpg"))
 
 
-class RedisServer:
+class _ServerProcess:
+    """A server process on a loopback ``port``, stopped and started again by the tests that need it."""
+
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+
+    def wait_listening(self, failure: Callable[[], str]) -> None:
+        """Return once the port accepts connections; RuntimeError(``failure()``) after 10 s."""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(failure())
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+
+class RedisServer(_ServerProcess):
     """A real redis-server on a loopback port, stoppable and restartable on the same port."""
 
     def __init__(self, workdir: Path, password: str | None = None) -> None:
@@ -127,20 +151,7 @@ class RedisServer:
         if self.password:
             args += ["--requirepass", self.password]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-        self.proc = None
+        self.wait_listening(lambda: "redis-server did not start")
 
 
 @pytest.fixture
@@ -151,7 +162,7 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
-class MqttBroker:
+class MqttBroker(_ServerProcess):
     """A real mosquitto broker on a loopback port, stoppable and restartable on the same port."""
 
     def __init__(self, workdir: Path, *, persistence: bool = False, anonymous: bool = True) -> None:
@@ -177,22 +188,10 @@ class MqttBroker:
         return f"mqtt://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        with open(self.workdir / "mosquitto.log", "ab") as out:
+        log = self.workdir / "mosquitto.log"
+        with open(log, "ab") as out:
             self.proc = subprocess.Popen([self.exe, "-c", str(self.conf)], stdout=out, stderr=out)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"mosquitto did not start: {(self.workdir / 'mosquitto.log').read_text()[-500:]}")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-        self.proc = None
+        self.wait_listening(lambda: f"mosquitto did not start: {log.read_text()[-500:]}")
 
 
 @pytest.fixture

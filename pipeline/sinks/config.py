@@ -46,6 +46,14 @@ class _SinkBase(BaseModel):
         return self.name or self.type  # type: ignore[attr-defined]
 
 
+class _Spooled(_SinkBase):
+    """A sink for a server that may go away (Redis, an MQTT broker), with its optional disk spool."""
+
+    spool_dir: Path | None = Field(None, description="while the server is away, keep events in this folder (one "
+                                                     "per sink) instead of memory; sent first once it is back")
+    spool_max_mb: float = Field(1024.0, gt=0, description="spool size bound; the oldest events go first")
+
+
 class ZmqSinkConfig(_SinkBase):
     """ZeroMQ PUB: multipart ``[camera id, event JSON]`` on ``endpoint``."""
 
@@ -75,7 +83,7 @@ class ZmqSinkConfig(_SinkBase):
         return self
 
 
-class RedisSinkConfig(_SinkBase):
+class RedisSinkConfig(_Spooled):
     """Redis Streams: ``XADD <stream_prefix><camera> MAXLEN ~ maxlen * event <json>``."""
 
     type: Literal["redis"]
@@ -88,9 +96,6 @@ class RedisSinkConfig(_SinkBase):
     socket_timeout_s: float = Field(2.0, gt=0)
     backoff_initial_s: float = Field(0.1, gt=0)
     backoff_max_s: float = Field(5.0, gt=0)
-    spool_dir: Path | None = Field(None, description="while Redis is away, keep events in this folder (one "
-                                                     "per sink) instead of memory; sent first once it is back")
-    spool_max_mb: float = Field(1024.0, gt=0, description="spool size bound; the oldest events go first")
 
     @field_validator("url")
     @classmethod
@@ -106,7 +111,7 @@ class RedisSinkConfig(_SinkBase):
         return redact_url(self.url)
 
 
-class MqttSinkConfig(_SinkBase):
+class MqttSinkConfig(_Spooled):
     """MQTT: each event on ``<topic_prefix><camera>/frame`` or ``.../status`` (the status retained)."""
 
     type: Literal["mqtt"]
@@ -121,9 +126,6 @@ class MqttSinkConfig(_SinkBase):
     max_inflight: int = Field(100, ge=1, description="events sent and not yet acknowledged (qos 1)")
     backoff_max_s: float = Field(10.0, gt=0, description="longest wait between two reconnect attempts")
     tls_ca: Path | None = Field(None, description="mqtts: CA certificates to trust instead of the system's")
-    spool_dir: Path | None = Field(None, description="while the broker is away, keep events in this folder (one "
-                                                     "per sink) instead of memory; sent first once it is back")
-    spool_max_mb: float = Field(1024.0, gt=0, description="spool size bound; the oldest events go first")
 
     @field_validator("url")
     @classmethod

@@ -31,7 +31,7 @@ import paho.mqtt.client as mqtt
 from engines.errors import SinkError
 from pipeline.sinks.base import DropPolicy, Envelope, ThreadedSink, policy_for
 from pipeline.sinks.config import MqttSinkConfig, redact_url
-from pipeline.sinks.spool import Spool, spool_counted
+from pipeline.sinks.spool import open_spool, spool_counted
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +59,7 @@ class MqttSink(ThreadedSink):
         self._pending: dict[int, str] = {}  # message id -> camera, published and not yet acknowledged
         self._early: set[int] = set()  # acknowledged before the writer recorded them
         self._state = ""  # the last connection news logged, so an outage logs once, not every retry
-        self.spool: Spool | None = None
-        if spool_dir is not None:
-            try:
-                self.spool = Spool(spool_dir, max_bytes=spool_max_bytes)
-            except OSError as e:
-                raise SinkError(f"mqtt sink {name!r}: cannot use spool folder {spool_dir}: {e.strerror}") from None
-            if len(self.spool):
-                log.info("mqtt sink %s: %d events spooled by an earlier run go out first", name, len(self.spool))
+        self.spool = open_spool(spool_dir, max_bytes=spool_max_bytes, sink=f"mqtt sink {name!r}")
         c = self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id)
         c.max_inflight_messages_set(max_inflight)
         c.max_queued_messages_set(max_inflight)  # paho queues no more than that: the sink's buffer holds the rest

@@ -22,10 +22,9 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from engines.errors import SinkError
 from pipeline.sinks.base import DropPolicy, Envelope, ThreadedSink, policy_for
 from pipeline.sinks.config import RedisSinkConfig, redact_url
-from pipeline.sinks.spool import Spool, spool_counted
+from pipeline.sinks.spool import open_spool, spool_counted
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +59,7 @@ class RedisSink(ThreadedSink):
         self._client: redis.Redis | None = None
         self._down = False  # log the outage once, and the recovery once
         self._retry_at = 0.0  # monotonic time of the next connection attempt after a failure
-        self.spool: Spool | None = None
-        if spool_dir is not None:
-            try:
-                self.spool = Spool(spool_dir, max_bytes=spool_max_bytes)
-            except OSError as e:
-                raise SinkError(f"redis sink {name!r}: cannot use spool folder {spool_dir}: {e.strerror}") from None
-            if len(self.spool):
-                log.info("redis sink %s: %d events spooled by an earlier run go out first", name, len(self.spool))
+        self.spool = open_spool(spool_dir, max_bytes=spool_max_bytes, sink=f"redis sink {name!r}")
         self.start()
 
     @classmethod

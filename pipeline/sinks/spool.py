@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from engines.errors import SinkError
+
 log = logging.getLogger(__name__)
 
 _LEN = struct.Struct(">I")
@@ -127,6 +129,20 @@ class Spool:
         if self._tail is not None:
             self._tail.close()
             self._tail = None
+
+
+def open_spool(directory: Path | None, *, max_bytes: int, sink: str) -> Spool | None:
+    """The spool of a sink with a ``spool_dir`` (None without one); SinkError naming ``sink`` and the folder
+    when it cannot be used. Events an earlier run left there go out first, and the log says so."""
+    if directory is None:
+        return None
+    try:
+        spool = Spool(directory, max_bytes=max_bytes)
+    except OSError as e:
+        raise SinkError(f"{sink}: cannot use spool folder {directory}: {e.strerror}") from None
+    if len(spool):
+        log.info("%s: %d events spooled by an earlier run go out first", sink, len(spool))
+    return spool
 
 
 def spool_counted(spool: Spool, records: list[tuple[str, bytes]], counters: Any, *, sink: str, target: str,
