@@ -165,9 +165,10 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 class MqttBroker(_ServerProcess):
     """A real mosquitto broker on a loopback port, stoppable and restartable on the same port."""
 
-    def __init__(self, workdir: Path, *, persistence: bool = False, anonymous: bool = True) -> None:
+    def __init__(self, workdir: Path, *, persistence: bool = False, anonymous: bool = True,
+                 tls: tuple[Path, Path] | None = None) -> None:
         """persistence: sessions and their queued messages survive a restart. anonymous: False refuses
-        every client (no password file)."""
+        every client (no password file). tls: (key, certificate): the listener speaks TLS only."""
         exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
         if exe is None:
             pytest.skip("mosquitto is not installed (deploy/bootstrap.sh --dev installs it)")
@@ -178,6 +179,8 @@ class MqttBroker(_ServerProcess):
                  f"persistence {str(persistence).lower()}"]
         if persistence:
             lines.append(f"persistence_location {workdir}/")
+        if tls is not None:
+            lines += [f"keyfile {tls[0]}", f"certfile {tls[1]}"]
         if os.geteuid() == 0:
             lines.append("user root")  # else it drops to user mosquitto, which cannot write workdir
         self.conf.write_text("\n".join(lines) + "\n")
@@ -200,6 +203,21 @@ def mqtt_broker(tmp_path: Path) -> Iterator[MqttBroker]:
     broker.start()
     yield broker
     broker.stop()
+
+
+@pytest.fixture(scope="session")
+def tls_cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(key, certificate) of a self-signed EC certificate for 127.0.0.1: servers present it, and clients
+    trust it as their CA (``tls_ca``, ``ssl_ca_certs``). Skips without openssl."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed")
+    folder = tmp_path_factory.mktemp("tls")
+    key, crt = folder / "tls.key", folder / "tls.crt"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", str(key), "-out", str(crt), "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    return key, crt
 
 
 @pytest.fixture(scope="session")

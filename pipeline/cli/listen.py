@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -36,6 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--redis", metavar="URL", help="redis://[:password@]host:port/db (rediss:// for TLS)")
     src.add_argument("--zmq", metavar="ENDPOINT", help="the ZeroMQ sink's endpoint, e.g. tcp://127.0.0.1:5555")
     src.add_argument("--mqtt", metavar="URL", help="the MQTT sink's broker, mqtt://[user:password@]host[:port]")
+    p.add_argument("--tls-ca", metavar="FILE", type=Path,
+                   help="with --mqtt mqtts://: CA certificates to trust instead of the system's")
     p.add_argument("--camera", help="only this camera id (default: all)")
     p.add_argument("--group", help="Redis consumer group: listeners in one group share the events")
     p.add_argument("--consumer", help="this listener's name in --group (stable across restarts)")
@@ -82,6 +85,11 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ConfigError("--group", "consumer groups need --redis")
     if args.count < 0:
         raise ConfigError("--count", f"expected >= 0, got {args.count}")
+    if args.tls_ca is not None:
+        if not (args.mqtt or "").startswith("mqtts://"):
+            raise ConfigError("--tls-ca", "only for --mqtt mqtts://... (Redis: rediss://...?ssl_ca_certs=FILE)")
+        if not args.tls_ca.is_file():
+            raise ConfigError("--tls-ca", f"no such file: {args.tls_ca}")
 
 
 Received = tuple[bytes, Callable[[], None] | None]
@@ -181,11 +189,11 @@ class _MqttSource:
         if parts.username:
             c.username_pw_set(unquote(parts.username), None if parts.password is None else unquote(parts.password))
         tls = parts.scheme == "mqtts"
-        if tls:
-            c.tls_set()
         try:
+            if tls:
+                c.tls_set(ca_certs=None if args.tls_ca is None else str(args.tls_ca))
             c.connect(parts.hostname or "", parts.port or (8883 if tls else 1883))
-        except OSError as e:
+        except (OSError, ValueError) as e:  # ssl.SSLError is an OSError; a CA file that is not PEM, ValueError
             raise SourceError(f"cannot reach the MQTT broker at {self.url}: {e}") from None
         c.loop_start()
         if not self.connected.wait(10.0) or self.refused:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -73,6 +74,7 @@ class MqttSink(ThreadedSink):
             raise SinkError(f"mqtt sink {name!r}: TLS set-up failed ({tls_ca or 'system CAs'}): {e}") from None
         c.will_set(self.presence_topic, b"offline", qos=1, retain=True)
         c.on_connect, c.on_disconnect, c.on_publish = self._on_connect, self._on_disconnect, self._on_publish
+        c.on_connect_fail = self._on_connect_fail
         # connect_async: a broker that is down at start is waited for, as one that goes away later
         c.connect_async(parts.hostname or "", parts.port or (8883 if tls else 1883), keepalive=keepalive_s)
         c.loop_start()
@@ -104,6 +106,14 @@ class MqttSink(ThreadedSink):
             self._pending[info.mid] = ""  # no camera's event: not counted as sent
         self.connected.set()
         self._news("up", "mqtt sink %s: connected to %s", self.name, self.redacted_url)
+
+    def _on_connect_fail(self, _client: mqtt.Client, _userdata: Any) -> None:
+        # paho calls this inside its ``except OSError`` (broker down, TLS refused), and passes no reason
+        e = sys.exc_info()[1]
+        self.counters.error("connect")
+        why = f"{type(e).__name__}: {e}" if e is not None else "no answer"
+        self._news(f"unreachable {type(e).__name__}", "mqtt sink %s: cannot connect to %s (%s); events wait, "
+                   "retrying", self.name, self.redacted_url, why)
 
     def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
         self.connected.clear()

@@ -33,10 +33,12 @@ class Subscriber:
     """A paho client on ``segpipe/#`` (qos 1) that keeps (topic, event or text, retained) as they come.
     A fixed client id and a persistent session: the broker keeps what it missed while away."""
 
-    def __init__(self, broker: MqttBroker, client_id: str = "test-sub") -> None:
+    def __init__(self, broker: MqttBroker, client_id: str = "test-sub", tls_ca: Path | None = None) -> None:
         self.got: list[tuple[str, Any, bool]] = []
         self.ready = threading.Event()
         c = self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
+        if tls_ca is not None:
+            c.tls_set(ca_certs=str(tls_ca))
         c.on_connect = lambda cl, *_: (cl.subscribe("segpipe/#", qos=1), self.ready.set())
         c.on_subscribe = lambda *_: None
         c.on_message = self._message
@@ -107,6 +109,7 @@ def test_a_broker_down_at_start_gets_everything_once_up(tmp_path: Path) -> None:
             sink.publish(_env("gate", seq))
         time.sleep(1.0)
         assert not sink.connected.is_set() and sink.backlog() == 100  # held, not dropped
+        assert sink.counters.totals_errors["connect"] >= 1
         broker.start()
         sub = Subscriber(broker)  # before the sink's next retry (at least 1 s apart)
         try:
@@ -155,6 +158,56 @@ def test_a_refused_login_is_counted_and_the_events_wait(tmp_path: Path) -> None:
         sink.close(timeout=0.5)
         broker.stop()
     assert sink.counters.totals_dropped == {("gate", "shutdown"): 1}
+
+
+def test_mqtts_with_a_private_ca(tmp_path: Path, tls_cert: tuple[Path, Path], caplog: pytest.LogCaptureFixture) -> None:
+    broker = MqttBroker(tmp_path, tls=tls_cert)
+    broker.start()
+    url = f"mqtts://127.0.0.1:{broker.port}"
+    sub = Subscriber(broker, tls_ca=tls_cert[1])
+    untrusting = MqttSink(name="mqtt", url=url, client_id="untrusting", backoff_max_s=1, policy=policy_for("mqtt"))
+    sink = MqttSink(name="mqtt", url=url, client_id="segpipe-test", backoff_max_s=1, policy=policy_for("mqtt"),
+                    tls_ca=tls_cert[1])
+    try:
+        for seq in range(20):
+            sink.publish(_env("gate", seq))
+            untrusting.publish(_env("dock", seq))
+        assert sink.flush(10)
+        wait_for(lambda: len(sub.seqs("segpipe/gate/frame")) == 20, 10, "the events over TLS")
+        assert sub.seqs("segpipe/gate/frame") == list(range(20))
+        # a broker whose certificate the system's CAs do not vouch for gets nothing: the events wait
+        time.sleep(1.0)
+        assert not untrusting.connected.is_set() and untrusting.backlog() == 20
+        assert not sub.seqs("segpipe/dock/frame") and untrusting.counters.totals_errors["connect"] >= 1
+        refusals = [r.getMessage() for r in caplog.records if "cannot connect" in r.getMessage()]
+        assert len(refusals) == 1 and "certificate verify failed" in refusals[0]  # once, not every retry
+    finally:
+        for s in (sink, untrusting):
+            s.close(timeout=0.5)
+        sub.close()
+        broker.stop()
+    assert untrusting.counters.totals_dropped == {("dock", "shutdown"): 20}
+
+
+def test_listen_trusts_a_private_ca(tmp_path: Path, tls_cert: tuple[Path, Path],
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    broker = MqttBroker(tmp_path, tls=tls_cert)
+    broker.start()
+    url = f"mqtts://127.0.0.1:{broker.port}"
+    sink = MqttSink(name="mqtt", url=url, client_id="segpipe-test", backoff_max_s=1, policy=policy_for("mqtt"),
+                    tls_ca=tls_cert[1])
+    try:
+        sink.publish(_status("cam1", CameraState.LIVE))
+        assert sink.flush(10)
+        assert main(["listen", "--mqtt", url, "--tls-ca", str(tls_cert[1]), "--count", "1",
+                     "--idle-timeout", "10"]) == 0
+        assert capsys.readouterr().out.splitlines() == ["cam1 status=live"]
+        assert main(["listen", "--mqtt", url]) == 1  # the system's CAs do not know it
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "certificate verify failed" in err[0], err
+    finally:
+        sink.close()
+        broker.stop()
 
 
 def test_config_checks_the_url_without_echoing_it() -> None:

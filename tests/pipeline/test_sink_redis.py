@@ -184,14 +184,8 @@ def test_config_errors_do_not_echo_passwords(raw: dict, error: str) -> None:
     assert all("secretpw" not in str(e["msg"]) for e in info.value.errors())
 
 
-def _tls_server(tmp_path: Path) -> tuple[subprocess.Popen, int, Path]:
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("openssl is not installed")
-    key, crt = tmp_path / "tls.key", tmp_path / "tls.crt"
-    subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                    "-nodes", "-keyout", str(key), "-out", str(crt), "-days", "1", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+def _tls_server(tmp_path: Path, tls_cert: tuple[Path, Path]) -> tuple[subprocess.Popen, int, Path]:
+    key, crt = tls_cert
     port = free_port()
     proc = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port", "0", "--tls-port", str(port),
                              "--bind", "127.0.0.1", "--tls-cert-file", str(crt), "--tls-key-file", str(key),
@@ -212,8 +206,8 @@ def _tls_server(tmp_path: Path) -> tuple[subprocess.Popen, int, Path]:
     raise RuntimeError("TLS redis-server did not start")
 
 
-def test_tls_via_rediss_url(tmp_path: Path) -> None:
-    proc, port, crt = _tls_server(tmp_path)
+def test_tls_via_rediss_url(tmp_path: Path, tls_cert: tuple[Path, Path]) -> None:
+    proc, port, crt = _tls_server(tmp_path, tls_cert)
     try:
         url = f"rediss://:tls-pw@127.0.0.1:{port}/0?ssl_ca_certs={crt}&ssl_cert_reqs=required"
         sink = _sink(url)
