@@ -5,15 +5,18 @@ process without the rest of segpipe running. Masks decode to ``bool`` arrays eit
 frame ``(H, W)`` or cropped to the detection's box ``(y1 - y0, x1 - x0)`` (see ``box_window``); a
 crop of an RLE mask is decoded without building the full frame. ``StreamReader`` (every reader sees
 everything) and ``GroupReader`` (consumer group: events shared among readers, acknowledged,
-at-least-once) read the Redis sink's streams; ``segpipe listen`` is built on them.
+at-least-once) read the Redis sink's streams; ``segpipe listen`` is built on them. ``verify_webhook``
+checks the signature of a webhook sink's request.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -151,6 +154,27 @@ def decode_masks(event: dict[str, Any], *, crop: bool = False) -> list[np.ndarra
 
 
 # ----------------------------------------------------------------------------------- stream readers
+
+
+def webhook_signature(secret: str, timestamp: str, body: bytes) -> str:
+    """``sha256=<hex>``: the HMAC-SHA256 of ``<timestamp>.<body>`` under ``secret``, as a webhook sink with
+    ``secret`` sends it in ``X-Segpipe-Signature``."""
+    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+    return f"sha256={mac.hexdigest()}"
+
+
+def verify_webhook(secret: str, body: bytes, headers: Mapping[str, str], *, tolerance_s: float = 300.0,
+                   now: float | None = None) -> bool:
+    """Whether a webhook request is segpipe's: its ``X-Segpipe-Signature`` signs this exact ``body`` and
+    its ``X-Segpipe-Timestamp`` under ``secret``, and that timestamp is within ``tolerance_s`` of ``now``
+    (so a recorded request cannot be replayed later). ``headers``: any mapping (names in any case)."""
+    low = {k.lower(): v for k, v in headers.items()}
+    ts, sig = low.get("x-segpipe-timestamp"), low.get("x-segpipe-signature")
+    if not ts or not sig or not ts.isdigit():
+        return False
+    if abs((time.time() if now is None else now) - int(ts)) > tolerance_s:
+        return False
+    return hmac.compare_digest(webhook_signature(secret, ts, body), sig)
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ BUILTIN_SINKS: tuple[tuple[str, str], ...] = (
     ("zmq", "pipeline.sinks.zmq:ZmqSink"),
     ("redis", "pipeline.sinks.redis:RedisSink"),
     ("mqtt", "pipeline.sinks.mqtt:MqttSink"),
+    ("webhook", "pipeline.sinks.webhook:WebhookSink"),
     ("jsonl", "pipeline.sinks.jsonl:JsonlSink"),
     ("video", "pipeline.sinks.video:VideoSink"),
     ("preview", "pipeline.sinks.preview:PreviewSink"),

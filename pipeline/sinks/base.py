@@ -52,6 +52,8 @@ DEFAULT_POLICIES: Mapping[str, DropPolicy] = MappingProxyType({
     "redis": DropPolicy(name="buffer_full", maxsize=10_000, overflow=Overflow.DROP_OLDEST),
     # Holds events while the broker is away, like redis.
     "mqtt": DropPolicy(name="buffer_full", maxsize=10_000, overflow=Overflow.DROP_OLDEST),
+    # Holds alerts while the receiver is away, like redis.
+    "webhook": DropPolicy(name="buffer_full", maxsize=10_000, overflow=Overflow.DROP_OLDEST),
     "jsonl": DropPolicy(name="queue_full", maxsize=10_000, overflow=Overflow.DROP_OLDEST),
     # Frames are big (the annotated image travels with them): keep few.
     "video": DropPolicy(name="queue_full", maxsize=32, overflow=Overflow.DROP_OLDEST),

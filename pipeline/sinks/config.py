@@ -7,6 +7,7 @@ errors; models are frozen once validated. Redis URLs may hold a password, so the
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -150,6 +151,75 @@ class MqttSinkConfig(_Spooled):
         return redact_url(self.url)
 
 
+WebhookEvent = Literal["frame", "detection", "crossing", "zone", "status"]
+
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP token (RFC 9110)
+_OWN_HEADERS = frozenset({"host", "content-length", "content-type", "transfer-encoding", "connection"})
+
+
+class WebhookSinkConfig(_Spooled):
+    """HTTP POST of chosen events, one JSON event per request, to ``url`` (alerts for a VMS, n8n,
+    Node-RED, a chat relay): what ``events`` names, optionally only for some ``classes``."""
+
+    type: Literal["webhook"]
+    url: str = Field(repr=False, description="http(s)://[user:password@]host[:port]/path; a user and password "
+                                             "become HTTP basic auth")
+    events: tuple[WebhookEvent, ...] = Field(("crossing", "status"), min_length=1,
+                                             description="frame: every frame event; detection: frames with an "
+                                                         "object; crossing: a counting line crossed; zone: an "
+                                                         "object inside a zone; status: camera state changes")
+    classes: tuple[str, ...] | None = Field(None, min_length=1, description="detection, crossing, zone: only "
+                                                                            "objects of these labels count")
+    masks: bool = Field(False, description="keep the detections' masks in the posted events (large)")
+    headers: dict[str, str] = Field(default_factory=dict, repr=False,
+                                    description="extra request headers, e.g. Authorization: Bearer ${TOKEN}")
+    secret: str | None = Field(None, min_length=1, repr=False,
+                               description="sign each request: X-Segpipe-Signature: sha256=HMAC(secret, "
+                                           "timestamp + '.' + body), hex")
+    timeout_s: float = Field(5.0, gt=0, description="connect and response timeout of one request")
+    backoff_initial_s: float = Field(0.5, gt=0)
+    backoff_max_s: float = Field(30.0, gt=0, description="longest wait between two attempts while the "
+                                                         "receiver is away or failing")
+    tls_ca: Path | None = Field(None, description="https: CA certificates to trust instead of the system's")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        try:
+            parts = urlsplit(v)
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError as e:
+            raise ValueError(f"not a valid URL ({e})") from None  # never echo it: it may carry a secret
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"expected http://HOST[:PORT]/PATH or https://..., got scheme {parts.scheme!r}")
+        return v
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, value in v.items():
+            if not _HEADER_NAME.match(name):
+                raise ValueError(f"{name!r} is not a valid header name")
+            if name.lower() in _OWN_HEADERS or name.lower().startswith("x-segpipe-"):
+                raise ValueError(f"{name!r} is set by segpipe")
+            if any(c in value for c in "\r\n\0"):
+                raise ValueError(f"{name}: a header value cannot hold a line break")  # never echo the value
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _statuses(cls, data: object) -> object:
+        # status events are chosen in events, like the others
+        if isinstance(data, dict) and "statuses" in data:
+            raise ValueError("statuses: a webhook sink posts status events when events lists status")
+        if isinstance(data, dict):
+            data = {**data, "statuses": "status" in (data.get("events") or ("status",))}
+        return data
+
+    def redacted_url(self) -> str:
+        return redact_url(self.url)
+
+
 class JsonlSinkConfig(_SinkBase):
     """One event per line in ``path``, rotated by size into ``path.1`` .. ``path.<keep>``."""
 
@@ -236,17 +306,22 @@ class PreviewSinkConfig(_SinkBase):
 
 
 SinkConfig = Annotated[
-    ZmqSinkConfig | RedisSinkConfig | MqttSinkConfig | JsonlSinkConfig | VideoSinkConfig | PreviewSinkConfig,
+    ZmqSinkConfig | RedisSinkConfig | MqttSinkConfig | WebhookSinkConfig | JsonlSinkConfig | VideoSinkConfig
+    | PreviewSinkConfig,
     Field(discriminator="type")
 ]
 """Any sink's config, chosen by its ``type:`` key."""
 
 
-def check_clip_classes(configs: tuple[SinkConfig, ...], names: tuple[str, ...], model: str) -> list[ConfigError]:
-    """``sinks[i].clips.classes`` that are not labels of the model (``names``): such a clip never starts."""
-    return [ConfigError(f"sinks[{i}].clips.classes", f"{c!r} is not a class of {model}")
-            for i, cfg in enumerate(configs) if isinstance(cfg, VideoSinkConfig) and cfg.clips is not None
-            for c in cfg.clips.classes or () if c not in names]
+def check_sink_classes(configs: tuple[SinkConfig, ...], names: tuple[str, ...], model: str) -> list[ConfigError]:
+    """``sinks[i].clips.classes`` and ``sinks[i].classes`` (webhook) that are not labels of the model
+    (``names``): such a clip never starts, such a webhook never fires."""
+    wanted = [(f"sinks[{i}].clips.classes", cfg.clips.classes) for i, cfg in enumerate(configs)
+              if isinstance(cfg, VideoSinkConfig) and cfg.clips is not None]
+    wanted += [(f"sinks[{i}].classes", cfg.classes) for i, cfg in enumerate(configs)
+               if isinstance(cfg, WebhookSinkConfig)]
+    return [ConfigError(path, f"{c!r} is not a class of {model}") for path, classes in wanted
+            for c in classes or () if c not in names]
 
 
 def check_sink_names(configs: list[SinkConfig], *, path: str = "sinks") -> list[str]:

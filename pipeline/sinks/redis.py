@@ -14,17 +14,15 @@ MAXLEN trimming. The URL (it may carry a password) is never logged: only ``redac
 from __future__ import annotations
 
 import logging
-import random
-import time
 from pathlib import Path
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from pipeline.sinks.base import DropPolicy, Envelope, ThreadedSink, policy_for
+from pipeline.sinks.base import DropPolicy, policy_for
 from pipeline.sinks.config import RedisSinkConfig, redact_url
-from pipeline.sinks.spool import open_spool, spool_counted
+from pipeline.sinks.remote import Record, RemoteSink
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +38,7 @@ def connect(url: str, *, connect_timeout_s: float = 2.0, socket_timeout_s: float
                                 retry=Retry(NoBackoff(), 0))
 
 
-class RedisSink(ThreadedSink):
+class RedisSink(RemoteSink):
     """Append events to one stream per camera (and optionally PUBLISH them), never blocking."""
 
     def __init__(self, *, name: str, url: str, policy: DropPolicy, stream_prefix: str = "segpipe:",
@@ -48,18 +46,15 @@ class RedisSink(ThreadedSink):
                  connect_timeout_s: float = 2.0, socket_timeout_s: float = 2.0,
                  backoff_initial_s: float = 0.1, backoff_max_s: float = 5.0, spool_dir: Path | None = None,
                  spool_max_bytes: int = 2**30) -> None:
-        super().__init__(name=name, policy=policy, batch_size=batch_size)
-        self._url = url
         self.redacted_url = redact_url(url)
+        super().__init__(name=name, label=f"redis sink {name!r}", target=self.redacted_url, policy=policy,
+                         batch_size=batch_size, backoff_initial_s=backoff_initial_s, backoff_max_s=backoff_max_s,
+                         spool_dir=spool_dir, spool_max_bytes=spool_max_bytes)
+        self._url = url
         self._password = redis.connection.parse_url(url).get("password") if "://" in url else None
         self.stream_prefix, self.maxlen, self.channel_prefix = stream_prefix, maxlen, channel_prefix
         self._timeouts = (connect_timeout_s, socket_timeout_s)
-        self._backoff_initial, self._backoff_max = backoff_initial_s, backoff_max_s
-        self._backoff = backoff_initial_s
         self._client: redis.Redis | None = None
-        self._down = False  # log the outage once, and the recovery once
-        self._retry_at = 0.0  # monotonic time of the next connection attempt after a failure
-        self.spool = open_spool(spool_dir, max_bytes=spool_max_bytes, sink=f"redis sink {name!r}")
         self.start()
 
     @classmethod
@@ -79,35 +74,9 @@ class RedisSink(ThreadedSink):
         # Error texts from the client name host and port; make sure a password can never slip in.
         return text.replace(self._password, "***") if self._password else text
 
-    def write_batch(self, envs: list[Envelope]) -> None:
-        records = [(env.camera_id, env.payload) for env in envs]
-        if self.spool is not None and (len(self.spool) or self._down):
-            self._to_spool(records)  # behind the backlog: events leave in the order they came
-            self._drain()
-        elif not self._deliver(records):
-            if self.spool is not None:
-                self._to_spool(records)
-            else:
-                self.buffer.requeue(envs)
-                self.wait(max(self._retry_at - time.monotonic(), 0.0))
-
-    def backlog(self) -> int:
-        return len(self.buffer) + (len(self.spool) if self.spool is not None else 0)
-
-    def idle(self) -> None:
-        if self.spool is not None and len(self.spool):
-            self._drain()
-
-    @property
-    def _backing_off(self) -> bool:
-        """Disconnected, and the back-off since the last failure has not run out."""
-        return self._client is None and time.monotonic() < self._retry_at
-
-    def _deliver(self, records: list[tuple[str, bytes]]) -> bool:
-        """XADD (and PUBLISH) ``records`` in one pipelined round trip; False when Redis is unreachable
-        (or still in its back-off), and nothing is counted as sent then."""
-        if self._backing_off:
-            return False
+    def deliver(self, records: list[Record]) -> int:
+        """XADD (and PUBLISH) ``records`` in one pipelined round trip: all of them, or none when Redis is
+        unreachable (nothing is counted as sent then)."""
         try:
             if self._client is None:
                 self._client = connect(self._url, connect_timeout_s=self._timeouts[0],
@@ -120,9 +89,13 @@ class RedisSink(ThreadedSink):
                     pipe.publish(f"{self.channel_prefix}{camera}", payload)
             results = pipe.execute(raise_on_error=False)
         except (*_CONNECTION_ERRORS, redis.AuthenticationError) as e:
-            self._unreachable(e)
-            return False
-        self._reachable()
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+            self.unreachable("auth" if isinstance(e, redis.AuthenticationError) else "connection",
+                             f"{type(e).__name__}: {self._scrub(str(e))}")
+            return 0
+        self.reachable()
         step = 2 if self.channel_prefix is not None else 1
         for (camera, _), res in zip(records, results[::step], strict=True):
             if isinstance(res, Exception):  # e.g. WRONGTYPE on a key that is not a stream, OOM
@@ -132,51 +105,10 @@ class RedisSink(ThreadedSink):
                             self._scrub(str(res)))
             else:
                 self.counters.sent(camera)
-        return True
-
-    def _to_spool(self, records: list[tuple[str, bytes]]) -> None:
-        assert self.spool is not None
-        spool_counted(self.spool, records, self.counters, sink=f"redis sink {self.name}", target=self.redacted_url)
-
-    def _drain(self) -> None:
-        """Send the spool's oldest events, a batch at a time, for up to half a second (new events
-        wait in the memory buffer meanwhile)."""
-        assert self.spool is not None
-        deadline = time.monotonic() + 0.5
-        while len(self.spool) and time.monotonic() < deadline:
-            if self._backing_off:
-                return  # leave the spool's head unread
-            chunk = self.spool.peek(self.batch_size)
-            if not self._deliver(chunk):
-                return
-            self.spool.take(len(chunk))
-            if not len(self.spool):
-                log.info("redis sink %s: spool sent, publishing directly again", self.name)
-
-    def _unreachable(self, e: Exception) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-        self.counters.error("auth" if isinstance(e, redis.AuthenticationError) else "connection")
-        delay = self._backoff * random.uniform(0.5, 1.0)  # jitter: replicas do not reconnect in lockstep
-        self._backoff = min(self._backoff * 2, self._backoff_max)
-        self._retry_at = time.monotonic() + delay
-        if not self._down:
-            held = (f"spooling to {self.spool.directory}" if self.spool is not None
-                    else f"buffering up to {self.buffer.policy.maxsize} events")
-            log.warning("redis sink %s: %s unreachable (%s: %s); %s, retrying", self.name, self.redacted_url,
-                        type(e).__name__, self._scrub(str(e)), held)
-        self._down = True
-
-    def _reachable(self) -> None:
-        self._backoff = self._backoff_initial
-        if self._down:
-            log.info("redis sink %s: %s reachable again", self.name, self.redacted_url)
-        self._down = False
+        return len(records)
 
     def close_resources(self) -> None:
         if self._client is not None:
             self._client.close()
             self._client = None
-        if self.spool is not None:
-            self.spool.close()
+        super().close_resources()

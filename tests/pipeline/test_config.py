@@ -236,7 +236,8 @@ def test_demo_inputs_are_checked_at_load_and_rendered_on_resolve(clip: Path, tmp
 def test_shipped_configs_validate(name: str) -> None:
     from tests.conftest import REPO
 
-    env = {"CAM_USER": "viewer", "CAM_PASSWORD": "s3cret", "SEGPIPE_REDIS_URL": "redis://:pw@redis:6379/0"}
+    env = {"CAM_USER": "viewer", "CAM_PASSWORD": "s3cret", "SEGPIPE_REDIS_URL": "redis://:pw@redis:6379/0",
+           "SEGPIPE_WEBHOOK_SECRET": "s3cret"}
     cfg = load_config(REPO / "configs" / name, env=env, check_files=False)
     assert cfg.cameras and cfg.sinks and cfg.metrics.port == 9108 and cfg.metrics.host == "127.0.0.1"
     assert all("s3cret" not in c.redacted_url for c in cfg.cameras)

@@ -148,10 +148,10 @@ def test_clips_are_written_around_triggers_only(tmp_path: Path) -> None:
 
 
 def test_clip_classes_must_be_the_models() -> None:
-    from pipeline.sinks.config import ClipConfig, check_clip_classes
+    from pipeline.sinks.config import ClipConfig, check_sink_classes
 
     sinks = (VideoSinkConfig(type="video", dir=Path("v"), clips=ClipConfig(classes=("person", "bycicle"))),)
-    errors = check_clip_classes(sinks, ("person", "bicycle"), "m.pt")
+    errors = check_sink_classes(sinks, ("person", "bicycle"), "m.pt")
     assert [str(e) for e in errors] == ["sinks[0].clips.classes: 'bycicle' is not a class of m.pt"]
 
 

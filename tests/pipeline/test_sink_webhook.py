@@ -1,0 +1,340 @@
+"""Webhook sink against a real HTTP server on a loopback port: which events go out and how they look,
+signatures, a receiver that is down, overloaded, rejecting, closing idle connections or speaking TLS."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import logging
+import ssl
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from pipeline.client import verify_webhook
+from pipeline.events import encode
+from pipeline.sinks.base import Envelope, policy_for
+from pipeline.sinks.config import WebhookSinkConfig, check_sink_classes
+from pipeline.sinks.webhook import WebhookSink
+from tests.conftest import server_port
+from tests.helpers import wait_for
+from tests.pipeline.media import write_clip
+from tests.pipeline.test_supervisor import config
+
+RLE = {"format": "rle", "size": [48, 64], "counts": "PPYo1"}
+
+
+def _det(label: str, zones: list[str] | None = None, track_id: int = 1) -> dict[str, Any]:
+    det = {"class_id": 0, "label": label, "score": 0.9, "box": [1.0, 2.0, 30.0, 40.0], "mask": dict(RLE),
+           "track_id": track_id}
+    if zones is not None:
+        det["zones"] = zones
+    return det
+
+
+def _frame(camera: str, seq: int, dets: list[dict[str, Any]] = (), crossings: list[dict[str, Any]] = ()) -> Envelope:
+    event = {"version": 1, "kind": "frame", "camera": camera, "seq": seq, "pts": None, "capture_ts": 1.0,
+             "infer_ts": 1.0, "publish_ts": 1.0, "frame": {"width": 64, "height": 48}, "model": "m",
+             "detections": list(dets), "crossings": list(crossings)}
+    return Envelope(camera_id=camera, kind="frame", payload=encode(event), item=None)
+
+
+def _crossing(label: str) -> dict[str, Any]:
+    return {"line": "gate", "direction": "in", "track_id": 1, "class_id": 0, "label": label}
+
+
+def _status(camera: str, state: str = "live") -> Envelope:
+    event = {"version": 1, "kind": "status", "camera": camera, "state": state, "ts": 1.0, "publish_ts": 1.0,
+             "detail": ""}
+    return Envelope(camera_id=camera, kind="status", payload=encode(event), item=None)
+
+
+class Receiver:
+    """A real HTTP/1.1 server (keep-alive) on a fixed loopback port that can be stopped and started again.
+    ``answers`` holds the statuses (and headers) of the next requests; 200 when empty. ``got`` has every
+    request: (status answered, headers, body). ``hang_up``: close each connection after answering
+    without saying so, as a server that drops idle keep-alive connections does."""
+
+    def __init__(self, tls: tuple[Path, Path] | None = None) -> None:
+        self.port, self.tls = server_port(), tls
+        self.answers: deque[tuple[int, dict[str, str]]] = deque()
+        self.got: list[tuple[int, dict[str, str], bytes]] = []
+        self.connections = 0
+        self.hang_up = False
+        self._server: http.server.ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}/hooks/segpipe?src=test"
+
+    def start(self) -> None:
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                receiver.connections += 1
+                super().setup()
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                status, headers = receiver.answers.popleft() if receiver.answers else (200, {})
+                receiver.got.append((status, {k: v for k, v in self.headers.items()}, body))
+                assert self.path == "/hooks/segpipe?src=test"
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                if receiver.hang_up:
+                    self.close_connection = True
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        server.daemon_threads = True
+        if self.tls is not None:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(str(self.tls[1]), str(self.tls[0]))
+            server.socket = ctx.wrap_socket(server.socket, server_side=True)
+        self._server = server
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def events(self, status: int = 200) -> list[dict[str, Any]]:
+        return [json.loads(body) for s, _, body in list(self.got) if s == status]
+
+
+@pytest.fixture
+def receiver() -> Any:
+    r = Receiver()
+    r.start()
+    yield r
+    r.stop()
+
+
+def _sink(url: str, **kw: Any) -> WebhookSink:
+    kw.setdefault("policy", policy_for("webhook"))
+    return WebhookSink(name="hook", url=url, backoff_initial_s=0.05, backoff_max_s=0.2, timeout_s=2, **kw)
+
+
+def test_crossings_and_statuses_go_out_in_order_without_masks(receiver: Receiver) -> None:
+    sink = _sink(receiver.url)
+    sink.publish(_status("gate"))
+    sink.publish(_frame("gate", 0, [_det("person")]))  # no crossing: not for this sink
+    sink.publish(_frame("gate", 1, [_det("car")], [_crossing("car")]))
+    sink.publish(_frame("dock", 2, []))
+    sink.publish(_frame("gate", 3, [_det("person"), _det("car", track_id=2)], [_crossing("person")]))
+    assert sink.flush(10)
+    sink.close()
+    events = receiver.events()
+    assert [(e["kind"], e["camera"], e.get("seq")) for e in events] == [
+        ("status", "gate", None), ("frame", "gate", 1), ("frame", "gate", 3)]
+    assert all(d["mask"] is None for e in events[1:] for d in e["detections"])  # masks: false
+    assert events[2]["detections"][1]["track_id"] == 2 and events[2]["crossings"][0]["label"] == "person"
+    assert sink.counters.totals_sent == {"gate": 3} and not sink.counters.totals_dropped
+    _, headers, body = receiver.got[1]
+    assert headers["Content-Type"] == "application/json" and headers["X-Segpipe-Camera"] == "gate"
+    assert headers["User-Agent"].startswith("segpipe/") and len(headers["Idempotency-Key"]) == 32
+    assert "X-Segpipe-Signature" not in headers
+    assert receiver.connections == 1  # one keep-alive connection for every request
+
+
+@pytest.mark.parametrize("events, classes, want", [
+    (("detection",), None, [0, 1, 2, 3]),
+    (("detection",), ("person",), [0, 3]),
+    (("zone",), None, [1, 3]),
+    (("zone",), ("person",), [3]),
+    (("crossing",), ("car",), [2]),
+    (("frame",), ("bottle",), [0, 1, 2, 3, 4]),  # every frame event, whatever is in it
+])
+def test_events_and_classes_choose_what_goes_out(receiver: Receiver, events: tuple[str, ...],
+                                                 classes: tuple[str, ...] | None, want: list[int]) -> None:
+    sink = _sink(receiver.url, events=events, classes=classes, masks=True)
+    sink.publish(_frame("gate", 0, [_det("person", zones=[])]))
+    sink.publish(_frame("gate", 1, [_det("car", zones=["dock"])]))
+    sink.publish(_frame("gate", 2, [_det("car")], [_crossing("car")]))
+    sink.publish(_frame("gate", 3, [_det("car", zones=[]), _det("person", zones=["dock"])]))
+    sink.publish(_frame("gate", 4, []))
+    sink.publish(_status("gate"))  # status is not among events
+    assert sink.flush(10)
+    sink.close()
+    assert [e["seq"] for e in receiver.events()] == want
+    assert all(d["mask"] == RLE for e in receiver.events() for d in e["detections"])  # masks: true
+
+
+def test_signed_requests_verify_and_tampering_does_not(receiver: Receiver) -> None:
+    sink = _sink(receiver.url, secret="s3cret")
+    sink.publish(_status("gate"))
+    assert sink.flush(10)
+    sink.close()
+    _, headers, body = receiver.got[0]
+    assert headers["X-Segpipe-Signature"].startswith("sha256=")
+    assert verify_webhook("s3cret", body, headers)
+    assert not verify_webhook("other", body, headers)
+    assert not verify_webhook("s3cret", body.replace(b"live", b"lost"), headers)
+    assert not verify_webhook("s3cret", body, headers, now=time.time() + 600)  # a replay 10 minutes later
+    assert not verify_webhook("s3cret", body, {})
+
+
+def test_a_receiver_down_at_start_gets_everything_in_order_once_up(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="pipeline.sinks.webhook")
+    r = Receiver()  # not started
+    sink = _sink(r.url, events=("frame",))
+    try:
+        for seq in range(50):
+            sink.publish(_frame("gate", seq))
+        wait_for(lambda: sink.counters.totals_errors["connection"] >= 2, 10, "failed attempts")
+        assert sink.backlog() >= 49  # held, not dropped (one batch may be in the worker's hands)
+        r.start()
+        assert sink.flush(10)
+        assert [e["seq"] for e in r.events()] == list(range(50))
+        assert not sink.counters.totals_dropped
+    finally:
+        sink.close()
+        r.stop()
+    lines = [rec.getMessage() for rec in caplog.records]
+    assert sum("unreachable" in line for line in lines) == 1 and any("reachable again" in line for line in lines)
+
+
+def test_overload_answers_are_retried_after_retry_after(receiver: Receiver) -> None:
+    receiver.answers.extend([(503, {"Retry-After": "1"}), (429, {}), (500, {})])
+    sink = _sink(receiver.url, events=("frame",))
+    t0 = time.monotonic()
+    sink.publish(_frame("gate", 0))
+    sink.publish(_frame("gate", 1))
+    assert sink.flush(10)
+    sink.close()
+    assert time.monotonic() - t0 >= 1.0  # Retry-After was waited for
+    assert [s for s, _, _ in receiver.got] == [503, 429, 500, 200, 200]
+    assert [e["seq"] for e in receiver.events()] == [0, 1]
+    keys = {h["Idempotency-Key"] for s, h, body in receiver.got if json.loads(body)["seq"] == 0}
+    assert len(keys) == 1  # every retry of one event carries the same key
+    assert sink.counters.totals_errors == {"http": 3} and not sink.counters.totals_dropped
+
+
+def test_a_rejected_event_is_dropped_and_does_not_hold_up_the_rest(receiver: Receiver,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    receiver.answers.extend([(400, {}), (404, {})])
+    sink = _sink(receiver.url, events=("frame",))
+    for seq in range(4):
+        sink.publish(_frame("gate", seq))
+    assert sink.flush(10)
+    sink.close()
+    assert [e["seq"] for e in receiver.events()] == [2, 3]
+    assert sink.counters.totals_dropped == {("gate", "rejected"): 2}
+    assert sink.counters.totals_errors == {"rejected": 2}
+    assert "answered HTTP 400 Bad Request: event dropped" in caplog.text
+
+
+def test_a_receiver_closing_idle_connections_loses_nothing(receiver: Receiver) -> None:
+    receiver.hang_up = True  # every answer ends its connection, unannounced
+    sink = _sink(receiver.url, events=("frame",))
+    for seq in range(5):
+        sink.publish(_frame("gate", seq))
+        time.sleep(0.05)  # each request finds the last one's connection closed
+    assert sink.flush(10)
+    sink.close()
+    assert [e["seq"] for e in receiver.events()] == list(range(5))
+    assert len(receiver.got) == 5 and not sink.counters.totals_errors
+    assert receiver.connections == 5  # each request found the last connection gone, and took a new one
+
+
+def test_a_spool_keeps_an_outage_across_a_restart(tmp_path: Path) -> None:
+    r = Receiver()  # down
+    spool = tmp_path / "spool"
+    first = _sink(r.url, events=("frame",), spool_dir=spool)
+    for seq in range(30):
+        first.publish(_frame("gate", seq))
+    wait_for(lambda: len(first.spool or ()) == 30, 10, "the events to be spooled")
+    first.close()
+    r.start()
+    try:
+        second = _sink(r.url, events=("frame",), spool_dir=spool)
+        for seq in range(30, 40):
+            second.publish(_frame("gate", seq))
+        wait_for(lambda: second.backlog() == 0, 10, "the spool to go out")
+        second.close()
+        assert [e["seq"] for e in r.events()] == list(range(40))
+        assert not list(spool.glob("*.spool"))
+    finally:
+        r.stop()
+
+
+def test_https_with_a_private_ca(tls_cert: tuple[Path, Path], caplog: pytest.LogCaptureFixture) -> None:
+    r = Receiver(tls=tls_cert)
+    r.start()
+    try:
+        trusting = _sink(r.url, tls_ca=tls_cert[1])
+        untrusting = _sink(r.url)
+        trusting.publish(_status("gate"))
+        untrusting.publish(_status("dock"))
+        assert trusting.flush(10)
+        wait_for(lambda: untrusting.counters.totals_errors["connection"] >= 1, 10, "the refusal")
+        trusting.close()
+        untrusting.close(timeout=0.5)
+        assert [e["camera"] for e in r.events()] == ["gate"]
+        assert untrusting.counters.totals_dropped == {("dock", "shutdown"): 1}
+        assert "certificate verify failed" in caplog.text
+    finally:
+        r.stop()
+
+
+@pytest.mark.parametrize("raw, error", [
+    ({"url": "ftp://x/y"}, "expected http://HOST"),
+    ({"url": "http://u:hunter2@:99999/"}, "not a valid URL"),
+    ({"url": "http://x/", "headers": {"Authorization": "Bearer hunter2\r\nX-Evil: 1"}}, "line break"),
+    ({"url": "http://x/", "headers": {"Content-Type": "text/plain"}}, "'Content-Type' is set by segpipe"),
+    ({"url": "http://x/", "headers": {"bad name": "v"}}, "not a valid header name"),
+    ({"url": "http://x/", "statuses": False}, "statuses: a webhook sink posts status events when events"),
+    ({"url": "http://x/", "events": ["crossings"]}, "events.0"),
+    ({"url": "http://x/", "events": []}, "at least 1 item"),
+])
+def test_config_errors_name_the_field_and_never_echo_secrets(raw: dict[str, Any], error: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        WebhookSinkConfig(type="webhook", **raw)
+    # what segpipe prints: each error's place and message (pydantic's own str() also shows the input)
+    text = " ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in info.value.errors())
+    assert error in text and "hunter2" not in text
+
+
+def test_config_hides_secrets_and_derives_statuses() -> None:
+    cfg = WebhookSinkConfig(type="webhook", url="https://ops:hunter2@hooks.example/x", secret="hunter2",
+                            headers={"Authorization": "Bearer hunter2"})
+    assert "hunter2" not in repr(cfg) and cfg.redacted_url() == "https://***@hooks.example/x"
+    assert cfg.statuses and not WebhookSinkConfig(type="webhook", url="http://x/", events=["crossing"]).statuses
+    errors = check_sink_classes((WebhookSinkConfig(type="webhook", url="http://x/", classes=["prson"]),),
+                                ("person",), "m.pt")
+    assert [str(e) for e in errors] == ["sinks[0].classes: 'prson' is not a class of m.pt"]
+
+
+def test_basic_auth_from_the_url(receiver: Receiver) -> None:
+    sink = _sink(receiver.url.replace("http://", "http://ops:p%40ss@"))
+    sink.publish(_status("gate"))
+    assert sink.flush(10)
+    sink.close()
+    assert receiver.got[0][1]["Authorization"] == "Basic b3BzOnBAc3M="  # ops:p@ss
+
+
+def test_a_run_posts_statuses_and_frames(tmp_path: Path, receiver: Receiver) -> None:
+    from pipeline.supervisor import Supervisor
+
+    clip = write_clip(tmp_path / "cam.mp4", frames=6, fps=15, size=(96, 64))
+    cfg = config(tmp_path, [{"id": "cam", "url": str(clip), "realtime": False, "lossless": True}],
+                 sinks=[{"type": "webhook", "url": receiver.url, "events": ["frame", "status"]}])
+    assert Supervisor(cfg=cfg).run() == 0
+    events = receiver.events()
+    assert sorted(e["seq"] for e in events if e["kind"] == "frame") == list(range(6))
+    assert {e["state"] for e in events if e["kind"] == "status"} >= {"live", "ended"}
