@@ -209,6 +209,10 @@ class CameraConfig(_Strict):
     reconnect: ReconnectConfig = ReconnectConfig()
     classes: tuple[str, ...] | None = Field(None, min_length=1, description="publish only objects with these "
                                                                           "labels (checked against the model's)")
+    roi: tuple[float, ...] | None = Field(
+        None, description="[x1, y1, x2, y2] as fractions of the frame (0-1): the model sees only this part, "
+                          "at its full input size (small objects in a wide picture get more pixels); "
+                          "null: the whole frame")
     zones: tuple[ZoneConfig, ...] = Field((), description="regions whose objects are listed and counted")
     lines: tuple[LineConfig, ...] = Field((), description="counting lines (need tracking.enabled)")
 
@@ -221,6 +225,20 @@ class CameraConfig(_Strict):
         return redact_url(self.url)
 
     _id = field_validator("id")(lambda cls, v: _check_id(v))
+
+    @field_validator("roi")
+    @classmethod
+    def _roi(cls, v: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        if v is None:
+            return v
+        if len(v) != 4:
+            raise ValueError(f"expected [x1, y1, x2, y2], got {list(v)}")
+        x1, y1, x2, y2 = v
+        if not all(0 <= c <= 1 for c in v):
+            raise ValueError(f"expected fractions of the frame in [0, 1], got {list(v)}")
+        if x2 - x1 < 0.05 or y2 - y1 < 0.05:
+            raise ValueError(f"expected x1 < x2 and y1 < y2, at least 0.05 apart, got {list(v)}")
+        return v
 
     @field_validator("url")
     @classmethod

@@ -41,6 +41,26 @@ def frame_detections(rows: torch.Tensor, proto: torch.Tensor, info: LetterboxInf
     return out
 
 
+def roi_window(roi: tuple[float, float, float, float] | None, width: int,
+               height: int) -> tuple[int, int, int, int] | None:
+    """The frame pixels ``(x0, y0, x1, y1)``, half-open, of ``roi`` (fractions of the frame, rounded to
+    whole pixels); None without one, or for one that covers the whole frame."""
+    if roi is None:
+        return None
+    x0, x1 = (min(max(round(f * width), 0), width) for f in (roi[0], roi[2]))
+    y0, y1 = (min(max(round(f * height), 0), height) for f in (roi[1], roi[3]))
+    x1, y1 = max(x1, x0 + 1), max(y1, y0 + 1)
+    return None if (x0, y0, x1, y1) == (0, 0, width, height) else (x0, y0, x1, y1)
+
+
+def shift_detections(dets: dict[str, Any], dx: int, dy: int) -> dict[str, Any]:
+    """Host-side detections (from ``download_detections``) of a region whose corner is at (dx, dy) in the
+    frame, moved to frame pixels: boxes and the corners of the mask crops."""
+    crops = dets["crops"]
+    return {**dets, "boxes": dets["boxes"] + np.array([dx, dy, dx, dy], dtype=dets["boxes"].dtype),
+            "crops": None if crops is None else [(x0 + dx, y0 + dy, c) for x0, y0, c in crops]}
+
+
 def encode_detections(dets: dict[str, Any], shape: tuple[int, int], *, names: Sequence[str],
                       masks: str) -> tuple[Detection, ...]:
     """One frame's host-side detections (from ``download_detections``) as ``Detection`` messages.

@@ -41,11 +41,20 @@ from engines.errors import ConfigError, SegpipeError
 from engines.ops import letterbox, non_max_suppression
 from engines.ops.letterbox import LetterboxInfo, letterbox_geometry
 from pipeline.batching import Arena, Batcher
-from pipeline.detections import download_detections, encode_detections, frame_detections
+from pipeline.detections import (
+    download_detections,
+    encode_detections,
+    frame_detections,
+    roi_window,
+    shift_detections,
+)
 from pipeline.device_settings import DeviceSettings, ModelBundle, bundle_model
 from pipeline.messages import Batch, FramePreview, FrameResult
 from pipeline.metrics import StageStats
 from pipeline.shm import RingReader
+
+Window = tuple[int, int, int, int]  # (x0, y0, x1, y1) frame pixels, half-open
+Roi = tuple[float, float, float, float]  # a camera's roi: (x1, y1, x2, y2) fractions of its frames
 
 _STOP = object()  # thread-local sentinel (never crosses a process boundary)
 _LATENCY_EMA = 0.1  # weight of the newest frame in the per-camera latency average
@@ -58,8 +67,9 @@ class _Uploaded:
     images: list[torch.Tensor]  # (H_i, W_i, 3) uint8 on the device (CPU: already resized, see _upload)
     event: Any  # torch.cuda.Event when the upload is done, None on CPU
     arena: Arena
-    infos: list[LetterboxInfo] | None = None  # CPU: the letterbox geometry of the original frames
+    infos: list[LetterboxInfo] | None = None  # CPU: the letterbox geometry of the original frames (or their rois)
     previews: list[np.ndarray | None] | None = None  # frames for drawing sinks, copied before the arena is reused
+    windows: list[Window | None] | None = None  # the part of each frame the model sees (a camera's roi)
 
 
 @dataclass(slots=True)
@@ -80,6 +90,7 @@ class _Inferred:
     event: Any  # CUDA: recorded after the backend call (timing-enabled), None on CPU
     start: Any = None  # CUDA: recorded before letterbox, to time the device work
     previews: list[np.ndarray | None] | None = None
+    windows: list[Window | None] | None = None
 
 
 class DeviceStage:
@@ -88,11 +99,12 @@ class DeviceStage:
     def __init__(self, *, settings: DeviceSettings, backend: Backend, readers: Sequence[RingReader],
                  emit: Callable[[FrameResult | FramePreview], None], commands: Any = None,
                  notify: Callable[[tuple[str, Any]], None] | None = None,
-                 routes: dict[str, int] | None = None) -> None:
+                 routes: dict[str, int] | None = None, rois: Mapping[str, Roi] | None = None) -> None:
         self.s = settings
         self.routes = routes  # camera id -> event worker, updated by attach commands (read by emit)
-        # config reloads: ("attach", camera id, shm prefix) | ("detach", camera id) | ("model", DeviceSettings);
-        # from a preview sink: ("watch", camera ids)
+        self.rois = dict(rois or {})  # camera id -> the part of its frames the model sees (fractions)
+        # config reloads: ("attach", camera id, shm prefix, event worker | None, roi | None) | ("detach", camera id)
+        # | ("model", DeviceSettings); from a preview sink: ("watch", camera ids)
         self.commands = commands
         self.watched: frozenset[str] = frozenset()  # cameras a preview sink shows now
         self._next_preview: dict[str, float] = {}  # camera id -> monotonic time its next preview is due
@@ -263,8 +275,12 @@ class DeviceStage:
             except queue.Empty:
                 return
             if cmd[0] == "attach":
-                if len(cmd) > 3 and self.routes is not None:
+                if cmd[3] is not None and self.routes is not None:
                     self.routes[cmd[1]] = cmd[3]  # before its first frame can be gathered
+                if cmd[4] is None:
+                    self.rois.pop(cmd[1], None)
+                else:
+                    self.rois[cmd[1]] = cmd[4]
                 reader = RingReader(cmd[2], camera_id=cmd[1])
                 self.readers[reader.camera_id] = reader
                 self.batcher.add_reader(reader)
@@ -342,33 +358,45 @@ class DeviceStage:
 
     # --------------------------------------------------------------------------- the work
 
+    def _windows(self, batch: Batch) -> list[Window | None] | None:
+        """Each frame's roi in pixels (None: the whole frame); None when no camera of the batch has one."""
+        if not self.rois:
+            return None
+        out = [roi_window(self.rois.get(f.camera_id), f.image.shape[1], f.image.shape[0]) for f in batch.frames]
+        return out if any(w is not None for w in out) else None
+
     def _upload(self, batch: Batch, arena: Arena, stream: Any, model: ModelBundle | None = None) -> _Uploaded:
         model = model or self.model
+        windows = self._windows(batch)
         if not self.cuda:
-            return self._resize_on_host(batch, arena, model)
+            return self._resize_on_host(batch, arena, model, windows)
         images = [torch.from_numpy(f.image).to(self.device, non_blocking=True) for f in batch.frames]
+        if windows is not None:  # whole frames are uploaded (pinned, contiguous); the roi is a view of one
+            images = [im if w is None else im[w[1]:w[3], w[0]:w[2]] for im, w in zip(images, windows, strict=True)]
         event = torch.cuda.Event()
         event.record(stream)
         return _Uploaded(batch=batch, model=model, images=images, event=event, arena=arena,
-                         previews=self._previews(batch))
+                         previews=self._previews(batch), windows=windows)
 
-    def _resize_on_host(self, batch: Batch, arena: Arena, model: ModelBundle) -> _Uploaded:
+    def _resize_on_host(self, batch: Batch, arena: Arena, model: ModelBundle,
+                        windows: list[Window | None] | None = None) -> _Uploaded:
         """CPU only: resize each frame to its letterboxed size here, in uint8 with cv2 (INTER_LINEAR,
         the interpolation engines.ops.letterbox reproduces in float), so the inference thread only
         pads and normalises. On a CPU the float resize of a full frame costs as much as a third of the
         model (4 x 720p -> 320: 150-300 ms vs 340-800 ms for yolov8n-seg on one thread, measured with
         benchmarks/pipeline.py on 2 cores) and here it overlaps with the previous batch's inference."""
         stride = model.backend.meta.stride
-        infos = [letterbox_geometry(f.image.shape[:2], size=model.size, stride=stride) for f in batch.frames]
+        seen = [f.image if w is None else f.image[w[1]:w[3], w[0]:w[2]]
+                for f, w in zip(batch.frames, windows or [None] * len(batch.frames), strict=True)]
+        infos = [letterbox_geometry(im.shape[:2], size=model.size, stride=stride) for im in seen]
         images = []
-        for f, info in zip(batch.frames, infos, strict=True):
-            small = f.image
+        for im, info in zip(seen, infos, strict=True):
             if info.unpad_shape != info.orig_shape:
                 h, w = info.unpad_shape
-                small = cv2.resize(f.image, (w, h), interpolation=cv2.INTER_LINEAR)
-            images.append(torch.from_numpy(small))
+                im = cv2.resize(im, (w, h), interpolation=cv2.INTER_LINEAR)
+            images.append(torch.from_numpy(im))
         return _Uploaded(batch=batch, model=model, images=images, event=None, arena=arena, infos=infos,
-                         previews=self._previews(batch))
+                         previews=self._previews(batch), windows=windows)
 
     def _previews(self, batch: Batch) -> list[np.ndarray | None] | None:
         """Copies of the frames for drawing sinks (the staging arena is reused once inference starts):
@@ -414,7 +442,7 @@ class DeviceStage:
             self._observe("infer", time.perf_counter() - t0)  # CPU: the work is done when the call returns
         self._pool.put(up.arena)  # on CPU letterbox has copied the pixels out of it
         return _Inferred(batch=up.batch, model=model, pred=pred, proto=proto, infos=infos, event=event, start=start,
-                         previews=up.previews)
+                         previews=up.previews, windows=up.windows)
 
     def _post(self, inf: _Inferred) -> None:
         t0 = time.perf_counter()
@@ -433,10 +461,13 @@ class DeviceStage:
         host = download_detections(per_frame)
         now = time.time()
         previews: list[np.ndarray | None] = list(inf.previews) if inf.previews else [None] * len(host)
-        for frame, dets, preview in zip(inf.batch.frames, host, previews, strict=True):
+        windows: list[Window | None] = list(inf.windows) if inf.windows else [None] * len(host)
+        for frame, dets, preview, window in zip(inf.batch.frames, host, previews, windows, strict=True):
+            if window is not None:  # found in the roi: moved to frame pixels
+                dets = shift_detections(dets, window[0], window[1])
             result = FrameResult(camera_id=frame.camera_id, seq=frame.seq, pts=frame.pts,
                                  capture_ts=frame.capture_ts, infer_ts=now, frame_size=frame.size,
-                                 model=model.name,
+                                 model=model.name, roi=window,
                                  detections=encode_detections(dets, frame.image.shape[:2], names=model.names,
                                                               masks=model.settings.masks))
             self.emit(result if preview is None else FramePreview(result=result, image=preview))
@@ -494,11 +525,11 @@ def _route(queues: Sequence[Any], route: Mapping[str, int]) -> Callable[[FrameRe
     return put
 
 
-def device_main(settings: DeviceSettings, cameras: Sequence[tuple[str, str]], results: Any, stop: Any,
+def device_main(settings: DeviceSettings, cameras: Sequence[tuple[str, str, Roi | None]], results: Any, stop: Any,
                 conn: Connection, commands: Any = None, route: Mapping[str, int] | None = None) -> None:
     """Process target of the device stage.
 
-    cameras: (camera id, shared-memory prefix) pairs. results: the sink stage's queue, or the event
+    cameras: (camera id, shared-memory prefix, roi or None) of each camera. results: the sink stage's queue, or the event
     workers' queues (a list; ``route``: camera id -> index), where FrameResults are put (the
     supervisor adds STOP once this process has exited). stop: a multiprocessing
     Event; once set, batches already gathered are finished and the process ends. conn: one
@@ -506,7 +537,7 @@ def device_main(settings: DeviceSettings, cameras: Sequence[tuple[str, str]], re
     about every second, or
     ``("error", one line)`` before a non-zero exit, and after a ``("model", DeviceSettings)`` command
     ``("names", ...)`` and ``("model_ready", description)``, or ``("model_error", one line)``. commands: optional queue of
-    config reload changes, ``("attach", camera id, prefix[, worker index])``, ``("detach", camera id)`` or ``("model",
+    config reload changes, ``("attach", camera id, prefix, worker index | None, roi | None)``, ``("detach", camera id)`` or ``("model",
     DeviceSettings)`` (loaded beside the running model, swapped in between two batches).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor owns shutdown
@@ -520,11 +551,12 @@ def device_main(settings: DeviceSettings, cameras: Sequence[tuple[str, str]], re
 
     try:
         backend = settings.load_backend()
-        readers = [RingReader(prefix, camera_id=cid) for cid, prefix in cameras]
+        readers = [RingReader(prefix, camera_id=cid) for cid, prefix, _ in cameras]
+        rois = {cid: roi for cid, _, roi in cameras if roi is not None}
         queues = results if isinstance(results, list) else [results]
         routes = dict(route or {})
         stage = DeviceStage(settings=settings, backend=backend, readers=readers, emit=_route(queues, routes),
-                            commands=commands, notify=send, routes=routes)
+                            commands=commands, notify=send, routes=routes, rois=rois)
         stage.warmup()
         send(("names", stage.names))
         send(("ready", f"{backend!r} input {stage.size[1]}x{stage.size[0]} (WxH)"))

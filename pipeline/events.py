@@ -76,7 +76,7 @@ def to_event(result: FrameResult, *, publish_ts: float | None = None) -> dict[st
     (``size == [height, width]``, column-major COCO counts); polygons are frame-pixel
     ``[x1, y1, x2, y2, ...]`` lists. Times are wall-clock seconds; ``publish_ts`` defaults to now.
     ``zone_counts`` and ``crossings`` (and each detection's ``zones``) appear for cameras with zones
-    and counting lines.
+    and counting lines, ``roi`` (the frame pixels the model saw) for cameras with one.
     """
     width, height = (int(v) for v in result.frame_size)
     size_hw = [height, width]
@@ -93,6 +93,8 @@ def to_event(result: FrameResult, *, publish_ts: float | None = None) -> dict[st
         "model": result.model,
         "detections": [_detection_json(d, size_hw) for d in result.detections],
     }
+    if result.roi is not None:
+        event["roi"] = [int(v) for v in result.roi]
     analytics = result.analytics
     if analytics is not None and analytics.zone_counts is not None:
         event["zone_counts"] = dict(analytics.zone_counts)

@@ -127,7 +127,8 @@ class FrameResult:
     """Everything the model found in one frame, ready for the sinks.
 
     Times are wall-clock seconds. frame_size is (width, height). analytics: set by the sink stage for
-    cameras with zones or lines.
+    cameras with zones or lines. roi: the frame pixels the model saw, (x0, y0, x1, y1) half-open, for a
+    camera with ``roi``; None: the whole frame.
     """
 
     camera_id: str
@@ -139,6 +140,7 @@ class FrameResult:
     model: str
     detections: tuple[Detection, ...] = field(default_factory=tuple)
     analytics: FrameAnalytics | None = None
+    roi: tuple[int, int, int, int] | None = None
 
     def __post_init__(self) -> None:
         _expect(len(self.frame_size) == 2 and min(self.frame_size) > 0, "FrameResult.frame_size",

@@ -229,7 +229,7 @@ class Supervisor:
                                      watch_out=watch_out, first_track_ids=dict(self._first_track_ids))
         self._device_stop = self.ctx.Event()
         reader, writer = self.ctx.Pipe(duplex=False)
-        cams = [(c.camera_id, c.prefix) for c in self.cameras]
+        cams = [(c.camera_id, c.prefix, self.cfg.camera(c.camera_id).roi) for c in self.cameras]
         self._device = self._spawn("device", device_main, DeviceSettings.from_config(self.cfg), cams,
                                    results, self._device_stop, writer, self._device_cmds,
                                    None if self._workers is None else dict(self._workers.route))
@@ -547,8 +547,8 @@ class Supervisor:
             log.info("camera=%s event=camera_removed", gone.camera_id)
         for cam in plan.start:
             handle = self.decoders.add(cam)
-            worker = () if self._workers is None else (self._workers.assign(cam.id),)
-            self._device_cmds.put(("attach", handle.camera_id, handle.prefix, *worker))
+            worker = None if self._workers is None else self._workers.assign(cam.id)
+            self._device_cmds.put(("attach", handle.camera_id, handle.prefix, worker, cam.roi))
             self.decoders.start(handle, initial=S.CONNECTING)
             log.info("camera=%s event=camera_added url=%s", cam.id, cam.redacted_url)
         if plan.changes_cameras:

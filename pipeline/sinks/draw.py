@@ -19,11 +19,14 @@ PALETTE = np.array([  # BGR, one per class id (or track id, when tracked) modulo
 
 def draw(canvas: np.ndarray, result: FrameResult, *, scale: float = 1.0) -> np.ndarray:
     """Draw ``result``'s masks (half-transparent), boxes and labels on ``canvas`` in place, and its
-    camera's zones (with their object counts) and counting lines (with their in/out totals).
+    camera's zones (with their object counts) and counting lines (with their in/out totals); the part
+    of the picture outside its roi (which the model does not see) is darkened.
 
     canvas: (h, w, 3) uint8 BGR, the frame resized by ``scale`` (frame pixels * scale = canvas px).
     """
     width, height = result.frame_size
+    if result.roi is not None:
+        _dim_outside(canvas, result.roi, scale)
     if result.analytics is not None:
         _draw_shapes(canvas, result.analytics, scale)
     for det in result.detections:
@@ -41,6 +44,12 @@ def draw(canvas: np.ndarray, result: FrameResult, *, scale: float = 1.0) -> np.n
 
 
 _ZONE_COLOR, _LINE_COLOR = (0, 215, 255), (255, 255, 255)  # BGR: amber zones, white lines
+
+
+def _dim_outside(canvas: np.ndarray, roi: tuple[int, int, int, int], scale: float) -> None:
+    x0, y0, x1, y1 = (int(round(v * scale)) for v in roi)
+    for band in (canvas[:y0], canvas[y1:], canvas[y0:y1, :x0], canvas[y0:y1, x1:]):
+        band >>= 1
 
 
 def _draw_shapes(canvas: np.ndarray, analytics: FrameAnalytics, scale: float) -> None:

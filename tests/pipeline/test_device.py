@@ -26,6 +26,7 @@ from pipeline.messages import FramePreview, FrameResult
 from tests.pipeline.media import make_frame
 from tests.pipeline.rings import CameraRings
 
+RING_BASE = 120  # the rings' shm ids: RING_BASE + camera index
 SIZES = [(160, 120), (96, 64), (120, 160)]  # (W, H) per camera: frames of any size batch together
 NMS = NMSConfig(conf=1e-6, max_det=8)  # an untrained model scores everything low: keep some boxes
 
@@ -41,7 +42,7 @@ def backend() -> Iterator[Backend]:
 
 @pytest.fixture
 def rings() -> Iterator[tuple[list[shm.RingWriter], list[shm.RingReader]]]:
-    r = CameraRings(len(SIZES), 120)
+    r = CameraRings(len(SIZES), RING_BASE)
     yield r.writers, r.readers
     r.close()
 
@@ -241,3 +242,91 @@ def test_preview_frames_only_for_watched_cameras_at_their_rate(backend: Backend,
         w, h = SIZES[int(cam[3:])]
         assert mine[0].image.shape == (min(h, round(h * 100 / w)), min(w, 100), 3)  # cam0 shrunk, cam2 as is
     assert any(isinstance(o, FrameResult) and o.camera_id == "cam1" for o in out)
+
+
+ROIS = {"cam0": (0.25, 0.25, 1.0, 1.0), "cam2": (0.0, 0.5, 0.5, 1.0)}  # cam1: the whole frame
+
+
+def test_a_roi_is_inferred_alone_and_its_results_land_in_frame_pixels(backend: Backend, rings: tuple) -> None:
+    """A camera's roi gives exactly what the model finds in that crop of the frame, moved to frame
+    pixels: boxes shifted, masks in place in a whole-frame RLE (nothing outside the roi)."""
+    from pipeline.detections import roi_window
+
+    writers, readers = rings
+    out: list[FrameResult] = []
+    stage = DeviceStage(settings=settings(), backend=backend, readers=readers, emit=out.append, rois=ROIS)
+    run_stage(stage, writers, frames=1)
+    assert {r.camera_id for r in out} == {"cam0", "cam1", "cam2"}
+    for r in out:
+        w, h = r.frame_size
+        window = roi_window(ROIS.get(r.camera_id), w, h)
+        assert r.roi == window
+        x0, y0, x1, y1 = window or (0, 0, w, h)
+        crop = make_frame(r.seq, size=(w, h))[y0:y1, x0:x1]
+        info = letterbox_geometry(crop.shape[:2], size=64)
+        small = cv2.resize(crop, info.unpad_shape[::-1], interpolation=cv2.INTER_LINEAR)
+        x, _ = letterbox([torch.from_numpy(np.ascontiguousarray(small))], size=64)
+        ref = postprocess(*backend(x), [info], NMS, names=backend.meta.names, retina_masks=True)[0]
+        assert 0 < len(r.detections) == len(ref)
+        for det, box, mask in zip(r.detections, ref.boxes, ref.masks, strict=True):
+            assert det.box == pytest.approx((box + torch.tensor([x0, y0, x0, y0])).tolist(), abs=1e-3)
+            m = decode(det.mask)
+            assert m.shape == (h, w) and not m[:y0].any() and not m[:, :x0].any()
+            assert not m[y1:].any() and not m[:, x1:].any()
+            assert (m[y0:y1, x0:x1] != mask.numpy()).mean() < 1e-3
+
+
+@pytest.mark.parametrize("fmt, resolution", [("polygon", "frame"), ("rle", "model")])
+def test_roi_masks_in_other_formats_stay_in_their_boxes(backend: Backend, rings: tuple, fmt: str,
+                                                        resolution: str) -> None:
+    writers, readers = rings
+    out: list[FrameResult] = []
+    stage = DeviceStage(settings=settings(masks=fmt, mask_resolution=resolution), backend=backend,
+                        readers=readers, emit=out.append, rois=ROIS)
+    run_stage(stage, writers, frames=1)
+    assert any(r.detections for r in out if r.roi is not None)
+    for r in out:
+        w, h = r.frame_size
+        x0, y0, x1, y1 = r.roi or (0, 0, w, h)
+        for d in r.detections:
+            bx1, by1, bx2, by2 = d.box
+            assert x0 <= bx1 and bx2 <= x1 and y0 <= by1 and by2 <= y1
+            if fmt == "polygon":
+                xs = [v for p in d.mask for v in p[0::2]]
+                ys = [v for p in d.mask for v in p[1::2]]
+            else:
+                ys, xs = np.nonzero(decode(d.mask))
+            assert bx1 - 1 <= min(xs) and max(xs) <= bx2 and by1 - 1 <= min(ys) and max(ys) <= by2
+
+
+def test_roi_window_rounds_to_pixels_and_drops_a_whole_frame() -> None:
+    from pipeline.detections import roi_window, shift_detections
+
+    assert roi_window(None, 100, 50) is None and roi_window((0, 0, 1, 1), 100, 50) is None
+    assert roi_window((0.25, 0.1, 0.755, 1.0), 100, 50) == (25, 5, 76, 50)
+    dets = {"boxes": np.array([[1.0, 2.0, 3.0, 4.0]], np.float32), "scores": np.ones(1), "cls": np.zeros(1),
+            "crops": [(1, 2, np.ones((2, 2), bool))]}
+    moved = shift_detections(dets, 10, 20)
+    assert moved["boxes"].tolist() == [[11.0, 22.0, 13.0, 24.0]] and moved["crops"][0][:2] == (11, 22)
+    assert dets["boxes"].tolist() == [[1.0, 2.0, 3.0, 4.0]]  # the input is left as it was
+
+
+def test_a_camera_attached_by_a_reload_brings_its_roi(backend: Backend, rings: tuple) -> None:
+    """``("attach", id, prefix, worker, roi)``: the camera's frames are inferred within its new roi; a
+    camera attached again without one is inferred whole."""
+    writers, readers = rings
+    out: list[FrameResult] = []
+    commands: queue.Queue = queue.Queue()
+    prefix = shm.prefix_for(RING_BASE + 2)  # cam2's ring, read as camera "late"
+    commands.put(("attach", "late", prefix, None, (0.5, 0.5, 1.0, 1.0)))
+    stage = DeviceStage(settings=settings(), backend=backend, readers=readers[:2], emit=out.append,
+                        commands=commands)
+    run_stage(stage, writers, frames=2)
+    late = [r for r in out if r.camera_id == "late"]
+    assert late and all(r.roi == (60, 80, 120, 160) for r in late)  # cam2's frames are 120x160 (WxH)
+    assert all(r.roi is None for r in out if r.camera_id != "late")
+    commands.put(("detach", "late"))
+    commands.put(("attach", "late", prefix, None, None))
+    out.clear()
+    run_stage(stage, writers, frames=2)
+    assert [r.roi for r in out if r.camera_id == "late"] and not any(r.roi for r in out)

@@ -565,3 +565,33 @@ def test_model_swap_in_the_running_stage(device: str, make_rings: Callable[[], R
     same = [dataclasses.replace(r, model=CKPT.name) for r in out]
     assert check_results(same, host_resize=device == "cpu", what=f"{device} swap") > 0
     assert stage._in_flight == 0 and stage._pool.qsize() == stage.s.depth + 2
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_rois_on_device(device: str, make_rings: Callable[[], Rings]) -> None:
+    """Each camera's roi (a view of the uploaded frame on CUDA, a view resized on the host on CPU) gives
+    the recipe's objects of that crop of the frame, in frame pixels."""
+    from pipeline.detections import roi_window
+
+    rois = {"cam0": (0.25, 0.0, 1.0, 0.8), "cam1": (0.0, 0.3, 0.6, 1.0)}  # cam2: the whole frame
+    rings = make_rings()
+    out: list[FrameResult] = []
+    stage = DeviceStage(settings=settings(device), backend=backend_for(device), readers=rings.readers,
+                        emit=out.append, rois=rois)
+    drive(stage, rings, out, rounds=2)
+    n = 0
+    for r in out:
+        img = frame_for(int(r.camera_id[3:]), r.seq)
+        h, w = img.shape[:2]
+        window = roi_window(rois.get(r.camera_id), w, h)
+        assert r.roi == window
+        x0, y0, x1, y1 = window or (0, 0, w, h)
+        ref = []
+        for o in reference_objects(np.ascontiguousarray(img[y0:y1, x0:x1]), host_resize=device == "cpu"):
+            mask = np.zeros((h, w), bool)
+            mask[y0:y1, x0:x1] = o.mask
+            ref.append(Obj(o.cls, o.score, o.box + [x0, y0, x0, y0], mask))
+        got = result_objects(r)
+        assert_same_objects(got, ref, **STRICT, what=f"{device} roi {r.camera_id} seq {r.seq}")
+        n += len(got)
+    assert n > 0

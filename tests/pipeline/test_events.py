@@ -81,6 +81,16 @@ def test_track_ids_are_published_only_when_set(validator: jsonschema.Validator) 
     assert all("track_id" not in d for d in event["detections"][1:])  # tracking off or track unconfirmed
 
 
+def test_a_roi_is_published_for_cameras_that_have_one(validator: jsonschema.Validator) -> None:
+    import dataclasses
+
+    res, _ = _result("rle")
+    assert "roi" not in to_event(res)
+    event = json.loads(encode(to_event(dataclasses.replace(res, roi=(8, 4, 64, 48)))))
+    validator.validate(event)
+    assert event["roi"] == [8, 4, 64, 48]
+
+
 def test_zones_and_crossings_are_published_for_cameras_that_have_them(validator: jsonschema.Validator) -> None:
     import dataclasses
 

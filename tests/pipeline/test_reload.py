@@ -54,6 +54,10 @@ def test_plan_matches_cameras_by_id() -> None:
                                  {"id": "c", "url": "c.mp4", "zones": [ZONE]}]), check_files=False)
     plan = plan_reload(old, classes)
     assert (plan.stop, plan.start, plan.shapes) == ((), (), True)  # so does a camera given classes
+    roi = parse_config(_cfg([{"id": "a", "url": "a.mp4", "roi": [0, 0.5, 1, 1]}, {"id": "b", "url": "b.mp4"},
+                             {"id": "c", "url": "c.mp4", "zones": [ZONE]}]), check_files=False)
+    plan = plan_reload(old, roi)
+    assert plan.stop == ("a",) and [c.roi for c in plan.start] == [(0, 0.5, 1, 1)]  # attached with its roi
 
 
 def _events(path: Path) -> list[dict]:

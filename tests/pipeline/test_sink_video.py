@@ -244,3 +244,15 @@ def test_zones_and_lines_are_drawn_where_they_are() -> None:
         edge = canvas[int(20 * scale), int(30 * scale)]                          # the zone's right side
         assert np.abs(edge.astype(int) - _ZONE_COLOR).sum() < 90
         assert canvas[int(45 * scale), int(60 * scale)].sum() == 0                # nothing elsewhere
+
+
+def test_the_picture_outside_a_roi_is_darkened() -> None:
+    import dataclasses
+
+    from pipeline.sinks.draw import draw
+
+    res = dataclasses.replace(_result("cam", 0), detections=(), roi=(W // 2, 0, W, H))
+    for scale in (1.0, 0.5):
+        canvas = draw(np.full((int(H * scale), int(W * scale), 3), 200, np.uint8), res, scale=scale)
+        half = int(W * scale) // 2
+        assert (canvas[:, :half] == 100).all() and (canvas[:, half:] == 200).all()

@@ -236,3 +236,17 @@ def test_a_stage_that_hangs_is_killed_and_started_again(tmp_path: Path, role: st
     name = "device stage" if role == "device" else "sink stage"
     assert f"error='{name} hung ({why}" in caplog.text and "and was killed'" in caplog.text
     assert no_segments_left()
+
+
+def test_a_camera_roi_is_all_the_model_sees(tmp_path: Path) -> None:
+    clip = write_clip(tmp_path / "a.mp4", frames=4, fps=30, size=(160, 120))
+    cfg = config(tmp_path, [{"id": "a", "url": str(clip), "realtime": False, "lossless": True,
+                             "roi": [0.5, 0.25, 1.0, 1.0]},
+                            {"id": "b", "url": str(clip), "realtime": False, "lossless": True}])
+    assert Supervisor(cfg=cfg).run() == 0
+    frames = [e for e in events(tmp_path) if e["kind"] == "frame"]
+    mine = [e for e in frames if e["camera"] == "a"]
+    assert len(mine) == 4 and all(e["roi"] == [80, 30, 160, 120] for e in mine)
+    assert all(d["box"][0] >= 80 and d["box"][1] >= 30 for e in mine for d in e["detections"])
+    assert any(e["detections"] for e in mine)
+    assert all("roi" not in e for e in frames if e["camera"] == "b")
