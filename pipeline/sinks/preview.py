@@ -1,7 +1,7 @@
 """Live preview sink: each camera's annotated frames over HTTP, for a browser or any MJPEG client.
 
     /                      a page with every camera's stream and state
-    /cameras.json          every camera's state, {"id": "live", ...}
+    /cameras.json          every camera's state and figures, {"id": {"state": "live", "fps": 5.0, ...}, ...}
     /cameras/<id>.mjpg     one camera, multipart/x-mixed-replace JPEGs (at most ``fps`` a second)
     /cameras/<id>.jpg      one camera's latest frame
 
@@ -24,6 +24,7 @@ import socket
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 
 SNAPSHOT_GRACE_S = 10.0  # a camera stays watched this long after a snapshot (a page polling .jpg)
 SNAPSHOT_WAIT_S = 3.0  # how long a snapshot of an unwatched camera waits for its first fresh frame
+RATE_WINDOW_S = 5.0  # a camera's results/s are counted over this many seconds
 _BOUNDARY = "segpipe-frame"
 
 
@@ -58,6 +60,17 @@ class _Camera:
     streams: int = 0  # clients streaming it now
     snapshot_until: float = 0.0  # monotonic time a snapshot keeps it watched to
     encode_lock: threading.Lock = field(default_factory=threading.Lock)
+    # every result, watched or not: its figures on the page
+    results: deque[float] = field(default_factory=lambda: deque(maxlen=256))  # monotonic times
+    latency_ms: float | None = None  # capture to this sink, the last result
+    objects: int | None = None  # detections in the last result
+
+    def figures(self, now: float) -> dict[str, Any]:
+        recent = [t for t in self.results if now - t <= RATE_WINDOW_S]
+        span = now - recent[0] if len(recent) > 1 else 0.0
+        return {"state": self.state, "fps": round((len(recent) - 1) / span, 1) if span > 0 else 0.0,
+                "latency_ms": None if self.latency_ms is None else round(self.latency_ms),
+                "objects": self.objects}
 
 
 class PreviewSink:
@@ -100,7 +113,14 @@ class PreviewSink:
             cam = self._cams.setdefault(env.camera_id, _Camera())
             if isinstance(env.item, CameraStatus):
                 cam.state = env.item.state.value
-            elif isinstance(env.item, FrameResult) and env.image is not None:
+                return
+            if env.kind == "frame":
+                cam.results.append(time.monotonic())
+                if env.capture_ts is not None:
+                    cam.latency_ms = (time.time() - env.capture_ts) * 1000.0
+            if isinstance(env.item, FrameResult):
+                cam.objects = len(env.item.detections)
+            if isinstance(env.item, FrameResult) and env.image is not None:
                 cam.image, cam.result, cam.seq = env.image, env.item, cam.seq + 1
                 self._cond.notify_all()
 
@@ -126,10 +146,12 @@ class PreviewSink:
         with self._cond:
             return frozenset(c for c, cam in self._cams.items() if cam.streams or cam.snapshot_until > now)
 
-    def cameras(self) -> dict[str, str]:
-        """Camera id -> last known state, every camera this sink has heard of."""
+    def cameras(self) -> dict[str, dict[str, Any]]:
+        """Camera id -> its last known state and figures (results/s over the last few seconds, latency
+        from capture, objects in the last result), every camera this sink has heard of."""
+        now = time.monotonic()
         with self._cond:
-            return {c: cam.state for c, cam in self._cams.items()}
+            return {c: cam.figures(now) for c, cam in self._cams.items()}
 
     # ------------------------------------------------------------------------- HTTP threads
 
@@ -217,26 +239,51 @@ class PreviewSink:
     def page(self) -> bytes:
         """The wall: every camera's stream, its state under it (kept fresh from ``/cameras.json``)."""
         tiles = []
-        for camera_id, state in sorted(self.cameras().items()):
+        for camera_id, figures in sorted(self.cameras().items()):
             url, label = quote(camera_id, safe=""), html.escape(camera_id)
             tiles.append(f'<figure><img src="/cameras/{url}.mjpg" alt="{label}"><figcaption>{label} &middot; '
-                         f'<span data-camera="{label}">{html.escape(state)}</span></figcaption></figure>')
+                         f'<span data-camera="{label}">{html.escape(figures["state"])}</span> '
+                         f'<small data-figures="{label}">{html.escape(_figures_line(figures))}</small>'
+                         '</figcaption></figure>')
         body = "\n".join(tiles) or "<p>No camera yet.</p>"
         return (f"<!doctype html><html><head><meta charset=utf-8><title>segpipe {html.escape(self.name)}</title>"
                 "<style>body{background:#111;color:#ddd;font:14px sans-serif;margin:8px}"
                 "main{display:grid;grid-template-columns:repeat(auto-fill,minmax(480px,1fr));gap:8px}"
-                "figure{margin:0}img{width:100%;background:#000}span:not(.live){color:#f80}</style></head>"
+                "figure{margin:0}img{width:100%;background:#000}span:not(.live){color:#f80}small{color:#999}</style>"
+                "</head>"
                 f"<body><main>{body}</main><script>{_PAGE_SCRIPT}</script></body></html>\n").encode()
 
 
-# every 2 s: each caption shows its camera's state (orange unless live); a new camera reloads the page
+def _figures_line(figures: dict[str, Any]) -> str:
+    """``5.0 fps · 120 ms · 3 objects`` (what is known of it); the page's script writes the same."""
+    parts = [f"{figures['fps']:.1f} fps"]
+    if figures["latency_ms"] is not None:
+        parts.append(f"{figures['latency_ms']} ms")
+    if figures["objects"] is not None:
+        parts.append(f"{figures['objects']} object" + ("" if figures["objects"] == 1 else "s"))
+    return " \u00b7 ".join(parts)
+
+
+# every 2 s: each caption shows its camera's state (orange unless live) and figures; a new camera
+# reloads the page
 _PAGE_SCRIPT = """
+function line(f) {
+  const parts = [f.fps.toFixed(1) + " fps"];
+  if (f.latency_ms !== null) parts.push(f.latency_ms + " ms");
+  if (f.objects !== null) parts.push(f.objects + (f.objects === 1 ? " object" : " objects"));
+  return parts.join(" \u00b7 ");
+}
 async function refresh() {
   try {
-    const states = await (await fetch("/cameras.json", {cache: "no-store"})).json();
+    const cams = await (await fetch("/cameras.json", {cache: "no-store"})).json();
     const shown = document.querySelectorAll("span[data-camera]");
-    if (Object.keys(states).length !== shown.length) { location.reload(); return; }
-    for (const el of shown) { el.textContent = states[el.dataset.camera] || "gone"; el.className = el.textContent; }
+    if (Object.keys(cams).length !== shown.length) { location.reload(); return; }
+    for (const el of shown) {
+      const f = cams[el.dataset.camera];
+      el.textContent = f ? f.state : "gone"; el.className = el.textContent;
+      const fig = document.querySelector(`small[data-figures="${CSS.escape(el.dataset.camera)}"]`);
+      if (fig) fig.textContent = f ? line(f) : "";
+    }
   } catch (e) {}
 }
 document.querySelectorAll("span[data-camera]").forEach(el => el.className = el.textContent);

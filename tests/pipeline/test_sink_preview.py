@@ -126,11 +126,27 @@ def test_page_lists_every_camera_with_its_state(sink: PreviewSink) -> None:
     assert '<img src="/cameras/gate%3C1%3E.mjpg"' in page
     assert 'gate&lt;1&gt; &middot; <span data-camera="gate&lt;1&gt;">reconnecting</span>' in page
     assert '<img src="/cameras/dock.mjpg"' in page
-    # the page keeps its captions fresh from the states as JSON
+    assert '<small data-figures="dock">0.0 fps \u00b7 1 object</small>' in page  # one result so far
+    # the page keeps its captions fresh from the states and figures as JSON
     sink.publish(status("dock", CameraState.STALLED))
     code, ctype, body = get(sink, "/cameras.json")
     assert code == 200 and ctype == "application/json"
-    assert json.loads(body) == {"gate<1>": "reconnecting", "dock": "stalled"}
+    assert json.loads(body) == {
+        "gate<1>": {"state": "reconnecting", "fps": 0.0, "latency_ms": None, "objects": None},
+        "dock": {"state": "stalled", "fps": 0.0, "latency_ms": None, "objects": 1}}
+
+
+def test_figures_count_every_result_watched_or_not(sink: PreviewSink) -> None:
+    import dataclasses
+
+    for seq in range(11):  # 10 frames/s for a second, none of them with a picture (nobody watches)
+        res = dataclasses.replace(_result("dock", seq), capture_ts=time.time() - 0.25)
+        sink.publish(dataclasses.replace(_env(res), capture_ts=res.capture_ts))
+        time.sleep(0.1)
+    figures = sink.cameras()["dock"]
+    assert 8.0 <= figures["fps"] <= 11.0 and figures["objects"] == 1
+    assert 250 <= figures["latency_ms"] <= 400
+    assert sink.watching() == frozenset()  # counting them asks the device stage for nothing
 
 
 def test_bad_paths_and_unknown_cameras_say_what_exists(sink: PreviewSink) -> None:
