@@ -7,6 +7,8 @@ Prints, for frame events of N objects with RLE masks (like the demo's):
   ``events``), and for one it takes;
 - events/s delivered, first publish to last answer, with ``events: [frame]`` and masks stripped
   (each event parsed and written again), with masks kept, and signed (``secret``);
+- with ``snapshot`` (640 wide): ``publish`` of an event that fires, which reads its 1280x720 frame back
+  from a shared-memory ring, shrinks it and encodes the JPEG on the sink stage's thread;
 and checks the receiver got every event.
 """
 
@@ -105,7 +107,40 @@ def main() -> None:
         sink.close()
         print(f"{label:24s} publish {taken * 1e6:5.2f} us; {len(crossing) / dt:7.0f} events/s delivered, "
               f"receiver got {count.value}/{len(crossing)}{'' if ok else ' (flush timed out)'}")
+    _snapshots(url, crossing[:200], count)
     server.terminate()
+
+
+def _snapshots(url: str, events: list[Envelope], count: mp.Value) -> None:  # type: ignore[valid-type]
+    from pipeline import shm
+
+    prefix = shm.prefix_for(90_000)
+    control = shm.ControlBlock(prefix, create=True)
+    writer = shm.RingWriter(prefix)
+    lookup = shm.FrameLookup({e.camera_id: prefix for e in events})
+    try:
+        rng = np.random.default_rng(0)
+        seq = writer.write(rng.integers(0, 255, (720, 1280, 3), np.uint8), pts=0.0, capture_ts=time.time())
+        frames = [Envelope(camera_id=e.camera_id, kind="frame", payload=e.payload.replace(
+            b'"seq":', f'"seq":{seq},"was":'.encode(), 1), item=None) for e in events]
+        with count.get_lock():
+            count.value = 0
+        sink = WebhookSink(name="b", url=url, policy=policy_for("webhook", maxsize=len(frames) + 1),
+                           snapshot=(640, 80))
+        sink.use_frames(lookup)
+        t0 = time.perf_counter()
+        for env in frames:
+            sink.publish(env)
+        taken = (time.perf_counter() - t0) / len(frames)
+        ok = sink.flush(600)
+        sink.close()
+        print(f"{'snapshot 640 wide':24s} publish {taken * 1e3:5.2f} ms; receiver got {count.value}/{len(frames)}, "
+              f"{sink.counters.totals_errors['snapshot']} without a picture{'' if ok else ' (flush timed out)'}")
+    finally:
+        lookup.close()
+        writer.close()
+        control.close()
+        shm.unlink_all(prefix)
 
 
 if __name__ == "__main__":

@@ -274,7 +274,41 @@ class RingWriter:
         self.control.close()
 
 
-class RingReader:
+class _Attached:
+    """A camera ring opened by a process that reads it: its control block, and the data segment of its
+    current generation (attached again when the writer moves to a new one)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.control = ControlBlock(prefix)
+        self._prefix = prefix
+        self._seg: _DataSegment | None = None
+        self._gen = -1
+
+    def _segment(self) -> _DataSegment | None:
+        gen = int(self.control.get("gen"))
+        if gen != self._gen:
+            if self._seg is not None:
+                self._seg.close()
+                self._seg = None
+            try:
+                self._seg = _DataSegment(f"{self._prefix}_d{gen}")
+            except FileNotFoundError:  # replaced again in between: next call catches up
+                return None
+            self._gen = gen
+        return self._seg
+
+    def release_frames(self) -> None:
+        """Unmap the frame slots (a removed camera's), keeping the control block."""
+        if self._seg is not None:
+            self._seg.close()
+            self._seg = None
+
+    def close(self) -> None:
+        self.release_frames()
+        self.control.close()
+
+
+class RingReader(_Attached):
     """The device stage's end of a camera ring: takes the newest unread frame, counts what it skipped.
 
     ``dropped`` counts frames that were overwritten or superseded before being read; ``stale`` counts
@@ -282,11 +316,8 @@ class RingReader:
     """
 
     def __init__(self, prefix: str, *, camera_id: str) -> None:
+        super().__init__(prefix)
         self.camera_id = camera_id
-        self.control = ControlBlock(prefix)
-        self._prefix = prefix
-        self._seg: _DataSegment | None = None
-        self._gen = -1
         # where the previous reader of this ring left off (a device stage started again after a crash): a
         # lossless writer waits for its newest frame to be taken, and frames missed meanwhile count as drops
         self.last_seq = int(self.control.get("taken_seq"))
@@ -342,25 +373,58 @@ class RingReader:
         self.last_seq = seq
         self.control.set("taken_seq", seq)
 
-    def _segment(self) -> _DataSegment | None:
-        gen = int(self.control.get("gen"))
-        if gen != self._gen:
-            if self._seg is not None:
-                self._seg.close()
-                self._seg = None
-            try:
-                self._seg = _DataSegment(f"{self._prefix}_d{gen}")
-            except FileNotFoundError:  # replaced again in between: next call catches up
-                return None
-            self._gen = gen
-        return self._seg
 
-    def release_frames(self) -> None:
-        """Unmap the frame slots (a removed camera's), keeping the control block."""
-        if self._seg is not None:
-            self._seg.close()
-            self._seg = None
+class RingPeek(_Attached):
+    """Reads one given frame back from a camera ring, while the ring still holds it (its last ``nslots``
+    frames): for a sink that wants the picture of an event after the fact. Touches no counter."""
+
+    def frame(self, seq: int, copy: Callable[[np.ndarray], np.ndarray] = np.copy) -> np.ndarray | None:
+        """``copy`` of frame ``seq`` ((H, W, 3) uint8 BGR, a view of the slot: ``copy`` may also shrink it),
+        or None once the writer has overwritten it."""
+        seg = self._segment()
+        if seg is None:
+            return None
+        slot = seq % seg.nslots
+        hdr = seg.headers[slot]
+        lock = int(hdr["lock"][0])
+        if lock % 2 or int(hdr["seq"][0]) != seq:
+            return None
+        h, w = int(hdr["height"][0]), int(hdr["width"][0])
+        out = copy(seg.pixels[slot][: h * w * 3].reshape(h, w, 3))
+        return out if int(hdr["lock"][0]) == lock else None  # rewritten while copied
+
+
+class FrameLookup:
+    """Camera id -> its ring, for ``RingPeek.frame``; rings are opened on first use and the table follows
+    config reloads (``update``). Not thread-safe: one thread of one process uses it."""
+
+    def __init__(self, prefixes: dict[str, str] | None = None) -> None:
+        self._prefixes: dict[str, str] = dict(prefixes or {})
+        self._open: dict[str, RingPeek] = {}
+
+    def update(self, prefixes: dict[str, str]) -> None:
+        """The run's rings now (camera id -> shm prefix); rings of cameras gone or moved are closed."""
+        for camera_id in list(self._open):
+            if prefixes.get(camera_id) != self._prefixes.get(camera_id):
+                self._open.pop(camera_id).close()
+        self._prefixes = dict(prefixes)
+
+    def frame(self, camera_id: str, seq: int,
+              copy: Callable[[np.ndarray], np.ndarray] = np.copy) -> np.ndarray | None:
+        """``copy`` of camera ``camera_id``'s frame ``seq`` (see ``RingPeek.frame``), or None (unknown
+        camera, frame overwritten)."""
+        peek = self._open.get(camera_id)
+        if peek is None:
+            prefix = self._prefixes.get(camera_id)
+            if prefix is None:
+                return None
+            try:
+                peek = self._open[camera_id] = RingPeek(prefix)
+            except FileNotFoundError:  # its control block is gone: the camera was removed meanwhile
+                return None
+        return peek.frame(seq, copy)
 
     def close(self) -> None:
-        self.release_frames()
-        self.control.close()
+        for peek in self._open.values():
+            peek.close()
+        self._open.clear()

@@ -196,6 +196,10 @@ class Supervisor:
             for handle in self.cameras:
                 self.decoders.start(handle, initial=S.CONNECTING)
 
+    def _rings(self) -> dict[str, str]:
+        """Camera id -> the shm prefix of its ring, for sinks that read an event's frame back."""
+        return {c.camera_id: c.prefix for c in self.cameras}
+
     def _start_stages(self) -> None:
         """The data plane: sink stage, event workers, device stage and the queues between them (all new);
         returns once the model is loaded and warm (or the run is stopping)."""
@@ -222,11 +226,12 @@ class Supervisor:
                                          first_track_ids=dict(self._first_track_ids))
             results = self._workers.inboxes
             self._sink = self._spawn("sinks", run_sink_stage, inbox=self._inbox, configs=list(self.cfg.sinks),
-                                     stats=self._stats, watch_out=watch_out)
+                                     stats=self._stats, watch_out=watch_out, rings=self._rings())
         else:
             self._sink = self._spawn("sinks", run_sink_stage, inbox=self._inbox, configs=list(self.cfg.sinks),
                                      stats=self._stats, tracking=self.cfg.tracking, cameras=self.cfg.cameras,
-                                     watch_out=watch_out, first_track_ids=dict(self._first_track_ids))
+                                     watch_out=watch_out, first_track_ids=dict(self._first_track_ids),
+                                     rings=self._rings())
         self._device_stop = self.ctx.Event()
         reader, writer = self.ctx.Pipe(duplex=False)
         cams = [(c.camera_id, c.prefix, self.cfg.camera(c.camera_id).roi) for c in self.cameras]
@@ -552,8 +557,9 @@ class Supervisor:
             self.decoders.start(handle, initial=S.CONNECTING)
             log.info("camera=%s event=camera_added url=%s", cam.id, cam.redacted_url)
         if plan.changes_cameras:
-            update = CamerasUpdate(cameras=plan.cameras)
-            inboxes = [self._inbox] if self._workers is None else self._workers.inboxes
+            update = CamerasUpdate(cameras=plan.cameras, rings=self._rings())
+            # with event workers the sink stage too: its sinks may read frames back from the rings
+            inboxes = [self._inbox] if self._workers is None else [*self._workers.inboxes, self._inbox]
             self._updates += [(q, update) for q in inboxes]
             self._send_updates()
         self.cfg = self.cfg.model_copy(update={"cameras": plan.cameras})

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Protocol, runtime_checkable
@@ -235,6 +235,21 @@ class Watched(Protocol):
     """A sink that shows pictures on demand (preview): the cameras someone is looking at now."""
 
     def watching(self) -> frozenset[str]: ...
+
+
+class FrameSource(Protocol):
+    """Frames read back by camera and seq (``pipeline.shm.FrameLookup``), while the rings hold them."""
+
+    def frame(self, camera_id: str, seq: int, copy: Callable[[np.ndarray], np.ndarray] = ...) -> np.ndarray | None:
+        """``copy`` (np.copy, or one that also shrinks) of the frame's pixels; None once overwritten."""
+        ...
+
+
+@runtime_checkable
+class Pictured(Protocol):
+    """A sink that attaches the picture of some events (webhook snapshots): handed the run's frames."""
+
+    def use_frames(self, frames: FrameSource) -> None: ...
 
 
 class ThreadedSink:

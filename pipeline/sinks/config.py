@@ -157,6 +157,15 @@ _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP token (RF
 _OWN_HEADERS = frozenset({"host", "content-length", "content-type", "transfer-encoding", "connection"})
 
 
+class SnapshotConfig(BaseModel):
+    """The picture of each posted frame event, read back from the camera's ring while it holds it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    width: int = Field(640, ge=16, le=7680, description="downscale wider frames to this width")
+    quality: int = Field(80, ge=10, le=100, description="JPEG quality")
+
+
 class WebhookSinkConfig(_Spooled):
     """HTTP POST of chosen events, one JSON event per request, to ``url`` (alerts for a VMS, n8n,
     Node-RED, a chat relay): what ``events`` names, optionally only for some ``classes``."""
@@ -171,6 +180,8 @@ class WebhookSinkConfig(_Spooled):
     classes: tuple[str, ...] | None = Field(None, min_length=1, description="detection, crossing, zone: only "
                                                                             "objects of these labels count")
     masks: bool = Field(False, description="keep the detections' masks in the posted events (large)")
+    snapshot: SnapshotConfig | None = Field(None, description="add the frame as a JPEG to each posted frame "
+                                                              "event (snapshot: true, or {width, quality})")
     headers: dict[str, str] = Field(default_factory=dict, repr=False,
                                     description="extra request headers, e.g. Authorization: Bearer ${TOKEN}")
     secret: str | None = Field(None, min_length=1, repr=False,
@@ -214,6 +225,10 @@ class WebhookSinkConfig(_Spooled):
             raise ValueError("statuses: a webhook sink posts status events when events lists status")
         if isinstance(data, dict):
             data = {**data, "statuses": "status" in (data.get("events") or ("status",))}
+            if data.get("snapshot") is True:
+                data["snapshot"] = {}
+            elif data.get("snapshot") is False:
+                data["snapshot"] = None
         return data
 
     def redacted_url(self) -> str:

@@ -32,8 +32,9 @@ from pipeline.config import CameraConfig, TrackingConfig
 from pipeline.events import encode, status_event, to_event
 from pipeline.messages import STOP, CameraStatus, FramePreview, FrameResult
 from pipeline.metrics import StageStats
+from pipeline.shm import FrameLookup
 from pipeline.sinks import BUILTIN_SINKS, SinkRegistry
-from pipeline.sinks.base import Envelope, Sink, Watched
+from pipeline.sinks.base import Envelope, Pictured, Sink, Watched
 from pipeline.sinks.config import SinkConfig, check_sink_names
 
 if TYPE_CHECKING:
@@ -56,9 +57,11 @@ def is_stop(item: Any) -> bool:
 @dataclass(frozen=True, slots=True)
 class CamerasUpdate:
     """The run's cameras after a config reload (supervisor -> sink stage, through the inbox): new zones,
-    lines and classes take effect from the next frame; removed cameras' tracks are dropped."""
+    lines and classes take effect from the next frame; removed cameras' tracks are dropped. rings: camera
+    id -> shm prefix of every camera now, for sinks that read frames back (None: unchanged)."""
 
     cameras: tuple[CameraConfig, ...]
+    rings: Mapping[str, str] | None = None
 
 
 class EventMaker:
@@ -152,9 +155,17 @@ class SinkStage:
 
     def __init__(self, *, sinks: Sequence[tuple[SinkConfig, Sink]], stage: str = STAGE,
                  tracking: TrackingConfig | None = None, cameras: Sequence[CameraConfig] = (),
-                 watch_out: Any = None, first_track_ids: Mapping[str, int] | None = None) -> None:
+                 watch_out: Any = None, first_track_ids: Mapping[str, int] | None = None,
+                 rings: Mapping[str, str] | None = None) -> None:
         self.stage = stage
         self.sinks = list(sinks)
+        # sinks that attach an event's picture read it back from the camera's ring (shm.FrameLookup)
+        pictured = [sink for _, sink in self.sinks if isinstance(sink, Pictured)]
+        self.frames: FrameLookup | None = None
+        if pictured:
+            self.frames = FrameLookup(dict(rings or {}))
+            for sink in pictured:
+                sink.use_frames(self.frames)
         # preview sinks name the cameras someone watches; the device stage (through ``watch_out``, its
         # command queue) then copies those cameras' frames, and no others
         self._previews = [sink for _, sink in self.sinks if isinstance(sink, Watched)]
@@ -169,7 +180,8 @@ class SinkStage:
     def from_configs(cls, configs: Sequence[SinkConfig], *, registry: SinkRegistry | None = None,
                      stage: str = STAGE, tracking: TrackingConfig | None = None,
                      cameras: Sequence[CameraConfig] = (), watch_out: Any = None,
-                     first_track_ids: Mapping[str, int] | None = None) -> SinkStage:
+                     first_track_ids: Mapping[str, int] | None = None,
+                     rings: Mapping[str, str] | None = None) -> SinkStage:
         """Build every sink (SinkError if one cannot be set up; those already built are closed)."""
         registry = registry or SinkRegistry(BUILTIN_SINKS)
         check_sink_names(list(configs))
@@ -182,7 +194,7 @@ class SinkStage:
                 sink.close(timeout=1.0)
             raise
         return cls(sinks=built, stage=stage, tracking=tracking, cameras=cameras, watch_out=watch_out,
-                   first_track_ids=first_track_ids)
+                   first_track_ids=first_track_ids, rings=rings)
 
     def update_cameras(self, cameras: Sequence[CameraConfig]) -> None:
         self.maker.update_cameras(cameras)
@@ -200,6 +212,8 @@ class SinkStage:
         if isinstance(item, Envelope):
             self.publish(item)
         else:
+            if isinstance(item, CamerasUpdate) and item.rings is not None and self.frames is not None:
+                self.frames.update(dict(item.rings))
             t0 = time.perf_counter()
             env = self.maker.take(item)
             if env is not None:
@@ -263,6 +277,8 @@ class SinkStage:
             except Exception as e:
                 sink.counters.error("close")
                 log.error("sink %s: close raised %s: %s", sink.name, type(e).__name__, e)
+        if self.frames is not None:
+            self.frames.close()
 
 
 class Reporter:
@@ -313,7 +329,8 @@ def _drain_until_stop(inbox: Any) -> None:
 def run_sink_stage(*, inbox: Any, configs: Sequence[SinkConfig], stats: Any = None, stage: str = STAGE,
                    report_every_s: float = 1.0, close_timeout_s: float = 5.0,
                    tracking: TrackingConfig | None = None, cameras: Sequence[CameraConfig] = (),
-                   watch_out: Any = None, first_track_ids: Mapping[str, int] | None = None) -> None:
+                   watch_out: Any = None, first_track_ids: Mapping[str, int] | None = None,
+                   rings: Mapping[str, str] | None = None) -> None:
     """Process target: publish items from ``inbox`` to the sinks in ``configs`` until STOP.
 
     inbox: multiprocessing queue of FrameResult / CameraStatus, ended by STOP.
@@ -322,12 +339,13 @@ def run_sink_stage(*, inbox: Any, configs: Sequence[SinkConfig], stats: Any = No
     cameras: the run's cameras, for their zones and counting lines.
     watch_out: the device stage's command queue, told which cameras the preview sinks show.
     first_track_ids: camera -> its first track id (a restarted stage continues past the old ids).
+    rings: camera id -> shm prefix, for sinks that read an event's frame back (webhook snapshots).
     Exits 1 (after reporting the error and draining the inbox to STOP) if a sink cannot be set up.
     """
     reporter = Reporter(stats)
     try:
         sink_stage = SinkStage.from_configs(configs, stage=stage, tracking=tracking, cameras=cameras,
-                                            watch_out=watch_out, first_track_ids=first_track_ids)
+                                            watch_out=watch_out, first_track_ids=first_track_ids, rings=rings)
     except Exception as e:
         reporter.send(StageStats(stage=stage, error=f"{type(e).__name__}: {e}"))
         log.error("sink stage: %s", e)

@@ -5,7 +5,12 @@ changes go out (``events``), optionally only for some labels (``classes``), and 
 (``masks: false``: ``mask`` is null), so a receiver such as n8n, Node-RED, a VMS or a chat relay gets
 small bodies. Each request carries ``Idempotency-Key`` (a hash of the body, the same on every retry),
 ``X-Segpipe-Camera``, and with ``secret`` ``X-Segpipe-Timestamp`` and ``X-Segpipe-Signature: sha256=<hex>``,
-the HMAC-SHA256 of ``<timestamp>.<body>`` (``pipeline.client.verify_webhook`` checks it).
+the HMAC-SHA256 of ``<timestamp>.<body>`` (``pipeline.client.verify_webhook`` checks it). With
+``snapshot``, each frame event carries its picture as a JPEG (``"snapshot": {"format": "jpeg", "width",
+"height", "data": base64}``), read back from the camera's shared-memory ring (``pipeline.shm.RingPeek``)
+when the event is published: nothing is copied for the frames that fire nothing, and a frame the
+decoder has already overwritten (the ring holds its last few frames) goes out without one, counted as
+a ``snapshot`` error.
 
 Answers: 2xx is delivered. 408, 429 and 5xx, or no answer at all (refused, timed out, cut off), mean
 the receiver is away or overloaded: the event and those behind it wait, in order, in the bounded buffer
@@ -19,6 +24,8 @@ An event whose answer was lost (a timeout after the receiver took it) is sent ag
 from __future__ import annotations
 
 import base64
+import dataclasses
+import functools
 import hashlib
 import http.client
 import json
@@ -26,13 +33,18 @@ import logging
 import ssl
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
+
+import cv2
+import numpy as np
 
 from engines import __version__
 from engines.errors import SinkError
 from pipeline.client import webhook_signature
 from pipeline.events import encode
-from pipeline.sinks.base import DropPolicy, Envelope, policy_for
+from pipeline.messages import FrameResult
+from pipeline.sinks.base import DropPolicy, Envelope, FrameSource, policy_for
 from pipeline.sinks.config import WebhookSinkConfig, redact_url
 from pipeline.sinks.remote import Record, RemoteSink
 
@@ -66,7 +78,8 @@ class WebhookSink(RemoteSink):
                  classes: tuple[str, ...] | None = None, masks: bool = False, headers: dict[str, str] | None = None,
                  secret: str | None = None, timeout_s: float = 5.0, backoff_initial_s: float = 0.5,
                  backoff_max_s: float = 30.0, tls_ca: Path | None = None, spool_dir: Path | None = None,
-                 spool_max_bytes: int = 2**30) -> None:
+                 spool_max_bytes: int = 2**30, snapshot: tuple[int, int] | None = None) -> None:
+        """snapshot: (width, JPEG quality) of each posted frame event's picture; None: no picture."""
         self.redacted_url = redact_url(url)
         super().__init__(name=name, label=f"webhook sink {name!r}", target=self.redacted_url, policy=policy,
                          batch_size=64, backoff_initial_s=backoff_initial_s, backoff_max_s=backoff_max_s,
@@ -91,6 +104,9 @@ class WebhookSink(RemoteSink):
                 raise SinkError(f"webhook sink {name!r}: cannot load tls_ca {tls_ca}: {e}") from None
         self._conn: http.client.HTTPConnection | None = None
         self._last_reject = (0, 0.0)  # (status, monotonic time) of the last rejection logged
+        self.snapshot = snapshot
+        self._frames: FrameSource | None = None
+        self._missed_logged = 0.0  # monotonic time a missed snapshot was last logged
         self.start()
 
     @classmethod
@@ -100,7 +116,12 @@ class WebhookSink(RemoteSink):
                    events=cfg.events, classes=cfg.classes, masks=cfg.masks, headers=dict(cfg.headers),
                    secret=cfg.secret, timeout_s=cfg.timeout_s, backoff_initial_s=cfg.backoff_initial_s,
                    backoff_max_s=cfg.backoff_max_s, tls_ca=cfg.tls_ca, spool_dir=cfg.spool_dir,
-                   spool_max_bytes=int(cfg.spool_max_mb * 2**20))
+                   spool_max_bytes=int(cfg.spool_max_mb * 2**20),
+                   snapshot=None if cfg.snapshot is None else (cfg.snapshot.width, cfg.snapshot.quality))
+
+    def use_frames(self, frames: FrameSource) -> None:
+        """Where snapshots are read from (the sink stage hands it over when ``snapshot`` is set)."""
+        self._frames = frames
 
     # ------------------------------------------------------------------ choosing (sink stage thread)
 
@@ -109,26 +130,67 @@ class WebhookSink(RemoteSink):
             wanted = "status" in self.events
         else:  # cheap and exact for "any": the worker thread checks the classes
             wanted = "frame" in self.events or any(m in env.payload for m in self._markers)
-        if wanted:
-            super().publish(env)
+        if not wanted:
+            return
+        if self.snapshot is not None and env.kind == "frame":
+            # now, before the decoder overwrites the frame; done on this thread only for events that go out
+            body = self._prepared(env.payload)
+            if body is None:
+                return
+            env = dataclasses.replace(env, payload=self._with_snapshot(env, body), item=None, image=None)
+        super().publish(env)
+
+    def _with_snapshot(self, env: Envelope, body: bytes) -> bytes:
+        """``body`` with its frame's picture added (as it was, if the ring no longer holds the frame)."""
+        assert self.snapshot is not None
+        width, quality = self.snapshot
+        event = json.loads(body)
+        seq = env.item.seq if isinstance(env.item, FrameResult) else event["seq"]
+        picture = None if self._frames is None else self._frames.frame(env.camera_id, seq,
+                                                                       functools.partial(_shrunk, width=width))
+        if picture is None:
+            self.counters.error("snapshot")
+            now = time.monotonic()
+            if now - self._missed_logged > _LOG_EVERY_S:
+                self._missed_logged = now
+                log.warning("webhook sink %s: camera %s frame %d was overwritten before its snapshot was taken "
+                            "(the ring holds each camera's last few frames): posted without one", self.name,
+                            env.camera_id, seq)
+            return body
+        h, w = picture.shape[:2]
+        ok, buf = cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        if not ok:
+            self.counters.error("snapshot")
+            return body
+        data = base64.b64encode(buf.tobytes()).decode()
+        event["snapshot"] = {"format": "jpeg", "width": w, "height": h, "data": data}
+        return encode(event)
 
     # ------------------------------------------------------------------------- the worker thread
 
     def records(self, envs: list[Envelope]) -> list[Record]:
         out: list[Record] = []
         for env in envs:
-            body = env.payload
-            if self.classes is not None or not self.masks:
-                event = json.loads(body)
-                if event["kind"] == "frame":
-                    if not _matches(event, self.events, self.classes):
-                        continue
-                    if not self.masks and any(d.get("mask") is not None for d in event["detections"]):
-                        for det in event["detections"]:
-                            det["mask"] = None
-                        body = encode(event)
-            out.append((env.camera_id, body))
+            body = self._prepared(env.payload)
+            if body is not None:
+                out.append((env.camera_id, body))
         return out
+
+    def _prepared(self, body: bytes) -> bytes | None:
+        """The event as posted (masks left out unless ``masks``), or None when it fires nothing for
+        ``classes``. The same for its own output."""
+        if self.classes is None and self.masks:
+            return body
+        event: dict[str, Any] = json.loads(body)
+        if event["kind"] != "frame":
+            return body
+        if not _matches(event, self.events, self.classes):
+            return None
+        if not self.masks and any(d.get("mask") is not None for d in event["detections"]):
+            for det in event["detections"]:
+                det["mask"] = None
+            return encode(event)
+        return body
 
     def _connection(self) -> http.client.HTTPConnection:
         if self._conn is None:
@@ -205,6 +267,14 @@ class WebhookSink(RemoteSink):
     def close_resources(self) -> None:
         self._drop_connection()
         super().close_resources()
+
+
+def _shrunk(view: np.ndarray, *, width: int) -> np.ndarray:
+    """A copy of a frame still in its ring slot, at most ``width`` wide (area averaging)."""
+    h, w = view.shape[:2]
+    if w <= width:
+        return view.copy()
+    return cv2.resize(view, (width, max(round(h * width / w), 1)), interpolation=cv2.INTER_AREA)
 
 
 def _retry_after(value: str | None) -> float | None:
