@@ -9,7 +9,8 @@ another resolution keeps its zones; they are turned into frame pixels at the fir
   detection lists its zones; the frame says how many objects each zone holds. A tracked object also
   says how long it has been in each of its zones (``dwell_s``, stream time: pts, else capture time),
   counted from the first result that saw it inside, through frames where it was not seen at all (hidden
-  for up to the tracker's ``max_lost_frames``), until a result sees it outside.
+  for up to the tracker's ``max_lost_frames``), until a result sees it outside. In a zone with
+  ``max_dwell_s``, the frame on which an object's dwell passes it reports an overstay, once per visit.
 - A line counts tracked objects whose anchor goes from one side of it to the other, between its two
   end points: ``in`` when the object ends on the left of first point -> second point as seen on the
   picture, ``out`` on its right. An object is on a side only once its anchor is further from the line
@@ -32,7 +33,7 @@ from typing import Literal, cast
 import numpy as np
 
 from pipeline.config import CameraConfig, LineConfig, Point, ZoneConfig
-from pipeline.messages import Crossing, Detection, FrameAnalytics, FrameResult
+from pipeline.messages import Crossing, Detection, FrameAnalytics, FrameResult, Overstay
 
 DEAD_BAND = 0.1
 """Fraction of an object's size (the geometric mean of its box's width and height) its anchor must be
@@ -84,7 +85,7 @@ class CameraAnalytics:
         self._line_px: list[tuple[tuple[float, float], tuple[float, float]]] = []
         self._shapes: dict[str, dict[str, tuple[tuple[float, float], ...]]] = {}
         self._sides: list[dict[int, _Side]] = [{} for _ in self.lines]
-        self._entered: list[dict[int, list[float]]] = [{} for _ in self.zones]  # track -> [since, seen seq]
+        self._entered: list[dict[int, list[float]]] = [{} for _ in self.zones]  # track -> [since, seen seq, told]
         self._last_seq: int | None = None
         self.totals: dict[str, list[int]] = {ln.name: [0, 0] for ln in self.lines}
         self.zone_counts: dict[str, int] = {}
@@ -117,13 +118,14 @@ class CameraAnalytics:
         zone_counts = None
         zones: list[tuple[str, ...] | None] = [d.zones for d in dets]
         dwell: dict[int, dict[str, float]] = {}
+        overstays: list[Overstay] | None = [] if any(z.max_dwell_s is not None for z in self.zones) else None
         if self.zones:
             members = np.zeros((len(dets), len(self.zones)), bool)
             for j, (zone, poly) in enumerate(zip(self.zones, self._zone_px, strict=True)):
                 members[:, j] = inside(anchor_points(boxes, zone.anchor), poly)
             zone_counts = {z.name: int(members[:, j].sum()) for j, z in enumerate(self.zones)}
             self.zone_counts = zone_counts
-            dwell = self._dwell(result, tids, members)
+            dwell = self._dwell(result, tids, members, overstays)
             names = [z.name for z in self.zones]
             zones = [tuple(n for n, m in zip(names, row, strict=True) if m) for row in members.tolist()]
         crossings = None
@@ -131,6 +133,7 @@ class CameraAnalytics:
             crossings = tuple(c for j in range(len(self.lines))
                               for c in self._cross(j, result.seq, boxes, dets, tids, born or {}))
         analytics = FrameAnalytics(zone_counts=zone_counts, crossings=crossings,
+                                   overstays=None if overstays is None else tuple(overstays),
                                    line_totals={k: (v[0], v[1]) for k, v in self.totals.items()},
                                    shapes=self._shapes)
         # one positional copy per detection: dataclasses.replace was the largest cost of this stage
@@ -139,24 +142,33 @@ class CameraAnalytics:
                     for d, tid, z in zip(dets, tids, zones, strict=True))
         return dataclasses.replace(result, detections=out, analytics=analytics)
 
-    def _dwell(self, result: FrameResult, tracks: list[int | None], members: np.ndarray) -> dict[int, dict[str, float]]:
-        """Seconds each tracked detection has been in each zone it is in, by track id."""
+    def _dwell(self, result: FrameResult, tracks: list[int | None], members: np.ndarray,
+               overstays: list[Overstay] | None) -> dict[int, dict[str, float]]:
+        """Seconds each tracked detection has been in each zone it is in, by track id; objects whose dwell
+        passed their zone's ``max_dwell_s`` on this frame are added to ``overstays``."""
         now = result.pts if result.pts is not None else result.capture_ts
         seq = result.seq
         out: dict[int, dict[str, float]] = {}
         for j, zone in enumerate(self.zones):
             entered = self._entered[j]
-            for gone in [t for t, (_, seen) in entered.items() if seq - seen > self.max_lost_frames + 1]:
+            for gone in [t for t, (_, seen, _) in entered.items() if seq - seen > self.max_lost_frames + 1]:
                 del entered[gone]
-            for tid, is_in in zip(tracks, members[:, j], strict=True):
+            for i, (tid, is_in) in enumerate(zip(tracks, members[:, j], strict=True)):
                 if tid is None:
                     continue
                 if not is_in:
                     entered.pop(tid, None)  # seen outside: left
                     continue
-                since = entered.setdefault(tid, [now, seq])
+                since = entered.setdefault(tid, [now, seq, 0])
                 since[0], since[1] = min(since[0], now), seq  # a clock that went back restarts it
-                out.setdefault(tid, {})[zone.name] = round(now - since[0], 3)
+                stay = round(now - since[0], 3)
+                out.setdefault(tid, {})[zone.name] = stay
+                if zone.max_dwell_s is not None and stay >= zone.max_dwell_s and not since[2]:
+                    since[2] = 1  # once per visit: leaving (seen outside, or lost) starts a new one
+                    det = result.detections[i]
+                    assert overstays is not None
+                    overstays.append(Overstay(zone=zone.name, track_id=tid, class_id=det.class_id,
+                                              label=det.label, dwell_s=stay))
         return out
 
     def _cross(self, j: int, seq: int, boxes: np.ndarray, dets: Sequence[Detection],
@@ -228,6 +240,7 @@ class Analytics:
         self.max_lost_frames = max_lost_frames
         self._by_camera: dict[str, CameraAnalytics] = {}
         self._crossings: dict[tuple[str, str, str, str], int] = defaultdict(int)
+        self._overstays: dict[tuple[str, str, str], int] = defaultdict(int)
         self.update(cameras)
 
     def update(self, cameras: Sequence[CameraConfig]) -> None:
@@ -253,12 +266,20 @@ class Analytics:
         result = cam.apply(result, track_ids, born)
         for c in result.analytics.crossings or ():  # type: ignore[union-attr]
             self._crossings[result.camera_id, c.line, c.direction, c.label] += 1
+        for o in result.analytics.overstays or ():  # type: ignore[union-attr]
+            self._overstays[result.camera_id, o.zone, o.label] += 1
         return result
 
     def take_crossings(self) -> dict[tuple[str, str, str, str], int]:
         """Crossings per (camera, line, direction, label) since the previous call."""
         out = dict(self._crossings)
         self._crossings.clear()
+        return out
+
+    def take_overstays(self) -> dict[tuple[str, str, str], int]:
+        """Overstays per (camera, zone, label) since the previous call."""
+        out = dict(self._overstays)
+        self._overstays.clear()
         return out
 
     def zone_objects(self) -> dict[tuple[str, str], int]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -143,6 +144,9 @@ class ZoneConfig(_Strict):
     anchor: Literal[ANCHORS] = Field("bottom", description="the object's point tested: bottom (centre of the "  # type: ignore[valid-type]
                                                            "box's bottom edge, where it meets the ground or "
                                                            "belt) or center (of the box)")
+    max_dwell_s: float | None = Field(None, gt=0, description="a tracked object inside longer than this (stream "
+                                                              "seconds) is an overstay, reported once per "
+                                                              "visit (loitering, a queue, a stopped vehicle)")
 
     _name = field_validator("name")(lambda cls, v: _check_id(v))
 
@@ -347,18 +351,23 @@ def check_classes(cameras: tuple[CameraConfig, ...], names: tuple[str, ...], mod
             for i, cam in enumerate(cameras) for c in cam.classes or () if c not in known]
 
 
-def _clip_triggers(cfg: RunConfig) -> list[ConfigError]:
-    """Clip triggers that no camera of their sink can fire (a line crossing needs lines, a zone zones)."""
+def _sink_triggers(cfg: RunConfig) -> list[ConfigError]:
+    """Clip triggers and webhook events that no camera of their sink can fire (a line crossing needs
+    lines, a zone zones, an overstay a zone with max_dwell_s)."""
+    needs: tuple[tuple[str, str, Callable[[CameraConfig], bool]], ...] = (
+        ("crossing", "lines", lambda c: bool(c.lines)),
+        ("zone", "zones", lambda c: bool(c.zones)),
+        ("overstay", "a zone with max_dwell_s", lambda c: any(z.max_dwell_s is not None for z in c.zones)))
     errors = []
     for i, sink in enumerate(cfg.sinks):
         clips = getattr(sink, "clips", None)
-        if clips is None:
-            continue
+        wanted, path = ((clips.triggers, f"sinks[{i}].clips.triggers") if clips is not None
+                        else (getattr(sink, "events", ()), f"sinks[{i}].events"))
         cams = [c for c in cfg.cameras if sink.cameras is None or c.id in sink.cameras]
-        for trigger, shapes in (("crossing", "lines"), ("zone", "zones")):
-            if trigger in clips.triggers and not any(getattr(c, shapes) for c in cams):
-                errors.append(ConfigError(f"sinks[{i}].clips.triggers", f"{trigger!r} needs a camera with {shapes} "
-                                                                   "(none of this sink's cameras has any)"))
+        for trigger, what, has in needs:
+            if trigger in wanted and not any(has(c) for c in cams):
+                errors.append(ConfigError(path, f"{trigger!r} needs a camera with {what} "
+                                                "(none of this sink's cameras has any)"))
     return errors
 
 
@@ -464,7 +473,11 @@ def parse_config(raw: Any, *, env: dict[str, str] | None = None, check_files: bo
             errors += [ConfigError(f"cameras[{i}].lines", "counting lines follow tracked objects: set "
                                                           "tracking.enabled: true")
                        for i, cam in enumerate(cfg.cameras) if cam.lines]
-        errors += _clip_triggers(cfg)
+            errors += [ConfigError(f"cameras[{i}].zones[{j}].max_dwell_s", "dwell is timed for tracked objects: "
+                                                                           "set tracking.enabled: true")
+                       for i, cam in enumerate(cfg.cameras) for j, z in enumerate(cam.zones)
+                       if z.max_dwell_s is not None]
+        errors += _sink_triggers(cfg)
         errors += _port_clashes(cfg)
         if check_files:
             errors += _missing_files(cfg)

@@ -107,17 +107,31 @@ class Crossing:
 
 
 @dataclass(frozen=True, slots=True)
+class Overstay:
+    """A tracked object that has now been inside a zone longer than the zone's ``max_dwell_s``: reported
+    on the one frame where its dwell passed it, once per visit."""
+
+    zone: str
+    track_id: int
+    class_id: int
+    label: str
+    dwell_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class FrameAnalytics:
     """What a camera's zones and lines saw on one frame (``pipeline.analytics``).
 
     zone_counts: objects inside each zone on this frame (None: the camera has no zones). crossings:
-    line crossings completed on this frame (None: the camera has no lines). line_totals: (in, out)
+    line crossings completed on this frame (None: the camera has no lines). overstays: objects whose
+    dwell passed their zone's ``max_dwell_s`` on this frame (None: no zone of the camera has one). line_totals: (in, out)
     per line since the run started. shapes: the camera's zones and lines in frame pixels, for drawing
     (``{"zones": {name: ((x, y), ...)}, "lines": {name: ((x, y), (x, y))}}``); not published.
     """
 
     zone_counts: Mapping[str, int] | None = None
     crossings: tuple[Crossing, ...] | None = None
+    overstays: tuple[Overstay, ...] | None = None
     line_totals: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     shapes: Mapping[str, Mapping[str, tuple[tuple[float, float], ...]]] = field(default_factory=dict, repr=False)
 

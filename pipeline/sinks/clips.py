@@ -55,13 +55,17 @@ class ClipGate:
 
     def reasons(self, result: FrameResult) -> list[dict[str, Any]]:
         """What in ``result`` fires a trigger, one JSON-ready dict each (empty: nothing): line
-        crossings, objects in zones, detections, of the wanted classes."""
+        crossings, overstays in zones, objects in zones, detections, of the wanted classes."""
         on, classes = self.cfg.triggers, self.cfg.classes
         out: list[dict[str, Any]] = []
         crossings = result.analytics.crossings if result.analytics is not None else None
+        overstays = result.analytics.overstays if result.analytics is not None else None
         if "crossing" in on:
             out += [{"trigger": "crossing", "line": c.line, "direction": c.direction, "track_id": c.track_id,
                      "label": c.label} for c in crossings or () if classes is None or c.label in classes]
+        if "overstay" in on:
+            out += [{"trigger": "overstay", "zone": o.zone, "dwell_s": o.dwell_s, "track_id": o.track_id,
+                     "label": o.label} for o in overstays or () if classes is None or o.label in classes]
         for d in result.detections:
             if classes is not None and d.label not in classes:
                 continue

@@ -151,7 +151,7 @@ class MqttSinkConfig(_Spooled):
         return redact_url(self.url)
 
 
-WebhookEvent = Literal["frame", "detection", "crossing", "zone", "status"]
+WebhookEvent = Literal["frame", "detection", "crossing", "zone", "overstay", "status"]
 
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP token (RFC 9110)
 _OWN_HEADERS = frozenset({"host", "content-length", "content-type", "transfer-encoding", "connection"})
@@ -176,9 +176,11 @@ class WebhookSinkConfig(_Spooled):
     events: tuple[WebhookEvent, ...] = Field(("crossing", "status"), min_length=1,
                                              description="frame: every frame event; detection: frames with an "
                                                          "object; crossing: a counting line crossed; zone: an "
-                                                         "object inside a zone; status: camera state changes")
-    classes: tuple[str, ...] | None = Field(None, min_length=1, description="detection, crossing, zone: only "
-                                                                            "objects of these labels count")
+                                                         "object inside a zone; overstay: an object in a zone "
+                                                         "past its max_dwell_s; status: camera state changes")
+    classes: tuple[str, ...] | None = Field(None, min_length=1, description="detection, crossing, zone, "
+                                                                            "overstay: only objects of these "
+                                                                            "labels count")
     masks: bool = Field(False, description="keep the detections' masks in the posted events (large)")
     snapshot: SnapshotConfig | None = Field(None, description="add the frame as a JPEG to each posted frame "
                                                               "event (snapshot: true, or {width, quality})")
@@ -244,7 +246,7 @@ class JsonlSinkConfig(_SinkBase):
     keep: int = Field(5, ge=0, description="rotated files kept; older ones are deleted")
 
 
-ClipTrigger = Literal["crossing", "zone", "detection"]
+ClipTrigger = Literal["crossing", "zone", "overstay", "detection"]
 
 
 class ClipConfig(BaseModel):
@@ -255,7 +257,9 @@ class ClipConfig(BaseModel):
 
     triggers: tuple[ClipTrigger, ...] = Field(("crossing",), min_length=1,
                                               description="crossing: an object crossed a counting line; "
-                                                          "zone: an object is inside a zone; detection: any")
+                                                          "zone: an object is inside a zone; overstay: an "
+                                                          "object stayed in a zone past its max_dwell_s; "
+                                                          "detection: any")
     classes: tuple[str, ...] | None = Field(None, min_length=1, description="only these labels trigger; all "
                                                                             "when absent")
     pre_s: float = Field(5.0, ge=0, le=60, description="seconds of video before the trigger")

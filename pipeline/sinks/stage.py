@@ -144,6 +144,7 @@ class EventMaker:
                            tracks_started=tracks.take_started() if tracks else {},
                            tracks_active=tracks.active() if tracks else {},
                            line_crossings=analytics.take_crossings() if analytics else {},
+                           zone_overstays=analytics.take_overstays() if analytics else {},
                            zone_objects=analytics.zone_objects() if analytics else {}, **fields)
         self._bad.clear()
         return stats

@@ -57,7 +57,8 @@ _RETRIED = {408, 429}  # 4xx answers that mean "later", not "never"
 # A frame event's compact JSON holds these only when the trigger may match (events.encode writes no
 # spaces, and a quote inside a string is escaped, so no label or id can fake them): most frame events
 # are let go without being parsed.
-_MARKERS = {"detection": b'"detections":[{', "crossing": b'"crossings":[{', "zone": b'"zones":["'}
+_MARKERS = {"detection": b'"detections":[{', "crossing": b'"crossings":[{', "zone": b'"zones":["',
+            "overstay": b'"overstays":[{'}
 
 
 def _matches(event: dict, events: tuple[str, ...], classes: frozenset[str] | None) -> bool:
@@ -67,8 +68,8 @@ def _matches(event: dict, events: tuple[str, ...], classes: frozenset[str] | Non
     dets = [d for d in event.get("detections", ()) if classes is None or d["label"] in classes]
     return (("detection" in events and bool(dets))
             or ("zone" in events and any(d.get("zones") for d in dets))
-            or ("crossing" in events and any(classes is None or c["label"] in classes
-                                             for c in event.get("crossings") or ())))
+            or any(e in events and any(classes is None or x["label"] in classes for x in event.get(key) or ())
+                   for e, key in (("crossing", "crossings"), ("overstay", "overstays"))))
 
 
 class WebhookSink(RemoteSink):

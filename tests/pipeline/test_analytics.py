@@ -12,7 +12,7 @@ import yaml
 
 from engines.errors import ConfigErrors
 from pipeline.analytics import Analytics, CameraAnalytics, anchor_points, inside, signed_distance
-from pipeline.config import LineConfig, ZoneConfig, parse_config
+from pipeline.config import CameraConfig, LineConfig, ZoneConfig, parse_config
 from pipeline.messages import Detection, FrameResult
 
 W, H = 400, 200
@@ -81,6 +81,23 @@ def test_dwell_counts_stream_time_inside_through_hidden_frames() -> None:
     # hidden longer than the tracker keeps a track, then back inside: counted afresh
     res = an.apply(_frame(20, _det(150, 100), pts=2.0))
     assert res.detections[0].dwell_s == {"left": 0.0}
+
+
+def test_an_overstay_is_told_once_per_visit() -> None:
+    left = ZoneConfig(name="left", polygon=((0, 0), (0.5, 0), (0.5, 1), (0, 1)), max_dwell_s=0.3)
+    an = Analytics([CameraConfig(id="cam", url="cam.mp4", zones=(left,))], max_lost_frames=5)
+    # track 1: inside from seq 1 (pts = seq / 10 s), out at seq 7, back at seq 8; track 2 never stays 0.3 s
+    told = []
+    for seq in range(14):
+        x1 = 300 if seq in (0, 7) else 150
+        dets = (_det(x1, 100, track=1), _det(150 if seq in (2, 3) else 300, 100, track=2))
+        res = an.apply(_frame(seq, *dets, pts=seq / 10))
+        assert res.analytics.overstays is not None  # a zone with max_dwell_s: always a list, maybe empty
+        told += [(seq, o.zone, o.track_id, o.dwell_s) for o in res.analytics.overstays]
+    assert told == [(4, "left", 1, 0.3), (11, "left", 1, 0.3)]
+    assert an.take_overstays() == {("cam", "left", "car"): 2} and an.take_overstays() == {}
+    plain = CameraAnalytics([ZoneConfig(name="z", polygon=left.polygon)], [])
+    assert plain.apply(_frame(0, _det(150, 100), pts=0.0)).analytics.overstays is None  # no max_dwell_s
 
 
 def test_line_counts_each_direction_once() -> None:

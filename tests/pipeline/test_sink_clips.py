@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.messages import Crossing, Detection, FrameAnalytics, FrameResult
+from pipeline.messages import Crossing, Detection, FrameAnalytics, FrameResult, Overstay
 from pipeline.sinks.clips import ClipGate
 from pipeline.sinks.config import ClipConfig
 
@@ -13,14 +13,15 @@ FPS = 10.0
 
 
 def _result(seq: int, *, label: str | None = None, zones: tuple[str, ...] | None = None,
-            crossed: str | None = None, size: tuple[int, int] = (16, 12)) -> FrameResult:
+            crossed: str | None = None, stayed: str | None = None, size: tuple[int, int] = (16, 12)) -> FrameResult:
     dets = () if label is None else (Detection(class_id=0, label=label, score=0.9, box=(1.0, 1.0, 9.0, 9.0),
                                                zones=zones),)
     crossings = None if crossed is None else (Crossing(line="gate", track_id=1, class_id=0, label=crossed,
                                                        direction="in"),)
     return FrameResult(camera_id="cam", seq=seq, pts=seq / FPS, capture_ts=seq / FPS, infer_ts=seq / FPS,
                        frame_size=size, model="m", detections=dets,
-                       analytics=FrameAnalytics(crossings=crossings))
+                       analytics=FrameAnalytics(crossings=crossings, overstays=None if stayed is None else (
+                           Overstay(zone="dock", track_id=1, class_id=0, label=stayed, dwell_s=30.0),)))
 
 
 def _canvas(seq: int) -> np.ndarray:
@@ -37,6 +38,9 @@ def _canvas(seq: int) -> np.ndarray:
     (("detection",), None, _result(0, label="car"), True),
     (("detection",), None, _result(0), False),
     (("detection", "crossing"), ("bicycle",), _result(0, crossed="bicycle"), True),
+    (("overstay",), None, _result(0, stayed="person"), True),
+    (("overstay",), ("car",), _result(0, stayed="person"), False),
+    (("overstay",), None, _result(0, label="person", zones=("dock",)), False),  # in the zone, not for long
 ])
 def test_triggers(on: tuple, classes: tuple | None, result: FrameResult, fired: bool) -> None:
     assert ClipGate(ClipConfig(triggers=on, classes=classes)).triggered(result) is fired

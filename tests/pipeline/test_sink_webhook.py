@@ -44,6 +44,15 @@ def _frame(camera: str, seq: int, dets: list[dict[str, Any]] = (), crossings: li
     return Envelope(camera_id=camera, kind="frame", payload=encode(event), item=None)
 
 
+def _overstay(env: Envelope) -> Envelope:
+    """``env``'s frame with an overstay of its first detection in the zone ``dock``."""
+    event = json.loads(env.payload)
+    det = event["detections"][0]
+    event["overstays"] = [{"zone": "dock", "track_id": det["track_id"], "class_id": 0, "label": det["label"],
+                           "dwell_s": 31.5}]
+    return Envelope(camera_id=env.camera_id, kind="frame", payload=encode(event), item=None)
+
+
 def _crossing(label: str) -> dict[str, Any]:
     return {"line": "gate", "direction": "in", "track_id": 1, "class_id": 0, "label": label}
 
@@ -153,12 +162,14 @@ def test_crossings_and_statuses_go_out_in_order_without_masks(receiver: Receiver
 
 
 @pytest.mark.parametrize("events, classes, want", [
-    (("detection",), None, [0, 1, 2, 3]),
-    (("detection",), ("person",), [0, 3]),
-    (("zone",), None, [1, 3]),
-    (("zone",), ("person",), [3]),
+    (("detection",), None, [0, 1, 2, 3, 5]),
+    (("detection",), ("person",), [0, 3, 5]),
+    (("zone",), None, [1, 3, 5]),
+    (("zone",), ("person",), [3, 5]),
     (("crossing",), ("car",), [2]),
-    (("frame",), ("bottle",), [0, 1, 2, 3, 4]),  # every frame event, whatever is in it
+    (("overstay",), None, [5]),
+    (("overstay",), ("car",), []),
+    (("frame",), ("bottle",), [0, 1, 2, 3, 4, 5]),  # every frame event, whatever is in it
 ])
 def test_events_and_classes_choose_what_goes_out(receiver: Receiver, events: tuple[str, ...],
                                                  classes: tuple[str, ...] | None, want: list[int]) -> None:
@@ -168,6 +179,7 @@ def test_events_and_classes_choose_what_goes_out(receiver: Receiver, events: tup
     sink.publish(_frame("gate", 2, [_det("car")], [_crossing("car")]))
     sink.publish(_frame("gate", 3, [_det("car", zones=[]), _det("person", zones=["dock"])]))
     sink.publish(_frame("gate", 4, []))
+    sink.publish(_overstay(_frame("gate", 5, [_det("person", zones=["dock"])])))
     sink.publish(_status("gate"))  # status is not among events
     assert sink.flush(10)
     sink.close()
