@@ -109,7 +109,7 @@ def bundle_model(settings: DeviceSettings, backend: Backend) -> ModelBundle:
 
 def preview_width(cfg: RunConfig) -> int | None:
     """Widest frame any drawing sink wants (0: full size), or None when no sink draws."""
-    widths = [getattr(s, "max_width", None) or 0 for s in cfg.sinks if s.type == "video"]
+    widths = [getattr(s, "max_width", None) or 0 for s in cfg.sinks if s.type in ("video", "restream")]
     if not widths:
         return None
     return 0 if 0 in widths else max(widths)

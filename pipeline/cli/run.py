@@ -58,6 +58,17 @@ def setup_logging(level: str, fmt: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # A SIGHUP while starting (config management reloading right after a deploy) must not kill the run
+    # (its default action): it is kept and applied once the pipeline is up.
+    early_hangup = threading.Event()
+    previous = signal.signal(signal.SIGHUP, lambda *_: early_hangup.set())
+    try:
+        return _start(args, early_hangup)
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+def _start(args: argparse.Namespace, early_hangup: threading.Event) -> int:
     from pipeline.config import load_config, resolve_demo
     from pipeline.shard import parse_shard, select, shard_from_env
 
@@ -86,10 +97,11 @@ def run(args: argparse.Namespace) -> int:
         return resolve_demo(cfg, on_render=lambda cam, url: log.info(
             "camera=%s event=demo_clip url=%s (rendered into the cache on first use)", cam, url))
 
-    return _run(resolved(cfg), args, shard, reloader=lambda: resolved(load()))
+    return _run(resolved(cfg), args, shard, reloader=lambda: resolved(load()), early_hangup=early_hangup)
 
 
-def _run(cfg: Any, args: argparse.Namespace, shard: Any, reloader: Any = None) -> int:
+def _run(cfg: Any, args: argparse.Namespace, shard: Any, reloader: Any = None,
+         early_hangup: threading.Event | None = None) -> int:
     from pipeline.console import Console
     from pipeline.messages import CameraState
     from pipeline.metrics import Metrics, MetricsServer
@@ -129,6 +141,8 @@ def _run(cfg: Any, args: argparse.Namespace, shard: Any, reloader: Any = None) -
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     old[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hangup)
+    if early_hangup is not None and early_hangup.is_set():  # sent while starting: reload now
+        on_hangup(signal.SIGHUP, None)
     try:
         if not cfg.cameras:  # a replica that owns no camera of the shard: idle until stopped or given one
             log.warning("event=idle reason=no_cameras_in_shard shard=%s", shard)

@@ -21,6 +21,7 @@ BUILTIN_SINKS: tuple[tuple[str, str], ...] = (
     ("webhook", "pipeline.sinks.webhook:WebhookSink"),
     ("jsonl", "pipeline.sinks.jsonl:JsonlSink"),
     ("video", "pipeline.sinks.video:VideoSink"),
+    ("restream", "pipeline.sinks.restream:RestreamSink"),
     ("preview", "pipeline.sinks.preview:PreviewSink"),
 )
 

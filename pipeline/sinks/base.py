@@ -57,6 +57,8 @@ DEFAULT_POLICIES: Mapping[str, DropPolicy] = MappingProxyType({
     "jsonl": DropPolicy(name="queue_full", maxsize=10_000, overflow=Overflow.DROP_OLDEST),
     # Frames are big (the annotated image travels with them): keep few.
     "video": DropPolicy(name="queue_full", maxsize=32, overflow=Overflow.DROP_OLDEST),
+    # A live stream: fewer still, a viewer wants now, not a backlog.
+    "restream": DropPolicy(name="queue_full", maxsize=8, overflow=Overflow.DROP_OLDEST),
 })
 """Every sink's default queue policy, in one place. Configs may override maxsize and overflow."""
 

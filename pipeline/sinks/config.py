@@ -298,6 +298,49 @@ class VideoSinkConfig(_SinkBase):
         return self
 
 
+class RestreamSinkConfig(_SinkBase):
+    """Each camera's annotated frames as a live H.264 stream pushed to a media server (mediamtx,
+    nginx-rtmp, Wowza, a VMS that ingests RTSP or RTMP), where players and recorders pull it."""
+
+    type: Literal["restream"]
+    url: str = Field(repr=False, description="rtsp://host:8554/segpipe/{camera} or rtmp://host/live/{camera}: "
+                                             "{camera} becomes each camera's id; user:password@ if the "
+                                             "server asks for them")
+    fps: float = Field(15.0, gt=0, description="nominal rate announced; timing follows each frame's pts")
+    codec: str = "libx264"
+    preset: str = Field("veryfast", description="x264 speed preset; tune zerolatency is always on")
+    crf: int = Field(26, ge=0, le=51)
+    max_width: int | None = Field(1280, ge=16, description="downscale wider frames to this width")
+    keyframe_s: float = Field(1.0, gt=0, description="a keyframe every this many seconds of stream time: how "
+                                                     "long a player that joins waits for a picture")
+    backoff_max_s: float = Field(30.0, gt=0, description="longest wait between two reconnect attempts")
+    statuses: bool = False
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        try:
+            parts = urlsplit(v.replace("{camera}", "camera"))
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError as e:
+            raise ValueError(f"not a valid URL ({e})") from None  # never echo it: it may carry a password
+        if parts.scheme not in ("rtsp", "rtsps", "rtmp", "rtmps") or not parts.hostname:
+            raise ValueError(f"expected rtsp://HOST[:PORT]/PATH or rtmp://HOST/APP/KEY, got scheme {parts.scheme!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _one_path_per_camera(self) -> RestreamSinkConfig:
+        if "{camera}" not in self.url and (self.cameras is None or len(self.cameras) != 1):
+            raise ValueError("url: put {camera} in it (each camera needs its own path), or give the sink "
+                             "one camera (cameras: [id])")
+        if "queue_size" in self.model_fields_set and self.queue_size is not None and self.queue_size > 256:
+            raise ValueError("queue_size: at most 256 frames (a live stream drops, it does not catch up)")
+        return self
+
+    def redacted_url(self) -> str:
+        return redact_url(self.url)
+
+
 class PreviewSinkConfig(_SinkBase):
     """Live annotated view over HTTP on ``host:port``: ``/`` shows every camera, ``/cameras/<id>.mjpg``
     streams one (MJPEG), ``/cameras/<id>.jpg`` is its latest frame. Only cameras someone is watching
@@ -326,7 +369,7 @@ class PreviewSinkConfig(_SinkBase):
 
 SinkConfig = Annotated[
     ZmqSinkConfig | RedisSinkConfig | MqttSinkConfig | WebhookSinkConfig | JsonlSinkConfig | VideoSinkConfig
-    | PreviewSinkConfig,
+    | RestreamSinkConfig | PreviewSinkConfig,
     Field(discriminator="type")
 ]
 """Any sink's config, chosen by its ``type:`` key."""

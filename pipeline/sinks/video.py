@@ -21,14 +21,11 @@ import logging
 import re
 import time
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, cast
 
 import av
-import cv2
 import numpy as np
-from av.video.frame import PictureType
 
 from engines.errors import SinkError
 from pipeline.messages import FrameResult
@@ -36,10 +33,9 @@ from pipeline.sinks.base import DropPolicy, Envelope, ThreadedSink, policy_for
 from pipeline.sinks.clips import BACK_S, ClipGate
 from pipeline.sinks.config import ClipConfig, VideoSinkConfig
 from pipeline.sinks.draw import draw
+from pipeline.sinks.encoding import add_h264, encode_frame, encoded_size, finish, frame_canvas
 
 log = logging.getLogger(__name__)
-
-_TIME_BASE = Fraction(1, 1000)  # millisecond timestamps
 _MAX_REASONS = 1000  # triggers listed in a clip's sidecar
 _FILE = re.compile(r"(.+)-(\d{8}-\d{6})(?:-(\d+))?\.mp4")  # <camera>-<UTC start>[-n].mp4
 _MUXER = {"movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1"}
@@ -104,29 +100,15 @@ class VideoSink(ThreadedSink):
                    keyframe_s=cfg.keyframe_s, clips=cfg.clips,
                    max_bytes=None if cfg.max_total_mb is None else int(cfg.max_total_mb * 2**20), policy=policy_for("video", maxsize=cfg.queue_size, overflow=cfg.on_full))
 
-    def _scale(self, width: int) -> float:
-        return min(1.0, self.max_width / width) if self.max_width else 1.0
-
-    def _dims(self, size: tuple[int, int]) -> tuple[int, int]:
-        """The (width, height) frames of ``size`` are drawn and encoded at (yuv420p needs even sides)."""
-        scale = self._scale(size[0])
-        return int(size[0] * scale) // 2 * 2, int(size[1] * scale) // 2 * 2
-
     def _open(self, camera_id: str, size: tuple[int, int], t0: float, wall_ts: float) -> _Writer:
-        w, h = self._dims(size)
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(wall_ts))  # pts is stream time: name by the clock
         path = self.directory / f"{_safe_name(camera_id)}-{stamp}.mp4"
         n = 1
         while path.exists() or path in self.files:
             path, n = self.directory / f"{_safe_name(camera_id)}-{stamp}-{n}.mp4", n + 1
         container = av.open(str(path), "w", options=_MUXER)
-        # codec is a name from the config: the stubs cannot tell that it names a video encoder
-        stream = cast(av.video.stream.VideoStream,
-                      container.add_stream(self.codec, rate=Fraction(self.fps).limit_denominator(1000)))
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.codec_context.time_base = _TIME_BASE
-        # keyframes come from keyframe_s (forced by stream time), never from a frame count
-        stream.options = {"crf": str(self.crf), "preset": self.preset, "g": "100000"}
+        stream = add_h264(container, self.codec, encoded_size(size, self.max_width), self.fps,
+                          {"crf": str(self.crf), "preset": self.preset})
         self.files.append(path)
         self._prune(camera_id, path)
         return _Writer(container=container, stream=stream, path=path, size=size, t0=t0, wall0=wall_ts,
@@ -172,9 +154,7 @@ class VideoSink(ThreadedSink):
                      None if self.max_bytes is None else self.max_bytes // 2**20)
 
     def _close_writer(self, writer: _Writer) -> None:
-        for packet in writer.stream.encode():
-            writer.container.mux(packet)
-        writer.container.close()
+        finish(writer.container, writer.stream)
         if writer.reasons is not None:
             self._write_sidecar(writer)
 
@@ -208,12 +188,9 @@ class VideoSink(ThreadedSink):
         if self.clips is None and writer is not None and self._new_file(writer, size, t):
             self._close_writer(self._writers.pop(cam))
             writer = None
-        w, h = self._dims(size)
-        if env.image is not None:
-            canvas: np.ndarray = cv2.resize(env.image, (w, h), interpolation=cv2.INTER_AREA)
-        else:
-            canvas = np.full((h, w, 3), 24, np.uint8)
-        scale = w / result.frame_size[0]
+        dims = encoded_size(size, self.max_width)
+        canvas = frame_canvas(env, result, dims)
+        scale = dims[0] / result.frame_size[0]
         if self.clips is None:
             if writer is None:
                 writer = self._writers[cam] = self._open(cam, size, t, result.capture_ts)
@@ -238,13 +215,10 @@ class VideoSink(ThreadedSink):
         if ms <= writer.last_ms:  # out-of-order or repeated time: the muxer would reject it
             self.counters.dropped(camera_id, "timestamp")
             return
-        frame = av.VideoFrame.from_ndarray(canvas, format="bgr24")
-        frame.pts, frame.time_base = ms, _TIME_BASE
-        if writer.last_key_ms is None or ms - writer.last_key_ms >= self.keyframe_ms:
-            frame.pict_type = PictureType.I  # libx264 makes it an IDR frame: the muxer starts a fragment
+        key = writer.last_key_ms is None or ms - writer.last_key_ms >= self.keyframe_ms
+        encode_frame(writer.container, writer.stream, canvas, ms, key=key)  # a key frame starts a fragment
+        if key:
             writer.last_key_ms = ms
-        for packet in writer.stream.encode(frame):
-            writer.container.mux(packet)
         writer.last_ms = ms
         writer.frames += 1
         self.counters.sent(camera_id)

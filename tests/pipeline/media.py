@@ -212,6 +212,22 @@ def relay_main(port: int) -> None:
         threading.Thread(target=relay.serve, args=(conn,), daemon=True).start()
 
 
+def start_relay(port: int, timeout: float = 15.0) -> subprocess.Popen[bytes]:
+    """The RTSP relay (``relay_main``) in its own process, once it accepts connections on ``port``."""
+    relay = subprocess.Popen([sys.executable, __file__, "relay", str(port)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return relay
+        except OSError:
+            if time.monotonic() > deadline:
+                relay.kill()
+                raise RuntimeError("RTSP relay did not start") from None
+            time.sleep(0.05)
+
+
 class RtspServer:
     """A real RTSP camera on 127.0.0.1:``port`` playing ``clip`` in a loop: relay + ffmpeg publisher.
 
@@ -227,17 +243,7 @@ class RtspServer:
         self.publisher: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 15.0) -> None:
-        self.relay = subprocess.Popen([sys.executable, __file__, "relay", str(self.port)],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("RTSP relay did not start") from None
-                time.sleep(0.05)
+        self.relay = start_relay(self.port, timeout)
         self.publisher = subprocess.Popen(
             [self.ffmpeg, "-hide_banner", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", str(self.clip),
              "-c", "copy", "-f", "rtsp", "-rtsp_transport", "tcp", self.url],

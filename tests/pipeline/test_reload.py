@@ -176,7 +176,7 @@ def test_an_idle_replica_starts_when_a_reload_gives_it_cameras(tmp_path: Path) -
     base = _base(events)
     path.write_text(yaml.safe_dump({**base, "cameras": [{"id": theirs[0], "url": str(clip), "loop": True}]}))
     with _Run(path, err_log, "--shard", "1/2") as proc:
-        time.sleep(2)
+        _wait(proc, "it to say it is idle", lambda: "event=idle" in err_log.read_text())
         assert proc.poll() is None and not events.exists()  # idle: nothing of its own to run
         path.write_text(yaml.safe_dump({**base, "cameras": [{"id": c, "url": str(clip), "loop": True}
                                                             for c in (theirs[0], ours[0])]}))
@@ -317,3 +317,24 @@ def test_reloads_leave_no_segments_or_mappings_behind(tmp_path: Path) -> None:
         proc.wait(timeout=60)
     assert proc.returncode == 0, err_log.read_text()[-3000:]
     assert baseline[0] == 2 and shm.list_segments(prefix) == []
+
+
+def test_a_hangup_while_starting_is_kept_not_fatal(tmp_path: Path) -> None:
+    """SIGHUP's default action ends a process: one that comes while `segpipe run` loads its config is
+    held and applied once the pipeline is up."""
+    clip = write_clip(tmp_path / "clip.mp4", frames=5, fps=15, size=(96, 64))
+    events, path = tmp_path / "events.jsonl", tmp_path / "cameras.yaml"
+    path.write_text(yaml.safe_dump({**_base(events), "cameras": [{"id": "a", "url": str(clip), "realtime": False}]}))
+    script = ("import os, signal, sys\n"
+              "import pipeline.config as c\n"
+              "load = c.load_config\n"
+              "def hung_up(*a, **k):\n"
+              "    os.kill(os.getpid(), signal.SIGHUP)\n"
+              "    return load(*a, **k)\n"
+              "c.load_config = hung_up\n"
+              "from pipeline.cli import main\n"
+              f"sys.exit(main(['run', {str(path)!r}, '--no-console']))\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "event=reload_requested" in proc.stderr
+    assert any(e["kind"] == "frame" for e in _events(events))
