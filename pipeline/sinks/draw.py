@@ -4,6 +4,9 @@ pictures (video files, the live preview)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import cv2
 import numpy as np
 
@@ -29,7 +32,27 @@ def draw(canvas: np.ndarray, result: FrameResult, *, scale: float = 1.0) -> np.n
         _dim_outside(canvas, result.roi, scale)
     if result.analytics is not None:
         _draw_shapes(canvas, result.analytics, scale)
-    for det in result.detections:
+    _draw_detections(canvas, result.detections, height, width, scale)
+    return canvas
+
+
+def draw_event(canvas: np.ndarray, event: dict[str, Any], *, scale: float = 1.0) -> np.ndarray:
+    """Draw a frame event's detections (``pipeline.events`` JSON: masks in either format, or none) on
+    ``canvas`` in place, as ``draw`` draws a result's; the frame scaled by ``scale`` is the canvas."""
+    dets = []
+    for d in event["detections"]:
+        mask = d.get("mask")
+        if mask is not None:
+            mask = mask["polygons"] if mask["format"] == "polygon" else {"size": mask["size"], "counts": mask["counts"]}
+        dets.append(Detection(class_id=d["class_id"], label=d["label"], score=d["score"], box=tuple(d["box"]),
+                              mask=mask, track_id=d.get("track_id")))
+    _draw_detections(canvas, dets, event["frame"]["height"], event["frame"]["width"], scale)
+    return canvas
+
+
+def _draw_detections(canvas: np.ndarray, detections: Sequence[Detection], height: int, width: int,
+                     scale: float) -> None:
+    for det in detections:
         # a tracked object keeps its colour from frame to frame; untracked ones are coloured by class
         color = PALETTE[(det.class_id if det.track_id is None else det.track_id) % len(PALETTE)]
         if det.mask is not None:
@@ -40,7 +63,6 @@ def draw(canvas: np.ndarray, result: FrameResult, *, scale: float = 1.0) -> np.n
         tag = "" if det.track_id is None else f" #{det.track_id}"
         cv2.putText(canvas, f"{det.label}{tag} {det.score:.2f}", (x1, max(y1 - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX,
                     0.4, c, 1, cv2.LINE_AA)
-    return canvas
 
 
 _ZONE_COLOR, _LINE_COLOR = (0, 215, 255), (255, 255, 255)  # BGR: amber zones, white lines

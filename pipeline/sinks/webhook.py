@@ -6,8 +6,8 @@ changes go out (``events``), optionally only for some labels (``classes``), and 
 small bodies. Each request carries ``Idempotency-Key`` (a hash of the body, the same on every retry),
 ``X-Segpipe-Camera``, and with ``secret`` ``X-Segpipe-Timestamp`` and ``X-Segpipe-Signature: sha256=<hex>``,
 the HMAC-SHA256 of ``<timestamp>.<body>`` (``pipeline.client.verify_webhook`` checks it). With
-``snapshot``, each frame event carries its picture as a JPEG (``"snapshot": {"format": "jpeg", "width",
-"height", "data": base64}``), read back from the camera's shared-memory ring (``pipeline.shm.RingPeek``)
+``snapshot``, each frame event carries its picture as a JPEG with its detections drawn in (``"snapshot":
+{"format": "jpeg", "width", "height", "data": base64}``), read back from the camera's shared-memory ring (``pipeline.shm.RingPeek``)
 when the event is published: nothing is copied for the frames that fire nothing, and a frame the
 decoder has already overwritten (the ring holds its last few frames) goes out without one, counted as
 a ``snapshot`` error.
@@ -40,12 +40,13 @@ import cv2
 import numpy as np
 
 from engines import __version__
-from engines.errors import SinkError
+from engines.errors import SegpipeError, SinkError
 from pipeline.client import webhook_signature
 from pipeline.events import encode
 from pipeline.messages import FrameResult
 from pipeline.sinks.base import DropPolicy, Envelope, FrameSource, policy_for
 from pipeline.sinks.config import WebhookSinkConfig, redact_url
+from pipeline.sinks.draw import draw_event
 from pipeline.sinks.remote import Record, RemoteSink
 
 log = logging.getLogger(__name__)
@@ -135,17 +136,18 @@ class WebhookSink(RemoteSink):
             return
         if self.snapshot is not None and env.kind == "frame":
             # now, before the decoder overwrites the frame; done on this thread only for events that go out
-            body = self._prepared(env.payload)
-            if body is None:
+            event = json.loads(env.payload)
+            if not _matches(event, self.events, self.classes):
                 return
-            env = dataclasses.replace(env, payload=self._with_snapshot(env, body), item=None, image=None)
+            self._add_snapshot(env, event)
+            env = dataclasses.replace(env, payload=encode(self._finished(event)), item=None, image=None)
         super().publish(env)
 
-    def _with_snapshot(self, env: Envelope, body: bytes) -> bytes:
-        """``body`` with its frame's picture added (as it was, if the ring no longer holds the frame)."""
+    def _add_snapshot(self, env: Envelope, event: dict[str, Any]) -> None:
+        """Add the frame's picture, with the event's detections drawn in, to ``event`` (nothing when the
+        ring no longer holds the frame: counted, logged now and then)."""
         assert self.snapshot is not None
         width, quality = self.snapshot
-        event = json.loads(body)
         seq = env.item.seq if isinstance(env.item, FrameResult) else event["seq"]
         picture = None if self._frames is None else self._frames.frame(env.camera_id, seq,
                                                                        functools.partial(_shrunk, width=width))
@@ -157,15 +159,18 @@ class WebhookSink(RemoteSink):
                 log.warning("webhook sink %s: camera %s frame %d was overwritten before its snapshot was taken "
                             "(the ring holds each camera's last few frames): posted without one", self.name,
                             env.camera_id, seq)
-            return body
-        h, w = picture.shape[:2]
+            return
+        try:
+            draw_event(picture, event, scale=picture.shape[1] / event["frame"]["width"])
+        except (SegpipeError, ValueError, KeyError) as e:  # a mask that does not decode: the picture as it is
+            log.warning("webhook sink %s: camera %s frame %d: cannot draw its detections (%s)", self.name,
+                        env.camera_id, seq, e)
         ok, buf = cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, quality])
         if not ok:
             self.counters.error("snapshot")
-            return body
-        data = base64.b64encode(buf.tobytes()).decode()
-        event["snapshot"] = {"format": "jpeg", "width": w, "height": h, "data": data}
-        return encode(event)
+            return
+        h, w = picture.shape[:2]
+        event["snapshot"] = {"format": "jpeg", "width": w, "height": h, "data": base64.b64encode(buf.tobytes()).decode()}
 
     # ------------------------------------------------------------------------- the worker thread
 
@@ -188,10 +193,15 @@ class WebhookSink(RemoteSink):
         if not _matches(event, self.events, self.classes):
             return None
         if not self.masks and any(d.get("mask") is not None for d in event["detections"]):
+            return encode(self._finished(event))
+        return body
+
+    def _finished(self, event: dict[str, Any]) -> dict[str, Any]:
+        """A frame event as posted: its masks left out unless ``masks`` (in place)."""
+        if not self.masks:
             for det in event["detections"]:
                 det["mask"] = None
-            return encode(event)
-        return body
+        return event
 
     def _connection(self) -> http.client.HTTPConnection:
         if self._conn is None:

@@ -256,3 +256,19 @@ def test_the_picture_outside_a_roi_is_darkened() -> None:
         canvas = draw(np.full((int(H * scale), int(W * scale), 3), 200, np.uint8), res, scale=scale)
         half = int(W * scale) // 2
         assert (canvas[:, :half] == 100).all() and (canvas[:, half:] == 200).all()
+
+
+def test_an_event_is_drawn_as_its_result() -> None:
+    """draw_event (webhook snapshots, from the event's JSON) draws what draw draws from the result."""
+    import dataclasses
+    import json
+
+    from pipeline.sinks.draw import draw, draw_event
+
+    res = dataclasses.replace(_result("cam", 0), detections=(dataclasses.replace(_result("cam", 0).detections[0],
+                                                                                 track_id=4),))
+    for scale in (1.0, 0.5):
+        size = (int(H * scale), int(W * scale), 3)
+        want = draw(np.full(size, 90, np.uint8), res, scale=scale)
+        got = draw_event(np.full(size, 90, np.uint8), json.loads(encode(to_event(res))), scale=scale)
+        assert (got == want).all() and (want != 90).any()

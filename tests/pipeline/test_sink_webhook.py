@@ -13,7 +13,9 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from pycocotools import mask as mask_utils
 from pydantic import ValidationError
 
 from pipeline.client import verify_webhook
@@ -26,7 +28,15 @@ from tests.helpers import wait_for
 from tests.pipeline.media import write_clip
 from tests.pipeline.test_supervisor import config
 
-RLE = {"format": "rle", "size": [48, 64], "counts": "PPYo1"}
+
+def _rle() -> dict[str, Any]:
+    m = np.zeros((48, 64), np.uint8)
+    m[10:30, 5:25] = 1
+    rle = mask_utils.encode(np.asfortranarray(m))
+    return {"format": "rle", "size": [48, 64], "counts": rle["counts"].decode()}
+
+
+RLE = _rle()
 
 
 def _det(label: str, zones: list[str] | None = None, track_id: int = 1) -> dict[str, Any]:
@@ -356,7 +366,6 @@ def test_snapshots_are_read_back_from_the_ring_while_it_holds_the_frame(receiver
     import base64
 
     import cv2
-    import numpy as np
 
     from pipeline.shm import FrameLookup
     from tests.pipeline.rings import CameraRings
@@ -366,11 +375,12 @@ def test_snapshots_are_read_back_from_the_ring_while_it_holds_the_frame(receiver
     try:
         sink = _sink(receiver.url, snapshot=(80, 90))
         sink.use_frames(frames)
-        seqs = [rings.writers[0].write(np.full((60, 160, 3), (10, 100, 200), np.uint8), pts=0.0, capture_ts=0.0)]
+        # the events' frames are 64x48: the camera's, here twice that, shrunk to the snapshot's 80 wide
+        seqs = [rings.writers[0].write(np.full((96, 128, 3), (10, 100, 200), np.uint8), pts=0.0, capture_ts=0.0)]
         sink.publish(_frame("gate", seqs[0], [_det("car")], [_crossing("car")]))
         sink.publish(_frame("gate", seqs[0], [_det("car")]))  # fires nothing: no picture is read for it
         for _ in range(4):  # the ring's four slots move on: the first frame is gone
-            rings.writers[0].write(np.zeros((60, 160, 3), np.uint8), pts=0.0, capture_ts=0.0)
+            rings.writers[0].write(np.zeros((96, 128, 3), np.uint8), pts=0.0, capture_ts=0.0)
         sink.publish(_frame("gate", seqs[0], [_det("car")], [_crossing("car")]))
         sink.publish(_status("gate"))
         assert sink.flush(10)
@@ -380,9 +390,13 @@ def test_snapshots_are_read_back_from_the_ring_while_it_holds_the_frame(receiver
         rings.close()
     first, late, status = receiver.events()
     snap = first["snapshot"]
-    assert (snap["format"], snap["width"], snap["height"]) == ("jpeg", 80, 30)  # shrunk to width 80
-    picture = cv2.imdecode(np.frombuffer(base64.b64decode(snap["data"]), np.uint8), cv2.IMREAD_COLOR)
-    assert picture.shape == (30, 80, 3) and np.abs(picture.mean((0, 1)) - (10, 100, 200)).max() < 4
+    assert (snap["format"], snap["width"], snap["height"]) == ("jpeg", 80, 60)  # shrunk to width 80
+    picture = cv2.imdecode(np.frombuffer(base64.b64decode(snap["data"]), np.uint8), cv2.IMREAD_COLOR).astype(int)
+    assert picture.shape == (60, 80, 3)
+    # the camera's picture, with the event's detection drawn in at 80/64: its mask (frame rows 10-30,
+    # columns 5-25) blended in, nothing beyond its box (frame x 1-30)
+    assert np.abs(picture[5:55, 45:78].mean((0, 1)) - (10, 100, 200)).max() < 4
+    assert np.abs(picture[16:34, 10:28].mean((0, 1)) - (10, 100, 200)).max() > 20
     assert all(d["mask"] is None for d in first["detections"])
     assert "snapshot" not in late and "snapshot" not in status  # overwritten: posted without one
     assert sink.counters.totals_errors == {"snapshot": 1}
@@ -412,8 +426,6 @@ def test_a_run_posts_snapshots_of_the_frames_that_fire(tmp_path: Path, receiver:
 
 
 def test_the_sink_stage_follows_the_rings_of_a_reload(receiver: Receiver) -> None:
-    import numpy as np
-
     from pipeline.sinks.stage import CamerasUpdate, SinkStage
     from tests.pipeline.rings import CameraRings
 
