@@ -40,12 +40,12 @@ def _lines(path: Path) -> list[dict]:
 
 def test_registry_raises_on_duplicate_and_unknown_types() -> None:
     reg = SinkRegistry()
-    assert reg.types == ("zmq", "redis", "mqtt", "webhook", "jsonl", "video", "preview")
+    assert reg.types == ("zmq", "redis", "mqtt", "webhook", "jsonl", "video", "restream", "preview")
     with pytest.raises(ValueError, match="'zmq' is already registered"):
         reg.register("zmq", "elsewhere:Sink")
     with pytest.raises(ValueError, match="expected 'module:Class'"):
         reg.register("kafka", "pipeline.sinks.kafka")
-    with pytest.raises(SinkError, match=r"unknown sink type 'kafka' \(known: zmq, redis, mqtt, webhook, jsonl, video, preview\)"):
+    with pytest.raises(SinkError, match=r"unknown sink type 'kafka' \(known: zmq, redis, mqtt, webhook, jsonl, video, restream, preview\)"):
         reg.get("kafka")
     assert reg.get("jsonl").__name__ == "JsonlSink"
 
