@@ -88,6 +88,11 @@ def _start(args: argparse.Namespace, early_hangup: threading.Event) -> int:
         extras += [f"event clips ({s.sink_name})" for s in cfg.sinks if getattr(s, "clips", None) is not None]
         extras += [f"live preview on http://{s.host}:{s.port}/ ({s.sink_name})" for s in cfg.sinks
                    if s.type == "preview"]
+        extras += [f"webhook {'/'.join(s.events)} to {s.redacted_url()} ({s.sink_name})" for s in cfg.sinks
+                   if s.type == "webhook"]
+        extras += [f"live video to {s.redacted_url()} ({s.sink_name})" for s in cfg.sinks if s.type == "restream"]
+        rois = sum(c.roi is not None for c in cfg.cameras)
+        extras += [f"{rois} camera roi(s)"] if rois else []
         print(f"{args.config}: OK: {len(cfg.cameras)} camera(s){where}, {len(cfg.sinks)} sink(s), "
               f"model {cfg.model.path}" + "".join(f", {e}" for e in extras))
         return 0

@@ -50,6 +50,16 @@ def test_check_validates_without_starting_anything(tmp_path: Path, capsys: pytes
     assert main(["run", str(path), "--check"]) == 0
     assert capsys.readouterr().out.rstrip().endswith(
         "3 event workers, event clips (gate-clips), live preview on http://127.0.0.1:8091/ (preview)")
+    path = write_config(tmp_path, sinks=[
+        {"type": "webhook", "url": "https://ops:hunter2@hooks.example/in", "events": ["detection", "status"]},
+        {"type": "restream", "url": "rtsp://ops:hunter2@mtx:8554/segpipe/{camera}"}])
+    raw = yaml.safe_load(path.read_text())
+    raw["cameras"][0]["roi"] = [0, 0.5, 1, 1]
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["run", str(path), "--check"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith(
+        "webhook detection/status to https://***@hooks.example/in (webhook), "
+        "live video to rtsp://***@mtx:8554/segpipe/{camera} (restream), 1 camera roi(s)")
 
 
 def test_config_errors_exit_2_listing_all(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
