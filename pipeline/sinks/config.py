@@ -313,7 +313,8 @@ class RestreamSinkConfig(_SinkBase):
     max_width: int | None = Field(1280, ge=16, description="downscale wider frames to this width")
     keyframe_s: float = Field(1.0, gt=0, description="a keyframe every this many seconds of stream time: how "
                                                      "long a player that joins waits for a picture")
-    backoff_max_s: float = Field(30.0, gt=0, description="longest wait between two reconnect attempts")
+    backoff_max_s: float = Field(10.0, gt=0, description="longest wait between two reconnect attempts (what a "
+                                                         "viewer may wait once the server is back)")
     statuses: bool = False
 
     @field_validator("url")

@@ -56,7 +56,7 @@ class RestreamSink(ThreadedSink):
 
     def __init__(self, *, name: str, url: str, policy: DropPolicy, fps: float = 15.0, codec: str = "libx264",
                  preset: str = "veryfast", crf: int = 26, max_width: int | None = 1280, keyframe_s: float = 1.0,
-                 backoff_max_s: float = 30.0) -> None:
+                 backoff_max_s: float = 10.0) -> None:
         super().__init__(name=name, policy=policy, batch_size=8)
         try:
             av.codec.Codec(codec, "w")
