@@ -210,6 +210,9 @@ class CameraConfig(_Strict):
     decode_threads: int = Field(0, ge=0, le=64, description="codec threads, 0 = FFmpeg's choice")
     nice: int = Field(19, ge=0, le=19, description="decoder process niceness: when decoding outruns the CPU, "
                                                    "inference keeps its pace and decoders give way")
+    ring_frames: int = Field(4, ge=2, le=64, description="frames the camera's shared-memory ring holds (each "
+                                                         "one frame's pixels: 6 MB at 1080p); a webhook "
+                                                         "snapshot finds its frame only while it is there")
     reconnect: ReconnectConfig = ReconnectConfig()
     classes: tuple[str, ...] | None = Field(None, min_length=1, description="publish only objects with these "
                                                                           "labels (checked against the model's)")

@@ -71,7 +71,7 @@ class DecoderSettings:
                    read_timeout_s=cam.read_timeout_s, stall_timeout_s=cam.stall_timeout_s,
                    frozen_timeout_s=cam.frozen_timeout_s, decode_threads=cam.decode_threads, nice=cam.nice,
                    backoff=Backoff(initial_s=r.initial_s, max_s=r.max_s, jitter=r.jitter),
-                   max_restarts=r.max_restarts)
+                   max_restarts=r.max_restarts, nslots=cam.ring_frames)
 
     def open_options(self) -> dict[str, str]:
         """FFmpeg options for ``av.open``: transport and socket timeouts (microseconds)."""

@@ -157,8 +157,8 @@ class WebhookSink(RemoteSink):
             if now - self._missed_logged > _LOG_EVERY_S:
                 self._missed_logged = now
                 log.warning("webhook sink %s: camera %s frame %d was overwritten before its snapshot was taken "
-                            "(the ring holds each camera's last few frames): posted without one", self.name,
-                            env.camera_id, seq)
+                            "(its ring holds the last cameras[].ring_frames frames): posted without one",
+                            self.name, env.camera_id, seq)
             return
         try:
             draw_event(picture, event, scale=picture.shape[1] / event["frame"]["width"])

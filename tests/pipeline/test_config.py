@@ -53,6 +53,7 @@ def test_valid_config_gets_defaults_and_is_frozen(clip: Path) -> None:
     ds = DecoderSettings.from_config(gate)
     assert ds.url == gate.url and ds.open_options()["rtsp_transport"] == "tcp"
     assert ds.open_options()["timeout"] == str(int(gate.read_timeout_s * 1e6))
+    assert ds.nslots == 4 and DecoderSettings.from_config(gate.model_copy(update={"ring_frames": 12})).nslots == 12
     dev = DeviceSettings.from_config(cfg)
     assert dev.imgsz is None and dev.nms.iou == cfg.model.iou and dev.batch.max_wait_s == pytest.approx(0.010)
 
@@ -150,6 +151,7 @@ BAD = [  # (where, value, expected error line prefix, expected text)
      "'overstay' needs a camera with a zone with max_dwell_s (none of this sink's cameras has any)"),
     ("sinks[1]", {"type": "webhook", "url": "http://x/h"}, "sinks[1].events",
      "'crossing' needs a camera with lines"),
+    ("cameras[1].ring_frames", 1, "cameras[1].ring_frames", "greater than or equal to 2"),
     ("cameras[1].roi", [0.5, 0, 0.2, 1], "cameras[1].roi", "expected x1 < x2 and y1 < y2, at least 0.05 apart"),
     ("cameras[1].roi", [0, 0, 1.5, 1], "cameras[1].roi", "expected fractions of the frame in [0, 1]"),
     ("cameras[1].roi", [0, 0, 1], "cameras[1].roi", "expected [x1, y1, x2, y2], got [0.0, 0.0, 1.0]"),

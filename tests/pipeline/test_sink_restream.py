@@ -169,3 +169,21 @@ def test_config_takes_one_camera_without_a_template() -> None:
     cfg = RestreamSinkConfig(type="restream", url="rtsp://ops:hunter2@mtx:8554/gate", cameras=["gate"])
     assert "hunter2" not in repr(cfg) and cfg.redacted_url() == "rtsp://***@mtx:8554/gate"
     assert not cfg.statuses
+
+
+def test_rtmp_to_a_listening_server(tmp_path: Path, relay_port: int, ffmpeg: str) -> None:
+    """RTMP (FLV): a real ffmpeg listening as the server records what the sink pushes."""
+    out = tmp_path / "got.flv"
+    server = subprocess.Popen([ffmpeg, "-hide_banner", "-loglevel", "quiet", "-y", "-listen", "1", "-i",
+                               f"rtmp://127.0.0.1:{relay_port}/live/gate", "-c", "copy", str(out)])
+    sink = RestreamSink(name="live", url=f"rtmp://127.0.0.1:{relay_port}/live/{{camera}}",
+                        policy=policy_for("restream"), fps=FPS, keyframe_s=0.5, backoff_max_s=1.0)
+    try:
+        Camera(sink).run(3.0)  # refused until ffmpeg listens (its start takes about a second): retried
+    finally:
+        sink.close()
+        server.wait(20)
+    with av.open(str(out)) as got:
+        frames = [f.to_ndarray(format="bgr24") for f in got.decode(video=0)]
+    assert len(frames) >= FPS and frames[0].shape == (H, W, 3)
+    assert sink.counters.totals_sent["gate"] == len(frames)  # every frame sent was recorded
