@@ -11,6 +11,9 @@ another resolution keeps its zones; they are turned into frame pixels at the fir
   counted from the first result that saw it inside, through frames where it was not seen at all (hidden
   for up to the tracker's ``max_lost_frames``), until a result sees it outside. In a zone with
   ``max_dwell_s``, the frame on which an object's dwell passes it reports an overstay, once per visit.
+  A zone with ``max_objects`` is crowded once it has held more objects than that for ``CROWD_HOLD_S`` of
+  stream time, and no longer once it has held at most that many for as long: each change is reported
+  on the frame that makes it (one frame's miss or extra box changes nothing).
 - A line counts tracked objects whose anchor goes from one side of it to the other, between its two
   end points: ``in`` when the object ends on the left of first point -> second point as seen on the
   picture, ``out`` on its right. An object is on a side only once its anchor is further from the line
@@ -33,7 +36,11 @@ from typing import Literal, cast
 import numpy as np
 
 from pipeline.config import CameraConfig, LineConfig, Point, ZoneConfig
-from pipeline.messages import Crossing, Detection, FrameAnalytics, FrameResult, Overstay
+from pipeline.messages import Crossing, Crowding, Detection, FrameAnalytics, FrameResult, Overstay
+
+CROWD_HOLD_S = 1.0
+"""Stream seconds a zone's count must stay above (or back at or below) its ``max_objects`` before its
+crowding starts (or ends): detections that flicker at the threshold change nothing."""
 
 DEAD_BAND = 0.1
 """Fraction of an object's size (the geometric mean of its box's width and height) its anchor must be
@@ -87,6 +94,8 @@ class CameraAnalytics:
         self._sides: list[dict[int, _Side]] = [{} for _ in self.lines]
         self._entered: list[dict[int, list[float]]] = [{} for _ in self.zones]  # track -> [since, seen seq, told]
         self._last_seq: int | None = None
+        # zone -> [crowded now, stream time the count first disagreed with that state (None: it agrees)]
+        self._crowd: dict[str, list] = {z.name: [False, None] for z in self.zones if z.max_objects is not None}
         self.totals: dict[str, list[int]] = {ln.name: [0, 0] for ln in self.lines}
         self.zone_counts: dict[str, int] = {}
 
@@ -119,6 +128,7 @@ class CameraAnalytics:
         zones: list[tuple[str, ...] | None] = [d.zones for d in dets]
         dwell: dict[int, dict[str, float]] = {}
         overstays: list[Overstay] | None = [] if any(z.max_dwell_s is not None for z in self.zones) else None
+        crowding: tuple[Crowding, ...] | None = None
         if self.zones:
             members = np.zeros((len(dets), len(self.zones)), bool)
             for j, (zone, poly) in enumerate(zip(self.zones, self._zone_px, strict=True)):
@@ -128,12 +138,15 @@ class CameraAnalytics:
             dwell = self._dwell(result, tids, members, overstays)
             names = [z.name for z in self.zones]
             zones = [tuple(n for n, m in zip(names, row, strict=True) if m) for row in members.tolist()]
+            if self._crowd:
+                crowding = self._crowding(result, zone_counts)
         crossings = None
         if self.lines:
             crossings = tuple(c for j in range(len(self.lines))
                               for c in self._cross(j, result.seq, boxes, dets, tids, born or {}))
         analytics = FrameAnalytics(zone_counts=zone_counts, crossings=crossings,
                                    overstays=None if overstays is None else tuple(overstays),
+                                   crowding=crowding,
                                    line_totals={k: (v[0], v[1]) for k, v in self.totals.items()},
                                    shapes=self._shapes)
         # one positional copy per detection: dataclasses.replace was the largest cost of this stage
@@ -141,6 +154,30 @@ class CameraAnalytics:
                               dwell.get(tid) if tid is not None else None)
                     for d, tid, z in zip(dets, tids, zones, strict=True))
         return dataclasses.replace(result, detections=out, analytics=analytics)
+
+    @property
+    def crowded(self) -> dict[str, bool]:
+        """Whether each zone with ``max_objects`` is crowded now."""
+        return {zone: state[0] for zone, state in self._crowd.items()}
+
+    def _crowding(self, result: FrameResult, counts: Mapping[str, int]) -> tuple[Crowding, ...]:
+        """Zones whose crowding starts or ends on this frame (see ``CROWD_HOLD_S``)."""
+        now = result.pts if result.pts is not None else result.capture_ts
+        out = []
+        for zone in self.zones:
+            state = self._crowd.get(zone.name)
+            if state is None:
+                continue
+            over = counts[zone.name] > cast(int, zone.max_objects)
+            if over == state[0]:
+                state[1] = None
+                continue
+            if state[1] is None or now < state[1]:  # a clock that went back starts the wait again
+                state[1] = now
+            if now - state[1] >= CROWD_HOLD_S:
+                state[0], state[1] = over, None
+                out.append(Crowding(zone=zone.name, state="start" if over else "end", objects=counts[zone.name]))
+        return tuple(out)
 
     def _dwell(self, result: FrameResult, tracks: list[int | None], members: np.ndarray,
                overstays: list[Overstay] | None) -> dict[int, dict[str, float]]:
@@ -281,6 +318,10 @@ class Analytics:
         out = dict(self._overstays)
         self._overstays.clear()
         return out
+
+    def zone_crowded(self) -> dict[tuple[str, str], bool]:
+        """Whether each (camera, zone) with ``max_objects`` is crowded now."""
+        return {(cam, zone): crowded for cam, a in self._by_camera.items() for zone, crowded in a.crowded.items()}
 
     def zone_objects(self) -> dict[tuple[str, str], int]:
         """Objects per (camera, zone) on each camera's latest frame."""

@@ -147,6 +147,8 @@ class ZoneConfig(_Strict):
     max_dwell_s: float | None = Field(None, gt=0, description="a tracked object inside longer than this (stream "
                                                               "seconds) is an overstay, reported once per "
                                                               "visit (loitering, a queue, a stopped vehicle)")
+    max_objects: int | None = Field(None, ge=0, description="more objects inside than this is crowding, reported "
+                                                            "when it starts and when it ends (each held 1 s)")
 
     _name = field_validator("name")(lambda cls, v: _check_id(v))
 
@@ -360,7 +362,8 @@ def _sink_triggers(cfg: RunConfig) -> list[ConfigError]:
     needs: tuple[tuple[str, str, Callable[[CameraConfig], bool]], ...] = (
         ("crossing", "lines", lambda c: bool(c.lines)),
         ("zone", "zones", lambda c: bool(c.zones)),
-        ("overstay", "a zone with max_dwell_s", lambda c: any(z.max_dwell_s is not None for z in c.zones)))
+        ("overstay", "a zone with max_dwell_s", lambda c: any(z.max_dwell_s is not None for z in c.zones)),
+        ("crowding", "a zone with max_objects", lambda c: any(z.max_objects is not None for z in c.zones)))
     errors = []
     for i, sink in enumerate(cfg.sinks):
         clips = getattr(sink, "clips", None)

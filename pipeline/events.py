@@ -76,7 +76,8 @@ def to_event(result: FrameResult, *, publish_ts: float | None = None) -> dict[st
     (``size == [height, width]``, column-major COCO counts); polygons are frame-pixel
     ``[x1, y1, x2, y2, ...]`` lists. Times are wall-clock seconds; ``publish_ts`` defaults to now.
     ``zone_counts`` and ``crossings`` (and each detection's ``zones``) appear for cameras with zones
-    and counting lines, ``overstays`` for cameras with a zone that has ``max_dwell_s``, ``roi`` (the frame
+    and counting lines, ``overstays`` (``crowding``) for cameras with a zone that has ``max_dwell_s``
+    (``max_objects``), ``roi`` (the frame
     pixels the model saw) for cameras with one.
     """
     width, height = (int(v) for v in result.frame_size)
@@ -102,6 +103,8 @@ def to_event(result: FrameResult, *, publish_ts: float | None = None) -> dict[st
     if analytics is not None and analytics.crossings is not None:
         event["crossings"] = [{"line": c.line, "direction": c.direction, "track_id": int(c.track_id),
                                "class_id": int(c.class_id), "label": c.label} for c in analytics.crossings]
+    if analytics is not None and analytics.crowding is not None:
+        event["crowding"] = [{"zone": c.zone, "state": c.state, "objects": int(c.objects)} for c in analytics.crowding]
     if analytics is not None and analytics.overstays is not None:
         event["overstays"] = [{"zone": o.zone, "track_id": int(o.track_id), "class_id": int(o.class_id),
                                "label": o.label, "dwell_s": round(float(o.dwell_s), 3)} for o in analytics.overstays]

@@ -119,12 +119,24 @@ class Overstay:
 
 
 @dataclass(frozen=True, slots=True)
+class Crowding:
+    """A zone with ``max_objects`` that became crowded (``start``: more objects inside than that, for a
+    second of stream time) or stopped being so (``end``: at most that many, for a second)."""
+
+    zone: str
+    state: Literal["start", "end"]
+    objects: int
+
+
+@dataclass(frozen=True, slots=True)
 class FrameAnalytics:
     """What a camera's zones and lines saw on one frame (``pipeline.analytics``).
 
     zone_counts: objects inside each zone on this frame (None: the camera has no zones). crossings:
     line crossings completed on this frame (None: the camera has no lines). overstays: objects whose
-    dwell passed their zone's ``max_dwell_s`` on this frame (None: no zone of the camera has one). line_totals: (in, out)
+    dwell passed their zone's ``max_dwell_s`` on this frame (None: no zone of the camera has one).
+    crowding: zones whose crowding started or ended on this frame (None: no zone has ``max_objects``).
+    line_totals: (in, out)
     per line since the run started. shapes: the camera's zones and lines in frame pixels, for drawing
     (``{"zones": {name: ((x, y), ...)}, "lines": {name: ((x, y), (x, y))}}``); not published.
     """
@@ -132,6 +144,7 @@ class FrameAnalytics:
     zone_counts: Mapping[str, int] | None = None
     crossings: tuple[Crossing, ...] | None = None
     overstays: tuple[Overstay, ...] | None = None
+    crowding: tuple[Crowding, ...] | None = None
     line_totals: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     shapes: Mapping[str, Mapping[str, tuple[tuple[float, float], ...]]] = field(default_factory=dict, repr=False)
 

@@ -65,7 +65,8 @@ class StageStats:
     ``tracks_started`` counts track ids handed out per camera (objects that entered and were
     confirmed); ``tracks_active`` is the latest number of tracks held per camera (a gauge).
     ``line_crossings`` counts crossings per (camera, line, direction, label), ``zone_overstays`` objects
-    that stayed past a zone's ``max_dwell_s`` per (camera, zone, label); ``zone_objects`` is the
+    that stayed past a zone's ``max_dwell_s`` per (camera, zone, label); ``zone_crowded`` is 1 for a
+    (camera, zone) crowded now (past its ``max_objects``), else 0 (a gauge); ``zone_objects`` is the
     latest number of objects per (camera, zone) (a gauge). ``queue_fill`` is how full each queue
     between two stages is, 0-1, by the name of the stage that reads it (a gauge): one that stays near 1
     is read by a stage that cannot keep up.
@@ -89,6 +90,7 @@ class StageStats:
     line_crossings: Mapping[tuple[str, str, str, str], int] = field(default_factory=dict)
     zone_overstays: Mapping[tuple[str, str, str], int] = field(default_factory=dict)  # (camera, zone, label)
     zone_objects: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    zone_crowded: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (camera, zone) -> 1 crowded, 0 not
     queue_fill: Mapping[str, float] = field(default_factory=dict)
     sink_backlog: Mapping[str, int] = field(default_factory=dict)  # sink -> events not yet delivered
     engine_loaded: bool | None = None
@@ -97,7 +99,7 @@ class StageStats:
     def __post_init__(self) -> None:
         for name in ("decoded", "inferred", "dropped", "reconnects", "sink_sent", "sink_dropped", "sink_errors",
                      "tracks_started", "tracks_active", "line_crossings", "zone_overstays", "zone_objects",
-                     "sink_backlog"):
+                     "zone_crowded", "sink_backlog"):
             _check_counts(name, getattr(self, name))
         _check_seconds("stage_latency", self.stage_latency)
         _check_seconds("e2e_latency", self.e2e_latency)
@@ -149,6 +151,8 @@ class Metrics:
         self.zone_overstays = Counter("zone_overstays", "Tracked objects that stayed in a zone longer than "
                                       "its max_dwell_s (once per visit)", ["camera", "zone", "label"],
                                       namespace=ns, registry=reg)
+        self.zone_crowded = Gauge("zone_crowded", "1 while a zone holds more objects than its max_objects (held "
+                                  "1 s), else 0", ["camera", "zone"], namespace=ns, registry=reg)
         self.zone_objects = Gauge("zone_objects", "Objects inside a zone on the camera's latest frame",
                                   ["camera", "zone"], namespace=ns, registry=reg)
         self.sink_backlog = Gauge("sink_backlog", "Events a sink accepted and has not delivered yet (memory "
@@ -204,6 +208,8 @@ class Metrics:
             self.line_crossings.labels(cam, line, direction, label).inc(n)
         for (cam, zone, label), n in stats.zone_overstays.items():
             self.zone_overstays.labels(cam, zone, label).inc(n)
+        for (cam, zone), n in stats.zone_crowded.items():
+            self.zone_crowded.labels(cam, zone).set(n)
         for (cam, zone), n in stats.zone_objects.items():
             self.zone_objects.labels(cam, zone).set(n)
         for sink, n in stats.sink_backlog.items():

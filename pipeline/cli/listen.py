@@ -58,7 +58,7 @@ def format_event(event: dict[str, Any], *, masks: bool = False) -> str:
     """One human line for an event: ``cam seq=N n=K labels`` (``label#track`` for tracked objects,
     ``label#track@zone:12.3s`` for one in a zone that long; then ``zones NAME=K ...`` and ``crossed
     LINE:in label#track ...`` for cameras with zones and lines, ``overstayed ZONE label#track:31.0s``
-    for zones with ``max_dwell_s``) or
+    for zones with ``max_dwell_s``, ``crowding ZONE:start=7`` for zones with ``max_objects``) or
     ``cam status=STATE detail``."""
     if event["kind"] == "status":
         return f"{event['camera']} status={event['state']}" + (f" {event['detail']}" if event["detail"] else "")
@@ -75,6 +75,8 @@ def format_event(event: dict[str, Any], *, masks: bool = False) -> str:
     if event.get("crossings"):
         line += " crossed " + " ".join(f"{c['line']}:{c['direction']} {c['label']}#{c['track_id']}"
                                        for c in event["crossings"])
+    if event.get("crowding"):
+        line += " crowding " + " ".join(f"{c['zone']}:{c['state']}={c['objects']}" for c in event["crowding"])
     if event.get("overstays"):
         line += " overstayed " + " ".join(f"{o['zone']} {o['label']}#{o['track_id']}:{o['dwell_s']:.1f}s"
                                           for o in event["overstays"])

@@ -55,7 +55,8 @@ class ClipGate:
 
     def reasons(self, result: FrameResult) -> list[dict[str, Any]]:
         """What in ``result`` fires a trigger, one JSON-ready dict each (empty: nothing): line
-        crossings, overstays in zones, objects in zones, detections, of the wanted classes."""
+        crossings, overstays in zones, objects in zones, detections, of the wanted classes; zones whose
+        crowding starts."""
         on, classes = self.cfg.triggers, self.cfg.classes
         out: list[dict[str, Any]] = []
         crossings = result.analytics.crossings if result.analytics is not None else None
@@ -66,6 +67,9 @@ class ClipGate:
         if "overstay" in on:
             out += [{"trigger": "overstay", "zone": o.zone, "dwell_s": o.dwell_s, "track_id": o.track_id,
                      "label": o.label} for o in overstays or () if classes is None or o.label in classes]
+        if "crowding" in on and result.analytics is not None:  # a count of every object: classes do not apply
+            out += [{"trigger": "crowding", "zone": c.zone, "objects": c.objects}
+                    for c in result.analytics.crowding or () if c.state == "start"]
         for d in result.detections:
             if classes is not None and d.label not in classes:
                 continue

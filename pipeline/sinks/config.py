@@ -151,7 +151,7 @@ class MqttSinkConfig(_Spooled):
         return redact_url(self.url)
 
 
-WebhookEvent = Literal["frame", "detection", "crossing", "zone", "overstay", "status"]
+WebhookEvent = Literal["frame", "detection", "crossing", "zone", "overstay", "crowding", "status"]
 
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP token (RFC 9110)
 _OWN_HEADERS = frozenset({"host", "content-length", "content-type", "transfer-encoding", "connection"})
@@ -177,7 +177,8 @@ class WebhookSinkConfig(_Spooled):
                                              description="frame: every frame event; detection: frames with an "
                                                          "object; crossing: a counting line crossed; zone: an "
                                                          "object inside a zone; overstay: an object in a zone "
-                                                         "past its max_dwell_s; status: camera state changes")
+                                                         "past its max_dwell_s; crowding: a zone's crowding "
+                                                         "started or ended; status: camera state changes")
     classes: tuple[str, ...] | None = Field(None, min_length=1, description="detection, crossing, zone, "
                                                                             "overstay: only objects of these "
                                                                             "labels count")
@@ -246,7 +247,7 @@ class JsonlSinkConfig(_SinkBase):
     keep: int = Field(5, ge=0, description="rotated files kept; older ones are deleted")
 
 
-ClipTrigger = Literal["crossing", "zone", "overstay", "detection"]
+ClipTrigger = Literal["crossing", "zone", "overstay", "crowding", "detection"]
 
 
 class ClipConfig(BaseModel):
@@ -259,6 +260,7 @@ class ClipConfig(BaseModel):
                                               description="crossing: an object crossed a counting line; "
                                                           "zone: an object is inside a zone; overstay: an "
                                                           "object stayed in a zone past its max_dwell_s; "
+                                                          "crowding: a zone's crowding started; "
                                                           "detection: any")
     classes: tuple[str, ...] | None = Field(None, min_length=1, description="only these labels trigger; all "
                                                                             "when absent")

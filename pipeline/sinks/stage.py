@@ -145,7 +145,9 @@ class EventMaker:
                            tracks_active=tracks.active() if tracks else {},
                            line_crossings=analytics.take_crossings() if analytics else {},
                            zone_overstays=analytics.take_overstays() if analytics else {},
-                           zone_objects=analytics.zone_objects() if analytics else {}, **fields)
+                           zone_objects=analytics.zone_objects() if analytics else {},
+                           zone_crowded={k: int(v) for k, v in analytics.zone_crowded().items()} if analytics else {},
+                           **fields)
         self._bad.clear()
         return stats
 

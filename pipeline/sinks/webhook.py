@@ -59,12 +59,12 @@ _RETRIED = {408, 429}  # 4xx answers that mean "later", not "never"
 # spaces, and a quote inside a string is escaped, so no label or id can fake them): most frame events
 # are let go without being parsed.
 _MARKERS = {"detection": b'"detections":[{', "crossing": b'"crossings":[{', "zone": b'"zones":["',
-            "overstay": b'"overstays":[{'}
+            "overstay": b'"overstays":[{', "crowding": b'"crowding":[{'}
 
 
 def _matches(event: dict, events: tuple[str, ...], classes: frozenset[str] | None) -> bool:
     """Whether a frame event fires one of ``events`` for an object of ``classes`` (any when None)."""
-    if "frame" in events:
+    if "frame" in events or ("crowding" in events and event.get("crowding")):  # crowding counts every object
         return True
     dets = [d for d in event.get("detections", ()) if classes is None or d["label"] in classes]
     return (("detection" in events and bool(dets))

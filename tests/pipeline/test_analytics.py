@@ -100,6 +100,24 @@ def test_an_overstay_is_told_once_per_visit() -> None:
     assert plain.apply(_frame(0, _det(150, 100), pts=0.0)).analytics.overstays is None  # no max_dwell_s
 
 
+def test_crowding_starts_and_ends_once_each_change_has_held_a_second() -> None:
+    queue = ZoneConfig(name="queue", polygon=((0, 0), (0.5, 0), (0.5, 1), (0, 1)), max_objects=2)
+    an = Analytics([CameraConfig(id="cam", url="cam.mp4", zones=(queue,))])
+    # objects inside the left half per frame, 0.25 s apart: 3 for one frame (nothing), then for a second
+    # (crowded); 2, then 3 again, each for one frame (still crowded), then 1 for a second (no longer)
+    inside = [1, 3, 1, 3, 3, 3, 3, 3, 2, 3, 1, 1, 1, 1, 1, 1]
+    changes, crowded = [], []
+    for seq, n in enumerate(inside):
+        dets = tuple(_det(40 + 30 * k, 100, track=None) for k in range(n)) + (_det(300, 100, track=None),)
+        res = an.apply(_frame(seq, *dets, pts=seq / 4))
+        changes += [(seq, c.state, c.objects) for c in res.analytics.crowding]
+        crowded.append(an.zone_crowded()[("cam", "queue")])
+    assert changes == [(7, "start", 3), (14, "end", 1)]
+    assert crowded == [False] * 7 + [True] * 7 + [False] * 2
+    plain = CameraAnalytics([ZoneConfig(name="z", polygon=queue.polygon)], [])
+    assert plain.apply(_frame(0, _det(150, 100), pts=0.0)).analytics.crowding is None  # no max_objects
+
+
 def test_line_counts_each_direction_once() -> None:
     an = CameraAnalytics([], [MIDDLE])
     down = [(i, 200.0, 60.0 + 10 * i) for i in range(10)]        # y 60 -> 150: crosses y=100 going down

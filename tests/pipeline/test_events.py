@@ -94,7 +94,7 @@ def test_a_roi_is_published_for_cameras_that_have_one(validator: jsonschema.Vali
 def test_zones_and_crossings_are_published_for_cameras_that_have_them(validator: jsonschema.Validator) -> None:
     import dataclasses
 
-    from pipeline.messages import Crossing, FrameAnalytics, Overstay
+    from pipeline.messages import Crossing, Crowding, FrameAnalytics, Overstay
 
     res, _ = _result("rle")
     plain = json.loads(encode(to_event(res)))
@@ -116,8 +116,11 @@ def test_zones_and_crossings_are_published_for_cameras_that_have_them(validator:
     assert json.loads(encode(to_event(lines_only)))["crossings"] == []
     assert "overstays" not in event  # no zone of the camera has max_dwell_s
     stay = Overstay(zone="dock", track_id=3, class_id=0, label="person", dwell_s=30.0004)
-    timed = json.loads(encode(to_event(dataclasses.replace(res, analytics=FrameAnalytics(overstays=(stay,))))))
+    crowd = Crowding(zone="dock", state="start", objects=7)
+    timed = json.loads(encode(to_event(dataclasses.replace(res, analytics=FrameAnalytics(
+        overstays=(stay,), crowding=(crowd,))))))
     validator.validate(timed)
+    assert timed["crowding"] == [{"zone": "dock", "state": "start", "objects": 7}]
     assert timed["overstays"] == [{"zone": "dock", "track_id": 3, "class_id": 0, "label": "person", "dwell_s": 30.0}]
 
 

@@ -44,7 +44,8 @@ def test_stage_stats_update_counters_gauges_and_histograms() -> None:
     m.apply(StageStats(stage="sinks", tracks_started={"cam0": 1}, tracks_active={"cam0": 2},
                        line_crossings={("cam0", "gate", "in", "car"): 2}, zone_objects={("cam0", "dock"): 4}))
     m.apply(StageStats(stage="sinks", line_crossings={("cam0", "gate", "in", "car"): 1},
-                       zone_objects={("cam0", "dock"): 1}, zone_overstays={("cam0", "dock", "person"): 2}))
+                       zone_objects={("cam0", "dock"): 1}, zone_overstays={("cam0", "dock", "person"): 2},
+                       zone_crowded={("cam0", "dock"): 1}))
     m.apply(StageStats(stage="decoder:cam0", decoded={"cam0": 10}))
     m.apply(StageStats(stage="supervisor", queue_fill={"sinks": 0.25, "events0": 1.0}))
     m.apply(StageStats(stage="sinks", sink_backlog={"redis": 1200}))
@@ -70,6 +71,7 @@ def test_stage_stats_update_counters_gauges_and_histograms() -> None:
     assert s["segpipe_line_crossings_total", gate] == 3
     assert s["segpipe_zone_objects", (("camera", "cam0"), ("zone", "dock"))] == 1
     assert s["segpipe_zone_overstays_total", (("camera", "cam0"), ("label", "person"), ("zone", "dock"))] == 2
+    assert s["segpipe_zone_crowded", (("camera", "cam0"), ("zone", "dock"))] == 1
     assert s["segpipe_queue_fill_ratio", (("stage", "sinks"),)] == 0.25
     assert s["segpipe_queue_fill_ratio", (("stage", "events0"),)] == 1.0
     assert s["segpipe_sink_backlog", (("sink", "redis"),)] == 1200

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
-from pipeline.messages import Crossing, Detection, FrameAnalytics, FrameResult, Overstay
+from pipeline.messages import Crossing, Crowding, Detection, FrameAnalytics, FrameResult, Overstay
 from pipeline.sinks.clips import ClipGate
 from pipeline.sinks.config import ClipConfig
 
@@ -22,6 +24,11 @@ def _result(seq: int, *, label: str | None = None, zones: tuple[str, ...] | None
                        frame_size=size, model="m", detections=dets,
                        analytics=FrameAnalytics(crossings=crossings, overstays=None if stayed is None else (
                            Overstay(zone="dock", track_id=1, class_id=0, label=stayed, dwell_s=30.0),)))
+
+
+def _crowd(state: str) -> FrameResult:
+    return dataclasses.replace(_result(0), analytics=FrameAnalytics(crowding=(Crowding(zone="q", state=state,
+                                                                                       objects=4),)))
 
 
 def _canvas(seq: int) -> np.ndarray:
@@ -41,6 +48,8 @@ def _canvas(seq: int) -> np.ndarray:
     (("overstay",), None, _result(0, stayed="person"), True),
     (("overstay",), ("car",), _result(0, stayed="person"), False),
     (("overstay",), None, _result(0, label="person", zones=("dock",)), False),  # in the zone, not for long
+    (("crowding",), ("car",), _crowd("start"), True),  # a zone's count: classes do not apply
+    (("crowding",), None, _crowd("end"), False),
 ])
 def test_triggers(on: tuple, classes: tuple | None, result: FrameResult, fired: bool) -> None:
     assert ClipGate(ClipConfig(triggers=on, classes=classes)).triggered(result) is fired

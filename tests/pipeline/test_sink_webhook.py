@@ -63,6 +63,12 @@ def _overstay(env: Envelope) -> Envelope:
     return Envelope(camera_id=env.camera_id, kind="frame", payload=encode(event), item=None)
 
 
+def _crowded(env: Envelope) -> Envelope:
+    """``env``'s frame with the zone ``dock``'s crowding starting."""
+    event = {**json.loads(env.payload), "crowding": [{"zone": "dock", "state": "start", "objects": 5}]}
+    return Envelope(camera_id=env.camera_id, kind="frame", payload=encode(event), item=None)
+
+
 def _crossing(label: str) -> dict[str, Any]:
     return {"line": "gate", "direction": "in", "track_id": 1, "class_id": 0, "label": label}
 
@@ -179,7 +185,8 @@ def test_crossings_and_statuses_go_out_in_order_without_masks(receiver: Receiver
     (("crossing",), ("car",), [2]),
     (("overstay",), None, [5]),
     (("overstay",), ("car",), []),
-    (("frame",), ("bottle",), [0, 1, 2, 3, 4, 5]),  # every frame event, whatever is in it
+    (("crowding",), ("car",), [6]),  # a zone's count: classes do not apply
+    (("frame",), ("bottle",), [0, 1, 2, 3, 4, 5, 6]),  # every frame event, whatever is in it
 ])
 def test_events_and_classes_choose_what_goes_out(receiver: Receiver, events: tuple[str, ...],
                                                  classes: tuple[str, ...] | None, want: list[int]) -> None:
@@ -190,6 +197,7 @@ def test_events_and_classes_choose_what_goes_out(receiver: Receiver, events: tup
     sink.publish(_frame("gate", 3, [_det("car", zones=[]), _det("person", zones=["dock"])]))
     sink.publish(_frame("gate", 4, []))
     sink.publish(_overstay(_frame("gate", 5, [_det("person", zones=["dock"])])))
+    sink.publish(_crowded(_frame("gate", 6, [])))
     sink.publish(_status("gate"))  # status is not among events
     assert sink.flush(10)
     sink.close()
