@@ -358,7 +358,7 @@ def check_classes(cameras: tuple[CameraConfig, ...], names: tuple[str, ...], mod
 
 def _sink_triggers(cfg: RunConfig) -> list[ConfigError]:
     """Clip triggers and webhook events that no camera of their sink can fire (a line crossing needs
-    lines, a zone zones, an overstay a zone with max_dwell_s)."""
+    lines, a zone zones, an overstay a zone with max_dwell_s, crowding a zone with max_objects)."""
     needs: tuple[tuple[str, str, Callable[[CameraConfig], bool]], ...] = (
         ("crossing", "lines", lambda c: bool(c.lines)),
         ("zone", "zones", lambda c: bool(c.zones)),
