@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline import shm
 from pipeline.decoders import CameraHandle, DecoderPool
+from pipeline.logs import LogSetup
 from pipeline.messages import STOP, CameraState, CameraStatus
 
 if TYPE_CHECKING:
@@ -81,12 +82,14 @@ def _refuse_reload(problems: list[str]) -> None:
     log.error("event=reload_failed kept=running_config")
 
 
-def _child_main(target: Callable[..., None], *args: Any, **kwargs: Any) -> None:
-    """Entry of every child: die with the supervisor (Linux), then run ``target``."""
+def _child_main(logs: LogSetup | None, target: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+    """Entry of every child: die with the supervisor (Linux), log as it does, then run ``target``."""
     with contextlib.suppress(Exception):  # best effort: not on macOS, not without libc
         import ctypes
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if logs is not None:
+        logs.apply()
     target(*args, **kwargs)
 
 
@@ -95,8 +98,9 @@ class Supervisor:
 
     def __init__(self, *, cfg: RunConfig, on_status: Callable[[CameraStatus], None] | None = None,
                  on_tick: Callable[[Supervisor], None] | None = None, metrics: Any = None,
-                 reloader: Callable[[], RunConfig] | None = None) -> None:
+                 reloader: Callable[[], RunConfig] | None = None, logs: LogSetup | None = None) -> None:
         self.cfg = cfg
+        self.logs = logs  # how the children log (None: as Python does by default, warnings only)
         self.reloader = reloader  # reads the config again (raises SegpipeError on a bad one)
         self.ctx = mp.get_context("spawn")
         self.on_status = on_status
@@ -247,7 +251,8 @@ class Supervisor:
             self._watch_stages()
 
     def _spawn(self, name: str, target: Callable[..., None], *args: Any, **kwargs: Any) -> Any:
-        proc = self.ctx.Process(target=_child_main, args=(target, *args), kwargs=kwargs, name=f"segpipe-{name}")
+        proc = self.ctx.Process(target=_child_main, args=(self.logs, target, *args), kwargs=kwargs,
+                                name=f"segpipe-{name}")
         old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited by the child: see module doc
         try:
             proc.start()

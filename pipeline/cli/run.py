@@ -9,12 +9,13 @@ without stopping the others (``pipeline.reload``); a config that does not load i
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import signal
 import sys
 import threading
 from typing import Any
+
+from pipeline.logs import LogSetup
 
 NAME = "run"
 HELP = "run the streaming pipeline described by a cameras YAML"
@@ -34,27 +35,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", default="text", choices=["text", "json"],
                    help="text: key=value lines; json: one JSON object per line")
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        out = {"ts": round(record.created, 3), "level": record.levelname.lower(), "logger": record.name,
-               "msg": record.getMessage()}
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out)
-
-
-def setup_logging(level: str, fmt: str) -> None:
-    """Structured logs on stderr (stdout carries the camera table)."""
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("ts=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
 
 
 def run(args: argparse.Namespace) -> int:
@@ -96,17 +76,19 @@ def _start(args: argparse.Namespace, early_hangup: threading.Event) -> int:
         print(f"{args.config}: OK: {len(cfg.cameras)} camera(s){where}, {len(cfg.sinks)} sink(s), "
               f"model {cfg.model.path}" + "".join(f", {e}" for e in extras))
         return 0
-    setup_logging(args.log_level, args.log_format)
+    logs = LogSetup(args.log_level, args.log_format)
+    logs.apply()
 
     def resolved(cfg: Any) -> Any:
         return resolve_demo(cfg, on_render=lambda cam, url: log.info(
             "camera=%s event=demo_clip url=%s (rendered into the cache on first use)", cam, url))
 
-    return _run(resolved(cfg), args, shard, reloader=lambda: resolved(load()), early_hangup=early_hangup)
+    return _run(resolved(cfg), args, shard, reloader=lambda: resolved(load()), early_hangup=early_hangup,
+                logs=logs)
 
 
 def _run(cfg: Any, args: argparse.Namespace, shard: Any, reloader: Any = None,
-         early_hangup: threading.Event | None = None) -> int:
+         early_hangup: threading.Event | None = None, logs: LogSetup | None = None) -> int:
     from pipeline.console import Console
     from pipeline.messages import CameraState
     from pipeline.metrics import Metrics, MetricsServer
@@ -123,7 +105,7 @@ def _run(cfg: Any, args: argparse.Namespace, shard: Any, reloader: Any = None,
         if console is not None:
             console.update([(c["id"], CameraState(c["state"]), c) for c in sup.status()["cameras"]])
 
-    sup = Supervisor(cfg=cfg, metrics=metrics, on_tick=on_tick, reloader=reloader)
+    sup = Supervisor(cfg=cfg, metrics=metrics, on_tick=on_tick, reloader=reloader, logs=logs)
     server = None
     if metrics is not None:
         server = MetricsServer(metrics=metrics, host=cfg.metrics.host, port=cfg.metrics.port, status=sup.status)

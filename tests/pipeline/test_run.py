@@ -173,3 +173,22 @@ def test_console_table() -> None:
     console = Console(stream=out, interval_s=0.0)
     console.update([("gate", CameraState.LIVE, now)])
     assert "\x1b[" not in out.getvalue() and out.getvalue().startswith("--- ")  # plain text off a TTY
+
+
+def test_every_process_logs_in_the_chosen_format(tmp_path: Path) -> None:
+    """--log-format json: the children's lines (a sink stage's, a decoder's) are JSON like the
+    supervisor's, info lines included, so a log shipper parses every line of a run."""
+    from tests.conftest import server_port
+
+    path = write_config(tmp_path, cameras=[{"id": "once", "url": str(write_clip(tmp_path / "c.mp4", frames=5,
+                                                                                   fps=15, size=(96, 64))),
+                                            "realtime": False}],
+                        sinks=[{"type": "preview", "port": server_port()}], metrics={"enabled": False})
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "run", str(path), "--no-console", "--log-format",
+                           "json"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    records = [json.loads(line) for line in proc.stderr.splitlines()]  # every line: one JSON object
+    loggers = {r["logger"] for r in records}
+    assert "segpipe.supervisor" in loggers
+    preview = [r for r in records if r["logger"] == "pipeline.sinks.preview"]
+    assert preview and preview[0]["level"] == "info" and "serving http://" in preview[0]["msg"]  # the sink stage's
