@@ -1,4 +1,5 @@
-"""segpipe listen: print the events a running pipeline publishes (Redis Streams, ZeroMQ or MQTT).
+"""segpipe listen: print the events a running pipeline publishes (Redis Streams, ZeroMQ or MQTT), or
+take a webhook sink's requests itself (``--webhook``, to try a webhook config before a real receiver).
 
 One line per event (``cam0 seq=12 n=3 person,car,car``), or the raw JSON with ``--json``. With
 ``--group``/``--consumer`` several listeners share each camera's events through a Redis consumer
@@ -22,12 +23,12 @@ import redis
 import zmq
 
 from engines.errors import ConfigError, DataError, SourceError
-from pipeline.client import GroupReader, StreamReader, decode_masks, parse_event, stream_keys
+from pipeline.client import GroupReader, StreamReader, decode_masks, parse_event, stream_keys, verify_webhook
 from pipeline.sinks.config import redact_url
 from pipeline.sinks.redis import connect
 
 NAME = "listen"
-HELP = "print events published by a running pipeline (Redis Streams, ZeroMQ or MQTT)"
+HELP = "print events published by a running pipeline (Redis Streams, ZeroMQ, MQTT or webhooks)"
 
 _RESCAN_S = 2.0  # how often to look for new camera streams when no --camera is given
 
@@ -37,6 +38,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--redis", metavar="URL", help="redis://[:password@]host:port/db (rediss:// for TLS)")
     src.add_argument("--zmq", metavar="ENDPOINT", help="the ZeroMQ sink's endpoint, e.g. tcp://127.0.0.1:5555")
     src.add_argument("--mqtt", metavar="URL", help="the MQTT sink's broker, mqtt://[user:password@]host[:port]")
+    src.add_argument("--webhook", metavar="[HOST:]PORT",
+                     help="receive a webhook sink's POSTs here (default host 127.0.0.1), to try its config")
+    p.add_argument("--secret", help="with --webhook: refuse requests whose signature does not verify (the "
+                                    "sink's secret; pass it as \"$VAR\")")
     p.add_argument("--tls-ca", metavar="FILE", type=Path,
                    help="with --mqtt mqtts://: CA certificates to trust instead of the system's")
     p.add_argument("--camera", help="only this camera id (default: all)")
@@ -91,6 +96,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ConfigError("--group", "consumer groups need --redis")
     if args.count < 0:
         raise ConfigError("--count", f"expected >= 0, got {args.count}")
+    if args.secret is not None and not args.webhook:
+        raise ConfigError("--secret", "only for --webhook")
     if args.tls_ca is not None:
         if not (args.mqtt or "").startswith("mqtts://"):
             raise ConfigError("--tls-ca", "only for --mqtt mqtts://... (Redis: rediss://...?ssl_ca_certs=FILE)")
@@ -221,13 +228,75 @@ class _MqttSource:
         self.client.loop_stop()
 
 
+class _WebhookSource:
+    """An HTTP server taking a webhook sink's POSTs (any path): 204 for each event, or 401 when
+    ``--secret`` is given and the request's signature does not verify (said on stderr)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        host, _, port_text = args.webhook.rpartition(":")
+        host = host.strip("[]") or "127.0.0.1"
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ConfigError("--webhook", f"expected [HOST:]PORT, got {args.webhook!r}")
+        self.inbox: queue.Queue[bytes] = queue.Queue()
+        source = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if args.secret is not None and not verify_webhook(args.secret, body, dict(self.headers.items())):
+                    print(f"segpipe listen: refused a request from {self.client_address[0]}: its signature does "
+                          "not verify with --secret", file=sys.stderr, flush=True)
+                    self._answer(401)
+                    return
+                if not args.camera or self.headers.get("X-Segpipe-Camera") == args.camera:
+                    source.inbox.put(body)
+                self._answer(204)
+
+            def _answer(self, code: int) -> None:
+                self.send_response(code)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        try:
+            self.server = ThreadingHTTPServer((host, int(port_text)), Handler)
+        except OSError as e:
+            raise SourceError(f"cannot listen on {host}:{port_text}: {e.strerror or e}") from None
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
+        print(f"segpipe listen: taking webhooks on http://{host}:{self.server.server_address[1]}/", file=sys.stderr,
+              flush=True)
+
+    def read(self, max_n: int) -> list[Received]:
+        out: list[Received] = []
+        try:
+            out.append((self.inbox.get(timeout=0.5), None))
+            while len(out) < max_n:
+                out.append((self.inbox.get_nowait(), None))
+        except queue.Empty:
+            pass
+        return out
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
-    source: _RedisSource | _ZmqSource | _MqttSource
+    source: _RedisSource | _ZmqSource | _MqttSource | _WebhookSource
     if args.redis:
         source = _RedisSource(args)
     elif args.mqtt:
         source = _MqttSource(args)
+    elif args.webhook:
+        source = _WebhookSource(args)
     else:
         source = _ZmqSource(args)
     printed, last = 0, time.monotonic()

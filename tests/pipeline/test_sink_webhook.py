@@ -450,3 +450,58 @@ def test_the_sink_stage_follows_the_rings_of_a_reload(receiver: Receiver) -> Non
         rings.close()
     assert ["snapshot" in e for e in receiver.events()] == [False, True]
     assert stage.sinks[0][1].counters.totals_errors == {"snapshot": 1}
+
+
+def test_listen_takes_the_sinks_requests_and_checks_their_signature(capsys: pytest.CaptureFixture[str]) -> None:
+    import http.client
+
+    from pipeline.cli import main
+
+    port = server_port()
+    url = f"http://127.0.0.1:{port}/hook"
+    sink = _sink(url, secret="s3cret", events=("frame", "status"))
+    forged = threading.Event()
+
+    def send() -> None:  # once the listener is up: one forged request, then the sink's own
+        wait_for(lambda: _accepts(port), 10, "the listener")
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("POST", "/hook", body=b'{"version":1}', headers={"X-Segpipe-Signature": "sha256=00"})
+        if conn.getresponse().status == 401:
+            forged.set()
+        conn.close()
+        sink.publish(_status("gate", "live"))
+        sink.publish(_frame("gate", 7, [_det("car")]))
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    try:
+        assert main(["listen", "--webhook", str(port), "--secret", "s3cret", "--count", "2",
+                     "--idle-timeout", "20"]) == 0
+    finally:
+        sender.join(10)
+        sink.close()
+    out, err = capsys.readouterr()
+    assert out.splitlines() == ["gate status=live", "gate seq=7 n=1 car#1"]
+    assert forged.is_set() and "its signature does not verify with --secret" in err
+
+
+def _accepts(port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("argv, error", [
+    (["--webhook", "not-a-port"], "--webhook: expected [HOST:]PORT, got 'not-a-port'"),
+    (["--redis", "redis://x", "--secret", "s"], "--secret: only for --webhook"),
+])
+def test_listen_webhook_errors_are_one_line(argv: list[str], error: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline.cli import main
+
+    assert main(["listen", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"segpipe listen: error: {error}"]
