@@ -367,8 +367,10 @@ def _sink_triggers(cfg: RunConfig) -> list[ConfigError]:
     errors = []
     for i, sink in enumerate(cfg.sinks):
         clips = getattr(sink, "clips", None)
+        # a webhook's default events (crossings and statuses) suit any camera: only chosen ones are checked
+        chosen = getattr(sink, "events", ()) if "events" in sink.model_fields_set else ()
         wanted, path = ((clips.triggers, f"sinks[{i}].clips.triggers") if clips is not None
-                        else (getattr(sink, "events", ()), f"sinks[{i}].events"))
+                        else (chosen, f"sinks[{i}].events"))
         cams = [c for c in cfg.cameras if sink.cameras is None or c.id in sink.cameras]
         for trigger, what, has in needs:
             if trigger in wanted and not any(has(c) for c in cams):

@@ -153,7 +153,7 @@ BAD = [  # (where, value, expected error line prefix, expected text)
      "'crowding' needs a camera with a zone with max_objects"),
     ("cameras[1].zones", [{"name": "q", "polygon": [[0, 0], [1, 0], [1, 1]], "max_objects": -1}],
      "cameras[1].zones[0].max_objects", "greater than or equal to 0"),
-    ("sinks[1]", {"type": "webhook", "url": "http://x/h"}, "sinks[1].events",
+    ("sinks[1]", {"type": "webhook", "url": "http://x/h", "events": ["crossing", "status"]}, "sinks[1].events",
      "'crossing' needs a camera with lines"),
     ("cameras[1].ring_frames", 1, "cameras[1].ring_frames", "greater than or equal to 2"),
     ("cameras[1].roi", [0.5, 0, 0.2, 1], "cameras[1].roi", "expected x1 < x2 and y1 < y2, at least 0.05 apart"),

@@ -505,3 +505,11 @@ def test_listen_webhook_errors_are_one_line(argv: list[str], error: str, capsys:
     assert main(["listen", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"segpipe listen: error: {error}"]
+
+
+def test_the_default_events_suit_cameras_without_lines(tmp_path: Path) -> None:
+    """crossing and status by default: a camera without lines still gets its statuses posted, and the
+    config is not refused for the crossings it cannot have (events named explicitly are checked)."""
+    clip = write_clip(tmp_path / "c.mp4", frames=2, fps=15, size=(96, 64))
+    cfg = config(tmp_path, [{"id": "cam", "url": str(clip)}], sinks=[{"type": "webhook", "url": "http://x/h"}])
+    assert cfg.sinks[0].events == ("crossing", "status")
