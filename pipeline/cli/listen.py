@@ -169,6 +169,18 @@ class _ZmqSource:
         self.ctx.term()
 
 
+def _take(inbox: queue.Queue[bytes], max_n: int) -> list[Received]:
+    """Up to ``max_n`` events a receiving thread put in ``inbox``, waiting at most 0.5 s for the first."""
+    out: list[Received] = []
+    try:
+        out.append((inbox.get(timeout=0.5), None))
+        while len(out) < max_n:
+            out.append((inbox.get_nowait(), None))
+    except queue.Empty:
+        pass
+    return out
+
+
 class _MqttSource:
     """Subscribes to the frame and status topics (qos 1) of every camera, or of ``--camera``."""
 
@@ -214,14 +226,7 @@ class _MqttSource:
             raise SourceError(f"the MQTT broker at {self.url} refused the connection: {self.refused or 'no answer'}")
 
     def read(self, max_n: int) -> list[Received]:
-        out: list[Received] = []
-        try:
-            out.append((self.inbox.get(timeout=0.5), None))
-            while len(out) < max_n:
-                out.append((self.inbox.get_nowait(), None))
-        except queue.Empty:
-            pass
-        return out
+        return _take(self.inbox, max_n)
 
     def close(self) -> None:
         self.client.disconnect()
@@ -274,14 +279,7 @@ class _WebhookSource:
               flush=True)
 
     def read(self, max_n: int) -> list[Received]:
-        out: list[Received] = []
-        try:
-            out.append((self.inbox.get(timeout=0.5), None))
-            while len(out) < max_n:
-                out.append((self.inbox.get_nowait(), None))
-        except queue.Empty:
-            pass
-        return out
+        return _take(self.inbox, max_n)
 
     def close(self) -> None:
         self.server.shutdown()

@@ -33,6 +33,20 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
+def _checked_url(url: str, schemes: tuple[str, ...], expected: str, *, parse: str | None = None) -> str:
+    """``url`` when it parses (``parse`` instead, a filled-in template, if given) with a host, a valid port
+    and one of ``schemes``; else a ValueError saying ``expected``. Never echoes the URL: it may carry a
+    password or a token."""
+    try:
+        parts = urlsplit(url if parse is None else parse)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError as e:
+        raise ValueError(f"not a valid URL ({e})") from None
+    if parts.scheme not in schemes or not parts.hostname:
+        raise ValueError(f"expected {expected}, got scheme {parts.scheme!r}")
+    return url
+
+
 class _SinkBase(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -131,14 +145,7 @@ class MqttSinkConfig(_Spooled):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        try:
-            parts = urlsplit(v)
-            parts.port  # noqa: B018 - raises on a bad port
-        except ValueError as e:
-            raise ValueError(f"not a valid URL ({e})") from None  # never echo it: it may carry a password
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ValueError(f"expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT], got scheme {parts.scheme!r}")
-        return v
+        return _checked_url(v, ("mqtt", "mqtts"), "mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
 
     @field_validator("topic_prefix")
     @classmethod
@@ -199,14 +206,7 @@ class WebhookSinkConfig(_Spooled):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        try:
-            parts = urlsplit(v)
-            parts.port  # noqa: B018 - raises on a bad port
-        except ValueError as e:
-            raise ValueError(f"not a valid URL ({e})") from None  # never echo it: it may carry a secret
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"expected http://HOST[:PORT]/PATH or https://..., got scheme {parts.scheme!r}")
-        return v
+        return _checked_url(v, ("http", "https"), "http://HOST[:PORT]/PATH or https://...")
 
     @field_validator("headers")
     @classmethod
@@ -322,14 +322,8 @@ class RestreamSinkConfig(_SinkBase):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        try:
-            parts = urlsplit(v.replace("{camera}", "camera"))
-            parts.port  # noqa: B018 - raises on a bad port
-        except ValueError as e:
-            raise ValueError(f"not a valid URL ({e})") from None  # never echo it: it may carry a password
-        if parts.scheme not in ("rtsp", "rtsps", "rtmp", "rtmps") or not parts.hostname:
-            raise ValueError(f"expected rtsp://HOST[:PORT]/PATH or rtmp://HOST/APP/KEY, got scheme {parts.scheme!r}")
-        return v
+        return _checked_url(v, ("rtsp", "rtsps", "rtmp", "rtmps"), "rtsp://HOST[:PORT]/PATH or rtmp://HOST/APP/KEY",
+                            parse=v.replace("{camera}", "camera"))
 
     @model_validator(mode="after")
     def _one_path_per_camera(self) -> RestreamSinkConfig:
