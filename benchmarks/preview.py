@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.video_sink import _frames  # noqa: E402
-from pipeline.device import _shrunk  # noqa: E402
+from pipeline.images import shrunk  # noqa: E402
 from pipeline.messages import FramePreview  # noqa: E402
 from pipeline.sinks.preview import PreviewSink  # noqa: E402
 
@@ -57,9 +57,9 @@ def main() -> None:
     envs = _frames(a.frames, (w, h), a.objects)
     print(f"{a.frames} frames of {w}x{h}, {a.objects} objects with masks, preview max_width {a.width}")
 
-    copies = [_shrunk(e.image, a.width) for e in envs]  # type: ignore[arg-type]
+    copies = [shrunk(e.image, a.width) for e in envs]  # type: ignore[arg-type]
     results = [e.item for e in envs]
-    copy_ms = _ms(lambda e: _shrunk(e.image, a.width), envs)
+    copy_ms = _ms(lambda e: shrunk(e.image, a.width), envs)
     pickle_ms = _ms(lambda i: pickle.loads(pickle.dumps(FramePreview(result=results[i], image=copies[i]))),
                     list(range(len(envs))))
     plain_ms = _ms(lambda r: pickle.loads(pickle.dumps(r)), results)

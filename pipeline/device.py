@@ -49,6 +49,7 @@ from pipeline.detections import (
     shift_detections,
 )
 from pipeline.device_settings import DeviceSettings, ModelBundle, bundle_model
+from pipeline.images import shrunk
 from pipeline.messages import Batch, FramePreview, FrameResult
 from pipeline.metrics import StageStats
 from pipeline.shm import RingReader
@@ -402,7 +403,7 @@ class DeviceStage:
         """Copies of the frames for drawing sinks (the staging arena is reused once inference starts):
         every frame for a video sink, a watched camera's at most ``fps`` a second for a preview sink."""
         if self.s.preview_width is not None:
-            return [_shrunk(f.image, self.s.preview_width) for f in batch.frames]
+            return [shrunk(f.image, self.s.preview_width) for f in batch.frames]
         if self.s.preview_watch is None or not self.watched:
             return None
         width, fps = self.s.preview_watch
@@ -412,7 +413,7 @@ class DeviceStage:
             # 10 % early: frames come at the camera's own rate, and waiting for the next would halve ours
             if f.camera_id in self.watched and now >= self._next_preview.get(f.camera_id, 0.0):
                 self._next_preview[f.camera_id] = now + 0.9 / fps
-                out.append(_shrunk(f.image, width))
+                out.append(shrunk(f.image, width))
             else:
                 out.append(None)
         return out if any(p is not None for p in out) else None
@@ -494,17 +495,6 @@ class DeviceStage:
 
     def close(self) -> None:
         self.batcher.close()
-
-
-def _shrunk(image: np.ndarray, width: int) -> np.ndarray:
-    """A copy of ``image`` at most ``width`` wide (0: full size)."""
-    h, w = image.shape[:2]
-    if width and w > width:
-        # INTER_AREA at a ratio like 1920 -> 1280 costs this thread 6 ms a frame, bilinear under 1; only
-        # past 2:1, where bilinear would alias, is area averaging worth it
-        how = cv2.INTER_LINEAR if width * 2 > w else cv2.INTER_AREA
-        return cv2.resize(image, (width, max(round(h * width / w), 1)), interpolation=how)
-    return image.copy()
 
 
 def _on_stream(stream: Any) -> Any:

@@ -37,12 +37,12 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import cv2
-import numpy as np
 
 from engines import __version__
 from engines.errors import SegpipeError, SinkError
 from pipeline.client import webhook_signature
 from pipeline.events import encode
+from pipeline.images import shrunk
 from pipeline.messages import FrameResult
 from pipeline.sinks.base import DropPolicy, Envelope, FrameSource, policy_for
 from pipeline.sinks.config import WebhookSinkConfig, redact_url
@@ -150,7 +150,7 @@ class WebhookSink(RemoteSink):
         width, quality = self.snapshot
         seq = env.item.seq if isinstance(env.item, FrameResult) else event["seq"]
         picture = None if self._frames is None else self._frames.frame(env.camera_id, seq,
-                                                                       functools.partial(_shrunk, width=width))
+                                                                       functools.partial(shrunk, width=width))
         if picture is None:
             self.counters.error("snapshot")
             now = time.monotonic()
@@ -278,14 +278,6 @@ class WebhookSink(RemoteSink):
     def close_resources(self) -> None:
         self._drop_connection()
         super().close_resources()
-
-
-def _shrunk(view: np.ndarray, *, width: int) -> np.ndarray:
-    """A copy of a frame still in its ring slot, at most ``width`` wide (area averaging)."""
-    h, w = view.shape[:2]
-    if w <= width:
-        return view.copy()
-    return cv2.resize(view, (width, max(round(h * width / w), 1)), interpolation=cv2.INTER_AREA)
 
 
 def _retry_after(value: str | None) -> float | None:
