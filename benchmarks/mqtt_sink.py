@@ -31,7 +31,9 @@ from pipeline.sinks.base import Envelope, policy_for  # noqa: E402
 from pipeline.sinks.mqtt import MqttSink  # noqa: E402
 
 
-def _events(n: int, objects: int) -> list[Envelope]:
+def frame_events(n: int, objects: int, *, crossing: bool = False) -> list[Envelope]:
+    """``n`` frame events of 16 cameras, ``objects`` RLE-masked objects each (like the demo's), as the
+    sink stage hands them to the sinks; with ``crossing``, each reports a line crossing too."""
     m = np.zeros((360, 640), np.uint8)
     m[100:160, 200:280] = 1
     rle = mask_utils.encode(np.asfortranarray(m))
@@ -42,7 +44,10 @@ def _events(n: int, objects: int) -> list[Envelope]:
         cam = f"cam{seq % 16}"
         res = FrameResult(camera_id=cam, seq=seq, pts=seq / 10, capture_ts=time.time(), infer_ts=time.time(),
                           frame_size=(640, 360), model="m", detections=dets)
-        out.append(Envelope(camera_id=cam, kind="frame", payload=encode(to_event(res)), item=None))
+        event = to_event(res)
+        if crossing:
+            event["crossings"] = [{"line": "gate", "direction": "in", "track_id": 1, "class_id": 0, "label": "box"}]
+        out.append(Envelope(camera_id=cam, kind="frame", payload=encode(event), item=None))
     return out
 
 
@@ -70,7 +75,7 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=20_000)
     ap.add_argument("--objects", type=int, default=10)
     a = ap.parse_args()
-    envs = _events(a.events, a.objects)
+    envs = frame_events(a.events, a.objects)
     mb = sum(len(e.payload) for e in envs) / 1e6
     print(f"{a.events} frame events of {len(envs[0].payload)} bytes ({a.objects} objects with RLE masks)")
     with tempfile.TemporaryDirectory() as tmp:

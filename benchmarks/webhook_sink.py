@@ -23,32 +23,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from pycocotools import mask as mask_utils
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.events import encode, to_event  # noqa: E402
-from pipeline.messages import Detection, FrameResult  # noqa: E402
+from benchmarks.mqtt_sink import frame_events  # noqa: E402
 from pipeline.sinks.base import Envelope, policy_for  # noqa: E402
 from pipeline.sinks.webhook import WebhookSink  # noqa: E402
-
-
-def _events(n: int, objects: int, crossing: bool = False) -> list[Envelope]:
-    m = np.zeros((360, 640), np.uint8)
-    m[100:160, 200:280] = 1
-    rle = mask_utils.encode(np.asfortranarray(m))
-    dets = tuple(Detection(class_id=k % 6, label="box", score=0.9, box=(200.0, 100.0, 280.0, 160.0), mask=rle)
-                 for k in range(objects))
-    out = []
-    for seq in range(n):
-        cam = f"cam{seq % 16}"
-        res = FrameResult(camera_id=cam, seq=seq, pts=seq / 10, capture_ts=time.time(), infer_ts=time.time(),
-                          frame_size=(640, 360), model="m", detections=dets)
-        event = to_event(res)
-        if crossing:
-            event["crossings"] = [{"line": "gate", "direction": "in", "track_id": 1, "class_id": 0, "label": "box"}]
-        out.append(Envelope(camera_id=cam, kind="frame", payload=encode(event), item=None))
-    return out
 
 
 def _serve(port: int, count: mp.Value) -> None:  # type: ignore[valid-type]
@@ -83,7 +63,7 @@ def main() -> None:
     time.sleep(0.5)
     url = f"http://127.0.0.1:{port}/hook"
 
-    plain, crossing = _events(args.events, args.objects), _events(args.events, args.objects, crossing=True)
+    plain, crossing = frame_events(args.events, args.objects), frame_events(args.events, args.objects, crossing=True)
     print(f"{args.events} frame events of {args.objects} objects, {len(plain[0].payload) / 1024:.1f} kB each")
     sink = WebhookSink(name="b", url=url, policy=policy_for("webhook", maxsize=len(plain) + 1))
     t0 = time.perf_counter()
