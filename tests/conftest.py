@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.helpers import accepts
+
 REPO = Path(__file__).resolve().parents[1]
 COCO128 = REPO.parent / "shared" / "datasets" / "coco128-seg"
 
@@ -115,11 +117,9 @@ class _ServerProcess:
         """Return once the port accepts connections; RuntimeError(``failure()``) after 10 s."""
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
+            if accepts(self.port):
+                return
+            time.sleep(0.05)
         raise RuntimeError(failure())
 
     def stop(self) -> None:

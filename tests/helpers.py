@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,15 @@ def wait_for(cond: Callable[[], bool], timeout: float, what: str, *, step: float
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(step)
     return time.monotonic() - t0
+
+
+def accepts(port: int) -> bool:
+    """Whether a server on 127.0.0.1:``port`` accepts connections now."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

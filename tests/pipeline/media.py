@@ -214,18 +214,17 @@ def relay_main(port: int) -> None:
 
 def start_relay(port: int, timeout: float = 15.0) -> subprocess.Popen[bytes]:
     """The RTSP relay (``relay_main``) in its own process, once it accepts connections on ``port``."""
+    from tests.helpers import accepts  # here, not on top: this file also runs as the relay script
+
     relay = subprocess.Popen([sys.executable, __file__, "relay", str(port)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return relay
-        except OSError:
-            if time.monotonic() > deadline:
-                relay.kill()
-                raise RuntimeError("RTSP relay did not start") from None
-            time.sleep(0.05)
+    while not accepts(port):
+        if time.monotonic() > deadline:
+            relay.kill()
+            raise RuntimeError("RTSP relay did not start")
+        time.sleep(0.05)
+    return relay
 
 
 class RtspServer:

@@ -19,6 +19,7 @@ from pipeline.messages import FrameResult
 from pipeline.sinks.base import Envelope, policy_for
 from pipeline.sinks.config import RedisSinkConfig, redact_url
 from pipeline.sinks.redis import RedisSink
+from tests.helpers import accepts
 
 
 def free_port() -> int:
@@ -197,11 +198,9 @@ def _tls_server(tmp_path: Path, tls_cert: tuple[Path, Path]) -> tuple[subprocess
         if proc.poll() is not None:
             out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
             pytest.skip(f"redis-server without TLS support: {out.strip().splitlines()[-1:]}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        if accepts(port):
             return proc, port, crt
-        except OSError:
-            time.sleep(0.05)
+        time.sleep(0.05)
     proc.kill()
     raise RuntimeError("TLS redis-server did not start")
 

@@ -24,7 +24,7 @@ from pipeline.sinks.base import Envelope, policy_for
 from pipeline.sinks.config import WebhookSinkConfig, check_sink_classes
 from pipeline.sinks.webhook import WebhookSink
 from tests.conftest import server_port
-from tests.helpers import wait_for
+from tests.helpers import accepts, wait_for
 from tests.pipeline.media import write_clip
 from tests.pipeline.test_supervisor import config
 
@@ -463,7 +463,7 @@ def test_listen_takes_the_sinks_requests_and_checks_their_signature(capsys: pyte
     forged = threading.Event()
 
     def send() -> None:  # once the listener is up: one forged request, then the sink's own
-        wait_for(lambda: _accepts(port), 10, "the listener")
+        wait_for(lambda: accepts(port), 10, "the listener")
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
         conn.request("POST", "/hook", body=b'{"version":1}', headers={"X-Segpipe-Signature": "sha256=00"})
         if conn.getresponse().status == 401:
@@ -483,16 +483,6 @@ def test_listen_takes_the_sinks_requests_and_checks_their_signature(capsys: pyte
     out, err = capsys.readouterr()
     assert out.splitlines() == ["gate status=live", "gate seq=7 n=1 car#1"]
     assert forged.is_set() and "its signature does not verify with --secret" in err
-
-
-def _accepts(port: int) -> bool:
-    import socket
-
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        return True
-    except OSError:
-        return False
 
 
 @pytest.mark.parametrize("argv, error", [
