@@ -33,7 +33,7 @@ from pipeline.sinks.base import DropPolicy, Envelope, ThreadedSink, policy_for
 from pipeline.sinks.clips import BACK_S, ClipGate
 from pipeline.sinks.config import ClipConfig, VideoSinkConfig
 from pipeline.sinks.draw import draw
-from pipeline.sinks.encoding import add_h264, encode_frame, encoded_size, finish, frame_canvas
+from pipeline.sinks.encoding import add_h264, annotated, encode_frame, encoded_size, finish, frame_canvas
 
 log = logging.getLogger(__name__)
 _MAX_REASONS = 1000  # triggers listed in a clip's sidecar
@@ -189,14 +189,14 @@ class VideoSink(ThreadedSink):
             self._close_writer(self._writers.pop(cam))
             writer = None
         dims = encoded_size(size, self.max_width)
-        canvas = frame_canvas(env, result, dims)
-        scale = dims[0] / result.frame_size[0]
         if self.clips is None:
             if writer is None:
                 writer = self._writers[cam] = self._open(cam, size, t, result.capture_ts)
-            self._put_frame(writer, cam, t, draw(canvas, result, scale=scale))
+            self._put_frame(writer, cam, t, annotated(env, result, dims))
             return
-        step = self.clips.step(cam, t, canvas, result)
+        # held undrawn: most pre-roll frames are never written, and drawing costs as much as the JPEG
+        step = self.clips.step(cam, t, frame_canvas(env, result, dims), result)
+        scale = dims[0] / result.frame_size[0]
         if step.close and writer is not None:
             self._close_writer(self._writers.pop(cam))
             writer = None
