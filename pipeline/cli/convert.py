@@ -6,7 +6,7 @@ import argparse
 import logging
 
 NAME = "convert"
-HELP = "Convert a dataset into YOLO-seg format (COCO instances JSON -> images/, labels/, data.yaml)."
+HELP = "convert a dataset into YOLO-seg format (COCO instances JSON -> images/, labels/, data.yaml)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
