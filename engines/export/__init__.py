@@ -77,16 +77,40 @@ def export(model: str | os.PathLike[str], *, format: str, imgsz: int | tuple[int
         raise ConfigError("--half", "--int8 and --half are exclusive (INT8 keeps an fp32 fallback)")
     if int8_format not in ("QDQ", "QOperator"):
         raise ConfigError("--int8-format", f"expected QDQ or QOperator, got {int8_format!r}")
+    dest = Path(out) if out is not None else default_output(Path(model), exporter, int8=int8)
+    check_output(dest, exporter)
     if int8:
         from engines.export.calib import calibration_files
 
         calibration_files(data, calib_images)  # a bad dataset fails now, not after tracing
     src = load_source(model)
-    spec = ExportSpec(imgsz=check_imgsz(imgsz or src.imgsz, src.stride), half=half, dynamic=dynamic, batch=batch,
+    spec = ExportSpec(imgsz=check_imgsz(src.imgsz if imgsz is None else imgsz, src.stride), half=half, dynamic=dynamic, batch=batch,
                       simplify=simplify, opset=opset, int8=int8, data=data, calib_images=calib_images,
                       int8_format=int8_format)
-    dest = Path(out) if out is not None else default_output(Path(model), exporter, int8=int8)
     return exporter.export(src, spec, dest)
 
 
-__all__ = ["FORMATS", "default_output", "export", "get_exporter"]
+def check_output(dest: Path, exporter: Exporter) -> None:
+    """Refuse an output path the export would clobber or that no backend would load back.
+
+    The name must end in the format's suffix (``segpipe predict`` picks the runtime by it), and what is
+    already there must be an earlier artifact of the format: the export replaces it whole, so an
+    ordinary folder given as ``--out`` would otherwise be deleted with everything in it.
+    """
+    from engines.backends.openvino_backend import XML
+
+    folder = not exporter.suffix.startswith(".")  # OpenVINO's IR is a folder, the others one file
+    if not dest.name.lower().endswith(exporter.suffix):
+        raise ConfigError("--out", f"{dest}: {exporter.name} exports are named *{exporter.suffix} "
+                          "(segpipe picks the runtime by the name)")
+    if dest.is_symlink() or not dest.exists():
+        return
+    if dest.is_dir() and not folder:
+        raise ConfigError("--out", f"{dest} is a folder; name the {exporter.name} file, e.g. "
+                          f"{dest / ('model' + exporter.suffix)}")
+    if folder and not (dest.is_dir() and (dest / XML).is_file()):
+        raise ConfigError("--out", f"{dest} exists and is not an OpenVINO model folder; remove it or choose "
+                          "another --out")
+
+
+__all__ = ["FORMATS", "check_output", "default_output", "export", "get_exporter"]

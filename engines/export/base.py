@@ -133,8 +133,11 @@ def check_imgsz(imgsz: int | tuple[int, int] | list[int], stride: int) -> tuple[
 @contextmanager
 def atomic_path(out: Path) -> Iterator[Path]:
     """A temporary path beside ``out`` that replaces it (file or folder) only if the block succeeds."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmpdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as e:
+        raise ConfigError("--out", f"cannot write {out}: {e.strerror or e}") from None
     try:
         tmp = tmpdir / out.name
         yield tmp

@@ -51,6 +51,7 @@ def real_batch(coco128_images: list[Path]) -> torch.Tensor:
     ({"format": "engine"}, ConfigError, "segpipe build-engine"),
     ({"format": "onnx", "imgsz": 300}, ConfigError, "--imgsz: must be a positive multiple of 32"),
     ({"format": "onnx", "imgsz": (320, 0)}, ConfigError, "--imgsz"),
+    ({"format": "onnx", "imgsz": 0}, ConfigError, "--imgsz: must be a positive multiple of 32"),  # not "default"
     ({"format": "onnx", "batch": -1}, ConfigError, "--batch: must be >= 0"),
     ({"format": "onnx", "opset": 7}, ConfigError, "--opset: must be in 11..20"),
     ({"format": "onnx", "int8": True}, ConfigError, "--data: --int8 needs calibration images"),
@@ -74,6 +75,33 @@ def test_bad_requests(model: Path, tmp_path: Path, kw: dict, error: type[Excepti
 def test_export_from_an_export_is_refused(onnx_dynamic: Path) -> None:
     with pytest.raises(ModelError, match="export from a checkpoint"):
         export(onnx_dynamic, format="openvino")
+
+
+@pytest.mark.parametrize("fmt, out, existing, match", [
+    # An ordinary folder as --out was deleted whole (the artifact replaces what is there).
+    ("onnx", "runs", {"runs": "dir"}, r"--out: .*runs: onnx exports are named \*\.onnx"),
+    ("onnx", "m.onnx", {"m.onnx": "dir"}, r"--out: .*m\.onnx is a folder; name the onnx file"),
+    ("openvino", "x_openvino_model", {"x_openvino_model": "dir"}, "exists and is not an OpenVINO model folder"),
+    ("openvino", "x_openvino_model", {"x_openvino_model": "file"}, "exists and is not an OpenVINO model folder"),
+    # A name no backend loads back (and here a checkpoint it would have overwritten).
+    ("onnx", "best.pt", {"best.pt": "file"}, r"onnx exports are named \*\.onnx"),
+    ("torchscript", "m.onnx", {}, r"torchscript exports are named \*\.torchscript"),
+    ("openvino", "m.xml", {}, r"openvino exports are named \*_openvino_model"),
+    ("onnx", "a-file/m.onnx", {"a-file": "file"}, r"--out: cannot write .*m\.onnx"),
+])
+def test_output_that_would_be_clobbered_or_unloadable_is_refused(model: Path, tmp_path: Path, fmt: str, out: str,
+                                                                 existing: dict[str, str], match: str) -> None:
+    for name, kind in existing.items():
+        if kind == "dir":
+            (tmp_path / name).mkdir()
+            (tmp_path / name / "keep.txt").write_text("mine")
+        else:
+            (tmp_path / name).write_text("mine")
+    with pytest.raises(ConfigError, match=match):
+        export(model, format=fmt, out=tmp_path / out)
+    for name, kind in existing.items():
+        assert (tmp_path / name / "keep.txt" if kind == "dir" else tmp_path / name).read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(existing)  # no temp leftovers
 
 
 @pytest.mark.parametrize("fmt, int8, name", [("onnx", False, "best.onnx"), ("onnx", True, "best_int8.onnx"),
