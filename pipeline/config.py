@@ -356,6 +356,15 @@ def check_classes(cameras: tuple[CameraConfig, ...], names: tuple[str, ...], mod
             for i, cam in enumerate(cameras) for c in cam.classes or () if c not in known]
 
 
+def _sink_cameras(cfg: RunConfig) -> list[ConfigError]:
+    """A sink's ``cameras`` that name no camera of the config: a typo there would publish nothing for
+    the camera meant, silently (the list is checked before ``--shard`` picks this replica's cameras)."""
+    ids = [c.id for c in cfg.cameras]
+    listed = ", ".join(ids) if len(ids) <= 12 else ", ".join(ids[:10]) + f", ... ({len(ids)} in all)"
+    return [ConfigError(f"sinks[{i}].cameras", f"{cid!r} is not a camera of this config ({listed})")
+            for i, sink in enumerate(cfg.sinks) for cid in sink.cameras or () if cid not in ids]
+
+
 def _sink_triggers(cfg: RunConfig) -> list[ConfigError]:
     """Clip triggers and webhook events that no camera of their sink can fire (a line crossing needs
     lines, a zone zones, an overstay a zone with max_dwell_s, crowding a zone with max_objects)."""
@@ -442,20 +451,36 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping
 def load_config(path: str | Path, *, env: dict[str, str] | None = None, check_files: bool = True) -> RunConfig:
     """Read, interpolate and validate the YAML at ``path``; raises ConfigErrors listing every problem.
     ``check_files=False`` skips the model/video file existence checks (validating a template)."""
+    return parse_config(read_yaml(path), env=env, check_files=check_files)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """The YAML at ``path`` as data, not validated (no ${ENV} yet); ConfigError naming the file and line
+    when it cannot be read, does not parse, or repeats a key."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        data = p.read_bytes()
     except OSError as e:
         raise ConfigError(str(p), f"cannot read config: {e.strerror or e}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:  # an editor that saved Latin-1 or UTF-16
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"{p}:{line}", f"not UTF-8 text (byte 0x{data[e.start]:02x}); save the file as "
+                                         "UTF-8") from None
     try:
         raw = yaml.load(text, Loader=_Loader)  # noqa: S506 - SafeLoader subclass
     except ConfigError as e:
         raise ConfigError(f"{p}:{e.path}", e.msg) from None
+    except yaml.reader.ReaderError as e:  # a character YAML refuses (NUL, control codes): no mark, two lines
+        line = text.count("\n", 0, e.position) + 1
+        code = e.character if isinstance(e.character, int) else ord(e.character)
+        raise ConfigError(f"{p}:{line}", f"invalid YAML: character U+{code:04X} is not allowed") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{p}:{mark.line + 1}" if mark else str(p)
-        raise ConfigError(where, f"invalid YAML: {getattr(e, 'problem', None) or e}") from None
-    return parse_config(raw, env=env, check_files=check_files)
+        raise ConfigError(where, "invalid YAML: " + " ".join(str(getattr(e, "problem", None) or e).split())) from None
+    return raw
 
 
 def parse_config(raw: Any, *, env: dict[str, str] | None = None, check_files: bool = True) -> RunConfig:
@@ -485,6 +510,7 @@ def parse_config(raw: Any, *, env: dict[str, str] | None = None, check_files: bo
                                                                            "set tracking.enabled: true")
                        for i, cam in enumerate(cfg.cameras) for j, z in enumerate(cam.zones)
                        if z.max_dwell_s is not None]
+        errors += _sink_cameras(cfg)
         errors += _sink_triggers(cfg)
         errors += _port_clashes(cfg)
         if check_files:

@@ -15,24 +15,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _camera_ids(path: Path) -> list[str]:
-    import yaml
+    """The camera ids as ``segpipe run`` sees them (same YAML reader, ``${ENV}`` filled in): hashing the
+    ids as written would place ``${SITE}-gate`` elsewhere than the replicas do. The rest of the config
+    is not validated, so a cluster config whose secrets are unset here still prints."""
+    import os
 
     from engines.errors import ConfigError
+    from pipeline.config import interpolate, read_yaml
 
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ConfigError(str(path), f"cannot read config: {e.strerror or e}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(str(path), f"invalid YAML: {e}") from None
+    raw = read_yaml(path)
     cams = raw.get("cameras") if isinstance(raw, dict) else None
     if not isinstance(cams, list) or not cams:
         raise ConfigError(f"{path}:cameras", "expected a non-empty list of cameras")
     ids = []
     for i, cam in enumerate(cams):
-        if not isinstance(cam, dict) or not isinstance(cam.get("id"), str) or not cam["id"]:
+        errors: list[ConfigError] = []
+        cid = interpolate(cam.get("id"), os.environ, errors, f"cameras[{i}].id") if isinstance(cam, dict) else None
+        if errors:
+            raise errors[0]
+        if not isinstance(cid, str) or not cid:
             raise ConfigError(f"{path}:cameras[{i}].id", "every camera needs a string id")
-        ids.append(cam["id"])
+        ids.append(cid)
     return ids
 
 

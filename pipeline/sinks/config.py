@@ -42,8 +42,10 @@ def _checked_url(url: str, schemes: tuple[str, ...], expected: str, *, parse: st
         parts.port  # noqa: B018 - raises on a bad port
     except ValueError as e:
         raise ValueError(f"not a valid URL ({e})") from None
-    if parts.scheme not in schemes or not parts.hostname:
+    if parts.scheme not in schemes:
         raise ValueError(f"expected {expected}, got scheme {parts.scheme!r}")
+    if not parts.hostname:
+        raise ValueError(f"expected {expected}, got no host")
     return url
 
 

@@ -164,6 +164,26 @@ def test_shards_command_agrees_with_the_replicas(tmp_path: Path, capsys: pytest.
     assert rows == [[c, f"{owner(c, 2)}/2"] for c in cameras]
 
 
+def test_shards_command_hashes_the_ids_run_sees(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    # ids written with ${SITE}: hashing the text as written would place cameras where no replica runs them
+    monkeypatch.setenv("SITE", "b2")
+    cfg = tmp_path / "cameras.yaml"
+    cfg.write_text(f"model: {json.dumps(MODEL)}\ncameras:\n" + "".join(
+        f"  - {{id: '${{SITE}}-{n}', url: 'rtsp://10.0.0.1/x'}}\n" for n in ("gate-1", "gate-2", "yard", "dock")))
+    assert main(["shards", str(cfg), "--replicas", "2"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:-1]]
+    from pipeline.config import load_config
+
+    ids = [c.id for c in load_config(cfg, check_files=False).cameras]
+    assert rows == [[c, f"{owner(c, 2)}/2"] for c in ids] and ids[0] == "b2-gate-1"
+    monkeypatch.delenv("SITE")
+    assert main(["shards", str(cfg), "--replicas", "2"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "segpipe shards: error: cameras[0].id: environment variable SITE is not set (set it, or write "
+        "${SITE:-default})"]
+
+
 BAD_SHARDS = [  # (arguments, environment, the one error line)
     (["--shard", "3/2"], {}, "--shard: shard index 3 is out of range for 2 replicas (valid: 0..1)"),
     (["--shard", "0/0"], {}, "--shard: replica count must be >= 1, got 0"),

@@ -172,6 +172,9 @@ BAD = [  # (where, value, expected error line prefix, expected text)
     ("sinks[1]", {"type": "redis", "url": "redis://h:6379/0", "spool_max_mb": 0}, "sinks[1].spool_max_mb",
      "greater than 0"),
     ("events.wokers", 2, "events.wokers", "did you mean 'workers'"),
+    ("sinks[1]", {"type": "zmq", "cameras": ["gate", "dor"]}, "sinks[1].cameras",
+     "'dor' is not a camera of this config (door, gate)"),
+    ("sinks[1]", {"type": "mqtt", "url": "mqtt://"}, "sinks[1].url", "mqtts://HOST[:PORT], got no host"),
     ("verbose", True, "verbose", "unknown key 'verbose'"),
 ]
 
@@ -221,6 +224,25 @@ def test_yaml_file_errors(tmp_path: Path, clip: Path) -> None:
     scalar.write_text("42\n")
     with pytest.raises(ConfigError, match="expected a mapping"):
         load_config(scalar)
+
+
+UNREADABLE_YAML = [  # (file bytes, the one error line after "segpipe run: error: <file>")
+    (b"model:\n  path: caf\xe9.pt\n", ":2: not UTF-8 text (byte 0xe9); save the file as UTF-8"),
+    (b"\xff\xfem\x00o\x00", ":1: not UTF-8 text (byte 0xff); save the file as UTF-8"),
+    (b"model:\n  path: a.pt\n\x00\n", ":3: invalid YAML: character U+0000 is not allowed"),
+    (b"model:\n  path: a\x07.pt\n", ":2: invalid YAML: character U+0007 is not allowed"),
+]
+
+
+@pytest.mark.parametrize("data, error", UNREADABLE_YAML, ids=["latin-1", "utf-16", "nul", "bell"])
+def test_a_file_yaml_cannot_read_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], data: bytes,
+                                             error: str) -> None:
+    from pipeline.cli import main
+
+    path = tmp_path / "cameras.yaml"
+    path.write_bytes(data)
+    assert main(["run", str(path), "--check"]) == 2
+    assert capsys.readouterr().err.splitlines() == [f"segpipe run: error: {path}{error}"]
 
 
 def test_demo_inputs_are_checked_at_load_and_rendered_on_resolve(clip: Path, tmp_path: Path,
