@@ -60,6 +60,7 @@ def _start(args: argparse.Namespace, early_hangup: threading.Event) -> int:
 
     cfg = load()
     if args.check:
+        _check_classes(cfg)
         where = f" (shard {shard}: {len(cfg.cameras)} of them here)" if shard else ""
         extras = [f"{n} {what}" for n, what in ((sum(len(c.zones) for c in cfg.cameras), "zone(s)"),
                                                  (sum(len(c.lines) for c in cfg.cameras), "line(s)")) if n]
@@ -85,6 +86,30 @@ def _start(args: argparse.Namespace, early_hangup: threading.Event) -> int:
 
     return _run(resolved(cfg), args, shard, reloader=lambda: resolved(load()), early_hangup=early_hangup,
                 logs=logs)
+
+
+def _check_classes(cfg: Any) -> None:
+    """Raise ConfigErrors for ``classes`` (cameras', clip triggers', webhooks') that are not labels of
+    the model, when the model is a checkpoint whose labels can be read here; other formats are checked
+    once the device stage has loaded them. Without it, --check passed ``classes: [car]`` and the run then
+    failed on a model that says ``vehicle``."""
+    from pathlib import Path
+
+    from engines.errors import ConfigErrors
+    from pipeline.config import check_classes, resolve_demo
+    from pipeline.sinks.config import check_sink_classes
+
+    if not check_classes(cfg.cameras, (), "") and not check_sink_classes(cfg.sinks, (), ""):
+        return  # no classes named anywhere
+    path = resolve_demo(cfg.with_cameras([])).model.path  # the model only: no demo clip is rendered
+    if Path(path).suffix not in (".pt", ".safetensors") or not Path(path).is_file():
+        return
+    from engines.checkpoint import load_checkpoint
+
+    names = tuple(load_checkpoint(path).meta.names)
+    errors = [*check_classes(cfg.cameras, names, cfg.model.path), *check_sink_classes(cfg.sinks, names, cfg.model.path)]
+    if errors:
+        raise ConfigErrors(errors)
 
 
 def _run(cfg: Any, args: argparse.Namespace, shard: Any, reloader: Any = None,

@@ -62,6 +62,29 @@ def test_check_validates_without_starting_anything(tmp_path: Path, capsys: pytes
         "live video to rtsp://***@mtx:8554/segpipe/{camera} (restream), 1 camera roi(s)")
 
 
+DEMO_LABELS = "(vehicle, person, bicycle, box, bottle, tool)"
+CLASSES_CHECKED = [  # (camera classes, sinks, the error lines of --check against the demo model's labels)
+    (["vehicle", "car"], [], [f"cameras[0].classes: 'car' is not a class of demo://model {DEMO_LABELS}"]),
+    (None, [{"type": "webhook", "url": "http://127.0.0.1:9/h", "classes": ["person", "human"]}],
+     ["sinks[0].classes: 'human' is not a class of demo://model"]),
+    (None, [{"type": "video", "dir": "clips", "clips": {"triggers": ["detection"], "classes": ["truck"]}}],
+     ["sinks[0].clips.classes: 'truck' is not a class of demo://model"]),
+    (["vehicle"], [{"type": "webhook", "url": "http://127.0.0.1:9/h", "classes": ["person"]}], []),
+]
+
+
+@pytest.mark.parametrize("classes, sinks, errors", CLASSES_CHECKED, ids=["camera", "webhook", "clips", "known"])
+def test_check_refuses_classes_the_model_does_not_have(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                       classes: list[str] | None, sinks: list[dict[str, object]],
+                                                       errors: list[str]) -> None:
+    path = write_config(tmp_path, model={"path": "demo://model", "device": "cpu"}, sinks=sinks)
+    raw = yaml.safe_load(path.read_text())
+    raw["cameras"][0]["classes"] = classes
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["run", str(path), "--check"]) == (2 if errors else 0)
+    assert capsys.readouterr().err.splitlines() == [f"segpipe run: error: {e}" for e in errors]
+
+
 def test_config_errors_exit_2_listing_all(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write_config(tmp_path, batch={"max_batch": 0, "max_wait": 3},
                         cameras=[{"id": "a", "url": "ftp://x"}, {"id": "a", "url": "rtsp://u:hunter2@h/s"}])
