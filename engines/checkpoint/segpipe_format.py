@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import struct
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -98,22 +98,22 @@ def write_atomic(path: Path, blob: bytes) -> None:
     folder = path.parent
     if not folder.is_dir():
         raise CheckpointError(f"{path}: folder {folder} does not exist")
+    # The temp file is created inside the try (not by tempfile.mkstemp before it): an interrupt that
+    # lands just after its creation must find the cleanup below armed, or the file stays behind.
+    tmp = folder / f".{path.name}.{secrets.token_hex(8)}.tmp"
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    except OSError as e:
-        raise CheckpointError(f"{path}: cannot write checkpoint ({e.strerror or e})") from None
-    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o644)  # mkstemp makes 0600; a checkpoint is an ordinary shared file
+            os.fchmod(f.fileno(), 0o644)  # whatever the umask: a checkpoint is an ordinary shared file
             f.write(blob)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise CheckpointError(f"{path}: cannot write checkpoint ({e.strerror or e})") from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(folder)
 

@@ -115,3 +115,26 @@ def default_out_dir(base: str | os.PathLike[str] = "runs/segment", name: str = "
         if not cand.exists():
             return cand
     raise ConfigError("train.out", f"no free run folder under {root}")
+
+
+RUN_FILES = ("weights/last.pt", "weights/best.pt", "results.csv")
+
+
+def claim_run_folder(out: str | os.PathLike[str], *, exist_ok: bool = False) -> Path:
+    """Create ``out/weights`` for a new run and return ``out``.
+
+    A folder holding an earlier run (any of ``RUN_FILES``) is refused unless ``exist_ok``: the new run
+    would replace its checkpoints and add its rows to the earlier ``results.csv``. ``ConfigError`` also
+    when the folder cannot be created; both before any data is read.
+    """
+    root = Path(out)
+    earlier = [f for f in RUN_FILES if (root / f).exists()]
+    if earlier and not exist_ok:
+        raise ConfigError("train.out", f"{root} holds an earlier run ({earlier[0]}); continue it with --resume, "
+                          "train over it with --exist-ok, or choose another --out")
+    try:
+        (root / "weights").mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError("train.out", f"cannot create {root / 'weights'}: {e.strerror or e}") from None
+    return root
+

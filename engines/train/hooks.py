@@ -12,6 +12,7 @@ import csv
 import dataclasses
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -170,6 +171,24 @@ class CSVHook(Hook):
     def __init__(self, path: Path) -> None:
         self.path = path
 
+    def before_train(self, s: TrainState) -> None:
+        # Rows past the epoch the run starts from are not in its checkpoint: an earlier run's (over which
+        # this one trains with exist_ok), or an epoch whose row was written but whose last.pt was not
+        # when the run was killed (it is trained again). Either would leave the CSV with two of an epoch.
+        if not self.path.is_file():
+            return
+        if s.start_epoch == 0:
+            self.path.unlink()
+            return
+        with open(self.path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+        keep = rows[:1] + [r for r in rows[1:] if r and r[0].strip().isdigit() and int(r[0]) <= s.start_epoch]
+        if len(keep) < len(rows):
+            tmp = self.path.with_name(f".{self.path.name}.tmp")
+            with open(tmp, "w", newline="", encoding="utf-8") as f:
+                csv.writer(f).writerows(keep)
+            os.replace(tmp, self.path)
+
     def after_epoch(self, s: TrainState) -> None:
         row = results_row(s)
         new = not self.path.is_file()
@@ -185,6 +204,13 @@ class CheckpointHook(Hook):
 
     def __init__(self, save: Callable[[TrainState, Path, bool], None], weights_dir: Path) -> None:
         self.save, self.dir = save, weights_dir
+
+    def before_train(self, s: TrainState) -> None:
+        # A run killed outright (SIGKILL, power loss) while writing a checkpoint leaves its temp file
+        # (engines.checkpoint.write_atomic names it .last.pt.XXXX.tmp); nothing else will remove it.
+        for name in ("last.pt", "best.pt"):
+            for tmp in self.dir.glob(f".{name}.*.tmp"):
+                tmp.unlink(missing_ok=True)
 
     def after_epoch(self, s: TrainState) -> None:
         improved = s.fitness is not None and (s.best_fitness is None or s.fitness >= s.best_fitness)

@@ -25,7 +25,7 @@ from engines.data.spec import DataSpec, load_data_yaml
 from engines.errors import CheckpointError, ConfigError, SegpipeError
 from engines.nn.model import SegmentationModel
 from engines.train import hooks as H
-from engines.train.config import TrainConfig, default_out_dir
+from engines.train.config import TrainConfig, claim_run_folder, default_out_dir
 from engines.train.ddp import Placement, broadcast_flag, launch, parse_devices
 from engines.train.ema import ModelEMA
 from engines.train.loader import TrainData, build_train_data, fork_safe_cv2
@@ -126,7 +126,7 @@ def train(
     warmup_momentum: float = 0.8, warmup_bias_lr: float = 0.1, box: float = 7.5, cls: float = 0.5,
     dfl: float = 1.5, dice: float = 0.0, nbs: int = 64, cos_lr: bool = False, close_mosaic: int = 10, patience: int = 100, val: bool = True,
     fraction: float = 1.0, amp: bool = True, plots: bool = True, cache_dir: str | Path | None = None,
-    world_size: int | None = None, hyp: dict[str, Any] | None = None,
+    world_size: int | None = None, hyp: dict[str, Any] | None = None, exist_ok: bool = False,
 ) -> SegMetrics:
     """Train a YOLOv8-seg model on a data YAML; returns the final validation metrics of ``best.pt``.
 
@@ -136,7 +136,8 @@ def train(
     the mean epoch time so far, and the lr schedule and mosaic switch-off follow the new count.
     Writes ``OUT/weights/last.pt`` and ``best.pt`` (segpipe checkpoints), ``OUT/results.csv`` and
     plots. ``resume=True`` continues ``OUT/weights/last.pt`` (or the latest run under
-    runs/segment); a path continues that checkpoint with its recorded settings. ``device="0,1"``
+    runs/segment); a path continues that checkpoint with its recorded settings. An ``out`` that holds an
+    earlier run is refused unless ``exist_ok`` (the new run then starts its own results.csv). ``device="0,1"``
     trains on two GPUs with DDP; ``world_size=n`` with ``device="cpu"`` runs n CPU processes (gloo).
     Raises ``SegpipeError`` subclasses for bad settings, data or checkpoints.
     """
@@ -158,7 +159,7 @@ def train(
             fraction=fraction, amp=amp, plots=plots, cache_dir=opt(cache_dir), world_size=world_size,
             hyp=dict(hyp or {}),
         )
-        cfg = cfg.replace(out=str(Path(cfg.out) if cfg.out else default_out_dir()))
+        cfg = cfg.replace(out=str(claim_run_folder(cfg.out or default_out_dir(), exist_ok=exist_ok)))
     return run(cfg)
 
 

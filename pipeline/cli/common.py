@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
 
 from engines.errors import ConfigError
 
@@ -55,3 +60,27 @@ def parse_imgsz(spec: str | None) -> int | tuple[int, int] | None:
 def check_range(name: str, value: float, lo: float, hi: float) -> None:
     if not lo <= value <= hi:
         raise ConfigError(name, f"must be in [{lo}, {hi}], got {value}")
+
+
+@contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Within the block, SIGTERM raises ``KeyboardInterrupt`` as Ctrl-C does.
+
+    Python's default SIGTERM ends the process where it stands, so a ``kill`` (a scheduler's, ``docker
+    stop``'s) while a checkpoint or an export was being written left its temp file half-written beside
+    it; raised as an exception, the writers' cleanup runs and the command exits as interrupted. Signal
+    handlers can only be set from the main thread; elsewhere the block runs unchanged.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+

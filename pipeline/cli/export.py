@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 from engines.errors import ConfigError
-from pipeline.cli.common import parse_imgsz
+from pipeline.cli.common import parse_imgsz, sigterm_interrupts
 
 NAME = "export"
 HELP = "export a model to onnx, openvino or torchscript (INT8 with --int8 --data)"
@@ -44,10 +44,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.val and not args.data:
         raise ConfigError("--val", "needs --data DATA.yaml")
-    path = export(args.model, format=args.format, imgsz=parse_imgsz(args.imgsz), half=args.half,
-                  dynamic=args.dynamic, batch=args.batch, simplify=args.simplify, opset=args.opset,
-                  int8=args.int8, data=args.data, calib_images=args.calib_images, int8_format=args.int8_format,
-                  out=args.out)
+    with sigterm_interrupts():
+        path = export(args.model, format=args.format, imgsz=parse_imgsz(args.imgsz), half=args.half,
+                      dynamic=args.dynamic, batch=args.batch, simplify=args.simplify, opset=args.opset,
+                      int8=args.int8, data=args.data, calib_images=args.calib_images, int8_format=args.int8_format,
+                      out=args.out)
     size = sum(f.stat().st_size for f in path.rglob("*")) if path.is_dir() else path.stat().st_size
     print(f"exported {args.model} -> {path} ({size / 1e6:.1f} MB)")
     print(f"use it:  segpipe predict --model {path} --source IMAGE_OR_VIDEO")

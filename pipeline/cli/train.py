@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from pipeline.cli.common import sigterm_interrupts
+
 NAME = "train"
 HELP = "train or fine-tune a segmentation model on a data YAML"
 
@@ -31,7 +33,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "shuffled; turns mosaic off")
     p.add_argument("--batch", type=int, default=16, help="total images per batch (split over devices)")
     p.add_argument("--device", default=None, help="cpu, 0, or 0,1 for DDP (default: GPU 0 if any, else cpu)")
-    p.add_argument("--out", default=None, help="run folder (default runs/segment/trainN)")
+    p.add_argument("--out", default=None, help="run folder (default runs/segment/trainN); one that holds an earlier "
+                   "run is refused unless --exist-ok")
+    p.add_argument("--exist-ok", action="store_true",
+                   help="train into an --out that holds an earlier run (its checkpoints and results.csv are replaced)")
     p.add_argument("--workers", type=int, default=8, help="data loader processes per device")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True,
@@ -75,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.resume and not args.data:
         raise ConfigError("--data", "required (a data YAML), unless --resume is given")
     try:
-        _train(train, args)
+        with sigterm_interrupts():
+            _train(train, args)
     except ConfigError as e:
         if not e.path.startswith("train."):
             raise
@@ -93,5 +99,5 @@ def _train(train, args: argparse.Namespace) -> None:  # noqa: ANN001 - engines.t
         seed=args.seed, deterministic=args.deterministic, optimizer=args.optimizer, lr0=args.lr0, lrf=args.lrf,
         cos_lr=args.cos_lr, warmup_epochs=args.warmup_epochs, close_mosaic=args.close_mosaic,
         patience=args.patience, val=args.val, fraction=args.fraction, amp=args.amp, plots=args.plots,
-        nbs=args.nbs, dice=args.dice, hyp={f.name: v for f in _hyp_fields() if (v := getattr(args, f.name)) is not None},
+        nbs=args.nbs, dice=args.dice, exist_ok=args.exist_ok, hyp={f.name: v for f in _hyp_fields() if (v := getattr(args, f.name)) is not None},
     )

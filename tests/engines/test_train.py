@@ -282,6 +282,77 @@ def test_resume_continues_exactly_where_the_run_stopped(tmp_path, monkeypatch, o
         train(resume=tmp_path / "full" / "weights" / "last.pt", workers=0)
 
 
+def test_resume_after_a_kill_between_its_csv_row_and_its_checkpoint(tmp_path, monkeypatch, one_thread):
+    from engines.checkpoint import load_checkpoint
+    from engines.train import hooks, train
+
+    data = make_shapes_dataset(tmp_path / "data", n=4, size=128)
+    kw = dict(TINY, batch=2, nbs=2, epochs=3, close_mosaic=0, optimizer="SGD", plots=False)
+    real = hooks.CheckpointHook.after_epoch
+
+    def killed_before_saving_epoch_2(self, s):
+        if s.epoch == 1:
+            raise KeyboardInterrupt  # epoch 2's row is in results.csv, its last.pt never written
+        real(self, s)
+
+    monkeypatch.setattr(hooks.CheckpointHook, "after_epoch", killed_before_saving_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(data=data, out=tmp_path / "cut", **kw)
+    monkeypatch.undo()
+    w = tmp_path / "cut" / "weights"
+    assert int(load_checkpoint(w / "last.pt").extra_tensors["train/epoch"]) == 1
+    assert read_results(tmp_path / "cut" / "results.csv")["epoch"].tolist() == [1, 2]
+    (w / ".last.pt.0123456789abcdef.tmp").write_bytes(b"half a checkpoint")  # as a SIGKILL mid-write leaves
+    train(resume=w / "last.pt", workers=0)
+    # Epoch 2 was trained again: one row for it (not the dead run's and the new one), no temp files.
+    assert read_results(tmp_path / "cut" / "results.csv")["epoch"].tolist() == [1, 2, 3]
+    assert sorted(p.name for p in w.iterdir()) == ["best.pt", "last.pt"]
+
+
+def test_run_folder_of_an_earlier_run_is_refused_unless_exist_ok(tmp_path, one_thread):
+    from engines.checkpoint import load_checkpoint
+    from engines.train import train
+
+    data = make_shapes_dataset(tmp_path / "data", n=4, size=128)
+    kw = dict(TINY, batch=2, nbs=2, optimizer="SGD", plots=False, out=tmp_path / "run")
+    train(data=data, epochs=2, **kw)
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run" / "weights").iterdir()}
+    with pytest.raises(ConfigError, match=r"train\.out: .*run holds an earlier run \(weights/last\.pt\); continue "
+                                          r"it with --resume, train over it with --exist-ok"):
+        train(data=data, epochs=1, **kw)
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run" / "weights").iterdir()} == before
+    # Over it: the earlier run's rows go (they were appended to before: epochs 1, 2, 1).
+    train(data=data, epochs=1, exist_ok=True, **kw)
+    assert read_results(tmp_path / "run" / "results.csv")["epoch"].tolist() == [1]
+    assert load_checkpoint(tmp_path / "run" / "weights" / "last.pt").meta.train_args["epochs"] == 1
+
+
+def test_sigterm_while_a_checkpoint_is_written_leaves_no_temp_file(tmp_path):
+    """A kill (SIGTERM: a scheduler, docker stop) mid-write left a half-written .last.pt.XXXX.tmp."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = make_shapes_dataset(tmp_path / "data", n=4, size=128)
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "pipeline", "train", "--data", str(data), "--out", str(out), "--epochs", "500",
+            "--imgsz", "64", "--batch", "2", "--workers", "0", "--device", "cpu", "--no-val", "--no-plots"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while not list((out / "weights").glob(".*.tmp")):  # every epoch writes last.pt, then best.pt
+            assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint write seen"
+            time.sleep(0.0002)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "segpipe train: interrupted", err
+    assert not list((out / "weights").glob(".*.tmp"))
+
+
 def test_failed_write_leaves_the_previous_best(tmp_path, monkeypatch, one_thread):
     from engines.checkpoint import load_checkpoint
     from engines.errors import CheckpointError
@@ -318,6 +389,7 @@ def test_failed_write_leaves_the_previous_best(tmp_path, monkeypatch, one_thread
     (["--data", "{tmp}/nope.yaml"], 1, "data YAML not found"),
     (["--data", "{data}", "--model", "{tmp}/nope.pt"], 1, "nope.pt: checkpoint not found"),
     (["--resume", "--out", "{tmp}/no-run"], 2, "nothing to resume"),
+    (["--data", "{data}", "--out", "{data}/run"], 2, "--out: cannot create {data}/run/weights: Not a directory"),
     (["--data", "{data}", "--device", "0"], 1, "asks for CUDA"),
 ])
 def test_cli_reports_user_mistakes_on_one_line(tmp_path, capsys, args, code, error):
@@ -329,6 +401,7 @@ def test_cli_reports_user_mistakes_on_one_line(tmp_path, capsys, args, code, err
     argv = ["train", *(a.format(data=data, tmp=tmp_path) for a in args), "--epochs", "1", "--workers", "0"]
     assert main(argv) == code
     err = capsys.readouterr().err.strip().splitlines()
+    error = error.format(data=data, tmp=tmp_path)
     assert len(err) == 1 and err[0].startswith("segpipe train: error: ") and error in err[0], err
 
 
