@@ -47,8 +47,8 @@ def run_event_worker(*, index: int, inbox: Any, out: Any, stats: Any = None, tra
         env = maker.take(item)
         if env is None:
             return
-        if env.image is None:  # no sink draws: the payload is all the sinks need
-            env = dataclasses.replace(env, item=None)
+        if env.image is None and env.kind == "frame":  # no sink draws: the payload is all the sinks need
+            env = dataclasses.replace(env, item=None)  # (a status stays: small, and the preview shows it)
         steps.append(time.perf_counter() - t0)
         out.put(env)  # blocks while the sink stage is behind: the device stage waits, as without workers
 

@@ -3,6 +3,7 @@ the cameras, and the sink stage only publishes. Real processes, real clips, the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from collections import defaultdict
@@ -109,6 +110,35 @@ def test_a_stage_that_dies_under_workers_is_started_again(tmp_path: Path, role: 
     assert metrics.stage_restarts.labels(stage)._value.get() == 1
     assert sup.pids() == {}  # every process is gone
     assert all(metrics.reconnects.labels(c["id"])._value.get() == 0 for c in cams)  # cameras untouched
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_preview_shows_camera_states_with_workers(tmp_path: Path, workers: int) -> None:
+    """With event workers the status events reach the sink stage as worker-made envelopes: the preview's
+    wall must still say each camera is live (it said "unknown" for the whole run)."""
+    import json
+    import urllib.request
+
+    from tests.conftest import free_port
+
+    cams = _cameras(tmp_path, 2)
+    for c in cams:
+        c["loop"] = True
+    port = free_port()
+    cfg = config(tmp_path, cams, events={"workers": workers},
+                 sinks=[{"type": "jsonl", "path": str(tmp_path / "events.jsonl")}, {"type": "preview", "port": port}])
+    seen: list[dict[str, Any]] = []
+
+    def tick(sup: Supervisor) -> None:
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/cameras.json", timeout=2) as r:
+                seen.append(json.loads(r.read()))
+        if seen and {c.get("state") for c in seen[-1].values()} == {"live"} and len(seen[-1]) == 2 or len(seen) > 40:
+            sup.request_stop("test done")
+
+    sup = Supervisor(cfg=cfg, on_tick=tick)
+    assert sup.run() == 0, sup.errors
+    assert seen and {k: v["state"] for k, v in seen[-1].items()} == {"cam0": "live", "cam1": "live"}, seen[-1:]
 
 
 def test_reload_reaches_every_worker(tmp_path: Path) -> None:
