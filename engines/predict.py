@@ -34,6 +34,7 @@ class PredictConfig:
     max_det: int = 300
     retina_masks: bool = False
     batch: int = 1
+    max_frames: int = 0  # per video or stream: stop it after this many frames (0: all)
 
     @property
     def nms(self) -> NMSConfig:
@@ -69,7 +70,7 @@ class SegModel:
         """Lazily yield ``(item, detections)`` per frame; memory stays flat on long videos."""
         cfg = PredictConfig(**kwargs)
         pending: list[SourceItem] = []
-        for item in iter_source(source):
+        for item in iter_source(source, max_frames=cfg.max_frames):
             if pending and (len(pending) >= cfg.batch or item.image.shape != pending[0].image.shape):
                 yield from zip(pending, self.predict_arrays([p.image for p in pending], cfg), strict=True)
                 pending = []

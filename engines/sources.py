@@ -1,7 +1,8 @@
 """Inputs for ``predict``: images, folders, globs, video files and stream URLs, as BGR frames.
 
-Each item is ``SourceItem(name, image (H, W, 3) uint8 BGR, frame)`` where ``frame`` is the frame index for
-videos and streams and None for still images.
+Each item is ``SourceItem(name, image (H, W, 3) uint8 BGR, frame, fps)`` where ``frame`` is the frame index
+for videos and streams and None for still images, and ``fps`` the video's frame rate (frames per second; None
+for still images and streams that do not state one).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class SourceItem:
     name: str
     image: np.ndarray
     frame: int | None = None
+    fps: float | None = None
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -49,8 +51,9 @@ def _as_bgr(arr: np.ndarray, name: str) -> np.ndarray:
     return np.ascontiguousarray(arr[..., :3])
 
 
-def iter_video(url: str, *, name: str | None = None) -> Iterator[SourceItem]:
-    """Decode a video file or stream with PyAV, frame by frame (BGR)."""
+def iter_video(url: str, *, name: str | None = None, max_frames: int = 0) -> Iterator[SourceItem]:
+    """Decode a video file or stream with PyAV, frame by frame (BGR); only its first ``max_frames``
+    frames when that is not 0."""
     import av
 
     try:
@@ -64,9 +67,13 @@ def iter_video(url: str, *, name: str | None = None) -> Iterator[SourceItem]:
             raise SourceError(f"{url}: no video stream")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        rate = stream.average_rate or stream.guessed_rate
+        fps = float(rate) if rate else None
         try:
             for i, frame in enumerate(container.decode(stream)):
-                yield SourceItem(label, frame.to_ndarray(format="bgr24"), i)
+                if max_frames and i >= max_frames:
+                    return
+                yield SourceItem(label, frame.to_ndarray(format="bgr24"), i, fps)
         except av.error.FFmpegError as e:
             raise SourceError(f"{url}: decoding failed at frame ({e})") from None
 
@@ -94,8 +101,11 @@ def _expand(source: str) -> list[str]:
     return [source]
 
 
-def iter_source(source: Any) -> Iterator[SourceItem]:
-    """Yield frames from any supported source (see module docstring); arrays are taken as BGR."""
+def iter_source(source: Any, *, max_frames: int = 0) -> Iterator[SourceItem]:
+    """Yield frames from any supported source (see module docstring); arrays are taken as BGR.
+    ``max_frames`` (0: all) bounds each video and stream on its own, not the whole source."""
+    if max_frames < 0:
+        raise SourceError(f"max_frames: expected 0 (all frames) or more, got {max_frames}")
     if isinstance(source, np.ndarray):
         yield SourceItem("image0", _as_bgr(source, "array"))
         return
@@ -104,7 +114,7 @@ def iter_source(source: Any) -> Iterator[SourceItem]:
             if isinstance(s, np.ndarray):
                 yield SourceItem(f"image{i}", _as_bgr(s, f"source[{i}]"))
             else:
-                yield from iter_source(s)
+                yield from iter_source(s, max_frames=max_frames)
         return
     if isinstance(source, Path):
         source = str(source)
@@ -113,7 +123,7 @@ def iter_source(source: Any) -> Iterator[SourceItem]:
     for item in _expand(source):
         lower = item.lower()
         if lower.startswith(STREAM_PREFIXES) or lower.endswith(VIDEO_SUFFIXES):
-            yield from iter_video(item)
+            yield from iter_video(item, max_frames=max_frames)
         elif lower.endswith(IMAGE_SUFFIXES):
             yield SourceItem(Path(item).stem, read_image(item))
         else:

@@ -7,6 +7,7 @@ import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from types import FrameType
 
 from engines.errors import ConfigError
@@ -55,6 +56,18 @@ def parse_imgsz(spec: str | None) -> int | tuple[int, int] | None:
     if len(parts) == 2:
         return parts[0], parts[1]
     raise ConfigError("--imgsz", f"expected N or H,W, got {spec!r}")
+
+
+def make_out_dir(path: str, flag: str = "--out") -> Path:
+    """Create a command's output folder before any work, so an unusable one fails first, in one line."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(flag, f"{out} exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(flag, f"cannot create folder {out}: {e.strerror or e}") from None
+    return out
 
 
 def check_range(name: str, value: float, lo: float, hi: float) -> None:

@@ -6,13 +6,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import cv2
 
-from engines.errors import SourceError
-from pipeline.cli.common import add_infer_args, add_model_args, check_range, parse_classes
+from engines.errors import ConfigError, SourceError
+from pipeline.cli.common import add_infer_args, add_model_args, check_range, make_out_dir, parse_classes
 
 NAME = "predict"
 HELP = "predict on images, folders, globs, videos or stream URLs"
@@ -25,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retina-masks", action="store_true", help="masks at full frame resolution")
     p.add_argument("--out", default="runs/predict", help="output folder (default runs/predict)")
     p.add_argument("--no-save", action="store_true", help="do not write annotated images/videos")
-    p.add_argument("--max-frames", type=int, default=0, help="stop a video/stream after N frames")
+    p.add_argument("--max-frames", type=int, default=0, help="stop each video/stream after N frames (default 0: all)")
 
 
 def _image_id(name: str, frame: int | None) -> int | str:
@@ -48,19 +49,42 @@ def _coco_records(dets: Any, image_id: int | str) -> list[dict[str, Any]]:
     return out
 
 
+class _OutputNames:
+    """One output name per source: a second ``a`` (``a.png`` beside ``a.jpg``, or two folders' ``clip.mp4``)
+    becomes ``a_2``, so neither its annotated file nor its predictions.json image ids mix with the first's."""
+
+    def __init__(self) -> None:
+        self.taken: set[str] = set()
+        self.current: dict[str, str] = {}  # source name -> output name of the video being read
+
+    def of(self, item: Any) -> str:
+        if item.frame not in (None, 0):  # a later frame of the video started at its frame 0
+            return self.current[item.name]
+        name, k = item.name, 1
+        while name in self.taken:
+            k += 1
+            name = f"{item.name}_{k}"
+        self.taken.add(name)
+        self.current[item.name] = name
+        return name
+
+
 class _VideoWriters:
-    """Annotated MP4 per video source, opened lazily at the first frame."""
+    """Annotated MP4 per video source, opened lazily at the first frame, at the source's frame rate."""
+
+    DEFAULT_FPS = 25  # streams that state no rate
 
     def __init__(self, out: Path) -> None:
         self.out = out
         self.writers: dict[str, Any] = {}
 
-    def write(self, name: str, image: Any) -> None:
+    def write(self, name: str, image: Any, fps: float | None) -> None:
         import av
 
         if name not in self.writers:
             c = av.open(str(self.out / f"{name}.mp4"), "w")
-            s = c.add_stream("libx264", rate=25)
+            rate = Fraction(fps).limit_denominator(1001) if fps else Fraction(self.DEFAULT_FPS)
+            s = c.add_stream("libx264", rate=rate)
             s.width, s.height, s.pix_fmt = image.shape[1] // 2 * 2, image.shape[0] // 2 * 2, "yuv420p"
             self.writers[name] = (c, s)
         c, s = self.writers[name]
@@ -80,27 +104,33 @@ def run(args: argparse.Namespace) -> int:
 
     check_range("--conf", args.conf, 0.0, 1.0)
     check_range("--iou", args.iou, 0.0, 1.0)
+    if args.imgsz is not None and (args.imgsz < 32 or args.imgsz % 32):
+        raise ConfigError("--imgsz", f"must be a positive multiple of 32, got {args.imgsz}")
+    if args.max_frames < 0:
+        raise ConfigError("--max-frames", f"must be >= 0 (0: every frame), got {args.max_frames}")
+    classes = parse_classes(args.classes)
     model = SegModel(args.model, device=args.device, backend=args.backend, half=args.half)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    kw = dict(imgsz=args.imgsz, conf=args.conf, iou=args.iou, max_det=args.max_det,
-              classes=parse_classes(args.classes), agnostic=args.agnostic_nms, retina_masks=args.retina_masks)
+    if classes and max(classes) >= len(model.names):
+        raise ConfigError("--classes", f"{max(classes)} is not a class of {args.model} (ids 0..{len(model.names) - 1})")
+    out = make_out_dir(args.out)
+    kw = dict(imgsz=args.imgsz, conf=args.conf, iou=args.iou, max_det=args.max_det, classes=classes,
+              agnostic=args.agnostic_nms, retina_masks=args.retina_masks, max_frames=args.max_frames)
     records: list[dict[str, Any]] = []
     videos = _VideoWriters(out)
+    names = _OutputNames()
     n_frames = n_dets = 0
     try:
         for item, dets in model.stream(args.source, **kw):
-            records += _coco_records(dets, _image_id(item.name, item.frame))
+            name = names.of(item)
+            records += _coco_records(dets, _image_id(name, item.frame))
             n_frames += 1
             n_dets += len(dets)
             if not args.no_save:
                 annotated = dets.plot(item.image)
                 if item.frame is None:
-                    cv2.imwrite(str(out / f"{item.name}.jpg"), annotated)
+                    cv2.imwrite(str(out / f"{name}.jpg"), annotated)
                 else:
-                    videos.write(item.name, annotated)
-            if args.max_frames and item.frame is not None and item.frame + 1 >= args.max_frames:
-                break
+                    videos.write(name, annotated, item.fps)
     finally:
         videos.close()
     if n_frames == 0:

@@ -105,6 +105,65 @@ def test_predict_cli_writes_annotated_images_and_coco_json(coco128_images: list[
     assert len(list((tmp_path / "out").glob("*.jpg"))) == 2
 
 
+@pytest.mark.parametrize("fps", [10, 60])
+def test_predict_cli_writes_a_video_at_its_own_frame_rate(tmp_path: Path, fps: int) -> None:
+    """The annotated copy of a 10 fps clip was written at 25 fps: 2.5 times too fast."""
+    import av
+
+    from tests.pipeline.media import write_clip
+
+    clip = write_clip(tmp_path / "clip.mp4", frames=6, fps=fps, size=(160, 128))
+    assert main(["predict", "--model", str(FIXTURE), "--source", str(clip), "--out", str(tmp_path / "out"),
+                 "--imgsz", "128"]) == 0
+    with av.open(str(tmp_path / "out" / "clip.mp4")) as c:
+        stream = c.streams.video[0]
+        assert stream.average_rate == fps and stream.frames == 6
+        assert c.duration / 1e6 == pytest.approx(6 / fps, abs=0.5 / fps)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--imgsz", "150"], "--imgsz: must be a positive multiple of 32, got 150"),
+    (["--imgsz", "-32"], "--imgsz: must be a positive multiple of 32, got -32"),  # ran, finding nothing
+    (["--max-frames", "-3"], "--max-frames: must be >= 0"),  # ran one frame
+    (["--classes", "80"], "--classes: 80 is not a class of "),  # ran, finding nothing
+    (["--out", "{clip}"], "--out: {clip} exists and is not a folder"),  # tracebacks
+    (["--out", "{clip}/x"], "--out: cannot create folder {clip}/x"),
+])
+def test_predict_cli_user_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str],
+                                 message: str) -> None:
+    from tests.pipeline.media import write_clip
+
+    clip = str(write_clip(tmp_path / "clip.mp4", frames=2, fps=10, size=(160, 128)))
+    argv = ["predict", "--model", str(FIXTURE), "--source", clip, "--out", str(tmp_path / "out"),
+            *(a.replace("{clip}", clip) for a in args)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("segpipe predict: error: ") and message.replace("{clip}", clip) in err[0]
+
+
+def test_predict_cli_bounds_each_video_and_keeps_same_named_sources_apart(
+        coco128_images: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--max-frames ended the whole run at the first video's limit; a.png beside a.jpg, or clip.mp4 in two
+    folders, overwrote each other's annotated output and shared predictions.json image ids."""
+    import cv2
+
+    from tests.pipeline.media import write_clip
+
+    src = tmp_path / "src"
+    for sub in ("one", "two"):
+        write_clip(src / sub / "clip.mp4", frames=4, fps=10, size=(160, 128))
+    img = cv2.imread(str(coco128_images[0]))
+    cv2.imwrite(str(src / "one" / "a.jpg"), img)
+    cv2.imwrite(str(src / "one" / "a.png"), img)
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(FIXTURE), "--source", f"{src}/*/*", "--out", str(out),
+                 "--max-frames", "3"]) == 0
+    assert capsys.readouterr().out.startswith("8 frame(s)")  # 2 images + 3 frames of each clip
+    assert sorted(p.name for p in out.iterdir()) == ["a.jpg", "a_2.jpg", "clip.mp4", "clip_2.mp4", "predictions.json"]
+    ids = {r["image_id"] for r in json.loads((out / "predictions.json").read_text())}
+    assert {"a", "a_2"} <= ids
+
+
 def test_val_from_the_python_api(model: SegModel, coco128: Path, tmp_path: Path) -> None:
     # The fixture was trained on the first 8 coco128 images: validate on those.
     imgs = sorted((coco128 / "images" / "train2017").glob("*.jpg"))[:8]

@@ -138,12 +138,16 @@ def test_class_count_mismatch_and_train_mode_restored(data_yaml: Path) -> None:
     (["--model", "yolov8n-seg.yaml", "--data", "{data}", "--conf", "2"], 2, "--conf"),
     (["--model", "yolov8n-seg.yaml", "--data", "{data}", "--imgsz", "100"], 2, "--imgsz"),
     (["--model", "yolov8n-seg.yaml", "--data", "nowhere.yaml"], 1, "data YAML not found"),
+    # Output folders are written at the end: a bad one failed after the whole run, with a traceback.
+    (["--model", "yolov8n-seg.yaml", "--data", "{data}", "--out", "{data}"], 2, "--out: {data} exists and is not a folder"),
+    (["--model", "yolov8n-seg.yaml", "--data", "{data}", "--out", "{data}/x"], 2, "--out: cannot create folder {data}/x"),
 ])
 def test_cli_user_errors(data_yaml: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                          argv: list[str], code: int, message: str) -> None:
     argv = [a.replace("{data}", str(data_yaml)) for a in argv]
-    assert cli(["val", *argv, "--out", str(tmp_path)]) == code
+    assert cli(["val", "--out", str(tmp_path), *argv]) == code
     err = capsys.readouterr().err.strip().splitlines()
+    message = message.replace("{data}", str(data_yaml))
     assert len(err) == 1 and message in err[0] and err[0].startswith("segpipe val: error:")
 
 
