@@ -62,13 +62,14 @@ def _load(module: str) -> ModuleType:
     return importlib.import_module(module)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands: Sequence[tuple[str, str]] = COMMANDS) -> argparse.ArgumentParser:
+    """The parser of ``commands`` (each module imported here; by default all of them)."""
     parser = argparse.ArgumentParser(
         prog="segpipe",
         description="Streaming instance segmentation: run cameras, train, validate, export.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module in COMMANDS:
+    for name, module in commands:
         mod = _load(module)
         p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
         mod.add_arguments(p)
@@ -78,7 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    # Only the command given is imported: some modules pull in torch (2-3 s), and until `segpipe run`
+    # has installed its SIGHUP handler a reload signal kills it (config management signalling a pod that
+    # was just restarted). Without a known command, every module, for the help and the error.
+    chosen = tuple(c for c in COMMANDS if argv and c[0] == argv[0])
+    parser = build_parser(chosen or COMMANDS)
     if argv:
         sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         command = sub.choices.get(argv[0])

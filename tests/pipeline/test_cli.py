@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -57,3 +58,28 @@ def test_user_error_is_one_line_without_traceback(tmp_path, capsys) -> None:  # 
     assert code != 0
     assert "Traceback" not in err
     assert err.count("\n") == 1 and "missing.pt" in err
+
+
+_HANDLER_BEFORE_TORCH = """
+import signal, sys
+real = signal.signal
+def spy(sig, handler):
+    if sig == signal.SIGHUP and not getattr(spy, "seen", False):
+        spy.seen = True
+        print("torch" in sys.modules)
+    return real(sig, handler)
+signal.signal = spy
+from pipeline.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_run_takes_sighup_before_the_slow_imports(tmp_path: Path) -> None:
+    # a SIGHUP before `segpipe run` has its handler kills it (the default action); importing every
+    # command (torch among them, 2-3 s) before that killed runs signalled right after a restart
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: {path: yolov8n-seg.yaml}\ncameras: [{id: a, url: 'rtsp://127.0.0.1:9/x'}]\n")
+    r = subprocess.run([sys.executable, "-c", _HANDLER_BEFORE_TORCH, "run", str(cfg), "--check"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0] == "False", "torch was imported before the SIGHUP handler"
