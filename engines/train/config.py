@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,8 +122,10 @@ def default_out_dir(base: str | os.PathLike[str] = "runs/segment", name: str = "
 RUN_FILES = ("weights/last.pt", "weights/best.pt", "results.csv")
 
 
-def claim_run_folder(out: str | os.PathLike[str], *, exist_ok: bool = False) -> Path:
-    """Create ``out/weights`` for a new run and return ``out``.
+@contextmanager
+def claimed_run_folder(out: str | os.PathLike[str], *, exist_ok: bool = False) -> Iterator[Path]:
+    """Create ``out/weights`` for a new run and yield ``out``; a folder this made is removed again when
+    the block fails before writing anything into it (a bad dataset or model leaves no empty run behind).
 
     A folder holding an earlier run (any of ``RUN_FILES``) is refused unless ``exist_ok``: the new run
     would replace its checkpoints and add its rows to the earlier ``results.csv``. ``ConfigError`` also
@@ -132,9 +136,20 @@ def claim_run_folder(out: str | os.PathLike[str], *, exist_ok: bool = False) -> 
     if earlier and not exist_ok:
         raise ConfigError("train.out", f"{root} holds an earlier run ({earlier[0]}); continue it with --resume, "
                           "train over it with --exist-ok, or choose another --out")
+    made, folder = [], root / "weights"
+    while not folder.exists() and folder != folder.parent:
+        made.append(folder)  # deepest first
+        folder = folder.parent
     try:
         (root / "weights").mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError("train.out", f"cannot create {root / 'weights'}: {e.strerror or e}") from None
-    return root
-
+    try:
+        yield root
+    except BaseException:
+        for folder in made:
+            try:
+                folder.rmdir()  # only if empty: whatever the run wrote stays
+            except OSError:
+                break
+        raise

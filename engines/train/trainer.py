@@ -25,7 +25,7 @@ from engines.data.spec import DataSpec, load_data_yaml
 from engines.errors import CheckpointError, ConfigError, SegpipeError
 from engines.nn.model import SegmentationModel
 from engines.train import hooks as H
-from engines.train.config import TrainConfig, claim_run_folder, default_out_dir
+from engines.train.config import TrainConfig, claimed_run_folder, default_out_dir
 from engines.train.ddp import Placement, broadcast_flag, launch, parse_devices
 from engines.train.ema import ModelEMA
 from engines.train.loader import TrainData, build_train_data, fork_safe_cv2
@@ -159,7 +159,8 @@ def train(
             fraction=fraction, amp=amp, plots=plots, cache_dir=opt(cache_dir), world_size=world_size,
             hyp=dict(hyp or {}),
         )
-        cfg = cfg.replace(out=str(claim_run_folder(cfg.out or default_out_dir(), exist_ok=exist_ok)))
+        with claimed_run_folder(cfg.out or default_out_dir(), exist_ok=exist_ok) as folder:
+            return run(cfg.replace(out=str(folder)))
     return run(cfg)
 
 

@@ -392,17 +392,19 @@ def test_failed_write_leaves_the_previous_best(tmp_path, monkeypatch, one_thread
     (["--data", "{data}", "--out", "{data}/run"], 2, "--out: cannot create {data}/run/weights: Not a directory"),
     (["--data", "{data}", "--device", "0"], 1, "asks for CUDA"),
 ])
-def test_cli_reports_user_mistakes_on_one_line(tmp_path, capsys, args, code, error):
+def test_cli_reports_user_mistakes_on_one_line(tmp_path, monkeypatch, capsys, args, code, error):
     from pipeline.cli import main
 
     if "--device" in args and torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
+    monkeypatch.chdir(tmp_path)  # the default run folder is runs/segment/trainN here
     data = make_shapes_dataset(tmp_path / "data", n=2, size=64)
     argv = ["train", *(a.format(data=data, tmp=tmp_path) for a in args), "--epochs", "1", "--workers", "0"]
     assert main(argv) == code
     err = capsys.readouterr().err.strip().splitlines()
     error = error.format(data=data, tmp=tmp_path)
     assert len(err) == 1 and err[0].startswith("segpipe train: error: ") and error in err[0], err
+    assert not (tmp_path / "runs").exists()  # a run that could not start leaves no empty run folder
 
 
 def test_cli_trains_with_ultralytics_spelling(tmp_path, capsys, one_thread):
