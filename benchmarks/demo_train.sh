@@ -30,6 +30,9 @@ RUN=$WORK/run
 RUN2=$WORK/run2
 RUN3=$WORK/run3
 RUN4=$WORK/run4
+# The masks stage and its GPU twins (gpu-masks, gpu-skip, skip) all train into RUN_MASKS, each in a session
+# of its own with a fresh WORK; `segpipe train` refuses an --out that holds a run, so set RUN_MASKS to chain
+# them in one WORK.
 RUN_MASKS=${RUN_MASKS:-$WORK/run-masks}
 GPU_RUN=${GPU_RUN:-$WORK/gpu-run}
 GPU_RUN2=${GPU_RUN2:-$WORK/gpu-run2}
@@ -235,6 +238,7 @@ skip_fresh() {
 # epoch over seeds 4 and 5 at lr 2e-4, one over seed 6 (8,000 more new scenes) and seed 3's 3,920 at 1e-4,
 # each falling to a quarter; 1,500 + 1,490 batches of 8, about 50 + 40 min.
 fresh() {
+    [ -f "$WORK/train3/data.yaml" ] || train3_data  # the second epoch revisits seed 3's scenes
     fresh_data
     $SEGPIPE synth dataset --out "$WORK/train6" --images 8000 --style mixed --seed 6 --size 640x384 \
         --val-fraction 0 --workers 2 --force
