@@ -223,6 +223,7 @@ class Decoder:
         self._frames_this_pass = 0
         self._pace = None
         self._pass_start = None
+        opened = time.monotonic()
         try:
             for packet in container.demux(stream):
                 self.writer.beat()
@@ -230,9 +231,17 @@ class Decoder:
                 try:
                     frames = packet.decode()
                 except av.error.InvalidDataError:
-                    continue  # a damaged packet: FFmpeg conceals what it can, the next keyframe heals
+                    frames = []  # a damaged packet: FFmpeg conceals what it can, the next keyframe heals
                 for frame in frames:
                     self._on_frame(frame, None if frame.pts is None else float(frame.pts * tb))
+                if not self.s.is_file and not frames:
+                    # Packets that never decode (no parameter sets, a stream broken at the source) beat the
+                    # heartbeat and the read timeout alike: without this the camera stayed CONNECTING (or
+                    # STALLED) for good, where opening it again may heal it.
+                    quiet, limit = ((time.monotonic() - self.last_frame, self.s.read_timeout_s)
+                                    if self._frames_this_pass else (time.monotonic() - opened, self.s.open_timeout_s))
+                    if quiet > limit:
+                        return f"no decodable frame for {quiet:.1f}s"
         finally:
             if self._last_pts is not None:  # the next pass starts one frame after this one ended
                 self._pts_offset = self._last_pts + (1.0 / rate if rate else 0.0)

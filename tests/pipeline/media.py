@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from fractions import Fraction
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,48 @@ def corrupt(src: Path, dst: Path, *, start: float = 0.4, length: float = 0.2, se
 # real RTP packetisation. Kill both to take the "camera" down; start both to bring it back.
 
 _RTSP_OK = "RTSP/1.0 200 OK\r\nCSeq: {cseq}\r\n{extra}\r\n"
+
+
+def without_parameter_sets(src: Path, dst: Path, ffmpeg: str) -> Path:
+    """``src`` re-encoded as H.264 MPEG-TS with its SPS, PPS and IDR NAL units removed: a stream that
+    demuxes packet after packet and never decodes a frame (a camera broken at the source)."""
+    subprocess.run([ffmpeg, "-hide_banner", "-loglevel", "error", "-y", "-i", str(src), "-c:v", "libx264",
+                    "-g", "5", "-bsf:v", "filter_units=remove_types=5|7|8", "-f", "mpegts", str(dst)], check=True)
+    return dst
+
+
+@contextlib.contextmanager
+def http_stream(clip: Path) -> Iterator[str]:
+    """An endless live stream: ``clip``'s bytes over HTTP again and again (20 TS packets every 20 ms)
+    until the block ends; yields its URL."""
+    data = clip.read_bytes()
+    done = threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            self.send_response(200)
+            self.send_header("Content-Type", "video/mp2t")
+            self.end_headers()
+            step = 188 * 20
+            with contextlib.suppress(OSError):
+                while not done.is_set():
+                    for i in range(0, len(data), step):
+                        self.wfile.write(data[i:i + step])
+                        if done.wait(0.02):
+                            return
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/live.ts"
+    finally:
+        done.set()
+        server.shutdown()
+        server.server_close()
 
 
 def _read_request(sock_file: Any) -> tuple[str, dict[str, str], bytes] | None:

@@ -16,7 +16,14 @@ from pipeline import shm
 from pipeline.camera import CameraStateMachine
 from pipeline.decoder import Decoder, DecoderSettings, decoder_main
 from pipeline.messages import CameraState, CameraStatus, Frame
-from tests.pipeline.media import corrupt, frame_index, truncate, write_clip
+from tests.pipeline.media import (
+    corrupt,
+    frame_index,
+    http_stream,
+    truncate,
+    without_parameter_sets,
+    write_clip,
+)
 
 S = CameraState
 
@@ -194,6 +201,29 @@ def test_damaged_files(clips: dict[str, Path], harness: type[Harness], clip: str
     assert h.states[-1] is state and h.states[0] is S.CONNECTING, h.statuses
     assert frames[0] <= h.decoded <= frames[1]
     assert url not in h.statuses[-1].detail  # details never carry the URL (it may hold credentials)
+
+
+@pytest.mark.parametrize("first_frames", [0, 30], ids=["never-decodes", "breaks-while-live"])
+def test_a_stream_whose_packets_stop_decoding_is_opened_again(tmp_path: Path, harness: type[Harness], ffmpeg: str,
+                                                             first_frames: int) -> None:
+    """Packets keep coming (heartbeat and read timeout satisfied) but none decodes: the camera reconnects
+    after open_timeout_s (never live) or read_timeout_s (live before), instead of staying CONNECTING or
+    STALLED for good."""
+    clip = write_clip(tmp_path / "c.ts", frames=30, fps=15, size=(160, 120), gop=5)
+    broken = without_parameter_sets(clip, tmp_path / "broken.ts", ffmpeg)
+    served = tmp_path / "served.ts"
+    served.write_bytes(clip.read_bytes()[:188 * (clip.stat().st_size // 188)] * (first_frames > 0)
+                       + broken.read_bytes() * 50)  # good frames first, then packets that never decode
+    with http_stream(served) as url:
+        h = harness(url=url, is_file=False, open_timeout_s=1.5, read_timeout_s=1.0, stall_timeout_s=0.3,
+                    max_restarts=0)
+        h.run(timeout=60)
+    assert h.states[-1] is S.FAILED, h.statuses
+    assert "no decodable frame for" in h.statuses[-1].detail and "gave up after 0 reconnects" in h.statuses[-1].detail
+    if first_frames:
+        assert h.states[:3] == [S.CONNECTING, S.LIVE, S.STALLED] and h.decoded >= 1
+    else:
+        assert h.states == [S.CONNECTING, S.FAILED] and h.decoded == 0
 
 
 def test_decoder_process_reports_over_its_pipe_at_its_own_niceness(clips: dict[str, Path]) -> None:
