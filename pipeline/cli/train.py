@@ -79,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.resume and not args.data:
         raise ConfigError("--data", "required (a data YAML), unless --resume is given")
+    if args.resume:
+        _check_resume_flags(args)
     try:
         with sigterm_interrupts():
             _train(train, args)
@@ -89,6 +91,26 @@ def run(args: argparse.Namespace) -> int:
         flag = e.path.removeprefix("train.").removeprefix("hyp.")
         raise ConfigError("--" + flag.replace("_", "-"), e.msg) from None
     return 0
+
+
+# What a resumed run may change; everything else comes from the settings recorded in its last.pt.
+_RESUME_FLAGS = ("resume", "out", "device", "workers")
+
+
+def _check_resume_flags(args: argparse.Namespace) -> None:
+    """Refuse settings given with --resume: the run would silently keep its recorded ones instead."""
+    from engines.errors import ConfigError
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    defaults = vars(parser.parse_args([]))
+    for dest, value in vars(args).items():
+        if dest in defaults and dest not in _RESUME_FLAGS and value != defaults[dest]:
+            flag = ("--no-" if value is False and defaults[dest] is True else "--") + dest.replace("_", "-")
+            hint = ("name the checkpoint as --resume PATH" if dest == "model" else
+                    "to change it, start a new run from its last.pt with --model")
+            raise ConfigError(flag, f"a resumed run keeps the settings recorded in its last.pt (only --device and "
+                              f"--workers may change); {hint}")
 
 
 def _train(train, args: argparse.Namespace) -> None:  # noqa: ANN001 - engines.train.train

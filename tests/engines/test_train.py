@@ -389,6 +389,14 @@ def test_failed_write_leaves_the_previous_best(tmp_path, monkeypatch, one_thread
     (["--data", "{tmp}/nope.yaml"], 1, "data YAML not found"),
     (["--data", "{data}", "--model", "{tmp}/nope.pt"], 1, "nope.pt: checkpoint not found"),
     (["--resume", "--out", "{tmp}/no-run"], 2, "nothing to resume"),
+    # Settings given with --resume were ignored without a word (the run kept its recorded ones).
+    (["--resume", "--out", "{tmp}/no-run", "--epochs", "8"], 2, "--epochs: a resumed run keeps the settings "
+                                                                "recorded in its last.pt"),
+    (["--resume", "--out", "{tmp}/no-run", "--no-val"], 2, "--no-val: a resumed run keeps the settings"),
+    (["--resume", "--out", "{tmp}/no-run", "mosaic=0.5"], 2, "--mosaic: a resumed run keeps the settings"),
+    (["resume=True", "model={tmp}/last.pt"], 2, "--model: a resumed run keeps the settings recorded in its last.pt "
+                                                "(only --device and --workers may change); name the checkpoint as "
+                                                "--resume PATH"),
     (["--data", "{data}", "--out", "{data}/run"], 2, "--out: cannot create {data}/run/weights: Not a directory"),
     (["--data", "{data}", "--device", "0"], 1, "asks for CUDA"),
 ])
@@ -399,7 +407,9 @@ def test_cli_reports_user_mistakes_on_one_line(tmp_path, monkeypatch, capsys, ar
         pytest.skip("a CUDA device is present")
     monkeypatch.chdir(tmp_path)  # the default run folder is runs/segment/trainN here
     data = make_shapes_dataset(tmp_path / "data", n=2, size=64)
-    argv = ["train", *(a.format(data=data, tmp=tmp_path) for a in args), "--epochs", "1", "--workers", "0"]
+    resumed = any(a.startswith(("--resume", "resume=")) for a in args)
+    argv = ["train", *(a.format(data=data, tmp=tmp_path) for a in args), *([] if resumed else ["--epochs", "1"]),
+            "--workers", "0"]
     assert main(argv) == code
     err = capsys.readouterr().err.strip().splitlines()
     error = error.format(data=data, tmp=tmp_path)
