@@ -608,10 +608,12 @@ class Supervisor:
         if self._device is None:
             return
         consumers = [self._sink, *([] if self._workers is None else self._workers.procs)]
+        killed = False  # on purpose, here: its exit code then says nothing about the run
         if self._device.is_alive() and (not self.ready or not all(p is not None and p.is_alive() for p in consumers)):
             # Still loading the model (no frame taken), or a stage its results go to is dead: a dead
             # reader may hold its queue's lock, so there is nothing to drain and no point waiting.
             self._device.kill()
+            killed = True
         self._device_stop.set()
         deadline = time.monotonic() + (grace_s or DEVICE_STOP_GRACE_S)
         while self._device.is_alive() and time.monotonic() < deadline:
@@ -632,7 +634,7 @@ class Supervisor:
             self._device.join(5)
         if self._device_conn is not None:
             self._device_message()
-        if self._device.exitcode not in (0, None) and not self.errors and grace_s is None:
+        if self._device.exitcode not in (0, None) and not killed and not self.errors and grace_s is None:
             self._fail(f"device stage exited with code {self._device.exitcode}")
 
     def _stop_sink(self, grace_s: float | None = None) -> None:

@@ -145,6 +145,26 @@ def test_a_failed_stage_ends_the_run(tmp_path: Path, broken: str, message: str) 
     assert time.monotonic() - t0 < 120 and no_segments_left()
 
 
+def test_a_stop_while_the_model_loads_is_a_clean_exit(tmp_path: Path) -> None:
+    """SIGTERM during start-up (a rolling update) kills the loading device stage on purpose: exit 0, no
+    error (it ended as "device stage exited with code -9", exit 1)."""
+    sup = Supervisor(cfg=_looping(tmp_path))
+    loading: list[bool] = []
+
+    def stop_once_spawned() -> None:
+        wait_for(lambda: sup._device is not None and sup._device.pid is not None, 60, "the device stage")
+        loading.append(not sup.ready)
+        sup.request_stop("SIGTERM")
+
+    stopper = threading.Thread(target=stop_once_spawned)
+    stopper.start()
+    code = sup.run()
+    stopper.join()
+    assert loading == [True], "the model had loaded before the stop: nothing tested"
+    assert (code, sup.errors) == (0, [])
+    assert sup._device.exitcode == -signal.SIGKILL and no_segments_left()
+
+
 def _looping(tmp_path: Path) -> RunConfig:
     clip = write_clip(tmp_path / "c.mp4", frames=12, fps=15, size=(96, 64))
     return config(tmp_path, [{"id": "c", "url": str(clip), "loop": True, "realtime": False, "lossless": True}])
