@@ -127,21 +127,30 @@ def coco_to_yolo(json_file: str | os.PathLike[str], images_dir: str | os.PathLik
     cats = sorted(doc["categories"], key=lambda c: int(c["id"]))
     remap = {int(c["id"]): i for i, c in enumerate(cats)}
     names = tuple(str(c.get("name", f"class{c['id']}")) for c in cats)
+    image_ids = {im["id"] for im in doc["images"]}
     by_image: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for ann in doc["annotations"]:
+        if ann.get("image_id") not in image_ids:
+            raise DataError(f"{json_file}: annotation {ann.get('id')}: image_id {ann.get('image_id')!r} is not in "
+                            "'images'")
         by_image[ann["image_id"]].append(ann)
-    _prepare_out(out, split, force)
     counts = {"labelled": 0, "instances": 0, "crowd_skipped": 0, "crowd_included": 0, "no_mask": 0}
-    for im in doc["images"]:
-        _convert_image(im, by_image.get(im["id"], []), images_dir, out, split, remap, copy, crowd, counts)
+    # Every image and annotation is checked before anything is written: a bad one halfway through must
+    # not leave a half-converted dataset (which a rerun then refuses as "not empty").
+    planned = [_label_image(im, by_image.get(im["id"], []), images_dir, remap, crowd, counts)
+               for im in doc["images"]]
+    _prepare_out(out, split, force)
+    for src, rel, lines in planned:
+        _write_image(src, rel, lines, out, split, copy)
     yaml_file = _write_yaml(out, split, names, cats, json_file)
     report = ConvertReport(images=len(doc["images"]), names=names, yaml_file=yaml_file, **counts)
     LOG.info("%s", report.summary())
     return report
 
 
-def _convert_image(im: dict[str, Any], anns: list[dict[str, Any]], images_dir: Path, out: Path, split: str,
-                   remap: dict[int, int], copy: bool, crowd: str, counts: dict[str, int]) -> None:
+def _label_image(im: dict[str, Any], anns: list[dict[str, Any]], images_dir: Path, remap: dict[int, int],
+                 crowd: str, counts: dict[str, int]) -> tuple[Path, Path, list[str]]:
+    """Check one image and its annotations; returns (source image, file_name, its label lines)."""
     rel = Path(im["file_name"])
     src = images_dir / rel
     if not src.is_file():
@@ -161,11 +170,17 @@ def _convert_image(im: dict[str, Any], anns: list[dict[str, Any]], images_dir: P
         if int(ann["category_id"]) not in remap:
             raise DataError(f"{where}: category_id {ann['category_id']} is not in 'categories'")
         poly = annotation_polygon(ann.get("segmentation"), h, w, where) if ann.get("segmentation") else None
-        if poly is None or len(poly) < 3:
+        xy = None if poly is None or len(poly) < 3 else np.clip(poly / (w, h), 0.0, 1.0)
+        if xy is None or np.ptp(xy, axis=0).min() == 0:  # e.g. outside the image: clipped onto its edge
             counts["no_mask"] += 1
             continue
-        xy = np.clip(poly / (w, h), 0.0, 1.0).reshape(-1)
-        lines.append(f"{remap[int(ann['category_id'])]} " + " ".join(f"{v:.6f}" for v in xy))
+        lines.append(f"{remap[int(ann['category_id'])]} " + " ".join(f"{v:.6f}" for v in xy.reshape(-1)))
+    counts["labelled"] += bool(lines)
+    counts["instances"] += len(lines)
+    return src, rel, lines
+
+
+def _write_image(src: Path, rel: Path, lines: list[str], out: Path, split: str, copy: bool) -> None:
     dst = out / "images" / split / rel
     dst.parent.mkdir(parents=True, exist_ok=True)
     if dst.exists() or dst.is_symlink():
@@ -177,8 +192,6 @@ def _convert_image(im: dict[str, Any], anns: list[dict[str, Any]], images_dir: P
     lab = (out / "labels" / split / rel).with_suffix(".txt")
     lab.parent.mkdir(parents=True, exist_ok=True)
     lab.write_text("\n".join(lines) + ("\n" if lines else ""), encoding="utf-8")
-    counts["labelled"] += bool(lines)
-    counts["instances"] += len(lines)
 
 
 def _write_yaml(out: Path, split: str, names: tuple[str, ...], cats: list[dict[str, Any]], src: Path) -> Path:

@@ -127,6 +127,11 @@ def test_crowd_included_copy_and_force(coco128, tmp_path):
     (lambda d: d["annotations"][1].update(segmentation={"size": [1, 1], "counts": "0"}), "RLE size"),
     (lambda d: d["annotations"][0].update(segmentation="oops"), "neither a polygon list nor an RLE"),
     (lambda d: d.pop("categories"), "missing 'categories'"),
+    # Found at the last image, after the others had been written: a half-converted dataset was left.
+    (lambda d: d["images"][-1].update(file_name="absent.jpg"), "absent.jpg .* not found"),
+    (lambda d: d["annotations"][-2].update(category_id=12345), "category_id 12345 is not in"),
+    # An annotation of no listed image was dropped without a word.
+    (lambda d: d["annotations"][0].update(image_id=4242), r"annotation 1: image_id 4242 is not in 'images'"),
 ])
 def test_bad_input(coco128, tmp_path, mutate, match):
     js, images, _ = _coco_from_coco128(coco128, tmp_path)
@@ -135,6 +140,23 @@ def test_bad_input(coco128, tmp_path, mutate, match):
     js.write_text(json.dumps(doc))
     with pytest.raises(DataError, match=match):
         coco_to_yolo(js, images, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_polygon_outside_the_image_is_no_mask(coco128, tmp_path):
+    """Clipped to the image, it became a zero-area instance on the image's edge."""
+    js, images, truth = _coco_from_coco128(coco128, tmp_path)
+    doc = json.loads(js.read_text())
+    im = doc["images"][0]
+    w = im["width"]
+    outside = [w + 10, 10, w + 50, 10, w + 50, 40, w + 10, 40]  # right of the picture
+    doc["annotations"].append({"id": 777, "image_id": im["id"], "category_id": doc["categories"][0]["id"],
+                               "segmentation": [outside], "iscrowd": 0, "area": 1200.0, "bbox": [w + 10, 10, 40, 30]})
+    js.write_text(json.dumps(doc))
+    report = coco_to_yolo(js, images, tmp_path / "out")
+    assert report.instances == len(truth) and report.no_mask == 1
+    for line in (tmp_path / "out" / "labels" / "mini2017" / f"{STEMS[0]}.txt").read_text().splitlines():
+        assert not {float(v) for v in line.split()[1::2]} == {1.0}  # no instance squashed onto the right edge
 
 
 def test_not_json(tmp_path):
