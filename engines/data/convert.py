@@ -78,18 +78,23 @@ def annotation_polygon(seg: Any, h: int, w: int, where: str) -> np.ndarray | Non
     raise DataError(f"{where}: segmentation is neither a polygon list nor an RLE dict")
 
 
-def _prepare_out(out: Path, split: str, force: bool) -> None:
+def _check_out(out: Path, force: bool) -> None:
     if out.exists() and not out.is_dir():
         raise DataError(f"output {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not force:
-            raise DataError(f"output folder {out} is not empty (pass --force to write into it)")
-        for sub in (out / "images" / split, out / "labels" / split):  # our own outputs only
-            if sub.is_symlink() or sub.is_file():
-                sub.unlink()
-            elif sub.is_dir():
-                shutil.rmtree(sub)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise DataError(f"output folder {out} is not empty (pass --force to write into it)")
+
+
+def _prepare_out(out: Path, split: str) -> None:
+    for sub in (out / "images" / split, out / "labels" / split):  # our own outputs only (--force)
+        if sub.is_symlink() or sub.is_file():
+            sub.unlink()
+        elif sub.is_dir():
+            shutil.rmtree(sub)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot create output folder {out}: {e.strerror or e}") from None
 
 
 def _load_json(json_file: Path) -> dict[str, Any]:
@@ -127,6 +132,7 @@ def coco_to_yolo(json_file: str | os.PathLike[str], images_dir: str | os.PathLik
     cats = sorted(doc["categories"], key=lambda c: int(c["id"]))
     remap = {int(c["id"]): i for i, c in enumerate(cats)}
     names = tuple(str(c.get("name", f"class{c['id']}")) for c in cats)
+    _check_out(out, force)
     image_ids = {im["id"] for im in doc["images"]}
     by_image: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for ann in doc["annotations"]:
@@ -139,7 +145,7 @@ def coco_to_yolo(json_file: str | os.PathLike[str], images_dir: str | os.PathLik
     # not leave a half-converted dataset (which a rerun then refuses as "not empty").
     planned = [_label_image(im, by_image.get(im["id"], []), images_dir, remap, crowd, counts)
                for im in doc["images"]]
-    _prepare_out(out, split, force)
+    _prepare_out(out, split)
     for src, rel, lines in planned:
         _write_image(src, rel, lines, out, split, copy)
     yaml_file = _write_yaml(out, split, names, cats, json_file)

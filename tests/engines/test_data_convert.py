@@ -182,3 +182,7 @@ def test_cli(coco128, tmp_path, capsys):
     rc = main(["convert", "coco", "--json", str(js), "--images", str(images), "--out", str(out)])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc != 0 and len(err) == 1 and "not empty" in err[0] and err[0].startswith("segpipe convert: error:")
+    # An --out that cannot be made (under a file here) was a traceback.
+    rc = main(["convert", "coco", "--json", str(js), "--images", str(images), "--out", str(js / "yolo")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and err == [f"segpipe convert: error: cannot create output folder {js / 'yolo'}: Not a directory"]
