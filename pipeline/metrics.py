@@ -11,6 +11,7 @@ when given a ``status`` callable, ``/cameras`` (its JSON: what ``segpipe status`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -19,6 +20,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -67,7 +69,8 @@ class StageStats:
     ``line_crossings`` counts crossings per (camera, line, direction, label), ``zone_overstays`` objects
     that stayed past a zone's ``max_dwell_s`` per (camera, zone, label); ``zone_crowded`` is 1 for a
     (camera, zone) crowded now (past its ``max_objects``), else 0 (a gauge); ``zone_objects`` is the
-    latest number of objects per (camera, zone) (a gauge). ``queue_fill`` is how full each queue
+    latest number of objects per (camera, zone) (a gauge). These three gauges are whole in every report
+    of a stage: a series the stage's next report leaves out is removed. ``queue_fill`` is how full each queue
     between two stages is, 0-1, by the name of the stage that reads it (a gauge): one that stays near 1
     is read by a stage that cannot keep up.
     """
@@ -170,6 +173,7 @@ class Metrics:
             ProcessCollector(namespace=ns, registry=reg)
         self._lock = threading.Lock()
         self._states: dict[str, CameraState] = {}
+        self._whole: dict[tuple[str, str], set[Any]] = {}  # (stage, gauge) -> label tuples it reported last
         self._engine_loaded = False
 
     def apply(self, stats: StageStats) -> None:
@@ -202,16 +206,14 @@ class Metrics:
             self.sink_errors.labels(sink, reason).inc(n)
         for cam, n in stats.tracks_started.items():
             self.tracks_started.labels(cam).inc(n)
-        for cam, n in stats.tracks_active.items():
-            self.tracks_active.labels(cam).set(n)
+        self._set_whole(stats.stage, "tracks_active", self.tracks_active,
+                        {(cam,): n for cam, n in stats.tracks_active.items()})
         for (cam, line, direction, label), n in stats.line_crossings.items():
             self.line_crossings.labels(cam, line, direction, label).inc(n)
         for (cam, zone, label), n in stats.zone_overstays.items():
             self.zone_overstays.labels(cam, zone, label).inc(n)
-        for (cam, zone), n in stats.zone_crowded.items():
-            self.zone_crowded.labels(cam, zone).set(n)
-        for (cam, zone), n in stats.zone_objects.items():
-            self.zone_objects.labels(cam, zone).set(n)
+        self._set_whole(stats.stage, "zone_crowded", self.zone_crowded, stats.zone_crowded)
+        self._set_whole(stats.stage, "zone_objects", self.zone_objects, stats.zone_objects)
         for sink, n in stats.sink_backlog.items():
             self.sink_backlog.labels(sink).set(n)
         for stage, v in stats.queue_fill.items():
@@ -220,6 +222,20 @@ class Metrics:
             self.set_engine_loaded(stats.engine_loaded)
         if stats.error is not None:
             self.stage_failures.labels(stats.stage).inc()
+
+    def _set_whole(self, stage: str, name: str, gauge: Gauge, values: Mapping[Any, int]) -> None:
+        """Set a gauge that ``stage`` reports whole each time (every camera and zone it holds). A series it
+        no longer reports, and no other stage does, is removed: a camera or zone taken out by a reload
+        (or a camera stopped) would otherwise stay at its last value for good, crowded or with tracks."""
+        for labels, n in values.items():
+            gauge.labels(*labels).set(n)
+        with self._lock:
+            gone = self._whole.get((stage, name), set()) - set(values)
+            self._whole[stage, name] = set(values)
+            gone -= {k for (s, n), keys in self._whole.items() if n == name for k in keys}
+        for labels in gone:
+            with contextlib.suppress(KeyError):
+                gauge.remove(*labels)
 
     def stage_restarted(self, stage: str) -> None:
         self.stage_restarts.labels(stage).inc()

@@ -43,12 +43,11 @@ def test_stage_stats_update_counters_gauges_and_histograms() -> None:
                        tracks_started={"cam0": 4}, tracks_active={"cam0": 3}))
     m.apply(StageStats(stage="sinks", tracks_started={"cam0": 1}, tracks_active={"cam0": 2},
                        line_crossings={("cam0", "gate", "in", "car"): 2}, zone_objects={("cam0", "dock"): 4}))
-    m.apply(StageStats(stage="sinks", line_crossings={("cam0", "gate", "in", "car"): 1},
+    m.apply(StageStats(stage="sinks", line_crossings={("cam0", "gate", "in", "car"): 1}, tracks_active={"cam0": 2},
                        zone_objects={("cam0", "dock"): 1}, zone_overstays={("cam0", "dock", "person"): 2},
-                       zone_crowded={("cam0", "dock"): 1}))
+                       zone_crowded={("cam0", "dock"): 1}, sink_backlog={"redis": 1200}))
     m.apply(StageStats(stage="decoder:cam0", decoded={"cam0": 10}))
     m.apply(StageStats(stage="supervisor", queue_fill={"sinks": 0.25, "events0": 1.0}))
-    m.apply(StageStats(stage="sinks", sink_backlog={"redis": 1200}))
     s = _samples(m.render().decode())
     cam = (("camera", "cam0"),)
     assert s["segpipe_frames_decoded_total", cam] == 40
@@ -75,6 +74,34 @@ def test_stage_stats_update_counters_gauges_and_histograms() -> None:
     assert s["segpipe_queue_fill_ratio", (("stage", "sinks"),)] == 0.25
     assert s["segpipe_queue_fill_ratio", (("stage", "events0"),)] == 1.0
     assert s["segpipe_sink_backlog", (("sink", "redis"),)] == 1200
+
+
+WHOLE_GAUGES = [  # (reports as (stage, {camera: tracks}, {(camera, zone): crowded}), series left at the end)
+    # a camera removed by a reload: its tracks and crowding are gone, not held at their last value
+    ([("sinks", {"a": 3, "b": 2}, {("a", "q"): 1, ("b", "q"): 1}), ("sinks", {"a": 4}, {("a", "q"): 0})],
+     {"tracks": {"a": 4}, "crowded": {("a", "q"): 0}}),
+    # a zone renamed by a reload
+    ([("sinks", {"a": 1}, {("a", "q"): 1}), ("sinks", {"a": 1}, {("a", "dock"): 0})],
+     {"tracks": {"a": 1}, "crowded": {("a", "dock"): 0}}),
+    # event workers each report their own cameras: one leaves the other's alone
+    ([("events0", {"a": 1}, {("a", "q"): 1}), ("events1", {"b": 2}, {}), ("events0", {"a": 5}, {("a", "q"): 0})],
+     {"tracks": {"a": 5, "b": 2}, "crowded": {("a", "q"): 0}}),
+    # a camera removed, then added again on the other worker before the first one's next report
+    ([("events0", {"a": 1}, {}), ("events1", {"a": 2}, {}), ("events0", {}, {})], {"tracks": {"a": 2}, "crowded": {}}),
+]
+
+
+@pytest.mark.parametrize("reports, left", WHOLE_GAUGES, ids=["camera-removed", "zone-renamed", "workers", "moved"])
+def test_gauges_reported_whole_drop_series_no_stage_reports(reports: list, left: dict) -> None:
+    m = Metrics(process_collector=False)
+    for stage, tracks, crowded in reports:
+        m.apply(StageStats(stage=stage, tracks_active=tracks, zone_crowded=crowded,
+                           zone_objects={k: 1 for k in crowded}))
+    s = _samples(m.render().decode())
+    assert {dict(k[1])["camera"]: v for k, v in s.items() if k[0] == "segpipe_tracks_active"} == left["tracks"]
+    crowded = {(dict(k[1])["camera"], dict(k[1])["zone"]): v for k, v in s.items() if k[0] == "segpipe_zone_crowded"}
+    assert crowded == left["crowded"]
+    assert {(dict(k[1])["camera"], dict(k[1])["zone"]) for k in s if k[0] == "segpipe_zone_objects"} == set(crowded)
 
 
 def test_registries_are_private() -> None:
