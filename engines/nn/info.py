@@ -25,12 +25,12 @@ from engines.nn.model import SegmentationModel
 @dataclass(frozen=True, slots=True)
 class ModelStats:
     """Totals for one model at one input size: ``layers`` modules, ``params`` parameters,
-    ``gflops`` at ``imgsz`` x ``imgsz`` (batch 1)."""
+    ``gflops`` at ``imgsz`` (a square side or ``(H, W)``, batch 1)."""
 
     layers: int
     params: int
     gflops: float
-    imgsz: int
+    imgsz: int | tuple[int, int]
 
 
 def count_params(model: torch.nn.Module) -> int:
@@ -64,7 +64,7 @@ def _conv_flop(x_shape: list[int], w_shape: list[int], _bias: Any, _stride: Any,
     return 2 * out_shape[0] * prod(out_shape[2:]) * prod(w_shape)
 
 
-def model_stats(model: SegmentationModel, imgsz: int = 640) -> ModelStats:
+def model_stats(model: SegmentationModel, imgsz: int | tuple[int, int] = 640) -> ModelStats:
     """Totals for ``model``; ``layers`` counts leaf modules with parameters or activations."""
     layers = sum(1 for m in model.modules() if not list(m.children()))
     return ModelStats(layers=layers, params=count_params(model), gflops=count_gflops(model, imgsz), imgsz=imgsz)
@@ -79,13 +79,14 @@ def layer_table(model: SegmentationModel) -> str:
     return "\n".join(lines)
 
 
-def summary(model: SegmentationModel, imgsz: int = 640) -> str:
+def summary(model: SegmentationModel, imgsz: int | tuple[int, int] = 640) -> str:
     """Layer table plus a totals line like ``yolov8s-seg: 11,821,056 parameters, 42.6 GFLOPs``."""
     s = model_stats(model, imgsz)
+    h, w = (imgsz, imgsz) if isinstance(imgsz, int) else imgsz
     title = model_title(model)
     fused = " (fused)" if model.is_fused() else ""
     return (f"{layer_table(model)}\n{title} summary{fused}: {s.layers} layers, {s.params:,} parameters, "
-            f"{model.nc} classes, {s.gflops:.1f} GFLOPs at {imgsz}x{imgsz}")
+            f"{model.nc} classes, {s.gflops:.1f} GFLOPs at {h}x{w}")
 
 
 def model_title(model: SegmentationModel) -> str:

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engines.errors import ConfigError
+
+if TYPE_CHECKING:
+    from engines.nn.model import SegmentationModel
 
 NAME = "info"
 HELP = "print a model's layers, parameters and GFLOPs (model YAML such as yolov8s-seg.yaml, or a checkpoint)"
@@ -19,31 +23,61 @@ _YAML_SUFFIXES = (".yaml", ".yml")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True,
-                   help="model YAML (yolov8n-seg.yaml ... yolov8x-seg.yaml, or a file) or a checkpoint")
+                   help="model YAML (yolov8n-seg.yaml ... yolov8x-seg.yaml, or a file), a checkpoint, or an exported "
+                        "model (.onnx, *_openvino_model, .torchscript, .engine: its metadata too)")
     p.add_argument("--nc", type=int, default=None, help="number of classes (YAML models only; default: the YAML's)")
-    p.add_argument("--imgsz", type=int, default=640, help="square input size for the GFLOPs count (default 640)")
+    p.add_argument("--imgsz", type=int, default=None,
+                   help="square input size for the GFLOPs count (default: the model's own size, 640 for a YAML)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from engines.backends import backend_for
     from engines.nn.info import summary
     from engines.nn.model import SegmentationModel
 
-    if args.imgsz < 32 or args.imgsz % 32:
+    if args.imgsz is not None and (args.imgsz < 32 or args.imgsz % 32):
         raise ConfigError("--imgsz", f"must be a positive multiple of 32, got {args.imgsz}")
     path = Path(args.model)
+    if args.nc is not None and path.suffix.lower() not in _YAML_SUFFIXES:
+        raise ConfigError("--nc", "only applies to a model YAML; a trained model's class count is fixed")
     header = ""
+    imgsz: int | tuple[int, int] = 640
     if path.suffix.lower() in _YAML_SUFFIXES:
         model = SegmentationModel(args.model, nc=args.nc)
-    else:
+    elif backend_for(path) == "torch":
         from engines.checkpoint import build_model, load_checkpoint
 
-        if args.nc is not None:
-            raise ConfigError("--nc", "only applies to a model YAML; a checkpoint's class count is fixed")
         ckpt = load_checkpoint(path)
         model = build_model(ckpt)
         m = ckpt.meta
-        names = ", ".join(m.names[:8]) + (", ..." if len(m.names) > 8 else "")
+        imgsz = int(m.imgsz)
         header = (f"{path}: {m.source or 'segpipe checkpoint'}; task {m.task}, imgsz {m.imgsz}, stride {m.stride}, "
-                  f"{len(m.names)} classes ({names})\n")
-    print(header + summary(model, args.imgsz))
+                  f"{len(m.names)} classes ({_names(m.names)})\n")
+    else:
+        model, header, imgsz = _exported(path)
+    print(header + summary(model, args.imgsz or imgsz))
     return 0
+
+
+def _names(names: tuple[str, ...]) -> str:
+    return ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+
+
+def _exported(path: Path) -> tuple[SegmentationModel, str, tuple[int, int]]:
+    """An exported model's metadata line, and the network its recorded model YAML describes."""
+    from engines.backends import backend_for, load_backend
+    from engines.backends.artifact import MAX_BATCH
+    from engines.errors import ModelError
+    from engines.nn.model import SegmentationModel
+
+    meta = load_backend(path).meta
+    model_yaml = meta.extra.get("model_yaml")
+    if not model_yaml:
+        raise ModelError(f"{path}: its metadata records no model YAML (not exported by segpipe?)")
+    lo, hi = meta.batch_range
+    batch = f"batch {lo}..{hi}" if hi < MAX_BATCH else "any batch"
+    h, w = meta.imgsz
+    header = (f"{path}: {backend_for(path)} export of {meta.source or 'unknown weights'}; "
+              f"{meta.precision}, imgsz {h}x{w} ({'any H, W' if meta.dynamic else 'fixed'}), {batch}, "
+              f"stride {meta.stride}, {meta.nc} classes ({_names(meta.names)})\n")
+    return SegmentationModel(model_yaml), header, (h, w)

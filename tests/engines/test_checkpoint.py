@@ -310,6 +310,8 @@ def test_cli_info_on_checkpoints(saved: Path, tmp_path: Path, capsys: pytest.Cap
     assert cli_main(["info", f"model={saved}", "imgsz=320"]) == 0
     out = capsys.readouterr().out
     assert "2 classes (cat, dog)" in out and "3.0 GFLOPs at 320x320" in out
+    assert cli_main(["info", "--model", str(saved)]) == 0  # at the checkpoint's own size, not 640
+    assert capsys.readouterr().out.rstrip().endswith("3.0 GFLOPs at 320x320")
     assert cli_main(["info", "--model", str(FIXTURE_PT)]) == 0
     assert "ultralytics 8." in capsys.readouterr().out
     assert cli_main(["info", "--model", str(tmp_path / "gone.pt")]) == 1

@@ -230,6 +230,18 @@ def test_cli_export_prints_path_and_usage(model: Path, tmp_path: Path, capsys: p
     assert load_backend(out).meta.imgsz == (IMGSZ, IMGSZ)
 
 
+def test_cli_info_reads_an_exported_model(onnx_dynamic: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """It said 'not a model checkpoint': the one command that describes a model knew no exported one."""
+    assert cli_main(["info", "--model", str(onnx_dynamic)]) == 0
+    first, *_, last = capsys.readouterr().out.strip().splitlines()
+    assert first.startswith(f"{onnx_dynamic}: onnx export of ")
+    assert first.endswith("fp32, imgsz 320x320 (any H, W), batch 1..8, stride 32, 80 classes (person, bicycle, car, "
+                          "motorcycle, airplane, bus, train, truck, ...)")
+    assert last.startswith("yolov8n-seg summary: ") and last.endswith("3,409,968 parameters, 80 classes, 3.2 GFLOPs at 320x320")
+    assert cli_main(["info", "--model", str(onnx_dynamic), "--nc", "3"]) == 2
+    assert "--nc: only applies to a model YAML" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, match", [
     (["--format", "onx"], "segpipe export: error: --format: unknown format 'onx'; choose one of: onnx, openvino, "
                           "torchscript"),
