@@ -83,6 +83,8 @@ def _files_in(folder: Path) -> list[Path]:
 
 
 def _expand(source: str) -> list[str]:
+    if not source.strip():  # Path("") is the current folder: an unset variable must not predict on it
+        raise SourceError("source is empty (expected an image, folder, glob, video or stream URL)")
     if source.startswith(STREAM_PREFIXES):
         return [source]
     if any(c in source for c in "*?["):

@@ -6,7 +6,7 @@ import argparse
 import signal
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import FrameType
 
@@ -58,16 +58,25 @@ def parse_imgsz(spec: str | None) -> int | tuple[int, int] | None:
     raise ConfigError("--imgsz", f"expected N or H,W, got {spec!r}")
 
 
-def make_out_dir(path: str, flag: str = "--out") -> Path:
-    """Create a command's output folder before any work, so an unusable one fails first, in one line."""
+@contextmanager
+def output_dir(path: str, flag: str = "--out") -> Iterator[Path]:
+    """Create a command's output folder before any work (an unusable one fails first, in one line) and
+    yield it; a folder this made is removed again if the command fails before writing into it."""
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise ConfigError(flag, f"{out} exists and is not a folder")
+    made = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(flag, f"cannot create folder {out}: {e.strerror or e}") from None
-    return out
+    try:
+        yield out
+    except BaseException:
+        if made:
+            with suppress(OSError):  # not empty: what was written stays
+                out.rmdir()
+        raise
 
 
 def check_range(name: str, value: float, lo: float, hi: float) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import cv2
 
 from engines.errors import ConfigError, SourceError
-from pipeline.cli.common import add_infer_args, add_model_args, check_range, make_out_dir, parse_classes
+from pipeline.cli.common import add_infer_args, add_model_args, check_range, output_dir, parse_classes
 
 NAME = "predict"
 HELP = "predict on images, folders, globs, videos or stream URLs"
@@ -112,9 +112,18 @@ def run(args: argparse.Namespace) -> int:
     model = SegModel(args.model, device=args.device, backend=args.backend, half=args.half)
     if classes and max(classes) >= len(model.names):
         raise ConfigError("--classes", f"{max(classes)} is not a class of {args.model} (ids 0..{len(model.names) - 1})")
-    out = make_out_dir(args.out)
     kw = dict(imgsz=args.imgsz, conf=args.conf, iou=args.iou, max_det=args.max_det, classes=classes,
               agnostic=args.agnostic_nms, retina_masks=args.retina_masks, max_frames=args.max_frames)
+    with output_dir(args.out) as out:
+        n_frames, n_dets = _predict(model, args, out, kw)
+    print(f"{n_frames} frame(s), {n_dets} detection(s) -> {out}/ (predictions.json"
+          f"{', annotated output' if not args.no_save else ''})")
+    return 0
+
+
+def _predict(model: Any, args: argparse.Namespace, out: Path, kw: dict[str, Any]) -> tuple[int, int]:
+    """Run ``model`` over ``args.source``, writing annotated output and predictions.json into ``out``;
+    returns the frames read and the detections found."""
     records: list[dict[str, Any]] = []
     videos = _VideoWriters(out)
     names = _OutputNames()
@@ -138,6 +147,4 @@ def run(args: argparse.Namespace) -> int:
     tmp = out / "predictions.json.tmp"
     tmp.write_text(json.dumps(records))
     os.replace(tmp, out / "predictions.json")
-    print(f"{n_frames} frame(s), {n_dets} detection(s) -> {out}/ (predictions.json"
-          f"{', annotated output' if not args.no_save else ''})")
-    return 0
+    return n_frames, n_dets

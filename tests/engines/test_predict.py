@@ -121,24 +121,27 @@ def test_predict_cli_writes_a_video_at_its_own_frame_rate(tmp_path: Path, fps: i
         assert c.duration / 1e6 == pytest.approx(6 / fps, abs=0.5 / fps)
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--imgsz", "150"], "--imgsz: must be a positive multiple of 32, got 150"),
-    (["--imgsz", "-32"], "--imgsz: must be a positive multiple of 32, got -32"),  # ran, finding nothing
-    (["--max-frames", "-3"], "--max-frames: must be >= 0"),  # ran one frame
-    (["--classes", "80"], "--classes: 80 is not a class of "),  # ran, finding nothing
-    (["--out", "{clip}"], "--out: {clip} exists and is not a folder"),  # tracebacks
-    (["--out", "{clip}/x"], "--out: cannot create folder {clip}/x"),
+@pytest.mark.parametrize(("args", "code", "message"), [
+    (["--imgsz", "150"], 2, "--imgsz: must be a positive multiple of 32, got 150"),
+    (["--imgsz", "-32"], 2, "--imgsz: must be a positive multiple of 32, got -32"),  # ran, finding nothing
+    (["--max-frames", "-3"], 2, "--max-frames: must be >= 0"),  # ran one frame
+    (["--classes", "80"], 2, "--classes: 80 is not a class of "),  # ran, finding nothing
+    (["--out", "{clip}"], 2, "--out: {clip} exists and is not a folder"),  # tracebacks
+    (["--out", "{clip}/x"], 2, "--out: cannot create folder {clip}/x"),
+    (["--source", ""], 1, "source is empty"),  # predicted on every image and video of the current folder
+    (["--source", "{clip}.missing.mp4"], 1, "no such file"),  # and left an empty --out behind
 ])
-def test_predict_cli_user_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str],
+def test_predict_cli_user_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], code: int,
                                  message: str) -> None:
     from tests.pipeline.media import write_clip
 
     clip = str(write_clip(tmp_path / "clip.mp4", frames=2, fps=10, size=(160, 128)))
     argv = ["predict", "--model", str(FIXTURE), "--source", clip, "--out", str(tmp_path / "out"),
             *(a.replace("{clip}", clip) for a in args)]
-    assert main(argv) == 2
+    assert main(argv) == code
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("segpipe predict: error: ") and message.replace("{clip}", clip) in err[0]
+    assert not (tmp_path / "out").exists()
 
 
 def test_predict_cli_bounds_each_video_and_keeps_same_named_sources_apart(

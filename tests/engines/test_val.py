@@ -145,10 +145,11 @@ def test_class_count_mismatch_and_train_mode_restored(data_yaml: Path) -> None:
 def test_cli_user_errors(data_yaml: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                          argv: list[str], code: int, message: str) -> None:
     argv = [a.replace("{data}", str(data_yaml)) for a in argv]
-    assert cli(["val", "--out", str(tmp_path), *argv]) == code
+    assert cli(["val", "--out", str(tmp_path / "out"), *argv]) == code
     err = capsys.readouterr().err.strip().splitlines()
     message = message.replace("{data}", str(data_yaml))
     assert len(err) == 1 and message in err[0] and err[0].startswith("segpipe val: error:")
+    assert not (tmp_path / "out").exists()  # a run that failed leaves no empty output folder
 
 
 def test_cli_fixture_checkpoint_agrees_with_cocoeval(data_yaml: Path, tmp_path: Path,
