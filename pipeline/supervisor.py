@@ -26,7 +26,8 @@ cameras are stopped (their decoder, then their ring is detached from the device 
 status ``stopped``), added ones started, changed ones both; new zones and lines go to the sink stage;
 a new model (or masks section) is loaded by the device stage beside the running one and swapped in
 between two batches (kept out, with the old one running on, if it fails to load). The other cameras
-and the sinks run on untouched. A config that does not load is reported and the running one kept.
+and the sinks run on untouched. A config that does not load is reported and the running one kept. A
+replica (``--shard``) whose cameras all move away stops them and idles until a reload gives it some.
 
 Children ignore SIGINT (inherited SIG_IGN): Ctrl-C reaches the whole process group, but only the
 supervisor decides how to stop. On Linux they also die with the supervisor (PR_SET_PDEATHSIG).
@@ -273,7 +274,7 @@ class Supervisor:
                 self._apply_reload()
             if self._updates:
                 self._send_updates()
-            if self.decoders.done:
+            if self.cameras and self.decoders.done:  # none at all: a reload emptied this shard, idle
                 self.request_stop("all cameras ended")
             if time.monotonic() >= next_tick:
                 self._tick()
@@ -536,9 +537,8 @@ class Supervisor:
         new = self.read_config()
         if new is None:
             return
-        if not new.cameras:
-            _refuse_reload(["no camera left for this replica"])
-            return
+        if not new.cameras:  # the shard lost every camera: stop them (another replica may run them now)
+            log.warning("event=idle reason=no_cameras_in_shard (until a reload gives this replica some)")
         if self.model_names is not None and new.model == self.cfg.model:  # a new model is checked once loaded
             from pipeline.config import check_classes
 

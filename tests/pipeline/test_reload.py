@@ -189,6 +189,44 @@ def test_an_idle_replica_starts_when_a_reload_gives_it_cameras(tmp_path: Path) -
     assert {e["camera"] for e in _events(events)} == {ours[0]} and "event=idle" in err
 
 
+def test_a_replica_whose_shard_a_reload_empties_stops_its_cameras_and_idles(tmp_path: Path) -> None:
+    """The config moves every camera of this replica away (renamed, removed): they stop (another replica
+    runs the new ones; the reload was refused and they streamed on, twice), the run idles instead of
+    ending, and a later reload that gives it a camera starts it."""
+    from pipeline.shard import Shard, select
+
+    clip = write_clip(tmp_path / "clip.mp4", frames=15, fps=15, size=(96, 64))
+    ids = [f"cam{i}" for i in range(12)]
+    ours, theirs = select(ids, Shard(1, 2)), select(ids, Shard(0, 2))
+    events, path, err_log = tmp_path / "events.jsonl", tmp_path / "cameras.yaml", tmp_path / "stderr.log"
+    base = _base(events)
+
+    def write(*cameras: str) -> None:
+        path.write_text(yaml.safe_dump({**base, "cameras": [{"id": c, "url": str(clip), "loop": True}
+                                                            for c in cameras]}))
+
+    def statuses(camera: str) -> list[str]:
+        return [e["state"] for e in _events(events) if e["kind"] == "status" and e["camera"] == camera]
+
+    write(theirs[0], ours[0])
+    with _Run(path, err_log, "--shard", "1/2") as proc:
+        _wait(proc, "our camera's frames", lambda: any(e["kind"] == "frame" for e in _events(events)))
+        write(theirs[0], theirs[1])
+        proc.send_signal(signal.SIGHUP)
+        _wait(proc, "our camera to stop", lambda: "stopped" in statuses(ours[0]))
+        assert proc.poll() is None and "event=idle" in err_log.read_text()
+        write(theirs[0], ours[1])
+        proc.send_signal(signal.SIGHUP)
+        _wait(proc, "the camera the next reload gives it",
+              lambda: any(e["kind"] == "frame" and e["camera"] == ours[1] for e in _events(events)))
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    err = err_log.read_text()
+    assert proc.returncode == 0, err[-3000:]
+    assert {e["camera"] for e in _events(events)} == {ours[0], ours[1]} and "reload_failed" not in err
+    assert shm.list_segments(f"{shm.ROOT}{proc.pid}_") == []
+
+
 def _children(pid: int) -> list[int]:
     out = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
