@@ -138,6 +138,7 @@ class Decoder:
         self._pass_start: float | None = None
         self._last_pts: float | None = None
         self._last_emit_pts: float | None = None
+        self._next_due: float | None = None  # the fps grid's next slot (pts, else arrival time)
         self._pace: tuple[float, float] | None = None  # (wall, pts) anchor of realtime pacing
         self._frames_this_pass = 0
         self._done = threading.Event()
@@ -275,13 +276,19 @@ class Decoder:
         self.failures = 0
 
     def _sample(self, t: float | None, now: float) -> bool:
-        """fps limit: keep a frame only when 1/fps has passed since the last kept one (by pts if any)."""
+        """fps limit: keep a frame once its time (pts, else arrival) reaches the next slot of a 1/fps grid.
+        The grid steps by 1/fps from slot to slot, not from the last frame kept: keeping a frame only 1/fps
+        after the previous one gave a 25 fps camera at ``fps: 10`` 8.3 frames/s (every third frame)."""
         if self.s.fps is None:
             return True
         clock = t if t is not None else now
-        last = self._last_emit_pts
-        if last is not None and clock >= last and clock - last < (1.0 / self.s.fps) * 0.999:
+        period = 1.0 / self.s.fps
+        due, last = self._next_due, self._last_emit_pts
+        if due is not None and last is not None and last <= clock < due - period * 0.001:
             return False
+        # the first frame, a pts that went back, or a gap longer than a slot: the grid starts at this frame
+        restart = due is None or last is None or clock < last or clock - due >= period
+        self._next_due = (clock if restart else due) + period
         self._last_emit_pts = clock
         return True
 

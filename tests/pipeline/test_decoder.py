@@ -126,10 +126,24 @@ def test_file_plays_to_the_end_in_order(clips: dict[str, Path], harness: type[Ha
     assert all(f.capture_ts <= g.capture_ts for f, g in zip(h.frames, h.frames[1:], strict=False))
 
 
-def test_fps_limit_samples_by_timestamp(clips: dict[str, Path], harness: type[Harness]) -> None:
-    h = harness(url=str(clips["mp4"]), is_file=True, realtime=False, fps=10.0)
+FPS_LIMITS = [  # (clip fps, clip frames, fps asked, frames kept): as many a second as asked, when the clip has them
+    (30, 30, 10.0, 10),  # one in three
+    (25, 50, 10.0, 20),  # 2 s: 20, not every third frame's 17 (8.3 frames/s)
+    (10, 30, 4.0, 12),   # 3 s: 12, not 10
+    (15, 30, 5.0, 10),
+    (10, 20, 20.0, 20),  # asked for more than there are: every frame
+]
+
+
+@pytest.mark.parametrize("rate, frames, fps, kept", FPS_LIMITS, ids=["30-to-10", "25-to-10", "10-to-4", "15-to-5", "10-to-20"])
+def test_fps_limit_samples_by_timestamp(tmp_path: Path, harness: type[Harness], rate: int, frames: int, fps: float,
+                                        kept: int) -> None:
+    clip = write_clip(tmp_path / "c.mp4", frames=frames, fps=rate, size=(96, 64))
+    h = harness(url=str(clip), is_file=True, realtime=False, fps=fps, lossless=True)
     h.run()
-    assert h.decoded == 10  # 30 frames at 30 fps -> one in three
+    assert h.decoded == kept
+    gaps = [b.pts - a.pts for a, b in zip(h.frames, h.frames[1:], strict=False)]
+    assert gaps and max(gaps) < 1.0 / fps + 1.0 / rate + 1e-6  # evenly spread: never more than a slot and a frame
 
 
 def test_lossless_file_waits_for_every_frame_to_be_taken(clips: dict[str, Path], harness: type[Harness]) -> None:
