@@ -288,7 +288,7 @@ class Decoder:
             return False
         # the first frame, a pts that went back, or a gap longer than a slot: the grid starts at this frame
         restart = due is None or last is None or clock < last or clock - due >= period
-        self._next_due = (clock if restart else due) + period
+        self._next_due = (clock if restart or due is None else due) + period
         self._last_emit_pts = clock
         return True
 
