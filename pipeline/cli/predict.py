@@ -13,7 +13,14 @@ from typing import Any
 import cv2
 
 from engines.errors import ConfigError, SourceError
-from pipeline.cli.common import add_infer_args, add_model_args, check_range, output_dir, parse_classes
+from pipeline.cli.common import (
+    add_infer_args,
+    add_model_args,
+    check_range,
+    output_dir,
+    parse_classes,
+    sigterm_interrupts,
+)
 
 NAME = "predict"
 HELP = "predict on images, folders, globs, videos or stream URLs"
@@ -114,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--classes", f"{max(classes)} is not a class of {args.model} (ids 0..{len(model.names) - 1})")
     kw = dict(imgsz=args.imgsz, conf=args.conf, iou=args.iou, max_det=args.max_det, classes=classes,
               agnostic=args.agnostic_nms, retina_masks=args.retina_masks, max_frames=args.max_frames)
-    with output_dir(args.out) as out:
+    with output_dir(args.out) as out, sigterm_interrupts():
         n_frames, n_dets = _predict(model, args, out, kw)
     print(f"{n_frames} frame(s), {n_dets} detection(s) -> {out}/ (predictions.json"
           f"{', annotated output' if not args.no_save else ''})")
@@ -123,11 +130,13 @@ def run(args: argparse.Namespace) -> int:
 
 def _predict(model: Any, args: argparse.Namespace, out: Path, kw: dict[str, Any]) -> tuple[int, int]:
     """Run ``model`` over ``args.source``, writing annotated output and predictions.json into ``out``;
-    returns the frames read and the detections found."""
+    returns the frames read and the detections found. Interrupted (a stream is stopped with Ctrl-C or
+    SIGTERM), it still finishes its videos and predictions.json for the frames done, then re-raises."""
     records: list[dict[str, Any]] = []
     videos = _VideoWriters(out)
     names = _OutputNames()
     n_frames = n_dets = 0
+    interrupted = False
     try:
         for item, dets in model.stream(args.source, **kw):
             name = names.of(item)
@@ -140,11 +149,17 @@ def _predict(model: Any, args: argparse.Namespace, out: Path, kw: dict[str, Any]
                     cv2.imwrite(str(out / f"{name}.jpg"), annotated)
                 else:
                     videos.write(name, annotated, item.fps)
+    except KeyboardInterrupt:
+        interrupted = True
     finally:
         videos.close()
     if n_frames == 0:
+        if interrupted:
+            raise KeyboardInterrupt
         raise SourceError(f"{args.source}: no frames were read")
     tmp = out / "predictions.json.tmp"
     tmp.write_text(json.dumps(records))
     os.replace(tmp, out / "predictions.json")
+    if interrupted:
+        raise KeyboardInterrupt
     return n_frames, n_dets

@@ -167,6 +167,41 @@ def test_predict_cli_bounds_each_video_and_keeps_same_named_sources_apart(
     assert {"a", "a_2"} <= ids
 
 
+def test_predict_stopped_by_sigterm_keeps_a_playable_video_and_its_predictions(tmp_path: Path) -> None:
+    """Stopping predict (on a stream, the only way) with SIGTERM left an MP4 without its index and no
+    predictions.json at all."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import av
+
+    from tests.pipeline.media import write_clip
+
+    clip = write_clip(tmp_path / "clip.mp4", frames=1500, fps=25, size=(96, 64), gop=25)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "predict", "--model", str(FIXTURE), "--source",
+                             str(clip), "--out", str(out), "--imgsz", "64"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "clip.mp4").is_file():
+            assert proc.poll() is None and time.monotonic() < deadline, "predict never started its video"
+            time.sleep(0.05)
+        time.sleep(1.0)  # some frames in
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "segpipe predict: interrupted", err
+    assert isinstance(json.loads((out / "predictions.json").read_text()), list)
+    with av.open(str(out / "clip.mp4")) as c:
+        frames = sum(1 for _ in c.decode(video=0))
+    assert 0 < frames < 1500
+
+
 def test_val_from_the_python_api(model: SegModel, coco128: Path, tmp_path: Path) -> None:
     # The fixture was trained on the first 8 coco128 images: validate on those.
     imgs = sorted((coco128 / "images" / "train2017").glob("*.jpg"))[:8]
