@@ -32,7 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_infer_args(p)
     p.add_argument("--retina-masks", action="store_true", help="masks at full frame resolution")
     p.add_argument("--out", default="runs/predict", help="output folder (default runs/predict)")
-    p.add_argument("--no-save", action="store_true", help="do not write annotated images/videos")
+    p.add_argument("--save", action=argparse.BooleanOptionalAction, default=True,
+                   help="write annotated images/videos (default on; --no-save or save=False: predictions.json only)")
     p.add_argument("--max-frames", type=int, default=0, help="stop each video/stream after N frames (default 0: all)")
 
 
@@ -124,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     with output_dir(args.out) as out, sigterm_interrupts():
         n_frames, n_dets = _predict(model, args, out, kw)
     print(f"{n_frames} frame(s), {n_dets} detection(s) -> {out}/ (predictions.json"
-          f"{', annotated output' if not args.no_save else ''})")
+          f"{', annotated output' if args.save else ''})")
     return 0
 
 
@@ -143,7 +144,7 @@ def _predict(model: Any, args: argparse.Namespace, out: Path, kw: dict[str, Any]
             records += _coco_records(dets, _image_id(name, item.frame))
             n_frames += 1
             n_dets += len(dets)
-            if not args.no_save:
+            if args.save:
                 annotated = dets.plot(item.image)
                 if item.frame is None:
                     cv2.imwrite(str(out / f"{name}.jpg"), annotated)

@@ -103,6 +103,11 @@ def test_predict_cli_writes_annotated_images_and_coco_json(coco128_images: list[
                            "counts": preds[0]["segmentation"]["counts"].encode()})
     assert m.sum() > 0
     assert len(list((tmp_path / "out").glob("*.jpg"))) == 2
+    # Ultralytics' save=True (the default) was refused as an unknown --save; save=False is --no-save.
+    assert main(["predict", f"model={FIXTURE}", f"source={src}", f"out={tmp_path / 'saved'}", "save=True"]) == 0
+    assert len(list((tmp_path / "saved").glob("*.jpg"))) == 2
+    assert main(["predict", f"model={FIXTURE}", f"source={src}", f"out={tmp_path / 'unsaved'}", "save=False"]) == 0
+    assert [p.name for p in (tmp_path / "unsaved").iterdir()] == ["predictions.json"]
 
 
 @pytest.mark.parametrize("fps", [10, 60])
