@@ -230,6 +230,30 @@ def test_cli_export_prints_path_and_usage(model: Path, tmp_path: Path, capsys: p
     assert load_backend(out).meta.imgsz == (IMGSZ, IMGSZ)
 
 
+def test_sigterm_during_export_leaves_no_temp_folder(model: Path, tmp_path: Path) -> None:
+    """SIGTERM ended the process where it stood, leaving the half-written ``.m.onnx.XXXX`` folder."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "export", "--model", str(model), "--format", "onnx",
+                             "--simplify", "--out", str(tmp_path / "m.onnx")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob(".m.onnx.*")):
+            assert proc.poll() is None and time.monotonic() < deadline, "no export in progress seen"
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "segpipe export: interrupted", err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_cli_info_reads_an_exported_model(onnx_dynamic: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """It said 'not a model checkpoint': the one command that describes a model knew no exported one."""
     assert cli_main(["info", "--model", str(onnx_dynamic)]) == 0
