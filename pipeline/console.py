@@ -6,6 +6,8 @@ file, a container) it is printed as plain text blocks, so logs stay readable and
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -13,6 +15,8 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from pipeline.messages import CameraState
+
+log = logging.getLogger("segpipe.console")
 
 _COLUMNS = ("CAMERA", "STATE", "SIZE", "DEC/s", "INF/s", "DROPS", "STALE", "LAT ms", "RESTARTS", "TRACKS", "IN/OUT")
 
@@ -84,24 +88,42 @@ class Console:
         self._before: dict[str, Mapping[str, float | int]] = {}
         self._last = 0.0
         self._drawn = 0  # lines drawn last time (TTY redraw)
+        self._off = False  # the stream went away: the table stops, the run goes on
 
     def update(self, cameras: Sequence[tuple[str, CameraState, Mapping[str, Any]]],
                *, header: str = "", force: bool = False) -> None:
         """cameras: (camera id, state, control-block snapshot) per camera. ``force``: now, whatever the
         interval (the final table)."""
         now = time.monotonic()
-        if self._last and now - self._last < self.interval_s * 0.9 and not force:
+        if self._off or self._last and now - self._last < self.interval_s * 0.9 and not force:
             return
         dt = now - self._last if self._last else 0.0
         rows = [camera_row(cid, state, snap, self._before.get(cid), dt) for cid, state, snap in cameras]
         self._before = {cid: dict(snap) for cid, _, snap in cameras}
         self._last = now
         text = render(rows, header=header)
-        if self.tty:
-            # Move up over the previous table and clear to the end of the screen, then redraw.
-            prefix = f"\x1b[{self._drawn}F\x1b[J" if self._drawn else ""
-            self.stream.write(prefix + text + "\n")
-            self._drawn = text.count("\n") + 1
-        else:
-            self.stream.write(f"--- {time.strftime('%H:%M:%S')}\n{text}\n")
-        self.stream.flush()
+        try:
+            if self.tty:
+                # Move up over the previous table and clear to the end of the screen, then redraw.
+                prefix = f"\x1b[{self._drawn}F\x1b[J" if self._drawn else ""
+                self.stream.write(prefix + text + "\n")
+                self._drawn = text.count("\n") + 1
+            else:
+                self.stream.write(f"--- {time.strftime('%H:%M:%S')}\n{text}\n")
+            self.stream.flush()
+        except OSError as e:  # a pipe whose reader exited (| head, a dead tee), a closed terminal
+            self._stream_gone(e)
+
+    def _stream_gone(self, error: OSError) -> None:
+        """Stop the table, not the run: a camera wall must not die with whatever read its stdout."""
+        self._off = True
+        log.warning("event=console_off reason=%r (the run goes on; segpipe status shows the table)", str(error))
+        if self.stream is sys.stdout:
+            # Python flushes stdout at exit, and what is left in its buffer would fail again (exit status
+            # 120): point the descriptor at /dev/null
+            try:
+                fd = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(fd, sys.stdout.fileno())
+                os.close(fd)
+            except (OSError, ValueError):
+                pass

@@ -92,8 +92,9 @@ def decoder_main(settings: DecoderSettings, prefix: str, conn: Connection,
     initial: RECONNECTING when the supervisor restarts a crashed decoder (then the first move is
     CONNECTING, announced by the machine), CONNECTING on a first start.
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the supervisor decides
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # Ctrl-C and a group-wide SIGTERM reach the whole process group: the supervisor decides
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # Decoding every frame of every camera is worthless when the model cannot take them: on an
     # overloaded host the device stage keeps the CPU it needs and decoders drop frames (newest wins)
     # instead of everything, inference included, slowing down together.

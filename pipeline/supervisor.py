@@ -29,8 +29,11 @@ between two batches (kept out, with the old one running on, if it fails to load)
 and the sinks run on untouched. A config that does not load is reported and the running one kept. A
 replica (``--shard``) whose cameras all move away stops them and idles until a reload gives it some.
 
-Children ignore SIGINT (inherited SIG_IGN): Ctrl-C reaches the whole process group, but only the
-supervisor decides how to stop. On Linux they also die with the supervisor (PR_SET_PDEATHSIG).
+Children ignore SIGINT (inherited SIG_IGN) and SIGTERM (set first thing): Ctrl-C reaches the whole
+process group, and so does SIGTERM from systemd (KillMode=control-group, its default), timeout(1) or
+``kill -- -PGID``, but only the supervisor decides how to stop, in order (a device stage killed by such a
+SIGTERM lost its batches and ended the run as a failure). It stops children with SIGKILL where it must;
+on Linux they also die with the supervisor (PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
@@ -84,7 +87,11 @@ def _refuse_reload(problems: list[str]) -> None:
 
 
 def _child_main(logs: LogSetup | None, target: Callable[..., None], *args: Any, **kwargs: Any) -> None:
-    """Entry of every child: die with the supervisor (Linux), log as it does, then run ``target``."""
+    """Entry of every child: ignore SIGTERM (module doc), die with the supervisor (Linux), log as it does,
+    then run ``target``."""
+    # first: not inherited like SIGINT's SIG_IGN, since the supervisor must not ignore a SIGTERM of its own
+    # while it starts a child (another thread of it could take the signal and drop it)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     with contextlib.suppress(Exception):  # best effort: not on macOS, not without libc
         import ctypes
 

@@ -85,6 +85,60 @@ def test_check_refuses_classes_the_model_does_not_have(tmp_path: Path, capsys: p
     assert capsys.readouterr().err.splitlines() == [f"segpipe run: error: {e}" for e in errors]
 
 
+def _frames(events: Path) -> int:
+    return events.read_text().count('"kind":"frame"') if events.exists() else 0
+
+
+def _wait_frames(proc: subprocess.Popen, events: Path, n: int) -> None:
+    deadline = time.monotonic() + 120
+    while _frames(events) < n:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"fewer than {n} frames published"
+        time.sleep(0.1)
+
+
+STOPS = [  # (how the run is stopped, how stdout is read): each a clean, complete shutdown
+    ("sigterm-to-the-group", "read"),   # systemd's KillMode=control-group, timeout(1), kill -- -PGID
+    ("sigterm", "closed"),              # the table's reader went away (| head, a dead tee) long before
+]
+
+
+@pytest.mark.parametrize("stop, stdout", STOPS, ids=[s for s, _ in STOPS])
+def test_a_run_stops_cleanly_whatever_its_surroundings_do(tmp_path: Path, stop: str, stdout: str) -> None:
+    path = write_config(tmp_path)
+    events = tmp_path / "events.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(path), "--console-interval", "0.2"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        if stdout == "closed":
+            proc.stdout.readline()
+            proc.stdout.close()
+        _wait_frames(proc, events, 10)
+        if stdout == "closed":  # the console's next writes fail: frames must keep coming all the same
+            at = _frames(events)
+            _wait_frames(proc, events, at + 10)
+        if stop == "sigterm-to-the-group":
+            os.killpg(proc.pid, signal.SIGTERM)
+        else:
+            proc.send_signal(signal.SIGTERM)
+        err = proc.communicate(timeout=120)[1]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, err[-3000:]
+    assert "Traceback" not in err and "level=ERROR" not in err and "run: error" not in err, err[-3000:]
+    assert ("event=console_off" in err) == (stdout == "closed")
+    lines = [json.loads(x) for x in events.read_text().splitlines()]
+    summary = re.search(r"camera=loop event=summary state=stopped decoded=\d+ inferred=(\d+)", err)
+    assert summary, err[-3000:]
+    assert sum(e["kind"] == "frame" and e["camera"] == "loop" for e in lines) == int(summary.group(1))  # drained
+    assert [e["state"] for e in lines if e["kind"] == "status" and e["camera"] == "loop"][-1] == "stopped"
+    assert shm.list_segments(f"{shm.ROOT}{proc.pid}_") == []
+
+
 def test_config_errors_exit_2_listing_all(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write_config(tmp_path, batch={"max_batch": 0, "max_wait": 3},
                         cameras=[{"id": "a", "url": "ftp://x"}, {"id": "a", "url": "rtsp://u:hunter2@h/s"}])
