@@ -116,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--imgsz", f"must be a positive multiple of 32, got {args.imgsz}")
     if args.max_frames < 0:
         raise ConfigError("--max-frames", f"must be >= 0 (0: every frame), got {args.max_frames}")
+    if args.half and str(args.device).strip().lower() == "cpu":  # the backend would run fp32 without a word
+        raise ConfigError("--half", "fp16 inference needs a CUDA --device (0, cuda:1, ...); on cpu it runs fp32")
     classes = parse_classes(args.classes)
     model = SegModel(args.model, device=args.device, backend=args.backend, half=args.half)
     if classes and max(classes) >= len(model.names):

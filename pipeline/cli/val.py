@@ -39,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
 
     check_range("--conf", args.conf, 0.0, 1.0)
     check_range("--iou", args.iou, 0.0, 1.0)
+    if args.half and str(args.device).strip().lower() == "cpu":  # the backend would run fp32 without a word
+        raise ConfigError("--half", "fp16 inference needs a CUDA --device (0, cuda:1, ...); on cpu it runs fp32")
     if args.batch < 1:
         raise ConfigError("--batch", f"must be >= 1, got {args.batch}")
     if args.workers < 0:

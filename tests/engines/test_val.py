@@ -138,6 +138,7 @@ def test_class_count_mismatch_and_train_mode_restored(data_yaml: Path) -> None:
     (["--model", "yolov8n-seg.yaml", "--data", "{data}", "--conf", "2"], 2, "--conf"),
     (["--model", "yolov8n-seg.yaml", "--data", "{data}", "--imgsz", "100"], 2, "--imgsz"),
     (["--model", "yolov8n-seg.yaml", "--data", "nowhere.yaml"], 1, "data YAML not found"),
+    (["--model", "yolov8n-seg.yaml", "--data", "{data}", "--half"], 2, "--half: fp16 inference needs a CUDA"),
     # Output folders are written at the end: a bad one failed after the whole run, with a traceback.
     (["--model", "yolov8n-seg.yaml", "--data", "{data}", "--out", "{data}"], 2, "--out: {data} exists and is not a folder"),
     (["--model", "yolov8n-seg.yaml", "--data", "{data}", "--out", "{data}/x"], 2, "--out: cannot create folder {data}/x"),
