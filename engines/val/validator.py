@@ -81,6 +81,9 @@ class Validator:
             self._files = [os.fspath(lab.im_file) for lab in labels]
             self._ids = {f: i for i, f in enumerate(self._files)}
             self._truths = [ImageTruth.from_labels(lab.shape, lab.cls, lab.segments, lab.boxes) for lab in labels]
+            if not any(len(t.cls) for t in self._truths):  # every score would be 0 with nothing to say why
+                LOG.warning("the %s split of %s has no labelled instances: its mAP is 0 whatever the model does",
+                            self.split, self.data.yaml_file or self.data.root)
             self._loader = SegLoader(ds, batch_size=self.batch, shuffle=False, workers=self.workers,
                                      pin_memory=self.device.type == "cuda")
         return self._loader

@@ -132,6 +132,25 @@ def test_class_count_mismatch_and_train_mode_restored(data_yaml: Path) -> None:
     assert net.seen_training == [False] and net.training
 
 
+def test_split_without_labels_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                      caplog: pytest.LogCaptureFixture) -> None:
+    """A val split whose labels are all missing scored mAP 0 with nothing saying why."""
+    from tests.engines.shapes_data import make_shapes_dataset
+
+    monkeypatch.setenv("SEGPIPE_CACHE", str(tmp_path / "cache"))
+    data = make_shapes_dataset(tmp_path / "data", n=2, size=64)
+    spec = load_data_yaml(data)
+    with caplog.at_level("WARNING", logger="segpipe.val"):
+        assert len(Validator(data=spec, imgsz=64).truths) == 2
+    assert not caplog.records
+    for label in (tmp_path / "data" / "labels" / "train").glob("*.txt"):
+        label.unlink()
+    with caplog.at_level("WARNING", logger="segpipe.val"):
+        assert all(len(t.cls) == 0 for t in Validator(data=load_data_yaml(data), imgsz=64).truths)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"the val split of {data} has no labelled instances: its mAP is 0 whatever the model does"]
+
+
 @pytest.mark.parametrize("argv, code, message", [
     (["--model", "yolov8n-seg.yaml"], 2, "does not name the dataset"),
     (["--model", "missing.pt", "--data", "{data}"], 1, "model file not found"),
