@@ -151,8 +151,8 @@ def train(
         if data is None or str(data) == "":
             raise ConfigError("train.data", "required: a data YAML (or resume a run)")
         cfg = TrainConfig(
-            data=str(data), model=str(model), epochs=epochs, time=time, imgsz=imgsz, rect=rect, batch=batch, device=opt(device),
-            pretrained=opt(pretrained), out=opt(out), workers=workers, seed=seed, deterministic=deterministic,
+            data=_recorded_path(data), model=_recorded_path(model), epochs=epochs, time=time, imgsz=imgsz, rect=rect, batch=batch, device=opt(device),
+            pretrained=None if pretrained is None else _recorded_path(pretrained), out=opt(out), workers=workers, seed=seed, deterministic=deterministic,
             optimizer=optimizer, lr0=lr0, lrf=lrf, momentum=momentum, weight_decay=weight_decay,
             warmup_epochs=warmup_epochs, warmup_momentum=warmup_momentum, warmup_bias_lr=warmup_bias_lr,
             box=box, cls=cls, dfl=dfl, dice=dice, nbs=nbs, cos_lr=cos_lr, close_mosaic=close_mosaic, patience=patience, val=val,
@@ -162,6 +162,14 @@ def train(
         with claimed_run_folder(cfg.out or default_out_dir(), exist_ok=exist_ok) as folder:
             return run(cfg.replace(out=str(folder)))
     return run(cfg)
+
+
+def _recorded_path(p: str | Path) -> str:
+    """A file named relative to the current folder, as an absolute path: checkpoints record it, and
+    ``segpipe val --model best.pt`` or ``--resume`` run from elsewhere must find the same file. Other
+    names (bundled model YAMLs such as yolov8s-seg.yaml, missing files) are kept as given."""
+    path = Path(p).expanduser()
+    return str(path.absolute()) if path.is_file() else str(p)
 
 
 def run(cfg: TrainConfig) -> SegMetrics:

@@ -327,6 +327,25 @@ def test_run_folder_of_an_earlier_run_is_refused_unless_exist_ok(tmp_path, one_t
     assert load_checkpoint(tmp_path / "run" / "weights" / "last.pt").meta.train_args["epochs"] == 1
 
 
+def test_checkpoint_of_a_run_started_with_relative_paths_works_from_another_folder(tmp_path, monkeypatch, one_thread):
+    """best.pt recorded --data as typed ("data/data.yaml"): `segpipe val --model best.pt` and --resume
+    then looked for it in whatever folder they were run from."""
+    from engines.checkpoint import load_checkpoint
+    from engines.train import train
+    from engines.val import validate
+
+    make_shapes_dataset(tmp_path / "data", n=4, size=128)
+    monkeypatch.chdir(tmp_path)
+    train(data="data/data.yaml", out="run", epochs=1, plots=False, **dict(TINY, batch=2, nbs=2))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    best = tmp_path / "run" / "weights" / "best.pt"
+    data = str(tmp_path / "data" / "data.yaml")
+    assert load_checkpoint(best).meta.data == data and load_checkpoint(best).meta.train_args["data"] == data
+    assert load_checkpoint(best).meta.train_args["model"] == "yolov8n-seg.yaml"  # a bundled name stays one
+    assert validate(str(best), batch=2, verbose=False).images == 4
+
+
 def test_sigterm_while_a_checkpoint_is_written_leaves_no_temp_file(tmp_path):
     """A kill (SIGTERM: a scheduler, docker stop) mid-write left a half-written .last.pt.XXXX.tmp."""
     import signal
