@@ -109,7 +109,8 @@ class DeviceStage:
         self.commands = commands
         self.watched: frozenset[str] = frozenset()  # cameras a preview sink shows now
         self._next_preview: dict[str, float] = {}  # camera id -> monotonic time its next preview is due
-        self.notify = notify or (lambda msg: None)  # ("names", names) then ("model_ready", line) | ("model_error", line)
+        # ("names", names) then ("model_ready", (description, seconds to swap)) | ("model_error", line)
+        self.notify = notify or (lambda msg: None)
         self.device = backend.device
         self.cuda = self.device.type == "cuda"
         self.model = bundle_model(settings, backend)
@@ -195,8 +196,8 @@ class DeviceStage:
         except Exception as e:  # noqa: BLE001 - a model that fails to load must not take the stream down
             self.notify(("model_error", f"{type(e).__name__}: {e}".splitlines()[0]))
         else:
-            self.notify(("model_ready", f"{loaded.backend!r} input {loaded.size[1]}x{loaded.size[0]} (WxH), "
-                                        f"swapped in {time.perf_counter() - t0:.2f} s"))
+            self.notify(("model_ready", (f"{loaded.backend!r} input {loaded.size[1]}x{loaded.size[0]} (WxH)",
+                                         time.perf_counter() - t0)))
 
     # ------------------------------------------------------------------------------- threads
 
@@ -526,7 +527,7 @@ def device_main(settings: DeviceSettings, cameras: Sequence[tuple[str, str, Roi 
     ``("names", class names)`` then ``("ready", description)`` after warm-up, ``("stats", StageStats)``
     about every second, or
     ``("error", one line)`` before a non-zero exit, and after a ``("model", DeviceSettings)`` command
-    ``("names", ...)`` and ``("model_ready", description)``, or ``("model_error", one line)``. commands: optional queue of
+    ``("names", ...)`` and ``("model_ready", (description, seconds))``, or ``("model_error", one line)``. commands: optional queue of
     config reload changes, ``("attach", camera id, prefix, worker index | None, roi | None)``, ``("detach", camera id)`` or ``("model",
     DeviceSettings)`` (loaded beside the running model, swapped in between two batches).
     """

@@ -334,7 +334,8 @@ class Supervisor:
                 elif kind == "error":
                     self._fail(f"device stage: {payload}")
                 elif kind == "model_ready":
-                    log.info("event=model_swapped %s", payload)
+                    self.device_info, seconds = payload  # what status() and /cameras say runs now
+                    log.info("event=model_swapped %s, swapped in %.2f s", self.device_info, seconds)
                     if self._next_models:
                         done = self._next_models.pop(0)
                         self.cfg = self.cfg.model_copy(update={"model": done.model, "masks": done.masks})

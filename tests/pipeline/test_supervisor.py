@@ -165,6 +165,26 @@ def test_a_stop_while_the_model_loads_is_a_clean_exit(tmp_path: Path) -> None:
     assert sup._device.exitcode == -signal.SIGKILL and no_segments_left()
 
 
+def test_status_names_the_model_a_reload_swapped_in(tmp_path: Path) -> None:
+    """status() (segpipe status, /cameras) says what runs: after a model swap, the new input size (it
+    kept the first model's description for the life of the run)."""
+    cfg = _looping(tmp_path)
+    bigger = cfg.model_copy(update={"model": cfg.model.model_copy(update={"imgsz": 96})})
+    state = {"ticks": 0}
+
+    def tick(sup: Supervisor) -> None:
+        state["ticks"] += 1
+        if state["ticks"] == 2:
+            assert "input 64x64 (WxH)" in sup.status()["device"]
+            sup.request_reload()
+        if "input 96x96" in sup.status()["device"] or state["ticks"] > 60:
+            sup.request_stop("test done")
+
+    sup = Supervisor(cfg=cfg, on_tick=tick, reloader=lambda: bigger)
+    assert sup.run() == 0, sup.errors
+    assert sup.status()["device"].endswith("input 96x96 (WxH)") and sup.cfg.model.imgsz == 96
+
+
 def _looping(tmp_path: Path) -> RunConfig:
     clip = write_clip(tmp_path / "c.mp4", frames=12, fps=15, size=(96, 64))
     return config(tmp_path, [{"id": "c", "url": str(clip), "loop": True, "realtime": False, "lossless": True}])
