@@ -24,7 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="0", help="GPU index or cuda:N (default 0)")
     p.add_argument("--half", action="store_true", help="FP16 kernels")
     p.add_argument("--int8", action="store_true", help="INT8 kernels, calibrated on --calib-data (implies FP16)")
-    p.add_argument("--calib-data", default=None, help="data YAML whose train images calibrate INT8")
+    p.add_argument("--calib-data", "--data", dest="calib_data", default=None,
+                   help="data YAML whose train images calibrate INT8 (also --data, as segpipe export spells it)")
     p.add_argument("--calib-images", type=int, default=512, help="INT8 calibration images (default 512)")
     p.add_argument("--imgsz", default=None, help="input size: N (square) or H,W, e.g. 384,640 for 16:9 cameras "
                    "(default: the model's training size)")

@@ -145,8 +145,14 @@ def test_cache_path_under_segpipe_cache(tmp_path: Path, monkeypatch: pytest.Monk
 # --- missing TensorRT / GPU ------------------------------------------------------------------------------
 
 @pytest.mark.skipif(HAS_TRT and torch.cuda.is_available(), reason="checks the refusal without TensorRT or GPU")
-def test_build_engine_cli_stops_at_once(capsys: pytest.CaptureFixture[str]) -> None:
-    rc = cli_main(["build-engine", "--model", "does-not-matter.pt", "--half"])
+@pytest.mark.parametrize("args", [
+    ["--half"],
+    ["--int8", "--calib-data", "d.yaml"],
+    ["--int8", "--data", "d.yaml"],  # export's spelling of the calibration set was refused as unknown
+    ["int8=True", "data=d.yaml"],
+])
+def test_build_engine_cli_stops_at_once(capsys: pytest.CaptureFixture[str], args: list[str]) -> None:
+    rc = cli_main(["build-engine", "--model", "does-not-matter.pt", *args])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc != 0 and len(err) == 1
     assert err[0].startswith("segpipe build-engine: error:")
