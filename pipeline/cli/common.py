@@ -85,6 +85,18 @@ def check_range(name: str, value: float, lo: float, hi: float) -> None:
 
 
 @contextmanager
+def errors_name_flags(args: argparse.Namespace) -> Iterator[None]:
+    """A ``ConfigError`` the engine raised about one of the command's own settings names it by the
+    flag the user typed: ``max_det: ...`` becomes ``--max-det: ...``."""
+    try:
+        yield
+    except ConfigError as e:
+        if e.path not in vars(args):
+            raise
+        raise ConfigError("--" + e.path.replace("_", "-"), e.msg) from None
+
+
+@contextmanager
 def sigterm_interrupts() -> Iterator[None]:
     """Within the block, SIGTERM raises ``KeyboardInterrupt`` as Ctrl-C does.
 

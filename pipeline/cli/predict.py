@@ -17,6 +17,7 @@ from pipeline.cli.common import (
     add_infer_args,
     add_model_args,
     check_range,
+    errors_name_flags,
     output_dir,
     parse_classes,
     sigterm_interrupts,
@@ -119,12 +120,13 @@ def run(args: argparse.Namespace) -> int:
     if args.half and str(args.device).strip().lower() == "cpu":  # the backend would run fp32 without a word
         raise ConfigError("--half", "fp16 inference needs a CUDA --device (0, cuda:1, ...); on cpu it runs fp32")
     classes = parse_classes(args.classes)
-    model = SegModel(args.model, device=args.device, backend=args.backend, half=args.half)
+    with errors_name_flags(args):
+        model = SegModel(args.model, device=args.device, backend=args.backend, half=args.half)
     if classes and max(classes) >= len(model.names):
         raise ConfigError("--classes", f"{max(classes)} is not a class of {args.model} (ids 0..{len(model.names) - 1})")
     kw = dict(imgsz=args.imgsz, conf=args.conf, iou=args.iou, max_det=args.max_det, classes=classes,
               agnostic=args.agnostic_nms, retina_masks=args.retina_masks, max_frames=args.max_frames)
-    with output_dir(args.out) as out, sigterm_interrupts():
+    with output_dir(args.out) as out, sigterm_interrupts(), errors_name_flags(args):
         n_frames, n_dets = _predict(model, args, out, kw)
     print(f"{n_frames} frame(s), {n_dets} detection(s) -> {out}/ (predictions.json"
           f"{', annotated output' if args.save else ''})")

@@ -85,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
         with sigterm_interrupts():
             _train(train, args)
     except ConfigError as e:
+        if e.path == "device":  # engines.device names it so for every caller
+            raise ConfigError("--device", e.msg) from None
         if not e.path.startswith("train."):
             raise
         # The engine names its fields ("train.imgsz", "train.hyp.mosaic"); here the user typed flags.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.cli.common import add_model_args, check_range, output_dir
+from pipeline.cli.common import add_model_args, check_range, errors_name_flags, output_dir
 
 NAME = "val"
 HELP = "validate a model: COCO box and mask mAP on a dataset split"
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--workers", f"must be >= 0, got {args.workers}")
     if args.imgsz is not None and (args.imgsz < 32 or args.imgsz % 32):
         raise ConfigError("--imgsz", f"must be a positive multiple of 32, got {args.imgsz}")
-    with output_dir(args.out) as out:  # written at the end: a bad one must not cost the whole run
+    with output_dir(args.out) as out, errors_name_flags(args):  # written at the end: checked first
         metrics = validate(args.model, data=args.data, split=args.split, imgsz=args.imgsz, batch=args.batch,
                            device=args.device, conf=args.conf, iou=args.iou, max_det=args.max_det,
                            save_json=args.save_json, out_dir=out, plots=args.plots, workers=args.workers,

@@ -134,6 +134,8 @@ def test_predict_cli_writes_a_video_at_its_own_frame_rate(tmp_path: Path, fps: i
     (["--out", "{clip}"], 2, "--out: {clip} exists and is not a folder"),  # tracebacks
     (["--out", "{clip}/x"], 2, "--out: cannot create folder {clip}/x"),
     (["--half"], 2, "--half: fp16 inference needs a CUDA --device"),  # ran fp32 without a word
+    (["--max-det", "0"], 2, "--max-det: expected an integer >= 1, got 0"),  # named max_det, not the flag
+    (["--device", "gpu"], 2, "--device: expected cpu, a GPU index"),
     (["--source", ""], 1, "source is empty"),  # predicted on every image and video of the current folder
     (["--source", "{clip}.missing.mp4"], 1, "no such file"),  # and left an empty --out behind
 ])
