@@ -96,7 +96,8 @@ class CloseMosaicHook(Hook):
             s.dataset.close_mosaic()
             self.closed = True
             if s.place.main:
-                print(f"Closing mosaic augmentation for the last {n} epochs")
+                left = s.cfg.epochs - s.epoch  # fewer than n in a short or resumed run
+                print(f"Closing mosaic augmentation for the last {left} epoch{'s' if left != 1 else ''}")
 
 
 class ProgressHook(Hook):

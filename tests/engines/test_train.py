@@ -451,6 +451,15 @@ def test_cli_trains_with_ultralytics_spelling(tmp_path, capsys, one_thread):
     assert best.meta.train_args["hyp"] == {"mosaic": 0.0, "mask_ratio": 2, "fliplr": 0.0}
 
 
+def test_mosaic_switch_off_counts_the_epochs_left(tmp_path, capsys, one_thread):
+    from engines.train import train
+
+    data = make_shapes_dataset(tmp_path / "data", n=4, size=128)
+    train(data=data, out=tmp_path / "run", epochs=2, plots=False, **dict(TINY, close_mosaic=10))
+    # A 2-epoch run closes mosaic for both, not "the last 10 epochs".
+    assert "Closing mosaic augmentation for the last 2 epochs\n" in capsys.readouterr().out
+
+
 ULTRALYTICS_PT = Path(__file__).resolve().parents[1] / "fixtures" / "ultralytics" / "yolov8n-seg-coco8.pt"
 
 
