@@ -356,6 +356,18 @@ def check_classes(cameras: tuple[CameraConfig, ...], names: tuple[str, ...], mod
             for i, cam in enumerate(cameras) for c in cam.classes or () if c not in known]
 
 
+def check_labels(cfg: RunConfig, names: tuple[str, ...]) -> list[ConfigError]:
+    """Every class ``cfg`` names that the model (its labels ``names``, by class id) lacks: ``model.classes``
+    ids, cameras' ``classes``, clip triggers' and webhooks' ``classes``. Each would silently filter out
+    everything, start no clip or fire no webhook."""
+    from pipeline.sinks.config import check_sink_classes
+
+    path = cfg.model.path
+    errors = [ConfigError("model.classes", f"class id {i} is not a class of {path} (ids 0-{len(names) - 1})")
+              for i in cfg.model.classes or () if i >= len(names)]
+    return [*errors, *check_classes(cfg.cameras, names, path), *check_sink_classes(cfg.sinks, names, path)]
+
+
 def _sink_cameras(cfg: RunConfig) -> list[ConfigError]:
     """A sink's ``cameras`` that name no camera of the config: a typo there would publish nothing for
     the camera meant, silently (the list is checked before ``--shard`` picks this replica's cameras)."""

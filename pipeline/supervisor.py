@@ -195,13 +195,10 @@ class Supervisor:
             self.decoders.add(cam)
         self._start_stages()
         if self._stop_reason is None and self.model_names is not None:
-            from pipeline.config import check_classes
-            from pipeline.sinks.config import check_sink_classes
+            from pipeline.config import check_labels
 
             # a label the model never produces would silently filter out everything (or start no clip)
-            names, path = self.model_names, self.cfg.model.path
-            for err in [*check_classes(self.cfg.cameras, names, path),
-                        *check_sink_classes(self.cfg.sinks, names, path)][:1]:
+            for err in check_labels(self.cfg, self.model_names)[:1]:
                 self._fail(str(err))
         if self._stop_reason is None:
             self._started = True
@@ -339,12 +336,9 @@ class Supervisor:
                     if self._next_models:
                         done = self._next_models.pop(0)
                         self.cfg = self.cfg.model_copy(update={"model": done.model, "masks": done.masks})
-                    from pipeline.config import check_classes
-                    from pipeline.sinks.config import check_sink_classes
+                    from pipeline.config import check_labels
 
-                    names, path = self.model_names or (), self.cfg.model.path
-                    for err in [*check_classes(self.cfg.cameras, names, path),
-                                *check_sink_classes(self.cfg.sinks, names, path)]:
+                    for err in check_labels(self.cfg, self.model_names or ()):
                         log.warning("event=classes_unknown_to_new_model error=%r", str(err))
                 elif kind == "model_error":
                     log.error("event=model_swap_failed error=%r kept=running_model", payload)

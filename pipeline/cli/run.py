@@ -89,25 +89,23 @@ def _start(args: argparse.Namespace, early_hangup: threading.Event) -> int:
 
 
 def _check_classes(cfg: Any) -> None:
-    """Raise ConfigErrors for ``classes`` (cameras', clip triggers', webhooks') that are not labels of
-    the model, when the model is a checkpoint whose labels can be read here; other formats are checked
-    once the device stage has loaded them. Without it, --check passed ``classes: [car]`` and the run then
-    failed on a model that says ``vehicle``."""
+    """Raise ConfigErrors for classes the config names (``model.classes`` ids; cameras', clip triggers' and
+    webhooks' labels) that the model lacks, when the model is a checkpoint whose labels can be read here;
+    other formats are checked once the device stage has loaded them. Without it, --check passed
+    ``classes: [car]`` and the run then failed on a model that says ``vehicle``."""
     from pathlib import Path
 
     from engines.errors import ConfigErrors
-    from pipeline.config import check_classes, resolve_demo
-    from pipeline.sinks.config import check_sink_classes
+    from pipeline.config import check_labels, resolve_demo
 
-    if not check_classes(cfg.cameras, (), "") and not check_sink_classes(cfg.sinks, (), ""):
-        return  # no classes named anywhere
+    if not check_labels(cfg, ()):  # against no labels at all, every class named is reported
+        return  # none named
     path = resolve_demo(cfg.with_cameras([])).model.path  # the model only: no demo clip is rendered
     if Path(path).suffix not in (".pt", ".safetensors") or not Path(path).is_file():
         return
     from engines.checkpoint import load_checkpoint
 
-    names = tuple(load_checkpoint(path).meta.names)
-    errors = [*check_classes(cfg.cameras, names, cfg.model.path), *check_sink_classes(cfg.sinks, names, cfg.model.path)]
+    errors = check_labels(cfg, tuple(load_checkpoint(path).meta.names))
     if errors:
         raise ConfigErrors(errors)
 

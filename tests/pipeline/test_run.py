@@ -70,14 +70,20 @@ CLASSES_CHECKED = [  # (camera classes, sinks, the error lines of --check agains
     (None, [{"type": "video", "dir": "clips", "clips": {"triggers": ["detection"], "classes": ["truck"]}}],
      ["sinks[0].clips.classes: 'truck' is not a class of demo://model"]),
     (["vehicle"], [{"type": "webhook", "url": "http://127.0.0.1:9/h", "classes": ["person"]}], []),
+    ([6], [], ["model.classes: class id 6 is not a class of demo://model (ids 0-5)"]),  # as model.classes
+    ([0, 5], [], []),
 ]
 
 
-@pytest.mark.parametrize("classes, sinks, errors", CLASSES_CHECKED, ids=["camera", "webhook", "clips", "known"])
+@pytest.mark.parametrize("classes, sinks, errors", CLASSES_CHECKED,
+                         ids=["camera", "webhook", "clips", "known", "model-id", "model-ids-known"])
 def test_check_refuses_classes_the_model_does_not_have(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                       classes: list[str] | None, sinks: list[dict[str, object]],
+                                                       classes: list | None, sinks: list[dict[str, object]],
                                                        errors: list[str]) -> None:
-    path = write_config(tmp_path, model={"path": "demo://model", "device": "cpu"}, sinks=sinks)
+    model: dict[str, object] = {"path": "demo://model", "device": "cpu"}
+    if classes and isinstance(classes[0], int):  # class ids: the model's own filter
+        model["classes"], classes = classes, None
+    path = write_config(tmp_path, model=model, sinks=sinks)
     raw = yaml.safe_load(path.read_text())
     raw["cameras"][0]["classes"] = classes
     path.write_text(yaml.safe_dump(raw))

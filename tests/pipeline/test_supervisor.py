@@ -125,11 +125,14 @@ def test_crashed_and_hung_decoders_are_restarted(tmp_path: Path) -> None:
 @pytest.mark.parametrize("broken, message", [
     ("model", "device stage"),
     ("sink", "sink stage"),
+    ("classes", "model.classes: class id 80 is not a class of yolov8n-seg.yaml (ids 0-79)"),  # would publish nothing
 ])
 def test_a_failed_stage_ends_the_run(tmp_path: Path, broken: str, message: str) -> None:
     clip = write_clip(tmp_path / "c.mp4", frames=5, fps=15, size=(96, 64))
     extra: dict[str, Any] = {}
-    if broken == "model":
+    if broken == "classes":
+        extra["model"] = {**MODEL, "classes": [2, 80]}
+    elif broken == "model":
         bad = tmp_path / "bad.safetensors"
         bad.write_bytes(b"\x00" * 64)  # exists (the config is valid) but is no model
         extra["model"] = {**MODEL, "path": str(bad)}
