@@ -16,7 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="yolov8n-seg.yaml",
                    help="model YAML (fresh weights, e.g. yolov8s-seg.yaml) or a checkpoint to continue "
                         "(best.pt, yolov8n-seg.pt; same class count as the data)")
-    p.add_argument("--pretrained", default=None,
+    p.add_argument("--pretrained", nargs="?", const=True, default=None, metavar="PATH",
                    help="checkpoint whose tensors matching by name and shape seed the model (fine-tune "
                         "on other classes)")
     p.add_argument("--resume", nargs="?", const=True, default=None, metavar="PATH",
@@ -79,6 +79,9 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.resume and not args.data:
         raise ConfigError("--data", "required (a data YAML), unless --resume is given")
+    if args.pretrained is True:  # Ultralytics' pretrained=True fetches weights by the model's name
+        raise ConfigError("--pretrained", "name the checkpoint whose tensors seed the model: --pretrained PATH "
+                          "(segpipe downloads nothing)")
     if args.resume:
         _check_resume_flags(args)
     try:

@@ -419,6 +419,7 @@ def test_failed_write_leaves_the_previous_best(tmp_path, monkeypatch, one_thread
     (["--data", "{data}", "--out", "{data}/run"], 2, "--out: cannot create {data}/run/weights: Not a directory"),
     (["--data", "{data}", "--device", "0"], 1, "asks for CUDA"),
     (["--data", "{data}", "device=gpu"], 2, "--device: expected cpu, a GPU index"),
+    (["--data", "{data}", "pretrained=True"], 2, "--pretrained: name the checkpoint whose tensors seed the model"),
 ])
 def test_cli_reports_user_mistakes_on_one_line(tmp_path, monkeypatch, capsys, args, code, error):
     from pipeline.cli import main
