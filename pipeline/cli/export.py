@@ -62,7 +62,8 @@ def _compare(args: argparse.Namespace, exported: Path) -> None:
     """Box and mask mAP on --data's val split: the export beside its reference, side by side.
 
     The reference of an INT8 export is the fp32 export of the same format and shape (same letterbox,
-    same runtime), so the difference is the quantisation alone; otherwise it is the source model.
+    same runtime), so the difference is the quantisation alone; otherwise it is the source model, at
+    the export's size (at its own training size it scored another input size, not the export).
     """
     import tempfile
 
@@ -76,7 +77,10 @@ def _compare(args: argparse.Namespace, exported: Path) -> None:
                                batch=args.batch, simplify=args.simplify, opset=args.opset,
                                out=Path(tmp) / f"fp32{exported.suffix or '_openvino_model'}")
             label = "fp32"
-        rows = [(name, validate(str(m), data=args.data, split="val", batch=8, device="cpu", verbose=False))
+        hw = parse_imgsz(args.imgsz)
+        size = None if hw is None else hw if isinstance(hw, int) else max(hw)  # a checkpoint takes the long side
+        rows = [(name, validate(str(m), data=args.data, split="val", batch=8, device="cpu", verbose=False,
+                                imgsz=size if m == Path(args.model) else None))
                 for name, m in ((label, reference), ("int8" if args.int8 else "export", exported))]
     for name, metrics in rows:
         print(f"{name:>7}: {summary_line(metrics)}")

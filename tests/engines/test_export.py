@@ -230,6 +230,25 @@ def test_cli_export_prints_path_and_usage(model: Path, tmp_path: Path, capsys: p
     assert load_backend(out).meta.imgsz == (IMGSZ, IMGSZ)
 
 
+def test_cli_val_compares_the_source_at_the_export_size(model: Path, coco128: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """--val scored the checkpoint at its training size (640) against an export at --imgsz 128, and
+    reported the difference of the two sizes as the export's loss."""
+    import json
+    import re
+
+    images = sorted((coco128 / "images" / "train2017").glob("*.jpg"))[:8]  # the fixture's training images
+    (tmp_path / "val.txt").write_text("\n".join(map(str, images)) + "\n")
+    names = [ln.split(":", 1)[1].strip() for ln in (coco128 / "coco128-seg.yaml").read_text().splitlines()
+             if ln.strip()[:1].isdigit() and ":" in ln]
+    (tmp_path / "d.yaml").write_text(f"path: {coco128}\ntrain: {tmp_path / 'val.txt'}\nval: {tmp_path / 'val.txt'}\n"
+                                     f"names: {json.dumps(names)}\n")
+    assert cli_main(["export", "--model", str(model), "--format", "torchscript", "--imgsz", "128", "--val",
+                     "--data", str(tmp_path / "d.yaml"), "--out", str(tmp_path / "m.torchscript")]) == 0
+    change = re.search(r"mask mAP50-95 change: ([-+]\d\.\d+), box: ([-+]\d\.\d+)", capsys.readouterr().out)
+    assert change and all(abs(float(v)) < 0.02 for v in change.groups()), change
+
+
 def test_sigterm_during_export_leaves_no_temp_folder(model: Path, tmp_path: Path) -> None:
     """SIGTERM ended the process where it stood, leaving the half-written ``.m.onnx.XXXX`` folder."""
     import os
