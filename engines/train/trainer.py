@@ -9,6 +9,7 @@ hooks (``engines.train.hooks``). Several devices run the same ``fit`` in one pro
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence, Sized
@@ -294,8 +295,20 @@ def setup(cfg: TrainConfig, place: Placement, out: Path
     validate = make_validator(cfg, spec, place) if place.main else None
     if place.main:
         (out / "weights").mkdir(parents=True, exist_ok=True)
+        write_args(out / "args.yaml", cfg)
     s.extras["spec"] = spec
     return s, data, validate
+
+
+def write_args(path: Path, cfg: TrainConfig) -> None:
+    """The run's settings as it starts, as YAML beside its results (Ultralytics' args.yaml), readable
+    without opening a checkpoint: the record checkpoints carry as ``train_args`` (theirs has the epoch
+    count a --time budget re-planned)."""
+    import yaml
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(cfg.to_record(), sort_keys=False), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _restore(s: TrainState, ckpt: Any) -> None:

@@ -221,6 +221,9 @@ def test_run_folder_holds_checkpoints_csv_and_plots(trained):
     assert best.meta.metrics["fitness"] == pytest.approx(trained.metrics.fitness, abs=1e-6)
     assert has_state(last.extra_tensors) and not best.extra_tensors
     assert int(last.extra_tensors["train/epoch"]) == 25
+    import yaml
+
+    assert yaml.safe_load((trained.out / "args.yaml").read_text()) == last.meta.train_args  # settings, readable
     for f in ("results.csv", "results.png", "BoxPR_curve.png", "MaskPR_curve.png", "val_batch0_pred.jpg",
               "train_batch0.jpg", "train_batch2.jpg"):
         assert (trained.out / f).stat().st_size > 0, f
