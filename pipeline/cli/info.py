@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engines.errors import ConfigError
+from pipeline.cli.common import errors_name_flags
 
 if TYPE_CHECKING:
     from engines.nn.model import SegmentationModel
@@ -43,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     header = ""
     imgsz: int | tuple[int, int] = 640
     if path.suffix.lower() in _YAML_SUFFIXES:
-        model = SegmentationModel(args.model, nc=args.nc)
+        with errors_name_flags(args):
+            model = SegmentationModel(args.model, nc=args.nc)
     elif backend_for(path) == "torch":
         from engines.checkpoint import build_model, load_checkpoint
 
