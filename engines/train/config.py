@@ -128,7 +128,7 @@ def claimed_run_folder(out: str | os.PathLike[str], *, exist_ok: bool = False) -
     the block fails before writing anything into it (a bad dataset or model leaves no empty run behind).
 
     A folder holding an earlier run (any of ``RUN_FILES``) is refused unless ``exist_ok``: the new run
-    would replace its checkpoints and add its rows to the earlier ``results.csv``. ``ConfigError`` also
+    replaces its checkpoints and ``results.csv``. ``ConfigError`` also
     when the folder cannot be created; both before any data is read.
     """
     root = Path(out)
