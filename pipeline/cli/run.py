@@ -40,10 +40,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     # A SIGHUP while starting (config management reloading right after a deploy) must not kill the run
     # (its default action): it is kept and applied once the pipeline is up.
+    from engines.errors import SegpipeError
+
     early_hangup = threading.Event()
     previous = signal.signal(signal.SIGHUP, lambda *_: early_hangup.set())
     try:
         return _start(args, early_hangup)
+    except SegpipeError as e:
+        if args.log_format != "json":
+            raise  # the command line prints it: one line per problem
+        # a log shipper reads stderr as one JSON object per line: config errors too
+        LogSetup(args.log_level, "json").apply()
+        for line in str(e).splitlines():
+            log.error("segpipe run: error: %s", line)
+        return e.exit_code
     finally:
         signal.signal(signal.SIGHUP, previous)
 
@@ -170,9 +180,10 @@ def _run(cfg: Any, args: argparse.Namespace, shard: Any, reloader: Any = None,
             signal.signal(s, h)
         if server is not None:
             server.stop()
-    for err in sup.errors[:1]:
-        print(f"segpipe run: error: {err}", file=sys.stderr)
     failed = [c.camera_id for c in sup.cameras if c.machine.state.value == "failed"]
-    if failed:
-        print(f"segpipe run: error: camera(s) failed: {', '.join(failed)}", file=sys.stderr)
+    for line in [*sup.errors[:1], *([f"camera(s) failed: {', '.join(failed)}"] if failed else [])]:
+        if args.log_format == "json":  # every line of stderr a JSON object, for a log shipper
+            log.error("segpipe run: error: %s", line)
+        else:
+            print(f"segpipe run: error: {line}", file=sys.stderr)
     return code

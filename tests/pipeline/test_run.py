@@ -145,6 +145,28 @@ def test_a_run_stops_cleanly_whatever_its_surroundings_do(tmp_path: Path, stop: 
     assert shm.list_segments(f"{shm.ROOT}{proc.pid}_") == []
 
 
+JSON_ERRORS = [  # (what is wrong, exit code, the error record's message)
+    ("typo", 2, "segpipe run: error: batch.max_bach: unknown key 'max_bach' (did you mean 'max_batch'?); "
+                "allowed: max_batch, max_wait_ms, max_age_ms"),
+    ("not-a-video", 1, "segpipe run: error: camera(s) failed: junk"),
+]
+
+
+@pytest.mark.parametrize("broken, code, message", JSON_ERRORS, ids=[b for b, _, _ in JSON_ERRORS])
+def test_json_logs_are_json_to_the_last_line(tmp_path: Path, broken: str, code: int, message: str) -> None:
+    # --log-format json is for a log shipper: the closing error lines were plain text
+    if broken == "typo":
+        path = write_config(tmp_path, batch={"max_bach": 2})
+    else:
+        (tmp_path / "junk.mp4").write_text("not a video\n")
+        path = write_config(tmp_path, cameras=[{"id": "junk", "url": str(tmp_path / "junk.mp4")}])
+    r = subprocess.run([sys.executable, "-m", "pipeline", "run", str(path), "--no-console", "--log-format", "json"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == code, r.stderr[-3000:]
+    records = [json.loads(line) for line in r.stderr.splitlines()]  # every line, or JSONDecodeError
+    assert records[-1]["level"] == "error" and records[-1]["msg"] == message
+
+
 def test_config_errors_exit_2_listing_all(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write_config(tmp_path, batch={"max_batch": 0, "max_wait": 3},
                         cameras=[{"id": "a", "url": "ftp://x"}, {"id": "a", "url": "rtsp://u:hunter2@h/s"}])
