@@ -64,8 +64,12 @@ def _start(args: argparse.Namespace, early_hangup: threading.Event) -> int:
 
     shard = parse_shard(args.shard) if args.shard else shard_from_env()
 
+    total = 0  # cameras in the config, before the shard's selection (for --check)
+
     def load() -> Any:
+        nonlocal total
         cfg = load_config(args.config)  # ConfigErrors: every problem, exit 2, nothing started
+        total = len(cfg.cameras)
         return cfg.with_cameras(select([c.id for c in cfg.cameras], shard)) if shard is not None else cfg
 
     cfg = load()
@@ -84,7 +88,7 @@ def _start(args: argparse.Namespace, early_hangup: threading.Event) -> int:
         extras += [f"live video to {s.redacted_url()} ({s.sink_name})" for s in cfg.sinks if s.type == "restream"]
         rois = sum(c.roi is not None for c in cfg.cameras)
         extras += [f"{rois} camera roi(s)"] if rois else []
-        print(f"{args.config}: OK: {len(cfg.cameras)} camera(s){where}, {len(cfg.sinks)} sink(s), "
+        print(f"{args.config}: OK: {total} camera(s){where}, {len(cfg.sinks)} sink(s), "
               f"model {cfg.model.path}" + "".join(f", {e}" for e in extras))
         return 0
     logs = LogSetup(args.log_level, args.log_format)

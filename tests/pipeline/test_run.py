@@ -21,6 +21,7 @@ from pipeline import shm
 from pipeline.cli import main
 from pipeline.console import Console, camera_row, render
 from pipeline.messages import CameraState
+from pipeline.shard import Shard, select
 from tests.conftest import REPO, free_port
 from tests.pipeline.media import write_clip
 
@@ -44,6 +45,10 @@ def test_check_validates_without_starting_anything(tmp_path: Path, capsys: pytes
     assert "OK: 2 camera(s), 1 sink(s)" in capsys.readouterr().out
     assert main(["run", str(path), "--check", "--shard", "0/1"]) == 0
     assert "shard 0/1: 2 of them here" in capsys.readouterr().out
+    # a replica that runs none of them still says how many the config has
+    empty = next(f"{k}/8" for k in range(8) if not select(["loop", "once"], Shard(k, 8)))
+    assert main(["run", str(path), "--check", "--shard", empty]) == 0
+    assert f"OK: 2 camera(s) (shard {empty}: 0 of them here)" in capsys.readouterr().out
     path = write_config(tmp_path, events={"workers": 3}, sinks=[
         {"type": "video", "dir": str(tmp_path / "clips"), "name": "gate-clips", "clips": {"triggers": ["detection"]}},
         {"type": "preview", "port": 8091}])
