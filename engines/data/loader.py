@@ -7,7 +7,9 @@ workers see the current epoch and the mosaic switch, so results never depend on 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -15,6 +17,37 @@ import torch.utils.data
 
 from engines.data.batch import TrainBatch, collate
 from engines.data.dataset import SegDataset
+from engines.errors import SegpipeError
+
+T = TypeVar("T")
+
+# torch re-raises a worker's exception as the same type, its message replaced by this and the
+# worker's whole traceback; the traceback's last line is "<module>.<Type>: <original message>".
+_WORKER_ERROR = re.compile(r"Caught (\w+) in DataLoader worker process \d+\.\nOriginal Traceback")
+
+
+def worker_errors_unwrapped(batches: Iterable[T]) -> Iterator[T]:
+    """Iterate a DataLoader; a segpipe error raised in a worker process (an image that stopped
+    decoding mid-run) comes out as itself with its one-line message, not torch's traceback text."""
+    it = iter(batches)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except SegpipeError as e:
+            raise _unwrapped(e) from None
+        yield batch
+
+
+def _unwrapped(e: SegpipeError) -> SegpipeError:
+    text = str(e)
+    m = _WORKER_ERROR.match(text)
+    prefix = f"{type(e).__module__}.{type(e).__name__}: "
+    last = text.rstrip().splitlines()[-1]
+    if not m or m.group(1) != type(e).__name__ or not last.startswith(prefix):
+        return e
+    return type(e)(last[len(prefix):])
 
 
 def _worker_init(_: int) -> None:
@@ -68,4 +101,4 @@ class SegLoader:
             collate_fn=collate, drop_last=self.drop_last, pin_memory=self.pin_memory,
             worker_init_fn=_worker_init if self.workers else None, persistent_workers=False,
         )
-        return iter(loader)
+        return worker_errors_unwrapped(loader)

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from engines.checkpoint import ModelMeta, build_model, load_checkpoint, save_checkpoint
+from engines.data.loader import worker_errors_unwrapped
 from engines.data.spec import DataSpec, load_data_yaml
 from engines.errors import CheckpointError, ConfigError, SegpipeError
 from engines.nn.model import SegmentationModel
@@ -90,7 +91,7 @@ def fit_loop(s: TrainState, data: TrainData, hooks: Sequence[H.Hook]) -> None:
         # time includes its GPU work): which of the two sets the pace (ProgressHook prints it).
         waited = stepping = 0.0
         t = time.perf_counter()
-        for i, batch in enumerate(data.loader):
+        for i, batch in enumerate(worker_errors_unwrapped(data.loader)):
             fetched = time.perf_counter()
             waited += fetched - t
             s.ni = i + s.batches_per_epoch * epoch

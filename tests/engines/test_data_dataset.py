@@ -212,6 +212,20 @@ def test_collate_and_batch_checks(colour_ds):
         collate([ds[0], other[0]])
 
 
+@pytest.mark.parametrize("workers", [0, 1])
+def test_image_that_stops_decoding_mid_run_is_one_line_from_a_worker_too(colour_ds, workers):
+    """From a worker process the error came wrapped: its message held torch's 'Caught DataError in
+    DataLoader worker process 0' and the worker's whole traceback (30 lines under segpipe train)."""
+    from engines.errors import DataError
+
+    ds = SegDataset(colour_ds, imgsz=128, augment=False, nc=8)  # every image checked here
+    broken = colour_ds / "im1.png"
+    broken.write_bytes(b"not a png any more")
+    with pytest.raises(DataError) as e:
+        list(SegLoader(ds, batch_size=2, shuffle=False, workers=workers))
+    assert str(e.value) == f"{broken}: image cannot be decoded"
+
+
 @pytest.mark.parametrize(("kwargs", "match"), [
     ({"imgsz": 100}, "imgsz: expected a positive multiple of 32"),
     ({"imgsz": 256, "seed": -1}, "seed"),

@@ -349,6 +349,25 @@ def test_checkpoint_of_a_run_started_with_relative_paths_works_from_another_fold
     assert validate(str(best), batch=2, verbose=False).images == 4
 
 
+def test_image_broken_mid_run_is_one_line_from_a_loader_worker(tmp_path, monkeypatch, one_thread):
+    from engines.errors import DataError
+    from engines.train import hooks, train
+
+    data = make_shapes_dataset(tmp_path / "data", n=4, size=128)
+    images = sorted((tmp_path / "data" / "images" / "train").iterdir())
+    real = hooks.CloseMosaicHook.before_epoch
+
+    def break_images(self, s):  # after the dataset checked every image, before a worker reads one
+        real(self, s)
+        for p in images:
+            p.write_bytes(b"gone bad")
+
+    monkeypatch.setattr(hooks.CloseMosaicHook, "before_epoch", break_images)
+    with pytest.raises(DataError) as e:
+        train(data=data, out=tmp_path / "run", epochs=1, plots=False, **dict(TINY, workers=1, hyp={"mosaic": 0.0}))
+    assert re.fullmatch(r".*/images/train/\w+\.\w+: image cannot be decoded", str(e.value)), str(e.value)
+
+
 def test_sigterm_while_a_checkpoint_is_written_leaves_no_temp_file(tmp_path):
     """A kill (SIGTERM: a scheduler, docker stop) mid-write left a half-written .last.pt.XXXX.tmp."""
     import signal
