@@ -6,6 +6,7 @@ file, a container) it is printed as plain text blocks, so logs stay readable and
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -119,11 +120,13 @@ class Console:
         self._off = True
         log.warning("event=console_off reason=%r (the run goes on; segpipe status shows the table)", str(error))
         if self.stream is sys.stdout:
-            # Python flushes stdout at exit, and what is left in its buffer would fail again (exit status
-            # 120): point the descriptor at /dev/null
-            try:
-                fd = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(fd, sys.stdout.fileno())
-                os.close(fd)
-            except (OSError, ValueError):
-                pass
+            stdout_to_devnull()
+
+
+def stdout_to_devnull() -> None:
+    """Point stdout's descriptor at /dev/null once its reader has gone: Python flushes stdout at exit, and
+    what is left in its buffer would fail again (exit status 120)."""
+    with contextlib.suppress(OSError, ValueError):
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, sys.stdout.fileno())
+        os.close(fd)

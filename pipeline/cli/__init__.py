@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import re
+import signal
 import sys
 from collections.abc import Collection, Sequence
 from types import ModuleType
@@ -103,6 +104,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"segpipe {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader of stdout went away (`segpipe listen ... | head`): end quietly, with the status of a
+        # tool killed by SIGPIPE
+        from pipeline.console import stdout_to_devnull
+        stdout_to_devnull()
+        return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -83,3 +84,15 @@ def test_run_takes_sighup_before_the_slow_imports(tmp_path: Path) -> None:
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[0] == "False", "torch was imported before the SIGHUP handler"
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly() -> None:
+    # `segpipe listen ... | head`, `segpipe status | head -2`: once the reader has exited, the next print
+    # raised BrokenPipeError, a traceback on the user's terminal
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "info", "--model", "yolov8n-seg.yaml"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    proc.stdout.close()  # no reader is left before the command prints its first line
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGPIPE, err.decode()
+    assert err == b""
