@@ -150,8 +150,9 @@ class VideoSink(ThreadedSink):
                 continue
             if p in self.files:
                 self.files.remove(p)
-            log.info("video sink %s: deleted %s (keep %s per camera, max %s MB)", self.name, p.name, self.keep,
-                     None if self.max_bytes is None else self.max_bytes // 2**20)
+            limits = [f"keep {self.keep} per camera"] if self.keep is not None else []
+            limits += [f"max {self.max_bytes // 2**20} MB"] if self.max_bytes is not None else []
+            log.info("video sink %s: deleted %s (%s)", self.name, p.name, ", ".join(limits))
 
     def _close_writer(self, writer: _Writer) -> None:
         finish(writer.container, writer.stream)
