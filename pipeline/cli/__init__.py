@@ -13,6 +13,7 @@ import signal
 import sys
 from collections.abc import Collection, Sequence
 from types import ModuleType
+from typing import NoReturn
 
 from engines.errors import SegpipeError
 
@@ -63,9 +64,17 @@ def _load(module: str) -> ModuleType:
     return importlib.import_module(module)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage mistake said in one line: its usage block printed first buried the culprit.
+    Sub-command parsers are made of the same class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(commands: Sequence[tuple[str, str]] = COMMANDS) -> argparse.ArgumentParser:
     """The parser of ``commands`` (each module imported here; by default all of them)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="segpipe",
         description="Streaming instance segmentation: run cameras, train, validate, export.",
     )
@@ -89,6 +98,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         command = sub.choices.get(argv[0])
         options = set(command._option_string_actions) if command else set()
+        if command:
+            for tok in argv[1:]:
+                m = _KEY_VALUE.match(tok)
+                key = m.group(1).replace("_", "-") if m and not tok.startswith("-") else None
+                if m and key and f"--{key}" not in options and f"--no-{key}" not in options:
+                    # named as typed (not as the --key it would become), without its value: it may be a secret
+                    command.error(f"unknown option {m.group(1)} (in {m.group(1)}=...)")
         argv = argv[:1] + translate_key_value(argv[1:], options)
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):

@@ -96,3 +96,20 @@ def test_a_reader_that_goes_away_ends_the_command_quietly() -> None:
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGPIPE, err.decode()
     assert err == b""
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["predict", "--model", "m.pt", "--source", "x", "bogus=1"], "segpipe predict: error: unknown option bogus (in bogus=...)"),
+    (["train", "project=runs"], "segpipe train: error: unknown option project (in project=...)"),
+    (["predict", "--model", "m.pt", "--source", "x", "conf=abc"], "segpipe predict: error: argument --conf: invalid float value: 'abc'"),
+    (["predict"], "segpipe predict: error: the following arguments are required: --model, --source"),
+    (["synth", "video", "--out"], "segpipe synth video: error: argument --out: expected one argument"),
+    (["nope"], "segpipe: error: argument COMMAND: invalid choice: 'nope'"),
+])
+def test_usage_mistake_is_one_line(argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # argparse printed its usage block first, and named an unknown key=value as the --key it had become
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(expected), err
