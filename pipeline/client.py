@@ -211,8 +211,18 @@ class StreamReader:
     """Plain ``XREAD`` over camera streams: every reader sees every event (no acknowledgements)."""
 
     def __init__(self, client: redis.Redis, keys: list[str], *, start: str = "$") -> None:
+        """``start``: ``"$"`` (events added from now on) or an entry id such as ``"0-0"`` (all it holds)."""
         self.client = client
-        self._last: dict[KeyT, StreamIdT] = dict.fromkeys(keys, start)
+        # "$" is resolved to each stream's last id now: passed to XREAD as is, it would mean "after the
+        # newest entry at the time of *that* call", losing what arrived before the first read and, on
+        # every stream but the ones a read returned, what arrived between two reads.
+        self._last: dict[KeyT, StreamIdT] = {k: self._last_id(k) if start == "$" else start for k in keys}
+
+    def _last_id(self, key: str) -> str:
+        try:
+            return _text(cast(dict[str, Any], self.client.xinfo_stream(key))["last-generated-id"])
+        except redis.ResponseError:  # no such stream yet: everything it will hold is new
+            return "0-0"
 
     def add_keys(self, keys: list[str]) -> None:
         for k in keys:

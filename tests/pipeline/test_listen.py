@@ -14,7 +14,7 @@ from pycocotools import mask as mask_utils
 
 from pipeline.cli import main
 from pipeline.cli.listen import format_event
-from pipeline.client import GroupReader, parse_event
+from pipeline.client import GroupReader, StreamReader, parse_event
 from pipeline.events import encode, status_event, to_event
 from pipeline.messages import CameraState, CameraStatus, Detection, FrameResult
 from pipeline.sinks.base import Envelope, policy_for
@@ -113,6 +113,21 @@ def test_listen_reads_a_camera_stream(redis_server: Any, capsys: pytest.CaptureF
 def test_listen_idle_timeout(redis_server: Any, capsys: pytest.CaptureFixture) -> None:
     assert main(["listen", "--redis", redis_server.url, "--camera", "quiet", "--idle-timeout", "0.3"]) == 1
     assert "no event for 0.3 s" in capsys.readouterr().err
+
+
+def test_stream_reader_from_now_misses_nothing_between_reads(redis_server: Any) -> None:
+    """start="$" means "from construction on": neither an event added before the first read nor one
+    added to another camera's stream between two reads is lost (XREAD's own "$" would lose both)."""
+    client = redis.Redis.from_url(redis_server.url)
+    for key in ("segpipe:a", "segpipe:b"):
+        client.xadd(key, {"event": b"old"})
+    reader = StreamReader(client, ["segpipe:a", "segpipe:b", "segpipe:later"], start="$")
+    client.xadd("segpipe:a", {"event": b"a1"})
+    assert [m.data for m in reader.read(block_ms=100)] == [b"a1"]
+    client.xadd("segpipe:b", {"event": b"b1"})
+    client.xadd("segpipe:later", {"event": b"l1"})  # a stream created after the reader
+    assert sorted(m.data for m in reader.read(block_ms=100)) == [b"b1", b"l1"]
+    client.close()
 
 
 def test_group_readers_share_events_exactly_once(redis_server: Any) -> None:
