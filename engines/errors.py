@@ -67,3 +67,8 @@ class SinkError(SegpipeError):
 
 class InputError(SegpipeError):
     """An input tensor or image has the wrong dtype, shape or layout for the model."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM raised as an exception, so that a command's cleanup runs as it does for Ctrl-C; the CLI
+    exits 143 (128 + SIGTERM), as a process ended by the signal does."""

@@ -15,7 +15,7 @@ from collections.abc import Collection, Sequence
 from types import ModuleType
 from typing import NoReturn
 
-from engines.errors import SegpipeError
+from engines.errors import SegpipeError, Terminated
 
 # Explicit registry: (command name, module). Imported lazily so `segpipe --help` stays fast.
 COMMANDS: tuple[tuple[str, str], ...] = (
@@ -117,6 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in lines:
             print(f"segpipe {args.command}: error: {line}", file=sys.stderr)
         return e.exit_code
+    except Terminated:  # SIGTERM where the command's cleanup must run (sigterm_interrupts)
+        print(f"segpipe {args.command}: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print(f"segpipe {args.command}: interrupted", file=sys.stderr)
         return 130

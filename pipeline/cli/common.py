@@ -10,7 +10,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import FrameType
 
-from engines.errors import ConfigError
+from engines.errors import ConfigError, Terminated
 
 
 def add_model_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
@@ -98,7 +98,7 @@ def errors_name_flags(args: argparse.Namespace) -> Iterator[None]:
 
 @contextmanager
 def sigterm_interrupts() -> Iterator[None]:
-    """Within the block, SIGTERM raises ``KeyboardInterrupt`` as Ctrl-C does.
+    """Within the block, SIGTERM raises ``Terminated``, a ``KeyboardInterrupt``, as Ctrl-C does.
 
     Python's default SIGTERM ends the process where it stands, so a ``kill`` (a scheduler's, ``docker
     stop``'s) while a checkpoint or an export was being written left its temp file half-written beside
@@ -110,7 +110,7 @@ def sigterm_interrupts() -> Iterator[None]:
         return
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
+        raise Terminated
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:

@@ -137,34 +137,43 @@ def _predict(model: Any, args: argparse.Namespace, out: Path, kw: dict[str, Any]
     """Run ``model`` over ``args.source``, writing annotated output and predictions.json into ``out``;
     returns the frames read and the detections found. Interrupted (a stream is stopped with Ctrl-C or
     SIGTERM), it still finishes its videos and predictions.json for the frames done, then re-raises."""
-    records: list[dict[str, Any]] = []
     videos = _VideoWriters(out)
     names = _OutputNames()
-    n_frames = n_dets = 0
-    interrupted = False
-    try:
-        for item, dets in model.stream(args.source, **kw):
-            name = names.of(item)
-            records += _coco_records(dets, _image_id(name, item.frame))
-            n_frames += 1
-            n_dets += len(dets)
-            if args.save:
-                annotated = dets.plot(item.image)
-                if item.frame is None:
-                    cv2.imwrite(str(out / f"{name}.jpg"), annotated)
-                else:
-                    videos.write(name, annotated, item.fps)
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        videos.close()
-    if n_frames == 0:
-        if interrupted:
-            raise KeyboardInterrupt
-        raise SourceError(f"{args.source}: no frames were read")
+    n_frames = n_dets = n_records = 0
+    stopped: KeyboardInterrupt | None = None
     tmp = out / "predictions.json.tmp"
-    tmp.write_text(json.dumps(records))
+    # written as the frames come, not held: a stream predicted on for hours would grow without bound
+    try:
+        with open(tmp, "w") as records:
+            records.write("[")
+            try:
+                for item, dets in model.stream(args.source, **kw):
+                    name = names.of(item)
+                    for record in _coco_records(dets, _image_id(name, item.frame)):
+                        records.write((", " if n_records else "") + json.dumps(record))
+                        n_records += 1
+                    n_frames += 1
+                    n_dets += len(dets)
+                    if args.save:
+                        annotated = dets.plot(item.image)
+                        if item.frame is None:
+                            cv2.imwrite(str(out / f"{name}.jpg"), annotated)
+                        else:
+                            videos.write(name, annotated, item.fps)
+            except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated)
+                stopped = e
+            finally:
+                videos.close()
+            records.write("]")
+    except BaseException:  # a source that fails half-way: no half-written predictions.json.tmp is left
+        tmp.unlink(missing_ok=True)
+        raise
+    if n_frames == 0:
+        tmp.unlink()
+        if stopped is not None:
+            raise stopped
+        raise SourceError(f"{args.source}: no frames were read")
     os.replace(tmp, out / "predictions.json")
-    if interrupted:
-        raise KeyboardInterrupt
+    if stopped is not None:
+        raise stopped
     return n_frames, n_dets

@@ -269,7 +269,7 @@ def test_sigterm_during_export_leaves_no_temp_folder(model: Path, tmp_path: Path
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "segpipe export: interrupted", err
+    assert proc.returncode == 143 and err.strip().splitlines()[-1] == "segpipe export: terminated", err
     assert list(tmp_path.iterdir()) == []
 
 

@@ -203,7 +203,7 @@ def test_predict_stopped_by_sigterm_keeps_a_playable_video_and_its_predictions(t
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "segpipe predict: interrupted", err
+    assert proc.returncode == 143 and err.strip().splitlines()[-1] == "segpipe predict: terminated", err
     assert isinstance(json.loads((out / "predictions.json").read_text()), list)
     with av.open(str(out / "clip.mp4")) as c:
         frames = sum(1 for _ in c.decode(video=0))
@@ -219,3 +219,19 @@ def test_val_from_the_python_api(model: SegModel, coco128: Path, tmp_path: Path)
     metrics = model.val(data=str(tmp_path / "data.yaml"), imgsz=320, batch=8, verbose=False)
     d = metrics.as_dict()
     assert d["box.map50"] > 0.5 and d["seg.map50"] > 0.5
+
+
+def test_predict_failing_half_way_leaves_no_partial_predictions(coco128_images: list[Path], tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    # predictions are written as they come (a stream predicted on for hours held them all in memory):
+    # a source that fails after some frames leaves neither predictions.json nor its temp file
+    import shutil
+
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(coco128_images[0], src / "a.jpg")
+    (src / "b.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(FIXTURE), "--source", str(src), "--out", str(out)]) == 1
+    assert "cannot decode image" in capsys.readouterr().err
+    assert not (out / "predictions.json").exists() and not (out / "predictions.json.tmp").exists()

@@ -390,7 +390,7 @@ def test_sigterm_while_a_checkpoint_is_written_leaves_no_temp_file(tmp_path):
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "segpipe train: interrupted", err
+    assert proc.returncode == 143 and err.strip().splitlines()[-1] == "segpipe train: terminated", err
     assert not list((out / "weights").glob(".*.tmp"))
 
 
