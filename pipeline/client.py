@@ -45,7 +45,7 @@ def parse_event(data: bytes | str) -> dict[str, Any]:
     if not isinstance(event, dict) or event.get("kind") not in ("frame", "status"):
         raise DataError("event has no kind 'frame' or 'status'")
     version = event.get("version")
-    if not isinstance(version, int) or not 1 <= version <= SCHEMA_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= SCHEMA_VERSION:
         raise DataError(f"event version {version!r} is not supported (this client reads 1..{SCHEMA_VERSION})")
     return event
 
@@ -66,9 +66,13 @@ def rle_counts(counts: str) -> np.ndarray:
     follows" and bit 0x10 of the last group the sign; counts after the third are stored as the
     difference from the count two before. Vectorised: this runs once per mask in a subscriber.
     """
+    if not counts.isascii():
+        raise DataError("RLE counts are not a COCO compressed string (non-ASCII characters)")
     c = np.frombuffer(counts.encode("ascii"), np.uint8).astype(np.int64) - 48
     if c.size == 0:
         return np.zeros(0, np.int64)
+    if c.min() < 0 or c.max() > 63 or c[-1] & 0x20:
+        raise DataError("RLE counts are not a COCO compressed string (characters outside '0'..'o', or cut short)")
     last = (c & 0x20) == 0  # the last char of each count
     ends = np.flatnonzero(last)
     group = np.concatenate([[0], np.cumsum(last)[:-1]])  # which count each char belongs to
@@ -84,15 +88,26 @@ def rle_counts(counts: str) -> np.ndarray:
     return x
 
 
-def _decode_rle_window(mask: dict[str, Any], window: Window) -> np.ndarray:
-    height, width = (int(v) for v in mask["size"])
-    x0, y0, x1, y1 = window
-    counts = mask["counts"]
+def _rle_runs(mask: dict[str, Any], height: int, width: int) -> np.ndarray:
+    """The run lengths of an RLE mask (compressed string, its bytes, or a list), checked to cover the frame."""
+    counts = mask.get("counts")
     if isinstance(counts, bytes):  # pycocotools' own dicts carry bytes
-        counts = counts.decode("ascii")
-    runs = rle_counts(counts) if isinstance(counts, str) else np.asarray(counts, np.int64)
+        counts = counts.decode("latin-1")
+    if isinstance(counts, str):
+        runs = rle_counts(counts)
+    elif isinstance(counts, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in counts):
+        runs = np.asarray(counts, np.int64)
+    else:
+        raise DataError(f"RLE counts: expected a string or a list of ints, got {type(counts).__name__}")
+    if runs.size and int(runs.min()) < 0:
+        raise DataError("RLE counts hold a negative run")
     if int(runs.sum()) != height * width:
         raise DataError(f"RLE counts cover {int(runs.sum())} pixels, size says {height}x{width}")
+    return runs
+
+
+def _decode_rle_window(runs: np.ndarray, height: int, window: Window) -> np.ndarray:
+    x0, y0, x1, y1 = window
     # Column-major: pixel (x, y) is at x * H + y, so columns x0..x1 are one contiguous index range.
     lo, hi = x0 * height, x1 * height
     ends = np.cumsum(runs)
@@ -106,6 +121,10 @@ def _decode_rle_window(mask: dict[str, Any], window: Window) -> np.ndarray:
 
 
 def _decode_polygons(polygons: list[list[float]], window: Window) -> np.ndarray:
+    if not isinstance(polygons, list) or not all(
+            isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0
+            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in p) for p in polygons):
+        raise DataError("polygons: expected a list of [x1, y1, x2, y2, ...] lists of >= 3 (x, y) pairs")
     x0, y0, x1, y1 = window
     h, w = y1 - y0, x1 - x0
     if h == 0 or w == 0 or not polygons:
@@ -117,7 +136,8 @@ def _decode_polygons(polygons: list[list[float]], window: Window) -> np.ndarray:
 
 
 def decode_mask(mask: dict[str, Any], height: int, width: int, *, window: Window | None = None) -> np.ndarray:
-    """One event mask (``{"format": "rle" | "polygon", ...}``) as a ``bool`` array.
+    """One event mask (``{"format": "rle" | "polygon", ...}``) as a ``bool`` array; ``DataError`` for a
+    malformed one (corrupt counts, runs not covering the frame, a polygon with an odd count of numbers).
 
     ``window=None`` gives the full frame ``(height, width)``; a window ``(x0, y0, x1, y1)`` gives
     ``(y1 - y0, x1 - x0)``, the same pixels as the full mask sliced ``[y0:y1, x0:x1]``.
@@ -125,13 +145,15 @@ def decode_mask(mask: dict[str, Any], height: int, width: int, *, window: Window
     win = (0, 0, width, height) if window is None else window
     fmt = mask.get("format")
     if fmt == "rle":
-        if [int(v) for v in mask["size"]] != [height, width]:
-            raise DataError(f"RLE size {mask['size']} does not match the frame [{height}, {width}]")
-        if window is None:
+        size = mask.get("size")
+        if not isinstance(size, list | tuple) or list(size) != [height, width]:
+            raise DataError(f"RLE size {mask.get('size')} does not match the frame [{height}, {width}]")
+        runs = _rle_runs(mask, height, width)  # checked first: pycocotools decodes a corrupt string silently
+        if window is None and isinstance(mask["counts"], str | bytes):
             return mask_utils.decode({"size": [height, width], "counts": mask["counts"]}).astype(bool)
-        return _decode_rle_window(mask, win)
+        return _decode_rle_window(runs, height, win)
     if fmt == "polygon":
-        return _decode_polygons(mask["polygons"], win)
+        return _decode_polygons(mask.get("polygons"), win)  # type: ignore[arg-type]
     raise DataError(f"unknown mask format {fmt!r} (expected 'rle' or 'polygon')")
 
 
@@ -163,18 +185,25 @@ def webhook_signature(secret: str, timestamp: str, body: bytes) -> str:
     return f"sha256={mac.hexdigest()}"
 
 
-def verify_webhook(secret: str, body: bytes, headers: Mapping[str, str], *, tolerance_s: float = 300.0,
-                   now: float | None = None) -> bool:
+def verify_webhook(secret: str, body: bytes, headers: Mapping[str, str] | Mapping[bytes, bytes], *,
+                   tolerance_s: float = 300.0, now: float | None = None) -> bool:
     """Whether a webhook request is segpipe's: its ``X-Segpipe-Signature`` signs this exact ``body`` and
     its ``X-Segpipe-Timestamp`` under ``secret``, and that timestamp is within ``tolerance_s`` of ``now``
-    (so a recorded request cannot be replayed later). ``headers``: any mapping (names in any case)."""
-    low = {k.lower(): v for k, v in headers.items()}
-    ts, sig = low.get("x-segpipe-timestamp"), low.get("x-segpipe-signature")
-    if not ts or not sig or not ts.isdigit():
+    (so a recorded request cannot be replayed later). ``headers``: any mapping, names in any case, names
+    and values ``str`` or ``bytes`` (ASGI's raw headers: ``dict(scope["headers"])``). Whatever the
+    headers hold, the answer is ``True`` or ``False``: a forged request never raises."""
+    low = {_header_text(k).lower(): _header_text(v) for k, v in headers.items()}
+    ts, sig = low.get("x-segpipe-timestamp", ""), low.get("x-segpipe-signature", "")
+    # ASCII digits only: str.isdigit() also takes "²", which int() refuses
+    if not (ts.isascii() and ts.isdigit()) or not sig.isascii():
         return False
     if abs((time.time() if now is None else now) - int(ts)) > tolerance_s:
         return False
     return hmac.compare_digest(webhook_signature(secret, ts, body), sig)
+
+
+def _header_text(v: str | bytes) -> str:
+    return v.decode("latin-1") if isinstance(v, bytes) else v  # HTTP header bytes are latin-1
 
 
 @dataclass(frozen=True, slots=True)

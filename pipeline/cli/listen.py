@@ -96,6 +96,15 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ConfigError("--group", "consumer groups need --redis")
     if args.count < 0:
         raise ConfigError("--count", f"expected >= 0, got {args.count}")
+    if args.idle_timeout < 0:  # a negative one used to end the listener at its first quiet half second
+        raise ConfigError("--idle-timeout", f"expected >= 0 seconds, got {args.idle_timeout:g}")
+    if args.claim_idle_ms < 0:
+        raise ConfigError("--claim-idle-ms", f"expected >= 0, got {args.claim_idle_ms}")
+    if args.redis:
+        try:
+            urlsplit(args.redis).port  # noqa: B018 - parsing it raises for a port out of range
+        except ValueError as e:  # redact_url, which every message below uses, would raise it again
+            raise ConfigError("--redis", f"invalid URL: {e}") from None
     if args.secret is not None and not args.webhook:
         raise ConfigError("--secret", "only for --webhook")
     if args.tls_ca is not None:
@@ -309,7 +318,7 @@ def run(args: argparse.Namespace) -> int:
                 try:
                     event = parse_event(data)
                     print(data.decode() if args.json else format_event(event, masks=args.masks), flush=True)
-                except (DataError, KeyError, TypeError) as e:  # one bad event must not stop the listener
+                except (DataError, KeyError, TypeError, ValueError) as e:  # one bad event must not stop the listener
                     print(f"segpipe listen: skipping a malformed event: {e}", file=sys.stderr)
                 if ack is not None:
                     ack()  # after printing: a crash before this line means redelivery, not loss

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
 from engines.errors import DataError
-from pipeline.client import box_window, decode_mask, decode_masks, parse_event, rle_counts
+from pipeline.client import (
+    box_window,
+    decode_mask,
+    decode_masks,
+    parse_event,
+    rle_counts,
+    verify_webhook,
+    webhook_signature,
+)
 from pipeline.events import encode, to_event
 from pipeline.messages import Detection, FrameResult
 
@@ -99,6 +108,7 @@ def test_detections_without_masks_give_none() -> None:
     (json.dumps({"kind": "frame", "version": 99}).encode(), "version 99 is not supported"),
     (json.dumps({"kind": "frame"}).encode(), "version None is not supported"),
     (b"\xff\xfe", "event is not JSON"),
+    (json.dumps({"kind": "frame", "version": True}).encode(), "version True is not supported"),
 ])
 def test_parse_event_rejects_foreign_data(data: bytes, error: str) -> None:
     with pytest.raises(DataError, match=error):
@@ -108,10 +118,62 @@ def test_parse_event_rejects_foreign_data(data: bytes, error: str) -> None:
 @pytest.mark.parametrize("mask, error", [
     ({"format": "bitmap"}, "unknown mask format 'bitmap'"),
     ({"format": "rle", "size": [10, 10], "counts": "PZ1"}, r"RLE size \[10, 10\] does not match the frame \[37, 53\]"),
+    ({"format": "rle", "counts": "PZ1"}, "RLE size None does not match"),
+    # corrupt counts: pycocotools decodes these into garbage without a word, the crop path used to
+    # raise UnicodeEncodeError; both paths now say what is wrong
+    ({"format": "rle", "size": [37, 53], "counts": "2"}, "cover 2 pixels, size says 37x53"),
+    ({"format": "rle", "size": [37, 53], "counts": "é"}, "non-ASCII"),
+    ({"format": "rle", "size": [37, 53], "counts": "0 ~"}, "characters outside"),
+    ({"format": "rle", "size": [37, 53], "counts": "P"}, "cut short"),
+    ({"format": "rle", "size": [37, 53], "counts": 5}, "expected a string or a list of ints, got int"),
+    ({"format": "rle", "size": [37, 53], "counts": [1961, -1, 1]}, "negative run"),
+    ({"format": "polygon", "polygons": [[1, 1, 3, 1, 3]]}, "polygons: expected"),
+    ({"format": "polygon", "polygons": [[1, 1, 3, 1]]}, "polygons: expected"),
+    ({"format": "polygon"}, "polygons: expected"),
 ])
-def test_decode_mask_errors(mask: dict, error: str) -> None:
+@pytest.mark.parametrize("window", [None, (0, 0, 10, 10)])
+def test_decode_mask_errors(mask: dict, error: str, window: tuple[int, int, int, int] | None) -> None:
     with pytest.raises(DataError, match=error):
-        decode_mask(mask, 37, 53)
+        decode_mask(mask, 37, 53, window=window)
+
+
+def test_uncompressed_rle_decodes_full_and_cropped() -> None:
+    mask = {"format": "rle", "size": [4, 4], "counts": [5, 2, 2, 2, 5]}  # the 2x2 square at (1, 1)
+    expected = np.zeros((4, 4), bool)
+    expected[1:3, 1:3] = True
+    np.testing.assert_array_equal(decode_mask(mask, 4, 4), expected)
+    np.testing.assert_array_equal(decode_mask(mask, 4, 4, window=(1, 1, 3, 4)), expected[1:4, 1:3])
+
+
+_NOW = 1_700_000_000
+_SIG = webhook_signature("s3cret", str(_NOW), b"{}")
+
+
+@pytest.mark.parametrize("headers, body, ok", [
+    ({"X-Segpipe-Timestamp": str(_NOW), "X-Segpipe-Signature": _SIG}, b"{}", True),
+    ({"x-segpipe-timestamp": str(_NOW), "X-SEGPIPE-SIGNATURE": _SIG}, b"{}", True),  # names in any case
+    ({b"x-segpipe-timestamp": str(_NOW).encode(), b"x-segpipe-signature": _SIG.encode()}, b"{}", True),  # ASGI
+    ({"X-Segpipe-Timestamp": str(_NOW), "X-Segpipe-Signature": _SIG}, b"{ }", False),  # tampered body
+    ({"X-Segpipe-Timestamp": str(_NOW + 1), "X-Segpipe-Signature": _SIG}, b"{}", False),  # tampered timestamp
+    ({"X-Segpipe-Timestamp": str(_NOW), "X-Segpipe-Signature": _SIG.upper()}, b"{}", False),
+    ({"X-Segpipe-Signature": _SIG}, b"{}", False),
+    ({"X-Segpipe-Timestamp": str(_NOW)}, b"{}", False),
+    # forged headers answer False instead of raising (int("²") and compare_digest("é") used to)
+    ({"X-Segpipe-Timestamp": "\u00b2", "X-Segpipe-Signature": _SIG}, b"{}", False),
+    ({"X-Segpipe-Timestamp": "\u0661\u0662", "X-Segpipe-Signature": _SIG}, b"{}", False),
+    ({"X-Segpipe-Timestamp": str(_NOW), "X-Segpipe-Signature": "sha256=\u00e9"}, b"{}", False),
+    ({"X-Segpipe-Timestamp": "-1", "X-Segpipe-Signature": _SIG}, b"{}", False),
+])
+def test_verify_webhook(headers: dict, body: bytes, ok: bool) -> None:
+    assert verify_webhook("s3cret", body, headers, now=_NOW + 10) is ok
+    assert not verify_webhook("other", body, headers, now=_NOW + 10)
+
+
+@pytest.mark.parametrize("skew_s, ok", [(-300, True), (300, True), (-301, False), (301, False)])
+def test_verify_webhook_tolerance(skew_s: int, ok: bool) -> None:
+    headers = {"X-Segpipe-Timestamp": str(_NOW), "X-Segpipe-Signature": _SIG}
+    assert verify_webhook("s3cret", b"{}", headers, now=_NOW + skew_s) is ok
+    assert verify_webhook("s3cret", b"{}", headers, now=time.time()) is False  # a replay years later
 
 
 def test_corrupt_rle_counts_are_reported_in_crops() -> None:

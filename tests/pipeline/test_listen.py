@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import threading
 import time
@@ -14,12 +15,14 @@ from pycocotools import mask as mask_utils
 
 from pipeline.cli import main
 from pipeline.cli.listen import format_event
-from pipeline.client import GroupReader, StreamReader, parse_event
+from pipeline.client import GroupReader, StreamReader, parse_event, webhook_signature
 from pipeline.events import encode, status_event, to_event
 from pipeline.messages import CameraState, CameraStatus, Detection, FrameResult
 from pipeline.sinks.base import Envelope, policy_for
 from pipeline.sinks.redis import RedisSink
 from pipeline.sinks.zmq import ZmqSink
+from tests.conftest import server_port
+from tests.helpers import accepts, wait_for
 
 
 def _result(camera: str, seq: int, labels: tuple[str, ...] = ("person",)) -> FrameResult:
@@ -77,6 +80,10 @@ def test_format_event(event: dict, masks: bool, line: str) -> None:
     (["--redis", "redis://x", "--count", "-1"], "--count: expected >= 0"),
     (["--redis", "http://:hunter2@x"], "--redis: invalid URL http://***@x"),
     (["--zmq", "nowhere"], "--zmq: cannot connect to nowhere"),
+    (["--redis", "redis://:hunter2@127.0.0.1:99999/0"], "--redis: invalid URL: Port out of range"),  # was a traceback
+    (["--zmq", "tcp://127.0.0.1:1", "--idle-timeout", "-1"], "--idle-timeout: expected >= 0 seconds, got -1"),
+    (["--redis", "redis://x", "--group", "g", "--consumer", "c", "--claim-idle-ms", "-5"],
+     "--claim-idle-ms: expected >= 0, got -5"),
 ])
 def test_argument_errors_are_one_line(argv: list[str], error: str, capsys: pytest.CaptureFixture) -> None:
     assert main(["listen", *argv]) != 0
@@ -212,3 +219,36 @@ def test_listen_zmq_filters_the_exact_camera(capsys: pytest.CaptureFixture) -> N
         sink.close()
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 3 and all(line.startswith("cam1 seq=") for line in lines)
+
+
+@pytest.mark.parametrize("timestamp, signature", [
+    ("\u00b2", "sha256=00"),        # a digit to str.isdigit(), not to int()
+    ("1700000000", "sha256=\u00e9"),  # hmac.compare_digest refuses non-ASCII str
+])
+def test_listen_webhook_answers_forged_headers_401(timestamp: str, signature: str,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    """A forged request gets 401 and the listener carries on: the check used to raise in the handler
+    thread (a traceback on stderr, the connection dropped without an answer)."""
+    port, statuses = server_port(), []
+
+    def send() -> None:
+        wait_for(lambda: accepts(port), 10, "the listener")
+        body = encode(status_event(CameraStatus(camera_id="gate", state=CameraState.LIVE, ts=1.0)))
+        ts = str(int(time.time()))
+        for headers in ({"X-Segpipe-Timestamp": timestamp, "X-Segpipe-Signature": signature},
+                        {"X-Segpipe-Timestamp": ts, "X-Segpipe-Signature": webhook_signature("s3cret", ts, body)}):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("POST", "/", body=body, headers=headers)
+            statuses.append(conn.getresponse().status)
+            conn.close()
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    try:
+        assert main(["listen", "--webhook", str(port), "--secret", "s3cret", "--count", "1",
+                     "--idle-timeout", "10"]) == 0
+    finally:
+        sender.join(10)
+    out, err = capsys.readouterr()
+    assert statuses == [401, 204] and out.splitlines() == ["gate status=live"]
+    assert "Traceback" not in err and "does not verify with --secret" in err
