@@ -44,6 +44,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.val and not args.data:
         raise ConfigError("--val", "needs --data DATA.yaml")
+    hw = parse_imgsz(args.imgsz)
+    if args.val and isinstance(hw, tuple) and hw[0] != hw[1] and not args.dynamic:
+        # said before exporting: validation letterboxes into square inputs, which a fixed HxW export refuses
+        raise ConfigError("--val", f"scores square inputs only, got --imgsz {hw[0]},{hw[1]} (export a square "
+                          "size to validate it, or add --dynamic)")
     with sigterm_interrupts():
         path = export(args.model, format=args.format, imgsz=parse_imgsz(args.imgsz), half=args.half,
                       dynamic=args.dynamic, batch=args.batch, simplify=args.simplify, opset=args.opset,

@@ -38,7 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=min(os.cpu_count() or 1, 8),
         help="rendering processes (default: CPU count, at most 8)",
     )
-    v = sub.add_parser("video", help="write an H.264 clip and its FILE.gt.jsonl ground truth")
+    v = sub.add_parser(
+        "video",
+        help="write an H.264 clip and its FILE.gt.jsonl ground truth",
+        description="Write an H.264 clip of synthetic objects moving, appearing and leaving, and beside it "
+                    f"FILE.gt.jsonl: every frame's instances (class, box, RLE mask). Classes: {classes}.",
+    )
     v.add_argument("--out", required=True, help="clip file (.mp4, .mkv or .mov)")
     v.add_argument("--seconds", type=float, required=True, help="clip length in seconds")
     v.add_argument("--fps", type=float, default=30.0, help="frames per second (default 30)")

@@ -290,8 +290,13 @@ def test_cli_info_reads_an_exported_model(onnx_dynamic: Path, capsys: pytest.Cap
                           "torchscript"),
     (["--format", "onnx", "--imgsz", "3x3x3"], "segpipe export: error: --imgsz: expected N or H,W"),
     (["--format", "onnx", "--val"], "segpipe export: error: --val: needs --data"),
+    # said after the export was written, which was then of no use
+    (["--format", "onnx", "--val", "--data", "d.yaml", "--imgsz", "192,320", "--out", "{tmp}/m.onnx"],
+     "segpipe export: error: --val: scores square inputs only, got --imgsz 192,320"),
 ])
-def test_cli_errors_are_one_line(model: Path, argv: list[str], match: str, capsys: pytest.CaptureFixture[str]) -> None:
-    rc = cli_main(["export", "--model", str(model), *argv])
+def test_cli_errors_are_one_line(model: Path, argv: list[str], match: str, tmp_path: Path,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    rc = cli_main(["export", "--model", str(model), *(a.replace("{tmp}", str(tmp_path)) for a in argv)])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc != 0 and len(err) == 1 and err[0].startswith(match)
+    assert not (tmp_path / "m.onnx").exists()
