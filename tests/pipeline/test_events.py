@@ -214,3 +214,58 @@ def test_docs_examples_match_the_schema(validator: jsonschema.Validator) -> None
     assert {json.loads(b)["kind"] for b in blocks} == {"frame", "status"}
     for block in blocks:
         validator.validate(json.loads(block))
+
+
+def test_snapshot_matches_schema(validator: jsonschema.Validator) -> None:
+    """A webhook sink's frame event with its picture validates; a picture in another format does not."""
+    event = to_event(_result("none", n=1)[0])
+    event["snapshot"] = {"format": "jpeg", "width": 640, "height": 360, "data": "/9j/4AAQ"}
+    validator.validate(event)
+    event["snapshot"]["format"] = "png"
+    assert not validator.is_valid(event)
+
+
+def _docs_python_blocks(section: str) -> list[str]:
+    import re
+
+    from tests.conftest import REPO
+
+    text = (REPO / "docs" / "events.md").read_text()
+    start = text.index(f"## {section}")
+    body = text[start:text.index("\n## ", start + 3)]
+    return re.findall(r"```python\n(.*?)```", body, re.S)
+
+
+def test_docs_webhook_receivers_run_as_written() -> None:
+    """docs/events.md's receivers, run as written on signed requests: a crossing alerts; a zone event
+    of a camera without lines (no `crossings`) and a status are taken (the first version raised
+    KeyError on those: a 5xx, so the sink resent them forever); forged, tampered and stale ones are refused."""
+    import dataclasses
+    import time
+
+    from pipeline.client import webhook_signature
+    from pipeline.messages import Crossing, FrameAnalytics
+
+    handler, stdlib = _docs_python_blocks("Receiving webhooks")
+    alerts: list[tuple] = []
+    scope: dict = {"SECRET": "s3cret", "alert": lambda *a: alerts.append(a)}
+    exec(handler, scope)  # noqa: S102 - the documentation's own code
+    exec(stdlib, scope)  # noqa: S102
+
+    res, _ = _result("none", n=1)
+    crossing = Crossing(line="stop", direction="in", track_id=3, class_id=0, label="person")
+    crossed = to_event(dataclasses.replace(res, analytics=FrameAnalytics(crossings=(crossing,))))
+    zoned = to_event(dataclasses.replace(res, analytics=FrameAnalytics(zone_counts={"door": 1})))
+    status = status_event(CameraStatus(camera_id="cam", state=CameraState.LIVE, ts=1.0))
+    ts = str(int(time.time()))
+    for event in (crossed, zoned, status):
+        body = encode(event)
+        sig = webhook_signature("s3cret", ts, body)
+        assert scope["handle"](body, {"x-segpipe-timestamp": ts, "x-segpipe-signature": sig}) == 204
+        assert scope["verify"](b"s3cret", body, ts, sig)
+        assert scope["handle"](body + b" ", {"X-Segpipe-Timestamp": ts, "X-Segpipe-Signature": sig}) == 401
+        assert not scope["verify"](b"s3cret", body + b" ", ts, sig)
+        old = str(int(ts) - 301)
+        assert not scope["verify"](b"s3cret", body, old, webhook_signature("s3cret", old, body))
+        assert not scope["verify"](b"other", body, ts, sig)
+    assert alerts == [(res.camera_id, "stop", "in", "person", 3)]
