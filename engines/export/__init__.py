@@ -82,7 +82,7 @@ def export(model: str | os.PathLike[str], *, format: str, imgsz: int | tuple[int
     if int8:
         from engines.export.calib import calibration_files
 
-        calibration_files(data, calib_images)  # a bad dataset fails now, not after tracing
+        calibration_files(data, calib_images, quiet=True)  # a bad dataset fails now, not after tracing
     src = load_source(model)
     spec = ExportSpec(imgsz=check_imgsz(src.imgsz if imgsz is None else imgsz, src.stride), half=half, dynamic=dynamic, batch=batch,
                       simplify=simplify, opset=opset, int8=int8, data=data, calib_images=calib_images,

@@ -6,6 +6,7 @@ entropy calibrator, so both see the same images prepared exactly as at inference
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,9 +18,12 @@ from engines.data.spec import load_data_yaml, resolve_images
 from engines.errors import ConfigError, DataError
 from engines.ops import letterbox
 
+LOG = logging.getLogger("segpipe.export")
 
-def calibration_files(data: str | None, n: int, *, split: str = "train") -> list[Path]:
-    """``n`` images spread evenly over ``split`` of the data YAML (all of them if it has fewer)."""
+
+def calibration_files(data: str | None, n: int, *, split: str = "train", quiet: bool = False) -> list[Path]:
+    """``n`` images spread evenly over ``split`` of the data YAML (all of them if it has fewer, said in a
+    warning unless ``quiet``: a calibration on 20 images where 512 were asked for is worth knowing of)."""
     if not data:
         raise ConfigError("--data", "INT8 calibration needs a dataset: pass --data DATA.yaml")
     if n < 1:
@@ -28,6 +32,9 @@ def calibration_files(data: str | None, n: int, *, split: str = "train") -> list
     files, _ = resolve_images(spec.sources(split), split=split)
     if not files:
         raise DataError(f"{data}: the {split} split has no images to calibrate on")
+    if len(files) < n and not quiet:
+        LOG.warning("INT8 calibration on all %d images of %s's %s split (--calib-images asked for %d)",
+                    len(files), data, split, n)
     idx = np.linspace(0, len(files) - 1, num=min(n, len(files))).round().astype(int)
     return [files[i] for i in sorted(set(idx.tolist()))]
 

@@ -300,3 +300,18 @@ def test_cli_errors_are_one_line(model: Path, argv: list[str], match: str, tmp_p
     err = capsys.readouterr().err.strip().splitlines()
     assert rc != 0 and len(err) == 1 and err[0].startswith(match)
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_calibration_on_fewer_images_than_asked_says_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from engines.export.calib import calibration_files
+
+    (tmp_path / "images").mkdir()
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / "images" / f"{i}.jpg"), np.full((32, 32, 3), 40 * i, np.uint8))
+    data = tmp_path / "data.yaml"
+    data.write_text(f"path: {tmp_path}\ntrain: images\nval: images\nnames: [a]\n")
+    with caplog.at_level("WARNING", logger="segpipe.export"):
+        assert len(calibration_files(str(data), 8, quiet=True)) == 3
+        assert not caplog.records
+        assert len(calibration_files(str(data), 8)) == 3  # it calibrated on 3 without a word
+    assert "INT8 calibration on all 3 images" in caplog.text and "asked for 8" in caplog.text
