@@ -290,15 +290,26 @@ class GroupReader:
         for key in keys:
             if key in self._cursor:
                 continue
-            try:
-                # "0": a new group also gets what the stream already holds (at-least-once).
-                self.client.xgroup_create(key, self.group, id="0", mkstream=True)
-            except redis.ResponseError as e:
-                if "BUSYGROUP" not in str(e):
-                    raise
+            self._create_group(key)
             self.keys.append(key)
             self._cursor[key] = "0-0"
             self._own_pending.add(key)
+
+    def _create_group(self, key: str) -> None:
+        try:
+            # "0": a new group also gets what the stream already holds (at-least-once).
+            self.client.xgroup_create(key, self.group, id="0", mkstream=True)
+        except redis.ResponseError as e:
+            if "BUSYGROUP" not in str(e):
+                raise
+
+    def _recreate_groups(self) -> None:
+        """A Redis restarted without persistence (or a stream deleted) lost the group: create it again
+        at the start of what the streams hold now; its pending entries are gone with it."""
+        for key in self.keys:
+            self._create_group(key)
+            self._cursor[key] = "0-0"
+        self._own_pending = set(self.keys)
 
     def _claim(self, key: str, count: int) -> list[Message]:
         reply = self.client.xautoclaim(key, self.group, self.consumer, self.claim_idle_ms,
@@ -309,7 +320,17 @@ class GroupReader:
         return _entries(key, reply[1])
 
     def read(self, *, count: int = 100, block_ms: int = 1000) -> list[Message]:
-        """Up to ``count`` events: own pending first, then claimed stale ones, then new ones."""
+        """Up to ``count`` events: own pending first, then claimed stale ones, then new ones. A group
+        that vanished (Redis restarted without persistence) is created again."""
+        try:
+            return self._read(count, block_ms)
+        except redis.ResponseError as e:
+            if not str(e).startswith("NOGROUP"):
+                raise
+        self._recreate_groups()
+        return self._read(count, block_ms)
+
+    def _read(self, count: int, block_ms: int) -> list[Message]:
         if self._own_pending:
             key = self._own_pending.pop()
             reply = cast(_StreamsReply,

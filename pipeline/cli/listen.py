@@ -31,6 +31,7 @@ NAME = "listen"
 HELP = "print events published by a running pipeline (Redis Streams, ZeroMQ, MQTT or webhooks)"
 
 _RESCAN_S = 2.0  # how often to look for new camera streams when no --camera is given
+_RECONNECT_S = 1.0  # how often to try a Redis that went away
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -135,12 +136,27 @@ class _RedisSource:
         else:
             self.reader = StreamReader(self.client, keys, start="0-0" if args.from_start else "$")
         self._rescan = time.monotonic() + _RESCAN_S
+        self.url, self._lost_at = redact_url(args.redis), 0.0  # monotonic time Redis went away (0: it is here)
 
     def read(self, max_n: int) -> list[Received]:
-        if self.follow_new and time.monotonic() >= self._rescan:
-            self.reader.add_keys(stream_keys(self.client, self.prefix))
-            self._rescan = time.monotonic() + _RESCAN_S
-        msgs = self.reader.read(count=max_n, block_ms=500)
+        """What arrived; nothing while Redis is away (a restart): said once on stderr, retried every
+        second, and the group is created again if the restart lost it (``GroupReader``)."""
+        try:
+            if self.follow_new and time.monotonic() >= self._rescan:
+                self.reader.add_keys(stream_keys(self.client, self.prefix))
+                self._rescan = time.monotonic() + _RESCAN_S
+            msgs = self.reader.read(count=max_n, block_ms=500)
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            if not self._lost_at:
+                self._lost_at = time.monotonic()
+                print(f"segpipe listen: lost Redis at {self.url} ({type(e).__name__}: {e}); reconnecting",
+                      file=sys.stderr, flush=True)
+            time.sleep(_RECONNECT_S)
+            return []
+        if self._lost_at:
+            print(f"segpipe listen: Redis at {self.url} is back after {time.monotonic() - self._lost_at:.0f} s",
+                  file=sys.stderr, flush=True)
+            self._lost_at = 0.0
         if isinstance(self.reader, GroupReader):
             group = self.reader
             return [(m.data, functools.partial(group.ack, m)) for m in msgs]

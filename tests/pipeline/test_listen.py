@@ -196,6 +196,45 @@ def test_restarted_consumer_rereads_its_own_pending(redis_server: Any) -> None:
     assert got == [0, 1, 2, 3, 4]
 
 
+@pytest.mark.parametrize("group", [None, "alerts"])
+def test_listen_rides_out_a_redis_restart(redis_server: Any, group: str | None,
+                                          capsys: pytest.CaptureFixture) -> None:
+    """Redis restarted (without persistence: the streams and the group are gone) while a listener
+    runs: it says so once, waits, creates its group again and prints what comes after. It used to
+    exit 1 ("lost Redis"), and a GroupReader raised NOGROUP for ever after."""
+    _publish(redis_server.url, [_result("cam0", 0)])
+    argv = ["listen", "--redis", redis_server.url, "--camera", "cam0", "--count", "2", "--idle-timeout", "20"]
+    argv += ["--group", group, "--consumer", "w1"] if group else ["--from-start"]
+    rc: list[int] = []
+    listener = threading.Thread(target=lambda: rc.append(main(argv)))
+    listener.start()
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        wait_for(lambda: any(g["pending"] == 0 and g["last-delivered-id"] != b"0-0"
+                             for g in client.xinfo_groups("segpipe:cam0")) if group
+                 else "seq=0" in capsys.readouterr().out, 10, "the first event")
+        redis_server.stop()
+        time.sleep(1.5)  # the listener finds it gone
+        redis_server.start()
+        _publish(redis_server.url, [_result("cam0", 1)])
+        listener.join(20)
+    finally:
+        client.close()
+    assert rc == [0]
+    out, err = capsys.readouterr()
+    assert out.splitlines()[-1] == "cam0 seq=1 n=1 person"
+    assert "lost Redis at" in err and "reconnecting" in err and "is back after" in err
+
+
+def test_group_reader_recreates_a_lost_group(redis_server: Any) -> None:
+    client = redis.Redis.from_url(redis_server.url)
+    reader = GroupReader(client, ["segpipe:cam0"], group="g", consumer="w1")
+    client.delete("segpipe:cam0")  # what a Redis restart without persistence leaves
+    client.xadd("segpipe:cam0", {"event": b"after"})
+    assert [m.data for m in reader.read(block_ms=100)] == [b"after"]
+    client.close()
+
+
 def test_listen_zmq_filters_the_exact_camera(capsys: pytest.CaptureFixture) -> None:
     sink = ZmqSink(name="z", endpoint="tcp://127.0.0.1:*")
     stop = threading.Event()
