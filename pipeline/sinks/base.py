@@ -77,7 +77,8 @@ class Envelope:
     sinks that draw; None when an event worker made it and no sink draws (a FrameResult's masks are
     not pickled once more for nothing). image: optional (H, W, 3) uint8 BGR frame for sinks that draw
     (video); None when the runtime does not forward pixels. capture_ts: a frame's capture time (Unix
-    seconds), for the capture-to-publish latency.
+    seconds), for the capture-to-publish latency. objects: a frame event's detections (after the camera's
+    classes), known even when ``item`` was dropped.
     """
 
     camera_id: str
@@ -86,6 +87,7 @@ class Envelope:
     item: FrameResult | CameraStatus | None
     image: np.ndarray | None = None
     capture_ts: float | None = None
+    objects: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

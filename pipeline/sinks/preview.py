@@ -118,8 +118,8 @@ class PreviewSink:
                 cam.results.append(time.monotonic())
                 if env.capture_ts is not None:
                     cam.latency_ms = (time.time() - env.capture_ts) * 1000.0
-            if isinstance(env.item, FrameResult):
-                cam.objects = len(env.item.detections)
+            if env.objects is not None:  # also when an event worker dropped the item (nothing draws)
+                cam.objects = env.objects
             if isinstance(env.item, FrameResult) and env.image is not None:
                 cam.image, cam.result, cam.seq = env.image, env.item, cam.seq + 1
                 self._cond.notify_all()

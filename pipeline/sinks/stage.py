@@ -115,7 +115,7 @@ class EventMaker:
                     result = item
                 return Envelope(camera_id=result.camera_id, kind="frame",
                                 payload=encode(to_event(result, publish_ts=now)), item=result, image=image,
-                                capture_ts=result.capture_ts)
+                                capture_ts=result.capture_ts, objects=len(result.detections))
             if isinstance(item, CameraStatus):
                 if self.trackers is not None:
                     self.trackers.on_status(item)

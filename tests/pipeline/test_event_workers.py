@@ -115,7 +115,8 @@ def test_a_stage_that_dies_under_workers_is_started_again(tmp_path: Path, role: 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_the_preview_shows_camera_states_with_workers(tmp_path: Path, workers: int) -> None:
     """With event workers the status events reach the sink stage as worker-made envelopes: the preview's
-    wall must still say each camera is live (it said "unknown" for the whole run)."""
+    wall must still say each camera is live (it said "unknown" for the whole run), and how many objects it
+    sees (None for the whole run: the worker drops a frame's result when nothing draws it)."""
     import json
     import urllib.request
 
@@ -133,12 +134,15 @@ def test_the_preview_shows_camera_states_with_workers(tmp_path: Path, workers: i
         with contextlib.suppress(OSError):
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/cameras.json", timeout=2) as r:
                 seen.append(json.loads(r.read()))
-        if seen and {c.get("state") for c in seen[-1].values()} == {"live"} and len(seen[-1]) == 2 or len(seen) > 40:
+        done = seen and len(seen[-1]) == 2 and all(c.get("state") == "live" and c.get("objects") is not None
+                                                   for c in seen[-1].values())
+        if done or len(seen) > 40:
             sup.request_stop("test done")
 
     sup = Supervisor(cfg=cfg, on_tick=tick)
     assert sup.run() == 0, sup.errors
     assert seen and {k: v["state"] for k, v in seen[-1].items()} == {"cam0": "live", "cam1": "live"}, seen[-1:]
+    assert all(isinstance(v["objects"], int) for v in seen[-1].values()), seen[-1:]
 
 
 def test_reload_reaches_every_worker(tmp_path: Path) -> None:

@@ -30,7 +30,8 @@ def _result(camera: str, seq: int, *, size: tuple[int, int] = (W, H), fps: float
 
 
 def _env(res: FrameResult, image: np.ndarray | None = None) -> Envelope:
-    return Envelope(camera_id=res.camera_id, kind="frame", payload=encode(to_event(res)), item=res, image=image)
+    return Envelope(camera_id=res.camera_id, kind="frame", payload=encode(to_event(res)), item=res, image=image,
+                    objects=len(res.detections))
 
 
 def _decode(path: Path) -> tuple[list[np.ndarray], list[float]]:
