@@ -59,7 +59,7 @@ def parse_imgsz(spec: str | None) -> int | tuple[int, int] | None:
 
 
 @contextmanager
-def output_dir(path: str, flag: str = "--out") -> Iterator[Path]:
+def output_dir(path: str | Path, flag: str = "--out") -> Iterator[Path]:
     """Create a command's output folder before any work (an unusable one fails first, in one line) and
     yield it; a folder this made is removed again if the command fails before writing into it."""
     out = Path(path)

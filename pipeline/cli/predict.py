@@ -32,7 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", required=True, help="image, folder, glob, video file or stream URL")
     add_infer_args(p)
     p.add_argument("--retina-masks", action="store_true", help="masks at full frame resolution")
-    p.add_argument("--out", default="runs/predict", help="output folder (default runs/predict)")
+    p.add_argument("--out", default=None, help="output folder (default runs/predict, predict2, ...: the first free "
+                   "one, so runs do not mix their files)")
     p.add_argument("--save", action=argparse.BooleanOptionalAction, default=True,
                    help="write annotated images/videos (default on; --no-save or save=False: predictions.json only)")
     p.add_argument("--max-frames", type=int, default=0, help="stop each video/stream after N frames (default 0: all)")
@@ -110,6 +111,7 @@ class _VideoWriters:
 
 def run(args: argparse.Namespace) -> int:
     from engines.predict import SegModel
+    from engines.train.config import default_out_dir
 
     check_range("--conf", args.conf, 0.0, 1.0)
     check_range("--iou", args.iou, 0.0, 1.0)
@@ -126,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--classes", f"{max(classes)} is not a class of {args.model} (ids 0..{len(model.names) - 1})")
     kw = dict(imgsz=args.imgsz, conf=args.conf, iou=args.iou, max_det=args.max_det, classes=classes,
               agnostic=args.agnostic_nms, retina_masks=args.retina_masks, max_frames=args.max_frames)
-    with output_dir(args.out) as out, sigterm_interrupts(), errors_name_flags(args):
+    with output_dir(args.out or default_out_dir("runs", "predict")) as out, sigterm_interrupts(), errors_name_flags(args):
         n_frames, n_dets = _predict(model, args, out, kw)
     print(f"{n_frames} frame(s), {n_dets} detection(s) -> {out}/ (predictions.json"
           f"{', annotated output' if args.save else ''})")

@@ -29,11 +29,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plots", action="store_true", help="PR/F1 curves and label/prediction image grids")
     p.add_argument("--half", action="store_true", help="fp16 inference (CUDA)")
     p.add_argument("--workers", type=int, default=2, help="data loading processes (default 2)")
-    p.add_argument("--out", default="runs/val", help="output folder (default runs/val)")
+    p.add_argument("--out", default=None, help="output folder (default runs/val, val2, ...: the first free "
+                   "one, so runs do not mix their files)")
 
 
 def run(args: argparse.Namespace) -> int:
     from engines.errors import ConfigError
+    from engines.train.config import default_out_dir
     from engines.val.coco import cocoeval_stats
     from engines.val.validator import summary_line, validate
 
@@ -47,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--workers", f"must be >= 0, got {args.workers}")
     if args.imgsz is not None and (args.imgsz < 32 or args.imgsz % 32):
         raise ConfigError("--imgsz", f"must be a positive multiple of 32, got {args.imgsz}")
-    with output_dir(args.out) as out, errors_name_flags(args):  # written at the end: checked first
+    with output_dir(args.out or default_out_dir("runs", "val")) as out, errors_name_flags(args):  # written at the end: checked first
         metrics = validate(args.model, data=args.data, split=args.split, imgsz=args.imgsz, batch=args.batch,
                            device=args.device, conf=args.conf, iou=args.iou, max_det=args.max_det,
                            save_json=args.save_json, out_dir=out, plots=args.plots, workers=args.workers,

@@ -235,3 +235,18 @@ def test_predict_failing_half_way_leaves_no_partial_predictions(coco128_images: 
     assert main(["predict", "--model", str(FIXTURE), "--source", str(src), "--out", str(out)]) == 1
     assert "cannot decode image" in capsys.readouterr().err
     assert not (out / "predictions.json").exists() and not (out / "predictions.json.tmp").exists()
+
+
+def test_predict_runs_without_out_do_not_mix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    # both wrote into runs/predict: the second run's predictions.json replaced the first's, beside its videos
+    from tests.pipeline.media import write_clip
+
+    clip = write_clip(tmp_path / "clip.mp4", frames=2, fps=10, size=(160, 128))
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):
+        assert main(["predict", "--model", str(FIXTURE), "--source", str(clip)]) == 0
+    outs = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert outs == ["predict", "predict2"]
+    assert all((tmp_path / "runs" / o / "predictions.json").is_file() for o in outs)
+    assert capsys.readouterr().out.count("-> runs/predict") == 2
