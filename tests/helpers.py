@@ -35,3 +35,28 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().split("\n")[:-1]]
+
+
+def sigterm_once(argv: list[str], ready: Callable[[], bool], what: str, *, step: float = 0.005,
+                 settle_s: float = 0.0) -> tuple[int, str]:
+    """Run ``segpipe argv`` (one torch thread), poll ``ready`` until it holds (AssertionError naming
+    ``what`` if the command ends or 120 s pass first), wait ``settle_s``, send SIGTERM; returns the exit
+    status and stderr."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", *argv], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while not ready():
+            assert proc.poll() is None and time.monotonic() < deadline, f"never saw {what}"
+            time.sleep(step)
+        time.sleep(settle_s)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    return proc.returncode, err

@@ -251,25 +251,12 @@ def test_cli_val_compares_the_source_at_the_export_size(model: Path, coco128: Pa
 
 def test_sigterm_during_export_leaves_no_temp_folder(model: Path, tmp_path: Path) -> None:
     """SIGTERM ended the process where it stood, leaving the half-written ``.m.onnx.XXXX`` folder."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
+    from tests.helpers import sigterm_once
 
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "export", "--model", str(model), "--format", "onnx",
-                             "--simplify", "--out", str(tmp_path / "m.onnx")], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    try:
-        deadline = time.monotonic() + 120
-        while not list(tmp_path.glob(".m.onnx.*")):
-            assert proc.poll() is None and time.monotonic() < deadline, "no export in progress seen"
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    assert proc.returncode == 143 and err.strip().splitlines()[-1] == "segpipe export: terminated", err
+    code, err = sigterm_once(["export", "--model", str(model), "--format", "onnx", "--simplify", "--out",
+                              str(tmp_path / "m.onnx")], lambda: bool(list(tmp_path.glob(".m.onnx.*"))),
+                             "an export in progress")
+    assert code == 143 and err.strip().splitlines()[-1] == "segpipe export: terminated", err
     assert list(tmp_path.iterdir()) == []
 
 

@@ -178,32 +178,17 @@ def test_predict_cli_bounds_each_video_and_keeps_same_named_sources_apart(
 def test_predict_stopped_by_sigterm_keeps_a_playable_video_and_its_predictions(tmp_path: Path) -> None:
     """Stopping predict (on a stream, the only way) with SIGTERM left an MP4 without its index and no
     predictions.json at all."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     import av
 
+    from tests.helpers import sigterm_once
     from tests.pipeline.media import write_clip
 
     clip = write_clip(tmp_path / "clip.mp4", frames=1500, fps=25, size=(96, 64), gop=25)
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "predict", "--model", str(FIXTURE), "--source",
-                             str(clip), "--out", str(out), "--imgsz", "64"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    try:
-        deadline = time.monotonic() + 120
-        while not (out / "clip.mp4").is_file():
-            assert proc.poll() is None and time.monotonic() < deadline, "predict never started its video"
-            time.sleep(0.05)
-        time.sleep(1.0)  # some frames in
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    assert proc.returncode == 143 and err.strip().splitlines()[-1] == "segpipe predict: terminated", err
+    code, err = sigterm_once(["predict", "--model", str(FIXTURE), "--source", str(clip), "--out", str(out),
+                              "--imgsz", "64"], (out / "clip.mp4").is_file, "predict start its video", step=0.05,
+                             settle_s=1.0)  # some frames in
+    assert code == 143 and err.strip().splitlines()[-1] == "segpipe predict: terminated", err
     assert isinstance(json.loads((out / "predictions.json").read_text()), list)
     with av.open(str(out / "clip.mp4")) as c:
         frames = sum(1 for _ in c.decode(video=0))

@@ -370,27 +370,15 @@ def test_image_broken_mid_run_is_one_line_from_a_loader_worker(tmp_path, monkeyp
 
 def test_sigterm_while_a_checkpoint_is_written_leaves_no_temp_file(tmp_path):
     """A kill (SIGTERM: a scheduler, docker stop) mid-write left a half-written .last.pt.XXXX.tmp."""
-    import signal
-    import subprocess
-    import sys
-    import time
+    from tests.helpers import sigterm_once
 
     data = make_shapes_dataset(tmp_path / "data", n=4, size=128)
     out = tmp_path / "run"
-    argv = [sys.executable, "-m", "pipeline", "train", "--data", str(data), "--out", str(out), "--epochs", "500",
+    argv = ["train", "--data", str(data), "--out", str(out), "--epochs", "500",
             "--imgsz", "64", "--batch", "2", "--workers", "0", "--device", "cpu", "--no-val", "--no-plots"]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    try:
-        deadline = time.monotonic() + 120
-        while not list((out / "weights").glob(".*.tmp")):  # every epoch writes last.pt, then best.pt
-            assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint write seen"
-            time.sleep(0.0002)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    assert proc.returncode == 143 and err.strip().splitlines()[-1] == "segpipe train: terminated", err
+    code, err = sigterm_once(argv, lambda: bool(list((out / "weights").glob(".*.tmp"))),  # last.pt, then best.pt
+                             "a checkpoint write", step=0.0002)
+    assert code == 143 and err.strip().splitlines()[-1] == "segpipe train: terminated", err
     assert not list((out / "weights").glob(".*.tmp"))
 
 
