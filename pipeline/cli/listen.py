@@ -206,6 +206,20 @@ def _take(inbox: queue.Queue[bytes], max_n: int) -> list[Received]:
     return out
 
 
+def _mqtt_filters(prefix: str, camera: str | None) -> tuple[list[tuple[str, int]], str]:
+    """The qos-1 subscriptions for the sink's ``<prefix><camera>/frame`` and ``.../status`` topics, and the
+    prefix every received topic must start with. A prefix that does not end a topic level (the sink's
+    ``topic_prefix: site1`` publishes ``site1cam0/frame``) cannot take a ``+``: its level is matched by
+    ``+`` and checked against the prefix on arrival."""
+    for flag, text in (("--prefix", prefix), ("--camera", camera or "")):
+        if any(ch in text for ch in "+#\0"):
+            raise ConfigError(flag, f"{text!r}: MQTT wildcards (+, #) and NUL cannot be in a topic")
+    if camera is not None:
+        return [(f"{prefix}{camera}/{kind}", 1) for kind in ("frame", "status")], prefix
+    head, slash, _ = prefix.rpartition("/")
+    return [(f"{head}{slash}+/{kind}", 1) for kind in ("frame", "status")], prefix
+
+
 class _MqttSource:
     """Subscribes to the frame and status topics (qos 1) of every camera, or of ``--camera``."""
 
@@ -223,8 +237,7 @@ class _MqttSource:
         self.url = redact_url(args.mqtt)
         self.inbox: queue.Queue[bytes] = queue.Queue()
         self.connected, self.refused = threading.Event(), ""
-        camera = args.camera or "+"
-        topics = [(f"{args.prefix or 'segpipe/'}{camera}/{kind}", 1) for kind in ("frame", "status")]
+        topics, prefix = _mqtt_filters(args.prefix if args.prefix is not None else "segpipe/", args.camera)
         c = self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
 
         def on_connect(client: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
@@ -235,7 +248,11 @@ class _MqttSource:
             self.connected.set()
 
         c.on_connect = on_connect
-        c.on_message = lambda _c, _u, msg: self.inbox.put(bytes(msg.payload))
+        def on_message(_c: Any, _u: Any, msg: Any) -> None:
+            if msg.topic.startswith(prefix):  # "+" in place of a partial level matches more than the prefix
+                self.inbox.put(bytes(msg.payload))
+
+        c.on_message = on_message
         if parts.username:
             c.username_pw_set(unquote(parts.username), None if parts.password is None else unquote(parts.password))
         tls = parts.scheme == "mqtts"

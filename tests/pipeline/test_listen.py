@@ -19,6 +19,7 @@ from pipeline.client import GroupReader, StreamReader, parse_event, webhook_sign
 from pipeline.events import encode, status_event, to_event
 from pipeline.messages import CameraState, CameraStatus, Detection, FrameResult
 from pipeline.sinks.base import Envelope, policy_for
+from pipeline.sinks.mqtt import MqttSink
 from pipeline.sinks.redis import RedisSink
 from pipeline.sinks.zmq import ZmqSink
 from tests.conftest import server_port
@@ -84,6 +85,9 @@ def test_format_event(event: dict, masks: bool, line: str) -> None:
     (["--zmq", "tcp://127.0.0.1:1", "--idle-timeout", "-1"], "--idle-timeout: expected >= 0 seconds, got -1"),
     (["--redis", "redis://x", "--group", "g", "--consumer", "c", "--claim-idle-ms", "-5"],
      "--claim-idle-ms: expected >= 0, got -5"),
+    # an MQTT filter paho refuses raised in its network thread: a traceback, then 10 s of "no answer"
+    (["--mqtt", "mqtt://127.0.0.1:1", "--camera", "cam#"], "--camera: 'cam#': MQTT wildcards"),
+    (["--mqtt", "mqtt://127.0.0.1:1", "--prefix", "site/+/"], "--prefix: 'site/+/': MQTT wildcards"),
 ])
 def test_argument_errors_are_one_line(argv: list[str], error: str, capsys: pytest.CaptureFixture) -> None:
     assert main(["listen", *argv]) != 0
@@ -291,3 +295,26 @@ def test_listen_webhook_answers_forged_headers_401(timestamp: str, signature: st
     out, err = capsys.readouterr()
     assert statuses == [401, 204] and out.splitlines() == ["gate status=live"]
     assert "Traceback" not in err and "does not verify with --secret" in err
+
+
+@pytest.mark.parametrize("prefix, camera", [("site1", None), ("site1", "cam1"), ("plant/site1-", None)])
+def test_listen_mqtt_follows_a_prefix_that_does_not_end_a_level(mqtt_broker: Any, prefix: str, camera: str | None,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    """A sink with ``topic_prefix: site1`` publishes ``site1cam1/status``: ``--prefix site1`` used to
+    subscribe to ``site1+/status``, a filter paho refuses (a traceback, then "no answer" after 10 s).
+    A sink with another prefix on the same broker is not listened to."""
+    sinks = [MqttSink(name="m", url=mqtt_broker.url, policy=policy_for("mqtt"), topic_prefix=p)
+             for p in (prefix, "other")]
+    try:
+        for sink in sinks:
+            wait_for(sink.connected.is_set, 10, "the sink to connect")
+            cam = "cam1" if sink is sinks[0] else "cam2"
+            sink.publish(_env(CameraStatus(camera_id=cam, state=CameraState.LIVE, ts=1.0)))  # retained
+            assert sink.flush(10)
+        argv = ["listen", "--mqtt", mqtt_broker.url, "--prefix", prefix, "--idle-timeout", "3"]
+        assert main(argv + (["--camera", camera] if camera else [])) == 1
+    finally:
+        for sink in sinks:
+            sink.close()
+    out, err = capsys.readouterr()
+    assert out.splitlines() == ["cam1 status=live"] and "Traceback" not in err
