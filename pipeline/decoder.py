@@ -222,6 +222,9 @@ class Decoder:
         stream = container.streams.video[0]
         tb = stream.time_base or Fraction(1, 90_000)
         rate = float(stream.average_rate or stream.guessed_rate or 0) or None
+        # Raw elementary streams (.h264, .hevc exported by NVRs) carry no timestamps at all; the codec's
+        # frame rate (guessed_rate) is their only clock. average_rate is the raw demuxer's 25 there.
+        nominal = float(stream.guessed_rate or 0) or rate
         self._frames_this_pass = 0
         self._pace = None
         self._pass_start = None
@@ -235,7 +238,12 @@ class Decoder:
                 except av.error.InvalidDataError:
                     frames = []  # a damaged packet: FFmpeg conceals what it can, the next keyframe heals
                 for frame in frames:
-                    self._on_frame(frame, None if frame.pts is None else float(frame.pts * tb))
+                    pts = None if frame.pts is None else float(frame.pts * tb)
+                    if pts is None and self.s.is_file and nominal:
+                        # without this a file had no clock: no pacing, ``fps`` sampled by arrival time
+                        # (1 frame of a 2 s clip at fps 5) and every frame went out without pts
+                        pts = self._frames_this_pass / nominal
+                    self._on_frame(frame, pts)
                 if not self.s.is_file and not frames:
                     # Packets that never decode (no parameter sets, a stream broken at the source) beat the
                     # heartbeat and the read timeout alike: without this the camera stayed CONNECTING (or

@@ -146,6 +146,27 @@ def test_fps_limit_samples_by_timestamp(tmp_path: Path, harness: type[Harness], 
     assert gaps and max(gaps) < 1.0 / fps + 1.0 / rate + 1e-6  # evenly spread: never more than a slot and a frame
 
 
+@pytest.mark.parametrize("suffix", [".h264", ".hevc"])
+def test_raw_elementary_stream_is_paced_and_sampled_by_its_frame_rate(tmp_path: Path, harness: type[Harness],
+                                                                     ffmpeg: str, suffix: str) -> None:
+    """A raw .h264/.hevc file (an NVR export) has no timestamps: its frame rate is its clock, so ``fps``
+    keeps as many frames a second as asked and realtime plays it at its own rate, pts and all."""
+    import subprocess
+
+    clip = write_clip(tmp_path / "c.mp4", frames=20, fps=20, size=(96, 64))
+    raw = tmp_path / f"c{suffix}"
+    codec = {".h264": ["-c:v", "copy", "-bsf:v", "h264_mp4toannexb"], ".hevc": ["-c:v", "libx265", "-x265-params",
+                                                                                 "log-level=none"]}[suffix]
+    subprocess.run([ffmpeg, "-hide_banner", "-loglevel", "error", "-y", "-i", str(clip), *codec, str(raw)], check=True)
+    h = harness(url=str(raw), is_file=True, realtime=True, fps=5.0, lossless=True)
+    elapsed = h.run()
+    assert h.states == [S.CONNECTING, S.LIVE, S.ENDED], h.statuses
+    assert h.decoded == 5  # 1 s at 20 fps sampled at 5 a second (1 frame before: all arrived at once)
+    assert [f.pts for f in h.frames] == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8])
+    assert [frame_index(f.image) for f in h.frames] == [0, 4, 8, 12, 16]
+    assert elapsed >= 0.75  # paced: the last kept frame is due 0.8 s after the first
+
+
 def test_lossless_file_waits_for_every_frame_to_be_taken(clips: dict[str, Path], harness: type[Harness]) -> None:
     h = harness(url=str(clips["mp4"]), is_file=True, realtime=False, lossless=True)
     h.run()
