@@ -271,7 +271,7 @@ class Decoder:
             return
         if self.s.is_file and self.s.realtime and t is not None:
             self._pace_to(t)
-        image = frame.to_ndarray(format="bgr24")
+        image = _upright(frame, frame.to_ndarray(format="bgr24"))
         if self._frozen is not None and self._frozen.still(image, now):
             # the same picture again: no news for the model, and a hung camera for its subscribers
             if self.machine.state is S.LIVE:
@@ -365,6 +365,15 @@ class _FrozenPicture:
 
     def for_s(self, now: float) -> float:
         return now - self._since
+
+
+def _upright(frame: Any, image: np.ndarray) -> np.ndarray:
+    """``image`` (H, W, 3) turned as the frame's display matrix says, as players show it: a phone clip
+    recorded upright, or a camera mounted on its side, is stored sideways with a rotation beside it, and
+    the model, the zones and the drawings must see what a person sees. A view, no copy."""
+    degrees = getattr(frame, "rotation", 0) or 0  # a PyAV too old to read it: as stored
+    turns = round(degrees / 90) % 4  # counterclockwise quarter turns, as np.rot90 counts them
+    return np.rot90(image, turns) if turns else image
 
 
 def _describe(e: BaseException) -> str:

@@ -167,6 +167,28 @@ def test_raw_elementary_stream_is_paced_and_sampled_by_its_frame_rate(tmp_path: 
     assert elapsed >= 0.75  # paced: the last kept frame is due 0.8 s after the first
 
 
+@pytest.mark.parametrize("rotate, size", [(0, (96, 64)), (90, (64, 96)), (180, (96, 64)), (270, (64, 96))])
+def test_rotation_metadata_turns_the_picture_as_players_show_it(tmp_path: Path, harness: type[Harness], ffmpeg: str,
+                                                                 rotate: int, size: tuple[int, int]) -> None:
+    """A clip stored sideways with a display rotation (phones, cameras mounted on their side) reaches the
+    model upright: the frame ffmpeg shows (it turns by default), in its shape (W x H in the status)."""
+    import subprocess
+
+    clip = write_clip(tmp_path / "c.mp4", frames=3, fps=15, size=(96, 64))
+    turned = tmp_path / "turned.mp4"
+    subprocess.run([ffmpeg, "-hide_banner", "-loglevel", "error", "-y", "-i", str(clip), "-c", "copy",
+                    "-metadata:s:v:0", f"rotate={rotate}", str(turned)], check=True)
+    shown = subprocess.run([ffmpeg, "-hide_banner", "-loglevel", "error", "-i", str(turned), "-frames:v", "1",
+                            "-f", "rawvideo", "-pix_fmt", "bgr24", "-"], check=True, capture_output=True).stdout
+    h = harness(url=str(turned), is_file=True, realtime=False, lossless=True)
+    h.run()
+    assert h.states == [S.CONNECTING, S.LIVE, S.ENDED] and h.statuses[1].detail == f"{size[0]}x{size[1]}"
+    first = h.frames[0].image
+    assert first.shape == (size[1], size[0], 3)
+    expected = np.frombuffer(shown, np.uint8).reshape(first.shape)
+    assert np.abs(first.astype(int) - expected).mean() < 2.0
+
+
 def test_lossless_file_waits_for_every_frame_to_be_taken(clips: dict[str, Path], harness: type[Harness]) -> None:
     h = harness(url=str(clips["mp4"]), is_file=True, realtime=False, lossless=True)
     h.run()
