@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -275,12 +276,20 @@ class _MqttSource:
         self.client.loop_stop()
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hung up (reset, timed out) is no news; anything else is still a traceback."""
+        if not isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            super().handle_error(request, client_address)
+
+
 class _WebhookSource:
-    """An HTTP server taking a webhook sink's POSTs (any path): 204 for each event, or 401 when
-    ``--secret`` is given and the request's signature does not verify (said on stderr)."""
+    """An HTTP server taking a webhook sink's POSTs (any path): 204 for each event; 401 when ``--secret``
+    is given and the request's signature does not verify, 400 for a body that is not a segpipe event,
+    411 without a Content-Length (each said on stderr)."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from http.server import BaseHTTPRequestHandler
 
         host, _, port_text = args.webhook.rpartition(":")
         host = host.strip("[]") or "127.0.0.1"
@@ -293,15 +302,28 @@ class _WebhookSource:
             protocol_version = "HTTP/1.1"
 
             def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                length = self.headers.get("Content-Length", "")
+                if not (length.isascii() and length.isdigit()):  # chunked, or a broken header: not the sink
+                    self.close_connection = True  # what follows the headers is not a request
+                    self._refuse(411, f"no valid Content-Length ({length!r})")
+                    return
+                body = self.rfile.read(int(length))
                 if args.secret is not None and not verify_webhook(args.secret, body, dict(self.headers.items())):
-                    print(f"segpipe listen: refused a request from {self.client_address[0]}: its signature does "
-                          "not verify with --secret", file=sys.stderr, flush=True)
-                    self._answer(401)
+                    self._refuse(401, "its signature does not verify with --secret")
+                    return
+                try:
+                    parse_event(body)
+                except DataError as e:  # 400: the sink counts it as rejected, instead of "delivered"
+                    self._refuse(400, str(e))
                     return
                 if not args.camera or self.headers.get("X-Segpipe-Camera") == args.camera:
                     source.inbox.put(body)
                 self._answer(204)
+
+            def _refuse(self, code: int, why: str) -> None:
+                print(f"segpipe listen: refused a request from {self.client_address[0]} ({code}): {why}",
+                      file=sys.stderr, flush=True)
+                self._answer(code)
 
             def _answer(self, code: int) -> None:
                 self.send_response(code)
@@ -312,7 +334,7 @@ class _WebhookSource:
                 pass
 
         try:
-            self.server = ThreadingHTTPServer((host, int(port_text)), Handler)
+            self.server = _QuietServer((host, int(port_text)), Handler)
         except OSError as e:
             raise SourceError(f"cannot listen on {host}:{port_text}: {e.strerror or e}") from None
         self.server.daemon_threads = True

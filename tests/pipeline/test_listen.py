@@ -318,3 +318,41 @@ def test_listen_mqtt_follows_a_prefix_that_does_not_end_a_level(mqtt_broker: Any
             sink.close()
     out, err = capsys.readouterr()
     assert out.splitlines() == ["cam1 status=live"] and "Traceback" not in err
+
+
+@pytest.mark.parametrize("request_head, body, status, said", [
+    (b"Content-Length: abc", b"", 411, "no valid Content-Length ('abc')"),
+    (b"Content-Length: -5", b"", 411, "no valid Content-Length ('-5')"),
+    (b"Transfer-Encoding: chunked", b"5\r\nhello\r\n0\r\n\r\n", 411, "no valid Content-Length ('')"),
+    (b"Content-Length: 5", b"hello", 400, "event is not JSON"),
+    (b"Content-Length: 2", b"{}", 400, "event has no kind 'frame' or 'status'"),
+])
+def test_listen_webhook_answers_bad_requests(request_head: bytes, body: bytes, status: int, said: str,
+                                             capsys: pytest.CaptureFixture) -> None:
+    """Requests no webhook sink sends get a 4xx and a line on stderr, and the listener carries on. A
+    broken Content-Length raised in the handler (a traceback, no answer); a chunked body was read as
+    the next request; a body that is no event was answered 204, "delivered"."""
+    import socket
+
+    port, answers = server_port(), []
+    event = encode(status_event(CameraStatus(camera_id="gate", state=CameraState.LIVE, ts=1.0)))
+
+    def send() -> None:
+        wait_for(lambda: accepts(port), 10, "the listener")
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\n" + request_head + b"\r\n\r\n" + body)
+            answers.append(sock.recv(100).split(b" ")[1])
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("POST", "/", body=event)
+        answers.append(str(conn.getresponse().status).encode())
+        conn.close()
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    try:
+        assert main(["listen", "--webhook", str(port), "--count", "1", "--idle-timeout", "10"]) == 0
+    finally:
+        sender.join(10)
+    out, err = capsys.readouterr()
+    assert answers == [str(status).encode(), b"204"] and out.splitlines() == ["gate status=live"]
+    assert f"({status}): {said}" in err and "Traceback" not in err
