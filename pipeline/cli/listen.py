@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import functools
 import queue
+import socket
 import sys
 import threading
 import time
@@ -167,8 +168,23 @@ class _RedisSource:
         self.client.close()
 
 
+def _check_zmq_host(endpoint: str) -> None:
+    """ZeroMQ resolves a tcp:// host in the background and retries for ever: a typo in it would only
+    show as silence. Resolve it once here, so that it fails in one line instead."""
+    if not endpoint.startswith("tcp://"):
+        return
+    host = endpoint.removeprefix("tcp://").rpartition(":")[0].rpartition(";")[2].strip("[]")
+    if not host or host == "*":
+        return
+    try:
+        socket.getaddrinfo(host, None)
+    except (OSError, UnicodeError) as e:
+        raise ConfigError("--zmq", f"cannot resolve host {host!r} of {endpoint}: {e}") from None
+
+
 class _ZmqSource:
     def __init__(self, args: argparse.Namespace) -> None:
+        _check_zmq_host(args.zmq)
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.SUB)
         try:

@@ -81,6 +81,8 @@ def test_format_event(event: dict, masks: bool, line: str) -> None:
     (["--redis", "redis://x", "--count", "-1"], "--count: expected >= 0"),
     (["--redis", "http://:hunter2@x"], "--redis: invalid URL http://***@x"),
     (["--zmq", "nowhere"], "--zmq: cannot connect to nowhere"),
+    # ZeroMQ retries an unknown host silently for ever: only --idle-timeout used to end it
+    (["--zmq", "tcp://nosuchhost.invalid:5555"], "--zmq: cannot resolve host 'nosuchhost.invalid'"),
     (["--redis", "redis://:hunter2@127.0.0.1:99999/0"], "--redis: invalid URL: Port out of range"),  # was a traceback
     (["--zmq", "tcp://127.0.0.1:1", "--idle-timeout", "-1"], "--idle-timeout: expected >= 0 seconds, got -1"),
     (["--redis", "redis://x", "--group", "g", "--consumer", "c", "--claim-idle-ms", "-5"],
