@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import json
 import math
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -233,7 +234,8 @@ def stream_keys(client: redis.Redis, prefix: str = "segpipe:", camera: str | Non
     """The camera streams to read: ``prefix + camera``, or every stream key under ``prefix``."""
     if camera is not None:
         return [f"{prefix}{camera}"]
-    return sorted(_text(k) for k in client.scan_iter(match=f"{prefix}*", _type="stream", count=1000))
+    pattern = re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + "*"  # the prefix taken literally, not as a glob
+    return sorted(_text(k) for k in client.scan_iter(match=pattern, _type="stream", count=1000))
 
 
 class StreamReader:

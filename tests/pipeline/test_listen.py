@@ -15,7 +15,7 @@ from pycocotools import mask as mask_utils
 
 from pipeline.cli import main
 from pipeline.cli.listen import format_event
-from pipeline.client import GroupReader, StreamReader, parse_event, webhook_signature
+from pipeline.client import GroupReader, StreamReader, parse_event, stream_keys, webhook_signature
 from pipeline.events import encode, status_event, to_event
 from pipeline.messages import CameraState, CameraStatus, Detection, FrameResult
 from pipeline.sinks.base import Envelope, policy_for
@@ -230,6 +230,21 @@ def test_listen_rides_out_a_redis_restart(redis_server: Any, group: str | None,
     out, err = capsys.readouterr()
     assert out.splitlines()[-1] == "cam0 seq=1 n=1 person"
     assert "lost Redis at" in err and "reconnecting" in err and "is back after" in err
+
+
+@pytest.mark.parametrize("prefix, expected", [
+    ("segpipe:", ["segpipe:a", "segpipe:b"]),
+    ("cams[1]:", ["cams[1]:a"]),  # was a glob: cams1:b too
+    ("c*x:", ["c*x:a"]),
+    ("a?:", ["a?:a"]),
+])
+def test_stream_keys_take_the_prefix_literally(redis_server: Any, prefix: str, expected: list[str]) -> None:
+    client = redis.Redis.from_url(redis_server.url)
+    for key in ("segpipe:a", "segpipe:b", "cams[1]:a", "cams1:b", "c*x:a", "cx:a", "a?:a", "ab:a"):
+        client.xadd(key, {"event": b"x"})
+    client.set("segpipe:not-a-stream", b"x")
+    assert stream_keys(client, prefix) == expected
+    client.close()
 
 
 def test_group_reader_recreates_a_lost_group(redis_server: Any) -> None:
