@@ -22,6 +22,7 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from multiprocessing.connection import Connection
@@ -39,6 +40,9 @@ if TYPE_CHECKING:
 
 S = CameraState
 _BEAT_STEP_S = 0.1  # longest sleep between heartbeats while waiting (back-off, pacing)
+_TAKEN_POLL_S, _TAKEN_POLL_MAX_S = 0.002, 0.02  # lossless: shortest and longest poll for the take
+_TAKEN_BACKOFF = 1 / 8  # lossless: poll after this fraction of the time waited so far
+_AVFMT_NOTIMESTAMPS = 0x0080  # libavformat/avformat.h: the format has no timestamps of its own
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -220,11 +224,8 @@ class Decoder:
     def _read(self, container: Any) -> str:
         """Decode until the end of the input; returns why it ended. Raises on a broken stream."""
         stream = container.streams.video[0]
-        tb = stream.time_base or Fraction(1, 90_000)
         rate = float(stream.average_rate or stream.guessed_rate or 0) or None
-        # Raw elementary streams (.h264, .hevc exported by NVRs) carry no timestamps at all; the codec's
-        # frame rate (guessed_rate) is their only clock. average_rate is the raw demuxer's 25 there.
-        nominal = float(stream.guessed_rate or 0) or rate
+        clock = self._clock(container, stream)
         self._frames_this_pass = 0
         self._pace = None
         self._pass_start = None
@@ -238,12 +239,7 @@ class Decoder:
                 except av.error.InvalidDataError:
                     frames = []  # a damaged packet: FFmpeg conceals what it can, the next keyframe heals
                 for frame in frames:
-                    pts = None if frame.pts is None else float(frame.pts * tb)
-                    if pts is None and self.s.is_file and nominal:
-                        # without this a file had no clock: no pacing, ``fps`` sampled by arrival time
-                        # (1 frame of a 2 s clip at fps 5) and every frame went out without pts
-                        pts = self._frames_this_pass / nominal
-                    self._on_frame(frame, pts)
+                    self._on_frame(frame, clock(frame))
                 if not self.s.is_file and not frames:
                     # Packets that never decode (no parameter sets, a stream broken at the source) beat the
                     # heartbeat and the read timeout alike: without this the camera stayed CONNECTING (or
@@ -256,6 +252,21 @@ class Decoder:
             if self._last_pts is not None:  # the next pass starts one frame after this one ended
                 self._pts_offset = self._last_pts + (1.0 / rate if rate else 0.0)
         return "end of stream"
+
+    def _clock(self, container: Any, stream: Any) -> Callable[[Any], float | None]:
+        """A frame's time in seconds (any origin) on this pass: its pts, where the format has timestamps.
+        Raw .h264/.hevc files (NVR exports) and MJPEG over HTTP (most IP cameras' ``video.mjpg``) have
+        none: FFmpeg leaves pts out or counts frames at an assumed 25 a second. Then a file is clocked by
+        its frame count over the codec's frame rate (``guessed_rate``; ``average_rate`` is the raw
+        demuxer's 25), a live stream by arrival time. Without this a 10 fps MJPEG camera at ``fps: 5``
+        gave 2 frames a second, its pts 0.4 s a second, and a raw file at ``fps: 5`` 1 frame, unpaced."""
+        if not container.format.flags & _AVFMT_NOTIMESTAMPS:
+            tb = stream.time_base or Fraction(1, 90_000)
+            return lambda frame: None if frame.pts is None else float(frame.pts * tb)
+        if not self.s.is_file:
+            return lambda frame: time.monotonic()
+        rate = float(stream.guessed_rate or stream.average_rate or 0)
+        return lambda frame: self._frames_this_pass / rate if rate else None
 
     def _on_frame(self, frame: Any, pts: float | None) -> None:
         now = time.monotonic()
@@ -312,12 +323,20 @@ class Decoder:
     # ------------------------------------------------------------------------------- plumbing
 
     def _wait_taken(self) -> None:
-        """lossless files: hold this frame until the reader has taken the previous one."""
+        """lossless files: hold this frame until the reader has taken the previous one.
+
+        The poll backs off with the time waited (an eighth of it, 2-20 ms): the frame lands in the
+        ring at most max(2 ms, wait / 8) after its slot frees, long before the next batch is gathered
+        (that is at least a whole wait away), and a decoder waiting 200 ms for a CPU model wakes ~25
+        times instead of 100. A steady 2 ms poll cost each waiting decoder 3 % of a core, which on a
+        small CPU box came out of the model's share (benchmarks/pipeline.py, decoder CPU-s)."""
+        start = time.monotonic()
         while not self.writer.taken():
             self.writer.beat()
             self._check_stop()
-            self.last_frame = time.monotonic()  # waiting for the model is not a stall
-            time.sleep(0.002)
+            now = time.monotonic()
+            self.last_frame = now  # waiting for the model is not a stall
+            time.sleep(min(max((now - start) * _TAKEN_BACKOFF, _TAKEN_POLL_S), _TAKEN_POLL_MAX_S))
 
     def _sleep(self, seconds: float) -> None:
         """Sleep in short steps, beating and watching for stop."""

@@ -92,6 +92,53 @@ def corrupt(src: Path, dst: Path, *, start: float = 0.4, length: float = 0.2, se
     return dst
 
 
+def jpegs(images: list[np.ndarray]) -> list[bytes]:
+    """Each BGR image as one JPEG (FFmpeg's mjpeg encoder, full-range 4:2:0, as IP cameras send them)."""
+    h, w = images[0].shape[:2]
+    codec = av.CodecContext.create("mjpeg", "w")
+    codec.width, codec.height, codec.pix_fmt, codec.time_base = w, h, "yuvj420p", Fraction(1, 25)
+    out = []
+    for img in images:
+        frame = av.VideoFrame.from_ndarray(img, format="bgr24").reformat(format="yuvj420p")
+        out.append(b"".join(bytes(p) for p in codec.encode(frame)))
+    return out
+
+
+@contextlib.contextmanager
+def mjpeg_camera(images: list[np.ndarray], *, fps: float) -> Iterator[str]:
+    """An MJPEG IP camera: ``images`` as JPEGs over HTTP ``multipart/x-mixed-replace`` (the
+    ``/video.mjpg`` of most IP cameras), ``fps`` a second in wall time, again and again until the block
+    ends; yields its URL. The format has no timestamps: FFmpeg numbers the frames at 25 a second."""
+    parts = [b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n%s\r\n" % (len(j), j)
+             for j in jpegs(images)]
+    done = threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            self.send_response(200)
+            self.send_header("Content-Type", "multipart/x-mixed-replace;boundary=frame")
+            self.end_headers()
+            start, n = time.monotonic(), 0
+            with contextlib.suppress(OSError):
+                while not done.wait(max(0.0, start + n / fps - time.monotonic())):
+                    self.wfile.write(parts[n % len(parts)])
+                    self.wfile.flush()
+                    n += 1
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/video.mjpg"
+    finally:
+        done.set()
+        server.shutdown()
+        server.server_close()
+
+
 # ----------------------------------------------------------------------------------- RTSP server
 #
 # FFmpeg's RTSP muxer only pushes to a server (ANNOUNCE/RECORD), it cannot serve players. So the test

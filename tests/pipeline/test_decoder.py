@@ -189,6 +189,21 @@ def test_rotation_metadata_turns_the_picture_as_players_show_it(tmp_path: Path, 
     assert np.abs(first.astype(int) - expected).mean() < 2.0
 
 
+def test_mjpeg_camera_over_http_is_sampled_and_stamped_by_arrival(harness: type[Harness]) -> None:
+    """MJPEG over HTTP has no timestamps (FFmpeg counts frames at 25 a second): a 10 fps camera at
+    ``fps: 5`` gets every other frame, and pts that keep wall time (not 0.4 s a second, 2 frames a second)."""
+    from tests.pipeline.media import make_frame, mjpeg_camera
+
+    with mjpeg_camera([make_frame(i, size=(96, 64)) for i in range(100)], fps=10) as url:
+        h = harness(url=url, is_file=False, fps=5.0, open_timeout_s=5, read_timeout_s=5, stall_timeout_s=2)
+        h.run(stop_after_decoded=8, timeout=30)
+    assert h.states[:2] == [S.CONNECTING, S.LIVE] and h.decoded >= 8, h.statuses
+    steps = sorted(frame_index(b.image) - frame_index(a.image) for a, b in zip(h.frames, h.frames[1:], strict=False))
+    assert steps[len(steps) // 2] == 2, steps  # every other frame of 10 a second
+    first, last = h.frames[0], h.frames[-1]
+    assert last.pts - first.pts == pytest.approx(last.capture_ts - first.capture_ts, abs=0.1)
+
+
 def test_lossless_file_waits_for_every_frame_to_be_taken(clips: dict[str, Path], harness: type[Harness]) -> None:
     h = harness(url=str(clips["mp4"]), is_file=True, realtime=False, lossless=True)
     h.run()
