@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import threading
 import time
 from typing import Any
@@ -373,3 +374,59 @@ def test_listen_webhook_answers_bad_requests(request_head: bytes, body: bytes, s
     out, err = capsys.readouterr()
     assert answers == [str(status).encode(), b"204"] and out.splitlines() == ["gate status=live"]
     assert f"({status}): {said}" in err and "Traceback" not in err
+
+
+def _docs_consumer(index: int, url: str, loops: int) -> str:
+    """docs/events.md's Python consumer ``index`` (in "Reading events"), pointed at ``url``, its endless
+    loop cut to ``loops`` rounds: everything else as written."""
+    from tests.conftest import REPO
+
+    text = (REPO / "docs" / "events.md").read_text()
+    section = text[text.index("## Reading events"):text.index("## Cost")]
+    code = re.findall(r"```python\n(.*?)```", section, re.S)[index]
+    code = re.sub(r"(tcp|redis)://127\.0\.0\.1:\d+(/0)?", url, code)
+    assert "while True:" in code
+    return code.replace("while True:", f"for _ in range({loops}):")
+
+
+def test_docs_zmq_consumer_runs_as_written(capsys: pytest.CaptureFixture) -> None:
+    sink = ZmqSink(name="z", endpoint="tcp://127.0.0.1:*")
+    stop = threading.Event()
+
+    def publish() -> None:
+        i = 0
+        while not stop.is_set() and i < 2000:  # until the consumer has its rounds (it joins whenever)
+            sink.publish(_env(CameraStatus(camera_id="gate-north", state=CameraState.LIVE, ts=1.0)))
+            for cam in ("gate-north", "gate-north-2"):
+                sink.publish(_env(_result(cam, i)))
+            i += 1
+            time.sleep(0.005)
+
+    t = threading.Thread(target=publish)
+    t.start()
+    try:
+        exec(_docs_consumer(0, sink.bound_endpoint, 12), {})  # noqa: S102 - the documentation's own code
+    finally:
+        stop.set()
+        t.join()
+        sink.close()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines and all(line == "gate-north live " or re.fullmatch(r"\d+ person None 9", line) for line in lines)
+    assert "gate-north live " in lines
+
+
+def test_docs_redis_group_consumer_runs_as_written(redis_server: Any, capsys: pytest.CaptureFixture) -> None:
+    import dataclasses
+
+    from pipeline.messages import Crossing, FrameAnalytics
+
+    crossing = Crossing(line="stop", direction="in", track_id=4, class_id=0, label="person")
+    crossed = dataclasses.replace(_result("gate-north", 1), analytics=FrameAnalytics(crossings=(crossing,)))
+    _publish(redis_server.url, [CameraStatus(camera_id="gate-north", state=CameraState.LIVE, ts=1.0),
+                                _result("gate-north", 0), crossed, _result("dock", 0)])
+    exec(_docs_consumer(1, redis_server.url, 3), {})  # noqa: S102
+    assert capsys.readouterr().out.splitlines() == ["gate-north stop in person 4"]
+    client = redis.Redis.from_url(redis_server.url)
+    assert [g["pending"] for key in ("segpipe:dock", "segpipe:gate-north")
+            for g in client.xinfo_groups(key)] == [0, 0]  # every event acknowledged
+    client.close()
