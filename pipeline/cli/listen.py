@@ -299,6 +299,10 @@ class _QuietServer(ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
+class _QuietServer6(_QuietServer):
+    address_family = socket.AF_INET6
+
+
 class _WebhookSource:
     """An HTTP server taking a webhook sink's POSTs (any path): 204 for each event; 401 when ``--secret``
     is given and the request's signature does not verify, 400 for a body that is not a segpipe event,
@@ -350,12 +354,14 @@ class _WebhookSource:
                 pass
 
         try:
-            self.server = _QuietServer((host, int(port_text)), Handler)
+            server_class = _QuietServer6 if ":" in host else _QuietServer  # an IPv6 literal, [::1]:8088
+            self.server = server_class((host, int(port_text)), Handler)
         except OSError as e:
             raise SourceError(f"cannot listen on {host}:{port_text}: {e.strerror or e}") from None
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
-        print(f"segpipe listen: taking webhooks on http://{host}:{self.server.server_address[1]}/", file=sys.stderr,
+        shown = f"[{host}]" if ":" in host else host
+        print(f"segpipe listen: taking webhooks on http://{shown}:{self.server.server_address[1]}/", file=sys.stderr,
               flush=True)
 
     def read(self, max_n: int) -> list[Received]:

@@ -430,3 +430,29 @@ def test_docs_redis_group_consumer_runs_as_written(redis_server: Any, capsys: py
     assert [g["pending"] for key in ("segpipe:dock", "segpipe:gate-north")
             for g in client.xinfo_groups(key)] == [0, 0]  # every event acknowledged
     client.close()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "[::1]"])  # an IPv6 literal was "Address family not supported"
+def test_listen_webhook_on_a_host(host: str, capsys: pytest.CaptureFixture) -> None:
+    port = server_port()
+    event = encode(status_event(CameraStatus(camera_id="gate", state=CameraState.LIVE, ts=1.0)))
+
+    def send() -> None:
+        def up() -> bool:
+            try:
+                conn = http.client.HTTPConnection(host.strip("[]"), port, timeout=5)
+                conn.request("POST", "/hook", body=event)
+                return conn.getresponse().status == 204
+            except OSError:
+                return False
+
+        wait_for(up, 10, "the listener")
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    try:
+        assert main(["listen", "--webhook", f"{host}:{port}", "--count", "1", "--idle-timeout", "10"]) == 0
+    finally:
+        sender.join(10)
+    out, err = capsys.readouterr()
+    assert out.splitlines() == ["gate status=live"] and f"taking webhooks on http://{host}:{port}/" in err
