@@ -396,7 +396,8 @@ def run(args: argparse.Namespace) -> int:
                     event = parse_event(data)
                     print(data.decode() if args.json else format_event(event, masks=args.masks), flush=True)
                 except (DataError, KeyError, TypeError, ValueError) as e:  # one bad event must not stop the listener
-                    print(f"segpipe listen: skipping a malformed event: {e}", file=sys.stderr)
+                    why = f"no field {e}" if isinstance(e, KeyError) else str(e)  # KeyError's own text is the key
+                    print(f"segpipe listen: skipping a malformed event: {why}", file=sys.stderr)
                 if ack is not None:
                     ack()  # after printing: a crash before this line means redelivery, not loss
                 printed += 1

@@ -456,3 +456,25 @@ def test_listen_webhook_on_a_host(host: str, capsys: pytest.CaptureFixture) -> N
         sender.join(10)
     out, err = capsys.readouterr()
     assert out.splitlines() == ["gate status=live"] and f"taking webhooks on http://{host}:{port}/" in err
+
+
+@pytest.mark.parametrize("payload, said", [
+    (b"not json", "event is not JSON"),
+    (b'{"version":1,"kind":"frame","camera":"c","seq":1}', "no field 'detections'"),  # was just "'detections'"
+    (b'{"version":1,"kind":"status","camera":"c"}', "no field 'state'"),
+    (b'{"version":1,"kind":"frame","camera":"c","seq":1,"frame":{"width":4,"height":4},"detections":'
+     b'[{"label":"a","box":[0,0,2,2],"mask":{"format":"polygon","polygons":[[0,0,1]]}}]}', "polygons: expected"),
+])
+def test_listen_skips_a_malformed_event_in_one_line(redis_server: Any, payload: bytes, said: str,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    client = redis.Redis.from_url(redis_server.url)
+    client.xadd("segpipe:c", {"event": payload})
+    client.xadd("segpipe:c", {"event": encode(status_event(CameraStatus(camera_id="c", state=CameraState.LIVE,
+                                                                         ts=1.0)))})
+    client.close()
+    assert main(["listen", "--redis", redis_server.url, "--from-start", "--masks", "--count", "2",
+                 "--idle-timeout", "10"]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines() == ["c status=live"]
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"segpipe listen: skipping a malformed event: {said}"), err
