@@ -142,6 +142,8 @@ class Decoder:
         self._pts_offset = 0.0
         self._pass_start: float | None = None
         self._last_pts: float | None = None
+        self._pass_t: float | None = None  # the last frame's output time on this pass
+        self._period: float | None = None  # 1 / the stream's frame rate, when it has one
         self._last_emit_pts: float | None = None
         self._next_due: float | None = None  # the fps grid's next slot (pts, else arrival time)
         self._pace: tuple[float, float] | None = None  # (wall, pts) anchor of realtime pacing
@@ -228,7 +230,8 @@ class Decoder:
         clock = self._clock(container, stream)
         self._frames_this_pass = 0
         self._pace = None
-        self._pass_start = None
+        self._pass_start = self._pass_t = None
+        self._period = 1.0 / rate if rate else None
         opened = time.monotonic()
         try:
             for packet in container.demux(stream):
@@ -274,10 +277,17 @@ class Decoder:
         self._frames_this_pass += 1
         t = None
         if pts is not None:
-            if self._pass_start is None:
-                self._pass_start = pts
+            if self._pass_start is None:  # the pass's origin: where its first frame was, stamped or not
+                ahead = 0.0 if self._pass_t is None else self._pass_t + (self._period or 0.0) - self._pts_offset
+                self._pass_start = pts - ahead
             t = pts - self._pass_start + self._pts_offset
-            self._last_pts = t
+        elif self._period is not None:
+            # A frame the demuxer could not stamp (an RTSP camera's first, on every connect): one frame on.
+            # Sent without pts, sinks took its wall time for stream time, and the next frame's pts went
+            # back 56 years: a one-frame recording and a restream started again per connect.
+            t = self._pts_offset if self._pass_t is None else self._pass_t + self._period
+        if t is not None:
+            self._pass_t = self._last_pts = t
         if not self._sample(t, now):
             return
         if self.s.is_file and self.s.realtime and t is not None:

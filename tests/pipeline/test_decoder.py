@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 from pipeline import shm
-from pipeline.camera import CameraStateMachine
+from pipeline.camera import Backoff, CameraStateMachine
 from pipeline.decoder import Decoder, DecoderSettings, decoder_main
 from pipeline.messages import CameraState, CameraStatus, Frame
+from tests.helpers import wait_for
 from tests.pipeline.media import (
     corrupt,
     frame_index,
@@ -70,10 +71,20 @@ class Harness:
                 time.sleep(0.0005)
         r.close()
 
-    def run(self, *, stop_after_decoded: int | None = None, timeout: float = 60.0) -> float:
-        t0 = time.monotonic()
+    def start(self) -> None:
         self._reader.start()
         self._thread.start()
+
+    def finish(self, timeout: float = 30.0) -> None:
+        """Stop a ``start``ed decoder and take the frames it left in the ring."""
+        self.control.set("stop", 1)
+        self._thread.join(timeout)
+        self._done.set()
+        self._reader.join()
+
+    def run(self, *, stop_after_decoded: int | None = None, timeout: float = 60.0) -> float:
+        t0 = time.monotonic()
+        self.start()
         while self._thread.is_alive() and time.monotonic() - t0 < timeout:
             if stop_after_decoded is not None and self.decoded >= stop_after_decoded:
                 self.control.set("stop", 1)
@@ -202,6 +213,31 @@ def test_mjpeg_camera_over_http_is_sampled_and_stamped_by_arrival(harness: type[
     assert steps[len(steps) // 2] == 2, steps  # every other frame of 10 a second
     first, last = h.frames[0], h.frames[-1]
     assert last.pts - first.pts == pytest.approx(last.capture_ts - first.capture_ts, abs=0.1)
+
+
+def test_rtsp_frames_all_carry_increasing_pts_across_a_reconnect(tmp_path: Path, harness: type[Harness],
+                                                                   ffmpeg: str) -> None:
+    """An RTSP camera's first frame comes from FFmpeg without pts, on every connect: it is stamped one frame
+    before the next, so stream time starts at 0 and only grows, through the camera going away and back."""
+    from tests.pipeline.media import rtsp_camera
+
+    with rtsp_camera(tmp_path, ffmpeg, size=(96, 64)) as srv:
+        h = harness(url=srv.url, is_file=False, open_timeout_s=5, read_timeout_s=2, stall_timeout_s=1,
+                    backoff=Backoff(initial_s=0.2, max_s=0.5, jitter=0.0))
+        h.start()
+        wait_for(lambda: h.decoded >= 5, 20, "frames")
+        srv.stop()
+        srv.start()
+        wait_for(lambda: S.RECONNECTING in h.states and h.states[-1] is S.LIVE, 30, "live again")
+        seen = h.decoded
+        wait_for(lambda: h.decoded >= seen + 5, 20, "frames after the reconnect")
+        h.finish()
+    pts = [f.pts for f in h.frames]
+    assert h.frames[0].seq == 0 and pts[0] == 0.0
+    assert all(p is not None for p in pts), pts
+    assert all(b > a for a, b in zip(pts, pts[1:], strict=False)), pts
+    gaps = [b - a for a, b in zip(pts, pts[1:], strict=False)]
+    assert max(gaps) < 1.0, gaps  # a reconnect goes on one frame after the last, no jump
 
 
 def test_lossless_file_waits_for_every_frame_to_be_taken(clips: dict[str, Path], harness: type[Harness]) -> None:
