@@ -132,11 +132,18 @@ class _RedisSource:
         except redis.RedisError as e:
             raise SourceError(f"cannot reach Redis at {redact_url(args.redis)}: {type(e).__name__}: {e}") from None
         self.prefix, self.follow_new = args.prefix or "segpipe:", args.camera is None
-        if args.group:
-            self.reader: GroupReader | StreamReader = GroupReader(
-                self.client, keys, group=args.group, consumer=args.consumer, claim_idle_ms=args.claim_idle_ms)
-        else:
-            self.reader = StreamReader(self.client, keys, start="0-0" if args.from_start else "$")
+        try:
+            for key in keys if args.camera is not None else ():  # stream_keys lists only streams otherwise
+                kind = _text(self.client.type(key))
+                if kind not in ("stream", "none"):  # XREAD / XGROUP CREATE would answer WRONGTYPE
+                    raise ConfigError("--camera", f"Redis key {key!r} is a {kind}, not a segpipe event stream")
+            if args.group:
+                self.reader: GroupReader | StreamReader = GroupReader(
+                    self.client, keys, group=args.group, consumer=args.consumer, claim_idle_ms=args.claim_idle_ms)
+            else:
+                self.reader = StreamReader(self.client, keys, start="0-0" if args.from_start else "$")
+        except redis.RedisError as e:
+            raise SourceError(f"Redis at {redact_url(args.redis)}: {type(e).__name__}: {e}") from None
         self._rescan = time.monotonic() + _RESCAN_S
         self.url, self._lost_at = redact_url(args.redis), 0.0  # monotonic time Redis went away (0: it is here)
 
@@ -166,6 +173,10 @@ class _RedisSource:
 
     def close(self) -> None:
         self.client.close()
+
+
+def _text(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v
 
 
 def _check_zmq_host(endpoint: str) -> None:
@@ -404,6 +415,6 @@ def run(args: argparse.Namespace) -> int:
             if args.count and printed >= args.count:
                 return 0
     except redis.RedisError as e:
-        raise SourceError(f"lost Redis at {redact_url(args.redis)}: {type(e).__name__}: {e}") from None
+        raise SourceError(f"Redis at {redact_url(args.redis)}: {type(e).__name__}: {e}") from None
     finally:
         source.close()

@@ -478,3 +478,14 @@ def test_listen_skips_a_malformed_event_in_one_line(redis_server: Any, payload: 
     assert out.splitlines() == ["c status=live"]
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"segpipe listen: skipping a malformed event: {said}"), err
+
+
+@pytest.mark.parametrize("extra", [[], ["--group", "g", "--consumer", "c"]])  # the group: a traceback
+def test_listen_camera_key_that_is_not_a_stream(redis_server: Any, extra: list[str],
+                                                capsys: pytest.CaptureFixture) -> None:
+    client = redis.Redis.from_url(redis_server.url)
+    client.set("segpipe:cam0", b"x")
+    client.close()
+    assert main(["listen", "--redis", redis_server.url, "--camera", "cam0", "--idle-timeout", "2", *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["segpipe listen: error: --camera: Redis key 'segpipe:cam0' is a string, not a segpipe event stream"]
