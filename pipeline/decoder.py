@@ -174,9 +174,9 @@ class Decoder:
                 container = self._open()
             except (av.FFmpegError, OSError) as e:
                 if self.s.is_file:  # a missing or unreadable file will not get better
-                    self.machine.transition(S.FAILED, f"cannot open: {_describe(e)}")
+                    self.machine.transition(S.FAILED, f"cannot open: {_describe(e, self.s.open_timeout_s)}")
                     return
-                if not self._retry(f"cannot open: {_describe(e)}"):
+                if not self._retry(f"cannot open: {_describe(e, self.s.open_timeout_s)}"):
                     return
                 continue
             try:
@@ -184,7 +184,7 @@ class Decoder:
             except _Stop:
                 raise
             except (av.FFmpegError, OSError) as e:
-                outcome = f"read error: {_describe(e)}"
+                outcome = f"read error: {_describe(e, self.s.read_timeout_s)}"
             finally:
                 container.close()
             if self.s.is_file:
@@ -405,7 +405,11 @@ def _upright(frame: Any, image: np.ndarray) -> np.ndarray:
     return np.rot90(image, turns) if turns else image
 
 
-def _describe(e: BaseException) -> str:
-    """An error without the URL (FFmpeg errors embed it, and URLs may carry credentials)."""
+def _describe(e: BaseException, timeout_s: float) -> str:
+    """An error without the URL (FFmpeg errors embed it, and URLs may carry credentials). PyAV's timeout
+    (``timeout_s``, the open or the read one) stops FFmpeg with AVERROR_EXIT, whose text ("ExitError:
+    Immediate exit requested") read as a crash or a stop; it is said as the timeout it is."""
+    if isinstance(e, av.error.ExitError):
+        return f"timed out: nothing received for {timeout_s:g}s"
     text = getattr(e, "strerror", None) or type(e).__name__
     return f"{type(e).__name__}: {text}" if text != type(e).__name__ else text

@@ -240,6 +240,23 @@ def test_rtsp_frames_all_carry_increasing_pts_across_a_reconnect(tmp_path: Path,
     assert max(gaps) < 1.0, gaps  # a reconnect goes on one frame after the last, no jump
 
 
+def test_a_camera_that_goes_quiet_says_it_timed_out(tmp_path: Path, harness: type[Harness], ffmpeg: str) -> None:
+    """An RTSP camera whose connection stays up but sends nothing ends its read by PyAV's timeout: the
+    status says so, not FFmpeg's "ExitError: Immediate exit requested" (which reads as a crash)."""
+    from tests.pipeline.media import rtsp_camera
+
+    with rtsp_camera(tmp_path, ffmpeg, size=(96, 64)) as srv:
+        h = harness(url=srv.url, is_file=False, open_timeout_s=5, read_timeout_s=1, stall_timeout_s=0.5,
+                    max_restarts=0)
+        h.start()
+        wait_for(lambda: h.decoded >= 3, 20, "frames")
+        srv.pause()
+        wait_for(lambda: h.states[-1] is S.FAILED, 20, "the camera to give up")
+        srv.resume()
+        h.finish()
+    assert h.statuses[-1].detail == "read error: timed out: nothing received for 1s; gave up after 0 reconnects"
+
+
 def test_lossless_file_waits_for_every_frame_to_be_taken(clips: dict[str, Path], harness: type[Harness]) -> None:
     h = harness(url=str(clips["mp4"]), is_file=True, realtime=False, lossless=True)
     h.run()
