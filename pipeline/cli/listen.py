@@ -268,14 +268,27 @@ class _MqttSource:
         topics, prefix = _mqtt_filters(args.prefix if args.prefix is not None else "segpipe/", args.camera)
         c = self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
 
+        self._lost_at, self._closing = 0.0, False  # monotonic time the broker went away (0: it is here)
+
         def on_connect(client: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
             if reason.is_failure:
                 self.refused = str(reason)
             else:
                 client.subscribe(topics)  # again after every reconnect
+                if self._lost_at:
+                    print(f"segpipe listen: the MQTT broker at {self.url} is back after "
+                          f"{time.monotonic() - self._lost_at:.0f} s", file=sys.stderr, flush=True)
+                    self._lost_at = 0.0
             self.connected.set()
 
-        c.on_connect = on_connect
+        def on_disconnect(_c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+            if self.connected.is_set() and not self._closing and not self._lost_at:  # paho reconnects by itself
+                self._lost_at = time.monotonic()
+                print(f"segpipe listen: lost the MQTT broker at {self.url} ({reason}); reconnecting",
+                      file=sys.stderr, flush=True)
+
+        c.on_connect, c.on_disconnect = on_connect, on_disconnect
+
         def on_message(_c: Any, _u: Any, msg: Any) -> None:
             if msg.topic.startswith(prefix):  # "+" in place of a partial level matches more than the prefix
                 self.inbox.put(bytes(msg.payload))
@@ -299,6 +312,7 @@ class _MqttSource:
         return _take(self.inbox, max_n)
 
     def close(self) -> None:
+        self._closing = True
         self.client.disconnect()
         self.client.loop_stop()
 

@@ -489,3 +489,44 @@ def test_listen_camera_key_that_is_not_a_stream(redis_server: Any, extra: list[s
     assert main(["listen", "--redis", redis_server.url, "--camera", "cam0", "--idle-timeout", "2", *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["segpipe listen: error: --camera: Redis key 'segpipe:cam0' is a string, not a segpipe event stream"]
+
+
+def test_listen_mqtt_says_when_the_broker_goes_and_comes_back(mqtt_broker: Any,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    """A broker restart: the listener resubscribes (it did) and now also says so, as --redis does."""
+    import paho.mqtt.client as mqtt
+
+    payload = encode(status_event(CameraStatus(camera_id="cam9", state=CameraState.LIVE, ts=1.0)))
+
+    def publish(retain: bool) -> mqtt.Client:
+        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        pub.connect("127.0.0.1", mqtt_broker.port)
+        pub.loop_start()
+        pub.publish("segpipe/cam9/status", payload, qos=1, retain=retain).wait_for_publish(5)
+        return pub
+
+    first = publish(retain=True)  # the listener's first event, once it has subscribed
+    first.loop_stop()
+    first.disconnect()
+    rc: list[int] = []
+    listener = threading.Thread(target=lambda: rc.append(main(
+        ["listen", "--mqtt", mqtt_broker.url, "--camera", "cam9", "--count", "2", "--idle-timeout", "20"])))
+    listener.start()
+    seen: list[str] = []
+    wait_for(lambda: bool(seen.extend(capsys.readouterr().out.splitlines()) or seen), 10, "the retained status")
+    mqtt_broker.stop()
+    time.sleep(0.5)
+    mqtt_broker.start()
+    pub = publish(retain=False)
+    try:
+        deadline = time.monotonic() + 20
+        while listener.is_alive() and time.monotonic() < deadline:  # until the listener is back and has it
+            pub.publish("segpipe/cam9/status", payload, qos=1).wait_for_publish(5)
+            listener.join(0.5)
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
+    assert rc == [0]
+    out, err = capsys.readouterr()
+    assert seen + out.splitlines() == ["cam9 status=live"] * 2
+    assert "lost the MQTT broker at" in err and "reconnecting" in err and "is back after" in err
