@@ -108,6 +108,11 @@ def _check_args(args: argparse.Namespace) -> None:
             urlsplit(args.redis).port  # noqa: B018 - parsing it raises for a port out of range
         except ValueError as e:  # redact_url, which every message below uses, would raise it again
             raise ConfigError("--redis", f"invalid URL: {e}") from None
+    if args.from_start and (not args.redis or args.group is not None):  # was silently ignored
+        raise ConfigError("--from-start", "only for --redis without --group (a new group starts at the oldest "
+                                          "entry anyway; ZeroMQ, MQTT and webhooks keep no history)")
+    if args.prefix is not None and not (args.redis or args.mqtt):
+        raise ConfigError("--prefix", "only for --redis (stream_prefix) and --mqtt (topic_prefix)")
     if args.secret is not None and not args.webhook:
         raise ConfigError("--secret", "only for --webhook")
     if args.tls_ca is not None:

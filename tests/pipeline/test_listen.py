@@ -91,6 +91,10 @@ def test_format_event(event: dict, masks: bool, line: str) -> None:
     # an MQTT filter paho refuses raised in its network thread: a traceback, then 10 s of "no answer"
     (["--mqtt", "mqtt://127.0.0.1:1", "--camera", "cam#"], "--camera: 'cam#': MQTT wildcards"),
     (["--mqtt", "mqtt://127.0.0.1:1", "--prefix", "site/+/"], "--prefix: 'site/+/': MQTT wildcards"),
+    # flags that did nothing for the source they were given with, silently
+    (["--zmq", "tcp://127.0.0.1:1", "--from-start"], "--from-start: only for --redis without --group"),
+    (["--redis", "redis://x", "--group", "g", "--consumer", "c", "--from-start"], "--from-start: only for --redis"),
+    (["--webhook", "8088", "--prefix", "x/"], "--prefix: only for --redis (stream_prefix) and --mqtt"),
 ])
 def test_argument_errors_are_one_line(argv: list[str], error: str, capsys: pytest.CaptureFixture) -> None:
     assert main(["listen", *argv]) != 0
