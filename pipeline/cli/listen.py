@@ -111,6 +111,8 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.from_start and (not args.redis or args.group is not None):  # was silently ignored
         raise ConfigError("--from-start", "only for --redis without --group (a new group starts at the oldest "
                                           "entry anyway; ZeroMQ, MQTT and webhooks keep no history)")
+    if args.masks and args.json:
+        raise ConfigError("--masks", "the mask areas go on the one-line form; --json prints the events as they came")
     if args.prefix is not None and not (args.redis or args.mqtt):
         raise ConfigError("--prefix", "only for --redis (stream_prefix) and --mqtt (topic_prefix)")
     if args.secret is not None and not args.webhook:

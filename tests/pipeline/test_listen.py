@@ -95,6 +95,7 @@ def test_format_event(event: dict, masks: bool, line: str) -> None:
     (["--zmq", "tcp://127.0.0.1:1", "--from-start"], "--from-start: only for --redis without --group"),
     (["--redis", "redis://x", "--group", "g", "--consumer", "c", "--from-start"], "--from-start: only for --redis"),
     (["--webhook", "8088", "--prefix", "x/"], "--prefix: only for --redis (stream_prefix) and --mqtt"),
+    (["--zmq", "tcp://127.0.0.1:1", "--masks", "--json"], "--masks: the mask areas go on the one-line form"),
 ])
 def test_argument_errors_are_one_line(argv: list[str], error: str, capsys: pytest.CaptureFixture) -> None:
     assert main(["listen", *argv]) != 0
