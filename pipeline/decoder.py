@@ -229,7 +229,9 @@ class Decoder:
         rate = float(stream.average_rate or stream.guessed_rate or 0) or None
         clock = self._clock(container, stream)
         self._frames_this_pass = 0
-        self._pace = None
+        # self._pace is kept: a loop's next pass goes on in stream time (_pts_offset), and so in wall
+        # time. Anchored again on each pass, a one-frame file (a still image) looped unpaced: 800
+        # frames a second, the file opened as often.
         self._pass_start = self._pass_t = None
         self._period = 1.0 / rate if rate else None
         opened = time.monotonic()

@@ -276,6 +276,21 @@ def test_loop_keeps_pts_increasing_until_stopped(clips: dict[str, Path], harness
         assert round(f.pts * 60) % 10 == frame_index(f.image) and round(f.pts * 60) == f.seq
 
 
+def test_a_looped_still_image_is_paced_like_a_clip(tmp_path: Path, harness: type[Harness], ffmpeg: str) -> None:
+    """A still image as a looping file camera (a placeholder picture) plays at its demuxer's 25 frames a
+    second, not as fast as the file opens again (hundreds a second, a core burnt, the model flooded)."""
+    import subprocess
+
+    still = tmp_path / "still.jpg"
+    subprocess.run([ffmpeg, "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc=size=96x64",
+                    "-frames:v", "1", str(still)], check=True)
+    h = harness(url=str(still), is_file=True, loop=True, realtime=True)
+    elapsed = h.run(stop_after_decoded=10, timeout=30)
+    assert h.states == [S.CONNECTING, S.LIVE, S.STOPPED], h.statuses
+    assert elapsed >= 9 / 25 * 0.9  # 10 frames at 25 a second; before: 10 frames in ~10 ms
+    assert [f.pts for f in h.frames] == pytest.approx([f.seq / 25 for f in h.frames])
+
+
 def test_stall_is_reported_and_clears(clips: dict[str, Path], harness: type[Harness]) -> None:
     h = harness(url=str(clips["gap"]), is_file=True, realtime=True, stall_timeout_s=0.4)
     h.run()
