@@ -14,7 +14,8 @@ after the pipeline's. Target: >= 90 % of it at 4 cameras.
 Latency: the same cameras with realtime pacing (each at the clip's 30 fps); p50/p95 of publish - capture
 over the events a JSONL sink wrote.
 Resources: CPU = CPU-seconds per second over every process of the run (supervisor, decoders, device
-stage, sink stage; 2.0 = two cores busy); peak RSS = sum of each process's high-water mark.
+stage, sink stage; 2.0 = two cores busy), dec CPU the decoders' part of it (on a small CPU box, what
+they take comes out of the model's share); peak RSS = sum of each process's high-water mark.
 Soak (--soak-minutes M): 4 realtime cameras for M minutes, RSS sampled every 10 s; prints the growth of
 total and of private (anonymous) RSS from the first sample after warm-up, with least-squares slopes in
 MB/hour, and private RSS per process role.
@@ -150,9 +151,11 @@ class Probe:
 
     def snapshot(self) -> dict[str, Any]:
         pids = [os.getpid(), *self.sup.pids().values()]
+        decoders = [pid for role, pid in self.sup.pids().items() if role.startswith("decoder:")]
         return {"t": time.monotonic(), "inferred": sum(c.control.get("inferred") for c in self.sup.cameras),
                 "decoded": sum(c.control.get("decoded") for c in self.sup.cameras),
-                "cpu": sum(proc_cpu_s(p) for p in pids), "wall": time.time(),
+                "cpu": sum(proc_cpu_s(p) for p in pids), "cpu_dec": sum(proc_cpu_s(p) for p in decoders),
+                "wall": time.time(),
                 "hwm": sum(proc_mem_mb(p, "VmHWM") for p in pids),
                 "rss": sum(proc_mem_mb(p, "VmRSS") for p in pids),
                 "anon": sum(proc_mem_mb(p, "RssAnon") for p in pids)}
@@ -185,7 +188,8 @@ class Probe:
         dt = self.end["t"] - self.start["t"]
         return {"fps": (self.end["inferred"] - self.start["inferred"]) / dt,
                 "decoded_fps": (self.end["decoded"] - self.start["decoded"]) / dt,
-                "cpu": (self.end["cpu"] - self.start["cpu"]) / dt, "peak_rss_mb": self.end["hwm"],
+                "cpu": (self.end["cpu"] - self.start["cpu"]) / dt,
+                "cpu_dec": (self.end["cpu_dec"] - self.start["cpu_dec"]) / dt, "peak_rss_mb": self.end["hwm"],
                 "window": (self.start["wall"], self.end["wall"])}
 
 
@@ -287,7 +291,7 @@ def main() -> None:
 
     sizes = "/".join(str(b) for b in sorted({1, args.max_batch}))
     print(f"{'size':>6} {'cams':>4} | {'raw b' + sizes:>10} {'infer fps':>9} {'% raw':>6} {'dec fps':>8} "
-          f"{'CPU':>5} {'RSS MB':>7} | {'p50 ms':>7} {'p95 ms':>7} {'rt fps':>7}")
+          f"{'CPU':>5} {'dec CPU':>7} {'RSS MB':>7} | {'p50 ms':>7} {'p95 ms':>7} {'rt fps':>7}")
     for size in args.sizes:
         clip = make_clip(clips / f"bench-{size}.mp4", SIZES[size])
         for n in args.cameras:
@@ -306,8 +310,8 @@ def main() -> None:
                 p50, p95 = latency(events, lr["window"])
                 rt_fps = lr["fps"]
             print(f"{size:>6} {n:>4} | {raw_text:>10} {r['fps']:9.1f} {100 * r['fps'] / raw:5.0f}% "
-                  f"{r['decoded_fps']:8.1f} {r['cpu']:5.2f} {r['peak_rss_mb']:7.0f} | {p50:7.0f} {p95:7.0f} "
-                  f"{rt_fps:7.1f}", flush=True)
+                  f"{r['decoded_fps']:8.1f} {r['cpu']:5.2f} {r['cpu_dec']:7.2f} {r['peak_rss_mb']:7.0f} | "
+                  f"{p50:7.0f} {p95:7.0f} {rt_fps:7.1f}", flush=True)
     pool.close()
     if args.soak_minutes > 0:
         soak(args, make_clip(clips / f"bench-{args.sizes[0]}.mp4", SIZES[args.sizes[0]]), work)
