@@ -143,6 +143,7 @@ class Decoder:
         self._pass_start: float | None = None
         self._last_pts: float | None = None
         self._pass_t: float | None = None  # the last frame's output time on this pass
+        self._pass_pts: float | None = None  # and its own pts
         self._period: float | None = None  # 1 / the stream's frame rate, when it has one
         self._last_emit_pts: float | None = None
         self._next_due: float | None = None  # the fps grid's next slot (pts, else arrival time)
@@ -232,7 +233,7 @@ class Decoder:
         # self._pace is kept: a loop's next pass goes on in stream time (_pts_offset), and so in wall
         # time. Anchored again on each pass, a one-frame file (a still image) looped unpaced: 800
         # frames a second, the file opened as often.
-        self._pass_start = self._pass_t = None
+        self._pass_start = self._pass_t = self._pass_pts = None
         self._period = 1.0 / rate if rate else None
         opened = time.monotonic()
         try:
@@ -275,21 +276,9 @@ class Decoder:
 
     def _on_frame(self, frame: Any, pts: float | None) -> None:
         now = time.monotonic()
+        t = self._stream_time(pts, now - self.last_frame)
         self.last_frame = now
         self._frames_this_pass += 1
-        t = None
-        if pts is not None:
-            if self._pass_start is None:  # the pass's origin: where its first frame was, stamped or not
-                ahead = 0.0 if self._pass_t is None else self._pass_t + (self._period or 0.0) - self._pts_offset
-                self._pass_start = pts - ahead
-            t = pts - self._pass_start + self._pts_offset
-        elif self._period is not None:
-            # A frame the demuxer could not stamp (an RTSP camera's first, on every connect): one frame on.
-            # Sent without pts, sinks took its wall time for stream time, and the next frame's pts went
-            # back 56 years: a one-frame recording and a restream started again per connect.
-            t = self._pts_offset if self._pass_t is None else self._pass_t + self._period
-        if t is not None:
-            self._pass_t = self._last_pts = t
         if not self._sample(t, now):
             return
         if self.s.is_file and self.s.realtime and t is not None:
@@ -306,6 +295,32 @@ class Decoder:
         if self.machine.state is not S.LIVE:
             self.machine.transition_if(S.LIVE, f"{image.shape[1]}x{image.shape[0]}")
         self.failures = 0
+
+    def _stream_time(self, pts: float | None, gap: float) -> float | None:
+        """A frame's output pts in seconds: its own pts from the pass's origin on, plus ``_pts_offset``,
+        so that output time only grows. ``gap``: seconds since the previous frame arrived. None when
+        the input has no clock at all (then sampling goes by arrival)."""
+        if pts is None:
+            if self._period is None:
+                return None
+            # A frame the demuxer could not stamp (an RTSP camera's first, on every connect): one frame on.
+            # Sent without pts, sinks took its wall time for stream time, and the next frame's pts went
+            # back 56 years: a one-frame recording and a restream started again per connect.
+            t = self._pts_offset if self._pass_t is None else self._pass_t + self._period
+        else:
+            if self._pass_start is None:  # the pass's origin: where its first frame was, stamped or not
+                ahead = 0.0 if self._pass_t is None else self._pass_t + (self._period or 0.0) - self._pts_offset
+                self._pass_start = pts - ahead
+            elif self._pass_pts is not None and self._pass_t is not None and pts <= self._pass_pts:
+                # pts that stand still or go back (a camera whose clock is stuck or was reset, recordings
+                # joined end to end): one frame on, and from there on with pts again. Stuck pts kept all
+                # but the first frame out of an ``fps`` grid (a LIVE camera with nothing inferred), and
+                # pts that went back went out negative.
+                self._pass_start = pts - (self._pass_t + (self._period or gap) - self._pts_offset)
+            self._pass_pts = pts
+            t = pts - self._pass_start + self._pts_offset
+        self._pass_t = self._last_pts = t
+        return t
 
     def _sample(self, t: float | None, now: float) -> bool:
         """fps limit: keep a frame once its time (pts, else arrival) reaches the next slot of a 1/fps grid.

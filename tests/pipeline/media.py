@@ -83,6 +83,30 @@ def truncate(src: Path, dst: Path, *, fraction: float) -> Path:
     return dst
 
 
+def stuck_timestamps(src: Path, dst: Path, *, pts: int = 900_000) -> Path:
+    """Copy MPEG-TS ``src`` to ``dst`` with every video PES's PTS and DTS set to ``pts`` (90 kHz): a
+    camera whose clock stands still."""
+    data = bytearray(src.read_bytes())
+
+    def stamp(ts: int, marker: int) -> bytes:
+        return bytes([(marker << 4) | ((ts >> 29) & 0xE) | 1, (ts >> 22) & 0xFF, ((ts >> 14) & 0xFE) | 1,
+                      (ts >> 7) & 0xFF, ((ts << 1) & 0xFE) | 1])
+
+    for off in range(0, len(data) - 187, 188):
+        if data[off] != 0x47 or not data[off + 1] & 0x40:  # a packet that starts a PES
+            continue
+        i = off + 4 + (1 + data[off + 4] if data[off + 3] & 0x20 else 0)  # past the adaptation field
+        if data[i:i + 3] != b"\x00\x00\x01" or not 0xE0 <= data[i + 3] <= 0xEF:  # video streams only
+            continue
+        flags = data[i + 7] >> 6  # 2: PTS, 3: PTS and DTS
+        if flags & 2:
+            data[i + 9:i + 14] = stamp(pts, flags)
+        if flags == 3:
+            data[i + 14:i + 19] = stamp(pts, 1)
+    dst.write_bytes(bytes(data))
+    return dst
+
+
 def corrupt(src: Path, dst: Path, *, start: float = 0.4, length: float = 0.2, seed: int = 0) -> Path:
     """Copy ``src`` to ``dst`` with a span of random bytes overwritten (a damaged recording)."""
     data = bytearray(src.read_bytes())

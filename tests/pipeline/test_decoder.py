@@ -257,6 +257,37 @@ def test_a_camera_that_goes_quiet_says_it_timed_out(tmp_path: Path, harness: typ
     assert h.statuses[-1].detail == "read error: timed out: nothing received for 1s; gave up after 0 reconnects"
 
 
+TIMESTAMP_FAULTS = [  # (clip, fps asked, frames out): 30 frames at 15 fps whose pts misbehave; output pts only grow
+    ("stuck", None, 30),  # every frame stamped alike: out 1/15 s apart (before: all 0.0)
+    ("stuck", 5.0, 10),  # and sampled: 5 a second (before: the first frame only, the camera LIVE)
+    ("back", None, 30),  # a recording joined to an earlier one: goes on (before: 1.0, then -9.0 and on)
+    ("back", 5.0, 10),
+]
+
+
+@pytest.mark.parametrize("clip, fps, kept", TIMESTAMP_FAULTS, ids=["stuck", "stuck-fps", "back", "back-fps"])
+def test_timestamps_that_stand_still_or_go_back_go_on_one_frame_later(tmp_path: Path, harness: type[Harness],
+                                                                        clip: str, fps: float | None,
+                                                                        kept: int) -> None:
+    from tests.pipeline.media import stuck_timestamps
+
+    if clip == "stuck":
+        url = stuck_timestamps(write_clip(tmp_path / "c.ts", frames=30, fps=15, size=(96, 64), gop=5),
+                               tmp_path / "stuck.ts")
+    else:  # 15 frames stamped from 10 s on, then 15 from 0 s on
+        late = write_clip(tmp_path / "late.ts", frames=15, fps=15, size=(96, 64), gop=5, pts=list(range(150, 165)))
+        early = write_clip(tmp_path / "early.ts", frames=15, fps=15, size=(96, 64), gop=5, start=15)
+        url = tmp_path / "back.ts"
+        url.write_bytes(late.read_bytes() + early.read_bytes())
+    h = harness(url=str(url), is_file=True, realtime=False, lossless=True, fps=fps)
+    h.run()
+    assert h.states == [S.CONNECTING, S.LIVE, S.ENDED], h.statuses
+    assert h.decoded == kept
+    step = 30 // kept
+    assert [frame_index(f.image) for f in h.frames] == list(range(0, 30, step))
+    assert [f.pts for f in h.frames] == pytest.approx([i / 15 for i in range(0, 30, step)], abs=1e-6)
+
+
 def test_lossless_file_waits_for_every_frame_to_be_taken(clips: dict[str, Path], harness: type[Harness]) -> None:
     h = harness(url=str(clips["mp4"]), is_file=True, realtime=False, lossless=True)
     h.run()
