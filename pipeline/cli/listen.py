@@ -275,13 +275,14 @@ class _MqttSource:
         topics, prefix = _mqtt_filters(args.prefix if args.prefix is not None else "segpipe/", args.camera)
         c = self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
 
-        self._lost_at, self._closing = 0.0, False  # monotonic time the broker went away (0: it is here)
+        self._lost_at, self._closing, self._subscribed = 0.0, False, False  # _lost_at: monotonic, 0 while here
 
         def on_connect(client: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
             if reason.is_failure:
                 self.refused = str(reason)
             else:
                 client.subscribe(topics)  # again after every reconnect
+                self._subscribed = True  # a refused login is no "lost" broker
                 if self._lost_at:
                     print(f"segpipe listen: the MQTT broker at {self.url} is back after "
                           f"{time.monotonic() - self._lost_at:.0f} s", file=sys.stderr, flush=True)
@@ -289,7 +290,7 @@ class _MqttSource:
             self.connected.set()
 
         def on_disconnect(_c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-            if self.connected.is_set() and not self._closing and not self._lost_at:  # paho reconnects by itself
+            if self._subscribed and not self._closing and not self._lost_at:  # paho reconnects by itself
                 self._lost_at = time.monotonic()
                 print(f"segpipe listen: lost the MQTT broker at {self.url} ({reason}); reconnecting",
                       file=sys.stderr, flush=True)
