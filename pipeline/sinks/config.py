@@ -26,10 +26,8 @@ def redact_url(url: str) -> str:
         return "<unparsable url>"
     if parts.password is None and parts.username is None:
         return url
-    host = parts.hostname or ""
-    if ":" in host:  # IPv6 literal
-        host = f"[{host}]"
-    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    # host and port as written (parts.port raises on a port out of range: this is called for error lines)
+    netloc = "***@" + parts.netloc.rpartition("@")[2]
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 

@@ -166,6 +166,7 @@ def test_auth_password_is_used_and_never_logged(redis_server: Any, tmp_path: Pat
     ("redis://host:6379/0", "redis://host:6379/0"),
     ("redis://:p%40ss@[::1]:6379", "redis://***@[::1]:6379"),
     ("unix:///run/redis.sock", "unix:///run/redis.sock"),
+    ("redis://:pw@h:99999/0", "redis://***@h:99999/0"),  # a port out of range raised, in the error line about it
 ])
 def test_redact_url(url: str, redacted: str) -> None:
     assert redact_url(url) == redacted
