@@ -311,11 +311,14 @@ class Decoder:
             if self._pass_start is None:  # the pass's origin: where its first frame was, stamped or not
                 ahead = 0.0 if self._pass_t is None else self._pass_t + (self._period or 0.0) - self._pts_offset
                 self._pass_start = pts - ahead
-            elif self._pass_pts is not None and self._pass_t is not None and pts <= self._pass_pts:
+            elif self._pass_pts is not None and self._pass_t is not None and (
+                    pts <= self._pass_pts or (not self.s.is_file and pts - self._pass_pts > gap + self.s.read_timeout_s)):
                 # pts that stand still or go back (a camera whose clock is stuck or was reset, recordings
-                # joined end to end): one frame on, and from there on with pts again. Stuck pts kept all
-                # but the first frame out of an ``fps`` grid (a LIVE camera with nothing inferred), and
-                # pts that went back went out negative.
+                # joined end to end), or on a live stream leap further than the wait for this frame could
+                # explain (a camera clock set forward): one frame on, and from there on with pts again.
+                # Stuck pts kept all but the first frame out of an ``fps`` grid (a LIVE camera with
+                # nothing inferred), pts that went back went out negative, and a leap made every zone's
+                # dwell time leap with it (false overstays). Files keep their gaps: they are paced by them.
                 self._pass_start = pts - (self._pass_t + (self._period or gap) - self._pts_offset)
             self._pass_pts = pts
             t = pts - self._pass_start + self._pts_offset

@@ -288,6 +288,24 @@ def test_timestamps_that_stand_still_or_go_back_go_on_one_frame_later(tmp_path: 
     assert [f.pts for f in h.frames] == pytest.approx([i / 15 for i in range(0, 30, step)], abs=1e-6)
 
 
+def test_a_live_stream_whose_clock_leaps_forward_goes_on_one_frame_later(tmp_path: Path,
+                                                                         harness: type[Harness]) -> None:
+    """A live MPEG-TS stream whose pts leap 9 s ahead between two frames that came 20 ms apart (a
+    camera clock set forward): stream time goes on by a frame, so zone dwell times do not leap with it."""
+    early = write_clip(tmp_path / "early.ts", frames=15, fps=15, size=(96, 64), gop=5)
+    late = write_clip(tmp_path / "late.ts", frames=15, fps=15, size=(96, 64), gop=5, start=15,
+                      pts=list(range(150, 165)))
+    served = tmp_path / "leap.ts"
+    served.write_bytes(early.read_bytes() + late.read_bytes())
+    with http_stream(served) as url:
+        h = harness(url=url, is_file=False, read_timeout_s=2.0)
+        h.run(stop_after_decoded=40, timeout=30)
+    assert [s.state for s in h.statuses][:2] == [S.CONNECTING, S.LIVE], h.statuses
+    assert h.decoded >= 40 and h.frames[-1].seq >= 39  # past the leap (frame 15) and a loop of the clip
+    for f in h.frames:  # frame n of the connection at n / 15 s, across the leap and the loop's step back
+        assert f.pts == pytest.approx(f.seq / 15) and frame_index(f.image) == f.seq % 30
+
+
 def test_lossless_file_waits_for_every_frame_to_be_taken(clips: dict[str, Path], harness: type[Harness]) -> None:
     h = harness(url=str(clips["mp4"]), is_file=True, realtime=False, lossless=True)
     h.run()
