@@ -148,6 +148,7 @@ class Decoder:
         self._last_emit_pts: float | None = None
         self._next_due: float | None = None  # the fps grid's next slot (pts, else arrival time)
         self._pace: tuple[float, float] | None = None  # (wall, pts) anchor of realtime pacing
+        self._paced = False  # whether this pass is paced (files, and recordings served over HTTP)
         self._frames_this_pass = 0
         self._done = threading.Event()
         self._frozen = _FrozenPicture(settings.frozen_timeout_s) if settings.frozen_timeout_s else None
@@ -229,6 +230,9 @@ class Decoder:
         stream = container.streams.video[0]
         rate = float(stream.average_rate or stream.guessed_rate or 0) or None
         clock = self._clock(container, stream)
+        # A recording served over HTTP(S) (a clip on a web server or in a bucket) has a duration, a live
+        # stream none: paced like a file, it no longer went to the model as fast as it downloads.
+        self._paced = self.s.realtime and (self.s.is_file or container.duration is not None)
         self._frames_this_pass = 0
         # self._pace is kept: a loop's next pass goes on in stream time (_pts_offset), and so in wall
         # time. Anchored again on each pass, a one-frame file (a still image) looped unpaced: 800
@@ -281,7 +285,7 @@ class Decoder:
         self._frames_this_pass += 1
         if not self._sample(t, now):
             return
-        if self.s.is_file and self.s.realtime and t is not None:
+        if self._paced and t is not None:
             self._pace_to(t)
         image = _upright(frame, frame.to_ndarray(format="bgr24"))
         if self._frozen is not None and self._frozen.still(image, now):
@@ -343,7 +347,7 @@ class Decoder:
         return True
 
     def _pace_to(self, t: float) -> None:
-        """Sleep until a file frame's pts is due in wall time (files only; streams come paced)."""
+        """Sleep until a file frame's pts is due in wall time (files and recordings; streams come paced)."""
         if self._pace is None or t < self._pace[1]:
             self._pace = (time.monotonic(), t)
             return

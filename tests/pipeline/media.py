@@ -163,6 +163,26 @@ def mjpeg_camera(images: list[np.ndarray], *, fps: float) -> Iterator[str]:
         server.server_close()
 
 
+@contextlib.contextmanager
+def http_file(path: Path) -> Iterator[str]:
+    """``path`` served by a plain web server (a recording on a web server or in a bucket); yields its URL."""
+    import functools
+    from http.server import SimpleHTTPRequestHandler
+
+    class Handler(SimpleHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(path.parent)))
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/{path.name}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 # ----------------------------------------------------------------------------------- RTSP server
 #
 # FFmpeg's RTSP muxer only pushes to a server (ANNOUNCE/RECORD), it cannot serve players. So the test

@@ -306,6 +306,18 @@ def test_a_live_stream_whose_clock_leaps_forward_goes_on_one_frame_later(tmp_pat
         assert f.pts == pytest.approx(f.seq / 15) and frame_index(f.image) == f.seq % 30
 
 
+def test_a_recording_served_over_http_plays_at_its_own_rate(tmp_path: Path, harness: type[Harness]) -> None:
+    """An http:// URL of an MP4 on a web server has a duration, a live stream none: it is paced like a
+    file (15 frames at 15 fps take a second), not sent to the model as fast as it downloads."""
+    from tests.pipeline.media import http_file
+
+    with http_file(write_clip(tmp_path / "rec.mp4", frames=15, fps=15, size=(96, 64))) as url:
+        h = harness(url=url, is_file=False, realtime=True)
+        elapsed = h.run(stop_after_decoded=15, timeout=30)
+    assert h.states[:2] == [S.CONNECTING, S.LIVE], h.statuses
+    assert h.decoded >= 15 and elapsed >= 14 / 15 * 0.9  # before: ~0.05 s
+
+
 def test_lossless_file_waits_for_every_frame_to_be_taken(clips: dict[str, Path], harness: type[Harness]) -> None:
     h = harness(url=str(clips["mp4"]), is_file=True, realtime=False, lossless=True)
     h.run()
