@@ -198,7 +198,7 @@ class CameraConfig(_Strict):
     url: str = Field(min_length=1, repr=False)  # may hold credentials: shown only via redact_url
     fps: float | None = Field(None, gt=0, le=1000, description="sample at most this many frames/s")
     loop: bool = Field(False, description="files: start again at the end")
-    realtime: bool = Field(True, description="files: pace frames at the clip's own rate")
+    realtime: bool = Field(True, description="files (and recordings served over HTTP): pace frames at the clip's own rate")
     lossless: bool = Field(False, description="files: wait until each frame is taken instead of dropping it "
                                               "(a recording processed frame by frame, at the model's pace)")
     transport: Literal["tcp", "udp"] = Field("tcp", description="rtsp only")
