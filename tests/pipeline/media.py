@@ -116,6 +116,29 @@ def corrupt(src: Path, dst: Path, *, start: float = 0.4, length: float = 0.2, se
     return dst
 
 
+class _Quiet:
+    """A test web server's handler that does not log every request on stderr."""
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _serving(handler: Any, name: str, done: threading.Event | None = None) -> Iterator[str]:
+    """``handler`` served on a free local port until the block ends (``done`` set first, for handlers that
+    stream until it is); yields the URL of ``/name``."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/{name}"
+    finally:
+        if done is not None:
+            done.set()
+        server.shutdown()
+        server.server_close()
+
+
 def jpegs(images: list[np.ndarray]) -> list[bytes]:
     """Each BGR image as one JPEG (FFmpeg's mjpeg encoder, full-range 4:2:0, as IP cameras send them)."""
     h, w = images[0].shape[:2]
@@ -137,7 +160,7 @@ def mjpeg_camera(images: list[np.ndarray], *, fps: float) -> Iterator[str]:
              for j in jpegs(images)]
     done = threading.Event()
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(_Quiet, BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
             self.send_response(200)
             self.send_header("Content-Type", "multipart/x-mixed-replace;boundary=frame")
@@ -149,18 +172,8 @@ def mjpeg_camera(images: list[np.ndarray], *, fps: float) -> Iterator[str]:
                     self.wfile.flush()
                     n += 1
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/video.mjpg"
-    finally:
-        done.set()
-        server.shutdown()
-        server.server_close()
+    with _serving(Handler, "video.mjpg", done) as url:
+        yield url
 
 
 @contextlib.contextmanager
@@ -169,18 +182,11 @@ def http_file(path: Path) -> Iterator[str]:
     import functools
     from http.server import SimpleHTTPRequestHandler
 
-    class Handler(SimpleHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            pass
+    class Handler(_Quiet, SimpleHTTPRequestHandler):
+        pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(path.parent)))
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/{path.name}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with _serving(functools.partial(Handler, directory=str(path.parent)), path.name) as url:
+        yield url
 
 
 # ----------------------------------------------------------------------------------- RTSP server
@@ -208,7 +214,7 @@ def http_stream(clip: Path) -> Iterator[str]:
     data = clip.read_bytes()
     done = threading.Event()
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(_Quiet, BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
             self.send_response(200)
             self.send_header("Content-Type", "video/mp2t")
@@ -221,18 +227,8 @@ def http_stream(clip: Path) -> Iterator[str]:
                         if done.wait(0.02):
                             return
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/live.ts"
-    finally:
-        done.set()
-        server.shutdown()
-        server.server_close()
+    with _serving(Handler, "live.ts", done) as url:
+        yield url
 
 
 def _read_request(sock_file: Any) -> tuple[str, dict[str, str], bytes] | None:
