@@ -42,6 +42,10 @@ S = CameraState
 _BEAT_STEP_S = 0.1  # longest sleep between heartbeats while waiting (back-off, pacing)
 _TAKEN_POLL_S, _TAKEN_POLL_MAX_S = 0.002, 0.02  # lossless: shortest and longest poll for the take
 _TAKEN_BACKOFF = 1 / 8  # lossless: poll after this fraction of the time waited so far
+# A connection counts as good (the back-off starts again from its first step) once frames have flowed for
+# this long: reset at the first frame, a source that gives one frame and drops (an HTTP snapshot URL, a
+# camera rebooting in a loop) was reconnected every half second for ever
+_STABLE_S = 10.0
 _AVFMT_NOTIMESTAMPS = 0x0080  # libavformat/avformat.h: the format has no timestamps of its own
 
 
@@ -135,7 +139,8 @@ class Decoder:
         self.writer = writer
         self.machine = machine
         self.rng = rng or random.Random()
-        self.failures = 0  # consecutive failed connections; reset by the first frame
+        self.failures = 0  # consecutive failed connections; reset once frames have flowed for _STABLE_S
+        self._first_frame_at: float | None = None  # this connection's first frame (monotonic)
         self.last_frame = time.monotonic()
         # Output pts = stream pts - first pts of this connection (pass) + offset, so pts keep increasing
         # across loops of a file and reconnects of a stream (RTSP pts start at arbitrary values).
@@ -181,6 +186,7 @@ class Decoder:
                 if not self._retry(f"cannot open: {_describe(e, self.s.open_timeout_s)}"):
                     return
                 continue
+            self._first_frame_at = None
             try:
                 outcome = self._read(container)
             except _Stop:
@@ -298,7 +304,10 @@ class Decoder:
         self.writer.write(np.ascontiguousarray(image), pts=t, capture_ts=time.time())
         if self.machine.state is not S.LIVE:
             self.machine.transition_if(S.LIVE, f"{image.shape[1]}x{image.shape[0]}")
-        self.failures = 0
+        if self._first_frame_at is None:
+            self._first_frame_at = now
+        elif self.failures and now - self._first_frame_at >= _STABLE_S:
+            self.failures = 0
 
     def _stream_time(self, pts: float | None, gap: float) -> float | None:
         """A frame's output pts in seconds: its own pts from the pass's origin on, plus ``_pts_offset``,

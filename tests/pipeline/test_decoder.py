@@ -456,3 +456,25 @@ def test_decoder_process_reports_over_its_pipe_at_its_own_niceness(clips: dict[s
     finally:
         control.close()
         shm.unlink_all(prefix)
+
+
+def test_a_source_that_drops_after_a_frame_backs_off(tmp_path: Path, harness: type[Harness]) -> None:
+    """A live URL that gives one frame and ends (an HTTP snapshot URL, a camera rebooting in a loop):
+    the first frame reset the back-off, so it was opened again every half second for ever."""
+    import re
+
+    import cv2
+
+    from tests.pipeline.media import http_file
+
+    still = tmp_path / "still.jpg"
+    cv2.imwrite(str(still), np.full((64, 96, 3), 90, np.uint8))
+    with http_file(still) as url:
+        h = harness(url=url, is_file=False, realtime=False)
+        h.start()
+        wait_for(lambda: sum(s.state is S.RECONNECTING for s in h.statuses) >= 4, 30, "four reconnects")
+        h.finish()
+    delays = [float(m.group(1)) for s in h.statuses if s.state is S.RECONNECTING
+              and (m := re.search(r"retry in ([\d.]+)s", s.detail))]
+    assert S.LIVE in h.states and len(delays) >= 4, h.statuses
+    assert delays[3] >= 3.0 and all(b > a for a, b in zip(delays[:3], delays[1:4], strict=True)), delays  # 0.5, 1, 2, 4 s
