@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from engines.errors import ConfigError, ConfigErrors
 from pipeline.config_errors import join_path, validation_errors
-from pipeline.sinks.config import SinkConfig, check_sink_names, redact_url
+from pipeline.sinks.config import MqttSinkConfig, SinkConfig, check_sink_names, mqtt_client_id, redact_url
 
 BACKENDS = ("auto", "torch", "onnx", "openvino", "torchscript", "tensorrt")
 DEMO_SCHEME = "demo"  # pipeline.demo.SCHEME; that module is imported only when a demo:// input is used
@@ -346,6 +346,14 @@ class RunConfig(_Strict):
         """A copy that runs only the cameras ``ids`` (this replica's shard), order kept."""
         keep = set(ids)
         return self.model_copy(update={"cameras": tuple(c for c in self.cameras if c.id in keep)})
+
+    def for_replica(self, ids: list[str], replica: str) -> RunConfig:
+        """This replica's copy (``--shard``; ``replica``: ``KofN``): only its cameras ``ids``, and each MQTT
+        sink without a ``client_id`` named for the replica. Replicas of one config on one host shared one
+        id, which a broker lets one client hold at a time: they knocked each other off for ever."""
+        sinks = tuple(s.model_copy(update={"client_id": mqtt_client_id(s.sink_name, replica)})
+                      if isinstance(s, MqttSinkConfig) and s.client_id is None else s for s in self.sinks)
+        return self.with_cameras(ids).model_copy(update={"sinks": sinks})
 
 
 def check_classes(cameras: tuple[CameraConfig, ...], names: tuple[str, ...], model: str) -> list[ConfigError]:

@@ -70,7 +70,9 @@ def _start(args: argparse.Namespace, early_hangup: threading.Event) -> int:
         nonlocal total
         cfg = load_config(args.config)  # ConfigErrors: every problem, exit 2, nothing started
         total = len(cfg.cameras)
-        return cfg.with_cameras(select([c.id for c in cfg.cameras], shard)) if shard is not None else cfg
+        if shard is None:
+            return cfg
+        return cfg.for_replica(select([c.id for c in cfg.cameras], shard), f"{shard.index}of{shard.count}")
 
     cfg = load()
     if args.check:

@@ -8,6 +8,7 @@ errors; models are frozen once validated. Redis URLs may hold a password, so the
 from __future__ import annotations
 
 import re
+import socket
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -29,6 +30,14 @@ def redact_url(url: str) -> str:
     # host and port as written (parts.port raises on a port out of range: this is called for error lines)
     netloc = "***@" + parts.netloc.rpartition("@")[2]
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def mqtt_client_id(sink_name: str, replica: str | None = None) -> str:
+    """An MQTT sink's default client id: stable across restarts (its presence topic is retained), so the
+    host and the sink's name, not a pid; ``replica`` (``--shard``'s ``KofN``) keeps the replicas of one
+    config on one host apart, since a broker lets one client hold an id and they would knock each other
+    off for ever."""
+    return f"segpipe-{socket.gethostname()}-{sink_name}" + (f"-{replica}" if replica else "")
 
 
 def _checked_url(url: str, schemes: tuple[str, ...], expected: str, *, parse: str | None = None) -> str:

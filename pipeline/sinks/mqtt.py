@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import socket
 import sys
 import threading
 import time
@@ -31,7 +30,7 @@ import paho.mqtt.client as mqtt
 
 from engines.errors import SinkError
 from pipeline.sinks.base import DropPolicy, Envelope, ThreadedSink, policy_for
-from pipeline.sinks.config import MqttSinkConfig, redact_url
+from pipeline.sinks.config import MqttSinkConfig, mqtt_client_id, redact_url
 from pipeline.sinks.spool import open_spool, spool_counted
 
 log = logging.getLogger(__name__)
@@ -51,8 +50,7 @@ class MqttSink(ThreadedSink):
         parts = urlsplit(url)
         tls = parts.scheme == "mqtts"
         self.topic_prefix, self.qos = topic_prefix, qos
-        # stable across restarts (its presence topic is retained): host and sink name, not a pid
-        self.client_id = client_id or f"segpipe-{socket.gethostname()}-{name}"
+        self.client_id = client_id or mqtt_client_id(name)
         self.presence_topic = f"{topic_prefix}_clients/{self.client_id}"
         self.connected = threading.Event()
         self.max_inflight = max_inflight

@@ -285,3 +285,19 @@ def test_shipped_configs_validate(name: str) -> None:
     if name == "cameras-rtsp.yaml":
         with pytest.raises(ConfigErrors, match="environment variable CAM_PASSWORD is not set"):
             load_config(REPO / "configs" / name, env={}, check_files=False)
+
+
+def test_a_replica_names_its_mqtt_clients_apart(clip: Path) -> None:
+    """Two replicas of one config on one host (--shard 0/2, 1/2) connected as one MQTT client id: the
+    broker knocked one off each time the other connected, for ever."""
+    import socket
+
+    raw = base(clip)
+    raw["sinks"] = [{"type": "mqtt", "url": "mqtt://broker"}, {"type": "mqtt", "name": "own", "url": "mqtt://b",
+                                                              "client_id": "cam-wall"}, {"type": "zmq"}]
+    cfg = parse_config(raw, env={})
+    ids = {k: cfg.for_replica(["door"], f"{k}of2") for k in (0, 1)}
+    host = socket.gethostname()
+    client = {k: [getattr(s, "client_id", "-") for s in c.sinks] for k, c in ids.items()}
+    assert client == {k: [f"segpipe-{host}-mqtt-{k}of2", "cam-wall", "-"] for k in (0, 1)}  # a set id is kept
+    assert [cam.id for cam in ids[0].cameras] == ["door"] and cfg.sinks[0].client_id is None  # type: ignore[union-attr]

@@ -326,8 +326,9 @@ def test_listen_mqtt_follows_a_prefix_that_does_not_end_a_level(mqtt_broker: Any
     """A sink with ``topic_prefix: site1`` publishes ``site1cam1/status``: ``--prefix site1`` used to
     subscribe to ``site1+/status``, a filter paho refuses (a traceback, then "no answer" after 10 s).
     A sink with another prefix on the same broker is not listened to."""
-    sinks = [MqttSink(name="m", url=mqtt_broker.url, policy=policy_for("mqtt"), topic_prefix=p)
-             for p in (prefix, "other")]
+    # two names: one client id would have the broker knock one sink off each time the other connects
+    sinks = [MqttSink(name=f"m{i}", url=mqtt_broker.url, policy=policy_for("mqtt"), topic_prefix=p)
+             for i, p in enumerate((prefix, "other"))]
     try:
         for sink in sinks:
             wait_for(sink.connected.is_set, 10, "the sink to connect")
