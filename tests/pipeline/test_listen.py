@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import re
 import threading
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -262,27 +264,36 @@ def test_group_reader_recreates_a_lost_group(redis_server: Any) -> None:
     client.close()
 
 
-def test_listen_zmq_filters_the_exact_camera(capsys: pytest.CaptureFixture) -> None:
+@contextlib.contextmanager
+def _zmq_publishing(items: Callable[[int], list[FrameResult | CameraStatus]], *,
+                    rounds: int | None = None) -> Iterator[ZmqSink]:
+    """A ZMQ sink publishing ``items(i)`` every 5 ms, round ``i`` after round, until the block ends (or
+    ``rounds`` are out): a subscriber joins whenever it joins."""
     sink = ZmqSink(name="z", endpoint="tcp://127.0.0.1:*")
     stop = threading.Event()
 
     def publish() -> None:
         i = 0
-        while not stop.is_set():  # keep publishing: the subscriber joins whenever it joins
-            for cam in ("cam1", "cam10"):
-                sink.publish(_env(_result(cam, i)))
+        while not stop.is_set() and (rounds is None or i < rounds):
+            for item in items(i):
+                sink.publish(_env(item))
             i += 1
             time.sleep(0.005)
 
     t = threading.Thread(target=publish)
     t.start()
     try:
-        assert main(["listen", "--zmq", sink.bound_endpoint, "--camera", "cam1", "--count", "3",
-                     "--idle-timeout", "10"]) == 0
+        yield sink
     finally:
         stop.set()
         t.join()
         sink.close()
+
+
+def test_listen_zmq_filters_the_exact_camera(capsys: pytest.CaptureFixture) -> None:
+    with _zmq_publishing(lambda i: [_result(cam, i) for cam in ("cam1", "cam10")]) as sink:
+        assert main(["listen", "--zmq", sink.bound_endpoint, "--camera", "cam1", "--count", "3",
+                     "--idle-timeout", "10"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 3 and all(line.startswith("cam1 seq=") for line in lines)
 
@@ -396,26 +407,12 @@ def _docs_consumer(index: int, url: str, loops: int) -> str:
 
 
 def test_docs_zmq_consumer_runs_as_written(capsys: pytest.CaptureFixture) -> None:
-    sink = ZmqSink(name="z", endpoint="tcp://127.0.0.1:*")
-    stop = threading.Event()
+    def items(i: int) -> list[FrameResult | CameraStatus]:
+        live = CameraStatus(camera_id="gate-north", state=CameraState.LIVE, ts=1.0)
+        return [live, *(_result(cam, i) for cam in ("gate-north", "gate-north-2"))]
 
-    def publish() -> None:
-        i = 0
-        while not stop.is_set() and i < 2000:  # until the consumer has its rounds (it joins whenever)
-            sink.publish(_env(CameraStatus(camera_id="gate-north", state=CameraState.LIVE, ts=1.0)))
-            for cam in ("gate-north", "gate-north-2"):
-                sink.publish(_env(_result(cam, i)))
-            i += 1
-            time.sleep(0.005)
-
-    t = threading.Thread(target=publish)
-    t.start()
-    try:
+    with _zmq_publishing(items, rounds=2000) as sink:  # until the consumer has its rounds
         exec(_docs_consumer(0, sink.bound_endpoint, 12), {})  # noqa: S102 - the documentation's own code
-    finally:
-        stop.set()
-        t.join()
-        sink.close()
     lines = capsys.readouterr().out.splitlines()
     assert lines and all(line == "gate-north live " or re.fullmatch(r"\d+ person None 9", line) for line in lines)
     assert "gate-north live " in lines
