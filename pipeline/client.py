@@ -162,7 +162,8 @@ def decode_masks(event: dict[str, Any], *, crop: bool = False) -> list[np.ndarra
     """Masks of a frame event in detection order: ``None`` where a detection has no mask.
 
     ``crop=False``: ``(H, W)`` bool per detection; ``crop=True``: the box crop given by
-    ``box_window(det["box"], H, W)``.
+    ``box_window(det["box"], H, W)``. A mask can reach a pixel past its box, as Ultralytics' masks do (cut
+    to the box at the model's input size, then scaled to the frame): the crop leaves that pixel out.
     """
     height, width = int(event["frame"]["height"]), int(event["frame"]["width"])
     out: list[np.ndarray | None] = []
