@@ -84,6 +84,22 @@ def check_range(name: str, value: float, lo: float, hi: float) -> None:
         raise ConfigError(name, f"must be in [{lo}, {hi}], got {value}")
 
 
+def check_imgsz(imgsz: int | None) -> None:
+    """``--imgsz`` (None: the model's own) is a positive multiple of 32."""
+    if imgsz is not None and (imgsz < 32 or imgsz % 32):
+        raise ConfigError("--imgsz", f"must be a positive multiple of 32, got {imgsz}")
+
+
+def check_infer_args(args: argparse.Namespace) -> None:
+    """The inference settings predict and val share: thresholds, input size, and --half, which the
+    backend would run in fp32 on a CPU without a word."""
+    check_range("--conf", args.conf, 0.0, 1.0)
+    check_range("--iou", args.iou, 0.0, 1.0)
+    check_imgsz(args.imgsz)
+    if args.half and str(args.device).strip().lower() == "cpu":
+        raise ConfigError("--half", "fp16 inference needs a CUDA --device (0, cuda:1, ...); on cpu it runs fp32")
+
+
 @contextmanager
 def errors_name_flags(args: argparse.Namespace) -> Iterator[None]:
     """A ``ConfigError`` the engine raised about one of the command's own settings names it by the

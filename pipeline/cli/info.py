@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engines.errors import ConfigError
-from pipeline.cli.common import errors_name_flags
+from pipeline.cli.common import check_imgsz, errors_name_flags
 
 if TYPE_CHECKING:
     from engines.nn.model import SegmentationModel
@@ -36,8 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from engines.nn.info import summary
     from engines.nn.model import SegmentationModel
 
-    if args.imgsz is not None and (args.imgsz < 32 or args.imgsz % 32):
-        raise ConfigError("--imgsz", f"must be a positive multiple of 32, got {args.imgsz}")
+    check_imgsz(args.imgsz)
     path = Path(args.model)
     if args.nc is not None and path.suffix.lower() not in _YAML_SUFFIXES:
         raise ConfigError("--nc", "only applies to a model YAML; a trained model's class count is fixed")

@@ -16,7 +16,7 @@ from engines.errors import ConfigError, SourceError
 from pipeline.cli.common import (
     add_infer_args,
     add_model_args,
-    check_range,
+    check_infer_args,
     errors_name_flags,
     output_dir,
     parse_classes,
@@ -113,14 +113,9 @@ def run(args: argparse.Namespace) -> int:
     from engines.predict import SegModel
     from engines.train.config import default_out_dir
 
-    check_range("--conf", args.conf, 0.0, 1.0)
-    check_range("--iou", args.iou, 0.0, 1.0)
-    if args.imgsz is not None and (args.imgsz < 32 or args.imgsz % 32):
-        raise ConfigError("--imgsz", f"must be a positive multiple of 32, got {args.imgsz}")
+    check_infer_args(args)
     if args.max_frames < 0:
         raise ConfigError("--max-frames", f"must be >= 0 (0: every frame), got {args.max_frames}")
-    if args.half and str(args.device).strip().lower() == "cpu":  # the backend would run fp32 without a word
-        raise ConfigError("--half", "fp16 inference needs a CUDA --device (0, cuda:1, ...); on cpu it runs fp32")
     classes = parse_classes(args.classes)
     with errors_name_flags(args):
         model = SegModel(args.model, device=args.device, backend=args.backend, half=args.half)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.cli.common import add_model_args, check_range, errors_name_flags, output_dir
+from pipeline.cli.common import add_model_args, check_infer_args, errors_name_flags, output_dir
 
 NAME = "val"
 HELP = "validate a model: COCO box and mask mAP on a dataset split"
@@ -39,16 +39,11 @@ def run(args: argparse.Namespace) -> int:
     from engines.val.coco import cocoeval_stats
     from engines.val.validator import summary_line, validate
 
-    check_range("--conf", args.conf, 0.0, 1.0)
-    check_range("--iou", args.iou, 0.0, 1.0)
-    if args.half and str(args.device).strip().lower() == "cpu":  # the backend would run fp32 without a word
-        raise ConfigError("--half", "fp16 inference needs a CUDA --device (0, cuda:1, ...); on cpu it runs fp32")
+    check_infer_args(args)
     if args.batch < 1:
         raise ConfigError("--batch", f"must be >= 1, got {args.batch}")
     if args.workers < 0:
         raise ConfigError("--workers", f"must be >= 0, got {args.workers}")
-    if args.imgsz is not None and (args.imgsz < 32 or args.imgsz % 32):
-        raise ConfigError("--imgsz", f"must be a positive multiple of 32, got {args.imgsz}")
     with output_dir(args.out or default_out_dir("runs", "val")) as out, errors_name_flags(args):  # written at the end: checked first
         metrics = validate(args.model, data=args.data, split=args.split, imgsz=args.imgsz, batch=args.batch,
                            device=args.device, conf=args.conf, iou=args.iou, max_det=args.max_det,
