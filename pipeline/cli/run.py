@@ -64,17 +64,16 @@ def _start(args: argparse.Namespace, early_hangup: threading.Event) -> int:
 
     shard = parse_shard(args.shard) if args.shard else shard_from_env()
 
-    total = 0  # cameras in the config, before the shard's selection (for --check)
-
-    def load() -> Any:
-        nonlocal total
-        cfg = load_config(args.config)  # ConfigErrors: every problem, exit 2, nothing started
-        total = len(cfg.cameras)
+    def replica(cfg: Any) -> Any:
         if shard is None:
             return cfg
         return cfg.for_replica(select([c.id for c in cfg.cameras], shard), f"{shard.index}of{shard.count}")
 
-    cfg = load()
+    def load() -> Any:
+        return replica(load_config(args.config))  # ConfigErrors: every problem, exit 2, nothing started
+
+    whole = load_config(args.config)
+    cfg = replica(whole)
     if args.check:
         _check_classes(cfg)
         where = f" (shard {shard}: {len(cfg.cameras)} of them here)" if shard else ""
@@ -90,7 +89,7 @@ def _start(args: argparse.Namespace, early_hangup: threading.Event) -> int:
         extras += [f"live video to {s.redacted_url()} ({s.sink_name})" for s in cfg.sinks if s.type == "restream"]
         rois = sum(c.roi is not None for c in cfg.cameras)
         extras += [f"{rois} camera roi(s)"] if rois else []
-        print(f"{args.config}: OK: {total} camera(s){where}, {len(cfg.sinks)} sink(s), "
+        print(f"{args.config}: OK: {len(whole.cameras)} camera(s){where}, {len(cfg.sinks)} sink(s), "
               f"model {cfg.model.path}" + "".join(f", {e}" for e in extras))
         return 0
     logs = LogSetup(args.log_level, args.log_format)
