@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -356,10 +356,15 @@ class RunConfig(_Strict):
         return self.with_cameras(ids).model_copy(update={"sinks": sinks})
 
 
+def _listed(items: Sequence[str]) -> str:
+    """``items`` for an error line: all of a dozen, else the first ten and the count."""
+    return ", ".join(items) if len(items) <= 12 else ", ".join(items[:10]) + f", ... ({len(items)} in all)"
+
+
 def check_classes(cameras: tuple[CameraConfig, ...], names: tuple[str, ...], model: str) -> list[ConfigError]:
     """``cameras[i].classes`` that are not labels of the model (``names``), one error each."""
     known = set(names)
-    listed = ", ".join(names) if len(names) <= 12 else ", ".join(names[:10]) + f", ... ({len(names)} in all)"
+    listed = _listed(names)
     return [ConfigError(f"cameras[{i}].classes", f"{c!r} is not a class of {model} ({listed})")
             for i, cam in enumerate(cameras) for c in cam.classes or () if c not in known]
 
@@ -380,7 +385,7 @@ def _sink_cameras(cfg: RunConfig) -> list[ConfigError]:
     """A sink's ``cameras`` that name no camera of the config: a typo there would publish nothing for
     the camera meant, silently (the list is checked before ``--shard`` picks this replica's cameras)."""
     ids = [c.id for c in cfg.cameras]
-    listed = ", ".join(ids) if len(ids) <= 12 else ", ".join(ids[:10]) + f", ... ({len(ids)} in all)"
+    listed = _listed(ids)
     return [ConfigError(f"sinks[{i}].cameras", f"{cid!r} is not a camera of this config ({listed})")
             for i, sink in enumerate(cfg.sinks) for cid in sink.cameras or () if cid not in ids]
 
