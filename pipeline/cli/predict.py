@@ -79,6 +79,30 @@ class _OutputNames:
         return name
 
 
+class _JsonArray:
+    """A JSON array written item by item (a stream predicted on for hours would not fit in memory) into
+    ``path``'s temp file, put in place by ``commit`` or removed by ``discard``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.tmp = path, path.with_name(path.name + ".tmp")
+        self.file = open(self.tmp, "w")  # noqa: SIM115 - closed by commit or discard
+        self.file.write("[")
+        self.n = 0
+
+    def add(self, item: Any) -> None:
+        self.file.write((", " if self.n else "") + json.dumps(item))
+        self.n += 1
+
+    def commit(self) -> None:
+        self.file.write("]")
+        self.file.close()
+        os.replace(self.tmp, self.path)
+
+    def discard(self) -> None:
+        self.file.close()
+        self.tmp.unlink(missing_ok=True)
+
+
 class _VideoWriters:
     """Annotated MP4 per video source, opened lazily at the first frame, at the source's frame rate."""
 
@@ -136,41 +160,34 @@ def _predict(model: Any, args: argparse.Namespace, out: Path, kw: dict[str, Any]
     SIGTERM), it still finishes its videos and predictions.json for the frames done, then re-raises."""
     videos = _VideoWriters(out)
     names = _OutputNames()
-    n_frames = n_dets = n_records = 0
+    records = _JsonArray(out / "predictions.json")
+    n_frames = n_dets = 0
     stopped: KeyboardInterrupt | None = None
-    tmp = out / "predictions.json.tmp"
-    # written as the frames come, not held: a stream predicted on for hours would grow without bound
     try:
-        with open(tmp, "w") as records:
-            records.write("[")
-            try:
-                for item, dets in model.stream(args.source, **kw):
-                    name = names.of(item)
-                    for record in _coco_records(dets, _image_id(name, item.frame)):
-                        records.write((", " if n_records else "") + json.dumps(record))
-                        n_records += 1
-                    n_frames += 1
-                    n_dets += len(dets)
-                    if args.save:
-                        annotated = dets.plot(item.image)
-                        if item.frame is None:
-                            cv2.imwrite(str(out / f"{name}.jpg"), annotated)
-                        else:
-                            videos.write(name, annotated, item.fps)
-            except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated)
-                stopped = e
-            finally:
-                videos.close()
-            records.write("]")
-    except BaseException:  # a source that fails half-way: no half-written predictions.json.tmp is left
-        tmp.unlink(missing_ok=True)
+        try:
+            for item, dets in model.stream(args.source, **kw):
+                name = names.of(item)
+                for record in _coco_records(dets, _image_id(name, item.frame)):
+                    records.add(record)
+                n_frames += 1
+                n_dets += len(dets)
+                if args.save:
+                    annotated = dets.plot(item.image)
+                    if item.frame is None:
+                        cv2.imwrite(str(out / f"{name}.jpg"), annotated)
+                    else:
+                        videos.write(name, annotated, item.fps)
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated)
+            stopped = e
+        finally:
+            videos.close()
+    except BaseException:  # a source that fails half-way: no half-written predictions.json is left
+        records.discard()
         raise
     if n_frames == 0:
-        tmp.unlink()
-        if stopped is not None:
-            raise stopped
-        raise SourceError(f"{args.source}: no frames were read")
-    os.replace(tmp, out / "predictions.json")
+        records.discard()
+        raise stopped or SourceError(f"{args.source}: no frames were read")
+    records.commit()
     if stopped is not None:
         raise stopped
     return n_frames, n_dets
