@@ -217,7 +217,8 @@ class Message:
     data: bytes
 
 
-def _text(v: bytes | str) -> str:
+def as_text(v: bytes | str) -> str:
+    """A Redis reply (a key, an id, a type) as ``str``, whether the client decodes responses or not."""
     return v.decode() if isinstance(v, bytes) else v
 
 
@@ -227,7 +228,7 @@ def _entries(stream: bytes | str, entries: list[Any]) -> list[Message]:
         if fields is None:  # Redis < 7 reports a pending entry that MAXLEN trimmed away as nil
             continue
         data = fields.get(b"event", fields.get("event"))
-        out.append(Message(stream=_text(stream), id=_text(entry_id), data=data if data is not None else b""))
+        out.append(Message(stream=as_text(stream), id=as_text(entry_id), data=data if data is not None else b""))
     return out
 
 
@@ -236,7 +237,7 @@ def stream_keys(client: redis.Redis, prefix: str = "segpipe:", camera: str | Non
     if camera is not None:
         return [f"{prefix}{camera}"]
     pattern = re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + "*"  # the prefix taken literally, not as a glob
-    return sorted(_text(k) for k in client.scan_iter(match=pattern, _type="stream", count=1000))
+    return sorted(as_text(k) for k in client.scan_iter(match=pattern, _type="stream", count=1000))
 
 
 class StreamReader:
@@ -252,7 +253,7 @@ class StreamReader:
 
     def _last_id(self, key: str) -> str:
         try:
-            return _text(cast(dict[str, Any], self.client.xinfo_stream(key))["last-generated-id"])
+            return as_text(cast(dict[str, Any], self.client.xinfo_stream(key))["last-generated-id"])
         except redis.ResponseError:  # no such stream yet: everything it will hold is new
             return "0-0"
 
@@ -317,7 +318,7 @@ class GroupReader:
     def _claim(self, key: str, count: int) -> list[Message]:
         reply = self.client.xautoclaim(key, self.group, self.consumer, self.claim_idle_ms,
                                        start_id=self._cursor[key], count=count)
-        self._cursor[key] = _text(reply[0])
+        self._cursor[key] = as_text(reply[0])
         if len(reply) > 2:
             self.trimmed += len(reply[2])
         return _entries(key, reply[1])

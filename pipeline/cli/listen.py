@@ -25,7 +25,15 @@ import redis
 import zmq
 
 from engines.errors import ConfigError, DataError, SourceError
-from pipeline.client import GroupReader, StreamReader, decode_masks, parse_event, stream_keys, verify_webhook
+from pipeline.client import (
+    GroupReader,
+    StreamReader,
+    as_text,
+    decode_masks,
+    parse_event,
+    stream_keys,
+    verify_webhook,
+)
 from pipeline.sinks.config import redact_url
 from pipeline.sinks.redis import connect
 
@@ -106,7 +114,7 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.redis:
         try:
             urlsplit(args.redis).port  # noqa: B018 - parsing it raises for a port out of range
-        except ValueError as e:  # redact_url, which every message below uses, would raise it again
+        except ValueError as e:  # redis-py raises it in from_url: said here as the flag it is
             raise ConfigError("--redis", f"invalid URL: {e}") from None
     if args.from_start and (not args.redis or args.group is not None):  # was silently ignored
         raise ConfigError("--from-start", "only for --redis without --group (a new group starts at the oldest "
@@ -141,7 +149,7 @@ class _RedisSource:
         self.prefix, self.follow_new = args.prefix or "segpipe:", args.camera is None
         try:
             for key in keys if args.camera is not None else ():  # stream_keys lists only streams otherwise
-                kind = _text(self.client.type(key))
+                kind = as_text(self.client.type(key))
                 if kind not in ("stream", "none"):  # XREAD / XGROUP CREATE would answer WRONGTYPE
                     raise ConfigError("--camera", f"Redis key {key!r} is a {kind}, not a segpipe event stream")
             if args.group:
@@ -180,10 +188,6 @@ class _RedisSource:
 
     def close(self) -> None:
         self.client.close()
-
-
-def _text(v: bytes | str) -> str:
-    return v.decode() if isinstance(v, bytes) else v
 
 
 def _check_zmq_host(endpoint: str) -> None:
