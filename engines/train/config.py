@@ -9,13 +9,14 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from engines.data.augment import AugmentConfig
 from engines.errors import ConfigError
+from engines.files import new_folder
 from engines.train.optim import OPTIMIZERS
 
 
@@ -136,20 +137,9 @@ def claimed_run_folder(out: str | os.PathLike[str], *, exist_ok: bool = False) -
     if earlier and not exist_ok:
         raise ConfigError("train.out", f"{root} holds an earlier run ({earlier[0]}); continue it with --resume, "
                           "train over it with --exist-ok, or choose another --out")
-    made, folder = [], root / "weights"
-    while not folder.exists() and folder != folder.parent:
-        made.append(folder)  # deepest first
-        folder = folder.parent
-    try:
-        (root / "weights").mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError("train.out", f"cannot create {root / 'weights'}: {e.strerror or e}") from None
-    try:
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(new_folder(root / "weights"))
+        except OSError as e:
+            raise ConfigError("train.out", f"cannot create {root / 'weights'}: {e.strerror or e}") from None
         yield root
-    except BaseException:
-        for folder in made:
-            try:
-                folder.rmdir()  # only if empty: whatever the run wrote stays
-            except OSError:
-                break
-        raise

@@ -6,11 +6,12 @@ import argparse
 import signal
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from types import FrameType
 
 from engines.errors import ConfigError, Terminated
+from engines.files import new_folder
 
 
 def add_model_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
@@ -61,22 +62,16 @@ def parse_imgsz(spec: str | None) -> int | tuple[int, int] | None:
 @contextmanager
 def output_dir(path: str | Path, flag: str = "--out") -> Iterator[Path]:
     """Create a command's output folder before any work (an unusable one fails first, in one line) and
-    yield it; a folder this made is removed again if the command fails before writing into it."""
+    yield it; the folders this made are removed again if the command fails before writing into them."""
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise ConfigError(flag, f"{out} exists and is not a folder")
-    made = not out.exists()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(flag, f"cannot create folder {out}: {e.strerror or e}") from None
-    try:
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(new_folder(out))
+        except OSError as e:
+            raise ConfigError(flag, f"cannot create folder {out}: {e.strerror or e}") from None
         yield out
-    except BaseException:
-        if made:
-            with suppress(OSError):  # not empty: what was written stays
-                out.rmdir()
-        raise
 
 
 def check_range(name: str, value: float, lo: float, hi: float) -> None:
