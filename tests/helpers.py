@@ -60,3 +60,18 @@ def sigterm_once(argv: list[str], ready: Callable[[], bool], what: str, *, step:
     finally:
         proc.kill()
     return proc.returncode, err
+
+
+def listen_beside(send: Callable[[], None], argv: list[str]) -> int:
+    """``segpipe listen argv``'s exit status, run while ``send`` runs on a thread (sending to the listener
+    once it is up); the thread is joined before returning."""
+    import threading
+
+    from pipeline.cli import main
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    try:
+        return main(["listen", *argv])
+    finally:
+        sender.join(10)

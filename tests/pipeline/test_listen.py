@@ -26,7 +26,7 @@ from pipeline.sinks.mqtt import MqttSink
 from pipeline.sinks.redis import RedisSink
 from pipeline.sinks.zmq import ZmqSink
 from tests.conftest import server_port
-from tests.helpers import accepts, wait_for
+from tests.helpers import accepts, listen_beside, wait_for
 
 
 def _result(camera: str, seq: int, labels: tuple[str, ...] = ("person",)) -> FrameResult:
@@ -319,13 +319,8 @@ def test_listen_webhook_answers_forged_headers_401(timestamp: str, signature: st
             statuses.append(conn.getresponse().status)
             conn.close()
 
-    sender = threading.Thread(target=send)
-    sender.start()
-    try:
-        assert main(["listen", "--webhook", str(port), "--secret", "s3cret", "--count", "1",
-                     "--idle-timeout", "10"]) == 0
-    finally:
-        sender.join(10)
+    assert listen_beside(send, ["--webhook", str(port), "--secret", "s3cret", "--count", "1",
+                                "--idle-timeout", "10"]) == 0
     out, err = capsys.readouterr()
     assert statuses == [401, 204] and out.splitlines() == ["gate status=live"]
     assert "Traceback" not in err and "does not verify with --secret" in err
@@ -382,12 +377,7 @@ def test_listen_webhook_answers_bad_requests(request_head: bytes, body: bytes, s
         answers.append(str(conn.getresponse().status).encode())
         conn.close()
 
-    sender = threading.Thread(target=send)
-    sender.start()
-    try:
-        assert main(["listen", "--webhook", str(port), "--count", "1", "--idle-timeout", "10"]) == 0
-    finally:
-        sender.join(10)
+    assert listen_beside(send, ["--webhook", str(port), "--count", "1", "--idle-timeout", "10"]) == 0
     out, err = capsys.readouterr()
     assert answers == [str(status).encode(), b"204"] and out.splitlines() == ["gate status=live"]
     assert f"({status}): {said}" in err and "Traceback" not in err
@@ -451,12 +441,7 @@ def test_listen_webhook_on_a_host(host: str, capsys: pytest.CaptureFixture) -> N
 
         wait_for(up, 10, "the listener")
 
-    sender = threading.Thread(target=send)
-    sender.start()
-    try:
-        assert main(["listen", "--webhook", f"{host}:{port}", "--count", "1", "--idle-timeout", "10"]) == 0
-    finally:
-        sender.join(10)
+    assert listen_beside(send, ["--webhook", f"{host}:{port}", "--count", "1", "--idle-timeout", "10"]) == 0
     out, err = capsys.readouterr()
     assert out.splitlines() == ["gate status=live"] and f"taking webhooks on http://{host}:{port}/" in err
 

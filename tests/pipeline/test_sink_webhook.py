@@ -455,7 +455,7 @@ def test_the_sink_stage_follows_the_rings_of_a_reload(receiver: Receiver) -> Non
 def test_listen_takes_the_sinks_requests_and_checks_their_signature(capsys: pytest.CaptureFixture[str]) -> None:
     import http.client
 
-    from pipeline.cli import main
+    from tests.helpers import listen_beside
 
     port = server_port()
     url = f"http://127.0.0.1:{port}/hook"
@@ -472,13 +472,10 @@ def test_listen_takes_the_sinks_requests_and_checks_their_signature(capsys: pyte
         sink.publish(_status("gate", "live"))
         sink.publish(_frame("gate", 7, [_det("car")]))
 
-    sender = threading.Thread(target=send)
-    sender.start()
     try:
-        assert main(["listen", "--webhook", str(port), "--secret", "s3cret", "--count", "2",
-                     "--idle-timeout", "20"]) == 0
+        assert listen_beside(send, ["--webhook", str(port), "--secret", "s3cret", "--count", "2",
+                                    "--idle-timeout", "20"]) == 0
     finally:
-        sender.join(10)
         sink.close()
     out, err = capsys.readouterr()
     assert out.splitlines() == ["gate status=live", "gate seq=7 n=1 car#1"]
