@@ -157,11 +157,14 @@ class Detections:
             return [mask_to_polygons(c, offset=(x0, y0)) for x0, y0, c in crops]
         return [mask_to_polygons(m) for m in self._host_masks("polygons")]
 
-    def plot(self, image_bgr: np.ndarray, *, alpha: float = 0.5, line_width: int | None = None) -> np.ndarray:
+    def plot(self, image_bgr: np.ndarray, *, alpha: float = 0.5, line_width: int | None = None,
+             track_ids: Sequence[int | None] | None = None) -> np.ndarray:
         """Draw masks (translucent), boxes and "label score" captions on a copy of the frame.
 
         image_bgr: (H, W, 3) uint8 BGR with (H, W) == orig_shape. Returns a new (H, W, 3) uint8 BGR image;
-        the input is not modified. Each class gets its own colour.
+        the input is not modified. Each class gets its own colour. track_ids (one per detection, None for
+        an untracked one): captions start "#id", and a tracked object is coloured by its id, so it keeps
+        its colour from frame to frame and stands apart from its neighbours of the same class.
         """
         img = np.asarray(image_bgr)
         _expect(img.ndim == 3 and img.shape[2] == 3 and img.shape[:2] == self.orig_shape, "plot image shape",
@@ -171,7 +174,10 @@ class Detections:
         if not len(self):
             return out
         boxes, scores, ids = _np(self.boxes), _np(self.scores), _np(self.class_ids)
-        colors = [class_color(int(c)) for c in ids]
+        if track_ids is not None and len(track_ids) != len(self):
+            raise ValueError(f"Detections.plot: {len(track_ids)} track ids for {len(self)} detections")
+        tracks = list(track_ids) if track_ids is not None else [None] * len(self)
+        colors = [class_color(int(c) if t is None else t) for c, t in zip(ids, tracks, strict=True)]
         crops = self._host_crops()
         if crops is None and self._masks is not None:
             crops = [(0, 0, m) for m in _np(self._masks)]
@@ -181,10 +187,11 @@ class Detections:
             view[m] = (region * (1 - alpha) + np.array(color, np.float32) * alpha).round().astype(np.uint8)
         lw = line_width or max(round(sum(self.orig_shape) / 2 * 0.003), 2)
         names = self.labels
-        for box, score, name, color in zip(boxes, scores, names, colors, strict=True):
+        for box, score, name, color, t in zip(boxes, scores, names, colors, tracks, strict=True):
             x1, y1, x2, y2 = (int(round(float(v))) for v in box)
             cv2.rectangle(out, (x1, y1), (x2, y2), color, lw, cv2.LINE_AA)
-            _caption(out, f"{name} {float(score):.2f}", (x1, y1), color, lw)
+            tag = "" if t is None else f"#{t} "
+            _caption(out, f"{tag}{name} {float(score):.2f}", (x1, y1), color, lw)
         return out
 
     def _host_masks(self, what: str) -> np.ndarray:

@@ -479,6 +479,29 @@ def load_config(path: str | Path, *, env: dict[str, str] | None = None, check_fi
     return parse_config(read_yaml(path), env=env, check_files=check_files)
 
 
+def load_tracking(path: str | Path, *, env: dict[str, str] | None = None) -> TrackingConfig:
+    """Tracking settings from a YAML file (``segpipe predict --tracker``): a run config's ``tracking:``
+    section, so offline tracking can match the cameras', or a file holding only those keys. Raises
+    ConfigErrors naming the file and each wrong key; ``enabled`` is accepted and ignored."""
+    raw = read_yaml(path)
+    section = "tracking" if isinstance(raw, dict) and "tracking" in raw else ""
+    data = (raw.get(section) if section else raw) or {}  # an empty file or section: the defaults
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: {section}".rstrip(": "), f"expected a mapping of tracking settings "
+                          f"({', '.join(TrackingConfig.model_fields)}), got {type(data).__name__}")
+    errors: list[ConfigError] = []
+    data = interpolate(data, os.environ if env is None else env, errors, section)
+    cfg: TrackingConfig | None = None
+    try:
+        cfg = TrackingConfig.model_validate(data)
+    except ValidationError as e:
+        errors += [ConfigError(join_path(section, err.path), err.msg)
+                   for err in validation_errors(e, data, root=TrackingConfig)]
+    if errors or cfg is None:
+        raise ConfigErrors([ConfigError(f"{path}: {err.path}", err.msg) for err in _dedupe(errors)])
+    return cfg
+
+
 def read_yaml(path: str | Path) -> Any:
     """The YAML at ``path`` as data, not validated (no ${ENV} yet); ConfigError naming the file and line
     when it cannot be read, does not parse, or repeats a key."""

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+import numpy as np
 
 from engines.errors import ConfigError, SourceError
 from pipeline.cli.common import (
@@ -37,6 +38,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save", action=argparse.BooleanOptionalAction, default=True,
                    help="write annotated images/videos (default on; --no-save or save=False: predictions.json only)")
     p.add_argument("--max-frames", type=int, default=0, help="stop each video/stream after N frames (default 0: all)")
+    p.add_argument("--track", action="store_true",
+                   help="give each object a track id that follows it across a video's frames (ByteTrack, as "
+                        "segpipe run's tracking; still images are tracked as one sequence in the order read)")
+    p.add_argument("--tracker", default=None, metavar="YAML",
+                   help="tracking settings (implies --track): a run config, whose tracking: section is used, "
+                        "or a YAML of those keys (high_score, new_track_score, match_iou, min_hits, max_lost_frames)")
 
 
 def _image_id(name: str, frame: int | None) -> int | str:
@@ -44,17 +51,21 @@ def _image_id(name: str, frame: int | None) -> int | str:
     return int(stem) if stem.isdigit() else stem
 
 
-def _coco_records(dets: Any, image_id: int | str) -> list[dict[str, Any]]:
+def _coco_records(dets: Any, image_id: int | str, track_ids: list[int | None] | None = None) -> list[dict[str, Any]]:
+    """COCO result records, with each detection's ``track_id`` (None while unconfirmed) when tracked."""
     out = []
     rles = dets.to_rle() if dets.has_masks else [None] * len(dets)
-    for box, score, cls, rle in zip(dets.boxes.tolist(), dets.scores.tolist(), dets.class_ids.tolist(),
-                                    rles, strict=True):
+    tracks = track_ids if track_ids is not None else [None] * len(dets)
+    for box, score, cls, rle, track in zip(dets.boxes.tolist(), dets.scores.tolist(), dets.class_ids.tolist(),
+                                           rles, tracks, strict=True):
         x1, y1, x2, y2 = box
         rec: dict[str, Any] = {"image_id": image_id, "category_id": int(cls),
                                "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
                                "score": round(float(score), 5)}
         if rle is not None:
             rec["segmentation"] = rle
+        if track_ids is not None:
+            rec["track_id"] = track
         out.append(rec)
     return out
 
@@ -77,6 +88,36 @@ class _OutputNames:
         self.taken.add(name)
         self.current[item.name] = name
         return name
+
+
+class _Tracks:
+    """Track ids for predict: a tracker per video (a new one at each video's first frame) and one over
+    the still images, taken as frames of one sequence in the order read (a folder of exported frames)."""
+
+    def __init__(self, cfg: Any) -> None:
+        from pipeline.tracking import Tracker
+
+        self.cfg, self.new = cfg, Tracker
+        self.video: tuple[str, Any] | None = None  # (output name, its tracker)
+        self.stills, self.n_stills = Tracker(cfg), 0
+        self.started = 0  # ids handed out by the trackers of videos already finished
+
+    def ids(self, name: str, item: Any, dets: Any) -> list[int | None]:
+        if item.frame is None:
+            self.n_stills += 1
+            tracker, seq = self.stills, self.n_stills
+        else:
+            if self.video is None or self.video[0] != name:
+                self.started += self.video[1].started if self.video else 0
+                self.video = (name, self.new(self.cfg))
+            tracker, seq = self.video[1], item.frame
+        boxes, scores, classes = (np.array(a.tolist()) for a in (dets.boxes, dets.scores, dets.class_ids))
+        return tracker.update(seq, boxes.reshape(-1, 4), scores, classes.astype(np.int64))
+
+    @property
+    def total(self) -> int:
+        """Track ids handed out in all (ids count from 1 in each video, and in the stills)."""
+        return self.started + (self.video[1].started if self.video else 0) + self.stills.started
 
 
 class _JsonArray:
@@ -141,6 +182,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_frames < 0:
         raise ConfigError("--max-frames", f"must be >= 0 (0: every frame), got {args.max_frames}")
     classes = parse_classes(args.classes)
+    tracks = _tracking(args)
     with errors_name_flags(args):
         model = SegModel(args.model, device=args.device, backend=args.backend, half=args.half)
     if classes and max(classes) >= len(model.names):
@@ -148,13 +190,24 @@ def run(args: argparse.Namespace) -> int:
     kw = dict(imgsz=args.imgsz, conf=args.conf, iou=args.iou, max_det=args.max_det, classes=classes,
               agnostic=args.agnostic_nms, retina_masks=args.retina_masks, max_frames=args.max_frames)
     with output_dir(args.out or default_out_dir("runs", "predict")) as out, sigterm_interrupts(), errors_name_flags(args):
-        n_frames, n_dets = _predict(model, args, out, kw)
-    print(f"{n_frames} frame(s), {n_dets} detection(s) -> {out}/ (predictions.json"
+        n_frames, n_dets = _predict(model, args, out, kw, tracks)
+    tracked = f", {tracks.total} track(s)" if tracks else ""
+    print(f"{n_frames} frame(s), {n_dets} detection(s){tracked} -> {out}/ (predictions.json"
           f"{', annotated output' if args.save else ''})")
     return 0
 
 
-def _predict(model: Any, args: argparse.Namespace, out: Path, kw: dict[str, Any]) -> tuple[int, int]:
+def _tracking(args: argparse.Namespace) -> _Tracks | None:
+    """The trackers ``--track`` / ``--tracker`` ask for (settings checked before the model runs)."""
+    if not (args.track or args.tracker):
+        return None
+    from pipeline.config import TrackingConfig, load_tracking
+
+    return _Tracks(load_tracking(args.tracker) if args.tracker else TrackingConfig())
+
+
+def _predict(model: Any, args: argparse.Namespace, out: Path, kw: dict[str, Any],
+             tracks: _Tracks | None = None) -> tuple[int, int]:
     """Run ``model`` over ``args.source``, writing annotated output and predictions.json into ``out``;
     returns the frames read and the detections found. Interrupted (a stream is stopped with Ctrl-C or
     SIGTERM), it still finishes its videos and predictions.json for the frames done, then re-raises."""
@@ -167,12 +220,13 @@ def _predict(model: Any, args: argparse.Namespace, out: Path, kw: dict[str, Any]
         try:
             for item, dets in model.stream(args.source, **kw):
                 name = names.of(item)
-                for record in _coco_records(dets, _image_id(name, item.frame)):
+                ids = tracks.ids(name, item, dets) if tracks else None
+                for record in _coco_records(dets, _image_id(name, item.frame), ids):
                     records.add(record)
                 n_frames += 1
                 n_dets += len(dets)
                 if args.save:
-                    annotated = dets.plot(item.image)
+                    annotated = dets.plot(item.image, track_ids=ids)
                     if item.frame is None:
                         cv2.imwrite(str(out / f"{name}.jpg"), annotated)
                     else:

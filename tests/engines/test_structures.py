@@ -103,6 +103,22 @@ def test_plot() -> None:
         d.plot(np.zeros((40, 61, 3), np.uint8))
 
 
+def test_plot_colours_tracked_objects_by_their_id() -> None:
+    """Two people (class 0) side by side share their class colour; tracked, each has its id's colour, the
+    same on every frame it is drawn."""
+    d = _dets()
+    img = np.full((40, 60, 3), 50, np.uint8)
+    only_0 = d.masks[0].numpy() & ~d.masks[2].numpy()
+    only_2 = d.masks[2].numpy() & ~d.masks[0].numpy() & ~d.masks[1].numpy()
+    by_class = d.plot(img, line_width=1)
+    assert (by_class[only_0][5] == by_class[only_2][5]).all()
+    tracked = d.plot(img, line_width=1, track_ids=[7, None, 12])
+    assert (tracked[only_0][5] != tracked[only_2][5]).any()
+    assert (d.plot(img, line_width=1, track_ids=[7, 3, 12])[only_0][5] == tracked[only_0][5]).all()
+    with pytest.raises(ValueError, match="2 track ids for 3 detections"):
+        d.plot(img, track_ids=[1, 2])
+
+
 @pytest.fixture(scope="module")
 def pp_ref() -> dict[str, np.ndarray]:
     with np.load(REFS / "postprocess.npz") as z:
