@@ -484,7 +484,8 @@ def load_tracking(path: str | Path, *, env: dict[str, str] | None = None) -> Tra
     section, so offline tracking can match the cameras', or a file holding only those keys. Raises
     ConfigErrors naming the file and each wrong key; ``enabled`` is accepted and ignored."""
     raw = read_yaml(path)
-    section = "tracking" if isinstance(raw, dict) and "tracking" in raw else ""
+    # a run config without a tracking: section runs with the defaults, and so does predict
+    section = "tracking" if isinstance(raw, dict) and ("tracking" in raw or "cameras" in raw) else ""
     data = (raw.get(section) if section else raw) or {}  # an empty file or section: the defaults
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: {section}".rstrip(": "), f"expected a mapping of tracking settings "

@@ -102,6 +102,17 @@ def test_bad_tracker_file_is_named_before_anything_runs(tmp_path: Path, capsys: 
     assert not (tmp_path / "out").exists()
 
 
+def test_a_run_config_without_tracking_gives_the_defaults(tmp_path: Path) -> None:
+    from pipeline.config import TrackingConfig, load_tracking
+
+    run_cfg = tmp_path / "cameras.yaml"
+    run_cfg.write_text("model: {path: demo://model}\ncameras: [{id: a, url: x.mp4}]\n")
+    assert load_tracking(run_cfg) == TrackingConfig()
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert load_tracking(empty) == TrackingConfig()
+
+
 def test_missing_tracker_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["predict", "--model", str(demo_model_path()), "--source", str(tmp_path), "--tracker",
                  str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "out")]) == 2
