@@ -13,7 +13,6 @@ import dataclasses
 import logging
 import math
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -52,20 +51,31 @@ class ScheduleHook(Hook):
 
 class TimeBudgetHook(Hook):
     """Fits the run into ``cfg.time`` hours (Ultralytics' ``time=``): after every epoch, the epoch
-    count becomes as many as the mean epoch time so far lets finish inside the budget, and the lr
+    count becomes as many as the time left lets finish at this session's mean epoch time, and the lr
     schedule is rebuilt for it, so the lr still decays to ``lrf`` and mosaic still closes for the
-    last ``close_mosaic`` epochs. Rank 0's clock decides for every rank."""
+    last ``close_mosaic`` epochs. The time left counts what earlier sessions of a resumed run spent
+    (``s.clock``), so an interrupted run does not get its whole budget again. Rank 0's clock decides
+    for every rank."""
 
     def before_train(self, s: TrainState) -> None:
-        self.t0 = time.monotonic()
+        assert s.cfg.time is not None
+        spent = s.clock.before
+        # The last epoch before the interruption fitted, but its validation and save may have used up
+        # the rest: another epoch would overrun the budget, so the run ends on the epochs it has. Every
+        # rank restored the same time from last.pt, so all of them decide alike.
+        if spent >= s.cfg.time * 3600 and 0 < s.start_epoch < s.cfg.epochs:
+            if s.place.main:
+                print(f"time budget {s.cfg.time:g} h already spent ({spent / 3600:.2f} h trained): "
+                      f"the run ends with epoch {s.start_epoch}")
+            s.cfg = s.cfg.replace(epochs=s.start_epoch)
 
     def after_epoch(self, s: TrainState) -> None:
         assert s.cfg.time is not None
-        budget, elapsed = s.cfg.time * 3600, time.monotonic() - self.t0
-        per_epoch = elapsed / (s.epoch + 1 - s.start_epoch)
-        epochs = max(s.start_epoch + int(budget // per_epoch), s.epoch + 1)
-        if elapsed + per_epoch > budget:  # no room for another epoch
-            epochs = s.epoch + 1
+        # The mean epoch time of this session only: a resumed run may be on other hardware.
+        session = s.clock.session()
+        per_epoch = session / (s.epoch + 1 - s.start_epoch)
+        left = s.cfg.time * 3600 - s.clock.before - session
+        epochs = s.epoch + 1 + max(0, int(left // per_epoch))
         epochs = broadcast_int(epochs, s.place)
         if epochs == s.cfg.epochs:
             return

@@ -6,6 +6,8 @@ field here; there is no trainer object to reach into.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +25,27 @@ if TYPE_CHECKING:
     from engines.val.metrics import SegMetrics
 
 
+@dataclass(slots=True)
+class TrainClock:
+    """Training time of a run over all its sessions: what earlier sessions spent (restored from
+    ``last.pt``) plus this session's time since ``start``. The time between sessions is not training
+    time: a run resumed the next day must not find its ``--time`` budget used up. ``now`` is
+    injectable so budget planning can be tested without real time passing."""
+
+    before: float = 0.0
+    now: Callable[[], float] = time.monotonic
+    t0: float | None = None
+
+    def start(self) -> None:
+        self.t0 = self.now()
+
+    def session(self) -> float:
+        return 0.0 if self.t0 is None else self.now() - self.t0
+
+    def total(self) -> float:
+        return self.before + self.session()
+
+
 @dataclass(slots=True, kw_only=True)
 class TrainState:
     """One process's view of a run.
@@ -30,7 +53,8 @@ class TrainState:
     ``epoch`` is 0-based; ``ni`` is the global batch index (``epoch * batches_per_epoch + i``).
     ``items`` holds the last step's detached ``(box, seg, cls, dfl)`` losses and ``mean_items`` their
     running mean over the epoch. ``metrics``/``fitness`` are set by validation (None when an epoch
-    is not validated). ``stop`` asks the loop to end after the current epoch.
+    is not validated). ``stop`` asks the loop to end after the current epoch. ``clock`` counts the
+    training time checkpoints carry across a resume.
     """
 
     cfg: TrainConfig
@@ -59,6 +83,7 @@ class TrainState:
     best_fitness: float | None = None
     best_epoch: int = -1
     stop: bool = False
+    clock: TrainClock = field(default_factory=TrainClock)
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -6,7 +6,8 @@ Imports only torch. Layout (all keys under ``train/``):
 - ``train/optim/<param index>/<key>``: optimizer state per parameter (momentum buffers, Adam
   moments and step), parameters numbered in optimizer group order;
 - ``train/epoch`` (epochs completed), ``train/best_fitness``, ``train/best_epoch``,
-  ``train/ema_updates``, ``train/scaler_scale``: 0-d tensors.
+  ``train/ema_updates``, ``train/scaler_scale``, ``train/seconds`` (training time of all sessions up to
+  this save, which a ``--time`` budget counts on resume): 0-d tensors.
 
 Learning rates are not stored: the schedule recomputes them from the epoch.
 """
@@ -25,18 +26,19 @@ PREFIX = "train/"
 @dataclass(frozen=True, slots=True)
 class ResumeState:
     """Scalars read back from a checkpoint: next epoch to run, best fitness so far (None: none yet)
-    and its 0-based epoch (-1: none), EMA update count and AMP loss scale."""
+    and its 0-based epoch (-1: none), EMA update count, AMP loss scale and seconds trained so far."""
 
     start_epoch: int
     best_fitness: float | None
     best_epoch: int
     ema_updates: int
     scaler_scale: float
+    train_seconds: float = 0.0
 
 
 def pack_state(
     *, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, best_fitness: float | None,
-    best_epoch: int = -1, ema_updates: int, scaler_scale: float,
+    best_epoch: int = -1, ema_updates: int, scaler_scale: float, train_seconds: float = 0.0,
 ) -> dict[str, Tensor]:
     """Everything needed to continue after ``epoch`` (0-based, completed), as CPU tensors."""
     out: dict[str, Tensor] = {
@@ -52,6 +54,7 @@ def pack_state(
     out[f"{PREFIX}best_epoch"] = torch.tensor(best_epoch, dtype=torch.int64)
     out[f"{PREFIX}ema_updates"] = torch.tensor(ema_updates, dtype=torch.int64)
     out[f"{PREFIX}scaler_scale"] = torch.tensor(scaler_scale, dtype=torch.float64)
+    out[f"{PREFIX}seconds"] = torch.tensor(train_seconds, dtype=torch.float64)
     return out
 
 
@@ -78,4 +81,7 @@ def restore_state(extra: dict[str, Tensor], *, model: nn.Module, optimizer: torc
         best_epoch=int(extra.get(f"{PREFIX}best_epoch", torch.tensor(-1))),
         ema_updates=int(extra[f"{PREFIX}ema_updates"]),
         scaler_scale=float(extra[f"{PREFIX}scaler_scale"]),
+        # A last.pt from before the time was recorded: its time is unknown, so its budget starts afresh
+        # (what resuming it did then) rather than guessing.
+        train_seconds=float(extra.get(f"{PREFIX}seconds", torch.tensor(0.0))),
     )

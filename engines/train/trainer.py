@@ -77,6 +77,7 @@ def run_step(s: TrainState, batch: TrainBatch) -> bool:
 
 def fit_loop(s: TrainState, data: TrainData, hooks: Sequence[H.Hook]) -> None:
     """Epochs ``s.start_epoch .. cfg.epochs - 1`` of ``run_step`` with the hooks around it."""
+    s.clock.start()
     for h in hooks:
         h.before_train(s)
     s.optimizer.zero_grad(set_to_none=True)
@@ -135,7 +136,8 @@ def train(
     ``rect`` trains every image at its own aspect ratio (longest side ``imgsz``, no mosaic) in shuffled
     batches of one shape each, instead of padded to ``imgsz`` squares.
     ``time`` (hours) fits the run into a budget: after every epoch the epoch count is re-planned from
-    the mean epoch time so far, and the lr schedule and mosaic switch-off follow the new count.
+    the mean epoch time so far, and the lr schedule and mosaic switch-off follow the new count. A
+    resumed run counts the training time its earlier sessions spent up to their last.pt.
     Writes ``OUT/weights/last.pt`` and ``best.pt`` (segpipe checkpoints), ``OUT/results.csv`` and
     plots. ``resume=True`` continues ``OUT/weights/last.pt`` (or the latest run under
     runs/segment); a path continues that checkpoint with its recorded settings. An ``out`` that holds an
@@ -316,6 +318,7 @@ def _restore(s: TrainState, ckpt: Any) -> None:
     """Raw weights, optimizer moments, EMA and counters from ``last.pt``."""
     rs = restore_state(ckpt.extra_tensors, model=s.bare_model, optimizer=s.optimizer)
     s.start_epoch, s.best_fitness, s.best_epoch = rs.start_epoch, rs.best_fitness, rs.best_epoch
+    s.clock.before = rs.train_seconds
     s.last_opt_step = rs.start_epoch * s.batches_per_epoch - 1
     if s.ema is not None:
         s.ema.ema.load_state_dict(dict(ckpt.state_dict))
@@ -325,7 +328,8 @@ def _restore(s: TrainState, ckpt: Any) -> None:
         state["scale"] = rs.scaler_scale
         s.scaler.load_state_dict(state)
     if s.place.main:
-        print(f"Resuming {s.cfg.resume} from epoch {rs.start_epoch + 1} of {s.cfg.epochs}")
+        spent = f", {rs.train_seconds / 3600:.2f} h of its {s.cfg.time:g} h spent" if s.cfg.time else ""
+        print(f"Resuming {s.cfg.resume} from epoch {rs.start_epoch + 1} of {s.cfg.epochs}{spent}")
 
 
 def make_validator(cfg: TrainConfig, spec: DataSpec, place: Placement, *, final: bool = False,
@@ -357,10 +361,12 @@ def save_run_checkpoint(s: TrainState, path: Path, resumable: bool) -> None:
     )
     extra = None
     if resumable:
+        # The time up to this save, its validation included: a resume trains on from here, and what
+        # a killed run did after it is trained again, so it is not counted.
         extra = pack_state(model=s.bare_model, optimizer=s.optimizer, epoch=s.epoch, best_fitness=s.best_fitness,
-                           ema_updates=s.ema.updates if s.ema else 0, scaler_scale=float(s.scaler.get_scale())
-                           if s.scaler.is_enabled() else 1.0)
-        extra["train/best_epoch"] = torch.tensor(s.best_epoch, dtype=torch.int64)
+                           best_epoch=s.best_epoch, ema_updates=s.ema.updates if s.ema else 0,
+                           scaler_scale=float(s.scaler.get_scale()) if s.scaler.is_enabled() else 1.0,
+                           train_seconds=s.clock.total())
     path.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(path, state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
                     meta=meta, extra_tensors=extra)

@@ -25,7 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--time", type=float, default=None, metavar="HOURS",
                    help="fit the run into this many hours: the epoch count (and the lr schedule) is "
-                        "re-planned after every epoch from the mean epoch time; --epochs is the first plan")
+                        "re-planned after every epoch from the mean epoch time; --epochs is the first plan; "
+                        "--resume counts the time already trained")
     p.add_argument("--imgsz", type=int, default=640, help="input size (longest side with --rect), a multiple of 32")
     p.add_argument("--rect", action="store_true",
                    help="train each image at its own aspect ratio instead of padded to a square (640x384 "

@@ -142,14 +142,18 @@ def test_pack_and_restore_round_trip(name):
         opt.step()
         opt.zero_grad()
     extra = pack_state(model=net, optimizer=opt, epoch=4, best_fitness=None, best_epoch=2, ema_updates=7,
-                       scaler_scale=1024.0)
+                       scaler_scale=1024.0, train_seconds=5400.25)
     assert has_state(extra) and not has_state({})
     assert all(v.device.type == "cpu" for v in extra.values())
 
     net2 = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.SiLU(), nn.Conv2d(4, 2, 1))
     opt2 = build_optimizer(net2, choice, weight_decay=1e-4)
     rs = restore_state(extra, model=net2, optimizer=opt2)
-    assert (rs.start_epoch, rs.best_fitness, rs.best_epoch, rs.ema_updates, rs.scaler_scale) == (5, None, 2, 7, 1024.0)
+    assert (rs.start_epoch, rs.best_fitness, rs.best_epoch, rs.ema_updates, rs.scaler_scale, rs.train_seconds) == (
+        5, None, 2, 7, 1024.0, 5400.25)
+    # A last.pt written before the training time was recorded resumes with its budget afresh.
+    old = {k: v for k, v in extra.items() if k != "train/seconds"}
+    assert restore_state(old, model=net2, optimizer=opt2).train_seconds == 0.0
     for (k, a), b in zip(net.state_dict().items(), net2.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
     s1, s2 = opt.state_dict()["state"], opt2.state_dict()["state"]
@@ -277,7 +281,7 @@ def test_resume_continues_exactly_where_the_run_stopped(tmp_path, monkeypatch, o
     assert a.extra_tensors.keys() == b.extra_tensors.keys()
     for k in a.state_dict:  # EMA weights
         assert torch.allclose(a.state_dict[k], b.state_dict[k], atol=1e-6), k
-    for k in a.extra_tensors:  # raw weights, optimizer momentum, counters
+    for k in a.extra_tensors.keys() - {"train/seconds"}:  # raw weights, optimizer momentum, counters
         assert torch.allclose(a.extra_tensors[k].double(), b.extra_tensors[k].double(), atol=1e-6, equal_nan=True), k
     assert read_results(tmp_path / "cut" / "results.csv")["epoch"].tolist() == [1, 2, 3]
 
@@ -491,18 +495,29 @@ def test_ultralytics_checkpoint_seeds_other_classes_only_through_pretrained(caps
     assert same.nc == 80 and same.training
 
 
-def test_time_budget_replans_epochs_and_the_lr_schedule(monkeypatch):
-    from engines.train import hooks
-    from engines.train.config import TrainConfig
+def _fake_clock(*readings: float):
+    """A ``TrainClock.now`` that returns ``readings`` in turn (the time a test says has passed)."""
+    it = iter(readings)
+    return lambda: next(it)
+
+
+def _budget_state(*, time_h: float, epochs: int, start_epoch: int, clock):
     from engines.train.ddp import Placement
     from engines.train.optim import Schedule
 
-    clock = iter([0.0, 10.0, 20.0, 95.0])  # before_train, then the end of epochs 1, 2 and 3
-    monkeypatch.setattr(hooks.time, "monotonic", lambda: next(clock))
-    s = SimpleNamespace(cfg=TrainConfig(data="d.yaml", epochs=100, time=100 / 3600), start_epoch=0, epoch=0,
-                        place=Placement(-1, 1, torch.device("cpu")),
-                        schedule=Schedule(factor=lambda e: 1.0, momentum=0.9, warmup_iters=0))
+    return SimpleNamespace(cfg=TrainConfig(data="d.yaml", epochs=epochs, time=time_h), start_epoch=start_epoch,
+                           epoch=start_epoch, place=Placement(-1, 1, torch.device("cpu")), clock=clock,
+                           schedule=Schedule(factor=lambda e: 1.0, momentum=0.9, warmup_iters=0))
+
+
+def test_time_budget_replans_epochs_and_the_lr_schedule():
+    from engines.train import hooks
+    from engines.train.state import TrainClock
+
+    clock = TrainClock(now=_fake_clock(0.0, 10.0, 20.0, 95.0))  # start, then the end of epochs 1, 2 and 3
+    s = _budget_state(time_h=100 / 3600, epochs=100, start_epoch=0, clock=clock)
     hook = hooks.TimeBudgetHook()
+    clock.start()
     hook.before_train(s)
     hook.after_epoch(s)  # 10 s per epoch: 10 epochs fit in 100 s
     assert s.cfg.epochs == 10 and s.schedule.factor(10) == pytest.approx(s.cfg.lrf)
@@ -514,6 +529,33 @@ def test_time_budget_replans_epochs_and_the_lr_schedule(monkeypatch):
     assert s.cfg.epochs == 3
     with pytest.raises(ConfigError, match="train.time"):
         TrainConfig(data="d.yaml", time=0)
+
+
+def test_time_budget_of_a_resumed_run_counts_the_time_its_earlier_sessions_trained(capsys):
+    from engines.train import hooks
+    from engines.train.state import TrainClock
+
+    # 60 s of the 100 s budget went on 3 epochs before the interruption; the resumed session starts the
+    # next day (its clock far from the first session's, which must not count) and takes 10 s an epoch.
+    clock = TrainClock(before=60.0, now=_fake_clock(86_400.0, 86_410.0, 86_420.0))
+    s = _budget_state(time_h=100 / 3600, epochs=12, start_epoch=3, clock=clock)
+    hook = hooks.TimeBudgetHook()
+    clock.start()
+    hook.before_train(s)
+    assert s.cfg.epochs == 12  # budget left: trains on
+    hook.after_epoch(s)  # 70 s spent, 30 s left: 3 more epochs after this fourth one (a fresh budget: 13)
+    assert s.cfg.epochs == 7 and s.schedule.factor(7) == pytest.approx(s.cfg.lrf)
+    s.epoch = 4
+    hook.after_epoch(s)
+    assert s.cfg.epochs == 7
+
+    # Its validation and save after the last epoch that fitted used up the rest: it ends on what it has.
+    capsys.readouterr()
+    s = _budget_state(time_h=100 / 3600, epochs=7, start_epoch=5, clock=TrainClock(before=100.5))
+    hook.before_train(s)
+    assert s.cfg.epochs == 5
+    assert capsys.readouterr().out == ("time budget 0.0277778 h already spent (0.03 h trained): "
+                                       "the run ends with epoch 5\n")
 
 
 def test_time_budget_run_ends_on_a_validated_and_saved_epoch(tmp_path, one_thread, capsys):
@@ -530,3 +572,58 @@ def test_time_budget_run_ends_on_a_validated_and_saved_epoch(tmp_path, one_threa
     assert last.meta.train_args["epochs"] == 1 and last.meta.train_args["time"] == 1e-7
     # Each epoch says where its time went (loader vs steps), so a slow run shows its bottleneck.
     assert re.search(r"\d+\.\d s: waiting for data \d+\.\d s \(\d+%\), steps \d+\.\d s", capsys.readouterr().out)
+
+
+def _record_training_time(last: Path, seconds: float) -> None:
+    """Rewrite ``last``'s recorded training time (as if its run had taken that long)."""
+    from engines.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(last)
+    extra = {**ckpt.extra_tensors, "train/seconds": torch.tensor(seconds, dtype=torch.float64)}
+    save_checkpoint(last, state_dict=ckpt.state_dict, meta=ckpt.meta, extra_tensors=extra)
+
+
+def test_resumed_time_budget_run_gets_only_the_time_left(tmp_path, monkeypatch, one_thread, capsys):
+    import shutil
+
+    from engines.checkpoint import load_checkpoint
+    from engines.train import hooks, train
+    from pipeline.cli import main
+
+    data = make_shapes_dataset(tmp_path / "data", n=4, size=128)
+    _interrupt_after(monkeypatch, 0)
+    with pytest.raises(KeyboardInterrupt):  # a 1 h budget: its plan after epoch 1 is far more epochs
+        train(data=data, out=tmp_path / "cut", epochs=3, time=1.0, optimizer="SGD", plots=False,
+              **dict(TINY, batch=2, nbs=2))
+    monkeypatch.undo()
+    last = tmp_path / "cut" / "weights" / "last.pt"
+    assert float(load_checkpoint(last).extra_tensors["train/seconds"]) > 0
+    shutil.copytree(tmp_path / "cut", tmp_path / "spent")
+
+    # All but a microsecond of the hour was trained before the interruption: the resumed run trains the one
+    # epoch it had started on and ends (without the earlier time it would plan for a fresh hour).
+    _record_training_time(last, 3600 - 1e-6)
+    real = hooks.EarlyStopHook.after_epoch
+
+    def must_be_the_last(self, s):
+        assert s.final_epoch, f"planned {s.cfg.epochs} epochs with the budget spent"
+        real(self, s)
+
+    monkeypatch.setattr(hooks.EarlyStopHook, "after_epoch", must_be_the_last)
+    train(resume=last, workers=0)
+    monkeypatch.undo()
+    assert read_results(tmp_path / "cut" / "results.csv")["epoch"].tolist() == [1, 2]
+    resumed = load_checkpoint(last)
+    assert resumed.meta.train_args["epochs"] == 2
+    assert float(resumed.extra_tensors["train/seconds"]) > 3600 - 1e-6  # both sessions' time
+
+    # Resumed with the whole hour spent: no further epoch, best.pt validated, a one-line note, exit 0.
+    spent = tmp_path / "spent" / "weights" / "last.pt"
+    _record_training_time(spent, 3600.5)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(spent), "--workers", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "time budget 1 h already spent (1.00 h trained): the run ends with epoch 1\n" in out
+    assert read_results(tmp_path / "spent" / "results.csv")["epoch"].tolist() == [1]
+    assert (tmp_path / "spent" / "metrics.json").is_file()
+    assert int(load_checkpoint(spent).extra_tensors["train/epoch"]) == 1
