@@ -118,3 +118,16 @@ def test_missing_tracker_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]
                  str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "nope.yaml: cannot read config" in err
+
+
+def test_the_readme_tracking_example_runs_as_written(clip: Path) -> None:
+    import re
+
+    from engines import SegModel
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "pipeline.tracking" in b]
+    assert len(blocks) == 1
+    scope = {"model": SegModel(demo_model_path())}
+    exec(blocks[0].replace('"clip.mp4"', repr(str(clip))), scope)  # noqa: S102 - our own README
+    assert scope["annotated"].shape == (384, 640, 3) and any(i is not None for i in scope["ids"])
