@@ -302,7 +302,9 @@ class _MqttSource:
         c.on_connect, c.on_disconnect = on_connect, on_disconnect
 
         def on_message(_c: Any, _u: Any, msg: Any) -> None:
-            if msg.topic.startswith(prefix):  # "+" in place of a partial level matches more than the prefix
+            # "+" in place of a partial level matches more than the prefix; an empty message is no event
+            # but the sink clearing a removed camera's retained status
+            if msg.topic.startswith(prefix) and msg.payload:
                 self.inbox.put(bytes(msg.payload))
 
         c.on_message = on_message

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Protocol, runtime_checkable
@@ -239,6 +239,17 @@ class Watched(Protocol):
     """A sink that shows pictures on demand (preview): the cameras someone is looking at now."""
 
     def watching(self) -> frozenset[str]: ...
+
+
+@runtime_checkable
+class Retaining(Protocol):
+    """A sink whose server keeps each camera's last status for clients that come later (MQTT's retained
+    messages): told when cameras leave the run, or a late client would learn of a camera gone for good."""
+
+    def cameras_removed(self, camera_ids: Collection[str]) -> None:
+        """Drop what the server keeps of ``camera_ids``, after their events already queued; like
+        ``publish``, never blocks and never raises."""
+        ...
 
 
 class FrameSource(Protocol):

@@ -1,9 +1,12 @@
 """MQTT sink: each event on ``<prefix><camera>/frame`` or ``<prefix><camera>/status`` (paho-mqtt).
 
-Statuses are retained, so a subscriber that connects late learns every camera's state at once. The
-sink announces itself on ``<prefix>_clients/<client id>``: ``online`` (retained) once connected, and
-the broker publishes ``offline`` there (the last will) if segpipe goes away without closing. Camera ids
-cannot start with ``_``, so that topic never meets a camera's.
+Statuses are retained, so a subscriber that connects late learns every camera's state at once. When a
+reload takes a camera out of the run, its retained status is cleared (an empty retained message on its
+status topic, after its last status, ``stopped``): a late subscriber no longer learns of a camera that
+is gone, and one subscribed at the time gets that empty message. The sink announces itself on
+``<prefix>_clients/<client id>``: ``online`` (retained) once connected, and the broker publishes
+``offline`` there (the last will) if segpipe goes away without closing. Camera ids cannot start with
+``_``, so that topic never meets a camera's.
 
 Like the Redis sink, it never blocks the pipeline and survives the broker going away: paho's own
 thread keeps the connection (reconnecting with back-off up to ``backoff_max_s``); events wait in the
@@ -22,6 +25,7 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -35,6 +39,7 @@ from pipeline.sinks.spool import open_spool, spool_counted
 
 log = logging.getLogger(__name__)
 
+_CLEAR = b""  # an empty retained message: the broker forgets the topic's retained one
 _RETRY_S = 0.2  # how long the writer waits before trying again while the broker is away or paho's queue is full
 
 
@@ -130,6 +135,12 @@ class MqttSink(ThreadedSink):
 
     # --------------------------------------------------------------------------- the writer
 
+    def cameras_removed(self, camera_ids: Collection[str]) -> None:
+        """Clear the retained statuses of ``camera_ids``. Queued as events are, behind the cameras' last
+        statuses, so they wait and go out in order (spooled, too) while the broker is away."""
+        for camera in camera_ids:
+            self.publish(Envelope(camera_id=camera, kind="status", payload=_CLEAR, item=None))
+
     def write_batch(self, envs: list[Envelope]) -> None:
         records = [(f"{env.camera_id}/{env.kind}", env.payload) for env in envs]  # the topic after the prefix
         if self.spool is not None and (len(self.spool) or not self.connected.is_set()):
@@ -163,14 +174,15 @@ class MqttSink(ThreadedSink):
                 self.counters.error("publish")
                 self.counters.dropped(camera, "write_error")
                 continue
+            counted = camera if payload else ""  # a clear is no event: not counted as sent
             with self._lock:
                 early = info.mid in self._early
                 if early:
                     self._early.discard(info.mid)
                 else:
-                    self._pending[info.mid] = camera
-            if early:
-                self.counters.sent(camera)
+                    self._pending[info.mid] = counted
+            if early and counted:
+                self.counters.sent(counted)
         return len(records)
 
     def _to_spool(self, records: list[tuple[str, bytes]]) -> None:

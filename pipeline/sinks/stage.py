@@ -24,17 +24,17 @@ import queue
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pipeline.config import CameraConfig, TrackingConfig
 from pipeline.events import encode, status_event, to_event
-from pipeline.messages import STOP, CameraStatus, FramePreview, FrameResult
+from pipeline.messages import STOP, CameraState, CameraStatus, FramePreview, FrameResult
 from pipeline.metrics import StageStats
 from pipeline.shm import FrameLookup
 from pipeline.sinks import BUILTIN_SINKS, SinkRegistry
-from pipeline.sinks.base import Envelope, Pictured, Sink, Watched
+from pipeline.sinks.base import Envelope, Pictured, Retaining, Sink, Watched
 from pipeline.sinks.config import SinkConfig, check_sink_names
 
 if TYPE_CHECKING:
@@ -176,6 +176,10 @@ class SinkStage:
         self._watched: frozenset[str] = frozenset()
         self._watch_due = 0.0
         self.maker = EventMaker(tracking=tracking, cameras=cameras, first_track_ids=first_track_ids)
+        # the run's cameras, so that retaining sinks learn which ones a reload removed (with event workers
+        # none are given at start: the stage learns them from their statuses)
+        self._cameras = {c.id for c in cameras}
+        self._gone: set[str] = set()  # removed by a reload and not put back since
         self._e2e: dict[str, list[float]] = defaultdict(list)
         self._step: list[float] = []
 
@@ -200,7 +204,36 @@ class SinkStage:
                    first_track_ids=first_track_ids, rings=rings)
 
     def update_cameras(self, cameras: Sequence[CameraConfig]) -> None:
+        """Take a reload's cameras (``EventMaker.update_cameras``) and tell the retaining sinks which of
+        this run's cameras left it. A shard replica's cameras are its own: it clears only those."""
         self.maker.update_cameras(cameras)
+        ids = {c.id for c in cameras}
+        gone = self._cameras - ids
+        self._cameras, self._gone = ids, (self._gone | gone) - ids
+        self._removed(gone)
+
+    def _removed(self, camera_ids: Collection[str]) -> None:
+        """Tell each retaining sink of those of ``camera_ids`` whose statuses it is handed."""
+        for cfg, sink in self.sinks:
+            mine = sorted(c for c in camera_ids if _wants(cfg, c, "status"))
+            if not mine or not isinstance(sink, Retaining):
+                continue
+            try:
+                sink.cameras_removed(mine)
+            except Exception as e:  # sinks must not raise; if one does, it fails alone
+                sink.counters.error("cameras_removed")
+                log.error("sink %s: cameras_removed raised %s: %s", sink.name, type(e).__name__, e)
+
+    def _late(self, env: Envelope) -> bool:
+        """Whether status ``env`` is a removed camera's last (``stopped``), come after the reload's
+        ``CamerasUpdate``: with event workers it takes another way here, and the retained copy it leaves
+        must be cleared again. Any other status says its camera is in the run."""
+        stopped = not isinstance(env.item, CameraStatus) or env.item.state is CameraState.STOPPED
+        if env.camera_id in self._gone and stopped:
+            return True
+        self._gone.discard(env.camera_id)  # running again: a reload put it back, its update on the way
+        self._cameras.add(env.camera_id)
+        return False
 
     def handle(self, item: FrameResult | CameraStatus, *, image: Any = None) -> None:
         """Make ``item``'s event and publish it. Never raises for a bad item: counts it."""
@@ -210,13 +243,15 @@ class SinkStage:
             self.publish(env, started=t0)
 
     def take(self, item: Any) -> None:
-        """One inbox item: an event made by an event worker is published; anything else is made into
-        one first (see ``EventMaker.take``)."""
+        """One inbox item: an event made by an event worker is published; a reload's ``CamerasUpdate`` is
+        applied (``update_cameras``); anything else is made into an event first (``EventMaker.make``)."""
         if isinstance(item, Envelope):
             self.publish(item)
-        else:
-            if isinstance(item, CamerasUpdate) and item.rings is not None and self.frames is not None:
+        elif isinstance(item, CamerasUpdate):
+            if item.rings is not None and self.frames is not None:
                 self.frames.update(dict(item.rings))
+            self.update_cameras(item.cameras)
+        else:
             t0 = time.perf_counter()
             env = self.maker.take(item)
             if env is not None:
@@ -240,10 +275,9 @@ class SinkStage:
         t0 = time.perf_counter() if started is None else started
         if env.capture_ts is not None:
             self._e2e[env.camera_id].append(max(time.time() - env.capture_ts, 0.0))
+        late = env.kind == "status" and self._late(env)
         for cfg, sink in self.sinks:
-            if cfg.cameras is not None and env.camera_id not in cfg.cameras:
-                continue
-            if env.kind == "status" and not cfg.statuses:
+            if not _wants(cfg, env.camera_id, env.kind):
                 continue
             try:
                 sink.publish(env)
@@ -251,6 +285,8 @@ class SinkStage:
                 sink.counters.error("publish")
                 sink.counters.dropped(env.camera_id, "publish_error")
                 log.error("sink %s: publish raised %s: %s", sink.name, type(e).__name__, e)
+        if late:
+            self._removed([env.camera_id])
         self._step.append(time.perf_counter() - t0)
 
     def report(self) -> StageStats:
@@ -282,6 +318,11 @@ class SinkStage:
                 log.error("sink %s: close raised %s: %s", sink.name, type(e).__name__, e)
         if self.frames is not None:
             self.frames.close()
+
+
+def _wants(cfg: SinkConfig, camera_id: str, kind: str) -> bool:
+    """Whether the sink of ``cfg`` is handed ``camera_id``'s events of ``kind`` (its cameras, statuses or not)."""
+    return (cfg.cameras is None or camera_id in cfg.cameras) and (kind != "status" or cfg.statuses)
 
 
 class Reporter:

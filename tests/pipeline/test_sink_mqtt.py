@@ -1,5 +1,6 @@
-"""MQTT sink against a real mosquitto broker: per-camera topics, retained statuses, presence and last
-will, a broker that is down at start or restarts mid-stream (nothing lost at qos 1), refused logins."""
+"""MQTT sink against a real mosquitto broker: per-camera topics, retained statuses (cleared for a camera a
+reload removes), presence and last will, a broker that is down at start or restarts mid-stream (nothing
+lost at qos 1), refused logins."""
 
 from __future__ import annotations
 
@@ -15,12 +16,13 @@ import pytest
 
 from engines.errors import ConfigErrors
 from pipeline.cli import main
-from pipeline.config import parse_config
+from pipeline.config import CameraConfig, parse_config
 from pipeline.events import encode, status_event
 from pipeline.messages import CameraState, CameraStatus
 from pipeline.sinks.base import Envelope, policy_for
 from pipeline.sinks.config import MqttSinkConfig
 from pipeline.sinks.mqtt import MqttSink
+from pipeline.sinks.stage import CamerasUpdate, EventMaker, SinkStage
 from pipeline.supervisor import Supervisor
 from tests.conftest import MqttBroker
 from tests.helpers import wait_for
@@ -99,6 +101,77 @@ def test_events_go_to_per_camera_topics_with_statuses_retained(mqtt_broker: Mqtt
         wait_for(lambda: ("segpipe/_clients/segpipe-test", "offline", False) in late.got, 10, "offline")
     finally:
         late.close()
+
+
+def _retained(broker: MqttBroker, expected: int) -> dict[str, str]:
+    """What a subscriber that connects now is given as retained (``expected`` messages are awaited):
+    topic -> a status's state, or the text."""
+    late = Subscriber(broker, client_id="late")
+    try:
+        wait_for(lambda: len(late.got) >= expected, 10, "the retained messages")
+        time.sleep(0.3)  # room for one more, which would be a test failure
+        return {t: (e if isinstance(e, str) else e["state"]) for t, e, r in late.got if r}
+    finally:
+        late.close()
+
+
+@pytest.mark.parametrize("workers", [False, True], ids=["stage-made-events", "event-workers"])
+def test_a_camera_a_reload_removes_leaves_no_retained_status(mqtt_broker: MqttBroker, subscriber: Subscriber,
+                                                             workers: bool) -> None:
+    cams = {c: CameraConfig(id=c, url=f"{c}.mp4") for c in ("gate", "dock")}
+    cfg = MqttSinkConfig(type="mqtt", url=mqtt_broker.url, client_id="segpipe-reload")
+    # with event workers the stage is given no cameras, and a removed camera's last status comes after the
+    # reload's update (a worker makes its event); without, the supervisor's order holds: status, then update
+    stage = SinkStage.from_configs([cfg], cameras=() if workers else list(cams.values()))
+    maker = EventMaker()
+
+    def status(camera: str, state: CameraState) -> None:
+        st = CameraStatus(camera_id=camera, state=state, ts=time.time())
+        stage.take(maker.make(st) if workers else st)
+
+    sink = stage.sinks[0][1]
+    try:
+        assert isinstance(sink, MqttSink)
+        wait_for(sink.connected.is_set, 10, "the sink to connect")
+        status("gate", CameraState.LIVE)
+        status("dock", CameraState.LIVE)
+        update = CamerasUpdate(cameras=(cams["dock"],))
+        if workers:
+            stage.take(update)
+        status("gate", CameraState.STOPPED)
+        if not workers:
+            stage.take(update)
+        assert sink.flush(10)
+    finally:
+        stage.close()
+    # one subscribed all along saw gate stop, then its status cleared (again, after a late last status)
+    wait_for(lambda: ("segpipe/gate/status", "", False) in subscriber.got, 10, "the clear")
+    seen = [e if isinstance(e, str) else e["state"] for t, e, _ in subscriber.got if t == "segpipe/gate/status"]
+    assert seen == (["live", "", "stopped", ""] if workers else ["live", "stopped", ""])
+    assert sink.counters.totals_sent == {"gate": 2, "dock": 1}  # a clear is no event
+    assert _retained(mqtt_broker, 2) == {"segpipe/dock/status": "live", "segpipe/_clients/segpipe-reload": "offline"}
+
+
+def test_a_clear_waits_on_disk_for_a_broker_that_is_away(tmp_path: Path) -> None:
+    broker = MqttBroker(tmp_path, persistence=True)  # the retained statuses outlive its restart
+    broker.start()
+    sink = _sink(broker, spool_dir=tmp_path / "spool")
+    try:
+        wait_for(sink.connected.is_set, 10, "the sink to connect")
+        sink.publish(_status("gate", CameraState.LIVE))
+        sink.publish(_status("dock", CameraState.LIVE))
+        assert sink.flush(10)
+        broker.stop()
+        wait_for(lambda: not sink.connected.is_set(), 10, "the sink to notice")
+        sink.cameras_removed(["gate"])
+        wait_for(lambda: sink.spool is not None and len(sink.spool) == 1, 10, "the clear on disk")
+        broker.start()
+        wait_for(lambda: sink.connected.is_set() and sink.backlog() == 0, 30, "the spool to be sent")
+        assert sink.flush(10)
+        assert _retained(broker, 2) == {"segpipe/dock/status": "live", "segpipe/_clients/segpipe-test": "online"}
+    finally:
+        sink.close()
+        broker.stop()
 
 
 def test_a_broker_down_at_start_gets_everything_once_up(tmp_path: Path) -> None:
@@ -252,6 +325,35 @@ def test_listen_prints_a_camera_and_its_retained_status(mqtt_broker: MqttBroker,
         sink.close()
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "cam1 status=live" and all(line.startswith("cam1 seq=") for line in lines[1:4])
+
+
+def test_listen_skips_the_clear_of_a_removed_cameras_status(mqtt_broker: MqttBroker,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    sink = _sink(mqtt_broker)
+    stop = threading.Event()
+
+    def publish() -> None:  # keep publishing: the listener subscribes whenever it does
+        seq = 0
+        while not stop.is_set():
+            sink.cameras_removed(["cam1"])
+            sink.publish(_env("cam1", seq))
+            seq += 1
+            time.sleep(0.005)
+
+    try:
+        wait_for(sink.connected.is_set, 10, "the sink to connect")
+        t = threading.Thread(target=publish)
+        t.start()
+        try:
+            assert main(["listen", "--mqtt", mqtt_broker.url, "--camera", "cam1", "--count", "4",
+                         "--idle-timeout", "10"]) == 0
+        finally:
+            stop.set()
+            t.join()
+    finally:
+        sink.close()
+    out, err = capsys.readouterr()
+    assert "malformed" not in err and all(line.startswith("cam1 seq=") for line in out.splitlines()), (out, err)
 
 
 @pytest.mark.parametrize("argv, error", [

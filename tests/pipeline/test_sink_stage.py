@@ -7,18 +7,20 @@ import multiprocessing as mp
 import queue
 import socket
 import time
+from collections.abc import Collection
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from engines.errors import SinkError
-from pipeline.config import TrackingConfig
+from pipeline.config import CameraConfig, TrackingConfig
 from pipeline.messages import STOP, CameraState, CameraStatus, Detection, FrameResult
 from pipeline.metrics import StageStats
 from pipeline.sinks import SinkRegistry
 from pipeline.sinks.base import BoundedBuffer, DropPolicy, Envelope, Overflow, SinkCounters, policy_for
-from pipeline.sinks.config import JsonlSinkConfig, ZmqSinkConfig, check_sink_names
-from pipeline.sinks.stage import SinkStage, is_stop, run_sink_stage
+from pipeline.sinks.config import JsonlSinkConfig, MqttSinkConfig, ZmqSinkConfig, check_sink_names
+from pipeline.sinks.stage import CamerasUpdate, EventMaker, SinkStage, is_stop, run_sink_stage
 
 
 def _result(camera: str, seq: int, *, age_s: float = 0.0) -> FrameResult:
@@ -188,6 +190,91 @@ def test_camera_classes_filter_before_tracking(tmp_path: Path) -> None:
     labels = {e["camera"]: [(d["label"], d.get("track_id")) for d in e["detections"]] for e in _lines(tmp_path / "all.jsonl")}
     assert labels == {"a": [("car", 1)], "b": [("person", 1), ("car", 2)]}  # the person in a started no track
     assert report.tracks_started == {"a": 1, "b": 2}
+
+
+class _Retains:
+    """A sink whose server keeps each camera's last status (as MQTT's does): notes the statuses it is
+    handed and the cameras it is told were removed, in order."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.counters = name, SinkCounters()
+        self.got: list[tuple[str, str]] = []  # (camera, state), or (camera, "cleared")
+
+    def publish(self, env: Envelope) -> None:
+        if isinstance(env.item, CameraStatus):
+            self.got.append((env.camera_id, env.item.state.value))
+
+    def cameras_removed(self, camera_ids: Collection[str]) -> None:
+        self.got += [(camera, "cleared") for camera in camera_ids]
+
+    def backlog(self) -> int:
+        return 0
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        return True
+
+    def close(self, timeout: float = 5.0) -> None:
+        pass
+
+
+def _status(camera: str, state: CameraState) -> CameraStatus:
+    return CameraStatus(camera_id=camera, state=state, ts=time.time())
+
+
+def _mqtt(name: str, **kw: Any) -> MqttSinkConfig:
+    return MqttSinkConfig(type="mqtt", url="mqtt://broker", name=name, **kw)
+
+
+CAMS = {c: CameraConfig(id=c, url=f"{c}.mp4") for c in "abc"}
+LIVE, STOPPED = CameraState.LIVE, CameraState.STOPPED
+
+
+def test_a_reload_tells_the_sinks_that_retain_statuses_which_cameras_it_removed() -> None:
+    every, only_a, no_statuses = _Retains("every"), _Retains("a"), _Retains("none")
+    stage = SinkStage(sinks=[(_mqtt("every"), every), (_mqtt("a", cameras=("a",)), only_a),
+                             (_mqtt("none", statuses=False), no_statuses)], cameras=list(CAMS.values()))
+    for camera in "abc":
+        stage.handle(_status(camera, LIVE))
+    for camera in "ab":  # the supervisor stops a removed camera, then sends the update
+        stage.handle(_status(camera, STOPPED))
+    stage.take(CamerasUpdate(cameras=(CAMS["c"],)))
+    stage.take(CamerasUpdate(cameras=(CAMS["c"],)))  # told once
+    stage.close()
+    assert every.got == [("a", "live"), ("b", "live"), ("c", "live"), ("a", "stopped"), ("b", "stopped"),
+                         ("a", "cleared"), ("b", "cleared")]
+    assert only_a.got == [("a", "live"), ("a", "stopped"), ("a", "cleared")]  # b's statuses were never its
+    assert no_statuses.got == []
+
+
+def test_a_shard_replica_clears_only_the_cameras_it_ran() -> None:
+    sink = _Retains("mqtt")
+    stage = SinkStage(sinks=[(_mqtt("mqtt"), sink)], cameras=[CAMS["a"]])  # b is another replica's
+    stage.handle(_status("a", LIVE))
+    stage.take(CamerasUpdate(cameras=()))  # a reload took a and b out of the config
+    stage.close()
+    assert sink.got == [("a", "live"), ("a", "cleared")]
+
+
+def test_with_event_workers_a_removed_cameras_last_status_is_cleared_again() -> None:
+    sink = _Retains("mqtt")
+    stage = SinkStage(sinks=[(_mqtt("mqtt"), sink)])  # with event workers the stage is given no cameras
+    worker = EventMaker()
+
+    def status(camera: str, state: CameraState) -> None:
+        env = worker.make(_status(camera, state))
+        assert env is not None
+        stage.take(env)
+
+    status("a", LIVE)
+    status("b", LIVE)
+    stage.take(CamerasUpdate(cameras=(CAMS["b"],)))  # here before a's last status, which a worker still held
+    status("a", STOPPED)
+    status("a", CameraState.CONNECTING)  # a later reload puts a back: its first status comes before the update
+    stage.take(CamerasUpdate(cameras=(CAMS["a"], CAMS["b"])))
+    status("a", LIVE)
+    stage.close()
+    assert sink.got == [("a", "live"), ("b", "live"), ("a", "cleared"), ("a", "stopped"), ("a", "cleared"),
+                        ("a", "connecting"), ("a", "live")]
 
 
 def test_setup_failure_closes_sinks_already_built(tmp_path: Path) -> None:
