@@ -11,7 +11,7 @@ import importlib
 import re
 import signal
 import sys
-from collections.abc import Collection, Sequence
+from collections.abc import Mapping, Sequence
 from types import ModuleType
 from typing import NoReturn
 
@@ -36,28 +36,52 @@ COMMANDS: tuple[tuple[str, str], ...] = (
 _KEY_VALUE = re.compile(r"^([A-Za-z_][A-Za-z0-9_-]*)=(.*)$", re.S)
 
 
-def translate_key_value(argv: Sequence[str], options: Collection[str] = ()) -> list[str]:
+class UnknownKey(Exception):
+    """A ``key=value`` token whose key is no option of the command."""
+
+
+def translate_key_value(argv: Sequence[str], actions: Mapping[str, argparse.Action]) -> list[str]:
     """Accept Ultralytics' ``key=value`` spelling: ``model=x.pt`` becomes ``--model x.pt``.
 
     ``key=True`` becomes a bare ``--key``. ``key=False`` becomes ``--no-key`` when the command has that
     option (so a flag that defaults to on can be turned off), and nothing otherwise (an off-by-default
-    ``store_true`` flag). ``options`` are the command's option strings.
+    ``store_true`` flag). ``actions``: the command's option strings -> actions. A token that is an
+    option's value (``--source a=b.jpg``) is left as it is; a key that is no option raises UnknownKey.
     """
     out: list[str] = []
+    value_next = False
     for tok in argv:
-        m = _KEY_VALUE.match(tok)
-        if not m or tok.startswith("-"):
+        m = None if value_next or tok.startswith("-") else _KEY_VALUE.match(tok)
+        key = m.group(1).replace("_", "-") if m else ""
+        if m and f"--{key}" not in actions and f"--no-{key}" not in actions:
+            if not _optional_value(actions, out):
+                raise UnknownKey(m.group(1))
+            m = None  # the path an optional-value flag takes (--resume runs/a=1/last.pt)
+        value_next = _takes_value(actions, tok) if not m else False
+        if not m:
             out.append(tok)
             continue
-        key, value = m.group(1).replace("_", "-"), m.group(2)
+        value = m.group(2)
         if value.lower() == "true":
             out.append(f"--{key}")
         elif value.lower() == "false":
-            if f"--no-{key}" in options:
+            if f"--no-{key}" in actions:
                 out.append(f"--no-{key}")
         else:
             out += [f"--{key}", value]
     return out
+
+
+def _takes_value(actions: Mapping[str, argparse.Action], tok: str) -> bool:
+    """Whether the token after ``tok`` is its value (``--out DIR``, not ``--out=DIR`` or ``--half``)."""
+    action = actions.get(tok)
+    return action is not None and action.nargs not in (0, "?")
+
+
+def _optional_value(actions: Mapping[str, argparse.Action], before: list[str]) -> bool:
+    """Whether the token after ``before`` may be the value of a flag whose value is optional."""
+    action = actions.get(before[-1]) if before else None
+    return action is not None and action.nargs == "?"
 
 
 def _load(module: str) -> ModuleType:
@@ -97,15 +121,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv:
         sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         command = sub.choices.get(argv[0])
-        options = set(command._option_string_actions) if command else set()
         if command:
-            for tok in argv[1:]:
-                m = _KEY_VALUE.match(tok)
-                key = m.group(1).replace("_", "-") if m and not tok.startswith("-") else None
-                if m and key and f"--{key}" not in options and f"--no-{key}" not in options:
-                    # named as typed (not as the --key it would become), without its value: it may be a secret
-                    command.error(f"unknown option {m.group(1)} (in {m.group(1)}=...)")
-        argv = argv[:1] + translate_key_value(argv[1:], options)
+            try:
+                argv = argv[:1] + translate_key_value(argv[1:], command._option_string_actions)
+            except UnknownKey as e:
+                # named as typed (not as the --key it would become), without its value: it may be a secret
+                command.error(f"unknown option {e} (in {e}=...)")
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()

@@ -12,18 +12,44 @@ from pipeline.cli import COMMANDS, main, translate_key_value
 from pipeline.cli.common import parse_imgsz
 
 
+def _actions() -> dict:
+    import argparse
+
+    p = argparse.ArgumentParser()
+    for flag in ("--model", "--source", "--conf", "--imgsz"):
+        p.add_argument(flag)
+    p.add_argument("--retina-masks", action="store_true")
+    p.add_argument("--half", action="store_true")
+    p.add_argument("--val", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--resume", nargs="?", const=True)
+    return p._option_string_actions
+
+
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
         (["model=a.pt", "source=bus.jpg"], ["--model", "a.pt", "--source", "bus.jpg"]),
         (["retina_masks=True", "conf=0.5"], ["--retina-masks", "--conf", "0.5"]),
         (["half=False", "--imgsz", "320"], ["--imgsz", "320"]),
-        (["--model", "x=y.pt"], ["--model", "--x", "y.pt"]),
         (["configs/cameras.yaml"], ["configs/cameras.yaml"]),
+        # an option's value is left as it is: a file named a=b.jpg was taken for an unknown option a
+        (["--source", "a=b.jpg", "conf=0.5"], ["--source", "a=b.jpg", "--conf", "0.5"]),
+        (["--model", "model=x.pt"], ["--model", "model=x.pt"]),
+        (["--source=a=b.jpg"], ["--source=a=b.jpg"]),
+        (["--resume", "run=1.pt"], ["--resume", "run=1.pt"]),
+        (["--resume", "conf=0.5"], ["--resume", "--conf", "0.5"]),
+        (["--half", "conf=0.5"], ["--half", "--conf", "0.5"]),
     ],
 )
 def test_key_value_spelling(argv: list[str], expected: list[str]) -> None:
-    assert translate_key_value(argv) == expected
+    assert translate_key_value(argv, _actions()) == expected
+
+
+def test_unknown_key_is_refused() -> None:
+    from pipeline.cli import UnknownKey
+
+    with pytest.raises(UnknownKey, match="bogus"):
+        translate_key_value(["--half", "bogus=1"], _actions())
 
 
 @pytest.mark.parametrize(("spec", "expected"), [(None, None), ("640", 640), ("384,640", (384, 640)),
@@ -39,8 +65,7 @@ def test_bad_imgsz_flag_names_itself(spec: str) -> None:
 
 
 def test_false_turns_off_a_flag_that_defaults_to_on() -> None:
-    opts = {"--val", "--no-val", "--half"}
-    assert translate_key_value(["val=False", "half=False", "val=True"], opts) == ["--no-val", "--val"]
+    assert translate_key_value(["val=False", "half=False", "val=True"], _actions()) == ["--no-val", "--val"]
 
 
 def test_every_registered_command_has_help() -> None:
