@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -64,6 +65,7 @@ class _Camera:
     results: deque[float] = field(default_factory=lambda: deque(maxlen=256))  # monotonic times
     latency_ms: float | None = None  # capture to this sink, the last result
     objects: int | None = None  # detections in the last result
+    removed: bool = False  # a reload took the camera out of the run: its streams end
 
     def figures(self, now: float) -> dict[str, Any]:
         recent = [t for t in self.results if now - t <= RATE_WINDOW_S]
@@ -124,6 +126,17 @@ class PreviewSink:
                 cam.image, cam.result, cam.seq = env.image, env.item, cam.seq + 1
                 self._cond.notify_all()
 
+    def cameras_removed(self, camera_ids: Collection[str]) -> None:
+        """Forget cameras a reload took out of the run: the page, ``/cameras.json`` and the device stage's
+        watch list drop them, and their open streams end (else a camera gone for good stayed on the
+        wall as ``stopped`` until segpipe restarted)."""
+        with self._cond:
+            for camera_id in camera_ids:
+                cam = self._cams.pop(camera_id, None)
+                if cam is not None:
+                    cam.removed, cam.image, cam.result = True, None, None
+            self._cond.notify_all()
+
     def backlog(self) -> int:
         return 0
 
@@ -168,7 +181,8 @@ class PreviewSink:
     def _wait_frame(self, cam: _Camera, after: int, timeout: float) -> bool:
         """Wait until ``cam`` has a frame newer than number ``after``; False on timeout or close."""
         with self._cond:
-            return self._cond.wait_for(lambda: self._closed or cam.seq > after, timeout) and not self._closed
+            return self._cond.wait_for(lambda: self._closed or cam.removed or cam.seq > after, timeout) \
+                and not (self._closed or cam.removed)
 
     def _watch(self, cam: _Camera, *, stream: bool) -> bool:
         """Count a stream (or a snapshot) of ``cam``; True when its stored frame is stale (nobody watched
@@ -213,7 +227,7 @@ class PreviewSink:
             self._wait_frame(cam, cam.seq, SNAPSHOT_WAIT_S)  # else the stored frame, however old
         try:
             shown = 0
-            while not self._closed and not gone():  # a camera with no new frame sends nothing to fail on
+            while not (self._closed or cam.removed or gone()):  # a camera with no new frame sends nothing to fail on
                 if not self._wait_frame(cam, shown, 1.0):
                     continue
                 t0 = time.monotonic()

@@ -202,6 +202,28 @@ def test_close_ends_open_streams(sink: PreviewSink) -> None:
     client.close()
 
 
+def test_a_camera_removed_by_a_reload_leaves_the_wall_and_its_streams_end(sink: PreviewSink) -> None:
+    """A camera taken out of the run stayed on the page and in /cameras.json as stopped until restart."""
+    from pipeline.sinks.base import Retaining
+
+    assert isinstance(sink, Retaining)  # so the sink stage tells it which cameras a reload removed
+    sink.publish(_env(_result("dock", 0), GRAY))
+    sink.publish(status("gate", CameraState.LIVE))
+    client = Stream(sink.port, "/cameras/dock.mjpg")
+    client.frame()
+    sink.publish(status("dock", CameraState.STOPPED))
+    sink.cameras_removed(["dock"])
+    with pytest.raises((EOFError, OSError)):
+        for _ in range(100):
+            client.frame()
+    client.close()
+    assert set(sink.cameras()) == {"gate"} and b"dock" not in sink.page()
+    assert get(sink, "/cameras/dock.jpg")[0] == 404
+    wait_for(lambda: sink.watching() == frozenset(), 10, "the removed camera to leave the watch list")
+    sink.publish(_env(_result("dock", 1), GRAY))  # put back by a later reload
+    assert get(sink, "/cameras/dock.jpg")[0] == 200
+
+
 def test_a_taken_port_is_one_line_naming_it() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
