@@ -69,13 +69,23 @@ def iter_video(url: str, *, name: str | None = None, max_frames: int = 0) -> Ite
         stream.thread_type = "AUTO"
         rate = stream.average_rate or stream.guessed_rate
         fps = float(rate) if rate else None
+        i = 0
         try:
-            for i, frame in enumerate(container.decode(stream)):
-                if max_frames and i >= max_frames:
-                    return
-                yield SourceItem(label, frame.to_ndarray(format="bgr24"), i, fps)
+            for packet in container.demux(stream):
+                try:
+                    frames = packet.decode()
+                except av.error.InvalidDataError:
+                    # a damaged packet (a bad sector, a broken upload): FFmpeg conceals what it can and the
+                    # next keyframe heals, as the run's decoders do. Raised, it ended the whole video (and
+                    # predict kept no predictions.json) at the first bad packet of a playable file.
+                    continue
+                for frame in frames:
+                    if max_frames and i >= max_frames:
+                        return
+                    yield SourceItem(label, frame.to_ndarray(format="bgr24"), i, fps)
+                    i += 1
         except av.error.FFmpegError as e:
-            raise SourceError(f"{url}: decoding failed at frame ({e})") from None
+            raise SourceError(f"{url}: decoding failed at frame {i} ({e})") from None
 
 
 def _files_in(folder: Path) -> list[Path]:
