@@ -82,10 +82,20 @@ def iter_video(url: str, *, name: str | None = None, max_frames: int = 0) -> Ite
                 for frame in frames:
                     if max_frames and i >= max_frames:
                         return
-                    yield SourceItem(label, frame.to_ndarray(format="bgr24"), i, fps)
+                    yield SourceItem(label, _upright(frame), i, fps)
                     i += 1
         except av.error.FFmpegError as e:
             raise SourceError(f"{url}: decoding failed at frame {i} ({e})") from None
+
+
+def _upright(frame: Any) -> np.ndarray:
+    """A PyAV video frame as (H, W, 3) uint8 BGR, turned as its display matrix says, as players show it:
+    a phone clip or a camera mounted on its side is stored sideways with a rotation beside it, and was
+    predicted on (and drawn, and its boxes reported) sideways. The run's decoders turn it the same way
+    (pipeline.decoder._upright; engines never imports pipeline)."""
+    image = frame.to_ndarray(format="bgr24")
+    turns = round((getattr(frame, "rotation", 0) or 0) / 90) % 4  # counterclockwise, as np.rot90 counts
+    return np.ascontiguousarray(np.rot90(image, turns)) if turns else image
 
 
 def _files_in(folder: Path) -> list[Path]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
+
+import numpy as np
 
 from engines.sources import iter_video
 from tests.pipeline.media import corrupt, frame_index, write_clip
@@ -15,3 +18,16 @@ def test_a_damaged_packet_is_skipped_and_the_frames_after_it_still_come(tmp_path
     items = list(iter_video(str(damaged)))
     assert [it.frame for it in items] == list(range(len(items)))
     assert 20 <= len(items) < 30 and frame_index(items[-1].image) == 29
+
+
+def test_a_clip_with_a_display_rotation_is_read_upright(tmp_path: Path, ffmpeg: str) -> None:
+    """A phone clip stored sideways with a rotation beside it: frames come as ffmpeg shows them."""
+    clip = write_clip(tmp_path / "c.mp4", frames=2, fps=15, size=(96, 64))
+    turned = tmp_path / "turned.mp4"
+    subprocess.run([ffmpeg, "-hide_banner", "-loglevel", "error", "-i", str(clip), "-c", "copy",
+                    "-metadata:s:v:0", "rotate=90", str(turned)], check=True)
+    shown = subprocess.run([ffmpeg, "-hide_banner", "-loglevel", "error", "-i", str(turned), "-frames:v", "1",
+                            "-f", "rawvideo", "-pix_fmt", "bgr24", "-"], check=True, capture_output=True).stdout
+    first = next(iter_video(str(turned))).image
+    assert first.shape == (96, 64, 3) and first.flags.c_contiguous
+    assert np.abs(first.astype(int) - np.frombuffer(shown, np.uint8).reshape(first.shape)).mean() < 2.0
