@@ -17,6 +17,7 @@ supervisor.
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import signal
@@ -47,6 +48,10 @@ _TAKEN_BACKOFF = 1 / 8  # lossless: poll after this fraction of the time waited 
 # camera rebooting in a loop) was reconnected every half second for ever
 _STABLE_S = 10.0
 _AVFMT_NOTIMESTAMPS = 0x0080  # libavformat/avformat.h: the format has no timestamps of its own
+_AVFMT_TS_DISCONT = 0x0200  # libavformat/avformat.h: the format allows timestamp discontinuities (MPEG-TS, FLV)
+# In such a file, a leap forward of more than this is a discontinuity, not a gap to wait through: ffmpeg's own
+# threshold for them (-dts_delta_threshold)
+_TS_DISCONT_S = 10.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -154,6 +159,7 @@ class Decoder:
         self._next_due: float | None = None  # the fps grid's next slot (pts, else arrival time)
         self._pace: tuple[float, float] | None = None  # (wall, pts) anchor of realtime pacing
         self._paced = False  # whether this pass is paced (files, and recordings served over HTTP)
+        self._max_leap_s = math.inf  # a file's pts leap further than this only at a discontinuity
         self._frames_this_pass = 0
         self._done = threading.Event()
         self._frozen = _FrozenPicture(settings.frozen_timeout_s) if settings.frozen_timeout_s else None
@@ -239,6 +245,7 @@ class Decoder:
         # A recording served over HTTP(S) (a clip on a web server or in a bucket) has a duration, a live
         # stream none: paced like a file, it no longer went to the model as fast as it downloads.
         self._paced = self.s.realtime and (self.s.is_file or container.duration is not None)
+        self._max_leap_s = _TS_DISCONT_S if container.format.flags & _AVFMT_TS_DISCONT else math.inf
         self._frames_this_pass = 0
         # self._pace is kept: a loop's next pass goes on in stream time (_pts_offset), and so in wall
         # time. Anchored again on each pass, a one-frame file (a still image) looped unpaced: 800
@@ -325,13 +332,16 @@ class Decoder:
                 ahead = 0.0 if self._pass_t is None else self._pass_t + (self._period or 0.0) - self._pts_offset
                 self._pass_start = pts - ahead
             elif self._pass_pts is not None and self._pass_t is not None and (
-                    pts <= self._pass_pts or (not self.s.is_file and pts - self._pass_pts > gap + self.s.read_timeout_s)):
+                    pts <= self._pass_pts or pts - self._pass_pts > (
+                        self._max_leap_s if self.s.is_file else gap + self.s.read_timeout_s)):
                 # pts that stand still or go back (a camera whose clock is stuck or was reset, recordings
                 # joined end to end), or on a live stream leap further than the wait for this frame could
                 # explain (a camera clock set forward): one frame on, and from there on with pts again.
                 # Stuck pts kept all but the first frame out of an ``fps`` grid (a LIVE camera with
                 # nothing inferred), pts that went back went out negative, and a leap made every zone's
-                # dwell time leap with it (false overstays). Files keep their gaps: they are paced by them.
+                # dwell time leap with it (false overstays). Files keep their gaps (they are paced by them)
+                # up to ``_max_leap_s``: MPEG-TS recordings joined end to end, or wrapping their 26.5 h clock
+                # (FFmpeg unwraps that as a leap forward), left the camera STALLED for as long as the leap.
                 self._pass_start = pts - (self._pass_t + (self._period or gap) - self._pts_offset)
             self._pass_pts = pts
             t = pts - self._pass_start + self._pts_offset

@@ -262,10 +262,13 @@ TIMESTAMP_FAULTS = [  # (clip, fps asked, frames out): 30 frames at 15 fps whose
     ("stuck", 5.0, 10),  # and sampled: 5 a second (before: the first frame only, the camera LIVE)
     ("back", None, 30),  # a recording joined to an earlier one: goes on (before: 1.0, then -9.0 and on)
     ("back", 5.0, 10),
+    # a minute's leap in an MPEG-TS file (recordings joined end to end, the 26.5 h clock wrapping): a
+    # discontinuity, not a gap (before: out at 60 s on, the camera STALLED for that minute when paced)
+    ("leap", None, 30),
 ]
 
 
-@pytest.mark.parametrize("clip, fps, kept", TIMESTAMP_FAULTS, ids=["stuck", "stuck-fps", "back", "back-fps"])
+@pytest.mark.parametrize("clip, fps, kept", TIMESTAMP_FAULTS, ids=["stuck", "stuck-fps", "back", "back-fps", "leap"])
 def test_timestamps_that_stand_still_or_go_back_go_on_one_frame_later(tmp_path: Path, harness: type[Harness],
                                                                         clip: str, fps: float | None,
                                                                         kept: int) -> None:
@@ -274,11 +277,13 @@ def test_timestamps_that_stand_still_or_go_back_go_on_one_frame_later(tmp_path: 
     if clip == "stuck":
         url = stuck_timestamps(write_clip(tmp_path / "c.ts", frames=30, fps=15, size=(96, 64), gop=5),
                                tmp_path / "stuck.ts")
-    else:  # 15 frames stamped from 10 s on, then 15 from 0 s on
-        late = write_clip(tmp_path / "late.ts", frames=15, fps=15, size=(96, 64), gop=5, pts=list(range(150, 165)))
-        early = write_clip(tmp_path / "early.ts", frames=15, fps=15, size=(96, 64), gop=5, start=15)
-        url = tmp_path / "back.ts"
-        url.write_bytes(late.read_bytes() + early.read_bytes())
+    else:  # back: 15 frames stamped from 10 s on, then 15 from 0 s on; leap: from 0 s, then from 60 s
+        first, then = (150, 0) if clip == "back" else (0, 900)
+        a = write_clip(tmp_path / "a.ts", frames=15, fps=15, size=(96, 64), gop=5, pts=list(range(first, first + 15)))
+        b = write_clip(tmp_path / "b.ts", frames=15, fps=15, size=(96, 64), gop=5, start=15,
+                       pts=list(range(then, then + 15)))
+        url = tmp_path / f"{clip}.ts"
+        url.write_bytes(a.read_bytes() + b.read_bytes())
     h = harness(url=str(url), is_file=True, realtime=False, lossless=True, fps=fps)
     h.run()
     assert h.states == [S.CONNECTING, S.LIVE, S.ENDED], h.statuses
