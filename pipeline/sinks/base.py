@@ -90,6 +90,13 @@ class Envelope:
     objects: int | None = None
 
 
+REMOVED = "removed"
+"""The ``kind`` of an Envelope that is a marker, not an event: its camera left the run (a reload). A
+threaded sink that holds something per camera (an open file, a live stream) lets go of it when the
+marker comes out of its queue, after the camera's events queued before it. Queue overflow never drops
+a marker: there is one per removed camera, and a lost one would hold its file or stream for good."""
+
+
 @dataclass(frozen=True, slots=True)
 class CounterDeltas:
     """Counts since the previous ``SinkCounters.take()``."""
@@ -156,12 +163,11 @@ class BoundedBuffer:
 
     def put(self, env: Envelope) -> None:
         with self._cond:
-            if len(self._items) >= self.policy.maxsize:
+            if env.kind != REMOVED and len(self._items) >= self.policy.maxsize:
                 if self.policy.overflow is Overflow.DROP_NEWEST:
                     self.counters.dropped(env.camera_id, self.policy.name)
                     return
-                old = self._items.popleft()
-                self.counters.dropped(old.camera_id, self.policy.name)
+                self._drop_oldest()
             self._items.append(env)
             self._cond.notify_all()
 
@@ -170,10 +176,18 @@ class BoundedBuffer:
         dropped and counted. The taker still calls ``done`` for them."""
         with self._cond:
             self._items.extendleft(reversed(envs))
-            while len(self._items) > self.policy.maxsize:
-                old = self._items.popleft()
-                self.counters.dropped(old.camera_id, self.policy.name)
+            while len(self._items) > self.policy.maxsize and self._drop_oldest():
+                pass
             self._cond.notify_all()
+
+    def _drop_oldest(self) -> bool:
+        """Drop and count the oldest event (markers stay); False when only markers are queued."""
+        for i, old in enumerate(self._items):
+            if old.kind != REMOVED:
+                del self._items[i]
+                self.counters.dropped(old.camera_id, self.policy.name)
+                return True
+        return False
 
     def take(self, max_items: int, timeout: float) -> list[Envelope]:
         """Up to ``max_items`` envelopes, waiting at most ``timeout`` seconds for the first one.
@@ -193,8 +207,9 @@ class BoundedBuffer:
     def drop_all(self, reason: str) -> int:
         """Empty the buffer, counting every envelope as dropped for ``reason``; returns how many."""
         with self._cond:
-            n = len(self._items)
-            for env in self._items:
+            events = [env for env in self._items if env.kind != REMOVED]
+            n = len(events)
+            for env in events:
                 self.counters.dropped(env.camera_id, reason)
             self._items.clear()
             self._cond.notify_all()
@@ -243,12 +258,13 @@ class Watched(Protocol):
 
 @runtime_checkable
 class Retaining(Protocol):
-    """A sink whose server keeps each camera's last status for clients that come later (MQTT's retained
-    messages): told when cameras leave the run, or a late client would learn of a camera gone for good."""
+    """A sink that keeps something per camera beyond its events: a server's retained status (MQTT), a
+    camera on a page (preview), an open file (video) or a live stream (restream). Told when cameras leave
+    the run, or it would hold them, and show them, for good."""
 
     def cameras_removed(self, camera_ids: Collection[str]) -> None:
-        """Drop what the server keeps of ``camera_ids``, after their events already queued; like
-        ``publish``, never blocks and never raises."""
+        """Let go of ``camera_ids``, after their events already queued (threaded sinks queue a
+        ``REMOVED`` marker each); like ``publish``, never blocks and never raises."""
         ...
 
 
@@ -297,6 +313,11 @@ class ThreadedSink:
 
     def write_batch(self, envs: list[Envelope]) -> None:
         raise NotImplementedError
+
+    def queue_removed(self, camera_ids: Collection[str]) -> None:
+        """Queue a ``REMOVED`` marker per camera, behind its events (for ``Retaining.cameras_removed``)."""
+        for camera in camera_ids:
+            self.publish(Envelope(camera_id=camera, kind=REMOVED, payload=b"", item=None))
 
     def backlog(self) -> int:
         return len(self.buffer)

@@ -109,6 +109,10 @@ class ClipGate:
                 cam.held.popleft()
         return step
 
+    def forget(self, camera_id: str) -> None:
+        """Drop a camera's pre-roll and clip state (it left the run)."""
+        self._cams.pop(camera_id, None)
+
     def held_bytes(self) -> int:
         """Memory the pre-roll takes, all cameras."""
         return sum(len(jpeg) for cam in self._cams.values() for _, jpeg, _ in cam.held)

@@ -63,6 +63,7 @@ class MqttSink(ThreadedSink):
         self._pending: dict[int, str] = {}  # message id -> camera, published and not yet acknowledged
         self._early: set[int] = set()  # acknowledged before the writer recorded them
         self._state = ""  # the last connection news logged, so an outage logs once, not every retry
+        self._retained: set[str] = set()  # cameras whose status it published (the sink stage's thread)
         self.spool = open_spool(spool_dir, max_bytes=spool_max_bytes, sink=f"mqtt sink {name!r}")
         c = self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id)
         c.max_inflight_messages_set(max_inflight)
@@ -135,11 +136,19 @@ class MqttSink(ThreadedSink):
 
     # --------------------------------------------------------------------------- the writer
 
+    def publish(self, env: Envelope) -> None:
+        if env.kind == "status" and env.payload:
+            self._retained.add(env.camera_id)
+        super().publish(env)
+
     def cameras_removed(self, camera_ids: Collection[str]) -> None:
-        """Clear the retained statuses of ``camera_ids``. Queued as events are, behind the cameras' last
-        statuses, so they wait and go out in order (spooled, too) while the broker is away."""
+        """Clear the retained statuses this sink published of ``camera_ids``. Queued as events are,
+        behind the cameras' last statuses, so they wait and go out in order (spooled, too) while the
+        broker is away."""
         for camera in camera_ids:
-            self.publish(Envelope(camera_id=camera, kind="status", payload=_CLEAR, item=None))
+            if camera in self._retained:
+                self._retained.discard(camera)
+                super().publish(Envelope(camera_id=camera, kind="status", payload=_CLEAR, item=None))
 
     def write_batch(self, envs: list[Envelope]) -> None:
         records = [(f"{env.camera_id}/{env.kind}", env.payload) for env in envs]  # the topic after the prefix

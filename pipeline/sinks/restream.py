@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import cast
 
@@ -25,7 +26,7 @@ import av
 
 from engines.errors import SinkError
 from pipeline.messages import FrameResult
-from pipeline.sinks.base import DropPolicy, Envelope, ThreadedSink, policy_for
+from pipeline.sinks.base import REMOVED, DropPolicy, Envelope, ThreadedSink, policy_for
 from pipeline.sinks.config import RestreamSinkConfig, redact_url
 from pipeline.sinks.encoding import add_h264, annotated, encode_frame, encoded_size, finish
 
@@ -76,9 +77,18 @@ class RestreamSink(ThreadedSink):
                    max_width=cfg.max_width, keyframe_s=cfg.keyframe_s, backoff_max_s=cfg.backoff_max_s,
                    policy=policy_for("restream", maxsize=cfg.queue_size, overflow=cfg.on_full))
 
+    def cameras_removed(self, camera_ids: Collection[str]) -> None:
+        """End the streams of cameras a reload removed, once their queued frames are pushed: else each
+        stayed published on the server, a frozen picture to its viewers, until segpipe stopped."""
+        self.queue_removed(camera_ids)
+
     def write_batch(self, envs: list[Envelope]) -> None:
         for env in envs:
-            if isinstance(env.item, FrameResult):
+            if env.kind == REMOVED:
+                live = self._live.pop(env.camera_id, None)
+                if live is not None:
+                    self._close(live)
+            elif isinstance(env.item, FrameResult):
                 self._push(env, env.item)
 
     def _push(self, env: Envelope, result: FrameResult) -> None:

@@ -20,6 +20,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -29,7 +30,7 @@ import numpy as np
 
 from engines.errors import SinkError
 from pipeline.messages import FrameResult
-from pipeline.sinks.base import DropPolicy, Envelope, ThreadedSink, policy_for
+from pipeline.sinks.base import REMOVED, DropPolicy, Envelope, ThreadedSink, policy_for
 from pipeline.sinks.clips import BACK_S, ClipGate
 from pipeline.sinks.config import ClipConfig, VideoSinkConfig
 from pipeline.sinks.draw import draw
@@ -169,8 +170,16 @@ class VideoSink(ThreadedSink):
         tmp.write_text(json.dumps(meta, indent=1) + "\n")
         tmp.replace(writer.path.with_suffix(".json"))  # whole or absent, never half-written
 
+    def cameras_removed(self, camera_ids: Collection[str]) -> None:
+        """Close the files (and drop the pre-roll) of cameras a reload removed, once their queued frames
+        are written: else each held its file open, its encoder and its memory until segpipe stopped."""
+        self.queue_removed(camera_ids)
+
     def write_batch(self, envs: list[Envelope]) -> None:
         for env in envs:
+            if env.kind == REMOVED:
+                self._forget(env.camera_id)
+                continue
             if not isinstance(env.item, FrameResult):
                 continue
             try:
@@ -229,6 +238,18 @@ class VideoSink(ThreadedSink):
         elapsed = t - writer.t0
         return (size != writer.size or elapsed < writer.last_ms / 1000 - BACK_S
                 or (self.segment_s is not None and elapsed >= self.segment_s))
+
+    def _forget(self, camera_id: str) -> None:
+        if self.clips is not None:
+            self.clips.forget(camera_id)
+        writer = self._writers.pop(camera_id, None)
+        if writer is None:
+            return
+        try:
+            self._close_writer(writer)
+        except (av.FFmpegError, OSError) as e:
+            self.counters.error("close")
+            log.warning("video sink %s: closing %s failed: %s", self.name, camera_id, e)
 
     def close_resources(self) -> None:
         for camera_id, writer in list(self._writers.items()):

@@ -98,6 +98,30 @@ def test_a_player_pulls_the_annotated_stream(relay_port: int, ffmpeg: str) -> No
     assert sink.counters.totals_sent["gate"] == 3 * FPS and not sink.counters.totals_errors
 
 
+def test_a_camera_a_reload_removes_stops_streaming(relay_port: int, ffmpeg: str) -> None:
+    """Its stream stayed published, a frozen picture to its viewers, until segpipe stopped."""
+    from pipeline.sinks.base import Retaining
+
+    relay = start_relay(relay_port)
+    sink = _sink(relay_port)
+    assert isinstance(sink, Retaining)
+    player = Player(f"rtsp://127.0.0.1:{relay_port}/gate")
+    try:
+        Camera(sink).run(1.0)
+        wait_for(lambda: len(player.frames) >= 3, 10, "frames at the player")
+        sink.cameras_removed(["gate"])
+        assert sink.flush(10)
+        assert "gate" not in sink._live  # its session torn down
+        Camera(sink).run(1.0)  # put back by a later reload: a new stream, from its own first frame
+        wait_for(lambda: "gate" in sink._live and sink._live["gate"].container is not None, 10, "a new stream")
+    finally:
+        player.close()
+        sink.close()
+        relay.kill()
+        relay.wait()
+    assert sink.counters.totals_sent["gate"] == 2 * FPS and not sink.counters.totals_errors
+
+
 def test_a_server_down_at_start_or_gone_mid_stream_is_reconnected(relay_port: int, ffmpeg: str,
                                                                   caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="pipeline.sinks.restream")

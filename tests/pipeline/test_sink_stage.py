@@ -67,6 +67,32 @@ def test_bounded_buffer_drops_by_policy_and_counts_per_camera(overflow: Overflow
     assert counters.take().dropped == dropped and counters.take().dropped == {}  # deltas reset
 
 
+@pytest.mark.parametrize("overflow", [Overflow.DROP_OLDEST, Overflow.DROP_NEWEST])
+def test_overflow_never_drops_a_removed_cameras_marker(overflow: Overflow) -> None:
+    """A lost marker would hold the removed camera's file or stream open for good."""
+    from pipeline.sinks.base import REMOVED
+
+    counters = SinkCounters()
+    buf = BoundedBuffer(policy=DropPolicy(name="full", maxsize=3, overflow=overflow), counters=counters)
+    buf.put(_env("a", 0))
+    buf.put(Envelope(camera_id="a", kind=REMOVED, payload=b"", item=None))
+    for i in range(1, 6):
+        buf.put(_env("b", i))
+    taken = buf.take(10, 0)
+    assert [e.kind for e in taken].count(REMOVED) == 1 and len(taken) == 3
+    buf.requeue(taken)  # over the bound again: events go, the marker stays
+    buf.done(len(taken))
+    assert [e.kind for e in buf.take(10, 0)].count(REMOVED) == 1
+    buf.done(3)
+    only_markers = BoundedBuffer(policy=DropPolicy(name="full", maxsize=1, overflow=overflow), counters=counters)
+    marks = [Envelope(camera_id=c, kind=REMOVED, payload=b"", item=None) for c in "xyz"]
+    for m in marks:
+        only_markers.put(m)
+    only_markers.requeue(only_markers.take(3, 0))  # nothing to drop: no endless loop
+    before = dict(counters.totals_dropped)
+    assert only_markers.drop_all("shutdown") == 0 and dict(counters.totals_dropped) == before  # no events lost
+
+
 def test_requeue_puts_back_in_front_and_drops_oldest() -> None:
     counters = SinkCounters()
     buf = BoundedBuffer(policy=DropPolicy(name="full", maxsize=3, overflow=Overflow.DROP_OLDEST), counters=counters)
@@ -243,7 +269,8 @@ def test_a_reload_tells_the_sinks_that_retain_statuses_which_cameras_it_removed(
     assert every.got == [("a", "live"), ("b", "live"), ("c", "live"), ("a", "stopped"), ("b", "stopped"),
                          ("a", "cleared"), ("b", "cleared")]
     assert only_a.got == [("a", "live"), ("a", "stopped"), ("a", "cleared")]  # b's statuses were never its
-    assert no_statuses.got == []
+    # handed a's and b's frames: told too (a video sink's files); an MQTT sink clears only what it retained
+    assert no_statuses.got == [("a", "cleared"), ("b", "cleared")]
 
 
 def test_a_shard_replica_clears_only_the_cameras_it_ran() -> None:

@@ -190,6 +190,52 @@ os._exit(0)  # no close(): as if the process were killed
 """
 
 
+def test_a_camera_a_reload_removes_has_its_file_closed(tmp_path: Path) -> None:
+    """Its file stayed open, with its encoder and memory, until segpipe stopped."""
+    from pipeline.sinks.base import Retaining
+
+    sink = VideoSink.from_config(VideoSinkConfig(type="video", dir=tmp_path, fps=10, queue_size=100))
+    assert isinstance(sink, Retaining)
+    gray = np.full((H, W, 3), 128, np.uint8)
+    try:
+        for seq in range(12):
+            sink.publish(_env(_result("gone", seq), gray))
+            sink.publish(_env(_result("stays", seq), gray))
+        sink.cameras_removed(["gone"])  # behind its 12 queued frames: every one is written
+        assert sink.flush(30)
+        gone = next(tmp_path.glob("gone-*.mp4"))
+        assert len(_decode(gone)[0]) == 12  # whole and closed while the sink runs on
+        assert set(sink._writers) == {"stays"}
+        for seq in range(100, 103):  # put back by a later reload: a new file
+            sink.publish(_env(_result("gone", seq), gray))
+    finally:
+        sink.close(timeout=30)
+    assert len(list(tmp_path.glob("gone-*.mp4"))) == 2 and sink.counters.totals_sent["gone"] == 15
+
+
+def test_a_removed_cameras_open_clip_is_closed_with_its_sidecar(tmp_path: Path) -> None:
+    import dataclasses
+    import json
+
+    from pipeline.messages import Crossing, FrameAnalytics
+    from pipeline.sinks.config import ClipConfig
+
+    sink = VideoSink.from_config(VideoSinkConfig(type="video", dir=tmp_path, queue_size=100,
+                                                 clips=ClipConfig(pre_s=0.2, post_s=5.0)))
+    crossing = Crossing(line="gate", track_id=3, class_id=0, label="box", direction="in")
+    try:
+        for seq in range(10):
+            res = dataclasses.replace(_result("cam", seq),
+                                      analytics=FrameAnalytics(crossings=(crossing,) if seq == 5 else ()))
+            sink.publish(_env(res, np.full((H, W, 3), 100, np.uint8)))
+        sink.cameras_removed(["cam"])
+        assert sink.flush(30)
+        assert len(sink.files) == 1 and json.loads(sink.files[0].with_suffix(".json").read_text())["frames"] == 7
+        assert sink.clips is not None and sink.clips.held_bytes() == 0
+    finally:
+        sink.close(timeout=30)
+
+
 def test_a_killed_writer_leaves_a_file_that_plays(tmp_path: Path) -> None:
     import subprocess
     import sys
