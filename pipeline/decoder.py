@@ -231,6 +231,11 @@ class Decoder:
             container.close()
             raise av.error.InvalidDataError(1094995529, "no video stream")  # AVERROR_INVALIDDATA
         stream = container.streams.video[0]
+        if stream.codec_context is None:  # a camera's own codec, or HEVC/AV1 in an FFmpeg built without it
+            container.close()
+            # AVERROR_DECODER_NOT_FOUND; not raised here, the AttributeError below crashed the decoder
+            # process, which was restarted (a traceback each time) for ever
+            raise av.error.DecoderNotFoundError(1128613112, "no decoder for its video codec in this FFmpeg")
         stream.thread_type = "AUTO"  # frame + slice threads
         stream.codec_context.thread_count = self.s.decode_threads
         return container

@@ -83,6 +83,15 @@ def truncate(src: Path, dst: Path, *, fraction: float) -> Path:
     return dst
 
 
+def unknown_codec(src: Path, dst: Path) -> Path:
+    """Copy MP4 ``src`` to ``dst`` with its video sample entry renamed ``zzzz``: a codec that FFmpeg has no
+    decoder for (a camera's own, or HEVC in a build without it)."""
+    data = src.read_bytes()
+    i = data.index(b"avc1", data.index(b"stsd"))
+    dst.write_bytes(data[:i] + b"zzzz" + data[i + 4:])
+    return dst
+
+
 def stuck_timestamps(src: Path, dst: Path, *, pts: int = 900_000) -> Path:
     """Copy MPEG-TS ``src`` to ``dst`` with every video PES's PTS and DTS set to ``pts`` (90 kHz): a
     camera whose clock stands still."""

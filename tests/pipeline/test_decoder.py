@@ -22,6 +22,7 @@ from tests.pipeline.media import (
     frame_index,
     http_stream,
     truncate,
+    unknown_codec,
     without_parameter_sets,
     write_clip,
 )
@@ -42,6 +43,7 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out["truncated_ts"] = truncate(out["ts"], d / "truncated.ts", fraction=0.5)
     out["truncated_mp4"] = truncate(out["mp4"], d / "truncated.mp4", fraction=0.5)  # the index is at the end
     out["corrupt_ts"] = corrupt(out["ts"], d / "corrupt.ts", start=0.3, length=0.2)
+    out["unknown_codec"] = unknown_codec(out["mp4"], d / "unknown_codec.mp4")
     return out
 
 
@@ -393,19 +395,20 @@ def test_frozen_picture_is_reported_and_its_repeats_withheld(tmp_path: Path, har
     assert still.decoded == 30 and S.STALLED not in still.states
 
 
-@pytest.mark.parametrize("clip, state, frames", [
-    ("truncated_ts", S.ENDED, (1, 59)),  # plays what is there, then ends
-    ("corrupt_ts", S.ENDED, (10, 60)),  # damaged packets are skipped; the next keyframe heals
-    ("truncated_mp4", S.FAILED, (0, 0)),  # no index: nothing can be read
-    ("missing", S.FAILED, (0, 0)),
+@pytest.mark.parametrize("clip, state, frames, detail", [
+    ("truncated_ts", S.ENDED, (1, 59), "end of stream"),  # plays what is there, then ends
+    ("corrupt_ts", S.ENDED, (10, 60), "end of stream"),  # damaged packets are skipped; the next keyframe heals
+    ("truncated_mp4", S.FAILED, (0, 0), "Invalid data"),  # no index: nothing can be read
+    ("missing", S.FAILED, (0, 0), "No such file"),
+    ("unknown_codec", S.FAILED, (0, 0), "no decoder for its video codec"),  # (before: the decoder crashed)
 ])
 def test_damaged_files(clips: dict[str, Path], harness: type[Harness], clip: str, state: S,
-                       frames: tuple[int, int]) -> None:
+                       frames: tuple[int, int], detail: str) -> None:
     url = str(clips.get(clip, Path("/nonexistent/clip.mp4")))
     h = harness(url=url, is_file=True, realtime=False)
     h.run()
     assert h.states[-1] is state and h.states[0] is S.CONNECTING, h.statuses
-    assert frames[0] <= h.decoded <= frames[1]
+    assert frames[0] <= h.decoded <= frames[1] and detail in h.statuses[-1].detail
     assert url not in h.statuses[-1].detail  # details never carry the URL (it may hold credentials)
 
 
