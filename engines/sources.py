@@ -19,7 +19,9 @@ import numpy as np
 from engines.errors import SourceError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".ts", ".mpg", ".mpeg", ".h264")
+# camcorders write .mts/.m2ts, phones .3gp, NVRs raw .h264/.hevc (segpipe run plays them all)
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".ts", ".mpg", ".mpeg", ".h264", ".mts",
+                  ".m2ts", ".3gp", ".flv", ".hevc", ".h265")
 STREAM_PREFIXES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
 
 

@@ -6,8 +6,9 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from engines.sources import iter_video
+from engines.sources import iter_source, iter_video
 from tests.pipeline.media import corrupt, frame_index, write_clip
 
 
@@ -31,3 +32,9 @@ def test_a_clip_with_a_display_rotation_is_read_upright(tmp_path: Path, ffmpeg: 
     first = next(iter_video(str(turned))).image
     assert first.shape == (96, 64, 3) and first.flags.c_contiguous
     assert np.abs(first.astype(int) - np.frombuffer(shown, np.uint8).reshape(first.shape)).mean() < 2.0
+
+
+@pytest.mark.parametrize("suffix", [".mts", ".m2ts", ".3gp"])
+def test_camcorder_and_phone_files_are_videos(tmp_path: Path, suffix: str) -> None:
+    clip = write_clip(tmp_path / f"c{suffix}", frames=3, fps=15, size=(96, 64))
+    assert [it.frame for it in iter_source(str(clip))] == [0, 1, 2]  # (before: "unsupported source")
