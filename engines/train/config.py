@@ -37,6 +37,8 @@ class TrainConfig:
     batch: int = 16
     device: str | None = None  # None: first CUDA device if any, else CPU
     pretrained: str | None = None
+    # Ultralytics' freeze: N freezes layers 0..N-1, a list freezes those layer indices (None: none)
+    freeze: int | list[int] | None = None
     resume: str | None = None
     out: str | None = None  # None: runs/segment/train, train2, ... (first free)
     workers: int = 8
@@ -90,6 +92,8 @@ class TrainConfig:
         for name, ok, msg in checks:
             if not ok:
                 raise ConfigError(f"train.{name}", f"{msg}, got {getattr(self, name)!r}")
+        if (why := _freeze_problem(self.freeze)) is not None:
+            raise ConfigError("train.freeze", f"{why}, got {self.freeze!r}")
         try:  # at load, not minutes later when the loader is built
             AugmentConfig.from_dict(self.hyp)
         except ConfigError as e:
@@ -108,6 +112,19 @@ class TrainConfig:
         """Rebuild from :meth:`to_record` output (keys this version does not know are ignored)."""
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in record.items() if k in known})
+
+
+def _freeze_problem(freeze: object) -> str | None:
+    """Why ``freeze`` is no layer count or list of layer indices (None: it is one). The upper bound
+    depends on the model and is checked when it is built (``engines.train.weights.freeze_layers``)."""
+    def index(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    if freeze is None or index(freeze):
+        return None
+    if isinstance(freeze, list) and freeze and all(index(i) for i in freeze):
+        return None if len(set(freeze)) == len(freeze) else "layer indices must not repeat"
+    return "expected a layer count N >= 0 (freezes layers 0..N-1) or a list of layer indices >= 0"
 
 
 def default_out_dir(base: str | os.PathLike[str] = "runs/segment", name: str = "train") -> Path:

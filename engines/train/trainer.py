@@ -43,7 +43,7 @@ from engines.train.optim import (
 )
 from engines.train.state import TrainState
 from engines.train.state_io import has_state, pack_state, restore_state
-from engines.train.weights import build_train_model
+from engines.train.weights import build_train_model, freeze_layers
 
 if TYPE_CHECKING:
     from engines.data.batch import TrainBatch
@@ -123,6 +123,7 @@ def fit_loop(s: TrainState, data: TrainData, hooks: Sequence[H.Hook]) -> None:
 def train(
     *, data: str | Path | None = None, model: str | Path = "yolov8n-seg.yaml", epochs: int = 100, imgsz: int = 640,
     rect: bool = False, batch: int = 16, time: float | None = None, device: str | int | None = None, pretrained: str | Path | None = None,
+    freeze: int | Sequence[int] | None = None,
     resume: str | Path | bool | None = None, out: str | Path | None = None, workers: int = 8, seed: int = 0,
     deterministic: bool = True, optimizer: str = "auto", lr0: float = 0.01, lrf: float = 0.01,
     momentum: float = 0.937, weight_decay: float = 0.0005, warmup_epochs: float = 3.0,
@@ -133,6 +134,8 @@ def train(
 ) -> SegMetrics:
     """Train a YOLOv8-seg model on a data YAML; returns the final validation metrics of ``best.pt``.
 
+    ``freeze`` keeps layers out of training (Ultralytics' ``freeze``): ``N`` the first N layers of the
+    model, a list those layer indices; see ``engines.train.weights.freeze_layers``.
     ``rect`` trains every image at its own aspect ratio (longest side ``imgsz``, no mosaic) in shuffled
     batches of one shape each, instead of padded to ``imgsz`` squares.
     ``time`` (hours) fits the run into a budget: after every epoch the epoch count is re-planned from
@@ -156,7 +159,8 @@ def train(
             raise ConfigError("train.data", "required: a data YAML (or resume a run)")
         cfg = TrainConfig(
             data=_recorded_path(data), model=_recorded_path(model), epochs=epochs, time=time, imgsz=imgsz, rect=rect, batch=batch, device=opt(device),
-            pretrained=None if pretrained is None else _recorded_path(pretrained), out=opt(out), workers=workers, seed=seed, deterministic=deterministic,
+            pretrained=None if pretrained is None else _recorded_path(pretrained),
+            freeze=freeze if freeze is None or isinstance(freeze, int) else list(freeze), out=opt(out), workers=workers, seed=seed, deterministic=deterministic,
             optimizer=optimizer, lr0=lr0, lrf=lrf, momentum=momentum, weight_decay=weight_decay,
             warmup_epochs=warmup_epochs, warmup_momentum=warmup_momentum, warmup_bias_lr=warmup_bias_lr,
             box=box, cls=cls, dfl=dfl, dice=dice, nbs=nbs, cos_lr=cos_lr, close_mosaic=close_mosaic, patience=patience, val=val,
@@ -260,6 +264,14 @@ def setup(cfg: TrainConfig, place: Placement, out: Path
         net = SegmentationModel(resume.meta.model_yaml, nc=len(spec.names))
     else:
         net = build_train_model(cfg.model, names=spec.names, pretrained=cfg.pretrained, verbose=place.main)
+    frozen = freeze_layers(net, cfg.freeze)  # before the optimizer, which takes trainable tensors only
+    if frozen and place.main:
+        layers = (f"the first {cfg.freeze} layers" if isinstance(cfg.freeze, int) else
+                  "layers " + ", ".join(map(str, sorted(cfg.freeze or []))))
+        names = set(frozen)
+        count = sum(p.numel() for name, p in net.named_parameters() if name in names)
+        print(f"freeze: {layers} ({len(frozen)} tensors, {count:,} parameters) kept as they are; "
+              "their BatchNorm statistics still update")
     net = net.to(place.device).train()
     stride = int(net.stride.max())
     data = build_train_data(cfg, spec, place, stride=stride)

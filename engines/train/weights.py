@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from engines.checkpoint import load_checkpoint
-from engines.errors import ModelError
+from engines.errors import ConfigError, ModelError
 from engines.nn.model import SegmentationModel
 
 LOG = logging.getLogger("segpipe.train")
@@ -67,6 +67,38 @@ def build_train_model(model: str, *, names: tuple[str, ...], pretrained: str | N
         if verbose:
             print(f"Transferred {n}/{total} tensors from {pretrained}")
     return net.train()
+
+
+def freeze_layers(model: SegmentationModel, freeze: int | list[int] | None) -> list[str]:
+    """Stop training some layers (Ultralytics' ``freeze``): ``N`` freezes layers ``0..N-1`` of
+    ``model.model``, a list freezes those layer indices; returns the names of the frozen parameters.
+
+    Frozen parameters get ``requires_grad=False`` (before the optimizer is built, which leaves them
+    out, so they stay bit-identical). As in Ultralytics, the DFL integral stays frozen whatever is
+    given, and BatchNorm layers stay in train mode: running statistics of frozen layers still follow the
+    data. Raises ``ConfigError("train.freeze")`` for layers the model does not have, or when nothing
+    would be left to train.
+    """
+    n = len(model.model)
+    if freeze is None or freeze == 0:
+        return []
+    if isinstance(freeze, int):
+        if freeze > n:
+            raise ConfigError("train.freeze", f"the model has {n} layers (0..{n - 1}), got {freeze}")
+        layers = list(range(freeze))
+    else:
+        if bad := [i for i in freeze if i >= n]:
+            raise ConfigError("train.freeze", f"the model has {n} layers (0..{n - 1}), got layer {bad[0]}")
+        layers = sorted(freeze)
+    prefixes = tuple(f"model.{i}." for i in layers)
+    frozen = []
+    for name, p in model.named_parameters():
+        if name.startswith(prefixes):
+            p.requires_grad_(False)
+            frozen.append(name)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError("train.freeze", f"{freeze!r} freezes every layer of the model; nothing would train")
+    return frozen
 
 
 def _yaml_name(model_yaml: Mapping[str, object]) -> str:

@@ -19,6 +19,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pretrained", nargs="?", const=True, default=None, metavar="PATH",
                    help="checkpoint whose tensors matching by name and shape seed the model (fine-tune "
                         "on other classes)")
+    p.add_argument("--freeze", type=_freeze, default=None, metavar="N|I,J,...",
+                   help="keep layers out of training (fine-tuning on little data): N freezes layers 0..N-1 of the "
+                        "model (10: the yolov8 backbone), I,J,... those layer indices (segpipe info --model lists "
+                        "them); their weights stay as loaded, their BatchNorm statistics still update "
+                        "(as Ultralytics' freeze=)")
     p.add_argument("--resume", nargs="?", const=True, default=None, metavar="PATH",
                    help="continue an interrupted run from its last.pt (default: OUT/weights/last.pt or the "
                         "latest run)")
@@ -65,6 +70,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     for f in _hyp_fields():
         aug.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None, metavar="N",
                          help=f"{notes[f.name] + '; ' if f.name in notes else ''}default {f.default}")
+
+
+def _freeze(text: str) -> int | list[int]:
+    """``--freeze 10`` -> 10 (a layer count); ``--freeze 0,1,2`` or ``[0, 1, 2]`` -> [0, 1, 2] (indices).
+    Ranges are checked by the engine, which knows the model's layer count."""
+    body = text.strip()
+    listed = "," in body or body.startswith("[")
+    items = [t.strip() for t in body.removeprefix("[").removesuffix("]").split(",") if t.strip()]
+    try:
+        values = [int(t) for t in items]
+    except ValueError:
+        values = []
+    if not values or (not listed and len(values) != 1):
+        raise argparse.ArgumentTypeError(f"expected a layer count N or layer indices I,J,..., got {text!r}")
+    return values if listed else values[0]
 
 
 def _hyp_fields() -> list[dataclasses.Field]:
@@ -121,7 +141,7 @@ def _check_resume_flags(args: argparse.Namespace) -> None:
 
 def _train(train, args: argparse.Namespace) -> None:  # noqa: ANN001 - engines.train.train
     train(
-        data=args.data, model=args.model, pretrained=args.pretrained, resume=args.resume, epochs=args.epochs,
+        data=args.data, model=args.model, pretrained=args.pretrained, freeze=args.freeze, resume=args.resume, epochs=args.epochs,
         time=args.time,
         imgsz=args.imgsz, rect=args.rect, batch=args.batch, device=args.device, out=args.out, workers=args.workers,
         seed=args.seed, deterministic=args.deterministic, optimizer=args.optimizer, lr0=args.lr0, lrf=args.lrf,

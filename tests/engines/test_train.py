@@ -172,6 +172,13 @@ def test_pack_and_restore_round_trip(name):
     ("lrf", 0.0, "train.lrf"),
     ("hyp", {"mosaic": 2.0}, "train.hyp.mosaic: expected a number in [0, 1], got 2.0"),
     ("hyp", {"mosiac": 0.0}, "train.hyp.mosiac: unknown augmentation setting"),
+    ("freeze", -1, "train.freeze: expected a layer count N >= 0 (freezes layers 0..N-1) or a list of layer "
+                   "indices >= 0, got -1"),
+    ("freeze", 2.5, "train.freeze: expected a layer count"),
+    ("freeze", True, "train.freeze: expected a layer count"),
+    ("freeze", [], "train.freeze: expected a layer count"),
+    ("freeze", [0, -2], "train.freeze: expected a layer count"),
+    ("freeze", [1, 1], "train.freeze: layer indices must not repeat, got [1, 1]"),
 ])
 def test_config_rejects_bad_values(field, value, error):
     with pytest.raises(ConfigError, match=re.escape(error)):
@@ -433,6 +440,11 @@ def test_failed_write_leaves_the_previous_best(tmp_path, monkeypatch, one_thread
     (["--data", "{data}", "--out", "{data}/run"], 2, "--out: cannot create {data}/run/weights: Not a directory"),
     (["--data", "{data}", "--device", "0"], 1, "asks for CUDA"),
     (["--data", "{data}", "device=gpu"], 2, "--device: expected cpu, a GPU index"),
+    (["--data", "{data}", "--freeze", "-1"], 2, "--freeze: expected a layer count N >= 0"),
+    (["--data", "{data}", "freeze=24"], 2, "--freeze: the model has 23 layers (0..22), got 24"),
+    (["--data", "{data}", "--freeze", "0,30"], 2, "--freeze: the model has 23 layers (0..22), got layer 30"),
+    (["--data", "{data}", "--freeze", "23"], 2, "--freeze: 23 freezes every layer of the model; nothing would train"),
+    (["--resume", "--out", "{tmp}/no-run", "--freeze", "3"], 2, "--freeze: a resumed run keeps the settings"),
     (["--data", "{data}", "pretrained=True"], 2, "--pretrained: name the checkpoint whose tensors seed the model"),
 ])
 def test_cli_reports_user_mistakes_on_one_line(tmp_path, monkeypatch, capsys, args, code, error):
@@ -627,3 +639,71 @@ def test_resumed_time_budget_run_gets_only_the_time_left(tmp_path, monkeypatch, 
     assert read_results(tmp_path / "spent" / "results.csv")["epoch"].tolist() == [1]
     assert (tmp_path / "spent" / "metrics.json").is_file()
     assert int(load_checkpoint(spent).extra_tensors["train/epoch"]) == 1
+
+
+# ------------------------------------------------------------------------------------------- freeze
+
+@pytest.mark.parametrize(("text", "value"), [
+    ("10", 10), ("0", 0), ("0,1,2", [0, 1, 2]), ("[0, 1, 2]", [0, 1, 2]), ("3,", [3]), ("[22]", [22]),
+    ("-1", -1),  # a count, refused by the config with its range
+    ("x", None), ("1.5", None), ("", None), ("1 2", None), ("0,a", None),
+])
+def test_freeze_flag_parses_a_count_or_layer_indices(text, value):
+    import argparse
+
+    from pipeline.cli.train import _freeze
+
+    if value is None:
+        with pytest.raises(argparse.ArgumentTypeError, match="expected a layer count N or layer indices"):
+            _freeze(text)
+    else:
+        assert _freeze(text) == value
+
+
+def test_freeze_flag_that_is_no_integer_is_one_line_exit_2(capsys):
+    from pipeline.cli import main
+
+    with pytest.raises(SystemExit) as e:  # argparse's own exit, through segpipe's one-line error
+        main(["train", "--data", "d.yaml", "freeze=1.5"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1, err
+    assert err[0].startswith("segpipe train: error: argument --freeze: expected a layer count N or layer indices")
+
+
+def test_freeze_keeps_frozen_layers_bit_identical_through_training_and_resume(tmp_path, monkeypatch, one_thread,
+                                                                             capsys):
+    from engines.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
+    from engines.nn.model import SegmentationModel
+    from engines.train import train
+
+    data = make_shapes_dataset(tmp_path / "data", n=4, size=128)
+    torch.manual_seed(0)
+    net = SegmentationModel("yolov8n-seg.yaml", nc=2)
+    start = {k: v.clone() for k, v in net.state_dict().items()}
+    save_checkpoint(tmp_path / "start.pt", state_dict=start, meta=ModelMeta(
+        names=("circle", "rect"), model_yaml=dict(net.yaml), imgsz=64, stride=32))
+    kw = dict(TINY, batch=2, nbs=2, epochs=2, optimizer="SGD", warmup_epochs=0, plots=False)
+    _interrupt_after(monkeypatch, 0)
+    with pytest.raises(KeyboardInterrupt):
+        train(data=data, model=tmp_path / "start.pt", out=tmp_path / "run", freeze=[0, 1, 2, 22], **kw)
+    monkeypatch.undo()
+    assert "freeze: layers 0, 1, 2, 22 (" in capsys.readouterr().out
+    last = tmp_path / "run" / "weights" / "last.pt"
+    import yaml
+
+    assert yaml.safe_load((tmp_path / "run" / "args.yaml").read_text())["freeze"] == [0, 1, 2, 22]
+    train(resume=last, workers=0)  # the recorded freeze holds for the resumed epoch too
+
+    ckpt = load_checkpoint(last)
+    assert ckpt.meta.train_args["freeze"] == [0, 1, 2, 22] and int(ckpt.extra_tensors["train/epoch"]) == 2
+    raw = {k.removeprefix("train/model/"): v for k, v in ckpt.extra_tensors.items() if k.startswith("train/model/")}
+    params = {name for name, _ in net.named_parameters()}
+    frozen = {k for k in params if k.startswith(("model.0.", "model.1.", "model.2.", "model.22."))}
+    assert "model.22.dfl.conv.weight" in frozen and len(frozen) > 30
+    for k in frozen:  # the raw weights, and the EMA's (best.pt and last.pt hold the EMA)
+        assert torch.equal(raw[k], start[k]) and torch.equal(ckpt.state_dict[k], start[k]), k
+    trained = params - frozen
+    assert all(not torch.equal(raw[k], start[k]) for k in trained), sorted(
+        k for k in trained if torch.equal(raw[k], start[k]))
+    # As in Ultralytics, frozen layers' BatchNorm stays in train mode: its statistics follow the data.
+    assert not torch.equal(raw["model.0.bn.running_mean"], start["model.0.bn.running_mean"])
