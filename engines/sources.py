@@ -17,11 +17,13 @@ import cv2
 import numpy as np
 
 from engines.errors import SourceError
+from engines.urls import redact_url
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-# camcorders write .mts/.m2ts, phones .3gp, NVRs raw .h264/.hevc (segpipe run plays them all)
+# camcorders write .mts/.m2ts, phones .3gp, NVRs raw .h264/.hevc, and a GIF is a video of its frames
+# (segpipe run plays them all)
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".ts", ".mpg", ".mpeg", ".h264", ".mts",
-                  ".m2ts", ".3gp", ".flv", ".hevc", ".h265")
+                  ".m2ts", ".3gp", ".flv", ".hevc", ".h265", ".gif")
 STREAM_PREFIXES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
 
 
@@ -62,11 +64,11 @@ def iter_video(url: str, *, name: str | None = None, max_frames: int = 0) -> Ite
         container = av.open(url, options={"rtsp_transport": "tcp"} if url.startswith("rtsp") else None,
                             timeout=10.0)
     except (av.error.FFmpegError, OSError) as e:
-        raise SourceError(f"{url}: cannot open video ({e})") from None
+        raise SourceError(f"{redact_url(url)}: cannot open video ({_reason(e, url)})") from None
     label = name or Path(url).stem if not url.startswith(STREAM_PREFIXES) else (name or "stream")
     with container:
         if not container.streams.video:
-            raise SourceError(f"{url}: no video stream")
+            raise SourceError(f"{redact_url(url)}: no video stream")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         rate = stream.average_rate or stream.guessed_rate
@@ -87,7 +89,12 @@ def iter_video(url: str, *, name: str | None = None, max_frames: int = 0) -> Ite
                     yield SourceItem(label, _upright(frame), i, fps)
                     i += 1
         except av.error.FFmpegError as e:
-            raise SourceError(f"{url}: decoding failed at frame {i} ({e})") from None
+            raise SourceError(f"{redact_url(url)}: decoding failed at frame {i} ({_reason(e, url)})") from None
+
+
+def _reason(e: Exception, url: str) -> str:
+    """FFmpeg's words for ``e`` without the URL, which its errors repeat (a stream's with its password)."""
+    return getattr(e, "strerror", None) or str(e).replace(url, redact_url(url))
 
 
 def _upright(frame: Any) -> np.ndarray:

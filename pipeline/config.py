@@ -23,8 +23,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from engines.errors import ConfigError, ConfigErrors
+from engines.urls import redact_url
 from pipeline.config_errors import join_path, validation_errors
-from pipeline.sinks.config import MqttSinkConfig, SinkConfig, check_sink_names, mqtt_client_id, redact_url
+from pipeline.sinks.config import MqttSinkConfig, SinkConfig, check_sink_names, mqtt_client_id
 
 BACKENDS = ("auto", "torch", "onnx", "openvino", "torchscript", "tensorrt")
 DEMO_SCHEME = "demo"  # pipeline.demo.SCHEME; that module is imported only when a demo:// input is used

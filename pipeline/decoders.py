@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
+from engines.urls import redact_url
 from pipeline import shm
 from pipeline.camera import TERMINAL, CameraStateMachine
 from pipeline.decoder import DecoderSettings, decoder_main
@@ -190,8 +191,6 @@ class DecoderPool:
 
     def rows(self) -> list[dict[str, Any]]:
         """Per camera: id, state, url (credentials hidden) and its control block's counters."""
-        from pipeline.sinks.config import redact_url  # pydantic: not at the top of a child's import
-
         out = []
         for c in self.cameras:
             counters = c.control.snapshot()

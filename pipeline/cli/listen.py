@@ -25,6 +25,7 @@ import redis
 import zmq
 
 from engines.errors import ConfigError, DataError, SourceError
+from engines.urls import redact_url
 from pipeline.client import (
     GroupReader,
     StreamReader,
@@ -34,7 +35,6 @@ from pipeline.client import (
     stream_keys,
     verify_webhook,
 )
-from pipeline.sinks.config import redact_url
 from pipeline.sinks.redis import connect
 
 NAME = "listen"

@@ -145,33 +145,47 @@ class _JsonArray:
 
 
 class _VideoWriters:
-    """Annotated MP4 per video source, opened lazily at the first frame, at the source's frame rate."""
+    """Annotated MP4 per video source, opened lazily at the first frame, at the source's frame rate. A
+    source whose picture size changes (a camera reconfigured, recordings joined) goes on in a new file,
+    ``NAME_part2.mp4``, ...: an MP4 has one size, and cropping or stretching to it misdrew every frame."""
 
     DEFAULT_FPS = 25  # streams that state no rate
 
     def __init__(self, out: Path) -> None:
         self.out = out
-        self.writers: dict[str, Any] = {}
+        self.writers: dict[str, tuple[Any, Any, tuple[int, int]]] = {}  # name -> container, stream, image (h, w)
+        self.parts: dict[str, int] = {}
 
     def write(self, name: str, image: Any, fps: float | None) -> None:
         import av
 
+        size = image.shape[:2]
+        if name in self.writers and self.writers[name][2] != size:
+            self._finish(*self.writers.pop(name)[:2])
         if name not in self.writers:
-            c = av.open(str(self.out / f"{name}.mp4"), "w")
+            part = self.parts[name] = self.parts.get(name, 0) + 1
+            c = av.open(str(self.out / (f"{name}.mp4" if part == 1 else f"{name}_part{part}.mp4")), "w")
             rate = Fraction(fps).limit_denominator(1001) if fps else Fraction(self.DEFAULT_FPS)
             s = c.add_stream("libx264", rate=rate)
-            s.width, s.height, s.pix_fmt = image.shape[1] // 2 * 2, image.shape[0] // 2 * 2, "yuv420p"
-            self.writers[name] = (c, s)
-        c, s = self.writers[name]
-        frame = av.VideoFrame.from_ndarray(image[: s.height, : s.width], format="bgr24")
+            s.width, s.height, s.pix_fmt = max(size[1] // 2 * 2, 2), max(size[0] // 2 * 2, 2), "yuv420p"
+            self.writers[name] = (c, s, size)
+        c, s, _ = self.writers[name]
+        if image.shape[0] < s.height or image.shape[1] < s.width:  # a 1-pixel side: x264 needs even sides
+            image = cv2.copyMakeBorder(image, 0, s.height - image.shape[0], 0, s.width - image.shape[1],
+                                       cv2.BORDER_REPLICATE)
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image[: s.height, : s.width]), format="bgr24")
         for pkt in s.encode(frame):
             c.mux(pkt)
 
     def close(self) -> None:
-        for c, s in self.writers.values():
-            for pkt in s.encode():
-                c.mux(pkt)
-            c.close()
+        for c, s, _ in self.writers.values():
+            self._finish(c, s)
+
+    @staticmethod
+    def _finish(c: Any, s: Any) -> None:
+        for pkt in s.encode():
+            c.mux(pkt)
+        c.close()
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,25 +11,13 @@ import re
 import socket
 from pathlib import Path
 from typing import Annotated, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from engines.errors import ConfigError
+from engines.urls import redact_url
 from pipeline.sinks.base import DEFAULT_POLICIES, Overflow
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any password (and user name) replaced by ``***``: safe for logs and errors."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable url>"
-    if parts.password is None and parts.username is None:
-        return url
-    # host and port as written (parts.port raises on a port out of range: this is called for error lines)
-    netloc = "***@" + parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def mqtt_client_id(sink_name: str, replica: str | None = None) -> str:

@@ -33,8 +33,9 @@ from urllib.parse import unquote, urlsplit
 import paho.mqtt.client as mqtt
 
 from engines.errors import SinkError
+from engines.urls import redact_url
 from pipeline.sinks.base import DropPolicy, Envelope, ThreadedSink, policy_for
-from pipeline.sinks.config import MqttSinkConfig, mqtt_client_id, redact_url
+from pipeline.sinks.config import MqttSinkConfig, mqtt_client_id
 from pipeline.sinks.spool import open_spool, spool_counted
 
 log = logging.getLogger(__name__)

@@ -20,8 +20,9 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from engines.urls import redact_url
 from pipeline.sinks.base import DropPolicy, policy_for
-from pipeline.sinks.config import RedisSinkConfig, redact_url
+from pipeline.sinks.config import RedisSinkConfig
 from pipeline.sinks.remote import Record, RemoteSink
 
 log = logging.getLogger(__name__)

@@ -25,9 +25,10 @@ from typing import cast
 import av
 
 from engines.errors import SinkError
+from engines.urls import redact_url
 from pipeline.messages import FrameResult
 from pipeline.sinks.base import REMOVED, DropPolicy, Envelope, ThreadedSink, policy_for
-from pipeline.sinks.config import RestreamSinkConfig, redact_url
+from pipeline.sinks.config import RestreamSinkConfig
 from pipeline.sinks.encoding import add_h264, annotated, encode_frame, encoded_size, finish
 
 log = logging.getLogger(__name__)

@@ -40,12 +40,13 @@ import cv2
 
 from engines import __version__
 from engines.errors import SegpipeError, SinkError
+from engines.urls import redact_url
 from pipeline.client import webhook_signature
 from pipeline.events import encode
 from pipeline.images import shrunk
 from pipeline.messages import FrameResult
 from pipeline.sinks.base import DropPolicy, Envelope, FrameSource, policy_for
-from pipeline.sinks.config import WebhookSinkConfig, redact_url
+from pipeline.sinks.config import WebhookSinkConfig
 from pipeline.sinks.draw import draw_event
 from pipeline.sinks.remote import Record, RemoteSink
 

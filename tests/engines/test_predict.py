@@ -126,6 +126,26 @@ def test_predict_cli_writes_a_video_at_its_own_frame_rate(tmp_path: Path, fps: i
         assert c.duration / 1e6 == pytest.approx(6 / fps, abs=0.5 / fps)
 
 
+def test_predict_cli_starts_a_new_video_when_the_picture_size_changes(tmp_path: Path) -> None:
+    """A source that changed size mid-way had its later frames cropped into (or stretched onto) the first
+    size's video."""
+    import av
+
+    from tests.pipeline.media import write_clip
+
+    small = write_clip(tmp_path / "a.ts", frames=4, fps=10, size=(96, 64))
+    big = write_clip(tmp_path / "b.ts", frames=5, fps=10, size=(160, 128), start=4)
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(small.read_bytes() + big.read_bytes())  # recordings joined end to end, as `cat` does
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(FIXTURE), "--source", str(joined), "--out", str(out), "--imgsz", "128"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["joined.mp4", "joined_part2.mp4", "predictions.json"]
+    for name, (w, h, n) in {"joined.mp4": (96, 64, 4), "joined_part2.mp4": (160, 128, 5)}.items():
+        with av.open(str(out / name)) as c:
+            frames = list(c.decode(video=0))
+        assert (frames[0].width, frames[0].height, len(frames)) == (w, h, n)
+
+
 @pytest.mark.parametrize(("args", "code", "message"), [
     (["--imgsz", "150"], 2, "--imgsz: must be a positive multiple of 32, got 150"),
     (["--imgsz", "-32"], 2, "--imgsz: must be a positive multiple of 32, got -32"),  # ran, finding nothing

@@ -38,3 +38,30 @@ def test_a_clip_with_a_display_rotation_is_read_upright(tmp_path: Path, ffmpeg: 
 def test_camcorder_and_phone_files_are_videos(tmp_path: Path, suffix: str) -> None:
     clip = write_clip(tmp_path / f"c{suffix}", frames=3, fps=15, size=(96, 64))
     assert [it.frame for it in iter_source(str(clip))] == [0, 1, 2]  # (before: "unsupported source")
+
+
+def test_an_animated_gif_is_a_video(tmp_path: Path) -> None:
+    import av
+
+    gif = tmp_path / "anim.gif"
+    with av.open(str(gif), "w") as c:
+        s = c.add_stream("gif", rate=10)
+        s.width, s.height, s.pix_fmt = 64, 48, "rgb8"
+        for i in range(4):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 40 * i, np.uint8), format="rgb24")
+            for pkt in s.encode(frame.reformat(format="rgb8")):
+                c.mux(pkt)
+        for pkt in s.encode():
+            c.mux(pkt)
+    items = list(iter_source(str(gif)))
+    assert len(items) == 4 and items[0].image.shape == (48, 64, 3)  # (before: "unsupported source")
+
+
+def test_a_stream_that_fails_never_shows_its_password() -> None:
+    from engines.errors import SourceError
+    from tests.conftest import free_port
+
+    url = f"rtsp://admin:hunter2@127.0.0.1:{free_port()}/cam"
+    with pytest.raises(SourceError) as e:
+        list(iter_video(url))
+    assert "hunter2" not in str(e.value) and str(e.value).startswith("rtsp://***@127.0.0.1:")

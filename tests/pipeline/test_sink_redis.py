@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 import redis
 
+from engines.urls import redact_url
 from pipeline.events import encode, to_event
 from pipeline.messages import FrameResult
 from pipeline.sinks.base import Envelope, policy_for
-from pipeline.sinks.config import RedisSinkConfig, redact_url
+from pipeline.sinks.config import RedisSinkConfig
 from pipeline.sinks.redis import RedisSink
 from tests.helpers import accepts
 
