@@ -60,6 +60,7 @@ class CameraStateMachine:
         self.camera_id = camera_id
         self._emit = emit
         self._state = initial
+        self.detail = ""  # why it is in its state (the last status's detail): a failed camera's reason
         self._lock = threading.Lock()
         if announce:
             emit(CameraStatus(camera_id=camera_id, state=initial, ts=time.time(), detail="start"))
@@ -89,7 +90,7 @@ class CameraStateMachine:
         with self._lock:
             if new not in TRANSITIONS[self._state]:
                 return None
-            self._state = new
+            self._state, self.detail = new, detail
             status = CameraStatus(camera_id=self.camera_id, state=new, ts=time.time(), detail=detail)
             self._emit(status)
         return status
@@ -98,7 +99,7 @@ class CameraStateMachine:
         """Adopt a state another machine already validated and emitted (the supervisor mirrors
         its decoders' machines); emits nothing."""
         with self._lock:
-            self._state = status.state
+            self._state, self.detail = status.state, status.detail
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

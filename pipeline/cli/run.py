@@ -185,7 +185,9 @@ def _run(cfg: Any, args: argparse.Namespace, shard: Any, reloader: Any = None,
             signal.signal(s, h)
         if server is not None:
             server.stop()
-    failed = [c.camera_id for c in sup.cameras if c.machine.state.value == "failed"]
+    # each with its reason: the run's last line is what an operator reads first
+    failed = [f"{c.camera_id} ({c.machine.detail})" if c.machine.detail else c.camera_id
+              for c in sup.cameras if c.machine.state.value == "failed"]
     for line in [*sup.errors[:1], *([f"camera(s) failed: {', '.join(failed)}"] if failed else [])]:
         if args.log_format == "json":  # every line of stderr a JSON object, for a log shipper
             log.error("segpipe run: error: %s", line)

@@ -153,7 +153,8 @@ def test_a_run_stops_cleanly_whatever_its_surroundings_do(tmp_path: Path, stop: 
 JSON_ERRORS = [  # (what is wrong, exit code, the error record's message)
     ("typo", 2, "segpipe run: error: batch.max_bach: unknown key 'max_bach' (did you mean 'max_batch'?); "
                 "allowed: max_batch, max_wait_ms, max_age_ms"),
-    ("not-a-video", 1, "segpipe run: error: camera(s) failed: junk"),
+    ("not-a-video", 1, "segpipe run: error: camera(s) failed: junk (cannot open: InvalidDataError: Invalid data "
+                       "found when processing input)"),  # with why: the last line is what an operator reads
 ]
 
 
