@@ -1,6 +1,11 @@
 """Train-loader throughput (mosaic on) on coco128: images/s at imgsz 320 and 640, 0 and 2 workers.
 
     .venv/bin/python benchmarks/dataloader.py [--data PATH/coco128-seg.yaml] [--batch 16] [--epochs 2]
+    .venv/bin/python benchmarks/dataloader.py --only-cache [--sizes 640 --workers 0]   # train --cache ram
+
+With or without ``--only-cache``, each size and worker count is also timed with the training images
+cached in RAM (``train --cache ram``) beside the same loader reading them from disk, in this one run;
+the one-off fill (decoding every image on threads, before the first epoch) is timed apart.
 
 Each configuration runs ``--epochs`` passes over the 128 images with a fresh loader per epoch, as
 training does (worker start-up included). Wall-clock images/s depends on what else runs on the
@@ -25,9 +30,10 @@ from engines.data import SegDataset, SegLoader, load_data_yaml  # noqa: E402
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "coco128-seg" / "coco128-seg.yaml"
 
 
-def run(spec, imgsz: int, workers: int, batch: int, epochs: int) -> tuple[float, float, int]:
+def run(spec, imgsz: int, workers: int, batch: int, epochs: int, *, ds: SegDataset | None = None
+        ) -> tuple[float, float, int]:
     """-> (images per wall second, images per CPU second of this process and its workers, images)."""
-    ds = SegDataset.from_spec(spec, "train", imgsz=imgsz, augment=True, seed=0)
+    ds = ds or SegDataset.from_spec(spec, "train", imgsz=imgsz, augment=True, seed=0)
     loader = SegLoader(ds, batch_size=batch, shuffle=True, workers=workers, seed=0, drop_last=False)
     n = 0
     t0, c0 = time.perf_counter(), os.times()
@@ -38,6 +44,21 @@ def run(spec, imgsz: int, workers: int, batch: int, epochs: int) -> tuple[float,
     wall, c1 = time.perf_counter() - t0, os.times()
     cpu = sum(c1[:4]) - sum(c0[:4])  # user + system, self + children (the workers)
     return n / wall, n / cpu, n
+
+
+def cache_figure(spec, imgsz: int, workers: int, batch: int, epochs: int) -> str:
+    """Epochs with and without the RAM image cache, side by side (the fill is timed apart)."""
+    from engines.data.ram_cache import size_text
+
+    ds = SegDataset.from_spec(spec, "train", imgsz=imgsz, augment=True, seed=0)
+    t0 = time.perf_counter()
+    held = ds.cache_in_ram()
+    fill = time.perf_counter() - t0
+    disk, _, n = run(spec, imgsz, workers, batch, epochs)
+    ram, _, _ = run(spec, imgsz, workers, batch, epochs, ds=ds)
+    return (f"imgsz {imgsz:4d} workers {workers}: {disk:7.1f} images/s from disk, {ram:7.1f} images/s with --cache ram "
+            f"({ram / disk:.2f}x; {n} images; cache {size_text(held)}, filled once in {fill:.1f} s; "
+            f"load {os.getloadavg()[0]:.1f})")
 
 
 def stages(spec, imgsz: int, samples: int = 64) -> str:
@@ -70,6 +91,7 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--sizes", default="320,640")
     ap.add_argument("--workers", default="0,2")
+    ap.add_argument("--only-cache", action="store_true", help="only the with/without --cache ram figure")
     args = ap.parse_args()
     os.environ.setdefault("SEGPIPE_CACHE", tempfile.mkdtemp(prefix="segpipe-bench-"))
     spec = load_data_yaml(args.data)
@@ -79,10 +101,14 @@ def main() -> int:
     print(f"cpu cores: {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}")
     for imgsz in map(int, args.sizes.split(",")):
         for workers in map(int, args.workers.split(",")):
+            print(cache_figure(spec, imgsz, workers, args.batch, args.epochs), flush=True)
+            if args.only_cache:
+                continue
             ips, ipc, n = run(spec, imgsz, workers, args.batch, args.epochs)
             print(f"imgsz {imgsz:4d} workers {workers}: {ips:7.1f} images/s wall, {ipc:6.1f} images per CPU-second "
                   f"({n} images, batch {args.batch}, mosaic on, load {os.getloadavg()[0]:.1f})", flush=True)
-        print(f"imgsz {imgsz:4d} per sample: {stages(spec, imgsz)}", flush=True)
+        if not args.only_cache:
+            print(f"imgsz {imgsz:4d} per sample: {stages(spec, imgsz)}", flush=True)
     return 0
 
 

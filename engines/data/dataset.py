@@ -43,6 +43,7 @@ from engines.data.polygons import (
     resample_segments,
     xyxy_to_xywhn,
 )
+from engines.data.ram_cache import cache_bytes, read_all
 from engines.data.spec import DataSpec
 from engines.errors import ConfigError
 
@@ -61,7 +62,8 @@ class SegDataset(torch.utils.data.Dataset):
     shuffling: validation). "image": each image gets the smallest stride multiple holding it at longest
     side imgsz, so images of one aspect ratio share a shape (``shape_of``); batch them with
     ``ShapeBatchSampler``, which shuffles (training). Train-mode rect turns mosaic off. seed: see module doc.
-    cache_images: keep every decoded image (longest side imgsz) in memory.
+    cache_images: keep every decoded image (longest side imgsz) in memory, filled here (see
+    ``cache_in_ram``, which also fills it later, after a memory check).
     """
 
     def __init__(self, files: Sequence[str | os.PathLike[str]] | str | os.PathLike[str], *, imgsz: int = 640,
@@ -94,12 +96,29 @@ class SegDataset(torch.utils.data.Dataset):
             self._shapes = _fit_shapes(ar, imgsz, stride, pad)
         self._ims: list[np.ndarray] | None = None
         if cache_images:
-            self._ims = [read_resized(lab.im_file, lab.shape, imgsz) for lab in self.labels]
+            self.cache_in_ram()
 
     @classmethod
     def from_spec(cls, spec: DataSpec, split: str, **kwargs: object) -> SegDataset:
         """The dataset of one split of a data YAML (class ids checked against its names)."""
         return cls(spec.sources(split), nc=spec.nc, split=split, **kwargs)  # type: ignore[arg-type]
+
+    def ram_bytes(self) -> int:
+        """Bytes ``cache_in_ram`` would hold (exact; from the checked image shapes)."""
+        return cache_bytes([lab.shape for lab in self.labels], self.imgsz)
+
+    def cache_in_ram(self, *, threads: int | None = None) -> int:
+        """Decode every image now (longest side imgsz, on ``threads`` threads) and keep it: later samples,
+        in this process and in loader workers forked from it, skip decoding. Samples are unchanged
+        (augmentation works on copies; the cached arrays are read-only). Returns the bytes held."""
+        if self._ims is None:
+            self._ims = read_all([(lab.im_file, lab.shape) for lab in self.labels], self.imgsz, threads=threads)
+        return sum(im.nbytes for im in self._ims)
+
+    @property
+    def cached(self) -> bool:
+        """Whether the images are held in RAM."""
+        return self._ims is not None
 
     @property
     def im_files(self) -> list[Path]:

@@ -25,9 +25,14 @@ def read_resized(path: Path, shape: tuple[int, int], long_side: int) -> np.ndarr
     each side ``min(ceil(side * r), long_side)``, r = long_side / max(H, W) (Ultralytics' ``load_image``).
     Raises DataError when the file cannot be decoded.
     """
+    return read_image(path, shape, resized_size(shape, long_side))
+
+
+def resized_size(shape: tuple[int, int], long_side: int) -> tuple[int, int]:
+    """(w, h) that ``read_resized`` gives an image of (H, W) ``shape``."""
     h0, w0 = shape
     r = long_side / max(h0, w0)
-    return read_image(path, shape, (min(math.ceil(w0 * r), long_side), min(math.ceil(h0 * r), long_side)))
+    return min(math.ceil(w0 * r), long_side), min(math.ceil(h0 * r), long_side)
 
 
 def read_image(path: Path, shape: tuple[int, int], size: tuple[int, int]) -> np.ndarray:

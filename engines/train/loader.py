@@ -7,7 +7,9 @@ it is seeded too: a run is reproducible whatever the worker count.
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,11 +21,14 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from engines.data.augment import AugmentConfig
 from engines.data.batch import collate
 from engines.data.dataset import SegDataset
+from engines.data.ram_cache import SAFETY_MARGIN, available_memory, fits, size_text
 from engines.data.sampler import ShapeBatchSampler
 from engines.data.spec import DataSpec, resolve_images
 from engines.errors import ConfigError
 from engines.train.config import TrainConfig
 from engines.train.ddp import Placement
+
+LOG = logging.getLogger("segpipe.train")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +75,28 @@ def augment_config(cfg: TrainConfig) -> AugmentConfig:
     return AugmentConfig.from_dict({**cfg.hyp, "close_mosaic": cfg.close_mosaic}, path="train.hyp")
 
 
+def cache_in_ram(dataset: SegDataset, *, processes: int = 1, verbose: bool = True) -> bool:
+    """Fill the dataset's RAM image cache when it fits, before any loader worker starts (so workers share
+    it); returns whether it did. ``processes`` training processes on this machine each hold a copy.
+
+    As Ultralytics, the whole cache plus a 50 % margin must fit in the memory available now; else a
+    one-line warning says so and training reads the images from disk (same results, slower).
+    """
+    need, free = dataset.ram_bytes() * processes, available_memory()
+    if not fits(need, free):
+        assert free is not None  # fits() assumes an unknown amount suffices
+        if verbose:
+            LOG.warning("--cache ram: %d training images need %s of RAM (%s with a %d%% margin) but only %s is "
+                        "available; training without the cache", len(dataset), size_text(need),
+                        size_text(need * (1 + SAFETY_MARGIN)), round(SAFETY_MARGIN * 100), size_text(free))
+        return False
+    t0 = time.perf_counter()
+    held = dataset.cache_in_ram()
+    if verbose:
+        print(f"train: {len(dataset)} images cached in RAM ({size_text(held)}) in {time.perf_counter() - t0:.1f} s")
+    return True
+
+
 def build_train_data(cfg: TrainConfig, spec: DataSpec, place: Placement, *, stride: int = 32) -> TrainData:
     """DataLoader over the train split; each rank gets ``cfg.batch // world_size`` images per batch."""
     if cfg.batch < place.world_size:
@@ -83,6 +110,8 @@ def build_train_data(cfg: TrainConfig, spec: DataSpec, place: Placement, *, stri
         stride=stride, seed=cfg.seed, cache_dir=None if cfg.cache_dir is None else Path(cfg.cache_dir),
         rect="image" if cfg.rect else False,
     )
+    if cfg.cache == "ram":
+        cache_in_ram(dataset, processes=place.world_size, verbose=place.main)
     per_rank = cfg.batch // place.world_size
     workers = min(cfg.workers, os.cpu_count() or 1, per_rank)
     if cfg.rect:

@@ -129,13 +129,17 @@ def train(
     momentum: float = 0.937, weight_decay: float = 0.0005, warmup_epochs: float = 3.0,
     warmup_momentum: float = 0.8, warmup_bias_lr: float = 0.1, box: float = 7.5, cls: float = 0.5,
     dfl: float = 1.5, dice: float = 0.0, nbs: int = 64, cos_lr: bool = False, close_mosaic: int = 10, patience: int = 100, val: bool = True,
-    fraction: float = 1.0, amp: bool = True, plots: bool = True, cache_dir: str | Path | None = None,
+    fraction: float = 1.0, amp: bool = True, plots: bool = True, cache: str | bool | None = None,
+    cache_dir: str | Path | None = None,
     world_size: int | None = None, hyp: dict[str, Any] | None = None, exist_ok: bool = False,
 ) -> SegMetrics:
     """Train a YOLOv8-seg model on a data YAML; returns the final validation metrics of ``best.pt``.
 
     ``freeze`` keeps layers out of training (Ultralytics' ``freeze``): ``N`` the first N layers of the
     model, a list those layer indices; see ``engines.train.weights.freeze_layers``.
+    ``cache="ram"`` (or True, Ultralytics' spelling) decodes the training images once, before the first
+    epoch, and keeps them in memory when they fit (``engines.train.loader.cache_in_ram``); results are
+    unchanged.
     ``rect`` trains every image at its own aspect ratio (longest side ``imgsz``, no mosaic) in shuffled
     batches of one shape each, instead of padded to ``imgsz`` squares.
     ``time`` (hours) fits the run into a budget: after every epoch the epoch count is re-planned from
@@ -164,7 +168,8 @@ def train(
             optimizer=optimizer, lr0=lr0, lrf=lrf, momentum=momentum, weight_decay=weight_decay,
             warmup_epochs=warmup_epochs, warmup_momentum=warmup_momentum, warmup_bias_lr=warmup_bias_lr,
             box=box, cls=cls, dfl=dfl, dice=dice, nbs=nbs, cos_lr=cos_lr, close_mosaic=close_mosaic, patience=patience, val=val,
-            fraction=fraction, amp=amp, plots=plots, cache_dir=opt(cache_dir), world_size=world_size,
+            fraction=fraction, amp=amp, plots=plots, cache_dir=opt(cache_dir),
+            cache="ram" if cache is True else None if cache is False else cache, world_size=world_size,
             hyp=dict(hyp or {}),
         )
         with claimed_run_folder(cfg.out or default_out_dir(), exist_ok=exist_ok) as folder:

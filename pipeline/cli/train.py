@@ -44,6 +44,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exist-ok", action="store_true",
                    help="train into an --out that holds an earlier run (its checkpoints and results.csv are replaced)")
     p.add_argument("--workers", type=int, default=8, help="data loader processes per device")
+    p.add_argument("--cache", nargs="?", const="ram", choices=["ram"], default=None, metavar="ram",
+                   help="decode the training images once (longest side imgsz) before the first epoch and keep "
+                        "them in memory, so epochs skip decoding, with the same results; prints the memory used, "
+                        "and when that would not fit in the available memory with a 50%% margin, warns and reads "
+                        "from disk instead (Ultralytics' cache=ram)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True,
                    help="deterministic kernels (default on)")
@@ -144,6 +149,7 @@ def _train(train, args: argparse.Namespace) -> None:  # noqa: ANN001 - engines.t
         data=args.data, model=args.model, pretrained=args.pretrained, freeze=args.freeze, resume=args.resume, epochs=args.epochs,
         time=args.time,
         imgsz=args.imgsz, rect=args.rect, batch=args.batch, device=args.device, out=args.out, workers=args.workers,
+        cache=args.cache,
         seed=args.seed, deterministic=args.deterministic, optimizer=args.optimizer, lr0=args.lr0, lrf=args.lrf,
         cos_lr=args.cos_lr, warmup_epochs=args.warmup_epochs, close_mosaic=args.close_mosaic,
         patience=args.patience, val=args.val, fraction=args.fraction, amp=args.amp, plots=args.plots,

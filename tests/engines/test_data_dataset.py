@@ -226,6 +226,37 @@ def test_image_that_stops_decoding_mid_run_is_one_line_from_a_worker_too(colour_
     assert str(e.value) == f"{broken}: image cannot be decoded"
 
 
+def test_ram_cache_gives_the_same_samples_and_is_never_written(colour_ds, monkeypatch):
+    """Augmentation (mosaic, affine, HSV in place, flips) works on copies: a write into a cached image
+    would change every later epoch. Cached arrays are read-only, so such a write fails instead."""
+    from engines.data import dataset as dataset_mod
+
+    plain = SegDataset(colour_ds, imgsz=128, augment=True, nc=8, seed=5)
+    cached = SegDataset(colour_ds, imgsz=128, augment=True, nc=8, seed=5)
+    assert cached.ram_bytes() == cached.cache_in_ram(threads=2) and cached.cached and not plain.cached
+    ims = cached._ims
+    assert ims is not None and not any(im.flags.writeable for im in ims)
+    before = [im.copy() for im in ims]
+    for epoch in (0, 1):
+        assert _same(_batches(plain, workers=0, seed=5, epoch=epoch), _batches(cached, workers=0, seed=5, epoch=epoch))
+    plain.close_mosaic()
+    cached.close_mosaic()
+    expected = _batches(plain, workers=0, seed=5, epoch=2)
+    assert _same(expected, _batches(cached, workers=0, seed=5, epoch=2))
+    assert all(np.array_equal(a, b) for a, b in zip(before, ims, strict=True))
+    val_plain = SegDataset(colour_ds, imgsz=128, augment=False, nc=8)
+    val_cached = SegDataset(colour_ds, imgsz=128, augment=False, nc=8, cache_images=True)
+    for i in range(len(val_plain)):
+        assert np.array_equal(val_plain[i].image, val_cached[i].image)
+
+    # Loader workers (forked after the fill) read the parent's cache: none of them decodes an image.
+    def no_decoding(*args: object) -> np.ndarray:
+        raise AssertionError("decoded although cached")
+
+    monkeypatch.setattr(dataset_mod, "read_resized", no_decoding)
+    assert _same(expected, _batches(cached, workers=1, seed=5, epoch=2))
+
+
 @pytest.mark.parametrize(("kwargs", "match"), [
     ({"imgsz": 100}, "imgsz: expected a positive multiple of 32"),
     ({"imgsz": 256, "seed": -1}, "seed"),

@@ -179,6 +179,7 @@ def test_pack_and_restore_round_trip(name):
     ("freeze", [], "train.freeze: expected a layer count"),
     ("freeze", [0, -2], "train.freeze: expected a layer count"),
     ("freeze", [1, 1], "train.freeze: layer indices must not repeat, got [1, 1]"),
+    ("cache", "disk", "train.cache: expected 'ram' or none, got 'disk'"),
 ])
 def test_config_rejects_bad_values(field, value, error):
     with pytest.raises(ConfigError, match=re.escape(error)):
@@ -445,6 +446,7 @@ def test_failed_write_leaves_the_previous_best(tmp_path, monkeypatch, one_thread
     (["--data", "{data}", "--freeze", "0,30"], 2, "--freeze: the model has 23 layers (0..22), got layer 30"),
     (["--data", "{data}", "--freeze", "23"], 2, "--freeze: 23 freezes every layer of the model; nothing would train"),
     (["--resume", "--out", "{tmp}/no-run", "--freeze", "3"], 2, "--freeze: a resumed run keeps the settings"),
+    (["--resume", "--out", "{tmp}/no-run", "cache=True"], 2, "--cache: a resumed run keeps the settings"),
     (["--data", "{data}", "pretrained=True"], 2, "--pretrained: name the checkpoint whose tensors seed the model"),
 ])
 def test_cli_reports_user_mistakes_on_one_line(tmp_path, monkeypatch, capsys, args, code, error):
@@ -707,3 +709,50 @@ def test_freeze_keeps_frozen_layers_bit_identical_through_training_and_resume(tm
         k for k in trained if torch.equal(raw[k], start[k]))
     # As in Ultralytics, frozen layers' BatchNorm stays in train mode: its statistics follow the data.
     assert not torch.equal(raw["model.0.bn.running_mean"], start["model.0.bn.running_mean"])
+
+
+# ------------------------------------------------------------------------------------------ cache=ram
+
+def test_ram_cache_trains_bit_identically(tmp_path, capsys, one_thread):
+    """Same seed, with and without the cache (mosaic on, the cached run's images read by a loader
+    worker): the same losses, raw weights, optimizer state and EMA."""
+    from engines.checkpoint import load_checkpoint
+    from pipeline.cli import main
+
+    data = make_shapes_dataset(tmp_path / "data", n=4, size=128)
+    argv = ["train", f"--data={data}", "--epochs=1", "--imgsz=64", "--batch=2", "--nbs=2", "--device=cpu",
+            "--close-mosaic=0", "--no-val", "--no-plots", "--optimizer=SGD", "--seed=3", "--deterministic"]
+    assert main([*argv, f"--out={tmp_path / 'disk'}", "--workers=0"]) == 0
+    assert "cached in RAM" not in capsys.readouterr().out
+    assert main([*argv, f"--out={tmp_path / 'ram'}", "--workers=1", "cache=ram"]) == 0
+    assert re.search(r"train: 4 images cached in RAM \(0 MB\) in [0-9.]+ s\n", capsys.readouterr().out)
+    import yaml
+
+    assert yaml.safe_load((tmp_path / "ram" / "args.yaml").read_text())["cache"] == "ram"
+    a, b = (load_checkpoint(tmp_path / d / "weights" / "last.pt") for d in ("disk", "ram"))
+    assert a.extra_tensors.keys() == b.extra_tensors.keys() and a.state_dict.keys() == b.state_dict.keys()
+    for k in a.extra_tensors.keys() - {"train/seconds"}:
+        assert torch.equal(a.extra_tensors[k], b.extra_tensors[k]), k
+    for k in a.state_dict:
+        assert torch.equal(a.state_dict[k], b.state_dict[k]), k
+    ra, rb = (read_results(tmp_path / d / "results.csv") for d in ("disk", "ram"))
+    for name in ("box_loss", "seg_loss", "cls_loss", "dfl_loss"):
+        assert ra[f"train/{name}"].tolist() == rb[f"train/{name}"].tolist(), name
+
+
+def test_ram_cache_that_would_not_fit_warns_on_one_line_and_reads_from_disk(tmp_path, monkeypatch, caplog):
+    from engines.data import SegDataset
+    from engines.train import loader
+
+    data = make_shapes_dataset(tmp_path / "data", n=4, size=128)
+    ds = SegDataset(data.parent / "images" / "train", imgsz=64, augment=True, nc=2)
+    need = ds.ram_bytes()
+    assert need == 4 * 64 * 64 * 3
+    monkeypatch.setattr(loader, "available_memory", lambda: int(need * 1.4))  # under the 50 % margin
+    assert not loader.cache_in_ram(ds) and not ds.cached
+    (rec,) = caplog.records
+    assert rec.levelname == "WARNING" and "\n" not in rec.getMessage()
+    assert rec.getMessage().startswith("--cache ram: 4 training images need 0 MB of RAM (0 MB with a 50% margin) but "
+                                       "only 0 MB is available; training without the cache")
+    monkeypatch.setattr(loader, "available_memory", lambda: int(need * 1.5))
+    assert loader.cache_in_ram(ds, verbose=False) and ds.cached
