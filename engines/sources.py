@@ -86,7 +86,7 @@ def iter_video(url: str, *, name: str | None = None, max_frames: int = 0) -> Ite
                 for frame in frames:
                     if max_frames and i >= max_frames:
                         return
-                    yield SourceItem(label, _upright(frame), i, fps)
+                    yield SourceItem(label, _upright(frame, stream.codec_context.sample_aspect_ratio), i, fps)
                     i += 1
         except av.error.FFmpegError as e:
             raise SourceError(f"{redact_url(url)}: decoding failed at frame {i} ({_reason(e, url)})") from None
@@ -97,12 +97,16 @@ def _reason(e: Exception, url: str) -> str:
     return getattr(e, "strerror", None) or str(e).replace(url, redact_url(url))
 
 
-def _upright(frame: Any) -> np.ndarray:
-    """A PyAV video frame as (H, W, 3) uint8 BGR, turned as its display matrix says, as players show it:
-    a phone clip or a camera mounted on its side is stored sideways with a rotation beside it, and was
-    predicted on (and drawn, and its boxes reported) sideways. The run's decoders turn it the same way
-    (pipeline.decoder._upright; engines never imports pipeline)."""
-    image = frame.to_ndarray(format="bgr24")
+def _upright(frame: Any, sar: Any = None) -> np.ndarray:
+    """A PyAV video frame as (H, W, 3) uint8 BGR as players show it: turned as its display matrix says (a
+    phone clip or a camera mounted on its side is stored sideways with a rotation beside it, and was
+    predicted on sideways), and at its display width when its pixels are not square (``sar``: HDV's 1440
+    stored pixels are shown 1920 wide). The run's decoders do the same (pipeline.decoder._upright and
+    _as_shown; engines never imports pipeline, and the decoders never import torch)."""
+    if sar and sar != 1 and 0.25 <= sar <= 4:
+        image = frame.to_ndarray(format="bgr24", width=max(round(frame.width * sar), 1), height=frame.height)
+    else:
+        image = frame.to_ndarray(format="bgr24")
     turns = round((getattr(frame, "rotation", 0) or 0) / 90) % 4  # counterclockwise, as np.rot90 counts
     return np.ascontiguousarray(np.rot90(image, turns)) if turns else image
 

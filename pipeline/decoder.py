@@ -159,6 +159,7 @@ class Decoder:
         self._next_due: float | None = None  # the fps grid's next slot (pts, else arrival time)
         self._pace: tuple[float, float] | None = None  # (wall, pts) anchor of realtime pacing
         self._paced = False  # whether this pass is paced (files, and recordings served over HTTP)
+        self._codec: Any = None  # this pass's decoder: its sample aspect ratio (it may change mid-stream)
         self._max_leap_s = math.inf  # a file's pts leap further than this only at a discontinuity
         self._frames_this_pass = 0
         self._done = threading.Event()
@@ -245,6 +246,7 @@ class Decoder:
     def _read(self, container: Any) -> str:
         """Decode until the end of the input; returns why it ended. Raises on a broken stream."""
         stream = container.streams.video[0]
+        self._codec = stream.codec_context
         rate = float(stream.average_rate or stream.guessed_rate or 0) or None
         clock = self._clock(container, stream)
         # A recording served over HTTP(S) (a clip on a web server or in a bucket) has a duration, a live
@@ -305,7 +307,7 @@ class Decoder:
             return
         if self._paced and t is not None:
             self._pace_to(t)
-        image = _upright(frame, frame.to_ndarray(format="bgr24"))
+        image = _upright(frame, _as_shown(frame, self._codec.sample_aspect_ratio if self._codec else None))
         if self._frozen is not None and self._frozen.still(image, now):
             # the same picture again: no news for the model, and a hung camera for its subscribers
             if self.machine.state is S.LIVE:
@@ -442,6 +444,17 @@ class _FrozenPicture:
 
     def for_s(self, now: float) -> float:
         return now - self._since
+
+
+def _as_shown(frame: Any, sar: Fraction | None) -> np.ndarray:
+    """The frame as (H, W, 3) BGR at the width players show it: pixels that are not square (``sar``, the
+    sample aspect ratio: HDV's 1440x1080 shown 1920 wide, an analog encoder's 704x576 shown 4:3) are
+    widened or narrowed in the same conversion. The model saw such cameras' objects squeezed, and boxes,
+    masks and zones were in stored pixels, not those of the picture people see. A ratio outside 1/4..4
+    (a corrupt stream's) is ignored."""
+    if not sar or sar == 1 or not 0.25 <= sar <= 4:
+        return frame.to_ndarray(format="bgr24")
+    return frame.to_ndarray(format="bgr24", width=max(round(frame.width * sar), 1), height=frame.height)
 
 
 def _upright(frame: Any, image: np.ndarray) -> np.ndarray:

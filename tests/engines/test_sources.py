@@ -65,3 +65,11 @@ def test_a_stream_that_fails_never_shows_its_password() -> None:
     with pytest.raises(SourceError) as e:
         list(iter_video(url))
     assert "hunter2" not in str(e.value) and str(e.value).startswith("rtsp://***@127.0.0.1:")
+
+
+def test_non_square_pixels_are_read_at_the_width_players_show(tmp_path: Path, ffmpeg: str) -> None:
+    clip = tmp_path / "hdv.mp4"
+    subprocess.run([ffmpeg, "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc=size=96x64:rate=10",
+                    "-frames:v", "2", "-vf", "setsar=4/3", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(clip)],
+                   check=True)
+    assert [it.image.shape for it in iter_video(str(clip))] == [(64, 128, 3)] * 2

@@ -202,6 +202,34 @@ def test_rotation_metadata_turns_the_picture_as_players_show_it(tmp_path: Path, 
     assert np.abs(first.astype(int) - expected).mean() < 2.0
 
 
+@pytest.mark.parametrize("sar, width", [("4/3", 128), ("10/11", 87), ("1/1", 96)])
+def test_non_square_pixels_reach_the_model_at_the_width_players_show(tmp_path: Path, harness: type[Harness],
+                                                                    ffmpeg: str, sar: str, width: int) -> None:
+    """HDV (1440x1080 shown 1920 wide) and analog encoders (704x576 shown 4:3) store non-square pixels:
+    the model saw their objects squeezed, and boxes and zones were in stored pixels."""
+    import subprocess
+
+    clip = tmp_path / "sar.mp4"
+    subprocess.run([ffmpeg, "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc=size=96x64:rate=10",
+                    "-frames:v", "3", "-vf", f"setsar={sar}", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(clip)],
+                   check=True)
+    shown = subprocess.run([ffmpeg, "-hide_banner", "-loglevel", "error", "-i", str(clip), "-frames:v", "1",
+                            "-vf", f"scale={width}:64:flags=bilinear", "-f", "rawvideo", "-pix_fmt", "bgr24", "-"],
+                           check=True, capture_output=True).stdout
+    h = harness(url=str(clip), is_file=True, realtime=False, lossless=True)
+    h.run()
+    assert h.statuses[1].detail == f"{width}x64"
+    first = h.frames[0].image
+    assert first.shape == (64, width, 3)
+    # scaled with the colour conversion in one pass: the same geometry, not the same rounding, as ffmpeg's
+    # filter chain; blurred, a picture squeezed or stretched by a pixel would still differ by far more
+    import cv2
+
+    gray = [cv2.GaussianBlur(cv2.cvtColor(im, cv2.COLOR_BGR2GRAY), (5, 5), 0).astype(int)
+            for im in (first, np.frombuffer(shown, np.uint8).reshape(first.shape))]
+    assert np.abs(gray[0] - gray[1]).mean() < 2.0
+
+
 def test_mjpeg_camera_over_http_is_sampled_and_stamped_by_arrival(harness: type[Harness]) -> None:
     """MJPEG over HTTP has no timestamps (FFmpeg counts frames at 25 a second): a 10 fps camera at
     ``fps: 5`` gets every other frame, and pts that keep wall time (not 0.4 s a second, 2 frames a second)."""
