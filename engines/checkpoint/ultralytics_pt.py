@@ -38,7 +38,7 @@ def load_ultralytics_pt(path: Path) -> Checkpoint:
     cls = model.__class_name__
     task = attrs.get("task") or _TASK_OF_CLASS.get(cls, cls)
     if cls != "SegmentationModel" or task != "segment":
-        raise ModelError(f"{path}: a {task} model ({cls}); segpipe needs a YOLOv8 segmentation checkpoint")
+        raise ModelError(f"{path}: a {task} model ({cls}); segpipe needs a YOLOv8 or YOLO11 segmentation checkpoint")
     state_dict = module_state_dict(model)
     meta = _meta(path, obj, attrs)
     return Checkpoint(state_dict=state_dict, meta=meta, extra_tensors={})

@@ -1,4 +1,4 @@
-"""The YOLOv8-seg network: building blocks, the YAML-built model, anchors and model statistics.
+"""The YOLOv8-seg and YOLO11-seg networks: building blocks, the YAML-built model, anchors and model statistics.
 
 Imports nothing from ``pipeline``.
 """

@@ -90,10 +90,10 @@ def summary(model: SegmentationModel, imgsz: int | tuple[int, int] = 640) -> str
 
 
 def model_title(model: SegmentationModel) -> str:
-    """``yolov8s-seg`` from the YAML file name and scale, or ``model`` when unnamed."""
+    """``yolov8s-seg`` / ``yolo11s-seg`` from the YAML file name and scale, or ``model`` when unnamed."""
     stem = str(model.yaml.get("yaml_file", "model")).rsplit("/", 1)[-1].removesuffix(".yaml")
     scale = model.yaml.get("scale") or ""
-    if scale and stem.startswith("yolov") and "-" in stem:
+    if scale and stem.startswith("yolo") and "-" in stem:
         base, rest = stem.split("-", 1)
         if not base.endswith(scale):
             stem = f"{base}{scale}-{rest}"

@@ -1,10 +1,14 @@
-"""SegmentationModel: a YOLOv8-seg network built from a model YAML.
+"""SegmentationModel: a YOLOv8-seg or YOLO11-seg network built from a model YAML.
 
 Imports nothing from ``pipeline``. The model YAML has Ultralytics' layout (``nc``, ``scales``,
 ``backbone``, ``head`` rows of ``[from, repeats, module, args]``); ``yolov8s-seg.yaml`` means scale
-``s`` of ``yolov8-seg.yaml`` (looked up in ``engines/cfg``). Each module name maps to one builder
-in ``_BUILDERS`` that turns a YAML row into keyword arguments, so an unknown name or a malformed
-row fails at build time naming its YAML path.
+``s`` of ``yolov8-seg.yaml``, ``yolo11s-seg.yaml`` scale ``s`` of ``yolo11-seg.yaml`` (looked up in
+``engines/cfg``). Each module name maps to one builder in ``_BUILDERS`` that turns a YAML row into
+keyword arguments, so an unknown name or a malformed row fails at build time naming its YAML path.
+
+Two rules follow Ultralytics' ``parse_model`` so its YAMLs and checkpoints build unchanged: a model
+with a ``C3k2`` layer (YOLO11) gets the depth-wise class branch in its head (``legacy=False``), and
+its ``C3k2`` layers use ``C3k`` blocks at scales m, l and x whatever the row says.
 """
 
 from __future__ import annotations
@@ -23,13 +27,18 @@ import yaml
 from torch import Tensor, nn
 
 from engines.errors import ConfigError, ModelError
-from engines.nn.modules import SPPF, C2f, Concat, Conv, Segment, SegTrainOutput
+from engines.nn.modules import C2PSA, SPPF, C2f, C3k2, Concat, Conv, Segment, SegTrainOutput
 
 log = logging.getLogger(__name__)
 
 CFG_DIR = Path(__file__).resolve().parents[1] / "cfg"
-# "yolov8s-seg" -> ("yolov8", "s", "-seg"); the letter is the scale when the file itself is absent.
-_SCALED_NAME = re.compile(r"^(yolov\d+)([a-z])(-.*)?$")
+# "yolov8s-seg" -> ("yolov8", "s", "-seg"), "yolo11s-seg" -> ("yolo11", "s", "-seg"); the letter is the
+# scale when the file itself is absent.
+_SCALED_NAME = re.compile(r"^(yolov?\d+)([a-z])(-.*)?$")
+# Modules whose presence makes Ultralytics build the head's non-legacy (depth-wise) class branch.
+_NON_LEGACY = frozenset({"C3k2", "A2C2f", "C2fCIB"})
+# Top-level YAML keys of architectures segpipe cannot build, with the value each must have here.
+_UNSUPPORTED_KEYS = {"end2end": (None, False), "reg_max": (None, 16), "activation": (None,)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +119,7 @@ def _find_cfg(path: Path) -> tuple[Path, str | None]:
 
 
 class SegmentationModel(nn.Module):
-    """YOLOv8-seg. Input float32 ``(N, 3, H, W)`` RGB in [0, 1], H and W multiples of 32.
+    """YOLOv8-seg / YOLO11-seg. Input float32 ``(N, 3, H, W)`` RGB in [0, 1], H and W multiples of 32.
 
     eval: ``(pred (N, 4 + nc + 32, A), proto (N, 32, H/s, W/s))`` with xywh boxes in input pixels
     (``s = proto_stride``: 4, or 2 for a Segment row with finer prototypes)
@@ -173,16 +182,17 @@ def _build(d: dict[str, Any], ch_in: int) -> tuple[nn.Sequential, set[int], list
     depth, width, max_ch = (d["scales"][d["scale"]] if d.get("scales") else
                             (d.get("depth_multiple", 1.0), d.get("width_multiple", 1.0), float("inf")))
     rows = _rows(d, name)
+    _check_supported(d, name, rows)
+    legacy = not any(mname in _NON_LEGACY for _, (_, _, mname, _) in rows)
     ch: list[int] = []
     strides: list[float] = []
     layers, infos, sources = [], [], []
     save: set[int] = set()
     for i, (ypath, (f, n, mname, args)) in enumerate(rows):
-        if mname not in _BUILDERS:
-            raise ConfigError(ypath, f"unknown module '{mname}' (known: {', '.join(_BUILDERS)})")
         n_ = max(round(n * depth), 1) if n > 1 else n
         idx = _as_list(f)
-        ctx = _Ctx(path=ypath, f=f, n=n_, width=width, max_ch=max_ch, nc=d.get("nc"),
+        ctx = _Ctx(path=ypath, f=f, n=n_, width=width, max_ch=max_ch, nc=d.get("nc"), scale=d.get("scale"),
+                   legacy=legacy,
                    c_in=[ch[j] for j in idx] if i else [ch_in], s_in=[strides[j] for j in idx] if i else [1.0])
         try:
             module, c_out, s_out, shown = _BUILDERS[mname](args, ctx)
@@ -196,6 +206,20 @@ def _build(d: dict[str, Any], ch_in: int) -> tuple[nn.Sequential, set[int], list
         ch.append(c_out)
         strides.append(s_out)
     return nn.Sequential(*layers), save, infos, sources
+
+
+def _check_supported(d: dict[str, Any], name: str, rows: list[tuple[str, tuple[Any, ...]]]) -> None:
+    """Refuse, in one line naming every offending module or key, an architecture segpipe cannot build
+    (YOLO26's NMS-free head and 1-bin boxes, YOLOE, RT-DETR, custom activations, ...)."""
+    unknown = list(dict.fromkeys(mname for _, (_, _, mname, _) in rows if mname not in _BUILDERS))
+    if unknown:
+        first = next(ypath for ypath, (_, _, mname, _) in rows if mname in unknown)
+        raise ConfigError(first, f"unknown module{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+                                 f"(segpipe builds YOLOv8-seg and YOLO11-seg; known: {', '.join(_BUILDERS)})")
+    for key, ok in _UNSUPPORTED_KEYS.items():
+        if d.get(key) not in ok:
+            raise ConfigError(f"{name}: {key}", f"{key}: {d[key]!r} is not supported (segpipe builds YOLOv8-seg "
+                                                f"and YOLO11-seg)")
 
 
 def _rows(d: dict[str, Any], name: str) -> list[tuple[str, tuple[Any, ...]]]:
@@ -246,6 +270,8 @@ class _Ctx:
     nc: Any
     c_in: list[int]
     s_in: list[float]
+    scale: str | None = None
+    legacy: bool = True
 
     def scale_ch(self, c: int) -> int:
         return make_divisible(min(c, self.max_ch) * self.width, 8)
@@ -276,8 +302,28 @@ def _c2f(args: list[Any], ctx: _Ctx) -> _Built:
     return C2f(c1=c1, c2=c2, n=ctx.n, shortcut=shortcut), c2, s_in, [c1, c2, ctx.n, shortcut]
 
 
+def _c3k2(args: list[Any], ctx: _Ctx) -> _Built:
+    # Row args [c2, c3k, e, attn, g, shortcut] as Ultralytics' C3k2(c1, c2, n, c3k, e, attn, g, shortcut).
+    c1, s_in = ctx.one_input()
+    if len(args) > 6:
+        raise ValueError("expected at most [c2, c3k, e, attn, g, shortcut]")
+    c3k, e, attn, g, shortcut = (list(args[1:]) + [False, 0.5, False, 1, True][len(args) - 1:])[:5]
+    c3k = True if ctx.scale in ("m", "l", "x") else bool(c3k)  # Ultralytics' parse_model does the same
+    c2 = ctx.scale_ch(args[0])
+    m = C3k2(c1=c1, c2=c2, n=ctx.n, c3k=c3k, e=float(e), attn=bool(attn), g=int(g), shortcut=bool(shortcut))
+    return m, c2, s_in, [c1, c2, ctx.n, c3k, e, *([attn] if attn else [])]
+
+
+def _c2psa(args: list[Any], ctx: _Ctx) -> _Built:
+    c1, s_in = ctx.one_input()
+    c2, e = ctx.scale_ch(args[0]), (args[1] if len(args) > 1 else 0.5)
+    return C2PSA(c1=c1, c2=c2, n=ctx.n, e=float(e)), c2, s_in, [c1, c2, ctx.n]
+
+
 def _sppf(args: list[Any], ctx: _Ctx) -> _Built:
     c1, s_in = ctx.one_input()
+    if len(args) > 2:  # YOLO26's [c2, k, n, shortcut]: an SPPF without cv1's activation, segpipe's has one
+        raise ValueError("expected [c2, k]; YOLO26's SPPF (n, shortcut) is not supported")
     c2, k = ctx.scale_ch(args[0]), (args[1] if len(args) > 1 else 5)
     return SPPF(c1=c1, c2=c2, k=k), c2, s_in, [c1, c2, k]
 
@@ -306,7 +352,8 @@ def _segment(args: list[Any], ctx: _Ctx) -> _Built:
     n_det = next((k for k, s in enumerate(ctx.s_in) if s < ctx.s_in[0]), len(ctx.s_in))
     ch, strides = tuple(ctx.c_in[:n_det]), tuple(ctx.s_in[:n_det])
     skips = tuple((int(s), c) for s, c in zip(ctx.s_in[n_det:], ctx.c_in[n_det:], strict=True))
-    m = Segment(nc=nc, ch=ch, strides=strides, nm=nm, npr=npr, proto_stride=proto_stride, skips=skips)
+    m = Segment(nc=nc, ch=ch, strides=strides, nm=nm, npr=npr, proto_stride=proto_stride, skips=skips,
+                legacy=ctx.legacy)
     shown = [nc, nm, npr, list(ch)] if proto_stride == 4 and not skips else [nc, nm, npr, proto_stride, list(ch)]
     return m, nc, max(strides), shown
 
@@ -315,7 +362,9 @@ def _segment(args: list[Any], ctx: _Ctx) -> _Built:
 _BUILDERS: dict[str, Callable[[list[Any], _Ctx], _Built]] = {
     "Conv": _conv,
     "C2f": _c2f,
+    "C3k2": _c3k2,
     "SPPF": _sppf,
+    "C2PSA": _c2psa,
     "nn.Upsample": _upsample,
     "Concat": _concat,
     "Segment": _segment,

@@ -1,4 +1,4 @@
-"""YOLOv8-seg building blocks.
+"""YOLOv8-seg and YOLO11-seg building blocks.
 
 Imports nothing from segpipe but :mod:`engines.nn.head`. Attribute names (``conv``, ``bn``, ``cv1``,
 ``m``, ``cv2``/``cv3``/``cv4``, ``dfl``, ``proto``) are part of the checkpoint format: they make
@@ -9,6 +9,7 @@ keyword-only arguments; the YAML row -> arguments mapping lives in :mod:`engines
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple, cast
 
 import torch
@@ -72,6 +73,13 @@ class Conv(nn.Module):
             self.bn = nn.Identity()
 
 
+class DWConv(Conv):
+    """Depth-wise Conv (groups ``gcd(c1, c2)``) + BatchNorm2d + SiLU: YOLO11's classification branch."""
+
+    def __init__(self, *, c1: int, c2: int, k: int = 1, s: int = 1, d: int = 1, act: bool = True) -> None:
+        super().__init__(c1=c1, c2=c2, k=k, s=s, g=math.gcd(c1, c2), d=d, act=act)
+
+
 class Bottleneck(nn.Module):
     """Two convs with an optional residual: ``(N, c1, H, W) -> (N, c2, H, W)``."""
 
@@ -93,20 +101,111 @@ class C2f(nn.Module):
     ``(N, c1, H, W) -> (N, c2, H, W)``."""
 
     def __init__(self, *, c1: int, c2: int, n: int = 1, shortcut: bool = False, g: int = 1,
-                 e: float = 0.5) -> None:
+                 e: float = 0.5, block: Callable[[int], nn.Module] | None = None) -> None:
+        """``block(c)`` makes each of the ``n`` inner blocks over ``c = int(c2 * e)`` channels (default:
+        a full-width 3x3 :class:`Bottleneck`, YOLOv8's)."""
         super().__init__()
         self.c = int(c2 * e)
         self.cv1 = Conv(c1=c1, c2=2 * self.c, k=1)
         self.cv2 = Conv(c1=(2 + n) * self.c, c2=c2, k=1)
-        self.m = nn.ModuleList(
-            Bottleneck(c1=self.c, c2=self.c, shortcut=shortcut, g=g, k=(3, 3), e=1.0) for _ in range(n)
-        )
+        make = block or (lambda c: Bottleneck(c1=c, c2=c, shortcut=shortcut, g=g, k=(3, 3), e=1.0))
+        self.m = nn.ModuleList(make(self.c) for _ in range(n))
 
     def forward(self, x: Tensor) -> Tensor:
         y = list(self.cv1(x).chunk(2, 1))
         for m in self.m:
             y.append(m(y[-1]))
         return self.cv2(torch.cat(y, 1))
+
+
+class C3k(nn.Module):
+    """CSP block with three convs around ``n`` ``k x k`` bottlenecks (Ultralytics' C3 layout).
+    ``(N, c1, H, W) -> (N, c2, H, W)``."""
+
+    def __init__(self, *, c1: int, c2: int, n: int = 1, shortcut: bool = True, g: int = 1, e: float = 0.5,
+                 k: int = 3) -> None:
+        super().__init__()
+        c_ = int(c2 * e)
+        self.cv1 = Conv(c1=c1, c2=c_, k=1)
+        self.cv2 = Conv(c1=c1, c2=c_, k=1)
+        self.cv3 = Conv(c1=2 * c_, c2=c2, k=1)
+        self.m = nn.Sequential(*(Bottleneck(c1=c_, c2=c_, shortcut=shortcut, g=g, k=(k, k), e=1.0) for _ in range(n)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.cv3(torch.cat((self.m(self.cv1(x)), self.cv2(x)), 1))
+
+
+class C3k2(C2f):
+    """YOLO11's C2f: its inner blocks are half-width bottlenecks, :class:`C3k` blocks (``c3k``, scales m/l/x)
+    or a bottleneck followed by a :class:`PSABlock` (``attn``). ``(N, c1, H, W) -> (N, c2, H, W)``."""
+
+    def __init__(self, *, c1: int, c2: int, n: int = 1, c3k: bool = False, e: float = 0.5, attn: bool = False,
+                 g: int = 1, shortcut: bool = True) -> None:
+        def block(c: int) -> nn.Module:
+            if attn:
+                return nn.Sequential(Bottleneck(c1=c, c2=c, shortcut=shortcut, g=g),
+                                     PSABlock(c=c, attn_ratio=0.5, num_heads=max(c // 64, 1)))
+            if c3k:
+                return C3k(c1=c, c2=c, n=2, shortcut=shortcut, g=g)
+            return Bottleneck(c1=c, c2=c, shortcut=shortcut, g=g)
+
+        super().__init__(c1=c1, c2=c2, n=n, shortcut=shortcut, g=g, e=e, block=block)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over the ``H*W`` positions of a map, plus a depth-wise 3x3 positional
+    term on the values. ``(N, dim, H, W) -> (N, dim, H, W)``; keys/queries have ``head_dim * attn_ratio``
+    channels per head."""
+
+    def __init__(self, *, dim: int, num_heads: int = 8, attn_ratio: float = 0.5) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.key_dim = int(self.head_dim * attn_ratio)
+        self.scale = self.key_dim**-0.5
+        self.qkv = Conv(c1=dim, c2=dim + 2 * self.key_dim * num_heads, k=1, act=False)
+        self.proj = Conv(c1=dim, c2=dim, k=1, act=False)
+        self.pe = Conv(c1=dim, c2=dim, k=3, g=dim, act=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, c, h, w = x.shape
+        q, k, v = self.qkv(x).view(n, self.num_heads, 2 * self.key_dim + self.head_dim, h * w).split(
+            [self.key_dim, self.key_dim, self.head_dim], dim=2)
+        attn = ((q * self.scale).transpose(-2, -1) @ k).softmax(dim=-1)  # (N, heads, HW, HW)
+        y = (v @ attn.transpose(-2, -1)).view(n, c, h, w) + self.pe(v.reshape(n, c, h, w))
+        return self.proj(y)
+
+
+class PSABlock(nn.Module):
+    """Attention then a 1x1 feed-forward pair, each residual when ``shortcut``. ``(N, c, H, W)`` kept."""
+
+    def __init__(self, *, c: int, attn_ratio: float = 0.5, num_heads: int = 4, shortcut: bool = True) -> None:
+        super().__init__()
+        self.attn = Attention(dim=c, attn_ratio=attn_ratio, num_heads=num_heads)
+        self.ffn = nn.Sequential(Conv(c1=c, c2=2 * c, k=1), Conv(c1=2 * c, c2=c, k=1, act=False))
+        self.add = shortcut
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attn(x) if self.add else self.attn(x)
+        return x + self.ffn(x) if self.add else self.ffn(x)
+
+
+class C2PSA(nn.Module):
+    """YOLO11's attention stage: half of the channels pass ``n`` :class:`PSABlock` s, the other half skips
+    them. ``(N, c1, H, W) -> (N, c2, H, W)`` with ``c1 == c2``."""
+
+    def __init__(self, *, c1: int, c2: int, n: int = 1, e: float = 0.5) -> None:
+        super().__init__()
+        if c1 != c2:
+            raise ValueError(f"C2PSA keeps its channel count, got {c1} in and {c2} out")
+        self.c = int(c1 * e)
+        self.cv1 = Conv(c1=c1, c2=2 * self.c, k=1)
+        self.cv2 = Conv(c1=2 * self.c, c2=c1, k=1)
+        self.m = nn.Sequential(*(PSABlock(c=self.c, attn_ratio=0.5, num_heads=max(self.c // 64, 1)) for _ in range(n)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        a, b = self.cv1(x).split((self.c, self.c), dim=1)
+        return self.cv2(torch.cat((a, self.m(b)), 1))
 
 
 class SPPF(nn.Module):
@@ -238,17 +337,26 @@ def _branch(c1: int, c_: int, c_out: int) -> nn.Sequential:
     return nn.Sequential(Conv(c1=c1, c2=c_, k=3), Conv(c1=c_, c2=c_, k=3), nn.Conv2d(c_, c_out, 1))
 
 
-class Detect(nn.Module):
-    """Anchor-free detection head over the P3-P5 maps (YOLOv8 'legacy' cls branch of plain convs).
+def _dw_branch(c1: int, c_: int, c_out: int) -> nn.Sequential:
+    """YOLO11's class branch: two (depth-wise 3x3, point-wise 1x1) pairs, then the output conv."""
+    return nn.Sequential(nn.Sequential(DWConv(c1=c1, c2=c1, k=3), Conv(c1=c1, c2=c_, k=1)),
+                         nn.Sequential(DWConv(c1=c_, c2=c_, k=3), Conv(c1=c_, c2=c_, k=1)),
+                         nn.Conv2d(c_, c_out, 1))
 
-    ``strides`` are the input-pixel strides of the input levels (8, 16, 32). Eval output:
-    ``(N, 4 + nc, A)``: boxes ``(cx, cy, w, h)`` in input pixels, then sigmoid class scores.
+
+class Detect(nn.Module):
+    """Anchor-free detection head over the P3-P5 maps.
+
+    ``strides`` are the input-pixel strides of the input levels (8, 16, 32). ``legacy`` (YOLOv8) makes
+    the class branch ``cv3`` of plain 3x3 convs; otherwise (YOLO11) of depth-wise + point-wise pairs.
+    Eval output: ``(N, 4 + nc, A)``: boxes ``(cx, cy, w, h)`` in input pixels, then sigmoid class scores.
     """
 
     # A buffer (registered in __init__), which the torch stubs would type as Tensor | Module.
     stride: Tensor
 
-    def __init__(self, *, nc: int, ch: tuple[int, ...], strides: tuple[float, ...], reg_max: int = 16) -> None:
+    def __init__(self, *, nc: int, ch: tuple[int, ...], strides: tuple[float, ...], reg_max: int = 16,
+                 legacy: bool = True) -> None:
         super().__init__()
         if len(strides) != len(ch):
             raise ValueError(f"Detect: {len(ch)} input levels but {len(strides)} strides")
@@ -259,7 +367,8 @@ class Detect(nn.Module):
         self.register_buffer("stride", torch.tensor(self.strides), persistent=False)
         c2, c3 = max(16, ch[0] // 4, 4 * reg_max), max(ch[0], min(nc, 100))
         self.cv2 = nn.ModuleList(_branch(x, c2, 4 * reg_max) for x in ch)
-        self.cv3 = nn.ModuleList(_branch(x, c3, nc) for x in ch)
+        self.legacy = legacy
+        self.cv3 = nn.ModuleList((_branch if legacy else _dw_branch)(x, c3, nc) for x in ch)
         self.dfl = DFL(c1=reg_max) if reg_max > 1 else nn.Identity()
         # Every shape's grid is kept, never replaced: a captured CUDA graph reads its grid by address, so
         # the grid of one shape must outlive the use of another (a few KB per shape).
@@ -315,8 +424,8 @@ class Segment(Detect):
 
     def __init__(self, *, nc: int, ch: tuple[int, ...], strides: tuple[float, ...], nm: int = 32,
                  npr: int = 256, reg_max: int = 16, proto_stride: int = 4,
-                 skips: tuple[tuple[int, int], ...] = ()) -> None:
-        super().__init__(nc=nc, ch=ch, strides=strides, reg_max=reg_max)
+                 skips: tuple[tuple[int, int], ...] = (), legacy: bool = True) -> None:
+        super().__init__(nc=nc, ch=ch, strides=strides, reg_max=reg_max, legacy=legacy)
         self.nm, self.npr = nm, npr
         self.proto = Proto(c1=ch[0], c_=npr, c2=nm, stride=proto_stride, skips=skips)
         c4 = max(ch[0] // 4, nm)

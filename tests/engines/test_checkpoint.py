@@ -9,6 +9,7 @@ import io
 import json
 import os
 import pickle
+import re
 import struct
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from engines.nn import SegmentationModel
 from pipeline.cli import main as cli_main
 
 FIXTURE_PT = Path(__file__).resolve().parents[1] / "fixtures" / "ultralytics" / "yolov8n-seg-coco8.pt"
+FIXTURE11_PT = FIXTURE_PT.with_name("yolo11n-seg-coco8.pt")
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +117,25 @@ def test_import_ultralytics_checkpoint() -> None:
     assert model.nc == 80 and not model.training
 
 
+def test_import_ultralytics_yolo11_checkpoint(tmp_path: Path) -> None:
+    ckpt = load_checkpoint(FIXTURE11_PT)
+    m = ckpt.meta
+    assert (m.task, m.imgsz, m.stride, len(m.names)) == ("segment", 320, 32, 80)
+    assert m.model_yaml["yaml_file"] == "yolo11n-seg.yaml" and m.model_yaml["scale"] == "n"
+    assert len(ckpt.state_dict) == 561
+    assert ckpt.state_dict["model.10.m.0.attn.qkv.conv.weight"].shape == (256, 128, 1, 1)
+    assert ckpt.state_dict["model.23.cv3.0.0.0.conv.weight"].shape == (64, 1, 3, 3)  # depth-wise class branch
+    model = build_model(ckpt)
+    assert not model.head.legacy and not model.training
+    # Imported once, it round-trips as a segpipe checkpoint like any other.
+    out = save_checkpoint(tmp_path / "yolo11.safetensors", state_dict=ckpt.state_dict, meta=ckpt.meta)
+    again = build_model(load_checkpoint(out))
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(again(x), model(x), strict=True):
+            assert torch.equal(a, b)
+
+
 def test_import_then_save_as_segpipe(tmp_path: Path) -> None:
     ckpt = load_checkpoint(FIXTURE_PT)
     out = save_checkpoint(tmp_path / "converted.safetensors", state_dict=ckpt.state_dict, meta=ckpt.meta)
@@ -123,7 +144,8 @@ def test_import_then_save_as_segpipe(tmp_path: Path) -> None:
     assert all(torch.equal(again.state_dict[k], v) for k, v in ckpt.state_dict.items())
 
 
-def _fake_ultralytics_pt(path: Path, monkeypatch: pytest.MonkeyPatch, cls_name: str, task: str) -> Path:
+def _fake_ultralytics_pt(path: Path, monkeypatch: pytest.MonkeyPatch, cls_name: str, task: str,
+                         model_yaml: dict | None = None) -> Path:
     """A torch.save zip holding an object of class ``ultralytics.nn.tasks.<cls_name>``, made without
     ultralytics: a stand-in module registered in sys.modules just while pickling."""
     for name in ("ultralytics", "ultralytics.nn", "ultralytics.nn.tasks"):
@@ -132,7 +154,7 @@ def _fake_ultralytics_pt(path: Path, monkeypatch: pytest.MonkeyPatch, cls_name: 
     setattr(sys.modules["ultralytics.nn.tasks"], cls_name, cls)
     obj = cls()
     obj.__dict__.update({"_parameters": {}, "_buffers": {}, "_modules": {}, "task": task,
-                         "yaml": {"nc": 80}, "names": {0: "person"}})
+                         "yaml": model_yaml or {"nc": 80}, "names": {0: "person"}})
     torch.save({"model": obj, "train_args": {"imgsz": 640}, "version": "8.3.0"}, path)
     return path
 
@@ -220,6 +242,9 @@ def _bad_input(case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, saved
         "legacy pickle": lambda: put("legacy.pt", pickle.dumps({"model": 1}, protocol=2)),
         "wrong task .pt": lambda: _fake_ultralytics_pt(tmp_path / "det.pt", monkeypatch, "DetectionModel", "detect"),
         "classify .pt": lambda: _fake_ultralytics_pt(tmp_path / "cls.pt", monkeypatch, "ClassificationModel", "classify"),
+        "yoloe .pt": lambda: _fake_ultralytics_pt(tmp_path / "yoloe.pt", monkeypatch, "YOLOESegModel", "segment"),
+        "rt-detr .pt": lambda: _fake_ultralytics_pt(tmp_path / "rtdetr.pt", monkeypatch, "RTDETRDetectionModel",
+                                                    "detect"),
         "wrong task safetensors": lambda: put("det.safetensors",
                                       st_save({"w": torch.ones(2)}, {"segpipe": json.dumps(meta_detect)})),
     }
@@ -243,6 +268,8 @@ BAD_INPUT = [
     ("legacy pickle", CheckpointError, "legacy"),
     ("wrong task .pt", ModelError, "a detect model \\(DetectionModel\\)"),
     ("classify .pt", ModelError, "a classify model"),
+    ("yoloe .pt", ModelError, "a segment model \\(YOLOESegModel\\)"),
+    ("rt-detr .pt", ModelError, "a detect model \\(RTDETRDetectionModel\\)"),
     ("wrong task safetensors", ModelError, "a 'detect' model"),
 ]
 
@@ -268,11 +295,51 @@ def test_build_model_refuses_mismatched_weights(small: tuple[SegmentationModel, 
     sd["model.99.foo"] = torch.ones(1)
     with pytest.raises(ModelError, match=r"1 missing \(e.g. model.0.conv.weight\); 1 unexpected"):
         build_model(Checkpoint(state_dict=sd, meta=meta))
-    v11 = {**meta.model_yaml, "head": [*meta.model_yaml["head"][:2], [-1, 2, "C3k2", [512, False]],
+    v12 = {**meta.model_yaml, "head": [*meta.model_yaml["head"][:2], [-1, 2, "A2C2f", [512, False, -1]],
                                        *meta.model_yaml["head"][3:]]}
-    odd = ModelMeta(names=meta.names, model_yaml=v11, imgsz=320, stride=32, source="v11.pt")
-    with pytest.raises(ModelError, match="v11.pt: unsupported model architecture .*unknown module 'C3k2'"):
+    odd = ModelMeta(names=meta.names, model_yaml=v12, imgsz=320, stride=32, source="v12.pt")
+    with pytest.raises(ModelError, match="v12.pt: unsupported model architecture .*unknown module 'A2C2f'"):
         build_model(Checkpoint(state_dict=model.state_dict(), meta=odd))
+
+
+# Ultralytics' yolo26-seg.yaml at scale n, as its checkpoints store it (end2end head, 1-bin boxes).
+YOLO26_SEG = {
+    "nc": 80, "end2end": True, "reg_max": 1, "scale": "n", "yaml_file": "yolo26n-seg.yaml", "channels": 3,
+    "scales": {"n": [0.5, 0.25, 1024]},
+    "backbone": [[-1, 1, "Conv", [64, 3, 2]], [-1, 1, "Conv", [128, 3, 2]], [-1, 2, "C3k2", [256, False, 0.25]],
+                 [-1, 1, "Conv", [256, 3, 2]], [-1, 2, "C3k2", [512, False, 0.25]], [-1, 1, "Conv", [512, 3, 2]],
+                 [-1, 2, "C3k2", [512, True]], [-1, 1, "Conv", [1024, 3, 2]], [-1, 2, "C3k2", [1024, True]],
+                 [-1, 1, "SPPF", [1024, 5, 3, True]], [-1, 2, "C2PSA", [1024]]],
+    "head": [[-1, 1, "nn.Upsample", [None, 2, "nearest"]], [[-1, 6], 1, "Concat", [1]], [-1, 2, "C3k2", [512, True]],
+             [-1, 1, "nn.Upsample", [None, 2, "nearest"]], [[-1, 4], 1, "Concat", [1]], [-1, 2, "C3k2", [256, True]],
+             [-1, 1, "Conv", [256, 3, 2]], [[-1, 13], 1, "Concat", [1]], [-1, 2, "C3k2", [512, True]],
+             [-1, 1, "Conv", [512, 3, 2]], [[-1, 10], 1, "Concat", [1]], [-1, 1, "C3k2", [1024, True, 0.5, True]],
+             [[16, 19, 22], 1, "Segment26", ["nc", 32, 256]]],
+}
+
+
+@pytest.mark.parametrize(("name", "edit", "match"), [
+    ("yolo26n-seg.pt", {}, r"yolo26n-seg.yaml: head\[12\]: unknown module 'Segment26'"),
+    ("end2end.pt", {"end2end": True, "reg_max": 16, "head": [*YOLO26_SEG["head"][:-1], [[16, 19, 22], 1, "Segment",
+                                                                                         ["nc", 32, 256]]],
+                    "backbone": [*YOLO26_SEG["backbone"][:9], [-1, 1, "SPPF", [1024, 5]], YOLO26_SEG["backbone"][10]]},
+     r"yolo26n-seg.yaml: end2end: end2end: True is not supported"),
+    ("mystery.pt", {"head": [*YOLO26_SEG["head"][:2], [-1, 2, "MysteryBlock", [512]], *YOLO26_SEG["head"][3:]]},
+     r"head\[2\]: unknown modules 'MysteryBlock', 'Segment26'"),
+])
+def test_checkpoint_of_an_architecture_segpipe_cannot_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str], name: str,
+                                                             edit: dict, match: str) -> None:
+    """A segmentation checkpoint whose YAML needs modules segpipe lacks: one line naming the file and them."""
+    path = _fake_ultralytics_pt(tmp_path / name, monkeypatch, "SegmentationModel", "segment",
+                                model_yaml={**YOLO26_SEG, **edit})
+    ckpt = load_checkpoint(path)
+    with pytest.raises(ModelError, match=f"checkpoint {name}: unsupported model architecture .*{match}") as info:
+        build_model(ckpt)
+    assert "\n" not in str(info.value)
+    assert cli_main(["info", "--model", str(path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and name in err[0] and re.search(match, err[0]), err
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""engines.nn: YOLOv8-seg built from YAML, its outputs, fusion, anchors, statistics and errors.
+"""engines.nn: YOLOv8-seg and YOLO11-seg built from YAML, outputs, fusion, anchors, statistics and errors.
 
 Full key-for-key and output parity with a real Ultralytics checkpoint is in
 test_ultralytics_parity.py; here the expected counts are Ultralytics' published figures.
@@ -18,7 +18,7 @@ from engines.nn import SegmentationModel, SegTrainOutput, dist2bbox, make_anchor
 from engines.nn.head import bbox2dist
 from engines.nn.info import count_gflops, count_params, layer_table, model_stats, summary
 from engines.nn.model import CFG_DIR, resolve_model_cfg
-from engines.nn.modules import DFL
+from engines.nn.modules import C2PSA, DFL, Bottleneck, C3k, C3k2, DWConv
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +47,59 @@ def test_scale_params_and_gflops_match_published(scale: str) -> None:
     assert round(count_gflops(model, 640), 1) == gflops
 
 
+# YOLO11-seg: params as Ultralytics 8.4.190 builds them (checked in the reference env of
+# tests/fixtures/ultralytics/make_fixture.py), GFLOPs as the YOLO11 model card publishes them (within 0.5:
+# the card's table is rounded from a slightly different count; 8.4.190's own thop count is lower still,
+# 9.96 for n, as it is for YOLOv8: 12.14 against the published 12.6).
+PUBLISHED11 = {
+    "n": (2_876_848, 10.4),
+    "s": (10_113_248, 35.5),
+    "m": (22_420_896, 123.3),
+    "l": (27_678_368, 142.2),
+    "x": (62_142_656, 319.0),
+}
+
+
+@pytest.mark.parametrize("scale", list(PUBLISHED11))
+def test_yolo11_scale_params_and_gflops_match_ultralytics(scale: str) -> None:
+    with torch.device("meta"):  # counting only: no weights are made
+        model = SegmentationModel(f"yolo11{scale}-seg.yaml")
+    params, gflops = PUBLISHED11[scale]
+    assert model.yaml["scale"] == scale and model.yaml["yaml_file"] == f"yolo11{scale}-seg.yaml"
+    assert count_params(model) == params
+    assert count_gflops(model, 640) == pytest.approx(gflops, abs=0.5)
+    # As Ultralytics' parse_model: C3k blocks inside C3k2 at m/l/x only, and the depth-wise class branch.
+    inner = [type(b) for m in model.modules() if isinstance(m, C3k2) for b in m.m]
+    assert set(inner) == ({C3k} if scale in "mlx" else {C3k, Bottleneck})
+    assert not model.head.legacy and isinstance(model.head.cv3[0][0][0], DWConv)
+
+
+def test_yolo11n_keys_and_layers() -> None:
+    torch.manual_seed(0)
+    model = SegmentationModel("yolo11n-seg.yaml").eval()
+    sd = model.state_dict()
+    assert len(sd) == 561  # as in Ultralytics' yolo11n-seg checkpoints
+    expect = {
+        "model.2.m.0.cv1.conv.weight": (8, 16, 3, 3),  # C3k2's bottleneck is half width (e=0.5)
+        "model.6.m.0.cv3.conv.weight": (64, 64, 1, 1),  # C3k
+        "model.6.m.0.m.1.cv2.conv.weight": (32, 32, 3, 3),
+        "model.10.m.0.attn.qkv.conv.weight": (256, 128, 1, 1),  # 2 heads, key_dim 32
+        "model.10.m.0.attn.pe.conv.weight": (128, 1, 3, 3),
+        "model.10.m.0.ffn.1.conv.weight": (128, 256, 1, 1),
+        "model.23.cv3.0.0.0.conv.weight": (64, 1, 3, 3),  # DWConv
+        "model.23.cv3.0.0.1.conv.weight": (80, 64, 1, 1),
+        "model.23.cv3.2.2.bias": (80,),
+        "model.23.cv4.0.0.conv.weight": (32, 64, 3, 3),
+    }
+    for k, shape in expect.items():
+        assert tuple(sd[k].shape) == shape, k
+    assert isinstance(model.model[10], C2PSA) and model.nc == 80
+    pred, proto = model(torch.rand(1, 3, 64, 96))
+    assert pred.shape == (1, 4 + 80 + 32, 8 * 12 + 4 * 6 + 2 * 3) and proto.shape == (1, 32, 16, 24)
+    out = model.train()(torch.rand(2, 3, 64, 64))
+    assert isinstance(out, SegTrainOutput) and out.coeffs.shape == (2, 32, 64 + 16 + 4)
+
+
 def test_key_names_and_shapes(nano: SegmentationModel) -> None:
     sd = nano.state_dict()
     assert len(sd) == 417
@@ -68,6 +121,7 @@ def test_key_names_and_shapes(nano: SegmentationModel) -> None:
     assert not any("stride" in k or "anchor" in k for k in sd)  # derived, never stored
     head = nano.head
     assert (head.reg_max, head.nm, head.npr, nano.nc) == (16, 32, 64, 80)
+    assert head.legacy and isinstance(head.cv3[0][0].conv, torch.nn.Conv2d) and head.cv3[0][0].conv.groups == 1
     assert torch.equal(nano.stride, torch.tensor([8.0, 16.0, 32.0]))
 
 
@@ -227,7 +281,15 @@ def test_bad_model_names(cfg: str, kwargs: dict, error: type[Exception], match: 
 def _edited(tmp_path: Path, edit: str) -> Path:
     d = yaml.safe_load((CFG_DIR / "yolov8-seg.yaml").read_text())
     if edit == "unknown module":
-        d["head"][2][2] = "C3k2"
+        d["head"][2][2] = "A2C2f"
+    elif edit == "unknown modules":  # YOLO26's head, and an Ultralytics module segpipe lacks
+        d["head"][-1][2], d["backbone"][2][2] = "Segment26", "C3"
+    elif edit == "end2end":
+        d["end2end"] = True
+    elif edit == "reg_max":
+        d["reg_max"] = 1
+    elif edit == "yolo26 sppf":
+        d["backbone"][9][3] = [1024, 5, 3, True]
     elif edit == "bad row":
         d["backbone"][1] = [-1, 1, "Conv"]
     elif edit == "bad from":
@@ -248,7 +310,11 @@ def _edited(tmp_path: Path, edit: str) -> Path:
 @pytest.mark.parametrize(
     ("edit", "match"),
     [
-        ("unknown module", r"head\[2\]: unknown module 'C3k2'"),
+        ("unknown module", r"head\[2\]: unknown module 'A2C2f' \(segpipe builds YOLOv8-seg and YOLO11-seg; known: "),
+        ("unknown modules", r"backbone\[2\]: unknown modules 'C3', 'Segment26'"),
+        ("end2end", r"custom-seg.yaml: end2end: end2end: True is not supported"),
+        ("reg_max", r"custom-seg.yaml: reg_max: reg_max: 1 is not supported"),
+        ("yolo26 sppf", r"backbone\[9\]: bad arguments .* YOLO26's SPPF"),
         ("bad row", r"backbone\[1\]: expected \[from, repeats, module, args\]"),
         ("bad from", r"head\[1\]: 'from' \[-1, 30\] refers to a layer"),
         ("bad args", r"backbone\[0\]: bad arguments"),
@@ -268,6 +334,7 @@ def test_custom_yaml_file_and_default_scale(tmp_path: Path, caplog: pytest.LogCa
     d = resolve_model_cfg(path)
     assert d["scale"] == "n" and "no model scale given" in caplog.text
     assert resolve_model_cfg("yolov8x-seg.yaml")["scale"] == "x"
+    assert resolve_model_cfg("yolo11x-seg.yaml")["scale"] == "x"
     assert resolve_model_cfg(d)["scale"] == "n"  # a resolved dict (as checkpoints store it) round-trips
 
 
@@ -278,6 +345,10 @@ def test_cli_info_on_yaml(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out.splitlines()
     assert out[-1] == "yolov8s-seg summary: 216 layers, 11,791,257 parameters, 3 classes, 10.6 GFLOPs at 320x320"
     assert len(out) == 1 + 23 + 1
+    assert cli_main(["info", "--model", "yolo11n-seg.yaml"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == "yolo11n-seg summary: 288 layers, 2,876,848 parameters, 80 classes, 10.4 GFLOPs at 640x640"
+    assert len(out) == 1 + 24 + 1 and "C2PSA" in out[11] and "[80, 32, 64, [64, 128, 256]]" in out[-2]
     assert cli_main(["info", "model=yolov8q-seg.yaml"]) == 1
     assert "unknown model scale 'q'" in capsys.readouterr().err
     assert cli_main(["info", "--model", "yolov8n-seg.yaml", "--imgsz", "100"]) == 2
