@@ -1,8 +1,9 @@
 """Parity with real Ultralytics (8.4.x) outputs, from tests/fixtures/ultralytics (see make_fixture.py).
 
-The fixture checkpoint is a YOLOv8n-seg trained briefly by Ultralytics and saved its way (fp16
-pickle). It is loaded through our restricted unpickler, run on the exact letterboxed inputs
-Ultralytics fed it, and compared with its raw eval outputs and its final predict() results.
+The fixture checkpoints are a YOLOv8n-seg and a YOLO11n-seg trained briefly by Ultralytics and saved
+its way (fp16 pickle). Each is loaded through our restricted unpickler, run on the exact letterboxed
+inputs Ultralytics fed it, and compared with its raw eval outputs and its final predict() results
+(YOLO11's raw outputs are kept for one image, to keep the fixture small).
 
 Float32 conv results depend on the thread count (a few ulp); the reference was computed with one
 thread, as Ultralytics' predictor runs, so these tests do too and are then bit-exact on the
@@ -25,29 +26,49 @@ from engines.errors import UnsafeCheckpointError
 from engines.nn import SegmentationModel, make_anchors
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ultralytics"
-CKPT = FIXTURES / "yolov8n-seg-coco8.pt"
-REFERENCE = json.loads((FIXTURES / "predict.json").read_text())
+# Fixture set per architecture: checkpoint, raw-output files (input_u8, and pred/proto where kept), predict().
+SETS = {
+    "v8": ("yolov8n-seg-coco8.pt", "raw_{stem}.npz", "predict.json"),
+    "11": ("yolo11n-seg-coco8.pt", "raw11_{stem}.npz", "predict11.json"),
+}
+CKPT = FIXTURES / SETS["v8"][0]
+REFERENCES = {arch: json.loads((FIXTURES / predict).read_text()) for arch, (_, _, predict) in SETS.items()}
+REFERENCE = REFERENCES["v8"]
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 IMAGES = sorted(REFERENCE["images"])
 
 
-@pytest.fixture(scope="module")
-def ckpt() -> Checkpoint:
-    return load_checkpoint(CKPT)
-
-
-@pytest.fixture(scope="module")
-def model(ckpt: Checkpoint) -> SegmentationModel:
-    return build_model(ckpt)
-
-
-def _raw(name: str) -> dict[str, np.ndarray]:
-    with np.load(FIXTURES / f"raw_{Path(name).stem}.npz") as z:
+def _raw(name: str, arch: str = "v8") -> dict[str, np.ndarray]:
+    with np.load(FIXTURES / SETS[arch][1].format(stem=Path(name).stem)) as z:
         return {k: z[k] for k in z.files}
 
 
-def _forward(model: SegmentationModel, name: str) -> tuple[dict[str, np.ndarray], torch.Tensor, torch.Tensor]:
-    ref = _raw(name)
+def _has_raw(arch: str, name: str) -> bool:
+    with np.load(FIXTURES / SETS[arch][1].format(stem=Path(name).stem)) as z:
+        return "pred" in z.files
+
+
+RAW_CASES = [(arch, name) for arch in SETS for name in sorted(REFERENCES[arch]["images"]) if _has_raw(arch, name)]
+PREDICT_CASES = [(arch, name) for arch in SETS for name in sorted(REFERENCES[arch]["images"])]
+
+
+@pytest.fixture(scope="module")
+def loaded() -> dict[str, tuple[Checkpoint, SegmentationModel]]:
+    """Checkpoint and model per architecture, loaded on first use and kept for the module."""
+    return {}
+
+
+def _load(loaded: dict[str, tuple[Checkpoint, SegmentationModel]], arch: str
+          ) -> tuple[Checkpoint, SegmentationModel]:
+    if arch not in loaded:
+        ck = load_checkpoint(FIXTURES / SETS[arch][0])
+        loaded[arch] = ck, build_model(ck)
+    return loaded[arch]
+
+
+def _forward(model: SegmentationModel, name: str, arch: str = "v8"
+             ) -> tuple[dict[str, np.ndarray], torch.Tensor, torch.Tensor]:
+    ref = _raw(name, arch)
     x = torch.from_numpy(ref["input_u8"]).float() / 255  # exactly what Ultralytics fed the model
     with torch.no_grad():
         pred, proto = model(x)
@@ -59,23 +80,31 @@ def _strides(input_hw: tuple[int, ...]) -> np.ndarray:
     return make_anchors(feats, [8.0, 16.0, 32.0])[1].T.numpy()  # (1, A) pixels per grid unit
 
 
-@pytest.mark.parametrize("name", IMAGES)
-def test_raw_outputs_match(model: SegmentationModel, name: str) -> None:
-    ref, pred, proto = _forward(model, name)
+@pytest.mark.parametrize(("arch", "name"), RAW_CASES)
+def test_raw_outputs_match(loaded: dict, arch: str, name: str) -> None:
+    ref, pred, proto = _forward(_load(loaded, arch)[1], name, arch)
     assert pred.shape == ref["pred"].shape and proto.shape == ref["proto"].shape
     strides = _strides(ref["input_u8"].shape[2:])
     ours, theirs = pred.numpy(), ref["pred"]
     assert np.abs(ours[:, :4] / strides - theirs[:, :4] / strides).max() < 1e-4
     assert np.abs(ours[:, 4:] - theirs[:, 4:]).max() < 1e-4
     assert np.abs(proto.numpy() - ref["proto"]).max() < 1e-4
-    assert theirs[0, 4:84].max() > REFERENCE["predict"]["conf"]  # the fixture has real detections
+    assert theirs[0, 4:84].max() > REFERENCES[arch]["predict"]["conf"]  # the fixture has real detections
 
 
-def test_fused_outputs_match(model: SegmentationModel) -> None:
+def test_yolo11_fixture_is_yolo11(loaded: dict) -> None:
+    ckpt, model = _load(loaded, "11")
+    assert ckpt.meta.model_yaml["yaml_file"] == "yolo11n-seg.yaml" and ckpt.meta.model_yaml["scale"] == "n"
+    assert len(ckpt.state_dict) == 561 and not model.head.legacy
+    assert [type(m).__name__ for m in model.model].count("C3k2") == 8
+
+
+@pytest.mark.parametrize("arch", list(SETS))
+def test_fused_outputs_match(loaded: dict, arch: str) -> None:
     import copy
 
-    fused = copy.deepcopy(model).fuse()
-    ref, pred, _ = _forward(fused, IMAGES[0])
+    fused = copy.deepcopy(_load(loaded, arch)[1]).fuse()
+    ref, pred, _ = _forward(fused, next(n for a, n in RAW_CASES if a == arch), arch)
     # Folding BN reorders float math; boxes are in pixels (up to ~320), hence the looser bound.
     assert np.abs(pred.numpy()[:, 4:] - ref["pred"][:, 4:]).max() < 1e-4
     assert np.abs(pred.numpy()[:, :4] - ref["pred"][:, :4]).max() < 1e-3
@@ -99,15 +128,17 @@ def test_letterbox_matches_ultralytics(coco128: Path) -> None:
 
 
 @pytest.mark.parametrize("retina", [False, True], ids=["default", "retina"])
-@pytest.mark.parametrize("name", IMAGES)
-def test_final_detections_match(ckpt: Checkpoint, model: SegmentationModel, name: str, retina: bool) -> None:
+@pytest.mark.parametrize(("arch", "name"), PREDICT_CASES)
+def test_final_detections_match(loaded: dict, arch: str, name: str, retina: bool) -> None:
     from pycocotools import mask as mask_utils
 
     from engines.ops import NMSConfig, letterbox_geometry, postprocess
 
-    settings, ref = REFERENCE["predict"], REFERENCE["images"][name]["retina" if retina else "default"]
-    ref_input, pred, proto = _forward(model, name)
-    info = letterbox_geometry(tuple(REFERENCE["images"][name]["orig_shape"]), size=settings["imgsz"],
+    ckpt, model = _load(loaded, arch)
+    reference = REFERENCES[arch]
+    settings, ref = reference["predict"], reference["images"][name]["retina" if retina else "default"]
+    ref_input, pred, proto = _forward(model, name, arch)
+    info = letterbox_geometry(tuple(reference["images"][name]["orig_shape"]), size=settings["imgsz"],
                               stride=32, auto=True)
     assert info.new_shape == tuple(ref_input["input_u8"].shape[2:])
     cfg = NMSConfig(conf=settings["conf"], iou=settings["iou"], max_det=settings["max_det"])
