@@ -7,6 +7,7 @@ Imports ``engines.nn`` and ``engines.checkpoint``; nothing from ``pipeline``.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -102,10 +103,11 @@ def freeze_layers(model: SegmentationModel, freeze: int | list[int] | None) -> l
 
 
 def _yaml_name(model_yaml: Mapping[str, object]) -> str:
-    """The YAML name to suggest for a checkpoint's architecture (``yolov8n-seg.yaml``)."""
+    """The YAML name to suggest for a checkpoint's architecture (``yolov8n-seg.yaml``, ``yolo11s-seg.yaml``):
+    a family's YAML named with the checkpoint's scale, as Ultralytics names them."""
     name = str(model_yaml.get("yaml_file") or "yolov8-seg.yaml")
     scale = model_yaml.get("scale")
-    stem = Path(name).stem
-    if scale and stem.startswith("yolov8-") and not stem.startswith(f"yolov8{scale}"):
-        return f"yolov8{scale}{stem[len('yolov8'):]}.yaml"
+    family = re.match(r"^(yolov8|yolo11)(-.*)$", Path(name).stem)
+    if scale and family:
+        return f"{family.group(1)}{scale}{family.group(2)}.yaml"
     return name

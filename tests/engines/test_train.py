@@ -509,6 +509,16 @@ def test_ultralytics_checkpoint_seeds_other_classes_only_through_pretrained(caps
     assert same.nc == 80 and same.training
 
 
+@pytest.mark.parametrize(("yaml_file", "scale", "expected"), [
+    ("yolov8-seg.yaml", "n", "yolov8n-seg.yaml"), ("yolo11-seg.yaml", "s", "yolo11s-seg.yaml"),
+    ("yolov8-seg-proto2.yaml", "n", "yolov8n-seg-proto2.yaml"), ("mine.yaml", "n", "mine.yaml"),
+])
+def test_the_yaml_suggested_for_a_checkpoint_names_its_scale(yaml_file: str, scale: str, expected: str) -> None:
+    from engines.train.weights import _yaml_name
+
+    assert _yaml_name({"yaml_file": yaml_file, "scale": scale}) == expected
+
+
 def _fake_clock(*readings: float):
     """A ``TrainClock.now`` that returns ``readings`` in turn (the time a test says has passed)."""
     it = iter(readings)
