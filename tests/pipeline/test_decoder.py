@@ -239,9 +239,11 @@ def test_mjpeg_camera_over_http_is_sampled_and_stamped_by_arrival(harness: type[
         h = harness(url=url, is_file=False, fps=5.0, open_timeout_s=5, read_timeout_s=5, stall_timeout_s=2)
         h.run(stop_after_decoded=8, timeout=30)
     assert h.states[:2] == [S.CONNECTING, S.LIVE] and h.decoded >= 8, h.statuses
-    steps = sorted(frame_index(b.image) - frame_index(a.image) for a, b in zip(h.frames, h.frames[1:], strict=False))
-    assert steps[len(steps) // 2] == 2, steps  # every other frame of 10 a second
     first, last = h.frames[0], h.frames[-1]
+    # every other frame of 10 a second, on average: on a loaded machine arrivals bunch, and the kept
+    # frames step 1, 3, 1, 3 (at 0.4 s a second, the bug, it would be 5 on average)
+    mean_step = (frame_index(last.image) - frame_index(first.image)) / (len(h.frames) - 1)
+    assert 1.5 <= mean_step <= 2.6, [frame_index(f.image) for f in h.frames]
     assert last.pts - first.pts == pytest.approx(last.capture_ts - first.capture_ts, abs=0.1)
 
 
