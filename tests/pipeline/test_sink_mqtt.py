@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -312,31 +312,42 @@ def test_config_checks_the_url_without_echoing_it() -> None:
     assert "hunter2" not in repr(cfg) and cfg.redacted_url() == "mqtts://***@broker"
 
 
-def test_listen_prints_a_camera_and_its_retained_status(mqtt_broker: MqttBroker,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
-    sink = _sink(mqtt_broker)
+def _listen_while(sink: MqttSink, publish: Callable[[int], None], argv: list[str]) -> int:
+    """``segpipe listen argv``'s exit status, run while ``publish(seq)`` is called every 5 ms for seq 0, 1,
+    ... (the listener subscribes whenever it does), once the sink is connected."""
     stop = threading.Event()
 
-    def publish() -> None:  # keep publishing: the listener subscribes whenever it does
+    def keep_publishing() -> None:
         seq = 0
         while not stop.is_set():
-            for cam in ("cam1", "cam10"):
-                sink.publish(_env(cam, seq))
+            publish(seq)
             seq += 1
             time.sleep(0.005)
 
+    wait_for(sink.connected.is_set, 10, "the sink to connect")
+    t = threading.Thread(target=keep_publishing)
+    t.start()
+    try:
+        return main(["listen", *argv])
+    finally:
+        stop.set()
+        t.join()
+
+
+def test_listen_prints_a_camera_and_its_retained_status(mqtt_broker: MqttBroker,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    sink = _sink(mqtt_broker)
     try:
         wait_for(sink.connected.is_set, 10, "the sink to connect")
         sink.publish(_status("cam1", CameraState.LIVE))
         assert sink.flush(10)
-        t = threading.Thread(target=publish)
-        t.start()
-        try:
-            assert main(["listen", "--mqtt", mqtt_broker.url, "--camera", "cam1", "--count", "4",
-                         "--idle-timeout", "10"]) == 0
-        finally:
-            stop.set()
-            t.join()
+
+        def frames(seq: int) -> None:
+            for cam in ("cam1", "cam10"):
+                sink.publish(_env(cam, seq))
+
+        assert _listen_while(sink, frames, ["--mqtt", mqtt_broker.url, "--camera", "cam1", "--count", "4",
+                                            "--idle-timeout", "10"]) == 0
     finally:
         sink.close()
     lines = capsys.readouterr().out.splitlines()
@@ -346,30 +357,24 @@ def test_listen_prints_a_camera_and_its_retained_status(mqtt_broker: MqttBroker,
 def test_listen_skips_the_clear_of_a_removed_cameras_status(mqtt_broker: MqttBroker,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     sink = _sink(mqtt_broker)
-    stop = threading.Event()
+    sub = Subscriber(mqtt_broker)  # sees the clears the listener must skip
 
-    def publish() -> None:  # keep publishing: the listener subscribes whenever it does
-        seq = 0
-        while not stop.is_set():
-            sink.cameras_removed(["cam1"])
-            sink.publish(_env("cam1", seq))
-            seq += 1
-            time.sleep(0.005)
+    def removed_and_back(seq: int) -> None:  # its status, its clear (an empty message), a frame
+        sink.publish(_status("cam1", CameraState.LIVE))
+        sink.cameras_removed(["cam1"])
+        sink.publish(_env("cam1", seq))
 
     try:
-        wait_for(sink.connected.is_set, 10, "the sink to connect")
-        t = threading.Thread(target=publish)
-        t.start()
-        try:
-            assert main(["listen", "--mqtt", mqtt_broker.url, "--camera", "cam1", "--count", "4",
-                         "--idle-timeout", "10"]) == 0
-        finally:
-            stop.set()
-            t.join()
+        assert _listen_while(sink, removed_and_back, ["--mqtt", mqtt_broker.url, "--camera", "cam1", "--count",
+                                                      "12", "--idle-timeout", "10"]) == 0
     finally:
         sink.close()
+        sub.close()
     out, err = capsys.readouterr()
-    assert "malformed" not in err and all(line.startswith("cam1 seq=") for line in out.splitlines()), (out, err)
+    lines = out.splitlines()
+    assert "malformed" not in err and len(lines) == 12, (out, err)
+    assert all(line.startswith(("cam1 seq=", "cam1 status=live")) for line in lines), out
+    assert ("segpipe/cam1/status", "", False) in sub.got  # the clears went out among them
 
 
 @pytest.mark.parametrize("argv, error", [
