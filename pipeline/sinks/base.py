@@ -148,18 +148,20 @@ class BoundedBuffer:
     every drop is counted per camera under ``policy.name``.
 
     Like ``queue.Queue`` it tracks taken-but-unfinished items (``take`` / ``done``) so ``join`` can
-    wait until everything put so far is written.
+    wait until everything put so far is written. Its length is the events queued: ``REMOVED`` markers
+    are no events (a sink's backlog).
     """
 
     def __init__(self, *, policy: DropPolicy, counters: SinkCounters) -> None:
         self.policy, self.counters = policy, counters
         self._items: deque[Envelope] = deque()
+        self._markers = 0  # REMOVED markers among _items
         self._inflight = 0
         self._cond = threading.Condition()
 
     def __len__(self) -> int:
         with self._cond:
-            return len(self._items)
+            return len(self._items) - self._markers
 
     def put(self, env: Envelope) -> None:
         with self._cond:
@@ -169,6 +171,7 @@ class BoundedBuffer:
                     return
                 self._drop_oldest()
             self._items.append(env)
+            self._markers += env.kind == REMOVED
             self._cond.notify_all()
 
     def requeue(self, envs: list[Envelope]) -> None:
@@ -176,6 +179,7 @@ class BoundedBuffer:
         dropped and counted. The taker still calls ``done`` for them."""
         with self._cond:
             self._items.extendleft(reversed(envs))
+            self._markers += sum(env.kind == REMOVED for env in envs)
             while len(self._items) > self.policy.maxsize and self._drop_oldest():
                 pass
             self._cond.notify_all()
@@ -197,7 +201,9 @@ class BoundedBuffer:
                 self._cond.wait(timeout)
             n = min(max_items, len(self._items))
             self._inflight += n
-            return [self._items.popleft() for _ in range(n)]
+            batch = [self._items.popleft() for _ in range(n)]
+            self._markers -= sum(env.kind == REMOVED for env in batch)
+            return batch
 
     def done(self, n: int) -> None:
         with self._cond:
@@ -212,6 +218,7 @@ class BoundedBuffer:
             for env in events:
                 self.counters.dropped(env.camera_id, reason)
             self._items.clear()
+            self._markers = 0
             self._cond.notify_all()
             return n
 
@@ -307,7 +314,8 @@ class ThreadedSink:
 
     def publish(self, env: Envelope) -> None:
         if self._stop.is_set():
-            self.counters.dropped(env.camera_id, "closed")
+            if env.kind != REMOVED:  # a marker is no event: nothing lost
+                self.counters.dropped(env.camera_id, "closed")
             return
         self.buffer.put(env)
 
@@ -358,9 +366,10 @@ class ThreadedSink:
             self.write_batch(batch)
         except Exception as e:
             self.counters.error("write")
-            for env in batch:
+            events = [env for env in batch if env.kind != REMOVED]  # a marker is no event
+            for env in events:
                 self.counters.dropped(env.camera_id, "write_error")
-            log.warning("sink %s: write failed (%d events dropped): %s", self.name, n, e)
+            log.warning("sink %s: write failed (%d events dropped): %s", self.name, len(events), e)
         finally:
             self.buffer.done(n)
 

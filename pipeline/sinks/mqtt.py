@@ -34,7 +34,7 @@ import paho.mqtt.client as mqtt
 
 from engines.errors import SinkError
 from engines.urls import redact_url
-from pipeline.sinks.base import DropPolicy, Envelope, ThreadedSink, policy_for
+from pipeline.sinks.base import REMOVED, DropPolicy, Envelope, ThreadedSink, policy_for
 from pipeline.sinks.config import MqttSinkConfig, mqtt_client_id
 from pipeline.sinks.spool import open_spool, spool_counted
 
@@ -143,16 +143,16 @@ class MqttSink(ThreadedSink):
         super().publish(env)
 
     def cameras_removed(self, camera_ids: Collection[str]) -> None:
-        """Clear the retained statuses this sink published of ``camera_ids``. Queued as events are,
-        behind the cameras' last statuses, so they wait and go out in order (spooled, too) while the
-        broker is away."""
-        for camera in camera_ids:
-            if camera in self._retained:
-                self._retained.discard(camera)
-                super().publish(Envelope(camera_id=camera, kind="status", payload=_CLEAR, item=None))
+        """Clear the retained statuses this sink published of ``camera_ids``. A ``REMOVED`` marker each,
+        behind the cameras' last statuses: they wait and go out in order (spooled, too) while the broker
+        is away, and a full queue never drops one (the status would stay retained for good)."""
+        self.queue_removed([camera for camera in camera_ids if camera in self._retained])
+        self._retained.difference_update(camera_ids)
 
     def write_batch(self, envs: list[Envelope]) -> None:
-        records = [(f"{env.camera_id}/{env.kind}", env.payload) for env in envs]  # the topic after the prefix
+        # the topic after the prefix; a marker is its camera's status cleared
+        records = [(f"{env.camera_id}/status", _CLEAR) if env.kind == REMOVED else
+                   (f"{env.camera_id}/{env.kind}", env.payload) for env in envs]
         if self.spool is not None and (len(self.spool) or not self.connected.is_set()):
             self._to_spool(records)  # behind the backlog: events leave in the order they came
             self._drain()
@@ -182,7 +182,8 @@ class MqttSink(ThreadedSink):
                 return i
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
                 self.counters.error("publish")
-                self.counters.dropped(camera, "write_error")
+                if payload:  # a clear is no event
+                    self.counters.dropped(camera, "write_error")
                 continue
             counted = camera if payload else ""  # a clear is no event: not counted as sent
             with self._lock:

@@ -19,7 +19,7 @@ from pipeline.cli import main
 from pipeline.config import CameraConfig, parse_config
 from pipeline.events import encode, status_event
 from pipeline.messages import CameraState, CameraStatus
-from pipeline.sinks.base import Envelope, policy_for
+from pipeline.sinks.base import REMOVED, Envelope, policy_for
 from pipeline.sinks.config import MqttSinkConfig
 from pipeline.sinks.mqtt import MqttSink
 from pipeline.sinks.stage import CamerasUpdate, EventMaker, SinkStage
@@ -185,9 +185,22 @@ def test_only_a_status_it_retained_is_cleared(tmp_path: Path) -> None:
         taken = sink.buffer.take(10, 0)
         sink.buffer.done(len(taken))
         assert [(e.camera_id, e.kind, bool(e.payload)) for e in taken] == [
-            ("gate", "frame", True), ("dock", "status", True), ("dock", "status", False)]
+            ("gate", "frame", True), ("dock", "status", True), ("dock", REMOVED, False)]
     finally:
         sink.close(timeout=0.5)
+
+
+def test_a_full_queue_never_drops_a_clear(tmp_path: Path) -> None:
+    """Queued as a status, a clear was dropped by a full queue while the broker was away (counted as a lost
+    event), and the removed camera's status stayed retained for good."""
+    sink = _sink(MqttBroker(tmp_path), policy=policy_for("mqtt", maxsize=2))  # never started
+    sink.publish(_status("dock", CameraState.LIVE))
+    sink.cameras_removed(["dock"])
+    for seq in range(4):
+        sink.publish(_env("gate", seq))
+    sink.close(timeout=0.5)  # the broker never came: what is left is counted as dropped at shutdown
+    assert dict(sink.counters.totals_dropped) == {("dock", "buffer_full"): 1, ("gate", "buffer_full"): 3,
+                                                  ("gate", "shutdown"): 1}
 
 
 def test_a_broker_down_at_start_gets_everything_once_up(tmp_path: Path) -> None:

@@ -93,6 +93,34 @@ def test_overflow_never_drops_a_removed_cameras_marker(overflow: Overflow) -> No
     assert only_markers.drop_all("shutdown") == 0 and dict(counters.totals_dropped) == before  # no events lost
 
 
+def test_a_marker_is_no_event_in_the_backlog_a_failed_write_or_a_closed_sink() -> None:
+    """A removed camera's marker was counted as a queued event (the sink's backlog metric), and as an
+    event dropped when the write of its batch failed or when it came after close."""
+    from pipeline.sinks.base import REMOVED, ThreadedSink
+
+    counters = SinkCounters()
+    buf = BoundedBuffer(policy=DropPolicy(name="full", maxsize=10, overflow=Overflow.DROP_OLDEST), counters=counters)
+    buf.put(_env("a", 0))
+    buf.put(Envelope(camera_id="a", kind=REMOVED, payload=b"", item=None))
+    assert len(buf) == 1
+    buf.requeue(buf.take(10, 0))
+    assert len(buf) == 1
+    buf.done(2)
+
+    class Failing(ThreadedSink):
+        def write_batch(self, envs: list[Envelope]) -> None:
+            raise OSError("disk gone")
+
+    sink = Failing(name="failing", policy=DropPolicy(name="full", maxsize=10, overflow=Overflow.DROP_OLDEST))
+    sink.start()
+    sink.publish(_env("a", 0))
+    sink.queue_removed(["a", "b"])
+    assert sink.flush(10)
+    sink.close()
+    sink.queue_removed(["c"])  # a sink closed meanwhile: nothing lost
+    assert dict(sink.counters.totals_dropped) == {("a", "write_error"): 1}
+
+
 def test_requeue_puts_back_in_front_and_drops_oldest() -> None:
     counters = SinkCounters()
     buf = BoundedBuffer(policy=DropPolicy(name="full", maxsize=3, overflow=Overflow.DROP_OLDEST), counters=counters)
