@@ -276,8 +276,15 @@ class SinkStage:
         if env.capture_ts is not None:
             self._e2e[env.camera_id].append(max(time.time() - env.capture_ts, 0.0))
         late = env.kind == "status" and self._late(env)
+        # a removed camera's frames that come after the reload's update (the device stage's batches in flight,
+        # an event worker's queue): a sink that let go of the camera would take it up again (a new file, a
+        # new stream, back on the wall) and hold it for good
+        gone = env.kind != "status" and env.camera_id in self._gone
         for cfg, sink in self.sinks:
             if not _wants(cfg, env.camera_id, env.kind):
+                continue
+            if gone and isinstance(sink, Retaining):
+                sink.counters.dropped(env.camera_id, "removed")
                 continue
             try:
                 sink.publish(env)

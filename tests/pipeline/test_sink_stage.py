@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing as mp
 import queue
@@ -11,6 +12,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from engines.errors import SinkError
@@ -330,6 +332,36 @@ def test_with_event_workers_a_removed_cameras_last_status_is_cleared_again() -> 
     stage.close()
     assert sink.got == [("a", "live"), ("b", "live"), ("a", "cleared"), ("a", "stopped"), ("a", "cleared"),
                         ("a", "connecting"), ("a", "live")]
+
+
+def test_a_removed_cameras_frames_after_the_update_do_not_take_it_up_again(tmp_path: Path) -> None:
+    """Frames of a removed camera still in the device stage's batches (or an event worker's queue) come
+    after the reload's update: the video sink opened a new file for them, held open for good."""
+    from pipeline.sinks.config import VideoSinkConfig
+    from pipeline.sinks.video import VideoSink
+
+    video = VideoSink.from_config(VideoSinkConfig(type="video", dir=tmp_path / "video", fps=10, queue_size=100))
+    jsonl = tmp_path / "events.jsonl"
+    stage = SinkStage(sinks=[(VideoSinkConfig(type="video", dir=tmp_path / "video"), video),
+                             (JsonlSinkConfig(type="jsonl", path=jsonl), SinkRegistry().build(
+                                 JsonlSinkConfig(type="jsonl", path=jsonl)))], cameras=[CAMS["a"], CAMS["b"]])
+    image = np.zeros((48, 64, 3), np.uint8)
+
+    def frame(seq: int) -> None:
+        stage.handle(dataclasses.replace(_result("a", seq), pts=seq / 10), image=image)
+
+    for seq in range(3):
+        frame(seq)
+    stage.take(CamerasUpdate(cameras=(CAMS["b"],)))
+    frame(3)  # late: its batch was in flight
+    assert video.flush(30)
+    assert "a" not in video._writers and len(list((tmp_path / "video").glob("a-*.mp4"))) == 1
+    assert video.counters.totals_dropped == {("a", "removed"): 1}
+    stage.handle(_status("a", CameraState.CONNECTING))  # a later reload puts it back
+    frame(4)
+    assert video.flush(30) and "a" in video._writers
+    stage.close()
+    assert [e["seq"] for e in _lines(jsonl) if e["kind"] == "frame"] == [0, 1, 2, 3, 4]  # others get them
 
 
 def test_setup_failure_closes_sinks_already_built(tmp_path: Path) -> None:
