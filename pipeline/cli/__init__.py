@@ -74,14 +74,22 @@ def translate_key_value(argv: Sequence[str], actions: Mapping[str, argparse.Acti
 
 def _takes_value(actions: Mapping[str, argparse.Action], tok: str) -> bool:
     """Whether the token after ``tok`` is its value (``--out DIR``, not ``--out=DIR`` or ``--half``)."""
-    action = actions.get(tok)
+    action = _action(actions, tok)
     return action is not None and action.nargs not in (0, "?")
 
 
 def _optional_value(actions: Mapping[str, argparse.Action], before: list[str]) -> bool:
     """Whether the token after ``before`` may be the value of a flag whose value is optional."""
-    action = actions.get(before[-1]) if before else None
+    action = _action(actions, before[-1]) if before else None
     return action is not None and action.nargs == "?"
+
+
+def _action(actions: Mapping[str, argparse.Action], tok: str) -> argparse.Action | None:
+    """The action of option ``tok``, also abbreviated as argparse takes it (``--sou`` for ``--source``)."""
+    if tok in actions or not tok.startswith("--"):
+        return actions.get(tok)
+    found = {action for option, action in actions.items() if option.startswith(tok)}
+    return found.pop() if len(found) == 1 else None
 
 
 def _load(module: str) -> ModuleType:

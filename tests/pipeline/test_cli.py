@@ -36,6 +36,8 @@ def _actions() -> dict:
         (["--source", "a=b.jpg", "conf=0.5"], ["--source", "a=b.jpg", "--conf", "0.5"]),
         (["--model", "model=x.pt"], ["--model", "model=x.pt"]),
         (["--source=a=b.jpg"], ["--source=a=b.jpg"]),
+        (["--sou", "a=b.jpg", "conf=0.5"], ["--sou", "a=b.jpg", "--conf", "0.5"]),  # argparse's abbreviation
+        (["--res", "run=1.pt"], ["--res", "run=1.pt"]),
         (["--resume", "run=1.pt"], ["--resume", "run=1.pt"]),
         (["--resume", "conf=0.5"], ["--resume", "--conf", "0.5"]),
         (["--half", "conf=0.5"], ["--half", "--conf", "0.5"]),
