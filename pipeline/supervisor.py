@@ -582,13 +582,17 @@ class Supervisor:
 
     def _send_updates(self) -> None:
         """The new camera list to the sink stage (or each event worker); tried again every loop while an
-        inbox is full."""
-        waiting = []
+        inbox is full, in order: a later reload's list that went first (room made meanwhile) was undone by
+        the earlier one (a camera removed then put back by two quick reloads stayed removed there)."""
+        waiting: list[tuple[Any, Any]] = []
         for q, update in self._updates:
-            try:
-                q.put_nowait(update)
-            except queue.Full:
-                waiting.append((q, update))
+            if not any(w is q for w, _ in waiting):  # one held back for this inbox: the rest wait behind it
+                try:
+                    q.put_nowait(update)
+                    continue
+                except queue.Full:
+                    pass
+            waiting.append((q, update))
         self._updates = waiting
 
     def _stop_stages(self, grace_s: float | None = None) -> None:

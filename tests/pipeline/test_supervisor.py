@@ -293,3 +293,29 @@ def test_a_camera_roi_is_all_the_model_sees(tmp_path: Path) -> None:
     assert all(d["box"][0] >= 80 and d["box"][1] >= 30 for e in mine for d in e["detections"])
     assert any(e["detections"] for e in mine)
     assert all("roi" not in e for e in frames if e["camera"] == "b")
+
+
+def test_reload_updates_reach_an_inbox_in_order_when_it_was_full() -> None:
+    """Two quick reloads (a camera removed, then put back) met a full sink inbox: the second list, tried
+    once room was made, went before the first, which then undid it (the camera removed there for good)."""
+    import queue
+    import types
+
+    class Inbox:
+        def __init__(self) -> None:
+            self.full, self.got = True, list[object]()
+
+        def put_nowait(self, item: object) -> None:
+            if self.full:
+                self.full = False  # the sink stage takes an item meanwhile: room for the next put
+                raise queue.Full
+            self.got.append(item)
+
+    inbox, other = Inbox(), Inbox()
+    other.full = False
+    sup = types.SimpleNamespace(_updates=[(inbox, "without gate"), (other, "without gate"),
+                                          (inbox, "with gate"), (other, "with gate")])
+    Supervisor._send_updates(sup)  # type: ignore[arg-type]
+    assert other.got == ["without gate", "with gate"] and inbox.got == []
+    Supervisor._send_updates(sup)  # type: ignore[arg-type]
+    assert inbox.got == ["without gate", "with gate"] and sup._updates == []
