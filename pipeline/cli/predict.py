@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from engines.errors import ConfigError, SourceError
+from engines.urls import redact_url
 from pipeline.cli.common import (
     add_infer_args,
     add_model_args,
@@ -254,7 +255,7 @@ def _predict(model: Any, args: argparse.Namespace, out: Path, kw: dict[str, Any]
         raise
     if n_frames == 0:
         records.discard()
-        raise stopped or SourceError(f"{args.source}: no frames were read")
+        raise stopped or SourceError(f"{redact_url(args.source)}: no frames were read")
     records.commit()
     if stopped is not None:
         raise stopped

@@ -172,6 +172,17 @@ def test_predict_cli_user_errors(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert not (tmp_path / "out").exists()
 
 
+def test_predict_cli_stream_that_gives_no_frame_never_shows_its_password(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import engines.predict
+
+    monkeypatch.setattr(engines.predict, "iter_source", lambda *a, **k: iter(()))  # it opened, then ended
+    url = "rtsp://admin:hunter2@127.0.0.1:9/cam"
+    assert main(["predict", "--model", str(FIXTURE), "--source", url, "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "hunter2" not in err and "rtsp://***@127.0.0.1:9/cam: no frames were read" in err
+
+
 def test_predict_cli_bounds_each_video_and_keeps_same_named_sources_apart(
         coco128_images: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """--max-frames ended the whole run at the first video's limit; a.png beside a.jpg, or clip.mp4 in two
