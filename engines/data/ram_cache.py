@@ -38,23 +38,38 @@ def cache_bytes(shapes: Sequence[tuple[int, int]], long_side: int) -> int:
     return sum(w * h * 3 for w, h in (resized_size(s, long_side) for s in shapes))
 
 
-def available_memory() -> int | None:
+def available_memory(*, meminfo: Path = Path("/proc/meminfo"), cgroup: Path = Path("/sys/fs/cgroup")) -> int | None:
     """Bytes this process may still allocate: the smaller of the kernel's MemAvailable and the room left
     under a cgroup v2 memory limit (a container's own limit, which /proc/meminfo does not show).
-    None where neither can be read (not Linux)."""
+    None where neither can be read (not Linux).
+
+    The cgroup's ``memory.current`` counts its page cache too; its inactive part (``inactive_file`` in
+    ``memory.stat``, what ``docker stats`` leaves out) is reclaimed on demand, so it counts as room: a
+    container that has read its dataset before has its limit nearly filled with cache, and was told the
+    cache would not fit."""
     found: list[int] = []
     try:
-        with open("/proc/meminfo", encoding="ascii") as f:
+        with open(meminfo, encoding="ascii") as f:
             found += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
     except (OSError, ValueError, IndexError):
         pass
     try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        limit = (cgroup / "memory.max").read_text().strip()
         if limit != "max":
-            found.append(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+            used = int((cgroup / "memory.current").read_text())
+            found.append(int(limit) - used + _inactive_file(cgroup / "memory.stat"))
     except (OSError, ValueError):
         pass
     return min(found) if found else None
+
+
+def _inactive_file(stat: Path) -> int:
+    """``inactive_file`` bytes of a cgroup v2 ``memory.stat`` (0 where absent)."""
+    try:
+        lines = stat.read_text().splitlines()
+    except OSError:
+        return 0
+    return next((int(line.split()[1]) for line in lines if line.startswith("inactive_file ")), 0)
 
 
 def fits(needed: int, available: int | None) -> bool:

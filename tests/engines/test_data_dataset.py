@@ -282,3 +282,21 @@ def test_coco128_train_and_val_batches(coco128, tmp_path, monkeypatch):
     assert h % 32 == 0 and w % 32 == 0 and h < w <= 320 + 32  # widest images first; Ultralytics' 0.5 pad
     n_gt = sum(len(val.labels[i]) for i in range(4))
     assert len(vb.cls) == n_gt  # val keeps every instance
+
+
+@pytest.mark.parametrize(("files", "expected_mib"), [
+    ({}, 8000),  # no cgroup limit: the kernel's MemAvailable
+    ({"memory.max": "max\n"}, 8000),
+    # a 4 GiB container that has read 3 GiB of its dataset before: 2.5 GiB of it is inactive page cache,
+    # which the kernel reclaims on demand (was: 0.5 GiB available, and the cache refused)
+    ({"memory.max": f"{4 << 30}\n", "memory.current": f"{7 << 29}\n",
+      "memory.stat": f"anon {1 << 29}\nfile {3 << 30}\ninactive_file {5 << 29}\nactive_file {1 << 29}\n"}, 3072),
+    ({"memory.max": f"{4 << 30}\n", "memory.current": f"{1 << 30}\n"}, 3072),  # no memory.stat: none reclaimable
+])
+def test_ram_cache_counts_a_containers_reclaimable_page_cache_as_available(tmp_path, files, expected_mib):
+    from engines.data.ram_cache import available_memory
+
+    (tmp_path / "meminfo").write_text(f"MemTotal: 16384000 kB\nMemAvailable: {8000 * 1024} kB\n")
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    assert available_memory(meminfo=tmp_path / "meminfo", cgroup=tmp_path) == expected_mib << 20
