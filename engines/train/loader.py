@@ -26,7 +26,7 @@ from engines.data.sampler import ShapeBatchSampler
 from engines.data.spec import DataSpec, resolve_images
 from engines.errors import ConfigError
 from engines.train.config import TrainConfig
-from engines.train.ddp import Placement
+from engines.train.ddp import Placement, broadcast_flag
 
 LOG = logging.getLogger("segpipe.train")
 
@@ -75,17 +75,22 @@ def augment_config(cfg: TrainConfig) -> AugmentConfig:
     return AugmentConfig.from_dict({**cfg.hyp, "close_mosaic": cfg.close_mosaic}, path="train.hyp")
 
 
-def cache_in_ram(dataset: SegDataset, *, processes: int = 1, verbose: bool = True) -> bool:
+def cache_in_ram(dataset: SegDataset, *, place: Placement | None = None, verbose: bool = True) -> bool:
     """Fill the dataset's RAM image cache when it fits, before any loader worker starts (so workers share
-    it); returns whether it did. ``processes`` training processes on this machine each hold a copy.
+    it); returns whether it did. Each of ``place.world_size`` training processes on this machine holds a
+    copy, and rank 0's memory check decides for all of them: taken before any rank fills its copy, so one
+    rank's filled cache cannot talk another out of its own (that rank would then hold every step back,
+    its warning unseen).
 
     As Ultralytics, the whole cache plus a 50 % margin must fit in the memory available now; else a
     one-line warning says so and training reads the images from disk (same results, slower).
     """
-    need, free = dataset.ram_bytes() * processes, available_memory()
-    if not fits(need, free):
-        assert free is not None  # fits() assumes an unknown amount suffices
-        if verbose:
+    need, free = dataset.ram_bytes() * (place.world_size if place else 1), available_memory()
+    ok = fits(need, free)
+    if place is not None:
+        ok = broadcast_flag(ok, place)
+    if not ok:
+        if verbose and free is not None:
             LOG.warning("--cache ram: %d training images need %s of RAM (%s with a %d%% margin) but only %s is "
                         "available; training without the cache", len(dataset), size_text(need),
                         size_text(need * (1 + SAFETY_MARGIN)), round(SAFETY_MARGIN * 100), size_text(free))
@@ -111,7 +116,7 @@ def build_train_data(cfg: TrainConfig, spec: DataSpec, place: Placement, *, stri
         rect="image" if cfg.rect else False,
     )
     if cfg.cache == "ram":
-        cache_in_ram(dataset, processes=place.world_size, verbose=place.main)
+        cache_in_ram(dataset, place=place, verbose=place.main)
     per_rank = cfg.batch // place.world_size
     workers = min(cfg.workers, os.cpu_count() or 1, per_rank)
     if cfg.rect:

@@ -766,3 +766,25 @@ def test_ram_cache_that_would_not_fit_warns_on_one_line_and_reads_from_disk(tmp_
                                        "only 0 MB is available; training without the cache")
     monkeypatch.setattr(loader, "available_memory", lambda: int(need * 1.5))
     assert loader.cache_in_ram(ds, verbose=False) and ds.cached
+
+
+def test_ram_cache_of_ddp_ranks_follows_rank_0s_memory_check(tmp_path, monkeypatch):
+    """Ranks checked memory on their own, at their own moment: a rank that checked after another had filled
+    its copy found less room and went without the cache, silently, holding every step of the run back."""
+    from engines.data import SegDataset
+    from engines.train import loader
+    from engines.train.ddp import Placement
+
+    data = make_shapes_dataset(tmp_path / "data", n=4, size=128)
+    ds = SegDataset(data.parent / "images" / "train", imgsz=64, augment=True, nc=2)
+    two = ds.ram_bytes() * 2  # both ranks' copies
+    monkeypatch.setattr(loader, "available_memory", lambda: int(two * 1.4))  # this rank: too little
+    decided: list[tuple[bool, int]] = []
+
+    def rank_0_says_it_fits(flag: bool, place: Placement) -> bool:
+        decided.append((flag, place.rank))
+        return True
+
+    monkeypatch.setattr(loader, "broadcast_flag", rank_0_says_it_fits)
+    assert loader.cache_in_ram(ds, place=Placement(1, 2, torch.device("cpu")), verbose=False) and ds.cached
+    assert decided == [(False, 1)]
