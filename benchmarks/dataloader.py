@@ -33,7 +33,7 @@ DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "coco128
 def run(spec, imgsz: int, workers: int, batch: int, epochs: int, *, ds: SegDataset | None = None
         ) -> tuple[float, float, int]:
     """-> (images per wall second, images per CPU second of this process and its workers, images)."""
-    ds = ds or SegDataset.from_spec(spec, "train", imgsz=imgsz, augment=True, seed=0)
+    ds = ds if ds is not None else SegDataset.from_spec(spec, "train", imgsz=imgsz, augment=True, seed=0)
     loader = SegLoader(ds, batch_size=batch, shuffle=True, workers=workers, seed=0, drop_last=False)
     n = 0
     t0, c0 = time.perf_counter(), os.times()
@@ -46,18 +46,19 @@ def run(spec, imgsz: int, workers: int, batch: int, epochs: int, *, ds: SegDatas
     return n / wall, n / cpu, n
 
 
-def cache_figure(spec, imgsz: int, workers: int, batch: int, epochs: int) -> str:
-    """Epochs with and without the RAM image cache, side by side (the fill is timed apart)."""
+def cache_figure(spec, imgsz: int, workers: int, batch: int, epochs: int, disk: tuple[float, float, int]) -> str:
+    """Epochs with the RAM image cache beside ``disk``, ``run``'s figures of the same loader reading from
+    disk, taken just before (the fill is timed apart)."""
     from engines.data.ram_cache import size_text
 
     ds = SegDataset.from_spec(spec, "train", imgsz=imgsz, augment=True, seed=0)
     t0 = time.perf_counter()
     held = ds.cache_in_ram()
     fill = time.perf_counter() - t0
-    disk, _, n = run(spec, imgsz, workers, batch, epochs)
     ram, _, _ = run(spec, imgsz, workers, batch, epochs, ds=ds)
-    return (f"imgsz {imgsz:4d} workers {workers}: {disk:7.1f} images/s from disk, {ram:7.1f} images/s with --cache ram "
-            f"({ram / disk:.2f}x; {n} images; cache {size_text(held)}, filled once in {fill:.1f} s; "
+    from_disk, _, n = disk
+    return (f"imgsz {imgsz:4d} workers {workers}: {from_disk:7.1f} images/s from disk, {ram:7.1f} images/s with "
+            f"--cache ram ({ram / from_disk:.2f}x; {n} images; cache {size_text(held)}, filled once in {fill:.1f} s; "
             f"load {os.getloadavg()[0]:.1f})")
 
 
@@ -101,12 +102,11 @@ def main() -> int:
     print(f"cpu cores: {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}")
     for imgsz in map(int, args.sizes.split(",")):
         for workers in map(int, args.workers.split(",")):
-            print(cache_figure(spec, imgsz, workers, args.batch, args.epochs), flush=True)
-            if args.only_cache:
-                continue
-            ips, ipc, n = run(spec, imgsz, workers, args.batch, args.epochs)
-            print(f"imgsz {imgsz:4d} workers {workers}: {ips:7.1f} images/s wall, {ipc:6.1f} images per CPU-second "
-                  f"({n} images, batch {args.batch}, mosaic on, load {os.getloadavg()[0]:.1f})", flush=True)
+            disk = ips, ipc, n = run(spec, imgsz, workers, args.batch, args.epochs)
+            if not args.only_cache:
+                print(f"imgsz {imgsz:4d} workers {workers}: {ips:7.1f} images/s wall, {ipc:6.1f} images per CPU-second "
+                      f"({n} images, batch {args.batch}, mosaic on, load {os.getloadavg()[0]:.1f})", flush=True)
+            print(cache_figure(spec, imgsz, workers, args.batch, args.epochs, disk), flush=True)
         if not args.only_cache:
             print(f"imgsz {imgsz:4d} per sample: {stages(spec, imgsz)}", flush=True)
     return 0
