@@ -28,8 +28,10 @@ GB = 1 << 30
 
 
 def size_text(n: float) -> str:
-    """Bytes for people: ``"1.23 GB"``, ``"118 MB"``."""
-    return f"{n / GB:.2f} GB" if n >= GB / 10 else f"{n / (1 << 20):.0f} MB"
+    """Bytes for people: ``"1.23 GB"``, ``"100 MB"``, ``"48 KB"`` (a small dataset's cache is no "0 MB")."""
+    if n >= GB / 10:
+        return f"{n / GB:.2f} GB"
+    return f"{n / (1 << 20):.0f} MB" if n >= 1 << 20 else f"{n / 1024:.0f} KB"
 
 
 def cache_bytes(shapes: Sequence[tuple[int, int]], long_side: int) -> int:

@@ -300,3 +300,12 @@ def test_ram_cache_counts_a_containers_reclaimable_page_cache_as_available(tmp_p
     for name, text in files.items():
         (tmp_path / name).write_text(text)
     assert available_memory(meminfo=tmp_path / "meminfo", cgroup=tmp_path) == expected_mib << 20
+
+
+@pytest.mark.parametrize(("n", "text"), [
+    (49_152, "48 KB"), (1 << 20, "1 MB"), (100 << 20, "100 MB"), (1 << 30, "1.00 GB"), (int(1.234 * (1 << 30)), "1.23 GB"),
+])
+def test_ram_cache_sizes_read_for_people(n, text):
+    from engines.data.ram_cache import size_text
+
+    assert size_text(n) == text  # a small dataset's cache was "0 MB", its warning "need 0 MB but only 0 MB"

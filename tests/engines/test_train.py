@@ -735,7 +735,7 @@ def test_ram_cache_trains_bit_identically(tmp_path, capsys, one_thread):
     assert main([*argv, f"--out={tmp_path / 'disk'}", "--workers=0"]) == 0
     assert "cached in RAM" not in capsys.readouterr().out
     assert main([*argv, f"--out={tmp_path / 'ram'}", "--workers=1", "cache=ram"]) == 0
-    assert re.search(r"train: 4 images cached in RAM \(0 MB\) in [0-9.]+ s\n", capsys.readouterr().out)
+    assert re.search(r"train: 4 images cached in RAM \(48 KB\) in [0-9.]+ s\n", capsys.readouterr().out)
     import yaml
 
     assert yaml.safe_load((tmp_path / "ram" / "args.yaml").read_text())["cache"] == "ram"
@@ -762,8 +762,8 @@ def test_ram_cache_that_would_not_fit_warns_on_one_line_and_reads_from_disk(tmp_
     assert not loader.cache_in_ram(ds) and not ds.cached
     (rec,) = caplog.records
     assert rec.levelname == "WARNING" and "\n" not in rec.getMessage()
-    assert rec.getMessage().startswith("--cache ram: 4 training images need 0 MB of RAM (0 MB with a 50% margin) but "
-                                       "only 0 MB is available; training without the cache")
+    assert rec.getMessage().startswith("--cache ram: 4 training images need 48 KB of RAM (72 KB with a 50% margin) "
+                                       "but only 67 KB is available; training without the cache")
     monkeypatch.setattr(loader, "available_memory", lambda: int(need * 1.5))
     assert loader.cache_in_ram(ds, verbose=False) and ds.cached
 
