@@ -45,7 +45,8 @@ def translate_key_value(argv: Sequence[str], actions: Mapping[str, argparse.Acti
 
     ``key=True`` becomes a bare ``--key``. ``key=False`` becomes ``--no-key`` when the command has that
     option (so a flag that defaults to on can be turned off), and nothing otherwise (an off-by-default
-    ``store_true`` flag). ``actions``: the command's option strings -> actions. A token that is an
+    ``store_true`` flag). ``key=None`` (or ``null``, as Ultralytics' args.yaml writes an unset value) leaves
+    the option at its default. ``actions``: the command's option strings -> actions. A token that is an
     option's value (``--source a=b.jpg``) is left as it is; a key that is no option raises UnknownKey.
     """
     out: list[str] = []
@@ -67,7 +68,7 @@ def translate_key_value(argv: Sequence[str], actions: Mapping[str, argparse.Acti
         elif value.lower() == "false":
             if f"--no-{key}" in actions:
                 out.append(f"--no-{key}")
-        else:
+        elif value.lower() not in ("none", "null"):
             out += [f"--{key}", value]
     return out
 

@@ -41,6 +41,8 @@ def _actions() -> dict:
         (["--resume", "run=1.pt"], ["--resume", "run=1.pt"]),
         (["--resume", "conf=0.5"], ["--resume", "--conf", "0.5"]),
         (["--half", "conf=0.5"], ["--half", "--conf", "0.5"]),
+        # Ultralytics' args.yaml spells an unset option None (freeze=None, time=None): the default
+        (["model=a.pt", "conf=None", "imgsz=null", "half=None"], ["--model", "a.pt"]),
     ],
 )
 def test_key_value_spelling(argv: list[str], expected: list[str]) -> None:
