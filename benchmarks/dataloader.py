@@ -1,11 +1,13 @@
 """Train-loader throughput (mosaic on) on coco128: images/s at imgsz 320 and 640, 0 and 2 workers.
 
     .venv/bin/python benchmarks/dataloader.py [--data PATH/coco128-seg.yaml] [--batch 16] [--epochs 2]
-    .venv/bin/python benchmarks/dataloader.py --only-cache [--sizes 640 --workers 0]   # train --cache ram
+    .venv/bin/python benchmarks/dataloader.py --only-cache [--sizes 640 --workers 0]   # train --cache ram|disk
 
 With or without ``--only-cache``, each size and worker count is also timed with the training images
-cached in RAM (``train --cache ram``) beside the same loader reading them from disk, in this one run;
-the one-off fill (decoding every image on threads, before the first epoch) is timed apart.
+cached in RAM (``train --cache ram``) and in .npy files (``train --cache disk``) beside the same loader
+decoding them from the image files, in this one run; the one-off fills (decoding every image on threads,
+before the first epoch) are timed apart, and so is a later run's disk fill (which finds every file). The
+.npy files go to a temporary folder (``cache_dir``), removed after each row, never beside the images.
 
 Each configuration runs ``--epochs`` passes over the 128 images with a fresh loader per epoch, as
 training does (worker start-up included). Wall-clock images/s depends on what else runs on the
@@ -56,10 +58,27 @@ def cache_figure(spec, imgsz: int, workers: int, batch: int, epochs: int, disk: 
     held = ds.cache_in_ram()
     fill = time.perf_counter() - t0
     ram, _, _ = run(spec, imgsz, workers, batch, epochs, ds=ds)
+    del ds
+    on_disk, npy_size, fills = disk_cache_run(spec, imgsz, workers, batch, epochs)
     from_disk, _, n = disk
-    return (f"imgsz {imgsz:4d} workers {workers}: {from_disk:7.1f} images/s from disk, {ram:7.1f} images/s with "
-            f"--cache ram ({ram / from_disk:.2f}x; {n} images; cache {size_text(held)}, filled once in {fill:.1f} s; "
-            f"load {os.getloadavg()[0]:.1f})")
+    return (f"imgsz {imgsz:4d} workers {workers}: {from_disk:7.1f} images/s decoding, {ram:7.1f} with "
+            f"--cache ram ({ram / from_disk:.2f}x; {size_text(held)}, filled in {fill:.1f} s), {on_disk:7.1f} with "
+            f"--cache disk ({on_disk / from_disk:.2f}x; {size_text(npy_size)}, filled in {fills[0]:.1f} s, "
+            f"{fills[1]:.2f} s in a later run); {n} images, load {os.getloadavg()[0]:.1f}")
+
+
+def disk_cache_run(spec, imgsz: int, workers: int, batch: int, epochs: int) -> tuple[float, int, tuple[float, float]]:
+    """-> (images per wall second from the .npy files, their bytes, (fill seconds, a later run's fill seconds:
+    checking every file, decoding none)), with the files in a fresh temporary folder."""
+    fills = []
+    with tempfile.TemporaryDirectory(prefix="segpipe-bench-npy-") as tmp:
+        for _ in range(2):
+            ds = SegDataset.from_spec(spec, "train", imgsz=imgsz, augment=True, seed=0, cache_dir=Path(tmp))
+            t0 = time.perf_counter()
+            ds.cache_on_disk()
+            fills.append(time.perf_counter() - t0)
+        on_disk, _, _ = run(spec, imgsz, workers, batch, epochs, ds=ds)
+        return on_disk, ds.disk_plan().nbytes(), (fills[0], fills[1])
 
 
 def stages(spec, imgsz: int, samples: int = 64) -> str:
@@ -92,7 +111,7 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--sizes", default="320,640")
     ap.add_argument("--workers", default="0,2")
-    ap.add_argument("--only-cache", action="store_true", help="only the with/without --cache ram figure")
+    ap.add_argument("--only-cache", action="store_true", help="only the --cache ram / disk / no cache figure")
     args = ap.parse_args()
     os.environ.setdefault("SEGPIPE_CACHE", tempfile.mkdtemp(prefix="segpipe-bench-"))
     spec = load_data_yaml(args.data)

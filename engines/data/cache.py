@@ -4,6 +4,7 @@ Checking a split decodes every image once; the result is cached in a numpy ``.np
 keyed on the size and mtime of every image and label file, so any edit, addition or removal
 invalidates it. The cache sits beside the labels folder when that folder's parent is writable,
 else under ``$SEGPIPE_CACHE/labels`` (default ``~/.cache/segpipe``): shared datasets are read-only.
+``derived_file`` holds that rule for every file derived from a dataset (the disk image cache uses it too).
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ def is_writable_dir(d: Path) -> bool:
     return stat.S_ISDIR(mode) and os.access(d, os.W_OK) and bool(mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
 
 
-def _digest(*parts: object) -> str:
+def digest(*parts: object) -> str:
+    """sha1 hex of the parts as JSON (non-JSON values by str): a stable key for cache names."""
     return hashlib.sha1(json.dumps(parts, default=str).encode()).hexdigest()
 
 
@@ -67,12 +69,20 @@ def cache_path(im_files: Sequence[Path], sources: Sequence[Path], *, cache_dir: 
     their sources (``train: [a, b]``, ``val: a``) keep separate caches.
     """
     label_dir = img2label_path(im_files[0]).parent
-    src_id = _digest(sorted(map(os.fspath, sources)))[:10]
-    name = f"{label_dir.name}.{src_id}.segpipe-labels.npz"
-    if cache_dir is None and label_dir.is_dir() and is_writable_dir(label_dir.parent):
-        return label_dir.parent / name
-    root = Path(cache_dir) if cache_dir is not None else default_cache_root() / "labels"
-    return root / f"{label_dir.name}.{_digest(os.fspath(label_dir), src_id)[:10]}.segpipe-labels.npz"
+    src_id = digest(sorted(map(os.fspath, sources)))[:10]
+    return derived_file(label_dir.parent if label_dir.is_dir() else None, f"{label_dir.name}.{src_id}.segpipe-labels.npz",
+                        f"{label_dir.name}.{digest(os.fspath(label_dir), src_id)[:10]}.segpipe-labels.npz",
+                        kind="labels", cache_dir=cache_dir)
+
+
+def derived_file(folder: Path | None, beside: str, away: str, *, kind: str, cache_dir: Path | None = None) -> Path:
+    """Where a file derived from a dataset goes (label caches, decoded images): ``folder / beside`` when
+    ``folder`` is writable and no ``cache_dir`` is given, else ``away`` under ``cache_dir`` or
+    ``$SEGPIPE_CACHE/<kind>`` (shared datasets are read-only). ``away`` must name its source uniquely
+    (a digest of its path), since files of every dataset meet there."""
+    if cache_dir is None and folder is not None and is_writable_dir(folder):
+        return folder / beside
+    return (Path(cache_dir) if cache_dir is not None else default_cache_root() / kind) / away
 
 
 def load_split(sources: Sequence[str | os.PathLike[str]], *, nc: int | None, split: str = "train",
@@ -90,7 +100,7 @@ def load_split(sources: Sequence[str | os.PathLike[str]], *, nc: int | None, spl
         raise DataError(f"{split}: no images found in {', '.join(map(str, srcs))}{extra}")
     if missing:
         LOG.warning("%s: %d listed images do not exist, e.g. %s", split, len(missing), missing[0])
-    key = _digest(CACHE_VERSION, nc, skip_corrupt, len(missing), file_signature(files))
+    key = digest(CACHE_VERSION, nc, skip_corrupt, len(missing), file_signature(files))
     path = cache_path(files, srcs, cache_dir=cache_dir)
     cached = _read(path, key, split)
     if cached is not None:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch.utils.data
 
+from engines.data import disk_cache
 from engines.data.augment import (
     AugmentConfig,
     hsv_jitter,
@@ -32,7 +33,7 @@ from engines.data.augment import (
 )
 from engines.data.batch import Sample
 from engines.data.cache import load_split
-from engines.data.images import read_image, read_resized
+from engines.data.images import read_image, read_resized, resized_size
 from engines.data.labels import ImageLabels
 from engines.data.polygons import (
     bounds,
@@ -63,7 +64,9 @@ class SegDataset(torch.utils.data.Dataset):
     side imgsz, so images of one aspect ratio share a shape (``shape_of``); batch them with
     ``ShapeBatchSampler``, which shuffles (training). Train-mode rect turns mosaic off. seed: see module doc.
     cache_images: keep every decoded image (longest side imgsz) in memory, filled here (see
-    ``cache_in_ram``, which also fills it later, after a memory check).
+    ``cache_in_ram``, which also fills it later, after a memory check). ``cache_on_disk`` keeps them in
+    ``.npy`` files instead (beside the images when writable and no cache_dir is given, else under
+    ``cache_dir`` or ``$SEGPIPE_CACHE``: see ``engines.data.disk_cache``).
     """
 
     def __init__(self, files: Sequence[str | os.PathLike[str]] | str | os.PathLike[str], *, imgsz: int = 640,
@@ -81,6 +84,7 @@ class SegDataset(torch.utils.data.Dataset):
         loaded = load_split(sources, nc=nc, split=self.split, cache_dir=cache_dir, skip_corrupt=skip_corrupt)
         self.labels: list[ImageLabels] = list(loaded.labels)
         self.stats, self.cache_file = loaded.stats, loaded.cache_file
+        self.cache_dir = cache_dir
         LOG.info("%s", self.stats.summary())
         self.rect = "batch" if rect is True else rect
         self.imgsz, self.augment, self.hyp = imgsz, augment, hyp or AugmentConfig()
@@ -95,6 +99,7 @@ class SegDataset(torch.utils.data.Dataset):
             ar = np.array([h / w for h, w in (lab.shape for lab in self.labels)]).reshape(-1, 1)
             self._shapes = _fit_shapes(ar, imgsz, stride, pad)
         self._ims: list[np.ndarray] | None = None
+        self._npy: tuple[Path, ...] | None = None  # the disk cache's file of every image
         if cache_images:
             self.cache_in_ram()
 
@@ -119,6 +124,29 @@ class SegDataset(torch.utils.data.Dataset):
     def cached(self) -> bool:
         """Whether the images are held in RAM."""
         return self._ims is not None
+
+    def disk_plan(self) -> disk_cache.DiskPlan:
+        """Where ``cache_on_disk`` keeps every image, and which files it has yet to write (stats every image
+        and reads every existing file's header; decodes nothing)."""
+        return disk_cache.plan(self._items(), self.imgsz, cache_dir=self.cache_dir)
+
+    def cache_on_disk(self, plan: disk_cache.DiskPlan | None = None, *, indices: Sequence[int] | None = None,
+                      threads: int | None = None) -> int:
+        """Decode the images ``plan`` lists as missing (or just ``indices`` of them; default: a fresh plan's)
+        on ``threads`` threads, save them as ``.npy`` files, and read every image from its file from now on
+        (in loader workers too). Samples are unchanged. Returns how many images were decoded."""
+        plan = plan or self.disk_plan()
+        written = disk_cache.fill(plan, self._items(), self.imgsz, indices=indices, threads=threads)
+        self._npy = plan.files
+        return written
+
+    @property
+    def cached_on_disk(self) -> bool:
+        """Whether the images are read from the disk cache."""
+        return self._npy is not None
+
+    def _items(self) -> list[tuple[Path, tuple[int, int]]]:
+        return [(lab.im_file, lab.shape) for lab in self.labels]
 
     @property
     def im_files(self) -> list[Path]:
@@ -158,9 +186,21 @@ class SegDataset(torch.utils.data.Dataset):
     def _resized(self, index: int) -> tuple[np.ndarray, list[np.ndarray]]:
         """Image with longest side imgsz and its polygons in its pixels (not resampled)."""
         lab = self.labels[index]
-        img = self._ims[index] if self._ims is not None else read_resized(lab.im_file, lab.shape, self.imgsz)
+        img = self._cached_image(index)
+        if img is None:
+            img = read_resized(lab.im_file, lab.shape, self.imgsz)
+            if self._npy is not None:  # its file went missing or bad since the fill: write it again
+                disk_cache.save(self._npy[index], img)
         wh = np.array([img.shape[1], img.shape[0]], np.float64)
         return img, [s * wh for s in lab.segments]
+
+    def _cached_image(self, index: int) -> np.ndarray | None:
+        """Image ``index`` at longest side imgsz from the RAM or disk cache; None when not cached."""
+        if self._ims is not None:
+            return self._ims[index]
+        if self._npy is not None:
+            return disk_cache.load(self._npy[index], resized_size(self.labels[index].shape, self.imgsz))
+        return None
 
     def __getitem__(self, index: int) -> Sample:
         index = int(index)
@@ -170,10 +210,8 @@ class SegDataset(torch.utils.data.Dataset):
         lab = self.labels[index]
         info = val_letterbox(lab.shape, self.imgsz, self.shape_of(index))
         (uh, uw), (left, top) = info.unpad_shape, info.pad
-        if self._ims is not None:
-            img = self._ims[index]
-            img = img if img.shape[:2] == (uh, uw) else read_image(lab.im_file, lab.shape, (uw, uh))
-        else:
+        img = self._cached_image(index)
+        if img is None or img.shape[:2] != (uh, uw):
             img = read_image(lab.im_file, lab.shape, (uw, uh))
         img = pad_image(img, info)
         th, tw = info.new_shape

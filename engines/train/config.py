@@ -19,7 +19,7 @@ from engines.errors import ConfigError
 from engines.files import new_folder
 from engines.train.optim import OPTIMIZERS
 
-CACHE_MODES = (None, "ram")
+CACHE_MODES = (None, "ram", "disk")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -66,7 +66,8 @@ class TrainConfig:
     fraction: float = 1.0
     amp: bool = True
     plots: bool = True
-    cache: str | None = None  # "ram": decoded training images kept in memory (Ultralytics' cache=ram)
+    # "ram": decoded training images kept in memory, "disk": in .npy files (Ultralytics' cache=ram|disk)
+    cache: str | None = None
     cache_dir: str | None = None
     world_size: int | None = None
     hyp: dict[str, Any] = field(default_factory=dict)  # augmentation overrides for engines.data
@@ -90,7 +91,7 @@ class TrainConfig:
             ("fraction", 0 < self.fraction <= 1, "must be in (0, 1]"),
             ("optimizer", self.optimizer.lower() in {o.lower() for o in OPTIMIZERS},
              f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"),
-            ("cache", self.cache in CACHE_MODES, f"expected {' or '.join(map(repr, CACHE_MODES[1:]))} or none"),
+            ("cache", self.cache in CACHE_MODES, f"expected {', '.join(map(repr, CACHE_MODES[1:]))} or none"),
             ("world_size", self.world_size is None or self.world_size >= 1, "must be >= 1"),
         ]
         for name, ok, msg in checks:

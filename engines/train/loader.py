@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
+from engines.data import disk_cache
 from engines.data.augment import AugmentConfig
 from engines.data.batch import collate
 from engines.data.dataset import SegDataset
@@ -102,6 +103,39 @@ def cache_in_ram(dataset: SegDataset, *, place: Placement | None = None, verbose
     return True
 
 
+def cache_on_disk(dataset: SegDataset, *, place: Placement | None = None, verbose: bool = True) -> bool:
+    """Fill the dataset's disk image cache (``.npy`` files, ``engines.data.disk_cache``) and read the images
+    from it; returns whether it did. Only the images without a readable file are decoded (none on a later
+    run). Under DDP each of the ``place.world_size`` processes decodes its share of them, and rank 0's
+    free-space check decides for all; a file another rank has not written yet when first read is decoded
+    then (writes are atomic: a reader sees a whole array or none).
+
+    As Ultralytics, the missing files plus a 50 % margin must fit in the free space of their file system;
+    else a one-line warning says so and training decodes the images (same results, slower).
+    """
+    t0 = time.perf_counter()
+    plan = dataset.disk_plan()
+    short = disk_cache.shortfall(plan)
+    ok = short is None
+    if place is not None:
+        ok = broadcast_flag(ok, place)
+    if not ok:
+        if verbose and short is not None:
+            need, free, where = short
+            LOG.warning("--cache disk: %d training images need %s on disk (%s with a %d%% margin) but only %s is "
+                        "free in %s; training without the cache", len(plan.missing), size_text(need),
+                        size_text(need * (1 + SAFETY_MARGIN)), round(SAFETY_MARGIN * 100), size_text(free), where)
+        return False
+    share = plan.missing[max(place.rank, 0)::place.world_size] if place is not None else plan.missing
+    decoded = dataset.cache_on_disk(plan, indices=share)
+    if verbose:
+        beside = plan.files[0].parent == dataset.labels[0].im_file.parent
+        place_text = "beside the images" if beside else f"in {plan.files[0].parent.parent}"
+        print(f"train: {len(dataset)} images cached on disk {place_text} ({size_text(plan.nbytes())}, {decoded} decoded "
+              f"now) in {time.perf_counter() - t0:.1f} s")
+    return True
+
+
 def build_train_data(cfg: TrainConfig, spec: DataSpec, place: Placement, *, stride: int = 32) -> TrainData:
     """DataLoader over the train split; each rank gets ``cfg.batch // world_size`` images per batch."""
     if cfg.batch < place.world_size:
@@ -117,6 +151,8 @@ def build_train_data(cfg: TrainConfig, spec: DataSpec, place: Placement, *, stri
     )
     if cfg.cache == "ram":
         cache_in_ram(dataset, place=place, verbose=place.main)
+    elif cfg.cache == "disk":
+        cache_on_disk(dataset, place=place, verbose=place.main)
     per_rank = cfg.batch // place.world_size
     workers = min(cfg.workers, os.cpu_count() or 1, per_rank)
     if cfg.rect:

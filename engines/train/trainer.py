@@ -138,8 +138,10 @@ def train(
     ``freeze`` keeps layers out of training (Ultralytics' ``freeze``): ``N`` the first N layers of the
     model, a list those layer indices; see ``engines.train.weights.freeze_layers``.
     ``cache="ram"`` (or True, Ultralytics' spelling) decodes the training images once, before the first
-    epoch, and keeps them in memory when they fit (``engines.train.loader.cache_in_ram``); results are
-    unchanged.
+    epoch, and keeps them in memory when they fit (``engines.train.loader.cache_in_ram``); ``cache="disk"``
+    keeps them in ``.npy`` files instead, beside the images or under ``$SEGPIPE_CACHE`` for a read-only
+    dataset, and a later run decodes only the images it lacks (``engines.train.loader.cache_on_disk``).
+    Results are unchanged either way.
     ``rect`` trains every image at its own aspect ratio (longest side ``imgsz``, no mosaic) in shuffled
     batches of one shape each, instead of padded to ``imgsz`` squares.
     ``time`` (hours) fits the run into a budget: after every epoch the epoch count is re-planned from

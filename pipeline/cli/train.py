@@ -44,11 +44,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exist-ok", action="store_true",
                    help="train into an --out that holds an earlier run (its checkpoints and results.csv are replaced)")
     p.add_argument("--workers", type=int, default=8, help="data loader processes per device")
-    p.add_argument("--cache", nargs="?", const="ram", choices=["ram"], default=None, metavar="ram",
-                   help="decode the training images once (longest side imgsz) before the first epoch and keep "
-                        "them in memory, so epochs skip decoding, with the same results; prints the memory used, "
-                        "and when that would not fit in the available memory with a 50%% margin, warns and reads "
-                        "from disk instead (Ultralytics' cache=ram)")
+    p.add_argument("--cache", nargs="?", const="ram", choices=["ram", "disk"], default=None, metavar="ram|disk",
+                   help="decode the training images once (longest side imgsz) before the first epoch, so epochs "
+                        "skip decoding, with the same results: ram (the default) keeps them in memory, disk in "
+                        ".npy files beside the images (under $SEGPIPE_CACHE for a read-only dataset) that later "
+                        "runs reuse; prints the space used, and when that would not fit with a 50%% margin, warns "
+                        "and decodes the images instead (Ultralytics' cache=ram|disk)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True,
                    help="deterministic kernels (default on)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import cv2
@@ -255,6 +256,118 @@ def test_ram_cache_gives_the_same_samples_and_is_never_written(colour_ds, monkey
 
     monkeypatch.setattr(dataset_mod, "read_resized", no_decoding)
     assert _same(expected, _batches(cached, workers=1, seed=5, epoch=2))
+
+
+def _count_decodes(monkeypatch) -> list[Path]:
+    """Every ``read_resized`` call from here on (the dataset's and the disk cache's fill), by image."""
+    from engines.data import dataset as dataset_mod
+    from engines.data import disk_cache
+    from engines.data.images import read_resized
+
+    calls: list[Path] = []
+
+    def counted(path: Path, shape: tuple[int, int], long_side: int) -> np.ndarray:
+        calls.append(path)
+        return read_resized(path, shape, long_side)
+
+    monkeypatch.setattr(dataset_mod, "read_resized", counted)
+    monkeypatch.setattr(disk_cache, "read_resized", counted)
+    return calls
+
+
+def test_disk_cache_gives_the_same_samples_and_a_later_run_decodes_nothing(colour_ds, monkeypatch):
+    from engines.data.images import read_resized
+
+    plain = SegDataset(colour_ds, imgsz=128, augment=True, nc=8, seed=5)
+    cached = SegDataset(colour_ds, imgsz=128, augment=True, nc=8, seed=5)
+    plan = cached.disk_plan()
+    assert plan.missing == tuple(range(5)) and not cached.cached_on_disk
+    calls = _count_decodes(monkeypatch)
+    assert cached.cache_on_disk(plan, threads=2) == 5 and cached.cached_on_disk and len(calls) == 5
+    # beside the images (their folder is writable), keyed by the long side; the arrays are read_resized's
+    assert sorted(f.parent for f in plan.files) == [colour_ds] * 5 and plan.files[1].name.startswith("im0.128.")
+    for lab, f in zip(cached.labels, plan.files, strict=True):
+        assert np.array_equal(np.load(f), read_resized(lab.im_file, lab.shape, 128))
+    assert plan.nbytes() == sum(f.stat().st_size for f in plan.files)
+    assert not list(colour_ds.glob("*.tmp"))
+    for epoch in (0, 1):
+        assert _same(_batches(plain, workers=0, seed=5, epoch=epoch), _batches(cached, workers=0, seed=5, epoch=epoch))
+    expected = _batches(plain, workers=0, seed=5, epoch=2)
+    calls.clear()
+    assert _same(expected, _batches(cached, workers=1, seed=5, epoch=2))  # a loader worker reads the files too
+    val_plain = SegDataset(colour_ds, imgsz=128, augment=False, nc=8)
+    val_cached = SegDataset(colour_ds, imgsz=128, augment=False, nc=8)
+    val_cached.cache_on_disk()
+    assert all(np.array_equal(val_plain[i].image, val_cached[i].image) for i in range(len(val_plain)))
+
+    # A later run (a new dataset, as a new process builds) finds every file and decodes nothing.
+    calls.clear()
+    again = SegDataset(colour_ds, imgsz=128, augment=True, nc=8, seed=5)
+    assert again.disk_plan().missing == () and again.cache_on_disk() == 0
+    assert _same(expected, _batches(again, workers=0, seed=5, epoch=2)) and calls == []
+    # Another imgsz is another file: never the 128 px arrays.
+    other = SegDataset(colour_ds, imgsz=64, augment=True, nc=8)
+    assert other.disk_plan().missing == tuple(range(5))
+
+
+def test_disk_cache_of_a_read_only_dataset_goes_to_the_cache_root(colour_ds, tmp_path, monkeypatch):
+    from engines.data.cache import is_writable_dir
+
+    colour_ds.chmod(0o555)
+    try:
+        # is_writable_dir reads the write bits, so this holds for root too (which os.access lets write anywhere)
+        if is_writable_dir(colour_ds):
+            monkeypatch.setattr("engines.data.cache.is_writable_dir", lambda d: d != colour_ds)
+        ds = SegDataset(colour_ds, imgsz=128, augment=True, nc=8)
+        assert ds.cache_on_disk() == 5
+        files = ds.disk_plan().files
+        assert all(f.is_file() and f.is_relative_to(tmp_path / "cache" / "images") for f in files)
+        assert len({f.parent for f in files}) == 1 and files[0].parent.name.startswith("images.")
+        assert not list(colour_ds.glob("*.npy"))
+    finally:
+        colour_ds.chmod(0o755)
+
+
+def test_disk_cache_decodes_a_changed_image_again(colour_ds, monkeypatch):
+    from engines.data.images import read_resized
+
+    ds = SegDataset(colour_ds, imgsz=128, augment=True, nc=8)
+    ds.cache_on_disk()
+    i = ds.im_files.index(colour_ds / "im1.png")
+    old = ds.disk_plan().files[i]
+    img = cv2.imread(str(colour_ds / "im1.png"))
+    cv2.imwrite(str(colour_ds / "im1.png"), 255 - img)  # same size and shape, other pixels
+    os.utime(colour_ds / "im1.png", ns=(0, old.stat().st_mtime_ns + 1))
+    calls = _count_decodes(monkeypatch)
+    again = SegDataset(colour_ds, imgsz=128, augment=True, nc=8)
+    plan = again.disk_plan()
+    assert plan.missing == (i,) and plan.files[i] != old
+    assert again.cache_on_disk(plan) == 1 and calls == [colour_ds / "im1.png"]
+    lab = again.labels[i]
+    assert np.array_equal(np.load(plan.files[i]), read_resized(lab.im_file, lab.shape, 128))
+
+
+def test_disk_cache_decodes_a_corrupt_file_again(colour_ds, monkeypatch, caplog):
+    from engines.data.images import read_resized
+
+    ds = SegDataset(colour_ds, imgsz=128, augment=True, nc=8, seed=1)
+    files = ds.disk_plan().files
+    ds.cache_on_disk()
+    expected = _batches(ds, workers=0, seed=1)
+    files[0].write_bytes(files[0].read_bytes()[:1000])  # short: an interrupted copy
+    files[2].write_bytes(b"not an array")
+    calls = _count_decodes(monkeypatch)
+    again = SegDataset(colour_ds, imgsz=128, augment=True, nc=8, seed=1)
+    plan = again.disk_plan()
+    assert plan.missing == (0, 2) and len([r for r in caplog.records if "unreadable image cache" in r.message]) == 2
+    assert again.cache_on_disk(plan) == 2 and len(calls) == 2
+    assert _same(expected, _batches(again, workers=0, seed=1))
+    # Damaged during training (after the fill): that sample decodes its image and writes the file again.
+    files[3].write_bytes(b"")
+    calls.clear()
+    assert _same(expected, _batches(again, workers=0, seed=1)) and set(calls) == {again.labels[3].im_file}
+    lab = again.labels[3]
+    assert np.array_equal(np.load(files[3]), read_resized(lab.im_file, lab.shape, 128))
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [

@@ -179,7 +179,7 @@ def test_pack_and_restore_round_trip(name):
     ("freeze", [], "train.freeze: expected a layer count"),
     ("freeze", [0, -2], "train.freeze: expected a layer count"),
     ("freeze", [1, 1], "train.freeze: layer indices must not repeat, got [1, 1]"),
-    ("cache", "disk", "train.cache: expected 'ram' or none, got 'disk'"),
+    ("cache", "gpu", "train.cache: expected 'ram', 'disk' or none, got 'gpu'"),
 ])
 def test_config_rejects_bad_values(field, value, error):
     with pytest.raises(ConfigError, match=re.escape(error)):
@@ -788,3 +788,80 @@ def test_ram_cache_of_ddp_ranks_follows_rank_0s_memory_check(tmp_path, monkeypat
     monkeypatch.setattr(loader, "broadcast_flag", rank_0_says_it_fits)
     assert loader.cache_in_ram(ds, place=Placement(1, 2, torch.device("cpu")), verbose=False) and ds.cached
     assert decided == [(False, 1)]
+
+
+# ----------------------------------------------------------------------------------------- cache=disk
+
+def test_disk_cache_trains_bit_identically_and_a_later_run_decodes_nothing(tmp_path, monkeypatch, capsys, one_thread):
+    """Same seed, with and without the cache (mosaic on, the cached run's images read by a loader worker):
+    the same losses, raw weights, optimizer state and EMA. A second run finds every .npy file."""
+    from engines.checkpoint import load_checkpoint
+    from engines.data import dataset as dataset_mod
+    from engines.data import disk_cache
+    from pipeline.cli import main
+
+    data = make_shapes_dataset(tmp_path / "data", n=4, size=128)
+    argv = ["train", f"--data={data}", "--epochs=1", "--imgsz=64", "--batch=2", "--nbs=2", "--device=cpu",
+            "--close-mosaic=0", "--no-val", "--no-plots", "--optimizer=SGD", "--seed=3", "--deterministic"]
+    assert main([*argv, f"--out={tmp_path / 'plain'}", "--workers=0"]) == 0
+    assert "cached on disk" not in capsys.readouterr().out
+    assert main([*argv, f"--out={tmp_path / 'disk'}", "--workers=1", "cache=disk"]) == 0
+    assert re.search(r"train: 4 images cached on disk beside the images \(48 KB, 4 decoded now\) in [0-9.]+ s\n",
+                     capsys.readouterr().out)
+    assert len(list((data.parent / "images" / "train").glob("*.64.*.npy"))) == 4
+    import yaml
+
+    assert yaml.safe_load((tmp_path / "disk" / "args.yaml").read_text())["cache"] == "disk"
+    a, b = (load_checkpoint(tmp_path / d / "weights" / "last.pt") for d in ("plain", "disk"))
+    assert b.meta.train_args["cache"] == "disk"  # what --resume trains with
+    assert a.extra_tensors.keys() == b.extra_tensors.keys() and a.state_dict.keys() == b.state_dict.keys()
+    for k in a.extra_tensors.keys() - {"train/seconds"}:
+        assert torch.equal(a.extra_tensors[k], b.extra_tensors[k]), k
+    for k in a.state_dict:
+        assert torch.equal(a.state_dict[k], b.state_dict[k]), k
+    ra, rb = (read_results(tmp_path / d / "results.csv") for d in ("plain", "disk"))
+    for name in ("box_loss", "seg_loss", "cls_loss", "dfl_loss"):
+        assert ra[f"train/{name}"].tolist() == rb[f"train/{name}"].tolist(), name
+
+    def no_decoding(*args: object) -> np.ndarray:
+        raise AssertionError("decoded although cached on disk")
+
+    monkeypatch.setattr(dataset_mod, "read_resized", no_decoding)
+    monkeypatch.setattr(disk_cache, "read_resized", no_decoding)
+    assert main([*argv, f"--out={tmp_path / 'again'}", "--workers=0", "--cache=disk"]) == 0
+    assert "(48 KB, 0 decoded now)" in capsys.readouterr().out
+    c = load_checkpoint(tmp_path / "again" / "weights" / "last.pt")
+    for k in a.state_dict:
+        assert torch.equal(a.state_dict[k], c.state_dict[k]), k
+
+
+@pytest.mark.parametrize("arg", ["cache=gpu", "--cache=ssd"])
+def test_cli_refuses_an_unknown_cache_on_one_line(tmp_path, capsys, arg):
+    from pipeline.cli import main
+
+    with pytest.raises(SystemExit) as e:  # argparse's exit, before anything is loaded
+        main(["train", f"--data={tmp_path / 'd.yaml'}", arg])
+    err = capsys.readouterr().err.strip().splitlines()
+    value = arg.split("=")[1]
+    assert e.value.code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"segpipe train: error: argument --cache: invalid choice: '{value}' "
+                             "(choose from 'ram', 'disk')"), err
+
+
+def test_disk_cache_that_would_not_fit_warns_on_one_line_and_decodes(tmp_path, monkeypatch, caplog):
+    from engines.data import SegDataset
+    from engines.train import loader
+
+    data = make_shapes_dataset(tmp_path / "data", n=4, size=128)
+    ds = SegDataset(data.parent / "images" / "train", imgsz=64, augment=True, nc=2)
+    need = ds.disk_plan().nbytes()
+    assert need == 4 * (64 * 64 * 3 + 128)
+    monkeypatch.setattr("shutil.disk_usage", lambda p: SimpleNamespace(total=need * 10, used=0, free=int(need * 1.4)))
+    assert not loader.cache_on_disk(ds) and not ds.cached_on_disk
+    (rec,) = caplog.records
+    assert rec.levelname == "WARNING" and "\n" not in rec.getMessage()
+    assert re.match(r"--cache disk: 4 training images need 4\d KB on disk \(7\d KB with a 50% margin\) but only "
+                    r"6\d KB is free in .*; training without the cache$", rec.getMessage()), rec.getMessage()
+    assert not list((data.parent / "images" / "train").glob("*.npy"))
+    monkeypatch.setattr("shutil.disk_usage", lambda p: SimpleNamespace(total=need * 10, used=0, free=int(need * 1.5)))
+    assert loader.cache_on_disk(ds, verbose=False) and ds.cached_on_disk
