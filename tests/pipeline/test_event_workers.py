@@ -18,6 +18,7 @@ from pipeline.config import TrackingConfig, ZoneConfig, resolve_demo
 from pipeline.metrics import Metrics
 from pipeline.supervisor import Supervisor
 from pipeline.tracking import Tracker
+from tests.helpers import wait_for
 from tests.pipeline.media import write_clip
 from tests.pipeline.test_supervisor import config, events
 
@@ -172,6 +173,14 @@ def test_reload_reaches_every_worker(tmp_path: Path) -> None:
 
 
 
+def _gone(pid: int) -> bool:
+    """Whether process ``pid`` has ended (a zombie, not yet reaped by its parent, writes nothing more)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in "ZX"
+    except (OSError, IndexError):
+        return True
+
+
 def test_track_ids_after_a_restart_never_name_an_earlier_object(tmp_path: Path) -> None:
     """The restarted sink stage's trackers start past every id handed out before (reported or not)."""
     one = _demo_config(tmp_path, 1, tracking={"enabled": True})
@@ -185,8 +194,12 @@ def test_track_ids_after_a_restart_never_name_an_earlier_object(tmp_path: Path) 
         state["ticks"] += 1
         evs = events(tmp_path)
         if not state["at"] and ids(evs) and "sinks" in sup.pids():
-            state["at"] = len(evs)
-            os.kill(sup.pids()["sinks"], signal.SIGKILL)
+            pid = sup.pids()["sinks"]
+            os.kill(pid, signal.SIGKILL)
+            # counted once it is dead: counted before the kill, the events it wrote meanwhile (old ids)
+            # were taken for the restarted stage's
+            wait_for(lambda: _gone(pid), 10, "the killed sink stage to die")
+            state["at"] = len(events(tmp_path))
         elif state["at"] and ids(evs[state["at"]:]) or state["ticks"] > 90:
             sup.request_stop("test done")
 
