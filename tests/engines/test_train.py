@@ -726,12 +726,10 @@ def test_freeze_keeps_frozen_layers_bit_identical_through_training_and_resume(tm
 def test_ram_cache_trains_bit_identically(tmp_path, capsys, one_thread):
     """Same seed, with and without the cache (mosaic on, the cached run's images read by a loader
     worker): the same losses, raw weights, optimizer state and EMA."""
-    from engines.checkpoint import load_checkpoint
     from pipeline.cli import main
 
     data = make_shapes_dataset(tmp_path / "data", n=4, size=128)
-    argv = ["train", f"--data={data}", "--epochs=1", "--imgsz=64", "--batch=2", "--nbs=2", "--device=cpu",
-            "--close-mosaic=0", "--no-val", "--no-plots", "--optimizer=SGD", "--seed=3", "--deterministic"]
+    argv = _seeded_argv(data)
     assert main([*argv, f"--out={tmp_path / 'disk'}", "--workers=0"]) == 0
     assert "cached in RAM" not in capsys.readouterr().out
     assert main([*argv, f"--out={tmp_path / 'ram'}", "--workers=1", "cache=ram"]) == 0
@@ -739,13 +737,26 @@ def test_ram_cache_trains_bit_identically(tmp_path, capsys, one_thread):
     import yaml
 
     assert yaml.safe_load((tmp_path / "ram" / "args.yaml").read_text())["cache"] == "ram"
-    a, b = (load_checkpoint(tmp_path / d / "weights" / "last.pt") for d in ("disk", "ram"))
+    _assert_same_training(tmp_path / "disk", tmp_path / "ram")
+
+
+def _seeded_argv(data: Path) -> list[str]:
+    """A one-epoch CPU training on ``data`` (mosaic on) that gives the same weights every time: add --out."""
+    return ["train", f"--data={data}", "--epochs=1", "--imgsz=64", "--batch=2", "--nbs=2", "--device=cpu",
+            "--close-mosaic=0", "--no-val", "--no-plots", "--optimizer=SGD", "--seed=3", "--deterministic"]
+
+
+def _assert_same_training(a_run: Path, b_run: Path) -> None:
+    """Two runs' last.pt (weights, optimizer state, EMA; not the time spent) and loss rows are identical."""
+    from engines.checkpoint import load_checkpoint
+
+    a, b = (load_checkpoint(run / "weights" / "last.pt") for run in (a_run, b_run))
     assert a.extra_tensors.keys() == b.extra_tensors.keys() and a.state_dict.keys() == b.state_dict.keys()
     for k in a.extra_tensors.keys() - {"train/seconds"}:
         assert torch.equal(a.extra_tensors[k], b.extra_tensors[k]), k
     for k in a.state_dict:
         assert torch.equal(a.state_dict[k], b.state_dict[k]), k
-    ra, rb = (read_results(tmp_path / d / "results.csv") for d in ("disk", "ram"))
+    ra, rb = (read_results(run / "results.csv") for run in (a_run, b_run))
     for name in ("box_loss", "seg_loss", "cls_loss", "dfl_loss"):
         assert ra[f"train/{name}"].tolist() == rb[f"train/{name}"].tolist(), name
 
@@ -801,8 +812,7 @@ def test_disk_cache_trains_bit_identically_and_a_later_run_decodes_nothing(tmp_p
     from pipeline.cli import main
 
     data = make_shapes_dataset(tmp_path / "data", n=4, size=128)
-    argv = ["train", f"--data={data}", "--epochs=1", "--imgsz=64", "--batch=2", "--nbs=2", "--device=cpu",
-            "--close-mosaic=0", "--no-val", "--no-plots", "--optimizer=SGD", "--seed=3", "--deterministic"]
+    argv = _seeded_argv(data)
     assert main([*argv, f"--out={tmp_path / 'plain'}", "--workers=0"]) == 0
     assert "cached on disk" not in capsys.readouterr().out
     assert main([*argv, f"--out={tmp_path / 'disk'}", "--workers=1", "cache=disk"]) == 0
@@ -812,16 +822,8 @@ def test_disk_cache_trains_bit_identically_and_a_later_run_decodes_nothing(tmp_p
     import yaml
 
     assert yaml.safe_load((tmp_path / "disk" / "args.yaml").read_text())["cache"] == "disk"
-    a, b = (load_checkpoint(tmp_path / d / "weights" / "last.pt") for d in ("plain", "disk"))
-    assert b.meta.train_args["cache"] == "disk"  # what --resume trains with
-    assert a.extra_tensors.keys() == b.extra_tensors.keys() and a.state_dict.keys() == b.state_dict.keys()
-    for k in a.extra_tensors.keys() - {"train/seconds"}:
-        assert torch.equal(a.extra_tensors[k], b.extra_tensors[k]), k
-    for k in a.state_dict:
-        assert torch.equal(a.state_dict[k], b.state_dict[k]), k
-    ra, rb = (read_results(tmp_path / d / "results.csv") for d in ("plain", "disk"))
-    for name in ("box_loss", "seg_loss", "cls_loss", "dfl_loss"):
-        assert ra[f"train/{name}"].tolist() == rb[f"train/{name}"].tolist(), name
+    assert load_checkpoint(tmp_path / "disk" / "weights" / "last.pt").meta.train_args["cache"] == "disk"  # for --resume
+    _assert_same_training(tmp_path / "plain", tmp_path / "disk")
 
     def no_decoding(*args: object) -> np.ndarray:
         raise AssertionError("decoded although cached on disk")
@@ -830,9 +832,7 @@ def test_disk_cache_trains_bit_identically_and_a_later_run_decodes_nothing(tmp_p
     monkeypatch.setattr(disk_cache, "read_resized", no_decoding)
     assert main([*argv, f"--out={tmp_path / 'again'}", "--workers=0", "--cache=disk"]) == 0
     assert "(48 KB, 0 decoded now)" in capsys.readouterr().out
-    c = load_checkpoint(tmp_path / "again" / "weights" / "last.pt")
-    for k in a.state_dict:
-        assert torch.equal(a.state_dict[k], c.state_dict[k]), k
+    _assert_same_training(tmp_path / "plain", tmp_path / "again")
 
 
 @pytest.mark.parametrize("arg", ["cache=gpu", "--cache=ssd"])
