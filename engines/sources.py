@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from engines.errors import SourceError
+from engines.frames import as_shown
 from engines.urls import redact_url
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -86,7 +87,8 @@ def iter_video(url: str, *, name: str | None = None, max_frames: int = 0) -> Ite
                 for frame in frames:
                     if max_frames and i >= max_frames:
                         return
-                    yield SourceItem(label, _upright(frame, stream.codec_context.sample_aspect_ratio), i, fps)
+                    image = as_shown(frame, stream.codec_context.sample_aspect_ratio)
+                    yield SourceItem(label, np.ascontiguousarray(image), i, fps)
                     i += 1
         except av.error.FFmpegError as e:
             raise SourceError(f"{redact_url(url)}: decoding failed at frame {i} ({_reason(e, url)})") from None
@@ -95,20 +97,6 @@ def iter_video(url: str, *, name: str | None = None, max_frames: int = 0) -> Ite
 def _reason(e: Exception, url: str) -> str:
     """FFmpeg's words for ``e`` without the URL, which its errors repeat (a stream's with its password)."""
     return getattr(e, "strerror", None) or str(e).replace(url, redact_url(url))
-
-
-def _upright(frame: Any, sar: Any = None) -> np.ndarray:
-    """A PyAV video frame as (H, W, 3) uint8 BGR as players show it: turned as its display matrix says (a
-    phone clip or a camera mounted on its side is stored sideways with a rotation beside it, and was
-    predicted on sideways), and at its display width when its pixels are not square (``sar``: HDV's 1440
-    stored pixels are shown 1920 wide). The run's decoders do the same (pipeline.decoder._upright and
-    _as_shown; engines never imports pipeline, and the decoders never import torch)."""
-    if sar and sar != 1 and 0.25 <= sar <= 4:
-        image = frame.to_ndarray(format="bgr24", width=max(round(frame.width * sar), 1), height=frame.height)
-    else:
-        image = frame.to_ndarray(format="bgr24")
-    turns = round((getattr(frame, "rotation", 0) or 0) / 90) % 4  # counterclockwise, as np.rot90 counts
-    return np.ascontiguousarray(np.rot90(image, turns)) if turns else image
 
 
 def _files_in(folder: Path) -> list[Path]:

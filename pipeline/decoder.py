@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import av
 import numpy as np
 
+from engines.frames import as_shown
 from pipeline.camera import STATE_CODES, Backoff, CameraStateMachine
 from pipeline.messages import CameraState, CameraStatus
 from pipeline.shm import RingWriter
@@ -307,7 +308,7 @@ class Decoder:
             return
         if self._paced and t is not None:
             self._pace_to(t)
-        image = _upright(frame, _as_shown(frame, self._codec.sample_aspect_ratio if self._codec else None))
+        image = as_shown(frame, self._codec.sample_aspect_ratio if self._codec else None)
         if self._frozen is not None and self._frozen.still(image, now):
             # the same picture again: no news for the model, and a hung camera for its subscribers
             if self.machine.state is S.LIVE:
@@ -444,26 +445,6 @@ class _FrozenPicture:
 
     def for_s(self, now: float) -> float:
         return now - self._since
-
-
-def _as_shown(frame: Any, sar: Fraction | None) -> np.ndarray:
-    """The frame as (H, W, 3) BGR at the width players show it: pixels that are not square (``sar``, the
-    sample aspect ratio: HDV's 1440x1080 shown 1920 wide, an analog encoder's 704x576 shown 4:3) are
-    widened or narrowed in the same conversion. The model saw such cameras' objects squeezed, and boxes,
-    masks and zones were in stored pixels, not those of the picture people see. A ratio outside 1/4..4
-    (a corrupt stream's) is ignored."""
-    if not sar or sar == 1 or not 0.25 <= sar <= 4:
-        return frame.to_ndarray(format="bgr24")
-    return frame.to_ndarray(format="bgr24", width=max(round(frame.width * sar), 1), height=frame.height)
-
-
-def _upright(frame: Any, image: np.ndarray) -> np.ndarray:
-    """``image`` (H, W, 3) turned as the frame's display matrix says, as players show it: a phone clip
-    recorded upright, or a camera mounted on its side, is stored sideways with a rotation beside it, and
-    the model, the zones and the drawings must see what a person sees. A view, no copy."""
-    degrees = getattr(frame, "rotation", 0) or 0  # a PyAV too old to read it: as stored
-    turns = round(degrees / 90) % 4  # counterclockwise quarter turns, as np.rot90 counts them
-    return np.rot90(image, turns) if turns else image
 
 
 def _describe(e: BaseException, timeout_s: float) -> str:
