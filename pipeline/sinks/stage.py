@@ -215,7 +215,7 @@ class SinkStage:
     def _removed(self, camera_ids: Collection[str]) -> None:
         """Tell each retaining sink of those of ``camera_ids`` whose events it is handed."""
         for cfg, sink in self.sinks:
-            mine = sorted(c for c in camera_ids if cfg.cameras is None or c in cfg.cameras)
+            mine = sorted(c for c in camera_ids if _wants(cfg, c, "frame"))
             if not mine or not isinstance(sink, Retaining):
                 continue
             try:

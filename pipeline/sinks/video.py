@@ -240,8 +240,13 @@ class VideoSink(ThreadedSink):
                 or (self.segment_s is not None and elapsed >= self.segment_s))
 
     def _forget(self, camera_id: str) -> None:
+        """Let go of a camera a reload removed: its clip state, and its file closed."""
         if self.clips is not None:
             self.clips.forget(camera_id)
+        self._close_camera(camera_id)
+
+    def _close_camera(self, camera_id: str) -> None:
+        """Close the camera's open file, if any; a failure is counted and logged (the file is let go)."""
         writer = self._writers.pop(camera_id, None)
         if writer is None:
             return
@@ -252,10 +257,5 @@ class VideoSink(ThreadedSink):
             log.warning("video sink %s: closing %s failed: %s", self.name, camera_id, e)
 
     def close_resources(self) -> None:
-        for camera_id, writer in list(self._writers.items()):
-            try:
-                self._close_writer(writer)
-            except (av.FFmpegError, OSError) as e:
-                self.counters.error("close")
-                log.warning("video sink %s: closing %s failed: %s", self.name, camera_id, e)
-        self._writers.clear()
+        for camera_id in list(self._writers):
+            self._close_camera(camera_id)
