@@ -15,10 +15,10 @@ import logging
 import os
 import stat
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -127,16 +127,26 @@ def _write(path: Path, key: str, labels: list[ImageLabels], stats: SplitStats) -
         "stats": np.array([getattr(stats, f) for f in _STAT_FIELDS], np.int64),
         "messages": np.array(stats.messages if stats.messages else [""]),
     }
+    return path if write_atomic(path, lambda f: np.savez(f, **arrays), "label cache") else None
+
+
+def write_atomic(path: Path, write: Callable[[IO[bytes]], object], what: str) -> bool:
+    """Write ``path`` through ``write(file)`` into a temporary file renamed over it, so a reader (another
+    process, a later run after an interrupted one) never sees half a file. A cache is worth no error: on
+    failure, a warning naming ``what``, the temporary file removed, and False."""
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)  # atomic: a reader never sees half a cache
+            write(f)
+        os.replace(tmp, path)
     except OSError as e:
-        LOG.warning("label cache not written (%s): %s", path, e)
-        return None
-    return path
+        LOG.warning("%s not written (%s): %s", what, path, e)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        return False
+    return True
 
 
 def _read(path: Path, key: str, split: str) -> tuple[list[ImageLabels], SplitStats] | None:

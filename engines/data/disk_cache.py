@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.data.cache import derived_file, digest
+from engines.data.cache import derived_file, digest, write_atomic
 from engines.data.images import read_resized, resized_size
 from engines.data.ram_cache import SAFETY_MARGIN, default_threads
 
@@ -85,19 +84,7 @@ def load(path: Path, size: tuple[int, int], *, check_only: bool = False) -> np.n
 
 def save(path: Path, im: np.ndarray) -> bool:
     """Write ``im`` to ``path`` atomically (temporary file, then rename); False (and a warning) on failure."""
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, im, allow_pickle=False)
-        os.replace(tmp, path)
-    except OSError as e:
-        LOG.warning("image cache not written (%s): %s", path, e)
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        return False
-    return True
+    return write_atomic(path, lambda f: np.save(f, im, allow_pickle=False), "image cache")
 
 
 def plan(items: Sequence[tuple[Path, tuple[int, int]]], long_side: int, *, cache_dir: Path | None = None) -> DiskPlan:
