@@ -117,7 +117,7 @@ class SegDataset(torch.utils.data.Dataset):
         in this process and in loader workers forked from it, skip decoding. Samples are unchanged
         (augmentation works on copies; the cached arrays are read-only). Returns the bytes held."""
         if self._ims is None:
-            self._ims = read_all([(lab.im_file, lab.shape) for lab in self.labels], self.imgsz, threads=threads)
+            self._ims = read_all(self._items(), self.imgsz, threads=threads)
         return sum(im.nbytes for im in self._ims)
 
     @property
@@ -146,6 +146,7 @@ class SegDataset(torch.utils.data.Dataset):
         return self._npy is not None
 
     def _items(self) -> list[tuple[Path, tuple[int, int]]]:
+        """(image file, its (H, W)) of every image, as the caches take them."""
         return [(lab.im_file, lab.shape) for lab in self.labels]
 
     @property
