@@ -161,27 +161,44 @@ def jpegs(images: list[np.ndarray]) -> list[bytes]:
 
 
 @contextlib.contextmanager
+def _streaming(name: str, content_type: str, parts: list[bytes], period_s: float) -> Iterator[str]:
+    """An endless HTTP response: ``parts`` again and again, one every ``period_s`` of wall time, until the
+    block ends; yields the URL of ``/name``."""
+    done = threading.Event()
+
+    class Handler(_Quiet, BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.end_headers()
+            start, n = time.monotonic(), 0
+            with contextlib.suppress(OSError):
+                while not done.wait(max(0.0, start + n * period_s - time.monotonic())):
+                    self.wfile.write(parts[n % len(parts)])
+                    self.wfile.flush()
+                    n += 1
+
+    with _serving(Handler, name, done) as url:
+        yield url
+
+
+@contextlib.contextmanager
 def mjpeg_camera(images: list[np.ndarray], *, fps: float) -> Iterator[str]:
     """An MJPEG IP camera: ``images`` as JPEGs over HTTP ``multipart/x-mixed-replace`` (the
     ``/video.mjpg`` of most IP cameras), ``fps`` a second in wall time, again and again until the block
     ends; yields its URL. The format has no timestamps: FFmpeg numbers the frames at 25 a second."""
     parts = [b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n%s\r\n" % (len(j), j)
              for j in jpegs(images)]
-    done = threading.Event()
+    with _streaming("video.mjpg", "multipart/x-mixed-replace;boundary=frame", parts, 1 / fps) as url:
+        yield url
 
-    class Handler(_Quiet, BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
-            self.send_response(200)
-            self.send_header("Content-Type", "multipart/x-mixed-replace;boundary=frame")
-            self.end_headers()
-            start, n = time.monotonic(), 0
-            with contextlib.suppress(OSError):
-                while not done.wait(max(0.0, start + n / fps - time.monotonic())):
-                    self.wfile.write(parts[n % len(parts)])
-                    self.wfile.flush()
-                    n += 1
 
-    with _serving(Handler, "video.mjpg", done) as url:
+@contextlib.contextmanager
+def http_stream(clip: Path) -> Iterator[str]:
+    """An endless live stream: ``clip``'s bytes over HTTP again and again (20 TS packets every 20 ms)
+    until the block ends; yields its URL."""
+    data, step = clip.read_bytes(), 188 * 20
+    with _streaming("live.ts", "video/mp2t", [data[i:i + step] for i in range(0, len(data), step)], 0.02) as url:
         yield url
 
 
@@ -214,30 +231,6 @@ def without_parameter_sets(src: Path, dst: Path, ffmpeg: str) -> Path:
     subprocess.run([ffmpeg, "-hide_banner", "-loglevel", "error", "-y", "-i", str(src), "-c:v", "libx264",
                     "-g", "5", "-bsf:v", "filter_units=remove_types=5|7|8", "-f", "mpegts", str(dst)], check=True)
     return dst
-
-
-@contextlib.contextmanager
-def http_stream(clip: Path) -> Iterator[str]:
-    """An endless live stream: ``clip``'s bytes over HTTP again and again (20 TS packets every 20 ms)
-    until the block ends; yields its URL."""
-    data = clip.read_bytes()
-    done = threading.Event()
-
-    class Handler(_Quiet, BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
-            self.send_response(200)
-            self.send_header("Content-Type", "video/mp2t")
-            self.end_headers()
-            step = 188 * 20
-            with contextlib.suppress(OSError):
-                while not done.is_set():
-                    for i in range(0, len(data), step):
-                        self.wfile.write(data[i:i + step])
-                        if done.wait(0.02):
-                            return
-
-    with _serving(Handler, "live.ts", done) as url:
-        yield url
 
 
 def _read_request(sock_file: Any) -> tuple[str, dict[str, str], bytes] | None:
