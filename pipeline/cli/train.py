@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "on other classes)")
     p.add_argument("--freeze", type=_freeze, default=None, metavar="N|I,J,...",
                    help="keep layers out of training (fine-tuning on little data): N freezes layers 0..N-1 of the "
-                        "model (10: the yolov8 backbone), I,J,... those layer indices (segpipe info --model lists "
+                        "model (10: the YOLOv8 backbone, 11: YOLO11's), I,J,... those layer indices (segpipe info --model lists "
                         "them); their weights stay as loaded, their BatchNorm statistics still update "
                         "(as Ultralytics' freeze=)")
     p.add_argument("--resume", nargs="?", const=True, default=None, metavar="PATH",
