@@ -56,8 +56,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", default="auto", help="auto, SGD, AdamW or Adam")
     p.add_argument("--lr0", type=float, default=0.01, help="initial learning rate (ignored by auto)")
     p.add_argument("--lrf", type=float, default=0.01, help="final lr as a fraction of lr0")
+    p.add_argument("--momentum", type=float, default=0.937, help="SGD momentum or Adam beta1 (ignored by auto)")
+    p.add_argument("--weight-decay", type=float, default=0.0005, help="weight decay of conv and linear weights "
+                   "(not of biases or norm layers)")
     p.add_argument("--cos-lr", action="store_true", help="cosine instead of linear lr decay")
     p.add_argument("--warmup-epochs", type=float, default=3.0)
+    p.add_argument("--warmup-momentum", type=float, default=0.8, help="momentum at the start of the warm-up")
+    p.add_argument("--warmup-bias-lr", type=float, default=0.1, help="biases' lr at the start of the warm-up "
+                   "(ignored by auto, which starts it at 0)")
     p.add_argument("--close-mosaic", type=int, default=10, help="disable mosaic for the last N epochs")
     p.add_argument("--patience", type=int, default=100, help="stop after N epochs without improvement")
     p.add_argument("--val", action=argparse.BooleanOptionalAction, default=True,
@@ -70,6 +76,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(frames, wires, limbs) stop being under-drawn (default 0, Ultralytics' loss)")
     p.add_argument("--nbs", type=int, default=64,
                    help="nominal batch: gradients accumulate to about this many images per optimizer step")
+    gains = p.add_argument_group("loss gains (Ultralytics' names and defaults)")
+    gains.add_argument("--box", type=float, default=7.5, help="box (IoU) loss gain; the mask loss has it too")
+    gains.add_argument("--cls", type=float, default=0.5, help="classification loss gain")
+    gains.add_argument("--dfl", type=float, default=1.5, help="distribution focal loss gain")
     aug = p.add_argument_group("augmentation and mask targets (Ultralytics' names and defaults; e.g. --mosaic 0 "
                                "or mosaic=0)")
     notes = {"mask_ratio": "ground-truth masks at 1/N of the input; lower keeps thin structures, costs memory"}
@@ -152,6 +162,8 @@ def _train(train, args: argparse.Namespace) -> None:  # noqa: ANN001 - engines.t
         imgsz=args.imgsz, rect=args.rect, batch=args.batch, device=args.device, out=args.out, workers=args.workers,
         cache=args.cache,
         seed=args.seed, deterministic=args.deterministic, optimizer=args.optimizer, lr0=args.lr0, lrf=args.lrf,
+        momentum=args.momentum, weight_decay=args.weight_decay, warmup_momentum=args.warmup_momentum,
+        warmup_bias_lr=args.warmup_bias_lr, box=args.box, cls=args.cls, dfl=args.dfl,
         cos_lr=args.cos_lr, warmup_epochs=args.warmup_epochs, close_mosaic=args.close_mosaic,
         patience=args.patience, val=args.val, fraction=args.fraction, amp=args.amp, plots=args.plots,
         nbs=args.nbs, dice=args.dice, exist_ok=args.exist_ok, hyp={f.name: v for f in _hyp_fields() if (v := getattr(args, f.name)) is not None},

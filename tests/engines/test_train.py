@@ -448,6 +448,13 @@ def test_failed_write_leaves_the_previous_best(tmp_path, monkeypatch, one_thread
     (["--resume", "--out", "{tmp}/no-run", "--freeze", "3"], 2, "--freeze: a resumed run keeps the settings"),
     (["--resume", "--out", "{tmp}/no-run", "cache=True"], 2, "--cache: a resumed run keeps the settings"),
     (["--data", "{data}", "pretrained=True"], 2, "--pretrained: name the checkpoint whose tensors seed the model"),
+    (["--data", "{data}", "--momentum", "1"], 2, "--momentum: must be in [0, 1), got 1.0"),
+    (["--data", "{data}", "weight_decay=-0.1"], 2, "--weight-decay: must be >= 0, got -0.1"),
+    (["--data", "{data}", "--warmup-momentum", "1.5"], 2, "--warmup-momentum: must be in [0, 1), got 1.5"),
+    (["--data", "{data}", "--warmup-bias-lr", "-1"], 2, "--warmup-bias-lr: must be >= 0, got -1.0"),
+    (["--data", "{data}", "box=-1"], 2, "--box: must be >= 0, got -1.0"),
+    (["--data", "{data}", "--cls", "-0.5"], 2, "--cls: must be >= 0, got -0.5"),
+    (["--resume", "--out", "{tmp}/no-run", "--weight-decay", "0.01"], 2, "--weight-decay: a resumed run keeps"),
 ])
 def test_cli_reports_user_mistakes_on_one_line(tmp_path, monkeypatch, capsys, args, code, error):
     from pipeline.cli import main
@@ -478,6 +485,25 @@ def test_cli_trains_with_ultralytics_spelling(tmp_path, capsys, one_thread):
     assert "optimizer: AdamW(lr=0.001667, momentum=0.9)" in out  # auto: short run, 2 classes
     best = load_checkpoint(tmp_path / "run" / "weights" / "best.pt")
     assert best.meta.train_args["hyp"] == {"mosaic": 0.0, "mask_ratio": 2, "fliplr": 0.0}
+
+
+def test_cli_optimizer_and_loss_settings_reach_the_run(tmp_path, capsys, one_thread):
+    from engines.checkpoint import load_checkpoint
+    from pipeline.cli import main
+
+    data = make_shapes_dataset(tmp_path / "data", n=4, size=128)
+    argv = ["train", "--data", str(data), "--epochs", "1", "--imgsz", "64", "--batch", "4", "--nbs", "4",
+            "--workers", "0", "--device", "cpu", "--out", str(tmp_path / "run"), "--no-plots", "--optimizer", "SGD",
+            "--lr0", "0.02", "momentum=0.8", "--weight-decay", "0.001", "--warmup-momentum", "0.5",
+            "warmup_bias_lr=0.05", "--box", "5", "--cls", "1", "--dfl", "2"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "optimizer: SGD(lr=0.02, momentum=0.8) with parameter groups" in out
+    assert "weight(decay=0.001)" in out
+    recorded = load_checkpoint(tmp_path / "run" / "weights" / "best.pt").meta.train_args
+    assert {k: recorded[k] for k in ("momentum", "weight_decay", "warmup_momentum", "warmup_bias_lr", "box", "cls",
+                                     "dfl")} == {"momentum": 0.8, "weight_decay": 0.001, "warmup_momentum": 0.5,
+                                                 "warmup_bias_lr": 0.05, "box": 5.0, "cls": 1.0, "dfl": 2.0}
 
 
 def test_mosaic_switch_off_counts_the_epochs_left(tmp_path, capsys, one_thread):
