@@ -18,6 +18,7 @@ from engines.errors import ConfigError
 from engines.ops.letterbox import LetterboxInfo
 
 PAD_VALUE = 114  # grey used for letterbox/mosaic/affine borders, as Ultralytics
+COPY_PASTE_MODES = ("flip", "mixup")
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +28,12 @@ class AugmentConfig:
     hsv_h/s/v: max fractional hue/saturation/value jitter. degrees: max rotation. translate: max
     shift as a fraction of the output size. scale: zoom in ``[1 - scale, 1 + scale]``. shear: max
     shear in degrees. perspective: max projective term (0-0.001 is sensible). flipud/fliplr: flip
-    probabilities. mosaic: probability of a 4-image mosaic. close_mosaic: mosaic is turned off for the
+    probabilities. bgr: probability that the input keeps OpenCV's BGR channel order instead of RGB.
+    mosaic: probability of a 4-image mosaic. mixup: probability of blending in another sample (built the
+    same way) at a Beta(32, 32) ratio. cutmix: probability of pasting a rectangle of another sample with its
+    instances. copy_paste: fraction of the eligible instances pasted; copy_paste_mode "flip" pastes mirrored
+    copies of the image's own instances, "mixup" (applied with probability copy_paste) instances of another
+    sample (``engines.data.mix``). close_mosaic: mosaic, mixup, cutmix and copy_paste are turned off for the
     last this-many epochs (the trainer calls ``close_mosaic()``). mask_ratio: masks are rasterised at
     1/mask_ratio of the network input.
     """
@@ -42,14 +48,23 @@ class AugmentConfig:
     perspective: float = 0.0
     flipud: float = 0.0
     fliplr: float = 0.5
+    bgr: float = 0.0
     mosaic: float = 1.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    copy_paste: float = 0.0
+    copy_paste_mode: str = "flip"
     close_mosaic: int = 10
     mask_ratio: int = 4
 
     def __post_init__(self) -> None:
-        unit = ("hsv_h", "hsv_s", "hsv_v", "flipud", "fliplr", "mosaic", "translate")
+        unit = ("hsv_h", "hsv_s", "hsv_v", "flipud", "fliplr", "bgr", "mosaic", "mixup", "cutmix", "copy_paste",
+                "translate")
         for name in unit:
             _check(name, getattr(self, name), 0.0, 1.0)
+        if self.copy_paste_mode not in COPY_PASTE_MODES:
+            raise ConfigError("hyp.copy_paste_mode", f"expected {' or '.join(map(repr, COPY_PASTE_MODES))}, "
+                                                     f"got {self.copy_paste_mode!r}")
         _check("degrees", self.degrees, 0.0, 180.0)
         _check("scale", self.scale, 0.0, 0.99)  # 1 - scale must stay positive
         _check("shear", self.shear, 0.0, 89.0)

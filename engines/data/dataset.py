@@ -1,5 +1,5 @@
-"""The segmentation dataset: train mode (mosaic + random affine + HSV + flips) and val mode
-(letterbox only). Imports nothing from pipeline/.
+"""The segmentation dataset: train mode (mosaic, Copy-Paste, random affine, MixUp, CutMix, HSV, flips, bgr:
+Ultralytics' order) and val mode (letterbox only). Imports nothing from pipeline/.
 
 Masks stay exact because they are never warped as pixels: polygons are resampled to a fixed point
 count, moved by the same matrix as the image, and rasterised at 1/mask_ratio of the final input.
@@ -7,7 +7,8 @@ Boxes are recomputed from the moved polygons (clipped to the input exactly), the
 ``box_candidates`` drops instances that became tiny or sliver-like.
 
 Randomness: sample ``index`` of epoch ``e`` draws from ``numpy.random.default_rng((seed, e, index))``
-only, so a batch is the same whatever the worker count or order.
+only, so a batch is the same whatever the worker count or order. The other samples MixUp, CutMix and
+Copy-Paste take are built from generators spawned off that one (``_partner``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from engines.data.batch import Sample
 from engines.data.cache import load_split
 from engines.data.images import read_image, read_resized, resized_size
 from engines.data.labels import ImageLabels
+from engines.data.mix import Labelled, copy_paste, cutmix, flip, mixup
 from engines.data.polygons import (
     bounds,
     box_candidates,
@@ -89,7 +91,12 @@ class SegDataset(torch.utils.data.Dataset):
         self.rect = "batch" if rect is True else rect
         self.imgsz, self.augment, self.hyp = imgsz, augment, hyp or AugmentConfig()
         self.seed, self.epoch = seed, 0
+        # What runs (close_mosaic turns these off): rect training has no mosaic, MixUp or CutMix, as Ultralytics.
         self.mosaic = augment and not rect and self.hyp.mosaic > 0
+        self.mixup = self.hyp.mixup if augment and not rect else 0.0
+        self.cutmix = self.hyp.cutmix if augment and not rect else 0.0
+        self.copy_paste = self.hyp.copy_paste if augment else 0.0
+        self.bgr = self.hyp.bgr if augment else 0.0
         self.batch_shapes: np.ndarray | None = None  # (n_batches, 2) h, w when rect="batch"
         self._shapes: np.ndarray | None = None  # (n, 2) h, w of every image's input when rect
         pad = 0.0 if augment else 0.5
@@ -162,9 +169,15 @@ class SegDataset(torch.utils.data.Dataset):
         self.epoch = int(epoch)
 
     def close_mosaic(self) -> None:
-        """Turn mosaic off for the remaining epochs (Ultralytics' ``close_mosaic``); the affine,
-        HSV and flips stay on."""
+        """Turn mosaic, MixUp, CutMix and Copy-Paste off for the remaining epochs (Ultralytics'
+        ``close_mosaic``); the affine, HSV, flips and bgr stay on."""
         self.mosaic = False
+        self.mixup = self.cutmix = self.copy_paste = 0.0
+
+    @property
+    def mixing(self) -> bool:
+        """Whether any augmentation ``close_mosaic`` turns off is on."""
+        return bool(self.mosaic or self.mixup or self.cutmix or self.copy_paste)
 
     def _set_rect(self, batch_size: int, stride: int, pad: float) -> None:
         # Ultralytics' rule: sort by aspect ratio so each batch holds similar shapes.
@@ -224,30 +237,53 @@ class SegDataset(torch.utils.data.Dataset):
     def _train_sample(self, index: int) -> Sample:
         hyp, lab = self.hyp, self.labels[index]
         rng = np.random.default_rng((self.seed, self.epoch, index))
+        th, tw = size = self.shape_of(index)
+        a = self._placed(index, rng, size)
+        # Ultralytics' order: MixUp, then CutMix, each with another sample built the same way.
+        if self.mixup and rng.random() < self.mixup:
+            a = mixup(a, self._partner(rng, size), float(rng.beta(32.0, 32.0)))
+        if self.cutmix and rng.random() < self.cutmix:
+            a = cutmix(a, self._partner(rng, size), rng)
+        hsv_jitter(a.img, rng, hyp.hsv_h, hyp.hsv_s, hyp.hsv_v)
+        if rng.random() < hyp.flipud:
+            a = flip(a, vertical=True)
+        if rng.random() < hyp.fliplr:
+            a = flip(a)
+        masks = rasterize(a.xy, th, tw, hyp.mask_ratio)
+        bgr = bool(self.bgr) and rng.random() < self.bgr
+        return _sample(a.img, lab, a.cls, xyxy_to_xywhn(a.boxes, tw, th), masks, None, bgr=bgr)
+
+    def _placed(self, index: int, rng: np.random.Generator, size: tuple[int, int], *, paste: bool = True) -> Labelled:
+        """Sample ``index`` up to the colour and flips: mosaic (or the image alone), Copy-Paste, the random affine
+        into ``size`` (h, w) and the box filter. ``paste=False``: no Copy-Paste (the sample a "mixup"-mode
+        Copy-Paste takes instances from, as Ultralytics builds it)."""
+        hyp = self.hyp
         if self.mosaic and rng.random() < hyp.mosaic:
             img, xy, cls, before = self._mosaic(index, rng)
         else:
             img, segs = self._resized(index)
-            xy, cls = resample_segments(segs, dtype=np.float64), lab.cls
+            xy, cls = resample_segments(segs, dtype=np.float64), self.labels[index].cls
             before = _extent(xy)
-        th, tw = self.shape_of(index)
+        paste = paste and self.copy_paste > 0
+        if paste and hyp.copy_paste_mode == "flip":  # before the affine, as Ultralytics
+            a = Labelled(img, xy, cls, before)
+            a = copy_paste(a, flip(a), self.copy_paste)
+            img, xy, cls, before = a.img, a.xy, a.cls, a.boxes
+        th, tw = size
         M, scale = random_affine(rng, hyp, img.shape[:2], (tw, th))
         img = warp_image(img, M, (tw, th))
         xy = transform_points(xy, M)
         boxes = polygon_boxes(xy, tw, th)
         keep = box_candidates(before * scale, boxes, area_thr=0.01)
-        xy, boxes, cls = xy[keep], boxes[keep], cls[keep]
-        hsv_jitter(img, rng, hyp.hsv_h, hyp.hsv_s, hyp.hsv_v)
-        if rng.random() < hyp.flipud:
-            img = img[::-1]
-            xy[..., 1] = th - xy[..., 1]
-            boxes[:, [1, 3]] = th - boxes[:, [3, 1]]
-        if rng.random() < hyp.fliplr:
-            img = img[:, ::-1]
-            xy[..., 0] = tw - xy[..., 0]
-            boxes[:, [0, 2]] = tw - boxes[:, [2, 0]]
-        masks = rasterize(xy, th, tw, hyp.mask_ratio)
-        return _sample(img, lab, cls, xyxy_to_xywhn(boxes, tw, th), masks, None)
+        placed = Labelled(img, xy[keep], cls[keep], boxes[keep])
+        if paste and hyp.copy_paste_mode == "mixup" and len(placed.cls) and rng.random() < self.copy_paste:
+            placed = copy_paste(placed, self._partner(rng, size, paste=False), self.copy_paste)
+        return placed
+
+    def _partner(self, rng: np.random.Generator, size: tuple[int, int], *, paste: bool = True) -> Labelled:
+        """A random sample built as ``_placed`` builds one, at ``size``, from its own stream spawned off ``rng``
+        (so the draws of the sample it joins do not depend on how many it took)."""
+        return self._placed(int(rng.integers(len(self))), rng.spawn(1)[0], size, paste=paste)
 
     def _mosaic(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """4-image mosaic on a 2*imgsz canvas -> (canvas, polygons (N, K, 2), cls (N,), boxes (N, 4))."""
@@ -298,7 +334,8 @@ def _extent(xy: np.ndarray) -> np.ndarray:
 
 
 def _sample(img: np.ndarray, lab: ImageLabels, cls: np.ndarray, bboxes: np.ndarray, masks: np.ndarray,
-            info: object) -> Sample:
-    chw = np.ascontiguousarray(img.transpose(2, 0, 1)[::-1])  # HWC BGR -> CHW RGB
+            info: object, *, bgr: bool = False) -> Sample:
+    chw = img.transpose(2, 0, 1)  # HWC -> CHW
+    chw = np.ascontiguousarray(chw if bgr else chw[::-1])  # BGR -> RGB unless the bgr augmentation keeps BGR
     return Sample(image=chw, cls=np.asarray(cls, np.int64), bboxes=bboxes, masks=masks,
                   im_file=os.fspath(lab.im_file), ori_shape=lab.shape, info=info)  # type: ignore[arg-type]

@@ -196,6 +196,27 @@ def rasterize(xy: np.ndarray | Sequence[np.ndarray], height: int, width: int, ra
     return masks
 
 
+def fill(xy: np.ndarray | Sequence[np.ndarray], height: int, width: int) -> np.ndarray:
+    """Union of polygons at full resolution, pixel for pixel as ``rasterize`` sets them: (height, width) bool.
+
+    Each polygon is rasterised inside its own integer-aligned bounding box (shifting by whole pixels moves
+    no pixel centre across an edge), so the cost follows the polygons' size, not the image's.
+    """
+    out = np.zeros((height, width), bool)
+    limit = np.array([width, height])
+    for p in xy:
+        p = np.asarray(p, np.float64)
+        if len(p) < 3:
+            continue
+        lo = np.clip(np.floor(p.min(0)), 0, limit).astype(np.int64)
+        hi = np.clip(np.ceil(p.max(0)), 0, limit).astype(np.int64)
+        if (hi <= lo).any():
+            continue
+        m = rasterize([p - lo], int(hi[1] - lo[1]), int(hi[0] - lo[0]))[0]
+        out[lo[1]:hi[1], lo[0]:hi[0]] |= m.astype(bool)
+    return out
+
+
 def xyxy_to_xywhn(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
     """(N,4) pixel xyxy -> (N,4) float32 normalised centre-x, centre-y, width, height."""
     out = np.empty((len(boxes), 4), np.float32)

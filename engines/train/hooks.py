@@ -94,15 +94,15 @@ class EMAHook(Hook):
 
 
 class CloseMosaicHook(Hook):
-    """Turns mosaic off for the last ``close_mosaic`` epochs (the model then sees whole images at the
-    scale it will be used at); also right after a resume past that point."""
+    """Turns mosaic, MixUp, CutMix and Copy-Paste off for the last ``close_mosaic`` epochs (the model then
+    sees whole, unmixed images at the scale it will be used at); also right after a resume past that point."""
 
     def __init__(self) -> None:
         self.closed = False
 
     def before_epoch(self, s: TrainState) -> None:
         n = s.cfg.close_mosaic
-        if n and not self.closed and s.epoch >= s.cfg.epochs - n and getattr(s.dataset, "mosaic", False):
+        if n and not self.closed and s.epoch >= s.cfg.epochs - n and getattr(s.dataset, "mixing", False):
             s.dataset.close_mosaic()
             self.closed = True
             if s.place.main:
