@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from engines.backends import Backend, BackendOptions, load_backend
+from engines.errors import ConfigError
 from engines.ops import NMSConfig, letterbox, postprocess
 from engines.sources import SourceItem, iter_source
 from engines.structures import Detections
@@ -34,7 +35,13 @@ class PredictConfig:
     max_det: int = 300
     retina_masks: bool = False
     batch: int = 1
-    max_frames: int = 0  # per video or stream: stop it after this many frames (0: all)
+    max_frames: int = 0  # per video or stream: stop it after this many of its frames (0: all)
+    vid_stride: int = 1  # per video or stream: predict on its frames 0, N, 2N, ... (numbered as in the source)
+
+    def __post_init__(self) -> None:
+        v = self.vid_stride
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError("vid_stride", f"expected an integer >= 1 (1: every frame), got {v!r}")
 
     @property
     def nms(self) -> NMSConfig:
@@ -70,7 +77,7 @@ class SegModel:
         """Lazily yield ``(item, detections)`` per frame; memory stays flat on long videos."""
         cfg = PredictConfig(**kwargs)
         pending: list[SourceItem] = []
-        for item in iter_source(source, max_frames=cfg.max_frames):
+        for item in iter_source(source, max_frames=cfg.max_frames, vid_stride=cfg.vid_stride):
             if pending and (len(pending) >= cfg.batch or item.image.shape != pending[0].image.shape):
                 yield from zip(pending, self.predict_arrays([p.image for p in pending], cfg), strict=True)
                 pending = []

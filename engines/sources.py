@@ -1,8 +1,9 @@
 """Inputs for ``predict``: images, folders, globs, video files and stream URLs, as BGR frames.
 
 Each item is ``SourceItem(name, image (H, W, 3) uint8 BGR, frame, fps)`` where ``frame`` is the frame index
-for videos and streams and None for still images, and ``fps`` the video's frame rate (frames per second; None
-for still images and streams that do not state one).
+for videos and streams (counted from 0 in the source, also when ``vid_stride`` skips frames) and None for still
+images, and ``fps`` the video's frame rate (frames per second, of the source; None for still images and streams
+that do not state one).
 """
 
 from __future__ import annotations
@@ -56,9 +57,15 @@ def _as_bgr(arr: np.ndarray, name: str) -> np.ndarray:
     return np.ascontiguousarray(arr[..., :3])
 
 
-def iter_video(url: str, *, name: str | None = None, max_frames: int = 0) -> Iterator[SourceItem]:
+def iter_video(url: str, *, name: str | None = None, max_frames: int = 0,
+               vid_stride: int = 1) -> Iterator[SourceItem]:
     """Decode a video file or stream with PyAV, frame by frame (BGR); only its first ``max_frames``
-    frames when that is not 0."""
+    frames when that is not 0, and of those only frames 0, ``vid_stride``, 2 * ``vid_stride``, ...
+
+    Every frame is still decoded (a skipped frame is the reference of the next), but only the kept
+    ones are converted to BGR. Ultralytics' ``vid_stride`` reads frames ``stride - 1``, ``2 * stride - 1``,
+    ... of a video file (and 0, ``stride``, ... of a stream); the first frame is kept here, so a clip
+    shorter than the stride still gives one frame and its first frame is always predicted on."""
     import av
 
     try:
@@ -87,8 +94,9 @@ def iter_video(url: str, *, name: str | None = None, max_frames: int = 0) -> Ite
                 for frame in frames:
                     if max_frames and i >= max_frames:
                         return
-                    image = as_shown(frame, stream.codec_context.sample_aspect_ratio)
-                    yield SourceItem(label, np.ascontiguousarray(image), i, fps)
+                    if i % vid_stride == 0:
+                        image = as_shown(frame, stream.codec_context.sample_aspect_ratio)
+                        yield SourceItem(label, np.ascontiguousarray(image), i, fps)
                     i += 1
         except av.error.FFmpegError as e:
             raise SourceError(f"{redact_url(url)}: decoding failed at frame {i} ({_reason(e, url)})") from None
@@ -124,11 +132,14 @@ def _expand(source: str) -> list[str]:
     return [source]
 
 
-def iter_source(source: Any, *, max_frames: int = 0) -> Iterator[SourceItem]:
+def iter_source(source: Any, *, max_frames: int = 0, vid_stride: int = 1) -> Iterator[SourceItem]:
     """Yield frames from any supported source (see module docstring); arrays are taken as BGR.
-    ``max_frames`` (0: all) bounds each video and stream on its own, not the whole source."""
+    ``max_frames`` (0: all) bounds each video and stream on its own, not the whole source, counting the
+    source's frames; ``vid_stride`` keeps every N-th frame of videos and streams (see ``iter_video``)."""
     if max_frames < 0:
         raise SourceError(f"max_frames: expected 0 (all frames) or more, got {max_frames}")
+    if isinstance(vid_stride, bool) or not isinstance(vid_stride, int) or vid_stride < 1:
+        raise SourceError(f"vid_stride: expected an integer >= 1 (1: every frame), got {vid_stride!r}")
     if isinstance(source, np.ndarray):
         yield SourceItem("image0", _as_bgr(source, "array"))
         return
@@ -137,7 +148,7 @@ def iter_source(source: Any, *, max_frames: int = 0) -> Iterator[SourceItem]:
             if isinstance(s, np.ndarray):
                 yield SourceItem(f"image{i}", _as_bgr(s, f"source[{i}]"))
             else:
-                yield from iter_source(s, max_frames=max_frames)
+                yield from iter_source(s, max_frames=max_frames, vid_stride=vid_stride)
         return
     if isinstance(source, Path):
         source = str(source)
@@ -146,7 +157,7 @@ def iter_source(source: Any, *, max_frames: int = 0) -> Iterator[SourceItem]:
     for item in _expand(source):
         lower = item.lower()
         if lower.startswith(STREAM_PREFIXES) or lower.endswith(VIDEO_SUFFIXES):
-            yield from iter_video(item, max_frames=max_frames)
+            yield from iter_video(item, max_frames=max_frames, vid_stride=vid_stride)
         elif lower.endswith(IMAGE_SUFFIXES):
             yield SourceItem(Path(item).stem, read_image(item))
         else:

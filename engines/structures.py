@@ -149,6 +149,23 @@ class Detections:
             return [rle.encode_crop(c, x0, y0, h, w) for x0, y0, c in crops]
         return [rle.encode(m) for m in self._host_masks("to_rle")]
 
+    def mask_crops(self) -> list[tuple[int, int, np.ndarray]]:
+        """Per detection ``(x0, y0, mask (h, w) bool numpy)``: its mask inside a box placed at frame pixel
+        (x0, y0), without building the dense frame-sized masks (post-processing's crops as they are; dense
+        masks cut to the box of their pixels, (0, 0) with a (0, 0) mask when empty). Needs masks."""
+        crops = self._host_crops()
+        if crops is not None:
+            return [(x0, y0, c.astype(bool, copy=False)) for x0, y0, c in crops]
+        out = []
+        for m in self._host_masks("mask_crops"):
+            rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
+            if not len(rows):
+                out.append((0, 0, np.zeros((0, 0), bool)))
+                continue
+            y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+            out.append((x0, y0, m[y0:y1, x0:x1].astype(bool, copy=False)))
+        return out
+
     def polygons(self) -> list[list[np.ndarray]]:
         """Per detection, its outer contours as (k, 2) float32 (x, y) arrays in frame pixels, largest
         first (see :func:`engines.ops.polygons.mask_to_polygons`). Needs masks."""

@@ -1,11 +1,12 @@
-"""segpipe predict: run a model on images, folders, globs, videos or streams; save annotated output
-and COCO-format predictions.json."""
+"""segpipe predict: run a model on images, folders, globs, videos or streams; save annotated output,
+COCO-format predictions.json and, with --save-txt, YOLO-seg label files (auto-labelling)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "one, so runs do not mix their files)")
     p.add_argument("--save", action=argparse.BooleanOptionalAction, default=True,
                    help="write annotated images/videos (default on; --no-save or save=False: predictions.json only)")
-    p.add_argument("--max-frames", type=int, default=0, help="stop each video/stream after N frames (default 0: all)")
+    p.add_argument("--max-frames", type=int, default=0, metavar="N",
+                   help="stop each video/stream after its first N frames (default 0: all; counted in the "
+                        "source, so with --vid-stride S about N/S are predicted on)")
+    p.add_argument("--vid-stride", type=int, default=1, metavar="N",
+                   help="predict on every N-th frame of videos and streams: frames 0, N, 2N, ... (default 1). "
+                        "Frame numbers (predictions.json ids, label names, tracking) stay the source's; the "
+                        "annotated video plays at the source's rate / N, so it lasts as long as the source "
+                        "(Ultralytics' vid_stride divides the rate too, but reads a file's frames N-1, 2N-1, "
+                        "... and numbers them 1, 2, ...)")
+    p.add_argument("--save-txt", action="store_true",
+                   help="also write YOLO-seg labels, for segpipe train (auto-labelling): OUT/labels/NAME.txt "
+                        "per image, OUT/labels/NAME_FRAME.txt per video frame (FRAME counted from 1, as "
+                        "Ultralytics names them; predictions.json ids count from 0), one 'class x1 y1 x2 y2 "
+                        "...' line per object, its mask's outline normalised to 0-1. No file for an image "
+                        "without objects. No track ids (predictions.json has them)")
+    p.add_argument("--save-conf", action="store_true",
+                   help="with --save-txt: end each label line with the object's confidence (Ultralytics' "
+                        "save_conf; such files are for reading: train refuses the extra column)")
     p.add_argument("--track", action="store_true",
                    help="give each object a track id that follows it across a video's frames (ByteTrack, as "
                         "segpipe run's tracking; still images are tracked as one sequence in the order read)")
@@ -145,15 +163,56 @@ class _JsonArray:
         self.tmp.unlink(missing_ok=True)
 
 
+class _LabelFiles:
+    """``--save-txt``'s label files: ``labels/NAME.txt`` for an image, ``labels/NAME_FRAME.txt`` for a video
+    frame (FRAME counted from 1, as Ultralytics names them). An image named like a video's frame
+    (``clip_3.jpg`` beside ``clip.mp4``) would share its label file: refused, naming both, rather than one
+    overwriting the other (checked on names, one per source: not on every file written, a stream runs for
+    days)."""
+
+    FRAME_NAME = re.compile(r"^(.+)_([1-9][0-9]*)$")
+
+    def __init__(self, out: Path, save_conf: bool) -> None:
+        self.folder, self.save_conf = out / "labels", save_conf
+        self.frame_like: dict[str, str] = {}  # video name an image's name would be a frame of -> that image
+        self.videos: set[str] = set()
+        self.written = 0
+
+    def write(self, name: str, item: Any, dets: Any) -> None:
+        from engines.label_writer import label_lines, write_label_file
+
+        if item.frame is None:
+            m = self.FRAME_NAME.match(name)
+            if m and m[1] in self.videos:
+                self._clash(name, m[1])
+            if m:
+                self.frame_like.setdefault(m[1], name)
+            stem = name
+        else:
+            if name not in self.videos:
+                if name in self.frame_like:
+                    self._clash(self.frame_like[name], name)
+                self.videos.add(name)
+            stem = f"{name}_{item.frame + 1}"
+        lines = label_lines(dets, save_conf=self.save_conf)
+        self.written += write_label_file(self.folder / f"{stem}.txt", lines)
+
+    def _clash(self, image: str, video: str) -> None:
+        frame = image.rsplit("_", 1)[1]
+        raise SourceError(f"{self.folder / image}.txt would hold the labels of image {image} and of video "
+                          f"{video}'s frame {frame} (counted from 1): predict them into separate --out folders")
+
+
 class _VideoWriters:
-    """Annotated MP4 per video source, opened lazily at the first frame, at the source's frame rate. A
+    """Annotated MP4 per video source, opened lazily at the first frame, at the source's frame rate divided
+    by ``stride`` (one frame in ``stride`` is predicted on: the video lasts as long as the source). A
     source whose picture size changes (a camera reconfigured, recordings joined) goes on in a new file,
     ``NAME_part2.mp4``, ...: an MP4 has one size, and cropping or stretching to it misdrew every frame."""
 
     DEFAULT_FPS = 25  # streams that state no rate
 
-    def __init__(self, out: Path) -> None:
-        self.out = out
+    def __init__(self, out: Path, stride: int = 1) -> None:
+        self.out, self.stride = out, stride
         self.writers: dict[str, tuple[Any, Any, tuple[int, int]]] = {}  # name -> container, stream, image (h, w)
         self.parts: dict[str, int] = {}
 
@@ -166,7 +225,7 @@ class _VideoWriters:
         if name not in self.writers:
             part = self.parts[name] = self.parts.get(name, 0) + 1
             c = av.open(str(self.out / (f"{name}.mp4" if part == 1 else f"{name}_part{part}.mp4")), "w")
-            rate = Fraction(fps).limit_denominator(1001) if fps else Fraction(self.DEFAULT_FPS)
+            rate = (Fraction(fps).limit_denominator(1001) if fps else Fraction(self.DEFAULT_FPS)) / self.stride
             s = c.add_stream("libx264", rate=rate)
             s.width, s.height, s.pix_fmt = max(size[1] // 2 * 2, 2), max(size[0] // 2 * 2, 2), "yuv420p"
             self.writers[name] = (c, s, size)
@@ -196,6 +255,11 @@ def run(args: argparse.Namespace) -> int:
     check_infer_args(args)
     if args.max_frames < 0:
         raise ConfigError("--max-frames", f"must be >= 0 (0: every frame), got {args.max_frames}")
+    if args.vid_stride < 1:
+        raise ConfigError("--vid-stride", f"must be >= 1 (1: every frame), got {args.vid_stride}")
+    if args.save_conf and not args.save_txt:
+        raise ConfigError("--save-conf", "adds the confidence to --save-txt's label lines: give --save-txt "
+                          "too")
     classes = parse_classes(args.classes)
     tracks = _tracking(args)
     with errors_name_flags(args):
@@ -203,12 +267,14 @@ def run(args: argparse.Namespace) -> int:
     if classes and max(classes) >= len(model.names):
         raise ConfigError("--classes", f"{max(classes)} is not a class of {args.model} (ids 0..{len(model.names) - 1})")
     kw = dict(imgsz=args.imgsz, conf=args.conf, iou=args.iou, max_det=args.max_det, classes=classes,
-              agnostic=args.agnostic_nms, retina_masks=args.retina_masks, max_frames=args.max_frames)
+              agnostic=args.agnostic_nms, retina_masks=args.retina_masks, max_frames=args.max_frames,
+              vid_stride=args.vid_stride)
     with output_dir(args.out or default_out_dir("runs", "predict")) as out, sigterm_interrupts(), errors_name_flags(args):
-        n_frames, n_dets = _predict(model, args, out, kw, tracks)
+        n_frames, n_dets, n_labels = _predict(model, args, out, kw, tracks)
     tracked = f", {tracks.total} track(s)" if tracks else ""
+    labels = f", {n_labels} label file(s) in labels/" if args.save_txt else ""
     print(f"{n_frames} frame(s), {n_dets} detection(s){tracked} -> {out}/ (predictions.json"
-          f"{', annotated output' if args.save else ''})")
+          f"{', annotated output' if args.save else ''}{labels})")
     return 0
 
 
@@ -222,11 +288,13 @@ def _tracking(args: argparse.Namespace) -> _Tracks | None:
 
 
 def _predict(model: Any, args: argparse.Namespace, out: Path, kw: dict[str, Any],
-             tracks: _Tracks | None = None) -> tuple[int, int]:
-    """Run ``model`` over ``args.source``, writing annotated output and predictions.json into ``out``;
-    returns the frames read and the detections found. Interrupted (a stream is stopped with Ctrl-C or
-    SIGTERM), it still finishes its videos and predictions.json for the frames done, then re-raises."""
-    videos = _VideoWriters(out)
+             tracks: _Tracks | None = None) -> tuple[int, int, int]:
+    """Run ``model`` over ``args.source``, writing annotated output, predictions.json and (--save-txt) label
+    files into ``out``; returns the frames predicted on, the detections found and the label files written.
+    Interrupted (a stream is stopped with Ctrl-C or SIGTERM), it still finishes its videos and
+    predictions.json for the frames done (label files are written whole, one per frame), then re-raises."""
+    videos = _VideoWriters(out, args.vid_stride)
+    labels = _LabelFiles(out, args.save_conf) if args.save_txt else None
     names = _OutputNames()
     records = _JsonArray(out / "predictions.json")
     n_frames = n_dets = 0
@@ -238,6 +306,8 @@ def _predict(model: Any, args: argparse.Namespace, out: Path, kw: dict[str, Any]
                 ids = tracks.ids(name, item, dets) if tracks else None
                 for record in _coco_records(dets, _image_id(name, item.frame), ids):
                     records.add(record)
+                if labels:
+                    labels.write(name, item, dets)
                 n_frames += 1
                 n_dets += len(dets)
                 if args.save:
@@ -259,4 +329,4 @@ def _predict(model: Any, args: argparse.Namespace, out: Path, kw: dict[str, Any]
     records.commit()
     if stopped is not None:
         raise stopped
-    return n_frames, n_dets
+    return n_frames, n_dets, labels.written if labels else 0
