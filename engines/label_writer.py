@@ -10,8 +10,12 @@ centres of its boundary pixels (at the model input's resolution unless ``retina_
 inside the shape's edge, so a mask filled back from it loses its boundary pixels (a 2-px-thin part comes
 back 1 px wide). Here each mask is traced at frame resolution along its pixel edges by
 ``engines.data.polygons.mask_outline``, the tracing ``segpipe convert coco`` uses for RLE masks: what the
-dataset loader rasterises from the line is the predicted mask again. As Ultralytics' (and convert's), the
+dataset loader rasterises from the line is the predicted mask again (on the Ultralytics fixture images:
+IoU 1.0, 0.98 where a hole was filled; Ultralytics' lines 0.88-0.98, see tests/engines/test_predict_labels.py).
+As Ultralytics' (and convert's), the
 outline is the outer one, holes filled, several parts joined into one polygon by zero-width bridges.
+The price is time: ~40 ms for an object filling a quarter of a 1080p frame (traced magnified 4x), where
+cv2's pixel-centre contour takes 0.5 ms; an object of 200x200 pixels costs ~2 ms.
 """
 
 from __future__ import annotations
