@@ -36,7 +36,7 @@ from engines.data.batch import Sample
 from engines.data.cache import load_split
 from engines.data.images import read_image, read_resized, resized_size
 from engines.data.labels import ImageLabels
-from engines.data.mix import Labelled, copy_paste, cutmix, flip, mixup
+from engines.data.mix import Labelled, copy_paste, cutmix, flip, mixup, visible
 from engines.data.polygons import (
     bounds,
     box_candidates,
@@ -249,7 +249,7 @@ class SegDataset(torch.utils.data.Dataset):
             a = flip(a, vertical=True)
         if rng.random() < hyp.fliplr:
             a = flip(a)
-        masks = rasterize(a.xy, th, tw, hyp.mask_ratio)
+        a, masks = visible(a, hyp.mask_ratio)
         bgr = bool(self.bgr) and rng.random() < self.bgr
         return _sample(a.img, lab, a.cls, xyxy_to_xywhn(a.boxes, tw, th), masks, None, bgr=bgr)
 
@@ -264,18 +264,16 @@ class SegDataset(torch.utils.data.Dataset):
             img, segs = self._resized(index)
             xy, cls = resample_segments(segs, dtype=np.float64), self.labels[index].cls
             before = _extent(xy)
+        a = Labelled(img, xy, cls, before)
         paste = paste and self.copy_paste > 0
         if paste and hyp.copy_paste_mode == "flip":  # before the affine, as Ultralytics
-            a = Labelled(img, xy, cls, before)
             a = copy_paste(a, flip(a), self.copy_paste)
-            img, xy, cls, before = a.img, a.xy, a.cls, a.boxes
         th, tw = size
-        M, scale = random_affine(rng, hyp, img.shape[:2], (tw, th))
-        img = warp_image(img, M, (tw, th))
-        xy = transform_points(xy, M)
+        M, scale = random_affine(rng, hyp, a.img.shape[:2], (tw, th))
+        xy = transform_points(a.xy, M)
         boxes = polygon_boxes(xy, tw, th)
-        keep = box_candidates(before * scale, boxes, area_thr=0.01)
-        placed = Labelled(img, xy[keep], cls[keep], boxes[keep])
+        keep = box_candidates(a.boxes * scale, boxes, area_thr=0.01)
+        placed = Labelled(warp_image(a.img, M, (tw, th)), xy, a.cls, boxes, a.hidden_by).take(keep)
         if paste and hyp.copy_paste_mode == "mixup" and len(placed.cls) and rng.random() < self.copy_paste:
             placed = copy_paste(placed, self._partner(rng, size, paste=False), self.copy_paste)
         return placed

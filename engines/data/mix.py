@@ -4,8 +4,8 @@ flips. Imports nothing from pipeline/.
 Ultralytics' semantics (``ultralytics/data/augment.py``); what differs is exactness. Pasted pixels are
 exactly those whose centres lie inside the pasted polygons (``polygons.fill``, the rule ``rasterize``
 masks with), not ``cv2.drawContours`` of rounded vertices; an instance cut by a CutMix rectangle is clipped
-to it exactly, not clamped; an instance partly hidden by a pasted one loses the hidden pixels. Every random
-draw comes from the Generator passed in.
+to it exactly, not clamped; and an instance partly hidden by a pasted one loses the hidden pixels from its
+mask (``visible``; Ultralytics keeps them). Every random draw comes from the Generator passed in.
 
 Coordinates are pixels of the image (``engines.data.polygons``); boxes are xyxy float32.
 """
@@ -22,7 +22,6 @@ from engines.data.polygons import (
     box_candidates,
     clip_polygon,
     fill,
-    mask_outline,
     rasterize,
     resample_segments,
 )
@@ -41,13 +40,15 @@ class Labelled:
 
     img: (H, W, 3) uint8 BGR. xy: (N, K, 2) float64 polygons in img's pixels (they may reach beyond it).
     cls: (N,) int64. boxes: (N, 4) float32 xyxy; after the random affine each polygon's extent inside the
-    image, before it the polygon's extent (what ``box_candidates`` compares against).
+    image, before it the polygon's extent (what ``box_candidates`` compares against). hidden_by: (N, N) bool
+    or None (nothing hidden): ``hidden_by[i, j]`` when instance j was pasted over instance i.
     """
 
     img: np.ndarray
     xy: np.ndarray
     cls: np.ndarray
     boxes: np.ndarray
+    hidden_by: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.cls)
@@ -56,10 +57,13 @@ class Labelled:
         if self.xy.ndim != 3 or self.xy.shape[::2] != (n, 2) or self.cls.shape != (n,) or self.boxes.shape != (n, 4):
             raise ValueError(f"Labelled: expected xy (N, K, 2), cls (N,), boxes (N, 4) with one N, got "
                              f"{self.xy.shape}, {self.cls.shape}, {self.boxes.shape}")
+        if self.hidden_by is not None and self.hidden_by.shape != (n, n):
+            raise ValueError(f"Labelled.hidden_by: expected ({n}, {n}), got {self.hidden_by.shape}")
 
     def take(self, idx: np.ndarray) -> Labelled:
         """The same image with only instances ``idx`` (int indices or a bool mask)."""
-        return Labelled(self.img, self.xy[idx], self.cls[idx], self.boxes[idx])
+        hidden = None if self.hidden_by is None else self.hidden_by[idx][:, idx]
+        return Labelled(self.img, self.xy[idx], self.cls[idx], self.boxes[idx], hidden)
 
 
 def flip(a: Labelled, *, vertical: bool = False) -> Labelled:
@@ -73,7 +77,7 @@ def flip(a: Labelled, *, vertical: bool = False) -> Labelled:
     xy[..., axis] = size - xy[..., axis]
     boxes = a.boxes.copy()
     boxes[:, [axis, axis + 2]] = size - a.boxes[:, [axis + 2, axis]]
-    return Labelled(a.img[::-1] if vertical else a.img[:, ::-1], xy, a.cls, boxes)
+    return Labelled(a.img[::-1] if vertical else a.img[:, ::-1], xy, a.cls, boxes, a.hidden_by)
 
 
 def box_ioa(box1: np.ndarray, box2: np.ndarray, eps: float = 1e-7) -> np.ndarray:
@@ -99,8 +103,8 @@ def cutmix(a: Labelled, b: Labelled, rng: np.random.Generator) -> Labelled:
     Ultralytics' rule: draw ``CUT_TRIES`` rectangles (side ratio sqrt(1 - lam), lam ~ Beta(1, 1), at a random
     centre), keep one that no box of ``a`` touches (so a's masks stay whole), and bring b's instances whose
     box has at least ``CUT_IOA_MIN`` inside it, clipped to it; nothing changes when no rectangle is free or
-    none of b's instances reaches it. A clipped instance left 2 px wide or less, or with 1 % of its box or less,
-    is dropped as the affine's ``box_candidates`` drops such slivers (Ultralytics keeps them).
+    none of b's instances reaches it. A clipped instance left 2 px wide or less, or with 1 % of its box or
+    less, is dropped as the affine's ``box_candidates`` drops such slivers (Ultralytics keeps them).
     """
     if a.img.shape != b.img.shape:
         raise ValueError(f"cutmix: images of different sizes {a.img.shape} and {b.img.shape}")
@@ -119,7 +123,9 @@ def cutmix(a: Labelled, b: Labelled, rng: np.random.Generator) -> Labelled:
     polys = [clip_polygon(b.xy[i], x1, y1, x2, y2) for i in hit]
     boxes = np.array([[*p.min(0), *p.max(0)] if len(p) >= 3 else [0, 0, 0, 0] for p in polys], np.float32)
     keep = box_candidates(b.boxes[hit], boxes, area_thr=0.01)
-    cut = Labelled(b.img, _stack([p for p, k in zip(polys, keep, strict=True) if k]), b.cls[hit][keep], boxes[keep])
+    cut = b.take(hit[keep])
+    cut = Labelled(img, _stack([p for p, k in zip(polys, keep, strict=True) if k]), cut.cls, boxes[keep],
+                   cut.hidden_by)
     return _join(a, cut, img)
 
 
@@ -129,8 +135,8 @@ def copy_paste(a: Labelled, src: Labelled, fraction: float) -> Labelled:
 
     Ultralytics' rule: a source instance is eligible when its box covers under ``PASTE_IOA_MAX`` of every box
     of ``a``; the ``round(fraction * eligible)`` least-overlapping are pasted. Nothing changes when ``a`` has
-    no instances. What a pasted instance hides of an existing one (under 30 % of its box) is cut from that
-    one's polygon (``_occlude``; Ultralytics leaves it in).
+    no instances. What a pasted instance hides of an existing one (under 30 % of its box) is recorded in
+    ``hidden_by`` and later cut from that one's mask (``visible``).
     """
     if not len(a.cls) or not fraction:
         return a
@@ -146,34 +152,45 @@ def copy_paste(a: Labelled, src: Labelled, fraction: float) -> Labelled:
     where = fill(pasted.xy, *a.img.shape[:2])
     img = a.img.copy()
     img[where] = src.img[where]
-    return _join(_occlude(a, where), pasted, img)
+    return _join(a, pasted, img, b_covers_a=ioa[chosen].T > 0)
 
 
-def _occlude(a: Labelled, hidden: np.ndarray) -> Labelled:
-    """a's instances less the pixels ``hidden`` ((H, W) bool) that now show a pasted one: an instance whose box
-    meets them is re-traced from its own pixels minus those (``mask_outline``); one left with none is dropped.
+def visible(a: Labelled, ratio: int) -> tuple[Labelled, np.ndarray]:
+    """The instance masks at 1/``ratio`` (``rasterize``), less what pasted instances hide (``hidden_by``).
 
-    Ultralytics keeps the hidden part in the instance's mask; Copy-Paste's paper removes it, and so do we:
-    a mask then says which pixels show the object.
+    A hidden pixel is one whose centre lies inside the pasting instance's polygon, so a hidden instance's
+    mask and its hider's are exact complements where they meet. The box of a partly hidden instance shrinks
+    to what is left of it (to the pixel: the full-resolution pixels left, and the mask's); an instance with
+    nothing left is dropped. Returns (the instances kept, their (N', H/ratio, W/ratio) uint8 masks).
     """
-    h, w = hidden.shape
-    polys: list[np.ndarray] = list(a.xy)
-    boxes, keep = a.boxes.copy(), np.ones(len(a.cls), bool)
-    for i, box in enumerate(a.boxes):
-        x0, y0 = (max(int(np.floor(v)), 0) for v in box[:2])
-        x1, y1 = min(int(np.ceil(box[2])), w), min(int(np.ceil(box[3])), h)
-        if x1 <= x0 or y1 <= y0 or not hidden[y0:y1, x0:x1].any():
+    h, w = a.img.shape[:2]
+    masks = rasterize(a.xy, h, w, ratio)
+    if a.hidden_by is None or not a.hidden_by.any():
+        return a, masks
+    whole = masks.copy()
+    boxes, keep = a.boxes.copy(), np.ones(len(masks), bool)
+    for i in np.nonzero(a.hidden_by.any(1))[0]:
+        hiders = a.hidden_by[i]
+        masks[i] &= ~whole[hiders].any(0)
+        x0, y0 = (max(int(np.floor(v)), 0) for v in boxes[i, :2])
+        x1, y1 = min(int(np.ceil(boxes[i, 2])), w), min(int(np.ceil(boxes[i, 3])), h)
+        if x1 <= x0 or y1 <= y0:
             continue
-        own = rasterize([a.xy[i] - (x0, y0)], y1 - y0, x1 - x0)[0].astype(bool)
-        outline = mask_outline(own & ~hidden[y0:y1, x0:x1])
-        if len(outline) < 3:
+        left = rasterize([a.xy[i] - (x0, y0)], y1 - y0, x1 - x0)[0].astype(bool)
+        left &= ~fill(a.xy[hiders] - (x0, y0), y1 - y0, x1 - x0)
+        ys, xs = np.nonzero(left)
+        ms, ns = np.nonzero(masks[i])  # a mask pixel's centre (ratio * (n + 1/2)) stays inside the box
+        if not len(xs) and not len(ns):
             keep[i] = False
             continue
-        polys[i] = outline + (x0, y0)
-        boxes[i] = [*polys[i].min(0), *polys[i].max(0)]
-    if keep.all() and all(p is q for p, q in zip(polys, a.xy, strict=True)):
-        return a
-    return Labelled(a.img, _stack([p for p, k in zip(polys, keep, strict=True) if k]), a.cls[keep], boxes[keep])
+        lo = np.array([x0 + xs.min(initial=w), y0 + ys.min(initial=h)], np.float64)
+        hi = np.array([x0 + xs.max(initial=-1) + 1, y0 + ys.max(initial=-1) + 1], np.float64)
+        if len(ns):
+            lo = np.minimum(lo, ratio * (np.array([ns.min(), ms.min()]) + 0.5))
+            hi = np.maximum(hi, ratio * (np.array([ns.max(), ms.max()]) + 0.5))
+        boxes[i] = [*np.maximum(boxes[i, :2], lo), *np.minimum(boxes[i, 2:], hi)]
+    kept = Labelled(a.img, a.xy, a.cls, boxes, a.hidden_by).take(keep)
+    return kept, masks[keep]
 
 
 def _cut_area(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
@@ -184,16 +201,24 @@ def _cut_area(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
     return np.clip([cx - cw // 2, cy - ch // 2, cx + cw // 2, cy + ch // 2], 0, [w, h, w, h])
 
 
-def _join(a: Labelled, b: Labelled, img: np.ndarray) -> Labelled:
-    """a's instances then b's, on ``img``."""
-    if not len(b.cls) or not len(a.cls):
-        xy = a.xy if len(a.cls) or not len(b.cls) else b.xy
+def _join(a: Labelled, b: Labelled, img: np.ndarray, *, b_covers_a: np.ndarray | None = None) -> Labelled:
+    """a's instances then b's, on ``img``. b_covers_a: (len(a), len(b)) bool, which of b's instances were
+    pasted over which of a's (None: b's pixels were blended in or fill a free place)."""
+    n, m = len(a.cls), len(b.cls)
+    if not m or not n:
+        xy = a.xy if n or not m else b.xy
     elif a.xy.shape[1] == b.xy.shape[1]:
         xy = np.concatenate((a.xy, b.xy))
     else:  # one point count per array
         xy = _stack([*a.xy, *b.xy])
+    hidden = None
+    if a.hidden_by is not None or b.hidden_by is not None or b_covers_a is not None:
+        hidden = np.zeros((n + m, n + m), bool)
+        for block, at in ((a.hidden_by, np.s_[:n, :n]), (b.hidden_by, np.s_[n:, n:]), (b_covers_a, np.s_[:n, n:])):
+            if block is not None:
+                hidden[at] = block
     return Labelled(img, xy.astype(np.float64, copy=False), np.concatenate((a.cls, b.cls)).astype(np.int64),
-                    np.concatenate((a.boxes, b.boxes)).astype(np.float32))
+                    np.concatenate((a.boxes, b.boxes)).astype(np.float32), hidden)
 
 
 def _stack(polys: Sequence[np.ndarray]) -> np.ndarray:

@@ -30,15 +30,19 @@ def _shape(kind: str, cx: float, cy: float, r: float, angle: float) -> np.ndarra
     return pts @ np.array([[c, s], [-s, c]]) * r + (cx, cy)
 
 
-def make_colour_dataset(root: Path) -> Path:
-    """4 images (different sizes), 2 solid-colour objects each; class id = colour index.
+# (h, w) of each image and its objects: (kind, centre x, centre y, size, angle) in pixels
+COLOUR_SPECS = [((240, 320), [("rect", 100, 90, 70, 0.3), ("circle", 240, 160, 55, 0)]),
+                ((320, 240), [("triangle", 120, 100, 80, 0.2), ("rect", 110, 240, 60, 1.1)]),
+                ((200, 300), [("circle", 80, 100, 60, 0), ("triangle", 210, 110, 70, -0.4)]),
+                ((256, 256), [("rect", 128, 80, 90, 0.0), ("circle", 100, 190, 45, 0)])]
+
+
+def make_colour_dataset(root: Path, specs: list = COLOUR_SPECS) -> Path:
+    """4 images (different sizes), 2 solid-colour objects each (or ``specs``' images and objects, at most
+    8 objects in all) and a background image; class id = colour index.
 
     The image content is drawn at 8x and area-averaged down, so a pixel's colour is the exact
     coverage of the polygon: the masks must agree with it after any augmentation."""
-    specs = [((240, 320), [("rect", 100, 90, 70, 0.3), ("circle", 240, 160, 55, 0)]),
-             ((320, 240), [("triangle", 120, 100, 80, 0.2), ("rect", 110, 240, 60, 1.1)]),
-             ((200, 300), [("circle", 80, 100, 60, 0), ("triangle", 210, 110, 70, -0.4)]),
-             ((256, 256), [("rect", 128, 80, 90, 0.0), ("circle", 100, 190, 45, 0)])]
     cls = 0
     for i, ((h, w), objs) in enumerate(specs):
         big = np.zeros((h * 8, w * 8, 3), np.uint8)
