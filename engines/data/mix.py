@@ -42,7 +42,8 @@ class Labelled:
     img: (H, W, 3) uint8 BGR. xy: (N, K, 2) float64 polygons in img's pixels (they may reach beyond it).
     cls: (N,) int64. boxes: (N, 4) float32 xyxy; after the random affine each polygon's extent inside the
     image, before it the polygon's extent (what ``box_candidates`` compares against). hidden_by: (N, N) bool
-    or None (nothing hidden): ``hidden_by[i, j]`` when instance j was pasted over instance i.
+    or None (nothing hidden): ``hidden_by[i, j]`` when instance j was pasted over instance i. An instance the
+    box filter drops hides nothing any more: what it still covered was a sliver, or under 1 % of its box.
     """
 
     img: np.ndarray
