@@ -82,9 +82,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     gains.add_argument("--dfl", type=float, default=1.5, help="distribution focal loss gain")
     aug = p.add_argument_group("augmentation and mask targets (Ultralytics' names and defaults; e.g. --mosaic 0 "
                                "or mosaic=0)")
-    notes = {"mask_ratio": "ground-truth masks at 1/N of the input; lower keeps thin structures, costs memory"}
+    notes = {"mask_ratio": "ground-truth masks at 1/N of the input; lower keeps thin structures, costs memory",
+             "bgr": "probability of feeding the image as BGR instead of RGB",
+             "mixup": "probability of blending in another sample (mosaic'ed too) at a Beta(32, 32) ratio",
+             "cutmix": "probability of pasting a rectangle of another sample with its instances",
+             "copy_paste": "fraction of the eligible instances pasted (mode mixup: also its probability)",
+             "copy_paste_mode": "flip: mirrored copies of the image's own instances; mixup: another sample's"}
+    metavars = {"copy_paste_mode": "flip|mixup"}
     for f in _hyp_fields():
-        aug.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None, metavar="N",
+        aug.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None,
+                         metavar=metavars.get(f.name, "N"),
                          help=f"{notes[f.name] + '; ' if f.name in notes else ''}default {f.default}")
 
 
