@@ -73,7 +73,7 @@ def iter_video(url: str, *, name: str | None = None, max_frames: int = 0,
                             timeout=10.0)
     except (av.error.FFmpegError, OSError) as e:
         raise SourceError(f"{redact_url(url)}: cannot open video ({_reason(e, url)})") from None
-    label = name or Path(url).stem if not url.startswith(STREAM_PREFIXES) else (name or "stream")
+    label = name or video_name(url)
     with container:
         if not container.streams.video:
             raise SourceError(f"{redact_url(url)}: no video stream")
@@ -100,6 +100,23 @@ def iter_video(url: str, *, name: str | None = None, max_frames: int = 0,
                     i += 1
         except av.error.FFmpegError as e:
             raise SourceError(f"{redact_url(url)}: decoding failed at frame {i} ({_reason(e, url)})") from None
+
+
+def video_name(url: str) -> str:
+    """The name a video's items carry: its file's stem, or ``stream`` for a stream URL."""
+    return "stream" if url.startswith(STREAM_PREFIXES) else Path(url).stem
+
+
+def _is_video(entry: str) -> bool:
+    return entry.lower().startswith(STREAM_PREFIXES) or entry.lower().endswith(VIDEO_SUFFIXES)
+
+
+def source_names(source: str) -> list[tuple[str, bool]]:
+    """``(name, is_video)`` of each file or stream ``iter_source(source)`` will read, in its order, without
+    opening any (to check output names before writing); SourceError as ``iter_source`` for a source that
+    names nothing. An entry it would refuse (an unsupported suffix) is left for it to refuse."""
+    return [(video_name(e), True) if _is_video(e) else (Path(e).stem, False) for e in _expand(source)
+            if _is_video(e) or e.lower().endswith(IMAGE_SUFFIXES)]
 
 
 def _reason(e: Exception, url: str) -> str:
@@ -155,10 +172,9 @@ def iter_source(source: Any, *, max_frames: int = 0, vid_stride: int = 1) -> Ite
     if not isinstance(source, str):
         raise SourceError(f"unsupported source type {type(source).__name__}")
     for item in _expand(source):
-        lower = item.lower()
-        if lower.startswith(STREAM_PREFIXES) or lower.endswith(VIDEO_SUFFIXES):
+        if _is_video(item):
             yield from iter_video(item, max_frames=max_frames, vid_stride=vid_stride)
-        elif lower.endswith(IMAGE_SUFFIXES):
+        elif item.lower().endswith(IMAGE_SUFFIXES):
             yield SourceItem(Path(item).stem, read_image(item))
         else:
             raise SourceError(f"{item}: unsupported source (expected an image {IMAGE_SUFFIXES[:3]}..., "

@@ -1,5 +1,6 @@
 """segpipe predict: run a model on images, folders, globs, videos or streams; save annotated output,
-COCO-format predictions.json and, with --save-txt, YOLO-seg label files (auto-labelling)."""
+COCO-format predictions.json and, with --save-txt and --save-frames, YOLO-seg label files and the video
+frames they label (auto-labelling)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import re
 from fractions import Fraction
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import cv2
@@ -57,6 +59,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-conf", action="store_true",
                    help="with --save-txt: end each label line with the object's confidence (Ultralytics' "
                         "save_conf; such files are for reading: train refuses the extra column)")
+    p.add_argument("--save-frames", action="store_true",
+                   help="also write each predicted frame of a video or stream as OUT/images/NAME_FRAME.jpg (JPEG "
+                        "quality 95), beside its --save-txt label file: OUT is then a dataset for segpipe train. "
+                        "The frame as the model saw it: unannotated, upright, at display width (what the "
+                        "labels' coordinates refer to). Every predicted frame is written (with --vid-stride, "
+                        "every N-th); one without objects has no label file, a background sample. Still "
+                        "images are not copied: they are on disk already. (Ultralytics' save_frames writes "
+                        "annotated frames; here the annotated output is the video)")
     p.add_argument("--track", action="store_true",
                    help="give each object a track id that follows it across a video's frames (ByteTrack, as "
                         "segpipe run's tracking; still images are tracked as one sequence in the order read)")
@@ -163,44 +173,73 @@ class _JsonArray:
         self.tmp.unlink(missing_ok=True)
 
 
-class _LabelFiles:
-    """``--save-txt``'s label files: ``labels/NAME.txt`` for an image, ``labels/NAME_FRAME.txt`` for a video
-    frame (FRAME counted from 1, as Ultralytics names them). An image named like a video's frame
-    (``clip_3.jpg`` beside ``clip.mp4``) would share its label file: refused, naming both, rather than one
-    overwriting the other (checked on names, one per source: not on every file written, a stream runs for
-    days)."""
+class _DatasetFiles:
+    """``--save-txt``'s label files and ``--save-frames``' frame images, a YOLO-seg dataset in ``out``:
+    ``labels/NAME.txt`` for an image, and for a video frame ``labels/NAME_FRAME.txt`` and
+    ``images/NAME_FRAME.jpg`` (FRAME counted from 1, as Ultralytics names them). Every predicted frame's
+    image is written, objects or not: one without objects has no label file, a background sample for train.
+    An image named like a video's frame (``clip_3.jpg`` beside ``clip.mp4``) would share its label file and
+    frame image (and ``images/`` may be the source folder: the frame would overwrite the image): refused,
+    naming both, before anything is written (``check_source``), and again as frames come (names that
+    ``_OutputNames`` numbered apart, ``clip_2``, are only known then)."""
 
     FRAME_NAME = re.compile(r"^(.+)_([1-9][0-9]*)$")
 
-    def __init__(self, out: Path, save_conf: bool) -> None:
-        self.folder, self.save_conf = out / "labels", save_conf
+    def __init__(self, out: Path, *, labels: bool, save_conf: bool, frames: bool) -> None:
+        self.out, self.labels, self.save_conf, self.frames = out, labels, save_conf, frames
         self.frame_like: dict[str, str] = {}  # video name an image's name would be a frame of -> that image
         self.videos: set[str] = set()
-        self.written = 0
+        self.n_labels = self.n_frames = 0
+
+    def check_source(self, source: str) -> None:
+        """Refuse, before the first frame is read, an ``out/labels`` or ``out/images`` that is no folder and
+        the clashes of ``source``'s names (see the class)."""
+        from engines.sources import source_names
+
+        for folder, wanted in (("labels", self.labels), ("images", self.frames)):
+            if wanted and (self.out / folder).exists() and not (self.out / folder).is_dir():
+                raise ConfigError("--out", f"{self.out / folder} exists and is not a folder")
+        names, check = _OutputNames(), _DatasetFiles(self.out, labels=self.labels, save_conf=False,
+                                                     frames=self.frames)
+        for name, video in source_names(source):
+            check._check(names.of(SimpleNamespace(name=name, frame=0 if video else None)), video)
 
     def write(self, name: str, item: Any, dets: Any) -> None:
-        from engines.label_writer import label_lines, write_label_file
+        """The label file of ``item`` (an image or a video frame), then the frame's image: stopped between
+        the two, a frame's label file has no image (read by nothing) rather than its image no label file
+        (a frame with objects taken for background)."""
+        from engines.label_writer import label_lines, write_frame_image, write_label_file
 
-        if item.frame is None:
+        self._check(name, item.frame is not None)
+        stem = name if item.frame is None else f"{name}_{item.frame + 1}"
+        try:
+            if self.labels:
+                lines = label_lines(dets, save_conf=self.save_conf)
+                self.n_labels += write_label_file(self.out / "labels" / f"{stem}.txt", lines)
+            if self.frames and item.frame is not None:
+                write_frame_image(self.out / "images" / f"{stem}.jpg", item.image)
+                self.n_frames += 1
+        except OSError as e:  # a full disk, a folder made read-only
+            raise ConfigError("--out", f"cannot write {stem}'s files into {self.out}: {e.strerror or e}") from None
+
+    def _check(self, name: str, video: bool) -> None:
+        if not video:
             m = self.FRAME_NAME.match(name)
             if m and m[1] in self.videos:
                 self._clash(name, m[1])
             if m:
                 self.frame_like.setdefault(m[1], name)
-            stem = name
-        else:
-            if name not in self.videos:
-                if name in self.frame_like:
-                    self._clash(self.frame_like[name], name)
-                self.videos.add(name)
-            stem = f"{name}_{item.frame + 1}"
-        lines = label_lines(dets, save_conf=self.save_conf)
-        self.written += write_label_file(self.folder / f"{stem}.txt", lines)
+        elif name not in self.videos:
+            if name in self.frame_like:
+                self._clash(self.frame_like[name], name)
+            self.videos.add(name)
 
     def _clash(self, image: str, video: str) -> None:
         frame = image.rsplit("_", 1)[1]
-        raise SourceError(f"{self.folder / image}.txt would hold the labels of image {image} and of video "
-                          f"{video}'s frame {frame} (counted from 1): predict them into separate --out folders")
+        files = ([f"{self.out / 'labels' / image}.txt"] if self.labels else []) + (
+            [f"{self.out / 'images' / image}.jpg"] if self.frames else [])
+        raise SourceError(f"{' and '.join(files)} would hold both image {image} and video {video}'s frame "
+                          f"{frame} (counted from 1): predict them into separate --out folders")
 
 
 class _VideoWriters:
@@ -262,6 +301,11 @@ def run(args: argparse.Namespace) -> int:
                           "too")
     classes = parse_classes(args.classes)
     tracks = _tracking(args)
+    out_dir = Path(args.out or default_out_dir("runs", "predict"))
+    dataset = (_DatasetFiles(out_dir, labels=args.save_txt, save_conf=args.save_conf, frames=args.save_frames)
+               if args.save_txt or args.save_frames else None)
+    if dataset:
+        dataset.check_source(args.source)
     with errors_name_flags(args):
         model = SegModel(args.model, device=args.device, backend=args.backend, half=args.half)
     if classes and max(classes) >= len(model.names):
@@ -269,12 +313,13 @@ def run(args: argparse.Namespace) -> int:
     kw = dict(imgsz=args.imgsz, conf=args.conf, iou=args.iou, max_det=args.max_det, classes=classes,
               agnostic=args.agnostic_nms, retina_masks=args.retina_masks, max_frames=args.max_frames,
               vid_stride=args.vid_stride)
-    with output_dir(args.out or default_out_dir("runs", "predict")) as out, sigterm_interrupts(), errors_name_flags(args):
-        n_frames, n_dets, n_labels = _predict(model, args, out, kw, tracks)
+    with output_dir(out_dir) as out, sigterm_interrupts(), errors_name_flags(args):
+        n_frames, n_dets = _predict(model, args, out, kw, tracks, dataset)
     tracked = f", {tracks.total} track(s)" if tracks else ""
-    labels = f", {n_labels} label file(s) in labels/" if args.save_txt else ""
+    labels = f", {dataset.n_labels} label file(s) in labels/" if dataset and args.save_txt else ""
+    frames = f", {dataset.n_frames} frame image(s) in images/" if dataset and args.save_frames else ""
     print(f"{n_frames} frame(s), {n_dets} detection(s){tracked} -> {out}/ (predictions.json"
-          f"{', annotated output' if args.save else ''}{labels})")
+          f"{', annotated output' if args.save else ''}{labels}{frames})")
     return 0
 
 
@@ -287,14 +332,13 @@ def _tracking(args: argparse.Namespace) -> _Tracks | None:
     return _Tracks(load_tracking(args.tracker) if args.tracker else TrackingConfig())
 
 
-def _predict(model: Any, args: argparse.Namespace, out: Path, kw: dict[str, Any],
-             tracks: _Tracks | None = None) -> tuple[int, int, int]:
-    """Run ``model`` over ``args.source``, writing annotated output, predictions.json and (--save-txt) label
-    files into ``out``; returns the frames predicted on, the detections found and the label files written.
+def _predict(model: Any, args: argparse.Namespace, out: Path, kw: dict[str, Any], tracks: _Tracks | None = None,
+             dataset: _DatasetFiles | None = None) -> tuple[int, int]:
+    """Run ``model`` over ``args.source``, writing annotated output, predictions.json and (``dataset``) label
+    files and frame images into ``out``; returns the frames predicted on and the detections found.
     Interrupted (a stream is stopped with Ctrl-C or SIGTERM), it still finishes its videos and
-    predictions.json for the frames done (label files are written whole, one per frame), then re-raises."""
+    predictions.json for the frames done (label files and frame images are written whole), then re-raises."""
     videos = _VideoWriters(out, args.vid_stride)
-    labels = _LabelFiles(out, args.save_conf) if args.save_txt else None
     names = _OutputNames()
     records = _JsonArray(out / "predictions.json")
     n_frames = n_dets = 0
@@ -306,8 +350,8 @@ def _predict(model: Any, args: argparse.Namespace, out: Path, kw: dict[str, Any]
                 ids = tracks.ids(name, item, dets) if tracks else None
                 for record in _coco_records(dets, _image_id(name, item.frame), ids):
                     records.add(record)
-                if labels:
-                    labels.write(name, item, dets)
+                if dataset:
+                    dataset.write(name, item, dets)
                 n_frames += 1
                 n_dets += len(dets)
                 if args.save:
@@ -329,4 +373,4 @@ def _predict(model: Any, args: argparse.Namespace, out: Path, kw: dict[str, Any]
     records.commit()
     if stopped is not None:
         raise stopped
-    return n_frames, n_dets, labels.written if labels else 0
+    return n_frames, n_dets

@@ -197,8 +197,9 @@ def test_an_image_named_like_a_video_frame_is_refused(coco128: Path, tmp_path: P
     assert main(["predict", "--model", str(MODEL), "--source", str(src), "--out", str(out), "--save-txt",
                  "--imgsz", "320"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"segpipe predict: error: {out}/labels/clip_1.txt would hold the labels of image clip_1 and "
-                   "of video clip's frame 1 (counted from 1): predict them into separate --out folders"]
+    assert err == [f"segpipe predict: error: {out}/labels/clip_1.txt would hold both image clip_1 and video clip's "
+                   "frame 1 (counted from 1): predict them into separate --out folders"]
+    assert not out.exists()  # refused before the model ran (tests/engines/test_predict_frames.py: --save-frames)
     # an image clip_0 (no frame is numbered 0) or clip_01 is not a frame's name
     (src / "clip_1.jpg").rename(src / "clip_01.jpg")
     assert main(["predict", "--model", str(MODEL), "--source", str(src), "--out", str(out), "--save-txt",
