@@ -31,6 +31,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("status", "pipeline.cli.status"),
     ("export", "pipeline.cli.export"),
     ("build-engine", "pipeline.cli.build_engine"),
+    ("benchmark", "pipeline.cli.benchmark"),
 )
 
 _KEY_VALUE = re.compile(r"^([A-Za-z_][A-Za-z0-9_-]*)=(.*)$", re.S)

@@ -41,6 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from engines.export import export
+    from engines.export.bench import artifact_bytes
 
     if args.val and not args.data:
         raise ConfigError("--val", "needs --data DATA.yaml")
@@ -54,8 +55,7 @@ def run(args: argparse.Namespace) -> int:
                       dynamic=args.dynamic, batch=args.batch, simplify=args.simplify, opset=args.opset,
                       int8=args.int8, data=args.data, calib_images=args.calib_images, int8_format=args.int8_format,
                       out=args.out)
-    size = sum(f.stat().st_size for f in path.rglob("*")) if path.is_dir() else path.stat().st_size
-    print(f"exported {args.model} -> {path} ({size / 1e6:.1f} MB)")
+    print(f"exported {args.model} -> {path} ({artifact_bytes(path) / 1e6:.1f} MB)")
     print(f"use it:  segpipe predict --model {path} --source IMAGE_OR_VIDEO")
     print(f"         python -c \"from engines import SegModel; print(SegModel('{path}')('image.jpg'))\"")
     if args.val:
@@ -67,13 +67,14 @@ def _compare(args: argparse.Namespace, exported: Path) -> None:
     """Box and mask mAP on --data's val split: the export beside its reference, side by side.
 
     The reference of an INT8 export is the fp32 export of the same format and shape (same letterbox,
-    same runtime), so the difference is the quantisation alone; otherwise it is the source model, at
-    the export's size (at its own training size it scored another input size, not the export).
+    same runtime), so the difference is the quantisation alone; otherwise it is the source model, scored
+    on the export's inputs (the Scorer that ``segpipe benchmark`` uses: same size, same square letterbox).
     """
     import tempfile
 
     from engines.export import export
-    from engines.val.validator import summary_line, validate
+    from engines.export.bench import Scorer
+    from engines.val.validator import summary_line
 
     with tempfile.TemporaryDirectory(prefix="segpipe-export-val-") as tmp:
         reference, label = Path(args.model), "source"
@@ -83,10 +84,9 @@ def _compare(args: argparse.Namespace, exported: Path) -> None:
                                out=Path(tmp) / f"fp32{exported.suffix or '_openvino_model'}")
             label = "fp32"
         hw = parse_imgsz(args.imgsz)
-        size = None if hw is None else hw if isinstance(hw, int) else max(hw)  # a checkpoint takes the long side
-        rows = [(name, validate(str(m), data=args.data, split="val", batch=8, device="cpu", verbose=False,
-                                imgsz=size if m == Path(args.model) else None))
-                for name, m in ((label, reference), ("int8" if args.int8 else "export", exported))]
+        size = None if hw is None else hw if isinstance(hw, int) else max(hw)  # None: the model's own, the export's too
+        score = Scorer(data=args.data, imgsz=size, batch=8, device="cpu")
+        rows = [(name, score(m)) for name, m in ((label, reference), ("int8" if args.int8 else "export", exported))]
     for name, metrics in rows:
         print(f"{name:>7}: {summary_line(metrics)}")
     print(f"mask mAP50-95 change: {rows[1][1].seg.map - rows[0][1].seg.map:+.4f}, "
