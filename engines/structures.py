@@ -149,6 +149,11 @@ class Detections:
             return [rle.encode_crop(c, x0, y0, h, w) for x0, y0, c in crops]
         return [rle.encode(m) for m in self._host_masks("to_rle")]
 
+    def relabelled(self, class_ids: Array, names: Sequence[str]) -> Detections:
+        """The same detections under other class ids and names (boxes and masks shared, not copied)."""
+        return Detections(boxes=self.boxes, scores=self.scores, class_ids=class_ids, masks=self._masks,
+                          orig_shape=self.orig_shape, names=names, crops=self._crops)
+
     def mask_crops(self) -> list[tuple[int, int, np.ndarray]]:
         """Per detection ``(x0, y0, mask (h, w) bool numpy)``: its mask inside a box placed at frame pixel
         (x0, y0), without building the dense frame-sized masks (post-processing's crops as they are; dense

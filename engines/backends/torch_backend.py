@@ -67,6 +67,8 @@ class TorchBackend(Backend):
                 names, imgsz, stride, source = tuple(m.names), m.imgsz, int(m.stride), m.source
                 # The exported formats carry the dataset too; validators read it from here.
                 extra = {"data": m.data} if m.data else {}
+                if m.train_args.get("single_cls"):  # so val scores it as trained, as Ultralytics remembers it
+                    extra["single_cls"] = True
             model = model.to(device).eval()
             if options.fuse:
                 model = model.fuse()

@@ -59,7 +59,8 @@ class SegDataset(torch.utils.data.Dataset):
     files: a split's sources (folders, image-list .txt files, image files) or one of them.
     imgsz: network input side, a multiple of ``stride``. augment: train mode when True.
     hyp: augmentation settings (train mode). cache_dir: where the label cache goes (default: beside
-    the labels if writable, else ``$SEGPIPE_CACHE``). nc: class count; ids >= nc are errors.
+    the labels if writable, else ``$SEGPIPE_CACHE``). nc: class count; ids >= nc are errors. classes,
+    single_cls: only instances of those class ids, all as class 0 (``DataSpec.select``).
     rect: rectangular inputs instead of imgsz squares. True or "batch": Ultralytics' rule, images sorted
     by aspect ratio and each run of ``batch_size`` padded to one shape (load with that batch size and no
     shuffling: validation). "image": each image gets the smallest stride multiple holding it at longest
@@ -74,7 +75,8 @@ class SegDataset(torch.utils.data.Dataset):
     def __init__(self, files: Sequence[str | os.PathLike[str]] | str | os.PathLike[str], *, imgsz: int = 640,
                  augment: bool = False, hyp: AugmentConfig | None = None, cache_dir: Path | None = None,
                  nc: int | None = None, split: str | None = None, rect: bool | str = False, batch_size: int = 16,
-                 stride: int = 32, seed: int = 0, skip_corrupt: bool = False, cache_images: bool = False) -> None:
+                 stride: int = 32, seed: int = 0, skip_corrupt: bool = False, cache_images: bool = False,
+                 classes: Sequence[int] | None = None, single_cls: bool = False) -> None:
         if isinstance(imgsz, bool) or not isinstance(imgsz, int) or imgsz < stride or imgsz % stride:
             raise ConfigError("imgsz", f"expected a positive multiple of {stride}, got {imgsz!r}")
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -85,6 +87,8 @@ class SegDataset(torch.utils.data.Dataset):
         self.split = split or ("train" if augment else "val")
         loaded = load_split(sources, nc=nc, split=self.split, cache_dir=cache_dir, skip_corrupt=skip_corrupt)
         self.labels: list[ImageLabels] = list(loaded.labels)
+        if classes is not None or single_cls:
+            self.labels = [lab.selected(classes, single_cls) for lab in self.labels]
         self.stats, self.cache_file = loaded.stats, loaded.cache_file
         self.cache_dir = cache_dir
         LOG.info("%s", self.stats.summary())
@@ -113,7 +117,8 @@ class SegDataset(torch.utils.data.Dataset):
     @classmethod
     def from_spec(cls, spec: DataSpec, split: str, **kwargs: object) -> SegDataset:
         """The dataset of one split of a data YAML (class ids checked against its names)."""
-        return cls(spec.sources(split), nc=spec.nc, split=split, **kwargs)  # type: ignore[arg-type]
+        return cls(spec.sources(split), nc=spec.label_nc, split=split, classes=spec.classes,
+                   single_cls=spec.single_cls, **kwargs)  # type: ignore[arg-type]
 
     def ram_bytes(self) -> int:
         """Bytes ``cache_in_ram`` would hold (exact; from the checked image shapes)."""

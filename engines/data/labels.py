@@ -52,6 +52,14 @@ class ImageLabels:
     def __len__(self) -> int:
         return len(self.cls)
 
+    def selected(self, classes: Sequence[int] | None, single_cls: bool) -> ImageLabels:
+        """Only the instances of ``classes`` (None: all), every one of them class 0 with ``single_cls``
+        (``engines.data.spec.DataSpec.select``)."""
+        keep = np.ones(len(self), bool) if classes is None else np.isin(self.cls, np.asarray(classes, np.int64))
+        cls = np.zeros_like(self.cls[keep]) if single_cls else self.cls[keep]
+        return ImageLabels(self.im_file, self.shape, cls, [s for s, k in zip(self.segments, keep, strict=True) if k],
+                           self.boxes[keep])
+
 
 @dataclass(frozen=True, slots=True)
 class SplitStats:

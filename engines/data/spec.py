@@ -14,6 +14,7 @@ Labels live beside the images by Ultralytics' rule: the last ``/images/`` in an 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Sequence
@@ -44,10 +45,38 @@ class DataSpec:
     test: tuple[Path, ...]
     names: tuple[str, ...]
     yaml_file: Path | None = None
+    # A selection (select()): the label files' class ids kept (None: all), and every kept instance as
+    # class 0 "item"; label_names are then the YAML's names, the ids the label files use.
+    classes: tuple[int, ...] | None = None
+    single_cls: bool = False
+    label_names: tuple[str, ...] | None = None
 
     @property
     def nc(self) -> int:
+        """The classes a model trained or scored on this data predicts."""
         return len(self.names)
+
+    @property
+    def label_nc(self) -> int:
+        """The classes of the label files (the data YAML's)."""
+        return len(self.label_names or self.names)
+
+    def select(self, *, classes: Sequence[int] | None = None, single_cls: bool = False) -> DataSpec:
+        """Ultralytics' ``classes`` and ``single_cls``: only instances of ``classes`` (ids of the data
+        YAML) count, and with ``single_cls`` all of them are class 0, named "item" (the model then has one
+        class). Without either, this spec. ConfigError ``classes`` for an id the YAML does not have."""
+        if classes is None and not single_cls:
+            return self
+        names = self.label_names or self.names
+        keep = None
+        if classes is not None:
+            keep = tuple(sorted({int(c) for c in classes}))
+            bad = [c for c in keep if not 0 <= c < len(names)]
+            if not keep or bad:
+                raise ConfigError("classes", f"{bad[0] if bad else 'none'} is not a class of "
+                                             f"{self.yaml_file or self.root} (ids 0..{len(names) - 1})")
+        return dataclasses.replace(self, names=("item",) if single_cls else names, classes=keep,
+                                   single_cls=single_cls, label_names=names)
 
     def sources(self, split: str) -> tuple[Path, ...]:
         """The sources of ``split`` ("train", "val" or "test"); DataError when the YAML has none."""
@@ -102,7 +131,8 @@ def load_data_yaml(path: str | os.PathLike[str]) -> DataSpec:
             splits[split] = ()
             continue
         splits[split] = _sources(file, split, value, root, must_exist=split != "test")
-    return DataSpec(root=root, names=names, yaml_file=file, **splits)
+    return DataSpec(root=root, train=splits["train"], val=splits["val"], test=splits["test"], names=names,
+                    yaml_file=file)
 
 
 def _root(file: Path, value: Any) -> Path:

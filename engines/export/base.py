@@ -67,13 +67,15 @@ class SourceModel:
     data: str | None
     source: str
     model_hash: str
+    single_cls: bool = False  # trained with all classes as one: its validators score the data so
 
     def record(self, spec: ExportSpec, exporter: str, **extra: Any) -> ArtifactRecord:
         """The metadata record of an artifact made from this model with ``spec``."""
         return ArtifactRecord(names=self.names, imgsz=spec.imgsz, stride=self.stride, batch=spec.batch_range,
                               precision=spec.precision, dynamic=spec.dynamic, exporter=exporter,
                               model_yaml=self.model_yaml, data=self.data, source=self.source or self.path.name,
-                              model_hash=self.model_hash, extra={**spec.extra, **extra})
+                              model_hash=self.model_hash,
+                              extra={**({"single_cls": True} if self.single_cls else {}), **spec.extra, **extra})
 
 
 class Exporter(Protocol):
@@ -112,7 +114,7 @@ def load_source(path: str | os.PathLike[str]) -> SourceModel:
     m = ckpt.meta
     return SourceModel(model=_prepare(build_model(ckpt)), path=p, names=tuple(m.names), imgsz=int(m.imgsz),
                        stride=int(m.stride), model_yaml=m.model_yaml, data=m.data, source=m.source or p.name,
-                       model_hash=file_hash(p))
+                       model_hash=file_hash(p), single_cls=bool(m.train_args.get("single_cls")))
 
 
 def _prepare(model: SegmentationModel) -> SegmentationModel:

@@ -64,6 +64,8 @@ class TrainConfig:
     patience: int = 100
     val: bool = True
     fraction: float = 1.0
+    classes: list[int] | None = None  # Ultralytics' classes: train on the instances of these class ids only
+    single_cls: bool = False  # every class as one, "item"
     amp: bool = True
     plots: bool = True
     # "ram": decoded training images kept in memory, "disk": in .npy files (Ultralytics' cache=ram|disk)
@@ -102,6 +104,9 @@ class TrainConfig:
         for name, ok, msg in checks:
             if not ok:
                 raise ConfigError(f"train.{name}", f"{msg}, got {getattr(self, name)!r}")
+        if self.classes is not None and (not isinstance(self.classes, list) or not self.classes or any(
+                isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in self.classes)):
+            raise ConfigError("train.classes", f"expected a list of class ids >= 0, got {self.classes!r}")
         if (why := _freeze_problem(self.freeze)) is not None:
             raise ConfigError("train.freeze", f"{why}, got {self.freeze!r}")
         try:  # at load, not minutes later when the loader is built

@@ -145,7 +145,8 @@ def build_train_data(cfg: TrainConfig, spec: DataSpec, place: Placement, *, stri
         files, _ = resolve_images(sources, split="train")
         sources = files[: max(1, round(len(files) * cfg.fraction))]
     dataset = SegDataset(
-        sources, nc=spec.nc, split="train", imgsz=cfg.imgsz, augment=True, hyp=augment_config(cfg),
+        sources, nc=spec.label_nc, classes=spec.classes, single_cls=spec.single_cls, split="train", imgsz=cfg.imgsz,
+        augment=True, hyp=augment_config(cfg),
         stride=stride, seed=cfg.seed, cache_dir=None if cfg.cache_dir is None else Path(cfg.cache_dir),
         rect="image" if cfg.rect else False,
     )

@@ -129,7 +129,8 @@ def train(
     momentum: float = 0.937, weight_decay: float = 0.0005, warmup_epochs: float = 3.0,
     warmup_momentum: float = 0.8, warmup_bias_lr: float = 0.1, box: float = 7.5, cls: float = 0.5,
     dfl: float = 1.5, dice: float = 0.0, nbs: int = 64, cos_lr: bool = False, close_mosaic: int = 10, patience: int = 100, val: bool = True,
-    fraction: float = 1.0, amp: bool = True, plots: bool = True, cache: str | bool | None = None,
+    fraction: float = 1.0, classes: Sequence[int] | None = None, single_cls: bool = False, amp: bool = True,
+    plots: bool = True, cache: str | bool | None = None,
     cache_dir: str | Path | None = None,
     world_size: int | None = None, hyp: dict[str, Any] | None = None, exist_ok: bool = False,
 ) -> SegMetrics:
@@ -170,7 +171,8 @@ def train(
             optimizer=optimizer, lr0=lr0, lrf=lrf, momentum=momentum, weight_decay=weight_decay,
             warmup_epochs=warmup_epochs, warmup_momentum=warmup_momentum, warmup_bias_lr=warmup_bias_lr,
             box=box, cls=cls, dfl=dfl, dice=dice, nbs=nbs, cos_lr=cos_lr, close_mosaic=close_mosaic, patience=patience, val=val,
-            fraction=fraction, amp=amp, plots=plots, cache_dir=opt(cache_dir),
+            fraction=fraction, classes=None if classes is None else [int(c) for c in classes], single_cls=single_cls,
+            amp=amp, plots=plots, cache_dir=opt(cache_dir),
             cache="ram" if cache is True else None if cache is False else cache, world_size=world_size,
             hyp=dict(hyp or {}),
         )
@@ -251,6 +253,14 @@ def seeded(seed: int, deterministic: bool, device: torch.device | None = None) -
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = prev[2], prev[3]
 
 
+def select_classes(spec: DataSpec, cfg: TrainConfig) -> DataSpec:
+    """The data as the run trains on it: ``cfg.classes`` only, all as one class with ``cfg.single_cls``."""
+    try:
+        return spec.select(classes=cfg.classes, single_cls=cfg.single_cls)
+    except ConfigError as e:
+        raise ConfigError(f"train.{e.path}", e.msg) from None
+
+
 def fit(cfg: TrainConfig, place: Placement) -> SegMetrics | None:
     """One process's run; rank 0 (or the only process) returns the final metrics."""
     out = Path(cfg.out or default_out_dir())
@@ -265,7 +275,11 @@ def fit(cfg: TrainConfig, place: Placement) -> SegMetrics | None:
 def setup(cfg: TrainConfig, place: Placement, out: Path
           ) -> tuple[TrainState, TrainData, Callable[[nn.Module], SegMetrics] | None]:
     """Data, model, loss, optimizer, schedule, EMA and (on resume) their saved state."""
-    spec = load_data_yaml(cfg.data)
+    spec = select_classes(load_data_yaml(cfg.data), cfg)
+    if place.main and spec.label_names is not None:
+        kept = spec.label_names if spec.classes is None else [spec.label_names[c] for c in spec.classes]
+        print(f"classes: {', '.join(kept)}" + (" trained as one class, 'item'" if spec.single_cls else
+                                              f" ({len(kept)} of {spec.label_nc}; other instances left out)"))
     resume = load_checkpoint(cfg.resume) if cfg.resume else None
     if resume is not None:
         net = SegmentationModel(resume.meta.model_yaml, nc=len(spec.names))

@@ -8,6 +8,7 @@ masks that go into ``predictions.json``; the ground-truth json is written from t
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -111,6 +112,12 @@ class Validator:
 
     def __call__(self, infer: Infer, names: Sequence[str] | None = None) -> SegMetrics:
         names = tuple(self.data.names if names is None else names)
+        nms = self.nms
+        # single_cls scoring of a model of several classes: its detections all count as "item", after one
+        # NMS over every class (Ultralytics' validator does the same)
+        collapse = names if self.data.single_cls and len(names) != 1 else None  # the model's own names
+        if collapse:
+            names, nms = self.data.names, dataclasses.replace(nms, agnostic=True)
         if len(names) != self.data.nc:
             raise ModelError(f"the model predicts {len(names)} classes, the data YAML "
                              f"{self.data.yaml_file or self.data.root} has {self.data.nc}")
@@ -120,7 +127,7 @@ class Validator:
             infer.eval()
         try:
             with torch.inference_mode():
-                acc, preds, times = self._run(loader, infer, names)
+                acc, preds, times = self._run(loader, infer, names, nms, collapse)
         finally:
             if was_training and isinstance(infer, nn.Module):
                 infer.train()
@@ -132,8 +139,8 @@ class Validator:
         self._write(metrics, preds, names)
         return metrics
 
-    def _run(self, loader: SegLoader, infer: Infer, names: tuple[str, ...]
-             ) -> tuple[MetricsAccumulator, list[dict[str, Any]], list[float]]:
+    def _run(self, loader: SegLoader, infer: Infer, names: tuple[str, ...], nms: NMSConfig,
+             collapse: tuple[str, ...] | None) -> tuple[MetricsAccumulator, list[dict[str, Any]], list[float]]:
         acc = MetricsAccumulator(len(names))
         preds: list[dict[str, Any]] = []
         times = [0.0, 0.0, 0.0]
@@ -145,7 +152,9 @@ class Validator:
             pred, proto = infer(x)
             t2 = self._clock()
             infos = cast(Sequence[LetterboxInfo], batch.infos)  # val batches carry an info for every image
-            dets = postprocess(pred, proto, infos, self.nms, names=names, retina_masks=self.retina_masks)
+            dets = postprocess(pred, proto, infos, nms, names=collapse or names, retina_masks=self.retina_masks)
+            if collapse:
+                dets = [d.relabelled(d.class_ids * 0, names) for d in dets]
             t3 = self._clock()
             for i, t in enumerate((t1 - t0, t2 - t1, t3 - t2)):
                 times[i] += t
@@ -224,12 +233,14 @@ def validate(model: Any, *, data: str | os.PathLike[str] | DataSpec | None = Non
              imgsz: int | None = None, batch: int = 16, device: str | torch.device | None = None,
              conf: float = 0.001, iou: float = 0.7, max_det: int = 300, save_json: bool = False,
              out_dir: str | os.PathLike[str] | None = None, plots: bool = False, verbose: bool = True,
-             workers: int = 0, backend: str = "auto", half: bool = False) -> SegMetrics:
+             workers: int = 0, backend: str = "auto", half: bool = False, classes: Sequence[int] | None = None,
+             single_cls: bool | None = None) -> SegMetrics:
     """Validate a model file or a loaded ``Backend``; dataset and imgsz default to the model's own.
 
     model: a path (any backend format) or an ``engines.backends.Backend``; half: fp16 weights when
     loading a path on CUDA. out_dir defaults to ``runs/val`` when save_json or plots ask for files.
-    Returns SegMetrics.
+    classes, single_cls: score only the instances of these class ids of the data, and all classes as one
+    (``DataSpec.select``); single_cls defaults to what the model was trained with. Returns SegMetrics.
     """
     from engines.backends import Backend, BackendOptions, load_backend
 
@@ -238,6 +249,9 @@ def validate(model: Any, *, data: str | os.PathLike[str] | DataSpec | None = Non
                              options=BackendOptions(half=half))
     meta = model.meta
     spec = resolve_data(data, model_data(model) if data is None else None, str(model.path))
+    if single_cls is None:
+        single_cls = bool(meta.extra.get("single_cls", False))
+    spec = spec.select(classes=classes, single_cls=single_cls)
     if imgsz is None:
         h, w = meta.imgsz
         if h != w and not meta.dynamic:

@@ -69,6 +69,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val", action=argparse.BooleanOptionalAction, default=True,
                    help="validate every epoch (the last epoch is always validated)")
     p.add_argument("--fraction", type=float, default=1.0, help="train on this fraction of the train split")
+    p.add_argument("--classes", default=None, metavar="I,J,...",
+                   help="train on the instances of these class ids of the data only (the model keeps every class)")
+    p.add_argument("--single-cls", action="store_true",
+                   help="train every class as one, 'item' (a one-class model)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="mixed precision (CUDA)")
     p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--dice", type=float, default=0.0, metavar="W",
@@ -108,6 +112,13 @@ def _freeze(text: str) -> int | list[int]:
     if not values or (not listed and len(values) != 1):
         raise argparse.ArgumentTypeError(f"expected a layer count N or layer indices I,J,..., got {text!r}")
     return values if listed else values[0]
+
+
+def _classes(text: str | None) -> list[int] | None:
+    from pipeline.cli.common import parse_classes
+
+    ids = parse_classes(text)
+    return None if ids is None else list(ids)
 
 
 def _hyp_fields() -> list[dataclasses.Field]:
@@ -173,5 +184,6 @@ def _train(train, args: argparse.Namespace) -> None:  # noqa: ANN001 - engines.t
         warmup_bias_lr=args.warmup_bias_lr, box=args.box, cls=args.cls, dfl=args.dfl,
         cos_lr=args.cos_lr, warmup_epochs=args.warmup_epochs, close_mosaic=args.close_mosaic,
         patience=args.patience, val=args.val, fraction=args.fraction, amp=args.amp, plots=args.plots,
+        classes=_classes(args.classes), single_cls=args.single_cls,
         nbs=args.nbs, dice=args.dice, exist_ok=args.exist_ok, hyp={f.name: v for f in _hyp_fields() if (v := getattr(args, f.name)) is not None},
     )

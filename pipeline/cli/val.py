@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.cli.common import add_model_args, check_infer_args, errors_name_flags, output_dir
+from pipeline.cli.common import add_model_args, check_infer_args, errors_name_flags, output_dir, parse_classes
 
 NAME = "val"
 HELP = "validate a model: COCO box and mask mAP on a dataset split"
@@ -19,6 +19,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
     p.add_argument("--data", default=None, help="data YAML (default: the dataset the model was trained on)")
     p.add_argument("--split", default="val", choices=["val", "test"], help="split to score (default val)")
+    p.add_argument("--classes", default=None, metavar="I,J,...",
+                   help="score only the instances of these class ids of the data")
+    p.add_argument("--single-cls", action=argparse.BooleanOptionalAction, default=None,
+                   help="score every class as one, 'item' (default: as the model was trained)")
     p.add_argument("--imgsz", type=int, default=None, help="input size in pixels (default: the model's)")
     p.add_argument("--batch", type=int, default=16, help="images per forward pass (default 16)")
     p.add_argument("--conf", type=float, default=0.001, help="confidence threshold (default 0.001)")
@@ -48,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
         metrics = validate(args.model, data=args.data, split=args.split, imgsz=args.imgsz, batch=args.batch,
                            device=args.device, conf=args.conf, iou=args.iou, max_det=args.max_det,
                            save_json=args.save_json, out_dir=out, plots=args.plots, workers=args.workers,
-                           backend=args.backend, half=args.half)
+                           backend=args.backend, half=args.half, classes=parse_classes(args.classes),
+                           single_cls=args.single_cls)
     print(summary_line(metrics))
     sp = metrics.speed
     print(f"speed: {sp.preprocess:.1f} ms preprocess, {sp.inference:.1f} ms inference, "

@@ -891,3 +891,79 @@ def test_disk_cache_that_would_not_fit_warns_on_one_line_and_decodes(tmp_path, m
     assert not list((data.parent / "images" / "train").glob("*.npy"))
     monkeypatch.setattr("shutil.disk_usage", lambda p: SimpleNamespace(total=need * 10, used=0, free=int(need * 1.5)))
     assert loader.cache_on_disk(ds, verbose=False) and ds.cached_on_disk
+
+
+# ------------------------------------------------------------------ classes and single_cls (Ultralytics')
+
+def test_single_cls_trains_a_one_class_model_that_val_and_exports_score_as_trained(tmp_path, capsys, one_thread):
+    from engines.checkpoint import load_checkpoint
+    from engines.errors import ModelError
+    from engines.val import validate
+    from pipeline.cli import main
+
+    data = make_shapes_dataset(tmp_path / "data", n=4, size=128)
+    argv = ["train", "--data", str(data), "--epochs", "1", "--imgsz", "64", "--batch", "4", "--nbs", "4",
+            "--workers", "0", "--device", "cpu", "--out", str(tmp_path / "run"), "--no-plots", "single_cls=True"]
+    assert main(argv) == 0
+    assert "classes: circle, rect trained as one class, 'item'" in capsys.readouterr().out
+    best = tmp_path / "run" / "weights" / "best.pt"
+    ckpt = load_checkpoint(best)
+    assert ckpt.meta.names == ("item",) and ckpt.meta.train_args["single_cls"] is True
+    # val remembers it (as Ultralytics does): every instance of the 2-class data counts as an "item"
+    m = validate(best, verbose=False)
+    assert m.names == ("item",) and m.instances.tolist() == [6]
+    with pytest.raises(ModelError, match="the model predicts 1 classes, the data YAML .* has 2"):
+        validate(best, single_cls=False, verbose=False)
+    assert main(["export", "--model", str(best), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
+    assert validate(tmp_path / "m.onnx", data=data, verbose=False).names == ("item",)
+
+
+def test_single_cls_scores_a_model_of_several_classes_as_one(trained):
+    from engines.val import validate
+
+    per_class = validate(trained.out / "weights" / "best.pt", verbose=False)
+    one = validate(trained.out / "weights" / "best.pt", single_cls=True, verbose=False)
+    assert one.names == ("item",) and one.instances.tolist() == [per_class.instances.sum()] == [24]
+    # every detection, whatever its class, is matched against every instance (0.959 when written)
+    assert one.box.map50 > 0.9 and one.seg.map50 > 0.9 and per_class.box.map50 > 0.9
+
+
+def test_classes_keep_only_those_instances(tmp_path, capsys, one_thread):
+    from engines.checkpoint import load_checkpoint
+    from engines.data.dataset import SegDataset
+    from engines.data.spec import load_data_yaml
+    from engines.val import validate
+    from pipeline.cli import main
+
+    data = make_shapes_dataset(tmp_path / "data", n=4, size=128)  # 6 instances: 4 circles (0), 2 rects (1)
+    spec = load_data_yaml(data)
+    rects = SegDataset.from_spec(spec.select(classes=[1]), "train", imgsz=64)
+    assert [lab.cls.tolist() for lab in rects.labels] == [[], [1], [], [1]]
+    items = SegDataset.from_spec(spec.select(classes=[0], single_cls=True), "train", imgsz=64)
+    assert [lab.cls.tolist() for lab in items.labels] == [[0], [0], [0], [0]]
+    argv = ["train", "--data", str(data), "--epochs", "1", "--imgsz", "64", "--batch", "4", "--nbs", "4",
+            "--workers", "0", "--device", "cpu", "--out", str(tmp_path / "run"), "--no-plots", "--classes", "1"]
+    assert main(argv) == 0
+    assert "classes: rect (1 of 2; other instances left out)" in capsys.readouterr().out
+    best = tmp_path / "run" / "weights" / "best.pt"
+    assert load_checkpoint(best).meta.names == ("circle", "rect")  # the model keeps every class
+    assert validate(best, classes=[1], verbose=False).instances.sum() == 2
+
+
+@pytest.mark.parametrize(("args", "error"), [
+    (["--classes", "2"], "--classes: 2 is not a class of {data} (ids 0..1)"),
+    (["classes=a,b"], "--classes: expected comma-separated integers, got 'a,b'"),
+    (["--classes", "-1"], "--classes: class ids must be >= 0"),
+])
+def test_cli_refuses_bad_classes_on_one_line(tmp_path, monkeypatch, capsys, args, error):
+    from pipeline.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    data = make_shapes_dataset(tmp_path / "data", n=2, size=64)
+    assert main(["train", "--data", str(data), "--epochs", "1", "--workers", "0", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and error.format(data=data) in err[0], err
+    assert not (tmp_path / "runs").exists()
+    assert main(["val", "--model", "yolov8n-seg.yaml", "--data", str(data), "--workers", "0", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and error.format(data=data) in err[0], err
