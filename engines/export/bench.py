@@ -119,6 +119,8 @@ class Scorer:
             if not meta.dynamic and tuple(meta.imgsz) != (s, s):
                 raise ConfigError("--imgsz", f"{model} takes {meta.imgsz[0]}x{meta.imgsz[1]} inputs; it is scored "
                                   f"on {s}x{s} (export it at a square size)")
+            if self._validator is None and meta.extra.get("single_cls") and not self.data.single_cls:
+                self.data = self.data.select(single_cls=True)  # scored as it was trained, as validate() does
             v = self._validator_at(s)
             backend.warmup(batch=min(self.batch, len(v.dataset)), imgsz=(s, s))  # lazy set-up is not inference
             return v(backend, meta.names)

@@ -914,7 +914,9 @@ def test_single_cls_trains_a_one_class_model_that_val_and_exports_score_as_train
     assert m.names == ("item",) and m.instances.tolist() == [6]
     with pytest.raises(ModelError, match="the model predicts 1 classes, the data YAML .* has 2"):
         validate(best, single_cls=False, verbose=False)
-    assert main(["export", "--model", str(best), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
+    assert main(["export", "--model", str(best), "--format", "onnx", "--out", str(tmp_path / "m.onnx"), "--val",
+                 "--data", str(data)]) == 0
+    assert "mask mAP50-95 change: +0.0000" in capsys.readouterr().out
     assert validate(tmp_path / "m.onnx", data=data, verbose=False).names == ("item",)
 
 
