@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engines.export.bench import FORMATS
-from pipeline.cli.common import check_infer_args, errors_name_flags, output_dir, sigterm_interrupts
+from pipeline.cli.common import check_scoring_args, errors_name_flags, output_dir, sigterm_interrupts
 
 if TYPE_CHECKING:
     from engines.export.bench import BenchRow
@@ -59,11 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from engines.train.config import default_out_dir
     from engines.val.validator import resolve_data
 
-    check_infer_args(args)
-    if args.batch < 1:
-        raise ConfigError("--batch", f"must be >= 1, got {args.batch}")
-    if args.workers < 0:
-        raise ConfigError("--workers", f"must be >= 0, got {args.workers}")
+    check_scoring_args(args)
     rows = parse_formats(args.formats, int8=args.int8)
     with errors_name_flags(args):
         device = parse_device(args.device)
@@ -71,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
     if model.suffix.lower() in (".yaml", ".yml"):
         raise ModelError(f"{model}: benchmark a trained checkpoint (.pt / .safetensors), not a model YAML")
     src = load_source(model)  # ModelError for a missing file, an export, a foreign checkpoint
-    data = val_subset(resolve_data(args.data, src.data, str(model)), fraction=args.fraction,
-                      max_images=args.max_images)
+    data = val_subset(resolve_data(args.data, src.data, str(model)).select(single_cls=src.single_cls),
+                      fraction=args.fraction, max_images=args.max_images)
     if len(src.names) != data.nc:
         raise ModelError(f"{model} predicts {len(src.names)} classes, {data.yaml_file or data.root} has {data.nc}")
     imgsz = args.imgsz or src.imgsz

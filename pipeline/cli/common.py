@@ -95,6 +95,16 @@ def check_infer_args(args: argparse.Namespace) -> None:
         raise ConfigError("--half", "fp16 inference needs a CUDA --device (0, cuda:1, ...); on cpu it runs fp32")
 
 
+def check_scoring_args(args: argparse.Namespace) -> None:
+    """What val and benchmark check before loading anything: the inference settings, and the loader's
+    --batch and --workers."""
+    check_infer_args(args)
+    if args.batch < 1:
+        raise ConfigError("--batch", f"must be >= 1, got {args.batch}")
+    if args.workers < 0:
+        raise ConfigError("--workers", f"must be >= 0, got {args.workers}")
+
+
 @contextmanager
 def errors_name_flags(args: argparse.Namespace) -> Iterator[None]:
     """A ``ConfigError`` the engine raised about one of the command's own settings names it by the

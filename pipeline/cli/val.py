@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.cli.common import add_model_args, check_infer_args, errors_name_flags, output_dir, parse_classes
+from pipeline.cli.common import (
+    add_model_args,
+    check_scoring_args,
+    errors_name_flags,
+    output_dir,
+    parse_classes,
+)
 
 NAME = "val"
 HELP = "validate a model: COCO box and mask mAP on a dataset split"
@@ -38,16 +44,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engines.errors import ConfigError
     from engines.train.config import default_out_dir
     from engines.val.coco import cocoeval_stats
     from engines.val.validator import summary_line, validate
 
-    check_infer_args(args)
-    if args.batch < 1:
-        raise ConfigError("--batch", f"must be >= 1, got {args.batch}")
-    if args.workers < 0:
-        raise ConfigError("--workers", f"must be >= 0, got {args.workers}")
+    check_scoring_args(args)
     with output_dir(args.out or default_out_dir("runs", "val")) as out, errors_name_flags(args):  # written at the end: checked first
         metrics = validate(args.model, data=args.data, split=args.split, imgsz=args.imgsz, batch=args.batch,
                            device=args.device, conf=args.conf, iou=args.iou, max_det=args.max_det,

@@ -917,6 +917,9 @@ def test_single_cls_trains_a_one_class_model_that_val_and_exports_score_as_train
     assert main(["export", "--model", str(best), "--format", "onnx", "--out", str(tmp_path / "m.onnx"), "--val",
                  "--data", str(data)]) == 0
     assert "mask mAP50-95 change: +0.0000" in capsys.readouterr().out
+    assert main(["benchmark", "--model", str(best), "--formats", "torch", "--workers", "0",
+                 "--out", str(tmp_path / "bench")]) == 0
+    assert "all 1 formats ok" in capsys.readouterr().out
     assert validate(tmp_path / "m.onnx", data=data, verbose=False).names == ("item",)
 
 
