@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from engines.train.ddp import broadcast_int
 from engines.train.loss import LOSS_NAMES
 from engines.train.optim import lr_factor
-from engines.train.plots import plot_results, plot_train_batch
+from engines.train.plots import label_stats, plot_labels, plot_results, plot_train_batch
 from engines.train.state import TrainState
 
 if TYPE_CHECKING:
@@ -245,10 +245,15 @@ class EarlyStopHook(Hook):
 
 
 class PlotHook(Hook):
-    """``results.png`` (loss, metric and lr curves) from the CSV when training ends."""
+    """``labels.jpg`` (the train split's class counts and box statistics) before the first epoch,
+    ``results.png`` (loss, metric and lr curves) from the CSV when training ends."""
 
     def __init__(self, csv_path: Path) -> None:
         self.csv_path = csv_path
+
+    def before_train(self, s: TrainState) -> None:
+        # The labels the run trains on (after --classes/--single-cls), not the augmented samples.
+        plot_labels(label_stats(s.dataset.labels, len(s.names)), s.names, s.out / "labels.jpg")
 
     def after_train(self, s: TrainState) -> None:
         if self.csv_path.is_file():

@@ -1,4 +1,5 @@
-"""Training plots: curves from ``results.csv`` and grids of augmented training batches.
+"""Training plots: the train split's labels (``labels.jpg``), curves from ``results.csv`` and grids of
+augmented training batches.
 
 Imports matplotlib lazily, through its object-oriented API only (no pyplot global state, no backend
 switching); batch grids reuse the validation drawing helpers (``engines.val.plots``)."""
@@ -8,6 +9,8 @@ from __future__ import annotations
 import csv
 import math
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,6 +18,81 @@ import numpy as np
 
 if TYPE_CHECKING:
     from engines.data.batch import TrainBatch
+    from engines.data.labels import ImageLabels
+
+MAX_LABEL_BOXES = 100_000  # boxes behind labels.jpg's histograms; a larger split is sampled (~1 s to draw)
+_OUTLINES = 500  # box outlines drawn, as Ultralytics
+_NAMED_CLASSES = 30  # class names under the bars below this many classes, as Ultralytics
+
+
+@dataclass(frozen=True, slots=True)
+class LabelStats:
+    """What ``labels.jpg`` shows of a split. counts: (nc,) int64 instances per class, all of them.
+    boxes: (k, 4) float32 normalised centre-x, centre-y, width, height and cls: (k,) int64 of every
+    instance, or of a fixed random sample of ``MAX_LABEL_BOXES`` when there are more."""
+
+    counts: np.ndarray
+    boxes: np.ndarray
+    cls: np.ndarray
+
+
+def label_stats(labels: Sequence[ImageLabels], nc: int, *, max_boxes: int = MAX_LABEL_BOXES) -> LabelStats:
+    """Instance counts per class and a box sample of a split's labels as loaded (after any class
+    selection: ``SegDataset.labels``). Class ids must be below ``nc``."""
+    cls = np.concatenate([lab.cls for lab in labels]).astype(np.int64) if labels else np.zeros(0, np.int64)
+    boxes = (np.concatenate([lab.boxes for lab in labels]).astype(np.float32) if labels
+             else np.zeros((0, 4), np.float32)).reshape(-1, 4)
+    counts = np.bincount(cls, minlength=nc)
+    if len(counts) != nc:
+        raise ValueError(f"class ids up to {len(counts) - 1} in labels of {nc} classes")
+    if len(cls) > max_boxes:
+        pick = np.sort(np.random.default_rng(0).choice(len(cls), max_boxes, replace=False))
+        boxes, cls = boxes[pick], cls[pick]
+    return LabelStats(counts=counts, boxes=boxes, cls=cls)
+
+
+def plot_labels(stats: LabelStats, names: Sequence[str], path: str | os.PathLike[str]) -> Path:
+    """``labels.jpg`` (Ultralytics' plot_labels): instances per class, box outlines centred on one
+    canvas (their sizes), and 2-D histograms of box centres (x, y) and sizes (w, h), image-normalised."""
+    import cv2
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import LinearSegmentedColormap
+    from matplotlib.figure import Figure
+
+    from engines.structures import class_color
+
+    nc = len(names)
+    rgb = [tuple(v / 255 for v in class_color(c)[::-1]) for c in range(nc)]
+    fig = Figure(figsize=(8, 8), tight_layout=True)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots(2, 2).ravel()
+    bars = ax[0].bar(np.arange(nc), stats.counts, width=0.8, color=rgb)
+    ax[0].set_ylabel("instances")
+    if nc < _NAMED_CLASSES:
+        ax[0].set_xticks(np.arange(nc), list(names), rotation=90, fontsize=10)
+        ax[0].bar_label(bars)
+    else:
+        ax[0].set_xlabel("classes")
+    canvas = np.full((1000, 1000, 3), 255, np.uint8)
+    step = max(1, len(stats.cls) // _OUTLINES)
+    for c, (_, _, w, h) in zip(stats.cls[::step][:_OUTLINES], stats.boxes[::step][:_OUTLINES], strict=True):
+        x0, y0, x1, y1 = (round(v * 1000) for v in (0.5 - w / 2, 0.5 - h / 2, 0.5 + w / 2, 0.5 + h / 2))
+        cv2.rectangle(canvas, (x0, y0), (x1, y1), class_color(int(c))[::-1], 1)
+    ax[1].imshow(canvas)
+    ax[1].axis("off")
+    white_blue = LinearSegmentedColormap.from_list("white_blue", ["white", "blue"])
+    whole = None if len(stats.cls) else [[0, 1], [0, 1]]  # an empty split still draws its axes
+    b = stats.boxes
+    for a, (i, j), (xl, yl) in ((ax[2], (0, 1), ("x", "y")), (ax[3], (2, 3), ("width", "height"))):
+        a.hist2d(b[:, i], b[:, j], bins=50, cmap=white_blue, range=whole)
+        a.set(xlabel=xl, ylabel=yl)
+    for a in ax:
+        for side in ("top", "right", "left", "bottom"):
+            a.spines[side].set_visible(False)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=200)
+    return path
 
 
 def read_results(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:

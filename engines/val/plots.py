@@ -1,4 +1,5 @@
-"""Validation plots: precision-recall and F1-confidence curves, image grids of labels and predictions.
+"""Validation plots: precision-recall and F1-confidence curves, the confusion matrix, image grids of
+labels and predictions.
 
 Imports nothing from ``pipeline``. Figures are drawn on matplotlib's Agg canvas directly (no
 pyplot, so no global figure state); image grids with OpenCV.
@@ -21,6 +22,9 @@ from engines.val.metrics import MetricSet
 from engines.val.truth import ImageTruth
 
 _MAX_NAMED = 20  # past this many classes the per-class curves go unlabelled, as in Ultralytics
+# Confusion matrix, Ultralytics' limits (rows/columns counting the background): cell values written
+# below 30, class names on the axes below 99, every k-th class only from 100 classes on.
+_CM_VALUES, _CM_NAMES, _CM_THIN = 30, 99, 100
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -61,6 +65,44 @@ def plot_f1_curve(ms: MetricSet, names: Sequence[str], path: str | os.PathLike[s
         ax.plot(c.conf, mean, linewidth=3, color="blue", label=f"all classes {mean[i]:.2f} at {c.conf[i]:.3f}")
     ax.set(xlabel="Confidence", ylabel="F1", xlim=(0, 1), ylim=(0, 1), title=title)
     ax.legend(bbox_to_anchor=(1.04, 1), loc="upper left", fontsize="small")
+    return _save(fig, Path(path))
+
+
+def plot_confusion_matrix(matrix: np.ndarray, names: Sequence[str], path: str | os.PathLike[str], *,
+                          normalize: bool) -> Path:
+    """A confusion matrix (nc + 1, nc + 1) counts, rows predicted, columns true, background last
+    (``engines.val.confusion``) as a heat map; ``normalize`` divides each column by its sum (the true
+    instances of that class). Cells under 0.005 stay blank, as in Ultralytics."""
+    nc = len(names)
+    array = matrix / (matrix.sum(0, keepdims=True) + 1e-9) if normalize else matrix.astype(np.float64)
+    array = np.where(array < 0.005, np.nan, array)
+    labels = [*names, "background"]
+    if nc >= _CM_THIN:
+        keep = np.r_[0:nc:max(2, nc // 60), nc]
+        array, labels = array[np.ix_(keep, keep)], [labels[i] for i in keep]
+    n = len(labels)
+    fig = Figure(figsize=(12, 9))
+    ax = fig.add_subplot()
+    im = ax.imshow(array, cmap="Blues", vmin=0.0, interpolation="none")
+    if n < _CM_VALUES:
+        finite = array[np.isfinite(array)]
+        dark = 0.45 * (1.0 if normalize or not finite.size else float(finite.max()))  # white text above
+        for (i, j), v in np.ndenumerate(array):
+            if np.isfinite(v):
+                ax.text(j, i, f"{v:.2f}" if normalize else f"{int(v)}", ha="center", va="center", fontsize=10,
+                        color="white" if v > dark else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.05)
+    small = max(6.0, 12 - 0.1 * n)
+    ax.set_xlabel("True", fontsize=small, labelpad=10)
+    ax.set_ylabel("Predicted", fontsize=small, labelpad=10)
+    ax.set_title("Confusion Matrix" + " Normalized" * normalize, fontsize=small, pad=20)
+    if n < _CM_NAMES:
+        ticks = np.arange(n)
+        ax.set_xticks(ticks, labels, fontsize=max(6.0, 15 - 0.1 * n), rotation=90, ha="center")
+        ax.set_yticks(ticks, labels, fontsize=max(6.0, 15 - 0.1 * n))
+    for side in ("left", "right", "bottom", "top"):
+        ax.spines[side].set_visible(False)
+    fig.subplots_adjust(left=0, right=0.84, top=0.94, bottom=max(0.1, 0.25 - 0.001 * n))
     return _save(fig, Path(path))
 
 

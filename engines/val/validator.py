@@ -29,6 +29,7 @@ from engines.ops.nms import NMSConfig
 from engines.ops.postprocess import postprocess
 from engines.structures import Detections
 from engines.val import coco, plots
+from engines.val.confusion import ConfusionMatrix
 from engines.val.matching import evaluate_image
 from engines.val.metrics import MetricsAccumulator, SegMetrics, Speed
 from engines.val.truth import ImageTruth
@@ -46,7 +47,8 @@ class Validator:
     batch: images per forward pass. device: where inputs are put (the model's device).
     conf, iou, max_det: NMS settings (Ultralytics' val defaults). save_json: write
     ``predictions.json`` and ``ground_truth.json`` (COCO) to out_dir. out_dir: where
-    ``metrics.json`` (and json, plots) go; None writes nothing. plots: PR/F1 curves and image grids.
+    ``metrics.json`` (and json, plots) go; None writes nothing. plots: PR/F1 curves, image grids and
+    the confusion matrix (``confusion_matrix.csv`` and two PNGs).
     verbose: print per-class rows too (else only the ``all`` row). rect: rectangular batches (a
     fixed-shape backend needs False). workers: loader processes. retina_masks: masks made straight
     at frame resolution instead of input resolution then resized.
@@ -72,6 +74,7 @@ class Validator:
         self._truths: list[ImageTruth] = []
         self._files: list[str] = []
         self._ids: dict[str, int] = {}
+        self._confusion: ConfusionMatrix | None = None  # filled by each call when plots is on
 
     def _prepare(self) -> SegLoader:
         """Dataset, loader and ground truth, built once per Validator."""
@@ -142,6 +145,7 @@ class Validator:
     def _run(self, loader: SegLoader, infer: Infer, names: tuple[str, ...], nms: NMSConfig,
              collapse: tuple[str, ...] | None) -> tuple[MetricsAccumulator, list[dict[str, Any]], list[float]]:
         acc = MetricsAccumulator(len(names))
+        self._confusion = ConfusionMatrix(len(names), conf=nms.conf) if self.plots else None
         preds: list[dict[str, Any]] = []
         times = [0.0, 0.0, 0.0]
         dtype = _input_dtype(infer)
@@ -176,6 +180,8 @@ class Validator:
         boxes = coco.xyxy_to_coco(det.boxes.cpu().numpy())
         scores, cls = det.scores.cpu().numpy(), det.class_ids.cpu().numpy()
         acc.add(evaluate_image(boxes, scores, cls, frame_masks, self._truths[image_id]), image_id)
+        if self._confusion is not None:
+            self._confusion.add(boxes, scores, cls, self._truths[image_id])
         if not self.save_json:
             return []
         masks = None if frame_masks is None else frame_masks.cpu().numpy()
@@ -199,6 +205,10 @@ class Validator:
             for key, ms in (("Box", metrics.box), ("Mask", metrics.seg)):
                 plots.plot_pr_curve(ms, names, self.out_dir / f"{key}PR_curve.png", f"{key} precision-recall")
                 plots.plot_f1_curve(ms, names, self.out_dir / f"{key}F1_curve.png", f"{key} F1-confidence")
+            if self._confusion is not None:
+                self._confusion.write_csv(self.out_dir / "confusion_matrix.csv", names)
+                for normalize, name in ((False, "confusion_matrix.png"), (True, "confusion_matrix_normalized.png")):
+                    plots.plot_confusion_matrix(self._confusion.matrix, names, self.out_dir / name, normalize=normalize)
 
 
 def _input_dtype(infer: Infer) -> torch.dtype:
