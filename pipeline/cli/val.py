@@ -36,7 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-det", type=int, default=300, help="most detections per image (default 300)")
     p.add_argument("--save-json", action="store_true",
                    help="write predictions.json + ground_truth.json (COCO) and check them with pycocotools")
-    p.add_argument("--plots", action="store_true", help="PR/F1 curves and label/prediction image grids")
+    p.add_argument("--plots", action="store_true", help="PR/F1 curves, the confusion matrix (PNG and CSV) and "
+                   "label/prediction image grids")
     p.add_argument("--half", action="store_true", help="fp16 inference (CUDA)")
     p.add_argument("--workers", type=int, default=2, help="data loading processes (default 2)")
     p.add_argument("--out", default=None, help="output folder (default runs/val, val2, ...: the first free "
