@@ -123,6 +123,41 @@ class ReconnectConfig(_Strict):
         return self
 
 
+class PictureConfig(_Strict):
+    """Picture health, checked in the camera's decoder on a small grey thumbnail (about 64 px wide) of a
+    frame every ``interval_s`` of stream time: ``frozen`` (the picture stopped changing: an encoder
+    repeating one frame) and ``blank`` (no contrast: black, white, a covered lens, a camera facing a
+    wall) are reported in status events while the camera stays live and its frames go on to the model.
+    Thresholds are grey levels (0-255) of the thumbnail. Measured on H.264 clips (crf 23-35): exactly
+    repeated frames change by 0, one picture re-encoded over and over by 0.001 once the encoder settles;
+    a still view with mild sensor noise by 0.000-0.03 between keyframes but 0.4-1.2 across each one; a
+    40x80 px object moving in 1080p by 0.026 or more, ``segpipe synth video`` scenes by 1.4 or more. A
+    black picture has a std of 0.1, uniform grey 0.4, a covered lens 1.7, a street at a tenth of its
+    daylight 3.0, synthetic scenes 30."""
+
+    enabled: bool = True
+    interval_s: float = Field(1.0, gt=0, le=60, description="seconds of stream time between two checks "
+                                                           "(a thumbnail costs 0.3-0.5 ms)")
+    frozen_s: float | None = Field(30.0, gt=0, description="the picture unchanged for this long: frozen; "
+                                                          "null: not checked")
+    frozen_diff: float = Field(0.01, ge=0, le=255, description="most mean absolute change (grey levels) "
+                                                                "between two checks that counts as "
+                                                                "unchanged; 0: exact repeats only")
+    blank_s: float | None = Field(10.0, gt=0, description="no contrast for this long: blank; null: not "
+                                                         "checked")
+    blank_std: float = Field(2.0, gt=0, le=255, description="a thumbnail whose std (grey levels) is below "
+                                                            "this has no contrast")
+
+    @model_validator(mode="after")
+    def _periods(self) -> PictureConfig:
+        problems = [f"{key}: {getattr(self, key)} must be >= interval_s ({self.interval_s}): a condition is "
+                    "seen at the checks" for key in ("frozen_s", "blank_s")
+                    if getattr(self, key) is not None and getattr(self, key) < self.interval_s]
+        if problems:
+            raise ValueError("\n".join(problems))  # one ConfigError per line
+        return self
+
+
 Point = tuple[float, float]
 ANCHORS = ("bottom", "center")
 
@@ -208,7 +243,9 @@ class CameraConfig(_Strict):
     stall_timeout_s: float = Field(2.0, gt=0, description="no frame for this long: STALLED")
     frozen_timeout_s: float | None = Field(None, gt=0, description="the same picture (not one sampled pixel "
                                                                    "changed) for this long: STALLED, and "
-                                                                   "its repeats are not inferred; null: off")
+                                                                   "its repeats are not inferred; null: off "
+                                                                   "(picture: reports it, LIVE, inferred)")
+    picture: PictureConfig = Field(PictureConfig(), description="frozen and blank picture checks")
     heartbeat_timeout_s: float = Field(30.0, gt=0, description="decoder silent this long: killed, restarted")
     decode_threads: int = Field(0, ge=0, le=64, description="codec threads, 0 = FFmpeg's choice")
     nice: int = Field(19, ge=0, le=19, description="decoder process niceness: when decoding outruns the CPU, "

@@ -15,18 +15,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
-from pipeline.messages import CameraState
+from pipeline.messages import CameraState, Picture
 
 log = logging.getLogger("segpipe.console")
 
-_COLUMNS = ("CAMERA", "STATE", "SIZE", "DEC/s", "INF/s", "DROPS", "STALE", "LAT ms", "RESTARTS", "TRACKS", "IN/OUT")
+_COLUMNS = ("CAMERA", "STATE", "PICTURE", "SIZE", "DEC/s", "INF/s", "DROPS", "STALE", "LAT ms", "RESTARTS", "TRACKS", "IN/OUT")
 
 
 @dataclass(frozen=True, slots=True)
 class CameraRow:
     """One camera's line. fps are rates over the last refresh; latency_ms is capture -> results;
     tracks: objects tracked so far (None: tracking off); crossed: (in, out) over its counting lines so
-    far (None: it has none)."""
+    far (None: it has none); picture: ok, frozen or blank (its frames are inferred all the same)."""
 
     camera_id: str
     state: CameraState
@@ -39,11 +39,13 @@ class CameraRow:
     restarts: int
     tracks: int | None = None
     crossed: tuple[int, int] | None = None
+    picture: Picture = Picture.OK
 
 
 def camera_row(camera_id: str, state: CameraState, now: Mapping[str, Any],
                before: Mapping[str, Any] | None, dt: float) -> CameraRow:
-    """A row from two control-block snapshots ``dt`` seconds apart (``before`` None: no rates yet)."""
+    """A row from two control-block snapshots ``dt`` seconds apart (``before`` None: no rates yet); the
+    camera's picture verdict comes in ``now["picture"]`` (absent: ok)."""
     def rate(key: str) -> float:
         if not before or dt <= 0:
             return 0.0
@@ -55,26 +57,29 @@ def camera_row(camera_id: str, state: CameraState, now: Mapping[str, Any],
                      decoded_fps=rate("decoded"), inferred_fps=rate("inferred"), dropped=int(now["dropped"]),
                      stale=int(now["stale"]), latency_ms=float(now["latency_ms"]), restarts=int(now["restarts"]),
                      tracks=None if tracks is None else int(tracks),
-                     crossed=None if crossed is None else (int(crossed[0]), int(crossed[1])))
+                     crossed=None if crossed is None else (int(crossed[0]), int(crossed[1])),
+                     picture=Picture(now.get("picture", "ok")))
 
 
 def render(rows: Sequence[CameraRow], *, header: str = "") -> str:
     """The table as text (no colours, no cursor codes), one line per camera plus a total."""
     cells = [_COLUMNS]
     for r in rows:
-        cells.append((r.camera_id, r.state.value, r.size, f"{r.decoded_fps:.1f}", f"{r.inferred_fps:.1f}",
-                      str(r.dropped), str(r.stale), f"{r.latency_ms:.0f}" if r.latency_ms else "-",
+        cells.append((r.camera_id, r.state.value, r.picture.value, r.size, f"{r.decoded_fps:.1f}",
+                      f"{r.inferred_fps:.1f}", str(r.dropped), str(r.stale), f"{r.latency_ms:.0f}" if r.latency_ms else "-",
                       str(r.restarts), "-" if r.tracks is None else str(r.tracks),
                       "-" if r.crossed is None else f"{r.crossed[0]}/{r.crossed[1]}"))
     tracked = [r.tracks for r in rows if r.tracks is not None]
     crossed = [r.crossed for r in rows if r.crossed is not None]
-    cells.append(("total", f"{sum(r.state is CameraState.LIVE for r in rows)}/{len(rows)} live", "",
+    bad = sum(r.picture is not Picture.OK for r in rows)
+    cells.append(("total", f"{sum(r.state is CameraState.LIVE for r in rows)}/{len(rows)} live",
+                  f"{bad} bad" if bad else "", "",
                   f"{sum(r.decoded_fps for r in rows):.1f}", f"{sum(r.inferred_fps for r in rows):.1f}",
                   str(sum(r.dropped for r in rows)), str(sum(r.stale for r in rows)), "", "",
                   str(sum(tracked)) if tracked else "",
                   f"{sum(c[0] for c in crossed)}/{sum(c[1] for c in crossed)}" if crossed else ""))
     widths = [max(len(row[i]) for row in cells) for i in range(len(_COLUMNS))]
-    lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+    lines = ["  ".join(c.ljust(w) if i < 4 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
              for row in cells]
     return "\n".join(([header] if header else []) + lines)
 

@@ -10,9 +10,11 @@ into the ring. Stream errors move the camera to RECONNECTING and retry with expo
 plus jitter; a file that ends is ENDED (or starts again with ``loop``). A watchdog thread marks the
 camera STALLED when no frame arrives for ``stall_timeout_s``; with ``frozen_timeout_s``, a picture that
 has not changed in a single sampled pixel for that long (an IP camera whose encoder hung keeps sending
-the same frame) is STALLED too, and its repeats are not sent to the model until it changes. The loop
-beats a heartbeat into the control block; a decoder that stops beating is killed and restarted by the
-supervisor.
+the same frame) is STALLED too, and its repeats are not sent to the model until it changes. The picture
+check (``picture:``, on by default) looks at a small thumbnail of a frame every ``interval_s`` of stream
+time and reports a frozen or blank picture as the camera's ``picture`` (the camera stays LIVE and its
+frames go on to the model: what to do about it is the user's call). The loop beats a heartbeat into the
+control block; a decoder that stops beating is killed and restarted by the supervisor.
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ import av
 import numpy as np
 
 from engines.frames import as_shown
-from pipeline.camera import STATE_CODES, Backoff, CameraStateMachine
-from pipeline.messages import CameraState, CameraStatus
+from pipeline.camera import STATE_CODES, Backoff, CameraStateMachine, PictureCheck, PictureSettings, thumbnail
+from pipeline.messages import CameraState, CameraStatus, Picture
 from pipeline.shm import RingWriter
 
 if TYPE_CHECKING:
@@ -71,6 +73,7 @@ class DecoderSettings:
     read_timeout_s: float = 5.0
     stall_timeout_s: float = 2.0
     frozen_timeout_s: float | None = None
+    picture: PictureSettings | None = None  # None: the picture is not checked
     decode_threads: int = 0
     nice: int = 0
     backoff: Backoff = Backoff()
@@ -79,11 +82,13 @@ class DecoderSettings:
 
     @classmethod
     def from_config(cls, cam: CameraConfig) -> DecoderSettings:
-        r = cam.reconnect
+        r, pic = cam.reconnect, cam.picture
+        picture = PictureSettings(interval_s=pic.interval_s, frozen_diff=pic.frozen_diff, frozen_s=pic.frozen_s,
+                                  blank_std=pic.blank_std, blank_s=pic.blank_s) if pic.enabled else None
         return cls(camera_id=cam.id, url=cam.url, is_file=cam.is_file, fps=cam.fps, loop=cam.loop,
                    realtime=cam.realtime, lossless=cam.lossless, transport=cam.transport, open_timeout_s=cam.open_timeout_s,
                    read_timeout_s=cam.read_timeout_s, stall_timeout_s=cam.stall_timeout_s,
-                   frozen_timeout_s=cam.frozen_timeout_s, decode_threads=cam.decode_threads, nice=cam.nice,
+                   frozen_timeout_s=cam.frozen_timeout_s, picture=picture, decode_threads=cam.decode_threads, nice=cam.nice,
                    backoff=Backoff(initial_s=r.initial_s, max_s=r.max_s, jitter=r.jitter),
                    max_restarts=r.max_restarts, nslots=cam.ring_frames)
 
@@ -98,13 +103,14 @@ class DecoderSettings:
 
 
 def decoder_main(settings: DecoderSettings, prefix: str, conn: Connection,
-                 initial: CameraState = S.CONNECTING) -> None:
+                 initial: CameraState = S.CONNECTING, picture: Picture = Picture.OK) -> None:
     """Process target: run one camera until it ends, fails or the supervisor sets ``stop``.
 
     conn: write end of a pipe; every ``CameraStatus`` goes there (one small message per write is
     atomic, so a decoder killed mid-send cannot corrupt the supervisor's end).
     initial: RECONNECTING when the supervisor restarts a crashed decoder (then the first move is
-    CONNECTING, announced by the machine), CONNECTING on a first start.
+    CONNECTING, announced by the machine), CONNECTING on a first start. picture: the camera's picture
+    verdict so far (a restarted decoder keeps a frozen picture frozen until it moves).
     """
     # Ctrl-C and a group-wide SIGTERM reach the whole process group: the supervisor decides
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -121,7 +127,7 @@ def decoder_main(settings: DecoderSettings, prefix: str, conn: Connection,
         conn.send(status)
 
     machine = CameraStateMachine(camera_id=settings.camera_id, emit=emit, initial=initial,
-                                 announce=initial is S.CONNECTING)
+                                 announce=initial is S.CONNECTING, picture=picture)
     try:
         Decoder(settings=settings, writer=writer, machine=machine).run()
     finally:
@@ -165,6 +171,7 @@ class Decoder:
         self._frames_this_pass = 0
         self._done = threading.Event()
         self._frozen = _FrozenPicture(settings.frozen_timeout_s) if settings.frozen_timeout_s else None
+        self._picture = None if settings.picture is None else PictureCheck(settings.picture, picture=machine.picture)
 
     # -------------------------------------------------------------------------- the outer loop
 
@@ -309,6 +316,8 @@ class Decoder:
         if self._paced and t is not None:
             self._pace_to(t)
         image = as_shown(frame, self._codec.sample_aspect_ratio if self._codec else None)
+        if self._picture is not None:
+            self._check_picture(image, now if t is None else t)
         if self._frozen is not None and self._frozen.still(image, now):
             # the same picture again: no news for the model, and a hung camera for its subscribers
             if self.machine.state is S.LIVE:
@@ -323,6 +332,16 @@ class Decoder:
             self._first_frame_at = now
         elif self.failures and now - self._first_frame_at >= _STABLE_S:
             self.failures = 0
+
+    def _check_picture(self, image: np.ndarray, t: float) -> None:
+        """Picture health (see ``PictureCheck``) on a frame at stream time ``t`` (arrival time for a stream
+        without a clock): stream time, so that a file played faster than real time is judged on the seconds
+        of video it holds, as a live camera is (its stream time is its wall time, outages left out)."""
+        assert self._picture is not None
+        if self._picture.due(t):
+            change = self._picture.update(thumbnail(image), t)
+            if change is not None:
+                self.machine.set_picture(*change)
 
     def _stream_time(self, pts: float | None, gap: float) -> float | None:
         """A frame's output pts in seconds: its own pts from the pass's origin on, plus ``_pts_offset``,

@@ -85,7 +85,10 @@ class DecoderPool:
         # so a decoder that hangs before its first beat is still caught.
         cam.control.set("heartbeat", time.monotonic())
         cam.control.set("stop", 0)
-        cam.proc = self.spawn(f"decoder-{cam.camera_id}", decoder_main, cam.settings, cam.prefix, writer, initial)
+        # a restarted decoder starts from its camera's picture verdict: a frozen camera stays frozen (no
+        # "picture back" then "frozen" again frozen_s later) until its pictures say otherwise
+        cam.proc = self.spawn(f"decoder-{cam.camera_id}", decoder_main, cam.settings, cam.prefix, writer, initial,
+                              cam.machine.picture)
         writer.close()
         cam.conn = reader
         cam.restart_at = None
@@ -190,14 +193,14 @@ class DecoderPool:
             self._transition(cam, S.STOPPED, detail)
 
     def rows(self) -> list[dict[str, Any]]:
-        """Per camera: id, state, url (credentials hidden) and its control block's counters."""
+        """Per camera: id, state, picture, url (credentials hidden) and its control block's counters."""
         out = []
         for c in self.cameras:
             counters = c.control.snapshot()
             for k in ("heartbeat", "stop", "gen", "latest_seq", "taken_seq", "state"):  # the ring's bookkeeping
                 counters.pop(k)
-            out.append({"id": c.camera_id, "state": c.machine.state.value, "url": redact_url(c.settings.url),
-                        **counters})
+            out.append({"id": c.camera_id, "state": c.machine.state.value, "picture": c.machine.picture.value,
+                        "url": redact_url(c.settings.url), **counters})
         return out
 
     def take_stats(self) -> Any:

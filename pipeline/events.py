@@ -112,12 +112,14 @@ def to_event(result: FrameResult, *, publish_ts: float | None = None) -> dict[st
 
 
 def status_event(status: CameraStatus, *, publish_ts: float | None = None) -> dict[str, Any]:
-    """The camera status event for ``status`` (state as its lower-case name, times in seconds)."""
+    """The camera status event for ``status`` (state and picture as their lower-case names, times in
+    seconds)."""
     return {
         "version": SCHEMA_VERSION,
         "kind": "status",
         "camera": status.camera_id,
         "state": status.state.value,
+        "picture": status.picture.value,
         "ts": _ts(status.ts),
         "publish_ts": _ts(time.time() if publish_ts is None else publish_ts),
         "detail": status.detail,

@@ -203,14 +203,28 @@ class CameraState(str, enum.Enum):
     STOPPED = "stopped"
 
 
+class Picture(str, enum.Enum):
+    """What a camera's decoded picture looks like (``pipeline.camera.PictureCheck``), beside its state:
+    a camera can be LIVE, frames flowing, with a useless picture."""
+
+    OK = "ok"
+    FROZEN = "frozen"  # not changed for picture.frozen_s (an encoder repeating one frame)
+    BLANK = "blank"  # no contrast for picture.blank_s (black, white, a covered lens, a wall)
+
+
 @dataclass(frozen=True, slots=True)
 class CameraStatus:
-    """Emitted on every camera state change."""
+    """Emitted on every camera state change, and on every change of its ``picture`` (the state as it
+    was). ts: wall-clock seconds of the change."""
 
     camera_id: str
     state: CameraState
     ts: float
     detail: str = ""
+    picture: Picture = Picture.OK
+
+    def __post_init__(self) -> None:
+        _expect(isinstance(self.picture, Picture), "CameraStatus.picture", "a Picture", self.picture)
 
 
 class _Stop:

@@ -34,7 +34,7 @@ from prometheus_client import (
 from prometheus_client.process_collector import ProcessCollector
 
 from engines.errors import ConfigError
-from pipeline.messages import CameraState
+from pipeline.messages import CameraState, Picture
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +133,9 @@ class Metrics:
                                   namespace=ns, registry=reg)
         self.camera_state = Enum("camera_state", "Current camera state", ["camera"],
                                  states=[s.value for s in CameraState], namespace=ns, registry=reg)
+        self.camera_picture = Gauge("camera_picture_problem", "1 while a running camera's picture has this "
+                                    "problem (frozen, blank), else 0; its frames are still inferred",
+                                    ["camera", "problem"], namespace=ns, registry=reg)
         self.batch_size = Histogram("batch_size", "Frames per engine call", namespace=ns, registry=reg,
                                     buckets=BATCH_BUCKETS)
         self.stage_latency = Histogram("stage_latency_seconds", "Time spent in a pipeline step", ["stage"],
@@ -244,6 +247,13 @@ class Metrics:
         self.camera_state.labels(camera_id).state(state.value)
         with self._lock:
             self._states[camera_id] = state
+
+    def set_camera_picture(self, camera_id: str, picture: Picture, state: CameraState) -> None:
+        """The camera's picture problems as 0/1 gauges, one per problem; all 0 once it ended, failed or
+        stopped (a camera a reload removed must not keep an alert firing)."""
+        running = state not in (CameraState.ENDED, CameraState.FAILED, CameraState.STOPPED)
+        for problem in (Picture.FROZEN, Picture.BLANK):
+            self.camera_picture.labels(camera_id, problem.value).set(1 if running and picture is problem else 0)
 
     def set_engine_loaded(self, loaded: bool) -> None:
         self.engine_loaded_gauge.set(1 if loaded else 0)

@@ -299,9 +299,11 @@ class Supervisor:
         self._drain_stats()
 
     def _publish(self, status: CameraStatus) -> None:
-        log.info("camera=%s state=%s detail=%r", status.camera_id, status.state.value, status.detail)
+        log.info("camera=%s state=%s picture=%s detail=%r", status.camera_id, status.state.value,
+                 status.picture.value, status.detail)
         if self.metrics is not None:
             self.metrics.set_camera_state(status.camera_id, status.state)
+            self.metrics.set_camera_picture(status.camera_id, status.picture, status.state)
         if self.on_status is not None:
             self.on_status(status)
         if self._sink is None or not self._sink.is_alive():

@@ -1,7 +1,8 @@
 """Live preview sink: each camera's annotated frames over HTTP, for a browser or any MJPEG client.
 
-    /                      a page with every camera's stream and state
-    /cameras.json          every camera's state and figures, {"id": {"state": "live", "fps": 5.0, ...}, ...}
+    /                      a page with every camera's stream and state (and picture problem)
+    /cameras.json          every camera's state and figures, {"id": {"state": "live", "picture": "ok",
+                           "fps": 5.0, ...}, ...}
     /cameras/<id>.mjpg     one camera, multipart/x-mixed-replace JPEGs (at most ``fps`` a second)
     /cameras/<id>.jpg      one camera's latest frame
 
@@ -53,6 +54,7 @@ class _Camera:
     """One camera's latest frame (``seq`` counts them) and its JPEG, made once per frame."""
 
     state: str = "unknown"
+    picture: str = "ok"  # the last status's: ok, frozen or blank
     seq: int = 0
     image: np.ndarray | None = None
     result: FrameResult | None = None
@@ -70,7 +72,7 @@ class _Camera:
     def figures(self, now: float) -> dict[str, Any]:
         recent = [t for t in self.results if now - t <= RATE_WINDOW_S]
         span = now - recent[0] if len(recent) > 1 else 0.0
-        return {"state": self.state, "fps": round((len(recent) - 1) / span, 1) if span > 0 else 0.0,
+        return {"state": self.state, "picture": self.picture, "fps": round((len(recent) - 1) / span, 1) if span > 0 else 0.0,
                 "latency_ms": None if self.latency_ms is None else round(self.latency_ms),
                 "objects": self.objects}
 
@@ -114,7 +116,7 @@ class PreviewSink:
         with self._cond:
             cam = self._cams.setdefault(env.camera_id, _Camera())
             if isinstance(env.item, CameraStatus):
-                cam.state = env.item.state.value
+                cam.state, cam.picture = env.item.state.value, env.item.picture.value
                 return
             if env.kind == "frame":
                 cam.results.append(time.monotonic())
@@ -251,12 +253,16 @@ class PreviewSink:
         return jpeg
 
     def page(self) -> bytes:
-        """The wall: every camera's stream, its state under it (kept fresh from ``/cameras.json``)."""
+        """The wall: every camera's stream, its state under it (kept fresh from ``/cameras.json``): orange
+        unless it is live with a picture that is ok."""
         tiles = []
         for camera_id, figures in sorted(self.cameras().items()):
             url, label = quote(camera_id, safe=""), html.escape(camera_id)
+            ok = figures["picture"] == "ok"
+            state = figures["state"] + ("" if ok else f", picture {figures['picture']}")
             tiles.append(f'<figure><img src="/cameras/{url}.mjpg" alt="{label}"><figcaption>{label} &middot; '
-                         f'<span data-camera="{label}">{html.escape(figures["state"])}</span> '
+                         f'<span data-camera="{label}" class="{html.escape(figures["state"]) if ok else ""}">'
+                         f'{html.escape(state)}</span> '
                          f'<small data-figures="{label}">{html.escape(_figures_line(figures))}</small>'
                          '</figcaption></figure>')
         body = "\n".join(tiles) or "<p>No camera yet.</p>"
@@ -278,9 +284,12 @@ def _figures_line(figures: dict[str, Any]) -> str:
     return " \u00b7 ".join(parts)
 
 
-# every 2 s: each caption shows its camera's state (orange unless live) and figures; a new camera
-# reloads the page
+# every 2 s: each caption shows its camera's state and picture problem (orange unless live with a
+# picture that is ok) and figures; a new camera reloads the page
 _PAGE_SCRIPT = """
+function state(f) {
+  return f.picture && f.picture !== "ok" ? f.state + ", picture " + f.picture : f.state;
+}
 function line(f) {
   const parts = [f.fps.toFixed(1) + " fps"];
   if (f.latency_ms !== null) parts.push(f.latency_ms + " ms");
@@ -294,13 +303,12 @@ async function refresh() {
     if (Object.keys(cams).length !== shown.length) { location.reload(); return; }
     for (const el of shown) {
       const f = cams[el.dataset.camera];
-      el.textContent = f ? f.state : "gone"; el.className = el.textContent;
+      el.textContent = f ? state(f) : "gone"; el.className = f && state(f) === f.state ? f.state : "";
       const fig = document.querySelector(`small[data-figures="${CSS.escape(el.dataset.camera)}"]`);
       if (fig) fig.textContent = f ? line(f) : "";
     }
   } catch (e) {}
 }
-document.querySelectorAll("span[data-camera]").forEach(el => el.className = el.textContent);
 setInterval(refresh, 2000);
 """
 

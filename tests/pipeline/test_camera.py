@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from pipeline.camera import TERMINAL, TRANSITIONS, Backoff, CameraStateMachine, IllegalTransition
-from pipeline.messages import CameraState, CameraStatus
+from pipeline.messages import CameraState, CameraStatus, Picture
 
 S = CameraState
 
@@ -77,6 +77,22 @@ def test_concurrent_moves_emit_in_the_order_they_happened() -> None:
     for a, b in zip(states, states[1:], strict=False):
         assert b in TRANSITIONS[a], (a, b)
     assert states[-1] is m.state
+
+
+def test_a_picture_change_is_a_status_with_the_state_as_it_was() -> None:
+    m, seen = machine()
+    m.transition(S.LIVE, "640x360")
+    assert m.set_picture(Picture.FROZEN, "picture frozen for 30 s") == seen[-1]
+    assert (seen[-1].state, seen[-1].picture, seen[-1].detail) == (S.LIVE, Picture.FROZEN, "picture frozen for 30 s")
+    assert m.set_picture(Picture.FROZEN, "again") is None and len(seen) == 3  # one status per change
+    m.transition(S.STALLED, "no frame for 2.0s")  # every status carries the verdict
+    assert (seen[-1].state, seen[-1].picture) == (S.STALLED, Picture.FROZEN) and m.state is S.STALLED
+    mirror, _ = machine()  # the supervisor's copy adopts both
+    mirror.follow(seen[-1])
+    assert (mirror.state, mirror.picture) == (S.STALLED, Picture.FROZEN)
+    restarted = CameraStateMachine(camera_id="cam", emit=seen.append, initial=S.RECONNECTING, announce=False,
+                                   picture=Picture.BLANK)
+    assert restarted.transition(S.CONNECTING).picture is Picture.BLANK
 
 
 def test_backoff_grows_to_the_cap_with_bounded_jitter() -> None:

@@ -54,6 +54,15 @@ def test_valid_config_gets_defaults_and_is_frozen(clip: Path) -> None:
     assert ds.url == gate.url and ds.open_options()["rtsp_transport"] == "tcp"
     assert ds.open_options()["timeout"] == str(int(gate.read_timeout_s * 1e6))
     assert ds.nslots == 4 and DecoderSettings.from_config(gate.model_copy(update={"ring_frames": 12})).nslots == 12
+    assert gate.picture.enabled and ds.picture is not None  # picture checks: on by default, settings passed on
+    assert (ds.picture.interval_s, ds.picture.frozen_s, ds.picture.blank_s) == (1.0, 30.0, 10.0)
+    raw = base(clip)
+    raw["cameras"][0]["picture"] = {"enabled": False}
+    raw["cameras"][1]["picture"] = {"frozen_s": None, "blank_std": 5}
+    door, gate = parse_config(raw, env={}).cameras
+    assert DecoderSettings.from_config(door).picture is None
+    ds = DecoderSettings.from_config(gate)
+    assert ds.picture is not None and ds.picture.frozen_s is None and ds.picture.blank_std == 5
     dev = DeviceSettings.from_config(cfg)
     assert dev.imgsz is None and dev.nms.iou == cfg.model.iou and dev.batch.max_wait_s == pytest.approx(0.010)
 
@@ -176,6 +185,17 @@ BAD = [  # (where, value, expected error line prefix, expected text)
      "'dor' is not a camera of this config (door, gate)"),
     ("sinks[1]", {"type": "mqtt", "url": "mqtt://"}, "sinks[1].url", "mqtts://HOST[:PORT], got no host"),
     ("verbose", True, "verbose", "unknown key 'verbose'"),
+    ("cameras[0].picture", {"frozen_s": 0}, "cameras[0].picture.frozen_s", "greater than 0"),
+    ("cameras[0].picture", {"blank_s": -5}, "cameras[0].picture.blank_s", "greater than 0"),
+    ("cameras[1].picture", {"interval_s": 0}, "cameras[1].picture.interval_s", "greater than 0"),
+    ("cameras[1].picture", {"blank_std": 0}, "cameras[1].picture.blank_std", "greater than 0"),
+    ("cameras[1].picture", {"frozen_diff": -0.1}, "cameras[1].picture.frozen_diff", "greater than or equal to 0"),
+    ("cameras[0].picture", {"frozen_sec": 30}, "cameras[0].picture.frozen_sec",
+     "unknown key 'frozen_sec' (did you mean 'frozen_s'?); allowed: enabled, interval_s, frozen_s"),
+    ("cameras[0].picture", {"blank_s": 0.5}, "cameras[0].picture.blank_s",
+     "0.5 must be >= interval_s (1.0): a condition is seen at the checks"),
+    ("cameras[0].picture", {"enabled": "sometimes"}, "cameras[0].picture.enabled", "valid boolean"),
+    ("cameras[0].picture", True, "cameras[0].picture", "valid dictionary"),
 ]
 
 

@@ -11,7 +11,7 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from pipeline.events import SCHEMA_VERSION, encode, load_schema, status_event, to_event
-from pipeline.messages import CameraState, CameraStatus, Detection, FrameResult
+from pipeline.messages import CameraState, CameraStatus, Detection, FrameResult, Picture
 
 H, W = 48, 64
 
@@ -137,7 +137,19 @@ def test_status_event_matches_schema(validator: jsonschema.Validator) -> None:
     event = json.loads(encode(status_event(st, publish_ts=1_700_000_001.1)))
     validator.validate(event)
     assert event == {"version": SCHEMA_VERSION, "kind": "status", "camera": "cam-0", "state": "reconnecting",
-                     "ts": 1_700_000_001.0, "publish_ts": 1_700_000_001.1, "detail": "read timeout"}
+                     "picture": "ok", "ts": 1_700_000_001.0, "publish_ts": 1_700_000_001.1, "detail": "read timeout"}
+    # a picture change is a status too, the state as it was; the schema knows its values
+    st = CameraStatus(camera_id="cam-0", state=CameraState.LIVE, ts=1.0, detail="picture frozen for 30 s",
+                      picture=Picture.FROZEN)
+    event = json.loads(encode(status_event(st, publish_ts=1.5)))
+    validator.validate(event)
+    assert (event["state"], event["picture"], event["detail"]) == ("live", "frozen", "picture frozen for 30 s")
+    with pytest.raises(jsonschema.ValidationError):
+        validator.validate({**event, "picture": "dark"})
+    del event["picture"]  # an older segpipe's status: still valid (the field was added, not versioned)
+    validator.validate(event)
+    with pytest.raises(ValueError, match="CameraStatus.picture: expected a Picture"):
+        CameraStatus(camera_id="c", state=CameraState.LIVE, ts=1.0, picture="frozen")  # type: ignore[arg-type]
 
 
 def test_unicode_labels_stay_readable() -> None:

@@ -11,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from engines.errors import ConfigError
-from pipeline.messages import CameraState
+from pipeline.messages import CameraState, Picture
 from pipeline.metrics import Metrics, MetricsServer, ReadinessCheck, StageStats
 
 
@@ -102,6 +102,23 @@ def test_gauges_reported_whole_drop_series_no_stage_reports(reports: list, left:
     crowded = {(dict(k[1])["camera"], dict(k[1])["zone"]): v for k, v in s.items() if k[0] == "segpipe_zone_crowded"}
     assert crowded == left["crowded"]
     assert {(dict(k[1])["camera"], dict(k[1])["zone"]) for k in s if k[0] == "segpipe_zone_objects"} == set(crowded)
+
+
+def test_picture_problems_are_gauges_that_a_stopped_camera_clears() -> None:
+    m = Metrics(process_collector=False)
+
+    def problems() -> dict[str, float]:
+        s = _samples(m.render().decode())
+        return {p: s["segpipe_camera_picture_problem", (("camera", "gate"), ("problem", p))] for p in ("frozen", "blank")}
+
+    m.set_camera_picture("gate", Picture.OK, CameraState.LIVE)
+    assert problems() == {"frozen": 0, "blank": 0}
+    m.set_camera_picture("gate", Picture.FROZEN, CameraState.LIVE)
+    assert problems() == {"frozen": 1, "blank": 0}
+    m.set_camera_picture("gate", Picture.BLANK, CameraState.RECONNECTING)  # a camera reconnecting keeps it
+    assert problems() == {"frozen": 0, "blank": 1}
+    m.set_camera_picture("gate", Picture.BLANK, CameraState.STOPPED)  # a reload removed it: no alert for ever
+    assert problems() == {"frozen": 0, "blank": 0}
 
 
 def test_registries_are_private() -> None:

@@ -58,6 +58,10 @@ def test_plan_matches_cameras_by_id() -> None:
                              {"id": "c", "url": "c.mp4", "zones": [ZONE]}]), check_files=False)
     plan = plan_reload(old, roi)
     assert plan.stop == ("a",) and [c.roi for c in plan.start] == [(0, 0.5, 1, 1)]  # attached with its roi
+    picture = parse_config(_cfg([{"id": "a", "url": "a.mp4", "picture": {"frozen_s": 60}}, {"id": "b", "url": "b.mp4"},
+                                 {"id": "c", "url": "c.mp4", "zones": [ZONE]}]), check_files=False)
+    plan = plan_reload(old, picture)  # the decoder checks the picture: a new one starts with the new checks
+    assert plan.stop == ("a",) and [c.picture.frozen_s for c in plan.start] == [60] and not plan.shapes
 
 
 def _events(path: Path) -> list[dict]:

@@ -269,11 +269,17 @@ def test_console_table() -> None:
     row = camera_row("gate", CameraState.LIVE, now, before, dt=2.0)
     assert (row.decoded_fps, row.inferred_fps, row.dropped, row.stale, row.size) == (15.0, 7.5, 3, 2, "1280x720")
     text = render([row, camera_row("door", CameraState.RECONNECTING, before, None, dt=0)]).splitlines()
-    assert text[0].split() == ["CAMERA", "STATE", "SIZE", "DEC/s", "INF/s", "DROPS", "STALE", "LAT", "ms",
-                               "RESTARTS", "TRACKS", "IN/OUT"]
-    assert text[1].split() == ["gate", "live", "1280x720", "15.0", "7.5", "3", "2", "42", "0", "-", "-"]
-    assert text[2].split() == ["door", "reconnecting", "-", "0.0", "0.0", "1", "0", "-", "0", "-", "-"]
+    assert text[0].split() == ["CAMERA", "STATE", "PICTURE", "SIZE", "DEC/s", "INF/s", "DROPS", "STALE", "LAT",
+                               "ms", "RESTARTS", "TRACKS", "IN/OUT"]
+    assert text[1].split() == ["gate", "live", "ok", "1280x720", "15.0", "7.5", "3", "2", "42", "0", "-", "-"]
+    assert text[2].split() == ["door", "reconnecting", "ok", "-", "0.0", "0.0", "1", "0", "-", "0", "-", "-"]
     assert text[3].split()[:4] == ["total", "1/2", "live", "15.0"]
+    # a camera's picture verdict (from the supervisor's rows), counted in the total
+    text = render([camera_row("gate", CameraState.LIVE, {**now, "picture": "frozen"}, before, dt=2.0),
+                   camera_row("door", CameraState.LIVE, {**now, "picture": "blank"}, None, dt=0),
+                   camera_row("dock", CameraState.LIVE, now, None, dt=0)]).splitlines()
+    assert [line.split()[2] for line in text[1:4]] == ["frozen", "blank", "ok"]
+    assert text[4].split()[:5] == ["total", "3/3", "live", "2", "bad"]
     # tracking on, lines on one camera: objects tracked and (in, out) crossings, summed in the total
     rows = [camera_row("gate", CameraState.LIVE, {**now, "tracks": 12, "crossed": (3, 4)}, None, dt=0),
             camera_row("yard", CameraState.LIVE, {**now, "tracks": 5}, None, dt=0)]

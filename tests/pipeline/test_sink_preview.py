@@ -20,7 +20,7 @@ import pytest
 from engines.errors import ConfigErrors, SinkError
 from pipeline.config import parse_config
 from pipeline.device import DeviceSettings
-from pipeline.messages import CameraState, CameraStatus
+from pipeline.messages import CameraState, CameraStatus, Picture
 from pipeline.sinks import preview as preview_mod
 from pipeline.sinks.base import Envelope
 from pipeline.sinks.config import PreviewSinkConfig
@@ -63,8 +63,8 @@ def page(port: int) -> bytes:
         return b""
 
 
-def status(camera: str, state: CameraState) -> Envelope:
-    st = CameraStatus(camera_id=camera, state=state, ts=1.0)
+def status(camera: str, state: CameraState, picture: Picture = Picture.OK) -> Envelope:
+    st = CameraStatus(camera_id=camera, state=state, ts=1.0, picture=picture)
     return Envelope(camera_id=camera, kind="status", payload=b"{}", item=st)
 
 
@@ -124,7 +124,7 @@ def test_page_lists_every_camera_with_its_state(sink: PreviewSink) -> None:
     page = body.decode()
     assert code == 200 and ctype.startswith("text/html")
     assert '<img src="/cameras/gate%3C1%3E.mjpg"' in page
-    assert 'gate&lt;1&gt; &middot; <span data-camera="gate&lt;1&gt;">reconnecting</span>' in page
+    assert 'gate&lt;1&gt; &middot; <span data-camera="gate&lt;1&gt;" class="reconnecting">reconnecting</span>' in page
     assert '<img src="/cameras/dock.mjpg"' in page
     assert '<small data-figures="dock">0.0 fps \u00b7 1 object</small>' in page  # one result so far
     # the page keeps its captions fresh from the states and figures as JSON
@@ -132,8 +132,14 @@ def test_page_lists_every_camera_with_its_state(sink: PreviewSink) -> None:
     code, ctype, body = get(sink, "/cameras.json")
     assert code == 200 and ctype == "application/json"
     assert json.loads(body) == {
-        "gate<1>": {"state": "reconnecting", "fps": 0.0, "latency_ms": None, "objects": None},
-        "dock": {"state": "stalled", "fps": 0.0, "latency_ms": None, "objects": 1}}
+        "gate<1>": {"state": "reconnecting", "picture": "ok", "fps": 0.0, "latency_ms": None, "objects": None},
+        "dock": {"state": "stalled", "picture": "ok", "fps": 0.0, "latency_ms": None, "objects": 1}}
+    # a live camera with a frozen picture: said under it, and not in a live camera's colours
+    sink.publish(status("dock", CameraState.LIVE, Picture.FROZEN))
+    assert json.loads(get(sink, "/cameras.json")[2])["dock"]["picture"] == "frozen"
+    assert '<span data-camera="dock" class="">live, picture frozen</span>' in get(sink, "/")[2].decode()
+    sink.publish(status("dock", CameraState.LIVE))
+    assert '<span data-camera="dock" class="live">live</span>' in get(sink, "/")[2].decode()
 
 
 def test_figures_count_every_result_watched_or_not(sink: PreviewSink) -> None:

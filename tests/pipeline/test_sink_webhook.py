@@ -19,7 +19,8 @@ from pycocotools import mask as mask_utils
 from pydantic import ValidationError
 
 from pipeline.client import verify_webhook
-from pipeline.events import encode
+from pipeline.events import encode, status_event
+from pipeline.messages import CameraState, CameraStatus, Picture
 from pipeline.sinks.base import Envelope, policy_for
 from pipeline.sinks.config import WebhookSinkConfig, check_sink_classes
 from pipeline.sinks.webhook import WebhookSink
@@ -73,10 +74,10 @@ def _crossing(label: str) -> dict[str, Any]:
     return {"line": "gate", "direction": "in", "track_id": 1, "class_id": 0, "label": label}
 
 
-def _status(camera: str, state: str = "live") -> Envelope:
-    event = {"version": 1, "kind": "status", "camera": camera, "state": state, "ts": 1.0, "publish_ts": 1.0,
-             "detail": ""}
-    return Envelope(camera_id=camera, kind="status", payload=encode(event), item=None)
+def _status(camera: str, state: str = "live", picture: Picture = Picture.OK, detail: str = "") -> Envelope:
+    """A status as the sink stage hands it over (the event's bytes and the CameraStatus)."""
+    st = CameraStatus(camera_id=camera, state=CameraState(state), ts=1.0, detail=detail, picture=picture)
+    return Envelope(camera_id=camera, kind="status", payload=encode(status_event(st, publish_ts=1.0)), item=st)
 
 
 class Receiver:
@@ -170,6 +171,7 @@ def test_crossings_and_statuses_go_out_in_order_without_masks(receiver: Receiver
     assert all(d["mask"] is None for e in events[1:] for d in e["detections"])  # masks: false
     assert events[2]["detections"][1]["track_id"] == 2 and events[2]["crossings"][0]["label"] == "person"
     assert sink.counters.totals_sent == {"gate": 3} and not sink.counters.totals_dropped
+    assert events[0]["picture"] == "ok"
     _, headers, body = receiver.got[1]
     assert headers["Content-Type"] == "application/json" and headers["X-Segpipe-Camera"] == "gate"
     assert headers["User-Agent"].startswith("segpipe/") and len(headers["Idempotency-Key"]) == 32
@@ -203,6 +205,21 @@ def test_events_and_classes_choose_what_goes_out(receiver: Receiver, events: tup
     sink.close()
     assert [e["seq"] for e in receiver.events()] == want
     assert all(d["mask"] == RLE for e in receiver.events() for d in e["detections"])  # masks: true
+
+
+def test_a_picture_change_is_posted_as_the_status_it_is(receiver: Receiver) -> None:
+    """A camera whose picture froze (state still live) is news for whoever takes statuses, and for no
+    one else."""
+    sink = _sink(receiver.url)  # default events: crossing, status
+    sink.publish(_status("gate", picture=Picture.FROZEN, detail="picture frozen for 30 s"))
+    sink.publish(_status("gate", detail="picture back (change 3.20)"))
+    quiet = _sink(receiver.url, events=("crossing",))
+    quiet.publish(_status("dock", picture=Picture.BLANK, detail="picture blank (std 0.4) for 10 s"))
+    assert sink.flush(10) and quiet.flush(10)
+    sink.close()
+    quiet.close()
+    assert [(e["camera"], e["state"], e["picture"], e["detail"]) for e in receiver.events()] == [
+        ("gate", "live", "frozen", "picture frozen for 30 s"), ("gate", "live", "ok", "picture back (change 3.20)")]
 
 
 def test_signed_requests_verify_and_tampering_does_not(receiver: Receiver) -> None:
