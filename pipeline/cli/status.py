@@ -1,8 +1,9 @@
 """segpipe status: the live per-camera table of a running pipeline, read from its metrics port.
 
 ``segpipe run`` serves what its console shows as JSON on ``/cameras`` (beside ``/metrics``); this
-reads it twice, ``--interval`` apart, for rates, and prints the same table (or the JSON with
-``--json``). ``--watch`` keeps refreshing until Ctrl-C.
+reads it twice, ``--interval`` apart, for rates, and prints the same table (each camera's state, its
+picture: ok, frozen or blank, and its figures; or the JSON with ``--json``). ``--watch`` keeps
+refreshing until Ctrl-C.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from pipeline.camera import CLEAR_MARGIN, PictureCheck, PictureSettings, thumbna
 from pipeline.config import CameraConfig, PictureConfig
 from pipeline.decoder import DecoderSettings
 from pipeline.messages import CameraState, CameraStatus, Picture
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, MqttBroker, free_port
 from tests.helpers import read_jsonl, wait_for
 from tests.pipeline.media import frame_index, make_frame, write_clip
 from tests.pipeline.test_decoder import Harness
@@ -297,6 +297,33 @@ def test_a_restarted_decoder_is_given_its_cameras_picture(tmp_path: Path) -> Non
     finally:
         cam.control.close()
         shm.unlink_all(cam.prefix + "_")
+
+
+def test_mqtt_retains_a_picture_status_like_any_status(mqtt_broker: MqttBroker) -> None:
+    """A subscriber that connects after a camera's picture froze learns it from the retained status."""
+    from pipeline.events import encode, status_event
+    from pipeline.sinks.base import Envelope, policy_for
+    from pipeline.sinks.mqtt import MqttSink
+    from tests.pipeline.test_sink_mqtt import Subscriber
+
+    sink = MqttSink(name="mqtt", url=mqtt_broker.url, client_id="segpipe-picture", policy=policy_for("mqtt"),
+                    backoff_max_s=1)
+    try:
+        wait_for(sink.connected.is_set, 10, "the sink to connect")
+        for st in (CameraStatus(camera_id="gate", state=S.LIVE, ts=1.0, detail="640x360"),
+                   CameraStatus(camera_id="gate", state=S.LIVE, ts=2.0, detail="picture frozen for 30 s",
+                                picture=P.FROZEN)):
+            sink.publish(Envelope(camera_id="gate", kind="status", payload=encode(status_event(st)), item=st))
+        assert sink.flush(10)
+        late = Subscriber(mqtt_broker, client_id="late")
+        try:
+            wait_for(lambda: any(t == "segpipe/gate/status" for t, _, _ in late.got), 10, "the retained status")
+            [event] = [e for t, e, retained in late.got if t == "segpipe/gate/status" and retained]
+            assert (event["state"], event["picture"], event["detail"]) == ("live", "frozen", "picture frozen for 30 s")
+        finally:
+            late.close()
+    finally:
+        sink.close()
 
 
 def _camera(url: Path) -> CameraConfig:

@@ -222,13 +222,14 @@ def test_sigterm_drains_publishes_and_frees_shared_memory(tmp_path: Path) -> Non
         assert 0.0 <= json.loads(text)["queues"]["sinks"] <= 1.0
         assert status == 200 and cams["loop"]["state"] == "live" and cams["loop"]["inferred"] > 0
         assert cams["loop"]["url"].endswith("clip.mp4") and "heartbeat" not in cams["loop"]
+        assert cams["loop"]["picture"] == "ok"
         table = subprocess.run([sys.executable, "-m", "pipeline", "status", f"http://127.0.0.1:{port}",
                                 "--interval", "0.5"], cwd=REPO, capture_output=True, text=True, timeout=60)
         assert table.returncode == 0, table.stderr
         lines = table.stdout.splitlines()
         assert lines[0].startswith("model yolov8n-seg.yaml on " + json.loads(text)["device"] + "; queues sinks ")
         assert "INF/s" in lines[1]
-        assert re.match(r"loop\s+live\s+96x64\s", lines[2]) and lines[-1].startswith("total")
+        assert re.match(r"loop\s+live\s+ok\s+96x64\s", lines[2]) and lines[-1].startswith("total")
         assert _get(f"http://127.0.0.1:{port}/healthz")[0] == 200
         assert _get(f"http://127.0.0.1:{port}/readyz")[0] == 200  # engine loaded, a camera live
         proc.send_signal(signal.SIGTERM)
