@@ -233,8 +233,9 @@ class PictureCheck:
         pictures say otherwise)."""
         self.s = settings
         self.picture = picture
-        self._frozen = _Held(settings.frozen_s, on=picture is Picture.FROZEN)
-        self._blank = _Held(settings.blank_s, on=picture is Picture.BLANK)
+        # a check that is off cannot hold a verdict it would never clear
+        self._frozen = _Held(settings.frozen_s, on=picture is Picture.FROZEN and settings.frozen_s is not None)
+        self._blank = _Held(settings.blank_s, on=picture is Picture.BLANK and settings.blank_s is not None)
         self._thumb: np.ndarray | None = None
         self._t: float | None = None
         self.diff: float | None = None  # the last check's change and contrast (grey levels)
@@ -267,5 +268,6 @@ class PictureCheck:
             return verdict, f"picture blank (std {self.std:.1f}){self._blank.for_s(t)}"
         if verdict is Picture.FROZEN:
             return verdict, f"picture frozen{self._frozen.for_s(t)}"
-        measure = f"std {self.std:.1f}" if before is Picture.BLANK else f"change {self.diff:.2f}"
-        return verdict, f"picture back ({measure})"
+        measure = (f" (std {self.std:.1f})" if before is Picture.BLANK else
+                   "" if self.diff is None else f" (change {self.diff:.2f})")
+        return verdict, f"picture back{measure}"

@@ -149,6 +149,8 @@ def test_a_restarted_decoder_keeps_its_cameras_verdict_until_the_picture_says_ot
     assert check.update(_flat(100), 0.0) is None  # one picture proves nothing
     assert check.update(_flat(100), 0.2) is None
     assert check.update(_flat(100, seed=3), 0.4)[0] is P.OK  # type: ignore[index]
+    off = PictureSettings(interval_s=0.2, frozen_diff=0.01, frozen_s=None, blank_std=2.0, blank_s=1.0)
+    assert PictureCheck(off, picture=P.FROZEN).update(_flat(100), 0.0) == (P.OK, "picture back")
     blank = PictureCheck(FAST, picture=P.BLANK)
     assert blank.update(_flat(30, spread=2.0), 0.0) is None  # std 0.6: still blank
     assert blank.update(_flat(30), 0.2) == (P.OK, f"picture back (std {_flat(30).std():.1f})")
