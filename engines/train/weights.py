@@ -53,8 +53,11 @@ def build_train_model(model: str, *, names: tuple[str, ...], pretrained: str | N
         have = len(ckpt.meta.names)
         if have != nc:
             yaml_name = _yaml_name(ckpt.meta.model_yaml)
+            # a --single-cls model (Ultralytics carries single_cls on into fine-tuning): the fix is the flag
+            hint = ("it was trained with --single-cls: add --single-cls to train it on as one class, or "
+                    if ckpt.meta.train_args.get("single_cls") and have == 1 else "")
             raise ModelError(
-                f"{model} predicts {have} classes but the data has {nc}; to fine-tune it on these classes "
+                f"{model} predicts {have} classes but the data has {nc}; {hint}to fine-tune it on these classes "
                 f"use --model {yaml_name} --pretrained {model}"
             )
         if verbose and tuple(ckpt.meta.names) != tuple(names):

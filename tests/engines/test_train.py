@@ -256,6 +256,21 @@ def test_checkpoint_with_other_class_count_is_refused_and_pretrained_transfers(t
     assert torch.equal(net.state_dict()["model.0.conv.weight"], load_checkpoint(best).state_dict["model.0.conv.weight"])
 
 
+@pytest.mark.parametrize(("train_args", "hint"), [({"single_cls": True}, True), ({}, False)])
+def test_refused_single_cls_checkpoint_names_the_flag(monkeypatch, train_args, hint):
+    # fine-tuning a --single-cls best.pt without the flag: the hint must say --single-cls, not only --pretrained
+    from engines.errors import ModelError
+    from engines.train import weights
+
+    meta = SimpleNamespace(names=("item",), model_yaml={"yaml_file": "yolov8-seg.yaml", "scale": "n"},
+                           train_args=train_args)
+    monkeypatch.setattr(weights, "load_checkpoint", lambda path: SimpleNamespace(meta=meta))
+    with pytest.raises(ModelError) as e:
+        weights.build_train_model("best.pt", names=("a", "b", "c"))
+    assert ("trained with --single-cls: add --single-cls" in str(e.value)) is hint
+    assert "--model yolov8n-seg.yaml --pretrained best.pt" in str(e.value)
+
+
 def _interrupt_after(monkeypatch, epoch_index: int):
     """Make the run die right after ``epoch_index``'s checkpoints are written (a kill, in effect)."""
     from engines.train import hooks
