@@ -39,6 +39,8 @@ def parse_classes(spec: str | None) -> tuple[int, ...] | None:
         ids = tuple(int(s) for s in spec.replace(" ", "").strip("[]").split(",") if s)
     except ValueError:
         raise ConfigError("--classes", f"expected comma-separated integers, got {spec!r}") from None
+    if not ids:  # would keep no class: every prediction dropped, not "all classes"
+        raise ConfigError("--classes", f"no class id given in {spec!r} (leave --classes out for every class)")
     if any(i < 0 for i in ids):
         raise ConfigError("--classes", f"class ids must be >= 0, got {spec!r}")
     return ids

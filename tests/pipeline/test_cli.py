@@ -9,7 +9,7 @@ import pytest
 
 from engines.errors import ConfigError
 from pipeline.cli import COMMANDS, main, translate_key_value
-from pipeline.cli.common import parse_imgsz
+from pipeline.cli.common import parse_classes, parse_imgsz
 
 
 def _actions() -> dict:
@@ -66,6 +66,20 @@ def test_imgsz_flag_is_a_side_or_height_width(spec: str | None, expected: object
 def test_bad_imgsz_flag_names_itself(spec: str) -> None:
     with pytest.raises(ConfigError, match=r"--imgsz: expected N or H,W"):
         parse_imgsz(spec)
+
+
+@pytest.mark.parametrize(("spec", "expected", "error"), [
+    (None, None, None), ("", None, None), ("0,2", (0, 2), None), ("[0, 2]", (0, 2), None),
+    # a list that names no class kept nothing: predict --save-txt wrote every frame as background
+    (",", None, "--classes: no class id given"), ("[]", None, "--classes: no class id given"),
+    ("a,b", None, "--classes: expected comma-separated integers"), ("-1", None, "--classes: class ids must be >= 0"),
+])
+def test_classes_flag_names_itself_for_bad_lists(spec: str | None, expected: object, error: str | None) -> None:
+    if error is None:
+        assert parse_classes(spec) == expected
+    else:
+        with pytest.raises(ConfigError, match=error):
+            parse_classes(spec)
 
 
 def test_false_turns_off_a_flag_that_defaults_to_on() -> None:
