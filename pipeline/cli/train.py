@@ -64,7 +64,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup-momentum", type=float, default=0.8, help="momentum at the start of the warm-up")
     p.add_argument("--warmup-bias-lr", type=float, default=0.1, help="biases' lr at the start of the warm-up "
                    "(ignored by auto, which starts it at 0)")
-    p.add_argument("--close-mosaic", type=int, default=10, help="disable mosaic for the last N epochs")
+    p.add_argument("--close-mosaic", type=int, default=10, help="turn mosaic, mixup, cutmix and copy-paste off for the last N epochs")
     p.add_argument("--patience", type=int, default=100, help="stop after N epochs without improvement")
     p.add_argument("--val", action=argparse.BooleanOptionalAction, default=True,
                    help="validate every epoch (the last epoch is always validated)")

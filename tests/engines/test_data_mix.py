@@ -292,6 +292,17 @@ def test_close_mosaic_turns_off_mosaic_mixup_cutmix_and_copy_paste_not_bgr(colou
     assert not SegDataset(colour_ds, imgsz=128, augment=True, nc=8, hyp=AugmentConfig(mosaic=0.0, bgr=1.0)).mixing
 
 
+def test_close_mosaic_help_names_everything_it_turns_off():
+    import argparse
+
+    from pipeline.cli import train
+
+    p = argparse.ArgumentParser()
+    train.add_arguments(p)
+    (action,) = [a for a in p._actions if "--close-mosaic" in a.option_strings]
+    assert all(word in (action.help or "") for word in ("mosaic", "mixup", "cutmix", "copy-paste")), action.help
+
+
 @pytest.mark.parametrize("mode", ["flip", "mixup"])
 def test_rect_training_keeps_copy_paste_but_not_mixup_or_cutmix(colour_ds, mode):
     """Ultralytics' rect training has no mosaic, MixUp or CutMix; Copy-Paste stays (its partner sample is
