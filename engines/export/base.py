@@ -67,7 +67,7 @@ class SourceModel:
     data: str | None
     source: str
     model_hash: str
-    single_cls: bool = False  # trained with all classes as one: its validators score the data so
+    single_cls: bool = False  # trained with all classes as one: recorded in exports, so val scores them so too
 
     def record(self, spec: ExportSpec, exporter: str, **extra: Any) -> ArtifactRecord:
         """The metadata record of an artifact made from this model with ``spec``."""
