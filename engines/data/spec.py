@@ -64,17 +64,24 @@ class DataSpec:
     def select(self, *, classes: Sequence[int] | None = None, single_cls: bool = False) -> DataSpec:
         """Ultralytics' ``classes`` and ``single_cls``: only instances of ``classes`` (ids of the data
         YAML) count, and with ``single_cls`` all of them are class 0, named "item" (the model then has one
-        class). Without either, this spec. ConfigError ``classes`` for an id the YAML does not have."""
+        class). Without either, this spec. A selected spec selected again narrows: its classes are kept
+        (intersected with ``classes``) and so is its single_cls. ConfigError ``classes`` for an id the YAML
+        does not have, or a selection left with no class."""
         if classes is None and not single_cls:
             return self
         names = self.label_names or self.names
-        keep = None
+        keep = self.classes
         if classes is not None:
-            keep = tuple(sorted({int(c) for c in classes}))
-            bad = [c for c in keep if not 0 <= c < len(names)]
-            if not keep or bad:
+            ids = {int(c) for c in classes}
+            bad = sorted(c for c in ids if not 0 <= c < len(names))
+            if not ids or bad:
                 raise ConfigError("classes", f"{bad[0] if bad else 'none'} is not a class of "
                                              f"{self.yaml_file or self.root} (ids 0..{len(names) - 1})")
+            keep = tuple(sorted(ids if keep is None else ids & set(keep)))
+            if not keep:
+                raise ConfigError("classes", f"{sorted(ids)} and the earlier selection {list(self.classes or [])} "
+                                             "have no class in common")
+        single_cls = single_cls or self.single_cls
         return dataclasses.replace(self, names=("item",) if single_cls else names, classes=keep,
                                    single_cls=single_cls, label_names=names)
 

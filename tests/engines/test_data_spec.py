@@ -128,3 +128,22 @@ def test_symlinked_images_keep_their_own_labels(tmp_path):
     found, _ = resolve_images([tmp_path / "ds/images/t"])
     assert found == [tmp_path / "ds/images/t/a.jpg"]
     assert img2label_path(found[0]) == tmp_path / "ds/labels/t/a.txt"
+
+
+def test_select_narrows_a_selection_and_keeps_its_single_cls(tmp_path):
+    (tmp_path / "images").mkdir()
+    data = tmp_path / "d.yaml"
+    data.write_text("path: .\ntrain: images\nval: images\nnames: [a, b, c, d]\n")
+    spec = load_data_yaml(data)
+    assert spec.select() is spec
+    picked = spec.select(classes=[2, 0, 2])
+    assert (picked.names, picked.classes, picked.label_nc, picked.nc) == (("a", "b", "c", "d"), (0, 2), 4, 4)
+    # selecting a selected spec again narrows it (validate() of a single_cls model selects once more)
+    one = picked.select(single_cls=True)
+    assert (one.names, one.classes, one.single_cls, one.label_names) == (("item",), (0, 2), True, ("a", "b", "c", "d"))
+    narrower = one.select(classes=[2, 3])
+    assert (narrower.classes, narrower.single_cls) == ((2,), True)
+    with pytest.raises(ConfigError, match=r"\[1\] and the earlier selection \[0, 2\] have no class in common"):
+        picked.select(classes=[1])
+    with pytest.raises(ConfigError, match=r"4 is not a class of .*d.yaml \(ids 0..3\)"):
+        spec.select(classes=[1, 4])
