@@ -2,12 +2,16 @@
 
     .venv/bin/python benchmarks/dataloader.py [--data PATH/coco128-seg.yaml] [--batch 16] [--epochs 2]
     .venv/bin/python benchmarks/dataloader.py --only-cache [--sizes 640 --workers 0]   # train --cache ram|disk
+    .venv/bin/python benchmarks/dataloader.py --only-mix [--sizes 640 --workers 0]     # --mixup/--cutmix/--copy-paste
 
 With or without ``--only-cache``, each size and worker count is also timed with the training images
 cached in RAM (``train --cache ram``) and in .npy files (``train --cache disk``) beside the same loader
 decoding them from the image files, in this one run; the one-off fills (decoding every image on threads,
 before the first epoch) are timed apart, and so is a later run's disk fill (which finds every file). The
 .npy files go to a temporary folder (``cache_dir``), removed after each row, never beside the images.
+
+``--only-mix`` times the augmentations that bring in other samples (MixUp, CutMix, Copy-Paste in both modes, all
+four at 0.5) beside the defaults, each with the images cached in RAM so the figures are the augmentations' own.
 
 Each configuration runs ``--epochs`` passes over the 128 images with a fresh loader per epoch, as
 training does (worker start-up included). Wall-clock images/s depends on what else runs on the
@@ -81,6 +85,30 @@ def disk_cache_run(spec, imgsz: int, workers: int, batch: int, epochs: int) -> t
         return on_disk, ds.disk_plan().nbytes(), (fills[0], fills[1])
 
 
+MIXES = {
+    "defaults": {},
+    "--mixup 1": {"mixup": 1.0},
+    "--cutmix 1": {"cutmix": 1.0},
+    "--copy-paste 1 (flip)": {"copy_paste": 1.0},
+    "--copy-paste 1 --copy-paste-mode mixup": {"copy_paste": 1.0, "copy_paste_mode": "mixup"},
+    "all four at 0.5": {"mixup": 0.5, "cutmix": 0.5, "copy_paste": 0.5, "bgr": 0.5},
+}
+
+
+def mix_figures(spec, imgsz: int, workers: int, batch: int, epochs: int) -> list[str]:
+    """Images per CPU-second of the train loader with each of ``MIXES``, images in RAM (decoding left out)."""
+    from engines.data.augment import AugmentConfig
+
+    rows = []
+    for label, hyp in MIXES.items():
+        ds = SegDataset.from_spec(spec, "train", imgsz=imgsz, augment=True, seed=0, hyp=AugmentConfig(**hyp))
+        ds.cache_in_ram()
+        ips, ipc, n = run(spec, imgsz, workers, batch, epochs, ds=ds)
+        rows.append(f"imgsz {imgsz:4d} workers {workers} {label:<40s} {ipc:6.1f} images per CPU-second, "
+                    f"{ips:6.1f} images/s wall ({n} images, load {os.getloadavg()[0]:.1f})")
+    return rows
+
+
 def stages(spec, imgsz: int, samples: int = 64) -> str:
     """Where one sample's time goes (cProfile cumulative, in-process)."""
     import cProfile
@@ -112,6 +140,7 @@ def main() -> int:
     ap.add_argument("--sizes", default="320,640")
     ap.add_argument("--workers", default="0,2")
     ap.add_argument("--only-cache", action="store_true", help="only the --cache ram / disk / no cache figure")
+    ap.add_argument("--only-mix", action="store_true", help="only the MixUp / CutMix / Copy-Paste figures")
     args = ap.parse_args()
     os.environ.setdefault("SEGPIPE_CACHE", tempfile.mkdtemp(prefix="segpipe-bench-"))
     spec = load_data_yaml(args.data)
@@ -121,12 +150,16 @@ def main() -> int:
     print(f"cpu cores: {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}")
     for imgsz in map(int, args.sizes.split(",")):
         for workers in map(int, args.workers.split(",")):
+            if args.only_mix:
+                for row in mix_figures(spec, imgsz, workers, args.batch, args.epochs):
+                    print(row, flush=True)
+                continue
             disk = ips, ipc, n = run(spec, imgsz, workers, args.batch, args.epochs)
             if not args.only_cache:
                 print(f"imgsz {imgsz:4d} workers {workers}: {ips:7.1f} images/s wall, {ipc:6.1f} images per CPU-second "
                       f"({n} images, batch {args.batch}, mosaic on, load {os.getloadavg()[0]:.1f})", flush=True)
             print(cache_figure(spec, imgsz, workers, args.batch, args.epochs, disk), flush=True)
-        if not args.only_cache:
+        if not args.only_cache and not args.only_mix:
             print(f"imgsz {imgsz:4d} per sample: {stages(spec, imgsz)}", flush=True)
     return 0
 
