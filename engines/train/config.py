@@ -36,6 +36,7 @@ class TrainConfig:
     time: float | None = None  # hours: fit the run into this budget (epochs re-planned after each epoch)
     imgsz: int = 640
     rect: bool = False  # each image at its own aspect ratio (longest side imgsz), batches of one shape
+    multi_scale: float = 0.0  # Ultralytics' multi_scale: each batch at a random size in imgsz * (1 ± F)
     batch: int = 16
     device: str | None = None  # None: first CUDA device if any, else CPU
     pretrained: str | None = None
@@ -79,6 +80,8 @@ class TrainConfig:
             ("epochs", self.epochs >= 1, "must be >= 1"),
             ("time", self.time is None or self.time > 0, "must be > 0 hours"),
             ("imgsz", self.imgsz >= 32 and self.imgsz % 32 == 0, "must be a multiple of 32 (>= 32)"),
+            ("multi_scale", not isinstance(self.multi_scale, bool) and 0 <= self.multi_scale < 1,
+             "must be a fraction of imgsz in [0, 1)"),
             ("batch", self.batch >= 1, "must be >= 1"),
             ("nbs", self.nbs >= 1, "must be >= 1"),
             ("dice", self.dice >= 0, "must be >= 0"),

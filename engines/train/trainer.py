@@ -32,6 +32,7 @@ from engines.train.ddp import Placement, broadcast_flag, launch, parse_devices
 from engines.train.ema import ModelEMA
 from engines.train.loader import TrainData, build_train_data, fork_safe_cv2
 from engines.train.loss import LossGains, SegLoss
+from engines.train.multiscale import multi_scale_size, rescale_batch
 from engines.train.optim import (
     Schedule,
     accumulation,
@@ -58,6 +59,11 @@ def run_step(s: TrainState, batch: TrainBatch) -> bool:
     Sets ``s.items`` (this batch's losses) and returns whether the optimizer stepped.
     """
     images = batch.images.to(s.device, non_blocking=True).float() / 255
+    if s.cfg.multi_scale > 0:  # off: no draw, no resize (the step is the same as without the option)
+        stride = int(s.loss_fn.strides.max())  # the model's largest stride (a CPU tensor: no device sync)
+        size = multi_scale_size(imgsz=s.cfg.imgsz, fraction=s.cfg.multi_scale, stride=stride, seed=s.cfg.seed,
+                                step=s.ni)
+        images = rescale_batch(images, size, stride)
     with torch.autocast(s.device.type, enabled=s.scaler.is_enabled()):
         out = s.model(images)
     loss, s.items = s.loss_fn(out, batch)
@@ -122,7 +128,7 @@ def fit_loop(s: TrainState, data: TrainData, hooks: Sequence[H.Hook]) -> None:
 
 def train(
     *, data: str | Path | None = None, model: str | Path = "yolov8n-seg.yaml", epochs: int = 100, imgsz: int = 640,
-    rect: bool = False, batch: int = 16, time: float | None = None, device: str | int | None = None, pretrained: str | Path | None = None,
+    rect: bool = False, multi_scale: float | bool = 0.0, batch: int = 16, time: float | None = None, device: str | int | None = None, pretrained: str | Path | None = None,
     freeze: int | Sequence[int] | None = None,
     resume: str | Path | bool | None = None, out: str | Path | None = None, workers: int = 8, seed: int = 0,
     deterministic: bool = True, optimizer: str = "auto", lr0: float = 0.01, lrf: float = 0.01,
@@ -145,6 +151,9 @@ def train(
     Results are unchanged either way.
     ``rect`` trains every image at its own aspect ratio (longest side ``imgsz``, no mosaic) in shuffled
     batches of one shape each, instead of padded to ``imgsz`` squares.
+    ``multi_scale=F`` (Ultralytics' name) resizes each batch, rect ones too, to a random longest side in
+    ``imgsz * (1 ± F)``, a stride multiple, drawn from the seed and the step (``engines.train.multiscale``);
+    True (older Ultralytics' bool) is 0.5, False 0.
     ``time`` (hours) fits the run into a budget: after every epoch the epoch count is re-planned from
     the mean epoch time so far, and the lr schedule and mosaic switch-off follow the new count. A
     resumed run counts the training time its earlier sessions spent up to their last.pt.
@@ -165,7 +174,8 @@ def train(
         if data is None or str(data) == "":
             raise ConfigError("train.data", "required: a data YAML (or resume a run)")
         cfg = TrainConfig(
-            data=_recorded_path(data), model=_recorded_path(model), epochs=epochs, time=time, imgsz=imgsz, rect=rect, batch=batch, device=opt(device),
+            data=_recorded_path(data), model=_recorded_path(model), epochs=epochs, time=time, imgsz=imgsz, rect=rect,
+            multi_scale=(0.5 if multi_scale else 0.0) if isinstance(multi_scale, bool) else multi_scale, batch=batch, device=opt(device),
             pretrained=None if pretrained is None else _recorded_path(pretrained),
             freeze=freeze if freeze is None or isinstance(freeze, int) else list(freeze), out=opt(out), workers=workers, seed=seed, deterministic=deterministic,
             optimizer=optimizer, lr0=lr0, lrf=lrf, momentum=momentum, weight_decay=weight_decay,

@@ -37,6 +37,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="train each image at its own aspect ratio instead of padded to a square (640x384 "
                         "for 16:9 frames: 40%% fewer pixels); batches group images of one shape, still "
                         "shuffled; turns mosaic off")
+    p.add_argument("--multi-scale", type=_multi_scale, nargs="?", const=0.5, default=0.0, metavar="F",
+                   help="train each batch (--rect ones too) at a random size in imgsz*(1-F)..imgsz*(1+F), rounded "
+                        "to the stride, the same on every device for a step and for a seed; F in [0, 1), default 0 "
+                        "(off; Ultralytics' multi_scale); bare or True (older Ultralytics' bool) means 0.5")
     p.add_argument("--batch", type=int, default=16, help="total images per batch (split over devices)")
     p.add_argument("--device", default=None, help="cpu, 0, or 0,1 for DDP (default: GPU 0 if any, else cpu)")
     p.add_argument("--out", default=None, help="run folder (default runs/segment/trainN); one that holds an earlier "
@@ -114,6 +118,18 @@ def _freeze(text: str) -> int | list[int]:
     return values if listed else values[0]
 
 
+def _multi_scale(text: str) -> float:
+    """``--multi-scale 0.25`` -> 0.25; ``true``/``false`` (Ultralytics 8.3's bool) -> 0.5/0.0. The range is
+    checked by the engine (``train.multi_scale``)."""
+    flag = {"true": 0.5, "false": 0.0}.get(text.strip().lower())
+    if flag is not None:
+        return flag
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction of imgsz in [0, 1) or True, got {text!r}") from None
+
+
 def _classes(text: str | None) -> list[int] | None:
     from pipeline.cli.common import parse_classes
 
@@ -177,7 +193,7 @@ def _train(train, args: argparse.Namespace) -> None:  # noqa: ANN001 - engines.t
     train(
         data=args.data, model=args.model, pretrained=args.pretrained, freeze=args.freeze, resume=args.resume, epochs=args.epochs,
         time=args.time,
-        imgsz=args.imgsz, rect=args.rect, batch=args.batch, device=args.device, out=args.out, workers=args.workers,
+        imgsz=args.imgsz, rect=args.rect, multi_scale=args.multi_scale, batch=args.batch, device=args.device, out=args.out, workers=args.workers,
         cache=args.cache,
         seed=args.seed, deterministic=args.deterministic, optimizer=args.optimizer, lr0=args.lr0, lrf=args.lrf,
         momentum=args.momentum, weight_decay=args.weight_decay, warmup_momentum=args.warmup_momentum,

@@ -180,6 +180,9 @@ def test_pack_and_restore_round_trip(name):
     ("freeze", [0, -2], "train.freeze: expected a layer count"),
     ("freeze", [1, 1], "train.freeze: layer indices must not repeat, got [1, 1]"),
     ("cache", "gpu", "train.cache: expected 'ram', 'disk' or none, got 'gpu'"),
+    ("multi_scale", 1.0, "train.multi_scale: must be a fraction of imgsz in [0, 1), got 1.0"),
+    ("multi_scale", -0.1, "train.multi_scale: must be a fraction of imgsz in [0, 1), got -0.1"),
+    ("multi_scale", True, "train.multi_scale: must be a fraction of imgsz in [0, 1), got True"),
 ])
 def test_config_rejects_bad_values(field, value, error):
     with pytest.raises(ConfigError, match=re.escape(error)):
@@ -470,6 +473,9 @@ def test_failed_write_leaves_the_previous_best(tmp_path, monkeypatch, one_thread
     (["--data", "{data}", "box=-1"], 2, "--box: must be >= 0, got -1.0"),
     (["--data", "{data}", "--cls", "-0.5"], 2, "--cls: must be >= 0, got -0.5"),
     (["--resume", "--out", "{tmp}/no-run", "--weight-decay", "0.01"], 2, "--weight-decay: a resumed run keeps"),
+    (["--data", "{data}", "--multi-scale", "1.5"], 2, "--multi-scale: must be a fraction of imgsz in [0, 1), got 1.5"),
+    (["--data", "{data}", "multi_scale=-0.5"], 2, "--multi-scale: must be a fraction of imgsz in [0, 1), got -0.5"),
+    (["--resume", "--out", "{tmp}/no-run", "multi_scale=True"], 2, "--multi-scale: a resumed run keeps"),
 ])
 def test_cli_reports_user_mistakes_on_one_line(tmp_path, monkeypatch, capsys, args, code, error):
     from pipeline.cli import main
@@ -987,3 +993,111 @@ def test_cli_refuses_bad_classes_on_one_line(tmp_path, monkeypatch, capsys, args
     assert main(["val", "--model", "yolov8n-seg.yaml", "--data", str(data), "--workers", "0", *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and error.format(data=data) in err[0], err
+
+
+# ------------------------------------------------------------------------------------------ multi_scale
+
+def test_multi_scale_sizes_are_stride_multiples_in_range_and_seeded():
+    import random
+
+    from engines.train.multiscale import multi_scale_size
+
+    def sizes(seed: int) -> list[int]:
+        return [multi_scale_size(imgsz=640, fraction=0.5, stride=32, seed=seed, step=i) for i in range(200)]
+
+    random.seed(1)
+    a = sizes(0)
+    random.seed(2)  # global random state plays no part: every DDP rank draws the same size for a step
+    assert sizes(0) == a and sizes(1) != a
+    assert all(s % 32 == 0 and 320 <= s <= 960 for s in a)
+    assert {320, 960} <= set(a) and len(set(a)) > 10
+    # 64 * 1.9 = 121.6: the top size is rounded up to the stride (Ultralytics' range), the bottom one clamped
+    assert {multi_scale_size(imgsz=64, fraction=0.9, stride=32, seed=0, step=i) for i in range(50)} == {32, 64, 96, 128}
+
+
+@pytest.mark.parametrize(("shape", "size", "expected"), [
+    ((2, 3, 64, 64), 96, (96, 96)),
+    ((2, 3, 64, 64), 64, (64, 64)),
+    ((1, 3, 64, 96), 128, (96, 128)),  # a rect batch keeps its aspect ratio, sides rounded up to the stride
+    ((1, 3, 64, 96), 64, (64, 64)),
+])
+def test_rescale_batch_resizes_to_stride_multiples(shape, size, expected):
+    from engines.train.multiscale import rescale_batch
+
+    images = torch.rand(shape)
+    out = rescale_batch(images, size, 32)
+    assert tuple(out.shape) == (*shape[:2], *expected)
+    if expected == shape[2:]:
+        assert out is images
+
+
+def test_multi_scale_that_is_no_number_is_one_line_exit_2(capsys):
+    from pipeline.cli import main
+
+    with pytest.raises(SystemExit) as e:  # argparse's own exit, through segpipe's one-line error
+        main(["train", "--data", "d.yaml", "multi_scale=big"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1
+    assert "argument --multi-scale: expected a fraction of imgsz in [0, 1) or True, got 'big'" in err[0]
+
+
+def _record_training_inputs() -> tuple[list[tuple[int, int]], object]:
+    """(sizes, handle): the (H, W) of every input a SegmentationModel in training mode is called with."""
+    from engines.nn.model import SegmentationModel
+
+    seen: list[tuple[int, int]] = []
+
+    def hook(module, args):  # noqa: ANN001, ANN202 - torch's forward pre-hook
+        if isinstance(module, SegmentationModel) and module.training:
+            seen.append(tuple(args[0].shape[2:]))
+
+    return seen, torch.nn.modules.module.register_module_forward_pre_hook(hook)
+
+
+def test_multi_scale_off_trains_bit_identically_without_a_draw(tmp_path, monkeypatch, capsys, one_thread):
+    """--multi-scale 0 (the default) takes no draw and resizes nothing: the same run as without the flag."""
+    from engines.train import trainer
+    from pipeline.cli import main
+
+    data = make_shapes_dataset(tmp_path / "data", n=4, size=128)
+    argv = _seeded_argv(data)
+    assert main([*argv, f"--out={tmp_path / 'a'}", "--workers=0"]) == 0
+
+    def never(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("multi_scale=0 must not draw or resize")
+
+    monkeypatch.setattr(trainer, "multi_scale_size", never)
+    monkeypatch.setattr(trainer, "rescale_batch", never)
+    seen, handle = _record_training_inputs()
+    try:
+        assert main([*argv, f"--out={tmp_path / 'b'}", "--workers=0", "multi_scale=0.0"]) == 0
+    finally:
+        handle.remove()
+    assert seen and set(seen) == {(64, 64)}
+    _assert_same_training(tmp_path / "a", tmp_path / "b")
+
+
+def test_multi_scale_trains_on_seeded_sizes_end_to_end(tmp_path, capsys, one_thread):
+    """multi_scale=True (Ultralytics 8.3's bool: 0.5) at imgsz 64: every step at the seeded size of its
+    global batch index, several sizes, stride multiples in 32..96; finite losses, the setting recorded,
+    and a second run the same."""
+    from engines.checkpoint import load_checkpoint
+    from engines.train.multiscale import multi_scale_size
+    from pipeline.cli import main
+
+    data = make_shapes_dataset(tmp_path / "data", n=4, size=128)
+    argv = [*_seeded_argv(data), "--epochs=4", "--workers=0", "multi_scale=True"]
+    seen, handle = _record_training_inputs()
+    try:
+        assert main([*argv, f"--out={tmp_path / 'a'}"]) == 0
+    finally:
+        handle.remove()
+    expected = [multi_scale_size(imgsz=64, fraction=0.5, stride=32, seed=3, step=i) for i in range(8)]
+    assert [h for h, _ in seen] == expected and all(h == w for h, w in seen)
+    assert len(set(expected)) > 1 and set(expected) <= {32, 64, 96}
+    res = read_results(tmp_path / "a" / "results.csv")
+    for name in ("box_loss", "seg_loss", "cls_loss", "dfl_loss"):
+        assert np.isfinite(res[f"train/{name}"]).all(), name
+    assert load_checkpoint(tmp_path / "a" / "weights" / "last.pt").meta.train_args["multi_scale"] == 0.5
+    assert main([*argv, f"--out={tmp_path / 'b'}"]) == 0
+    _assert_same_training(tmp_path / "a", tmp_path / "b")
