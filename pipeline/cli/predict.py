@@ -1,6 +1,6 @@
 """segpipe predict: run a model on images, folders, globs, videos or streams; save annotated output,
 COCO-format predictions.json and, with --save-txt and --save-frames, YOLO-seg label files and the video
-frames they label (auto-labelling)."""
+frames they label (auto-labelling); with --save-crop, each object's crop."""
 
 from __future__ import annotations
 
@@ -67,6 +67,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "every N-th); one without objects has no label file, a background sample. Still "
                         "images are not copied: they are on disk already. (Ultralytics' save_frames writes "
                         "annotated frames; here the annotated output is the video)")
+    p.add_argument("--save-crop", action="store_true",
+                   help="also write each object's box, cut from the unannotated frame, as OUT/crops/CLASS/NAME.jpg "
+                        "(NAME as --save-txt's label file; a class name's path characters become _). As "
+                        "Ultralytics' save_crop: the box's width and height times 1.02 plus 10 px, clipped to the "
+                        "frame, JPEG quality 95; a second object of the class in one image is NAME-2.jpg, then "
+                        "NAME-3.jpg, ... (files of an earlier run into the same --out are overwritten)")
     p.add_argument("--track", action="store_true",
                    help="give each object a track id that follows it across a video's frames (ByteTrack, as "
                         "segpipe run's tracking; still images are tracked as one sequence in the order read)")
@@ -174,7 +180,9 @@ class _JsonArray:
 
 
 class _DatasetFiles:
-    """``--save-txt``'s label files and ``--save-frames``' frame images, a YOLO-seg dataset in ``out``:
+    """``--save-txt``'s label files and ``--save-frames``' frame images, a YOLO-seg dataset in ``out``, and
+    ``--save-crop``'s crops, ``crops/CLASS/NAME.jpg`` (NAME the label file's; set ``crop_dirs``, the class
+    folders, before the first ``write``):
     ``labels/NAME.txt`` for an image, and for a video frame ``labels/NAME_FRAME.txt`` and
     ``images/NAME_FRAME.jpg`` (FRAME counted from 1, as Ultralytics names them). Every predicted frame's
     image is written, objects or not: one without objects has no label file, a background sample for train.
@@ -185,22 +193,26 @@ class _DatasetFiles:
 
     FRAME_NAME = re.compile(r"^(.+)_([1-9][0-9]*)$")
 
-    def __init__(self, out: Path, *, labels: bool, save_conf: bool, frames: bool) -> None:
-        self.out, self.labels, self.save_conf, self.frames = out, labels, save_conf, frames
+    def __init__(self, out: Path, *, labels: bool, save_conf: bool, frames: bool, crops: bool = False) -> None:
+        self.out, self.labels, self.save_conf, self.frames, self.crops = out, labels, save_conf, frames, crops
         self.frame_like: dict[str, str] = {}  # video name an image's name would be a frame of -> that image
         self.videos: set[str] = set()
-        self.n_labels = self.n_frames = 0
+        self.n_labels = self.n_frames = self.n_crops = 0
+        self.crop_dirs: list[str] = []  # class id -> its folder in crops/ (engines.label_writer.crop_folders)
+        # crops/CLASS/FILE written by this run: Ultralytics numbers a crop after the names taken (one entry a
+        # file, as the files themselves); an earlier run's files are overwritten, as its label files are
+        self.crops_taken: set[tuple[int, str]] = set()
 
     def check_source(self, source: str) -> None:
         """Refuse, before the first frame is read, an ``out/labels`` or ``out/images`` that is no folder and
         the clashes of ``source``'s names (see the class)."""
         from engines.sources import source_names
 
-        for folder, wanted in (("labels", self.labels), ("images", self.frames)):
+        for folder, wanted in (("labels", self.labels), ("images", self.frames), ("crops", self.crops)):
             if wanted and (self.out / folder).exists() and not (self.out / folder).is_dir():
                 raise ConfigError("--out", f"{self.out / folder} exists and is not a folder")
         names, check = _OutputNames(), _DatasetFiles(self.out, labels=self.labels, save_conf=False,
-                                                     frames=self.frames)
+                                                     frames=self.frames, crops=self.crops)
         for name, video in source_names(source):
             check._check(names.of(SimpleNamespace(name=name, frame=0 if video else None)), video)
 
@@ -219,8 +231,27 @@ class _DatasetFiles:
             if self.frames and item.frame is not None:
                 write_frame_image(self.out / "images" / f"{stem}.jpg", item.image)
                 self.n_frames += 1
+            if self.crops:
+                self._write_crops(stem, item.image, dets)
         except OSError as e:  # a full disk, a folder made read-only
             raise ConfigError("--out", f"cannot write {stem}'s files into {self.out}: {e.strerror or e}") from None
+
+    def _write_crops(self, stem: str, image: np.ndarray, dets: Any) -> None:
+        """Each detection's crop, in the detections' order (best first), named as Ultralytics'
+        ``increment_path`` names it: ``stem.jpg``, else the first free ``stem-N.jpg``, N from 2."""
+        from engines.label_writer import crop_box, write_crop_image
+
+        for box, cls in zip(dets.boxes.tolist(), dets.class_ids.tolist(), strict=True):
+            x1, y1, x2, y2 = crop_box(box, image.shape)
+            if x1 == x2 or y1 == y2:  # a box off the frame: nothing to cut (Ultralytics fails writing it)
+                continue
+            file, n = f"{stem}.jpg", 1
+            while (int(cls), file) in self.crops_taken:
+                n += 1
+                file = f"{stem}-{n}.jpg"
+            self.crops_taken.add((int(cls), file))
+            write_crop_image(self.out / "crops" / self.crop_dirs[int(cls)] / file, image[y1:y2, x1:x2])
+            self.n_crops += 1
 
     def _check(self, name: str, video: bool) -> None:
         if not video:
@@ -237,7 +268,8 @@ class _DatasetFiles:
     def _clash(self, image: str, video: str) -> None:
         frame = image.rsplit("_", 1)[1]
         files = ([f"{self.out / 'labels' / image}.txt"] if self.labels else []) + (
-            [f"{self.out / 'images' / image}.jpg"] if self.frames else [])
+            [f"{self.out / 'images' / image}.jpg"] if self.frames else []) + (
+            [f"{self.out / 'crops' / 'CLASS' / image}.jpg"] if self.crops else [])
         raise SourceError(f"{' and '.join(files)} would hold both image {image} and video {video}'s frame "
                           f"{frame} (counted from 1): predict them into separate --out folders")
 
@@ -302,14 +334,18 @@ def run(args: argparse.Namespace) -> int:
     classes = parse_classes(args.classes)
     tracks = _tracking(args)
     out_dir = Path(args.out or default_out_dir("runs", "predict"))
-    dataset = (_DatasetFiles(out_dir, labels=args.save_txt, save_conf=args.save_conf, frames=args.save_frames)
-               if args.save_txt or args.save_frames else None)
+    dataset = (_DatasetFiles(out_dir, labels=args.save_txt, save_conf=args.save_conf, frames=args.save_frames,
+                             crops=args.save_crop) if args.save_txt or args.save_frames or args.save_crop else None)
     if dataset:
         dataset.check_source(args.source)
     with errors_name_flags(args):
         model = SegModel(args.model, device=args.device, backend=args.backend, half=args.half)
     if classes and max(classes) >= len(model.names):
         raise ConfigError("--classes", f"{max(classes)} is not a class of {args.model} (ids 0..{len(model.names) - 1})")
+    if dataset and args.save_crop:
+        from engines.label_writer import crop_folders
+
+        dataset.crop_dirs = crop_folders(list(model.names))
     kw = dict(imgsz=args.imgsz, conf=args.conf, iou=args.iou, max_det=args.max_det, classes=classes,
               agnostic=args.agnostic_nms, retina_masks=args.retina_masks, max_frames=args.max_frames,
               vid_stride=args.vid_stride)
@@ -318,8 +354,9 @@ def run(args: argparse.Namespace) -> int:
     tracked = f", {tracks.total} track(s)" if tracks else ""
     labels = f", {dataset.n_labels} label file(s) in labels/" if dataset and args.save_txt else ""
     frames = f", {dataset.n_frames} frame image(s) in images/" if dataset and args.save_frames else ""
+    crops = f", {dataset.n_crops} crop(s) in crops/" if dataset and args.save_crop else ""
     print(f"{n_frames} frame(s), {n_dets} detection(s){tracked} -> {out}/ (predictions.json"
-          f"{', annotated output' if args.save else ''}{labels}{frames})")
+          f"{', annotated output' if args.save else ''}{labels}{frames}{crops})")
     return 0
 
 
