@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from pipeline.cli.common import sigterm_interrupts
+from pipeline.cli.common import parse_classes, sigterm_interrupts
 
 NAME = "train"
 HELP = "train or fine-tune a segmentation model on a data YAML"
@@ -130,13 +130,6 @@ def _multi_scale(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a fraction of imgsz in [0, 1) or True, got {text!r}") from None
 
 
-def _classes(text: str | None) -> list[int] | None:
-    from pipeline.cli.common import parse_classes
-
-    ids = parse_classes(text)
-    return None if ids is None else list(ids)
-
-
 def _hyp_fields() -> list[dataclasses.Field]:
     from engines.data.augment import AugmentConfig
 
@@ -200,6 +193,6 @@ def _train(train, args: argparse.Namespace) -> None:  # noqa: ANN001 - engines.t
         warmup_bias_lr=args.warmup_bias_lr, box=args.box, cls=args.cls, dfl=args.dfl,
         cos_lr=args.cos_lr, warmup_epochs=args.warmup_epochs, close_mosaic=args.close_mosaic,
         patience=args.patience, val=args.val, fraction=args.fraction, amp=args.amp, plots=args.plots,
-        classes=_classes(args.classes), single_cls=args.single_cls,
+        classes=parse_classes(args.classes), single_cls=args.single_cls,
         nbs=args.nbs, dice=args.dice, exist_ok=args.exist_ok, hyp={f.name: v for f in _hyp_fields() if (v := getattr(args, f.name)) is not None},
     )
