@@ -47,6 +47,12 @@ def match_greedy(iou: np.ndarray, scores: np.ndarray, threshold: float = IOU_THR
     return gt_match
 
 
+def normalize_columns(matrix: np.ndarray) -> np.ndarray:
+    """A confusion matrix (nc + 1, nc + 1) counts with every column divided by its sum (the true
+    instances of that class), as Ultralytics plots it: float64, empty columns all 0."""
+    return matrix / (matrix.sum(0, keepdims=True) + 1e-9)
+
+
 class ConfusionMatrix:
     """Counts over a split, ``matrix`` (nc + 1, nc + 1) int64: rows predicted class, columns true
     class, index ``nc`` the background. Column ``c`` sums to the (non-crowd) instances of class
@@ -74,9 +80,8 @@ class ConfusionMatrix:
         np.add.at(self.matrix[:, self.nc], det_cls[unmatched], 1)  # false positives
 
     def normalized(self) -> np.ndarray:
-        """The matrix with every column divided by its sum (the true instances of that class), as
-        Ultralytics plots it: (nc + 1, nc + 1) float64, empty columns all 0."""
-        return self.matrix / (self.matrix.sum(0, keepdims=True) + 1e-9)
+        """The matrix with every column divided by its sum (:func:`normalize_columns`)."""
+        return normalize_columns(self.matrix)
 
     def write_csv(self, path: str | os.PathLike[str], names: Sequence[str]) -> Path:
         """Raw counts as CSV: a header ``predicted, <names...>, background``, then one row per

@@ -18,6 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from engines.structures import Detections, class_color
+from engines.val.confusion import normalize_columns
 from engines.val.metrics import MetricSet
 from engines.val.truth import ImageTruth
 
@@ -74,7 +75,7 @@ def plot_confusion_matrix(matrix: np.ndarray, names: Sequence[str], path: str | 
     (``engines.val.confusion``) as a heat map; ``normalize`` divides each column by its sum (the true
     instances of that class). Cells under 0.005 stay blank, as in Ultralytics."""
     nc = len(names)
-    array = matrix / (matrix.sum(0, keepdims=True) + 1e-9) if normalize else matrix.astype(np.float64)
+    array = normalize_columns(matrix) if normalize else matrix.astype(np.float64)
     array = np.where(array < 0.005, np.nan, array)
     labels = [*names, "background"]
     if nc >= _CM_THIN:
