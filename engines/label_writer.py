@@ -90,9 +90,7 @@ def write_label_file(path: Path, lines: list[str]) -> bool:
 def write_frame_image(path: Path, image: np.ndarray) -> None:
     """Write a frame, (H, W, 3) uint8 BGR, as the JPEG ``path`` (quality ``FRAME_JPEG_QUALITY``), whole or
     not at all (see ``_write_whole``)."""
-    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, FRAME_JPEG_QUALITY])
-    assert ok, f"JPEG encoding failed for a {image.shape} {image.dtype} frame"  # predict's frames are BGR uint8
-    _write_whole(path, data.tobytes())
+    _write_jpeg(path, image, [cv2.IMWRITE_JPEG_QUALITY, FRAME_JPEG_QUALITY], "frame")
 
 
 def crop_box(box: Sequence[float], shape: tuple[int, ...]) -> tuple[int, int, int, int]:
@@ -126,8 +124,13 @@ def write_crop_image(path: Path, image: np.ndarray) -> None:
     """Write a crop, (h, w, 3) uint8 BGR, as the JPEG ``path``, quality 95 with 4:4:4 chroma (Ultralytics'
     ``save_one_box``), whole or not at all (see ``_write_whole``)."""
     params = [cv2.IMWRITE_JPEG_QUALITY, 95, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
-    ok, data = cv2.imencode(".jpg", np.ascontiguousarray(image), params)
-    assert ok, f"JPEG encoding failed for a {image.shape} {image.dtype} crop"  # non-empty BGR uint8 crops only
+    _write_jpeg(path, np.ascontiguousarray(image), params, "crop")
+
+
+def _write_jpeg(path: Path, image: np.ndarray, params: list[int], what: str) -> None:
+    ok, data = cv2.imencode(".jpg", image, params)
+    # predict hands over BGR uint8 frames and non-empty crops of them, which always encode
+    assert ok, f"JPEG encoding failed for a {image.shape} {image.dtype} {what}"
     _write_whole(path, data.tobytes())
 
 
