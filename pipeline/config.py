@@ -125,7 +125,7 @@ class ReconnectConfig(_Strict):
 
 class PictureConfig(_Strict):
     """Picture health, checked in the camera's decoder on a small grey thumbnail (about 64 px wide) of a
-    frame every ``interval_s`` of stream time: ``frozen`` (the picture stopped changing: an encoder
+    frame every ``interval_s`` of stream time (``pipeline.picture``): ``frozen`` (the picture stopped changing: an encoder
     repeating one frame) and ``blank`` (no contrast: black, white, a covered lens, a camera facing a
     wall) are reported in status events while the camera stays live and its frames go on to the model.
     Thresholds are grey levels (0-255) of the thumbnail. Measured on H.264 clips (crf 23-35): exactly
@@ -133,7 +133,13 @@ class PictureConfig(_Strict):
     a still view with mild sensor noise by 0.000-0.03 between keyframes but 0.4-1.2 across each one; a
     40x80 px object moving in 1080p by 0.026 or more, ``segpipe synth video`` scenes by 1.4 or more. A
     black picture has a std of 0.1, uniform grey 0.4, a covered lens 1.7, a street at a tenth of its
-    daylight 3.0, synthetic scenes 30."""
+    daylight 3.0, synthetic scenes 30.
+
+    ``moved`` (the view is not the camera's usual one: turned, knocked, re-aimed) and ``blurred`` (its
+    fine detail faded: defocused, fogged, smeared) compare each check with what this camera's picture
+    usually looks like, learned from its first ``learn_s`` of checks and then followed slowly; they are
+    off by default (null): a camera that pans on purpose (PTZ) or softens at night would raise them.
+    See ``pipeline.picture`` for what they measure."""
 
     enabled: bool = True
     interval_s: float = Field(1.0, gt=0, le=60, description="seconds of stream time between two checks "
@@ -147,11 +153,23 @@ class PictureConfig(_Strict):
                                                          "checked")
     blank_std: float = Field(2.0, gt=0, le=255, description="a thumbnail whose std (grey levels) is below "
                                                             "this has no contrast")
+    moved_s: float | None = Field(None, gt=0, description="the view not the usual one for this long: moved; "
+                                                         "null: not checked")
+    moved_match: float = Field(0.4, gt=0, le=0.6, description="least share of the usual view's structure "
+                                                              "still in place that counts as the same view "
+                                                              "(it clears past 1.5x)")
+    blurred_s: float | None = Field(None, gt=0, description="fine detail faded for this long: blurred; null: "
+                                                           "not checked")
+    blurred_ratio: float = Field(0.5, gt=0, le=0.6, description="least sharpness, as a share of the usual, "
+                                                                "that counts as sharp (it clears past 1.5x)")
+    learn_s: float = Field(60.0, gt=0, description="seconds of stream time the usual view and sharpness are "
+                                                   "learned over before moved and blurred are judged (then "
+                                                   "followed with this time constant)")
 
     @model_validator(mode="after")
     def _periods(self) -> PictureConfig:
         problems = [f"{key}: {getattr(self, key)} must be >= interval_s ({self.interval_s}): a condition is "
-                    "seen at the checks" for key in ("frozen_s", "blank_s")
+                    "seen at the checks" for key in ("frozen_s", "blank_s", "moved_s", "blurred_s", "learn_s")
                     if getattr(self, key) is not None and getattr(self, key) < self.interval_s]
         if problems:
             raise ValueError("\n".join(problems))  # one ConfigError per line
@@ -245,7 +263,8 @@ class CameraConfig(_Strict):
                                                                    "changed) for this long: STALLED, and "
                                                                    "its repeats are not inferred; null: off "
                                                                    "(picture: reports it, LIVE, inferred)")
-    picture: PictureConfig = Field(PictureConfig(), description="frozen and blank picture checks")
+    picture: PictureConfig = Field(PictureConfig(), description="frozen, blank, moved and blurred picture "
+                                                               "checks")
     heartbeat_timeout_s: float = Field(30.0, gt=0, description="decoder silent this long: killed, restarted")
     decode_threads: int = Field(0, ge=0, le=64, description="codec threads, 0 = FFmpeg's choice")
     nice: int = Field(19, ge=0, le=19, description="decoder process niceness: when decoding outruns the CPU, "

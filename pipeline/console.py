@@ -26,7 +26,7 @@ _COLUMNS = ("CAMERA", "STATE", "PICTURE", "SIZE", "DEC/s", "INF/s", "DROPS", "ST
 class CameraRow:
     """One camera's line. fps are rates over the last refresh; latency_ms is capture -> results;
     tracks: objects tracked so far (None: tracking off); crossed: (in, out) over its counting lines so
-    far (None: it has none); picture: ok, frozen or blank (its frames are inferred all the same)."""
+    far (None: it has none); picture: ok, frozen, blank, moved or blurred (its frames are inferred all the same)."""
 
     camera_id: str
     state: CameraState

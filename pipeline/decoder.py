@@ -1,5 +1,5 @@
 """Decoder process: one per camera, PyAV in, shared-memory ring out. Imports pipeline.camera,
-pipeline.shm and pipeline.messages only (never torch: a decoder process starts in ~0.2 s).
+pipeline.picture, pipeline.shm and pipeline.messages only (never torch: a decoder process starts in ~0.2 s).
 
 Why a process per camera: FFmpeg can hang in a network read or crash on a broken stream; in its own
 process that takes down one camera, which the supervisor restarts, never the pipeline.
@@ -12,7 +12,7 @@ camera STALLED when no frame arrives for ``stall_timeout_s``; with ``frozen_time
 has not changed in a single sampled pixel for that long (an IP camera whose encoder hung keeps sending
 the same frame) is STALLED too, and its repeats are not sent to the model until it changes. The picture
 check (``picture:``, on by default) looks at a small thumbnail of a frame every ``interval_s`` of stream
-time and reports a frozen or blank picture as the camera's ``picture`` (the camera stays LIVE and its
+time and reports a frozen, blank, moved or blurred picture as the camera's ``picture`` (the camera stays LIVE and its
 frames go on to the model: what to do about it is the user's call). The loop beats a heartbeat into the
 control block; a decoder that stops beating is killed and restarted by the supervisor.
 """
@@ -35,8 +35,9 @@ import av
 import numpy as np
 
 from engines.frames import as_shown
-from pipeline.camera import STATE_CODES, Backoff, CameraStateMachine, PictureCheck, PictureSettings, thumbnail
+from pipeline.camera import STATE_CODES, Backoff, CameraStateMachine
 from pipeline.messages import CameraState, CameraStatus, Picture
+from pipeline.picture import PictureCheck, PictureSettings, sharpness, thumbnail
 from pipeline.shm import RingWriter
 
 if TYPE_CHECKING:
@@ -84,7 +85,9 @@ class DecoderSettings:
     def from_config(cls, cam: CameraConfig) -> DecoderSettings:
         r, pic = cam.reconnect, cam.picture
         picture = PictureSettings(interval_s=pic.interval_s, frozen_diff=pic.frozen_diff, frozen_s=pic.frozen_s,
-                                  blank_std=pic.blank_std, blank_s=pic.blank_s) if pic.enabled else None
+                                  blank_std=pic.blank_std, blank_s=pic.blank_s, moved_match=pic.moved_match,
+                                  moved_s=pic.moved_s, blurred_ratio=pic.blurred_ratio, blurred_s=pic.blurred_s,
+                                  learn_s=pic.learn_s) if pic.enabled else None
         return cls(camera_id=cam.id, url=cam.url, is_file=cam.is_file, fps=cam.fps, loop=cam.loop,
                    realtime=cam.realtime, lossless=cam.lossless, transport=cam.transport, open_timeout_s=cam.open_timeout_s,
                    read_timeout_s=cam.read_timeout_s, stall_timeout_s=cam.stall_timeout_s,
@@ -339,7 +342,8 @@ class Decoder:
         of video it holds, as a live camera is (its stream time is its wall time, outages left out)."""
         assert self._picture is not None
         if self._picture.due(t):
-            change = self._picture.update(thumbnail(image), t)
+            sharp = sharpness(image) if self._picture.wants_sharpness else None
+            change = self._picture.update(thumbnail(image), t, sharp)
             if change is not None:
                 self.machine.set_picture(*change)
 

@@ -204,12 +204,14 @@ class CameraState(str, enum.Enum):
 
 
 class Picture(str, enum.Enum):
-    """What a camera's decoded picture looks like (``pipeline.camera.PictureCheck``), beside its state:
+    """What a camera's decoded picture looks like (``pipeline.picture.PictureCheck``), beside its state:
     a camera can be LIVE, frames flowing, with a useless picture."""
 
     OK = "ok"
     FROZEN = "frozen"  # not changed for picture.frozen_s (an encoder repeating one frame)
     BLANK = "blank"  # no contrast for picture.blank_s (black, white, a covered lens, a wall)
+    MOVED = "moved"  # not its usual view for picture.moved_s (turned, knocked, re-aimed)
+    BLURRED = "blurred"  # its fine detail faded for picture.blurred_s (defocused, fogged, smeared)
 
 
 @dataclass(frozen=True, slots=True)

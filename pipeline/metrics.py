@@ -134,7 +134,7 @@ class Metrics:
         self.camera_state = Enum("camera_state", "Current camera state", ["camera"],
                                  states=[s.value for s in CameraState], namespace=ns, registry=reg)
         self.camera_picture = Gauge("camera_picture_problem", "1 while a running camera's picture has this "
-                                    "problem (frozen, blank), else 0; its frames are still inferred",
+                                    "problem (frozen, blank, moved, blurred), else 0; its frames are still inferred",
                                     ["camera", "problem"], namespace=ns, registry=reg)
         self.batch_size = Histogram("batch_size", "Frames per engine call", namespace=ns, registry=reg,
                                     buckets=BATCH_BUCKETS)
@@ -252,7 +252,7 @@ class Metrics:
         """The camera's picture problems as 0/1 gauges, one per problem; all 0 once it ended, failed or
         stopped (a camera a reload removed must not keep an alert firing)."""
         running = state not in (CameraState.ENDED, CameraState.FAILED, CameraState.STOPPED)
-        for problem in (Picture.FROZEN, Picture.BLANK):
+        for problem in (p for p in Picture if p is not Picture.OK):
             self.camera_picture.labels(camera_id, problem.value).set(1 if running and picture is problem else 0)
 
     def set_engine_loaded(self, loaded: bool) -> None:

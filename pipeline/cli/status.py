@@ -2,7 +2,7 @@
 
 ``segpipe run`` serves what its console shows as JSON on ``/cameras`` (beside ``/metrics``); this
 reads it twice, ``--interval`` apart, for rates, and prints the same table (each camera's state, its
-picture: ok, frozen or blank, and its figures; or the JSON with ``--json``). ``--watch`` keeps
+picture: ok, frozen, blank, moved or blurred, and its figures; or the JSON with ``--json``). ``--watch`` keeps
 refreshing until Ctrl-C.
 """
 

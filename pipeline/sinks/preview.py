@@ -54,7 +54,7 @@ class _Camera:
     """One camera's latest frame (``seq`` counts them) and its JPEG, made once per frame."""
 
     state: str = "unknown"
-    picture: str = "ok"  # the last status's: ok, frozen or blank
+    picture: str = "ok"  # the last status's: ok, frozen, blank, moved or blurred
     seq: int = 0
     image: np.ndarray | None = None
     result: FrameResult | None = None

@@ -1,7 +1,7 @@
 """Webhook sink: HTTP POST of chosen events, one JSON event per request, in order.
 
 For alerts, not for every frame: by default only frame events with a line crossing and camera status
-changes (a picture gone frozen or blank, and back, included: those are statuses) go out (``events``), optionally only for some labels (``classes``), and without their masks
+changes (a picture gone frozen, blank, moved or blurred, and back, included: those are statuses) go out (``events``), optionally only for some labels (``classes``), and without their masks
 (``masks: false``: ``mask`` is null), so a receiver such as n8n, Node-RED, a VMS or a chat relay gets
 small bodies. Each request carries ``Idempotency-Key`` (a hash of the body, the same on every retry),
 ``X-Segpipe-Camera``, and with ``secret`` ``X-Segpipe-Timestamp`` and ``X-Segpipe-Signature: sha256=<hex>``,

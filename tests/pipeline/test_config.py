@@ -56,13 +56,17 @@ def test_valid_config_gets_defaults_and_is_frozen(clip: Path) -> None:
     assert ds.nslots == 4 and DecoderSettings.from_config(gate.model_copy(update={"ring_frames": 12})).nslots == 12
     assert gate.picture.enabled and ds.picture is not None  # picture checks: on by default, settings passed on
     assert (ds.picture.interval_s, ds.picture.frozen_s, ds.picture.blank_s) == (1.0, 30.0, 10.0)
+    assert (ds.picture.moved_s, ds.picture.blurred_s, ds.picture.learn_s) == (None, None, 60.0)  # opt-in checks
     raw = base(clip)
     raw["cameras"][0]["picture"] = {"enabled": False}
-    raw["cameras"][1]["picture"] = {"frozen_s": None, "blank_std": 5}
+    raw["cameras"][1]["picture"] = {"frozen_s": None, "blank_std": 5, "moved_s": 20, "blurred_s": 40,
+                                    "moved_match": 0.3, "blurred_ratio": 0.4, "learn_s": 120}
     door, gate = parse_config(raw, env={}).cameras
     assert DecoderSettings.from_config(door).picture is None
     ds = DecoderSettings.from_config(gate)
     assert ds.picture is not None and ds.picture.frozen_s is None and ds.picture.blank_std == 5
+    assert (ds.picture.moved_s, ds.picture.blurred_s, ds.picture.moved_match, ds.picture.blurred_ratio,
+            ds.picture.learn_s) == (20, 40, 0.3, 0.4, 120)
     dev = DeviceSettings.from_config(cfg)
     assert dev.imgsz is None and dev.nms.iou == cfg.model.iou and dev.batch.max_wait_s == pytest.approx(0.010)
 
@@ -195,6 +199,12 @@ BAD = [  # (where, value, expected error line prefix, expected text)
     ("cameras[0].picture", {"blank_s": 0.5}, "cameras[0].picture.blank_s",
      "0.5 must be >= interval_s (1.0): a condition is seen at the checks"),
     ("cameras[0].picture", {"enabled": "sometimes"}, "cameras[0].picture.enabled", "valid boolean"),
+    ("cameras[0].picture", {"moved_s": 0.5}, "cameras[0].picture.moved_s",
+     "0.5 must be >= interval_s (1.0): a condition is seen at the checks"),
+    ("cameras[0].picture", {"moved_match": 0.8}, "cameras[0].picture.moved_match", "less than or equal to 0.6"),
+    ("cameras[1].picture", {"blurred_ratio": 0}, "cameras[1].picture.blurred_ratio", "greater than 0"),
+    ("cameras[1].picture", {"learn_s": 0.2}, "cameras[1].picture.learn_s",
+     "0.2 must be >= interval_s (1.0): a condition is seen at the checks"),
     ("cameras[0].picture", True, "cameras[0].picture", "valid dictionary"),
 ]
 

@@ -144,6 +144,8 @@ def test_status_event_matches_schema(validator: jsonschema.Validator) -> None:
     event = json.loads(encode(status_event(st, publish_ts=1.5)))
     validator.validate(event)
     assert (event["state"], event["picture"], event["detail"]) == ("live", "frozen", "picture frozen for 30 s")
+    for picture in Picture:  # every verdict the decoders can give
+        validator.validate({**event, "picture": picture.value})
     with pytest.raises(jsonschema.ValidationError):
         validator.validate({**event, "picture": "dark"})
     del event["picture"]  # an older segpipe's status: still valid (the field was added, not versioned)

@@ -109,16 +109,17 @@ def test_picture_problems_are_gauges_that_a_stopped_camera_clears() -> None:
 
     def problems() -> dict[str, float]:
         s = _samples(m.render().decode())
-        return {p: s["segpipe_camera_picture_problem", (("camera", "gate"), ("problem", p))] for p in ("frozen", "blank")}
+        return {p: s["segpipe_camera_picture_problem", (("camera", "gate"), ("problem", p))]
+                for p in ("frozen", "blank", "moved", "blurred")}
 
     m.set_camera_picture("gate", Picture.OK, CameraState.LIVE)
-    assert problems() == {"frozen": 0, "blank": 0}
+    assert problems() == {"frozen": 0, "blank": 0, "moved": 0, "blurred": 0}
     m.set_camera_picture("gate", Picture.FROZEN, CameraState.LIVE)
-    assert problems() == {"frozen": 1, "blank": 0}
-    m.set_camera_picture("gate", Picture.BLANK, CameraState.RECONNECTING)  # a camera reconnecting keeps it
-    assert problems() == {"frozen": 0, "blank": 1}
-    m.set_camera_picture("gate", Picture.BLANK, CameraState.STOPPED)  # a reload removed it: no alert for ever
-    assert problems() == {"frozen": 0, "blank": 0}
+    assert problems() == {"frozen": 1, "blank": 0, "moved": 0, "blurred": 0}
+    m.set_camera_picture("gate", Picture.MOVED, CameraState.RECONNECTING)  # a camera reconnecting keeps it
+    assert problems() == {"frozen": 0, "blank": 0, "moved": 1, "blurred": 0}
+    m.set_camera_picture("gate", Picture.BLURRED, CameraState.STOPPED)  # a reload removed it: no alert for ever
+    assert problems() == {"frozen": 0, "blank": 0, "moved": 0, "blurred": 0}
 
 
 def test_registries_are_private() -> None:

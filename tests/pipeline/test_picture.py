@@ -1,9 +1,10 @@
-"""Picture health (frozen, blank): the thumbnail, the verdict's timing and hysteresis, decoders on real
-clips (a frozen stretch, a black or grey one, synthetic scenes that must raise nothing), and `segpipe run`
-end to end (status events, /cameras, /metrics, a reload that changes the checks)."""
+"""Picture health (frozen, blank, moved, blurred): the thumbnail, view match and sharpness, the verdict's
+timing and hysteresis, decoders on real clips (a frozen stretch, a black or grey one, a blurred then
+turned one, synthetic scenes that must raise nothing), and `segpipe run` end to end (status events, /cameras, /metrics, a reload that changes the checks)."""
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import subprocess
 import sys
@@ -11,16 +12,17 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import yaml
 
 from pipeline import decoder as decoder_module
 from pipeline import shm
-from pipeline.camera import CLEAR_MARGIN, PictureCheck, PictureSettings, thumbnail
 from pipeline.config import CameraConfig, PictureConfig
 from pipeline.decoder import DecoderSettings
 from pipeline.messages import CameraState, CameraStatus, Picture
+from pipeline.picture import CLEAR_MARGIN, PictureCheck, PictureSettings, sharpness, thumbnail, view_match
 from tests.conftest import REPO, MqttBroker, free_port
 from tests.helpers import read_jsonl, wait_for
 from tests.pipeline.media import frame_index, make_frame, write_clip
@@ -33,7 +35,8 @@ FAST = PictureSettings(interval_s=0.2, frozen_diff=0.01, frozen_s=1.0, blank_std
 def defaults() -> PictureSettings:
     c = PictureConfig()
     return PictureSettings(interval_s=c.interval_s, frozen_diff=c.frozen_diff, frozen_s=c.frozen_s,
-                           blank_std=c.blank_std, blank_s=c.blank_s)
+                           blank_std=c.blank_std, blank_s=c.blank_s, moved_match=c.moved_match, moved_s=c.moved_s,
+                           blurred_ratio=c.blurred_ratio, blurred_s=c.blurred_s, learn_s=c.learn_s)
 
 
 # ------------------------------------------------------------------------------------ the thumbnail
@@ -156,6 +159,140 @@ def test_a_restarted_decoder_keeps_its_cameras_verdict_until_the_picture_says_ot
     assert blank.update(_flat(30), 0.2) == (P.OK, f"picture back (std {_flat(30).std():.1f})")
 
 
+# ----------------------------------------------------------------------------- moved and blurred
+
+
+def _scene(seed: int = 0, size: tuple[int, int] = (640, 360)) -> np.ndarray:
+    """A BGR view with structure at every scale and no repeats: smooth random shading, plus edged
+    rectangles (buildings, signs) of random grey levels."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    base = cv2.resize(rng.random((9, 16, 3), np.float32) * 160 + 40, size, interpolation=cv2.INTER_CUBIC)
+    for _ in range(40):
+        x, y = int(rng.integers(0, w - 20)), int(rng.integers(0, h - 20))
+        cv2.rectangle(base, (x, y), (x + int(rng.integers(10, w // 4)), y + int(rng.integers(10, h // 4))),
+                      tuple(float(v) for v in rng.random(3) * 255), -1)
+    return np.clip(base, 0, 255).astype(np.uint8)
+
+
+def _shift(image: np.ndarray, fx: float) -> np.ndarray:
+    h, w = image.shape[:2]
+    return cv2.warpAffine(image, np.float32([[1, 0, fx * w], [0, 1, 0]]), (w, h), borderMode=cv2.BORDER_REFLECT)
+
+
+def _turn(image: np.ndarray, degrees: float) -> np.ndarray:
+    h, w = image.shape[:2]
+    return cv2.warpAffine(image, cv2.getRotationMatrix2D((w / 2, h / 2), degrees, 1.0), (w, h),
+                          borderMode=cv2.BORDER_REFLECT)
+
+
+def _covered(image: np.ndarray) -> np.ndarray:
+    out = image.copy()
+    out[:, : image.shape[1] // 3] = (40, 40, 200)  # a truck filling a third of the view
+    return out
+
+
+@pytest.mark.parametrize("change, low, high", [
+    (lambda im: im, 1.0, 1.0),
+    (lambda im: (im * 0.3).astype(np.uint8), 0.95, 1.0),  # dusk: the same view, darker
+    (lambda im: (128 + (im.astype(np.float32) - 128) * 0.5).astype(np.uint8), 0.95, 1.0),  # haze
+    (_covered, 0.6, 0.8),  # a third of the view hidden: only those cells lost
+    (lambda im: _shift(im, 0.1), 0.0, 0.3),  # turned by a tenth of its field of view
+    (lambda im: _turn(im, 10), 0.0, 0.3),  # rolled about its axis (5 degrees: 0.45 on this view)
+    (lambda im: _scene(seed=9), 0.0, 0.3),  # another view altogether
+], ids=["same", "darker", "hazy", "covered-third", "shifted-10%", "rolled-10deg", "another-view"])
+def test_view_match_ignores_light_and_loses_a_view_that_moved(change: Callable[[np.ndarray], np.ndarray],
+                                                              low: float, high: float) -> None:
+    view = _scene()
+    match = view_match(thumbnail(view), thumbnail(change(view)))
+    assert match is not None and low <= match <= high
+
+
+def test_view_match_needs_structure_and_one_size() -> None:
+    flat = np.full((36, 64), 90, np.float32)
+    assert view_match(flat, thumbnail(_scene())) is None  # nothing in the reference to compare
+    assert view_match(thumbnail(_scene()), thumbnail(_scene(size=(320, 240)))) is None
+
+
+@pytest.mark.parametrize("change, low, high", [
+    (lambda im: (im * 0.3).astype(np.uint8), 0.9, 1.1),
+    (lambda im: (128 + (im.astype(np.float32) - 128) * 0.4).astype(np.uint8), 0.9, 1.1),
+    (lambda im: cv2.GaussianBlur(im, (0, 0), 2.0), 0.0, 0.5),
+    (lambda im: cv2.GaussianBlur(im, (0, 0), 4.0), 0.0, 0.35),
+], ids=["darker", "less-contrast", "blur-2px", "blur-4px"])
+def test_sharpness_falls_with_blur_not_with_light(change: Callable[[np.ndarray], np.ndarray], low: float,
+                                                  high: float) -> None:
+    rng = np.random.default_rng(1)
+    view = np.clip(_scene(size=(1280, 720)) + rng.normal(0, 2, (720, 1280, 3)), 0, 255).astype(np.uint8)
+    sharp, changed = sharpness(view), sharpness(change(view))
+    assert sharp is not None and changed is not None and low <= changed / sharp <= high
+    assert sharpness(np.full((720, 1280, 3), 70, np.uint8)) is None  # no contrast: nothing to say
+
+
+VIEW = PictureSettings(interval_s=0.5, frozen_diff=0.01, frozen_s=None, blank_std=2.0, blank_s=1.0,
+                       moved_s=2.0, blurred_s=2.0, learn_s=2.0)
+
+
+def _look(check: PictureCheck, images: list[np.ndarray], t0: float) -> list[tuple[float, Picture, str]]:
+    """Check ``images`` one every interval from ``t0``; the verdict changes."""
+    out = []
+    for i, image in enumerate(images):
+        t = t0 + i * check.s.interval_s
+        change = check.update(thumbnail(image), t, sharpness(image) if check.wants_sharpness else None)
+        if change is not None:
+            out.append((t, *change))
+    return out
+
+
+def test_a_camera_knocked_aside_is_moved_until_its_view_comes_back() -> None:
+    """Learned over learn_s (4 checks), the view is judged from then on: turned for moved_s, it is moved,
+    and stays moved however long it stays turned (the usual view does not learn the new one); pointed
+    back, it is back. Two views that alternate (a learner that had learned the turned view would have
+    said back)."""
+    view, turned = _scene(), _shift(_scene(), 0.12)
+    check = PictureCheck(VIEW)
+    assert _look(check, [view] * 6, 0.0) == []
+    changes = _look(check, [turned] * 20, 3.0)  # 10 s turned
+    assert [(t, p) for t, p, _ in changes] == [(5.0, P.MOVED)]
+    assert changes[0][2].startswith("picture moved (view match 0.") and changes[0][2].endswith(" for 2.0 s")
+    back = _look(check, [view] * 2, 13.0)
+    assert [(t, p) for t, p, _ in back] == [(13.0, P.OK)] and back[0][2] == "picture back (view match 1.00)"
+    # a third of the view hidden for a long time is the same view
+    assert _look(check, [_covered(view)] * 20, 14.0) == []
+
+
+def test_a_defocused_camera_is_blurred_until_it_is_sharp_again() -> None:
+    view = _scene(size=(1280, 720))
+    soft = cv2.GaussianBlur(view, (0, 0), 3.0)
+    check = PictureCheck(VIEW)
+    assert _look(check, [view] * 6, 0.0) == []
+    changes = _look(check, [soft] * 12, 3.0)
+    assert [(t, p) for t, p, _ in changes] == [(5.0, P.BLURRED)]
+    assert changes[0][2].startswith("picture blurred (sharpness 0.") and "of usual) for 2.0 s" in changes[0][2]
+    back = _look(check, [view], 9.0)
+    assert [p for _, p, _ in back] == [P.OK] and back[0][2] == "picture back (sharpness 1.00 of usual)"
+
+
+def test_moved_and_blurred_wait_for_their_reference_and_give_way_to_blank() -> None:
+    view, other = _scene(), _scene(seed=5)
+    check = PictureCheck(VIEW)
+    # the view changes during the first learn_s: that is the view being learned, not a move
+    assert _look(check, [view] * 2 + [other] * 10, 0.0) == []
+    black = np.zeros_like(view)
+    changes = _look(check, [black] * 8 + [view] * 8, 6.0)  # blank, then a view unlike the learned one
+    assert [(t, p) for t, p, _ in changes] == [(7.0, P.BLANK), (10.0, P.OK), (12.0, P.MOVED)]
+
+
+def test_a_restarted_decoder_learns_the_view_again_and_then_judges_it() -> None:
+    """Its camera was moved: the new decoder keeps saying so until it has learned a view, which is the
+    one the camera has now: back. The checks turned off never hold a verdict."""
+    view = _scene()
+    changes = _look(PictureCheck(VIEW, picture=P.MOVED), [view] * 6, 0.0)
+    assert [(t, p) for t, p, _ in changes] == [(2.0, P.OK)] and changes[0][2] == "picture back (view match 1.00)"
+    off = PictureSettings(interval_s=0.5, frozen_diff=0.01, frozen_s=None, blank_std=2.0, blank_s=None)
+    assert _look(PictureCheck(off, picture=P.BLURRED), [view], 0.0) == [(0.0, P.OK, "picture back")]
+
+
 # ---------------------------------------------------------------------------- decoders on real clips
 
 
@@ -229,6 +366,28 @@ def test_a_blank_stretch_is_reported_and_clears(tmp_path: Path, harness: Callabl
     assert S.STALLED not in h.states and h.decoded == 60
 
 
+def test_a_clip_that_blurs_then_turns_aside_is_reported_blurred_then_moved(
+        tmp_path: Path, harness: Callable[..., Harness]) -> None:
+    """Through a real decoder (H.264, crf 18): 3 s of a view (learned over 2 s), 3 s of it out of focus,
+    1 s sharp, 3 s turned aside, 1 s back: blurred after 2 s and back, moved after 2 s and back; LIVE
+    throughout and every frame decoded."""
+    view = _scene(size=(320, 180))
+    soft, aside = cv2.GaussianBlur(view, (0, 0), 2.5), _shift(view, 0.15)
+    images = [view] * 30 + [soft] * 30 + [view] * 10 + [aside] * 30 + [view] * 10
+    clip = write_clip(tmp_path / "knocked.mp4", images=images, fps=10, crf=18)
+    h = harness(url=str(clip), is_file=True, realtime=False, lossless=True,
+                picture=dataclasses.replace(VIEW, blank_s=None))
+    h.run()
+    assert picture_statuses(h.statuses) == [(S.LIVE, P.BLURRED), (S.LIVE, P.OK), (S.LIVE, P.MOVED),
+                                            (S.LIVE, P.OK)], h.statuses
+    details = [s.detail for s in h.statuses[2:6]]
+    assert details[0].startswith("picture blurred (sharpness ") and details[0].endswith(" for 2.0 s")
+    assert details[1].startswith("picture back (sharpness ")
+    assert details[2].startswith("picture moved (view match ") and details[2].endswith(" for 2.0 s")
+    assert details[3].startswith("picture back (view match ")
+    assert S.STALLED not in h.states and h.decoded == len(images)
+
+
 def test_the_check_is_off_when_not_configured(tmp_path: Path, harness: Callable[..., Harness]) -> None:
     h = harness(url=str(frozen_clip(tmp_path / "frozen.mp4")), is_file=True, realtime=False)
     h.run()
@@ -249,29 +408,35 @@ def synth_clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize("style", ["traffic", "factory"])
-def test_synthetic_scenes_raise_nothing_with_the_defaults(synth_clips: dict[str, Path],
-                                                          harness: Callable[..., Harness], style: str,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """45 s of stream time (the 8 s clip looped, unpaced), longer than frozen_s and blank_s: no picture
-    status, and every check well clear of both thresholds."""
-    seen: list[tuple[float | None, float]] = []
+def test_synthetic_scenes_raise_nothing_with_every_check_on(synth_clips: dict[str, Path],
+                                                            harness: Callable[..., Harness], style: str,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """45 s of stream time (the 8 s clip looped, unpaced), longer than frozen_s and blank_s, with moved
+    and blurred on as well (learned over 5 s, judged on every check after): no picture status, and every
+    check well clear of every threshold, though vehicles and boxes come, go and cover the view."""
+    seen: list[tuple[float | None, float, float | None, float | None]] = []
     update = PictureCheck.update
 
-    def recording(self: PictureCheck, thumb: np.ndarray, t: float) -> tuple[Picture, str] | None:
-        change = update(self, thumb, t)
-        seen.append((self.diff, self.std))
+    def recording(self: PictureCheck, thumb: np.ndarray, t: float, sharp: float | None = None
+                  ) -> tuple[Picture, str] | None:
+        change = update(self, thumb, t, sharp)
+        seen.append((self.diff, self.std, self.match, self.sharp_ratio))
         return change
 
     monkeypatch.setattr(decoder_module.PictureCheck, "update", recording)
     settings = DecoderSettings.from_config(_camera(synth_clips[style]))
     assert settings.picture == defaults()
-    h = harness(url=settings.url, is_file=True, realtime=False, loop=True, picture=settings.picture)
+    picture = dataclasses.replace(settings.picture, moved_s=1.0, blurred_s=1.0, learn_s=5.0)
+    h = harness(url=settings.url, is_file=True, realtime=False, loop=True, picture=picture)
     h.run(stop_after_decoded=450)
     assert h.decoded >= 450 and len(seen) >= 44
     assert all(s.picture is P.OK for s in h.statuses), h.statuses
-    diffs = [d for d, _ in seen if d is not None]
-    assert min(diffs) > 20 * settings.picture.frozen_diff  # type: ignore[union-attr]
-    assert min(s for _, s in seen) > 5 * settings.picture.blank_std  # type: ignore[union-attr]
+    diffs = [d for d, *_ in seen if d is not None]
+    assert min(diffs) > 20 * picture.frozen_diff
+    assert min(s for _, s, *_ in seen) > 5 * picture.blank_std
+    matches, ratios = [m for *_, m, _ in seen if m is not None], [r for *_, r in seen if r is not None]
+    assert len(matches) >= 38 and len(ratios) >= 38  # judged from 5 s on
+    assert min(matches) > picture.moved_match * CLEAR_MARGIN and min(ratios) > picture.blurred_ratio * CLEAR_MARGIN
 
 
 def test_a_restarted_decoder_is_given_its_cameras_picture(tmp_path: Path) -> None:
@@ -376,7 +541,7 @@ def test_segpipe_run_publishes_picture_statuses_and_serves_them(tmp_path: Path) 
         row = table(now, now).splitlines()[2].split()
         assert row[:3] == ["door", "live", "frozen"]  # what `segpipe status` prints
         wait_for(lambda: _metric(port, "door", "frozen") == 1.0, 10, "the frozen gauge")
-        assert _metric(port, "door", "blank") == 0.0
+        assert _metric(port, "door", "blank") == _metric(port, "door", "moved") == _metric(port, "door", "blurred") == 0.0
         _, err = proc.communicate(timeout=120)  # the clip ends, and so does the run
     finally:
         if proc.poll() is None:
