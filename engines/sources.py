@@ -19,6 +19,7 @@ import numpy as np
 
 from engines.errors import SourceError
 from engines.frames import as_shown
+from engines.mp4 import unfinished_mp4
 from engines.urls import redact_url
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -72,7 +73,8 @@ def iter_video(url: str, *, name: str | None = None, max_frames: int = 0,
         container = av.open(url, options={"rtsp_transport": "tcp"} if url.startswith("rtsp") else None,
                             timeout=10.0)
     except (av.error.FFmpegError, OSError) as e:
-        raise SourceError(f"{redact_url(url)}: cannot open video ({_reason(e, url)})") from None
+        unfinished = None if url.startswith(STREAM_PREFIXES) else unfinished_mp4(url)
+        raise SourceError(f"{redact_url(url)}: " + (unfinished or f"cannot open video ({_reason(e, url)})")) from None
     label = name or video_name(url)
     with container:
         if not container.streams.video:

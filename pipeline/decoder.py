@@ -35,6 +35,7 @@ import av
 import numpy as np
 
 from engines.frames import as_shown
+from engines.mp4 import unfinished_mp4
 from pipeline.camera import STATE_CODES, Backoff, CameraStateMachine
 from pipeline.messages import CameraState, CameraStatus, Picture
 from pipeline.picture import PictureCheck, PictureSettings, sharpness, thumbnail
@@ -199,7 +200,8 @@ class Decoder:
                 container = self._open()
             except (av.FFmpegError, OSError) as e:
                 if self.s.is_file:  # a missing or unreadable file will not get better
-                    self.machine.transition(S.FAILED, f"cannot open: {_describe(e, self.s.open_timeout_s)}")
+                    why = unfinished_mp4(self.s.url) or _describe(e, self.s.open_timeout_s)
+                    self.machine.transition(S.FAILED, f"cannot open: {why}")
                     return
                 if not self._retry(f"cannot open: {_describe(e, self.s.open_timeout_s)}"):
                     return

@@ -1,13 +1,16 @@
-"""Video sources of ``predict`` on real files as users' devices write them: damaged, turned."""
+"""Video sources of ``predict`` on real files as users' devices write them: damaged, turned, cut off."""
 
 from __future__ import annotations
 
+import struct
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from engines.errors import SourceError
+from engines.mp4 import unfinished_mp4
 from engines.sources import iter_source, iter_video
 from tests.pipeline.media import corrupt, frame_index, write_clip
 
@@ -73,3 +76,29 @@ def test_non_square_pixels_are_read_at_the_width_players_show(tmp_path: Path, ff
                     "-frames:v", "2", "-vf", "setsar=4/3", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(clip)],
                    check=True)
     assert [it.image.shape for it in iter_video(str(clip))] == [(64, 128, 3)] * 2
+
+
+def test_an_mp4_cut_off_before_its_index_says_so(tmp_path: Path, ffmpeg: str) -> None:
+    """A recording stopped before the file was closed has its frames but not its index (moov, written
+    last): predict says that, not FFmpeg's "Invalid data found", and how to record so it cannot happen.
+    Files that are not like that are not judged so: a whole MP4, a fragmented one cut short (its fragments
+    index themselves, and it plays up to the cut), a .ts, a file that is not there."""
+    clip = write_clip(tmp_path / "c.mp4", frames=30, fps=15, size=(96, 64))
+    data = clip.read_bytes()
+    assert data.index(b"moov") > data.index(b"mdat")  # PyAV, like most recorders, writes the index last
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(SourceError, match=r"cut\.mp4: the MP4 was never finished: .* \+frag_keyframe\+empty_moov"):
+        list(iter_video(str(cut)))
+    fragmented = tmp_path / "frag.mp4"
+    subprocess.run([ffmpeg, "-hide_banner", "-loglevel", "error", "-i", str(clip), "-c", "copy", "-movflags",
+                    "+frag_keyframe+empty_moov", str(fragmented)], check=True)
+    frag_cut = tmp_path / "frag_cut.mp4"
+    frag_cut.write_bytes(fragmented.read_bytes()[: fragmented.stat().st_size * 2 // 3])
+    assert 0 < len(list(iter_video(str(frag_cut)))) < 30
+    ts = write_clip(tmp_path / "c.ts", frames=3, fps=15, size=(96, 64))
+    for path in (clip, fragmented, frag_cut, ts, tmp_path / "absent.mp4"):
+        assert unfinished_mp4(path) is None, path
+    big = tmp_path / "big.mp4"  # a box with a 64-bit size, as recorders write mdat past 4 GiB
+    big.write_bytes(struct.pack(">I4s", 16, b"ftyp") + b"isom" * 2 + struct.pack(">I4sQ", 1, b"mdat", 1 << 33))
+    assert unfinished_mp4(big) is not None

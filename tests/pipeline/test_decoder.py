@@ -428,7 +428,7 @@ def test_frozen_picture_is_reported_and_its_repeats_withheld(tmp_path: Path, har
 @pytest.mark.parametrize("clip, state, frames, detail", [
     ("truncated_ts", S.ENDED, (1, 59), "end of stream"),  # plays what is there, then ends
     ("corrupt_ts", S.ENDED, (10, 60), "end of stream"),  # damaged packets are skipped; the next keyframe heals
-    ("truncated_mp4", S.FAILED, (0, 0), "Invalid data"),  # no index: nothing can be read
+    ("truncated_mp4", S.FAILED, (0, 0), "the MP4 was never finished"),  # no index: nothing can be read
     ("missing", S.FAILED, (0, 0), "No such file"),
     ("unknown_codec", S.FAILED, (0, 0), "no decoder for its video codec"),  # (before: the decoder crashed)
 ])
