@@ -6,7 +6,25 @@ status topic, after its last status, ``stopped``): a late subscriber no longer l
 is gone, and one subscribed at the time gets that empty message. The sink announces itself on
 ``<prefix>_clients/<client id>``: ``online`` (retained) once connected, and the broker publishes
 ``offline`` there (the last will) if segpipe goes away without closing. Camera ids cannot start with
-``_``, so that topic never meets a camera's.
+``_``, so those topics never meet a camera's.
+
+A camera taken out of the config while segpipe was down would keep its retained status for ever, so the
+sink keeps a roster on the broker: ``<prefix>_clients/<client id>/cameras``, retained, the JSON list of
+the cameras whose status this client may hold retained (client ids are stable across restarts). The
+writer keeps it as it sends: a camera goes on it before its first status goes out (a crash in between
+leaves no status off the roster), and off it after its status is cleared. At its first connect the sink
+reads the roster back before it publishes anything: it subscribes to it, then sends it one empty message,
+not retained, which comes back after the retained roster if there is one (a broker sends a topic's retained
+message as the subscription is made: mosquitto before any later message, as the tests check), so "none
+retained" costs one round trip, not a timeout. A broker that never answers (an ACL that drops the probe)
+holds the events back ``ROSTER_WAIT_S``; then the sink publishes without the old roster, counted as a
+``roster`` error. Each time the sink stage tells it the cameras this run hands it (``cameras_handed``: at
+start and after each reload), a sweep marker is queued; where it comes out, in order with the events
+(spooled, too), the sink clears the status of every camera on the roster that it is neither handed nor has
+published a status of in this run: one gone from the config, or left out of this sink (``cameras:``,
+``statuses: false``). In order, so a status this run publishes is never cleared after it, and a status an
+earlier run spooled goes out, then is cleared. Another client id (a ``--shard`` replica) keeps its own
+roster and never clears these.
 
 Like the Redis sink, it never blocks the pipeline and survives the broker going away: paho's own
 thread keeps the connection (reconnecting with back-off up to ``backoff_max_s``); events wait in the
@@ -21,6 +39,7 @@ only its redacted form is ever logged.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import sys
 import threading
@@ -42,6 +61,8 @@ log = logging.getLogger(__name__)
 
 _CLEAR = b""  # an empty retained message: the broker forgets the topic's retained one
 _RETRY_S = 0.2  # how long the writer waits before trying again while the broker is away or paho's queue is full
+_SWEEP = "_sweep"  # the record of a sweep marker (a REMOVED marker of this non-camera): no topic, no event
+ROSTER_WAIT_S = 5.0  # how long the roster's read-back may take before the sink publishes without it
 
 
 class MqttSink(ThreadedSink):
@@ -58,13 +79,21 @@ class MqttSink(ThreadedSink):
         self.topic_prefix, self.qos = topic_prefix, qos
         self.client_id = client_id or mqtt_client_id(name)
         self.presence_topic = f"{topic_prefix}_clients/{self.client_id}"
-        self.connected = threading.Event()
+        self.roster_topic = f"{self.presence_topic}/cameras"
+        self.connected = threading.Event()  # connected, and the roster read back: the writer may publish
         self.max_inflight = max_inflight
         self._lock = threading.Condition()  # guards the two mid tables below (writer and paho's thread)
         self._pending: dict[int, str] = {}  # message id -> camera, published and not yet acknowledged
         self._early: set[int] = set()  # acknowledged before the writer recorded them
         self._state = ""  # the last connection news logged, so an outage logs once, not every retry
-        self._retained: set[str] = set()  # cameras whose status it published (the sink stage's thread)
+        # the roster: cameras whose status this client may hold retained (None until read back; then the writer's)
+        self._roster: set[str] | None = None
+        self._roster_sent: frozenset[str] = frozenset()  # what the broker retains of it
+        self._roster_due = 0.0  # monotonic: when to stop waiting for its read-back (0: not waiting)
+        # the sink stage's thread writes these, the writer's sweep reads them
+        self._hand_lock = threading.Lock()
+        self._retained: set[str] = set()  # cameras whose status it published
+        self._handed: frozenset[str] | None = None  # cameras this run hands it (None: not told yet)
         self.spool = open_spool(spool_dir, max_bytes=spool_max_bytes, sink=f"mqtt sink {name!r}")
         c = self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id)
         c.max_inflight_messages_set(max_inflight)
@@ -80,6 +109,7 @@ class MqttSink(ThreadedSink):
         c.will_set(self.presence_topic, b"offline", qos=1, retain=True)
         c.on_connect, c.on_disconnect, c.on_publish = self._on_connect, self._on_disconnect, self._on_publish
         c.on_connect_fail = self._on_connect_fail
+        c.on_subscribe, c.on_message = self._on_subscribe, self._on_message
         # connect_async: a broker that is down at start is waited for, as one that goes away later
         c.connect_async(parts.hostname or "", parts.port or (8883 if tls else 1883), keepalive=keepalive_s)
         c.loop_start()
@@ -106,11 +136,54 @@ class MqttSink(ThreadedSink):
             self._news(f"refused {reason}", "mqtt sink %s: %s refused the connection: %s", self.name,
                        self.redacted_url, reason)
             return
-        info = client.publish(self.presence_topic, b"online", qos=1, retain=True)
-        with self._lock:  # its acknowledgement comes on this thread, after this callback: no race
-            self._pending[info.mid] = ""  # no camera's event: not counted as sent
-        self.connected.set()
-        self._news("up", "mqtt sink %s: connected to %s", self.name, self.redacted_url)
+        mids = [client.publish(self.presence_topic, b"online", qos=1, retain=True).mid]
+        if self._roster is None:  # read the roster back first: subscribe, then the probe that ends it
+            self._roster_due = time.monotonic() + ROSTER_WAIT_S
+            client.subscribe(self.roster_topic, qos=1)
+            mids.append(client.publish(self.roster_topic, b"", qos=1).mid)
+        with self._lock:  # their acknowledgements come on this thread, after this callback: no race
+            self._pending.update(dict.fromkeys(mids, ""))  # no camera's events: not counted as sent
+        if self._roster is not None:
+            self._up()
+
+    def _on_subscribe(self, _client: mqtt.Client, _userdata: Any, _mid: int, reasons: Any, _props: Any) -> None:
+        refused = [r for r in reasons if r.is_failure]
+        if refused:
+            self._roster_read(set(), why=f"the broker refused the subscription: {refused[0]}")
+
+    def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic != self.roster_topic or self._roster is not None:
+            return  # its own messages echoed before the unsubscribe took effect
+        if not msg.retain:  # its probe is back: the broker retained no roster
+            self._roster_read(set())
+            return
+        try:
+            old = json.loads(msg.payload)
+        except ValueError:
+            old = None
+        if not isinstance(old, list) or not all(isinstance(c, str) for c in old):
+            log.warning("mqtt sink %s: %s holds no list of camera ids; ignored", self.name, self.roster_topic)
+            old = []
+        self._roster_read(set(old))
+
+    def _roster_read(self, old: set[str], why: str = "") -> None:
+        """The roster an earlier run left is ``old``: the writer may publish (paho's thread, or the writer's
+        after ``ROSTER_WAIT_S``). ``why``: why it could not be read (``old`` is then empty)."""
+        with self._lock:
+            if self._roster is not None:
+                return
+            self._roster, self._roster_sent, self._roster_due = old, frozenset(old), 0.0
+        if why:
+            self.counters.error("roster")
+            log.warning("mqtt sink %s: cannot read its roster back from %s (%s): the retained statuses of cameras "
+                        "removed while it was down stay", self.name, self.roster_topic, why)
+        self._client.unsubscribe(self.roster_topic)
+        self._up()
+
+    def _up(self) -> None:
+        if self._client.is_connected():
+            self.connected.set()
+            self._news("up", "mqtt sink %s: connected to %s", self.name, self.redacted_url)
 
     def _on_connect_fail(self, _client: mqtt.Client, _userdata: Any) -> None:
         # paho calls this inside its ``except OSError`` (broker down, TLS refused), and passes no reason
@@ -122,6 +195,7 @@ class MqttSink(ThreadedSink):
 
     def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
         self.connected.clear()
+        self._roster_due = 0.0  # read again at the next connect
         if not self._stop.is_set():
             self.counters.error("disconnect")
             self._news("down", "mqtt sink %s: lost %s (%s); reconnecting", self.name, self.redacted_url, reason)
@@ -135,24 +209,36 @@ class MqttSink(ThreadedSink):
         if camera:
             self.counters.sent(camera)
 
-    # --------------------------------------------------------------------------- the writer
+    # ---------------------------------------------------------------------- the stage's thread
 
     def publish(self, env: Envelope) -> None:
         if env.kind == "status" and env.payload:
-            self._retained.add(env.camera_id)
+            with self._hand_lock:
+                self._retained.add(env.camera_id)
         super().publish(env)
 
     def cameras_removed(self, camera_ids: Collection[str]) -> None:
         """Clear the retained statuses this sink published of ``camera_ids``. A ``REMOVED`` marker each,
         behind the cameras' last statuses: they wait and go out in order (spooled, too) while the broker
         is away, and a full queue never drops one (the status would stay retained for good)."""
-        self.queue_removed([camera for camera in camera_ids if camera in self._retained])
-        self._retained.difference_update(camera_ids)
+        with self._hand_lock:
+            mine = [camera for camera in camera_ids if camera in self._retained]
+            self._retained.difference_update(camera_ids)
+        self.queue_removed(mine)
+
+    def cameras_handed(self, camera_ids: Collection[str]) -> None:
+        """Take the cameras whose statuses this run hands the sink (at start, and after each reload), and
+        queue a sweep marker: where it comes out, in order, the statuses of the cameras on the roster that
+        it is not handed and has published none of in this run are cleared (see the module doc)."""
+        with self._hand_lock:
+            self._handed = frozenset(camera_ids)
+        self.queue_removed([_SWEEP])
+
+    # --------------------------------------------------------------------------- the writer
 
     def write_batch(self, envs: list[Envelope]) -> None:
-        # the topic after the prefix; a marker is its camera's status cleared
-        records = [(f"{env.camera_id}/status", _CLEAR) if env.kind == REMOVED else
-                   (f"{env.camera_id}/{env.kind}", env.payload) for env in envs]
+        self._roster_overdue()
+        records = [_record(env) for env in envs]
         if self.spool is not None and (len(self.spool) or not self.connected.is_set()):
             self._to_spool(records)  # behind the backlog: events leave in the order they came
             self._drain()
@@ -167,34 +253,94 @@ class MqttSink(ThreadedSink):
             self.connected.wait(_RETRY_S)
 
     def _send(self, records: list[tuple[str, bytes]]) -> int:
-        """Hand ``records`` (topic after the prefix, payload) to paho in order; how many it took. It stops
-        at a lost connection, or at a full window that no acknowledgement frees within ``_RETRY_S``."""
+        """Hand ``records`` (topic after the prefix, payload) to paho in order, the roster kept up to date
+        around them; how many it took. It stops at a lost connection, or at a full window that no
+        acknowledgement frees within ``_RETRY_S``."""
         for i, (key, payload) in enumerate(records):
-            camera, _, kind = key.partition("/")
-            if not self.connected.is_set():
+            roster = self._roster
+            if not self.connected.is_set() or roster is None:
                 return i
-            info = self._client.publish(self.topic_prefix + key, payload, qos=self.qos, retain=kind == "status")
-            if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
-                with self._lock:  # until an acknowledgement makes room
-                    self._lock.wait_for(lambda: len(self._pending) < self.max_inflight, _RETRY_S)
-                return i
-            if info.rc == mqtt.MQTT_ERR_NO_CONN:  # the link went since the check above
-                return i
-            if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                self.counters.error("publish")
-                if payload:  # a clear is no event
-                    self.counters.dropped(camera, "write_error")
+            if key == _SWEEP:
+                if not self._sweep(roster):
+                    return i
                 continue
-            counted = camera if payload else ""  # a clear is no event: not counted as sent
-            with self._lock:
-                early = info.mid in self._early
-                if early:
-                    self._early.discard(info.mid)
-                else:
-                    self._pending[info.mid] = counted
-            if early and counted:
-                self.counters.sent(counted)
+            camera, _, kind = key.partition("/")
+            if kind != "status":
+                ok = self._put(self.topic_prefix + key, payload, retain=False, camera=camera)
+            elif payload:  # on the roster before its status is retained: a crash in between leaves none off it
+                ok = self._put_roster(roster | {camera}) and self._put(self.topic_prefix + key, payload,
+                                                                        retain=True, camera=camera)
+                if ok:
+                    roster.add(camera)
+            else:  # a clear, of a status this client may hold retained (not again after a sweep's)
+                ok = camera not in roster or self._put(self.topic_prefix + key, _CLEAR, retain=True)
+                if ok:
+                    roster.discard(camera)
+            if not ok:
+                return i
+        if self._roster is not None and self.connected.is_set():
+            self._put_roster(self._roster)  # off it after the clears (tried again when idle)
         return len(records)
+
+    def _sweep(self, roster: set[str]) -> bool:
+        """Clear the status of the cameras on ``roster`` that this run does not hand the sink and has
+        published none of; False when it must be tried again (those cleared are off the roster)."""
+        with self._hand_lock:
+            keep = None if self._handed is None else self._handed | self._retained
+        if keep is None:  # spooled by an earlier run: this one sweeps once it knows its cameras
+            return True
+        stale = sorted(roster - keep)
+        for camera in stale:
+            if not self._put(f"{self.topic_prefix}{camera}/status", _CLEAR, retain=True):
+                return False
+            roster.discard(camera)
+        if stale:
+            log.info("mqtt sink %s: cleared the retained status of %d camera(s) no longer handed to it: %s",
+                     self.name, len(stale), ", ".join(stale))
+        return True
+
+    def _put_roster(self, cameras: set[str]) -> bool:
+        """Retain ``cameras`` as the roster unless the broker has it already; False: try again later."""
+        if cameras == self._roster_sent:
+            return True
+        payload = json.dumps(sorted(cameras), separators=(",", ":")).encode()
+        if not self._put(self.roster_topic, payload, retain=True, qos=1):
+            return False
+        self._roster_sent = frozenset(cameras)
+        return True
+
+    def _put(self, topic: str, payload: bytes, *, retain: bool, qos: int | None = None, camera: str = "") -> bool:
+        """Hand one message to paho; False when it must be tried again (the link went, or a full window
+        that no acknowledgement frees within ``_RETRY_S``). One paho refuses for good is counted and done
+        with. ``camera``: the event's camera, counted as sent once acknowledged ("": no event)."""
+        info = self._client.publish(topic, payload, qos=self.qos if qos is None else qos, retain=retain)
+        if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
+            with self._lock:  # until an acknowledgement makes room
+                self._lock.wait_for(lambda: len(self._pending) < self.max_inflight, _RETRY_S)
+            return False
+        if info.rc == mqtt.MQTT_ERR_NO_CONN:  # the link went since the writer checked
+            return False
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            self.counters.error("publish")
+            if camera:
+                self.counters.dropped(camera, "write_error")
+            return True
+        with self._lock:
+            early = info.mid in self._early
+            if early:
+                self._early.discard(info.mid)
+            else:
+                self._pending[info.mid] = camera
+        if early and camera:
+            self.counters.sent(camera)
+        return True
+
+    def _roster_overdue(self) -> None:
+        """Publish without the roster when its read-back takes past ``ROSTER_WAIT_S`` (a broker that
+        drops the probe)."""
+        due = self._roster_due
+        if self._roster is None and due and time.monotonic() > due:
+            self._roster_read(set(), why=f"no answer in {ROSTER_WAIT_S:g} s")
 
     def _to_spool(self, records: list[tuple[str, bytes]]) -> None:
         assert self.spool is not None
@@ -216,8 +362,13 @@ class MqttSink(ThreadedSink):
                 return
 
     def idle(self) -> None:
-        if self.spool is not None and len(self.spool) and self.connected.is_set():
+        self._roster_overdue()
+        if not self.connected.is_set():
+            return
+        if self.spool is not None and len(self.spool):
             self._drain()
+        elif self._roster is not None:
+            self._put_roster(self._roster)  # one a full window held back
 
     def backlog(self) -> int:
         with self._lock:
@@ -253,3 +404,11 @@ class MqttSink(ThreadedSink):
         self._client.loop_stop()
         if self.spool is not None:
             self.spool.close()
+
+
+def _record(env: Envelope) -> tuple[str, bytes]:
+    """``env`` as the writer sends and spools it: (topic after the prefix, payload). A ``REMOVED`` marker
+    is its camera's status cleared, or the sweep."""
+    if env.kind != REMOVED:
+        return f"{env.camera_id}/{env.kind}", env.payload
+    return (_SWEEP, b"") if env.camera_id == _SWEEP else (f"{env.camera_id}/status", _CLEAR)

@@ -26,7 +26,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from pipeline.config import CameraConfig, TrackingConfig
 from pipeline.events import encode, status_event, to_event
@@ -180,6 +180,11 @@ class SinkStage:
         # none are given at start: the stage learns them from their statuses)
         self._cameras = {c.id for c in cameras}
         self._gone: set[str] = set()  # removed by a reload and not put back since
+        # sinks that clear what an earlier run left retained are told the run's cameras: ``rings`` names
+        # them too (the supervisor passes it with event workers as without); given neither, they are told
+        # at the first reload, and clear nothing before (a camera is cleared only once known to be gone)
+        if cameras or rings is not None:
+            self._hand([c.id for c in cameras] if cameras else list(rings or ()))
         self._e2e: dict[str, list[float]] = defaultdict(list)
         self._step: list[float] = []
 
@@ -211,6 +216,7 @@ class SinkStage:
         gone = self._cameras - ids
         self._cameras, self._gone = ids, (self._gone | gone) - ids
         self._removed(gone)
+        self._hand(ids)
 
     def _removed(self, camera_ids: Collection[str]) -> None:
         """Tell each retaining sink of those of ``camera_ids`` whose events it is handed."""
@@ -223,6 +229,17 @@ class SinkStage:
             except Exception as e:  # sinks must not raise; if one does, it fails alone
                 sink.counters.error("cameras_removed")
                 log.error("sink %s: cameras_removed raised %s: %s", sink.name, type(e).__name__, e)
+
+    def _hand(self, camera_ids: Collection[str]) -> None:
+        """Tell each ``Rostered`` sink which of ``camera_ids`` (the run's cameras) it is handed statuses of."""
+        for cfg, sink in self.sinks:
+            if not isinstance(sink, Rostered):
+                continue
+            try:
+                sink.cameras_handed(sorted(c for c in camera_ids if _wants(cfg, c, "status")))
+            except Exception as e:  # sinks must not raise; if one does, it fails alone
+                sink.counters.error("cameras_handed")
+                log.error("sink %s: cameras_handed raised %s: %s", sink.name, type(e).__name__, e)
 
     def _late(self, env: Envelope) -> bool:
         """Whether status ``env`` is a removed camera's last (``stopped``), come after the reload's
@@ -325,6 +342,17 @@ class SinkStage:
                 log.error("sink %s: close raised %s: %s", sink.name, type(e).__name__, e)
         if self.frames is not None:
             self.frames.close()
+
+
+@runtime_checkable
+class Rostered(Protocol):
+    """A retaining sink whose server keeps what it retained across runs (MQTT): told the cameras this run
+    hands it, it clears what an earlier run left of the others (a camera removed while segpipe was down)."""
+
+    def cameras_handed(self, camera_ids: Collection[str]) -> None:
+        """The cameras whose statuses this run hands the sink (at start and after each reload); like
+        ``publish``, never blocks and never raises."""
+        ...
 
 
 def _wants(cfg: SinkConfig, camera_id: str, kind: str) -> bool:

@@ -1,6 +1,6 @@
 """MQTT sink against a real mosquitto broker: per-camera topics, retained statuses (cleared for a camera a
-reload removes), presence and last will, a broker that is down at start or restarts mid-stream (nothing
-lost at qos 1), refused logins."""
+reload removes, or that left while segpipe was down: the roster), presence and last will, a broker that is
+down at start or restarts mid-stream (nothing lost at qos 1), refused logins."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from pipeline.cli import main
 from pipeline.config import CameraConfig, parse_config
 from pipeline.events import encode, status_event
 from pipeline.messages import CameraState, CameraStatus
+from pipeline.sinks import mqtt as mqtt_sink
 from pipeline.sinks.base import REMOVED, Envelope, policy_for
 from pipeline.sinks.config import MqttSinkConfig
 from pipeline.sinks.mqtt import MqttSink
@@ -94,9 +95,10 @@ def test_events_go_to_per_camera_topics_with_statuses_retained(mqtt_broker: Mqtt
     # a subscriber that comes later learns each camera's state and that segpipe is online
     late = Subscriber(mqtt_broker, client_id="late")
     try:
-        wait_for(lambda: len(late.got) >= 2, 10, "the retained messages")
+        wait_for(lambda: len(late.got) >= 3, 10, "the retained messages")
         retained = {t: (e if isinstance(e, str) else e["state"]) for t, e, r in late.got if r}
-        assert retained == {"segpipe/gate/status": "live", "segpipe/_clients/segpipe-test": "online"}
+        assert retained == {"segpipe/gate/status": "live", "segpipe/_clients/segpipe-test": "online",
+                            "segpipe/_clients/segpipe-test/cameras": '["gate"]'}  # its roster
         sink.close()
         wait_for(lambda: ("segpipe/_clients/segpipe-test", "offline", False) in late.got, 10, "offline")
     finally:
@@ -149,7 +151,8 @@ def test_a_camera_a_reload_removes_leaves_no_retained_status(mqtt_broker: MqttBr
     seen = [e if isinstance(e, str) else e["state"] for t, e, _ in subscriber.got if t == "segpipe/gate/status"]
     assert seen == (["live", "", "stopped", ""] if workers else ["live", "stopped", ""])
     assert sink.counters.totals_sent == {"gate": 2, "dock": 1}  # a clear is no event
-    assert _retained(mqtt_broker, 2) == {"segpipe/dock/status": "live", "segpipe/_clients/segpipe-reload": "offline"}
+    assert _retained(mqtt_broker, 3) == {"segpipe/dock/status": "live", "segpipe/_clients/segpipe-reload": "offline",
+                                         "segpipe/_clients/segpipe-reload/cameras": '["dock"]'}
 
 
 def test_a_clear_waits_on_disk_for_a_broker_that_is_away(tmp_path: Path) -> None:
@@ -168,7 +171,8 @@ def test_a_clear_waits_on_disk_for_a_broker_that_is_away(tmp_path: Path) -> None
         broker.start()
         wait_for(lambda: sink.connected.is_set() and sink.backlog() == 0, 30, "the spool to be sent")
         assert sink.flush(10)
-        assert _retained(broker, 2) == {"segpipe/dock/status": "live", "segpipe/_clients/segpipe-test": "online"}
+        assert _retained(broker, 3) == {"segpipe/dock/status": "live", "segpipe/_clients/segpipe-test": "online",
+                                        "segpipe/_clients/segpipe-test/cameras": '["dock"]'}
     finally:
         sink.close()
         broker.stop()
@@ -202,6 +206,167 @@ def test_a_full_queue_never_drops_a_clear(tmp_path: Path) -> None:
     sink.close(timeout=0.5)  # the broker never came: what is left is counted as dropped at shutdown
     assert dict(sink.counters.totals_dropped) == {("dock", "buffer_full"): 1, ("gate", "buffer_full"): 3,
                                                   ("gate", "shutdown"): 1}
+
+
+# ---------------------------------------------------------------- what an earlier run left retained
+
+A, B, C = (CameraConfig(id=c, url=f"{c}.mp4") for c in "abc")
+ROSTER = "segpipe/_clients/segpipe-test/cameras"
+PRESENCE = "segpipe/_clients/segpipe-test"
+
+
+def _stage(broker: MqttBroker, run: tuple[CameraConfig, ...], /, *, workers: bool = False,
+           **cfg: Any) -> tuple[SinkStage, MqttSink]:
+    """A sink stage of the cameras ``run`` with one MQTT sink of ``cfg`` (client id ``segpipe-test`` unless
+    it says): with ``workers`` as with event workers, the cameras named by their rings alone."""
+    cfg.setdefault("client_id", "segpipe-test")
+    config = MqttSinkConfig(type="mqtt", url=broker.url, backoff_max_s=1, **cfg)
+    stage = SinkStage.from_configs([config], cameras=() if workers else run,
+                                   rings={c.id: f"ring-{c.id}" for c in run} if workers else None)
+    sink = stage.sinks[0][1]
+    assert isinstance(sink, MqttSink)
+    return stage, sink
+
+
+def _say(stage: SinkStage, camera: CameraConfig, state: CameraState) -> None:
+    stage.take(CameraStatus(camera_id=camera.id, state=state, ts=time.time()))
+
+
+def _first_run(broker: MqttBroker, cameras: tuple[CameraConfig, ...], **cfg: Any) -> None:
+    """A run that publishes every camera ``live``, then stops."""
+    stage, sink = _stage(broker, cameras, **cfg)
+    try:
+        for cam in cameras:
+            _say(stage, cam, CameraState.LIVE)
+        assert sink.flush(10)
+    finally:
+        stage.close()
+
+
+@pytest.mark.parametrize("cameras, workers, cfg, retained", [
+    ((A,), False, {}, {"segpipe/a/status": "live", ROSTER: '["a"]'}),
+    ((A, B), False, {"cameras": ("a",)}, {"segpipe/a/status": "live", ROSTER: '["a"]'}),
+    ((A,), True, {}, {"segpipe/a/status": "live", ROSTER: '["a"]'}),
+    ((A, B), False, {"statuses": False}, {ROSTER: "[]"}),
+], ids=["removed", "filtered-out", "event-workers", "statuses-off"])
+def test_a_camera_gone_while_segpipe_was_down_leaves_no_retained_status(
+        mqtt_broker: MqttBroker, subscriber: Subscriber, cameras: tuple[CameraConfig, ...], workers: bool,
+        cfg: dict[str, Any], retained: dict[str, str]) -> None:
+    """Run 1 publishes a and b; run 2 is not handed b's statuses (b left the config, the sink's ``cameras:``
+    leaves it out, or the sink publishes no status at all): b's status, retained by run 1, is cleared
+    at run 2's start, before any status of its own; a's stays, until run 2 says otherwise."""
+    _first_run(mqtt_broker, (A, B))
+    stage, sink = _stage(mqtt_broker, cameras, workers=workers, **cfg)
+    try:
+        assert sink.flush(10)
+    finally:
+        stage.close()
+    assert _retained(mqtt_broker, len(retained) + 1) == {**retained, PRESENCE: "offline"}
+    cleared = {t for t, e, _ in subscriber.got if e == "" and t.endswith("/status")}
+    assert cleared == ({"segpipe/b/status"} if "segpipe/a/status" in retained else
+                       {"segpipe/a/status", "segpipe/b/status"})
+
+
+def test_with_no_camera_list_nothing_is_cleared_until_a_reload_gives_one(mqtt_broker: MqttBroker) -> None:
+    """A sink stage told neither cameras nor rings cannot tell a camera gone from one not heard of yet."""
+    _first_run(mqtt_broker, (A, B))
+    stage, sink = _stage(mqtt_broker, ())
+    try:
+        assert sink.flush(10)
+        assert _retained(mqtt_broker, 4) == {"segpipe/a/status": "live", "segpipe/b/status": "live",
+                                             PRESENCE: "online", ROSTER: '["a","b"]'}
+        stage.take(CamerasUpdate(cameras=(A,)))
+        assert sink.flush(10)
+        assert _retained(mqtt_broker, 3) == {"segpipe/a/status": "live", PRESENCE: "online", ROSTER: '["a"]'}
+    finally:
+        stage.close()
+
+
+@pytest.mark.parametrize("spool", [False, True], ids=["in-memory", "spooled"])
+def test_a_broker_down_at_start_is_swept_once_up_and_a_camera_published_meanwhile_stays(tmp_path: Path,
+                                                                                      spool: bool) -> None:
+    """Run 2 starts while the broker is away, and a reload puts back c, which says ``connecting``: once the
+    broker is up b is cleared and c is not (its clear, if any, went before its new status)."""
+    broker = MqttBroker(tmp_path, persistence=True)  # what run 1 retained outlives the broker's restart
+    broker.start()
+    stage: SinkStage | None = None
+    try:
+        _first_run(broker, (A, B, C))
+        broker.stop()
+        stage, sink = _stage(broker, (A,), spool_dir=tmp_path / "spool" if spool else None)
+        stage.take(CamerasUpdate(cameras=(A, C)))
+        _say(stage, C, CameraState.CONNECTING)
+        time.sleep(0.3)
+        assert not sink.connected.is_set() and (sink.spool is None) is not spool
+        broker.start()
+        wait_for(lambda: sink.connected.is_set() and sink.backlog() == 0, 30, "the held events to be sent")
+        assert sink.flush(10)
+        assert _retained(broker, 4) == {"segpipe/a/status": "live", "segpipe/c/status": "connecting",
+                                        PRESENCE: "online", ROSTER: '["a","c"]'}
+    finally:
+        if stage is not None:
+            stage.close()
+        broker.stop()
+
+
+def test_a_status_an_earlier_run_spooled_goes_out_then_is_cleared(tmp_path: Path) -> None:
+    """Run 1 spools a's and b's statuses (the broker never came); run 2, without b, sends the spool first:
+    b's status goes out (the broker never had it on the roster), then is cleared."""
+    broker = MqttBroker(tmp_path)  # down through run 1
+    spool = tmp_path / "spool"
+    stage, sink = _stage(broker, (A, B), spool_dir=spool)
+    try:
+        for cam in (A, B):
+            _say(stage, cam, CameraState.LIVE)
+        wait_for(lambda: sink.spool is not None and sink.backlog() == 3, 10, "the statuses on disk")  # + a sweep
+    finally:
+        stage.close(timeout=1)
+    broker.start()
+    sub = Subscriber(broker)
+    stage, sink = _stage(broker, (A,), spool_dir=spool)
+    try:
+        wait_for(lambda: sink.connected.is_set() and sink.backlog() == 0, 30, "the spool to be sent")
+        assert sink.flush(10)
+        assert _retained(broker, 3) == {"segpipe/a/status": "live", PRESENCE: "online", ROSTER: '["a"]'}
+        assert [e if isinstance(e, str) else e["state"] for t, e, _ in sub.got if t == "segpipe/b/status"] == [
+            "live", ""]
+    finally:
+        stage.close()
+        sub.close()
+        broker.stop()
+
+
+def test_another_client_id_never_clears_the_first_ones_cameras(mqtt_broker: MqttBroker,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """A shard replica (its own client id) handed only a leaves b, which another replica published, alone;
+    and ``segpipe listen`` prints the statuses, not the rosters."""
+    _first_run(mqtt_broker, (A, B), client_id="replica-0")
+    stage, sink = _stage(mqtt_broker, (A,), client_id="replica-1")
+    try:
+        assert sink.flush(10)
+    finally:
+        stage.close()
+    assert _retained(mqtt_broker, 5) == {
+        "segpipe/a/status": "live", "segpipe/b/status": "live", "segpipe/_clients/replica-0": "offline",
+        "segpipe/_clients/replica-0/cameras": '["a","b"]', "segpipe/_clients/replica-1": "offline"}
+    assert main(["listen", "--mqtt", mqtt_broker.url, "--idle-timeout", "1"]) == 1  # no event for 1 s
+    out, err = capsys.readouterr()
+    assert sorted(out.splitlines()) == ["a status=live", "b status=live"] and "malformed" not in err, (out, err)
+
+
+def test_a_roster_that_cannot_be_read_back_holds_the_events_back_briefly(mqtt_broker: MqttBroker,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A broker that drops the probe (an ACL): after ``ROSTER_WAIT_S`` the sink publishes without the old
+    roster, and says so."""
+    monkeypatch.setattr(mqtt_sink, "ROSTER_WAIT_S", 0.5)
+    monkeypatch.setattr(MqttSink, "_on_message", lambda *_: None)
+    sink = _sink(mqtt_broker)
+    try:
+        sink.publish(_status("gate", CameraState.LIVE))
+        assert sink.flush(10)
+        assert sink.counters.totals_errors["roster"] == 1 and sink.counters.totals_sent == {"gate": 1}
+    finally:
+        sink.close()
 
 
 def test_a_broker_down_at_start_gets_everything_once_up(tmp_path: Path) -> None:
