@@ -12,7 +12,9 @@ with what this camera's picture usually looks like, learned from its own checks 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -230,6 +232,9 @@ class PictureCheck:
         self._blank = held(settings.blank_s, Picture.BLANK)
         self._moved = held(settings.moved_s, Picture.MOVED)
         self._blurred = held(settings.blurred_s, Picture.BLURRED)
+        # each problem's condition, the most telling first: the verdict when several hold
+        self._held = {Picture.BLANK: self._blank, Picture.FROZEN: self._frozen, Picture.MOVED: self._moved,
+                      Picture.BLURRED: self._blurred}
         self._view = _Reference(settings.learn_s, settings.interval_s)
         self._sharp = _Reference(settings.learn_s, settings.interval_s)
         self._thumb: np.ndarray | None = None
@@ -253,7 +258,7 @@ class PictureCheck:
         ``wants_sharpness``); the new verdict and why, when it changed."""
         prev, start = self._thumb, self._t
         if start is None or t < start:  # the first check, or a clock that went back: runs start here
-            for held in (self._frozen, self._blank, self._moved, self._blurred):
+            for held in self._held.values():
                 held.since = None
             start = t
         self.std = float(thumb.std())
@@ -266,9 +271,7 @@ class PictureCheck:
         self._blank.update(found=self.std < self.s.blank_std, gone=self.std > self.s.blank_std * CLEAR_MARGIN,
                            start=t, t=t)
         self._compare(thumb, sharp, t)
-        verdict = next((p for p, held in ((Picture.BLANK, self._blank), (Picture.FROZEN, self._frozen),
-                                          (Picture.MOVED, self._moved), (Picture.BLURRED, self._blurred))
-                        if held.on), Picture.OK)
+        verdict = next((p for p, held in self._held.items() if held.on), Picture.OK)
         if verdict is self.picture:
             return None
         before, self.picture = self.picture, verdict
@@ -281,34 +284,40 @@ class PictureCheck:
         blank = self.std < self.s.blank_std
         self.match = self.sharp_ratio = None
         if self.s.moved_s is not None and not blank:
-            if self._view.ready:
-                assert isinstance(self._view.value, np.ndarray)
-                self.match = view_match(self._view.value, thumb)
-            if self.match is not None:
-                self._moved.update(found=self.match < self.s.moved_match,
-                                   gone=self.match > self.s.moved_match * CLEAR_MARGIN, start=t, t=t)
-            if not self._moved.engaged or not self._view.ready:
-                self._view.learn(thumb)
+            self.match = _against(self._moved, self._view, thumb, lambda usual: view_match(usual, thumb),
+                                  self.s.moved_match, t)
         if self.s.blurred_s is not None and not blank and sharp is not None:
-            if self._sharp.ready:
-                self.sharp_ratio = sharp / float(self._sharp.value)  # type: ignore[arg-type]
-                self._blurred.update(found=self.sharp_ratio < self.s.blurred_ratio,
-                                     gone=self.sharp_ratio > self.s.blurred_ratio * CLEAR_MARGIN,
-                                     start=t, t=t)
-            if not self._blurred.engaged or not self._sharp.ready:
-                self._sharp.learn(sharp)
+            self.sharp_ratio = _against(self._blurred, self._sharp, sharp, lambda usual: sharp / usual,
+                                        self.s.blurred_ratio, t)
 
     def _detail(self, verdict: Picture, before: Picture, t: float) -> str:
-        if verdict is Picture.BLANK:
-            return f"picture blank (std {self.std:.1f}){self._blank.for_s(t)}"
-        if verdict is Picture.FROZEN:
-            return f"picture frozen{self._frozen.for_s(t)}"
-        if verdict is Picture.MOVED:
-            return f"picture moved (view match {self.match:.2f}){self._moved.for_s(t)}"
-        if verdict is Picture.BLURRED:
-            return f"picture blurred (sharpness {self.sharp_ratio:.2f} of usual){self._blurred.for_s(t)}"
-        measure = {Picture.BLANK: f" (std {self.std:.1f})",
-                   Picture.FROZEN: "" if self.diff is None else f" (change {self.diff:.2f})",
-                   Picture.MOVED: "" if self.match is None else f" (view match {self.match:.2f})",
-                   Picture.BLURRED: "" if self.sharp_ratio is None else f" (sharpness {self.sharp_ratio:.2f} of usual)"}
-        return f"picture back{measure.get(before, '')}"
+        """``picture frozen for 30 s``, ``picture moved (view match 0.12) for 60 s``, ``picture back (std
+        25.3)``: the verdict, the figure the check judged (not a frozen picture's change: about 0, it says
+        nothing) and how long it held; back, the figure of the problem that went."""
+        if verdict is Picture.OK:
+            return f"picture back{self._figure(before)}"
+        figure = "" if verdict is Picture.FROZEN else self._figure(verdict)
+        return f"picture {verdict.value}{figure}{self._held[verdict].for_s(t)}"
+
+    def _figure(self, problem: Picture) -> str:
+        """The last check's figure for ``problem``, as `` (std 1.2)``; "" when it has none."""
+        figures = {Picture.BLANK: f"std {self.std:.1f}",
+                   Picture.FROZEN: None if self.diff is None else f"change {self.diff:.2f}",
+                   Picture.MOVED: None if self.match is None else f"view match {self.match:.2f}",
+                   Picture.BLURRED: None if self.sharp_ratio is None else f"sharpness {self.sharp_ratio:.2f} of usual"}
+        figure = figures.get(problem)
+        return "" if figure is None else f" ({figure})"
+
+
+def _against(held: _Held, usual: _Reference, sample: Any, measure: Callable[[Any], float | None],
+             threshold: float, t: float) -> float | None:
+    """Judge one check against the camera's ``usual``: ``measure(usual.value)`` (None until it is ready,
+    or when there is nothing to compare) holds ``held``'s condition when under ``threshold`` and clears it
+    past ``CLEAR_MARGIN`` times that. ``usual`` then learns ``sample`` unless the condition is found or
+    on (it must not learn the problem), or it is not ready yet. Returns the figure measured."""
+    figure = measure(usual.value) if usual.ready else None
+    if figure is not None:
+        held.update(found=figure < threshold, gone=figure > threshold * CLEAR_MARGIN, start=t, t=t)
+    if not held.engaged or not usual.ready:
+        usual.learn(sample)
+    return figure
