@@ -1,4 +1,4 @@
-"""Camera state machine, and the health of its picture. Imports only pipeline.messages (and numpy).
+"""Camera state machine, and the picture verdict it carries. Imports only pipeline.messages.
 
 A camera is in exactly one ``CameraState``; ``TRANSITIONS`` lists every allowed move and
 ``CameraStateMachine.transition()`` is the only way to change state. Each change emits one

@@ -1,5 +1,6 @@
 """Decoder process: one per camera, PyAV in, shared-memory ring out. Imports pipeline.camera,
-pipeline.picture, pipeline.shm and pipeline.messages only (never torch: a decoder process starts in ~0.2 s).
+pipeline.picture, pipeline.shm, pipeline.messages, engines.frames and engines.mp4 only (never torch or cv2:
+a decoder process starts in ~0.2 s).
 
 Why a process per camera: FFmpeg can hang in a network read or crash on a broken stream; in its own
 process that takes down one camera, which the supervisor restarts, never the pipeline.

@@ -1,6 +1,6 @@
 """Prometheus metrics for the runtime, fed by typed ``StageStats`` messages, served over HTTP.
 
-Depends only on ``pipeline.messages`` and prometheus_client. The ``Metrics`` object owns its
+Depends only on ``pipeline.messages``, ``pipeline.camera`` (its final states) and prometheus_client. The ``Metrics`` object owns its
 registry (never the library's global default one), so tests and several pipelines in one process do
 not collide. Child processes (decoders, device stage, sink stage) cannot touch the supervisor's
 registry, so each sends ``StageStats`` deltas over a queue and the supervisor calls
@@ -34,6 +34,7 @@ from prometheus_client import (
 from prometheus_client.process_collector import ProcessCollector
 
 from engines.errors import ConfigError
+from pipeline.camera import TERMINAL
 from pipeline.messages import CameraState, Picture
 
 log = logging.getLogger(__name__)
@@ -251,7 +252,7 @@ class Metrics:
     def set_camera_picture(self, camera_id: str, picture: Picture, state: CameraState) -> None:
         """The camera's picture problems as 0/1 gauges, one per problem; all 0 once it ended, failed or
         stopped (a camera a reload removed must not keep an alert firing)."""
-        running = state not in (CameraState.ENDED, CameraState.FAILED, CameraState.STOPPED)
+        running = state not in TERMINAL
         for problem in (p for p in Picture if p is not Picture.OK):
             self.camera_picture.labels(camera_id, problem.value).set(1 if running and picture is problem else 0)
 

@@ -195,7 +195,7 @@ class MqttSink(ThreadedSink):
 
     def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
         self.connected.clear()
-        self._roster_due = 0.0  # read again at the next connect
+        self._roster_due = 0.0  # no wait while away: a roster not read back yet is asked for at the next connect
         if not self._stop.is_set():
             self.counters.error("disconnect")
             self._news("down", "mqtt sink %s: lost %s (%s); reconnecting", self.name, self.redacted_url, reason)
