@@ -16,7 +16,7 @@ import torch
 
 from engines.ops import rle
 from engines.ops.crops import paste_crops
-from engines.ops.polygons import mask_to_polygons
+from engines.ops.polygons import mask_to_polygons, mask_window
 
 Array = torch.Tensor | np.ndarray
 
@@ -163,11 +163,11 @@ class Detections:
             return [(x0, y0, c.astype(bool, copy=False)) for x0, y0, c in crops]
         out = []
         for m in self._host_masks("mask_crops"):
-            rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
-            if not len(rows):
+            window = mask_window(m)
+            if window is None:
                 out.append((0, 0, np.zeros((0, 0), bool)))
                 continue
-            y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+            x0, y0, x1, y1 = window
             out.append((x0, y0, m[y0:y1, x0:x1].astype(bool, copy=False)))
         return out
 

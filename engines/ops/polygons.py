@@ -1,9 +1,19 @@
-"""Mask outlines as polygons (cv2.findContours). Imports numpy and cv2 only."""
+"""Mask outlines as polygons (cv2.findContours), and the window of a mask's pixels. Imports numpy and cv2
+only."""
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
+
+
+def mask_window(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """``(x0, y0, x1, y1)``: the half-open pixel window of a (H, W) mask's nonzero pixels (``x1`` = last
+    column + 1); None when it has none."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if not len(rows):
+        return None
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
 def mask_to_polygons(mask: np.ndarray, *, offset: tuple[int, int] = (0, 0),

@@ -1,6 +1,7 @@
 """Instance masks to YOLO-seg polygons and back, and masks to COCO RLE.
 
-Imports numpy, pycocotools and ``engines.data.polygons`` (the geometry training uses).
+Imports numpy, pycocotools, ``engines.data.polygons`` (the geometry training uses) and
+``engines.ops.polygons.mask_window``.
 
 A YOLO-seg label holds one polygon per instance, but a visible mask may have several parts (an object
 split by an occluder) and holes (a tyre, a wrench ring, an object in front of the middle of another).
@@ -20,6 +21,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from engines.data.polygons import mask_outline, rasterize
+from engines.ops.polygons import mask_window
 
 
 def mask_to_polygon(mask: np.ndarray, *, epsilon: float = 0.4, min_part_area: float = 2.0) -> np.ndarray:
@@ -67,6 +69,6 @@ def rle_to_mask(rle: dict) -> np.ndarray:
 
 def mask_box(mask: np.ndarray) -> list[float]:
     """``[x1, y1, x2, y2]`` pixel-edge box of a non-empty bool mask (``x2 = last column + 1``)."""
-    ys = np.flatnonzero(mask.any(1))
-    xs = np.flatnonzero(mask.any(0))
-    return [float(xs[0]), float(ys[0]), float(xs[-1] + 1), float(ys[-1] + 1)]
+    window = mask_window(mask)
+    assert window is not None, "mask_box of an empty mask"
+    return [float(v) for v in window]

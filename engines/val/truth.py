@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from engines.ops.polygons import mask_window
+
 # Sub-pixel precision of polygon vertices handed to cv2.fillPoly (fixed point, 1/16 px).
 _SHIFT = 4
 
@@ -44,11 +46,11 @@ def rasterize_polygon(points: np.ndarray, shape: tuple[int, int]) -> tuple[np.nd
 
 def _tight(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Crop a full-frame (H, W) bool mask to its nonzero window; empty -> (0, 0) crop."""
-    ys, xs = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
-    if len(ys) == 0:
+    window = mask_window(mask)
+    if window is None:
         return np.zeros((0, 0), bool), np.zeros(4, np.int64)
-    x0, x1, y0, y1 = xs[0], xs[-1] + 1, ys[0], ys[-1] + 1
-    return mask[y0:y1, x0:x1], np.array([x0, y0, x1, y1], np.int64)
+    x0, y0, x1, y1 = window
+    return mask[y0:y1, x0:x1], np.array(window, np.int64)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
