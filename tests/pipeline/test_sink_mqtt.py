@@ -272,6 +272,8 @@ def test_with_no_camera_list_nothing_is_cleared_until_a_reload_gives_one(mqtt_br
     _first_run(mqtt_broker, (A, B))
     stage, sink = _stage(mqtt_broker, ())
     try:
+        # nothing is queued (no sweep without a camera list), so flush alone would not wait for the connect
+        wait_for(sink.connected.is_set, 10, "the sink to connect")
         assert sink.flush(10)
         assert _retained(mqtt_broker, 4) == {"segpipe/a/status": "live", "segpipe/b/status": "live",
                                              PRESENCE: "online", ROSTER: '["a","b"]'}
