@@ -5,7 +5,8 @@
 
 Input: a synthetic head output (1, 4 + 80 + 32, 8400) with k objects, each a cluster of 10 candidate
 boxes (one survives NMS), plus smooth prototypes (1, 32, 160, 160); the frame is letterboxed to 640.
-Columns (median ms): NMS alone; ``postprocess`` with masks made at the input and resized to the frame
+Columns (median ms): NMS alone; ``topk_rows`` alone (what an NMS-free YOLO26 head takes instead of NMS,
+on the same output); ``postprocess`` with masks made at the input and resized to the frame
 (the default); with retina masks; the streaming route (NMS + per-box mask crops + COCO RLE of each
 crop). Detections keep masks as box crops; the last column adds building the dense (n, H, W) frame
 masks (reading ``.masks``), which only callers that ask for them pay. When engines.nn is importable, the yolov8n-seg forward pass on the same input is timed too and
@@ -27,7 +28,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from engines.ops import NMSConfig, letterbox_geometry, mask_crops, non_max_suppression, postprocess  # noqa: E402
+from engines.ops import (  # noqa: E402
+    NMSConfig,
+    letterbox_geometry,
+    mask_crops,
+    non_max_suppression,
+    postprocess,
+    topk_rows,
+)
 from engines.ops.boxes import scale_boxes  # noqa: E402
 from engines.ops.rle import encode_crop  # noqa: E402
 
@@ -126,24 +134,25 @@ def main() -> None:
     infer = inference_ms(args.repeats)
     print(f"frame {w}x{h} -> input {info.new_shape[1]}x{info.new_shape[0]}; yolov8n-seg forward: "
           + (f"{infer:.1f} ms" if infer else "engines.nn not available"))
-    head = f"{'dets':>5} {'NMS':>8} {'masks@input':>12} {'retina':>9} {'stream+RLE':>11} {'+dense':>8}"
+    head = f"{'dets':>5} {'NMS':>8} {'top-k':>8} {'masks@input':>12} {'retina':>9} {'stream+RLE':>11} {'+dense':>8}"
     print(head + (f" {'share (input / retina / stream)':>33}" if infer else ""))
     g = torch.Generator().manual_seed(0)
     for k in (1, 10, 50, 100):
-        t_nms, t_in, t_ret, t_st, t_dense = time_routes(k, info, cfg, g, args.repeats)
-        line = f"{k:>5} {t_nms:>8.1f} {t_in:>12.1f} {t_ret:>9.1f} {t_st:>11.1f} {t_dense:>8.1f}"
+        t_nms, t_topk, t_in, t_ret, t_st, t_dense = time_routes(k, info, cfg, g, args.repeats)
+        line = f"{k:>5} {t_nms:>8.1f} {t_topk:>8.1f} {t_in:>12.1f} {t_ret:>9.1f} {t_st:>11.1f} {t_dense:>8.1f}"
         if infer:
             line += f" {100 * t_in / infer:>15.0f}% /{100 * t_ret / infer:>5.0f}% /{100 * t_st / infer:>5.0f}%"
         print(line)
 
 
 def time_routes(k: int, info, cfg: NMSConfig, g: torch.Generator, repeats: int) -> tuple[float, ...]:
-    """Median ms of NMS, postprocess (input masks), postprocess (retina), streaming route, and
+    """Median ms of NMS, top-k, postprocess (input masks), postprocess (retina), streaming route, and
     postprocess (input masks) plus dense frame masks, for k objects."""
     pred, proto = synthetic_output(k, info, g)
     got = len(postprocess(pred, proto, [info], cfg, names=NAMES)[0])
     assert got == k, f"synthetic output gave {got} detections, expected {k}"
     return (median_ms(lambda: non_max_suppression(pred, cfg, nc=NC), repeats),
+            median_ms(lambda: topk_rows(pred, cfg, nc=NC), repeats),
             median_ms(lambda: postprocess(pred, proto, [info], cfg, names=NAMES), repeats),
             median_ms(lambda: postprocess(pred, proto, [info], cfg, names=NAMES, retina_masks=True), repeats),
             median_ms(lambda: stream_route(pred, proto, info, cfg), repeats),

@@ -54,10 +54,11 @@ class SegModel:
     backend's runtime, 0 = its default)."""
 
     def __init__(self, model: str | Path, *, device: str | torch.device | None = "cpu",
-                 backend: str = "auto", half: bool = False, cuda_graph: bool = False, threads: int = 0) -> None:
+                 backend: str = "auto", half: bool = False, cuda_graph: bool = False, threads: int = 0,
+                 nms_free: bool = False) -> None:
         self.path = Path(model)
         self.backend: Backend = load_backend(model, device=device, backend=backend, options=BackendOptions(
-            half=half, cuda_graph=cuda_graph, threads=threads))
+            half=half, cuda_graph=cuda_graph, threads=threads, nms_free=nms_free))
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -94,7 +95,8 @@ class SegModel:
         # Dynamic backends take Ultralytics' minimal-padding rectangle; fixed-shape ones a full square.
         x, infos = letterbox(batch, size=size, stride=meta.stride, auto=meta.dynamic)
         pred, proto = self.backend(x)
-        return postprocess(pred, proto, infos, cfg.nms, names=self.names, retina_masks=cfg.retina_masks)
+        return postprocess(pred, proto, infos, cfg.nms, names=self.names, retina_masks=cfg.retina_masks,
+                           nms_free=meta.nms_free)
 
     def train(self, **kwargs: Any) -> Any:
         """Train starting from this model (see ``segpipe train --help``); returns the final metrics."""
@@ -109,9 +111,11 @@ class SegModel:
         return validate(self.backend, **kwargs)
 
     def export(self, format: str, **kwargs: Any) -> Path:
-        """Export to ``onnx``, ``openvino`` or ``torchscript``; returns the artifact path."""
+        """Export to ``onnx``, ``openvino`` or ``torchscript`` (with the head this model runs); returns the
+        artifact path."""
         from engines.export import export
 
+        kwargs.setdefault("nms_free", self.backend.meta.nms_free)
         return export(self.path, format=format, **kwargs)
 
     def __repr__(self) -> str:

@@ -49,6 +49,8 @@ class ModelConfig(_Strict):
                                                         "pixels, multiples of 32")
     conf: float = Field(0.25, gt=0, le=1, description="minimum class score kept")
     iou: float = Field(0.7, gt=0, le=1, description="NMS IoU threshold")
+    nms_free: bool = Field(False, description="an end-to-end model's (YOLO26's) NMS-free head: its best scores "
+                                              "are kept with no NMS (exports: made with --nms-free)")
     classes: tuple[int, ...] | None = Field(None, description="keep only these class ids")
     max_det: int = Field(300, ge=1, description="detections kept per frame")
     half: bool = Field(False, description="fp16 inference (CUDA only)")

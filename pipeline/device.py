@@ -10,8 +10,8 @@ Three threads joined by bounded queues, so the engine never waits on I/O:
 * letterbox+infer: waits for the upload event, letterboxes and normalises on the device
   (``engines.ops.letterbox``), runs the backend on the compute stream. On CPU the resize part of the
   letterbox is done by the gather thread instead, in uint8 (see ``_resize_on_host``).
-* post: NMS (``engines.ops.non_max_suppression``) and per-detection mask crops on the device (its own
-  stream), one download per batch, COCO RLE from the crops (``pipeline.detections``: no frame-sized
+* post: NMS (``engines.ops.select_rows``; top-k for NMS-free YOLO26 heads) and per-detection mask crops
+  on the device (its own stream), one download per batch, COCO RLE from the crops (``pipeline.detections``: no frame-sized
   mask ever exists on the host), ``FrameResult``s handed to ``emit``.
 
 On CPU the same code runs (streams and pinning are skipped). Every thread is the same skeleton: loop
@@ -38,7 +38,7 @@ import torch
 
 from engines.backends import Backend
 from engines.errors import ConfigError, SegpipeError
-from engines.ops import letterbox, non_max_suppression
+from engines.ops import letterbox, select_rows
 from engines.ops.letterbox import LetterboxInfo, letterbox_geometry
 from pipeline.batching import Arena, Batcher
 from pipeline.detections import (
@@ -454,7 +454,8 @@ class DeviceStage:
             inf.pred.record_stream(stream)  # made on the compute stream, read on this one
             inf.proto.record_stream(stream)
         model = inf.model
-        rows = non_max_suppression(inf.pred, model.settings.nms, nc=len(model.names))  # syncs: data-dependent shapes
+        rows = select_rows(inf.pred, model.settings.nms, nc=len(model.names),  # syncs: data-dependent shapes
+                           nms_free=model.backend.meta.nms_free)
         if inf.start is not None:
             self._observe("infer", inf.start.elapsed_time(inf.event) / 1000.0)
         per_frame = [frame_detections(r, p, info, masks=model.settings.masks,

@@ -30,6 +30,7 @@ class DeviceSettings:
     decoders need cores too, and oversubscribed OpenMP threads stall each other for whole time slices.
     masks: "rle" | "polygon" | "none". mask_resolution: "frame" (prototypes resampled to frame
     pixels inside each box) | "model" (thresholded at prototype resolution, nearest-neighbour to frame).
+    nms_free: run an end-to-end (YOLO26) model's NMS-free head (top-k post-processing, no NMS).
     depth: batches gathered ahead of the one being inferred (and queued for post-processing). 1 keeps
     upload and inference overlapped while a frame waits at most one inference before its own: live
     video wants fresh frames, not a deep queue. Staging arenas = depth + 2.
@@ -46,6 +47,7 @@ class DeviceSettings:
     half: bool = False
     cuda_graph: bool = False
     threads: int = 0
+    nms_free: bool = False
     nms: NMSConfig = NMSConfig()
     masks: str = "rle"
     mask_resolution: str = "frame"
@@ -59,7 +61,7 @@ class DeviceSettings:
         m = cfg.model
         return cls(model_path=m.path, backend=m.backend, device=m.device,
                    imgsz=m.input_shape() if "imgsz" in m.model_fields_set else None, half=m.half, cuda_graph=m.cuda_graph,
-                   threads=m.threads, nms=NMSConfig(conf=m.conf, iou=m.iou, classes=m.classes, max_det=m.max_det),
+                   threads=m.threads, nms_free=m.nms_free, nms=NMSConfig(conf=m.conf, iou=m.iou, classes=m.classes, max_det=m.max_det),
                    masks=cfg.masks.format, mask_resolution=cfg.masks.resolution,
                    batch=BatchPolicy.from_config(cfg.batch), preview_width=preview_width(cfg),
                    preview_watch=preview_watch(cfg))
@@ -73,7 +75,7 @@ class DeviceSettings:
             torch.set_num_threads(self.threads)  # letterbox/NMS/masks here run torch ops whatever the backend
         return load_backend(self.model_path, device=device, backend=self.backend,
                             options=BackendOptions(half=self.half, cuda_graph=self.cuda_graph,
-                                                   threads=self.threads))
+                                                   threads=self.threads, nms_free=self.nms_free))
 
 
 @dataclass(frozen=True, slots=True)

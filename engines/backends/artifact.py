@@ -36,7 +36,8 @@ class ArtifactRecord:
     dynamic: H and W may be any multiple of ``stride``. exporter: onnx|openvino|torchscript|tensorrt.
     model_yaml: the resolved model YAML. data: dataset YAML the weights were trained on, if known.
     source: where the weights came from. model_hash: sha256 of the source weights file. extra:
-    format-specific fields (quantisation settings, TensorRT version, GPU).
+    format-specific fields (quantisation settings, TensorRT version, GPU). nms_free: the graph runs an
+    end-to-end head's one-to-one branches (post-processed by top-k, not NMS).
     """
 
     names: tuple[str, ...]
@@ -51,6 +52,7 @@ class ArtifactRecord:
     source: str = ""
     model_hash: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    nms_free: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """A flat JSON-able dict (the artifact's metadata); inverse of :func:`meta_from_record`."""
@@ -59,13 +61,13 @@ class ArtifactRecord:
             "names": list(self.names), "imgsz": list(self.imgsz), "stride": self.stride,
             "batch": list(self.batch), "precision": self.precision, "dynamic": self.dynamic,
             "exporter": self.exporter, "preprocess": PREPROCESS, "model_yaml": jsonable(self.model_yaml),
-            "data": self.data, "source": self.source, "model_hash": self.model_hash,
+            "data": self.data, "source": self.source, "model_hash": self.model_hash, "nms_free": self.nms_free,
             **{k: jsonable(v) for k, v in self.extra.items()},
         }
 
 
 _CORE = {"format", "format_version", "task", "names", "imgsz", "stride", "batch", "precision", "dynamic",
-         "exporter", "source"}
+         "exporter", "source", "nms_free"}
 
 
 def check_task(record: Mapping[str, Any], where: str) -> None:
@@ -98,9 +100,12 @@ def meta_from_record(record: Mapping[str, Any], where: str, *, exporter: str) ->
     if precision not in PRECISIONS or not all(isinstance(n, str) for n in names) or not 1 <= batch[0] <= batch[1]:
         raise ModelError(f"{where}: corrupt segpipe metadata (names, batch or precision)")
     extra = {k: v for k, v in record.items() if k not in _CORE}
+    nms_free = record.get("nms_free", False)  # absent from artifacts of segpipe before YOLO26
+    if not isinstance(nms_free, bool):
+        raise ModelError(f"{where}: segpipe metadata field 'nms_free' is not a bool")
     return BackendMeta(names=tuple(names), imgsz=imgsz, stride=_field(record, "stride", int, where),
                        batch_range=batch, precision=precision, dynamic=_field(record, "dynamic", bool, where),
-                       task=TASK, source=str(record.get("source", "")), extra=extra)
+                       task=TASK, source=str(record.get("source", "")), extra=extra, nms_free=nms_free)
 
 
 def _field(record: Mapping[str, Any], key: str, typ: type, where: str) -> Any:

@@ -21,7 +21,9 @@ from engines.errors import InputError
 @dataclass(frozen=True, slots=True)
 class BackendMeta:
     """What a loaded artifact can do. ``imgsz`` is (H, W); ``dynamic`` means any H, W (multiples of
-    ``stride``) are accepted, else only ``imgsz``. ``batch_range`` is the inclusive (min, max) batch."""
+    ``stride``) are accepted, else only ``imgsz``. ``batch_range`` is the inclusive (min, max) batch.
+    ``nms_free``: it runs an end-to-end (YOLO26) head's one-to-one branches, whose outputs are post-processed
+    by top-k selection instead of NMS (``engines.ops.select_rows``)."""
 
     names: tuple[str, ...]
     imgsz: tuple[int, int]
@@ -32,6 +34,7 @@ class BackendMeta:
     task: str = "segment"
     source: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    nms_free: bool = False
 
     @property
     def nc(self) -> int:
@@ -53,6 +56,8 @@ class BackendOptions:
         oneDNN runs YOLOv8 convolutions ~10 % faster on them than on NCHW, and NHWC weights gain nothing.
     fuse: fold BatchNorm into convolutions (torch backend).
     threads: intra-op CPU threads (0 = runtime default).
+    nms_free: run an end-to-end (YOLO26) model's NMS-free head (Ultralytics' ``nms=False``): the torch
+        backend switches to it; an exported artifact must have been exported with it.
     """
 
     half: bool = False
@@ -60,6 +65,7 @@ class BackendOptions:
     channels_last: bool = False
     fuse: bool = True
     threads: int = 0
+    nms_free: bool = False
 
 
 class Backend(abc.ABC):

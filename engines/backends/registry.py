@@ -64,9 +64,14 @@ def load_backend(path: str | Path, *, device: str | torch.device | None = "cpu",
         from engines.export.tensorrt import ensure_engine
 
         opts = options or BackendOptions()
-        p = ensure_engine(p, device=parse_device(device), half=opts.half)
+        p = ensure_engine(p, device=parse_device(device), half=opts.half, nms_free=opts.nms_free)
     is_builtin_yaml = name == "torch" and p.suffix in (".yaml", ".yml")
     if not p.exists() and not is_builtin_yaml:
         raise ModelError(f"{path}: model file not found")
     cls: type[Backend] = getattr(importlib.import_module(entry.module), entry.cls)
-    return cls(p, device=parse_device(device), options=options or BackendOptions())  # type: ignore[call-arg]
+    opts = options or BackendOptions()
+    loaded = cls(p, device=parse_device(device), options=opts)  # type: ignore[call-arg]
+    if opts.nms_free and not loaded.meta.nms_free:  # an artifact's head was chosen when it was exported
+        raise ModelError(f"{path}: exported with its NMS head; for the NMS-free one export it with --nms-free "
+                         "(end-to-end models such as YOLO26 only)")
+    return loaded

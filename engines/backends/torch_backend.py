@@ -13,6 +13,7 @@ import torch
 
 from engines.backends.base import Backend, BackendMeta, BackendOptions
 from engines.checkpoint import build_model, load_checkpoint
+from engines.errors import ModelError
 from engines.nn.model import SegmentationModel
 
 if TYPE_CHECKING:
@@ -70,6 +71,11 @@ class TorchBackend(Backend):
                 if m.train_args.get("single_cls"):  # so val scores it as trained, as Ultralytics remembers it
                     extra["single_cls"] = True
             model = model.to(device).eval()
+            if options.nms_free:
+                try:
+                    model.end2end = True
+                except ModelError as e:
+                    raise ModelError(f"{path}: nms_free: {e}") from None
             if options.fuse:
                 model = model.fuse()
         self.half = options.half and device.type == "cuda"
@@ -84,7 +90,7 @@ class TorchBackend(Backend):
         size = (imgsz, imgsz) if isinstance(imgsz, int) else tuple(imgsz)
         self.meta = BackendMeta(names=names, imgsz=size, stride=stride, batch_range=(1, 1 << 16),
                                 precision="fp16" if self.half else "fp32", dynamic=True, source=source,
-                                extra=extra)
+                                extra=extra, nms_free=options.nms_free)
         self._graphs: dict[tuple[int, ...], _Graph] = {}
         self.use_graphs = options.cuda_graph and device.type == "cuda"
         self._pool = torch.cuda.graph_pool_handle() if self.use_graphs else None

@@ -51,6 +51,11 @@ class ModelMeta:
         """Input pixels per mask-prototype pixel (see :func:`yaml_proto_stride`)."""
         return yaml_proto_stride(self.model_yaml)
 
+    @property
+    def one2one(self) -> bool:
+        """Has an NMS-free head (see :func:`yaml_one2one`)."""
+        return yaml_one2one(self.model_yaml)
+
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON-able dict (names as a list); inverse of :meth:`from_json`."""
@@ -85,6 +90,12 @@ class ModelMeta:
         return cls(names=tuple(d["names"]), model_yaml=d["model_yaml"], imgsz=d["imgsz"], stride=d["stride"],
                    train_args=d.get("train_args", {}), metrics=d.get("metrics", {}), data=d.get("data"),
                    segpipe_version=d.get("segpipe_version", "?"), source=d.get("source", ""))
+
+
+def yaml_one2one(model_yaml: Mapping[str, Any]) -> bool:
+    """Whether a resolved model YAML's head has one-to-one branches (end-to-end, YOLO26), which can run
+    NMS-free."""
+    return bool(model_yaml.get("end2end"))
 
 
 def yaml_proto_stride(model_yaml: Mapping[str, Any]) -> int:

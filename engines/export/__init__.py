@@ -50,18 +50,19 @@ def default_output(model: Path, exporter: Exporter, *, int8: bool = False) -> Pa
 def export(model: str | os.PathLike[str], *, format: str, imgsz: int | tuple[int, int] | None = None,
            half: bool = False, dynamic: bool = False, batch: int = 0, simplify: bool = False, opset: int = 17,
            int8: bool = False, data: str | None = None, calib_images: int = 64, int8_format: str = "QDQ",
-           out: str | os.PathLike[str] | None = None, **unknown: Any) -> Path:
+           nms_free: bool = False, out: str | os.PathLike[str] | None = None, **unknown: Any) -> Path:
     """Export ``model`` (checkpoint or model YAML) to ``format``; returns the artifact path.
 
     imgsz: export size (default: the model's training size). half: fp16. dynamic: any input H, W.
     batch: largest batch (0: unlimited). simplify: onnxslim. opset: ONNX opset. int8: static INT8
     calibrated on ``calib_images`` images of ``data``'s train split (onnx: ONNX Runtime QDQ or QOperator
-    per ``int8_format``; openvino: NNCF). out: output path.
+    per ``int8_format``; openvino: NNCF). nms_free: an end-to-end (YOLO26) model's NMS-free head (its
+    artifact is then post-processed by top-k, not NMS). out: output path.
     """
     from engines.export.base import ExportSpec, check_imgsz, load_source
 
     if unknown:
-        known = "imgsz, half, dynamic, batch, simplify, opset, int8, data, calib_images, int8_format, out"
+        known = "imgsz, half, dynamic, batch, simplify, opset, int8, data, calib_images, int8_format, nms_free, out"
         raise ConfigError(next(iter(unknown)), f"unknown export option; known: {known}")
     exporter = get_exporter(format)
     if batch < 0:
@@ -83,10 +84,10 @@ def export(model: str | os.PathLike[str], *, format: str, imgsz: int | tuple[int
         from engines.export.calib import calibration_files
 
         calibration_files(data, calib_images, quiet=True)  # a bad dataset fails now, not after tracing
-    src = load_source(model)
+    src = load_source(model, nms_free=nms_free)
     spec = ExportSpec(imgsz=check_imgsz(src.imgsz if imgsz is None else imgsz, src.stride), half=half, dynamic=dynamic, batch=batch,
                       simplify=simplify, opset=opset, int8=int8, data=data, calib_images=calib_images,
-                      int8_format=int8_format)
+                      int8_format=int8_format, nms_free=nms_free)
     return exporter.export(src, spec, dest)
 
 

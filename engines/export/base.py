@@ -31,6 +31,7 @@ class ExportSpec:
     (0: no limit; the batch axis is always dynamic, so smaller batches run unpadded). simplify: run
     onnxslim. opset: ONNX opset. int8: post-training static INT8 (needs ``data``). data: dataset YAML
     whose train images calibrate INT8. calib_images: how many of them. int8_format: "QDQ" or "QOperator".
+    nms_free: export an end-to-end (YOLO26) model's one-to-one head (post-processed by top-k, no NMS).
     """
 
     imgsz: tuple[int, int]
@@ -44,6 +45,7 @@ class ExportSpec:
     calib_images: int = 64
     int8_format: str = "QDQ"
     extra: dict[str, Any] = field(default_factory=dict)
+    nms_free: bool = False
 
     @property
     def precision(self) -> str:
@@ -74,7 +76,7 @@ class SourceModel:
         return ArtifactRecord(names=self.names, imgsz=spec.imgsz, stride=self.stride, batch=spec.batch_range,
                               precision=spec.precision, dynamic=spec.dynamic, exporter=exporter,
                               model_yaml=self.model_yaml, data=self.data, source=self.source or self.path.name,
-                              model_hash=self.model_hash,
+                              model_hash=self.model_hash, nms_free=spec.nms_free,
                               extra={**({"single_cls": True} if self.single_cls else {}), **spec.extra, **extra})
 
 
@@ -98,9 +100,19 @@ def file_hash(path: Path) -> str:
     return h.hexdigest()
 
 
-def load_source(path: str | os.PathLike[str]) -> SourceModel:
-    """Load a checkpoint (segpipe or Ultralytics) or a model YAML as a fused fp32 eval model on the CPU."""
-    p = Path(path)
+def load_source(path: str | os.PathLike[str], *, nms_free: bool = False) -> SourceModel:
+    """Load a checkpoint (segpipe or Ultralytics) or a model YAML as a fused fp32 eval model on the CPU,
+    running its NMS-free head with ``nms_free`` (``ModelError`` when it has none)."""
+    src = _load_source(Path(path))
+    if nms_free:
+        try:
+            src.model.end2end = True
+        except ModelError as e:
+            raise ModelError(f"{path}: --nms-free: {e}") from None
+    return src
+
+
+def _load_source(p: Path) -> SourceModel:
     if p.suffix in (".yaml", ".yml"):
         model = SegmentationModel(str(p))
         names = tuple(f"class{i}" for i in range(model.nc))

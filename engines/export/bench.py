@@ -86,14 +86,14 @@ class Scorer:
 
     def __init__(self, *, data: str | os.PathLike[str] | DataSpec, imgsz: int | None = None, batch: int = 16,
                  device: str | torch.device | None = "cpu", workers: int = 0, half: bool = False,
-                 conf: float = 0.001, iou: float = 0.7) -> None:
+                 conf: float = 0.001, iou: float = 0.7, nms_free: bool = False) -> None:
         from engines.device import parse_device
         from engines.val.validator import resolve_data
 
         self.data = resolve_data(data, None, "")
         self.imgsz, self.batch, self.workers, self.half = imgsz, batch, workers, half
         self.device = parse_device(device)
-        self.conf, self.iou = conf, iou
+        self.conf, self.iou, self.nms_free = conf, iou, nms_free
         self._validator: Validator | None = None
 
     def _validator_at(self, imgsz: int) -> Validator:
@@ -110,7 +110,10 @@ class Scorer:
         """Load ``model`` (any backend format), warm it up, score it; ``SegMetrics`` with ``.speed``."""
         from engines.backends import BackendOptions, load_backend
 
-        backend = load_backend(Path(model), device=self.device, options=BackendOptions(half=self.half))
+        # a checkpoint runs the head its exports were made with (``nms_free``); an artifact, its own
+        nms_free = self.nms_free and Path(model).suffix.lower() in (".pt", ".safetensors")
+        backend = load_backend(Path(model), device=self.device, options=BackendOptions(half=self.half,
+                                                                                        nms_free=nms_free))
         try:
             meta = backend.meta
             if self.imgsz is None:

@@ -36,7 +36,9 @@ class EngineSpec:
     """What to build. imgsz: (H, W) pixels (fixed: engines are built for one size). precision:
     fp32|fp16|int8 (INT8 keeps FP16 enabled for layers that have no INT8 kernel). min/opt/max_batch:
     the optimisation profile (TensorRT tunes kernels for ``opt``). workspace_gb: builder memory pool
-    limit in GiB. calib_data/calib_images: INT8 calibration set (train split of the data YAML)."""
+    limit in GiB. calib_data/calib_images: INT8 calibration set (train split of the data YAML).
+    nms_free: build an end-to-end (YOLO26) model's NMS-free head (from a checkpoint; an ONNX file brings
+    its own)."""
 
     imgsz: tuple[int, int]
     precision: str = "fp16"
@@ -46,6 +48,7 @@ class EngineSpec:
     workspace_gb: float = 4.0
     calib_data: str | None = None
     calib_images: int = 512
+    nms_free: bool = False
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -71,6 +74,8 @@ def cache_key(model_hash: str, spec: EngineSpec, platform: Platform) -> str:
                              "batch": [spec.min_batch, spec.opt_batch, spec.max_batch], **platform.to_json()}
     if spec.precision == "int8":
         facts["calib"] = [spec.calib_data, spec.calib_images]
+    if spec.nms_free:  # only when set: the keys of engines cached before it existed stay valid
+        facts["nms_free"] = True
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
 
 
@@ -96,7 +101,7 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 def ensure_engine(model_path: str | os.PathLike[str], *, device: torch.device | None = None, half: bool = True,
                   int8: bool = False, imgsz: int | tuple[int, int] | None = None, min_batch: int = 1, opt_batch: int = 8,
-                  max_batch: int = 16, calib_data: str | None = None) -> Path:
+                  max_batch: int = 16, calib_data: str | None = None, nms_free: bool = False) -> Path:
     """The cached engine for a checkpoint or ``.onnx`` (built first if absent); returns its path.
 
     Raises ``BackendUnavailableError`` at once without TensorRT or a GPU.
@@ -110,7 +115,8 @@ def ensure_engine(model_path: str | os.PathLike[str], *, device: torch.device | 
     facts = model_facts(model)
     precision = "int8" if int8 else "fp16" if half else "fp32"
     spec = EngineSpec(imgsz=_as_hw(imgsz) if imgsz else facts.imgsz, precision=precision, min_batch=min_batch,
-                      opt_batch=opt_batch, max_batch=max_batch, calib_data=calib_data or facts.data if int8 else None)
+                      opt_batch=opt_batch, max_batch=max_batch, calib_data=calib_data or facts.data if int8 else None,
+                      nms_free=nms_free)
     out = cache_path(model, cache_key(facts.model_hash, spec, platform_of(trt, dev)), spec)
     with _file_lock(out):
         if out.is_file():

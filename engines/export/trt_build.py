@@ -60,14 +60,16 @@ def onnx_for(model: Path, spec: EngineSpec, workdir: Path) -> tuple[Path, dict[s
         if record.get("precision") != "fp32":
             raise ConfigError("--model", f"{model}: build engines from an fp32 ONNX (this one is "
                               f"{record.get('precision')}); TensorRT applies --half / --int8 itself")
+        if spec.nms_free and not record.get("nms_free"):
+            raise ConfigError("--nms-free", f"{model} was exported with its NMS head (export it with --nms-free)")
         if not record.get("dynamic") and tuple(record["imgsz"]) != spec.imgsz:
             raise ConfigError("--imgsz", f"{model} was exported for {record['imgsz']}, asked for "
                               f"{list(spec.imgsz)} (re-export with --dynamic or that size)")
         return model, record
     from engines.export.onnx import build_onnx, save_onnx
 
-    src = load_source(model)
-    xspec = ExportSpec(imgsz=check_imgsz(spec.imgsz, src.stride), batch=spec.max_batch)
+    src = load_source(model, nms_free=spec.nms_free)
+    xspec = ExportSpec(imgsz=check_imgsz(spec.imgsz, src.stride), batch=spec.max_batch, nms_free=spec.nms_free)
     proto, rec = build_onnx(src, xspec, workdir=workdir)
     path = workdir / f"{model.stem}.onnx"
     save_onnx(proto, path)

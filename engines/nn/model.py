@@ -1,4 +1,4 @@
-"""SegmentationModel: a YOLOv8-seg or YOLO11-seg network built from a model YAML.
+"""SegmentationModel: a YOLOv8-seg, YOLO11-seg or YOLO26-seg network built from a model YAML.
 
 Imports nothing from ``pipeline``. The model YAML has Ultralytics' layout (``nc``, ``scales``,
 ``backbone``, ``head`` rows of ``[from, repeats, module, args]``); ``yolov8s-seg.yaml`` means scale
@@ -8,7 +8,9 @@ keyword arguments, so an unknown name or a malformed row fails at build time nam
 
 Two rules follow Ultralytics' ``parse_model`` so its YAMLs and checkpoints build unchanged: a model
 with a ``C3k2`` layer (YOLO11) gets the depth-wise class branch in its head (``legacy=False``), and
-its ``C3k2`` layers use ``C3k`` blocks at scales m, l and x whatever the row says.
+its ``C3k2`` layers use ``C3k`` blocks at scales m, l and x whatever the row says. The top-level keys
+``reg_max`` (box bins, 16 by default; YOLO26: 1) and ``end2end`` (one-to-one head branches, which can run
+NMS-free) reach the head row, as in Ultralytics; ``Segment26`` is a Segment whose prototypes read every detection level.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ _SCALED_NAME = re.compile(r"^(yolov?\d+)([a-z])(-.*)?$")
 # Modules whose presence makes Ultralytics build the head's non-legacy (depth-wise) class branch.
 _NON_LEGACY = frozenset({"C3k2", "A2C2f", "C2fCIB"})
 # Top-level YAML keys of architectures segpipe cannot build, with the value each must have here.
-_UNSUPPORTED_KEYS = {"end2end": (None, False), "reg_max": (None, 16), "activation": (None,)}
+_UNSUPPORTED_KEYS = {"activation": (None,)}
+_ARCHITECTURES = "YOLOv8-seg, YOLO11-seg and YOLO26-seg"
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +122,7 @@ def _find_cfg(path: Path) -> tuple[Path, str | None]:
 
 
 class SegmentationModel(nn.Module):
-    """YOLOv8-seg / YOLO11-seg. Input float32 ``(N, 3, H, W)`` RGB in [0, 1], H and W multiples of 32.
+    """YOLOv8-seg / YOLO11-seg / YOLO26-seg. Input float32 ``(N, 3, H, W)`` RGB in [0, 1], H and W multiples of 32.
 
     eval: ``(pred (N, 4 + nc + 32, A), proto (N, 32, H/s, W/s))`` with xywh boxes in input pixels
     (``s = proto_stride``: 4, or 2 for a Segment row with finer prototypes)
@@ -155,6 +158,19 @@ class SegmentationModel(nn.Module):
         """Input pixels per prototype pixel: 4 (YOLOv8), or 2."""
         return self.head.proto.stride
 
+    @property
+    def end2end(self) -> bool:
+        """Whether eval runs the one-to-one (NMS-free) branches: its output is then post-processed by top-k
+        selection (``engines.ops.select_rows``), not NMS. Off by default, as in Ultralytics."""
+        return self.head.end2end
+
+    @end2end.setter
+    def end2end(self, value: bool) -> None:
+        if value and not self.head.one2one:
+            raise ModelError("this model has no NMS-free (one-to-one) head: only end-to-end models such as "
+                             "YOLO26 have one")
+        self.head.end2end = bool(value)
+
     def forward(self, x: Tensor) -> SegTrainOutput | tuple[Tensor, Tensor]:
         outs: list[Tensor | None] = []
         y: Any = x
@@ -184,6 +200,7 @@ def _build(d: dict[str, Any], ch_in: int) -> tuple[nn.Sequential, set[int], list
     rows = _rows(d, name)
     _check_supported(d, name, rows)
     legacy = not any(mname in _NON_LEGACY for _, (_, _, mname, _) in rows)
+    reg_max, one2one = d.get("reg_max") or 16, bool(d.get("end2end"))
     ch: list[int] = []
     strides: list[float] = []
     layers, infos, sources = [], [], []
@@ -192,7 +209,7 @@ def _build(d: dict[str, Any], ch_in: int) -> tuple[nn.Sequential, set[int], list
         n_ = max(round(n * depth), 1) if n > 1 else n
         idx = _as_list(f)
         ctx = _Ctx(path=ypath, f=f, n=n_, width=width, max_ch=max_ch, nc=d.get("nc"), scale=d.get("scale"),
-                   legacy=legacy,
+                   legacy=legacy, reg_max=reg_max, one2one=one2one,
                    c_in=[ch[j] for j in idx] if i else [ch_in], s_in=[strides[j] for j in idx] if i else [1.0])
         try:
             module, c_out, s_out, shown = _BUILDERS[mname](args, ctx)
@@ -215,11 +232,15 @@ def _check_supported(d: dict[str, Any], name: str, rows: list[tuple[str, tuple[A
     if unknown:
         first = next(ypath for ypath, (_, _, mname, _) in rows if mname in unknown)
         raise ConfigError(first, f"unknown module{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
-                                 f"(segpipe builds YOLOv8-seg and YOLO11-seg; known: {', '.join(_BUILDERS)})")
+                                 f"(segpipe builds {_ARCHITECTURES}; known: {', '.join(_BUILDERS)})")
     for key, ok in _UNSUPPORTED_KEYS.items():
         if d.get(key) not in ok:
-            raise ConfigError(f"{name}: {key}", f"{key}: {d[key]!r} is not supported (segpipe builds YOLOv8-seg "
-                                                f"and YOLO11-seg)")
+            raise ConfigError(f"{name}: {key}", f"{key}: {d[key]!r} is not supported (segpipe builds {_ARCHITECTURES})")
+    reg_max, end2end = d.get("reg_max", 16), d.get("end2end", False)
+    if isinstance(reg_max, bool) or not isinstance(reg_max, int) or not 1 <= reg_max <= 64:
+        raise ConfigError(f"{name}: reg_max", f"expected an integer number of box bins in 1..64, got {reg_max!r}")
+    if end2end not in (None, True, False):
+        raise ConfigError(f"{name}: end2end", f"expected true or false, got {end2end!r}")
 
 
 def _rows(d: dict[str, Any], name: str) -> list[tuple[str, tuple[Any, ...]]]:
@@ -272,6 +293,8 @@ class _Ctx:
     s_in: list[float]
     scale: str | None = None
     legacy: bool = True
+    reg_max: int = 16
+    one2one: bool = False
 
     def scale_ch(self, c: int) -> int:
         return make_divisible(min(c, self.max_ch) * self.width, 8)
@@ -321,11 +344,15 @@ def _c2psa(args: list[Any], ctx: _Ctx) -> _Built:
 
 
 def _sppf(args: list[Any], ctx: _Ctx) -> _Built:
+    # [c2, k] (YOLOv8, YOLO11) or YOLO26's [c2, k, n, shortcut], whose cv1 has no activation (as
+    # Ultralytics' parse_model: a row with n or shortcut is a YOLO26 one)
     c1, s_in = ctx.one_input()
-    if len(args) > 2:  # YOLO26's [c2, k, n, shortcut]: an SPPF without cv1's activation, segpipe's has one
-        raise ValueError("expected [c2, k]; YOLO26's SPPF (n, shortcut) is not supported")
-    c2, k = ctx.scale_ch(args[0]), (args[1] if len(args) > 1 else 5)
-    return SPPF(c1=c1, c2=c2, k=k), c2, s_in, [c1, c2, k]
+    if len(args) > 4:
+        raise ValueError("expected [c2, k] or [c2, k, n, shortcut]")
+    c2, k, n, shortcut = (list(args) + [None, 5, 3, False][len(args):])[:4]
+    c2 = ctx.scale_ch(c2)
+    m = SPPF(c1=c1, c2=c2, k=int(k), n=int(n), shortcut=bool(shortcut), act=len(args) <= 2)
+    return m, c2, s_in, [c1, c2, k] if len(args) <= 2 else [c1, c2, k, n, shortcut]
 
 
 def _upsample(args: list[Any], ctx: _Ctx) -> _Built:
@@ -353,9 +380,22 @@ def _segment(args: list[Any], ctx: _Ctx) -> _Built:
     ch, strides = tuple(ctx.c_in[:n_det]), tuple(ctx.s_in[:n_det])
     skips = tuple((int(s), c) for s, c in zip(ctx.s_in[n_det:], ctx.c_in[n_det:], strict=True))
     m = Segment(nc=nc, ch=ch, strides=strides, nm=nm, npr=npr, proto_stride=proto_stride, skips=skips,
-                legacy=ctx.legacy)
+                legacy=ctx.legacy, reg_max=ctx.reg_max, one2one=ctx.one2one)
     shown = [nc, nm, npr, list(ch)] if proto_stride == 4 and not skips else [nc, nm, npr, proto_stride, list(ch)]
     return m, nc, max(strides), shown
+
+
+def _segment26(args: list[Any], ctx: _Ctx) -> _Built:
+    if len(args) > 3:
+        raise ValueError("expected [nc, nm, npr]")
+    nc = ctx.nc if args[0] == "nc" else args[0]
+    if not isinstance(nc, int) or isinstance(nc, bool) or nc < 1:
+        raise ValueError(f"nc must be a positive integer, got {nc!r}")
+    nm, npr = (args[1] if len(args) > 1 else 32), ctx.scale_ch(args[2] if len(args) > 2 else 256)
+    ch, strides = tuple(ctx.c_in), tuple(ctx.s_in)
+    m = Segment(nc=nc, ch=ch, strides=strides, nm=nm, npr=npr, legacy=ctx.legacy, reg_max=ctx.reg_max,
+                one2one=ctx.one2one, proto26=True)
+    return m, nc, max(strides), [nc, nm, npr, list(ch)]
 
 
 # Registry of YAML module names; names are Ultralytics' so its YAMLs and checkpoints read unchanged.
@@ -368,4 +408,5 @@ _BUILDERS: dict[str, Callable[[list[Any], _Ctx], _Built]] = {
     "nn.Upsample": _upsample,
     "Concat": _concat,
     "Segment": _segment,
+    "Segment26": _segment26,
 }

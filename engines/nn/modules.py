@@ -1,4 +1,4 @@
-"""YOLOv8-seg and YOLO11-seg building blocks.
+"""YOLOv8-seg, YOLO11-seg and YOLO26-seg building blocks.
 
 Imports nothing from segpipe but :mod:`engines.nn.head`. Attribute names (``conv``, ``bn``, ``cv1``,
 ``m``, ``cv2``/``cv3``/``cv4``, ``dfl``, ``proto``) are part of the checkpoint format: they make
@@ -8,11 +8,13 @@ keyword-only arguments; the YAML row -> arguments mapping lives in :mod:`engines
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from typing import NamedTuple, cast
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from engines.nn.head import dist2bbox, make_anchors
@@ -209,21 +211,25 @@ class C2PSA(nn.Module):
 
 
 class SPPF(nn.Module):
-    """Spatial pyramid pooling (fast): three chained max-pools, equal to SPP(k=(5, 9, 13)) for k=5.
-    ``(N, c1, H, W) -> (N, c2, H, W)``."""
+    """Spatial pyramid pooling (fast): ``n`` chained max-pools, equal to SPP(k=(5, 9, 13)) for k=5, n=3.
+    ``(N, c1, H, W) -> (N, c2, H, W)``. YOLO26's (``act=False``, ``shortcut``) has no activation after
+    ``cv1`` and adds its input back when ``c1 == c2``; YOLOv8's and YOLO11's keep the activation."""
 
-    def __init__(self, *, c1: int, c2: int, k: int = 5) -> None:
+    def __init__(self, *, c1: int, c2: int, k: int = 5, n: int = 3, shortcut: bool = False,
+                 act: bool = True) -> None:
         super().__init__()
         c_ = c1 // 2
-        self.cv1 = Conv(c1=c1, c2=c_, k=1)  # YOLOv8's SPPF keeps the activation here (YOLO26 drops it)
-        self.cv2 = Conv(c1=c_ * 4, c2=c2, k=1)
+        self.cv1 = Conv(c1=c1, c2=c_, k=1, act=act)
+        self.cv2 = Conv(c1=c_ * (n + 1), c2=c2, k=1)
         self.m = nn.MaxPool2d(kernel_size=k, stride=1, padding=k // 2)
+        self.n, self.add = n, shortcut and c1 == c2
 
     def forward(self, x: Tensor) -> Tensor:
         y = [self.cv1(x)]
-        for _ in range(3):
+        for _ in range(self.n):
             y.append(self.m(y[-1]))
-        return self.cv2(torch.cat(y, 1))
+        out = self.cv2(torch.cat(y, 1))
+        return out + x if self.add else out
 
 
 class Concat(nn.Module):
@@ -320,6 +326,28 @@ class Proto(nn.Module):
         return x
 
 
+class Proto26(Proto):
+    """YOLO26's prototypes: P4 and P5 (1x1 convs to P3's channels, nearest-upsampled) are added to P3 and
+    fused by a 3x3 conv before :class:`Proto`'s stride-4 stack. ``semseg`` is a semantic-segmentation branch
+    Ultralytics trains beside it; inference never runs it (kept so its checkpoints load key for key)."""
+
+    def __init__(self, *, ch: tuple[int, ...], c_: int = 256, c2: int = 32, nc: int = 80) -> None:
+        super().__init__(c1=c_, c_=c_, c2=c2)
+        self.feat_refine = nn.ModuleList(Conv(c1=c, c2=ch[0], k=1) for c in ch[1:])
+        self.feat_fuse = Conv(c1=ch[0], c2=c_, k=3)
+        self.semseg = nn.Sequential(Conv(c1=ch[0], c2=c_, k=3), Conv(c1=c_, c2=c_, k=3), nn.Conv2d(c_, nc, 1))
+
+    def forward(self, x: Tensor, *levels: Tensor) -> Tensor:
+        """x: P3; levels: P4, P5."""
+        if len(levels) != len(self.feat_refine):
+            raise ValueError(f"Proto26: expected {len(self.feat_refine)} coarser levels, got {len(levels)}")
+        feat = x
+        for i, (refine, level) in enumerate(zip(self.feat_refine, levels, strict=True)):
+            # a constant factor, as Ultralytics: exported graphs keep H and W symbolic
+            feat = feat + F.interpolate(refine(level), scale_factor=2 ** (i + 1), mode="nearest")
+        return super().forward(self.feat_fuse(feat))
+
+
 class SegTrainOutput(NamedTuple):
     """Train-mode output of :class:`Segment`.
 
@@ -348,15 +376,22 @@ class Detect(nn.Module):
     """Anchor-free detection head over the P3-P5 maps.
 
     ``strides`` are the input-pixel strides of the input levels (8, 16, 32). ``legacy`` (YOLOv8) makes
-    the class branch ``cv3`` of plain 3x3 convs; otherwise (YOLO11) of depth-wise + point-wise pairs.
+    the class branch ``cv3`` of plain 3x3 convs; otherwise (YOLO11, YOLO26) of depth-wise + point-wise
+    pairs. ``reg_max`` 1 (YOLO26) regresses box sides directly instead of over 16 DFL bins.
+    ``one2one`` (YOLO26) adds one-to-one copies of the branches (``one2one_*``), trained by Ultralytics to
+    give each object one box. Eval runs them when ``end2end`` is set (Ultralytics' ``nms=False``; off by
+    default, as there), and the caller then takes the top scores with no NMS (``engines.ops.topk_rows``).
     Eval output: ``(N, 4 + nc, A)``: boxes ``(cx, cy, w, h)`` in input pixels, then sigmoid class scores.
     """
 
     # A buffer (registered in __init__), which the torch stubs would type as Tensor | Module.
     stride: Tensor
+    # Only with one2one.
+    one2one_cv2: nn.ModuleList
+    one2one_cv3: nn.ModuleList
 
     def __init__(self, *, nc: int, ch: tuple[int, ...], strides: tuple[float, ...], reg_max: int = 16,
-                 legacy: bool = True) -> None:
+                 legacy: bool = True, one2one: bool = False) -> None:
         super().__init__()
         if len(strides) != len(ch):
             raise ValueError(f"Detect: {len(ch)} input levels but {len(strides)} strides")
@@ -374,6 +409,9 @@ class Detect(nn.Module):
         # the grid of one shape must outlive the use of another (a few KB per shape).
         self._anchor_cache: dict[tuple, tuple[Tensor, Tensor]] = {}
         self.bias_init()
+        self.one2one, self.end2end = one2one, False
+        if one2one:
+            self.one2one_cv2, self.one2one_cv3 = copy.deepcopy(self.cv2), copy.deepcopy(self.cv3)
 
     def bias_init(self) -> None:
         """Prior biases: box logits 2.0; class logits for ~5 objects per 640 image over ``nc`` classes."""
@@ -383,9 +421,10 @@ class Detect(nn.Module):
                 a[-1].bias.fill_(2.0)  # type: ignore[index]
                 b[-1].bias[: self.nc] = math.log(5 / self.nc / (640 / s) ** 2)  # type: ignore[index]
 
-    def raw(self, x: list[Tensor]) -> list[Tensor]:
+    def raw(self, x: list[Tensor], *, one2one: bool = False) -> list[Tensor]:
         """Per level ``(N, 4*reg_max + nc, h_i, w_i)``: box-distribution logits then class logits."""
-        return [torch.cat((self.cv2[i](x[i]), self.cv3[i](x[i])), 1) for i in range(self.nl)]
+        cv2, cv3 = (self.one2one_cv2, self.one2one_cv3) if one2one else (self.cv2, self.cv3)
+        return [torch.cat((cv2[i](x[i]), cv3[i](x[i])), 1) for i in range(self.nl)]
 
     def anchors(self, feats: list[Tensor]) -> tuple[Tensor, Tensor]:
         """``(anchors (2, A) grid units, strides (1, A) pixels)``, cached per feature-map shape."""
@@ -409,32 +448,45 @@ class Detect(nn.Module):
         return torch.cat((dbox, cls.sigmoid()), 1)
 
     def forward(self, x: list[Tensor]) -> list[Tensor] | Tensor:
-        feats = self.raw(x)
-        return feats if self.training else self.decode(feats)
+        if self.training:
+            return self.raw(x)
+        return self.decode(self.raw(x, one2one=self.end2end))
 
 
 class Segment(Detect):
     """Detect plus ``nm`` mask coefficients per anchor and a :class:`Proto` of ``npr`` channels.
 
     Eval: ``(pred (N, 4 + nc + nm, A), proto (N, nm, H/s, W/s))``, ``s = proto_stride`` (4, or 2 for
-    finer prototypes, see :class:`Proto`); train: :class:`SegTrainOutput`. ``ch``/``strides`` are the
-    detection levels; ``skips`` ``((stride, channels), ...)``, coarsest first, are inputs that follow them
-    and feed only the prototypes.
+    finer prototypes, see :class:`Proto`); train: :class:`SegTrainOutput` (of the one-to-many branches).
+    ``ch``/``strides`` are the detection levels; ``skips`` ``((stride, channels), ...)``, coarsest first,
+    are inputs that follow them and feed only the prototypes. ``proto26``: YOLO26's :class:`Proto26`,
+    fed by every detection level.
     """
+
+    one2one_cv4: nn.ModuleList  # only with one2one
 
     def __init__(self, *, nc: int, ch: tuple[int, ...], strides: tuple[float, ...], nm: int = 32,
                  npr: int = 256, reg_max: int = 16, proto_stride: int = 4,
-                 skips: tuple[tuple[int, int], ...] = (), legacy: bool = True) -> None:
-        super().__init__(nc=nc, ch=ch, strides=strides, reg_max=reg_max, legacy=legacy)
+                 skips: tuple[tuple[int, int], ...] = (), legacy: bool = True, one2one: bool = False,
+                 proto26: bool = False) -> None:
+        super().__init__(nc=nc, ch=ch, strides=strides, reg_max=reg_max, legacy=legacy, one2one=one2one)
         self.nm, self.npr = nm, npr
-        self.proto = Proto(c1=ch[0], c_=npr, c2=nm, stride=proto_stride, skips=skips)
+        if proto26 and (skips or proto_stride != 4):
+            raise ValueError("YOLO26's prototypes take no skip inputs and have stride 4")
+        self.proto = (Proto26(ch=ch, c_=npr, c2=nm, nc=nc) if proto26 else
+                      Proto(c1=ch[0], c_=npr, c2=nm, stride=proto_stride, skips=skips))
         c4 = max(ch[0] // 4, nm)
         self.cv4 = nn.ModuleList(_branch(x, c4, nm) for x in ch)
+        if one2one:
+            self.one2one_cv4 = copy.deepcopy(self.cv4)
 
     def forward(self, x: list[Tensor]) -> SegTrainOutput | tuple[Tensor, Tensor]:  # type: ignore[override]
-        proto = self.proto(x[0], *x[self.nl:])  # inputs after the detection levels feed the prototypes only
-        coeffs = torch.cat([self.cv4[i](x[i]).flatten(2) for i in range(self.nl)], 2)
-        feats = self.raw(x)
+        # Proto26 reads every detection level; a Proto, P3 and the inputs after the detection levels
+        proto = self.proto(*x) if isinstance(self.proto, Proto26) else self.proto(x[0], *x[self.nl:])
+        one2one = self.end2end and not self.training
+        cv4 = self.one2one_cv4 if one2one else self.cv4
+        coeffs = torch.cat([cv4[i](x[i]).flatten(2) for i in range(self.nl)], 2)
+        feats = self.raw(x, one2one=one2one)
         if self.training:
             return SegTrainOutput(feats, coeffs, proto)
         return torch.cat((self.decode(feats), coeffs), 1), proto

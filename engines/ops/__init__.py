@@ -10,7 +10,7 @@ from engines.ops.boxes import box_iou, clip_boxes, scale_boxes, xywh2xyxy, xyxy2
 from engines.ops.crops import input_mask_crops, mask_crops, paste_crops, retina_mask_crops
 from engines.ops.letterbox import LetterboxInfo, letterbox, letterbox_geometry
 from engines.ops.masks import crop_mask, process_masks, process_masks_native, scale_masks
-from engines.ops.nms import NMSConfig, nms, non_max_suppression
+from engines.ops.nms import NMSConfig, nms, non_max_suppression, select_rows, topk_rows
 from engines.ops.polygons import mask_to_polygons
 
 # Last: postprocess builds engines.structures.Detections, which itself imports engines.ops.rle/polygons.
@@ -18,6 +18,6 @@ from engines.ops.postprocess import postprocess  # noqa: E402
 
 __all__ = [
     "LetterboxInfo", "NMSConfig", "box_iou", "clip_boxes", "crop_mask", "input_mask_crops", "letterbox", "letterbox_geometry",
-    "mask_crops", "mask_to_polygons", "nms", "non_max_suppression", "paste_crops", "process_masks",
+    "mask_crops", "mask_to_polygons", "nms", "non_max_suppression", "select_rows", "topk_rows", "paste_crops", "process_masks",
     "postprocess", "process_masks_native", "retina_mask_crops", "scale_boxes", "scale_masks", "xywh2xyxy", "xyxy2xywh",
 ]

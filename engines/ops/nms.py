@@ -3,6 +3,7 @@
 ``nms`` is greedy NMS with torchvision's semantics: boxes visited by descending score (ties keep the
 input order), a box is dropped when its IoU with an already kept box is strictly above the threshold.
 ``non_max_suppression`` is Ultralytics' segmentation post-NMS (single label per box) on top of it.
+``topk_rows`` is its NMS-free counterpart for end-to-end (YOLO26) heads, and ``select_rows`` picks one.
 torchvision.ops.nms is used when torchvision imports and runs; otherwise the torch version below.
 """
 
@@ -183,3 +184,48 @@ def non_max_suppression(pred: torch.Tensor, cfg: NMSConfig, *, nc: int) -> list[
         keep = nms(x[:, :4] + offsets, x[:, 4], cfg.iou, max_keep=cfg.max_det)[:cfg.max_det]
         out.append(x[keep].float())
     return out
+
+
+# Candidates an end-to-end head's top-k keeps at least (Ultralytics' predictor raises the head's max_det to
+# this before filtering by score and class, so a class filter still finds its objects).
+E2E_TOPK = 300
+
+
+def topk_rows(pred: torch.Tensor, cfg: NMSConfig, *, nc: int) -> list[torch.Tensor]:
+    """Ultralytics' post-processing of an end-to-end (NMS-free, YOLO26) head's output: its one-to-one
+    branch scores each object once, so the best ``max(cfg.max_det, E2E_TOPK)`` (anchor, class) pairs are
+    taken (the anchors of best top score first, then the best of their classes; one anchor may give
+    several classes, as there), those above ``cfg.conf`` and of ``cfg.classes`` kept, then the first
+    ``cfg.max_det``. ``cfg.agnostic``: one class per anchor, its best. ``cfg.iou`` plays no part.
+
+    pred and the result as :func:`non_max_suppression`'s.
+    """
+    if pred.ndim != 3 or pred.shape[1] < 4 + nc:
+        raise ValueError(f"topk_rows pred: expected (N, 4 + {nc} + nm, A), got {tuple(pred.shape)}")
+    pred = pred.transpose(-1, -2)  # (N, A, 4 + nc + nm)
+    box, scores, coeffs = xywh2xyxy(pred[..., :4]), pred[..., 4:4 + nc], pred[..., 4 + nc:]
+    k = min(max(cfg.max_det, E2E_TOPK), pred.shape[1])
+    if cfg.agnostic:
+        best, labels = scores.max(-1)
+        conf, index = best.topk(k, dim=1)
+        cls = labels.gather(1, index).float()
+    else:
+        anchors = scores.max(-1)[0].topk(k, dim=1)[1]  # (N, k)
+        conf, flat = scores.gather(1, anchors[..., None].expand(-1, -1, nc)).flatten(1).topk(k, dim=1)
+        cls, index = (flat % nc).float(), anchors.gather(1, flat // nc)
+    classes = None if cfg.classes is None else torch.tensor(cfg.classes, device=pred.device)
+    out = []
+    for xi in range(pred.shape[0]):
+        i = index[xi]
+        rows = torch.cat((box[xi, i], conf[xi, :, None], cls[xi, :, None], coeffs[xi, i]), 1)
+        keep = conf[xi] > cfg.conf
+        if classes is not None:
+            keep &= (cls[xi, :, None] == classes).any(1)
+        out.append(rows[keep][:cfg.max_det].float())
+    return out
+
+
+def select_rows(pred: torch.Tensor, cfg: NMSConfig, *, nc: int, nms_free: bool = False) -> list[torch.Tensor]:
+    """A model's eval output -> its detections' rows: :func:`topk_rows` for an NMS-free (one-to-one) head,
+    :func:`non_max_suppression` otherwise."""
+    return (topk_rows if nms_free else non_max_suppression)(pred, cfg, nc=nc)

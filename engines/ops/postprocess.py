@@ -1,6 +1,6 @@
 """Model output -> per-image Detections. Imports engines.ops and (lazily) engines.structures only.
 
-Reproduces Ultralytics' SegmentationPredictor.postprocess: NMS, masks (input-resolution or retina),
+Reproduces Ultralytics' SegmentationPredictor.postprocess: NMS (top-k for end-to-end heads), masks (input-resolution or retina),
 boxes mapped to the frame, detections whose mask came out empty dropped. Masks are evaluated inside
 each box only (engines.ops.crops) and pasted into frame-sized masks.
 """
@@ -15,27 +15,29 @@ import torch
 from engines.ops.boxes import scale_boxes
 from engines.ops.crops import input_mask_crops, input_stride, mask_crops
 from engines.ops.letterbox import LetterboxInfo
-from engines.ops.nms import NMSConfig, non_max_suppression
+from engines.ops.nms import NMSConfig, select_rows
 
 if TYPE_CHECKING:
     from engines.structures import Detections
 
 
 def postprocess(pred: torch.Tensor, proto: torch.Tensor, infos: Sequence[LetterboxInfo], cfg: NMSConfig, *,
-                names: Sequence[str], retina_masks: bool = False, masks: bool = True) -> list[Detections]:
+                names: Sequence[str], retina_masks: bool = False, masks: bool = True,
+                nms_free: bool = False) -> list[Detections]:
     """Turn a batch of raw model outputs into one :class:`Detections` per image, on the outputs' device.
 
     pred: (N, 4 + nc + 32, A) float, boxes xywh in model-input pixels (see engines.nn); nc = len(names).
     proto: (N, 32, h/4, w/4) float prototypes. infos: the letterbox of each image (N of them).
     retina_masks=False: masks are made at the model input (h, w) and resized to the frame (bilinear,
     > 0.5); True: made straight at frame resolution (sharper, slower). masks=False skips masks.
+    nms_free: the model ran an NMS-free head (YOLO26's one-to-one): its best scores are taken, no NMS.
     Detections are in each frame's pixels; masks (n, H, W) bool over the frame.
     """
     if pred.shape[0] != len(infos) or proto.shape[0] != len(infos):
         raise ValueError(f"postprocess: expected {len(infos)} images (one per LetterboxInfo), got pred "
                          f"{tuple(pred.shape)} and proto {tuple(proto.shape)}")
     names = tuple(names)
-    rows = non_max_suppression(pred, cfg, nc=len(names))
+    rows = select_rows(pred, cfg, nc=len(names), nms_free=nms_free)
     return [_one_image(r, p, info, names, retina_masks=retina_masks, masks=masks)
             for r, p, info in zip(rows, proto, infos, strict=True)]
 

@@ -24,7 +24,7 @@ from torch import nn
 from engines.checkpoint import ModelMeta, build_model, load_checkpoint, save_checkpoint
 from engines.data.loader import worker_errors_unwrapped
 from engines.data.spec import DataSpec, load_data_yaml
-from engines.errors import CheckpointError, ConfigError, SegpipeError
+from engines.errors import CheckpointError, ConfigError, ModelError, SegpipeError
 from engines.nn.model import SegmentationModel
 from engines.train import hooks as H
 from engines.train.config import TrainConfig, claimed_run_folder, default_out_dir
@@ -295,6 +295,13 @@ def setup(cfg: TrainConfig, place: Placement, out: Path
         net = SegmentationModel(resume.meta.model_yaml, nc=len(spec.names))
     else:
         net = build_train_model(cfg.model, names=spec.names, pretrained=cfg.pretrained, verbose=place.main)
+    if net.head.one2one:
+        # its one-to-one branches need Ultralytics' end-to-end loss (and its semantic-mask branch its own),
+        # which segpipe's trainer does not have: training only the one-to-many branches would leave the
+        # branches inference runs as they were
+        raise ModelError(f"{cfg.model}: segpipe trains YOLOv8-seg and YOLO11-seg models, not end-to-end "
+                         f"(YOLO26) ones; train it with Ultralytics and run or export the result here, or train "
+                         f"yolo11n-seg.yaml (--pretrained {cfg.model} seeds its matching layers)")
     frozen = freeze_layers(net, cfg.freeze)  # before the optimizer, which takes trainable tensors only
     if frozen and place.main:
         layers = (f"the first {cfg.freeze} layers" if isinstance(cfg.freeze, int) else

@@ -148,7 +148,7 @@ class Validator:
         self._confusion = ConfusionMatrix(len(names), conf=nms.conf) if self.plots else None
         preds: list[dict[str, Any]] = []
         times = [0.0, 0.0, 0.0]
-        dtype = _input_dtype(infer)
+        dtype, nms_free = _input_dtype(infer), _nms_free(infer)
         for b, batch in enumerate(loader):
             t0 = self._clock()
             x = batch.images.to(self.device, non_blocking=True).to(dtype).div_(255)
@@ -156,7 +156,8 @@ class Validator:
             pred, proto = infer(x)
             t2 = self._clock()
             infos = cast(Sequence[LetterboxInfo], batch.infos)  # val batches carry an info for every image
-            dets = postprocess(pred, proto, infos, nms, names=collapse or names, retina_masks=self.retina_masks)
+            dets = postprocess(pred, proto, infos, nms, names=collapse or names, retina_masks=self.retina_masks,
+                               nms_free=nms_free)
             if collapse:
                 dets = [d.relabelled(d.class_ids * 0, names) for d in dets]
             t3 = self._clock()
@@ -220,6 +221,13 @@ def _input_dtype(infer: Infer) -> torch.dtype:
     return torch.float32
 
 
+def _nms_free(infer: Infer) -> bool:
+    """Whether ``infer`` runs an NMS-free head: a SegmentationModel's ``end2end``, a Backend's meta."""
+    if isinstance(infer, nn.Module):
+        return bool(getattr(infer, "end2end", False))
+    return bool(getattr(getattr(infer, "meta", None), "nms_free", False))
+
+
 def resolve_data(data: str | os.PathLike[str] | DataSpec | None, model_data: str | None, model: str) -> DataSpec:
     """The dataset to validate on: ``data`` if given, else the one the model was trained on."""
     if isinstance(data, DataSpec):
@@ -244,19 +252,20 @@ def validate(model: Any, *, data: str | os.PathLike[str] | DataSpec | None = Non
              conf: float = 0.001, iou: float = 0.7, max_det: int = 300, save_json: bool = False,
              out_dir: str | os.PathLike[str] | None = None, plots: bool = False, verbose: bool = True,
              workers: int = 0, backend: str = "auto", half: bool = False, classes: Sequence[int] | None = None,
-             single_cls: bool | None = None) -> SegMetrics:
+             single_cls: bool | None = None, nms_free: bool = False) -> SegMetrics:
     """Validate a model file or a loaded ``Backend``; dataset and imgsz default to the model's own.
 
     model: a path (any backend format) or an ``engines.backends.Backend``; half: fp16 weights when
     loading a path on CUDA. out_dir defaults to ``runs/val`` when save_json or plots ask for files.
     classes, single_cls: score only the instances of these class ids of the data, and all classes as one
-    (``DataSpec.select``); single_cls defaults to what the model was trained with. Returns SegMetrics.
+    (``DataSpec.select``); single_cls defaults to what the model was trained with. nms_free: an end-to-end
+    model's NMS-free head (see ``BackendOptions``). Returns SegMetrics.
     """
     from engines.backends import Backend, BackendOptions, load_backend
 
     if not isinstance(model, Backend):
         model = load_backend(model, device=device if device is not None else "cpu", backend=backend,
-                             options=BackendOptions(half=half))
+                             options=BackendOptions(half=half, nms_free=nms_free))
     meta = model.meta
     spec = resolve_data(data, model_data(model) if data is None else None, str(model.path))
     if single_cls is None:

@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 
 from engines.errors import ConfigError
-from pipeline.cli.common import parse_imgsz
+from pipeline.cli.common import add_nms_free_arg, parse_imgsz
 
 NAME = "build-engine"
 HELP = "build a TensorRT engine (fp32/fp16/int8, batch profile, timing cache)"
@@ -34,6 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch", type=int, default=16, help="profile maximum batch (default 16)")
     p.add_argument("--workspace", type=float, default=4.0, help="builder memory pool limit in GiB (default 4)")
     p.add_argument("--timing-cache", default=None, help="timing cache file: loaded if present, saved after")
+    add_nms_free_arg(p, "build")
     p.add_argument("--out", default=None, help="engine path (default: beside the model, <stem>.engine)")
 
 
@@ -55,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     precision = "int8" if args.int8 else "fp16" if args.half else "fp32"
     spec = EngineSpec(imgsz=shape or facts.imgsz, precision=precision,
                       min_batch=args.min_batch, opt_batch=args.opt_batch, max_batch=args.max_batch,
-                      workspace_gb=args.workspace, calib_data=args.calib_data, calib_images=args.calib_images)
+                      workspace_gb=args.workspace, calib_data=args.calib_data, calib_images=args.calib_images,
+                      nms_free=args.nms_free)
     path = build_engine(args.model, spec=spec, device=device, out=args.out, timing_cache=args.timing_cache)
     print(f"\nbuilt {path} ({path.stat().st_size / 1e6:.1f} MB, {precision}, batch {spec.min_batch}..{spec.max_batch}, "
           f"{spec.imgsz[0]}x{spec.imgsz[1]})")

@@ -30,6 +30,13 @@ def add_infer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classes", type=str, default=None, help="comma-separated class ids to keep")
     p.add_argument("--agnostic-nms", action="store_true", help="NMS across classes")
     p.add_argument("--half", action="store_true", help="fp16 inference (CUDA)")
+    add_nms_free_arg(p)
+
+
+def add_nms_free_arg(p: argparse.ArgumentParser, what: str = "run") -> None:
+    p.add_argument("--nms-free", action="store_true",
+                   help=f"{what} an end-to-end model's (YOLO26's) NMS-free head: its best scores are taken with no "
+                        "NMS (Ultralytics' nms=False); by default its NMS head runs, as in Ultralytics")
 
 
 def parse_classes(spec: str | None) -> tuple[int, ...] | None:

@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 from engines.errors import ConfigError
-from pipeline.cli.common import parse_imgsz, sigterm_interrupts
+from pipeline.cli.common import add_nms_free_arg, parse_imgsz, sigterm_interrupts
 
 NAME = "export"
 HELP = "export a model to onnx, openvino or torchscript (INT8 with --int8 --data)"
@@ -36,6 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="ONNX INT8 graph style (default QDQ; --format onnx only)")
     p.add_argument("--val", action="store_true", help="then report box/mask mAP of the model and of the "
                    "export on --data's val split")
+    add_nms_free_arg(p, "export")
     p.add_argument("--out", default=None, help="output path (default: beside the model)")
 
 
@@ -54,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         path = export(args.model, format=args.format, imgsz=parse_imgsz(args.imgsz), half=args.half,
                       dynamic=args.dynamic, batch=args.batch, simplify=args.simplify, opset=args.opset,
                       int8=args.int8, data=args.data, calib_images=args.calib_images, int8_format=args.int8_format,
-                      out=args.out)
+                      nms_free=args.nms_free, out=args.out)
     print(f"exported {args.model} -> {path} ({artifact_bytes(path) / 1e6:.1f} MB)")
     print(f"use it:  segpipe predict --model {path} --source IMAGE_OR_VIDEO")
     print(f"         python -c \"from engines import SegModel; print(SegModel('{path}')('image.jpg'))\"")
@@ -80,12 +81,12 @@ def _compare(args: argparse.Namespace, exported: Path) -> None:
         reference, label = Path(args.model), "source"
         if args.int8:
             reference = export(args.model, format=args.format, imgsz=parse_imgsz(args.imgsz), dynamic=args.dynamic,
-                               batch=args.batch, simplify=args.simplify, opset=args.opset,
+                               batch=args.batch, simplify=args.simplify, opset=args.opset, nms_free=args.nms_free,
                                out=Path(tmp) / f"fp32{exported.suffix or '_openvino_model'}")
             label = "fp32"
         hw = parse_imgsz(args.imgsz)
         size = None if hw is None else hw if isinstance(hw, int) else max(hw)  # None: the model's own, the export's too
-        score = Scorer(data=args.data, imgsz=size, batch=8, device="cpu")
+        score = Scorer(data=args.data, imgsz=size, batch=8, device="cpu", nms_free=args.nms_free)
         rows = [(name, score(m)) for name, m in ((label, reference), ("int8" if args.int8 else "export", exported))]
     for name, metrics in rows:
         print(f"{name:>7}: {summary_line(metrics)}")

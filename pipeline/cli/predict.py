@@ -339,7 +339,7 @@ def run(args: argparse.Namespace) -> int:
     if dataset:
         dataset.check_source(args.source)
     with errors_name_flags(args):
-        model = SegModel(args.model, device=args.device, backend=args.backend, half=args.half)
+        model = SegModel(args.model, device=args.device, backend=args.backend, half=args.half, nms_free=args.nms_free)
     if classes and max(classes) >= len(model.names):
         raise ConfigError("--classes", f"{max(classes)} is not a class of {args.model} (ids 0..{len(model.names) - 1})")
     if dataset and args.save_crop:

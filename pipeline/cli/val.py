@@ -11,6 +11,7 @@ import argparse
 
 from pipeline.cli.common import (
     add_model_args,
+    add_nms_free_arg,
     check_scoring_args,
     errors_name_flags,
     output_dir,
@@ -39,6 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plots", action="store_true", help="PR/F1 curves, the confusion matrix (PNG and CSV) and "
                    "label/prediction image grids")
     p.add_argument("--half", action="store_true", help="fp16 inference (CUDA)")
+    add_nms_free_arg(p, "score")
     p.add_argument("--workers", type=int, default=2, help="data loading processes (default 2)")
     p.add_argument("--out", default=None, help="output folder (default runs/val, val2, ...: the first free "
                    "one, so runs do not mix their files)")
@@ -55,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
                            device=args.device, conf=args.conf, iou=args.iou, max_det=args.max_det,
                            save_json=args.save_json, out_dir=out, plots=args.plots, workers=args.workers,
                            backend=args.backend, half=args.half, classes=parse_classes(args.classes),
-                           single_cls=args.single_cls)
+                           single_cls=args.single_cls, nms_free=args.nms_free)
     print(summary_line(metrics))
     sp = metrics.speed
     print(f"speed: {sp.preprocess:.1f} ms preprocess, {sp.inference:.1f} ms inference, "

@@ -319,13 +319,12 @@ YOLO26_SEG = {
 
 
 @pytest.mark.parametrize(("name", "edit", "match"), [
-    ("yolo26n-seg.pt", {}, r"yolo26n-seg.yaml: head\[12\]: unknown module 'Segment26'"),
-    ("end2end.pt", {"end2end": True, "reg_max": 16, "head": [*YOLO26_SEG["head"][:-1], [[16, 19, 22], 1, "Segment",
-                                                                                         ["nc", 32, 256]]],
-                    "backbone": [*YOLO26_SEG["backbone"][:9], [-1, 1, "SPPF", [1024, 5]], YOLO26_SEG["backbone"][10]]},
-     r"yolo26n-seg.yaml: end2end: end2end: True is not supported"),
-    ("mystery.pt", {"head": [*YOLO26_SEG["head"][:2], [-1, 2, "MysteryBlock", [512]], *YOLO26_SEG["head"][3:]]},
-     r"head\[2\]: unknown modules 'MysteryBlock', 'Segment26'"),
+    ("yoloe-26n-seg.pt", {"head": [*YOLO26_SEG["head"][:-1], [[16, 19, 22], 1, "YOLOESegment26", ["nc", 32, 256]]]},
+     r"yolo26n-seg.yaml: head\[12\]: unknown module 'YOLOESegment26'"),
+    ("mystery.pt", {"head": [*YOLO26_SEG["head"][:2], [-1, 2, "MysteryBlock", [512]], *YOLO26_SEG["head"][3:-1],
+                             [[16, 19, 22], 1, "YOLOESegment26", ["nc", 32, 256]]]},
+     r"head\[2\]: unknown modules 'MysteryBlock', 'YOLOESegment26'"),
+    ("odd-bins.pt", {"reg_max": 100}, r"yolo26n-seg.yaml: reg_max: expected an integer number of box bins"),
 ])
 def test_checkpoint_of_an_architecture_segpipe_cannot_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                              capsys: pytest.CaptureFixture[str], name: str,

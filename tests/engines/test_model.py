@@ -282,14 +282,14 @@ def _edited(tmp_path: Path, edit: str) -> Path:
     d = yaml.safe_load((CFG_DIR / "yolov8-seg.yaml").read_text())
     if edit == "unknown module":
         d["head"][2][2] = "A2C2f"
-    elif edit == "unknown modules":  # YOLO26's head, and an Ultralytics module segpipe lacks
-        d["head"][-1][2], d["backbone"][2][2] = "Segment26", "C3"
+    elif edit == "unknown modules":  # YOLOv12's head block, and an Ultralytics module segpipe lacks
+        d["head"][2][2], d["backbone"][2][2] = "A2C2f", "C3"
     elif edit == "end2end":
-        d["end2end"] = True
+        d["end2end"] = "yes"
     elif edit == "reg_max":
-        d["reg_max"] = 1
-    elif edit == "yolo26 sppf":
-        d["backbone"][9][3] = [1024, 5, 3, True]
+        d["reg_max"] = 0
+    elif edit == "sppf args":
+        d["backbone"][9][3] = [1024, 5, 3, True, 1]
     elif edit == "bad row":
         d["backbone"][1] = [-1, 1, "Conv"]
     elif edit == "bad from":
@@ -310,11 +310,12 @@ def _edited(tmp_path: Path, edit: str) -> Path:
 @pytest.mark.parametrize(
     ("edit", "match"),
     [
-        ("unknown module", r"head\[2\]: unknown module 'A2C2f' \(segpipe builds YOLOv8-seg and YOLO11-seg; known: "),
-        ("unknown modules", r"backbone\[2\]: unknown modules 'C3', 'Segment26'"),
-        ("end2end", r"custom-seg.yaml: end2end: end2end: True is not supported"),
-        ("reg_max", r"custom-seg.yaml: reg_max: reg_max: 1 is not supported"),
-        ("yolo26 sppf", r"backbone\[9\]: bad arguments .* YOLO26's SPPF"),
+        ("unknown module", r"head\[2\]: unknown module 'A2C2f' \(segpipe builds YOLOv8-seg, YOLO11-seg and "
+                           r"YOLO26-seg; known: "),
+        ("unknown modules", r"backbone\[2\]: unknown modules 'C3', 'A2C2f'"),
+        ("end2end", r"custom-seg.yaml: end2end: expected true or false, got 'yes'"),
+        ("reg_max", r"custom-seg.yaml: reg_max: expected an integer number of box bins in 1..64, got 0"),
+        ("sppf args", r"backbone\[9\]: bad arguments .* expected \[c2, k\] or \[c2, k, n, shortcut\]"),
         ("bad row", r"backbone\[1\]: expected \[from, repeats, module, args\]"),
         ("bad from", r"head\[1\]: 'from' \[-1, 30\] refers to a layer"),
         ("bad args", r"backbone\[0\]: bad arguments"),

@@ -1,9 +1,11 @@
 """Parity with real Ultralytics (8.4.x) outputs, from tests/fixtures/ultralytics (see make_fixture.py).
 
-The fixture checkpoints are a YOLOv8n-seg and a YOLO11n-seg trained briefly by Ultralytics and saved
-its way (fp16 pickle). Each is loaded through our restricted unpickler, run on the exact letterboxed
+The fixture checkpoints are a YOLOv8n-seg, a YOLO11n-seg and a YOLO26n-seg trained briefly by Ultralytics
+and saved its way (fp16 pickle). YOLO26 runs its one-to-many head with NMS by default, as Ultralytics 8.4
+does, and its NMS-free one-to-one head (top-k, no NMS) with ``nms_free`` (Ultralytics' ``nms=False``). Each is loaded through our restricted unpickler, run on the exact letterboxed
 inputs Ultralytics fed it, and compared with its raw eval outputs and its final predict() results
-(YOLO11's raw outputs are kept for one image, to keep the fixture small).
+(YOLO11's and YOLO26's raw outputs are kept for one image, to keep the fixture small; YOLO26's also
+hold its one-to-one head's dense output and the top-k rows that head selects).
 
 Float32 conv results depend on the thread count (a few ulp); the reference was computed with one
 thread, as Ultralytics' predictor runs, so these tests do too and are then bit-exact on the
@@ -13,6 +15,7 @@ where the network computes them, so another CPU's kernels still pass at 1e-4.
 
 from __future__ import annotations
 
+import copy
 import json
 import zipfile
 from pathlib import Path
@@ -30,6 +33,7 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ultralytics"
 SETS = {
     "v8": ("yolov8n-seg-coco8.pt", "raw_{stem}.npz", "predict.json"),
     "11": ("yolo11n-seg-coco8.pt", "raw11_{stem}.npz", "predict11.json"),
+    "26": ("yolo26n-seg-coco8.pt", "raw26_{stem}.npz", "predict26.json"),
 }
 CKPT = FIXTURES / SETS["v8"][0]
 REFERENCES = {arch: json.loads((FIXTURES / predict).read_text()) for arch, (_, _, predict) in SETS.items()}
@@ -92,6 +96,49 @@ def test_raw_outputs_match(loaded: dict, arch: str, name: str) -> None:
     assert theirs[0, 4:84].max() > REFERENCES[arch]["predict"]["conf"]  # the fixture has real detections
 
 
+@pytest.fixture(scope="module")
+def nms_free26(loaded: dict) -> SegmentationModel:
+    """The YOLO26 fixture model running its one-to-one (NMS-free) head."""
+    model = copy.deepcopy(_load(loaded, "26")[1])
+    model.end2end = True
+    return model
+
+
+def test_yolo26_nms_free_head_matches(nms_free26: SegmentationModel) -> None:
+    """The one-to-one branches' dense output."""
+    name = next(n for a, n in RAW_CASES if a == "26")
+    ref, pred, proto = _forward(nms_free26, name, "26")
+    strides = _strides(ref["input_u8"].shape[2:])
+    assert np.abs(pred.numpy()[:, :4] / strides - ref["pred_o2o"][:, :4] / strides).max() < 1e-4
+    assert np.abs(pred.numpy()[:, 4:] - ref["pred_o2o"][:, 4:]).max() < 1e-4
+    assert np.abs(proto.numpy() - ref["proto"]).max() < 1e-4
+    assert np.abs(pred.numpy()[:, 4:84] - ref["pred"][:, 4:84]).max() > 0.1  # not the one-to-many head's
+
+
+def test_yolo26_topk_matches_its_head(nms_free26: SegmentationModel) -> None:
+    """segpipe's top-k over the dense one-to-one output picks the rows Ultralytics' end-to-end head does."""
+    from engines.ops import NMSConfig, topk_rows
+
+    name = next(n for a, n in RAW_CASES if a == "26")
+    ref, pred, _ = _forward(nms_free26, name, "26")
+    theirs = ref["topk"][0]  # (300, 6 + 32): every candidate, scores down to ~0
+    (rows,) = topk_rows(pred, NMSConfig(conf=0.0, max_det=300), nc=80)
+    assert rows.shape == theirs.shape
+    confident = theirs[:, 4] > 0.01  # below that, near-equal scores may swap places
+    assert confident.sum() >= 5
+    # pixels: 1e-4 of a grid unit of the coarsest level (32 px), as test_raw_outputs_match allows
+    np.testing.assert_allclose(rows.numpy()[confident, :4], theirs[confident, :4], atol=32e-4)
+    np.testing.assert_allclose(rows.numpy()[confident, 4:], theirs[confident, 4:], atol=1e-4)
+
+
+def test_yolo26_fixture_is_yolo26(loaded: dict) -> None:
+    ckpt, model = _load(loaded, "26")
+    assert ckpt.meta.model_yaml["yaml_file"] == "yolo26n-seg.yaml" and ckpt.meta.one2one
+    assert model.head.one2one and not model.end2end  # the NMS head by default, as Ultralytics 8.4
+    assert model.head.reg_max == 1 and type(model.head.proto).__name__ == "Proto26"
+    assert sum(p.numel() for p in model.parameters()) == 3_126_280  # Ultralytics' summary of yolo26n-seg
+
+
 def test_yolo11_fixture_is_yolo11(loaded: dict) -> None:
     ckpt, model = _load(loaded, "11")
     assert ckpt.meta.model_yaml["yaml_file"] == "yolo11n-seg.yaml" and ckpt.meta.model_yaml["scale"] == "n"
@@ -101,8 +148,6 @@ def test_yolo11_fixture_is_yolo11(loaded: dict) -> None:
 
 @pytest.mark.parametrize("arch", list(SETS))
 def test_fused_outputs_match(loaded: dict, arch: str) -> None:
-    import copy
-
     fused = copy.deepcopy(_load(loaded, arch)[1]).fuse()
     ref, pred, _ = _forward(fused, next(n for a, n in RAW_CASES if a == arch), arch)
     # Folding BN reorders float math; boxes are in pixels (up to ~320), hence the looser bound.
@@ -128,21 +173,26 @@ def test_letterbox_matches_ultralytics(coco128: Path) -> None:
 
 
 @pytest.mark.parametrize("retina", [False, True], ids=["default", "retina"])
-@pytest.mark.parametrize(("arch", "name"), PREDICT_CASES)
-def test_final_detections_match(loaded: dict, arch: str, name: str, retina: bool) -> None:
+@pytest.mark.parametrize(("arch", "name"), PREDICT_CASES + [("26-nms-free", n) for n in IMAGES])
+def test_final_detections_match(loaded: dict, nms_free26: SegmentationModel, arch: str, name: str,
+                                 retina: bool) -> None:
     from pycocotools import mask as mask_utils
 
     from engines.ops import NMSConfig, letterbox_geometry, postprocess
 
+    nms_free = arch == "26-nms-free"
+    arch, mode = ("26", "nms_free_") if nms_free else (arch, "")
     ckpt, model = _load(loaded, arch)
+    model = nms_free26 if nms_free else model
     reference = REFERENCES[arch]
-    settings, ref = reference["predict"], reference["images"][name]["retina" if retina else "default"]
+    settings, ref = reference["predict"], reference["images"][name][mode + ("retina" if retina else "default")]
     ref_input, pred, proto = _forward(model, name, arch)
     info = letterbox_geometry(tuple(reference["images"][name]["orig_shape"]), size=settings["imgsz"],
                               stride=32, auto=True)
     assert info.new_shape == tuple(ref_input["input_u8"].shape[2:])
     cfg = NMSConfig(conf=settings["conf"], iou=settings["iou"], max_det=settings["max_det"])
-    (det,) = postprocess(pred, proto, [info], cfg, names=ckpt.meta.names, retina_masks=retina)
+    (det,) = postprocess(pred, proto, [info], cfg, names=ckpt.meta.names, retina_masks=retina,
+                         nms_free=nms_free)
     assert len(ref["scores"]) > 0
     assert len(det) == len(ref["scores"])
     np.testing.assert_allclose(det.boxes.numpy(), np.array(ref["boxes_xyxy"]), atol=1e-2)
@@ -156,16 +206,16 @@ def test_final_detections_match(loaded: dict, arch: str, name: str, retina: bool
     differing = (ours != ref_masks).reshape(len(ours), -1).sum(1)
     assert differing.max() <= 2, differing
     if not retina:
-        _check_input_masks(pred, proto, cfg, ref)
+        _check_input_masks(pred, proto, cfg, ref, nms_free=nms_free)
 
 
-def _check_input_masks(pred: torch.Tensor, proto: torch.Tensor, cfg: object, ref: dict) -> None:
+def _check_input_masks(pred: torch.Tensor, proto: torch.Tensor, cfg: object, ref: dict, *, nms_free: bool) -> None:
     """Masks at the model input, which is what Ultralytics' Results.masks hold without retina."""
     from pycocotools import mask as mask_utils
 
-    from engines.ops import non_max_suppression, process_masks
+    from engines.ops import process_masks, select_rows
 
-    (rows,) = non_max_suppression(pred, cfg, nc=80)
+    (rows,) = select_rows(pred, cfg, nc=80, nms_free=nms_free)
     masks = process_masks(proto[0], rows[:, 6:], rows[:, :4], _input_hw(proto), upsample=True).numpy()
     ref_masks = np.stack([mask_utils.decode({"size": r["size"], "counts": r["counts"].encode()})
                           for r in ref["input_masks_rle"]]).astype(bool)
