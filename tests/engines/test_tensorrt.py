@@ -130,6 +130,7 @@ def test_cache_key_is_stable_and_covers_what_matters() -> None:
         cache_key("m" * 64, spec, dataclasses.replace(HERE, gpu_name="NVIDIA L4", compute_capability=(8, 9))),
         cache_key("m" * 64, dataclasses.replace(spec, precision="int8", calib_data="a.yaml"), HERE),
         cache_key("m" * 64, dataclasses.replace(spec, precision="int8", calib_data="b.yaml"), HERE),
+        cache_key("m" * 64, dataclasses.replace(spec, nms_free=True), HERE),
     ]
     assert len({key, *variants}) == len(variants) + 1
     assert cache_key("m" * 64, dataclasses.replace(spec, workspace_gb=8), HERE) == key

@@ -90,6 +90,22 @@ def test_an_nms_free_onnx_export_runs_the_one_to_one_head(tmp_path: Path, street
         SegModel(plain, nms_free=True)
 
 
+def test_an_engine_build_exports_the_head_it_is_asked_for(tmp_path: Path) -> None:
+    """What TensorRT would parse (checked without it): the ONNX made for an NMS-free engine runs that head,
+    and a plain ONNX export cannot become one."""
+    from engines.errors import ConfigError
+    from engines.export.tensorrt import EngineSpec
+    from engines.export.trt_build import onnx_for
+
+    path, record = onnx_for(YOLO26, EngineSpec(imgsz=(320, 320), nms_free=True), tmp_path)
+    assert record["nms_free"] is True and SegModel(path).backend.meta.nms_free
+    _, record = onnx_for(YOLO26, EngineSpec(imgsz=(320, 320)), tmp_path)
+    assert record["nms_free"] is False
+    plain = export(YOLO26, format="onnx", imgsz=320, out=tmp_path / "plain.onnx")
+    with pytest.raises(ConfigError, match=r"plain.onnx was exported with its NMS head \(export it with --nms-free\)"):
+        onnx_for(plain, EngineSpec(imgsz=(320, 320), nms_free=True), tmp_path)
+
+
 def test_nms_free_needs_a_model_with_that_head(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match=r"yolo11n-seg-coco8.pt: nms_free: this model has no NMS-free"):
         SegModel(YOLO11, nms_free=True)
