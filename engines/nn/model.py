@@ -10,7 +10,8 @@ Two rules follow Ultralytics' ``parse_model`` so its YAMLs and checkpoints build
 with a ``C3k2`` layer (YOLO11) gets the depth-wise class branch in its head (``legacy=False``), and
 its ``C3k2`` layers use ``C3k`` blocks at scales m, l and x whatever the row says. The top-level keys
 ``reg_max`` (box bins, 16 by default; YOLO26: 1) and ``end2end`` (one-to-one head branches, which can run
-NMS-free) reach the head row, as in Ultralytics; ``Segment26`` is a Segment whose prototypes read every detection level.
+NMS-free) reach the head row, as in Ultralytics; ``Segment26`` is a Segment whose prototypes read every
+detection level.
 """
 
 from __future__ import annotations
@@ -122,7 +123,8 @@ def _find_cfg(path: Path) -> tuple[Path, str | None]:
 
 
 class SegmentationModel(nn.Module):
-    """YOLOv8-seg / YOLO11-seg / YOLO26-seg. Input float32 ``(N, 3, H, W)`` RGB in [0, 1], H and W multiples of 32.
+    """YOLOv8-seg / YOLO11-seg / YOLO26-seg. Input float32 ``(N, 3, H, W)`` RGB in [0, 1], H and W multiples
+    of 32.
 
     eval: ``(pred (N, 4 + nc + 32, A), proto (N, 32, H/s, W/s))`` with xywh boxes in input pixels
     (``s = proto_stride``: 4, or 2 for a Segment row with finer prototypes)
@@ -236,8 +238,8 @@ def _check_supported(d: dict[str, Any], name: str, rows: list[tuple[str, tuple[A
     for key, ok in _UNSUPPORTED_KEYS.items():
         if d.get(key) not in ok:
             raise ConfigError(f"{name}: {key}", f"{key}: {d[key]!r} is not supported (segpipe builds {_ARCHITECTURES})")
-    reg_max, end2end = d.get("reg_max", 16), d.get("end2end", False)
-    if isinstance(reg_max, bool) or not isinstance(reg_max, int) or not 1 <= reg_max <= 64:
+    reg_max, end2end = d.get("reg_max"), d.get("end2end")
+    if reg_max is not None and (isinstance(reg_max, bool) or not isinstance(reg_max, int) or not 1 <= reg_max <= 64):
         raise ConfigError(f"{name}: reg_max", f"expected an integer number of box bins in 1..64, got {reg_max!r}")
     if end2end not in (None, True, False):
         raise ConfigError(f"{name}: end2end", f"expected true or false, got {end2end!r}")

@@ -295,10 +295,10 @@ def setup(cfg: TrainConfig, place: Placement, out: Path
         net = SegmentationModel(resume.meta.model_yaml, nc=len(spec.names))
     else:
         net = build_train_model(cfg.model, names=spec.names, pretrained=cfg.pretrained, verbose=place.main)
-    if net.head.one2one:
-        # its one-to-one branches need Ultralytics' end-to-end loss (and its semantic-mask branch its own),
-        # which segpipe's trainer does not have: training only the one-to-many branches would leave the
-        # branches inference runs as they were
+    if net.head.one2one or net.head.reg_max < 2:
+        # one-to-one branches need Ultralytics' end-to-end loss (and its semantic-mask branch its own), and
+        # 1-bin boxes its L1 box loss, which segpipe's trainer does not have: training only the one-to-many
+        # branches would leave the branches an NMS-free run uses as they were
         raise ModelError(f"{cfg.model}: segpipe trains YOLOv8-seg and YOLO11-seg models, not end-to-end "
                          f"(YOLO26) ones; train it with Ultralytics and run or export the result here, or train "
                          f"yolo11n-seg.yaml (--pretrained {cfg.model} seeds its matching layers)")
