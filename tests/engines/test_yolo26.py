@@ -129,9 +129,20 @@ def test_cli_predict_and_val_take_nms_free(tmp_path: Path, street: Path,
     assert len(err) == 1 and "has no NMS-free" in err[0], err
 
 
-def test_training_a_yolo26_model_is_refused_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("model", ["yolo26n-seg.yaml", "one-bin"])
+def test_training_a_yolo26_model_is_refused_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                        model: str) -> None:
+    """YOLO26's YAML, and a YOLOv8 one with its 1-bin boxes (segpipe's box loss needs DFL bins)."""
+    import yaml
+
+    from engines.nn.model import CFG_DIR
+
+    if model == "one-bin":
+        d = {**yaml.safe_load((CFG_DIR / "yolov8-seg.yaml").read_text()), "reg_max": 1}
+        (tmp_path / "yolov8n-onebin-seg.yaml").write_text(yaml.safe_dump(d))
+        model = str(tmp_path / "yolov8n-onebin-seg.yaml")
     data = make_shapes_dataset(tmp_path / "shapes", n=2, size=64)
-    assert main(["train", "--model", "yolo26n-seg.yaml", "--data", str(data), "--epochs", "1", "--imgsz", "64",
+    assert main(["train", "--model", model, "--data", str(data), "--epochs", "1", "--imgsz", "64",
                  "--batch", "2", "--workers", "0", "--out", str(tmp_path / "run")]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not end-to-end (YOLO26)" in err[0] and "Ultralytics" in err[0], err
