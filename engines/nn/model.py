@@ -370,12 +370,17 @@ def _concat(args: list[Any], ctx: _Ctx) -> _Built:
     return Concat(dim=dim), sum(ctx.c_in), ctx.s_in[0], [dim]
 
 
-def _segment(args: list[Any], ctx: _Ctx) -> _Built:
+def _head_args(args: list[Any], ctx: _Ctx) -> tuple[int, int, int]:
+    """A Segment or Segment26 row's ``[nc, nm, npr]``: classes ("nc": the YAML's), mask coefficients and
+    prototype channels (scaled by width)."""
     nc = ctx.nc if args[0] == "nc" else args[0]
     if not isinstance(nc, int) or isinstance(nc, bool) or nc < 1:
         raise ValueError(f"nc must be a positive integer, got {nc!r}")
-    nm = args[1] if len(args) > 1 else 32
-    npr = ctx.scale_ch(args[2] if len(args) > 2 else 256)
+    return nc, (args[1] if len(args) > 1 else 32), ctx.scale_ch(args[2] if len(args) > 2 else 256)
+
+
+def _segment(args: list[Any], ctx: _Ctx) -> _Built:
+    nc, nm, npr = _head_args(args, ctx)
     proto_stride = args[3] if len(args) > 3 else 4  # segpipe's 4th argument: 2 for finer prototypes (Proto checks)
     # Inputs finer than the first (P3) are segpipe's prototype skips: detection never sees them.
     n_det = next((k for k, s in enumerate(ctx.s_in) if s < ctx.s_in[0]), len(ctx.s_in))
@@ -390,10 +395,7 @@ def _segment(args: list[Any], ctx: _Ctx) -> _Built:
 def _segment26(args: list[Any], ctx: _Ctx) -> _Built:
     if len(args) > 3:
         raise ValueError("expected [nc, nm, npr]")
-    nc = ctx.nc if args[0] == "nc" else args[0]
-    if not isinstance(nc, int) or isinstance(nc, bool) or nc < 1:
-        raise ValueError(f"nc must be a positive integer, got {nc!r}")
-    nm, npr = (args[1] if len(args) > 1 else 32), ctx.scale_ch(args[2] if len(args) > 2 else 256)
+    nc, nm, npr = _head_args(args, ctx)
     ch, strides = tuple(ctx.c_in), tuple(ctx.s_in)
     m = Segment(nc=nc, ch=ch, strides=strides, nm=nm, npr=npr, legacy=ctx.legacy, reg_max=ctx.reg_max,
                 one2one=ctx.one2one, proto26=True)
