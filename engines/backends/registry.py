@@ -58,18 +58,16 @@ def load_backend(path: str | Path, *, device: str | torch.device | None = "cpu",
     """
     name = backend_for(path) if backend == "auto" else backend
     entry = BACKENDS.get(name)
-    p = Path(path)
+    p, opts = Path(path), options or BackendOptions()
     if name == "tensorrt" and p.suffix.lower() != ".engine":
         # A checkpoint or ONNX file run on TensorRT: build the engine once, then reuse it from the cache.
         from engines.export.tensorrt import ensure_engine
 
-        opts = options or BackendOptions()
         p = ensure_engine(p, device=parse_device(device), half=opts.half, nms_free=opts.nms_free)
     is_builtin_yaml = name == "torch" and p.suffix in (".yaml", ".yml")
     if not p.exists() and not is_builtin_yaml:
         raise ModelError(f"{path}: model file not found")
     cls: type[Backend] = getattr(importlib.import_module(entry.module), entry.cls)
-    opts = options or BackendOptions()
     loaded = cls(p, device=parse_device(device), options=opts)  # type: ignore[call-arg]
     if opts.nms_free and not loaded.meta.nms_free:  # an artifact's head was chosen when it was exported
         raise ModelError(f"{path}: exported with its NMS head; for the NMS-free one export it with --nms-free "

@@ -13,7 +13,6 @@ import torch
 
 from engines.backends.base import Backend, BackendMeta, BackendOptions
 from engines.checkpoint import build_model, load_checkpoint
-from engines.errors import ModelError
 from engines.nn.model import SegmentationModel
 
 if TYPE_CHECKING:
@@ -72,10 +71,7 @@ class TorchBackend(Backend):
                     extra["single_cls"] = True
             model = model.to(device).eval()
             if options.nms_free:
-                try:
-                    model.end2end = True
-                except ModelError as e:
-                    raise ModelError(f"{path}: nms_free: {e}") from None
+                model.use_nms_free_head(f"{path}: nms_free")
             if options.fuse:
                 model = model.fuse()
         self.half = options.half and device.type == "cuda"

@@ -105,10 +105,7 @@ def load_source(path: str | os.PathLike[str], *, nms_free: bool = False) -> Sour
     running its NMS-free head with ``nms_free`` (``ModelError`` when it has none)."""
     src = _load_source(Path(path))
     if nms_free:
-        try:
-            src.model.end2end = True
-        except ModelError as e:
-            raise ModelError(f"{path}: --nms-free: {e}") from None
+        src.model.use_nms_free_head(f"{path}: --nms-free")
     return src
 
 

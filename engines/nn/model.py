@@ -173,6 +173,14 @@ class SegmentationModel(nn.Module):
                              "YOLO26 have one")
         self.head.end2end = bool(value)
 
+    def use_nms_free_head(self, where: str) -> None:
+        """Run the one-to-one head from now on (``end2end``); ``ModelError`` naming ``where`` (the file and
+        the option that asked) when the model has none."""
+        try:
+            self.end2end = True
+        except ModelError as e:
+            raise ModelError(f"{where}: {e}") from None
+
     def forward(self, x: Tensor) -> SegTrainOutput | tuple[Tensor, Tensor]:
         outs: list[Tensor | None] = []
         y: Any = x
