@@ -8,7 +8,7 @@
 #
 #   OUT=DIR [BUDGET_S=560] [PY=python3] [BENCH=0] [STAGE=gpu-skip] benchmarks/gpu_session.sh
 #
-# BENCH=0 skips the timed benchmark rows (engines, latency, streaming pipeline) and gives their time to the
+# BENCH=0 skips the timed benchmark rows (engines, latency, mask loss, streaming pipeline) and gives their time to the
 # training: for a session whose rows are already measured on the same kind of machine.
 # Everything it prints goes to OUT/session.log too; OUT also gets train.log, results.csv,
 # heldout-val.txt and demo-seg.pt. Each step has its own timeout so a hang costs that step only.
@@ -57,11 +57,12 @@ wait $DATA_PID
 tail -n 3 "$WORK/data.log"
 [ "$(cat "$WORK/data.rc")" = 0 ] || { echo "demo data failed"; cat "$WORK/data.log"; exit 1; }
 
-step "mask loss cost by mask ratio (LOSS_BASELINE: another revision's loss.py beside it)"
-timeout 60 $PY benchmarks/seg_loss.py --data "$WORK/train-gpu/data.yaml" --device "${GPU_DEVICE:-0}" --batch 32 --batches 3 \
-    --repeats 5 --workers 8 --ratios 4 1 ${LOSS_BASELINE:+--baseline "$LOSS_BASELINE"} | grep -E "device|mask_ratio"
-
 if [ "$BENCH" = 1 ]; then
+    step "mask loss cost by mask ratio (LOSS_BASELINE: another revision's loss.py beside it)"
+    timeout 60 $PY benchmarks/seg_loss.py --data "$WORK/train-gpu/data.yaml" --device "${GPU_DEVICE:-0}" --batch 32 \
+        --batches 3 --repeats 5 --workers 8 --ratios 4 1 ${LOSS_BASELINE:+--baseline "$LOSS_BASELINE"} \
+        | grep -E "device|mask_ratio"
+
     step "streaming pipeline on CUDA (8 cameras 1080p, fp16, CUDA graphs; the machine to itself)"
     timeout 75 $PY benchmarks/pipeline.py --device cuda --half --cuda-graph --cameras 8 --sizes 1080p --max-batch 8 \
         --seconds 8 --warmup 3 --raw-seconds 3 --no-latency --cache "$SEGPIPE_CACHE"

@@ -2,7 +2,7 @@
 
 Covered: the torch backend (fp32, channels-last, unfused, fp16, CUDA graphs, graphs across input
 shapes), TorchScript and ONNX artifacts on the device, letterbox / NMS / mask routes / the whole
-``postprocess`` on the device, ``SegModel`` predict, validation (API and ``segpipe val``) and tiny
+``postprocess`` on the device, ``SegModel`` predict (YOLOv8, and YOLO26's two heads), validation (API and ``segpipe val``) and tiny
 training runs (AMP on and off, resume on another device).
 
 Every test that means something on a CPU is parametrized over ``cpu`` and ``cuda`` (the latter
@@ -617,6 +617,38 @@ def test_segmodel_predict_matches_cpu(device: str, opts: dict, tol: str,
                                 what=f"file im{i}.png")
     finally:
         torch.backends.cudnn.allow_tf32 = prev
+
+
+YOLO26 = FIXTURES / "yolo26n-seg-coco8.pt"
+
+
+@pytest.fixture(scope="module")
+def cpu_predictions26() -> dict[bool, list[Detections]]:
+    from engines import SegModel
+
+    return {nms_free: SegModel(YOLO26, nms_free=nms_free)(fixture_images()) for nms_free in (False, True)}
+
+
+@pytest.mark.parametrize("nms_free", [False, True], ids=["nms", "nms-free"])
+@pytest.mark.parametrize(("device", "opts", "tol"), [
+    pytest.param("cpu", {}, "cpu", id="cpu"),
+    pytest.param("cuda", {}, "strict", id="cuda", marks=pytest.mark.gpu),
+    pytest.param("cuda", {"half": True, "cuda_graph": True}, "half", id="cuda-half-graph", marks=pytest.mark.gpu),
+])
+def test_yolo26_heads_match_cpu(device: str, opts: dict, tol: str, nms_free: bool,
+                                cpu_predictions26: dict[bool, list[Detections]]) -> None:
+    """YOLO26's one-to-many head (NMS) and one-to-one head (top-k, no NMS) on the device: the objects the
+    CPU finds, twice over (the second pass replays the CUDA graphs the first captured)."""
+    from engines import SegModel
+
+    model = SegModel(YOLO26, device=device, nms_free=nms_free, **opts)
+    box_px, score_tol, iou = TOLERANCES[tol]
+    for rnd in range(2):
+        got = model(fixture_images())
+        for i, (g, r) in enumerate(zip(got, cpu_predictions26[nms_free], strict=True)):
+            assert g.boxes.device.type == device and len(r) > 0
+            assert_same_objects(objects_of(g), objects_of(r), box_px=box_px, score_tol=score_tol, min_iou=iou,
+                                what=f"nms_free={nms_free} image {i} pass {rnd}")
 
 
 # --------------------------------------------------------------------------------------- validation
