@@ -3,15 +3,18 @@
 # engines/assets/demo-seg.pt is the CUDA recipe's (gpu-data, gpu-train, gpu-finetune, run by
 # benchmarks/gpu_session.sh on one H200) followed by the masks stage (masks, masks-val, masks-package: full-
 # resolution mask targets, on 2 CPU cores), its GPU twin (gpu-masks, gpu-masks-val, gpu-masks-package, on
-# one H200 from the masks stage's model) and stage 5 (fresh, fresh-val, fresh-package: new scenes, 16:9
-# batches, the Dice term, on 2 CPU cores); the CPU recipe made the previous, smaller model.
+# one H200 from the masks stage's model), stage 5 (fresh, fresh-val, fresh-package: new scenes, 16:9
+# batches, the Dice term, on 2 CPU cores) and stage 6 (gpu-skip, gpu-skip2, gpu-skip2-val, gpu-skip2-package:
+# stage 5's model grown into finer prototypes fed by the backbone's fine maps, on one H200); the CPU recipe
+# made an earlier, smaller model.
 #
 #   benchmarks/demo_train.sh [data|train|finetune|stage3|stage4|val|package|all]     (the CPU recipe; default: all)
 #   benchmarks/demo_train.sh [gpu-data|gpu-train|gpu-val|gpu-package|gpu]             (the CUDA recipe)
 #   benchmarks/demo_train.sh [gpu-finetune|gpu-val2|gpu-package2]                      (its second stage)
 #   benchmarks/demo_train.sh [masks|masks-val|masks-package]                           (the third, on a CPU)
 #   benchmarks/demo_train.sh [gpu-masks|gpu-masks-val|gpu-masks-package]              (the third, on a GPU)
-#   benchmarks/demo_train.sh [gpu-skip|gpu-masks-val|gpu-masks-package]               (the fifth, prepared)
+#   benchmarks/demo_train.sh [gpu-skip|gpu-skip2|gpu-skip2-val|gpu-skip2-package]     (the sixth, on a GPU)
+#   benchmarks/demo_train.sh [gpu-next|gpu-masks-val|gpu-masks-package]              (the seventh, prepared)
 #   benchmarks/demo_train.sh [skip|skip-dice|skip-fresh|masks-val]                    (its CPU trials)
 #   benchmarks/demo_train.sh [fresh|fresh-val|fresh-package]                          (stage 5, on a CPU)
 #
@@ -34,6 +37,7 @@ RUN4=$WORK/run4
 # of its own with a fresh WORK; `segpipe train` refuses an --out that holds a run, so set RUN_MASKS to chain
 # them in one WORK.
 RUN_MASKS=${RUN_MASKS:-$WORK/run-masks}
+RUN_MASKS2=${RUN_MASKS2:-$WORK/run-cont}
 GPU_RUN=${GPU_RUN:-$WORK/gpu-run}
 GPU_RUN2=${GPU_RUN2:-$WORK/gpu-run2}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
@@ -153,11 +157,13 @@ gpu_masks() {
         --workers "${TRAIN_WORKERS:-14}" --seed 5 --warmup-epochs 0 --out "$RUN_MASKS" ${GPU_TRAIN_EXTRA:-}
 }
 
-# Stage 5 (next, prepared): finer prototypes. The best half-resolution logit map fits bicycles at mean
-# IoU 0.83 where a quarter-resolution one reaches 0.26 (benchmarks/mask_targets.py), so the model becomes
-# yolov8n-seg-proto2-skip.yaml: prototypes at stride 2 that also read the backbone's stride-4 and stride-2
-# maps, seeded with every tensor of the shipped model (the new branches start faint) and trained on as
-# stage 4 was. History, on 2 CPU cores (batch 8, 3,920 new scenes of seed 3, ~5.5 s a batch):
+# Stage 6 (gpu_session.sh with STAGE=gpu-skip on one H200, then gpu-skip2): finer prototypes. The best
+# half-resolution logit map fits bicycles at mean IoU 0.83 where a quarter-resolution one reaches 0.26
+# (benchmarks/mask_targets.py), so the model becomes yolov8n-seg-proto2-skip.yaml: prototypes at stride 2
+# that also read the backbone's stride-4 and stride-2 maps, seeded with every tensor of stage 5's model
+# (FROM; `git show 9ed1784:engines/assets/demo-seg.pt`; the new branches start faint) and trained on as stage 4
+# was, on 16:9 batches with the Dice term. --time 0.12028 (what the session had left) ran 22 epochs.
+# Its trials on 2 CPU cores (batch 8, 3,920 new scenes of seed 3, ~5.5 s a batch):
 # - yolov8n-seg-proto2.yaml, 3 epochs: held-out box / mask 0.772 / 0.575, bicycles ~0. Its refine conv had
 #   started with BatchNorm scale 0 and was still at ~0.002 after 1,470 AdamW steps: never trained.
 # - `skip` below, new branches at scale 0.1: see engines/assets/README.md.
@@ -166,10 +172,27 @@ gpu_masks() {
 # - `skip-fresh` below: one more CPU epoch over 12,000 new scenes, held-out mask 0.597 -> 0.606.
 gpu_skip() {
     $SEGPIPE train --data "$WORK/train-gpu/data.yaml" --model yolov8n-seg-proto2-skip.yaml \
-        --pretrained "${FROM:-engines/assets/demo-seg.pt}" --imgsz "${GPU_IMGSZ:-640}" --rect --dice 1 --batch 32 \
+        --pretrained "${FROM:?set FROM to the stage-5 model}" --imgsz "${GPU_IMGSZ:-640}" --rect --dice 1 --batch 32 \
         --nbs 32 --device "${GPU_DEVICE:-0}" --optimizer AdamW --lr0 0.0005 --no-plots --no-val --no-deterministic \
         --epochs 20 --time "${GPU_HOURS:-0.1}" --mosaic 0 --mask-ratio 1 --workers "${TRAIN_WORKERS:-14}" --seed 6 \
         --warmup-epochs 0 --out "$RUN_MASKS" ${GPU_TRAIN_EXTRA:-}
+}
+
+# Stage 6, second part (the same session as gpu-skip, on the machine still holding its data and run): 9 more
+# epochs from gpu-skip's last.pt at lr 2e-4 falling to a quarter; --time 0.048 re-planned --epochs 4 to 7
+# after the first epoch, then to 9. The shipped model is this run's last.pt (gpu-skip2-package).
+gpu_skip2() {
+    $SEGPIPE train --data "$WORK/train-gpu/data.yaml" --model "${FROM2:-$RUN_MASKS/weights/last.pt}" --imgsz "${GPU_IMGSZ:-640}" \
+        --rect --dice 1 --batch 32 --nbs 32 --device "${GPU_DEVICE:-0}" --optimizer AdamW --lr0 0.0002 --lrf 0.25 \
+        --no-plots --no-val --no-deterministic --epochs 4 --time "${GPU_HOURS2:-0.048}" --mosaic 0 --mask-ratio 1 \
+        --workers "${TRAIN_WORKERS:-14}" --seed 7 --warmup-epochs 0 --out "$RUN_MASKS2" ${GPU_TRAIN_EXTRA:-}
+}
+
+# Stage 7 (prepared, gpu_session.sh's default STAGE): the shipped model trained on as gpu-skip2 did, for what
+# the session has left (stage 6's losses were still falling), into RUN_MASKS; then gpu-masks-val and
+# gpu-masks-package.
+gpu_next() {
+    FROM2=${FROM:-engines/assets/demo-seg.pt} RUN_MASKS2=$RUN_MASKS GPU_HOURS2=${GPU_HOURS:-0.1} gpu_skip2
 }
 
 # The CPU trial of stage 5 (OMP_NUM_THREADS=2, quiet cores): one epoch at lr 5e-4 over 3,920 scenes of
@@ -294,6 +317,10 @@ case "${1:-all}" in
     fresh-package) package "$WORK/run-fresh2/weights/last.pt" "${2:-engines/assets/demo-seg.pt}" ;;
     masks-val) masks_val cpu ;;
     gpu-masks-val) masks_val "${GPU_DEVICE:-0}" ;;
+    gpu-skip2) gpu_skip2 ;;
+    gpu-next) gpu_next ;;
+    gpu-skip2-val) RUN_MASKS=$RUN_MASKS2 masks_val "${GPU_DEVICE:-0}" ;;
+    gpu-skip2-package) package "$RUN_MASKS2/weights/last.pt" "${2:-engines/assets/demo-seg.pt}" ;;
     masks-package|gpu-masks-package) package "$RUN_MASKS/weights/best.pt" "${2:-engines/assets/demo-seg.pt}" ;;
     gpu) gpu_data; SYNTH_WORKERS=${SYNTH_WORKERS:-14} heldout; gpu_train; gpu_val; package "$GPU_RUN/weights/best.pt" ;;
     train) train ;;
@@ -303,6 +330,6 @@ case "${1:-all}" in
     val) val ;;
     package) package ;;
     all) data; train; finetune; stage3; stage4; val; package ;;
-    *) echo "usage: $0 [data|heldout|train|finetune|stage3|stage4|val|package|all|gpu-data|gpu-train|gpu-val|gpu-package|gpu|gpu-finetune|gpu-val2|gpu-package2|masks|masks-val|masks-package|gpu-masks|gpu-masks-val|gpu-masks-package|gpu-skip|skip|skip-dice|skip-fresh|fresh|fresh-val|fresh-package]" >&2
+    *) echo "usage: $0 [data|heldout|train|finetune|stage3|stage4|val|package|all|gpu-data|gpu-train|gpu-val|gpu-package|gpu|gpu-finetune|gpu-val2|gpu-package2|masks|masks-val|masks-package|gpu-masks|gpu-masks-val|gpu-masks-package|gpu-skip|gpu-skip2|gpu-skip2-val|gpu-skip2-package|gpu-next|skip|skip-dice|skip-fresh|fresh|fresh-val|fresh-package]" >&2
        exit 2 ;;
 esac
