@@ -260,7 +260,7 @@ def main() -> None:
     p.add_argument("--max-wait-ms", type=float, default=10.0)
     p.add_argument("--seconds", type=float, default=20.0, help="measured window per run")
     p.add_argument("--warmup", type=float, default=5.0, help="seconds after the first result before measuring")
-    p.add_argument("--raw-seconds", type=float, default=5.0, help="raw engine timing per batch size and row")
+    p.add_argument("--raw-seconds", type=float, default=5.0, help="raw engine timing per batch size and row (0: not measured)")
     p.add_argument("--no-latency", action="store_true", help="skip the realtime-paced latency runs")
     p.add_argument("--soak-minutes", type=float, default=0.0)
     p.add_argument("--cache", default=os.environ.get("SEGPIPE_CACHE", str(Path.home() / ".cache" / "segpipe")))
@@ -284,6 +284,8 @@ def main() -> None:
     pool = mp.get_context("spawn").Pool(1)
 
     def baseline() -> dict[int, float]:
+        if args.raw_seconds <= 0:
+            return {}
         time.sleep(2.0)  # the previous run's processes are gone, not exiting beside the measurement
         return {b: pool.apply(raw_engine_fps, (args.model, args.device, args.shape, b, args.raw_seconds,
                                                args.threads, args.half, args.cuda_graph))
@@ -301,7 +303,8 @@ def main() -> None:
             # Measured before and after the pipeline, the better of each batch size counts: the ratio
             # errs against the pipeline when the machine's speed drifts.
             raws = {b: max(v, after) for (b, v), after in zip(before.items(), baseline().values(), strict=True)}
-            raw, raw_text = max(raws.values()), "/".join(f"{v:.1f}" for v in raws.values())
+            raw_text = "/".join(f"{v:.1f}" for v in raws.values()) or "-"
+            share = 100 * r["fps"] / max(raws.values()) if raws else float("nan")
             p50 = p95 = rt_fps = float("nan")
             if not args.no_latency:
                 events = work / f"{size}-{n}.jsonl"
@@ -309,7 +312,7 @@ def main() -> None:
                 lr = Probe(Supervisor(cfg=cfg), warmup_s=args.warmup, seconds=args.seconds).run()
                 p50, p95 = latency(events, lr["window"])
                 rt_fps = lr["fps"]
-            print(f"{size:>6} {n:>4} | {raw_text:>10} {r['fps']:9.1f} {100 * r['fps'] / raw:5.0f}% "
+            print(f"{size:>6} {n:>4} | {raw_text:>10} {r['fps']:9.1f} {share:5.0f}% "
                   f"{r['decoded_fps']:8.1f} {r['cpu']:5.2f} {r['cpu_dec']:7.2f} {r['peak_rss_mb']:7.0f} | "
                   f"{p50:7.0f} {p95:7.0f} {rt_fps:7.1f}", flush=True)
     pool.close()
