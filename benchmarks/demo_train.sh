@@ -108,7 +108,7 @@ val() {
 # GPU_HOURS defaults to 0.1; the shipped model's figure is in engines/assets/README.md. GPU_IMAGES,
 # GPU_IMGSZ and GPU_DEVICE exist to rehearse the recipe small on a CPU (benchmarks/gpu_session.sh).
 gpu_data() {
-    $SEGPIPE synth dataset --out "$WORK/train-gpu" --images "${GPU_IMAGES:-6000}" --style mixed --seed 1 --size 640x384 \
+    $SEGPIPE synth dataset --out "$WORK/train-gpu" --images "${GPU_IMAGES:-6000}" --style mixed --seed "${GPU_SEED:-1}" --size 640x384 \
         --val-fraction 0.02 --workers "${SYNTH_WORKERS:-14}" --force
 }
 
@@ -189,8 +189,8 @@ gpu_skip2() {
 }
 
 # Stage 7 (prepared, gpu_session.sh's default STAGE): the shipped model trained on as gpu-skip2 did, for what
-# the session has left (stage 6's losses were still falling), into RUN_MASKS; then gpu-masks-val and
-# gpu-masks-package.
+# the session has left (stage 6's losses were still falling), into RUN_MASKS, over 6,000 scenes it has never
+# seen (gpu_session.sh renders seed 7 for this stage: GPU_SEED); then gpu-masks-val and gpu-masks-package.
 gpu_next() {
     FROM2=${FROM:-engines/assets/demo-seg.pt} RUN_MASKS2=$RUN_MASKS GPU_HOURS2=${GPU_HOURS:-0.1} gpu_skip2
 }

@@ -304,7 +304,7 @@ def main() -> None:
             # errs against the pipeline when the machine's speed drifts.
             raws = {b: max(v, after) for (b, v), after in zip(before.items(), baseline().values(), strict=True)}
             raw_text = "/".join(f"{v:.1f}" for v in raws.values()) or "-"
-            share = 100 * r["fps"] / max(raws.values()) if raws else float("nan")
+            share = f"{100 * r['fps'] / max(raws.values()):5.0f}%" if raws else "     -"
             p50 = p95 = rt_fps = float("nan")
             if not args.no_latency:
                 events = work / f"{size}-{n}.jsonl"
@@ -312,7 +312,7 @@ def main() -> None:
                 lr = Probe(Supervisor(cfg=cfg), warmup_s=args.warmup, seconds=args.seconds).run()
                 p50, p95 = latency(events, lr["window"])
                 rt_fps = lr["fps"]
-            print(f"{size:>6} {n:>4} | {raw_text:>10} {r['fps']:9.1f} {share:5.0f}% "
+            print(f"{size:>6} {n:>4} | {raw_text:>10} {r['fps']:9.1f} {share} "
                   f"{r['decoded_fps']:8.1f} {r['cpu']:5.2f} {r['cpu_dec']:7.2f} {r['peak_rss_mb']:7.0f} | "
                   f"{p50:7.0f} {p95:7.0f} {rt_fps:7.1f}", flush=True)
     pool.close()
