@@ -2,8 +2,8 @@
 
 Covered: the torch backend (fp32, channels-last, unfused, fp16, CUDA graphs, graphs across input
 shapes), TorchScript and ONNX artifacts on the device, letterbox / NMS / mask routes / the whole
-``postprocess`` on the device, ``SegModel`` predict (YOLOv8, and YOLO26's two heads), validation (API and ``segpipe val``) and tiny
-training runs (AMP on and off, resume on another device).
+``postprocess`` on the device, ``SegModel`` predict (YOLOv8, and YOLO26's two heads), validation (API and
+``segpipe val``) and tiny training runs (AMP on and off, resume on another device).
 
 Every test that means something on a CPU is parametrized over ``cpu`` and ``cuda`` (the latter
 marked ``gpu``, skipped without CUDA by tests/conftest.py), so the test logic is proven on CPU and
