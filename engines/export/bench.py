@@ -108,10 +108,11 @@ class Scorer:
 
     def __call__(self, model: str | os.PathLike[str]) -> SegMetrics:
         """Load ``model`` (any backend format), warm it up, score it; ``SegMetrics`` with ``.speed``."""
-        from engines.backends import BackendOptions, load_backend
+        from engines.backends import BackendOptions, backend_for, load_backend
 
-        # a checkpoint runs the head its exports were made with (``nms_free``); an artifact, its own
-        nms_free = self.nms_free and Path(model).suffix.lower() in (".pt", ".safetensors")
+        # what the torch backend loads (a checkpoint, a model YAML) runs the head its exports were made with
+        # (``nms_free``); an artifact, its own
+        nms_free = self.nms_free and backend_for(Path(model)) == "torch"
         backend = load_backend(Path(model), device=self.device, options=BackendOptions(half=self.half,
                                                                                         nms_free=nms_free))
         try:

@@ -180,3 +180,13 @@ def test_a_runtime_not_installed_is_skipped(data: Path, tmp_path: Path, monkeypa
     monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx -> ModuleNotFoundError
     (row,) = benchmark(DEMO, rows=("onnx",), scorer=Scorer(data=data, imgsz=IMGSZ), out=tmp_path)
     assert row.status == "skipped" and row.reason.startswith("onnx is not installed"), row
+
+
+def test_the_scorer_runs_a_model_yaml_with_the_head_it_is_asked_for(data: Path) -> None:
+    """``nms_free`` reaches every model the torch backend loads, a model YAML too (it used to be scored with
+    its NMS head): a YOLOv8 YAML, which has no NMS-free head, is refused as its checkpoint would be."""
+    from engines.errors import ModelError
+    from engines.export.bench import Scorer
+
+    with pytest.raises(ModelError, match="no NMS-free"):
+        Scorer(data=data, imgsz=IMGSZ, nms_free=True)("yolov8n-seg.yaml")
