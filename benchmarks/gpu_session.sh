@@ -6,10 +6,12 @@
 # checkpoint. A machine without segpipe's dependencies needs pycocotools at least (synth and val import
 # it); the pipeline's CUDA tests also want pyzmq, redis, paho-mqtt, pydantic and PyAV.
 #
-#   OUT=DIR [BUDGET_S=560] [PY=python3] [BENCH=0] [STAGE=gpu-next] benchmarks/gpu_session.sh
+#   OUT=DIR [BUDGET_S=560] [PY=python3] [BENCH=0] [TESTS=0] [STAGE=gpu-next] benchmarks/gpu_session.sh
 #
 # BENCH=0 skips the timed benchmark rows (engines, latency, mask loss, streaming pipeline) and gives their time to the
 # training: for a session whose rows are already measured on the same kind of machine.
+# TESTS=0 leaves out the CUDA tests too, and the GPU to the training alone: for a session whose tests
+# already passed on a GPU at the same CUDA code.
 # Everything it prints goes to OUT/session.log too; OUT also gets train.log, results.csv,
 # heldout-val.txt and demo-seg.pt. Each step has its own timeout so a hang costs that step only.
 # Timed steps never overlap each other or the training; training (--time) gets the budget minus what
@@ -26,6 +28,7 @@ export WORK=${WORK:-/tmp/segpipe-gpu}
 export SEGPIPE_CACHE=${SEGPIPE_CACHE:-$WORK/cache}
 export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=10
 BENCH=${BENCH:-1}
+TESTS=${TESTS:-1}
 STAGE=${STAGE:-gpu-next}  # the demo model's next stage (benchmarks/demo_train.sh)
 # the training scenes' seed: stage 7 (gpu-next) continues a model that has seen seed 1's 31 times
 [ "$STAGE" = gpu-next ] && export GPU_SEED=${GPU_SEED:-7}
@@ -77,9 +80,11 @@ train_for() {  # seconds -> hours for --time
 (GPU_HOURS=$(train_for $(($(left) - RESERVE_S))) benchmarks/demo_train.sh "$STAGE" >"$OUT/train.log" 2>&1
  echo $? >"$WORK/train.rc") &
 TRAIN_PID=$!
-timeout 240 $PY -m pytest -q -p no:cacheprovider -m gpu --timeout 120 -rfEs --durations=15 \
-    --continue-on-collection-errors tests/engines tests/pipeline
-echo "pytest exit $?"
+if [ "$TESTS" = 1 ]; then
+    timeout 240 $PY -m pytest -q -p no:cacheprovider -m gpu --timeout 120 -rfEs --durations=15 \
+        --continue-on-collection-errors tests/engines tests/pipeline
+    echo "pytest exit $?"
+fi
 wait $TRAIN_PID
 rc=$(cat "$WORK/train.rc")
 echo "training exit $rc"; grep -E "time budget|Closing|Validating|  all  " "$OUT/train.log" | tail -n 8
