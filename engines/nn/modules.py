@@ -329,7 +329,7 @@ class Proto(nn.Module):
 class Proto26(Proto):
     """YOLO26's prototypes: P4 and P5 (1x1 convs to P3's channels, nearest-upsampled) are added to P3 and
     fused by a 3x3 conv before :class:`Proto`'s stride-4 stack. ``semseg`` is a semantic-segmentation branch
-    Ultralytics trains beside it; inference never runs it (kept so its checkpoints load key for key)."""
+    trained beside it (:meth:`with_semantic`, ``engines.train.loss.semantic_loss``); inference never runs it."""
 
     def __init__(self, *, ch: tuple[int, ...], c_: int = 256, c2: int = 32, nc: int = 80) -> None:
         super().__init__(c1=c_, c_=c_, c2=c2)
@@ -339,13 +339,21 @@ class Proto26(Proto):
 
     def forward(self, x: Tensor, *levels: Tensor) -> Tensor:
         """x: P3; levels: P4, P5."""
+        return super().forward(self.feat_fuse(self._fused(x, levels)))
+
+    def with_semantic(self, x: Tensor, *levels: Tensor) -> tuple[Tensor, Tensor]:
+        """Training's output: the prototypes and ``(N, nc, H/8, W/8)`` semantic logits."""
+        feat = self._fused(x, levels)
+        return super().forward(self.feat_fuse(feat)), self.semseg(feat)
+
+    def _fused(self, x: Tensor, levels: tuple[Tensor, ...]) -> Tensor:
         if len(levels) != len(self.feat_refine):
             raise ValueError(f"Proto26: expected {len(self.feat_refine)} coarser levels, got {len(levels)}")
         feat = x
         for i, (refine, level) in enumerate(zip(self.feat_refine, levels, strict=True)):
             # a constant factor, as Ultralytics: exported graphs keep H and W symbolic
             feat = feat + F.interpolate(refine(level), scale_factor=2 ** (i + 1), mode="nearest")
-        return super().forward(self.feat_fuse(feat))
+        return feat
 
 
 class SegTrainOutput(NamedTuple):
@@ -354,11 +362,16 @@ class SegTrainOutput(NamedTuple):
     feats: per level ``(N, 4*reg_max + nc, h_i, w_i)`` raw box-distribution logits then class logits.
     coeffs: ``(N, nm, A)`` mask coefficients, levels concatenated like the anchors.
     proto: ``(N, nm, H/4, W/4)`` mask prototypes.
+    semantic: YOLO26's ``(N, nc, H/8, W/8)`` semantic logits (:class:`Proto26`), else None.
+    one2one: a head with one-to-one branches: their outputs, made from detached inputs (with the
+    prototypes and semantic logits detached), so that their loss trains those branches alone.
     """
 
     feats: list[Tensor]
     coeffs: Tensor
     proto: Tensor
+    semantic: Tensor | None = None
+    one2one: SegTrainOutput | None = None
 
 
 def _branch(c1: int, c_: int, c_out: int) -> nn.Sequential:
@@ -480,16 +493,34 @@ class Segment(Detect):
         if one2one:
             self.one2one_cv4 = copy.deepcopy(self.cv4)
 
+    @property
+    def proto26(self) -> bool:
+        return isinstance(self.proto, Proto26)
+
+    def coeffs(self, x: list[Tensor], *, one2one: bool = False) -> Tensor:
+        cv4 = self.one2one_cv4 if one2one else self.cv4
+        return torch.cat([cv4[i](x[i]).flatten(2) for i in range(self.nl)], 2)
+
     def forward(self, x: list[Tensor]) -> SegTrainOutput | tuple[Tensor, Tensor]:  # type: ignore[override]
+        if self.training:
+            return self._train_forward(x)
         # Proto26 reads every detection level; a Proto, P3 and the inputs after the detection levels
         proto = self.proto(*x) if isinstance(self.proto, Proto26) else self.proto(x[0], *x[self.nl:])
-        one2one = self.end2end and not self.training
-        cv4 = self.one2one_cv4 if one2one else self.cv4
-        coeffs = torch.cat([cv4[i](x[i]).flatten(2) for i in range(self.nl)], 2)
-        feats = self.raw(x, one2one=one2one)
-        if self.training:
-            return SegTrainOutput(feats, coeffs, proto)
-        return torch.cat((self.decode(feats), coeffs), 1), proto
+        feats = self.raw(x, one2one=self.end2end)
+        return torch.cat((self.decode(feats), self.coeffs(x, one2one=self.end2end)), 1), proto
+
+    def _train_forward(self, x: list[Tensor]) -> SegTrainOutput:
+        semantic = None
+        if isinstance(self.proto, Proto26):
+            proto, semantic = self.proto.with_semantic(*x)
+        else:
+            proto = self.proto(x[0], *x[self.nl:])
+        one2one = None
+        if self.one2one:
+            xd = [xi.detach() for xi in x[:self.nl]]
+            one2one = SegTrainOutput(self.raw(xd, one2one=True), self.coeffs(xd, one2one=True), proto.detach(),
+                                     None if semantic is None else semantic.detach())
+        return SegTrainOutput(self.raw(x), self.coeffs(x), proto, semantic, one2one)
 
 
 def _tracing() -> bool:

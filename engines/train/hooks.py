@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engines.train.ddp import broadcast_int
-from engines.train.loss import LOSS_NAMES
+from engines.train.loss import E2ESegLoss
 from engines.train.optim import lr_factor
 from engines.train.plots import label_stats, plot_labels, plot_results, plot_train_batch
 from engines.train.state import TrainState
@@ -110,6 +110,15 @@ class CloseMosaicHook(Hook):
                 print(f"Closing mosaic augmentation for the last {left} epoch{'s' if left != 1 else ''}")
 
 
+class E2EWeightHook(Hook):
+    """Sets an end-to-end loss's one-to-many share for each epoch, from the epoch count as it stands (a
+    time budget may have re-planned it; a resumed run takes up the schedule where it was)."""
+
+    def before_epoch(self, s: TrainState) -> None:
+        assert isinstance(s.loss_fn, E2ESegLoss)
+        s.loss_fn.set_epoch(s.epoch, s.cfg.epochs)
+
+
 class ProgressHook(Hook):
     """tqdm bar per epoch with the running mean losses, instances and image size."""
 
@@ -119,7 +128,8 @@ class ProgressHook(Hook):
     def before_epoch(self, s: TrainState) -> None:
         from tqdm import tqdm
 
-        print(("\n" + "%11s" * 8) % ("Epoch", "GPU_mem", *LOSS_NAMES, "Instances", "Size"))
+        names = s.loss_fn.names
+        print(("\n" + "%11s" * (4 + len(names))) % ("Epoch", "GPU_mem", *names, "Instances", "Size"))
         self.bar = tqdm(total=s.batches_per_epoch, bar_format="{l_bar}{bar:10}{r_bar}", leave=True)
 
     def after_step(self, s: TrainState, stepped: bool) -> None:
@@ -127,7 +137,7 @@ class ProgressHook(Hook):
 
         mem = torch.cuda.memory_reserved(s.device) / 1e9 if s.device.type == "cuda" else 0.0
         assert self.bar is not None and s.mean_items is not None
-        self.bar.set_description(("%11s" * 2 + "%11.4g" * 6) % (
+        self.bar.set_description(("%11s" * 2 + "%11.4g" * (2 + len(s.loss_fn.names))) % (
             f"{s.epoch + 1}/{s.cfg.epochs}", f"{mem:.3g}G", *s.mean_items.tolist(),
             s.extras.get("instances", 0), s.cfg.imgsz))
         self.bar.update(1)
@@ -167,8 +177,9 @@ def results_row(s: TrainState) -> dict[str, float | int | str]:
     """One row of ``results.csv``: epoch (1-based), mean train losses, metrics (blank when not
     validated), fitness and the lr of each group."""
     row: dict[str, float | int | str] = {"epoch": s.epoch + 1}
-    items = s.mean_items.tolist() if s.mean_items is not None else [math.nan] * len(LOSS_NAMES)
-    row.update({f"train/{n}": round(v, 5) for n, v in zip(LOSS_NAMES, items, strict=True)})
+    names = s.loss_fn.names
+    items = s.mean_items.tolist() if s.mean_items is not None else [math.nan] * len(names)
+    row.update({f"train/{n}": round(v, 5) for n, v in zip(names, items, strict=True)})
     for col, part, attr in METRIC_COLUMNS:
         row[col] = round(float(getattr(getattr(s.metrics, part), attr)), 5) if s.metrics else ""
     row["fitness"] = round(s.fitness, 5) if s.fitness is not None else ""

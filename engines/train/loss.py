@@ -1,4 +1,5 @@
-"""YOLOv8-seg training loss: CIoU + DFL box loss, BCE class loss, prototype mask loss.
+"""YOLOv8-seg training loss: CIoU + DFL box loss, BCE class loss, prototype mask loss; and YOLO26-seg's
+end-to-end loss (:class:`E2ESegLoss`) built from it.
 
 Imports ``engines.nn.head`` (anchors, box decoding) and ``engines.train``'s assigner; nothing from
 ``pipeline``. Everything is computed in float32, also under autocast, so AMP only speeds up the
@@ -17,13 +18,15 @@ from torch import Tensor
 
 from engines.nn.head import bbox2dist, dist2bbox, make_anchors
 from engines.ops.crops import bilinear_taps
-from engines.train.assigner import Assignment, TaskAlignedAssigner
+from engines.train.assigner import Assignment, MaskInputs, TaskAlignedAssigner, gt_masks_at
 from engines.train.boxes import bbox_ciou, crop_mask, xywh2xyxy
 
 if TYPE_CHECKING:
     from engines.nn.model import SegmentationModel
 
 LOSS_NAMES = ("box_loss", "seg_loss", "cls_loss", "dfl_loss")
+# YOLO26: 1-bin boxes have an L1 term where DFL was, and a semantic-segmentation term is added
+LOSS26_NAMES = ("box_loss", "seg_loss", "cls_loss", "l1_loss", "sem_loss")
 
 
 class SegOutput(Protocol):
@@ -32,6 +35,7 @@ class SegOutput(Protocol):
     feats: Sequence[Tensor]  # 3 x (B, 4*reg_max + nc, h_i, w_i)
     coeffs: Tensor  # (B, nm, A)
     proto: Tensor  # (B, nm, H/4, W/4)
+    semantic: Tensor | None  # (B, nc, H/8, W/8) YOLO26's semantic logits, else None
 
 
 class SegTargets(Protocol):
@@ -206,29 +210,76 @@ def mask_loss_in_boxes(
     return per.sum()
 
 
+def semantic_loss(pred: Tensor, masks: Tensor, cls: Tensor, batch_idx: Tensor) -> Tensor:
+    """YOLO26's semantic-segmentation term (Ultralytics' ``BCEDiceLoss``, half BCE, half Dice).
+
+    pred: ``(B, nc, h, w)`` logits; masks ``(M, H, W)`` the batch's gt masks, cls ``(M,)``, batch_idx
+    ``(M,)``. The target of a pixel is the one-hot class of the smallest instance (fewest mask pixels)
+    covering it, all zero where none does, at the masks' resolution resampled nearest to ``h x w``.
+    Returns ``0.5 * mean BCE + 0.5 * mean over images and classes of 1 - Dice`` (Dice smoothed by 1).
+    """
+    nb, nc, h, w = pred.shape
+    area = masks.flatten(1).sum(1, dtype=torch.int64)  # at the masks' own resolution, where the target is made
+    # Resampling the instance masks first picks the same source pixel as resampling the target would.
+    small = F.interpolate(masks[None].float(), (h, w), mode="nearest")[0].flatten(1).bool()  # (M, h*w)
+    bi, m = batch_idx.long().view(-1), len(masks)
+    # per pixel the covering instance with the least area, ties to the lowest index: key = area * M + index
+    none = torch.iinfo(torch.int64).max
+    key = torch.where(small, (area * m + torch.arange(m, device=pred.device))[:, None], none)
+    best = torch.full((nb, h * w), none, device=pred.device).scatter_reduce(
+        0, bi[:, None].expand(-1, h * w), key, "amin")
+    covered = best != none
+    winner = torch.where(covered, best, 0) % max(m, 1)  # the instance of each pixel (0 where uncovered)
+    target = torch.zeros(nb, nc, h * w, device=pred.device)
+    target.scatter_(1, cls.view(-1).long()[winner][:, None], covered[:, None].float())
+    target = target.view(nb, nc, h, w)
+    logits = pred.float()
+    bce = F.binary_cross_entropy_with_logits(logits, target)
+    p = logits.sigmoid()
+    dice = 1 - (2 * (p * target).sum((2, 3)) + 1) / (p.sum((2, 3)) + target.sum((2, 3)) + 1)
+    return 0.5 * bce + 0.5 * dice.mean()
+
+
 class SegLoss:
-    """Callable ``loss(out, batch) -> (total, items)`` for YOLOv8-seg.
+    """Callable ``loss(out, batch) -> (total, items)`` for YOLOv8-seg, or with ``yolo26`` one branch of
+    YOLO26-seg's loss (Ultralytics' ``SegmentLoss26``).
 
     ``total`` is the scalar to back-propagate: the sum of the gained terms times the batch size.
-    ``items`` is ``(4,)`` detached ``(box, seg, cls, dfl)`` (gained, not scaled by batch size).
+    ``items`` is the detached gained terms named by :attr:`names` (not scaled by batch size):
+    ``(box, seg, cls, dfl)``; ``l1`` for ``dfl`` when ``reg_max`` is 1; with ``yolo26`` ``sem`` added.
+
+    ``yolo26``: assignment picks candidates with small gt boxes enlarged to the middle stride and
+    scores overlaps by box and mask IoU together (:class:`~engines.train.assigner.TaskAlignedAssigner`'s
+    options), and the semantic term (:func:`semantic_loss`, gained as the box term) is added. ``reg_max``
+    1 regresses box sides directly: an L1 loss on them (as fractions of the input size) takes DFL's place.
+    ``topk2`` narrows each gt's positives after assignment (the one-to-one branch).
     """
 
     def __init__(
         self, *, nc: int, strides: Sequence[float] | Tensor, reg_max: int = 16,
-        gains: LossGains = LossGains(), topk: int = 10,
+        gains: LossGains = LossGains(), topk: int = 10, topk2: int | None = None, yolo26: bool = False,
     ) -> None:
-        self.nc, self.reg_max, self.gains = nc, reg_max, gains
+        self.nc, self.reg_max, self.gains, self.yolo26 = nc, reg_max, gains, yolo26
         self.strides = torch.as_tensor(strides, dtype=torch.float32).flatten()
-        self.assigner = TaskAlignedAssigner(nc=nc, topk=topk, alpha=0.5, beta=6.0)
+        min_side = float(self.strides[1]) if yolo26 and len(self.strides) > 1 else 0.0
+        self.assigner = TaskAlignedAssigner(nc=nc, topk=topk, alpha=0.5, beta=6.0, topk2=topk2, min_side=min_side)
+        self.names = (*LOSS_NAMES[:3], "l1_loss" if reg_max == 1 else "dfl_loss", *(("sem_loss",) if yolo26 else ()))
 
     @classmethod
-    def for_model(cls, model: SegmentationModel, *, gains: LossGains = LossGains()) -> SegLoss:
-        """Read nc, strides and reg_max from a ``SegmentationModel``."""
+    def for_model(cls, model: SegmentationModel, *, gains: LossGains = LossGains()) -> SegLoss | E2ESegLoss:
+        """The loss a ``SegmentationModel`` trains with: :class:`E2ESegLoss` for a head with one-to-one
+        branches (YOLO26), else this (nc, strides and reg_max read from the model)."""
         head = model.head
-        return cls(nc=int(model.nc), strides=model.stride, reg_max=int(head.reg_max), gains=gains)
+        nc, reg_max = int(model.nc), int(head.reg_max)
+        if head.one2one:
+            return E2ESegLoss(nc=nc, strides=model.stride, reg_max=reg_max, gains=gains, yolo26=head.proto26)
+        return cls(nc=nc, strides=model.stride, reg_max=reg_max, gains=gains, yolo26=head.proto26)
 
     def decode(self, anchor_points: Tensor, pred_dist: Tensor) -> Tensor:
-        """``(B, A, 4*reg_max)`` logits -> ``(B, A, 4)`` xyxy in grid units (expected bin per side)."""
+        """``(B, A, 4*reg_max)`` logits -> ``(B, A, 4)`` xyxy in grid units (expected bin per side;
+        ``reg_max`` 1: the sides themselves)."""
+        if self.reg_max == 1:
+            return dist2bbox(pred_dist, anchor_points, xywh=False)
         b, a, _ = pred_dist.shape
         proj = torch.arange(self.reg_max, dtype=pred_dist.dtype, device=pred_dist.device)
         dist = pred_dist.view(b, a, 4, self.reg_max).softmax(3) @ proj
@@ -246,35 +297,58 @@ class SegLoss:
         imgsz = torch.tensor(feats[0].shape[2:], device=pred.device, dtype=torch.float32) * strides[0]
         gt = pad_targets(batch.cls.to(pred.device), batch.bboxes.to(pred.device),
                          batch.batch_idx.to(pred.device), batch_size=bs, imgsz=imgsz)
+        masks = batch.masks.to(pred.device)
 
         pred_boxes = self.decode(anchors, pred_dist)  # grid units
+        mask_in = None
+        if self.yolo26:
+            mh, mw = proto.shape[-2:]
+            mask_in = MaskInputs(coeffs=coeffs.detach(), proto=proto.detach(), gt_masks=gt_masks_at(masks, gt.inst, (mh, mw)),
+                                 scale=mh / float(imgsz[0]))
         asg = self.assigner(pred_scores.detach().sigmoid(), pred_boxes.detach() * stride_t,
-                            anchors * stride_t, gt.labels, gt.boxes, gt.valid)
+                            anchors * stride_t, gt.labels, gt.boxes, gt.valid, mask_in)
         score_sum = asg.scores.sum().clamp(min=1)
 
         cls = F.binary_cross_entropy_with_logits(pred_scores, asg.scores, reduction="none").sum() / score_sum
-        box, dfl = self._box_losses(pred_dist, pred_boxes, anchors, stride_t, asg, score_sum)
-        seg = self._seg_loss(asg, gt, batch.masks.to(pred.device), proto, coeffs, imgsz)
+        box, dfl = self._box_losses(pred_dist, pred_boxes, anchors, stride_t, asg, score_sum, imgsz)
+        seg = self._seg_loss(asg, gt, masks, proto, coeffs, imgsz)
         g = self.gains
-        items = torch.stack((box * g.box, seg * g.box, cls * g.cls, dfl * g.dfl))
+        terms = [box * g.box, seg * g.box, cls * g.cls, dfl * g.dfl]
+        if self.yolo26:
+            terms.append(self._sem_loss(out.semantic, asg, batch, masks) * g.box)
+        items = torch.stack(terms)
         return items.sum() * bs, items.detach()
 
     def _box_losses(
         self, pred_dist: Tensor, pred_boxes: Tensor, anchors: Tensor, stride_t: Tensor,
-        asg: Assignment, score_sum: Tensor,
+        asg: Assignment, score_sum: Tensor, imgsz: Tensor,
     ) -> tuple[Tensor, Tensor]:
-        """CIoU and DFL over positives, weighted by their soft target score; zero without positives
-        while keeping ``pred_dist`` in the graph (DDP needs every parameter to get a gradient)."""
+        """CIoU and DFL (``reg_max`` 1: L1) over positives, weighted by their soft target score; zero
+        without positives while keeping ``pred_dist`` in the graph (DDP needs every parameter to get a
+        gradient)."""
         fg = asg.fg_mask
         weight = asg.scores.sum(-1)[fg]  # (F,)
         target = asg.bboxes / stride_t  # grid units
         iou = bbox_ciou(pred_boxes[fg], target[fg])
         box = ((1.0 - iou) * weight).sum() / score_sum
+        if self.reg_max == 1:
+            # sides in input pixels over the input's width (l, r) or height (t, b)
+            scale = stride_t / imgsz[[1, 0, 1, 0]]  # (A, 4)
+            ltrb = torch.cat((anchors - target[..., :2], target[..., 2:] - anchors), -1) * scale
+            l1 = F.l1_loss(pred_dist[fg] * scale.expand_as(pred_dist)[fg], ltrb[fg], reduction="none").mean(-1)
+            return box, (l1 * weight).sum() / score_sum
         ltrb = bbox2dist(anchors, target, self.reg_max - 1)[fg]  # (F, 4)
         per_side = dfl_loss(pred_dist[fg].reshape(-1, self.reg_max), ltrb.reshape(-1), self.reg_max)
         dfl = (per_side.view(-1, 4).mean(-1) * weight).sum() / score_sum
         return box, dfl
 
+    def _sem_loss(self, semantic: Tensor | None, asg: Assignment, batch: SegTargets, masks: Tensor) -> Tensor:
+        """:func:`semantic_loss` when the batch has positives (as Ultralytics: else 0, graph kept)."""
+        if semantic is None:
+            raise ValueError("a YOLO26 loss needs the model's semantic output (SegTrainOutput.semantic)")
+        if not bool(asg.fg_mask.any()):
+            return (semantic * 0).sum()
+        return semantic_loss(semantic, masks, batch.cls.to(semantic.device), batch.batch_idx.to(semantic.device))
     def _seg_loss(
         self, asg: Assignment, gt: PaddedTargets, masks: Tensor, proto: Tensor, coeffs: Tensor, imgsz: Tensor
     ) -> Tensor:
@@ -291,3 +365,42 @@ class SegLoss:
             loss = loss + mask_loss_in_boxes(masks, inst, img, coeffs[img, anchor], proto, mboxes[img, anchor],
                                              area[img, anchor], self.gains.dice)
         return loss / asg.fg_mask.sum().clamp(min=1)
+
+
+class E2EOutput(SegOutput, Protocol):
+    """A model's train output with its one-to-one branches' (``engines.nn.model.SegTrainOutput``)."""
+
+    one2one: SegOutput | None
+
+
+def one2many_weight(epoch: int, epochs: int) -> float:
+    """The one-to-many branch's share of :class:`E2ESegLoss` in ``epoch`` (0-based) of ``epochs``: 0.8
+    at the first, falling linearly to 0.1 at the last (Ultralytics' ``E2ELoss`` schedule)."""
+    return max(1 - epoch / max(epochs - 1, 1), 0.0) * (0.8 - 0.1) + 0.1
+
+
+class E2ESegLoss:
+    """YOLO26-seg's end-to-end loss (Ultralytics' ``E2ELoss``): its one-to-many branches trained as
+    YOLOv8's (task-aligned top 10) and its one-to-one branches, which NMS-free inference runs, with only
+    the best anchor of each object's top 7 positive, so that each object gets one box. The total is the
+    two weighted ``w * o2m + (1 - w) * o2o`` with ``w`` falling over the run (:func:`one2many_weight`,
+    set by :meth:`set_epoch`); ``items`` are the one-to-one branch's. The model feeds the one-to-one
+    branches detached features and prototypes, so only the one-to-many loss trains the shared layers.
+    """
+
+    def __init__(self, *, nc: int, strides: Sequence[float] | Tensor, reg_max: int = 16,
+                 gains: LossGains = LossGains(), yolo26: bool = True) -> None:
+        self.one2many = SegLoss(nc=nc, strides=strides, reg_max=reg_max, gains=gains, yolo26=yolo26, topk=10)
+        self.one2one = SegLoss(nc=nc, strides=strides, reg_max=reg_max, gains=gains, yolo26=yolo26, topk=7, topk2=1)
+        self.names, self.strides = self.one2one.names, self.one2one.strides
+        self.o2m = one2many_weight(0, 1)
+
+    def set_epoch(self, epoch: int, epochs: int) -> None:
+        self.o2m = one2many_weight(epoch, epochs)
+
+    def __call__(self, out: E2EOutput, batch: SegTargets) -> tuple[Tensor, Tensor]:
+        if out.one2one is None:
+            raise ValueError("an end-to-end loss needs the model's one-to-one outputs (SegTrainOutput.one2one)")
+        many, _ = self.one2many(out, batch)
+        one, items = self.one2one(out.one2one, batch)
+        return many * self.o2m + one * (1 - self.o2m), items

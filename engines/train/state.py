@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from engines.train.config import TrainConfig
 from engines.train.ddp import Placement
 from engines.train.ema import ModelEMA, unwrap
-from engines.train.loss import SegLoss
+from engines.train.loss import E2ESegLoss, SegLoss
 from engines.train.optim import Schedule
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ class TrainState:
     """One process's view of a run.
 
     ``epoch`` is 0-based; ``ni`` is the global batch index (``epoch * batches_per_epoch + i``).
-    ``items`` holds the last step's detached ``(box, seg, cls, dfl)`` losses and ``mean_items`` their
+    ``items`` holds the last step's detached losses (``loss_fn.names``) and ``mean_items`` their
     running mean over the epoch. ``metrics``/``fitness`` are set by validation (None when an epoch
     is not validated). ``stop`` asks the loop to end after the current epoch. ``clock`` counts the
     training time checkpoints carry across a resume.
@@ -66,7 +66,7 @@ class TrainState:
     ema: ModelEMA | None
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
-    loss_fn: SegLoss
+    loss_fn: SegLoss | E2ESegLoss
     schedule: Schedule
     batches_per_epoch: int
     dataset: Any = None  # the training dataset (close_mosaic is called on it)

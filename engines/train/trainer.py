@@ -24,14 +24,14 @@ from torch import nn
 from engines.checkpoint import ModelMeta, build_model, load_checkpoint, save_checkpoint
 from engines.data.loader import worker_errors_unwrapped
 from engines.data.spec import DataSpec, load_data_yaml
-from engines.errors import CheckpointError, ConfigError, ModelError, SegpipeError
+from engines.errors import CheckpointError, ConfigError, SegpipeError
 from engines.nn.model import SegmentationModel
 from engines.train import hooks as H
 from engines.train.config import TrainConfig, claimed_run_folder, default_out_dir
 from engines.train.ddp import Placement, broadcast_flag, launch, parse_devices
 from engines.train.ema import ModelEMA
 from engines.train.loader import TrainData, build_train_data, fork_safe_cv2
-from engines.train.loss import LossGains, SegLoss
+from engines.train.loss import E2ESegLoss, LossGains, SegLoss
 from engines.train.multiscale import multi_scale_size, rescale_batch
 from engines.train.optim import (
     Schedule,
@@ -295,13 +295,6 @@ def setup(cfg: TrainConfig, place: Placement, out: Path
         net = SegmentationModel(resume.meta.model_yaml, nc=len(spec.names))
     else:
         net = build_train_model(cfg.model, names=spec.names, pretrained=cfg.pretrained, verbose=place.main)
-    if net.head.one2one or net.head.reg_max < 2:
-        # one-to-one branches need Ultralytics' end-to-end loss (and its semantic-mask branch its own), and
-        # 1-bin boxes its L1 box loss, which segpipe's trainer does not have: training only the one-to-many
-        # branches would leave the branches an NMS-free run uses as they were
-        raise ModelError(f"{cfg.model}: segpipe trains YOLOv8-seg and YOLO11-seg models, not end-to-end "
-                         f"(YOLO26) ones; train it with Ultralytics and run or export the result here, or train "
-                         f"yolo11n-seg.yaml (--pretrained {cfg.model} seeds its matching layers)")
     frozen = freeze_layers(net, cfg.freeze)  # before the optimizer, which takes trainable tensors only
     if frozen and place.main:
         layers = (f"the first {cfg.freeze} layers" if isinstance(cfg.freeze, int) else
@@ -427,6 +420,8 @@ def make_hooks(s: TrainState, validate: Callable | None) -> list[H.Hook]:
     # TimeBudgetHook first: an epoch it makes the last one must be validated and saved as such.
     hooks: list[H.Hook] = [H.TimeBudgetHook()] if s.cfg.time else []
     hooks += [H.ScheduleHook(), H.CloseMosaicHook()]
+    if isinstance(s.loss_fn, E2ESegLoss):
+        hooks.append(H.E2EWeightHook())
     if not s.place.main:
         return hooks
     assert validate is not None
