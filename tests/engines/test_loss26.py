@@ -123,3 +123,22 @@ def test_gt_masks_are_padded_per_image_and_resampled():
     assert out[0, 0, :, 0].all() and not out[0, 0, :, 1:].any()
     assert out[1, 0, :2].all() and not out[1, 0, 2:].any()
     assert not out[:, 1].any()
+
+
+def test_one2one_outputs_train_only_their_own_branches(one_thread):
+    """As Ultralytics: the one-to-one branches see detached features and prototypes, so their loss leaves
+    the backbone, neck and prototypes to the one-to-many loss; the semantic branch is trained."""
+    from engines.nn import SegmentationModel
+
+    model = SegmentationModel("yolo26n-seg.yaml", nc=2).train()
+    out = model(torch.rand(1, 3, 64, 64))
+    assert out.one2one is not None and out.semantic is not None and out.semantic.shape == (1, 2, 8, 8)
+    assert not out.one2one.proto.requires_grad and not out.one2one.semantic.requires_grad
+    (sum(f.sum() for f in out.one2one.feats) + out.one2one.coeffs.sum()).backward()
+    grads = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert grads and all(".one2one_" in n for n in grads), sorted(grads)[:5]
+    model.zero_grad()
+    out = model(torch.rand(1, 3, 64, 64))
+    (sum(f.sum() for f in out.feats) + out.coeffs.sum() + out.proto.sum() + out.semantic.sum()).backward()
+    unused = {n for n, p in model.named_parameters() if p.grad is None}
+    assert unused and all(".one2one_" in n for n in unused), sorted(unused)[:5]
