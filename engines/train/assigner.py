@@ -152,7 +152,8 @@ class TaskAlignedAssigner:
         get 0: they are far from being picked, and drawing every candidate's mask is what costs."""
         b, m, a = pairs
         dense = torch.zeros(shape, dtype=scores.dtype, device=scores.device)
-        dense[b, m, a] = scores.pow(self.alpha) * iou.pow(self.beta) + self.eps  # eps: zero metrics stay pickable
+        # eps: pairs of zero metric stay pickable
+        dense[b, m, a] = scores.pow(self.alpha) * iou.pow(self.beta) + self.eps
         top = dense.topk(min(3 * self.topk, shape[-1]), dim=-1).indices
         sel = torch.zeros(shape, dtype=torch.bool, device=dense.device).scatter_(-1, top, True)[b, m, a]
         out = torch.zeros_like(iou)
@@ -167,7 +168,8 @@ class TaskAlignedAssigner:
             mine = (sb == i).nonzero().squeeze(1)
             anchors, inv = sa[mine].unique(return_inverse=True)
             logits = masks.coeffs[i, anchors].float() @ masks.proto[i].flatten(1).float()  # (K, mh*mw)
-            drawn = crop_mask((logits > 0).float().view(-1, mh, mw), pd_bboxes[i, anchors].float() * masks.scale)
+            boxes = pd_bboxes[i, anchors].float() * masks.scale
+            drawn = crop_mask((logits > 0).float().view(-1, mh, mw), boxes)
             gt = masks.gt_masks[i].flatten(1).float()  # (M, mh*mw)
             inter = gt @ drawn.flatten(1).T  # (M, K)
             union = gt.sum(1)[:, None] + drawn.flatten(1).sum(1)[None] - inter

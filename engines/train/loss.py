@@ -303,8 +303,9 @@ class SegLoss:
         mask_in = None
         if self.yolo26:
             mh, mw = proto.shape[-2:]
-            mask_in = MaskInputs(coeffs=coeffs.detach(), proto=proto.detach(), gt_masks=gt_masks_at(masks, gt.inst, (mh, mw)),
-                                 scale=mh / float(imgsz[0]))
+            scale = mh / (feats[0].shape[2] * float(self.strides[0]))  # prototype pixels per input pixel
+            mask_in = MaskInputs(coeffs=coeffs.detach(), proto=proto.detach(),
+                                 gt_masks=gt_masks_at(masks, gt.inst, (mh, mw)), scale=scale)
         asg = self.assigner(pred_scores.detach().sigmoid(), pred_boxes.detach() * stride_t,
                             anchors * stride_t, gt.labels, gt.boxes, gt.valid, mask_in)
         score_sum = asg.scores.sum().clamp(min=1)
@@ -349,6 +350,7 @@ class SegLoss:
         if not bool(asg.fg_mask.any()):
             return (semantic * 0).sum()
         return semantic_loss(semantic, masks, batch.cls.to(semantic.device), batch.batch_idx.to(semantic.device))
+
     def _seg_loss(
         self, asg: Assignment, gt: PaddedTargets, masks: Tensor, proto: Tensor, coeffs: Tensor, imgsz: Tensor
     ) -> Tensor:
