@@ -9,7 +9,10 @@ from engines.train.ddp import parse_devices
 from tests.engines.shapes_data import make_shapes_dataset
 
 
-def test_two_cpu_processes_train_and_rank0_saves(tmp_path):
+@pytest.mark.parametrize("model", ["yolov8n-seg.yaml", "yolo26n-seg.yaml"])
+def test_two_cpu_processes_train_and_rank0_saves(tmp_path, model):
+    """YOLO26 too: its one-to-one branches, fed detached inputs, still give every parameter a gradient
+    on every rank, as DDP requires."""
     from engines.checkpoint import load_checkpoint
     from engines.train import train
     from engines.train.plots import read_results
@@ -17,7 +20,7 @@ def test_two_cpu_processes_train_and_rank0_saves(tmp_path):
 
     data = make_shapes_dataset(tmp_path / "data", n=4, size=128)
     out = tmp_path / "run"
-    metrics = train(data=data, out=out, epochs=1, imgsz=64, batch=4, nbs=4, workers=0, device="cpu",
+    metrics = train(data=data, out=out, model=model, epochs=1, imgsz=64, batch=4, nbs=4, workers=0, device="cpu",
                     world_size=2, plots=False, hyp={"mosaic": 0.0})
     assert isinstance(metrics, SegMetrics) and metrics.images == 4  # rank 0 validated the whole val split
     last = load_checkpoint(out / "weights" / "last.pt")
