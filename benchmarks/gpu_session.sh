@@ -12,6 +12,9 @@
 # training: for a session whose rows are already measured on the same kind of machine.
 # TESTS=0 leaves out the CUDA tests too, and the GPU to the training alone: for a session whose tests
 # already passed on a GPU at the same CUDA code.
+# The machine stays warm for a moment after the call, with WORK's data and runs: a second call straight
+# after can train on from them (stage 7 did: `PY=python3 SEGPIPE="python3 -m pipeline" WORK=/tmp/segpipe-gpu
+# benchmarks/demo_train.sh gpu-next2`, then gpu-next2-val and `gpu-next2-package $OUT/demo-seg.pt`).
 # Everything it prints goes to OUT/session.log too; OUT also gets train.log, results.csv,
 # heldout-val.txt and demo-seg.pt. Each step has its own timeout so a hang costs that step only.
 # Timed steps never overlap each other or the training; training (--time) gets the budget minus what
