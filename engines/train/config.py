@@ -67,6 +67,7 @@ class TrainConfig:
     fraction: float = 1.0
     classes: list[int] | None = None  # Ultralytics' classes: train on the instances of these class ids only
     single_cls: bool = False  # every class as one, "item"
+    nms_free: bool = False  # validate an end-to-end model's one-to-one head (Ultralytics' nms=False)
     amp: bool = True
     plots: bool = True
     # "ram": decoded training images kept in memory, "disk": in .npy files (Ultralytics' cache=ram|disk)

@@ -136,7 +136,7 @@ def train(
     warmup_momentum: float = 0.8, warmup_bias_lr: float = 0.1, box: float = 7.5, cls: float = 0.5,
     dfl: float = 1.5, dice: float = 0.0, nbs: int = 64, cos_lr: bool = False, close_mosaic: int = 10, patience: int = 100, val: bool = True,
     fraction: float = 1.0, classes: Sequence[int] | None = None, single_cls: bool = False, amp: bool = True,
-    plots: bool = True, cache: str | bool | None = None,
+    plots: bool = True, cache: str | bool | None = None, nms_free: bool = False,
     cache_dir: str | Path | None = None,
     world_size: int | None = None, hyp: dict[str, Any] | None = None, exist_ok: bool = False,
 ) -> SegMetrics:
@@ -154,6 +154,9 @@ def train(
     ``multi_scale=F`` (Ultralytics' name) resizes each batch, rect ones too, to a random longest side in
     ``imgsz * (1 ± F)``, a stride multiple, drawn from the seed and the step (``engines.train.multiscale``);
     True (older Ultralytics' bool) is 0.5, False 0.
+    ``nms_free`` validates an end-to-end model's (YOLO26's) one-to-one head, the one NMS-free inference
+    runs, after each epoch and at the end, so that fitness and best.pt follow it (Ultralytics' nms=False);
+    by default its NMS head is validated. Both heads are trained either way.
     ``time`` (hours) fits the run into a budget: after every epoch the epoch count is re-planned from
     the mean epoch time so far, and the lr schedule and mosaic switch-off follow the new count. A
     resumed run counts the training time its earlier sessions spent up to their last.pt.
@@ -182,7 +185,7 @@ def train(
             warmup_epochs=warmup_epochs, warmup_momentum=warmup_momentum, warmup_bias_lr=warmup_bias_lr,
             box=box, cls=cls, dfl=dfl, dice=dice, nbs=nbs, cos_lr=cos_lr, close_mosaic=close_mosaic, patience=patience, val=val,
             fraction=fraction, classes=None if classes is None else [int(c) for c in classes], single_cls=single_cls,
-            amp=amp, plots=plots, cache_dir=opt(cache_dir),
+            nms_free=nms_free, amp=amp, plots=plots, cache_dir=opt(cache_dir),
             cache="ram" if cache is True else None if cache is False else cache, world_size=world_size,
             hyp=dict(hyp or {}),
         )
@@ -295,6 +298,8 @@ def setup(cfg: TrainConfig, place: Placement, out: Path
         net = SegmentationModel(resume.meta.model_yaml, nc=len(spec.names))
     else:
         net = build_train_model(cfg.model, names=spec.names, pretrained=cfg.pretrained, verbose=place.main)
+    if cfg.nms_free:  # validation (and the EMA, copied from it) runs the one-to-one head; training both
+        net.use_nms_free_head(f"{cfg.model}: --nms-free")
     frozen = freeze_layers(net, cfg.freeze)  # before the optimizer, which takes trainable tensors only
     if frozen and place.main:
         layers = (f"the first {cfg.freeze} layers" if isinstance(cfg.freeze, int) else
@@ -437,6 +442,8 @@ def final_validation(s: TrainState) -> SegMetrics:
     """Validate ``best.pt`` as saved, print every class, write curves and prediction grids."""
     best = s.out / "weights" / "best.pt"
     model = build_model(load_checkpoint(best)).to(s.device)
+    if s.cfg.nms_free:
+        model.use_nms_free_head(f"{best}: --nms-free")
     print(f"\nValidating {best}...")
     metrics = make_validator(s.cfg, s.extras["spec"], s.place, final=True, out=s.out)(model)
     print(f"Results saved to {s.out}")

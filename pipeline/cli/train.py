@@ -73,6 +73,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val", action=argparse.BooleanOptionalAction, default=True,
                    help="validate every epoch (the last epoch is always validated)")
     p.add_argument("--fraction", type=float, default=1.0, help="train on this fraction of the train split")
+    p.add_argument("--nms-free", action="store_true",
+                   help="validate an end-to-end model's (YOLO26's) NMS-free head, so that best.pt is the best for "
+                        "NMS-free inference (Ultralytics' nms=False); both heads train either way")
     p.add_argument("--classes", default=None, metavar="I,J,...",
                    help="train on the instances of these class ids of the data only (the model keeps every class)")
     p.add_argument("--single-cls", action="store_true",
@@ -193,6 +196,6 @@ def _train(train, args: argparse.Namespace) -> None:  # noqa: ANN001 - engines.t
         warmup_bias_lr=args.warmup_bias_lr, box=args.box, cls=args.cls, dfl=args.dfl,
         cos_lr=args.cos_lr, warmup_epochs=args.warmup_epochs, close_mosaic=args.close_mosaic,
         patience=args.patience, val=args.val, fraction=args.fraction, amp=args.amp, plots=args.plots,
-        classes=parse_classes(args.classes), single_cls=args.single_cls,
+        classes=parse_classes(args.classes), single_cls=args.single_cls, nms_free=args.nms_free,
         nbs=args.nbs, dice=args.dice, exist_ok=args.exist_ok, hyp={f.name: v for f in _hyp_fields() if (v := getattr(args, f.name)) is not None},
     )

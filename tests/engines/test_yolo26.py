@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from engines import SegModel
+from engines.checkpoint import load_checkpoint
 from engines.errors import ModelError
 from engines.export import export
 from engines.ops import NMSConfig, non_max_suppression, topk_rows
@@ -133,13 +134,14 @@ def test_cli_predict_and_val_take_nms_free(tmp_path: Path, street: Path,
 
 def test_training_yolo26_teaches_both_heads(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """From scratch on 16 images at 64 px (~100 steps): every loss term falls, and the one-to-one head
-    (NMS-free) finds and draws the shapes about as well as the one-to-many head with NMS does."""
+    (NMS-free) finds and draws the shapes about as well as the one-to-many head with NMS does. With
+    --nms-free the run's own validation scored the one-to-one head: best.pt's metrics are `val --nms-free`'s."""
     data = make_shapes_dataset(tmp_path / "shapes", n=16, size=128)
     run = tmp_path / "run"
     assert main(["train", "--model", "yolo26n-seg.yaml", "--data", str(data), "--epochs", "25", "--imgsz", "64",
                  "--batch", "4", "--nbs", "4", "--workers", "0", "--device", "cpu", "--optimizer", "AdamW",
                  "--lr0", "0.01", "--warmup-epochs", "1", "--mosaic", "0", "--close-mosaic", "0", "--no-val",
-                 "--no-plots", "--out", str(run)]) == 0
+                 "--no-plots", "--nms-free", "--out", str(run)]) == 0
     res = read_results(run / "results.csv")
     for name in ("box_loss", "seg_loss", "cls_loss", "l1_loss", "sem_loss"):
         first, last = res[f"train/{name}"][:3].mean(), res[f"train/{name}"][-3:].mean()
@@ -154,6 +156,19 @@ def test_training_yolo26_teaches_both_heads(tmp_path: Path, capsys: pytest.Captu
         scores[head] = json.loads((tmp_path / head / "metrics.json").read_text())
     for head, m in scores.items():
         assert m["box.map50"] > 0.3 and m["seg.map50"] > 0.3, (head, m)
+    recorded = load_checkpoint(best).meta.metrics
+    for key in ("box.map", "seg.map", "seg.map50"):
+        assert recorded[key] == pytest.approx(scores["nms-free"][key], abs=1e-6), key
+    assert recorded["seg.map"] != pytest.approx(scores["nms"]["seg.map"], abs=1e-6)
+
+
+def test_nms_free_training_needs_a_model_with_that_head(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = make_shapes_dataset(tmp_path / "shapes", n=2, size=64)
+    capsys.readouterr()
+    assert main(["train", "--model", "yolov8n-seg.yaml", "--data", str(data), "--epochs", "1", "--imgsz", "64",
+                 "--workers", "0", "--device", "cpu", "--nms-free", "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--nms-free" in err[0] and "no NMS-free" in err[0], err
 
 
 def test_a_yolov8_with_one_bin_boxes_trains_with_the_l1_box_loss(tmp_path: Path) -> None:
