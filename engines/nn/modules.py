@@ -329,7 +329,8 @@ class Proto(nn.Module):
 class Proto26(Proto):
     """YOLO26's prototypes: P4 and P5 (1x1 convs to P3's channels, nearest-upsampled) are added to P3 and
     fused by a 3x3 conv before :class:`Proto`'s stride-4 stack. ``semseg`` is a semantic-segmentation branch
-    trained beside it (:meth:`with_semantic`, ``engines.train.loss.semantic_loss``); inference never runs it."""
+    trained beside it (:meth:`with_semantic`, ``engines.train.loss.semantic_loss``); inference never runs
+    it."""
 
     def __init__(self, *, ch: tuple[int, ...], c_: int = 256, c2: int = 32, nc: int = 80) -> None:
         super().__init__(c1=c_, c_=c_, c2=c2)
@@ -518,8 +519,8 @@ class Segment(Detect):
         one2one = None
         if self.one2one:
             xd = [xi.detach() for xi in x[:self.nl]]
-            one2one = SegTrainOutput(self.raw(xd, one2one=True), self.coeffs(xd, one2one=True), proto.detach(),
-                                     None if semantic is None else semantic.detach())
+            one2one = SegTrainOutput(self.raw(xd, one2one=True), self.coeffs(xd, one2one=True),
+                                     proto.detach(), None if semantic is None else semantic.detach())
         return SegTrainOutput(self.raw(x), self.coeffs(x), proto, semantic, one2one)
 
 

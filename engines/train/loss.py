@@ -219,7 +219,7 @@ def semantic_loss(pred: Tensor, masks: Tensor, cls: Tensor, batch_idx: Tensor) -
     Returns ``0.5 * mean BCE + 0.5 * mean over images and classes of 1 - Dice`` (Dice smoothed by 1).
     """
     nb, nc, h, w = pred.shape
-    area = masks.flatten(1).sum(1, dtype=torch.int64)  # at the masks' own resolution, where the target is made
+    area = masks.flatten(1).sum(1, dtype=torch.int64)  # at the masks' resolution, where the target is made
     # Resampling the instance masks first picks the same source pixel as resampling the target would.
     small = F.interpolate(masks[None].float(), (h, w), mode="nearest")[0].flatten(1).bool()  # (M, h*w)
     bi, m = batch_idx.long().view(-1), len(masks)
@@ -262,8 +262,10 @@ class SegLoss:
         self.nc, self.reg_max, self.gains, self.yolo26 = nc, reg_max, gains, yolo26
         self.strides = torch.as_tensor(strides, dtype=torch.float32).flatten()
         min_side = float(self.strides[1]) if yolo26 and len(self.strides) > 1 else 0.0
-        self.assigner = TaskAlignedAssigner(nc=nc, topk=topk, alpha=0.5, beta=6.0, topk2=topk2, min_side=min_side)
-        self.names = (*LOSS_NAMES[:3], "l1_loss" if reg_max == 1 else "dfl_loss", *(("sem_loss",) if yolo26 else ()))
+        self.assigner = TaskAlignedAssigner(nc=nc, topk=topk, alpha=0.5, beta=6.0, topk2=topk2,
+                                            min_side=min_side)
+        self.names = (*LOSS_NAMES[:3], "l1_loss" if reg_max == 1 else "dfl_loss",
+                      *(("sem_loss",) if yolo26 else ()))
 
     @classmethod
     def for_model(cls, model: SegmentationModel, *, gains: LossGains = LossGains()) -> SegLoss | E2ESegLoss:
@@ -336,7 +338,8 @@ class SegLoss:
             # sides in input pixels over the input's width (l, r) or height (t, b)
             scale = stride_t / imgsz[[1, 0, 1, 0]]  # (A, 4)
             ltrb = torch.cat((anchors - target[..., :2], target[..., 2:] - anchors), -1) * scale
-            l1 = F.l1_loss(pred_dist[fg] * scale.expand_as(pred_dist)[fg], ltrb[fg], reduction="none").mean(-1)
+            pred = pred_dist[fg] * scale.expand_as(pred_dist)[fg]
+            l1 = F.l1_loss(pred, ltrb[fg], reduction="none").mean(-1)
             return box, (l1 * weight).sum() / score_sum
         ltrb = bbox2dist(anchors, target, self.reg_max - 1)[fg]  # (F, 4)
         per_side = dfl_loss(pred_dist[fg].reshape(-1, self.reg_max), ltrb.reshape(-1), self.reg_max)
@@ -349,7 +352,8 @@ class SegLoss:
             raise ValueError("a YOLO26 loss needs the model's semantic output (SegTrainOutput.semantic)")
         if not bool(asg.fg_mask.any()):
             return (semantic * 0).sum()
-        return semantic_loss(semantic, masks, batch.cls.to(semantic.device), batch.batch_idx.to(semantic.device))
+        dev = semantic.device
+        return semantic_loss(semantic, masks, batch.cls.to(dev), batch.batch_idx.to(dev))
 
     def _seg_loss(
         self, asg: Assignment, gt: PaddedTargets, masks: Tensor, proto: Tensor, coeffs: Tensor, imgsz: Tensor
@@ -392,8 +396,10 @@ class E2ESegLoss:
 
     def __init__(self, *, nc: int, strides: Sequence[float] | Tensor, reg_max: int = 16,
                  gains: LossGains = LossGains(), yolo26: bool = True) -> None:
-        self.one2many = SegLoss(nc=nc, strides=strides, reg_max=reg_max, gains=gains, yolo26=yolo26, topk=10)
-        self.one2one = SegLoss(nc=nc, strides=strides, reg_max=reg_max, gains=gains, yolo26=yolo26, topk=7, topk2=1)
+        self.one2many = SegLoss(nc=nc, strides=strides, reg_max=reg_max, gains=gains, yolo26=yolo26,
+                                topk=10)
+        self.one2one = SegLoss(nc=nc, strides=strides, reg_max=reg_max, gains=gains, yolo26=yolo26,
+                               topk=7, topk2=1)
         self.names, self.strides = self.one2one.names, self.one2one.strides
         self.o2m = one2many_weight(0, 1)
 
@@ -402,7 +408,8 @@ class E2ESegLoss:
 
     def __call__(self, out: E2EOutput, batch: SegTargets) -> tuple[Tensor, Tensor]:
         if out.one2one is None:
-            raise ValueError("an end-to-end loss needs the model's one-to-one outputs (SegTrainOutput.one2one)")
+            raise ValueError("an end-to-end loss needs the model's one-to-one outputs "
+                             "(SegTrainOutput.one2one)")
         many, _ = self.one2many(out, batch)
         one, items = self.one2one(out.one2one, batch)
         return many * self.o2m + one * (1 - self.o2m), items

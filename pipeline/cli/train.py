@@ -74,8 +74,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="validate every epoch (the last epoch is always validated)")
     p.add_argument("--fraction", type=float, default=1.0, help="train on this fraction of the train split")
     p.add_argument("--nms-free", action="store_true",
-                   help="validate an end-to-end model's (YOLO26's) NMS-free head, so that best.pt is the best for "
-                        "NMS-free inference (Ultralytics' nms=False); both heads train either way")
+                   help="validate an end-to-end model's (YOLO26's) NMS-free head, so that best.pt is the "
+                        "best for NMS-free inference (Ultralytics' nms=False); both heads train either way")
     p.add_argument("--classes", default=None, metavar="I,J,...",
                    help="train on the instances of these class ids of the data only (the model keeps every class)")
     p.add_argument("--single-cls", action="store_true",
