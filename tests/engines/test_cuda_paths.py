@@ -3,7 +3,7 @@
 Covered: the torch backend (fp32, channels-last, unfused, fp16, CUDA graphs, graphs across input
 shapes), TorchScript and ONNX artifacts on the device, letterbox / NMS / mask routes / the whole
 ``postprocess`` on the device, ``SegModel`` predict (YOLOv8, and YOLO26's two heads), validation (API and
-``segpipe val``) and tiny training runs (AMP on and off, resume on another device).
+``segpipe val``) and tiny training runs (YOLOv8 and YOLO26, AMP on and off; resume on another device).
 
 Every test that means something on a CPU is parametrized over ``cpu`` and ``cuda`` (the latter
 marked ``gpu``, skipped without CUDA by tests/conftest.py), so the test logic is proven on CPU and
@@ -739,7 +739,9 @@ def test_val_cli_on_device(device: str, tiny_val_data: Path, cpu_val_metrics: di
 # ----------------------------------------------------------------------------------------- training
 
 TINY_TRAIN = dict(imgsz=64, batch=4, nbs=4, close_mosaic=0, plots=False, val=True, epochs=1, seed=0)
-LOSSES = ("train/box_loss", "train/seg_loss", "train/cls_loss", "train/dfl_loss")
+# the loss terms each trained model reports (YOLO26: its end-to-end loss, engines.train.loss.E2ESegLoss)
+LOSSES = {"yolov8n-seg.yaml": ("box_loss", "seg_loss", "cls_loss", "dfl_loss"),
+          "yolo26n-seg.yaml": ("box_loss", "seg_loss", "cls_loss", "l1_loss", "sem_loss")}
 
 
 @pytest.fixture(scope="module")
@@ -750,29 +752,37 @@ def shapes_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cpu_first_step_losses(shapes_data: Path, tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
-    """Epoch-1 losses of the CPU fp32 run: with 4 images and batch 4 that is the loss of the very first
-    step, a function of the seeded initial weights and data only, so every device must reproduce it."""
+def cpu_first_step_losses(shapes_data: Path, tmp_path_factory: pytest.TempPathFactory):
+    """``losses(model)``: epoch-1 losses of the model's CPU fp32 run: with 4 images and batch 4 that is the
+    loss of the very first step, a function of the seeded initial weights and data only, so every device
+    must reproduce it."""
     from engines.train import train
     from engines.train.plots import read_results
 
-    out = tmp_path_factory.mktemp("cpu-train") / "run"
-    train(data=shapes_data, out=out, device="cpu", amp=False, workers=0, **TINY_TRAIN)
-    res = read_results(out / "results.csv")
-    return np.array([res[k][0] for k in LOSSES])
+    @functools.cache
+    def losses(model: str) -> np.ndarray:
+        out = tmp_path_factory.mktemp("cpu-train") / "run"
+        train(data=shapes_data, out=out, model=model, device="cpu", amp=False, workers=0, **TINY_TRAIN)
+        res = read_results(out / "results.csv")
+        return np.array([res[f"train/{k}"][0] for k in LOSSES[model]])
+
+    return losses
 
 
+@pytest.mark.parametrize("model", list(LOSSES))
 @pytest.mark.parametrize("amp", [True, False], ids=["amp", "fp32"])
 @pytest.mark.parametrize("device", ["cpu", pytest.param("0", marks=pytest.mark.gpu, id="cuda-0")])
-def test_train_one_epoch_on_device(device: str, amp: bool, shapes_data: Path, cpu_first_step_losses: np.ndarray,
-                                   tmp_path: Path) -> None:
+def test_train_one_epoch_on_device(device: str, amp: bool, model: str, shapes_data: Path,
+                                   cpu_first_step_losses, tmp_path: Path) -> None:
+    """YOLO26 too: its mask-aware assignment (prototype products, per-image unique anchors) on the device."""
     from engines.checkpoint import load_checkpoint
     from engines.train import train
     from engines.train.plots import read_results
 
     out = tmp_path / "run"
     workers = 1 if amp else 0  # one run with a loader process (pinned batches on CUDA)
-    metrics = train(data=shapes_data, out=out, device=device, amp=amp, workers=workers, **TINY_TRAIN)
+    metrics = train(data=shapes_data, out=out, model=model, device=device, amp=amp, workers=workers,
+                    **TINY_TRAIN)
     assert metrics.images == 4
     assert all(math.isfinite(float(v)) for k, v in metrics.as_dict().items() if k in METRIC_KEYS)
     w = out / "weights"
@@ -787,10 +797,11 @@ def test_train_one_epoch_on_device(device: str, amp: bool, shapes_data: Path, cp
     else:
         assert scale == 1.0
     res = read_results(out / "results.csv")
-    losses = np.array([res[k][0] for k in LOSSES])
+    losses = np.array([res[f"train/{k}"][0] for k in LOSSES[model]])
     assert np.isfinite(losses).all() and (losses > 0).all()
     rel = 1e-6 if device == "cpu" else 5e-2 if amp else 1e-2
-    np.testing.assert_allclose(losses, cpu_first_step_losses, rtol=rel, err_msg=f"first-step losses on {device}")
+    np.testing.assert_allclose(losses, cpu_first_step_losses(model), rtol=rel,
+                               err_msg=f"first-step losses on {device}")
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
@@ -823,5 +834,5 @@ def test_resume_cpu_run_on_device(device: str, shapes_data: Path, tmp_path: Path
                and not t.ndim == 0)
     res = read_results(out / "results.csv")
     assert res["epoch"].tolist() == [1, 2]
-    assert all(np.isfinite(res[k]).all() for k in LOSSES)
+    assert all(np.isfinite(res[f"train/{k}"]).all() for k in LOSSES["yolov8n-seg.yaml"])
     assert (out / "weights" / "best.pt").is_file()
