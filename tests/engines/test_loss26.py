@@ -142,3 +142,21 @@ def test_one2one_outputs_train_only_their_own_branches(one_thread):
     (sum(f.sum() for f in out.feats) + out.coeffs.sum() + out.proto.sum() + out.semantic.sum()).backward()
     unused = {n for n, p in model.named_parameters() if p.grad is None}
     assert unused and all(".one2one_" in n for n in unused), sorted(unused)[:5]
+
+
+def test_the_weight_hook_follows_the_epoch_count_as_it_stands():
+    """A --time budget re-plans cfg.epochs between epochs and a resume starts mid-run: the share is set
+    from both as they are when each epoch begins."""
+    from engines.train.hooks import E2EWeightHook
+
+    s = SimpleNamespace(loss_fn=E2ESegLoss(nc=3, strides=[8.0, 16.0, 32.0], reg_max=1), epoch=0,
+                        cfg=SimpleNamespace(epochs=5))
+    hook = E2EWeightHook()
+    hook.before_epoch(s)
+    assert s.loss_fn.o2m == pytest.approx(0.8)
+    s.epoch, s.cfg.epochs = 3, 4  # re-planned from 5 to 4: epoch 3 is now the last
+    hook.before_epoch(s)
+    assert s.loss_fn.o2m == pytest.approx(0.1)
+    s.epoch, s.cfg.epochs = 2, 5
+    hook.before_epoch(s)
+    assert s.loss_fn.o2m == pytest.approx(one2many_weight(2, 5)) and 0.1 < s.loss_fn.o2m < 0.8
