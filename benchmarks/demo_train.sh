@@ -179,14 +179,20 @@ gpu_skip() {
         --warmup-epochs 0 --out "$RUN_MASKS" ${GPU_TRAIN_EXTRA:-}
 }
 
+# Training on from a checkpoint over the GPU scenes, as stage 6 started it: 16:9 batches, the Dice term,
+# full-resolution mask targets, no warm-up. Arguments: MODEL OUT LR0 LRF EPOCHS HOURS SEED.
+gpu_train_on() {
+    $SEGPIPE train --data "$WORK/train-gpu/data.yaml" --model "$1" --imgsz "${GPU_IMGSZ:-640}" \
+        --rect --dice 1 --batch 32 --nbs 32 --device "${GPU_DEVICE:-0}" --optimizer AdamW --lr0 "$3" --lrf "$4" \
+        --no-plots --no-val --no-deterministic --epochs "$5" --time "$6" --mosaic 0 --mask-ratio 1 \
+        --workers "${TRAIN_WORKERS:-14}" --seed "$7" --warmup-epochs 0 --out "$2" ${GPU_TRAIN_EXTRA:-}
+}
+
 # Stage 6, second part (the same session as gpu-skip, on the machine still holding its data and run): 9 more
 # epochs from gpu-skip's last.pt at lr 2e-4 falling to a quarter; --time 0.048 re-planned --epochs 4 to 7
 # after the first epoch, then to 9. The shipped model is this run's last.pt (gpu-skip2-package).
 gpu_skip2() {
-    $SEGPIPE train --data "$WORK/train-gpu/data.yaml" --model "${FROM2:-$RUN_MASKS/weights/last.pt}" --imgsz "${GPU_IMGSZ:-640}" \
-        --rect --dice 1 --batch 32 --nbs 32 --device "${GPU_DEVICE:-0}" --optimizer AdamW --lr0 0.0002 --lrf 0.25 \
-        --no-plots --no-val --no-deterministic --epochs 4 --time "${GPU_HOURS2:-0.048}" --mosaic 0 --mask-ratio 1 \
-        --workers "${TRAIN_WORKERS:-14}" --seed 7 --warmup-epochs 0 --out "$RUN_MASKS2" ${GPU_TRAIN_EXTRA:-}
+    gpu_train_on "$RUN_MASKS/weights/last.pt" "$RUN_MASKS2" 0.0002 0.25 4 "${GPU_HOURS2:-0.048}" 7
 }
 
 # Stage 7 (gpu_session.sh's default STAGE; BENCH=0 TESTS=0 BUDGET_S=570 RESERVE_S=75 on one H200): the
@@ -195,17 +201,14 @@ gpu_skip2() {
 # (held-out mask 0.654 -> 0.671) and, on the same warm machine, gpu-next2. gpu_session.sh now renders seed 8
 # for this stage: the next session runs it from the shipped model over scenes it has not seen.
 gpu_next() {
-    FROM2=${FROM:-engines/assets/demo-seg.pt} RUN_MASKS2=$RUN_MASKS GPU_HOURS2=${GPU_HOURS:-0.1} gpu_skip2
+    gpu_train_on "${FROM:-engines/assets/demo-seg.pt}" "$RUN_MASKS" 0.0002 0.25 4 "${GPU_HOURS:-0.1}" 7
 }
 
 # Stage 7, second part (the warm machine's last 150 s): 6 epochs from gpu-next's last.pt at lr 1e-4 falling to
 # 4.2e-5, the same scenes (held-out mask 0.671 -> 0.674). The shipped model is its last.pt (gpu-next2-package).
 RUN_NEXT2=${RUN_NEXT2:-$WORK/run-c2}
 gpu_next2() {
-    $SEGPIPE train --data "$WORK/train-gpu/data.yaml" --model "$RUN_MASKS/weights/last.pt" --imgsz "${GPU_IMGSZ:-640}" \
-        --rect --dice 1 --batch 32 --nbs 32 --device "${GPU_DEVICE:-0}" --optimizer AdamW --lr0 0.0001 --lrf 0.3 \
-        --no-plots --no-val --no-deterministic --epochs 8 --time "${GPU_HOURS2:-0.04}" --mosaic 0 --mask-ratio 1 \
-        --workers "${TRAIN_WORKERS:-14}" --seed 11 --warmup-epochs 0 --out "$RUN_NEXT2" ${GPU_TRAIN_EXTRA:-}
+    gpu_train_on "$RUN_MASKS/weights/last.pt" "$RUN_NEXT2" 0.0001 0.3 8 "${GPU_HOURS2:-0.04}" 11
 }
 
 # The CPU trial of stage 5 (OMP_NUM_THREADS=2, quiet cores): one epoch at lr 5e-4 over 3,920 scenes of
