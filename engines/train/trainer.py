@@ -320,9 +320,10 @@ def setup(cfg: TrainConfig, place: Placement, out: Path
                               warmup_bias_lr=cfg.warmup_bias_lr, nc=len(spec.names), iterations=iterations)
     optimizer = build_optimizer(net, choice, weight_decay=cfg.weight_decay * wd_scale)
     if place.main:
-        n = {k: len(v) for k, v in split_parameters(net).items()}
+        n = {k: len(v) for k, v in split_parameters(net, matrices=choice.name == "MuSGD").items()}
         print(f"optimizer: {choice.name}(lr={choice.lr0}, momentum={choice.momentum}) with parameter groups "
-              f"{n['norm']} weight(decay=0.0), {n['weight']} weight(decay={cfg.weight_decay * wd_scale:.6g}), "
+              f"{n['norm']} weight(decay=0.0), {n['weight'] + n.get('muon', 0)} weight"
+              f"(decay={cfg.weight_decay * wd_scale:.6g}), "
               f"{n['bias']} bias(decay=0.0)")
     schedule = Schedule(
         factor=lr_factor(cfg.epochs, cfg.lrf, cosine=cfg.cos_lr), momentum=choice.momentum,

@@ -57,7 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True,
                    help="deterministic kernels (default on)")
-    p.add_argument("--optimizer", default="auto", help="auto, SGD, AdamW or Adam")
+    p.add_argument("--optimizer", default="auto", help="auto, SGD, MuSGD, AdamW or Adam")
     p.add_argument("--lr0", type=float, default=0.01, help="initial learning rate (ignored by auto)")
     p.add_argument("--lrf", type=float, default=0.01, help="final lr as a fraction of lr0")
     p.add_argument("--momentum", type=float, default=0.937, help="SGD momentum or Adam beta1 (ignored by auto)")

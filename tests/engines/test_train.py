@@ -40,7 +40,7 @@ def _tiny_net() -> nn.Module:
 # ----------------------------------------------------------------------------------- optimizer recipe
 
 @pytest.mark.parametrize(("name", "iterations", "nc", "expect", "error"), [
-    ("auto", 20_000, 80, ("SGD", 0.01, 0.9, 0.0), None),
+    ("auto", 20_000, 80, ("MuSGD", 0.01, 0.9, 0.0), None),
     ("auto", 1_000, 80, ("AdamW", round(0.01 / 84, 6), 0.9, 0.0), None),
     ("auto", 1_000, 1, ("AdamW", 0.002, 0.9, 0.0), None),
     ("sgd", 10, 2, ("SGD", 0.02, 0.95, 0.1), None),
@@ -288,12 +288,13 @@ def _interrupt_after(monkeypatch, epoch_index: int):
     monkeypatch.setattr(hooks.EarlyStopHook, "after_epoch", after_epoch)
 
 
-def test_resume_continues_exactly_where_the_run_stopped(tmp_path, monkeypatch, one_thread):
+@pytest.mark.parametrize("optimizer", ["SGD", "MuSGD"])
+def test_resume_continues_exactly_where_the_run_stopped(tmp_path, monkeypatch, one_thread, optimizer):
     from engines.checkpoint import load_checkpoint
     from engines.train import train
 
     data = make_shapes_dataset(tmp_path / "data", n=4, size=128)
-    kw = dict(TINY, batch=2, nbs=2, epochs=3, close_mosaic=1, optimizer="SGD", plots=False)
+    kw = dict(TINY, batch=2, nbs=2, epochs=3, close_mosaic=1, optimizer=optimizer, plots=False)
     train(data=data, out=tmp_path / "full", **kw)
 
     _interrupt_after(monkeypatch, 1)
