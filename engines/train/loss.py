@@ -9,7 +9,7 @@ network, never the loss arithmetic.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
 
 import torch
@@ -240,6 +240,22 @@ def semantic_loss(pred: Tensor, masks: Tensor, cls: Tensor, batch_idx: Tensor) -
     return 0.5 * bce + 0.5 * dice.mean()
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchTargets:
+    """One batch's targets as :meth:`SegLoss.loss` reads them; both branches of :class:`E2ESegLoss` share one.
+
+    gt: padded per-image boxes and classes; masks ``(M, H, W)``; imgsz ``(2,)`` input h, w. YOLO26 only:
+    proto_masks ``(B, M, h, w)`` bool, the gt masks at prototype resolution (mask-aware assignment);
+    semantic, the semantic term of the branch the targets were made with.
+    """
+
+    gt: PaddedTargets
+    masks: Tensor
+    imgsz: Tensor
+    proto_masks: Tensor | None = None
+    semantic: Tensor | None = None
+
+
 class SegLoss:
     """Callable ``loss(out, batch) -> (total, items)`` for YOLOv8-seg, or with ``yolo26`` one branch of
     YOLO26-seg's loss (Ultralytics' ``SegmentLoss26``).
@@ -288,26 +304,42 @@ class SegLoss:
         return dist2bbox(dist, anchor_points, xywh=False)
 
     def __call__(self, out: SegOutput, batch: SegTargets) -> tuple[Tensor, Tensor]:
+        return self.loss(out, self.targets(out, batch))
+
+    def targets(self, out: SegOutput, batch: SegTargets) -> BatchTargets:
+        """The batch's targets on the outputs' device, as :meth:`loss` reads them (for YOLO26 with the gt
+        masks at prototype resolution and the semantic term, which depend only on the batch and
+        ``out``'s prototype and semantic maps)."""
+        f0 = out.feats[0]
+        dev = f0.device
+        imgsz = torch.tensor(f0.shape[2:], device=dev, dtype=torch.float32) * self.strides[0].to(dev)
+        gt = pad_targets(batch.cls.to(dev), batch.bboxes.to(dev), batch.batch_idx.to(dev), batch_size=f0.shape[0],
+                         imgsz=imgsz)
+        masks = batch.masks.to(dev)
+        if not self.yolo26:
+            return BatchTargets(gt=gt, masks=masks, imgsz=imgsz)
+        if out.semantic is None:
+            raise ValueError("a YOLO26 loss needs the model's semantic output (SegTrainOutput.semantic)")
+        mh, mw = out.proto.shape[-2:]
+        return BatchTargets(gt=gt, masks=masks, imgsz=imgsz, proto_masks=gt_masks_at(masks, gt.inst, (mh, mw)),
+                            semantic=semantic_loss(out.semantic, masks, batch.cls.to(dev), batch.batch_idx.to(dev)))
+
+    def loss(self, out: SegOutput, t: BatchTargets) -> tuple[Tensor, Tensor]:
+        """``(total, items)`` of ``out`` against targets from :meth:`targets`."""
         feats = [f.float() for f in out.feats]
         bs, no = feats[0].shape[:2]
         pred = torch.cat([f.view(bs, no, -1) for f in feats], 2).permute(0, 2, 1)  # (B, A, no)
         pred_dist, pred_scores = pred.split((4 * self.reg_max, self.nc), 2)
         coeffs = out.coeffs.float().permute(0, 2, 1)  # (B, A, nm)
         proto = out.proto.float()
-        strides = self.strides.to(pred.device)
-        anchors, stride_t = make_anchors(feats, strides, 0.5)
-        imgsz = torch.tensor(feats[0].shape[2:], device=pred.device, dtype=torch.float32) * strides[0]
-        gt = pad_targets(batch.cls.to(pred.device), batch.bboxes.to(pred.device),
-                         batch.batch_idx.to(pred.device), batch_size=bs, imgsz=imgsz)
-        masks = batch.masks.to(pred.device)
+        anchors, stride_t = make_anchors(feats, self.strides.to(pred.device), 0.5)
+        gt, masks, imgsz = t.gt, t.masks, t.imgsz
 
         pred_boxes = self.decode(anchors, pred_dist)  # grid units
         mask_in = None
-        if self.yolo26:
-            mh, mw = proto.shape[-2:]
-            scale = mh / (feats[0].shape[2] * float(self.strides[0]))  # prototype pixels per input pixel
-            mask_in = MaskInputs(coeffs=coeffs.detach(), proto=proto.detach(),
-                                 gt_masks=gt_masks_at(masks, gt.inst, (mh, mw)), scale=scale)
+        if t.proto_masks is not None:
+            scale = proto.shape[-2] / (feats[0].shape[2] * float(self.strides[0]))  # prototype px per input px
+            mask_in = MaskInputs(coeffs=coeffs.detach(), proto=proto.detach(), gt_masks=t.proto_masks, scale=scale)
         asg = self.assigner(pred_scores.detach().sigmoid(), pred_boxes.detach() * stride_t,
                             anchors * stride_t, gt.labels, gt.boxes, gt.valid, mask_in)
         score_sum = asg.scores.sum().clamp(min=1)
@@ -318,7 +350,7 @@ class SegLoss:
         g = self.gains
         terms = [box * g.box, seg * g.box, cls * g.cls, dfl * g.dfl]
         if self.yolo26:
-            terms.append(self._sem_loss(out.semantic, asg, batch, masks) * g.box)
+            terms.append(self._sem_loss(out.semantic, asg, t.semantic) * g.box)
         items = torch.stack(terms)
         return items.sum() * bs, items.detach()
 
@@ -346,14 +378,12 @@ class SegLoss:
         dfl = (per_side.view(-1, 4).mean(-1) * weight).sum() / score_sum
         return box, dfl
 
-    def _sem_loss(self, semantic: Tensor | None, asg: Assignment, batch: SegTargets, masks: Tensor) -> Tensor:
-        """:func:`semantic_loss` when the batch has positives (as Ultralytics: else 0, graph kept)."""
-        if semantic is None:
+    @staticmethod
+    def _sem_loss(semantic: Tensor | None, asg: Assignment, value: Tensor | None) -> Tensor:
+        """The semantic term ``value`` when the batch has positives (as Ultralytics: else 0, graph kept)."""
+        if semantic is None or value is None:
             raise ValueError("a YOLO26 loss needs the model's semantic output (SegTrainOutput.semantic)")
-        if not bool(asg.fg_mask.any()):
-            return (semantic * 0).sum()
-        dev = semantic.device
-        return semantic_loss(semantic, masks, batch.cls.to(dev), batch.batch_idx.to(dev))
+        return value if bool(asg.fg_mask.any()) else (semantic * 0).sum()
 
     def _seg_loss(
         self, asg: Assignment, gt: PaddedTargets, masks: Tensor, proto: Tensor, coeffs: Tensor, imgsz: Tensor
@@ -410,6 +440,10 @@ class E2ESegLoss:
         if out.one2one is None:
             raise ValueError("an end-to-end loss needs the model's one-to-one outputs "
                              "(SegTrainOutput.one2one)")
-        many, _ = self.one2many(out, batch)
-        one, items = self.one2one(out.one2one, batch)
+        # One set of targets: the one-to-one outputs have the same shapes, and their semantic map is the
+        # one-to-many one detached, so its term is the same value, kept out of the graph.
+        t = self.one2many.targets(out, batch)
+        many, _ = self.one2many.loss(out, t)
+        o2o_sem = None if t.semantic is None else t.semantic.detach()
+        one, items = self.one2one.loss(out.one2one, replace(t, semantic=o2o_sem))
         return many * self.o2m + one * (1 - self.o2m), items
