@@ -69,6 +69,9 @@ class TrainConfig:
     single_cls: bool = False  # every class as one, "item"
     nms_free: bool = False  # validate an end-to-end model's one-to-one head (Ultralytics' nms=False)
     amp: bool = True
+    # NHWC weights and batches (Ultralytics' channels_last): None is on with CUDA, where Tensor-Core convs run
+    # NHWC natively, and off elsewhere (a CPU gains nothing; True still runs it there)
+    channels_last: bool | None = None
     plots: bool = True
     # "ram": decoded training images kept in memory, "disk": in .npy files (Ultralytics' cache=ram|disk)
     cache: str | None = None

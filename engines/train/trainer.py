@@ -59,6 +59,8 @@ def run_step(s: TrainState, batch: TrainBatch) -> bool:
     Sets ``s.items`` (this batch's losses) and returns whether the optimizer stepped.
     """
     images = batch.images.to(s.device, non_blocking=True).float() / 255
+    if s.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
     if s.cfg.multi_scale > 0:  # off: no draw, no resize (the step is the same as without the option)
         stride = int(s.loss_fn.strides.max())  # the model's largest stride (a CPU tensor: no device sync)
         size = multi_scale_size(imgsz=s.cfg.imgsz, fraction=s.cfg.multi_scale, stride=stride, seed=s.cfg.seed,
@@ -136,7 +138,7 @@ def train(
     warmup_momentum: float = 0.8, warmup_bias_lr: float = 0.1, box: float = 7.5, cls: float = 0.5,
     dfl: float = 1.5, dice: float = 0.0, nbs: int = 64, cos_lr: bool = False, close_mosaic: int = 10, patience: int = 100, val: bool = True,
     fraction: float = 1.0, classes: Sequence[int] | None = None, single_cls: bool = False, amp: bool = True,
-    plots: bool = True, cache: str | bool | None = None, nms_free: bool = False,
+    plots: bool = True, cache: str | bool | None = None, nms_free: bool = False, channels_last: bool | None = None,
     cache_dir: str | Path | None = None,
     world_size: int | None = None, hyp: dict[str, Any] | None = None, exist_ok: bool = False,
 ) -> SegMetrics:
@@ -185,7 +187,7 @@ def train(
             warmup_epochs=warmup_epochs, warmup_momentum=warmup_momentum, warmup_bias_lr=warmup_bias_lr,
             box=box, cls=cls, dfl=dfl, dice=dice, nbs=nbs, cos_lr=cos_lr, close_mosaic=close_mosaic, patience=patience, val=val,
             fraction=fraction, classes=None if classes is None else [int(c) for c in classes], single_cls=single_cls,
-            nms_free=nms_free, amp=amp, plots=plots, cache_dir=opt(cache_dir),
+            nms_free=nms_free, amp=amp, channels_last=channels_last, plots=plots, cache_dir=opt(cache_dir),
             cache="ram" if cache is True else None if cache is False else cache, world_size=world_size,
             hyp=dict(hyp or {}),
         )
@@ -309,6 +311,9 @@ def setup(cfg: TrainConfig, place: Placement, out: Path
         print(f"freeze: {layers} ({len(frozen)} tensors, {count:,} parameters) kept as they are; "
               "their BatchNorm statistics still update")
     net = net.to(place.device).train()
+    nhwc = place.device.type == "cuda" if cfg.channels_last is None else cfg.channels_last
+    if nhwc:  # before the optimizer and the EMA copy; checkpoints are saved NCHW (contiguous) all the same
+        net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     stride = int(net.stride.max())
     data = build_train_data(cfg, spec, place, stride=stride)
     nb = len(data.loader)
@@ -337,7 +342,7 @@ def setup(cfg: TrainConfig, place: Placement, out: Path
         cfg=cfg, place=place, out=out, names=spec.names, data_file=cfg.data, model=net, ema=ema,
         optimizer=optimizer, scaler=scaler, loss_fn=SegLoss.for_model(net, gains=LossGains(
             box=cfg.box, cls=cfg.cls, dfl=cfg.dfl, dice=cfg.dice)), schedule=schedule, batches_per_epoch=nb,
-        dataset=data.dataset,
+        dataset=data.dataset, channels_last=nhwc,
     )
     if resume is not None:
         _restore(s, resume)

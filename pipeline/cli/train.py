@@ -81,6 +81,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--single-cls", action="store_true",
                    help="train every class as one, 'item' (a one-class model)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="mixed precision (CUDA)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC weights and batches (default: on with CUDA, as Ultralytics; off on a CPU)")
     p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--dice", type=float, default=0.0, metavar="W",
                    help="add W times each instance's Dice loss to its mask BCE: masks of thin objects "
@@ -195,7 +197,7 @@ def _train(train, args: argparse.Namespace) -> None:  # noqa: ANN001 - engines.t
         momentum=args.momentum, weight_decay=args.weight_decay, warmup_momentum=args.warmup_momentum,
         warmup_bias_lr=args.warmup_bias_lr, box=args.box, cls=args.cls, dfl=args.dfl,
         cos_lr=args.cos_lr, warmup_epochs=args.warmup_epochs, close_mosaic=args.close_mosaic,
-        patience=args.patience, val=args.val, fraction=args.fraction, amp=args.amp, plots=args.plots,
+        patience=args.patience, val=args.val, fraction=args.fraction, amp=args.amp, channels_last=args.channels_last, plots=args.plots,
         classes=parse_classes(args.classes), single_cls=args.single_cls, nms_free=args.nms_free,
         nbs=args.nbs, dice=args.dice, exist_ok=args.exist_ok, hyp={f.name: v for f in _hyp_fields() if (v := getattr(args, f.name)) is not None},
     )

@@ -316,6 +316,28 @@ def test_resume_continues_exactly_where_the_run_stopped(tmp_path, monkeypatch, o
         train(resume=tmp_path / "full" / "weights" / "last.pt", workers=0)
 
 
+@pytest.mark.parametrize("model", ["yolov8n-seg.yaml", "yolo26n-seg.yaml"])
+def test_channels_last_trains_as_nchw_does(tmp_path, one_thread, model):
+    """NHWC weights and batches (the default with CUDA; forced here on the CPU): the same losses and
+    weights as NCHW, up to float summation order, and checkpoints written NCHW."""
+    from engines.checkpoint import load_checkpoint
+    from engines.train import train
+
+    data = make_shapes_dataset(tmp_path / "data", n=4, size=128)
+    # one step: from scratch on 4 images, rounding differences soon flip YOLO26's mask-aware assignment
+    kw = dict(TINY, model=model, batch=4, nbs=4, epochs=1, optimizer="SGD", plots=False)
+    for nhwc in (False, True):
+        train(data=data, out=tmp_path / f"nhwc-{nhwc}", channels_last=nhwc, **kw)
+    a, b = (read_results(tmp_path / f"nhwc-{v}" / "results.csv") for v in (False, True))
+    losses = [k for k in a if k.startswith("train/")]
+    np.testing.assert_allclose([a[k] for k in losses], [b[k] for k in losses], rtol=1e-3)
+    nchw, nhwc_ck = (load_checkpoint(tmp_path / f"nhwc-{v}" / "weights" / "last.pt") for v in (False, True))
+    assert nhwc_ck.meta.train_args["channels_last"] is True
+    for k, w in nhwc_ck.state_dict.items():
+        assert w.is_contiguous(), k
+        torch.testing.assert_close(w, nchw.state_dict[k], atol=1e-3, rtol=1e-3, msg=k)
+
+
 def test_resume_after_a_kill_between_its_csv_row_and_its_checkpoint(tmp_path, monkeypatch, one_thread):
     from engines.checkpoint import load_checkpoint
     from engines.train import hooks, train
