@@ -71,6 +71,13 @@ if [ "$BENCH" = 1 ]; then
         --batches 3 --repeats 5 --workers 8 --ratios 4 1 ${LOSS_BASELINE:+--baseline "$LOSS_BASELINE"} \
         | grep -E "device|mask_ratio"
 
+    step "demo training throughput: NHWC (the CUDA default) vs NCHW, and MuSGD, on the demo data"
+    for opts in "" "--no-channels-last" "--optimizer MuSGD"; do
+        timeout 60 $PY benchmarks/train.py --data "$WORK/train-gpu/data.yaml" --model engines/assets/demo-seg.pt \
+            --device "${GPU_DEVICE:-0}" --imgsz 640 --rect --batch 32 --steps 12 --workers 12 \
+            --hyp mask_ratio=1 mosaic=0 $opts | grep -E "throughput|channels_last"
+    done
+
     step "streaming pipeline on CUDA (8 cameras 1080p, fp16, CUDA graphs; the machine to itself)"
     timeout 75 $PY benchmarks/pipeline.py --device cuda --half --cuda-graph --cameras 8 --sizes 1080p --max-batch 8 \
         --seconds 8 --warmup 3 --raw-seconds 3 --no-latency --cache "$SEGPIPE_CACHE"
@@ -92,10 +99,10 @@ wait $TRAIN_PID
 rc=$(cat "$WORK/train.rc")
 echo "training exit $rc"; grep -E "time budget|Closing|Validating|  all  " "$OUT/train.log" | tail -n 8
 if [ "$rc" != 0 ] && [ "$(left)" -gt $((RESERVE_S + 90)) ]; then
-    step "training failed ($rc): again without mixed precision"
+    step "training failed ($rc): again without mixed precision and NHWC"
     tail -n 30 "$OUT/train.log"
     export RUN_MASKS=$WORK/run-masks-fp32
-    GPU_TRAIN_EXTRA=--no-amp GPU_HOURS=$(train_for $(($(left) - RESERVE_S))) benchmarks/demo_train.sh "$STAGE" \
+    GPU_TRAIN_EXTRA="--no-amp --no-channels-last" GPU_HOURS=$(train_for $(($(left) - RESERVE_S))) benchmarks/demo_train.sh "$STAGE" \
         >>"$OUT/train.log" 2>&1
 fi
 cp "${RUN_MASKS:-$WORK/run-masks}/results.csv" "$OUT/" 2>/dev/null

@@ -3,12 +3,14 @@
 
     .venv/bin/python benchmarks/train.py [--imgsz 320] [--rect] [--batch 16] [--steps 8] [--workers 2]
         [--threads N] [--device cpu] [--model yolov8n-seg.yaml] [--hyp mask_ratio=1 mosaic=0 ...]
+        [--optimizer auto|SGD|MuSGD|AdamW] [--channels-last | --no-channels-last]
     .venv/bin/python benchmarks/train.py --fit [--epochs 30] [--pretrained yolov8n-seg.pt] [--out DIR]
 
 Throughput runs the real train step (forward, loss, backward, optimizer step with nbs = batch, EMA)
 over ``--steps`` batches of the augmented (mosaic) train loader; the first step is excluded (warm-up).
 ``--rect`` trains each image at its own aspect ratio (``segpipe train --rect``; no mosaic): run it
-beside the square run on the same data to see what padding to squares costs.
+beside the square run on the same data to see what padding to squares costs. ``--no-channels-last`` beside
+the default on CUDA (NHWC) shows what NHWC buys; ``--optimizer`` what MuSGD's Muon step costs.
 Peak RSS is this process's maximum resident set plus the largest loader worker's. ``--fit`` calls
 ``engines.train.train`` exactly as ``segpipe train`` does and prints box/mask mAP of best.pt.
 """
@@ -59,7 +61,8 @@ def throughput(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = TrainConfig(data=str(args.data), model=args.model, imgsz=args.imgsz, rect=args.rect, batch=args.batch,
                           nbs=args.batch, epochs=100, workers=args.workers, device=args.device, out=tmp,
-                          close_mosaic=0, plots=False, amp=True, hyp=args.hyp)
+                          close_mosaic=0, plots=False, amp=True, hyp=args.hyp, optimizer=args.optimizer,
+                          channels_last=args.channels_last)
         with seeded(0, False), fork_safe_cv2():
             s, data, _ = setup(cfg, place, Path(tmp))
             timer = _StopAfter(args.steps)
@@ -72,7 +75,7 @@ def throughput(args: argparse.Namespace) -> None:
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(f"device {place.device}, threads {torch.get_num_threads()}, workers {args.workers}, "
           f"imgsz {args.imgsz}{' rect' if args.rect else ''}, batch {args.batch}, model {args.model}, "
-          f"hyp {args.hyp or 'defaults'}")
+          f"hyp {args.hyp or 'defaults'}, optimizer {args.optimizer}, channels_last {args.channels_last}")
     print(f"train throughput: {timer.images / dt:.2f} images/s ({dt / max(timer.done - 1, 1):.2f} s/step "
           f"over {timer.done - 1} steps after warm-up)")
     print(f"peak RSS: {own:.0f} MiB main process, {kids:.0f} MiB largest loader worker")
@@ -104,6 +107,9 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--hyp", nargs="*", default=[], metavar="KEY=VALUE",
                    help="augmentation settings as segpipe train takes them (e.g. mask_ratio=1 mosaic=0)")
+    p.add_argument("--optimizer", default="auto", help="auto, SGD, MuSGD, AdamW or Adam")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC weights and batches (default: as segpipe train, on with CUDA)")
     p.add_argument("--fit", action="store_true", help="run the full fit and print the final mAPs")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--out", default=None, help="--fit: run folder (default runs/segment/trainN)")
