@@ -33,7 +33,7 @@ export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=10
 BENCH=${BENCH:-1}
 TESTS=${TESTS:-1}
 STAGE=${STAGE:-gpu-next}  # the demo model's next stage (benchmarks/demo_train.sh)
-# the training scenes' seed: the next gpu-next continues stage 7, which has seen seeds 1 and 7
+# the training scenes' seed: the next gpu-next continues stage 8, which has seen seeds 1, 7, 12 and 13
 [ "$STAGE" = gpu-next ] && export GPU_SEED=${GPU_SEED:-8}
 export TRAIN_WORKERS=${TRAIN_WORKERS:-12}  # two cores stay with the tests running beside the training
 mkdir -p "$OUT" "$WORK"
