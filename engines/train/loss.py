@@ -246,7 +246,7 @@ class BatchTargets:
 
     gt: padded per-image boxes and classes; masks ``(M, H, W)``; imgsz ``(2,)`` input h, w. YOLO26 only:
     proto_masks ``(B, M, h, w)`` bool, the gt masks at prototype resolution (mask-aware assignment);
-    semantic, the semantic term of the branch the targets were made with.
+    semantic, the semantic term of the branch the targets were made with (None for a batch without instances).
     """
 
     gt: PaddedTargets
@@ -321,8 +321,10 @@ class SegLoss:
         if out.semantic is None:
             raise ValueError("a YOLO26 loss needs the model's semantic output (SegTrainOutput.semantic)")
         mh, mw = out.proto.shape[-2:]
+        # without instances nothing is positive, and the term is 0 whatever its value
+        sem = semantic_loss(out.semantic, masks, batch.cls.to(dev), batch.batch_idx.to(dev)) if len(masks) else None
         return BatchTargets(gt=gt, masks=masks, imgsz=imgsz, proto_masks=gt_masks_at(masks, gt.inst, (mh, mw)),
-                            semantic=semantic_loss(out.semantic, masks, batch.cls.to(dev), batch.batch_idx.to(dev)))
+                            semantic=sem)
 
     def loss(self, out: SegOutput, t: BatchTargets) -> tuple[Tensor, Tensor]:
         """``(total, items)`` of ``out`` against targets from :meth:`targets`."""
@@ -381,9 +383,9 @@ class SegLoss:
     @staticmethod
     def _sem_loss(semantic: Tensor | None, asg: Assignment, value: Tensor | None) -> Tensor:
         """The semantic term ``value`` when the batch has positives (as Ultralytics: else 0, graph kept)."""
-        if semantic is None or value is None:
+        if semantic is None:
             raise ValueError("a YOLO26 loss needs the model's semantic output (SegTrainOutput.semantic)")
-        return value if bool(asg.fg_mask.any()) else (semantic * 0).sum()
+        return value if value is not None and bool(asg.fg_mask.any()) else (semantic * 0).sum()
 
     def _seg_loss(
         self, asg: Assignment, gt: PaddedTargets, masks: Tensor, proto: Tensor, coeffs: Tensor, imgsz: Tensor

@@ -160,3 +160,23 @@ def test_the_weight_hook_follows_the_epoch_count_as_it_stands():
     s.epoch, s.cfg.epochs = 2, 5
     hook.before_epoch(s)
     assert s.loss_fn.o2m == pytest.approx(one2many_weight(2, 5)) and 0.1 < s.loss_fn.o2m < 0.8
+
+
+def test_a_batch_without_instances_trains_only_the_class_logits_down(one_thread):
+    """Images with nothing in them (backgrounds): every term but the class one is 0, the semantic one
+    too (Ultralytics skips it without positives), and the graph stays whole for backward."""
+    from engines.nn import SegmentationModel
+    from engines.train.loss import SegLoss
+
+    torch.manual_seed(0)
+    model = SegmentationModel("yolo26n-seg.yaml", nc=3).train()
+    out = model(torch.rand(2, 3, 64, 64))
+    empty = SimpleNamespace(cls=torch.zeros(0), bboxes=torch.zeros(0, 4), batch_idx=torch.zeros(0),
+                            masks=torch.zeros(0, 16, 16, dtype=torch.uint8))
+    loss = SegLoss.for_model(model)
+    total, items = loss(out, empty)
+    assert dict(zip(loss.names, items.tolist(), strict=True)) == pytest.approx(
+        {"box_loss": 0.0, "seg_loss": 0.0, "cls_loss": float(items[2]), "l1_loss": 0.0, "sem_loss": 0.0})
+    assert float(items[2]) > 0 and torch.isfinite(total)
+    total.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if ".cv3." in n)
