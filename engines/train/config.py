@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from engines.data.augment import AugmentConfig
 from engines.errors import ConfigError
 from engines.files import new_folder
@@ -120,6 +122,11 @@ class TrainConfig:
             AugmentConfig.from_dict(self.hyp)
         except ConfigError as e:
             raise ConfigError(f"train.{e.path}", e.msg) from None
+
+    def memory_format(self, device: torch.device) -> torch.memory_format:
+        """The layout of the weights and batches on ``device``: NHWC with ``channels_last``, by default on CUDA."""
+        nhwc = device.type == "cuda" if self.channels_last is None else self.channels_last
+        return torch.channels_last if nhwc else torch.contiguous_format
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with some fields changed (checked again)."""

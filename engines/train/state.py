@@ -70,7 +70,6 @@ class TrainState:
     schedule: Schedule
     batches_per_epoch: int
     dataset: Any = None  # the training dataset (close_mosaic is called on it)
-    channels_last: bool = False  # batches handed to the model NHWC (its weights are)
     start_epoch: int = 0
     epoch: int = 0
     ni: int = 0

@@ -58,9 +58,9 @@ def run_step(s: TrainState, batch: TrainBatch) -> bool:
 
     Sets ``s.items`` (this batch's losses) and returns whether the optimizer stepped.
     """
-    images = batch.images.to(s.device, non_blocking=True).float() / 255
-    if s.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
+    # one copy makes the float batch in the weights' layout (cfg.memory_format)
+    images = batch.images.to(s.device, non_blocking=True).to(torch.float32,
+                                                              memory_format=s.cfg.memory_format(s.device)) / 255
     if s.cfg.multi_scale > 0:  # off: no draw, no resize (the step is the same as without the option)
         stride = int(s.loss_fn.strides.max())  # the model's largest stride (a CPU tensor: no device sync)
         size = multi_scale_size(imgsz=s.cfg.imgsz, fraction=s.cfg.multi_scale, stride=stride, seed=s.cfg.seed,
@@ -311,8 +311,8 @@ def setup(cfg: TrainConfig, place: Placement, out: Path
         print(f"freeze: {layers} ({len(frozen)} tensors, {count:,} parameters) kept as they are; "
               "their BatchNorm statistics still update")
     net = net.to(place.device).train()
-    nhwc = place.device.type == "cuda" if cfg.channels_last is None else cfg.channels_last
-    if nhwc:  # before the optimizer and the EMA copy; checkpoints are saved NCHW (contiguous) all the same
+    if cfg.memory_format(place.device) == torch.channels_last:
+        # before the optimizer and the EMA copy; checkpoints are saved NCHW (contiguous) all the same
         net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     stride = int(net.stride.max())
     data = build_train_data(cfg, spec, place, stride=stride)
@@ -342,7 +342,7 @@ def setup(cfg: TrainConfig, place: Placement, out: Path
         cfg=cfg, place=place, out=out, names=spec.names, data_file=cfg.data, model=net, ema=ema,
         optimizer=optimizer, scaler=scaler, loss_fn=SegLoss.for_model(net, gains=LossGains(
             box=cfg.box, cls=cfg.cls, dfl=cfg.dfl, dice=cfg.dice)), schedule=schedule, batches_per_epoch=nb,
-        dataset=data.dataset, channels_last=nhwc,
+        dataset=data.dataset,
     )
     if resume is not None:
         _restore(s, resume)
