@@ -132,7 +132,7 @@ def test_ema_blends_float_tensors_with_ramped_decay():
 
 # -------------------------------------------------------------------------------------- resume state
 
-@pytest.mark.parametrize("name", ["SGD", "AdamW"])
+@pytest.mark.parametrize("name", ["SGD", "AdamW", "MuSGD"])
 def test_pack_and_restore_round_trip(name):
     net = _tiny_net()
     choice = OptimizerChoice(name=name, lr0=0.01, momentum=0.9, warmup_bias_lr=0.0)
