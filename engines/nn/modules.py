@@ -505,17 +505,20 @@ class Segment(Detect):
     def forward(self, x: list[Tensor]) -> SegTrainOutput | tuple[Tensor, Tensor]:  # type: ignore[override]
         if self.training:
             return self._train_forward(x)
-        # Proto26 reads every detection level; a Proto, P3 and the inputs after the detection levels
-        proto = self.proto(*x) if isinstance(self.proto, Proto26) else self.proto(x[0], *x[self.nl:])
+        proto = self.proto(*self._proto_inputs(x))
         feats = self.raw(x, one2one=self.end2end)
         return torch.cat((self.decode(feats), self.coeffs(x, one2one=self.end2end)), 1), proto
+
+    def _proto_inputs(self, x: list[Tensor]) -> list[Tensor]:
+        """Proto26 reads every detection level; a Proto, P3 and the inputs after the detection levels."""
+        return x if self.proto26 else [x[0], *x[self.nl:]]
 
     def _train_forward(self, x: list[Tensor]) -> SegTrainOutput:
         semantic = None
         if isinstance(self.proto, Proto26):
             proto, semantic = self.proto.with_semantic(*x)
         else:
-            proto = self.proto(x[0], *x[self.nl:])
+            proto = self.proto(*self._proto_inputs(x))
         one2one = None
         if self.one2one:
             xd = [xi.detach() for xi in x[:self.nl]]
