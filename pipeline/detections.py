@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from engines.ops import mask_crops, mask_to_polygons, scale_boxes
-from engines.ops.crops import input_stride
 from engines.ops.letterbox import LetterboxInfo
 from engines.ops.rle import encode_crop
 from pipeline.messages import Detection
@@ -35,7 +34,7 @@ def frame_detections(rows: torch.Tensor, proto: torch.Tensor, info: LetterboxInf
     if masks != "none" and rows.shape[0]:
         coeffs = rows[:, 6:]
         if resolution == "frame":
-            out["crops"] = mask_crops(proto, coeffs, boxes, info.orig_shape, stride=input_stride(proto, info))
+            out["crops"] = mask_crops(proto, coeffs, boxes, info.orig_shape, info=info)
         else:
             out["crops"] = model_resolution_crops(proto, coeffs, boxes, info)
     return out

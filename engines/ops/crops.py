@@ -21,7 +21,7 @@ import torch
 
 from engines.ops.boxes import scale_boxes
 from engines.ops.letterbox import LetterboxInfo
-from engines.ops.masks import _check, _inferred_window, _native_upsample_factor
+from engines.ops.masks import _check, native_window
 
 Crop = tuple[int, int, torch.Tensor]
 
@@ -68,17 +68,15 @@ class _Axis:
         return bisect.bisect_left(self.last, start), bisect.bisect_right(self.first, end - 1)
 
 
-def input_stride(protos: torch.Tensor, info: LetterboxInfo) -> int:
-    """Model-input pixels per prototype pixel (4 for YOLOv8, 2 for finer prototypes)."""
-    return info.new_shape[0] // protos.shape[-2]
-
-
 def mask_crops(protos: torch.Tensor, coeffs: torch.Tensor, boxes: torch.Tensor,
-               shape: tuple[int, int], *, batched: bool | None = None, stride: int = 4) -> list[Crop]:
+               shape: tuple[int, int], *, batched: bool | None = None, stride: int = 4,
+               info: LetterboxInfo | None = None) -> list[Crop]:
     """Retina masks (:func:`engines.ops.masks.process_masks_native`) inside each box, frame resolution.
 
     protos (nm, mh, mw), coeffs (n, nm), boxes (n, 4) xyxy in original-frame pixels, shape the frame
-    (H, W); stride: model-input pixels per prototype pixel (:func:`input_stride`). Returns one
+    (H, W); stride: model-input pixels per prototype pixel (4 for YOLOv8, 2 for finer prototypes); info: the letterbox
+    of the input (else inferred from the shapes, as Ultralytics does: wrong when it padded both axes,
+    as rectangular val batches do; see :func:`engines.ops.masks.native_window`). Returns one
     ``(x0, y0, crop)`` per detection, in order; the crop is exactly the box's pixel
     span (``ceil(x1) <= x < ceil(x2)``, clamped to the frame), possibly empty. For the streaming
     runtime: a 1080p frame with 100 objects never holds 100 frame-sized masks.
@@ -92,8 +90,7 @@ def mask_crops(protos: torch.Tensor, coeffs: torch.Tensor, boxes: torch.Tensor,
     h, w = shape
     if coeffs.shape[0] == 0:
         return []
-    f = _native_upsample_factor(mh, mw, h, w, stride)
-    top, left, bottom, right = _inferred_window(f * mh, f * mw, h, w)
+    f, (top, left, bottom, right) = native_window(mh, mw, h, w, stride=stride, info=info)
     ay = _Axis.build(mh, f, top, bottom, h, protos.device)
     ax = _Axis.build(mw, f, left, right, w, protos.device)
     protos, coeffs = protos.float(), coeffs.float()
@@ -171,7 +168,7 @@ def input_mask_crops(protos: torch.Tensor, coeffs: torch.Tensor, boxes: torch.Te
 def retina_mask_crops(protos: torch.Tensor, coeffs: torch.Tensor, boxes: torch.Tensor,
                       info: LetterboxInfo) -> list[Crop]:
     """:func:`mask_crops` for boxes in model-input pixels (mapped to the frame with ``info`` first)."""
-    return mask_crops(protos, coeffs, scale_boxes(boxes, info), info.orig_shape, stride=input_stride(protos, info))
+    return mask_crops(protos, coeffs, scale_boxes(boxes, info), info.orig_shape, info=info)
 
 
 def paste_crops(crops: list[Crop], shape: tuple[int, int],

@@ -69,20 +69,23 @@ def process_masks(protos: torch.Tensor, coeffs: torch.Tensor, boxes: torch.Tenso
 
 
 def process_masks_native(protos: torch.Tensor, coeffs: torch.Tensor, boxes: torch.Tensor,
-                         shape: tuple[int, int], *, stride: int = 4) -> torch.Tensor:
+                         shape: tuple[int, int], *, stride: int = 4,
+                         info: LetterboxInfo | None = None) -> torch.Tensor:
     """Ultralytics' ``process_mask_native`` (retina masks). boxes and shape (H, W) in original-frame
     pixels -> bool (n, H, W).
 
     The logits are upsampled by the smallest factor f dividing ``stride`` (1, 2, 4) that puts the
     letterbox padding on whole pixels, the padding is cut off, and the rest is resized to the frame; the
     letterbox is inferred from the shapes (input = ``stride`` x prototypes, 4 for YOLOv8, centred
-    padding), as Ultralytics does.
+    padding), as Ultralytics does, unless ``info`` gives it (then ``stride`` is read from it too). The
+    inference fails for a letterbox padded on both axes, as rectangular val batches are (Ultralytics'
+    own val makes these masks at the input size, where no padding is cut).
     """
     nm, mh, mw = _check(protos, coeffs, boxes)
     h, w = shape
     if coeffs.shape[0] == 0:
         return torch.zeros((0, h, w), dtype=torch.bool, device=protos.device)
-    f = _native_upsample_factor(mh, mw, h, w, stride)
+    f, (top, left, bottom, right) = native_window(mh, mw, h, w, stride=stride, info=info)
     logits = (coeffs.float() @ protos.float().view(nm, -1)).view(1, -1, mh, mw)
     out = torch.empty((coeffs.shape[0], h, w), dtype=torch.bool, device=protos.device)
     step = max(1, _PIXEL_BUDGET // (h * w + f * f * mh * mw))
@@ -90,7 +93,8 @@ def process_masks_native(protos: torch.Tensor, coeffs: torch.Tensor, boxes: torc
         c = logits[:, i:i + step]
         if f > 1:
             c = F.interpolate(c, scale_factor=f, mode="bilinear", align_corners=False)
-        torch.gt(scale_masks(c, (h, w))[0], 0, out=out[i:i + step])
+        c = F.interpolate(c[..., top:bottom, left:right], (h, w), mode="bilinear", align_corners=False)
+        torch.gt(c[0], 0, out=out[i:i + step])
     return crop_mask(out, boxes)
 
 
@@ -121,6 +125,29 @@ def scale_masks(masks: torch.Tensor, shape: tuple[int, int], *, info: LetterboxI
         top, left, bottom, right = _inferred_window(ih, iw, oh, ow)
     return F.interpolate(masks[..., top:bottom, left:right].float(), (oh, ow), mode="bilinear",
                          align_corners=False)
+
+
+def native_window(mh: int, mw: int, h: int, w: int, *, stride: int = 4,
+                  info: LetterboxInfo | None = None) -> tuple[int, tuple[int, int, int, int]]:
+    """Retina masks' geometry for (mh, mw) prototypes and an (h, w) frame: the prototype upsample f
+    (a divisor of the input pixels per prototype pixel) and the frame's content window (top, left,
+    bottom, right) on the f-times upsampled prototype grid, padding on whole pixels there.
+
+    Without ``info`` the letterbox is inferred from the shapes as Ultralytics does (input = ``stride``
+    x prototypes, centred padding on one axis); with it, its padding is used as it is.
+    """
+    if info is None:
+        f = _native_upsample_factor(mh, mw, h, w, stride)
+        return f, _inferred_window(f * mh, f * mw, h, w)
+    ih, iw = info.new_shape
+    stride = ih // mh
+    if stride < 1 or (ih, iw) != (stride * mh, stride * mw):
+        raise ValueError(f"prototypes ({mh}, {mw}) do not tile the model input {info.new_shape}")
+    left, top = info.pad
+    bottom, right = top + info.unpad_shape[0], left + info.unpad_shape[1]
+    f = stride // math.gcd(stride, top | left | (ih - bottom) | (iw - right))
+    s = stride // f  # input pixels per upsampled prototype pixel; every edge is a multiple of it
+    return f, (top // s, left // s, bottom // s, right // s)
 
 
 def _native_upsample_factor(mh: int, mw: int, h: int, w: int, stride: int = 4) -> int:

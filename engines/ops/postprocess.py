@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from engines.ops.boxes import scale_boxes
-from engines.ops.crops import input_mask_crops, input_stride, mask_crops
+from engines.ops.crops import input_mask_crops, mask_crops
 from engines.ops.letterbox import LetterboxInfo
 from engines.ops.nms import NMSConfig, select_rows
 
@@ -54,7 +54,7 @@ def _one_image(rows: torch.Tensor, proto: torch.Tensor, info: LetterboxInfo, nam
         # Box-restricted evaluation (engines.ops.crops): the same pixels as Ultralytics' full-frame
         # process_mask(+scale_masks) / process_mask_native in the reference tests, 5-10x less work.
         if retina_masks:
-            crops = mask_crops(proto, rows[:, 6:], boxes, info.orig_shape, stride=input_stride(proto, info))
+            crops = mask_crops(proto, rows[:, 6:], boxes, info.orig_shape, info=info)
             has = [bool(v) for v in torch.stack([c.any() for _, _, c in crops]).tolist()] if crops else []
         else:
             crops, has = input_mask_crops(proto, rows[:, 6:], rows[:, :4], info)

@@ -252,14 +252,14 @@ def validate(model: Any, *, data: str | os.PathLike[str] | DataSpec | None = Non
              conf: float = 0.001, iou: float = 0.7, max_det: int = 300, save_json: bool = False,
              out_dir: str | os.PathLike[str] | None = None, plots: bool = False, verbose: bool = True,
              workers: int = 0, backend: str = "auto", half: bool = False, classes: Sequence[int] | None = None,
-             single_cls: bool | None = None, nms_free: bool = False) -> SegMetrics:
+             single_cls: bool | None = None, nms_free: bool = False, retina_masks: bool = False) -> SegMetrics:
     """Validate a model file or a loaded ``Backend``; dataset and imgsz default to the model's own.
 
     model: a path (any backend format) or an ``engines.backends.Backend``; half: fp16 weights when
     loading a path on CUDA. out_dir defaults to ``runs/val`` when save_json or plots ask for files.
     classes, single_cls: score only the instances of these class ids of the data, and all classes as one
     (``DataSpec.select``); single_cls defaults to what the model was trained with. nms_free: an end-to-end
-    model's NMS-free head (see ``BackendOptions``). Returns SegMetrics.
+    model's NMS-free head (see ``BackendOptions``). retina_masks: see ``Validator``. Returns SegMetrics.
     """
     from engines.backends import Backend, BackendOptions, load_backend
 
@@ -283,7 +283,7 @@ def validate(model: Any, *, data: str | os.PathLike[str] | DataSpec | None = Non
         out_dir = Path("runs/val")
     v = Validator(data=spec, split=split, imgsz=imgsz, batch=batch, device=model.device, conf=conf, iou=iou,
                   max_det=max_det, save_json=save_json, out_dir=out_dir, plots=plots, verbose=verbose,
-                  rect=meta.dynamic, workers=workers)
+                  rect=meta.dynamic, workers=workers, retina_masks=retina_masks)
     return v(model, meta.names)
 
 

@@ -40,6 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plots", action="store_true", help="PR/F1 curves, the confusion matrix (PNG and CSV) and "
                    "label/prediction image grids")
     p.add_argument("--half", action="store_true", help="fp16 inference (CUDA)")
+    p.add_argument("--retina-masks", action="store_true",
+                   help="score masks made straight at the image's resolution (as predict --retina-masks), not "
+                   "at the model input's then resized")
     add_nms_free_arg(p, "score")
     p.add_argument("--workers", type=int, default=2, help="data loading processes (default 2)")
     p.add_argument("--out", default=None, help="output folder (default runs/val, val2, ...: the first free "
@@ -57,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
                            device=args.device, conf=args.conf, iou=args.iou, max_det=args.max_det,
                            save_json=args.save_json, out_dir=out, plots=args.plots, workers=args.workers,
                            backend=args.backend, half=args.half, classes=parse_classes(args.classes),
-                           single_cls=args.single_cls, nms_free=args.nms_free)
+                           single_cls=args.single_cls, nms_free=args.nms_free, retina_masks=args.retina_masks)
     print(summary_line(metrics))
     sp = metrics.speed
     print(f"speed: {sp.preprocess:.1f} ms preprocess, {sp.inference:.1f} ms inference, "

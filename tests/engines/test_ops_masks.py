@@ -76,17 +76,46 @@ def test_input_resolution_masks_match_ultralytics(ref: dict[str, np.ndarray], ci
 def test_native_masks_and_crops_match_ultralytics(ref: dict[str, np.ndarray], ci: int, auto: bool,
                                                   n_frames: int) -> None:
     """Frames chosen so Ultralytics' prototype upsample factor f is 1, 2 and 4 (padding parity)."""
-    protos, coeffs, _, _ = _inputs(ref, ci)
+    protos, coeffs, _, (ih, iw) = _inputs(ref, ci)
     for oi in range(n_frames):
         key = f"c{ci}__o{oi}"
         oh, ow = ref[f"{key}__shape"].tolist()
         frame_boxes = torch.from_numpy(ref[f"{key}__boxes"])
         expected = _unpack(ref[f"{key}__native"], ow)
-        native = process_masks_native(protos, coeffs, frame_boxes, (oh, ow))
-        assert native.dtype == torch.bool
-        np.testing.assert_array_equal(native.numpy(), expected, err_msg=key)
-        crops = mask_crops(protos, coeffs, frame_boxes, (oh, ow))
-        np.testing.assert_array_equal(paste_crops(crops, (oh, ow)).numpy(), expected, err_msg=key)
+        info = letterbox_geometry((oh, ow), size=(ih, iw), auto=auto)
+        assert info.new_shape == (ih, iw)
+        for given in (None, info):  # the letterbox inferred from the shapes, as Ultralytics, or given
+            native = process_masks_native(protos, coeffs, frame_boxes, (oh, ow), info=given)
+            assert native.dtype == torch.bool
+            np.testing.assert_array_equal(native.numpy(), expected, err_msg=key)
+            crops = mask_crops(protos, coeffs, frame_boxes, (oh, ow), info=given)
+            np.testing.assert_array_equal(paste_crops(crops, (oh, ow)).numpy(), expected, err_msg=key)
+
+
+@pytest.mark.parametrize(("frame", "stride"), [((384, 640), 2), ((384, 640), 4), ((378, 634), 4), ((381, 637), 2)])
+def test_native_masks_follow_a_letterbox_padded_on_both_axes(frame: tuple[int, int], stride: int) -> None:
+    """Rectangular val batches pad both axes (a half-stride margin), where the letterbox cannot be
+    inferred from the shapes: given, the retina masks match the input-resolution ones. The frames put
+    the padding on whole prototype pixels and on halves and quarters of them (f = 1, 2, 4)."""
+    g = torch.Generator().manual_seed(7)
+    h, w = frame
+    info = letterbox_geometry(frame, size=(416, 672), scaleup=False)
+    assert info.gain == 1.0 and min(info.pad) > 0
+    protos = _smooth_protos(g, 416 // stride, 672 // stride)
+    n = 12
+    coeffs = torch.randn(n, 32, generator=g)
+    xy = torch.rand(n, 2, generator=g) * torch.tensor([w * 0.7, h * 0.7])
+    boxes = torch.cat([xy, xy + 40 + torch.rand(n, 2, generator=g) * torch.tensor([w * 0.3, h * 0.3])], 1)
+    boxes = torch.minimum(boxes, torch.tensor([w, h, w, h], dtype=torch.float32))
+    native = process_masks_native(protos, coeffs, boxes, frame, info=info)
+    np.testing.assert_array_equal(paste_crops(mask_crops(protos, coeffs, boxes, frame, info=info), frame).numpy(),
+                                  native.numpy())
+    left, top = info.pad
+    in_boxes = boxes + torch.tensor([left, top, left, top], dtype=torch.float32)
+    in_crops, _ = input_mask_crops(protos, coeffs, in_boxes, info)
+    iou = _iou(paste_crops(in_crops, frame), native)
+    assert int(native.flatten(1).any(1).sum()) >= n - 2  # the objects are not trivially empty
+    assert float(iou.min()) > 0.97, iou
 
 
 def _iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
