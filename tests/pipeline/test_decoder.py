@@ -265,8 +265,11 @@ def test_rtsp_frames_all_carry_increasing_pts_across_a_reconnect(tmp_path: Path,
         wait_for(lambda: h.decoded >= seen + 5, 20, "frames after the reconnect")
         h.finish()
     pts = [f.pts for f in h.frames]
-    assert h.frames[0].seq == 0 and pts[0] == 0.0
     assert all(p is not None for p in pts), pts
+    # Stream time starts at 0 on frame 0 and steps 1/15 s (the served clip's rate). The reader takes the
+    # newest frame, so a burst at the connect can hide frame 0 from it (it did once in CI, on 2 busy cores).
+    first = h.frames[0]
+    assert first.seq <= 3 and first.pts == pytest.approx(first.seq / 15, abs=1e-3), (first.seq, first.pts)
     assert all(b > a for a, b in zip(pts, pts[1:], strict=False)), pts
     gaps = [b - a for a, b in zip(pts, pts[1:], strict=False)]
     assert max(gaps) < 1.0, gaps  # a reconnect goes on one frame after the last, no jump
