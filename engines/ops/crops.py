@@ -74,9 +74,10 @@ def mask_crops(protos: torch.Tensor, coeffs: torch.Tensor, boxes: torch.Tensor,
     """Retina masks (:func:`engines.ops.masks.process_masks_native`) inside each box, frame resolution.
 
     protos (nm, mh, mw), coeffs (n, nm), boxes (n, 4) xyxy in original-frame pixels, shape the frame
-    (H, W); stride: model-input pixels per prototype pixel (4 for YOLOv8, 2 for finer prototypes); info: the letterbox
-    of the input (else inferred from the shapes, as Ultralytics does: wrong when it padded both axes,
-    as rectangular val batches do; see :func:`engines.ops.masks.native_window`). Returns one
+    (H, W); stride: model-input pixels per prototype pixel (4 for YOLOv8, 2 for finer prototypes);
+    info: the letterbox of the input (else inferred from the shapes, as Ultralytics does: wrong when it
+    padded both axes, as rectangular val batches do; see :func:`engines.ops.masks.native_window`),
+    which also gives the stride. Returns one
     ``(x0, y0, crop)`` per detection, in order; the crop is exactly the box's pixel
     span (``ceil(x1) <= x < ceil(x2)``, clamped to the frame), possibly empty. For the streaming
     runtime: a 1080p frame with 100 objects never holds 100 frame-sized masks.
