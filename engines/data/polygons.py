@@ -270,7 +270,7 @@ def mask_outline(mask: np.ndarray, *, holes: bool = True, epsilon: float = 0.4,
     pixel inside the shape's edge, and a pixel-centre rasteriser then loses the boundary row: a 2-px
     stroke comes back 1 px wide (a rendered bicycle kept a third of its pixels). Traced on the mask
     magnified ``_TRACE_SCALE`` times the boundary is 1/8 px inside the edge, so every boundary pixel's
-    centre stays inside (and cv2.fillPoly in the centred convention, as val uses, draws no pixel outside).
+    centre stays inside (the validator fills labels by the same rule, engines.val.truth).
     """
     ys, xs = np.nonzero(mask)
     if len(xs) == 0:

@@ -1,7 +1,13 @@
 """Ground truth of one image at its original resolution, as the metrics and the COCO GT json see it.
 
-Imports nothing from ``pipeline``. Label polygons are rasterised here, once, with ``cv2.fillPoly``;
-both our metric and ``coco.gt_json`` read the same masks, so pycocotools scores what we score.
+Imports nothing from ``pipeline``. Label polygons are rasterised here, once, as the trainer fills them
+(``engines.data.polygons.rasterize``: a pixel is in when its centre is); both our metric and
+``coco.gt_json`` read the same masks, so pycocotools scores what we score. Why not ``cv2.fillPoly``
+(Ultralytics' choice, and ours before): it also sets every pixel the outline touches. On coco128's
+polygons it made masks 7.7 % larger than pycocotools' own rasterisation of them (16 % for objects under
+32x32 px, IoU 0.84 with it), where the centre rule matches it (area 1.000, IoU 0.989); on generated
+scenes a bicycle's ground truth came out 10 % larger than the rendered mask (IoU 0.87), so that an exact
+prediction could not reach the upper IoU thresholds.
 Masks are kept as bit-packed crops over each instance's pixel window: a val set's ground truth
 stays small enough to cache across epochs.
 """
@@ -11,13 +17,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
+from engines.data.polygons import rasterize
 from engines.ops.polygons import mask_window
-
-# Sub-pixel precision of polygon vertices handed to cv2.fillPoly (fixed point, 1/16 px).
-_SHIFT = 4
 
 
 def rasterize_polygon(points: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -25,22 +28,21 @@ def rasterize_polygon(points: np.ndarray, shape: tuple[int, int]) -> tuple[np.nd
 
     points: (k, 2) float, pixel coordinates x, y in the frame's continuous coordinates (pixel
     ``(i, j)`` covers ``[j, j+1) x [i, i+1)``, so its centre is at ``(j+0.5, i+0.5)``).
-    shape: frame ``(H, W)``. Returns ``(crop (h, w) bool, window (4,) int64 x0, y0, x1, y1)``; an
-    empty window ``(0, 0, 0, 0)`` with a ``(0, 0)`` crop when the polygon lies outside the frame.
+    shape: frame ``(H, W)``. A pixel is in when its centre is inside (even-odd rule), as the trainer
+    fills labels. Returns ``(crop (h, w) bool, window (4,) int64 x0, y0, x1, y1)``; an empty window
+    ``(0, 0, 0, 0)`` with a ``(0, 0)`` crop when the polygon lies outside the frame.
     """
     H, W = shape
-    pts = np.asarray(points, np.float64).reshape(-1, 2) - 0.5  # cv2 puts pixel centres on integers
+    pts = np.asarray(points, np.float64).reshape(-1, 2)
     if len(pts) == 0:
         return np.zeros((0, 0), bool), np.zeros(4, np.int64)
-    lo = np.floor(pts.min(0)).astype(np.int64)
-    hi = np.ceil(pts.max(0)).astype(np.int64) + 1
+    lo = np.floor(pts.min(0) - 0.5).astype(np.int64)  # the pixels whose centres the polygon may hold
+    hi = np.ceil(pts.max(0) - 0.5).astype(np.int64) + 1
     x0, y0 = max(int(lo[0]), 0), max(int(lo[1]), 0)
     x1, y1 = min(int(hi[0]), W), min(int(hi[1]), H)
     if x1 <= x0 or y1 <= y0:
         return np.zeros((0, 0), bool), np.zeros(4, np.int64)
-    fixed = np.round((pts - (x0, y0)) * (1 << _SHIFT)).astype(np.int32)
-    crop = np.zeros((y1 - y0, x1 - x0), np.uint8)
-    cv2.fillPoly(crop, [fixed], 1, lineType=cv2.LINE_8, shift=_SHIFT)
+    crop = rasterize([pts - (x0, y0)], y1 - y0, x1 - x0)[0]
     return crop.view(bool), np.array([x0, y0, x1, y1], np.int64)
 
 

@@ -201,6 +201,26 @@ def test_matches_cocoeval_on_coco128_polygons(tmp_path: Path, coco128: Path) -> 
     assert_agree(box, seg, *theirs(tmp_path, gts, dets, nc=80))
 
 
+def test_label_polygons_fill_as_pycocotools_fills_them(coco128: Path) -> None:
+    """The validator's ground truth from YOLO-seg polygons: pycocotools' own rasterisation of the same
+    polygons (COCO's definition), not cv2.fillPoly's, which also takes every pixel the outline touches.
+    Measured on the first 30 images (184 polygons): mean IoU 0.992, median area ratio 1.000 (cv2.fillPoly,
+    the rule before, on the first 60: 0.904 and 1.077; objects under 32x32 px 0.836 and 1.164)."""
+    ious, ratios = [], []
+    for f in sorted((coco128 / "labels" / "train2017").glob("*.txt"))[:30]:
+        h, w = cv2.imread(str(coco128 / "images" / "train2017" / (f.stem + ".jpg"))).shape[:2]
+        for line in f.read_text().splitlines():
+            px = np.array(line.split()[1:], np.float64).reshape(-1, 2) * (w, h)
+            coco = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects([px.ravel().tolist()], h, w))).astype(bool)
+            crop, (x0, y0, x1, y1) = rasterize_polygon(px, (h, w))
+            ours = np.zeros((h, w), bool)
+            ours[y0:y1, x0:x1] = crop
+            ious.append((ours & coco).sum() / max((ours | coco).sum(), 1))
+            ratios.append(ours.sum() / max(coco.sum(), 1))
+    assert len(ious) > 150
+    assert np.mean(ious) > 0.98 and abs(np.median(ratios) - 1) < 0.01, (np.mean(ious), np.median(ratios))
+
+
 def test_mask_iou_equals_pycocotools() -> None:
     gts, dets = synthetic(7, crowd=True)
     for t, (_, _, c, mk) in zip(gts, dets, strict=True):
