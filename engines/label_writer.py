@@ -1,6 +1,7 @@
 """YOLO-seg label files from predictions (``predict --save-txt``), the video frames they label
-(``--save-frames``), for ``train`` to read back (the auto-labelling loop), and each object's crop
-(``--save-crop``). Imports cv2, numpy, engines.structures and engines.data.polygons only.
+(``--save-frames``), for ``train`` to read back (the auto-labelling loop), each object's crop
+(``--save-crop``) and the annotated still images (``--save``). Imports cv2, numpy, engines.structures and
+engines.data.polygons only.
 
 One line per instance, ``class x1 y1 x2 y2 ...``, the polygon normalised to the image (0-1), with
 ``conf`` appended when asked: the lines Ultralytics' ``Results.save_txt`` writes for segmentation, each
@@ -42,6 +43,7 @@ from engines.data.polygons import mask_outline
 from engines.structures import Detections
 
 FRAME_JPEG_QUALITY = 95  # see the module docstring
+JPEG_MAX_SIDE = 65500  # the most pixels a side libjpeg writes (JPEG_MAX_DIMENSION; the format allows 65535)
 CROP_GAIN, CROP_PAD = 1.02, 10  # Ultralytics' save_one_box defaults
 _UNSAFE = re.compile(r'[/\\:*?"<>|\x00-\x1f]')  # path separators and what Windows refuses in a name
 
@@ -125,6 +127,18 @@ def write_crop_image(path: Path, image: np.ndarray) -> None:
     ``save_one_box``), whole or not at all (see ``_write_whole``)."""
     params = [cv2.IMWRITE_JPEG_QUALITY, 95, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
     _write_jpeg(path, np.ascontiguousarray(image), params, "crop")
+
+
+def write_annotated_image(path: Path, image: np.ndarray) -> None:
+    """Write an annotated still image, (H, W, 3) uint8 BGR, as the JPEG ``path`` (quality 95, as cv2.imwrite
+    writes it), whole or not at all (see ``_write_whole``). One with a side over ``JPEG_MAX_SIDE`` (a
+    panorama) is shrunk to fit: cv2.imwrite wrote no file for it, without a word."""
+    h, w = image.shape[:2]
+    if max(h, w) > JPEG_MAX_SIDE:
+        scale = JPEG_MAX_SIDE / max(h, w)
+        size = (min(max(round(w * scale), 1), JPEG_MAX_SIDE), min(max(round(h * scale), 1), JPEG_MAX_SIDE))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    _write_jpeg(path, np.ascontiguousarray(image), [cv2.IMWRITE_JPEG_QUALITY, 95], "annotated image")
 
 
 def _write_jpeg(path: Path, image: np.ndarray, params: list[int], what: str) -> None:

@@ -117,7 +117,7 @@ def source_names(source: str) -> list[tuple[str, bool]]:
     """``(name, is_video)`` of each file or stream ``iter_source(source)`` will read, in its order, without
     opening any (to check output names before writing); SourceError as ``iter_source`` for a source that
     names nothing. An entry it would refuse (an unsupported suffix) is left for it to refuse."""
-    return [(video_name(e), True) if _is_video(e) else (Path(e).stem, False) for e in _expand(source)
+    return [(video_name(e), True) if _is_video(e) else (Path(e).stem, False) for e in expand_source(source)
             if _is_video(e) or e.lower().endswith(IMAGE_SUFFIXES)]
 
 
@@ -127,10 +127,14 @@ def _reason(e: Exception, url: str) -> str:
 
 
 def _files_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES)
+    # is_file: a folder named like a picture (b.jpg/) is not one; it was read and reported missing
+    return sorted(p for p in folder.iterdir()
+                  if p.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES and p.is_file())
 
 
-def _expand(source: str) -> list[str]:
+def expand_source(source: str) -> list[str]:
+    """The entries a source names, in order: itself for a stream URL or a file, a folder's pictures and
+    videos, a glob's matches. SourceError when it names nothing."""
     if not source.strip():  # Path("") is the current folder: an unset variable must not predict on it
         raise SourceError("source is empty (expected an image, folder, glob, video or stream URL)")
     if source.startswith(STREAM_PREFIXES):
@@ -173,7 +177,7 @@ def iter_source(source: Any, *, max_frames: int = 0, vid_stride: int = 1) -> Ite
         source = str(source)
     if not isinstance(source, str):
         raise SourceError(f"unsupported source type {type(source).__name__}")
-    for item in _expand(source):
+    for item in expand_source(source):
         if _is_video(item):
             yield from iter_video(item, max_frames=max_frames, vid_stride=vid_stride)
         elif item.lower().endswith(IMAGE_SUFFIXES):

@@ -88,10 +88,15 @@ def check_range(name: str, value: float, lo: float, hi: float) -> None:
         raise ConfigError(name, f"must be in [{lo}, {hi}], got {value}")
 
 
+MAX_IMGSZ = 8192  # 65536 asked the letterbox for 38 GB and ended in an allocator's traceback
+
+
 def check_imgsz(imgsz: int | None) -> None:
-    """``--imgsz`` (None: the model's own) is a positive multiple of 32."""
+    """``--imgsz`` (None: the model's own) is a positive multiple of 32, at most ``MAX_IMGSZ``."""
     if imgsz is not None and (imgsz < 32 or imgsz % 32):
         raise ConfigError("--imgsz", f"must be a positive multiple of 32, got {imgsz}")
+    if imgsz is not None and imgsz > MAX_IMGSZ:
+        raise ConfigError("--imgsz", f"at most {MAX_IMGSZ}, got {imgsz}")
 
 
 def check_infer_args(args: argparse.Namespace) -> None:

@@ -40,7 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="output folder (default runs/predict, predict2, ...: the first free "
                    "one, so runs do not mix their files)")
     p.add_argument("--save", action=argparse.BooleanOptionalAction, default=True,
-                   help="write annotated images/videos (default on; --no-save or save=False: predictions.json only)")
+                   help="write annotated images/videos (default on; --no-save or save=False: predictions.json only; "
+                        "an image over 65500 pixels a side, more than a JPEG holds, is shrunk to fit)")
     p.add_argument("--max-frames", type=int, default=0, metavar="N",
                    help="stop each video/stream after its first N frames (default 0: all; counted in the "
                         "source, so with --vid-stride S about N/S are predicted on)")
@@ -81,11 +82,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "or a YAML of those keys (high_score, new_track_score, match_iou, min_hits, max_lost_frames)")
 
 
-def _image_id(name: str, frame: int | None) -> int | str:
-    stem = name if frame is None else f"{name}_{frame:06d}"
-    return int(stem) if stem.isdigit() else stem
-
-
 def _coco_records(dets: Any, image_id: int | str, track_ids: list[int | None] | None = None) -> list[dict[str, Any]]:
     """COCO result records, with each detection's ``track_id`` (None while unconfirmed) when tracked."""
     out = []
@@ -112,6 +108,7 @@ class _OutputNames:
     def __init__(self) -> None:
         self.taken: set[str] = set()
         self.current: dict[str, str] = {}  # source name -> output name of the video being read
+        self.numbers: dict[int, str] = {}  # integer image id -> the output name that has it
 
     def of(self, item: Any) -> str:
         if item.frame not in (None, 0):  # a later frame of the video started at its frame 0
@@ -123,6 +120,16 @@ class _OutputNames:
         self.taken.add(name)
         self.current[item.name] = name
         return name
+
+    def image_id(self, name: str, frame: int | None) -> int | str:
+        """predictions.json's id of output ``name``'s image or ``frame``: a number for a name of digits (COCO's
+        000000000009.jpg is image 9, as Ultralytics' val takes it), else the name (``NAME_FRAME`` for a frame).
+        A later name of the same number (``9`` after ``09``) keeps its name: the two images' predictions
+        would share an id."""
+        stem = name if frame is None else f"{name}_{frame:06d}"
+        if not (stem.isascii() and stem.isdigit()):  # '²'.isdigit(), but int('²') fails
+            return stem
+        return int(stem) if self.numbers.setdefault(int(stem), stem) == stem else stem
 
 
 class _Tracks:
@@ -338,6 +345,8 @@ def run(args: argparse.Namespace) -> int:
                              crops=args.save_crop) if args.save_txt or args.save_frames or args.save_crop else None)
     if dataset:
         dataset.check_source(args.source)
+    if args.save:
+        _check_sources_kept(args.source, out_dir)
     with errors_name_flags(args):
         model = SegModel(args.model, device=args.device, backend=args.backend, half=args.half, nms_free=args.nms_free)
     if classes and max(classes) >= len(model.names):
@@ -358,6 +367,33 @@ def run(args: argparse.Namespace) -> int:
     print(f"{n_frames} frame(s), {n_dets} detection(s){tracked} -> {out}/ (predictions.json"
           f"{', annotated output' if args.save else ''}{labels}{frames}{crops})")
     return 0
+
+
+def _check_sources_kept(source: str, out: Path) -> None:
+    """Refuse, before anything is written, an ``out`` where an annotated copy would replace its source:
+    ``photo.jpg``'s is ``out/photo.jpg``, ``clip.mp4``'s ``out/clip.mp4`` (then written while being read),
+    so a folder predicted into itself lost its pictures."""
+    from engines.sources import expand_source, source_names
+
+    try:
+        sources = {Path(entry).resolve() for entry in expand_source(source)}
+    except SourceError:  # a source that names nothing: reading it says so, after the model's own errors
+        return
+    names = _OutputNames()
+    for name, video in source_names(source):
+        copy = out / f"{names.of(SimpleNamespace(name=name, frame=0 if video else None))}.{'mp4' if video else 'jpg'}"
+        if copy.resolve() in sources:
+            raise ConfigError("--out", f"{copy} is a source: its annotated copy would overwrite it (give another "
+                              "--out, or --no-save)")
+
+
+def _write_annotated(out: Path, name: str, image: np.ndarray) -> None:
+    from engines.label_writer import write_annotated_image
+
+    try:
+        write_annotated_image(out / f"{name}.jpg", image)
+    except OSError as e:  # a full disk, a folder made read-only
+        raise ConfigError("--out", f"cannot write {name}.jpg into {out}: {e.strerror or e}") from None
 
 
 def _tracking(args: argparse.Namespace) -> _Tracks | None:
@@ -385,7 +421,7 @@ def _predict(model: Any, args: argparse.Namespace, out: Path, kw: dict[str, Any]
             for item, dets in model.stream(args.source, **kw):
                 name = names.of(item)
                 ids = tracks.ids(name, item, dets) if tracks else None
-                for record in _coco_records(dets, _image_id(name, item.frame), ids):
+                for record in _coco_records(dets, names.image_id(name, item.frame), ids):
                     records.add(record)
                 if dataset:
                     dataset.write(name, item, dets)
@@ -394,7 +430,7 @@ def _predict(model: Any, args: argparse.Namespace, out: Path, kw: dict[str, Any]
                 if args.save:
                     annotated = dets.plot(item.image, track_ids=ids)
                     if item.frame is None:
-                        cv2.imwrite(str(out / f"{name}.jpg"), annotated)
+                        _write_annotated(out, name, annotated)
                     else:
                         videos.write(name, annotated, item.fps)
         except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated)

@@ -354,6 +354,8 @@ def test_cli_info_on_yaml(capsys: pytest.CaptureFixture[str]) -> None:
     assert "unknown model scale 'q'" in capsys.readouterr().err
     assert cli_main(["info", "--model", "yolov8n-seg.yaml", "--imgsz", "100"]) == 2
     assert capsys.readouterr().err.strip() == "segpipe info: error: --imgsz: must be a positive multiple of 32, got 100"
+    assert cli_main(["info", "--model", "yolov8n-seg.yaml", "--imgsz", "65536"]) == 2  # not a 38 GB letterbox
+    assert capsys.readouterr().err.strip() == "segpipe info: error: --imgsz: at most 8192, got 65536"
     assert cli_main(["info", "--model", "yolov8n-seg.yaml", "--nc", "0"]) == 2  # it was named 'nc:'
     assert capsys.readouterr().err.strip() == ("segpipe info: error: --nc: number of classes must be a positive "
                                                "integer, got 0")
