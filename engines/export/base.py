@@ -152,7 +152,9 @@ def atomic_path(out: Path) -> Iterator[Path]:
     try:
         tmp = tmpdir / out.name
         yield tmp
-        if out.is_dir() and not out.is_symlink():
+        if out.is_symlink():
+            out.unlink()  # the link is replaced, not its target; rename puts a file over a link but not a folder
+        elif out.is_dir():
             shutil.rmtree(out)
         os.replace(tmp, out)
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import io
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,11 @@ import onnx
 import torch
 
 from engines.backends.artifact import ArtifactRecord, encode_props
-from engines.errors import BackendUnavailableError, ModelError
+from engines.errors import BackendUnavailableError, ConfigError, ModelError
 from engines.export.base import ExportSpec, SourceModel, atomic_path
 
 INPUT, OUTPUTS = "images", ("pred", "proto")
+_ADDED_IN = re.compile(r"operator '([^']+)'.*added in version (\d+)")
 
 
 def trace_onnx(src: SourceModel, spec: ExportSpec) -> onnx.ModelProto:
@@ -41,11 +43,21 @@ def trace_onnx(src: SourceModel, spec: ExportSpec) -> onnx.ModelProto:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notes are not the user's business
         # The stubs allow only paths for f; the TorchScript exporter (dynamo=False) takes a file object too.
-        torch.onnx.export(model, (x,), buf, dynamo=False, opset_version=spec.opset,  # type: ignore[arg-type]
-                          input_names=[INPUT], output_names=list(OUTPUTS), dynamic_axes=axes,
-                          do_constant_folding=True)
+        try:
+            torch.onnx.export(model, (x,), buf, dynamo=False, opset_version=spec.opset,  # type: ignore[arg-type]
+                              input_names=[INPUT], output_names=list(OUTPUTS), dynamic_axes=axes,
+                              do_constant_folding=True)
+        except torch.onnx.errors.UnsupportedOperatorError as e:
+            raise ConfigError("--opset", _opset_message(spec.opset, str(e))) from None
     proto = onnx.load_from_string(buf.getvalue())
     return to_fp16(proto) if spec.half else proto
+
+
+def _opset_message(opset: int, error: str) -> str:
+    """The tracer's error in one line: which operator the opset lacks and from which opset ONNX has it."""
+    if m := _ADDED_IN.search(error.splitlines()[0]):
+        return f"opset {opset} cannot express {m[1]} (ONNX has it from opset {m[2]}): use --opset {m[2]} or higher"
+    return f"opset {opset} cannot express this model ({error.splitlines()[0]})"
 
 
 def to_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:

@@ -51,6 +51,10 @@ def run(args: argparse.Namespace) -> int:
         # said before exporting: validation letterboxes into square inputs, which a fixed HxW export refuses
         raise ConfigError("--val", f"scores square inputs only, got --imgsz {hw[0]},{hw[1]} (export a square "
                           "size to validate it, or add --dynamic)")
+    if args.val:
+        from engines.data.spec import load_data_yaml
+
+        load_data_yaml(args.data)  # a missing or bad dataset fails now, not after the export it would score
     with sigterm_interrupts():
         path = export(args.model, format=args.format, imgsz=parse_imgsz(args.imgsz), half=args.half,
                       dynamic=args.dynamic, batch=args.batch, simplify=args.simplify, opset=args.opset,
