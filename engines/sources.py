@@ -143,7 +143,11 @@ def expand_source(source: str) -> list[str]:
         hits = sorted(globlib.glob(source, recursive=True))
         if not hits:
             raise SourceError(f"{source}: glob matched no files")
-        return hits
+        # what a folder of them would give: dir/* stopped at dir/notes.txt where dir skipped it
+        media = [h for h in hits if h.lower().endswith(IMAGE_SUFFIXES + VIDEO_SUFFIXES) and Path(h).is_file()]
+        if not media:
+            raise SourceError(f"{source}: glob matched no images or videos")
+        return media
     p = Path(source)
     if p.is_dir():
         files = _files_in(p)

@@ -81,11 +81,18 @@ def test_each_image_keeps_its_own_image_id(coco128_images: list[Path], tmp_path:
         assert ids.count(i) == len(ids) // 5
 
 
-def test_a_folder_named_like_a_picture_is_not_read_as_one(tmp_path: Path) -> None:
-    """A sub-folder b.jpg/ of the source folder was taken for a picture and reported missing."""
+@pytest.mark.parametrize("glob", [False, True])
+def test_a_folder_and_a_glob_take_its_pictures_only(tmp_path: Path, glob: bool,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A sub-folder b.jpg/ of the source folder was taken for a picture and reported missing, and a glob
+    dir/* stopped at dir/notes.txt, which the folder itself skipped."""
     src = tmp_path / "src"
     (src / "b.jpg").mkdir(parents=True)
+    (src / "notes.txt").write_text("not a picture")
     cv2.imwrite(str(src / "a.jpg"), np.full((48, 64, 3), 114, np.uint8))
     out = tmp_path / "out"
-    assert _predict(src, out) == 0
+    assert _predict(Path(f"{src}/*") if glob else src, out) == 0
     assert sorted(p.name for p in out.iterdir()) == ["a.jpg", "predictions.json"]
+    if glob:
+        assert _predict(Path(f"{src}/*.txt"), tmp_path / "out2") == 1
+        assert capsys.readouterr().err.strip().endswith(f"{src}/*.txt: glob matched no images or videos")
