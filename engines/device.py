@@ -20,13 +20,15 @@ def parse_device(spec: str | int | torch.device | None) -> torch.device:
         s = str(spec).strip().lower()
         if s == "cpu":
             return torch.device("cpu")
-        if s.startswith("cuda"):
-            dev = torch.device(s if ":" in s else "cuda:0")
-        else:
-            first = s.split(",")[0].strip()
-            if not first.isdigit():
-                raise ConfigError("device", f"expected cpu, a GPU index (0, 1, ...) or cuda:N, got {spec!r}")
+        first = s.split(",")[0].strip()
+        if s == "cuda":
+            dev = torch.device("cuda:0")
+        elif s.startswith("cuda:") and s[5:].isdigit():  # "cuda:x" made torch raise a RuntimeError
+            dev = torch.device(s)
+        elif first.isascii() and first.isdigit():
             dev = torch.device(f"cuda:{first}")
+        else:
+            raise ConfigError("device", f"expected cpu, a GPU index (0, 1, ...) or cuda:N, got {spec!r}")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise BackendUnavailableError(f"device {spec!r} asks for CUDA, but no CUDA GPU is available "

@@ -24,18 +24,22 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from engines.errors import ConfigError, ConfigErrors
 from engines.urls import redact_url
-from pipeline.config_errors import join_path, validation_errors
+from pipeline.config_errors import booleans_for_numbers, join_path, kind_of, validation_errors
 from pipeline.sinks.config import MqttSinkConfig, SinkConfig, check_sink_names, mqtt_client_id
 
 BACKENDS = ("auto", "torch", "onnx", "openvino", "torchscript", "tensorrt")
 DEMO_SCHEME = "demo"  # pipeline.demo.SCHEME; that module is imported only when a demo:// input is used
 STREAM_SCHEMES = ("rtsp", "rtsps", "http", "https")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_ENV = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
+_SLASHES_MISTYPED = re.compile(r"^(rtsps?|https?|demo)(:/?(?!/)|//)", re.I)  # rtsp:/host, rtsp:host, rtsp//host
+_DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|\d+(,\d+)*|)$", re.I)  # "": auto (engines.device)
+# the last branch: a "${" no other one takes (compose's ${VAR-x} and ${VAR:?x}, a typo), else left as written
+_ENV = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}|\$\{")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf and nan are no setting: ``initial_s: .inf`` passed, and the camera waited "retry in infs" for ever
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Strict):
@@ -65,6 +69,15 @@ class ModelConfig(_Strict):
         if _is_demo(v) and v.strip().rstrip("/").lower() != _demo().MODEL_URL:
             raise ValueError(f"the only demo model is {_demo().MODEL_URL}, got {v!r}")
         return v
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _device(cls, v: Any) -> Any:
+        # ``device: 0`` is an int in YAML; a spelling the device stage cannot parse failed only once running
+        spelled = str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+        if not isinstance(spelled, str) or not _DEVICE.match(spelled.strip()):
+            raise ValueError(f"expected auto, cpu, a GPU index (0, 1, ...) or cuda:N, got {v!r}")
+        return spelled.strip().lower()  # "AUTO" is auto to the device stage only in lower case
 
     @field_validator("imgsz", mode="before")
     @classmethod
@@ -240,6 +253,22 @@ class LineConfig(_Strict):
         return v
 
 
+def _check_stream_url(url: str, scheme: str) -> None:
+    """ValueError unless ``url`` has a host and, if any, a port from 1 to 65535; never echoes the URL (it may
+    carry a password). Such a camera was accepted and then reconnected for ever."""
+    expected = f"{scheme}://[USER:PASSWORD@]HOST[:PORT]/PATH"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"expected {expected}, got a port that is not a number from 1 to 65535 (a '/', '?', "
+                         "'#' or '@' in a user name or password must be percent-encoded: %2F, %3F, %23, %40)") from None
+    if not parts.hostname:
+        raise ValueError(f"expected {expected}, got no host")
+    if port == 0:
+        raise ValueError(f"expected {expected}, got port 0")
+
+
 def _check_id(v: str) -> str:
     if not _ID.match(v):
         raise ValueError(f"{v!r} must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
@@ -308,6 +337,12 @@ class CameraConfig(_Strict):
             raise ValueError(f"expected x1 < x2 and y1 < y2, at least 0.05 apart, got {list(v)}")
         return v
 
+    @field_validator("url", mode="before")
+    @classmethod
+    def _strip(cls, v: Any) -> Any:
+        # an env file's trailing space or CR: FFmpeg took " rtsp://cam/x" for a file name
+        return v.strip() if isinstance(v, str) else v
+
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
@@ -320,6 +355,11 @@ class CameraConfig(_Strict):
         elif scheme and scheme not in STREAM_SCHEMES:
             raise ValueError(f"unsupported scheme {scheme!r}; expected a file path, demo:// or one of "
                              + ", ".join(f"{s}://" for s in STREAM_SCHEMES))
+        elif scheme:
+            _check_stream_url(v, scheme)
+        elif m := _SLASHES_MISTYPED.match(v):
+            # taken for a file, it was echoed whole by "video file not found", password and all
+            raise ValueError(f"the '://' after {m.group(1).lower()} is mistyped: write {m.group(1).lower()}://HOST/...")
         return v
 
     @model_validator(mode="after")
@@ -522,6 +562,8 @@ def _mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dic
         if isinstance(key, bool):  # YAML 1.1 reads on/off/yes/no as booleans, keys too
             raise ConfigError(str(line), f"key {key_node.value!r} reads as {key} in YAML: quote it "
                                          f"(\"{key_node.value}\")")
+        if isinstance(key, (list, dict)):  # ``? [a, b]`` or ``{a: 1}: x``: no name, and no hash to compare
+            raise ConfigError(str(line), "invalid YAML: a list or mapping as a key; keys are names")
         if key in seen:
             raise ConfigError(str(line), f"duplicate key {key!r} (first at line {seen[key]})")
         seen[key] = line
@@ -535,7 +577,16 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping
 def load_config(path: str | Path, *, env: dict[str, str] | None = None, check_files: bool = True) -> RunConfig:
     """Read, interpolate and validate the YAML at ``path``; raises ConfigErrors listing every problem.
     ``check_files=False`` skips the model/video file existence checks (validating a template)."""
-    return parse_config(read_yaml(path), env=env, check_files=check_files)
+    raw = read_yaml(path)
+    if raw is None:  # an empty file, or one all commented out
+        raise ConfigError(str(path), "the config is empty: expected model: and cameras: (see configs/cameras.yaml)")
+    if not isinstance(raw, dict):
+        raise ConfigError(str(path), _top_level(raw))
+    return parse_config(raw, env=env, check_files=check_files)
+
+
+def _top_level(raw: Any) -> str:
+    return f"expected a mapping (model:, cameras:, ...) at the top of the config, got {kind_of(raw)}"
 
 
 def load_tracking(path: str | Path, *, env: dict[str, str] | None = None) -> TrackingConfig:
@@ -551,6 +602,7 @@ def load_tracking(path: str | Path, *, env: dict[str, str] | None = None) -> Tra
                           f"({', '.join(TrackingConfig.model_fields)}), got {type(data).__name__}")
     errors: list[ConfigError] = []
     data = interpolate(data, os.environ if env is None else env, errors, section)
+    errors += booleans_for_numbers(data, [TrackingConfig], section)
     cfg: TrackingConfig | None = None
     try:
         cfg = TrackingConfig.model_validate(data)
@@ -588,18 +640,41 @@ def read_yaml(path: str | Path) -> Any:
         mark = getattr(e, "problem_mark", None)
         where = f"{p}:{mark.line + 1}" if mark else str(p)
         raise ConfigError(where, "invalid YAML: " + " ".join(str(getattr(e, "problem", None) or e).split())) from None
+    loop = _alias_loop(raw)
+    if loop is not None:  # ``cameras: &c [{zones: *c}]``: every walk of it recursed until Python gave up
+        raise ConfigError(str(p), f"invalid YAML: an alias refers to a node that holds it (at {loop})")
     return raw
+
+
+def _alias_loop(node: Any, path: str = "", above: frozenset[int] = frozenset(),
+                done: set[int] | None = None) -> str | None:
+    """The YAML path of the first alias inside the node it names, or None. ``done``: nodes already
+    walked (an anchor used many times is walked once)."""
+    done = set() if done is None else done
+    if not isinstance(node, (dict, list)) or id(node) in done:
+        return None
+    if id(node) in above:
+        return path
+    items = node.items() if isinstance(node, dict) else ((f"[{i}]", v) for i, v in enumerate(node))
+    for key, value in items:
+        sub = f"{path}{key}" if isinstance(node, list) else join_path(path, key)
+        found = _alias_loop(value, sub, above | {id(node)}, done)
+        if found is not None:
+            return found
+    done.add(id(node))
+    return None
 
 
 def parse_config(raw: Any, *, env: dict[str, str] | None = None, check_files: bool = True) -> RunConfig:
     """Validate already-parsed YAML data (see ``load_config``)."""
     if not isinstance(raw, dict):
-        raise ConfigError("", f"expected a mapping at the top of the config, got {type(raw).__name__}")
+        raise ConfigError("", _top_level(raw))
     errors: list[ConfigError] = []
     # Top-level ``x-...`` keys hold YAML anchors (shared camera settings), as in docker compose.
     raw = {k: v for k, v in raw.items() if not (isinstance(k, str) and k.startswith("x-"))}
     data = interpolate(raw, os.environ if env is None else env, errors)
     errors += _duplicate_ids(data)
+    errors += booleans_for_numbers(data, [RunConfig])
     cfg: RunConfig | None = None
     try:
         cfg = RunConfig.model_validate(data)
@@ -643,6 +718,10 @@ def interpolate(node: Any, env: Any, errors: list[ConfigError], path: str = "") 
         if m.group(0) == "$$":
             return "$"
         name, default = m.group(1), m.group(2)
+        if name is None or (default is not None and "${" in default):  # unknown syntax, or nested
+            errors.append(ConfigError(path, "unsupported environment variable reference: write ${VAR} or "
+                                            "${VAR:-default} ($$ for a literal $)"))
+            return ""
         if name in env:
             return env[name]
         if default is not None:

@@ -3,7 +3,8 @@
 Imports nothing from pipeline/. ``cameras.2.url`` becomes ``cameras[2].url``; an unknown key gets the
 nearest allowed one ("did you mean ...") and the list of allowed keys; a model validator's line that
 starts with a field name ("loop: ...") is reported at that field; tagged-union tags (a sink's
-``type:``) are not path parts.
+``type:``) are not path parts; a wrong shape is said in YAML's words ("expected a list, got a mapping").
+``booleans_for_numbers`` finds what pydantic lets through: ``yes``/``no`` where a number belongs.
 """
 
 from __future__ import annotations
@@ -59,7 +60,14 @@ def _to_config_errors(err: Any, data: Any, root: type[BaseModel]) -> list[Config
     path = _yaml_path(err["loc"], data)
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
-        msg = _unknown_key(err, data, root)
+        msg = _unknown_key(err["loc"][-1], err["loc"][:-1], data, root)
+    elif err["type"] == "invalid_key":  # ``1: x``: its loc ends in the key, which is no list index
+        path = _yaml_path(err["loc"][:-1], data)
+        msg = _unknown_key(err["input"], err["loc"][:-1], data, root)
+    elif err["type"] in ("model_type", "model_attributes_type", "dict_type"):
+        msg = f"expected a mapping, got {kind_of(err['input'])}"  # not "... or instance of ModelConfig"
+    elif err["type"] in ("tuple_type", "list_type"):
+        msg = f"expected a list, got {kind_of(err['input'])}"
     elif err["type"] == "missing":
         msg = "too few items" if isinstance(err["loc"][-1], int) else "required key is missing"
     elif err["type"] == "union_tag_invalid":
@@ -81,10 +89,16 @@ def _is_field(loc: tuple[Any, ...], name: str, data: Any, root: type[BaseModel])
     return name in _allowed_keys(loc, data, root)
 
 
-def _unknown_key(err: Any, data: Any, root: type[BaseModel]) -> str:
-    key = str(err["loc"][-1])
-    allowed = _allowed_keys(err["loc"][:-1], data, root)
-    hint = difflib.get_close_matches(key, allowed, n=1)
+def kind_of(value: Any) -> str:
+    """What a YAML value is, in YAML's words (never the value: it may be a secret)."""
+    kinds = ((bool, "a boolean"), ((int, float), "a number"), (str, "a string"), ((list, tuple), "a list"),
+             (dict, "a mapping"))
+    return "null" if value is None else next((k for t, k in kinds if isinstance(value, t)), type(value).__name__)
+
+
+def _unknown_key(key: Any, parent: tuple[Any, ...], data: Any, root: type[BaseModel]) -> str:
+    allowed = _allowed_keys(parent, data, root)
+    hint = difflib.get_close_matches(key, allowed, n=1) if isinstance(key, str) else []
     msg = f"unknown key {key!r}"
     if hint:
         msg += f" (did you mean {hint[0]!r}?)"
@@ -133,3 +147,31 @@ def _model_classes(tp: Any) -> Iterator[type[BaseModel]]:
     origin = getattr(tp, "__origin__", None)
     if origin is not None and not getattr(tp, "__args__", None):
         yield from _model_classes(origin)
+
+
+def booleans_for_numbers(node: Any, models: list[type[BaseModel]], path: str = "") -> list[ConfigError]:
+    """Numbers written as booleans in ``node`` (validated by one of ``models``): YAML reads yes, no, on and
+    off as booleans, and pydantic took them for 1 and 0 (``max_restarts: no`` gave up at the first error)."""
+    if isinstance(node, list):
+        return [e for i, item in enumerate(node) for e in booleans_for_numbers(item, models, f"{path}[{i}]")]
+    model = _pick(models, node) if isinstance(node, dict) else None
+    if model is None:
+        return []
+    out = []
+    for key, value in node.items():
+        field = model.model_fields.get(key) if isinstance(key, str) else None
+        if field is None:
+            continue
+        if isinstance(value, bool) and _numeric(field.annotation):
+            out.append(ConfigError(join_path(path, key), "expected a number, got a boolean (YAML reads yes, no, "
+                                                         "on, off, true and false as booleans)"))
+        else:
+            out += booleans_for_numbers(value, list(dict.fromkeys(_model_classes(field.annotation))),
+                                        join_path(path, key))
+    return out
+
+
+def _numeric(tp: Any) -> bool:
+    """Whether ``tp`` is int or float, or one of them or None."""
+    args = [a for a in getattr(tp, "__args__", None) or (tp,) if a is not type(None)]
+    return bool(args) and all(a in (int, float) for a in args)

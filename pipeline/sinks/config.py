@@ -45,7 +45,8 @@ def _checked_url(url: str, schemes: tuple[str, ...], expected: str, *, parse: st
 
 
 class _SinkBase(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf and nan are no setting (``spool_max_mb: .inf``), as in the run config's own models
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str | None = Field(None, min_length=1, description="label in logs and metrics; defaults to the type")
     cameras: tuple[str, ...] | None = Field(None, description="publish only these camera ids; all when absent")
@@ -83,6 +84,10 @@ class ZmqSinkConfig(_SinkBase):
     def _endpoint(cls, v: str) -> str:
         if not v.startswith(("tcp://", "ipc://", "inproc://")):
             raise ValueError(f"expected tcp://HOST:PORT, ipc://PATH or inproc://NAME, got {v!r}")
+        host, _, port = v.removeprefix("tcp://").rpartition(":")
+        if v.startswith("tcp://") and not (host and (port == "*" or port.isdigit() and 1 <= int(port) <= 65535)):
+            # tcp://*:99999 passed here and failed in the sink process, once running
+            raise ValueError(f"expected tcp://HOST:PORT with a port from 1 to 65535 (or * for any), got {v!r}")
         return v
 
     @model_validator(mode="after")
@@ -116,6 +121,8 @@ class RedisSinkConfig(_Spooled):
         if scheme not in ("redis", "rediss", "unix"):
             # Never echo the URL itself: it may carry a password.
             raise ValueError(f"expected a redis://, rediss:// or unix:// URL, got scheme {scheme!r}")
+        if scheme != "unix":  # redis:// and redis://host:abc/0 passed, then reconnected for ever
+            _checked_url(v, ("redis", "rediss"), "redis://[:password@]host[:port]/db")
         return v
 
     @property
@@ -242,6 +249,13 @@ class JsonlSinkConfig(_SinkBase):
     path: Path
     max_bytes: int = Field(100 * 2**20, ge=1, description="rotate before a write would pass this size")
     keep: int = Field(5, ge=0, description="rotated files kept; older ones are deleted")
+
+    @field_validator("path")
+    @classmethod
+    def _file(cls, v: Path) -> Path:
+        if v.is_dir():  # passed --check, then the sink failed at its first event
+            raise ValueError(f"{v} is a folder; expected the path of a file (created if missing)")
+        return v
 
 
 ClipTrigger = Literal["crossing", "zone", "overstay", "crowding", "detection"]

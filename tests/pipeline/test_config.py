@@ -205,7 +205,7 @@ BAD = [  # (where, value, expected error line prefix, expected text)
     ("cameras[1].picture", {"blurred_ratio": 0}, "cameras[1].picture.blurred_ratio", "greater than 0"),
     ("cameras[1].picture", {"learn_s": 0.2}, "cameras[1].picture.learn_s",
      "0.2 must be >= interval_s (1.0): a condition is seen at the checks"),
-    ("cameras[0].picture", True, "cameras[0].picture", "valid dictionary"),
+    ("cameras[0].picture", True, "cameras[0].picture", "expected a mapping, got a boolean"),
 ]
 
 
