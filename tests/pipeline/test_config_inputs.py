@@ -89,6 +89,16 @@ def test_whitespace_around_a_url_is_dropped(tmp_path: Path) -> None:
     assert any(e.startswith("cameras[0].url: ") for e in errors_of(raw))
 
 
+def errors_with(where: tuple[Any, ...], value: Any) -> tuple[str, list[str]]:
+    """The errors of ``base()`` with ``value`` set at ``where`` (made as needed), and that place's YAML path."""
+    raw = base()
+    node: Any = raw
+    for key in where[:-1]:
+        node = node[key] if isinstance(key, int) else node.setdefault(key, {})
+    node[where[-1]] = value
+    return ".".join(str(k) for k in where).replace(".0.", "[0]."), errors_of(raw)
+
+
 @pytest.mark.parametrize("where, value", [
     (("cameras", 0, "reconnect", "max_restarts"), False),  # "no limit" read as 0: FAILED at the first error
     (("cameras", 0, "nice"), False),
@@ -100,13 +110,7 @@ def test_whitespace_around_a_url_is_dropped(tmp_path: Path) -> None:
 ])
 def test_a_boolean_is_not_a_number(where: tuple[Any, ...], value: bool) -> None:
     """YAML reads yes/no/on/off as booleans, and pydantic took them as 1 and 0."""
-    raw = base()
-    node: Any = raw
-    for key in where[:-1]:
-        node = node[key] if isinstance(key, int) else node.setdefault(key, {})
-    node[where[-1]] = value
-    path = ".".join(str(k) for k in where).replace(".0.", "[0].")
-    errors = errors_of(raw)
+    path, errors = errors_with(where, value)
     assert any(e.startswith(f"{path}: expected a number, got a boolean") for e in errors), errors
 
 
@@ -122,13 +126,7 @@ def test_a_boolean_in_a_sink_is_not_a_number() -> None:
                                           (("cameras", 0, "picture", "frozen_s"), "inf")])  # ${VAR}: inf
 def test_infinity_and_nan_are_not_numbers_here(where: tuple[Any, ...], value: Any) -> None:
     """``initial_s: .inf`` passed: the camera then waited "retry in infs", for ever."""
-    raw = base()
-    node: Any = raw
-    for key in where[:-1]:
-        node = node[key] if isinstance(key, int) else node.setdefault(key, {})
-    node[where[-1]] = value
-    path = ".".join(str(k) for k in where).replace(".0.", "[0].")
-    errors = errors_of(raw)
+    path, errors = errors_with(where, value)
     assert any(e.startswith(f"{path}: ") and "finite" in e for e in errors), errors
 
 
