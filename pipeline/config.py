@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from engines.errors import ConfigError, ConfigErrors
+from engines.model_formats import format_of, unknown_format
 from engines.urls import redact_url
 from pipeline.config_errors import booleans_for_numbers, join_path, kind_of, validation_errors
 from pipeline.sinks.config import MqttSinkConfig, SinkConfig, check_sink_names, mqtt_client_id
@@ -101,6 +102,13 @@ class ModelConfig(_Strict):
     def _classes(self) -> ModelConfig:
         if self.classes is not None and (not self.classes or min(self.classes) < 0):
             raise ValueError("classes: expected a non-empty list of class ids >= 0")
+        return self
+
+    @model_validator(mode="after")
+    def _format(self) -> ModelConfig:
+        # a name no backend knows passed --check; the device stage then failed, once running
+        if self.backend == "auto" and not _is_demo(self.path) and format_of(self.path) is None:
+            raise ValueError(f"path: {unknown_format(self.path)}")
         return self
 
 

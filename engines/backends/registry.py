@@ -11,6 +11,7 @@ import torch
 from engines.backends.base import Backend, BackendOptions
 from engines.device import parse_device
 from engines.errors import ModelError
+from engines.model_formats import SUFFIXES, format_of, unknown_format
 from engines.registry import Registry
 
 
@@ -22,15 +23,14 @@ class BackendEntry:
 
 
 BACKENDS: Registry[BackendEntry] = Registry("backend")
-BACKENDS.register("torch", BackendEntry("engines.backends.torch_backend", "TorchBackend",
-                                        (".pt", ".safetensors", ".yaml", ".yml")))
-BACKENDS.register("onnx", BackendEntry("engines.backends.onnx_backend", "OnnxBackend", (".onnx",)))
+BACKENDS.register("torch", BackendEntry("engines.backends.torch_backend", "TorchBackend", SUFFIXES["torch"]))
+BACKENDS.register("onnx", BackendEntry("engines.backends.onnx_backend", "OnnxBackend", SUFFIXES["onnx"]))
 BACKENDS.register("openvino", BackendEntry("engines.backends.openvino_backend", "OpenVinoBackend",
-                                           ("_openvino_model", ".xml")))
+                                           SUFFIXES["openvino"]))
 BACKENDS.register("torchscript", BackendEntry("engines.backends.torchscript_backend",
-                                              "TorchScriptBackend", (".torchscript",)))
+                                              "TorchScriptBackend", SUFFIXES["torchscript"]))
 BACKENDS.register("tensorrt", BackendEntry("engines.backends.tensorrt_backend", "TensorRTBackend",
-                                           (".engine",)))
+                                           SUFFIXES["tensorrt"]))
 
 
 def available_backends() -> list[str]:
@@ -39,13 +39,10 @@ def available_backends() -> list[str]:
 
 def backend_for(path: str | Path) -> str:
     """Backend name for an artifact path, by suffix (a ``*_openvino_model`` folder is OpenVINO)."""
-    name = str(path).rstrip("/\\")
-    lower = name.lower()
-    for key in BACKENDS:
-        if any(lower.endswith(s) for s in BACKENDS.get(key).suffixes):
-            return key
-    known = ", ".join(s for k in BACKENDS for s in BACKENDS.get(k).suffixes)
-    raise ModelError(f"{name}: unknown model format (expected one of: {known})")
+    name = format_of(path)
+    if name is None:
+        raise ModelError(unknown_format(path))
+    return name
 
 
 def load_backend(path: str | Path, *, device: str | torch.device | None = "cpu", backend: str = "auto",

@@ -213,3 +213,17 @@ def test_zmq_endpoints_that_work_pass(endpoint: str) -> None:
     raw = base()
     raw["sinks"] = [{"type": "zmq", "endpoint": endpoint}]
     parse_config(raw, env={})
+
+
+@pytest.mark.parametrize("path, ok", [("best.bin", False), ("models/", False), ("m_openvino_model/", True),
+                                      ("best.pt", True), ("demo://model", True)])
+def test_a_model_file_no_backend_knows_is_refused_at_load(path: str, ok: bool) -> None:
+    """An unknown suffix passed --check, then the device stage failed with 'unknown model format', once running."""
+    raw = base()
+    raw["model"]["path"] = path
+    if ok:
+        parse_config(raw, env={}, check_files=False)
+        return
+    errors = errors_of(raw)
+    assert any(e.startswith(f"model.path: {path.rstrip('/')}: unknown model format (expected one of: .pt,")
+               for e in errors), errors
