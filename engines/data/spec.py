@@ -2,7 +2,7 @@
 
 A data YAML names a dataset root and its splits::
 
-    path: ../datasets/coco128-seg   # relative to this YAML's folder (absolute allowed)
+    path: ../datasets/coco128-seg   # relative to this YAML's folder, else to the current one (absolute allowed)
     train: images/train2017         # a folder of images, an image-list .txt, or a list of several
     val: images/train2017
     test:                           # optional
@@ -114,12 +114,18 @@ def load_data_yaml(path: str | os.PathLike[str]) -> DataSpec:
     """Parse and check a data YAML. ``train`` and ``val`` sources must exist; ``test`` is checked when
     used. Raises DataError for a missing file or folder, ConfigError (``file: key``) for a bad field."""
     file = _abs(Path(path).expanduser())
+    if file.is_dir():  # the dataset's folder given for its YAML, a common slip
+        yamls = sorted(file.glob("*.yaml")) + sorted(file.glob("*.yml"))
+        hint = f" (e.g. {yamls[0]} in it)" if yamls else ""
+        raise DataError(f"{file} is a folder, not a data YAML{hint}")
     if not file.is_file():
         raise DataError(f"data YAML not found: {file}")
     try:
-        doc = yaml.safe_load(file.read_text(encoding="utf-8"))
+        doc = yaml.safe_load(_read_text(file, "utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(str(file), _not_utf8(e)) from None
     except yaml.YAMLError as e:
-        raise ConfigError(str(file), f"not valid YAML: {str(e).splitlines()[0]}") from None
+        raise ConfigError(str(file), f"not valid YAML: {_yaml_problem(e)}") from None
     if not isinstance(doc, dict):
         raise ConfigError(str(file), "expected a mapping with path/train/val/names")
     unknown = sorted(set(map(str, doc)) - _KNOWN_KEYS)
@@ -127,19 +133,48 @@ def load_data_yaml(path: str | os.PathLike[str]) -> DataSpec:
         LOG.warning("%s: ignoring unknown keys %s", file, ", ".join(unknown))
     if doc.get("channels", 3) != 3:
         raise ConfigError(f"{file}: channels", f"only 3-channel images are supported, got {doc['channels']}")
-    root = _root(file, doc.get("path"))
-    names = _names(file, doc.get("names"), doc.get("nc"))
     splits: dict[str, tuple[Path, ...]] = {}
-    for split in SPLITS:
-        value = doc.get(split)
-        if value is None or value == "" or value == []:
-            if split != "test":
-                raise ConfigError(f"{file}: {split}", "missing (a folder, an image-list .txt, or a list)")
-            splits[split] = ()
-            continue
-        splits[split] = _sources(file, split, value, root, must_exist=split != "test")
+    try:
+        root = _root(file, doc.get("path"))
+        names = _names(file, doc.get("names"), doc.get("nc"))
+        for split in SPLITS:
+            value = doc.get(split)
+            if value is None or value == "" or value == []:
+                if split != "test":
+                    raise ConfigError(f"{file}: {split}", "missing (a folder, an image-list .txt, or a list)")
+                splits[split] = ()
+                continue
+            splits[split] = _sources(file, split, value, root, must_exist=split != "test")
+    except DataError as e:
+        if not doc.get("download"):
+            raise
+        # Ultralytics fetches a missing dataset by this key; without a word here it reads as a typo in path
+        raise DataError(f"{e}; segpipe does not run the YAML's download: fetch the dataset first") from None
     return DataSpec(root=root, train=splits["train"], val=splits["val"], test=splits["test"], names=names,
                     yaml_file=file)
+
+
+def _read_text(file: Path, encoding: str) -> str:
+    try:
+        return file.read_text(encoding=encoding)
+    except OSError as e:
+        raise DataError(f"{file}: cannot read: {e.strerror or e}") from None
+
+
+def _not_utf8(e: UnicodeDecodeError) -> str:
+    # latin-1 from older editors, UTF-16 from Notepad: the decoder's own message names neither the file nor a fix
+    return f"not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); save it as UTF-8"
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """One line with the cause and its place: str(e)'s first line is only the context ("while scanning
+    for the next token"), the cause (a tab, an unclosed bracket) and the line number come after it."""
+    problem = getattr(e, "problem", None)
+    mark = getattr(e, "problem_mark", None)
+    if not problem:
+        return str(e).splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{problem}"
 
 
 def _root(file: Path, value: Any) -> Path:
@@ -147,8 +182,12 @@ def _root(file: Path, value: Any) -> Path:
         return file.parent
     if not isinstance(value, str):
         raise ConfigError(f"{file}: path", f"expected a folder path, got {value!r}")
-    root = Path(value).expanduser()
-    root = _abs(root if root.is_absolute() else file.parent / root)
+    given = Path(value).expanduser()
+    root = _abs(given if given.is_absolute() else file.parent / given)
+    if not root.is_dir() and not given.is_absolute() and _abs(given).is_dir():
+        # Ultralytics takes a relative path from the current folder: its YAMLs, kept in a configs/
+        # folder and run from the project's, find their datasets that way
+        return _abs(given)
     if not root.is_dir():
         raise DataError(f"{file}: path: dataset folder not found: {root}")
     return root
@@ -190,10 +229,19 @@ def _sources(file: Path, split: str, value: Any, root: Path, *, must_exist: bool
             raise ConfigError(where, f"expected a folder or .txt path, got {item!r}")
         p = Path(item).expanduser()
         p = _abs(p if p.is_absolute() else root / p)
-        if must_exist and not p.exists():
-            raise DataError(f"{where}: not found: {p}")
+        if must_exist:
+            _check_source(where, p)
         out.append(p)
     return tuple(out)
+
+
+def _check_source(where: str, p: Path) -> None:
+    # The kind too, at load, not when the split is first read: training reads val only after its first
+    # epoch, and a val.csv would fail the run only then. Folders may still be empty here (resolve_images).
+    if not p.exists():
+        raise DataError(f"{where}: not found: {p}")
+    if p.is_file() and p.suffix.lower() != ".txt" and p.suffix.lower() not in IMG_SUFFIXES:
+        raise DataError(f"{where}: {p} is neither a folder, an image-list .txt nor an image")
 
 
 def resolve_images(sources: Sequence[str | os.PathLike[str]], *, split: str = "data") -> tuple[list[Path], list[Path]]:
@@ -210,7 +258,11 @@ def resolve_images(sources: Sequence[str | os.PathLike[str]], *, split: str = "d
         if src.is_dir():
             found.update(_abs(p) for p in src.rglob("*") if p.suffix.lower() in IMG_SUFFIXES and p.is_file())
         elif src.is_file() and src.suffix.lower() == ".txt":
-            for lineno, line in enumerate(src.read_text(encoding="utf-8-sig").splitlines(), 1):
+            try:
+                text = _read_text(src, "utf-8-sig")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{src}: {_not_utf8(e)}") from None
+            for lineno, line in enumerate(text.splitlines(), 1):
                 line = line.strip()
                 if not line:
                     continue

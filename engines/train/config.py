@@ -7,6 +7,7 @@ segmentation task; augmentation settings belong to ``engines.data`` and are pass
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -82,16 +83,24 @@ class TrainConfig:
     hyp: dict[str, Any] = field(default_factory=dict)  # augmentation overrides for engines.data
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            # inf passes every range check below (nan fails them) and surfaces as a traceback or a
+            # diverged loss only after the run folder is written
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"train.{f.name}", f"must be a finite number, got {value!r}")
         checks: list[tuple[str, bool, str]] = [
             ("epochs", self.epochs >= 1, "must be >= 1"),
             ("time", self.time is None or self.time > 0, "must be > 0 hours"),
             ("imgsz", self.imgsz >= 32 and self.imgsz % 32 == 0, "must be a multiple of 32 (>= 32)"),
+            ("imgsz", self.imgsz <= 8192, "must be <= 8192"),  # more ran the loader out of memory: a traceback
             ("multi_scale", not isinstance(self.multi_scale, bool) and 0 <= self.multi_scale < 1,
              "must be a fraction of imgsz in [0, 1)"),
             ("batch", self.batch >= 1, "must be >= 1"),
             ("nbs", self.nbs >= 1, "must be >= 1"),
             ("dice", self.dice >= 0, "must be >= 0"),
             ("workers", self.workers >= 0, "must be >= 0"),
+            ("seed", self.seed >= 0, "must be >= 0"),
             ("lr0", self.lr0 > 0, "must be > 0"),
             ("lrf", 0 < self.lrf <= 1, "must be in (0, 1]"),
             ("momentum", 0 <= self.momentum < 1, "must be in [0, 1)"),
@@ -119,9 +128,11 @@ class TrainConfig:
         if (why := _freeze_problem(self.freeze)) is not None:
             raise ConfigError("train.freeze", f"{why}, got {self.freeze!r}")
         try:  # at load, not minutes later when the loader is built
-            AugmentConfig.from_dict(self.hyp)
+            aug = AugmentConfig.from_dict(self.hyp)
         except ConfigError as e:
             raise ConfigError(f"train.{e.path}", e.msg) from None
+        if aug.mask_ratio > self.imgsz:  # the mask targets would have no pixel: a crash in the first batch
+            raise ConfigError("train.hyp.mask_ratio", f"must be <= imgsz ({self.imgsz}), got {aug.mask_ratio}")
 
     def memory_format(self, device: torch.device) -> torch.memory_format:
         """The layout of the weights and batches on ``device``: NHWC with ``channels_last``, by default on CUDA."""

@@ -180,7 +180,8 @@ def _check_resume_flags(args: argparse.Namespace) -> None:
     defaults = vars(parser.parse_args([]))
     for dest, value in vars(args).items():
         if dest in defaults and dest not in _RESUME_FLAGS and value != defaults[dest]:
-            flag = ("--no-" if value is False and defaults[dest] is True else "--") + dest.replace("_", "-")
+            # False differs from a default only for a --no- flag (--no-channels-last's default is None)
+            flag = ("--no-" if value is False else "--") + dest.replace("_", "-")
             hint = ("name the checkpoint as --resume PATH" if dest == "model" else
                     "to change it, start a new run from its last.pt with --model")
             raise ConfigError(flag, f"a resumed run keeps the settings recorded in its last.pt (only --device and "
