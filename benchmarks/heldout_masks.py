@@ -24,8 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engines.backends import load_backend  # noqa: E402
 from engines.data.spec import load_data_yaml  # noqa: E402
-from engines.synth.labels import mask_to_polygon  # noqa: E402
-from engines.synth.scene import render_scene  # noqa: E402
+from engines.synth.writers import labelled_instances, sample_scene  # noqa: E402
 from engines.val.truth import ImageTruth  # noqa: E402
 from engines.val.validator import Validator, summary_line  # noqa: E402
 
@@ -34,16 +33,15 @@ HEADER = re.compile(r"^# segpipe synthetic dataset: style=(\w+) seed=(\d+) size=
 
 def rendered_truth(label_truth: ImageTruth, im_file: str, style: str, seed: int,
                    size: tuple[int, int]) -> ImageTruth:
-    """The scene behind ``im_file`` (``synth_INDEX.jpg``) rendered again: its instances with a label, as
-    ``engines.synth.writers.render_sample`` keeps them, with their rendered masks."""
+    """The scene behind ``im_file`` (``synth_INDEX.jpg``) rendered again: its labelled instances
+    (``engines.synth.writers.labelled_instances``) with their rendered masks."""
     index = int(Path(im_file).stem.rsplit("_", 1)[1])
-    scene = render_scene(np.random.default_rng([seed, index]), style, size)
-    kept = [(c, m) for c, m in zip(scene.class_ids, scene.masks(), strict=True) if len(mask_to_polygon(m)) >= 3]
-    cls = np.array([c for c, _ in kept], np.int64)
+    kept = labelled_instances(sample_scene(index, seed=seed, style=style, size=size))
+    cls = np.array([c for c, _, _ in kept], np.int64)
     if not np.array_equal(cls, label_truth.cls):
         raise SystemExit(f"{im_file}: its labels are not those of scene {index} of seed {seed} ({style}, "
                          f"{size[0]}x{size[1]}): was the dataset made by another segpipe version?")
-    masks = np.array([m for _, m in kept], bool).reshape(-1, size[1], size[0])
+    masks = np.array([m for _, m, _ in kept], bool).reshape(-1, size[1], size[0])
     return ImageTruth.from_masks(cls, label_truth.boxes, masks)
 
 

@@ -46,7 +46,7 @@ import numpy as np
 from engines.errors import ConfigError, DataError, SegpipeError
 from engines.synth.clip import FrameTruth, VideoScene
 from engines.synth.labels import mask_box, mask_to_polygon, mask_to_rle, yolo_line
-from engines.synth.scene import STYLES, render_scene
+from engines.synth.scene import STYLES, Scene, render_scene
 from engines.synth.shapes import CLASS_NAMES
 
 MIN_SIDE, MAX_SIDE = 64, 4096
@@ -148,19 +148,33 @@ def is_val(index: int, val_fraction: float) -> bool:
     return int((index + 1) * val_fraction) > int(index * val_fraction)
 
 
+def sample_scene(index: int, *, seed: int, style: str, size: tuple[int, int]) -> Scene:
+    """The scene behind image ``index`` of a dataset made with ``seed``, ``style`` and ``size``."""
+    return render_scene(np.random.default_rng([seed, index]), style, size)
+
+
+def labelled_instances(scene: Scene) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """``(class id, mask, polygon)`` of each instance of ``scene`` that gets a label line, in label order:
+    those whose mask leaves a polygon of 3 points or more."""
+    out = []
+    for cls, mask in zip(scene.class_ids, scene.masks(), strict=True):
+        poly = mask_to_polygon(mask)
+        if len(poly) >= 3:
+            out.append((int(cls), mask, poly))
+    return out
+
+
 def render_sample(
     index: int, *, seed: int, style: str, size: tuple[int, int]
 ) -> tuple[bytes, str, np.ndarray]:
     """Image ``index`` of a dataset: ``(JPEG bytes, label text, instances per class (nc,))``."""
-    scene = render_scene(np.random.default_rng([seed, index]), style, size)
+    scene = sample_scene(index, seed=seed, style=style, size=size)
     ok, jpg = cv2.imencode(".jpg", scene.image, [cv2.IMWRITE_JPEG_QUALITY, 95])
     assert ok, "JPEG encoding of a uint8 BGR image cannot fail"
     lines, counts = [], np.zeros(len(CLASS_NAMES), np.int64)
-    for cls, mask in zip(scene.class_ids, scene.masks(), strict=True):
-        poly = mask_to_polygon(mask)
-        if len(poly) >= 3:
-            lines.append(yolo_line(int(cls), poly, *size))
-            counts[cls] += 1
+    for cls, _, poly in labelled_instances(scene):
+        lines.append(yolo_line(cls, poly, *size))
+        counts[cls] += 1
     return jpg.tobytes(), "".join(f"{line}\n" for line in lines), counts
 
 
