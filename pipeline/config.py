@@ -26,7 +26,7 @@ from engines.errors import ConfigError, ConfigErrors
 from engines.model_formats import format_of, unknown_format
 from engines.urls import redact_url
 from pipeline.config_errors import booleans_for_numbers, join_path, kind_of, validation_errors
-from pipeline.sinks.config import MqttSinkConfig, SinkConfig, check_sink_names, mqtt_client_id
+from pipeline.sinks.config import MqttSinkConfig, SinkConfig, check_sink_names, checked_url, mqtt_client_id
 
 BACKENDS = ("auto", "torch", "onnx", "openvino", "torchscript", "tensorrt")
 DEMO_SCHEME = "demo"  # pipeline.demo.SCHEME; that module is imported only when a demo:// input is used
@@ -261,22 +261,6 @@ class LineConfig(_Strict):
         return v
 
 
-def _check_stream_url(url: str, scheme: str) -> None:
-    """ValueError unless ``url`` has a host and, if any, a port from 1 to 65535; never echoes the URL (it may
-    carry a password). Such a camera was accepted and then reconnected for ever."""
-    expected = f"{scheme}://[USER:PASSWORD@]HOST[:PORT]/PATH"
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        raise ValueError(f"expected {expected}, got a port that is not a number from 1 to 65535 (a '/', '?', "
-                         "'#' or '@' in a user name or password must be percent-encoded: %2F, %3F, %23, %40)") from None
-    if not parts.hostname:
-        raise ValueError(f"expected {expected}, got no host")
-    if port == 0:
-        raise ValueError(f"expected {expected}, got port 0")
-
-
 def _check_id(v: str) -> str:
     if not _ID.match(v):
         raise ValueError(f"{v!r} must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
@@ -363,8 +347,8 @@ class CameraConfig(_Strict):
         elif scheme and scheme not in STREAM_SCHEMES:
             raise ValueError(f"unsupported scheme {scheme!r}; expected a file path, demo:// or one of "
                              + ", ".join(f"{s}://" for s in STREAM_SCHEMES))
-        elif scheme:
-            _check_stream_url(v, scheme)
+        elif scheme:  # without a host, or with a port out of range, the camera reconnected for ever
+            checked_url(v, STREAM_SCHEMES, f"{scheme}://[USER:PASSWORD@]HOST[:PORT]/PATH")
         elif m := _SLASHES_MISTYPED.match(v):
             # taken for a file, it was echoed whole by "video file not found", password and all
             raise ValueError(f"the '://' after {m.group(1).lower()} is mistyped: write {m.group(1).lower()}://HOST/...")

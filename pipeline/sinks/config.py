@@ -28,19 +28,23 @@ def mqtt_client_id(sink_name: str, replica: str | None = None) -> str:
     return f"segpipe-{socket.gethostname()}-{sink_name}" + (f"-{replica}" if replica else "")
 
 
-def _checked_url(url: str, schemes: tuple[str, ...], expected: str, *, parse: str | None = None) -> str:
-    """``url`` when it parses (``parse`` instead, a filled-in template, if given) with a host, a valid port
-    and one of ``schemes``; else a ValueError saying ``expected``. Never echoes the URL: it may carry a
-    password or a token."""
+def checked_url(url: str, schemes: tuple[str, ...], expected: str, *, parse: str | None = None) -> str:
+    """``url`` when it parses (``parse`` instead, a filled-in template, if given) with a host, a port from
+    1 to 65535 if any, and one of ``schemes``; else a ValueError saying ``expected``. Never echoes the URL,
+    nor urllib's error about its port: they may carry a password or a token (``u:pa/ss@h`` reads ``pa`` as
+    the port)."""
     try:
         parts = urlsplit(url if parse is None else parse)
-        parts.port  # noqa: B018 - raises on a bad port
-    except ValueError as e:
-        raise ValueError(f"not a valid URL ({e})") from None
+        port = parts.port
+    except ValueError:
+        raise ValueError("not a valid URL: its port is not a number from 1 to 65535 (a '/', '?', '#' or '@' in a "
+                         "user name or password must be percent-encoded: %2F, %3F, %23, %40)") from None
     if parts.scheme not in schemes:
         raise ValueError(f"expected {expected}, got scheme {parts.scheme!r}")
     if not parts.hostname:
         raise ValueError(f"expected {expected}, got no host")
+    if port == 0:
+        raise ValueError(f"expected {expected}, got port 0")
     return url
 
 
@@ -122,7 +126,7 @@ class RedisSinkConfig(_Spooled):
             # Never echo the URL itself: it may carry a password.
             raise ValueError(f"expected a redis://, rediss:// or unix:// URL, got scheme {scheme!r}")
         if scheme != "unix":  # redis:// and redis://host:abc/0 passed, then reconnected for ever
-            _checked_url(v, ("redis", "rediss"), "redis://[:password@]host[:port]/db")
+            checked_url(v, ("redis", "rediss"), "redis://[:password@]host[:port]/db")
         return v
 
     @property
@@ -149,7 +153,7 @@ class MqttSinkConfig(_Spooled):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        return _checked_url(v, ("mqtt", "mqtts"), "mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
+        return checked_url(v, ("mqtt", "mqtts"), "mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
 
     @field_validator("topic_prefix")
     @classmethod
@@ -210,7 +214,7 @@ class WebhookSinkConfig(_Spooled):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        return _checked_url(v, ("http", "https"), "http://HOST[:PORT]/PATH or https://...")
+        return checked_url(v, ("http", "https"), "http://HOST[:PORT]/PATH or https://...")
 
     @field_validator("headers")
     @classmethod
@@ -333,7 +337,7 @@ class RestreamSinkConfig(_SinkBase):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        return _checked_url(v, ("rtsp", "rtsps", "rtmp", "rtmps"), "rtsp://HOST[:PORT]/PATH or rtmp://HOST/APP/KEY",
+        return checked_url(v, ("rtsp", "rtsps", "rtmp", "rtmps"), "rtsp://HOST[:PORT]/PATH or rtmp://HOST/APP/KEY",
                             parse=v.replace("{camera}", "camera"))
 
     @model_validator(mode="after")
