@@ -195,6 +195,8 @@ def test_an_empty_or_scalar_file_names_the_file(tmp_path: Path, text: str, what:
 @pytest.mark.parametrize("sink, text", [
     ({"type": "redis", "url": "redis://"}, "sinks[0].url: expected redis://[:password@]host[:port]/db, got no host"),
     ({"type": "redis", "url": "redis://:secret@h:abc/0"}, "sinks[0].url: not a valid URL"),
+    ({"type": "redis", "url": "redis://u:secret/x@h/0"}, "sinks[0].url: not a valid URL"),  # "secret" read as the port
+    ({"type": "mqtt", "url": "mqtt://h:0"}, "sinks[0].url: expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT], got port 0"),
     ({"type": "zmq", "endpoint": "tcp://*:99999"}, "sinks[0].endpoint: expected tcp://HOST:PORT with a port"),
     ({"type": "zmq", "endpoint": "tcp://127.0.0.1"}, "sinks[0].endpoint: expected tcp://HOST:PORT with a port"),
     ({"type": "jsonl", "path": "{tmp}"}, "sinks[0].path: {tmp} is a folder"),
