@@ -113,12 +113,17 @@ def _is_video(entry: str) -> bool:
     return entry.lower().startswith(STREAM_PREFIXES) or entry.lower().endswith(VIDEO_SUFFIXES)
 
 
-def source_names(source: str) -> list[tuple[str, bool]]:
-    """``(name, is_video)`` of each file or stream ``iter_source(source)`` will read, in its order, without
-    opening any (to check output names before writing); SourceError as ``iter_source`` for a source that
-    names nothing. An entry it would refuse (an unsupported suffix) is left for it to refuse."""
-    return [(video_name(e), True) if _is_video(e) else (Path(e).stem, False) for e in expand_source(source)
+def source_entries(source: str) -> list[tuple[str, str, bool]]:
+    """``(entry, name, is_video)`` of each file or stream ``iter_source(source)`` will read, in its order,
+    without opening any (to check output names before writing); SourceError as ``iter_source`` for a source
+    that names nothing. An entry it would refuse (an unsupported suffix) is left for it to refuse."""
+    return [(e, video_name(e), True) if _is_video(e) else (e, Path(e).stem, False) for e in expand_source(source)
             if _is_video(e) or e.lower().endswith(IMAGE_SUFFIXES)]
+
+
+def source_names(source: str) -> list[tuple[str, bool]]:
+    """``(name, is_video)`` of each entry of :func:`source_entries`."""
+    return [(name, video) for _, name, video in source_entries(source)]
 
 
 def _reason(e: Exception, url: str) -> str:
@@ -126,10 +131,14 @@ def _reason(e: Exception, url: str) -> str:
     return getattr(e, "strerror", None) or str(e).replace(url, redact_url(url))
 
 
+def _is_media(path: str | Path) -> bool:
+    """A picture or video file by its name. is_file: a folder named like a picture (b.jpg/) is not one; it
+    was read and reported missing."""
+    return str(path).lower().endswith(IMAGE_SUFFIXES + VIDEO_SUFFIXES) and Path(path).is_file()
+
+
 def _files_in(folder: Path) -> list[Path]:
-    # is_file: a folder named like a picture (b.jpg/) is not one; it was read and reported missing
-    return sorted(p for p in folder.iterdir()
-                  if p.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES and p.is_file())
+    return sorted(p for p in folder.iterdir() if _is_media(p))
 
 
 def expand_source(source: str) -> list[str]:
@@ -144,7 +153,7 @@ def expand_source(source: str) -> list[str]:
         if not hits:
             raise SourceError(f"{source}: glob matched no files")
         # what a folder of them would give: dir/* stopped at dir/notes.txt where dir skipped it
-        media = [h for h in hits if h.lower().endswith(IMAGE_SUFFIXES + VIDEO_SUFFIXES) and Path(h).is_file()]
+        media = [h for h in hits if _is_media(h)]
         if not media:
             raise SourceError(f"{source}: glob matched no images or videos")
         return media

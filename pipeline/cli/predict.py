@@ -373,14 +373,15 @@ def _check_sources_kept(source: str, out: Path) -> None:
     """Refuse, before anything is written, an ``out`` where an annotated copy would replace its source:
     ``photo.jpg``'s is ``out/photo.jpg``, ``clip.mp4``'s ``out/clip.mp4`` (then written while being read),
     so a folder predicted into itself lost its pictures."""
-    from engines.sources import expand_source, source_names
+    from engines.sources import source_entries
 
     try:
-        sources = {Path(entry).resolve() for entry in expand_source(source)}
+        entries = source_entries(source)
     except SourceError:  # a source that names nothing: reading it says so, after the model's own errors
         return
+    sources = {Path(entry).resolve() for entry, _, _ in entries}
     names = _OutputNames()
-    for name, video in source_names(source):
+    for _, name, video in entries:
         copy = out / f"{names.of(SimpleNamespace(name=name, frame=0 if video else None))}.{'mp4' if video else 'jpg'}"
         if copy.resolve() in sources:
             raise ConfigError("--out", f"{copy} is a source: its annotated copy would overwrite it (give another "
