@@ -60,6 +60,10 @@ from pipeline.sinks.spool import open_spool, spool_counted
 log = logging.getLogger(__name__)
 
 _CLEAR = b""  # an empty retained message: the broker forgets the topic's retained one
+# What paho keeps and sends (again after a reconnect) until acknowledged: a qos 1 message published while
+# the link is down comes back as MQTT_ERR_NO_CONN but stays queued. Publishing it again would queue a copy.
+_KEPT = (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN)
+_CONNECT_MESSAGES = 2  # published by each connect: presence, and the roster probe
 _RETRY_S = 0.2  # how long the writer waits before trying again while the broker is away or paho's queue is full
 _SWEEP = "_sweep"  # the record of a sweep marker (a REMOVED marker of this non-camera): no topic, no event
 ROSTER_WAIT_S = 5.0  # how long the roster's read-back may take before the sink publishes without it
@@ -84,6 +88,7 @@ class MqttSink(ThreadedSink):
         self.max_inflight = max_inflight
         self._lock = threading.Condition()  # guards the two mid tables below (writer and paho's thread)
         self._pending: dict[int, str] = {}  # message id -> camera, published and not yet acknowledged
+        self._unwritten0: set[int] = set()  # those of them at qos 0: paho forgets them if the link goes first
         self._early: set[int] = set()  # acknowledged before the writer recorded them
         self._state = ""  # the last connection news logged, so an outage logs once, not every retry
         # the roster: cameras whose status this client may hold retained (None until read back; then the writer's)
@@ -97,7 +102,9 @@ class MqttSink(ThreadedSink):
         self.spool = open_spool(spool_dir, max_bytes=spool_max_bytes, sink=f"mqtt sink {name!r}")
         c = self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id)
         c.max_inflight_messages_set(max_inflight)
-        c.max_queued_messages_set(max_inflight)  # paho queues no more than that: the sink's buffer holds the rest
+        # The writer keeps its own window of max_inflight (the sink's buffer holds the rest); the headroom is
+        # for what each connect publishes (presence, the roster probe), which a full queue would refuse.
+        c.max_queued_messages_set(max_inflight + _CONNECT_MESSAGES)
         c.reconnect_delay_set(min_delay=1, max_delay=max(int(backoff_max_s), 1))
         if parts.username:
             c.username_pw_set(unquote(parts.username), None if parts.password is None else unquote(parts.password))
@@ -136,15 +143,29 @@ class MqttSink(ThreadedSink):
             self._news(f"refused {reason}", "mqtt sink %s: %s refused the connection: %s", self.name,
                        self.redacted_url, reason)
             return
-        mids = [client.publish(self.presence_topic, b"online", qos=1, retain=True).mid]
+        self._forget_unwritten()
+        infos = [client.publish(self.presence_topic, b"online", qos=1, retain=True)]
         if self._roster is None:  # read the roster back first: subscribe, then the probe that ends it
             self._roster_due = time.monotonic() + ROSTER_WAIT_S
             client.subscribe(self.roster_topic, qos=1)
-            mids.append(client.publish(self.roster_topic, b"", qos=1).mid)
-        with self._lock:  # their acknowledgements come on this thread, after this callback: no race
+            infos.append(client.publish(self.roster_topic, b"", qos=1))
+        # Only what paho kept is waited for: a mid it refused would never be acknowledged, and flush would
+        # wait on it for good. Acknowledgements come on this thread, after this callback: no race.
+        mids = [info.mid for info in infos if info.rc in _KEPT]
+        with self._lock:
             self._pending.update(dict.fromkeys(mids, ""))  # no camera's events: not counted as sent
         if self._roster is not None:
             self._up()
+
+    def _forget_unwritten(self) -> None:
+        """Count as lost the qos 0 events the last link took with it: paho drops what it had not written
+        yet at a reconnect, and calls no ``on_publish`` for them (they would hold the window for good)."""
+        with self._lock:
+            lost = [self._pending.pop(mid, "") for mid in self._unwritten0]
+            self._unwritten0.clear()
+        for camera in lost:
+            if camera:
+                self.counters.dropped(camera, "disconnected")
 
     def _on_subscribe(self, _client: mqtt.Client, _userdata: Any, _mid: int, reasons: Any, _props: Any) -> None:
         refused = [r for r in reasons if r.is_failure]
@@ -203,6 +224,7 @@ class MqttSink(ThreadedSink):
     def _on_publish(self, _client: mqtt.Client, _userdata: Any, mid: int, _reason: Any, _props: Any) -> None:
         with self._lock:
             camera = self._pending.pop(mid, None)
+            self._unwritten0.discard(mid)
             if camera is None:
                 self._early.add(mid)
             self._lock.notify_all()  # room in the window for a writer waiting on a full paho queue
@@ -313,14 +335,14 @@ class MqttSink(ThreadedSink):
         """Hand one message to paho; False when it must be tried again (the link went, or a full window
         that no acknowledgement frees within ``_RETRY_S``). One paho refuses for good is counted and done
         with. ``camera``: the event's camera, counted as sent once acknowledged ("": no event)."""
-        info = self._client.publish(topic, payload, qos=self.qos if qos is None else qos, retain=retain)
-        if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
-            with self._lock:  # until an acknowledgement makes room
-                self._lock.wait_for(lambda: len(self._pending) < self.max_inflight, _RETRY_S)
-            return False
-        if info.rc == mqtt.MQTT_ERR_NO_CONN:  # the link went since the writer checked
-            return False
-        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+        qos = self.qos if qos is None else qos
+        with self._lock:  # the window: until an acknowledgement makes room
+            if not self._lock.wait_for(lambda: len(self._pending) < self.max_inflight, _RETRY_S):
+                return False
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE or (info.rc == mqtt.MQTT_ERR_NO_CONN and not qos):
+            return False  # not kept (a qos 0 message is lost when the link went since the writer checked)
+        if info.rc not in _KEPT:
             self.counters.error("publish")
             if camera:
                 self.counters.dropped(camera, "write_error")
@@ -331,6 +353,8 @@ class MqttSink(ThreadedSink):
                 self._early.discard(info.mid)
             else:
                 self._pending[info.mid] = camera
+                if not qos:
+                    self._unwritten0.add(info.mid)
         if early and camera:
             self.counters.sent(camera)
         return True
@@ -400,6 +424,7 @@ class MqttSink(ThreadedSink):
                 if camera:
                     self.counters.dropped(camera, "shutdown")
             self._pending.clear()
+            self._unwritten0.clear()
         self._client.disconnect()
         self._client.loop_stop()
         if self.spool is not None:

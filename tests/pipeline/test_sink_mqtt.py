@@ -416,6 +416,32 @@ def test_a_broker_restart_loses_nothing_at_qos_1(tmp_path: Path) -> None:
         broker.stop()
 
 
+def test_an_event_handed_to_paho_as_the_link_goes_is_sent_once_it_is_back(tmp_path: Path) -> None:
+    """The writer checks the link, then publishes: when the link goes in between, paho answers "no
+    connection" yet keeps a qos 1 message and sends it after the reconnect. It is one of the window, not
+    published again (each copy filled paho's queue until it refused the presence message of the next
+    connect, whose acknowledgement flush then waited for in vain)."""
+    broker = MqttBroker(tmp_path, persistence=True)
+    broker.start()
+    sub = Subscriber(broker)
+    sink = _sink(broker, max_inflight=10)
+    try:
+        wait_for(sink.connected.is_set, 10, "the sink to connect")
+        broker.stop()
+        wait_for(lambda: not sink.connected.is_set(), 10, "the sink to see the broker go")
+        records = [mqtt_sink._record(_env("gate", seq)) for seq in range(12)]
+        taken = [sink._put(sink.topic_prefix + key, payload, retain=False, camera="gate") for key, payload in records]
+        assert taken == [True] * 10 + [False] * 2  # the window is full: the writer keeps the last two
+        broker.start()
+        assert sink.flush(30)
+        wait_for(lambda: set(sub.seqs("segpipe/gate/frame")) == set(range(10)), 30, "the ten it took")
+        assert sink.counters.totals_sent == {"gate": 10}
+    finally:
+        sink.close()
+        sub.close()
+        broker.stop()
+
+
 def test_a_refused_login_is_counted_and_the_events_wait(tmp_path: Path) -> None:
     broker = MqttBroker(tmp_path, anonymous=False)
     broker.start()
