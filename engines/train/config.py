@@ -20,6 +20,7 @@ import torch
 from engines.data.augment import AugmentConfig
 from engines.errors import ConfigError
 from engines.files import new_folder
+from engines.limits import MAX_IMGSZ
 from engines.train.optim import OPTIMIZERS
 
 CACHE_MODES = (None, "ram", "disk")
@@ -93,7 +94,7 @@ class TrainConfig:
             ("epochs", self.epochs >= 1, "must be >= 1"),
             ("time", self.time is None or self.time > 0, "must be > 0 hours"),
             ("imgsz", self.imgsz >= 32 and self.imgsz % 32 == 0, "must be a multiple of 32 (>= 32)"),
-            ("imgsz", self.imgsz <= 8192, "must be <= 8192"),  # more ran the loader out of memory: a traceback
+            ("imgsz", self.imgsz <= MAX_IMGSZ, f"must be <= {MAX_IMGSZ}"),
             ("multi_scale", not isinstance(self.multi_scale, bool) and 0 <= self.multi_scale < 1,
              "must be a fraction of imgsz in [0, 1)"),
             ("batch", self.batch >= 1, "must be >= 1"),

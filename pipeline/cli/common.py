@@ -12,6 +12,7 @@ from types import FrameType
 
 from engines.errors import ConfigError, Terminated
 from engines.files import new_folder
+from engines.limits import MAX_IMGSZ
 
 
 def add_model_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
@@ -86,9 +87,6 @@ def output_dir(path: str | Path, flag: str = "--out") -> Iterator[Path]:
 def check_range(name: str, value: float, lo: float, hi: float) -> None:
     if not lo <= value <= hi:
         raise ConfigError(name, f"must be in [{lo}, {hi}], got {value}")
-
-
-MAX_IMGSZ = 8192  # 65536 asked the letterbox for 38 GB and ended in an allocator's traceback
 
 
 def check_imgsz(imgsz: int | None) -> None:
