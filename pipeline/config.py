@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from engines.device import device_spelling
 from engines.errors import ConfigError, ConfigErrors
 from engines.model_formats import format_of, unknown_format
 from engines.urls import redact_url
@@ -33,7 +34,6 @@ DEMO_SCHEME = "demo"  # pipeline.demo.SCHEME; that module is imported only when 
 STREAM_SCHEMES = ("rtsp", "rtsps", "http", "https")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _SLASHES_MISTYPED = re.compile(r"^(rtsps?|https?|demo)(:/?(?!/)|//)", re.I)  # rtsp:/host, rtsp:host, rtsp//host
-_DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|\d+(,\d+)*|)$", re.I)  # "": auto (engines.device)
 # the last branch: a "${" no other one takes (compose's ${VAR-x} and ${VAR:?x}, a typo), else left as written
 _ENV = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}|\$\{")
 
@@ -74,11 +74,11 @@ class ModelConfig(_Strict):
     @field_validator("device", mode="before")
     @classmethod
     def _device(cls, v: Any) -> Any:
-        # ``device: 0`` is an int in YAML; a spelling the device stage cannot parse failed only once running
-        spelled = str(v) if isinstance(v, int) and not isinstance(v, bool) else v
-        if not isinstance(spelled, str) or not _DEVICE.match(spelled.strip()):
-            raise ValueError(f"expected auto, cpu, a GPU index (0, 1, ...) or cuda:N, got {v!r}")
-        return spelled.strip().lower()  # "AUTO" is auto to the device stage only in lower case
+        # a spelling the device stage cannot parse failed only once running
+        try:
+            return device_spelling(v) or "auto"
+        except ConfigError as e:
+            raise ValueError(e.msg) from None
 
     @field_validator("imgsz", mode="before")
     @classmethod

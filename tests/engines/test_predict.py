@@ -155,8 +155,8 @@ def test_predict_cli_starts_a_new_video_when_the_picture_size_changes(tmp_path: 
     (["--out", "{clip}/x"], 2, "--out: cannot create folder {clip}/x"),
     (["--half"], 2, "--half: fp16 inference needs a CUDA --device"),  # ran fp32 without a word
     (["--max-det", "0"], 2, "--max-det: expected an integer >= 1, got 0"),  # named max_det, not the flag
-    (["--device", "gpu"], 2, "--device: expected cpu, a GPU index"),
-    (["--device", "cuda:x"], 2, "--device: expected cpu, a GPU index"),  # torch's RuntimeError, a traceback
+    (["--device", "gpu"], 2, "--device: expected auto, cpu, a GPU index"),
+    (["--device", "cuda:x"], 2, "--device: expected auto, cpu, a GPU index"),  # torch's RuntimeError, a traceback
     (["--source", ""], 1, "source is empty"),  # predicted on every image and video of the current folder
     (["--source", "{clip}.missing.mp4"], 1, "no such file"),  # and left an empty --out behind
 ])

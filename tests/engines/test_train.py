@@ -481,7 +481,7 @@ def test_failed_write_leaves_the_previous_best(tmp_path, monkeypatch, one_thread
                                                 "--resume PATH"),
     (["--data", "{data}", "--out", "{data}/run"], 2, "--out: cannot create {data}/run/weights: Not a directory"),
     (["--data", "{data}", "--device", "0"], 1, "asks for CUDA"),
-    (["--data", "{data}", "device=gpu"], 2, "--device: expected cpu, a GPU index"),
+    (["--data", "{data}", "device=gpu"], 2, "--device: expected auto, cpu, a GPU index"),
     (["--data", "{data}", "--freeze", "-1"], 2, "--freeze: expected a layer count N >= 0"),
     (["--data", "{data}", "freeze=24"], 2, "--freeze: the model has 23 layers (0..22), got 24"),
     (["--data", "{data}", "--freeze", "0,30"], 2, "--freeze: the model has 23 layers (0..22), got layer 30"),

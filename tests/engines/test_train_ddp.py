@@ -36,7 +36,7 @@ def test_two_cpu_processes_train_and_rank0_saves(tmp_path, model):
     ("cpu", None, ["cpu"], None),
     ("cpu", 2, ["cpu", "cpu"], None),
     ("cpu,cpu", None, None, "listed twice"),
-    ("x", None, None, "expected cpu, a GPU index"),
+    ("x", None, None, "expected auto, cpu, a GPU index"),
 ])
 def test_parse_devices_table(device, world_size, expect, error):
     if error:
