@@ -85,6 +85,20 @@ def derived_file(folder: Path | None, beside: str, away: str, *, kind: str, cach
     return (Path(cache_dir) if cache_dir is not None else default_cache_root() / kind) / away
 
 
+def split_images(sources: Sequence[str | os.PathLike[str]], *, split: str, warn: bool = True
+                 ) -> tuple[list[Path], list[Path]]:
+    """``(found, missing)`` image files of one split's ``sources`` (see ``resolve_images``); DataError when
+    none is found, a warning (``warn``) for listed images that do not exist."""
+    srcs = [Path(s) for s in sources]
+    files, missing = resolve_images(srcs, split=split)
+    if not files:
+        extra = f" ({len(missing)} listed images do not exist, e.g. {missing[0]})" if missing else ""
+        raise DataError(f"{split}: no images found in {', '.join(map(str, srcs))}{extra}")
+    if missing and warn:
+        LOG.warning("%s: %d listed images do not exist, e.g. %s", split, len(missing), missing[0])
+    return files, missing
+
+
 def load_split(sources: Sequence[str | os.PathLike[str]], *, nc: int | None, split: str = "train",
                cache_dir: Path | None = None, skip_corrupt: bool = False) -> SplitLabels:
     """Resolve, check and cache the labels of one split.
@@ -94,12 +108,7 @@ def load_split(sources: Sequence[str | os.PathLike[str]], *, nc: int | None, spl
     image or label line.
     """
     srcs = [Path(s) for s in sources]
-    files, missing = resolve_images(srcs, split=split)
-    if not files:
-        extra = f" ({len(missing)} listed images do not exist, e.g. {missing[0]})" if missing else ""
-        raise DataError(f"{split}: no images found in {', '.join(map(str, srcs))}{extra}")
-    if missing:
-        LOG.warning("%s: %d listed images do not exist, e.g. %s", split, len(missing), missing[0])
+    files, missing = split_images(srcs, split=split)
     key = digest(CACHE_VERSION, nc, skip_corrupt, len(missing), file_signature(files))
     path = cache_path(files, srcs, cache_dir=cache_dir)
     cached = _read(path, key, split)

@@ -295,6 +295,7 @@ def setup(cfg: TrainConfig, place: Placement, out: Path
         kept = spec.label_names if spec.classes is None else [spec.label_names[c] for c in spec.classes]
         print(f"classes: {', '.join(kept)}" + (" trained as one class, 'item'" if spec.single_cls else
                                               f" ({len(kept)} of {spec.label_nc}; other instances left out)"))
+    validate = make_validator(cfg, spec, place) if place.main else None  # an empty val split: before any work
     resume = load_checkpoint(cfg.resume) if cfg.resume else None
     if resume is not None:
         net = SegmentationModel(resume.meta.model_yaml, nc=len(spec.names))
@@ -349,7 +350,6 @@ def setup(cfg: TrainConfig, place: Placement, out: Path
     if place.distributed:
         s.model = nn.parallel.DistributedDataParallel(
             net, device_ids=[place.device.index] if place.device.type == "cuda" else None)
-    validate = make_validator(cfg, spec, place) if place.main else None
     if place.main:
         (out / "weights").mkdir(parents=True, exist_ok=True)
         write_args(out / "args.yaml", cfg)

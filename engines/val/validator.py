@@ -19,6 +19,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from engines.data.cache import split_images
 from engines.data.dataset import SegDataset
 from engines.data.loader import SegLoader
 from engines.data.spec import DataSpec, load_data_yaml
@@ -63,7 +64,8 @@ class Validator:
             raise ConfigError("batch", f"expected an integer >= 1, got {batch!r}")
         if (save_json or plots) and out_dir is None:
             raise ConfigError("out_dir", "save_json and plots need an output folder")
-        data.sources(split)  # DataError now, not at the first epoch's end
+        # DataError now, not at the first epoch's end (the dataset is built at the first call)
+        split_images(data.sources(split), split=split, warn=False)
         self.data, self.split, self.imgsz, self.batch = data, split, imgsz, batch
         self.device = parse_device(device)
         self.nms = NMSConfig(conf=conf, iou=iou, max_det=max_det)

@@ -96,7 +96,7 @@ def test_tensorrt_without_tensorrt_or_a_gpu_is_skipped(run: dict) -> None:
     (["--max-images", "0"], 2, "--max-images: must be >= 1"),
     (["--fraction", "0.5", "--max-images", "3"], 2, "segpipe benchmark: error: argument --max-images: not allowed "
                                                    "with argument --fraction"),
-    (["--device", "gpu"], 2, "--device: expected cpu"),
+    (["--device", "gpu"], 2, "--device: expected auto, cpu"),
     (["--model", "{tmp}/missing.pt"], 1, "{tmp}/missing.pt"),
     (["--model", "yolov8n-seg.yaml"], 1, "yolov8n-seg.yaml: benchmark a trained checkpoint"),
     (["--data", "{tmp}/none.yaml"], 1, "data YAML not found"),

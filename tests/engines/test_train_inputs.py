@@ -118,3 +118,15 @@ def test_missing_dataset_with_a_download_key_says_nothing_is_downloaded(tmp_path
                  "download: https://example.com/coco8-seg.zip\n")
     with pytest.raises(DataError, match=r"dataset folder not found: .*; segpipe does not run the YAML's download:"):
         load_data_yaml(y)
+
+
+def test_a_val_folder_without_images_is_refused_before_training(tmp_path, capsys):
+    """It failed when the first epoch ended and was validated, an epoch's time later."""
+    y = _dataset(tmp_path / "ds", val="images/empty")
+    (tmp_path / "ds/images/empty").mkdir()
+    out = tmp_path / "run"
+    rc = main(["train", "--data", str(y), "--device", "cpu", "--workers", "0", "--epochs", "1", "--imgsz", "64",
+               "--model", "yolov8n-seg.yaml", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc != 0 and err.endswith(f"error: val: no images found in {tmp_path / 'ds/images/empty'}"), err
+    assert not out.exists()

@@ -202,7 +202,7 @@ def test_split_without_labels_says_so(tmp_path: Path, monkeypatch: pytest.Monkey
     (["--model", "yolov8n-seg.yaml", "--data", "nowhere.yaml"], 1, "data YAML not found"),
     (["--model", "yolov8n-seg.yaml", "--data", "{data}", "--half"], 2, "--half: fp16 inference needs a CUDA"),
     (["--model", "yolov8n-seg.yaml", "--data", "{data}", "--max-det", "0"], 2, "--max-det: expected an integer"),
-    (["--model", "yolov8n-seg.yaml", "--data", "{data}", "--device", "gpu"], 2, "--device: expected cpu"),
+    (["--model", "yolov8n-seg.yaml", "--data", "{data}", "--device", "gpu"], 2, "--device: expected auto, cpu"),
     # Output folders are written at the end: a bad one failed after the whole run, with a traceback.
     (["--model", "yolov8n-seg.yaml", "--data", "{data}", "--out", "{data}"], 2, "--out: {data} exists and is not a folder"),
     (["--model", "yolov8n-seg.yaml", "--data", "{data}", "--out", "{data}/x"], 2, "--out: cannot create folder {data}/x"),
