@@ -635,7 +635,24 @@ def read_yaml(path: str | Path) -> Any:
     loop = _alias_loop(raw)
     if loop is not None:  # ``cameras: &c [{zones: *c}]``: every walk of it recursed until Python gave up
         raise ConfigError(str(p), f"invalid YAML: an alias refers to a node that holds it (at {loop})")
+    if _expanded_size(raw, {}) > MAX_VALUES:  # "billion laughs": aliases of aliases, small to parse
+        raise ConfigError(str(p), f"invalid YAML: its aliases expand to more than {MAX_VALUES:,} values")
     return raw
+
+
+MAX_VALUES = 1_000_000  # a wall of 1,000 cameras with every setting written out holds ~50,000
+
+
+def _expanded_size(node: Any, sizes: dict[int, int]) -> int:
+    """How many values ``node`` holds once every alias is written out (what interpolation and validation
+    walk), counted in one pass over the nodes as parsed. ``sizes``: of the nodes already counted. Needs a
+    tree without alias loops (``_alias_loop``)."""
+    if not isinstance(node, (dict, list)):
+        return 1
+    if id(node) not in sizes:
+        children = node.values() if isinstance(node, dict) else node
+        sizes[id(node)] = 1 + sum(_expanded_size(child, sizes) for child in children)
+    return sizes[id(node)]
 
 
 def _alias_loop(node: Any, path: str = "", above: frozenset[int] = frozenset(),

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from engines.errors import ConfigError, ConfigErrors
-from pipeline.config import load_config, parse_config
+from pipeline.config import load_config, parse_config, read_yaml
 
 
 def base() -> dict[str, Any]:
@@ -179,6 +179,25 @@ def test_a_recursive_alias_is_an_error_not_a_crash(tmp_path: Path, capsys: pytes
     code, err = run_check(tmp_path, text, capsys)
     assert code == 2 and len(err) == 1, err
     assert "cameras.yaml: invalid YAML: an alias refers to a node that holds it (at cameras[0].zones)" in err[0]
+
+
+def test_aliases_of_aliases_that_expand_past_reason_are_refused(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """Nine levels of ten aliases each parse in microseconds and expand to a billion values: interpolation
+    and validation walked them until memory or patience ran out."""
+    levels = "".join(f"x-l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]\n" for i in range(1, 10))
+    text = f"x-l0: &l0 [lol]\n{levels}model:\n  path: a.pt\ncameras:\n  - id: a\n    url: rtsp://cam/x\n    zones: *l9\n"
+    code, err = run_check(tmp_path, text, capsys)
+    assert code == 2 and len(err) == 1, err
+    assert "cameras.yaml: invalid YAML: its aliases expand to more than 1,000,000 values" in err[0]
+
+
+def test_an_anchor_shared_by_a_wall_of_cameras_is_read(tmp_path: Path) -> None:
+    cams = "".join(f"  - {{<<: *cam, id: c{i}}}\n" for i in range(2000))
+    path = tmp_path / "cameras.yaml"
+    path.write_text(f"x-cam: &cam {{url: rtsp://cam/x, fps: 10}}\nmodel:\n  path: a.pt\ncameras:\n{cams}")
+    raw = read_yaml(path)
+    assert len(raw["cameras"]) == 2000 and raw["cameras"][-1] == {"url": "rtsp://cam/x", "fps": 10, "id": "c1999"}
 
 
 @pytest.mark.parametrize("text, what", [("", "empty"), ("# all commented out\n", "empty"),
