@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "train split) (default: the dataset the model was trained on)")
     p.add_argument("--imgsz", type=int, default=None, help="square input and export size in pixels (default: "
                    "the model's)")
-    p.add_argument("--device", default="cpu", help="cpu, 0, cuda:1 (default: cpu)")
+    p.add_argument("--device", default="cpu", help="cpu, 0, cuda:1 or auto (default: cpu)")
     p.add_argument("--half", action="store_true", help="fp16 exports and inference (CUDA)")
     p.add_argument("--int8", action="store_true", help="also INT8 exports of onnx and openvino, calibrated on "
                    "--data's train split")

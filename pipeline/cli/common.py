@@ -18,7 +18,7 @@ from engines.limits import MAX_IMGSZ
 def add_model_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
     p.add_argument("--model", required=required, help="checkpoint (.pt), .onnx, *_openvino_model/, "
                    ".torchscript, .engine, or a model YAML such as yolov8n-seg.yaml")
-    p.add_argument("--device", default="cpu", help="cpu, 0, 1, cuda:0 (default: cpu)")
+    p.add_argument("--device", default="cpu", help="cpu, 0, 1, cuda:0 or auto (the first GPU if any, else cpu) (default: cpu)")
     p.add_argument("--backend", default="auto",
                    choices=["auto", "torch", "onnx", "openvino", "torchscript", "tensorrt"])
 
