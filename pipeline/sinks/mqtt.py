@@ -32,7 +32,8 @@ sink's bounded buffer (oldest dropped and counted as ``buffer_full``) while it i
 ``spool_dir`` on disk (``pipeline.sinks.spool``, up to ``spool_max_mb``; a restart during an outage loses
 nothing either), and go out in order once it is back. At qos 1 at most ``max_inflight`` events are unacknowledged at a time; those cut
 off by a lost connection are sent again after the reconnect, so consumers get each event at least
-once. ``sent`` counts acknowledged events (qos 0: written to the socket). The URL may carry a password:
+once. ``sent`` counts acknowledged events (qos 0: written to the socket; those paho had not written
+when the link went are lost, counted as ``disconnected``). The URL may carry a password:
 only its redacted form is ever logged.
 """
 
