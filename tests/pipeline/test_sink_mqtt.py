@@ -5,6 +5,7 @@ down at start or restarts mid-stream (nothing lost at qos 1), refused logins."""
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -439,6 +440,34 @@ def test_an_event_handed_to_paho_as_the_link_goes_is_sent_once_it_is_back(tmp_pa
     finally:
         sink.close()
         sub.close()
+        broker.stop()
+
+
+def test_qos_0_events_the_link_takes_with_it_are_counted_lost_not_waited_for(tmp_path: Path) -> None:
+    """At qos 0 paho reports an event once written to the socket. What it still held unwritten when the link
+    went it drops at the reconnect, reporting nothing: those stayed in the window for good, and flush waited
+    on them in vain."""
+    broker = MqttBroker(tmp_path)
+    broker.start()
+    sink = _sink(broker, qos=0)
+    big = b"x" * 2**20
+    try:
+        wait_for(sink.connected.is_set, 10, "the sink to connect")
+        assert broker.proc is not None
+        broker.proc.send_signal(signal.SIGSTOP)  # reads nothing: the socket's buffers fill, paho's queue grows
+        for _ in range(60):
+            sink.publish(Envelope(camera_id="gate", kind="frame", payload=big, item=None))
+        wait_for(lambda: len(sink.buffer) == 0, 20, "the writer to hand every event to paho")
+        unwritten = sink.backlog()
+        assert unwritten > 0
+        broker.proc.kill()
+        broker.proc.wait()
+        broker.start()
+        assert sink.flush(30)
+        lost = sink.counters.totals_dropped[("gate", "disconnected")]
+        assert lost >= unwritten and lost + sink.counters.totals_sent["gate"] == 60
+    finally:
+        sink.close()
         broker.stop()
 
 
