@@ -124,21 +124,27 @@ def crop_folders(names: Sequence[str]) -> list[str]:
 
 def write_crop_image(path: Path, image: np.ndarray) -> None:
     """Write a crop, (h, w, 3) uint8 BGR, as the JPEG ``path``, quality 95 with 4:4:4 chroma (Ultralytics'
-    ``save_one_box``), whole or not at all (see ``_write_whole``)."""
+    ``save_one_box``), whole or not at all (see ``_write_whole``); shrunk to fit as ``write_annotated_image``
+    shrinks a panorama (an object across one)."""
     params = [cv2.IMWRITE_JPEG_QUALITY, 95, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
-    _write_jpeg(path, np.ascontiguousarray(image), params, "crop")
+    _write_jpeg(path, _fit_jpeg(image), params, "crop")
 
 
 def write_annotated_image(path: Path, image: np.ndarray) -> None:
     """Write an annotated still image, (H, W, 3) uint8 BGR, as the JPEG ``path`` (quality 95, as cv2.imwrite
     writes it), whole or not at all (see ``_write_whole``). One with a side over ``JPEG_MAX_SIDE`` (a
     panorama) is shrunk to fit: cv2.imwrite wrote no file for it, without a word."""
+    _write_jpeg(path, _fit_jpeg(image), [cv2.IMWRITE_JPEG_QUALITY, 95], "annotated image")
+
+
+def _fit_jpeg(image: np.ndarray) -> np.ndarray:
+    """``image``, shrunk (aspect kept) when a side is over ``JPEG_MAX_SIDE``; contiguous."""
     h, w = image.shape[:2]
     if max(h, w) > JPEG_MAX_SIDE:
         scale = JPEG_MAX_SIDE / max(h, w)
         size = (min(max(round(w * scale), 1), JPEG_MAX_SIDE), min(max(round(h * scale), 1), JPEG_MAX_SIDE))
         image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-    _write_jpeg(path, np.ascontiguousarray(image), [cv2.IMWRITE_JPEG_QUALITY, 95], "annotated image")
+    return np.ascontiguousarray(image)
 
 
 def _write_jpeg(path: Path, image: np.ndarray, params: list[int], what: str) -> None:

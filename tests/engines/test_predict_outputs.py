@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
+from engines.label_writer import write_crop_image
 from pipeline.cli import main
 from tests.pipeline.media import write_clip
 
@@ -61,6 +62,15 @@ def test_an_image_wider_than_a_jpeg_holds_is_annotated(tmp_path: Path) -> None:
     assert annotated is not None and annotated.shape == (6, 65500, 3)
     assert cv2.imread(str(out / "small.jpg")).shape == (6, 64, 3)
     assert sorted(p.name for p in out.iterdir()) == ["pano.jpg", "predictions.json", "small.jpg"]
+
+
+def test_a_crop_longer_than_a_jpeg_holds_is_written_shrunk(tmp_path: Path) -> None:
+    """An object across a panorama: its crop failed libjpeg's size check (an AssertionError)."""
+    band = np.tile(np.arange(256, dtype=np.uint8)[None, :, None], (4, 70000 // 256 + 1, 3))[:, :70000]
+    write_crop_image(tmp_path / "crop.jpg", band)
+    crop = cv2.imread(str(tmp_path / "crop.jpg"))
+    assert crop is not None and crop.shape == (4, 65500, 3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["crop.jpg"]
 
 
 def test_each_image_keeps_its_own_image_id(coco128_images: list[Path], tmp_path: Path) -> None:
