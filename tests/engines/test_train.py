@@ -973,8 +973,10 @@ def test_single_cls_scores_a_model_of_several_classes_as_one(trained):
     per_class = validate(trained.out / "weights" / "best.pt", verbose=False)
     one = validate(trained.out / "weights" / "best.pt", single_cls=True, verbose=False)
     assert one.names == ("item",) and one.instances.tolist() == [per_class.instances.sum()] == [24]
-    # every detection, whatever its class, is matched against every instance (0.959 when written)
-    assert one.box.map50 > 0.9 and one.seg.map50 > 0.9 and per_class.box.map50 > 0.9
+    # every detection, whatever its class, is matched against every instance: a tiny model that mixes the
+    # classes up scores higher as one class (0.983 against 0.848 per class on one machine, 0.959 and > 0.9
+    # on another: 25 epochs from scratch land differently with a CPU's float rounding)
+    assert one.box.map50 > 0.9 and one.seg.map50 > 0.9 and one.box.map50 >= per_class.box.map50 > 0.5
 
 
 def test_classes_keep_only_those_instances(tmp_path, capsys, one_thread):
