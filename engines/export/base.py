@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from engines.backends.artifact import MAX_BATCH, ArtifactRecord
 from engines.checkpoint import build_model, load_checkpoint
 from engines.errors import ConfigError, ModelError
+from engines.files import signals_held
 from engines.limits import MAX_IMGSZ
 from engines.nn.model import SegmentationModel
 
@@ -153,13 +154,19 @@ def atomic_path(out: Path) -> Iterator[Path]:
         tmpdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     except OSError as e:
         raise ConfigError("--out", f"cannot write {out}: {e.strerror or e}") from None
+    tmp = tmpdir / out.name
     try:
-        tmp = tmpdir / out.name
         yield tmp
-        if out.is_symlink():
-            out.unlink()  # the link is replaced, not its target; rename puts a file over a link but not a folder
-        elif out.is_dir():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+    except BaseException:
+        with signals_held():
+            shutil.rmtree(tmpdir, ignore_errors=True)
+        raise
+    with signals_held():  # a signal now would leave the temp folder, or no output where the old one was
+        try:
+            if out.is_symlink():
+                out.unlink()  # the link is replaced, not its target; rename puts a file over a link but not a folder
+            elif out.is_dir():
+                shutil.rmtree(out)
+            os.replace(tmp, out)
+        finally:
+            shutil.rmtree(tmpdir, ignore_errors=True)

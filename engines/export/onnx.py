@@ -99,6 +99,12 @@ def slim(proto: onnx.ModelProto) -> onnx.ModelProto:
         import onnxslim
     except ImportError:
         raise BackendUnavailableError("--simplify needs onnxslim: pip install segpipe[simplify]") from None
+    try:
+        # onnxslim imports ONNX Runtime under a bare ``except:``, which swallowed a SIGTERM (raised as
+        # Terminated) landing in that import; imported first, its import there is a lookup
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        pass
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return onnxslim.slim(proto)

@@ -135,14 +135,19 @@ def sigterm_interrupts() -> Iterator[None]:
 
     Python's default SIGTERM ends the process where it stands, so a ``kill`` (a scheduler's, ``docker
     stop``'s) while a checkpoint or an export was being written left its temp file half-written beside
-    it; raised as an exception, the writers' cleanup runs and the command exits as interrupted. Signal
-    handlers can only be set from the main thread; elsewhere the block runs unchanged.
+    it; raised as an exception, the writers' cleanup runs and the command exits as interrupted. Once the
+    signal came, the block ends by raising ``Terminated`` even if code in it caught the exception and
+    went on. Signal handlers can only be set from the main thread; elsewhere the block runs unchanged.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
+    fired = False
+
     def interrupt(signum: int, frame: FrameType | None) -> None:
+        nonlocal fired
+        fired = True
         raise Terminated
 
     previous = signal.signal(signal.SIGTERM, interrupt)
@@ -150,4 +155,6 @@ def sigterm_interrupts() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if fired:  # a library caught the exception (a bare ``except:``) and the block went on: it still ends so
+        raise Terminated
 

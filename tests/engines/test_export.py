@@ -258,7 +258,8 @@ def test_sigterm_during_export_leaves_no_temp_folder(model: Path, tmp_path: Path
                               str(tmp_path / "m.onnx")], lambda: bool(list(tmp_path.glob(".m.onnx.*"))),
                              "an export in progress")
     assert code == 143 and err.strip().splitlines()[-1] == "segpipe export: terminated", err
-    assert list(tmp_path.iterdir()) == []
+    # the export itself when the signal came as it was being put in place, else nothing
+    assert [p.name for p in tmp_path.iterdir()] in ([], ["m.onnx"])
 
 
 def test_cli_info_reads_an_exported_model(onnx_dynamic: Path, capsys: pytest.CaptureFixture[str]) -> None:
