@@ -25,9 +25,10 @@ from engines.structures import Detections
 
 @dataclass(frozen=True, slots=True)
 class PredictConfig:
-    """Inference settings; ``imgsz`` None means the model's own size."""
+    """Inference settings; ``imgsz`` None means the model's own size, an int a square (with a dynamic
+    backend, the longest side of Ultralytics' minimal-padding rectangle), a pair (h, w)."""
 
-    imgsz: int | None = None
+    imgsz: int | tuple[int, int] | None = None
     conf: float = 0.25
     iou: float = 0.7
     classes: tuple[int, ...] | None = None

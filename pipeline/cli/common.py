@@ -24,7 +24,8 @@ def add_model_args(p: argparse.ArgumentParser, *, required: bool = True) -> None
 
 
 def add_infer_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--imgsz", type=int, default=None, help="inference size in pixels (default: the model's)")
+    p.add_argument("--imgsz", default=None, help="inference size in pixels: N (a square, or with a model of "
+                   "any input shape the longest side) or H,W, e.g. 384,640 (default: the model's)")
     p.add_argument("--conf", type=float, default=0.25, help="confidence threshold (default 0.25)")
     p.add_argument("--iou", type=float, default=0.7, help="NMS IoU threshold (default 0.7)")
     p.add_argument("--max-det", type=int, default=300, help="most detections per image (default 300)")
@@ -89,12 +90,15 @@ def check_range(name: str, value: float, lo: float, hi: float) -> None:
         raise ConfigError(name, f"must be in [{lo}, {hi}], got {value}")
 
 
-def check_imgsz(imgsz: int | None) -> None:
-    """``--imgsz`` (None: the model's own) is a positive multiple of 32, at most ``MAX_IMGSZ``."""
-    if imgsz is not None and (imgsz < 32 or imgsz % 32):
-        raise ConfigError("--imgsz", f"must be a positive multiple of 32, got {imgsz}")
-    if imgsz is not None and imgsz > MAX_IMGSZ:
-        raise ConfigError("--imgsz", f"at most {MAX_IMGSZ}, got {imgsz}")
+def check_imgsz(imgsz: int | tuple[int, int] | None) -> None:
+    """``--imgsz`` (None: the model's own; N or (H, W)) has sides that are positive multiples of 32, at most
+    ``MAX_IMGSZ``."""
+    sides = () if imgsz is None else (imgsz,) if isinstance(imgsz, int) else imgsz
+    given = ",".join(map(str, sides))
+    if any(v < 32 or v % 32 for v in sides):
+        raise ConfigError("--imgsz", f"must be a positive multiple of 32, got {given}")
+    if any(v > MAX_IMGSZ for v in sides):
+        raise ConfigError("--imgsz", f"at most {MAX_IMGSZ}, got {given}")
 
 
 def check_infer_args(args: argparse.Namespace) -> None:

@@ -25,6 +25,7 @@ from pipeline.cli.common import (
     errors_name_flags,
     output_dir,
     parse_classes,
+    parse_imgsz,
     sigterm_interrupts,
 )
 
@@ -330,6 +331,7 @@ def run(args: argparse.Namespace) -> int:
     from engines.predict import SegModel
     from engines.train.config import default_out_dir
 
+    args.imgsz = parse_imgsz(args.imgsz)
     check_infer_args(args)
     if args.max_frames < 0:
         raise ConfigError("--max-frames", f"must be >= 0 (0: every frame), got {args.max_frames}")

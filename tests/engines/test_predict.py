@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
+import torch
 
 from engines import SegModel
 from engines.errors import ModelError, SourceError
@@ -146,9 +148,30 @@ def test_predict_cli_starts_a_new_video_when_the_picture_size_changes(tmp_path: 
         assert (frames[0].width, frames[0].height, len(frames)) == (w, h, n)
 
 
+def test_predict_cli_takes_an_input_of_height_and_width(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--imgsz took one side only, where Ultralytics' predict takes [h, w] (a 16:9 camera at 384,640)."""
+    from engines.backends.torch_backend import TorchBackend
+
+    shapes, infer = list[tuple[int, ...]](), TorchBackend._infer
+
+    def recorded(self: TorchBackend, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shapes.append(tuple(x.shape))
+        return infer(self, x)
+
+    monkeypatch.setattr(TorchBackend, "_infer", recorded)
+    src = tmp_path / "a.jpg"
+    cv2.imwrite(str(src), np.full((128, 160, 3), 90, np.uint8))
+    assert main(["predict", "--model", str(FIXTURE), "--source", str(src), "--out", str(tmp_path / "out"),
+                 "--imgsz", "64,128", "--no-save"]) == 0
+    # the 160x128 image fits 64 rows first: 80x64, padded to the stride, as Ultralytics' LetterBox(auto=True)
+    assert shapes == [(1, 3, 64, 96)]
+
+
 @pytest.mark.parametrize(("args", "code", "message"), [
     (["--imgsz", "150"], 2, "--imgsz: must be a positive multiple of 32, got 150"),
     (["--imgsz", "-32"], 2, "--imgsz: must be a positive multiple of 32, got -32"),  # ran, finding nothing
+    (["--imgsz", "384,100"], 2, "--imgsz: must be a positive multiple of 32, got 384,100"),
+    (["--imgsz", "3x3x3"], 2, "--imgsz: expected N or H,W, got '3x3x3'"),
     (["--max-frames", "-3"], 2, "--max-frames: must be >= 0"),  # ran one frame
     (["--classes", "80"], 2, "--classes: 80 is not a class of "),  # ran, finding nothing
     (["--out", "{clip}"], 2, "--out: {clip} exists and is not a folder"),  # tracebacks
