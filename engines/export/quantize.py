@@ -29,7 +29,8 @@ if TYPE_CHECKING:
     import torch
 
 FORMATS = ("QDQ", "QOperator")
-_HEAD_OUTPUT_CONV = re.compile(r"/cv[234]\.\d+\.2/|/proto/cv3/|/dfl/")
+# (one2one_: the NMS-free head of YOLO26, which an nms_free export runs)
+_HEAD_OUTPUT_CONV = re.compile(r"/(?:one2one_)?cv[234]\.\d+\.2/|/proto/cv3/|/dfl/")
 _DFL = re.compile(r"/dfl/")
 _LAYER = re.compile(r"^/model\.(\d+)/")
 

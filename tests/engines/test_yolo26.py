@@ -203,3 +203,18 @@ def test_a_run_config_streams_with_the_nms_free_head(tmp_path: Path, street: Pat
     for e in frames:  # H.264 (4:2:0 colour) moves the scores a little, not which objects are found
         assert [d["class_id"] for d in e["detections"]] == expected.class_ids.tolist()
         np.testing.assert_allclose([d["score"] for d in e["detections"]], expected.scores.numpy(), atol=0.06)
+
+
+def test_int8_keeps_the_one_to_one_heads_output_convs_in_fp32() -> None:
+    """OpenVINO's INT8 kept the output convs of the head YOLOv8 runs in fp32, but quantised those of the
+    NMS-free head an nms_free export runs."""
+    from engines.export.base import ExportSpec, load_source
+    from engines.export.onnx import trace_onnx
+    from engines.export.quantize import nodes_to_exclude
+
+    spec = ExportSpec(imgsz=(64, 64), nms_free=True)
+    names = nodes_to_exclude(trace_onnx(load_source(YOLO26, nms_free=True), spec))
+    for part in ("/one2one_cv2.0/one2one_cv2.0.2/", "/one2one_cv3.2/one2one_cv3.2.2/", "/one2one_cv4.1/one2one_cv4.1.2/",
+                 "/proto/cv3/"):
+        assert any(part in n for n in names), part
+    assert not any("/one2one_cv2.0/one2one_cv2.0.0/" in n for n in names)
