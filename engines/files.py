@@ -51,7 +51,8 @@ def signals_held(signums: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> 
         yield
     finally:
         for s, handler in previous.items():
-            signal.signal(s, handler)
+            # None: a handler set outside Python (an embedding program); the default is the nearest
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
         if noted:
             n, frame = noted[0]
             handler = previous[n]
