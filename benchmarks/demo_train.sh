@@ -428,9 +428,9 @@ case "${1:-all}" in
     cpu-next-soup) cpu_next_soup "${2:-engines/assets/demo-seg.pt}" ;;
     cpu-crops) cpu_crops ;;
     cpu-crops-val) RUN_MASKS=$RUN_CROPS masks_val cpu ;;
+    cpu-crops-soup) soup "${FROM:-engines/assets/demo-seg.pt}" "$RUN_CROPS/weights/last.pt" "${2:-engines/assets/demo-seg.pt}" ;;
     cpu-whole) cpu_whole ;;
     cpu-whole-val) RUN_MASKS=$RUN_WHOLE masks_val cpu ;;
-    cpu-crops-soup) soup "${FROM:-engines/assets/demo-seg.pt}" "$RUN_CROPS/weights/last.pt" "${2:-engines/assets/demo-seg.pt}" ;;
     gpu-skip2-val) RUN_MASKS=$RUN_MASKS2 masks_val "${GPU_DEVICE:-0}" ;;
     gpu-skip2-package) package "$RUN_MASKS2/weights/last.pt" "${2:-engines/assets/demo-seg.pt}" ;;
     masks-package|gpu-masks-package) package "$RUN_MASKS/weights/best.pt" "${2:-engines/assets/demo-seg.pt}" ;;

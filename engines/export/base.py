@@ -154,19 +154,15 @@ def atomic_path(out: Path) -> Iterator[Path]:
         tmpdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     except OSError as e:
         raise ConfigError("--out", f"cannot write {out}: {e.strerror or e}") from None
-    tmp = tmpdir / out.name
     try:
+        tmp = tmpdir / out.name
         yield tmp
-    except BaseException:
-        with signals_held():
-            shutil.rmtree(tmpdir, ignore_errors=True)
-        raise
-    with signals_held():  # a signal now would leave the temp folder, or no output where the old one was
-        try:
+        with signals_held():  # a signal here would leave no output where the old one was
             if out.is_symlink():
                 out.unlink()  # the link is replaced, not its target; rename puts a file over a link but not a folder
             elif out.is_dir():
                 shutil.rmtree(out)
             os.replace(tmp, out)
-        finally:
+    finally:
+        with signals_held():  # or stop the sweep half-way, leaving the temp folder
             shutil.rmtree(tmpdir, ignore_errors=True)

@@ -48,43 +48,38 @@ def trace_onnx(src: SourceModel, spec: ExportSpec) -> onnx.ModelProto:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notes are not the user's business
         # The stubs allow only paths for f; the TorchScript exporter (dynamo=False) takes a file object too.
-        with _stdout_held() as held:
+        with _stdout_held():
             try:
                 torch.onnx.export(model, (x,), buf, dynamo=False, opset_version=spec.opset,  # type: ignore[arg-type]
                                   input_names=[INPUT], output_names=list(OUTPUTS), dynamic_axes=axes,
                                   do_constant_folding=True)
             except torch.onnx.errors.UnsupportedOperatorError as e:
-                held.drop()  # the whole traced graph, which the one-line error replaces
                 raise ConfigError("--opset", _opset_message(spec.opset, str(e))) from None
     proto = onnx.load_from_string(buf.getvalue())
     return to_fp16(proto) if spec.half else proto
 
 
-class _Held:
-    def __init__(self) -> None:
-        self.keep = True
-
-    def drop(self) -> None:
-        self.keep = False
-
-
 @contextmanager
-def _stdout_held() -> Iterator[_Held]:
+def _stdout_held() -> Iterator[None]:
     """The process's stdout (fd 1) goes to a temp file within the block and is written out after it,
-    unless ``drop()`` was called. torch's TorchScript exporter prints the whole traced graph there, from
-    C++, whenever tracing fails (its ONNX log is left on by its own ``setup_onnx_logging``)."""
+    unless the block raises ``ConfigError``: torch's TorchScript exporter prints the whole traced graph
+    there, from C++, whenever tracing fails (its ONNX log is left on by its own ``setup_onnx_logging``),
+    and the one-line error replaces it."""
     sys.stdout.flush()
     with tempfile.TemporaryFile() as tmp:
         saved = os.dup(1)
         os.dup2(tmp.fileno(), 1)
-        held = _Held()
+        keep = True
         try:
-            yield held
+            yield
+        except ConfigError:
+            keep = False
+            raise
         finally:
             sys.stdout.flush()
             os.dup2(saved, 1)
             os.close(saved)
-            if held.keep and tmp.tell():
+            if keep and tmp.tell():
                 tmp.seek(0)
                 os.write(1, tmp.read())
 
