@@ -59,7 +59,8 @@ def export(model: str | os.PathLike[str], *, format: str, imgsz: int | tuple[int
     per ``int8_format``; openvino: NNCF). nms_free: an end-to-end (YOLO26) model's NMS-free head (its
     artifact is then post-processed by top-k, not NMS). out: output path.
     """
-    from engines.export.base import ExportSpec, check_imgsz, load_source
+    from engines.export.base import ExportSpec, load_source
+    from engines.limits import imgsz_hw
 
     if unknown:
         known = "imgsz, half, dynamic, batch, simplify, opset, int8, data, calib_images, int8_format, nms_free, out"
@@ -85,7 +86,7 @@ def export(model: str | os.PathLike[str], *, format: str, imgsz: int | tuple[int
 
         calibration_files(data, calib_images, quiet=True)  # a bad dataset fails now, not after tracing
     src = load_source(model, nms_free=nms_free)
-    spec = ExportSpec(imgsz=check_imgsz(src.imgsz if imgsz is None else imgsz, src.stride), half=half, dynamic=dynamic, batch=batch,
+    spec = ExportSpec(imgsz=imgsz_hw(src.imgsz if imgsz is None else imgsz, src.stride), half=half, dynamic=dynamic, batch=batch,
                       simplify=simplify, opset=opset, int8=int8, data=data, calib_images=calib_images,
                       int8_format=int8_format, nms_free=nms_free)
     return exporter.export(src, spec, dest)

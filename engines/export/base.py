@@ -20,7 +20,6 @@ from engines.backends.artifact import MAX_BATCH, ArtifactRecord
 from engines.checkpoint import build_model, load_checkpoint
 from engines.errors import ConfigError, ModelError
 from engines.files import signals_held
-from engines.limits import MAX_IMGSZ
 from engines.nn.model import SegmentationModel
 
 
@@ -133,17 +132,6 @@ def _prepare(model: SegmentationModel) -> SegmentationModel:
     for q in model.parameters():
         q.requires_grad_(False)
     return model
-
-
-def check_imgsz(imgsz: int | tuple[int, int] | list[int], stride: int) -> tuple[int, int]:
-    """``(H, W)`` from an int or pair; each a positive multiple of ``stride``, at most ``MAX_IMGSZ`` (else
-    ``ConfigError``)."""
-    hw = (imgsz, imgsz) if isinstance(imgsz, int) else tuple(imgsz)
-    if len(hw) != 2 or any(not isinstance(v, int) or v < stride or v % stride for v in hw):
-        raise ConfigError("--imgsz", f"must be a positive multiple of {stride} (or H,W pair), got {imgsz!r}")
-    if max(hw) > MAX_IMGSZ:
-        raise ConfigError("--imgsz", f"at most {MAX_IMGSZ}, got {imgsz!r}")
-    return int(hw[0]), int(hw[1])
 
 
 @contextmanager

@@ -19,9 +19,10 @@ import torch
 
 from engines.backends.artifact import decode_props, meta_from_record
 from engines.errors import ConfigError, ModelError
-from engines.export.base import ExportSpec, check_imgsz, file_hash, load_source
+from engines.export.base import ExportSpec, file_hash, load_source
 from engines.export.calib import calibration_batches, calibration_files
 from engines.export.tensorrt import EngineSpec
+from engines.limits import imgsz_hw
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +70,7 @@ def onnx_for(model: Path, spec: EngineSpec, workdir: Path) -> tuple[Path, dict[s
     from engines.export.onnx import build_onnx, save_onnx
 
     src = load_source(model, nms_free=spec.nms_free)
-    xspec = ExportSpec(imgsz=check_imgsz(spec.imgsz, src.stride), batch=spec.max_batch, nms_free=spec.nms_free)
+    xspec = ExportSpec(imgsz=imgsz_hw(spec.imgsz, src.stride), batch=spec.max_batch, nms_free=spec.nms_free)
     proto, rec = build_onnx(src, xspec, workdir=workdir)
     path = workdir / f"{model.stem}.onnx"
     save_onnx(proto, path)

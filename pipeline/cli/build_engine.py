@@ -41,9 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from engines.backends.tensorrt_backend import require_cuda, require_tensorrt
     from engines.device import parse_device
-    from engines.export.base import check_imgsz
     from engines.export.tensorrt import EngineSpec, build_engine
     from engines.export.trt_build import model_facts
+    from engines.limits import imgsz_hw
 
     # What is missing is said before any model is read or exported.
     require_tensorrt("segpipe build-engine")
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--device", "TensorRT engines are built on a GPU (use --device 0)")
     device = require_cuda("segpipe build-engine", parse_device(args.device))
     imgsz = parse_imgsz(args.imgsz)
-    shape = None if imgsz is None else check_imgsz(imgsz, 32)
+    shape = None if imgsz is None else imgsz_hw(imgsz)
     facts = model_facts(Path(args.model))
     precision = "int8" if args.int8 else "fp16" if args.half else "fp32"
     spec = EngineSpec(imgsz=shape or facts.imgsz, precision=precision,
