@@ -255,9 +255,10 @@ class DFL(nn.Module):
         self.c1 = c1
 
     def forward(self, x: Tensor) -> Tensor:
-        # (N, 4*c1, A) -> (N, c1, 4, A) so the conv integrates over the bins; reshape keeps N symbolic.
-        b = x.unflatten(1, (4, self.c1)).transpose(2, 1).softmax(1)
-        return self.conv(b).squeeze(1)
+        # (N, 4*c1, A) -> (N, c1, 4, A) so the conv integrates over the bins. view() with the traced sizes, not
+        # unflatten(), which the ONNX exporter writes only from opset 13 (TensorRT 7 and OpenCV's DNN read 11-12).
+        n, _, a = x.shape
+        return self.conv(x.view(n, 4, self.c1, a).transpose(2, 1).softmax(1)).view(n, 4, a)
 
 
 class Proto(nn.Module):

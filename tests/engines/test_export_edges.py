@@ -1,13 +1,18 @@
-"""Export edge cases: an opset too old for the graph, a symlinked output, a dataset checked before exporting."""
+"""Export edge cases: opset 11, an operator the opset lacks, a symlinked output, a dataset checked before exporting."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
+import torch
 
 from engines.backends import load_backend
+from engines.errors import ConfigError
 from engines.export import export
+from engines.export.base import ExportSpec, load_source
+from engines.export.onnx import trace_onnx
 from pipeline.cli import main as cli_main
 
 ULTRALYTICS = Path(__file__).resolve().parents[1] / "fixtures" / "ultralytics"
@@ -22,19 +27,35 @@ def yolov8() -> Path:
 
 
 @pytest.mark.parametrize("fmt, out", [("onnx", "m.onnx"), ("openvino", "m_openvino_model")])
-def test_an_opset_too_old_for_the_graph_is_one_line(yolov8: Path, tmp_path: Path, fmt: str, out: str,
-                                                     capfd: pytest.CaptureFixture[str]) -> None:
-    """--opset 11 passed the 11..20 check, then the tracer's UnsupportedOperatorError (the DFL's unflatten
-    needs opset 13) came out as a traceback with the whole TorchScript graph. Later the one-line error came
-    after that graph all the same: ~450 lines that torch's exporter writes to the process's stdout (fd 1)
-    whenever tracing fails."""
-    rc = cli_main(["export", "--model", str(yolov8), "--format", fmt, "--imgsz", "64", "--opset", "11",
-                   "--out", str(tmp_path / out)])
-    captured = capfd.readouterr()
-    err = captured.err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and captured.out == "", (err, captured.out[:300])
-    assert err[0].startswith("segpipe export: error: --opset: opset 11 cannot express") and "opset 13" in err[0]
-    assert list(tmp_path.iterdir()) == []
+def test_opset_11_exports_and_runs_any_batch(yolov8: Path, tmp_path: Path, fmt: str, out: str) -> None:
+    """--opset 11 (TensorRT 7, OpenCV's DNN) used to fail: the DFL's unflatten is written only from opset 13."""
+    assert cli_main(["export", "--model", str(yolov8), "--format", fmt, "--imgsz", "64", "--opset", "11",
+                     "--out", str(tmp_path / out)]) == 0
+    if fmt == "onnx":
+        import onnx
+
+        assert onnx.load(str(tmp_path / out)).opset_import[0].version == 11
+    reference = load_backend(str(yolov8), device="cpu")
+    artifact = load_backend(str(tmp_path / out), device="cpu")
+    x = torch.rand(2, 3, 64, 64)
+    for got, want in zip(artifact(x), reference(x)):
+        assert torch.allclose(torch.as_tensor(got), torch.as_tensor(want), atol=1e-3)
+
+
+class _Unflattens(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x.unflatten(1, (3, 1)).sum(2), x
+
+
+def test_an_operator_the_opset_lacks_is_one_line(yolov8: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """The tracer's UnsupportedOperatorError became a traceback, and torch's exporter writes the whole traced
+    graph (~450 lines for a YOLOv8) to the process's stdout (fd 1) whenever tracing fails: now one ConfigError
+    saying which opset has the operator, and nothing on stdout."""
+    src = dataclasses.replace(load_source(yolov8), model=_Unflattens())
+    with pytest.raises(ConfigError) as e:
+        trace_onnx(src, ExportSpec(imgsz=(64, 64), opset=11))
+    assert str(e.value).startswith("--opset: opset 11 cannot express") and "opset 13" in str(e.value), e.value
+    assert capfd.readouterr().out == ""
 
 
 @pytest.mark.parametrize("target", ["earlier_openvino_model", "/nonexistent/folder"])
