@@ -278,7 +278,8 @@ cpu_whole() {
 # scores held-out mask 0.676 at 640, 0.684 at 800 and 0.694 at 960 (people 0.623 -> 0.644 -> 0.661, tools
 # 0.664 -> 0.683 -> 0.695, bicycles 0.093 -> 0.089 -> 0.120), so it is trained on at HIRES_IMGSZ (default 960:
 # 960x576 batches of the 640x384 scenes, upscaled 1.5x) for one epoch over 1,911 of the 3,000 scenes of seed
-# 16 it has never seen (240 steps of 8, about 15 s each: an hour). Figures: engines/assets/README.md.
+# 16 it has never seen (239 steps of 8 at 8-16 s, 45 min). Held out at 960: 0.690, under the 0.694 of stage 8
+# untrained at 960; not shipped. Figures: engines/assets/README.md.
 RUN_HIRES=${RUN_HIRES:-$WORK/run-hires}
 cpu_hires() {
     [ -f "$WORK/whole16/data.yaml" ] || $SEGPIPE synth dataset --out "$WORK/whole16" --images 3000 --style mixed \
