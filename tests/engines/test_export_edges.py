@@ -38,7 +38,7 @@ def test_opset_11_exports_and_runs_any_batch(yolov8: Path, tmp_path: Path, fmt: 
     reference = load_backend(str(yolov8), device="cpu")
     artifact = load_backend(str(tmp_path / out), device="cpu")
     x = torch.rand(2, 3, 64, 64)
-    for got, want in zip(artifact(x), reference(x)):
+    for got, want in zip(artifact(x), reference(x), strict=True):
         assert torch.allclose(torch.as_tensor(got), torch.as_tensor(want), atol=1e-3)
 
 
