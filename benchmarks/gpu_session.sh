@@ -38,6 +38,9 @@ STAGE=${STAGE:-gpu-next}  # the demo model's next stage (benchmarks/demo_train.s
 # ... and trains and scores at 960 (the scenes upscaled 1.5x): stage 8, trained at 640, scores held-out mask
 # 0.676 at 640 and 0.694 at 960 untrained; one CPU epoch at 960 (stage 10 trial) did not move it
 [ "$STAGE" = gpu-next ] && export GPU_IMGSZ=${GPU_IMGSZ:-960}
+# ... in NCHW, as stages 6 and 7 trained: NHWC (the CUDA default since) has not run on a GPU yet; the CUDA tests
+# beside the training (TESTS=1) train in it. GPU_TRAIN_EXTRA= (empty) trains NHWC.
+[ "$STAGE" = gpu-next ] && export GPU_TRAIN_EXTRA=${GPU_TRAIN_EXTRA---no-channels-last}
 export TRAIN_WORKERS=${TRAIN_WORKERS:-12}  # two cores stay with the tests running beside the training
 mkdir -p "$OUT" "$WORK"
 exec > >(tee -a "$OUT/session.log") 2>&1
