@@ -265,9 +265,13 @@ cpu_crops() {
 # learnt bicycles from windows but lost some of the factory classes, trained one epoch on 3,000 new whole
 # scenes (mixed, seed 16) to win those back. Figures: engines/assets/README.md.
 RUN_WHOLE=${RUN_WHOLE:-$WORK/run-s9b}
-cpu_whole() {
+whole16_data() {  # the 3,000 seed-16 scenes stages 9b and 10 train on
     $SEGPIPE synth dataset --out "$WORK/whole16" --images 3000 --style mixed --seed 16 --size 640x384 \
         --val-fraction 0.02 --workers 2 --force
+}
+
+cpu_whole() {
+    whole16_data
     $SEGPIPE train --data "$WORK/whole16/data.yaml" --model "${FROM:-$RUN_CROPS/weights/last.pt}" --imgsz 640 --rect \
         --dice 1 --batch 8 --nbs 16 --device cpu --optimizer AdamW --lr0 0.0001 --lrf 0.3 --epochs 1 --time 0.75 \
         --mosaic 0 --mask-ratio 1 --no-val --no-plots --no-deterministic --workers 2 --seed 16 --warmup-epochs 0 \
@@ -282,8 +286,7 @@ cpu_whole() {
 # untrained at 960; not shipped. Figures: engines/assets/README.md.
 RUN_HIRES=${RUN_HIRES:-$WORK/run-hires}
 cpu_hires() {
-    [ -f "$WORK/whole16/data.yaml" ] || $SEGPIPE synth dataset --out "$WORK/whole16" --images 3000 --style mixed \
-        --seed 16 --size 640x384 --val-fraction 0.02 --workers 2 --force
+    [ -f "$WORK/whole16/data.yaml" ] || whole16_data
     $SEGPIPE train --data "$WORK/whole16/data.yaml" --model "${FROM:-engines/assets/demo-seg.pt}" \
         --imgsz "${HIRES_IMGSZ:-960}" --rect --dice 1 --batch 8 --nbs 16 --device cpu --optimizer AdamW --lr0 0.0001 \
         --lrf 0.3 --epochs 1 --fraction "${HIRES_FRACTION:-0.65}" --mosaic 0 --mask-ratio 1 --no-val --no-plots \
@@ -392,8 +395,8 @@ fresh() {
         --lr0 0.0001 --seed 17 --out "$WORK/run-fresh2"
 }
 
-masks_val() {
-    $SEGPIPE val --model "$RUN_MASKS/weights/best.pt" --data "$WORK/heldout/data.yaml" --imgsz "${GPU_IMGSZ:-640}" --batch 8 \
+masks_val() {  # DEVICE [IMGSZ]
+    $SEGPIPE val --model "$RUN_MASKS/weights/best.pt" --data "$WORK/heldout/data.yaml" --imgsz "${2:-${GPU_IMGSZ:-640}}" --batch 8 \
         --device "${1:-cpu}" --workers 1 --out "$RUN_MASKS-heldout"
 }
 
@@ -448,8 +451,7 @@ case "${1:-all}" in
     cpu-whole) cpu_whole ;;
     cpu-whole-val) RUN_MASKS=$RUN_WHOLE masks_val cpu ;;
     cpu-hires) cpu_hires ;;
-    cpu-hires-val) $SEGPIPE val --model "$RUN_HIRES/weights/last.pt" --data "$WORK/heldout/data.yaml" \
-        --imgsz "${HIRES_IMGSZ:-960}" --batch 8 --device cpu --workers 1 --out "$RUN_HIRES-heldout" ;;
+    cpu-hires-val) RUN_MASKS=$RUN_HIRES masks_val cpu "${HIRES_IMGSZ:-960}" ;;
     gpu-skip2-val) RUN_MASKS=$RUN_MASKS2 masks_val "${GPU_DEVICE:-0}" ;;
     gpu-skip2-package) package "$RUN_MASKS2/weights/last.pt" "${2:-engines/assets/demo-seg.pt}" ;;
     masks-package|gpu-masks-package) package "$RUN_MASKS/weights/best.pt" "${2:-engines/assets/demo-seg.pt}" ;;

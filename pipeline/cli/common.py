@@ -91,7 +91,8 @@ def check_range(name: str, value: float, lo: float, hi: float) -> None:
 
 
 def check_imgsz(imgsz: int | tuple[int, int] | None) -> None:
-    """``--imgsz`` (None: the model's own; N or (H, W)): sides that are positive multiples of 32."""
+    """``--imgsz`` (None: the model's own; N or (H, W)): sides that are positive multiples of 32, at most
+    ``MAX_IMGSZ`` (``engines.limits.imgsz_hw``)."""
     if imgsz is not None:
         imgsz_hw(imgsz)
 
