@@ -5,7 +5,7 @@ against the clips' ground truth (``pipeline.demo_score.score_events``), track id
 
     .venv/bin/python benchmarks/demo_accuracy.py [--seconds 20] [--fps 15] [--size 640x360]
         [--styles traffic,factory,mixed] [--seed 21] [--model demo://model] [--imgsz N|H,W] [--conf 0.25]
-        [--resolution frame|model] [--live] [--camera-fps F] [--no-tracking]
+        [--resolution frame|model] [--mask-threshold P] [--live] [--camera-fps F] [--no-tracking]
 
 One camera per style, every frame inferred (lossless file cameras, no realtime pacing; with --live
 paced at the clip's rate and dropped when the model falls behind, as a live camera is; with
@@ -61,7 +61,7 @@ def run_pipeline(urls: dict[str, str], args: argparse.Namespace, tmp: Path) -> t
         model["imgsz"] = list(imgsz) if isinstance(imgsz, tuple) else imgsz
     cfg = {
         "model": model,
-        "masks": {"format": "rle", "resolution": args.resolution},
+        "masks": {"format": "rle", "resolution": args.resolution, "threshold": args.mask_threshold},
         "batch": {"max_batch": len(urls), "max_wait_ms": 5, "max_age_ms": 3_600_000},
         "cameras": [{"id": cam, "url": url, "realtime": args.live, "lossless": not args.live, "fps": args.camera_fps,
                      "lines": list(LINES) if args.tracking else []} for cam, url in urls.items()],
@@ -97,6 +97,7 @@ def main() -> None:
     ap.add_argument("--imgsz", default=None, help="model input: a side or H,W (default: the model's own)")
     ap.add_argument("--conf", type=float, default=0.25)
     ap.add_argument("--resolution", default="frame", choices=["frame", "model"])
+    ap.add_argument("--mask-threshold", type=float, default=0.5, help="masks.threshold (default 0.5)")
     ap.add_argument("--live", action="store_true", help="pace clips at their rate; drop what the model misses")
     ap.add_argument("--camera-fps", type=float, default=None, help="sample each clip at most this rate")
     ap.add_argument("--tracking", action=argparse.BooleanOptionalAction, default=True)
@@ -111,7 +112,8 @@ def main() -> None:
         events, wall = run_pipeline(urls, args, Path(tmp))
     frames = sum(len(v) for v in events.values())
     print(f"segpipe run: {frames} frames in {wall:.1f} s ({frames / wall:.1f} frames/s incl. start-up), "
-          f"model {args.model}, imgsz {args.imgsz or 'model'}, masks at {args.resolution} resolution")
+          f"model {args.model}, imgsz {args.imgsz or 'model'}, masks at {args.resolution} resolution, "
+          f"threshold {args.mask_threshold:g}")
     total, tracks, crossings = [], [], []
     for cam, evs in events.items():
         truth = load_truth(sidecar_path(clips[cam]))

@@ -395,9 +395,12 @@ fresh() {
         --lr0 0.0001 --seed 17 --out "$WORK/run-fresh2"
 }
 
-masks_val() {  # DEVICE [IMGSZ]
+# masks_val DEVICE [IMGSZ]: the held-out figure as recorded since stop 33: masks made at the frame's resolution
+# (--retina-masks: what `segpipe run` publishes with masks.resolution: frame, its default) at the demo model's
+# mask threshold (MASK_THRESHOLD, 0.4: chosen on seed 22's scenes, engines/assets/README.md)
+masks_val() {
     $SEGPIPE val --model "$RUN_MASKS/weights/best.pt" --data "$WORK/heldout/data.yaml" --imgsz "${2:-${GPU_IMGSZ:-640}}" --batch 8 \
-        --device "${1:-cpu}" --workers 1 --out "$RUN_MASKS-heldout"
+        --device "${1:-cpu}" --workers 1 --retina-masks --mask-threshold "${MASK_THRESHOLD:-0.4}" --out "$RUN_MASKS-heldout"
 }
 
 package() {

@@ -1,7 +1,7 @@
 """A model's mAP on a generated dataset scored against the masks the generator rendered, not its labels.
 
     .venv/bin/python benchmarks/heldout_masks.py --model engines/assets/demo-seg.pt --data HELDOUT/data.yaml
-        [--split val] [--imgsz 640] [--batch 8]
+        [--split val] [--imgsz 640] [--batch 8] [--retina-masks]
 
 ``segpipe val`` scores against the label polygons, filled into masks (engines.val.truth); this script
 renders every scene of the split again from the seed, style and size its data YAML records (``segpipe
@@ -52,6 +52,8 @@ def main() -> int:
     ap.add_argument("--split", default="val")
     ap.add_argument("--imgsz", type=int, default=640)
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--retina-masks", action="store_true", help="masks made straight at the frame's resolution "
+                    "(what `segpipe run` publishes with masks.resolution: frame), as `segpipe val --retina-masks`")
     args = ap.parse_args()
 
     m = HEADER.match(Path(args.data).read_text().splitlines()[0])
@@ -61,7 +63,7 @@ def main() -> int:
     style, seed, size = m[1], int(m[2]), (int(m[3]), int(m[4]))
     model = load_backend(args.model, device="cpu")
     v = Validator(data=load_data_yaml(args.data), split=args.split, imgsz=args.imgsz, batch=args.batch,
-                  verbose=True, workers=1)
+                  verbose=True, workers=1, retina_masks=args.retina_masks)
     files = sorted(os.fspath(lab.im_file) for lab in v.dataset.labels)  # the order of v.truths
     truths = v.truths  # the validator's own list: replaced in place
     for i, f in enumerate(files):

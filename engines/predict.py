@@ -35,6 +35,7 @@ class PredictConfig:
     agnostic: bool = False
     max_det: int = 300
     retina_masks: bool = False
+    mask_threshold: float = 0.5  # the mask probability a pixel must exceed (Ultralytics' 0.5)
     batch: int = 1
     max_frames: int = 0  # per video or stream: stop it after this many of its frames (0: all)
     vid_stride: int = 1  # per video or stream: predict on its frames 0, N, 2N, ... (numbered as in the source)
@@ -43,6 +44,8 @@ class PredictConfig:
         v = self.vid_stride
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ConfigError("vid_stride", f"expected an integer >= 1 (1: every frame), got {v!r}")
+        if not 0 < self.mask_threshold < 1:
+            raise ConfigError("mask_threshold", f"must be in (0, 1), got {self.mask_threshold}")
 
     @property
     def nms(self) -> NMSConfig:
@@ -97,7 +100,7 @@ class SegModel:
         x, infos = letterbox(batch, size=size, stride=meta.stride, auto=meta.dynamic)
         pred, proto = self.backend(x)
         return postprocess(pred, proto, infos, cfg.nms, names=self.names, retina_masks=cfg.retina_masks,
-                           nms_free=meta.nms_free)
+                           nms_free=meta.nms_free, mask_threshold=cfg.mask_threshold)
 
     def train(self, **kwargs: Any) -> Any:
         """Train starting from this model (see ``segpipe train --help``); returns the final metrics."""

@@ -115,10 +115,12 @@ class ModelConfig(_Strict):
 class MasksConfig(_Strict):
     """How masks travel: ``rle`` (COCO compressed, whole frame) | ``polygon`` | ``none``;
     ``frame`` resolution upsamples the prototypes to frame pixels, ``model`` keeps them at the model's
-    mask resolution (faster, blockier) before mapping to the frame."""
+    mask resolution (faster, blockier) before mapping to the frame. ``threshold``: the mask probability
+    a pixel must exceed to be drawn (Ultralytics' 0.5; lower keeps more of thin parts)."""
 
     format: Literal["rle", "polygon", "none"] = "rle"
     resolution: Literal["frame", "model"] = "frame"
+    threshold: float = Field(0.5, gt=0, lt=1)
 
 
 class BatchConfig(_Strict):

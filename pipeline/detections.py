@@ -16,17 +16,19 @@ import numpy as np
 import torch
 
 from engines.ops import mask_crops, mask_to_polygons, scale_boxes
+from engines.ops.crops import mask_logit
 from engines.ops.letterbox import LetterboxInfo
 from engines.ops.rle import encode_crop
 from pipeline.messages import Detection
 
 
 def frame_detections(rows: torch.Tensor, proto: torch.Tensor, info: LetterboxInfo, *, masks: str,
-                     resolution: str) -> dict[str, Any]:
+                     resolution: str, threshold: float = 0.5) -> dict[str, Any]:
     """Boxes in frame pixels and mask crops of one frame, still on the device.
 
     rows (n, 6 + nm): NMS output in model-input pixels; proto (nm, mh, mw). masks: "rle" | "polygon" |
-    "none"; resolution: "frame" | "model" (see ``DeviceSettings``). Returns boxes (n, 4) xyxy frame
+    "none"; resolution: "frame" | "model", threshold: the mask probability a pixel must exceed (see
+    ``DeviceSettings``). Returns boxes (n, 4) xyxy frame
     pixels, scores (n,), cls (n,) and crops (``(x0, y0, bool (h_i, w_i))`` per row, None without masks).
     """
     boxes = scale_boxes(rows[:, :4], info)
@@ -34,9 +36,9 @@ def frame_detections(rows: torch.Tensor, proto: torch.Tensor, info: LetterboxInf
     if masks != "none" and rows.shape[0]:
         coeffs = rows[:, 6:]
         if resolution == "frame":
-            out["crops"] = mask_crops(proto, coeffs, boxes, info.orig_shape, info=info)
+            out["crops"] = mask_crops(proto, coeffs, boxes, info.orig_shape, info=info, threshold=threshold)
         else:
-            out["crops"] = model_resolution_crops(proto, coeffs, boxes, info)
+            out["crops"] = model_resolution_crops(proto, coeffs, boxes, info, threshold=threshold)
     return out
 
 
@@ -88,7 +90,7 @@ def encode_detections(dets: dict[str, Any], shape: tuple[int, int], *, names: Se
 
 
 def model_resolution_crops(protos: torch.Tensor, coeffs: torch.Tensor, boxes: torch.Tensor,
-                           info: LetterboxInfo) -> list[tuple[int, int, torch.Tensor]]:
+                           info: LetterboxInfo, *, threshold: float = 0.5) -> list[tuple[int, int, torch.Tensor]]:
     """Masks thresholded at prototype resolution, sampled nearest-neighbour inside each frame box.
 
     protos (nm, mh, mw) float; coeffs (n, nm); boxes (n, 4) xyxy in frame pixels. Returns, like
@@ -97,7 +99,7 @@ def model_resolution_crops(protos: torch.Tensor, coeffs: torch.Tensor, boxes: to
     """
     nm, mh, mw = protos.shape
     fh, fw = info.orig_shape
-    masks = (coeffs.float() @ protos.float().reshape(nm, -1)).reshape(-1, mh, mw) > 0
+    masks = (coeffs.float() @ protos.float().reshape(nm, -1)).reshape(-1, mh, mw) > mask_logit(threshold)
     ih, iw = info.new_shape
     left, top = info.pad
     uh, uw = info.unpad_shape

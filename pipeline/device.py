@@ -459,7 +459,8 @@ class DeviceStage:
         if inf.start is not None:
             self._observe("infer", inf.start.elapsed_time(inf.event) / 1000.0)
         per_frame = [frame_detections(r, p, info, masks=model.settings.masks,
-                                      resolution=model.settings.mask_resolution)
+                                      resolution=model.settings.mask_resolution,
+                                      threshold=model.settings.mask_threshold)
                      for r, p, info in zip(rows, inf.proto, inf.infos, strict=True)]
         host = download_detections(per_frame)
         now = time.time()

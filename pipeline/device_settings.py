@@ -30,6 +30,7 @@ class DeviceSettings:
     decoders need cores too, and oversubscribed OpenMP threads stall each other for whole time slices.
     masks: "rle" | "polygon" | "none". mask_resolution: "frame" (prototypes resampled to frame
     pixels inside each box) | "model" (thresholded at prototype resolution, nearest-neighbour to frame).
+    mask_threshold: the mask probability a pixel must exceed (Ultralytics' 0.5).
     nms_free: run an end-to-end (YOLO26) model's NMS-free head (top-k post-processing, no NMS).
     depth: batches gathered ahead of the one being inferred (and queued for post-processing). 1 keeps
     upload and inference overlapped while a frame waits at most one inference before its own: live
@@ -51,6 +52,7 @@ class DeviceSettings:
     nms: NMSConfig = NMSConfig()
     masks: str = "rle"
     mask_resolution: str = "frame"
+    mask_threshold: float = 0.5
     batch: BatchPolicy = BatchPolicy()
     depth: int = 1
     preview_width: int | None = None
@@ -62,7 +64,7 @@ class DeviceSettings:
         return cls(model_path=m.path, backend=m.backend, device=m.device,
                    imgsz=m.input_shape() if "imgsz" in m.model_fields_set else None, half=m.half, cuda_graph=m.cuda_graph,
                    threads=m.threads, nms_free=m.nms_free, nms=NMSConfig(conf=m.conf, iou=m.iou, classes=m.classes, max_det=m.max_det),
-                   masks=cfg.masks.format, mask_resolution=cfg.masks.resolution,
+                   masks=cfg.masks.format, mask_resolution=cfg.masks.resolution, mask_threshold=cfg.masks.threshold,
                    batch=BatchPolicy.from_config(cfg.batch), preview_width=preview_width(cfg),
                    preview_watch=preview_watch(cfg))
 

@@ -70,15 +70,15 @@ class _Axis:
 
 def mask_crops(protos: torch.Tensor, coeffs: torch.Tensor, boxes: torch.Tensor,
                shape: tuple[int, int], *, batched: bool | None = None, stride: int = 4,
-               info: LetterboxInfo | None = None) -> list[Crop]:
+               info: LetterboxInfo | None = None, threshold: float = 0.5) -> list[Crop]:
     """Retina masks (:func:`engines.ops.masks.process_masks_native`) inside each box, frame resolution.
 
     protos (nm, mh, mw), coeffs (n, nm), boxes (n, 4) xyxy in original-frame pixels, shape the frame
     (H, W); stride: model-input pixels per prototype pixel (4 for YOLOv8, 2 for finer prototypes);
     info: the letterbox of the input (else inferred from the shapes, as Ultralytics does: wrong when it
     padded both axes, as rectangular val batches do; see :func:`engines.ops.masks.native_window`),
-    which also gives the stride. Returns one
-    ``(x0, y0, crop)`` per detection, in order; the crop is exactly the box's pixel
+    which also gives the stride; threshold: the mask probability a pixel must exceed (Ultralytics' 0.5, see
+    :func:`mask_logit`). Returns one ``(x0, y0, crop)`` per detection, in order; the crop is exactly the box's pixel
     span (``ceil(x1) <= x < ceil(x2)``, clamped to the frame), possibly empty. For the streaming
     runtime: a 1080p frame with 100 objects never holds 100 frame-sized masks.
 
@@ -89,6 +89,7 @@ def mask_crops(protos: torch.Tensor, coeffs: torch.Tensor, boxes: torch.Tensor,
     """
     _, mh, mw = _check(protos, coeffs, boxes)
     h, w = shape
+    cut = mask_logit(threshold)  # a bad threshold fails with or without objects
     if coeffs.shape[0] == 0:
         return []
     f, (top, left, bottom, right) = native_window(mh, mw, h, w, stride=stride, info=info)
@@ -97,13 +98,13 @@ def mask_crops(protos: torch.Tensor, coeffs: torch.Tensor, boxes: torch.Tensor,
     protos, coeffs = protos.float(), coeffs.float()
     spans = [(*_span(x1, x2, w), *_span(y1, y2, h)) for x1, y1, x2, y2 in boxes.tolist()]  # one host read
     if protos.is_cuda if batched is None else batched:
-        return _batched_crops(protos, coeffs, ay, ax, spans)
-    return [(x0, y0, _logits(protos, coeffs[i], ay, ax, y0, ye, x0, xe) > 0)
+        return _batched_crops(protos, coeffs, ay, ax, spans, cut)
+    return [(x0, y0, _logits(protos, coeffs[i], ay, ax, y0, ye, x0, xe) > cut)
             for i, (x0, xe, y0, ye) in enumerate(spans)]
 
 
 def _batched_crops(protos: torch.Tensor, coeffs: torch.Tensor, ay: _Axis, ax: _Axis,
-                   spans: list[tuple[int, int, int, int]], max_elems: int = 1 << 25) -> list[Crop]:
+                   spans: list[tuple[int, int, int, int]], cut: float, max_elems: int = 1 << 25) -> list[Crop]:
     """:func:`mask_crops`' crops, boxes padded to the largest and computed in chunks of at most
     ``max_elems`` logits: ``Ay[rows] @ (coeffs @ protos) @ Ax[cols].T`` batched over detections.
     Crops are views of each chunk's binary result."""
@@ -122,13 +123,13 @@ def _batched_crops(protos: torch.Tensor, coeffs: torch.Tensor, ay: _Axis, ax: _A
     for a in range(0, len(spans), step):
         b = min(a + step, len(spans))
         logits = ay.weights[rows[a:b]] @ m[a:b] @ ax.weights[cols[a:b]].transpose(1, 2)  # (k, hmax, wmax)
-        binary = logits > 0
+        binary = logits > cut
         crops += [(spans[i][0], spans[i][2], binary[i - a, :hs[i], :ws[i]]) for i in range(a, b)]
     return crops
 
 
 def input_mask_crops(protos: torch.Tensor, coeffs: torch.Tensor, boxes: torch.Tensor,
-                     info: LetterboxInfo) -> tuple[list[Crop], list[bool]]:
+                     info: LetterboxInfo, *, threshold: float = 0.5) -> tuple[list[Crop], list[bool]]:
     """Input-resolution masks taken to the frame (:func:`process_masks` at the input, then
     :func:`scale_masks` with ``info``, > 0.5), inside each box.
 
@@ -137,6 +138,7 @@ def input_mask_crops(protos: torch.Tensor, coeffs: torch.Tensor, boxes: torch.Te
     objects without). A frame crop covers every frame pixel the input box can reach.
     """
     _, mh, mw = _check(protos, coeffs, boxes)
+    cut = mask_logit(threshold)
     if coeffs.shape[0] == 0:
         return [], []
     (ih, iw), (h, w) = info.new_shape, info.orig_shape
@@ -150,7 +152,7 @@ def input_mask_crops(protos: torch.Tensor, coeffs: torch.Tensor, boxes: torch.Te
     for i, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
         ix0, ixe = _span(x1, x2, iw)
         iy0, iye = _span(y1, y2, ih)
-        binaries.append((ix0, iy0, _logits(protos, coeffs[i], in_y, in_x, iy0, iye, ix0, ixe) > 0))
+        binaries.append((ix0, iy0, _logits(protos, coeffs[i], in_y, in_x, iy0, iye, ix0, ixe) > cut))
     has = [bool(v) for v in torch.stack([b.any() for _, _, b in binaries]).tolist()]  # one sync
     crops = []
     for ix0, iy0, b in binaries:
@@ -167,9 +169,19 @@ def input_mask_crops(protos: torch.Tensor, coeffs: torch.Tensor, boxes: torch.Te
 
 
 def retina_mask_crops(protos: torch.Tensor, coeffs: torch.Tensor, boxes: torch.Tensor,
-                      info: LetterboxInfo) -> list[Crop]:
+                      info: LetterboxInfo, *, threshold: float = 0.5) -> list[Crop]:
     """:func:`mask_crops` for boxes in model-input pixels (mapped to the frame with ``info`` first)."""
-    return mask_crops(protos, coeffs, scale_boxes(boxes, info), info.orig_shape, info=info)
+    return mask_crops(protos, coeffs, scale_boxes(boxes, info), info.orig_shape, info=info, threshold=threshold)
+
+
+def mask_logit(threshold: float) -> float:
+    """The logit a mask pixel must exceed for ``sigmoid(logit) > threshold``: 0 at Ultralytics' 0.5.
+
+    A threshold under 0.5 draws masks wider (thin parts the bilinear resize thinned survive), over 0.5
+    narrower. ``ValueError`` outside (0, 1), where every or no pixel of the box would count."""
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"mask threshold: must be in (0, 1), got {threshold}")
+    return 0.0 if threshold == 0.5 else math.log(threshold) - math.log1p(-threshold)
 
 
 def paste_crops(crops: list[Crop], shape: tuple[int, int],

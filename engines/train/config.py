@@ -93,8 +93,8 @@ class TrainConfig:
         checks: list[tuple[str, bool, str]] = [
             ("epochs", self.epochs >= 1, "must be >= 1"),
             ("time", self.time is None or self.time > 0, "must be > 0 hours"),
-            ("imgsz", self.imgsz >= 32 and self.imgsz % 32 == 0, "must be a multiple of 32 (>= 32)"),
-            ("imgsz", self.imgsz <= MAX_IMGSZ, f"must be <= {MAX_IMGSZ}"),
+            ("imgsz", self.imgsz >= 32 and self.imgsz % 32 == 0, "must be a positive multiple of 32"),
+            ("imgsz", self.imgsz <= MAX_IMGSZ, f"at most {MAX_IMGSZ}"),
             ("multi_scale", not isinstance(self.multi_scale, bool) and 0 <= self.multi_scale < 1,
              "must be a fraction of imgsz in [0, 1)"),
             ("batch", self.batch >= 1, "must be >= 1"),

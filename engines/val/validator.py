@@ -52,18 +52,21 @@ class Validator:
     the confusion matrix (``confusion_matrix.csv`` and two PNGs).
     verbose: print per-class rows too (else only the ``all`` row). rect: rectangular batches (a
     fixed-shape backend needs False). workers: loader processes. retina_masks: masks made straight
-    at frame resolution instead of input resolution then resized.
+    at frame resolution instead of input resolution then resized. mask_threshold: the mask probability a
+    pixel must exceed (Ultralytics' 0.5).
     """
 
     def __init__(self, *, data: DataSpec, split: str = "val", imgsz: int = 640, batch: int = 16,
                  device: str | torch.device | None = "cpu", conf: float = 0.001, iou: float = 0.7,
                  max_det: int = 300, save_json: bool = False, out_dir: str | os.PathLike[str] | None = None,
                  plots: bool = False, verbose: bool = True, rect: bool = True, workers: int = 0,
-                 retina_masks: bool = False) -> None:
+                 retina_masks: bool = False, mask_threshold: float = 0.5) -> None:
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise ConfigError("batch", f"expected an integer >= 1, got {batch!r}")
         if (save_json or plots) and out_dir is None:
             raise ConfigError("out_dir", "save_json and plots need an output folder")
+        if not 0 < mask_threshold < 1:
+            raise ConfigError("mask_threshold", f"must be in (0, 1), got {mask_threshold}")
         # DataError now, not at the first epoch's end (the dataset is built at the first call)
         split_images(data.sources(split), split=split, warn=False)
         self.data, self.split, self.imgsz, self.batch = data, split, imgsz, batch
@@ -71,7 +74,7 @@ class Validator:
         self.nms = NMSConfig(conf=conf, iou=iou, max_det=max_det)
         self.save_json, self.plots, self.verbose = save_json, plots, verbose
         self.out_dir = None if out_dir is None else Path(out_dir)
-        self.rect, self.workers, self.retina_masks = rect, workers, retina_masks
+        self.rect, self.workers, self.retina_masks, self.mask_threshold = rect, workers, retina_masks, mask_threshold
         self._loader: SegLoader | None = None
         self._truths: list[ImageTruth] = []
         self._files: list[str] = []
@@ -159,7 +162,7 @@ class Validator:
             t2 = self._clock()
             infos = cast(Sequence[LetterboxInfo], batch.infos)  # val batches carry an info for every image
             dets = postprocess(pred, proto, infos, nms, names=collapse or names, retina_masks=self.retina_masks,
-                               nms_free=nms_free)
+                               nms_free=nms_free, mask_threshold=self.mask_threshold)
             if collapse:
                 dets = [d.relabelled(d.class_ids * 0, names) for d in dets]
             t3 = self._clock()
@@ -254,14 +257,16 @@ def validate(model: Any, *, data: str | os.PathLike[str] | DataSpec | None = Non
              conf: float = 0.001, iou: float = 0.7, max_det: int = 300, save_json: bool = False,
              out_dir: str | os.PathLike[str] | None = None, plots: bool = False, verbose: bool = True,
              workers: int = 0, backend: str = "auto", half: bool = False, classes: Sequence[int] | None = None,
-             single_cls: bool | None = None, nms_free: bool = False, retina_masks: bool = False) -> SegMetrics:
+             single_cls: bool | None = None, nms_free: bool = False, retina_masks: bool = False,
+             mask_threshold: float = 0.5) -> SegMetrics:
     """Validate a model file or a loaded ``Backend``; dataset and imgsz default to the model's own.
 
     model: a path (any backend format) or an ``engines.backends.Backend``; half: fp16 weights when
     loading a path on CUDA. out_dir defaults to ``runs/val`` when save_json or plots ask for files.
     classes, single_cls: score only the instances of these class ids of the data, and all classes as one
     (``DataSpec.select``); single_cls defaults to what the model was trained with. nms_free: an end-to-end
-    model's NMS-free head (see ``BackendOptions``). retina_masks: see ``Validator``. Returns SegMetrics.
+    model's NMS-free head (see ``BackendOptions``). retina_masks, mask_threshold: see ``Validator``. Returns
+    SegMetrics.
     """
     from engines.backends import Backend, BackendOptions, load_backend
 
@@ -285,7 +290,7 @@ def validate(model: Any, *, data: str | os.PathLike[str] | DataSpec | None = Non
         out_dir = Path("runs/val")
     v = Validator(data=spec, split=split, imgsz=imgsz, batch=batch, device=model.device, conf=conf, iou=iou,
                   max_det=max_det, save_json=save_json, out_dir=out_dir, plots=plots, verbose=verbose,
-                  rect=meta.dynamic, workers=workers, retina_masks=retina_masks)
+                  rect=meta.dynamic, workers=workers, retina_masks=retina_masks, mask_threshold=mask_threshold)
     return v(model, meta.names)
 
 

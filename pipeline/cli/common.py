@@ -35,6 +35,12 @@ def add_infer_args(p: argparse.ArgumentParser) -> None:
     add_nms_free_arg(p)
 
 
+def add_mask_threshold_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mask-threshold", type=float, default=0.5, metavar="P",
+                   help="mask probability a pixel must exceed (default 0.5, Ultralytics'; lower keeps more of "
+                        "thin parts)")
+
+
 def add_nms_free_arg(p: argparse.ArgumentParser, what: str = "run") -> None:
     p.add_argument("--nms-free", action="store_true",
                    help=f"{what} an end-to-end model's (YOLO26's) NMS-free head: its best scores are taken with no "
@@ -102,6 +108,8 @@ def check_infer_args(args: argparse.Namespace) -> None:
     backend would run in fp32 on a CPU without a word."""
     check_range("--conf", args.conf, 0.0, 1.0)
     check_range("--iou", args.iou, 0.0, 1.0)
+    if "mask_threshold" in vars(args) and not 0.0 < args.mask_threshold < 1.0:  # benchmark has none
+        raise ConfigError("--mask-threshold", f"must be in (0, 1), got {args.mask_threshold}")
     check_imgsz(args.imgsz)
     if args.half and str(args.device).strip().lower() == "cpu":
         raise ConfigError("--half", "fp16 inference needs a CUDA --device (0, cuda:1, ...); on cpu it runs fp32")

@@ -20,6 +20,7 @@ from engines.errors import ConfigError, SourceError
 from engines.urls import redact_url
 from pipeline.cli.common import (
     add_infer_args,
+    add_mask_threshold_arg,
     add_model_args,
     check_infer_args,
     errors_name_flags,
@@ -38,6 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", required=True, help="image, folder, glob, video file or stream URL")
     add_infer_args(p)
     p.add_argument("--retina-masks", action="store_true", help="masks at full frame resolution")
+    add_mask_threshold_arg(p)
     p.add_argument("--out", default=None, help="output folder (default runs/predict, predict2, ...: the first free "
                    "one, so runs do not mix their files)")
     p.add_argument("--save", action=argparse.BooleanOptionalAction, default=True,
@@ -358,7 +360,8 @@ def run(args: argparse.Namespace) -> int:
 
         dataset.crop_dirs = crop_folders(list(model.names))
     kw = dict(imgsz=args.imgsz, conf=args.conf, iou=args.iou, max_det=args.max_det, classes=classes,
-              agnostic=args.agnostic_nms, retina_masks=args.retina_masks, max_frames=args.max_frames,
+              agnostic=args.agnostic_nms, retina_masks=args.retina_masks, mask_threshold=args.mask_threshold,
+              max_frames=args.max_frames,
               vid_stride=args.vid_stride)
     with output_dir(out_dir) as out, sigterm_interrupts(), errors_name_flags(args):
         n_frames, n_dets = _predict(model, args, out, kw, tracks, dataset)

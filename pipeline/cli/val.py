@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from pipeline.cli.common import (
+    add_mask_threshold_arg,
     add_model_args,
     add_nms_free_arg,
     check_scoring_args,
@@ -43,6 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retina-masks", action="store_true",
                    help="score masks made straight at the image's resolution (as predict --retina-masks), not "
                    "at the model input's then resized")
+    add_mask_threshold_arg(p)
     add_nms_free_arg(p, "score")
     p.add_argument("--workers", type=int, default=2, help="data loading processes (default 2)")
     p.add_argument("--out", default=None, help="output folder (default runs/val, val2, ...: the first free "
@@ -60,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
                            device=args.device, conf=args.conf, iou=args.iou, max_det=args.max_det,
                            save_json=args.save_json, out_dir=out, plots=args.plots, workers=args.workers,
                            backend=args.backend, half=args.half, classes=parse_classes(args.classes),
-                           single_cls=args.single_cls, nms_free=args.nms_free, retina_masks=args.retina_masks)
+                           single_cls=args.single_cls, nms_free=args.nms_free, retina_masks=args.retina_masks,
+                           mask_threshold=args.mask_threshold)
     print(summary_line(metrics))
     sp = metrics.speed
     print(f"speed: {sp.preprocess:.1f} ms preprocess, {sp.inference:.1f} ms inference, "

@@ -164,7 +164,7 @@ def test_pack_and_restore_round_trip(name):
 
 
 @pytest.mark.parametrize(("field", "value", "error"), [
-    ("imgsz", 100, "train.imgsz: must be a multiple of 32"),
+    ("imgsz", 100, "train.imgsz: must be a positive multiple of 32, got 100"),
     ("epochs", 0, "train.epochs: must be >= 1"),
     ("fraction", 1.5, "train.fraction: must be in"),
     ("dice", -0.5, "train.dice: must be >= 0, got -0.5"),
@@ -463,7 +463,7 @@ def test_failed_write_leaves_the_previous_best(tmp_path, monkeypatch, one_thread
 
 @pytest.mark.parametrize(("args", "code", "error"), [
     ([], 2, "--data: required"),
-    (["--data", "{data}", "--imgsz", "100"], 2, "--imgsz: must be a multiple of 32 (>= 32), got 100"),
+    (["--data", "{data}", "--imgsz", "100"], 2, "--imgsz: must be a positive multiple of 32, got 100"),
     (["--data", "{data}", "--optimizer", "lion"], 2, "--optimizer: unknown optimizer 'lion'"),
     (["--data", "{data}", "--close-mosaic", "-1"], 2, "--close-mosaic: must be >= 0"),
     (["--data", "{data}", "--mosaic", "2"], 2, "--mosaic: expected a number in [0, 1], got 2.0"),

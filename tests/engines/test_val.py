@@ -248,6 +248,27 @@ def test_cli_fixture_checkpoint_agrees_with_cocoeval(data_yaml: Path, tmp_path: 
         assert abs(via_onnx[k] - saved[k]) < 0.01, (k, via_onnx[k], saved[k])
 
 
+def test_mask_threshold_scores_and_the_script_that_chooses_it(data_yaml: Path, tmp_path: Path) -> None:
+    """`val --mask-threshold` moves the mask mAP and nothing else; benchmarks/mask_threshold.py, which runs
+    the model once and scores its kept outputs at each threshold, prints what `val` gives at each."""
+    import subprocess
+    import sys
+
+    args = ["--data", str(data_yaml), "--imgsz", str(IMGSZ), "--batch", "4", "--workers", "0", "--retina-masks"]
+    maps = {}
+    for t in (0.5, 0.2):
+        assert cli(["val", "--model", str(FIXTURE_PT), *args, "--mask-threshold", str(t), "--out",
+                    str(tmp_path / str(t))]) == 0
+        maps[t] = json.loads((tmp_path / str(t) / "metrics.json").read_text())
+    assert maps[0.5]["box.map"] == maps[0.2]["box.map"] and maps[0.5]["seg.map"] != maps[0.2]["seg.map"]
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "mask_threshold.py"), "--model", str(FIXTURE_PT),
+                          "--data", str(data_yaml), "--imgsz", str(IMGSZ), "--batch", "4", "--retina-masks",
+                          "--thresholds", "0.5,0.2"], capture_output=True, text=True, timeout=600, check=True).stdout
+    rows = {float(ln.split()[0]): float(ln.split()[1]) for ln in out.splitlines()
+            if ln.split()[:1] in (["0.5"], ["0.2"])}
+    assert rows == pytest.approx({t: m["seg.map"] for t, m in maps.items()}, abs=1e-4), out
+
+
 def test_cli_checkpoint_remembers_data_and_imgsz(data_yaml: Path, tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     """`segpipe val --model best.pt` alone: dataset and input size come from the checkpoint."""

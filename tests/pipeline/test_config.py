@@ -69,6 +69,9 @@ def test_valid_config_gets_defaults_and_is_frozen(clip: Path) -> None:
             ds.picture.learn_s) == (20, 40, 0.3, 0.4, 120)
     dev = DeviceSettings.from_config(cfg)
     assert dev.imgsz is None and dev.nms.iou == cfg.model.iou and dev.batch.max_wait_s == pytest.approx(0.010)
+    assert dev.mask_threshold == 0.5  # Ultralytics' rule unless masks.threshold says otherwise
+    raw["masks"] = {"threshold": 0.4}
+    assert DeviceSettings.from_config(parse_config(raw, env={})).mask_threshold == 0.4
 
 
 def test_rectangular_model_input(clip: Path) -> None:
@@ -177,6 +180,8 @@ BAD = [  # (where, value, expected error line prefix, expected text)
     ("sinks[1]", {"type": "webhook", "url": "http://u:secret@x/h", "timeout_s": 0}, "sinks[1].timeout_s",
      "greater than 0"),
     ("metrics.port", 70000, "metrics.port", "less than or equal to 65535"),
+    ("masks.threshold", 1, "masks.threshold", "less than 1"),
+    ("masks.threshold", 0, "masks.threshold", "greater than 0"),
     ("tracking.new_track_score", 0.4, "tracking.new_track_score", "must be >= high_score (0.5), got 0.4"),
     ("tracking.match_iou", 1, "tracking.match_iou", "less than 1"),
     ("tracking.min_hits", 0, "tracking.min_hits", "greater than or equal to 1"),

@@ -74,12 +74,16 @@ def run_stage(stage: DeviceStage, writers: list[shm.RingWriter], frames: int) ->
     assert not t.is_alive()
 
 
-@pytest.mark.parametrize("size", [64, (64, 96)], ids=["square", "rect"])
-def test_results_match_engines_postprocess(backend: Backend, rings: tuple, size: int | tuple[int, int]) -> None:
-    """Square and (height, width) inputs: every camera's frames letterboxed into the one input shape."""
+@pytest.mark.parametrize(("size", "threshold"), [(64, 0.5), ((64, 96), 0.5), (64, 0.3)],
+                         ids=["square", "rect", "mask-threshold"])
+def test_results_match_engines_postprocess(backend: Backend, rings: tuple, size: int | tuple[int, int],
+                                           threshold: float) -> None:
+    """Square and (height, width) inputs: every camera's frames letterboxed into the one input shape; the
+    run config's masks.threshold reaches the masks."""
     writers, readers = rings
     out: list[FrameResult] = []
-    stage = DeviceStage(settings=settings(imgsz=size), backend=backend, readers=readers, emit=out.append)
+    stage = DeviceStage(settings=settings(imgsz=size, mask_threshold=threshold), backend=backend, readers=readers,
+                        emit=out.append)
     assert stage.size == ((size, size) if isinstance(size, int) else size)
     run_stage(stage, writers, frames=1)
     assert out and {r.camera_id for r in out} <= {"cam0", "cam1", "cam2"}
@@ -97,7 +101,8 @@ def test_results_match_engines_postprocess(backend: Backend, rings: tuple, size:
         x_float, _ = letterbox([torch.from_numpy(img)], size=size)  # the device (float) resize
         assert x.shape[2:] == stage.size
         assert (x - x_float).abs().max() <= 1.01 / 255  # the two resizes agree within one level
-        ref = postprocess(*backend(x), [info], NMS, names=backend.meta.names, retina_masks=True)[0]
+        ref = postprocess(*backend(x), [info], NMS, names=backend.meta.names, retina_masks=True,
+                          mask_threshold=threshold)[0]
         assert len(r.detections) == len(ref)
         for det, box, score, cls, mask in zip(r.detections, ref.boxes, ref.scores, ref.class_ids, ref.masks,
                                               strict=True):
