@@ -10,6 +10,13 @@ from engines.errors import ConfigError
 MAX_IMGSZ = 8192
 
 
+def check_mask_threshold(value: float, name: str = "mask_threshold") -> None:
+    """A mask threshold (the mask probability a pixel must exceed) is in (0, 1): at 0 or 1 every or no pixel
+    of a box would count. Else a ``ConfigError`` naming ``name``."""
+    if not 0.0 < value < 1.0:
+        raise ConfigError(name, f"must be in (0, 1), got {value}")
+
+
 def imgsz_hw(imgsz: int | tuple[int, int] | list[int], stride: int = 32) -> tuple[int, int]:
     """``(H, W)`` from a side or a pair: each a positive multiple of ``stride``, at most ``MAX_IMGSZ``; else a
     ``ConfigError`` naming ``--imgsz`` and the value as given (``N`` or ``H,W``)."""

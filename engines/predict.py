@@ -18,6 +18,7 @@ import torch
 
 from engines.backends import Backend, BackendOptions, load_backend
 from engines.errors import ConfigError
+from engines.limits import check_mask_threshold
 from engines.ops import NMSConfig, letterbox, postprocess
 from engines.sources import SourceItem, iter_source
 from engines.structures import Detections
@@ -44,8 +45,7 @@ class PredictConfig:
         v = self.vid_stride
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ConfigError("vid_stride", f"expected an integer >= 1 (1: every frame), got {v!r}")
-        if not 0 < self.mask_threshold < 1:
-            raise ConfigError("mask_threshold", f"must be in (0, 1), got {self.mask_threshold}")
+        check_mask_threshold(self.mask_threshold)
 
     @property
     def nms(self) -> NMSConfig:

@@ -25,6 +25,7 @@ from engines.data.loader import SegLoader
 from engines.data.spec import DataSpec, load_data_yaml
 from engines.device import parse_device
 from engines.errors import ConfigError, DataError, ModelError
+from engines.limits import check_mask_threshold
 from engines.ops.letterbox import LetterboxInfo
 from engines.ops.nms import NMSConfig
 from engines.ops.postprocess import postprocess
@@ -65,8 +66,7 @@ class Validator:
             raise ConfigError("batch", f"expected an integer >= 1, got {batch!r}")
         if (save_json or plots) and out_dir is None:
             raise ConfigError("out_dir", "save_json and plots need an output folder")
-        if not 0 < mask_threshold < 1:
-            raise ConfigError("mask_threshold", f"must be in (0, 1), got {mask_threshold}")
+        check_mask_threshold(mask_threshold)
         # DataError now, not at the first epoch's end (the dataset is built at the first call)
         split_images(data.sources(split), split=split, warn=False)
         self.data, self.split, self.imgsz, self.batch = data, split, imgsz, batch

@@ -12,7 +12,7 @@ from types import FrameType
 
 from engines.errors import ConfigError, Terminated
 from engines.files import new_folder
-from engines.limits import imgsz_hw
+from engines.limits import check_mask_threshold, imgsz_hw
 
 
 def add_model_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
@@ -108,8 +108,8 @@ def check_infer_args(args: argparse.Namespace) -> None:
     backend would run in fp32 on a CPU without a word."""
     check_range("--conf", args.conf, 0.0, 1.0)
     check_range("--iou", args.iou, 0.0, 1.0)
-    if "mask_threshold" in vars(args) and not 0.0 < args.mask_threshold < 1.0:  # benchmark has none
-        raise ConfigError("--mask-threshold", f"must be in (0, 1), got {args.mask_threshold}")
+    if "mask_threshold" in vars(args):  # benchmark has none
+        check_mask_threshold(args.mask_threshold, "--mask-threshold")
     check_imgsz(args.imgsz)
     if args.half and str(args.device).strip().lower() == "cpu":
         raise ConfigError("--half", "fp16 inference needs a CUDA --device (0, cuda:1, ...); on cpu it runs fp32")
