@@ -361,8 +361,7 @@ def run(args: argparse.Namespace) -> int:
         dataset.crop_dirs = crop_folders(list(model.names))
     kw = dict(imgsz=args.imgsz, conf=args.conf, iou=args.iou, max_det=args.max_det, classes=classes,
               agnostic=args.agnostic_nms, retina_masks=args.retina_masks, mask_threshold=args.mask_threshold,
-              max_frames=args.max_frames,
-              vid_stride=args.vid_stride)
+              max_frames=args.max_frames, vid_stride=args.vid_stride)
     with output_dir(out_dir) as out, sigterm_interrupts(), errors_name_flags(args):
         n_frames, n_dets = _predict(model, args, out, kw, tracks, dataset)
     tracked = f", {tracks.total} track(s)" if tracks else ""
