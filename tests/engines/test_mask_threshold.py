@@ -123,9 +123,16 @@ def test_postprocess_and_the_streaming_routes_pass_the_threshold() -> None:
         postprocess(pred[..., :0], protos[None], [info], cfg, names=("a", "b"), mask_threshold=0.0)
 
 
-def test_predict_config_refuses_a_threshold_outside_0_1() -> None:
-    from engines.predict import PredictConfig
+def test_predict_passes_the_threshold_and_refuses_one_outside_0_1() -> None:
+    from engines.predict import PredictConfig, SegModel
 
+    torch.manual_seed(0)
+    model = SegModel("yolov8n-seg.yaml")  # untrained: its low scores need a low conf to keep boxes
+    image = (torch.rand(96, 128, 3, generator=torch.Generator().manual_seed(1)) * 255).to(torch.uint8).numpy()
+    pixels = {t: sum(int(d.masks.sum()) for d in model(image, imgsz=64, conf=1e-6, max_det=8, retina_masks=True,
+                                                       mask_threshold=t) if d.masks is not None)
+              for t in (0.5, 0.2)}
+    assert pixels[0.2] > pixels[0.5] > 0
     assert PredictConfig(mask_threshold=0.4).mask_threshold == 0.4
     with pytest.raises(ConfigError, match=r"mask_threshold: must be in \(0, 1\), got 1.0"):
         PredictConfig(mask_threshold=1.0)
