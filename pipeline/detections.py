@@ -27,9 +27,8 @@ def frame_detections(rows: torch.Tensor, proto: torch.Tensor, info: LetterboxInf
     """Boxes in frame pixels and mask crops of one frame, still on the device.
 
     rows (n, 6 + nm): NMS output in model-input pixels; proto (nm, mh, mw). masks: "rle" | "polygon" |
-    "none"; resolution: "frame" | "model", threshold: the mask probability a pixel must exceed (see
-    ``DeviceSettings``). Returns boxes (n, 4) xyxy frame
-    pixels, scores (n,), cls (n,) and crops (``(x0, y0, bool (h_i, w_i))`` per row, None without masks).
+    "none"; resolution: "frame" | "model"; threshold: the mask probability a pixel must exceed (see
+    ``DeviceSettings``). Returns boxes (n, 4) xyxy frame pixels, scores (n,), cls (n,) and crops (``(x0, y0, bool (h_i, w_i))`` per row, None without masks).
     """
     boxes = scale_boxes(rows[:, :4], info)
     out: dict[str, Any] = {"boxes": boxes, "scores": rows[:, 4], "cls": rows[:, 5], "crops": None}

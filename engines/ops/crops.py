@@ -1,4 +1,4 @@
-"""Instance masks evaluated only inside each object's box. Imports torch and engines.ops only.
+"""Instance masks evaluated only inside each object's box. Imports torch, engines.ops and engines.limits only.
 
 The full-frame routes of :mod:`engines.ops.masks` cost O(n * H * W) floats: 100 objects on a 1080p
 frame are ~200 M interpolated values. Every step of those routes (bilinear resizes, cutting the
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from engines.limits import check_mask_threshold
 from engines.ops.boxes import scale_boxes
 from engines.ops.letterbox import LetterboxInfo
 from engines.ops.masks import _check, native_window
@@ -178,9 +179,8 @@ def mask_logit(threshold: float) -> float:
     """The logit a mask pixel must exceed for ``sigmoid(logit) > threshold``: 0 at Ultralytics' 0.5.
 
     A threshold under 0.5 draws masks wider (thin parts the bilinear resize thinned survive), over 0.5
-    narrower. ``ValueError`` outside (0, 1), where every or no pixel of the box would count."""
-    if not 0.0 < threshold < 1.0:
-        raise ValueError(f"mask threshold: must be in (0, 1), got {threshold}")
+    narrower. Outside (0, 1) the ``ConfigError`` of :func:`engines.limits.check_mask_threshold`."""
+    check_mask_threshold(threshold)
     return 0.0 if threshold == 0.5 else math.log(threshold) - math.log1p(-threshold)
 
 

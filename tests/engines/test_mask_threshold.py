@@ -59,7 +59,7 @@ def test_mask_logit() -> None:
     assert mask_logit(0.4) == pytest.approx(math.log(0.4 / 0.6))
     assert mask_logit(0.9) == pytest.approx(-mask_logit(0.1))
     for bad in (0.0, 1.0, -0.2, 1.5, float("nan")):
-        with pytest.raises(ValueError, match=r"mask threshold: must be in \(0, 1\)"):
+        with pytest.raises(ConfigError, match=r"mask_threshold: must be in \(0, 1\)"):
             mask_logit(bad)
 
 
@@ -117,9 +117,9 @@ def test_postprocess_and_the_streaming_routes_pass_the_threshold() -> None:
         at = [frame_detections(rows, protos, info, masks="rle", resolution=resolution, threshold=t)["crops"]
               for t in (0.5, 0.3)]
         assert sum(int(c.sum()) for _, _, c in at[1]) > sum(int(c.sum()) for _, _, c in at[0]) > 0
-    with pytest.raises(ValueError, match="mask threshold"):
+    with pytest.raises(ConfigError, match=r"mask_threshold: must be in \(0, 1\), got 1.0"):
         model_resolution_crops(protos, coeffs[:0], rows[:0, :4], info, threshold=1.0)
-    with pytest.raises(ValueError, match="mask threshold"):  # even when there is no object to mask
+    with pytest.raises(ConfigError, match=r"mask_threshold: must be in \(0, 1\), got 0.0"):  # even with no object
         postprocess(pred[..., :0], protos[None], [info], cfg, names=("a", "b"), mask_threshold=0.0)
 
 
